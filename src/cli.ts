@@ -1,0 +1,108 @@
+import { Command, CommanderError } from 'commander';
+import type { CliIo } from './commands/io.js';
+import { runServe } from './commands/serve.js';
+import { isOaiProxyError } from './errors.js';
+import { VERSION } from './version.js';
+
+/** Runs one command to completion. Sets the exit code the CLI returns. */
+export type CommandRunner = (fn: () => Promise<number>) => Promise<void>;
+
+/** Build the commander program. `run` wraps every action so its exit code reaches `main`. */
+export function createProgram(io: CliIo, run: CommandRunner): Command {
+  const program = new Command('oai-proxy')
+    .description(
+      'Local-first proxy for the OpenAI API: forwards every request unchanged and records every exchange.',
+    )
+    .version(VERSION, '-v, --version', 'print the version')
+    .helpOption('-h, --help', 'show help')
+    .showSuggestionAfterError(true)
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ oai-proxy serve                          start on http://127.0.0.1:8000, record to ~/.local/share/oai-proxy/
+  $ oai-proxy serve --port 9000 --upstream http://127.0.0.1:11434/v1
+  $ OPENAI_BASE_URL=http://127.0.0.1:8000/v1 node app.js   point any OpenAI client at it
+
+Docs: settings come from defaults < config file < .env < environment < flags (see README).`,
+    );
+
+  program
+    .command('serve')
+    .description('Start the proxy: forward every request to the upstream and record each exchange')
+    .option('-p, --port <port>', 'port to listen on (PORT; default 8000; 0 picks a free port)')
+    .option('-H, --host <host>', 'address to listen on (HOST; default 127.0.0.1)')
+    .option('-u, --upstream <url>', 'upstream base URL (OPENAI_BASE_URL; default https://api.openai.com/v1)')
+    .option('--db <path>', 'SQLite database path or URL (DATABASE_URL)')
+    .option(
+      '--log-file <path>',
+      'JSON-lines log file (LOG_FILE_PATH; default oai-proxy.log beside the database)',
+    )
+    .option(
+      '-c, --config <path>',
+      'config file (OAI_PROXY_CONFIG; default ./oai-proxy.config.json or ~/.config/oai-proxy/config.json)',
+    )
+    .addHelpText(
+      'after',
+      `
+API keys are read from OPENAI_API_KEY (environment, .env or config file), never from flags.
+
+Examples:
+  $ oai-proxy serve
+  $ oai-proxy serve --port 0 --db ./proxy.db --log-file ./proxy.log
+  $ OPENAI_API_KEY=sk-... oai-proxy serve --upstream https://api.openai.com/v1
+  $ curl http://127.0.0.1:8000/health`,
+    )
+    .action((opts) => run(() => runServe(opts, io)));
+
+  return program;
+}
+
+/** The CLI entry point: parse argv, run the command, map errors to exit codes (2 usage, 1 runtime). */
+export async function main(argv: string[], io: CliIo = defaultIo()): Promise<number> {
+  let exitCode = 0;
+  const run: CommandRunner = async (fn) => {
+    exitCode = await fn();
+  };
+  const program = createProgram(io, run);
+  const configure = (cmd: Command) => {
+    cmd.exitOverride();
+    cmd.configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      outputError: (s, write) => write(s.split('\n').find((l) => l.trim() !== '') + '\n'),
+    });
+    for (const sub of cmd.commands) configure(sub);
+  };
+  configure(program);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return exitCode;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (
+        err.code === 'commander.helpDisplayed' ||
+        err.code === 'commander.version' ||
+        err.code === 'commander.help'
+      )
+        return 0;
+      return 2;
+    }
+    if (isOaiProxyError(err)) {
+      io.stderr.write(`oai-proxy: ${err.message}\n`);
+      return err.exitCode;
+    }
+    io.stderr.write(`oai-proxy: ${(err as Error)?.message ?? String(err)}\n`);
+    return 1;
+  }
+}
+
+function defaultIo(): CliIo {
+  return {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    env: process.env,
+    cwd: process.cwd(),
+    stdin: process.stdin,
+  };
+}

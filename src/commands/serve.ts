@@ -1,0 +1,287 @@
+import type { AddressInfo } from 'node:net';
+import pino, { type Logger } from 'pino';
+import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from '../config/load.js';
+import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
+import { OaiProxyError } from '../errors.js';
+import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
+import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
+import { type OpenDatabase, openDatabase } from '../storage/database.js';
+import type { ExchangeRecord } from '../storage/exchange-record.js';
+import { RotatingFile } from '../storage/log-file.js';
+import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
+import { VERSION } from '../version.js';
+import { type CliIo, waitForStop } from './io.js';
+
+export interface ServeOptions extends ConfigFlags {
+  config?: string;
+}
+
+/** A started proxy: its address and everything needed to stop it cleanly. */
+export interface RunningProxy {
+  url: string;
+  port: number;
+  proxy: ProxyServer;
+  writer: ExchangeWriter;
+  database: OpenDatabase;
+  logFile: string;
+  logger: Logger;
+  /** Stop accepting, let in-flight requests finish within the grace period, flush every row, close files. */
+  close(): Promise<void>;
+}
+
+/** Extension points later features (registry, admin API, vector indexing) plug into. */
+export interface ServeExtensions {
+  router?: ModelRouter;
+  routes?: OwnRoute[];
+  health?: () => Record<string, unknown>;
+  onRecord?: (r: ExchangeRecord) => void;
+}
+
+/** One JSON line per exchange in the log file. */
+export function exchangeLogLine(r: ExchangeRecord): Record<string, unknown> {
+  return {
+    id: r.id,
+    method: r.method,
+    path: r.path,
+    model: r.model,
+    upstream_model: r.upstreamModel,
+    upstream: r.upstream,
+    status: r.status,
+    stream: r.stream,
+    duration_ms: Math.round(r.durationMs),
+    ttfb_ms: r.ttfbMs === null ? null : Math.round(r.ttfbMs),
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.totalTokens,
+    error: r.error,
+  };
+}
+
+/** Build and start the proxy from a resolved configuration. */
+export async function startProxy(
+  resolved: ResolvedConfig,
+  io: CliIo,
+  ext: ServeExtensions = {},
+): Promise<RunningProxy> {
+  const { config } = resolved;
+  const location = resolveDatabaseLocation(config.databaseUrl, resolved.env, io.cwd);
+  if (location.kind === 'postgres') {
+    throw new OaiProxyError(
+      'config_invalid',
+      `DATABASE_URL ${redactUrl(location.url)}: PostgreSQL is not supported by this version yet; use an SQLite path`,
+    );
+  }
+  const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
+
+  const consoleStream = io.stderr.isTTY ? await prettyStream(io.stderr) : io.stderr;
+  const logFile = new RotatingFile({
+    path: logPath,
+    maxBytes: config.logMaxBytes,
+    maxFiles: config.logMaxFiles,
+    daily: config.logRotateDaily,
+  });
+  const logger = pino(
+    { level: minLevel(config.logLevel), timestamp: pino.stdTimeFunctions.isoTime, base: undefined },
+    pino.multistream([
+      { level: config.logLevel === 'silent' ? 'fatal' : config.logLevel, stream: consoleStream as any },
+      { level: 'info', stream: logFile as any },
+    ]),
+  );
+  const consoleOn = config.logLevel !== 'silent';
+
+  const database = await openDatabase(location.path);
+  const writer = createExchangeWriter({
+    sqlite: database.sqlite,
+    flushIntervalMs: config.logFlushIntervalMs,
+    queueMax: config.logQueueMax,
+    onSpill: (rows) => {
+      for (const r of rows)
+        logger.warn(
+          {
+            spilled_exchange: {
+              ...exchangeLogLine(r),
+              request_body: r.requestBody,
+              response_body: r.responseBody,
+            },
+          },
+          'database queue full: exchange spilled to the log file',
+        );
+    },
+    onError: (err) =>
+      logger.error(
+        { err: { message: err.message, code: (err as any).code } },
+        `database ${location.path} is failing; rows are queued and retried`,
+      ),
+    onRecover: () => logger.info(`database ${location.path} recovered; queued rows written`),
+  });
+
+  const defaultUpstream = createUpstreamTarget('default', config.openaiBaseUrl, {
+    type: config.openaiApiType,
+    apiKey: config.openaiApiKey,
+    apiVersion: config.openaiApiVersion,
+  });
+  const dispatcher = createDispatcher({
+    connectTimeoutMs: config.upstreamConnectTimeoutMs,
+    headersTimeoutMs: config.upstreamHeadersTimeoutMs,
+    idleTimeoutMs: config.upstreamIdleTimeoutMs,
+  });
+  const secrets = [
+    config.openaiApiKey,
+    config.adminApiKey,
+    config.qdrantApiKey,
+    ...config.proxyApiKeys,
+    ...Object.values(config.upstreams).map(
+      (u) => u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+    ),
+  ].filter((s): s is string => !!s);
+
+  const proxy = createProxyServer({
+    limits: {
+      maxRequestBodyBytes: config.maxRequestBodyBytes,
+      captureBodyBytes: config.captureBodyBytes,
+      corsOrigins: config.corsOrigins,
+    },
+    dispatcher,
+    defaultUpstream,
+    router: ext.router,
+    routes: ext.routes,
+    version: VERSION,
+    secrets,
+    sink: {
+      record(r) {
+        writer.record(r);
+        const line = exchangeLogLine(r);
+        logger.info(
+          line,
+          consoleOn
+            ? `${r.method} ${r.path} ${r.status ?? '-'} ${Math.round(r.durationMs)}ms${r.model ? ` ${r.model}` : ''}${r.error ? ` ${r.error}` : ''}`
+            : 'exchange',
+        );
+        ext.onRecord?.(r);
+      },
+    },
+    health: () => {
+      const h = writer.health();
+      return {
+        upstream: defaultUpstream.origin + defaultUpstream.basePath,
+        database: h.database,
+        database_error: h.lastError,
+        queued_log_rows: h.queued,
+        spilled_log_rows: h.spilled,
+        inflight: proxy.inflight(),
+        ...ext.health?.(),
+      };
+    },
+    onError: (err, context) =>
+      logger.error({ err: { message: err.message, stack: err.stack } }, `error while ${context}`),
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    proxy.server.once('error', (err: NodeJS.ErrnoException) => {
+      const hint =
+        err.code === 'EADDRINUSE'
+          ? `port ${config.port} is in use; choose another with --port or PORT`
+          : err.code === 'EACCES'
+            ? `no permission to listen on ${config.host}:${config.port}; use a port above 1023`
+            : err.message;
+      reject(
+        new OaiProxyError('internal', `Cannot listen on ${config.host}:${config.port}: ${hint}`, {
+          cause: err,
+        }),
+      );
+    });
+    proxy.server.listen(config.port, config.host, () => resolve());
+  }).catch(async (err) => {
+    writer.close();
+    await database.close();
+    await logFile.end();
+    await dispatcher.close();
+    throw err;
+  });
+  const addr = proxy.server.address() as AddressInfo;
+  const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `http://${hostForUrl}:${addr.port}`;
+
+  const onUsr2 = () => logFile.reopen();
+  process.on('SIGUSR2', onUsr2);
+
+  let closing: Promise<void> | null = null;
+  return {
+    url,
+    port: addr.port,
+    proxy,
+    writer,
+    database,
+    logFile: logPath,
+    logger,
+    close() {
+      closing ??= (async () => {
+        process.off('SIGUSR2', onUsr2);
+        await proxy.shutdown(config.shutdownGraceMs);
+        writer.close();
+        await dispatcher.close().catch(() => undefined);
+        await database.close();
+        logFile.flushSync();
+        await logFile.end();
+      })();
+      return closing;
+    },
+  };
+}
+
+/** The startup banner: where it listens, where it forwards, where it records. Keys masked. */
+export function banner(running: RunningProxy, resolved: ResolvedConfig): string {
+  const c = resolved.config;
+  const key = c.openaiApiKey ? `key ${maskSecret(c.openaiApiKey)}` : "clients' own keys forwarded";
+  const lines = [
+    `oai-proxy ${VERSION} listening on ${running.url}  (client base URL: ${running.url}/v1)`,
+    `  upstream   ${redactUrl(c.openaiBaseUrl)}  (${key})`,
+    `  database   ${running.database.path}`,
+    `  log file   ${running.logFile}`,
+  ];
+  if (resolved.configFile) lines.push(`  config     ${resolved.configFile}`);
+  return `${lines.join('\n')}\n`;
+}
+
+/** `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM, shut down cleanly. */
+export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
+  const resolved = resolveConfig({
+    configPath: options.config,
+    flags: {
+      port: options.port,
+      host: options.host,
+      upstream: options.upstream,
+      db: options.db,
+      logFile: options.logFile,
+    },
+    env: io.env,
+    cwd: io.cwd,
+  });
+  for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
+  const running = await startProxy(resolved, io);
+  io.stderr.write(banner(running, resolved));
+  const why = await waitForStop(io);
+  io.stderr.write(
+    `oai-proxy: ${why} received, finishing in-flight requests (up to ${resolved.config.shutdownGraceMs} ms)…\n`,
+  );
+  await running.close();
+  io.stderr.write(`oai-proxy: stopped; ${running.writer.health().written} exchanges recorded this run\n`);
+  return 0;
+}
+
+async function prettyStream(dest: CliIo['stderr']): Promise<NodeJS.WritableStream> {
+  const { default: pretty } = await import('pino-pretty');
+  return pretty({
+    colorize: true,
+    destination: dest as any,
+    ignore: 'pid,hostname',
+    translateTime: 'HH:MM:ss.l',
+    sync: true,
+  });
+}
+
+function minLevel(consoleLevel: string): string {
+  const order = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
+  if (consoleLevel === 'silent') return 'info';
+  return order.indexOf(consoleLevel) < order.indexOf('info') ? consoleLevel : 'info';
+}

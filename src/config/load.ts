@@ -1,0 +1,406 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseEnv } from 'node:util';
+import { OaiProxyError } from '../errors.js';
+import { defaultConfigPath } from './paths.js';
+import {
+  type Config,
+  type ConfigKey,
+  type ModelEntry,
+  SETTINGS,
+  type SettingDef,
+  type UpstreamEntry,
+} from './schema.js';
+
+type Env = Record<string, string | undefined>;
+
+/** Flags that may override settings: values as commander parsed them (strings). Undefined = not given. */
+export type ConfigFlags = Partial<
+  Record<'port' | 'host' | 'upstream' | 'db' | 'logFile', string | undefined>
+>;
+
+export interface ResolveConfigOptions {
+  /** `--config PATH`, which must exist. */
+  configPath?: string;
+  flags?: ConfigFlags;
+  env?: Env;
+  cwd?: string;
+  /** Read `./.env` (default true). */
+  dotenv?: boolean;
+}
+
+export interface ResolvedConfig {
+  config: Config;
+  /** The config file that was read, if any. */
+  configFile?: string;
+  /** Non-fatal problems, e.g. unknown keys in the config file. */
+  warnings: string[];
+  /** Where each non-default value came from. */
+  sources: Partial<Record<ConfigKey, string>>;
+  /** The environment as seen after `.env` was merged under it (for apiKeyEnv lookups). */
+  env: Env;
+}
+
+const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string }> = {
+  port: { key: 'port', flag: '--port' },
+  host: { key: 'host', flag: '--host' },
+  upstream: { key: 'openaiBaseUrl', flag: '--upstream' },
+  db: { key: 'databaseUrl', flag: '--db' },
+  logFile: { key: 'logFilePath', flag: '--log-file' },
+};
+
+/**
+ * Resolve the configuration once: defaults < config file < `.env` in the working directory <
+ * environment < command-line flags. Throws OaiProxyError('config_invalid' | 'config_not_found').
+ */
+export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfig {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  const warnings: string[] = [];
+  const sources: Partial<Record<ConfigKey, string>> = {};
+  const values: Partial<Record<ConfigKey, unknown>> = {};
+
+  for (const s of SETTINGS) if (s.default !== undefined) values[s.key] = structuredClone(s.default);
+
+  const configFile = findConfigFile(options.configPath, env, cwd);
+  if (configFile) {
+    const raw = readConfigFile(configFile);
+    const where = `config file ${configFile}`;
+    for (const [k, v] of Object.entries(raw)) {
+      const def = SETTINGS.find((s) => s.key === k);
+      if (!def) {
+        const near = closestKey(k);
+        warnings.push(
+          `Unknown key "${k}" in ${configFile}${near ? ` (did you mean "${near}"?)` : ''}; it is ignored`,
+        );
+        continue;
+      }
+      if (v === null || v === undefined) continue;
+      values[def.key] = fromFile(def, v, where);
+      sources[def.key] = where;
+    }
+  }
+
+  const dotenv = options.dotenv === false ? {} : readDotenv(cwd);
+  for (const [layer, where] of [
+    [dotenv, `.env in ${cwd}`],
+    [env, 'environment'],
+  ] as const) {
+    for (const def of SETTINGS) {
+      if (!def.env) continue;
+      const v = layer[def.env];
+      if (v === undefined || v === '') continue;
+      values[def.key] = fromString(def, v, `${def.env} (${where})`);
+      sources[def.key] = where;
+    }
+  }
+
+  for (const [name, { key, flag }] of Object.entries(FLAG_TO_KEY)) {
+    const v = options.flags?.[name as keyof ConfigFlags];
+    if (v === undefined) continue;
+    const def = SETTINGS.find((s) => s.key === key)!;
+    values[key] = fromString(def, v, flag);
+    sources[key] = flag;
+  }
+
+  const config = values as unknown as Config;
+  validateCrossFields(config, sources);
+  return { config, configFile, warnings, sources, env: { ...dotenv, ...env } };
+}
+
+/** `--config` (must exist) > OAI_PROXY_CONFIG (must exist) > ./oai-proxy.config.json > XDG config.json. */
+export function findConfigFile(explicit: string | undefined, env: Env, cwd: string): string | undefined {
+  if (explicit) {
+    const p = resolve(cwd, explicit);
+    if (!existsSync(p))
+      throw new OaiProxyError(
+        'config_not_found',
+        `Config file ${p} (from --config) does not exist; create it with \`oai-proxy init --config ${explicit}\` or fix the path`,
+      );
+    return p;
+  }
+  if (env.OAI_PROXY_CONFIG) {
+    const p = resolve(cwd, env.OAI_PROXY_CONFIG);
+    if (!existsSync(p))
+      throw new OaiProxyError(
+        'config_not_found',
+        `Config file ${p} (from OAI_PROXY_CONFIG) does not exist; unset OAI_PROXY_CONFIG or fix the path`,
+      );
+    return p;
+  }
+  const local = resolve(cwd, 'oai-proxy.config.json');
+  if (existsSync(local)) return local;
+  const user = defaultConfigPath(env);
+  if (existsSync(user)) return user;
+  return undefined;
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new OaiProxyError(
+      'config_invalid',
+      `Cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; check its permissions`,
+    );
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw new OaiProxyError(
+      'config_invalid',
+      `Config file ${path} is not valid JSON: ${(err as Error).message}`,
+    );
+  }
+  if (!isPlainObject(parsed))
+    throw new OaiProxyError('config_invalid', `Config file ${path} must hold a JSON object`);
+  return parsed;
+}
+
+function readDotenv(cwd: string): Env {
+  const p = resolve(cwd, '.env');
+  if (!existsSync(p)) return {};
+  try {
+    return parseEnv(readFileSync(p, 'utf8')) as Env;
+  } catch (err) {
+    throw new OaiProxyError('config_invalid', `Cannot read ${p}: ${(err as Error).message}`);
+  }
+}
+
+function invalid(where: string, def: SettingDef, expected: string, shown?: string): never {
+  const name = where.startsWith('config file') ? `"${def.key}" in ${where}` : where;
+  throw new OaiProxyError(
+    'config_invalid',
+    `Invalid ${name}${shown !== undefined ? ` = ${shown}` : ''}: expected ${expected}`,
+  );
+}
+
+function show(def: SettingDef, v: unknown): string {
+  if (def.type === 'secret') return '(hidden)';
+  const s = typeof v === 'string' ? v : JSON.stringify(v);
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/** Parse an environment / .env / flag string into the setting's type. */
+function fromString(def: SettingDef, v: string, where: string): unknown {
+  switch (def.type) {
+    case 'string':
+    case 'secret':
+      return v;
+    case 'url':
+      return checkUrl(def, v, where);
+    case 'int': {
+      if (!/^-?\d+$/.test(v.trim())) invalid(where, def, intExpectation(def), show(def, v));
+      return checkInt(def, Number(v), where);
+    }
+    case 'bool': {
+      const t = v.trim().toLowerCase();
+      if (['1', 'true', 'yes', 'on'].includes(t)) return true;
+      if (['0', 'false', 'no', 'off'].includes(t)) return false;
+      return invalid(where, def, 'true or false', show(def, v));
+    }
+    case 'enum': {
+      const t = v.trim().toLowerCase();
+      if (!def.values!.includes(t)) invalid(where, def, `one of ${def.values!.join(', ')}`, show(def, v));
+      return t;
+    }
+    case 'list':
+    case 'models':
+      return v
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+    case 'object': {
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(v);
+      } catch {
+        return invalid(where, def, 'a JSON object such as {"alias":"model"}', show(def, v));
+      }
+      return checkStringMap(def, parsed, where);
+    }
+    default:
+      return invalid(where, def, 'a value set in the config file only');
+  }
+}
+
+/** Check a config-file JSON value against the setting's type. */
+function fromFile(def: SettingDef, v: unknown, where: string): unknown {
+  switch (def.type) {
+    case 'string':
+    case 'secret':
+      if (typeof v !== 'string') invalid(where, def, 'a string', show(def, v));
+      return v;
+    case 'url':
+      if (typeof v !== 'string') invalid(where, def, 'a URL string', show(def, v));
+      return checkUrl(def, v, where);
+    case 'int':
+      if (typeof v !== 'number' || !Number.isInteger(v))
+        invalid(where, def, intExpectation(def), show(def, v));
+      return checkInt(def, v, where);
+    case 'bool':
+      if (typeof v !== 'boolean') invalid(where, def, 'true or false', show(def, v));
+      return v;
+    case 'enum':
+      if (typeof v !== 'string' || !def.values!.includes(v))
+        invalid(where, def, `one of ${def.values!.join(', ')}`, show(def, v));
+      return v;
+    case 'list':
+      if (typeof v === 'string')
+        return v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
+      if (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))
+        invalid(where, def, 'an array of strings', show(def, v));
+      return v;
+    case 'object':
+      return checkStringMap(def, v, where);
+    case 'models':
+      if (!Array.isArray(v))
+        invalid(where, def, 'an array of model names or {name, …} objects', show(def, v));
+      return v.map((item, i) =>
+        typeof item === 'string' ? item : checkModelEntry(def, item, `${where}, ${def.key}[${i}]`),
+      );
+    case 'modelEntries':
+      if (!Array.isArray(v))
+        invalid(
+          where,
+          def,
+          'an array of {name, upstream?, deployment?, displayName?, description?}',
+          show(def, v),
+        );
+      return v.map((item, i) => checkModelEntry(def, item, `${where}, ${def.key}[${i}]`));
+    case 'upstreams':
+      return checkUpstreams(def, v, where);
+  }
+}
+
+function intExpectation(def: SettingDef): string {
+  if (def.min !== undefined && def.max !== undefined) return `an integer from ${def.min} to ${def.max}`;
+  if (def.min !== undefined) return `an integer ≥ ${def.min}`;
+  return 'an integer';
+}
+
+function checkInt(def: SettingDef, n: number, where: string): number {
+  if (
+    !Number.isSafeInteger(n) ||
+    (def.min !== undefined && n < def.min) ||
+    (def.max !== undefined && n > def.max)
+  ) {
+    invalid(where, def, intExpectation(def), String(n));
+  }
+  return n;
+}
+
+function checkUrl(def: SettingDef, v: string, where: string): string {
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    return invalid(where, def, 'an absolute http(s) URL such as https://api.openai.com/v1', show(def, v));
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:')
+    invalid(where, def, 'an http:// or https:// URL', show(def, v));
+  return v.replace(/\/+$/, '');
+}
+
+function checkStringMap(def: SettingDef, v: unknown, where: string): Record<string, string> {
+  if (!isPlainObject(v) || Object.values(v).some((x) => typeof x !== 'string')) {
+    invalid(where, def, 'a JSON object of strings such as {"alias":"model"}', show(def, v));
+  }
+  return v as Record<string, string>;
+}
+
+function checkModelEntry(def: SettingDef, v: unknown, where: string): ModelEntry {
+  if (!isPlainObject(v) || typeof v.name !== 'string' || v.name === '') {
+    invalid(where, def, 'a model name or an object with a string "name"', show(def, v));
+  }
+  for (const k of ['upstream', 'deployment', 'displayName', 'description']) {
+    if (v[k] !== undefined && typeof v[k] !== 'string')
+      invalid(`${where}.${k}`, def, 'a string', show(def, v[k]));
+  }
+  return v as unknown as ModelEntry;
+}
+
+function checkUpstreams(def: SettingDef, v: unknown, where: string): Record<string, UpstreamEntry> {
+  if (!isPlainObject(v))
+    invalid(
+      where,
+      def,
+      'an object name → {baseUrl, apiKey | apiKeyEnv, type, apiVersion?, headers?}',
+      show(def, v),
+    );
+  const out: Record<string, UpstreamEntry> = {};
+  for (const [name, raw] of Object.entries(v)) {
+    const at = `${where}, upstreams.${name}`;
+    if (!isPlainObject(raw))
+      invalid(at, def, 'an object {baseUrl, apiKey | apiKeyEnv, type, …}', show(def, raw));
+    if (typeof raw.baseUrl !== 'string') invalid(`${at}.baseUrl`, def, 'a URL string');
+    const baseUrl = checkUrl(def, raw.baseUrl as string, `${at}.baseUrl`);
+    const type = raw.type ?? 'openai';
+    if (type !== 'openai' && type !== 'azure')
+      invalid(`${at}.type`, def, '"openai" or "azure"', show(def, type));
+    for (const k of ['apiKey', 'apiKeyEnv', 'apiVersion']) {
+      if (raw[k] !== undefined && typeof raw[k] !== 'string') invalid(`${at}.${k}`, def, 'a string');
+    }
+    if (raw.headers !== undefined) checkStringMap(def, raw.headers, `${at}.headers`);
+    out[name] = { ...(raw as unknown as UpstreamEntry), baseUrl, type };
+  }
+  return out;
+}
+
+function validateCrossFields(config: Config, sources: Partial<Record<ConfigKey, string>>): void {
+  for (const [alias, target] of Object.entries(config.modelMappings)) {
+    if (alias.trim() === '' || target.trim() === '') {
+      throw new OaiProxyError(
+        'config_invalid',
+        `Invalid MODEL_MAPPINGS (${sources.modelMappings ?? 'default'}): alias and model must be non-empty`,
+      );
+    }
+  }
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** The known config key closest to `key` (Levenshtein ≤ 3, or same letters ignoring case/underscores). */
+export function closestKey(key: string): string | undefined {
+  const norm = (s: string) => s.toLowerCase().replace(/[_-]/g, '');
+  let best: string | undefined;
+  let bestD = Number.POSITIVE_INFINITY;
+  for (const s of SETTINGS) {
+    if (norm(s.key) === norm(key) || (s.env && norm(s.env) === norm(key))) return s.key;
+    const d = levenshtein(norm(key), norm(s.key));
+    if (d < bestD) {
+      bestD = d;
+      best = s.key;
+    }
+  }
+  return bestD <= 3 ? best : undefined;
+}
+
+function levenshtein(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0];
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = prev[j];
+      prev[j] = Math.min(prev[j] + 1, prev[j - 1] + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = tmp;
+    }
+  }
+  return prev[b.length];
+}
+
+/** `sk-…abcd`: enough of a key to recognise it, never enough to use it. */
+export function maskSecret(secret: string | undefined): string {
+  if (!secret) return '(none)';
+  if (secret.length <= 8) return '…' + '*'.repeat(4);
+  const prefix = secret.startsWith('sk-') ? 'sk-' : '';
+  return `${prefix}…${secret.slice(-4)}`;
+}

@@ -1,0 +1,93 @@
+import { homedir } from 'node:os';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { OaiProxyError } from '../errors.js';
+
+type Env = Record<string, string | undefined>;
+
+/** `$XDG_CONFIG_HOME/oai-proxy`, else `~/.config/oai-proxy`. */
+export function configDir(env: Env): string {
+  const base =
+    env.XDG_CONFIG_HOME && isAbsolute(env.XDG_CONFIG_HOME) ? env.XDG_CONFIG_HOME : join(home(env), '.config');
+  return join(base, 'oai-proxy');
+}
+
+/** `$XDG_DATA_HOME/oai-proxy`, else `~/.local/share/oai-proxy`. */
+export function dataDir(env: Env): string {
+  const base =
+    env.XDG_DATA_HOME && isAbsolute(env.XDG_DATA_HOME)
+      ? env.XDG_DATA_HOME
+      : join(home(env), '.local', 'share');
+  return join(base, 'oai-proxy');
+}
+
+/** The per-user config file, used when no other config file is named or present. */
+export function defaultConfigPath(env: Env): string {
+  return join(configDir(env), 'config.json');
+}
+
+export type DatabaseLocation = { kind: 'sqlite'; path: string } | { kind: 'postgres'; url: string };
+
+/**
+ * Resolve DATABASE_URL / --db into a location. Accepts a plain path, `sqlite:///relative.db`,
+ * `sqlite:////absolute.db`, `file:` URLs and `postgres://` URLs.
+ */
+export function resolveDatabaseLocation(
+  databaseUrl: string | undefined,
+  env: Env,
+  cwd: string,
+): DatabaseLocation {
+  if (!databaseUrl) return { kind: 'sqlite', path: join(dataDir(env), 'oai-proxy.db') };
+  if (/^postgres(ql)?:\/\//i.test(databaseUrl)) return { kind: 'postgres', url: databaseUrl };
+  let path: string;
+  if (/^sqlite(\+\w+)?:\/\//i.test(databaseUrl)) {
+    // SQLAlchemy style: sqlite:///rel.db is relative, sqlite:////abs.db is absolute.
+    const rest = databaseUrl.replace(/^sqlite(\+\w+)?:\/\//i, '');
+    if (!rest.startsWith('/')) {
+      throw new OaiProxyError(
+        'config_invalid',
+        `DATABASE_URL "${databaseUrl}" is not a valid sqlite URL: use sqlite:///relative.db or sqlite:////absolute/path.db`,
+      );
+    }
+    path = rest.slice(1).split('?')[0];
+  } else if (/^file:/i.test(databaseUrl)) {
+    path = databaseUrl.startsWith('file://')
+      ? fileURLToPath(databaseUrl.split('?')[0])
+      : databaseUrl.slice(5).split('?')[0];
+  } else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(databaseUrl)) {
+    throw new OaiProxyError(
+      'config_invalid',
+      `DATABASE_URL "${redactUrl(databaseUrl)}" has an unsupported scheme: use a file path, sqlite:///path.db, file:path.db or postgres://…`,
+    );
+  } else {
+    path = databaseUrl;
+  }
+  if (path === '') throw new OaiProxyError('config_invalid', `DATABASE_URL "${databaseUrl}" names no file`);
+  if (path === ':memory:') return { kind: 'sqlite', path };
+  return { kind: 'sqlite', path: resolve(cwd, expandHome(path, env)) };
+}
+
+/** The log file: LOG_FILE_PATH, else `oai-proxy.log` beside the SQLite database (or in the data dir). */
+export function resolveLogFilePath(
+  logFilePath: string | undefined,
+  db: DatabaseLocation,
+  env: Env,
+  cwd: string,
+): string {
+  if (logFilePath) return resolve(cwd, expandHome(logFilePath, env));
+  if (db.kind === 'sqlite' && db.path !== ':memory:') return join(dirname(db.path), 'oai-proxy.log');
+  return join(dataDir(env), 'oai-proxy.log');
+}
+
+/** Hide the password part of a URL before it is printed. */
+export function redactUrl(url: string): string {
+  return url.replace(/\/\/([^:/@]+):([^@/]+)@/, '//$1:***@');
+}
+
+function expandHome(path: string, env: Env): string {
+  return path === '~' || path.startsWith('~/') ? join(home(env), path.slice(1)) : path;
+}
+
+function home(env: Env): string {
+  return env.HOME || homedir();
+}

@@ -1,0 +1,341 @@
+/** Model entry as written in the config file (`models` or object items of `availableModels`). */
+export interface ModelEntry {
+  name: string;
+  upstream?: string;
+  deployment?: string;
+  displayName?: string;
+  description?: string;
+}
+
+/** A named upstream from the config file's `upstreams` key. */
+export interface UpstreamEntry {
+  baseUrl: string;
+  apiKey?: string;
+  apiKeyEnv?: string;
+  type: 'openai' | 'azure';
+  apiVersion?: string;
+  headers?: Record<string, string>;
+}
+
+/** The complete, validated configuration every command receives. */
+export interface Config {
+  openaiApiKey?: string;
+  openaiBaseUrl: string;
+  openaiApiType?: 'openai' | 'azure';
+  openaiApiVersion?: string;
+  host: string;
+  port: number;
+  databaseUrl?: string;
+  logFilePath?: string;
+  logLevel: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' | 'silent';
+  logMaxBytes: number;
+  logMaxFiles: number;
+  logRotateDaily: boolean;
+  logFlushIntervalMs: number;
+  logQueueMax: number;
+  upstreamConnectTimeoutMs: number;
+  upstreamHeadersTimeoutMs: number;
+  upstreamIdleTimeoutMs: number;
+  maxRequestBodyBytes: number;
+  captureBodyBytes: number;
+  shutdownGraceMs: number;
+  corsOrigins: string[];
+  availableModels?: (string | ModelEntry)[];
+  models?: ModelEntry[];
+  modelMappings: Record<string, string>;
+  validateModels: boolean;
+  allowUnknownModels: boolean;
+  upstreams: Record<string, UpstreamEntry>;
+  adminApiKey?: string;
+  proxyApiKeys: string[];
+  qdrantUrl?: string;
+  qdrantApiKey?: string;
+  qdrantCollection: string;
+  embeddingModel: string;
+  embeddingUpstream?: string;
+}
+
+export type ConfigKey = keyof Config;
+
+export type SettingType =
+  | 'string'
+  | 'secret'
+  | 'url'
+  | 'int'
+  | 'bool'
+  | 'list'
+  | 'object'
+  | 'enum'
+  | 'models'
+  | 'modelEntries'
+  | 'upstreams';
+
+/** One setting: its camelCase file key, SCREAMING_SNAKE env name (if any), type, default and help. */
+export interface SettingDef {
+  key: ConfigKey;
+  env?: string;
+  flag?: string;
+  type: SettingType;
+  values?: readonly string[];
+  min?: number;
+  max?: number;
+  default?: unknown;
+  description: string;
+}
+
+const MiB = 1024 * 1024;
+
+/** Every setting oai-proxy knows. The README's configuration table and `.env.example` follow this list. */
+export const SETTINGS: readonly SettingDef[] = [
+  {
+    key: 'openaiApiKey',
+    env: 'OPENAI_API_KEY',
+    type: 'secret',
+    description:
+      "Key sent upstream in place of the client's; unset: each client's own Authorization is forwarded",
+  },
+  {
+    key: 'openaiBaseUrl',
+    env: 'OPENAI_BASE_URL',
+    flag: '--upstream',
+    type: 'url',
+    default: 'https://api.openai.com/v1',
+    description: 'Default upstream base URL',
+  },
+  {
+    key: 'openaiApiType',
+    env: 'OPENAI_API_TYPE',
+    type: 'enum',
+    values: ['openai', 'azure'],
+    description: 'Default upstream kind; `azure` is also detected from a *.openai.azure.com host',
+  },
+  {
+    key: 'openaiApiVersion',
+    env: 'OPENAI_API_VERSION',
+    type: 'string',
+    description: 'Azure api-version query parameter for the default upstream',
+  },
+  {
+    key: 'host',
+    env: 'HOST',
+    flag: '--host',
+    type: 'string',
+    default: '127.0.0.1',
+    description: 'Address to listen on',
+  },
+  {
+    key: 'port',
+    env: 'PORT',
+    flag: '--port',
+    type: 'int',
+    min: 0,
+    max: 65535,
+    default: 8000,
+    description: 'Port to listen on (0 picks a free one)',
+  },
+  {
+    key: 'databaseUrl',
+    env: 'DATABASE_URL',
+    flag: '--db',
+    type: 'string',
+    description:
+      'SQLite path, sqlite:///rel.db, sqlite:////abs.db or file: URL; default $XDG_DATA_HOME/oai-proxy/oai-proxy.db',
+  },
+  {
+    key: 'logFilePath',
+    env: 'LOG_FILE_PATH',
+    flag: '--log-file',
+    type: 'string',
+    description: 'JSON-lines log file; default oai-proxy.log beside the database',
+  },
+  {
+    key: 'logLevel',
+    env: 'LOG_LEVEL',
+    type: 'enum',
+    values: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'],
+    default: 'info',
+    description: 'Console log level',
+  },
+  {
+    key: 'logMaxBytes',
+    env: 'LOG_MAX_BYTES',
+    type: 'int',
+    min: 0,
+    default: 50 * MiB,
+    description: 'Rotate the log file when it reaches this size (0 = never by size)',
+  },
+  {
+    key: 'logMaxFiles',
+    env: 'LOG_MAX_FILES',
+    type: 'int',
+    min: 1,
+    max: 1000,
+    default: 5,
+    description: 'Rotated log files kept (oai-proxy.log.1 … .N)',
+  },
+  {
+    key: 'logRotateDaily',
+    env: 'LOG_ROTATE_DAILY',
+    type: 'bool',
+    default: false,
+    description: 'Also rotate the log file when the (UTC) day changes',
+  },
+  {
+    key: 'logFlushIntervalMs',
+    env: 'LOG_FLUSH_INTERVAL_MS',
+    type: 'int',
+    min: 1,
+    max: 60_000,
+    default: 200,
+    description: 'How often queued rows are written to the database, in one transaction',
+  },
+  {
+    key: 'logQueueMax',
+    env: 'LOG_QUEUE_MAX',
+    type: 'int',
+    min: 100,
+    default: 20_000,
+    description:
+      'Rows kept in memory while the database is unavailable; beyond it the oldest spill to the log file',
+  },
+  {
+    key: 'upstreamConnectTimeoutMs',
+    env: 'UPSTREAM_CONNECT_TIMEOUT_MS',
+    type: 'int',
+    min: 1,
+    default: 10_000,
+    description: 'Time allowed to connect to the upstream',
+  },
+  {
+    key: 'upstreamHeadersTimeoutMs',
+    env: 'UPSTREAM_HEADERS_TIMEOUT_MS',
+    type: 'int',
+    min: 1,
+    default: 600_000,
+    description: "Time allowed until the upstream's response headers",
+  },
+  {
+    key: 'upstreamIdleTimeoutMs',
+    env: 'UPSTREAM_IDLE_TIMEOUT_MS',
+    type: 'int',
+    min: 1,
+    default: 300_000,
+    description: 'Longest silence between body chunks or stream events',
+  },
+  {
+    key: 'maxRequestBodyBytes',
+    env: 'MAX_REQUEST_BODY_BYTES',
+    type: 'int',
+    min: 1,
+    default: 32 * MiB,
+    description: 'Largest JSON request body accepted (413 beyond)',
+  },
+  {
+    key: 'captureBodyBytes',
+    env: 'CAPTURE_BODY_BYTES',
+    type: 'int',
+    min: 0,
+    default: 4 * MiB,
+    description: 'Bytes of each body stored; longer bodies are stored truncated with their true size',
+  },
+  {
+    key: 'shutdownGraceMs',
+    env: 'SHUTDOWN_GRACE_MS',
+    type: 'int',
+    min: 0,
+    default: 10_000,
+    description: 'On SIGINT/SIGTERM, time in-flight requests get to finish',
+  },
+  {
+    key: 'corsOrigins',
+    env: 'CORS_ORIGINS',
+    type: 'list',
+    default: [],
+    description: 'Comma-separated allowed browser origins, or *; empty: CORS off',
+  },
+  {
+    key: 'availableModels',
+    env: 'AVAILABLE_MODELS',
+    type: 'models',
+    description:
+      'Comma-separated model names (file: strings or {name, upstream, deployment, displayName, description}); replaces the default list',
+  },
+  {
+    key: 'models',
+    type: 'modelEntries',
+    description: 'File only: model entries {name, upstream?, deployment?, displayName?, description?}',
+  },
+  {
+    key: 'modelMappings',
+    env: 'MODEL_MAPPINGS',
+    type: 'object',
+    default: {},
+    description: 'JSON object alias → model',
+  },
+  {
+    key: 'validateModels',
+    env: 'VALIDATE_MODELS',
+    type: 'bool',
+    default: false,
+    description: 'Answer 404 model_not_found for models neither registered nor aliased',
+  },
+  {
+    key: 'allowUnknownModels',
+    env: 'ALLOW_UNKNOWN_MODELS',
+    type: 'bool',
+    default: false,
+    description: 'With VALIDATE_MODELS, let unknown models pass (recorded as unknown)',
+  },
+  {
+    key: 'upstreams',
+    type: 'upstreams',
+    default: {},
+    description:
+      'File only: named upstreams name → {baseUrl, apiKey | apiKeyEnv, type, apiVersion?, headers?}',
+  },
+  {
+    key: 'adminApiKey',
+    env: 'ADMIN_API_KEY',
+    type: 'secret',
+    description: 'Enables /admin/* with Authorization: Bearer <key>',
+  },
+  {
+    key: 'proxyApiKeys',
+    env: 'PROXY_API_KEYS',
+    type: 'list',
+    default: [],
+    description: 'Comma-separated keys clients must present; empty: no client auth',
+  },
+  {
+    key: 'qdrantUrl',
+    env: 'QDRANT_URL',
+    type: 'url',
+    description: 'Enables Qdrant indexing and `logs search`',
+  },
+  { key: 'qdrantApiKey', env: 'QDRANT_API_KEY', type: 'secret', description: 'Qdrant API key' },
+  {
+    key: 'qdrantCollection',
+    env: 'QDRANT_COLLECTION',
+    type: 'string',
+    default: 'oai_proxy_exchanges',
+    description: 'Qdrant collection name',
+  },
+  {
+    key: 'embeddingModel',
+    env: 'EMBEDDING_MODEL',
+    type: 'string',
+    default: 'text-embedding-3-small',
+    description: 'Model used to embed exchanges for search',
+  },
+  {
+    key: 'embeddingUpstream',
+    env: 'EMBEDDING_UPSTREAM',
+    type: 'string',
+    description: 'Named upstream for embeddings (default: the default upstream)',
+  },
+];
+
+/** The setting for a config-file key, if known. */
+export function findSetting(key: string): SettingDef | undefined {
+  return SETTINGS.find((s) => s.key === key);
+}

@@ -1,0 +1,88 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+/** Headers whose values are secrets: stored as `[redacted]`, never persisted or logged. */
+export const SECRET_HEADERS: ReadonlySet<string> = new Set([
+  'authorization',
+  'api-key',
+  'x-api-key',
+  'cookie',
+  'set-cookie',
+  'proxy-authorization',
+]);
+
+export const REDACTED = '[redacted]';
+
+/** Copy of `headers` with secret values replaced, ready to persist. */
+export function redactHeaders(
+  headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
+): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v === undefined) continue;
+    const name = k.toLowerCase();
+    out[name] = SECRET_HEADERS.has(name) ? REDACTED : v;
+  }
+  return out;
+}
+
+/** Remove every occurrence of each secret from `text` (for error messages and bodies that echo keys). */
+export function scrubSecrets(text: string, secrets: readonly (string | undefined)[]): string {
+  let out = text;
+  for (const s of secrets) if (s && s.length >= 6 && out.includes(s)) out = out.split(s).join(REDACTED);
+  return out;
+}
+
+/** True for content types stored as text; everything else is stored as a placeholder. */
+export function isTextual(contentType: string | undefined): boolean {
+  if (!contentType) return true;
+  const ct = contentType.toLowerCase();
+  return (
+    ct.startsWith('text/') ||
+    ct.includes('json') ||
+    ct.includes('xml') ||
+    ct.includes('event-stream') ||
+    ct.includes('x-www-form-urlencoded') ||
+    ct.includes('javascript') ||
+    ct.includes('yaml')
+  );
+}
+
+/** Keeps the first `limit` bytes of a body while counting all of it. */
+export class BodyCapture {
+  private chunks: Buffer[] = [];
+  private captured = 0;
+  /** Total bytes seen. */
+  bytes = 0;
+  truncated = false;
+
+  constructor(private readonly limit: number) {}
+
+  push(chunk: Buffer): void {
+    this.bytes += chunk.length;
+    if (this.captured >= this.limit) {
+      if (chunk.length > 0) this.truncated = true;
+      return;
+    }
+    const room = this.limit - this.captured;
+    const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
+    if (part.length < chunk.length) this.truncated = true;
+    this.chunks.push(part);
+    this.captured += part.length;
+  }
+
+  /** The stored form: text when textual (and not compressed), else a placeholder naming type and size. */
+  stored(contentType: string | undefined, contentEncoding?: string): string | null {
+    if (this.bytes === 0) return null;
+    const encoded = contentEncoding && contentEncoding !== 'identity';
+    if (!isTextual(contentType) || encoded) {
+      return `[binary body: ${contentType ?? 'unknown type'}${encoded ? `, ${contentEncoding}` : ''}, ${this.bytes} bytes]`;
+    }
+    return this.text();
+  }
+
+  text(): string {
+    return this.chunks.length === 1
+      ? this.chunks[0].toString('utf8')
+      : Buffer.concat(this.chunks).toString('utf8');
+  }
+}

@@ -1,0 +1,612 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Dispatcher } from 'undici';
+import { openAiErrorBody } from '../errors.js';
+import type {
+  AssembledMessage,
+  ExchangeErrorKind,
+  ExchangeRecord,
+  ExchangeSink,
+} from '../storage/exchange-record.js';
+import { BodyCapture, isTextual, redactHeaders, scrubSecrets } from './capture.js';
+import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
+import { newExchangeId } from './ids.js';
+import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
+
+/** Where a model's requests go, as decided by the model registry. */
+export interface RouteDecision {
+  upstream: UpstreamTarget;
+  /** Model name to send upstream (alias resolved); null when the request names none. */
+  model: string | null;
+  /** Azure deployment for this model. */
+  deployment?: string;
+  /** True when validation is on, the model is not registered, and unknown models are allowed. */
+  unknown: boolean;
+}
+
+/** Resolves a requested model to its upstream. Returning `null` means: refuse with 404 model_not_found. */
+export interface ModelRouter {
+  route(model: string | null): RouteDecision | null;
+}
+
+/** An exchange the proxy answers itself (admin API, /models). Returns true when it handled the request. */
+export type OwnRoute = (ctx: ExchangeContext) => boolean | Promise<boolean>;
+
+export interface ProxyLimits {
+  maxRequestBodyBytes: number;
+  captureBodyBytes: number;
+  corsOrigins: string[];
+}
+
+export interface ProxyServerOptions {
+  limits: ProxyLimits;
+  dispatcher: Dispatcher;
+  defaultUpstream: UpstreamTarget;
+  sink: ExchangeSink;
+  router?: ModelRouter;
+  routes?: OwnRoute[];
+  /** Body of `GET /health` beyond status/uptime/requests. */
+  health: () => Record<string, unknown>;
+  version: string;
+  /** Values scrubbed from anything recorded (keys that might be echoed back). */
+  secrets?: string[];
+  onError?: (err: Error, context: string) => void;
+}
+
+export interface ProxyServer {
+  server: Server;
+  /** Requests currently being handled. */
+  inflight(): number;
+  requestsTotal(): number;
+  /** Stop accepting; wait for in-flight exchanges up to `graceMs`, then cut the rest. */
+  shutdown(graceMs: number): Promise<void>;
+}
+
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+/** Per-exchange state handed to own routes. */
+export class ExchangeContext {
+  readonly id: string;
+  readonly startedAt = Date.now();
+  readonly t0 = performance.now();
+  /** Path as recorded (`/v1/...` for proxied requests). */
+  path: string;
+  /** Path after `/v1`, starting with `/`. */
+  rest: string;
+  query: string;
+  status: number | null = null;
+  responseHeaders: Record<string, string | string[]> | null = null;
+  requestCapture: BodyCapture;
+  responseCapture: BodyCapture;
+  requestBody: Buffer | null = null;
+  requestJson: Record<string, unknown> | null = null;
+  model: string | null = null;
+  upstreamModel: string | null = null;
+  upstreamName: string | null = null;
+  modelUnknown = false;
+  stream = false;
+  user: string | null = null;
+  error: ExchangeErrorKind | null = null;
+  errorMessage: string | null = null;
+  ttfb: number | null = null;
+  assembler: StreamAssembler | null = null;
+  responseContentType: string | undefined;
+  responseEncoding: string | undefined;
+  internal = false;
+  recorded = false;
+
+  constructor(
+    readonly req: IncomingMessage,
+    readonly res: ServerResponse,
+    target: { path: string; rest: string; query: string },
+    capture: number,
+  ) {
+    this.id = newExchangeId(this.startedAt);
+    this.path = target.path;
+    this.rest = target.rest;
+    this.query = target.query;
+    this.requestCapture = new BodyCapture(capture);
+    this.responseCapture = new BodyCapture(capture);
+  }
+
+  /** Send a JSON answer from the proxy itself (recorded like any exchange). */
+  respondJson(status: number, body: unknown, headers: Record<string, string> = {}): void {
+    const text = typeof body === 'string' ? body : JSON.stringify(body);
+    this.respondRaw(status, text, { 'content-type': 'application/json', ...headers });
+  }
+
+  /** Send a body from the proxy itself. */
+  respondRaw(status: number, text: string, headers: Record<string, string>): void {
+    const buf = Buffer.from(text);
+    const h: Record<string, string> = { ...headers, 'content-length': String(buf.length) };
+    this.status = status;
+    this.responseHeaders = h;
+    this.responseContentType = h['content-type'];
+    if (buf.length > 0) this.responseCapture.push(buf);
+    if (this.res.destroyed) return;
+    this.res.writeHead(status, h);
+    this.res.end(buf);
+  }
+
+  /** Send an OpenAI-shaped error from the proxy itself, and note its kind in the record. */
+  respondError(
+    status: number,
+    kind: ExchangeErrorKind | null,
+    message: string,
+    type: string,
+    code: string | null,
+    param: string | null = null,
+  ): void {
+    if (kind) this.error = kind;
+    this.errorMessage = message;
+    this.respondRaw(status, openAiErrorBody(message, type, code, param), {
+      'content-type': 'application/json',
+    });
+  }
+
+  /** Read the whole request body up to `limit` bytes; null (after answering 413) when over. */
+  async readBody(limit: number): Promise<Buffer | null> {
+    if (this.requestBody) return this.requestBody;
+    const declared = Number(this.req.headers['content-length'] ?? 0);
+    if (declared > limit) {
+      this.tooLarge(limit, declared);
+      return null;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of this.req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > limit) {
+        this.tooLarge(limit, size);
+        return null;
+      }
+      chunks.push(chunk);
+      this.requestCapture.push(chunk);
+    }
+    this.requestBody = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+    return this.requestBody;
+  }
+
+  private tooLarge(limit: number, size: number): void {
+    this.requestCapture.bytes = Math.max(this.requestCapture.bytes, size);
+    this.res.shouldKeepAlive = false;
+    this.respondError(
+      413,
+      'body_too_large',
+      `Request body of ${size} bytes exceeds the proxy's limit of ${limit} bytes (MAX_REQUEST_BODY_BYTES)`,
+      'invalid_request_error',
+      'body_too_large',
+    );
+    // Stop reading the rest of the upload; the connection closes after the answer.
+    this.req.pause();
+  }
+
+  elapsed(): number {
+    return performance.now() - this.t0;
+  }
+}
+
+/** Parse and normalise a request target. Null when it cannot be a valid path. */
+export function normaliseTarget(rawUrl: string | undefined): { pathname: string; query: string } | null {
+  if (!rawUrl || rawUrl === '*') return null;
+  let u: URL;
+  try {
+    // Absolute-form targets keep only their path: requests only ever go to the configured upstream.
+    u = /^[a-z][a-z0-9+.-]*:\/\//i.test(rawUrl)
+      ? new URL(rawUrl)
+      : new URL(rawUrl.startsWith('/') ? rawUrl : `/${rawUrl}`, 'http://proxy.invalid');
+  } catch {
+    return null;
+  }
+  const pathname = u.pathname.replace(/\/{2,}/g, '/');
+  let decoded: string;
+  try {
+    decoded = decodeURIComponent(pathname);
+  } catch {
+    return null;
+  }
+  // The URL parser already resolved `..` and `%2e%2e`; anything still decoding to a dot-segment is refused.
+  if (/(^|[/\\])\.\.?([/\\]|$)/.test(decoded)) return null;
+  return { pathname, query: u.search.slice(1) };
+}
+
+/** Create the node:http proxy server. Call `server.listen()` yourself. */
+export function createProxyServer(options: ProxyServerOptions): ProxyServer {
+  const { limits, dispatcher, sink } = options;
+  const startTime = Date.now();
+  let requestsTotal = 0;
+  let inflight = 0;
+  let closing = false;
+  let drained: (() => void) | null = null;
+  const secrets = (options.secrets ?? []).filter((s) => s && s.length >= 6);
+  const cors = limits.corsOrigins;
+  const sockets = new Set<Socket>();
+
+  const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
+    if (cors.length === 0) return null;
+    const origin = req.headers.origin;
+    if (!origin) return null;
+    if (cors.includes('*'))
+      return { 'access-control-allow-origin': '*', 'access-control-expose-headers': '*' };
+    if (!cors.includes(origin)) return null;
+    return {
+      'access-control-allow-origin': origin,
+      vary: 'Origin',
+      'access-control-expose-headers': '*',
+      'access-control-allow-credentials': 'true',
+    };
+  };
+
+  const record = (x: ExchangeContext) => {
+    if (x.recorded) return;
+    x.recorded = true;
+    try {
+      const assembled: AssembledMessage | null = x.assembler ? x.assembler.result() : null;
+      let usage = assembled?.usage ?? null;
+      let responseBody = x.responseCapture.stored(x.responseContentType, x.responseEncoding);
+      if (!usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
+        usage = extractUsage(responseBody);
+      let requestBody =
+        x.requestCapture.bytes > 0
+          ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
+          : null;
+      if (secrets.length) {
+        if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
+        if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
+      }
+      const r: ExchangeRecord = {
+        id: x.id,
+        startedAt: x.startedAt,
+        durationMs: x.elapsed(),
+        ttfbMs: x.ttfb,
+        method: x.req.method ?? 'GET',
+        path: x.path,
+        query: x.query || null,
+        clientAddr: x.req.socket.remoteAddress ?? null,
+        status: x.status,
+        requestHeaders: redactHeaders(x.req.headers),
+        responseHeaders: x.responseHeaders ? redactHeaders(x.responseHeaders) : null,
+        requestBody,
+        requestBytes: x.requestCapture.bytes,
+        requestTruncated: x.requestCapture.truncated,
+        responseBody,
+        responseBytes: x.responseCapture.bytes,
+        responseTruncated: x.responseCapture.truncated,
+        model: x.model,
+        upstreamModel: x.upstreamModel,
+        upstream: x.upstreamName,
+        modelUnknown: x.modelUnknown,
+        stream: x.stream,
+        promptTokens: usage?.prompt_tokens ?? null,
+        completionTokens: usage?.completion_tokens ?? null,
+        totalTokens: usage?.total_tokens ?? null,
+        user: x.user,
+        error: x.error,
+        errorMessage: x.errorMessage ? scrubSecrets(x.errorMessage, secrets) : null,
+        assembled,
+        internal: x.internal,
+      };
+      sink.record(r);
+    } catch (err) {
+      options.onError?.(err as Error, 'recording an exchange');
+    }
+  };
+
+  const forward = async (x: ExchangeContext) => {
+    const { req, res } = x;
+    const method = req.method ?? 'GET';
+    const contentType = String(req.headers['content-type'] ?? '');
+    const hasBody =
+      BODY_METHODS.has(method) &&
+      (req.headers['content-length'] !== undefined
+        ? req.headers['content-length'] !== '0'
+        : req.headers['transfer-encoding'] !== undefined);
+    let body: Buffer | AsyncIterable<Buffer> | null = null;
+    let contentLength: number | undefined;
+
+    if (hasBody && contentType.includes('json')) {
+      const buf = await x.readBody(limits.maxRequestBodyBytes);
+      if (!buf) return;
+      body = buf;
+      let json: unknown;
+      try {
+        json = JSON.parse(buf.toString('utf8'));
+      } catch {
+        json = undefined; // not ours to judge: the upstream answers malformed JSON
+      }
+      if (json && typeof json === 'object' && !Array.isArray(json)) {
+        const obj = json as Record<string, unknown>;
+        x.requestJson = obj;
+        if (typeof obj.model === 'string') x.model = obj.model;
+        if (obj.stream === true) x.stream = true;
+        if (typeof obj.user === 'string') x.user = obj.user;
+      }
+    } else if (hasBody) {
+      const capture = x.requestCapture;
+      const keep = isTextual(contentType) && !contentType.includes('multipart');
+      body = (async function* () {
+        for await (const chunk of req as AsyncIterable<Buffer>) {
+          if (keep) capture.push(chunk);
+          else capture.bytes += chunk.length;
+          yield chunk;
+        }
+      })();
+    }
+
+    let decision: RouteDecision | null = {
+      upstream: options.defaultUpstream,
+      model: x.model,
+      unknown: false,
+    };
+    if (options.router) decision = options.router.route(x.model);
+    if (!decision) {
+      x.respondError(
+        404,
+        'model_not_found',
+        `The model \`${x.model}\` does not exist or is not available on this proxy`,
+        'invalid_request_error',
+        'model_not_found',
+        'model',
+      );
+      return;
+    }
+    x.upstreamName = decision.upstream.name;
+    x.upstreamModel = decision.model;
+    x.modelUnknown = decision.unknown;
+    if (decision.model !== x.model && x.requestJson && decision.model !== null) {
+      body = Buffer.from(JSON.stringify({ ...x.requestJson, model: decision.model }));
+      contentLength = body.length;
+    }
+
+    const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, req.headers, {
+      contentLength,
+      deployment: decision.deployment ?? decision.model ?? undefined,
+    });
+    await dispatchUpstream(x, decision.upstream.origin, method, shape.path, shape.headers, body);
+  };
+
+  const dispatchUpstream = (
+    x: ExchangeContext,
+    origin: string,
+    method: string,
+    path: string,
+    headers: Record<string, string | string[]>,
+    body: Buffer | AsyncIterable<Buffer> | null,
+  ) =>
+    new Promise<void>((resolve) => {
+      const { res } = x;
+      let controller: Dispatcher.DispatchController | null = null;
+      const onClientClose = () => {
+        if (!res.writableEnded && controller && !controller.aborted) {
+          const e = new Error('client aborted') as Error & { code: string };
+          e.code = 'CLIENT_ABORTED';
+          controller.abort(e);
+        }
+      };
+      res.once('close', onClientClose);
+      const handler: Dispatcher.DispatchHandler = {
+        onRequestStart(c) {
+          controller = c;
+          if (res.destroyed) onClientClose();
+        },
+        onResponseStart(_c, statusCode, upstreamHeaders) {
+          x.status = statusCode;
+          const out: Record<string, string | string[]> = {};
+          for (const [k, v] of Object.entries(upstreamHeaders)) {
+            if (v === undefined || isHopByHop(k)) continue;
+            out[k] = v;
+          }
+          x.responseHeaders = out;
+          const ct = upstreamHeaders['content-type'];
+          x.responseContentType = Array.isArray(ct) ? ct[0] : ct;
+          const ce = upstreamHeaders['content-encoding'];
+          x.responseEncoding = Array.isArray(ce) ? ce[0] : ce;
+          if (x.responseContentType?.includes('text/event-stream')) {
+            x.stream = true;
+            x.assembler = createStreamAssembler({ maxChars: limits.captureBodyBytes });
+          }
+          if (res.destroyed) return;
+          const corsH = corsHeaders(x.req);
+          if (corsH) Object.assign(out, corsH);
+          res.writeHead(statusCode, out);
+          if (x.assembler) res.flushHeaders();
+        },
+        onResponseData(c, chunk) {
+          if (x.ttfb === null) x.ttfb = x.elapsed();
+          x.responseCapture.push(chunk);
+          x.assembler?.push(chunk);
+          if (!res.write(chunk)) {
+            c.pause();
+            res.once('drain', () => c.resume());
+          }
+        },
+        onResponseEnd() {
+          res.removeListener('close', onClientClose);
+          if (x.ttfb === null) x.ttfb = x.elapsed();
+          res.end();
+          resolve();
+        },
+        onResponseError(_c, err) {
+          res.removeListener('close', onClientClose);
+          const code = (err as { code?: string }).code;
+          if (code === 'CLIENT_ABORTED' || (res.destroyed && !res.writableEnded)) {
+            x.error = 'client_aborted';
+            x.errorMessage =
+              'The client disconnected before the response was complete; the upstream request was aborted';
+          } else {
+            const { kind, status } = classifyUpstreamError(err);
+            const message = upstreamErrorMessage(kind, origin, err);
+            if (!res.headersSent) {
+              x.respondError(
+                status,
+                kind,
+                message,
+                'proxy_error',
+                kind === 'upstream_reset' ? 'upstream_unreachable' : kind,
+              );
+            } else {
+              x.error = kind;
+              x.errorMessage = message;
+              res.destroy();
+            }
+          }
+          resolve();
+        },
+      };
+      try {
+        dispatcher.dispatch(
+          { origin, path, method: method as Dispatcher.HttpMethod, headers, body: body as any },
+          handler,
+        );
+      } catch (err) {
+        handler.onResponseError!(null as any, err as Error);
+      }
+    });
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const target = normaliseTarget(req.url);
+    if (!target) {
+      res.writeHead(400, { 'content-type': 'application/json', connection: 'close' });
+      res.end(openAiErrorBody('Invalid request path', 'invalid_request_error', 'invalid_path'));
+      return;
+    }
+    const { pathname, query } = target;
+    if (pathname === '/health' && (req.method === 'GET' || req.method === 'HEAD')) {
+      const body = JSON.stringify({
+        status: 'ok',
+        version: options.version,
+        uptime_s: Math.round((Date.now() - startTime) / 1000),
+        requests_total: requestsTotal,
+        ...options.health(),
+      });
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(req.method === 'HEAD' ? undefined : body);
+      return;
+    }
+    if (req.method === 'OPTIONS' && cors.length > 0 && req.headers['access-control-request-method']) {
+      const h = corsHeaders(req);
+      if (h) {
+        res.writeHead(204, {
+          ...h,
+          'access-control-allow-methods': 'GET, POST, PUT, PATCH, DELETE, OPTIONS',
+          'access-control-allow-headers': String(req.headers['access-control-request-headers'] ?? '*'),
+          'access-control-max-age': '86400',
+        });
+      } else {
+        res.writeHead(403, { 'content-type': 'application/json' });
+      }
+      res.end(
+        h
+          ? undefined
+          : openAiErrorBody('Origin not allowed by CORS_ORIGINS', 'invalid_request_error', 'cors_forbidden'),
+      );
+      return;
+    }
+
+    requestsTotal++;
+    inflight++;
+    const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
+    const rest = versioned ? pathname.slice(3) || '/' : pathname;
+    // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes as they are.
+    const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
+    const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
+    res.once('close', () => {
+      if (!res.writableEnded && !x.error) {
+        x.error = 'client_aborted';
+        x.errorMessage = 'The client disconnected before the response was complete';
+      }
+      record(x);
+      inflight--;
+      if (inflight === 0 && drained) drained();
+    });
+    try {
+      for (const route of options.routes ?? []) {
+        if (await route(x)) return;
+      }
+      if (isOwnPath(pathname)) {
+        x.respondError(
+          404,
+          null,
+          `No proxy route ${req.method} ${pathname}`,
+          'invalid_request_error',
+          'not_found',
+        );
+        return;
+      }
+      await forward(x);
+    } catch (err) {
+      options.onError?.(err as Error, `handling ${req.method} ${x.path}`);
+      if (!res.headersSent)
+        x.respondError(500, 'proxy_error', 'Internal proxy error', 'proxy_error', 'internal_error');
+      else res.destroy();
+    }
+  };
+
+  const server = createServer(
+    { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 60_000 },
+    (req, res) => {
+      if (closing) res.setHeader('connection', 'close');
+      void handle(req, res);
+    },
+  );
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    if (!socket.writable || err.code === 'ECONNRESET') {
+      socket.destroy();
+      return;
+    }
+    const status =
+      err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const body = openAiErrorBody(
+      status === 431 ? 'Request headers too large' : 'Bad request',
+      'invalid_request_error',
+      'bad_request',
+    );
+    socket.end(
+      `HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  });
+
+  return {
+    server,
+    inflight: () => inflight,
+    requestsTotal: () => requestsTotal,
+    async shutdown(graceMs) {
+      closing = true;
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      server.closeIdleConnections();
+      if (inflight > 0) {
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, graceMs);
+          drained = () => {
+            clearTimeout(t);
+            r();
+          };
+        });
+      }
+      for (const s of sockets) s.destroy();
+      await closed;
+    },
+  };
+}
+
+/** Paths the proxy itself owns (never forwarded). */
+function isOwnPath(pathname: string): boolean {
+  return pathname === '/health' || pathname === '/admin' || pathname.startsWith('/admin/');
+}
+
+function upstreamErrorMessage(kind: string, origin: string, err: unknown): string {
+  const code = (err as { code?: string }).code;
+  switch (kind) {
+    case 'upstream_timeout':
+      return `The upstream ${origin} did not answer in time (${code ?? 'timeout'}); see UPSTREAM_*_TIMEOUT_MS`;
+    case 'upstream_reset':
+      return `The connection to the upstream ${origin} was reset (${code ?? 'reset'})`;
+    default:
+      return `The upstream ${origin} could not be reached (${code ?? (err as Error).message}); check OPENAI_BASE_URL`;
+  }
+}

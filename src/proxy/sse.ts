@@ -1,0 +1,219 @@
+import type { AssembledMessage, Usage } from '../storage/exchange-record.js';
+
+/** Incrementally reassembles an OpenAI server-sent-event stream (chat, completions, Responses API). */
+export interface StreamAssembler {
+  push(chunk: Buffer | string): void;
+  /** The message so far; `complete` is true only if the stream's final event was seen. */
+  result(): AssembledMessage;
+}
+
+export interface StreamAssemblerOptions {
+  /** Cap on the assembled text (content and each tool call's arguments). */
+  maxChars?: number;
+}
+
+interface ToolCallAcc {
+  id?: string;
+  type?: string;
+  name?: string;
+  arguments: string;
+}
+
+/** Create an assembler; feed it raw response chunks in order. */
+export function createStreamAssembler(options: StreamAssemblerOptions = {}): StreamAssembler {
+  const maxChars = options.maxChars ?? 4 * 1024 * 1024;
+  let buffer = '';
+  let kind: AssembledMessage['kind'] = 'unknown';
+  let content = '';
+  const toolCalls: ToolCallAcc[] = [];
+  const toolIndex = new Map<string | number, ToolCallAcc>();
+  let finishReason: string | null = null;
+  let usage: Usage | null = null;
+  let complete = false;
+  let events = 0;
+  const decoder = new TextDecoder();
+
+  const appendCapped = (base: string, add: string) =>
+    base.length >= maxChars ? base : (base + add).slice(0, maxChars);
+
+  const toolFor = (key: string | number): ToolCallAcc => {
+    let t = toolIndex.get(key);
+    if (!t) {
+      t = { arguments: '' };
+      toolIndex.set(key, t);
+      toolCalls.push(t);
+    }
+    return t;
+  };
+
+  const onData = (eventName: string | null, data: string) => {
+    events++;
+    if (data === '[DONE]') {
+      complete = true;
+      return;
+    }
+    let ev: any;
+    try {
+      ev = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (!ev || typeof ev !== 'object') return;
+    const type: string | undefined = typeof ev.type === 'string' ? ev.type : (eventName ?? undefined);
+    if (type?.startsWith('response.')) {
+      kind = 'response';
+      onResponsesEvent(type, ev);
+      return;
+    }
+    if (ev.object === 'chat.completion.chunk') kind = 'chat.completion';
+    else if (ev.object === 'text_completion') kind = 'text_completion';
+    if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
+    const choice = Array.isArray(ev.choices) ? ev.choices.find((c: any) => (c?.index ?? 0) === 0) : undefined;
+    if (!choice) return;
+    if (choice.finish_reason) finishReason = choice.finish_reason;
+    if (typeof choice.text === 'string') {
+      kind = 'text_completion';
+      content = appendCapped(content, choice.text);
+    }
+    const delta = choice.delta;
+    if (delta && typeof delta === 'object') {
+      if (typeof delta.content === 'string') content = appendCapped(content, delta.content);
+      if (Array.isArray(delta.tool_calls)) {
+        for (const tc of delta.tool_calls) {
+          const t = toolFor(tc.index ?? toolCalls.length);
+          if (tc.id) t.id = tc.id;
+          if (tc.type) t.type = tc.type;
+          if (tc.function?.name) t.name = (t.name ?? '') + tc.function.name;
+          if (typeof tc.function?.arguments === 'string')
+            t.arguments = appendCapped(t.arguments, tc.function.arguments);
+        }
+      }
+    }
+  };
+
+  const onResponsesEvent = (type: string, ev: any) => {
+    switch (type) {
+      case 'response.output_text.delta':
+        if (typeof ev.delta === 'string') content = appendCapped(content, ev.delta);
+        break;
+      case 'response.output_item.added':
+        if (ev.item?.type === 'function_call') {
+          const t = toolFor(ev.item.id ?? ev.output_index);
+          t.id = ev.item.call_id ?? ev.item.id;
+          t.type = 'function';
+          t.name = ev.item.name;
+          if (typeof ev.item.arguments === 'string') t.arguments = ev.item.arguments;
+        }
+        break;
+      case 'response.function_call_arguments.delta': {
+        const t = toolFor(ev.item_id ?? ev.output_index);
+        if (typeof ev.delta === 'string') t.arguments = appendCapped(t.arguments, ev.delta);
+        break;
+      }
+      case 'response.function_call_arguments.done': {
+        const t = toolFor(ev.item_id ?? ev.output_index);
+        if (typeof ev.arguments === 'string') t.arguments = ev.arguments.slice(0, maxChars);
+        break;
+      }
+      case 'response.completed':
+      case 'response.incomplete':
+      case 'response.failed': {
+        complete = true;
+        const r = ev.response ?? {};
+        finishReason = r.incomplete_details?.reason ?? r.status ?? type.slice('response.'.length);
+        if (r.usage) usage = normaliseUsage(r.usage);
+        break;
+      }
+    }
+  };
+
+  const parseBlock = (block: string) => {
+    let eventName: string | null = null;
+    let data: string | null = null;
+    for (const line of block.split('\n')) {
+      if (line.startsWith('data:')) {
+        const v = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5);
+        data = data === null ? v : `${data}\n${v}`;
+      } else if (line.startsWith('event:')) {
+        eventName = line.slice(6).trim();
+      }
+    }
+    if (data !== null) onData(eventName, data);
+  };
+
+  return {
+    push(chunk) {
+      buffer += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+      if (buffer.includes('\r')) buffer = buffer.replace(/\r\n?/g, '\n');
+      let end = buffer.indexOf('\n\n');
+      while (end !== -1) {
+        parseBlock(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        end = buffer.indexOf('\n\n');
+      }
+    },
+    result() {
+      return {
+        kind,
+        content,
+        tool_calls: toolCalls.map((t) => ({ ...t })),
+        finish_reason: finishReason,
+        usage,
+        complete,
+        events,
+      };
+    },
+  };
+}
+
+/** Map chat/completions (`prompt_tokens`…) and Responses (`input_tokens`…) usage to one shape. */
+export function normaliseUsage(u: any): Usage | null {
+  if (!u || typeof u !== 'object') return null;
+  const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+  const prompt = num(u.prompt_tokens) ?? num(u.input_tokens);
+  const completion = num(u.completion_tokens) ?? num(u.output_tokens);
+  let total = num(u.total_tokens);
+  if (total === null && prompt !== null) total = prompt + (completion ?? 0);
+  if (prompt === null && completion === null && total === null) return null;
+  return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total };
+}
+
+/**
+ * Usage from a JSON response body without parsing all of it: finds the last top-level-looking
+ * `"usage"` object and parses only that. Falls back to a full parse for small bodies.
+ */
+export function extractUsage(body: string): Usage | null {
+  let at = body.lastIndexOf('"usage"');
+  while (at !== -1) {
+    const open = body.indexOf('{', at);
+    const colon = body.indexOf(':', at);
+    if (open !== -1 && colon !== -1 && colon < open && body.slice(colon + 1, open).trim() === '') {
+      const close = matchBrace(body, open);
+      if (close !== -1) {
+        try {
+          const u = normaliseUsage(JSON.parse(body.slice(open, close + 1)));
+          if (u) return u;
+        } catch {
+          // not JSON there: keep looking
+        }
+      }
+    }
+    at = at === 0 ? -1 : body.lastIndexOf('"usage"', at - 1);
+  }
+  return null;
+}
+
+function matchBrace(s: string, open: number): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = open; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (inString) {
+      if (c === 92) i++;
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123) depth++;
+    else if (c === 125 && --depth === 0) return i;
+  }
+  return -1;
+}

@@ -1,0 +1,129 @@
+import { closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
+import { OaiProxyError } from '../errors.js';
+import { migrations } from './migrations/index.js';
+import type { DatabaseSchema } from './tables.js';
+
+export type SqliteHandle = BetterSqlite3.Database;
+
+/** An open SQLite database: the raw handle (for prepared hot-path statements) and Kysely (for queries). */
+export interface OpenDatabase {
+  path: string;
+  sqlite: SqliteHandle;
+  db: Kysely<DatabaseSchema>;
+  readonly: boolean;
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  /** Open for reading only: never creates the file, never migrates. */
+  readonly?: boolean;
+}
+
+/**
+ * Open (and for writers create + migrate) the SQLite database at `path`: WAL, synchronous=NORMAL,
+ * busy_timeout. Files are created with mode 0600 (they hold prompts).
+ */
+export async function openDatabase(path: string, options: OpenDatabaseOptions = {}): Promise<OpenDatabase> {
+  const readonly = options.readonly ?? false;
+  const memory = path === ':memory:';
+  if (readonly && !memory) checkReadable(path);
+  if (!readonly && !memory) ensureFile(path);
+
+  let sqlite: SqliteHandle;
+  try {
+    sqlite = new BetterSqlite3(path, { readonly, fileMustExist: readonly });
+    if (!readonly) {
+      sqlite.pragma('journal_mode = WAL');
+      sqlite.pragma('synchronous = NORMAL');
+    }
+    sqlite.pragma('busy_timeout = 5000');
+    // Fails fast on a file that is not a database.
+    sqlite.prepare('select count(*) from sqlite_master').get();
+  } catch (err) {
+    throw databaseError(path, err);
+  }
+  const db = new Kysely<DatabaseSchema>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const handle: OpenDatabase = {
+    path,
+    sqlite,
+    db,
+    readonly,
+    async close() {
+      await db.destroy();
+    },
+  };
+  if (!readonly) {
+    await migrate(db, path);
+  } else {
+    const has = sqlite
+      .prepare("select 1 from sqlite_master where type = 'table' and name = 'exchanges'")
+      .get();
+    if (!has) {
+      sqlite.close();
+      throw new OaiProxyError(
+        'database_not_found',
+        `Database ${path} has no oai-proxy tables; point --db / DATABASE_URL at the file \`oai-proxy serve\` writes`,
+      );
+    }
+  }
+  return handle;
+}
+
+/** Run every pending migration; safe to call on an up-to-date database and from several processes. */
+export async function migrate(db: Kysely<any>, path: string): Promise<void> {
+  const provider: MigrationProvider = { getMigrations: async () => migrations };
+  const migrator = new Migrator({ db, provider });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName;
+    throw new OaiProxyError(
+      'database_error',
+      `Migrating database ${path} failed${failed ? ` at ${failed}` : ''}: ${(error as Error).message ?? String(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+function ensureFile(path: string): void {
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
+  } catch (err) {
+    throw new OaiProxyError(
+      'database_error',
+      `Cannot create database ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; choose another location with --db or DATABASE_URL`,
+      { cause: err },
+    );
+  }
+}
+
+function checkReadable(path: string): void {
+  if (!existsSync(path)) {
+    throw new OaiProxyError(
+      'database_not_found',
+      `No database at ${path}; start \`oai-proxy serve\` first, or point --db / DATABASE_URL at an existing file`,
+    );
+  }
+  if (statSync(path).size === 0) {
+    throw new OaiProxyError(
+      'database_not_found',
+      `Database ${path} is empty; start \`oai-proxy serve\` to create it, or point --db / DATABASE_URL at the right file`,
+    );
+  }
+}
+
+function databaseError(path: string, err: unknown): OaiProxyError {
+  const code = (err as { code?: string }).code ?? '';
+  const msg = (err as Error).message ?? String(err);
+  if (code === 'SQLITE_NOTADB' || /not a database/i.test(msg)) {
+    return new OaiProxyError(
+      'database_error',
+      `${path} is not an SQLite database (or is corrupt); move it aside and let \`oai-proxy serve\` create a new one`,
+      { cause: err },
+    );
+  }
+  return new OaiProxyError('database_error', `Cannot open database ${path}: ${msg}`, { cause: err });
+}

@@ -1,0 +1,69 @@
+/** Token usage as reported by the upstream (JSON body or the stream's usage event). */
+export interface Usage {
+  prompt_tokens: number | null;
+  completion_tokens: number | null;
+  total_tokens: number | null;
+}
+
+/** A streamed answer reassembled from its events. */
+export interface AssembledMessage {
+  kind: 'chat.completion' | 'text_completion' | 'response' | 'unknown';
+  content: string;
+  tool_calls: { id?: string; type?: string; name?: string; arguments: string }[];
+  finish_reason: string | null;
+  usage: Usage | null;
+  /** False when the stream ended before its final event (cut off, aborted, reset). */
+  complete: boolean;
+  events: number;
+}
+
+/** Why an exchange did not complete normally. */
+export type ExchangeErrorKind =
+  | 'upstream_unreachable'
+  | 'upstream_timeout'
+  | 'upstream_reset'
+  | 'client_aborted'
+  | 'body_too_large'
+  | 'invalid_request'
+  | 'model_not_found'
+  | 'unauthorized'
+  | 'proxy_error';
+
+/** One recorded exchange: everything the proxy saw of a request and its response. Secrets already redacted. */
+export interface ExchangeRecord {
+  id: string;
+  startedAt: number;
+  durationMs: number;
+  ttfbMs: number | null;
+  method: string;
+  path: string;
+  query: string | null;
+  clientAddr: string | null;
+  status: number | null;
+  requestHeaders: Record<string, string | string[]>;
+  responseHeaders: Record<string, string | string[]> | null;
+  requestBody: string | null;
+  requestBytes: number;
+  requestTruncated: boolean;
+  responseBody: string | null;
+  responseBytes: number;
+  responseTruncated: boolean;
+  model: string | null;
+  upstreamModel: string | null;
+  upstream: string | null;
+  modelUnknown: boolean;
+  stream: boolean;
+  promptTokens: number | null;
+  completionTokens: number | null;
+  totalTokens: number | null;
+  user: string | null;
+  error: ExchangeErrorKind | null;
+  errorMessage: string | null;
+  assembled: AssembledMessage | null;
+  internal: boolean;
+}
+
+/** Where the proxy hands finished exchanges. Must never throw and never block. */
+export interface ExchangeSink {
+  record(exchange: ExchangeRecord): void;
+}

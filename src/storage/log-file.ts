@@ -1,0 +1,85 @@
+import { existsSync, renameSync, statSync } from 'node:fs';
+import pino from 'pino';
+
+type Boom = ReturnType<typeof pino.destination>;
+
+export interface RotatingFileOptions {
+  path: string;
+  /** Rotate when the file reaches this many bytes; 0 = never by size. */
+  maxBytes: number;
+  /** Rotated files kept: `path.1` (newest) … `path.N`. */
+  maxFiles: number;
+  /** Also rotate when the UTC day changes. */
+  daily: boolean;
+}
+
+/**
+ * An append-only log file (pino's SonicBoom, mode 0600) that rotates by size and/or day, keeping
+ * `maxFiles` old files, and can be reopened in place for an external logrotate (SIGUSR2).
+ */
+export class RotatingFile {
+  private boom: Boom;
+  private size: number;
+  private day: string;
+
+  constructor(private readonly options: RotatingFileOptions) {
+    this.boom = pino.destination({ dest: options.path, sync: false, mkdir: true, mode: 0o600 } as any);
+    this.size = existsSync(options.path) ? statSync(options.path).size : 0;
+    this.day = today();
+  }
+
+  write(chunk: string): boolean {
+    const ok = this.boom.write(chunk);
+    this.size += chunk.length;
+    if (
+      (this.options.maxBytes > 0 && this.size >= this.options.maxBytes) ||
+      (this.options.daily && today() !== this.day)
+    ) {
+      this.rotate();
+    }
+    return ok;
+  }
+
+  /** Shift `path` → `path.1` → … → `path.N` (dropping the oldest) and continue in a fresh file. */
+  rotate(): void {
+    const { path, maxFiles } = this.options;
+    try {
+      for (let i = maxFiles - 1; i >= 1; i--) {
+        if (existsSync(`${path}.${i}`)) renameSync(`${path}.${i}`, `${path}.${i + 1}`);
+      }
+      if (existsSync(path)) renameSync(path, `${path}.1`);
+    } catch {
+      // Rotation is best effort: keep writing to the current file.
+      return;
+    }
+    this.size = 0;
+    this.day = today();
+    this.boom.reopen();
+  }
+
+  /** Reopen the file at its path (after an external tool moved it). */
+  reopen(): void {
+    this.boom.reopen();
+    this.size = existsSync(this.options.path) ? statSync(this.options.path).size : 0;
+  }
+
+  flushSync(): void {
+    try {
+      this.boom.flushSync();
+    } catch {
+      // not open yet, or nothing to flush
+    }
+  }
+
+  end(): Promise<void> {
+    return new Promise((resolve) => {
+      this.boom.once('close', () => resolve());
+      this.boom.once('error', () => resolve());
+      this.boom.end();
+    });
+  }
+}
+
+function today(): string {
+  return new Date().toISOString().slice(0, 10);
+}

@@ -1,0 +1,186 @@
+import type { SqliteHandle } from './database.js';
+import type { ExchangeRecord, ExchangeSink } from './exchange-record.js';
+import type { ExchangesTable } from './tables.js';
+
+/** What `/health` shows about recording. */
+export interface ExchangeWriterHealth {
+  database: 'ok' | 'error';
+  queued: number;
+  written: number;
+  spilled: number;
+  lastError: string | null;
+}
+
+/** A batched, non-blocking exchange writer: `record()` enqueues, a timer writes batches in one transaction. */
+export interface ExchangeWriter extends ExchangeSink {
+  /** Write everything queued now; returns rows written (0 when the database failed). */
+  flush(): number;
+  health(): ExchangeWriterHealth;
+  /** Flush what is queued and stop the timer (the database handle stays open). */
+  close(): void;
+}
+
+export interface ExchangeWriterOptions {
+  sqlite: SqliteHandle;
+  flushIntervalMs: number;
+  /** Rows kept in memory while the database fails; beyond it the oldest are handed to `onSpill`. */
+  queueMax: number;
+  /** Rows per transaction. */
+  batchSize?: number;
+  onSpill?(rows: ExchangeRecord[]): void;
+  onError?(err: Error): void;
+  onRecover?(): void;
+}
+
+const COLUMNS: (keyof ExchangesTable)[] = [
+  'id',
+  'started_at',
+  'duration_ms',
+  'ttfb_ms',
+  'method',
+  'path',
+  'query',
+  'client_addr',
+  'status',
+  'request_headers',
+  'response_headers',
+  'request_body',
+  'request_bytes',
+  'request_truncated',
+  'response_body',
+  'response_bytes',
+  'response_truncated',
+  'model',
+  'upstream_model',
+  'upstream',
+  'model_unknown',
+  'stream',
+  'prompt_tokens',
+  'completion_tokens',
+  'total_tokens',
+  'user',
+  'error',
+  'error_message',
+  'assembled',
+  'internal',
+];
+
+/** The SQL insert for one exchange row; shared by every writer of the exchanges table. */
+export const INSERT_EXCHANGE_SQL = `insert or ignore into exchanges (${COLUMNS.map((c) => `"${c}"`).join(', ')}) values (${COLUMNS.map((c) => `@${c}`).join(', ')})`;
+
+/** Map a record to its table row (JSON columns serialised, booleans as 0/1). */
+export function toRow(r: ExchangeRecord): ExchangesTable {
+  return {
+    id: r.id,
+    started_at: r.startedAt,
+    duration_ms: Math.round(r.durationMs),
+    ttfb_ms: r.ttfbMs === null ? null : Math.round(r.ttfbMs),
+    method: r.method,
+    path: r.path,
+    query: r.query,
+    client_addr: r.clientAddr,
+    status: r.status,
+    request_headers: JSON.stringify(r.requestHeaders),
+    response_headers: r.responseHeaders ? JSON.stringify(r.responseHeaders) : null,
+    request_body: r.requestBody,
+    request_bytes: r.requestBytes,
+    request_truncated: r.requestTruncated ? 1 : 0,
+    response_body: r.responseBody,
+    response_bytes: r.responseBytes,
+    response_truncated: r.responseTruncated ? 1 : 0,
+    model: r.model,
+    upstream_model: r.upstreamModel,
+    upstream: r.upstream,
+    model_unknown: r.modelUnknown ? 1 : 0,
+    stream: r.stream ? 1 : 0,
+    prompt_tokens: r.promptTokens,
+    completion_tokens: r.completionTokens,
+    total_tokens: r.totalTokens,
+    user: r.user,
+    error: r.error,
+    error_message: r.errorMessage,
+    assembled: r.assembled ? JSON.stringify(r.assembled) : null,
+    internal: r.internal ? 1 : 0,
+  };
+}
+
+/** Create the batched writer. The insert is prepared once; each batch is one transaction. */
+export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWriter {
+  const { sqlite, queueMax } = options;
+  const batchSize = options.batchSize ?? 1000;
+  let queue: ExchangeRecord[] = [];
+  let written = 0;
+  let spilled = 0;
+  let lastError: string | null = null;
+  let failing = false;
+  let retryAt = 0;
+  let backoff = options.flushIntervalMs;
+  let insert: ReturnType<SqliteHandle['prepare']> | null = null;
+  let writeBatch: ((rows: ExchangeRecord[]) => void) | null = null;
+
+  const prepare = () => {
+    insert = sqlite.prepare(INSERT_EXCHANGE_SQL);
+    writeBatch = sqlite.transaction((rows: ExchangeRecord[]) => {
+      for (const r of rows) insert!.run(toRow(r));
+    });
+  };
+
+  const flush = (): number => {
+    let total = 0;
+    while (queue.length > 0) {
+      const batch = queue.length <= batchSize ? queue : queue.slice(0, batchSize);
+      try {
+        if (!writeBatch) prepare();
+        writeBatch!(batch);
+      } catch (err) {
+        const e = err as Error;
+        lastError = e.message;
+        if (!failing) {
+          failing = true;
+          options.onError?.(e);
+        }
+        backoff = Math.min(backoff * 2, 5000);
+        retryAt = Date.now() + backoff;
+        // A statement prepared on a broken connection may stay broken: prepare again next time.
+        writeBatch = null;
+        return total;
+      }
+      queue = batch === queue ? [] : queue.slice(batch.length);
+      total += batch.length;
+      written += batch.length;
+    }
+    if (failing) {
+      failing = false;
+      lastError = null;
+      backoff = options.flushIntervalMs;
+      options.onRecover?.();
+    }
+    return total;
+  };
+
+  const timer = setInterval(() => {
+    if (queue.length === 0) return;
+    if (failing && Date.now() < retryAt) return;
+    flush();
+  }, options.flushIntervalMs);
+  timer.unref();
+
+  return {
+    record(exchange) {
+      queue.push(exchange);
+      if (queue.length > queueMax) {
+        const over = queue.splice(0, queue.length - queueMax);
+        spilled += over.length;
+        options.onSpill?.(over);
+      }
+    },
+    flush,
+    health() {
+      return { database: failing ? 'error' : 'ok', queued: queue.length, written, spilled, lastError };
+    },
+    close() {
+      clearInterval(timer);
+      flush();
+    },
+  };
+}

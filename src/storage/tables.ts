@@ -1,0 +1,38 @@
+/** Row shape of the `exchanges` table. Timestamps are epoch milliseconds; JSON columns are text. */
+export interface ExchangesTable {
+  id: string;
+  started_at: number;
+  duration_ms: number;
+  ttfb_ms: number | null;
+  method: string;
+  path: string;
+  query: string | null;
+  client_addr: string | null;
+  status: number | null;
+  request_headers: string;
+  response_headers: string | null;
+  request_body: string | null;
+  request_bytes: number;
+  request_truncated: number;
+  response_body: string | null;
+  response_bytes: number;
+  response_truncated: number;
+  model: string | null;
+  upstream_model: string | null;
+  upstream: string | null;
+  model_unknown: number;
+  stream: number;
+  prompt_tokens: number | null;
+  completion_tokens: number | null;
+  total_tokens: number | null;
+  user: string | null;
+  error: string | null;
+  error_message: string | null;
+  assembled: string | null;
+  internal: number;
+}
+
+/** All tables, for Kysely. Later migrations add their tables here. */
+export interface DatabaseSchema {
+  exchanges: ExchangesTable;
+}

@@ -1,0 +1,119 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { CliIo } from '../../src/commands/io.js';
+import { type RunningProxy, type ServeExtensions, startProxy } from '../../src/commands/serve.js';
+import { resolveConfig } from '../../src/config/load.js';
+import type { ExchangesTable } from '../../src/storage/tables.js';
+import { createTempDir } from './temp-dir.js';
+
+export interface TestProxy {
+  running: RunningProxy;
+  /** Proxy origin, e.g. http://127.0.0.1:1234 */
+  url: string;
+  dir: string;
+  dbPath: string;
+  logPath: string;
+  stderr: () => string;
+  /** Flush queued rows and read the exchanges table, oldest first. */
+  rows(): ExchangesTable[];
+  /** The log file's JSON lines, parsed (after flushing). */
+  logLines(): Record<string, any>[];
+  /** Wait until at least `n` rows are recorded. */
+  waitForRows(n: number, timeoutMs?: number): Promise<ExchangesTable[]>;
+  close(): Promise<void>;
+}
+
+/** In-memory CliIo capturing output. */
+export function createTestIo(
+  env: Record<string, string | undefined> = {},
+  cwd = process.cwd(),
+): CliIo & { out: () => string; err: () => string } {
+  let out = '';
+  let err = '';
+  return {
+    stdout: {
+      write: (s: string) => {
+        out += s;
+        return true;
+      },
+      isTTY: false,
+    },
+    stderr: {
+      write: (s: string) => {
+        err += s;
+        return true;
+      },
+      isTTY: false,
+    },
+    env,
+    cwd,
+    out: () => out,
+    err: () => err,
+  };
+}
+
+/** Start the real proxy on 127.0.0.1:0 with a temp database and log file. `env` sets any settings. */
+export async function startTestProxy(
+  env: Record<string, string> = {},
+  ext: ServeExtensions = {},
+): Promise<TestProxy> {
+  const tmp = createTempDir();
+  const dbPath = join(tmp.path, 'proxy.db');
+  const logPath = join(tmp.path, 'proxy.log');
+  const fullEnv = {
+    HOME: tmp.path,
+    HOST: '127.0.0.1',
+    PORT: '0',
+    DATABASE_URL: dbPath,
+    LOG_FILE_PATH: logPath,
+    LOG_LEVEL: 'silent',
+    LOG_FLUSH_INTERVAL_MS: '20',
+    SHUTDOWN_GRACE_MS: '2000',
+    ...env,
+  };
+  const io = createTestIo(fullEnv, tmp.path);
+  const resolved = resolveConfig({ env: fullEnv, cwd: tmp.path, dotenv: false });
+  const running = await startProxy(resolved, io, ext);
+  let closed = false;
+  const proxy: TestProxy = {
+    running,
+    url: running.url,
+    dir: tmp.path,
+    dbPath,
+    logPath,
+    stderr: io.err,
+    rows() {
+      running.writer.flush();
+      return running.database.sqlite
+        .prepare('select * from exchanges order by started_at, id')
+        .all() as ExchangesTable[];
+    },
+    logLines() {
+      running.logger.flush();
+      try {
+        return readFileSync(logPath, 'utf8')
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l));
+      } catch {
+        return [];
+      }
+    },
+    async waitForRows(n, timeoutMs = 5000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const rows = proxy.rows();
+        if (rows.length >= n) return rows;
+        if (Date.now() > end) throw new Error(`expected ${n} recorded rows, have ${rows.length}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await running.close();
+      tmp.cleanup();
+    },
+  };
+  return proxy;
+}
