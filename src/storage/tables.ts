@@ -32,7 +32,35 @@ export interface ExchangesTable {
   internal: number;
 }
 
+/** Who wrote a registry entry: seeding (`default`, `config`) or a user (`cli`, `admin`). */
+export type RegistrySource = 'default' | 'config' | 'cli' | 'admin';
+
+/** Row shape of the `models` table (model registry). `removed` = 1 is a tombstone for a removed seeded entry. */
+export interface ModelsTable {
+  name: string;
+  display_name: string | null;
+  description: string | null;
+  upstream: string | null;
+  deployment: string | null;
+  source: RegistrySource;
+  created_at: number;
+  updated_at: number;
+  removed: number;
+}
+
+/** Row shape of the `model_mappings` table: alias → actual model. */
+export interface ModelMappingsTable {
+  alias: string;
+  actual_model: string;
+  source: RegistrySource;
+  created_at: number;
+  updated_at: number;
+  removed: number;
+}
+
 /** All tables, for Kysely. Later migrations add their tables here. */
 export interface DatabaseSchema {
   exchanges: ExchangesTable;
+  models: ModelsTable;
+  model_mappings: ModelMappingsTable;
 }

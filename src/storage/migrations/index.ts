@@ -1,5 +1,6 @@
 import type { Migration } from 'kysely';
 import * as m0001 from './0001-exchanges.js';
+import * as m0003 from './0003-model-registry.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -7,4 +8,5 @@ import * as m0001 from './0001-exchanges.js';
  */
 export const migrations: Record<string, Migration> = {
   '0001-exchanges': m0001,
+  '0003-model-registry': m0003,
 };
