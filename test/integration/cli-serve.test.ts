@@ -1,0 +1,174 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import OpenAI from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { createTestIo } from '../helpers/test-proxy.js';
+
+const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+describe('CLI basics', () => {
+  test('--help lists commands and examples; serve --help shows its flags', async () => {
+    const io = createTestIo();
+    expect(await main(['--help'], io)).toBe(0);
+    expect(io.out()).toMatch(/Usage: oai-proxy/);
+    expect(io.out()).toMatch(/serve/);
+    const io2 = createTestIo();
+    expect(await main(['serve', '--help'], io2)).toBe(0);
+    for (const flag of ['--port', '--host', '--upstream', '--db', '--log-file', '--config', 'Examples:'])
+      expect(io2.out()).toContain(flag);
+    expect(io2.out()).not.toMatch(/api-key/i);
+  });
+
+  test('--version prints the package version', async () => {
+    const io = createTestIo();
+    expect(await main(['--version'], io)).toBe(0);
+    expect(io.out().trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
+  test.each([
+    [['bogus'], /unknown command 'bogus'/],
+    [['serve', '--bogus'], /unknown option '--bogus'/],
+    [['serve', '--port'], /argument missing/],
+  ])('%j → one line on stderr and exit 2', async (argv, message) => {
+    const io = createTestIo();
+    expect(await main(argv, io)).toBe(2);
+    expect(io.err()).toMatch(message);
+    expect(io.err().trim().split('\n')).toHaveLength(1);
+  });
+
+  test('an invalid setting → message naming it, exit 2', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const io = createTestIo({ HOME: tmp.path, PORT: 'abc' }, tmp.path);
+    expect(await main(['serve'], io)).toBe(2);
+    expect(io.err()).toBe(
+      'oai-proxy: Invalid PORT (environment) = abc: expected an integer from 0 to 65535\n',
+    );
+  });
+
+  test('a missing --config file → exit 2 naming the path', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['serve', '--config', 'nope.json'], io)).toBe(2);
+    expect(io.err()).toContain(join(tmp.path, 'nope.json'));
+  });
+
+  test('a port in use → runtime failure, exit 1', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise((r) => blocker.close(r)));
+    const port = (blocker.address() as { port: number }).port;
+    const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path);
+    expect(await main(['serve', '--port', String(port), '--db', 'x.db'], io)).toBe(1);
+    expect(io.err()).toMatch(new RegExp(`port ${port} is in use; choose another with --port or PORT`));
+  });
+
+  test('serve in-process: banner with the real port and masked key; stops on signal with exit 0', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const ac = new AbortController();
+    const io = {
+      ...createTestIo(
+        { HOME: tmp.path, LOG_LEVEL: 'silent', OPENAI_API_KEY: 'sk-test-banner-key-abcd9876' },
+        tmp.path,
+      ),
+      signal: ac.signal,
+    };
+    const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+    let url = '';
+    for (let i = 0; i < 100 && !url; i++) {
+      url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1] ?? '';
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(url).not.toBe('');
+    expect(url).not.toMatch(/:0$/);
+    expect(io.err()).toContain('sk-…9876');
+    expect(io.err()).not.toContain('sk-test-banner-key-abcd9876');
+    expect(io.err()).toContain(join(tmp.path, 'p.db'));
+    expect(io.err()).toContain(join(tmp.path, 'oai-proxy.log'));
+    const res = await fetch(`${url}/v1/models`);
+    expect(res.status).toBe(200);
+    ac.abort();
+    expect(await done).toBe(0);
+    const db = new Database(join(tmp.path, 'p.db'), { readonly: true });
+    expect(db.prepare('select path, status from exchanges').all()).toEqual([
+      { path: '/v1/models', status: 200 },
+    ]);
+    db.close();
+  });
+});
+
+describe('the built bin', () => {
+  function startBin(
+    args: string[],
+    env: Record<string, string>,
+  ): { child: ChildProcess; url: Promise<string>; stderr: () => string } {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { PATH: process.env.PATH ?? '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let err = '';
+    const url = new Promise<string>((resolve, reject) => {
+      child.stderr!.on('data', (d) => {
+        err += d;
+        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (code) => reject(new Error(`exited ${code}: ${err}`)));
+    });
+    cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
+    return { child, url, stderr: () => err };
+  }
+
+  test('SIGTERM with a stream in flight: the stream finishes, its row is written, exit 0', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    upstream.streamIntervalMs = 60;
+    upstream.streamWords = 10;
+    const dbPath = join(tmp.path, 'p.db');
+    const { child, url } = startBin(
+      ['serve', '--port', '0', '--db', dbPath, '--upstream', upstream.baseUrl],
+      { HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '5000' },
+    );
+    const base = await url;
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'one' }] });
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    let text = '';
+    let signalled = false;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+      if (!signalled) {
+        signalled = true;
+        child.kill('SIGTERM');
+      }
+    }
+    expect(text).toBe('w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 ');
+    expect(await exited).toBe(0);
+    const db = new Database(dbPath, { readonly: true });
+    const rows = db
+      .prepare('select stream, status, error, assembled from exchanges order by started_at')
+      .all() as { stream: number; status: number; error: string | null; assembled: string | null }[];
+    db.close();
+    expect(rows).toHaveLength(2);
+    expect(rows[1]).toMatchObject({ stream: 1, status: 200, error: null });
+    expect(JSON.parse(rows[1].assembled!)).toMatchObject({ content: text, complete: true });
+  });
+});

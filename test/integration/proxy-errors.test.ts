@@ -1,0 +1,346 @@
+import { readFileSync } from 'node:fs';
+import { type IncomingHttpHeaders, request } from 'node:http';
+import OpenAI from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+
+const UPSTREAM_KEY = 'sk-upstream-secret-ZZZZ-1234567890';
+let upstream: FakeUpstream | undefined;
+let proxy: TestProxy | undefined;
+
+afterEach(async () => {
+  await proxy?.close();
+  await upstream?.close();
+  proxy = undefined;
+  upstream = undefined;
+});
+
+async function setup(env: Record<string, string> = {}) {
+  upstream = await createFakeUpstream();
+  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
+  return { upstream, proxy };
+}
+
+describe('upstream errors pass through verbatim', () => {
+  test.each([400, 401, 429, 500, 503])('status %i', async (status) => {
+    const { upstream, proxy } = await setup();
+    const body = JSON.stringify({
+      error: {
+        message: `upstream says ${status}`,
+        type: 'upstream_type',
+        param: null,
+        code: 'upstream_code',
+      },
+    });
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(status, {
+        'content-type': 'application/json',
+        'retry-after': '7',
+        'x-request-id': 'req_err',
+      });
+      res.end(body);
+    });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o","messages":[]}',
+    });
+    expect(res.status).toBe(status);
+    expect(await res.text()).toBe(body);
+    expect(res.headers.get('retry-after')).toBe('7');
+    expect(res.headers.get('x-request-id')).toBe('req_err');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status, error: null, response_body: body, model: 'gpt-4o' });
+  });
+
+  test('the openai SDK sees the upstream error as an APIError', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(429, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          error: {
+            message: 'Rate limit reached',
+            type: 'requests',
+            param: null,
+            code: 'rate_limit_exceeded',
+          },
+        }),
+      );
+    });
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+    await expect(client.chat.completions.create({ model: 'gpt-4o', messages: [] })).rejects.toMatchObject({
+      status: 429,
+      code: 'rate_limit_exceeded',
+    });
+  });
+});
+
+describe('transport failures become OpenAI-shaped proxy errors', () => {
+  test('upstream down → 502 upstream_unreachable', async () => {
+    const dead = await createFakeUpstream();
+    const deadUrl = dead.baseUrl;
+    await dead.close();
+    proxy = await startTestProxy({ OPENAI_BASE_URL: deadUrl });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+    });
+    expect(res.status).toBe(502);
+    const body = await res.json();
+    expect(body).toEqual({
+      error: {
+        message: expect.stringContaining('could not be reached'),
+        type: 'proxy_error',
+        param: null,
+        code: 'upstream_unreachable',
+      },
+    });
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 502, error: 'upstream_unreachable', model: 'gpt-4o' });
+    // and it keeps serving
+    expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
+  });
+
+  test('upstream slow before headers → 504 upstream_timeout', async () => {
+    const { upstream, proxy } = await setup({ UPSTREAM_HEADERS_TIMEOUT_MS: '200' });
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      await sleep(1500);
+      if (!res.destroyed) res.end('{}');
+    });
+    const started = Date.now();
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+    });
+    expect(res.status).toBe(504);
+    expect(Date.now() - started).toBeLessThan(1400);
+    expect((await res.json()).error).toMatchObject({ type: 'proxy_error', code: 'upstream_timeout' });
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 504, error: 'upstream_timeout' });
+  });
+
+  test('upstream stalls between stream events → stream cut, recorded as upstream_timeout with partial text', async () => {
+    const { upstream, proxy } = await setup({ UPSTREAM_IDLE_TIMEOUT_MS: '200' });
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(
+        `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: 'partial' } }] })}\n\n`,
+      );
+      await sleep(1500);
+      res.end();
+    });
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+    let text = '';
+    await expect(
+      (async () => {
+        for await (const c of stream) text += c.choices[0]?.delta?.content ?? '';
+      })(),
+    ).rejects.toThrow();
+    expect(text).toBe('partial');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 200, stream: 1, error: 'upstream_timeout' });
+    expect(JSON.parse(row.assembled!)).toMatchObject({ content: 'partial', complete: false });
+  });
+});
+
+describe('client aborts', () => {
+  test('aborting a stream aborts the upstream request and records client_aborted', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.streamIntervalMs = 100;
+    upstream.streamWords = 50;
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+    let n = 0;
+    for await (const _ of stream) {
+      if (++n === 3) break; // breaking out of the loop aborts the request
+    }
+    const aborted = await upstream.waitForAbort('/v1/chat/completions');
+    expect(aborted.aborted).toBe(true);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: 'client_aborted', stream: 1, status: 200 });
+    expect(JSON.parse(row.assembled!).complete).toBe(false);
+  });
+
+  test('aborting before the upstream answers', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      await sleep(2000);
+      if (!res.destroyed) res.end('{}');
+    });
+    const ac = new AbortController();
+    const p = fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+      signal: ac.signal,
+    });
+    await sleep(150);
+    ac.abort();
+    await expect(p).rejects.toThrow();
+    await upstream.waitForAbort('/v1/chat/completions');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: 'client_aborted', status: null });
+  });
+});
+
+describe('the proxy itself', () => {
+  test('/health answers without being recorded', async () => {
+    const { proxy } = await setup();
+    const res = await fetch(`${proxy.url}/health`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({
+      status: 'ok',
+      version: expect.any(String),
+      uptime_s: expect.any(Number),
+      database: 'ok',
+      queued_log_rows: 0,
+      requests_total: 0,
+      upstream: expect.stringContaining('/v1'),
+    });
+    await sleep(60);
+    expect(proxy.rows()).toHaveLength(0);
+  });
+
+  test('both base URLs work: /v1/x and /x reach the upstream /v1/x, recorded as /v1/x; query kept', async () => {
+    const { upstream, proxy } = await setup();
+    await fetch(`${proxy.url}/models?limit=2`);
+    await fetch(`${proxy.url}/v1/models?limit=3`);
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/models?limit=2', '/v1/models?limit=3']);
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.path, r.query])).toEqual([
+      ['/v1/models', 'limit=2'],
+      ['/v1/models', 'limit=3'],
+    ]);
+  });
+
+  test('dot segments cannot escape the upstream base or reach proxy routes unannounced', async () => {
+    const { upstream, proxy } = await setup();
+    const res1 = await fetch(`${proxy.url}/v1/models/..%2f..%2fadmin`);
+    expect(res1.status).toBe(400);
+    const res2 = await fetch(`${proxy.url}/v1/a/%2e%2e/%2e%2e/%2e%2e/secret`);
+    // resolved by the URL parser to /secret, then forwarded under the upstream base
+    expect(res2.status).toBe(404);
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/secret']);
+  });
+
+  test('a JSON body over MAX_REQUEST_BODY_BYTES → 413 in OpenAI shape, recorded, not forwarded', async () => {
+    const { upstream, proxy } = await setup({ MAX_REQUEST_BODY_BYTES: '1000' });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o', pad: 'x'.repeat(5000) }),
+    });
+    expect(res.status).toBe(413);
+    expect((await res.json()).error).toMatchObject({ code: 'body_too_large', type: 'invalid_request_error' });
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 413, error: 'body_too_large' });
+  });
+
+  test('response bodies above CAPTURE_BODY_BYTES are stored truncated with their true size', async () => {
+    const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '100' });
+    const big = JSON.stringify({ data: 'y'.repeat(10_000), usage: { prompt_tokens: 1, total_tokens: 1 } });
+    upstream.on('/v1/big', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(big);
+    });
+    const res = await fetch(`${proxy.url}/v1/big`);
+    expect(await res.text()).toBe(big);
+    const [row] = await proxy.waitForRows(1);
+    expect(row.response_truncated).toBe(1);
+    expect(row.response_bytes).toBe(big.length);
+    expect(row.response_body).toHaveLength(100);
+  });
+
+  test('CORS: preflight answered by the proxy, headers added to proxied responses', async () => {
+    const { proxy } = await setup({ CORS_ORIGINS: 'http://app.example' });
+    const pre = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'OPTIONS',
+      headers: {
+        origin: 'http://app.example',
+        'access-control-request-method': 'POST',
+        'access-control-request-headers': 'authorization,content-type',
+      },
+    });
+    expect(pre.status).toBe(204);
+    expect(pre.headers.get('access-control-allow-origin')).toBe('http://app.example');
+    expect(pre.headers.get('access-control-allow-headers')).toBe('authorization,content-type');
+    const res = await fetch(`${proxy.url}/v1/models`, { headers: { origin: 'http://app.example' } });
+    expect(res.headers.get('access-control-allow-origin')).toBe('http://app.example');
+    const other = await fetch(`${proxy.url}/v1/models`, { headers: { origin: 'http://evil.example' } });
+    expect(other.headers.get('access-control-allow-origin')).toBeNull();
+  });
+
+  test('without an upstream key the client key is forwarded', async () => {
+    const { upstream, proxy } = await setup();
+    await fetch(`${proxy.url}/v1/models`, { headers: { authorization: 'Bearer sk-client-own-key-123456' } });
+    expect(upstream.requests[0].headers.authorization).toBe('Bearer sk-client-own-key-123456');
+    const [row] = await proxy.waitForRows(1);
+    expect(row.request_headers).not.toContain('sk-client-own-key');
+  });
+
+  test('hop-by-hop headers are dropped; host is the upstream; responses keep openai-* headers', async () => {
+    const { upstream, proxy } = await setup();
+    const headers = await new Promise<IncomingHttpHeaders>((resolve, reject) => {
+      const req = request(
+        `${proxy.url}/v1/chat/completions`,
+        {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            connection: 'keep-alive, x-conn-only',
+            'x-conn-only': '1',
+            'keep-alive': 'timeout=5',
+            'x-custom': 'kept',
+          },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.headers));
+        },
+      );
+      req.on('error', reject);
+      req.end('{"model":"m"}');
+    });
+    expect(headers['openai-processing-ms']).toBe('5');
+    const got = upstream.requests[0];
+    expect(got.headers['keep-alive']).toBeUndefined();
+    expect(got.headers['x-conn-only']).toBeUndefined();
+    expect(got.headers['x-custom']).toBe('kept');
+    expect(got.headers.host).toBe(new URL(upstream.origin).host);
+  });
+});
+
+test('the upstream key appears nowhere in the database or the log file', async () => {
+  const { proxy } = await setup({ OPENAI_API_KEY: UPSTREAM_KEY });
+  const client = new OpenAI({
+    apiKey: 'sk-client-should-also-vanish-999',
+    baseURL: `${proxy.url}/v1`,
+    maxRetries: 0,
+  });
+  await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+  const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+  for await (const _ of stream) {
+    // drain
+  }
+  await proxy.waitForRows(2);
+  await proxy.running.close();
+  const db = readFileSync(proxy.dbPath).toString('latin1');
+  const log = readFileSync(proxy.logPath, 'utf8');
+  for (const secret of [UPSTREAM_KEY, 'sk-client-should-also-vanish-999']) {
+    expect(db).not.toContain(secret);
+    expect(log).not.toContain(secret);
+    expect(proxy.stderr()).not.toContain(secret);
+  }
+  expect(
+    log
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l).path),
+  ).toEqual(['/v1/chat/completions', '/v1/chat/completions']);
+});

@@ -1,0 +1,179 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { closestKey, maskSecret, resolveConfig } from '../../src/config/load.js';
+import { resolveDatabaseLocation, resolveLogFilePath } from '../../src/config/paths.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+
+let dir: { path: string; cleanup(): void };
+beforeEach(() => {
+  dir = createTempDir();
+});
+afterEach(() => dir.cleanup());
+
+const write = (name: string, content: unknown) => {
+  const p = join(dir.path, name);
+  mkdirSync(join(p, '..'), { recursive: true });
+  writeFileSync(p, typeof content === 'string' ? content : JSON.stringify(content));
+  return p;
+};
+
+const resolve = (env: Record<string, string> = {}, extra: Parameters<typeof resolveConfig>[0] = {}) =>
+  resolveConfig({ env: { HOME: dir.path, ...env }, cwd: dir.path, ...extra });
+
+describe('precedence: defaults < config file < .env < environment < flags', () => {
+  test('defaults', () => {
+    const { config, configFile } = resolve();
+    expect(configFile).toBeUndefined();
+    expect(config).toMatchObject({
+      openaiBaseUrl: 'https://api.openai.com/v1',
+      host: '127.0.0.1',
+      port: 8000,
+      validateModels: false,
+      maxRequestBodyBytes: 32 * 1024 * 1024,
+      captureBodyBytes: 4 * 1024 * 1024,
+      upstreamConnectTimeoutMs: 10_000,
+      upstreamHeadersTimeoutMs: 600_000,
+      upstreamIdleTimeoutMs: 300_000,
+      shutdownGraceMs: 10_000,
+    });
+  });
+
+  test.each([
+    ['file only', { file: 1001 }, 1001],
+    ['.env beats file', { file: 1001, dotenv: '1002' }, 1002],
+    ['environment beats .env', { file: 1001, dotenv: '1002', env: '1003' }, 1003],
+    ['flag beats environment', { file: 1001, dotenv: '1002', env: '1003', flag: '1004' }, 1004],
+    ['an unset flag keeps the file value', { file: 1001 }, 1001],
+  ])('%s', (_name, layers: { file?: number; dotenv?: string; env?: string; flag?: string }, expected) => {
+    if (layers.file !== undefined) write('oai-proxy.config.json', { port: layers.file });
+    if (layers.dotenv !== undefined) write('.env', `# comment\nPORT=${layers.dotenv}\n`);
+    const { config, sources } = resolve(layers.env ? { PORT: layers.env } : {}, {
+      flags: { port: layers.flag },
+    });
+    expect(config.port).toBe(expected);
+    expect(sources.port).toBeDefined();
+  });
+
+  test('config file lookup: --config > OAI_PROXY_CONFIG > ./oai-proxy.config.json > XDG', () => {
+    write('.config/oai-proxy/config.json', { port: 1 });
+    expect(resolve().config.port).toBe(1);
+    write('oai-proxy.config.json', { port: 2 });
+    expect(resolve().config.port).toBe(2);
+    const viaEnv = write('env.json', { port: 3 });
+    expect(resolve({ OAI_PROXY_CONFIG: viaEnv }).config.port).toBe(3);
+    const explicit = write('explicit.json', { port: 4 });
+    expect(resolve({ OAI_PROXY_CONFIG: viaEnv }, { configPath: explicit }).config.port).toBe(4);
+  });
+
+  test('XDG_CONFIG_HOME is honoured', () => {
+    write('xdg/oai-proxy/config.json', { host: '0.0.0.0' });
+    expect(resolve({ XDG_CONFIG_HOME: join(dir.path, 'xdg') }).config.host).toBe('0.0.0.0');
+  });
+
+  test('structured settings: MODEL_MAPPINGS JSON, AVAILABLE_MODELS list, upstreams from the file', () => {
+    write('oai-proxy.config.json', {
+      availableModels: ['a', { name: 'b', upstream: 'local' }],
+      upstreams: { local: { baseUrl: 'http://127.0.0.1:11434/v1/', type: 'openai' } },
+    });
+    const { config } = resolve({ MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}', VALIDATE_MODELS: 'true' });
+    expect(config.modelMappings).toEqual({ fast: 'gpt-4o-mini' });
+    expect(config.availableModels).toEqual(['a', { name: 'b', upstream: 'local' }]);
+    expect(config.upstreams.local.baseUrl).toBe('http://127.0.0.1:11434/v1');
+    expect(config.validateModels).toBe(true);
+    expect(resolve({ AVAILABLE_MODELS: 'x, y ,z' }).config.availableModels).toEqual(['x', 'y', 'z']);
+  });
+});
+
+describe('invalid values name the setting and where it came from', () => {
+  test.each([
+    [{ PORT: 'abc' }, /Invalid PORT \(environment\) = abc: expected an integer from 0 to 65535/],
+    [{ PORT: '70000' }, /PORT \(environment\).*0 to 65535/],
+    [{ MODEL_MAPPINGS: '{nope' }, /Invalid MODEL_MAPPINGS \(environment\).*JSON object/],
+    [{ MODEL_MAPPINGS: '["a"]' }, /MODEL_MAPPINGS.*JSON object/],
+    [{ VALIDATE_MODELS: 'maybe' }, /VALIDATE_MODELS \(environment\) = maybe: expected true or false/],
+    [{ OPENAI_BASE_URL: 'not a url' }, /OPENAI_BASE_URL.*absolute http/],
+    [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL.*one of trace, debug/],
+  ])('%j', (env, message) => {
+    expect(() => resolve(env)).toThrow(message);
+    try {
+      resolve(env);
+    } catch (err) {
+      expect((err as { code: string }).code).toBe('config_invalid');
+    }
+  });
+
+  test('a wrong type in the config file', () => {
+    const p = write('oai-proxy.config.json', { port: '8000' });
+    expect(() => resolve()).toThrow(
+      `Invalid "port" in config file ${p} = 8000: expected an integer from 0 to 65535`,
+    );
+  });
+
+  test('a flag value', () => {
+    expect(() => resolve({}, { flags: { port: 'x' } })).toThrow(/Invalid --port = x/);
+  });
+
+  test('a missing explicit config file', () => {
+    expect(() => resolve({}, { configPath: 'missing.json' })).toThrow(
+      /missing\.json \(from --config\) does not exist/,
+    );
+  });
+
+  test('a config file that is not JSON', () => {
+    write('oai-proxy.config.json', '{ port: 1 ');
+    expect(() => resolve()).toThrow(/is not valid JSON/);
+  });
+
+  test('secrets are never echoed in messages', () => {
+    write('oai-proxy.config.json', { openaiApiKey: 12345678901234 });
+    expect(() => resolve()).toThrow(/openaiApiKey.*\(hidden\)/);
+  });
+});
+
+test('an unknown key in the file is a warning naming the closest known key', () => {
+  write('oai-proxy.config.json', { prot: 9000, openaiBaseURL: 'http://x' });
+  const { warnings, config } = resolve();
+  expect(config.port).toBe(8000);
+  expect(warnings).toEqual([
+    expect.stringMatching(/Unknown key "prot".*did you mean "port"/),
+    expect.stringMatching(/"openaiBaseURL".*"openaiBaseUrl"/),
+  ]);
+  expect(closestKey('zzzzzzzzzzzz')).toBeUndefined();
+});
+
+describe('DATABASE_URL forms', () => {
+  const env = { HOME: '/home/u' };
+  test.each([
+    [undefined, '/home/u/.local/share/oai-proxy/oai-proxy.db'],
+    ['data/x.db', '/srv/app/data/x.db'],
+    ['/abs/x.db', '/abs/x.db'],
+    ['sqlite:///rel.db', '/srv/app/rel.db'],
+    ['sqlite:////abs/dir/x.db', '/abs/dir/x.db'],
+    ['file:rel.db', '/srv/app/rel.db'],
+    ['file:///abs/f.db', '/abs/f.db'],
+    ['~/x.db', '/home/u/x.db'],
+  ])('%s → %s', (url, path) => {
+    expect(resolveDatabaseLocation(url, env, '/srv/app')).toEqual({ kind: 'sqlite', path });
+  });
+
+  test('XDG_DATA_HOME and the log file beside the database', () => {
+    const loc = resolveDatabaseLocation(undefined, { HOME: '/h', XDG_DATA_HOME: '/data' }, '/');
+    expect(loc).toEqual({ kind: 'sqlite', path: '/data/oai-proxy/oai-proxy.db' });
+    expect(resolveLogFilePath(undefined, loc, {}, '/')).toBe('/data/oai-proxy/oai-proxy.log');
+    expect(resolveLogFilePath('logs/p.log', loc, {}, '/srv')).toBe('/srv/logs/p.log');
+  });
+
+  test('postgres and unsupported schemes', () => {
+    expect(resolveDatabaseLocation('postgres://u:p@h/db', env, '/').kind).toBe('postgres');
+    expect(() => resolveDatabaseLocation('mysql://u:pw@h/db', env, '/')).toThrow(
+      /mysql:\/\/u:\*\*\*@h.*unsupported scheme/,
+    );
+  });
+});
+
+test('maskSecret shows only the last four characters', () => {
+  expect(maskSecret('sk-proj-abcdefghijklmnop1234')).toBe('sk-…1234');
+  expect(maskSecret(undefined)).toBe('(none)');
+  expect(maskSecret('short')).not.toContain('short');
+});

@@ -1,0 +1,157 @@
+import { describe, expect, test } from 'vitest';
+import { createStreamAssembler, extractUsage, normaliseUsage } from '../../src/proxy/sse.js';
+
+const sse = (events: unknown[]) =>
+  events.map((e) => (typeof e === 'string' ? e : `data: ${JSON.stringify(e)}\n\n`)).join('');
+const chunk = (delta: unknown, finish: string | null = null) => ({
+  object: 'chat.completion.chunk',
+  choices: [{ index: 0, delta, finish_reason: finish }],
+});
+
+function assemble(text: string, splitEvery = 0) {
+  const a = createStreamAssembler();
+  if (splitEvery > 0)
+    for (let i = 0; i < text.length; i += splitEvery) a.push(Buffer.from(text.slice(i, i + splitEvery)));
+  else a.push(text);
+  return a.result();
+}
+
+const chat = sse([
+  chunk({ role: 'assistant', content: '' }),
+  chunk({ content: 'Hel' }),
+  chunk({ content: 'lo ✓' }),
+  chunk({
+    tool_calls: [
+      { index: 0, id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '' } },
+    ],
+  }),
+  chunk({ tool_calls: [{ index: 0, function: { arguments: '{"city":' } }] }),
+  chunk({ tool_calls: [{ index: 0, function: { arguments: '"Paris"}' } }] }),
+  chunk({}, 'tool_calls'),
+  {
+    object: 'chat.completion.chunk',
+    choices: [],
+    usage: { prompt_tokens: 10, completion_tokens: 4, total_tokens: 14 },
+  },
+  'data: [DONE]\n\n',
+]);
+
+describe('stream reassembly', () => {
+  test.each([0, 1, 7, 64])('chat completion with tool calls, split every %i bytes', (split) => {
+    expect(assemble(chat, split)).toEqual({
+      kind: 'chat.completion',
+      content: 'Hello ✓',
+      tool_calls: [{ id: 'call_1', type: 'function', name: 'get_weather', arguments: '{"city":"Paris"}' }],
+      finish_reason: 'tool_calls',
+      usage: { prompt_tokens: 10, completion_tokens: 4, total_tokens: 14 },
+      complete: true,
+      events: 9,
+    });
+  });
+
+  test('CRLF line endings and multi-line data', () => {
+    const r = assemble(chat.replace(/\n/g, '\r\n'));
+    expect(r.content).toBe('Hello ✓');
+    expect(r.complete).toBe(true);
+  });
+
+  test('legacy completions', () => {
+    const r = assemble(
+      sse([
+        { object: 'text_completion', choices: [{ index: 0, text: 'foo', finish_reason: null }] },
+        { object: 'text_completion', choices: [{ index: 0, text: 'bar', finish_reason: 'length' }] },
+        'data: [DONE]\n\n',
+      ]),
+    );
+    expect(r).toMatchObject({
+      kind: 'text_completion',
+      content: 'foobar',
+      finish_reason: 'length',
+      complete: true,
+    });
+  });
+
+  test('Responses API stream with a function call', () => {
+    const text = [
+      `event: response.created\ndata: ${JSON.stringify({ type: 'response.created', response: { status: 'in_progress' } })}\n\n`,
+      `event: response.output_text.delta\ndata: ${JSON.stringify({ type: 'response.output_text.delta', delta: 'Hi ' })}\n\n`,
+      `event: response.output_text.delta\ndata: ${JSON.stringify({ type: 'response.output_text.delta', delta: 'there' })}\n\n`,
+      `event: response.output_item.added\ndata: ${JSON.stringify({ type: 'response.output_item.added', output_index: 1, item: { type: 'function_call', id: 'fc_1', call_id: 'call_9', name: 'lookup', arguments: '' } })}\n\n`,
+      `event: response.function_call_arguments.delta\ndata: ${JSON.stringify({ type: 'response.function_call_arguments.delta', item_id: 'fc_1', delta: '{"q":1}' })}\n\n`,
+      `event: response.completed\ndata: ${JSON.stringify({ type: 'response.completed', response: { status: 'completed', usage: { input_tokens: 5, output_tokens: 3, total_tokens: 8 } } })}\n\n`,
+    ].join('');
+    expect(assemble(text, 5)).toMatchObject({
+      kind: 'response',
+      content: 'Hi there',
+      tool_calls: [{ id: 'call_9', type: 'function', name: 'lookup', arguments: '{"q":1}' }],
+      finish_reason: 'completed',
+      usage: { prompt_tokens: 5, completion_tokens: 3, total_tokens: 8 },
+      complete: true,
+    });
+  });
+
+  test('a stream cut off midway keeps its partial text and says so', () => {
+    const cut = chat.slice(0, chat.indexOf('tool_calls') - 40);
+    const r = assemble(cut);
+    expect(r.content).toBe('Hello ✓');
+    expect(r.complete).toBe(false);
+    expect(r.finish_reason).toBeNull();
+  });
+
+  test('malformed events are skipped, not fatal', () => {
+    const r = assemble(`data: {not json\n\n${sse([chunk({ content: 'ok' })])}data: [DONE]\n\n`);
+    expect(r.content).toBe('ok');
+    expect(r.complete).toBe(true);
+  });
+
+  test('assembled text is capped', () => {
+    const a = createStreamAssembler({ maxChars: 5 });
+    a.push(sse([chunk({ content: 'abcdefgh' }), chunk({ content: 'ijk' })]));
+    expect(a.result().content).toBe('abcde');
+  });
+});
+
+describe('usage extraction', () => {
+  test.each([
+    [
+      'chat body',
+      JSON.stringify({
+        id: 'x',
+        choices: [{ message: { content: '"usage": {"prompt_tokens": 999}' } }],
+        usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+      }),
+      { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 },
+    ],
+    [
+      'pretty printed',
+      JSON.stringify({ usage: { prompt_tokens: 4, total_tokens: 4 } }, null, 2),
+      { prompt_tokens: 4, completion_tokens: null, total_tokens: 4 },
+    ],
+    [
+      'responses api',
+      JSON.stringify({
+        output: [],
+        usage: {
+          input_tokens: 7,
+          output_tokens: 1,
+          total_tokens: 8,
+          output_tokens_details: { reasoning_tokens: 0 },
+        },
+      }),
+      { prompt_tokens: 7, completion_tokens: 1, total_tokens: 8 },
+    ],
+    ['no usage', JSON.stringify({ data: [] }), null],
+    ['truncated body', '{"usage": {"prompt_tokens": 3', null],
+  ])('%s', (_name, body, expected) => {
+    expect(extractUsage(body)).toEqual(expected);
+  });
+
+  test('normaliseUsage derives a missing total', () => {
+    expect(normaliseUsage({ input_tokens: 2, output_tokens: 3 })).toEqual({
+      prompt_tokens: 2,
+      completion_tokens: 3,
+      total_tokens: 5,
+    });
+    expect(normaliseUsage({})).toBeNull();
+  });
+});
