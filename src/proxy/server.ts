@@ -294,7 +294,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
 
   const forward = async (x: ExchangeContext) => {
-    const { req, res } = x;
+    const { req } = x;
     const method = req.method ?? 'GET';
     const contentType = String(req.headers['content-type'] ?? '');
     const hasBody =

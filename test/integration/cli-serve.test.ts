@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
-import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
 
