@@ -1,4 +1,5 @@
 import { Command, CommanderError } from 'commander';
+import { registerInitCommand } from './commands/init.js';
 import type { CliIo } from './commands/io.js';
 import { runServe } from './commands/serve.js';
 import { isOaiProxyError } from './errors.js';
@@ -54,6 +55,8 @@ Examples:
   $ curl http://127.0.0.1:8000/health`,
     )
     .action((opts) => run(() => runServe(opts, io)));
+
+  registerInitCommand(program, io, run);
 
   return program;
 }

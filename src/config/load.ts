@@ -135,7 +135,8 @@ export function findConfigFile(explicit: string | undefined, env: Env, cwd: stri
   return undefined;
 }
 
-function readConfigFile(path: string): Record<string, unknown> {
+/** Read a config file as a raw JSON object. Throws OaiProxyError('config_invalid') naming the file. */
+export function readConfigFile(path: string): Record<string, unknown> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

@@ -1,0 +1,687 @@
+import { randomBytes } from 'node:crypto';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { dirname, join, resolve } from 'node:path';
+import type { Command } from 'commander';
+import type { CommandRunner } from '../cli.js';
+import { findConfigFile, maskSecret, readConfigFile, resolveConfig } from '../config/load.js';
+import {
+  dataDir,
+  defaultConfigPath,
+  redactUrl,
+  resolveDatabaseLocation,
+  resolveLogFilePath,
+} from '../config/paths.js';
+import { writeConfigFile } from '../config/write.js';
+import { isOaiProxyError, OaiProxyError } from '../errors.js';
+import { createUpstreamTarget } from '../proxy/forward.js';
+import { checkUpstream, describeUpstreamCheck } from '../proxy/upstream-check.js';
+import type { CliIo } from './io.js';
+
+/** Flags of `oai-proxy init`, as commander parsed them. */
+export interface InitOptions {
+  config?: string;
+  yes?: boolean;
+  force?: boolean;
+  check?: boolean;
+  kind?: string;
+  upstream?: string;
+  apiVersion?: string;
+  host?: string;
+  port?: string;
+  db?: string;
+  logFile?: string;
+  modelPolicy?: string;
+  qdrantUrl?: string;
+  generateAdminKey?: boolean;
+}
+
+export type UpstreamKind = 'openai' | 'azure' | 'compatible';
+export type ModelPolicy = 'off' | 'strict' | 'record';
+
+/** Everything `init` asks; turned into config-file keys by `applyAnswers`. */
+export interface InitAnswers {
+  kind: UpstreamKind;
+  baseUrl: string;
+  apiKey?: string;
+  apiVersion?: string;
+  host: string;
+  port: number;
+  databaseUrl: string;
+  logFilePath: string;
+  policy: ModelPolicy;
+  qdrantUrl?: string;
+  adminApiKey?: string;
+  /** The admin key was generated in this run: print it once after writing. */
+  adminKeyGenerated: boolean;
+}
+
+const KINDS: readonly UpstreamKind[] = ['openai', 'azure', 'compatible'];
+const POLICIES: readonly ModelPolicy[] = ['off', 'strict', 'record'];
+
+/** The base URL each kind of upstream starts from. */
+export const KIND_BASE_URL: Record<UpstreamKind, string> = {
+  openai: 'https://api.openai.com/v1',
+  azure: 'https://YOUR-RESOURCE.openai.azure.com/openai',
+  compatible: 'http://127.0.0.1:11434/v1',
+};
+export const DEFAULT_AZURE_API_VERSION = '2024-10-21';
+
+const KIND_LABEL: Record<UpstreamKind, string> = {
+  openai: 'OpenAI',
+  azure: 'Azure OpenAI',
+  compatible: 'OpenAI-compatible server',
+};
+const POLICY_LABEL: Record<ModelPolicy, string> = {
+  off: 'forward any model name (no validation)',
+  strict: 'reject unknown models with 404 model_not_found',
+  record: 'validate, but let unknown models through (recorded as unknown)',
+};
+
+/** Register `oai-proxy init` on the program. */
+export function registerInitCommand(program: Command, io: CliIo, run: CommandRunner): void {
+  program
+    .command('init')
+    .description('Guided setup: answer a few questions, get the config file `serve` reads')
+    .option(
+      '-c, --config <path>',
+      'file to write (OAI_PROXY_CONFIG; default $XDG_CONFIG_HOME/oai-proxy/config.json)',
+    )
+    .option('-y, --yes', 'ask nothing: write defaults plus the flags below (API key from OPENAI_API_KEY)')
+    .option('-f, --force', 'overwrite an existing file without asking (required with --yes)')
+    .option('--kind <kind>', 'upstream kind: openai, azure, or compatible (vLLM, Ollama, llama.cpp…)')
+    .option('-u, --upstream <url>', 'upstream base URL (default depends on --kind)')
+    .option('--api-version <version>', `Azure api-version (default ${DEFAULT_AZURE_API_VERSION})`)
+    .option('-H, --host <host>', 'address serve listens on (default 127.0.0.1)')
+    .option('-p, --port <port>', 'port serve listens on (default 8000)')
+    .option('--db <path>', 'SQLite database file (default $XDG_DATA_HOME/oai-proxy/oai-proxy.db)')
+    .option('--log-file <path>', 'JSON-lines log file (default oai-proxy.log beside the database)')
+    .option('--model-policy <policy>', 'off (default), strict (404 for unknown models) or record')
+    .option('--qdrant-url <url>', 'Qdrant URL for semantic log search (default: off)')
+    .option('--generate-admin-key', 'generate an admin API key, print it once')
+    .option('--check', 'GET {upstream}/models once and report the result (default when interactive)')
+    .option('--no-check', 'skip that request')
+    .addHelpText(
+      'after',
+      `
+API keys never come from flags: interactively the key is asked with a hidden prompt; with --yes it is
+taken from OPENAI_API_KEY (and the admin key from ADMIN_API_KEY) if set. Leave it empty and the proxy
+forwards each client's own key. The file is written atomically with mode 0600. Re-running init offers
+the current values as defaults and keeps settings it does not ask about.
+
+Examples:
+  $ oai-proxy init
+  $ oai-proxy init --config ./oai-proxy.config.json
+  $ OPENAI_API_KEY=sk-... oai-proxy init --yes --port 9000 --check
+  $ oai-proxy init --yes --kind compatible --upstream http://127.0.0.1:11434/v1
+  $ oai-proxy init --yes --force --model-policy strict     update one setting of an existing file`,
+    )
+    .action((opts) => run(() => runInit(opts, io)));
+}
+
+/** `oai-proxy init`: ask (or take flags), confirm, write the config file atomically, say what to run next. */
+export async function runInit(options: InitOptions, io: CliIo): Promise<number> {
+  const interactive = !options.yes;
+  if (interactive && !io.stdin?.isTTY) {
+    throw new OaiProxyError(
+      'usage',
+      'oai-proxy init asks questions but standard input is not a terminal; in scripts use `oai-proxy init --yes [--upstream URL] [--port N] …` (the API key comes from OPENAI_API_KEY)',
+    );
+  }
+  const path = targetPath(options, io);
+  const pathOk = validateWritableFile(path);
+  if (pathOk !== true) throw new OaiProxyError('usage', `Cannot write the config file ${path}: ${pathOk}`);
+
+  const exists = existsSync(path);
+  let existing: Record<string, unknown> = {};
+  if (exists) {
+    try {
+      existing = readConfigFile(path);
+    } catch (err) {
+      if (!isOaiProxyError(err) || !options.force) {
+        throw new OaiProxyError(
+          'config_invalid',
+          `${(err as Error).message}; fix it, or rerun with --force to replace it`,
+        );
+      }
+      existing = {};
+    }
+    if (!interactive && !options.force) {
+      throw new OaiProxyError(
+        'conflict',
+        `Config file ${path} already exists; add --force to overwrite it (its values and the keys init does not manage are kept unless flags change them)`,
+      );
+    }
+  }
+
+  const initial = initialAnswers(existing, options, io, interactive);
+  if (interactive) {
+    if (exists)
+      io.stdout.write(
+        `Updating ${path}: its current values are offered as defaults; settings init does not ask about are kept.\n`,
+      );
+    try {
+      return await runInteractive(path, exists && !options.force, existing, initial, options, io);
+    } catch (err) {
+      const name = (err as Error)?.name;
+      if (name === 'ExitPromptError' || name === 'AbortPromptError') {
+        io.stderr.write('\noai-proxy init: interrupted; nothing was written\n');
+        return 130;
+      }
+      throw err;
+    }
+  }
+
+  if (options.check) await reportCheck(initial, io);
+  return writeAndReport(path, applyAnswers(existing, initial), initial, io);
+}
+
+/** `--config` > OAI_PROXY_CONFIG > the per-user default. */
+function targetPath(options: InitOptions, io: CliIo): string {
+  if (options.config) return resolve(io.cwd, options.config);
+  if (io.env.OAI_PROXY_CONFIG) return resolve(io.cwd, io.env.OAI_PROXY_CONFIG);
+  return defaultConfigPath(io.env);
+}
+
+/** Start values: the existing file, overridden by flags (validated here: a bad flag is exit 2). */
+function initialAnswers(
+  existing: Record<string, unknown>,
+  options: InitOptions,
+  io: CliIo,
+  interactive: boolean,
+): InitAnswers {
+  const flag = <T>(
+    name: string,
+    value: string | undefined,
+    check: (v: string) => true | string,
+    to: (v: string) => T,
+  ) => {
+    if (value === undefined) return undefined;
+    const ok = check(value);
+    if (ok !== true) throw new OaiProxyError('usage', `Invalid ${name} "${value}": ${ok}`);
+    return to(value);
+  };
+  const str = (k: string) =>
+    typeof existing[k] === 'string' && existing[k] !== '' ? (existing[k] as string) : undefined;
+
+  const kindFlag = flag('--kind', options.kind, validateKind, (v) => v.toLowerCase() as UpstreamKind);
+  const upstreamFlag = flag('--upstream', options.upstream, validateUrl, trimSlash);
+  const kind = kindFlag ?? inferKind(upstreamFlag ?? str('openaiBaseUrl'), str('openaiApiType'));
+  const baseUrl =
+    upstreamFlag ??
+    (kindFlag && kindFlag !== inferKind(str('openaiBaseUrl'), str('openaiApiType'))
+      ? undefined
+      : str('openaiBaseUrl')) ??
+    KIND_BASE_URL[kind];
+  if (!interactive) {
+    const ok = validateBaseUrl(baseUrl, kind);
+    if (ok !== true) throw new OaiProxyError('usage', `Invalid --upstream "${baseUrl}": ${ok}`);
+  }
+
+  const apiVersion =
+    flag('--api-version', options.apiVersion, validateApiVersion, (v) => v.trim()) ??
+    str('openaiApiVersion') ??
+    DEFAULT_AZURE_API_VERSION;
+  const host = flag('--host', options.host, validateHost, (v) => v.trim()) ?? str('host') ?? '127.0.0.1';
+  const port =
+    flag('--port', options.port, validatePort, (v) => Number(v)) ??
+    (Number.isInteger(existing.port) ? (existing.port as number) : 8000);
+  const databaseUrl =
+    flag(
+      '--db',
+      options.db,
+      (v) => validateDatabase(v, io),
+      (v) => normaliseDatabase(v, io),
+    ) ??
+    str('databaseUrl') ??
+    join(dataDir(io.env), 'oai-proxy.db');
+  const logFilePath =
+    flag(
+      '--log-file',
+      options.logFile,
+      (v) => validateLogFile(v, io),
+      (v) => normaliseLogFile(v, io),
+    ) ??
+    str('logFilePath') ??
+    defaultLogFile(databaseUrl, io);
+  const policy =
+    flag('--model-policy', options.modelPolicy, validatePolicy, (v) => v.toLowerCase() as ModelPolicy) ??
+    (existing.validateModels === true ? (existing.allowUnknownModels === true ? 'record' : 'strict') : 'off');
+  const qdrantUrl = flag('--qdrant-url', options.qdrantUrl, validateUrl, trimSlash) ?? str('qdrantUrl');
+
+  // Keys come from the environment only in --yes mode; interactively they are typed at a hidden prompt.
+  const envKey = interactive ? undefined : io.env.OPENAI_API_KEY || undefined;
+  const envAdmin = interactive ? undefined : io.env.ADMIN_API_KEY || undefined;
+  const generate = Boolean(options.generateAdminKey);
+  return {
+    kind,
+    baseUrl,
+    apiKey: envKey ?? str('openaiApiKey'),
+    apiVersion,
+    host,
+    port,
+    databaseUrl,
+    logFilePath,
+    policy,
+    qdrantUrl,
+    adminApiKey: generate ? generateAdminKey() : (envAdmin ?? str('adminApiKey')),
+    adminKeyGenerated: generate,
+  };
+}
+
+type Prompts = typeof import('@inquirer/prompts');
+
+async function runInteractive(
+  path: string,
+  overwriting: boolean,
+  existing: Record<string, unknown>,
+  initial: InitAnswers,
+  options: InitOptions,
+  io: CliIo,
+): Promise<number> {
+  // Loaded only here so that `serve` never pays for the prompt library.
+  const p: Prompts = await import('@inquirer/prompts');
+  const ctx = {
+    input: io.stdin as NodeJS.ReadableStream,
+    output: io.stdout as unknown as NodeJS.WritableStream,
+    signal: io.signal,
+  };
+
+  const kind = await p.select<UpstreamKind>(
+    {
+      message: 'Upstream kind',
+      default: initial.kind,
+      choices: [
+        { name: 'OpenAI (api.openai.com)', value: 'openai' },
+        { name: 'Azure OpenAI', value: 'azure' },
+        {
+          name: 'Other OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio…)',
+          value: 'compatible',
+        },
+      ],
+    },
+    ctx,
+  );
+  const baseUrl = trimSlash(
+    await p.input(
+      {
+        message: kind === 'azure' ? 'Azure endpoint base URL' : 'Upstream base URL',
+        default: kind === initial.kind ? initial.baseUrl : KIND_BASE_URL[kind],
+        validate: (v) => validateBaseUrl(v.trim(), kind),
+      },
+      ctx,
+    ),
+  );
+  let apiVersion: string | undefined;
+  if (kind === 'azure') {
+    apiVersion = (
+      await p.input(
+        { message: 'Azure api-version', default: initial.apiVersion, validate: validateApiVersion },
+        ctx,
+      )
+    ).trim();
+  }
+
+  let apiKey: string | undefined;
+  let keep = false;
+  if (initial.apiKey) {
+    keep = await p.confirm(
+      { message: `Keep the stored API key ${maskSecret(initial.apiKey)}?`, default: true },
+      ctx,
+    );
+    if (keep) apiKey = initial.apiKey;
+  }
+  if (!keep) {
+    apiKey =
+      (
+        await p.password(
+          {
+            message: "API key (hidden; leave empty to forward each client's own key)",
+            mask: '*',
+            validate: (v) => (/\s/.test(v.trim()) ? 'an API key has no spaces' : true),
+          },
+          ctx,
+        )
+      ).trim() || undefined;
+  }
+
+  const upstream = { ...initial, kind, baseUrl, apiVersion, apiKey };
+  if (options.check !== false) await reportCheck(upstream, io);
+
+  const host = (
+    await p.input({ message: 'Listen host', default: initial.host, validate: validateHost }, ctx)
+  ).trim();
+  const port = Number(
+    await p.input({ message: 'Listen port', default: String(initial.port), validate: validatePort }, ctx),
+  );
+  const databaseUrl = normaliseDatabase(
+    await p.input(
+      {
+        message: 'SQLite database file',
+        default: initial.databaseUrl,
+        validate: (v) => validateDatabase(v, io),
+      },
+      ctx,
+    ),
+    io,
+  );
+  const logDefault =
+    databaseUrl === initial.databaseUrl ? initial.logFilePath : defaultLogFile(databaseUrl, io);
+  const logFilePath = normaliseLogFile(
+    await p.input({ message: 'Log file', default: logDefault, validate: (v) => validateLogFile(v, io) }, ctx),
+    io,
+  );
+  const policy = await p.select<ModelPolicy>(
+    {
+      message: 'Model validation',
+      default: initial.policy,
+      choices: POLICIES.map((value) => ({ name: POLICY_LABEL[value], value })),
+    },
+    ctx,
+  );
+  const qdrantUrl =
+    trimSlash(
+      await p.input(
+        {
+          message: 'Qdrant URL for semantic log search (empty: off)',
+          default: initial.qdrantUrl ?? '',
+          validate: (v) => v.trim() === '' || validateUrl(v.trim()),
+        },
+        ctx,
+      ),
+    ) || undefined;
+
+  type AdminChoice = 'keep' | 'none' | 'generate' | 'enter';
+  const adminChoices: { name: string; value: AdminChoice }[] = [];
+  if (initial.adminApiKey)
+    adminChoices.push({ name: `Keep the stored key ${maskSecret(initial.adminApiKey)}`, value: 'keep' });
+  adminChoices.push(
+    { name: 'None (the /admin API stays off)', value: 'none' },
+    { name: 'Generate a strong random key (shown once)', value: 'generate' },
+    { name: 'Enter my own key', value: 'enter' },
+  );
+  const adminChoice = await p.select<AdminChoice>(
+    { message: 'Admin API key', default: adminChoices[0].value, choices: adminChoices },
+    ctx,
+  );
+  let adminApiKey: string | undefined;
+  if (adminChoice === 'keep') adminApiKey = initial.adminApiKey;
+  if (adminChoice === 'generate') adminApiKey = generateAdminKey();
+  if (adminChoice === 'enter')
+    adminApiKey = (
+      await p.password(
+        {
+          message: 'Admin API key (hidden, at least 16 characters)',
+          mask: '*',
+          validate: (v) => (v.trim().length >= 16 ? true : 'use at least 16 characters'),
+        },
+        ctx,
+      )
+    ).trim();
+
+  const answers: InitAnswers = {
+    kind,
+    baseUrl,
+    apiKey,
+    apiVersion,
+    host,
+    port,
+    databaseUrl,
+    logFilePath,
+    policy,
+    qdrantUrl,
+    adminApiKey,
+    adminKeyGenerated: adminChoice === 'generate',
+  };
+  const values = applyAnswers(existing, answers);
+  io.stdout.write(`\n${summary(answers, existing)}\n`);
+  const ok = await p.confirm(
+    { message: overwriting ? `Overwrite ${path}?` : `Write ${path}?`, default: true },
+    ctx,
+  );
+  if (!ok) {
+    io.stdout.write('Nothing written.\n');
+    return 0;
+  }
+  return writeAndReport(path, values, answers, io);
+}
+
+async function reportCheck(a: InitAnswers, io: CliIo): Promise<void> {
+  const target = createUpstreamTarget('default', a.baseUrl, {
+    type: a.kind === 'azure' ? 'azure' : 'openai',
+    apiKey: a.apiKey,
+    apiVersion: a.kind === 'azure' ? a.apiVersion : undefined,
+  });
+  const result = await checkUpstream(target);
+  const mark = result.outcome === 'reachable' ? '✔' : '✖';
+  io.stdout.write(`${mark} ${describeUpstreamCheck(result)}\n`);
+}
+
+/** The file's new content: the existing object with init's keys set or removed; other keys kept. */
+export function applyAnswers(existing: Record<string, unknown>, a: InitAnswers): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...existing };
+  const set = (k: string, v: unknown) => {
+    if (v === undefined) delete out[k];
+    else out[k] = v;
+  };
+  set('openaiBaseUrl', a.baseUrl);
+  set('openaiApiType', a.kind === 'azure' ? 'azure' : 'openai');
+  set('openaiApiVersion', a.kind === 'azure' ? a.apiVersion : undefined);
+  set('openaiApiKey', a.apiKey);
+  set('host', a.host);
+  set('port', a.port);
+  set('databaseUrl', a.databaseUrl);
+  set('logFilePath', a.logFilePath);
+  set('validateModels', a.policy !== 'off');
+  set('allowUnknownModels', a.policy === 'record');
+  set('qdrantUrl', a.qdrantUrl);
+  set('adminApiKey', a.adminApiKey);
+  return out;
+}
+
+const MANAGED = new Set([
+  'openaiBaseUrl',
+  'openaiApiType',
+  'openaiApiVersion',
+  'openaiApiKey',
+  'host',
+  'port',
+  'databaseUrl',
+  'logFilePath',
+  'validateModels',
+  'allowUnknownModels',
+  'qdrantUrl',
+  'adminApiKey',
+]);
+
+/** What will be written, for the confirmation: secrets masked. */
+function summary(a: InitAnswers, existing: Record<string, unknown>): string {
+  const lines = [
+    'Configuration:',
+    `  upstream        ${KIND_LABEL[a.kind]}  ${redactUrl(a.baseUrl)}`,
+    `  API key         ${a.apiKey ? maskSecret(a.apiKey) : "(none: each client's own key is forwarded)"}`,
+  ];
+  if (a.kind === 'azure') lines.push(`  api-version     ${a.apiVersion}`);
+  lines.push(
+    `  listen          ${a.host}:${a.port}`,
+    `  database        ${a.databaseUrl}`,
+    `  log file        ${a.logFilePath}`,
+    `  models          ${POLICY_LABEL[a.policy]}`,
+    `  Qdrant          ${a.qdrantUrl ? redactUrl(a.qdrantUrl) : '(off)'}`,
+    `  admin API key   ${a.adminKeyGenerated ? '(generated; shown once after writing)' : a.adminApiKey ? maskSecret(a.adminApiKey) : '(none)'}`,
+  );
+  const kept = Object.keys(existing).filter((k) => !MANAGED.has(k));
+  if (kept.length) lines.push(`  kept as is      ${kept.join(', ')}`);
+  return lines.join('\n');
+}
+
+async function writeAndReport(
+  path: string,
+  values: Record<string, unknown>,
+  a: InitAnswers,
+  io: CliIo,
+): Promise<number> {
+  writeConfigFile(path, values);
+  io.stdout.write(`Wrote ${path} (mode 0600):\n${JSON.stringify(maskValues(values), null, 2)}\n`);
+  if (a.adminKeyGenerated && a.adminApiKey) {
+    io.stdout.write(
+      `\nGenerated admin API key, shown only this once (it is stored in the file):\n  ${a.adminApiKey}\nUse it as: Authorization: Bearer <key> on /admin/*\n`,
+    );
+  }
+  try {
+    resolveConfig({ configPath: path, env: io.env, cwd: io.cwd });
+  } catch (err) {
+    io.stderr.write(`warning: serve would currently refuse to start: ${(err as Error).message}\n`);
+  }
+  let found: string | undefined;
+  try {
+    found = findConfigFile(undefined, io.env, io.cwd);
+  } catch {
+    found = undefined;
+  }
+  const next = found === path ? 'oai-proxy serve' : `oai-proxy serve --config ${quote(path)}`;
+  if (found && found !== path)
+    io.stdout.write(`note: here, serve would read ${found} first unless given --config\n`);
+  const hostForUrl = a.host.includes(':') ? `[${a.host}]` : a.host;
+  io.stdout.write(
+    `\nNext: ${next}\nthen point OpenAI clients at http://${hostForUrl}:${a.port === 0 ? '<port>' : a.port}/v1\n`,
+  );
+  return 0;
+}
+
+/** A copy of the file's values safe to print: every key-like value masked. */
+export function maskValues(values: Record<string, unknown>): Record<string, unknown> {
+  const secretish = /key|secret|token|password|authorization/i;
+  const walk = (v: unknown, key: string): unknown => {
+    if (typeof v === 'string') return secretish.test(key) && !/env$/i.test(key) ? maskSecret(v) : v;
+    if (Array.isArray(v)) return v.map((x) => walk(x, key));
+    if (v && typeof v === 'object')
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x, k)]));
+    return v;
+  };
+  return walk(values, '') as Record<string, unknown>;
+}
+
+function generateAdminKey(): string {
+  return `oaip_${randomBytes(32).toString('base64url')}`;
+}
+
+function inferKind(baseUrl: string | undefined, apiType: string | undefined): UpstreamKind {
+  if (apiType === 'azure') return 'azure';
+  if (!baseUrl) return 'openai';
+  try {
+    const host = new URL(baseUrl).hostname;
+    if (host.endsWith('.openai.azure.com')) return 'azure';
+    if (host === 'api.openai.com') return 'openai';
+  } catch {
+    return 'openai';
+  }
+  return 'compatible';
+}
+
+function trimSlash(v: string): string {
+  return v.trim().replace(/\/+$/, '');
+}
+
+function quote(p: string): string {
+  return /^[\w@%+=:,./-]+$/.test(p) ? p : `'${p.replace(/'/g, `'\\''`)}'`;
+}
+
+// Validators: `true` or a message saying what is expected (the inquirer convention, reused for flags).
+
+export function validateKind(v: string): true | string {
+  return KINDS.includes(v.toLowerCase() as UpstreamKind) ? true : 'expected openai, azure or compatible';
+}
+
+export function validatePolicy(v: string): true | string {
+  return POLICIES.includes(v.toLowerCase() as ModelPolicy) ? true : 'expected off, strict or record';
+}
+
+export function validateUrl(v: string): true | string {
+  let u: URL;
+  try {
+    u = new URL(v.trim());
+  } catch {
+    return 'expected an absolute URL such as https://api.openai.com/v1';
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') return 'expected an http:// or https:// URL';
+  if (u.search || u.hash) return 'leave out ?query and #fragment';
+  return true;
+}
+
+export function validateBaseUrl(v: string, kind: UpstreamKind): true | string {
+  const ok = validateUrl(v);
+  if (ok !== true) return ok;
+  if (kind === 'azure' && v.includes('YOUR-RESOURCE'))
+    return 'replace YOUR-RESOURCE with your Azure OpenAI resource name';
+  return true;
+}
+
+export function validateApiVersion(v: string): true | string {
+  return /^\d{4}-\d{2}-\d{2}(-preview)?$/.test(v.trim())
+    ? true
+    : `expected a date version such as ${DEFAULT_AZURE_API_VERSION} or 2025-04-01-preview`;
+}
+
+export function validateHost(v: string): true | string {
+  const h = v.trim();
+  if (isIP(h) || /^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(h)) return true;
+  return 'expected a host name or IP address such as 127.0.0.1, 0.0.0.0 or localhost';
+}
+
+export function validatePort(v: string): true | string {
+  const t = v.trim();
+  if (!/^\d+$/.test(t) || Number(t) > 65535)
+    return 'expected an integer from 0 to 65535 (0 picks a free port)';
+  return true;
+}
+
+function validateDatabase(v: string, io: CliIo): true | string {
+  if (v.trim() === '') return 'expected a file path';
+  let loc: ReturnType<typeof resolveDatabaseLocation>;
+  try {
+    loc = resolveDatabaseLocation(v.trim(), io.env, io.cwd);
+  } catch (err) {
+    return (err as Error).message;
+  }
+  if (loc.kind === 'postgres') return 'PostgreSQL is not supported yet; give an SQLite file path';
+  if (loc.path === ':memory:') return 'an in-memory database keeps nothing; give a file path';
+  return validateWritableFile(loc.path);
+}
+
+function normaliseDatabase(v: string, io: CliIo): string {
+  const loc = resolveDatabaseLocation(v.trim(), io.env, io.cwd);
+  return loc.kind === 'sqlite' ? loc.path : v.trim();
+}
+
+function validateLogFile(v: string, io: CliIo): true | string {
+  if (v.trim() === '') return 'expected a file path';
+  return validateWritableFile(normaliseLogFile(v, io));
+}
+
+function normaliseLogFile(v: string, io: CliIo): string {
+  return resolveLogFilePath(v.trim(), { kind: 'sqlite', path: ':memory:' }, io.env, io.cwd);
+}
+
+function defaultLogFile(databaseUrl: string, io: CliIo): string {
+  const loc = resolveDatabaseLocation(databaseUrl, io.env, io.cwd);
+  return resolveLogFilePath(undefined, loc, io.env, io.cwd);
+}
+
+/** A file can be created at `path`: it is not a directory, and its nearest existing ancestor is a writable directory. */
+export function validateWritableFile(path: string): true | string {
+  try {
+    if (existsSync(path)) {
+      if (statSync(path).isDirectory()) return `${path} is a directory; give a file path`;
+      accessSync(path, constants.W_OK);
+      return true;
+    }
+    let dir = dirname(path);
+    while (!existsSync(dir)) dir = dirname(dir);
+    if (!statSync(dir).isDirectory()) return `${dir} is a file, so no directory can be created under it`;
+    accessSync(dir, constants.W_OK);
+    return true;
+  } catch (err) {
+    return `${path} is not writable (${(err as NodeJS.ErrnoException).code ?? String(err)})`;
+  }
+}
