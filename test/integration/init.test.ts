@@ -1,0 +1,369 @@
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { resolveConfig } from '../../src/config/load.js';
+import { defaultConfigPath } from '../../src/config/paths.js';
+import { CHAT_ANSWER, createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { createTestIo } from '../helpers/test-proxy.js';
+
+const KEY = 'sk-init-test-secret-key-0123456789wxyz';
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+function tempHome() {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const env = {
+    HOME: tmp.path,
+    XDG_CONFIG_HOME: join(tmp.path, 'config'),
+    XDG_DATA_HOME: join(tmp.path, 'data'),
+  };
+  return { dir: tmp.path, env, configPath: defaultConfigPath(env) };
+}
+
+async function fakeUpstream(): Promise<FakeUpstream> {
+  const fake = await createFakeUpstream();
+  cleanups.push(() => fake.close());
+  return fake;
+}
+
+function readJson(path: string): Record<string, any> {
+  return JSON.parse(readFileSync(path, 'utf8'));
+}
+
+describe('oai-proxy init --yes', () => {
+  test('writes defaults plus flags to the XDG config file, mode 0600, key from OPENAI_API_KEY, masked output', async () => {
+    const h = tempHome();
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: KEY }, h.dir);
+    const code = await main(
+      [
+        'init',
+        '--yes',
+        '--port',
+        '9123',
+        '--host',
+        '0.0.0.0',
+        '--db',
+        'rec/proxy.db',
+        '--model-policy',
+        'record',
+      ],
+      io,
+    );
+    expect(io.err()).toBe('');
+    expect(code).toBe(0);
+    expect(readJson(h.configPath)).toEqual({
+      openaiBaseUrl: 'https://api.openai.com/v1',
+      openaiApiType: 'openai',
+      openaiApiKey: KEY,
+      host: '0.0.0.0',
+      port: 9123,
+      databaseUrl: join(h.dir, 'rec/proxy.db'),
+      logFilePath: join(h.dir, 'rec/oai-proxy.log'),
+      validateModels: true,
+      allowUnknownModels: true,
+    });
+    expect(statSync(h.configPath).mode & 0o777).toBe(0o600);
+    expect(readdirSync(join(h.dir, 'config', 'oai-proxy'))).toEqual(['config.json']);
+    const out = io.out();
+    expect(out).toContain(`Wrote ${h.configPath} (mode 0600)`);
+    expect(out).toContain('"openaiApiKey": "sk-…wxyz"');
+    expect(out).not.toContain(KEY);
+    expect(out).toContain('Next: oai-proxy serve\n');
+    expect(out).toContain('http://0.0.0.0:9123/v1');
+    // No --check by default with --yes: nothing was asked of any upstream.
+    expect(out).not.toMatch(/upstream (reachable|unreachable|unauthorised)/);
+  });
+
+  test('without OPENAI_API_KEY no key is written: clients’ own keys are forwarded', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes'], io)).toBe(0);
+    const written = readJson(h.configPath);
+    expect(written).not.toHaveProperty('openaiApiKey');
+    expect(written.databaseUrl).toBe(join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db'));
+    expect(written.port).toBe(8000);
+  });
+
+  test('`serve` with no flags picks up the written file and forwards to its upstream with its key', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    const initIo = createTestIo({ ...h.env, OPENAI_API_KEY: KEY }, h.dir);
+    expect(
+      await main(['init', '--yes', '--upstream', fake.baseUrl, '--port', '0', '--db', 'served.db'], initIo),
+    ).toBe(0);
+
+    // No OPENAI_API_KEY, no flags: everything comes from the file init wrote.
+    const ac = new AbortController();
+    const serveIo = { ...createTestIo({ ...h.env, LOG_LEVEL: 'silent' }, h.dir), signal: ac.signal };
+    const done = main(['serve'], serveIo);
+    let url = '';
+    for (let i = 0; i < 200 && !url; i++) {
+      url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(serveIo.err())?.[1] ?? '';
+      if (!url) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(serveIo.err()).toContain(`config     ${h.configPath}`);
+    const client = new OpenAI({ apiKey: 'sk-client-own-key', baseURL: `${url}/v1`, maxRetries: 0 });
+    const answer = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+    expect(fake.requests.at(-1)!.headers.authorization).toBe(`Bearer ${KEY}`);
+    ac.abort();
+    expect(await done).toBe(0);
+    expect(existsSync(join(h.dir, 'served.db'))).toBe(true);
+    expect(serveIo.err()).not.toContain(KEY);
+  });
+
+  test('refuses to overwrite an existing file without --force (exit 1, file untouched)', async () => {
+    const h = tempHome();
+    mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+    writeFileSync(h.configPath, '{"port": 7000}\n');
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--port', '9000'], io)).toBe(1);
+    expect(io.err()).toBe(
+      `oai-proxy: Config file ${h.configPath} already exists; add --force to overwrite it (its values and the keys init does not manage are kept unless flags change them)\n`,
+    );
+    expect(readFileSync(h.configPath, 'utf8')).toBe('{"port": 7000}\n');
+  });
+
+  test('--force keeps existing values and unknown keys, applies the flags, and tightens the mode to 0600', async () => {
+    const h = tempHome();
+    mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+    writeFileSync(
+      h.configPath,
+      JSON.stringify({
+        openaiBaseUrl: 'http://127.0.0.1:11434/v1',
+        openaiApiKey: 'sk-kept-from-file-1111',
+        port: 7000,
+        logLevel: 'debug',
+        myOwnNote: { keep: 'me' },
+        upstreams: { local: { baseUrl: 'http://127.0.0.1:9/v1', type: 'openai' } },
+      }),
+      { mode: 0o644 },
+    );
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--force', '--model-policy', 'strict'], io)).toBe(0);
+    const written = readJson(h.configPath);
+    expect(written).toMatchObject({
+      openaiBaseUrl: 'http://127.0.0.1:11434/v1',
+      openaiApiType: 'openai',
+      openaiApiKey: 'sk-kept-from-file-1111',
+      port: 7000,
+      logLevel: 'debug',
+      myOwnNote: { keep: 'me' },
+      upstreams: { local: { baseUrl: 'http://127.0.0.1:9/v1', type: 'openai' } },
+      validateModels: true,
+      allowUnknownModels: false,
+    });
+    expect(statSync(h.configPath).mode & 0o777).toBe(0o600);
+    expect(io.out()).not.toContain('sk-kept-from-file-1111');
+  });
+
+  test('an existing file that is not JSON: exit 2 naming it and --force; with --force it is replaced', async () => {
+    const h = tempHome();
+    mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+    writeFileSync(h.configPath, '{ not json');
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes'], io)).toBe(2);
+    expect(io.err()).toContain(`Config file ${h.configPath} is not valid JSON`);
+    expect(io.err()).toContain('rerun with --force to replace it');
+    const io2 = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--force'], io2)).toBe(0);
+    expect(readJson(h.configPath).port).toBe(8000);
+  });
+
+  test('--config PATH writes there and the next command names it', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--config', 'sub dir/my.json'], io)).toBe(0);
+    const path = join(h.dir, 'sub dir', 'my.json');
+    expect(readJson(path).host).toBe('127.0.0.1');
+    expect(existsSync(h.configPath)).toBe(false);
+    expect(io.out()).toContain(`Next: oai-proxy serve --config '${path}'`);
+    expect(resolveConfig({ configPath: path, env: h.env, cwd: h.dir, dotenv: false }).config.port).toBe(8000);
+  });
+
+  test('--generate-admin-key stores a strong key and prints it in full exactly once', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--generate-admin-key'], io)).toBe(0);
+    const key = readJson(h.configPath).adminApiKey as string;
+    expect(key).toMatch(/^oaip_[A-Za-z0-9_-]{43}$/);
+    expect(io.out().split(key)).toHaveLength(2);
+    expect(io.out()).toContain('shown only this once');
+  });
+
+  test('Azure: --kind azure needs a real endpoint, writes type and api-version', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--kind', 'azure'], io)).toBe(2);
+    expect(io.err()).toContain('replace YOUR-RESOURCE with your Azure OpenAI resource name');
+    expect(existsSync(h.configPath)).toBe(false);
+
+    const io2 = createTestIo(h.env, h.dir);
+    const url = 'https://contoso.openai.azure.com/openai';
+    expect(
+      await main(
+        ['init', '--yes', '--kind', 'azure', '--upstream', url, '--api-version', '2025-04-01-preview'],
+        io2,
+      ),
+    ).toBe(0);
+    expect(readJson(h.configPath)).toMatchObject({
+      openaiBaseUrl: url,
+      openaiApiType: 'azure',
+      openaiApiVersion: '2025-04-01-preview',
+    });
+  });
+
+  test.each([
+    [['--port', '70000'], 'Invalid --port "70000": expected an integer from 0 to 65535'],
+    [['--port', 'abc'], 'Invalid --port "abc"'],
+    [
+      ['--upstream', 'ftp://example.test/v1'],
+      'Invalid --upstream "ftp://example.test/v1": expected an http:// or https:// URL',
+    ],
+    [['--upstream', 'not a url'], 'expected an absolute URL'],
+    [['--host', 'bad host'], 'Invalid --host "bad host"'],
+    [['--kind', 'bedrock'], 'Invalid --kind "bedrock": expected openai, azure or compatible'],
+    [['--model-policy', 'maybe'], 'expected off, strict or record'],
+    [['--api-version', 'latest'], 'Invalid --api-version "latest"'],
+    [['--db', 'postgres://u:p@db/x'], 'PostgreSQL is not supported yet'],
+    [['--qdrant-url', 'qdrant:6333'], 'Invalid --qdrant-url'],
+  ])('bad flag %j → exit 2, a message naming it, no file', async (flags, message) => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', ...flags], io)).toBe(2);
+    expect(io.err()).toContain(message);
+    expect(io.err().trim().split('\n')).toHaveLength(1);
+    expect(existsSync(h.configPath)).toBe(false);
+  });
+
+  test('unwritable locations are refused on the spot: database under a file, config under a file', async () => {
+    const h = tempHome();
+    writeFileSync(join(h.dir, 'plain-file'), 'x');
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--db', 'plain-file/proxy.db'], io)).toBe(2);
+    expect(io.err()).toContain(
+      `${join(h.dir, 'plain-file')} is a file, so no directory can be created under it`,
+    );
+    const io2 = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--log-file', h.dir], io2)).toBe(2);
+    expect(io2.err()).toContain(`${h.dir} is a directory; give a file path`);
+    const io3 = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--config', 'plain-file/c.json'], io3)).toBe(2);
+    expect(io3.err()).toContain(`Cannot write the config file ${join(h.dir, 'plain-file', 'c.json')}`);
+    expect(existsSync(h.configPath)).toBe(false);
+  });
+
+  test('no terminal and no --yes → exit 2 at once with a clear message, nothing written', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init'], io)).toBe(2);
+    expect(io.err()).toContain('standard input is not a terminal');
+    expect(io.err()).toContain('oai-proxy init --yes');
+    expect(existsSync(h.configPath)).toBe(false);
+  });
+
+  test('--help documents the flags and examples', async () => {
+    const io = createTestIo();
+    expect(await main(['init', '--help'], io)).toBe(0);
+    for (const s of [
+      '--yes',
+      '--force',
+      '--config',
+      '--upstream',
+      '--check',
+      '--no-check',
+      'OPENAI_API_KEY',
+      'Examples:',
+    ])
+      expect(io.out()).toContain(s);
+  });
+});
+
+describe('init --check: one GET {baseUrl}/models, reported, never blocking the write', () => {
+  test('reachable: sends the key and reports the models listed', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: KEY }, h.dir);
+    expect(await main(['init', '--yes', '--check', '--upstream', fake.baseUrl], io)).toBe(0);
+    expect(fake.requests).toHaveLength(1);
+    expect(fake.requests[0]).toMatchObject({ method: 'GET', url: '/v1/models' });
+    expect(fake.requests[0].headers.authorization).toBe(`Bearer ${KEY}`);
+    expect(io.out()).toContain(`✔ upstream reachable: GET ${fake.baseUrl}/models → 200 (2 models listed)`);
+    expect(io.out()).not.toContain(KEY);
+    expect(existsSync(h.configPath)).toBe(true);
+  });
+
+  test('unauthorised: a 401 is reported and the file is still written', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    fake.on('/v1/models', (_req, res) => {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({ error: { message: 'Incorrect API key provided', type: 'invalid_request_error' } }),
+      );
+    });
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: KEY }, h.dir);
+    expect(await main(['init', '--yes', '--check', '--upstream', fake.baseUrl], io)).toBe(0);
+    expect(io.out()).toContain(
+      `✖ upstream unauthorised: GET ${fake.baseUrl}/models → 401; check the API key`,
+    );
+    expect(readJson(h.configPath).openaiBaseUrl).toBe(fake.baseUrl);
+  });
+
+  test('unreachable: a refused port is reported and the file is still written', async () => {
+    const h = tempHome();
+    const srv = createServer();
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+    const port = (srv.address() as { port: number }).port;
+    await new Promise((r) => srv.close(r));
+    const io = createTestIo(h.env, h.dir);
+    const base = `http://127.0.0.1:${port}/v1`;
+    expect(await main(['init', '--yes', '--check', '--upstream', base], io)).toBe(0);
+    expect(io.out()).toContain(`✖ upstream unreachable: GET ${base}/models failed (ECONNREFUSED)`);
+    expect(readJson(h.configPath).openaiBaseUrl).toBe(base);
+  });
+
+  test('Azure: asks {base}/models?api-version=… with the api-key header', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    fake.on('/openai/models', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ object: 'list', data: [{ id: 'gpt-4o' }] }));
+    });
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: KEY }, h.dir);
+    const base = `${fake.origin}/openai`;
+    expect(
+      await main(
+        ['init', '--yes', '--check', '--kind', 'azure', '--upstream', base, '--api-version', '2024-10-21'],
+        io,
+      ),
+    ).toBe(0);
+    expect(fake.requests[0].url).toBe('/openai/models?api-version=2024-10-21');
+    expect(fake.requests[0].headers['api-key']).toBe(KEY);
+    expect(fake.requests[0].headers.authorization).toBeUndefined();
+    expect(io.out()).toContain('✔ upstream reachable');
+    expect(io.out()).toContain('(1 models listed)');
+  });
+});
+
+describe('serve stays fast', () => {
+  test('@inquirer/prompts is imported only dynamically, and only by src/commands/init.ts', () => {
+    const srcDir = join(import.meta.dirname, '../../src');
+    const files = (readdirSync(srcDir, { recursive: true }) as string[]).filter((f) => f.endsWith('.ts'));
+    const importers = files.filter((f) => readFileSync(join(srcDir, f), 'utf8').includes('@inquirer/'));
+    expect(importers).toEqual([join('commands', 'init.ts')]);
+    const init = readFileSync(join(srcDir, 'commands', 'init.ts'), 'utf8');
+    expect(init).toMatch(/await import\('@inquirer\/prompts'\)/);
+    expect(init).not.toMatch(/^import[^;]*from '@inquirer/m);
+  });
+});
