@@ -11,6 +11,7 @@ import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
+import { startVectorIndexing, type VectorIndexing } from './vector-setup.js';
 
 export interface ServeOptions extends ConfigFlags {
   config?: string;
@@ -25,6 +26,8 @@ export interface RunningProxy {
   database: OpenDatabase;
   logFile: string;
   logger: Logger;
+  /** Qdrant indexing, present only when QDRANT_URL is set. */
+  vector: VectorIndexing | null;
   /** Stop accepting, let in-flight requests finish within the grace period, flush every row, close files. */
   close(): Promise<void>;
 }
@@ -125,6 +128,24 @@ export async function startProxy(
     headersTimeoutMs: config.upstreamHeadersTimeoutMs,
     idleTimeoutMs: config.upstreamIdleTimeoutMs,
   });
+  // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
+  const vector = config.qdrantUrl
+    ? await startVectorIndexing(resolved, {
+        sqlite: database.sqlite,
+        dispatcher,
+        logger,
+        record: (r) => {
+          writer.record(r);
+          logger.info({ ...exchangeLogLine(r), internal: true }, 'internal exchange');
+        },
+      }).catch(async (err) => {
+        writer.close();
+        await database.close();
+        await logFile.end();
+        await dispatcher.close();
+        throw err;
+      })
+    : null;
   const secrets = [
     config.openaiApiKey,
     config.adminApiKey,
@@ -158,6 +179,7 @@ export async function startProxy(
             : 'exchange',
         );
         ext.onRecord?.(r);
+        vector?.onRecord(r);
       },
     },
     health: () => {
@@ -169,6 +191,7 @@ export async function startProxy(
         queued_log_rows: h.queued,
         spilled_log_rows: h.spilled,
         inflight: proxy.inflight(),
+        ...(vector ? vector.health() : { qdrant: 'disabled' }),
         ...ext.health?.(),
       };
     },
@@ -192,6 +215,7 @@ export async function startProxy(
     });
     proxy.server.listen(config.port, config.host, () => resolve());
   }).catch(async (err) => {
+    await vector?.close();
     writer.close();
     await database.close();
     await logFile.end();
@@ -214,10 +238,12 @@ export async function startProxy(
     database,
     logFile: logPath,
     logger,
+    vector,
     close() {
       closing ??= (async () => {
         process.off('SIGUSR2', onUsr2);
         await proxy.shutdown(config.shutdownGraceMs);
+        await vector?.close();
         writer.close();
         await dispatcher.close().catch(() => undefined);
         await database.close();

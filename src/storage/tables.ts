@@ -58,9 +58,19 @@ export interface ModelMappingsTable {
   removed: number;
 }
 
+/** Qdrant indexing state per exchange (migration 0004); no row = not yet indexed. */
+export interface ExchangeIndexTable {
+  exchange_id: string;
+  status: 'indexed' | 'failed' | 'skipped';
+  error: string | null;
+  attempts: number;
+  updated_at: number;
+}
+
 /** All tables, for Kysely. Later migrations add their tables here. */
 export interface DatabaseSchema {
   exchanges: ExchangesTable;
   models: ModelsTable;
   model_mappings: ModelMappingsTable;
+  exchange_index: ExchangeIndexTable;
 }

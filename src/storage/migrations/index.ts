@@ -1,6 +1,7 @@
 import type { Migration } from 'kysely';
 import * as m0001 from './0001-exchanges.js';
 import * as m0003 from './0003-model-registry.js';
+import * as m0004 from './0004-vector-index.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -9,4 +10,5 @@ import * as m0003 from './0003-model-registry.js';
 export const migrations: Record<string, Migration> = {
   '0001-exchanges': m0001,
   '0003-model-registry': m0003,
+  '0004-vector-index': m0004,
 };

@@ -1,0 +1,160 @@
+import type { Logger } from 'pino';
+import type { Dispatcher } from 'undici';
+import type { ResolvedConfig } from '../config/load.js';
+import { OaiProxyError } from '../errors.js';
+import { createUpstreamTarget, shapeUpstreamRequest } from '../proxy/forward.js';
+import { newExchangeId } from '../proxy/ids.js';
+import type { SqliteHandle } from '../storage/database.js';
+import type { ExchangeRecord } from '../storage/exchange-record.js';
+import { createIndexStateStore, type IndexStateStore } from '../storage/index-state-store.js';
+import { createEmbeddingClient, type Embedder, type EmbeddingEndpoint } from '../vector/embedding-client.js';
+import { fromRecord } from '../vector/exchange-text.js';
+import { createVectorIndexer, type VectorIndexer } from '../vector/indexer.js';
+import { createQdrantStore, type VectorStore } from '../vector/qdrant-store.js';
+
+/** What the vector features need, built once per command from the configuration. */
+export interface VectorServices {
+  store: VectorStore;
+  embedder: Embedder;
+  state: IndexStateStore;
+}
+
+/** How to turn the feature on; used by every message about it being off. */
+export const ENABLE_HINT =
+  'set QDRANT_URL (e.g. QDRANT_URL=http://127.0.0.1:6333 in the environment, .env or the config file as "qdrantUrl"), then run `oai-proxy logs reindex` to index what is already recorded';
+
+/** Throw `vector_disabled` (exit 2) unless QDRANT_URL is set. */
+export function requireQdrant(resolved: ResolvedConfig, what: string): string {
+  const url = resolved.config.qdrantUrl;
+  if (!url) throw new OaiProxyError('vector_disabled', `${what} needs Qdrant, which is off: ${ENABLE_HINT}`);
+  return url;
+}
+
+/** Every configured secret, to be scrubbed from recorded bodies and messages. */
+export function configSecrets(resolved: ResolvedConfig): string[] {
+  const c = resolved.config;
+  return [
+    c.openaiApiKey,
+    c.adminApiKey,
+    c.qdrantApiKey,
+    ...c.proxyApiKeys,
+    ...Object.values(c.upstreams).map(
+      (u) => u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+    ),
+  ].filter((s): s is string => !!s);
+}
+
+/** The upstream embeddings endpoint: EMBEDDING_UPSTREAM's entry, else the default upstream. */
+export function resolveEmbeddingEndpoint(resolved: ResolvedConfig): EmbeddingEndpoint {
+  const c = resolved.config;
+  let target = createUpstreamTarget('default', c.openaiBaseUrl, {
+    type: c.openaiApiType,
+    apiKey: c.openaiApiKey,
+    apiVersion: c.openaiApiVersion,
+  });
+  if (c.embeddingUpstream) {
+    const u = c.upstreams[c.embeddingUpstream];
+    if (!u) {
+      const known = Object.keys(c.upstreams);
+      throw new OaiProxyError(
+        'config_invalid',
+        `EMBEDDING_UPSTREAM names "${c.embeddingUpstream}", which is not in the config file's "upstreams"${known.length ? ` (known: ${known.join(', ')})` : ''}; fix the name or unset it to use OPENAI_BASE_URL`,
+      );
+    }
+    target = createUpstreamTarget(c.embeddingUpstream, u.baseUrl, {
+      type: u.type,
+      apiKey: u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+      apiVersion: u.apiVersion,
+      headers: u.headers,
+    });
+  }
+  const shape = shapeUpstreamRequest(
+    target,
+    '/embeddings',
+    '',
+    {},
+    {
+      deployment: c.embeddingModel,
+    },
+  );
+  return { name: target.name, origin: target.origin, path: shape.path, headers: shape.headers };
+}
+
+/** Build the Qdrant store, the embedding client and the index state for an open database. */
+export async function createVectorServices(
+  resolved: ResolvedConfig,
+  deps: {
+    sqlite: SqliteHandle;
+    dispatcher: Dispatcher;
+    /** Receives the embedding calls as internal exchanges. */
+    record: (r: ExchangeRecord) => void;
+    qdrantTimeoutMs?: number;
+  },
+): Promise<VectorServices> {
+  const c = resolved.config;
+  const url = requireQdrant(resolved, 'Vector indexing');
+  const endpoint = resolveEmbeddingEndpoint(resolved);
+  const store = await createQdrantStore({
+    url,
+    apiKey: c.qdrantApiKey,
+    collection: c.qdrantCollection,
+    timeoutMs: deps.qdrantTimeoutMs,
+  });
+  const embedder = createEmbeddingClient({
+    endpoint,
+    model: c.embeddingModel,
+    dispatcher: deps.dispatcher,
+    captureBodyBytes: c.captureBodyBytes,
+    secrets: configSecrets(resolved),
+    newId: () => newExchangeId(),
+    onExchange: deps.record,
+  });
+  return { store, embedder, state: createIndexStateStore(deps.sqlite) };
+}
+
+/** The serve-time indexing: what `startProxy` plugs into its sink and `/health`. */
+export interface VectorIndexing {
+  indexer: VectorIndexer;
+  services: VectorServices;
+  onRecord(r: ExchangeRecord): void;
+  health(): Record<string, unknown>;
+  close(): Promise<void>;
+}
+
+/** Start background indexing of recorded exchanges (only called when QDRANT_URL is set). */
+export async function startVectorIndexing(
+  resolved: ResolvedConfig,
+  deps: { sqlite: SqliteHandle; dispatcher: Dispatcher; record: (r: ExchangeRecord) => void; logger: Logger },
+): Promise<VectorIndexing> {
+  const services = await createVectorServices(resolved, deps);
+  const { logger } = deps;
+  const indexer = createVectorIndexer({
+    embedder: services.embedder,
+    store: services.store,
+    outcomes: { mark: (o) => void services.state.mark(o) },
+    onError: (err) =>
+      logger.error(
+        { err: { message: err.message } },
+        'vector indexing is failing; exchanges are marked not indexed (run `oai-proxy logs reindex` later)',
+      ),
+    onRecover: () => logger.info('vector indexing recovered'),
+  });
+  return {
+    indexer,
+    services,
+    onRecord(r) {
+      if (!r.internal) indexer.enqueue(fromRecord(r));
+    },
+    health() {
+      const h = indexer.health();
+      return {
+        qdrant: h.qdrant,
+        qdrant_error: h.lastError,
+        qdrant_pending: h.pending,
+        qdrant_indexed: h.indexed,
+        qdrant_failed: h.failed,
+      };
+    },
+    close: () => indexer.close(),
+  };
+}

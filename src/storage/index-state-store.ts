@@ -1,0 +1,103 @@
+import type { SqliteHandle } from './database.js';
+import type { ExchangesTable } from './tables.js';
+
+/** One exchange's indexing outcome, as the vector indexer reports it. */
+export interface IndexStateOutcome {
+  id: string;
+  status: 'indexed' | 'failed' | 'skipped';
+  error: string | null;
+}
+
+/** Position in the (started_at, id) order, for resumable paging. */
+export interface IndexCursor {
+  startedAt: number;
+  id: string;
+}
+
+/** Persistence of per-exchange Qdrant indexing state (table `exchange_index`, migration 0004). */
+export interface IndexStateStore {
+  /** Record outcomes in one transaction. Never throws (returns false when the database failed). */
+  mark(outcomes: IndexStateOutcome[]): boolean;
+  /**
+   * Exchanges matching `eligibleSql` (a condition on `exchanges`) that have no state row or failed,
+   * oldest first, after `cursor`.
+   */
+  pending(options: {
+    eligibleSql: string;
+    sinceMs?: number;
+    after?: IndexCursor;
+    limit: number;
+  }): ExchangesTable[];
+  countPending(options: { eligibleSql: string; sinceMs?: number }): number;
+  /** Forget the state of these exchanges (after they were pruned). */
+  forget(ids: string[]): void;
+  status(id: string): IndexStateOutcome | null;
+}
+
+/** Create the store on an open (migrated) database handle. */
+export function createIndexStateStore(sqlite: SqliteHandle): IndexStateStore {
+  const upsertSql = `insert into exchange_index (exchange_id, status, error, attempts, updated_at)
+    values (@id, @status, @error, 1, @now)
+    on conflict (exchange_id) do update set status = excluded.status, error = excluded.error,
+      attempts = exchange_index.attempts + 1, updated_at = excluded.updated_at`;
+  const notDone = `(exchange_index.exchange_id is null or exchange_index.status = 'failed')`;
+  const from = 'exchanges left join exchange_index on exchange_index.exchange_id = exchanges.id';
+
+  return {
+    mark(outcomes) {
+      if (outcomes.length === 0) return true;
+      try {
+        const stmt = sqlite.prepare(upsertSql);
+        const now = Date.now();
+        sqlite.transaction(() => {
+          for (const o of outcomes)
+            stmt.run({ id: o.id, status: o.status, error: o.error?.slice(0, 1000) ?? null, now });
+        })();
+        return true;
+      } catch {
+        return false;
+      }
+    },
+    pending({ eligibleSql, sinceMs, after, limit }) {
+      const where = [eligibleSql, notDone];
+      const params: Record<string, unknown> = { limit };
+      if (sinceMs !== undefined) {
+        where.push('exchanges.started_at >= @since');
+        params.since = sinceMs;
+      }
+      if (after) {
+        where.push(
+          '(exchanges.started_at > @afterT or (exchanges.started_at = @afterT and exchanges.id > @afterId))',
+        );
+        params.afterT = after.startedAt;
+        params.afterId = after.id;
+      }
+      return sqlite
+        .prepare(
+          `select exchanges.* from ${from} where ${where.join(' and ')} order by exchanges.started_at, exchanges.id limit @limit`,
+        )
+        .all(params) as ExchangesTable[];
+    },
+    countPending({ eligibleSql, sinceMs }) {
+      const where = [eligibleSql, notDone];
+      if (sinceMs !== undefined) where.push('exchanges.started_at >= @since');
+      const row = sqlite
+        .prepare(`select count(*) as n from ${from} where ${where.join(' and ')}`)
+        .get(sinceMs !== undefined ? { since: sinceMs } : {}) as { n: number };
+      return row.n;
+    },
+    forget(ids) {
+      if (ids.length === 0) return;
+      const stmt = sqlite.prepare('delete from exchange_index where exchange_id = ?');
+      sqlite.transaction(() => {
+        for (const id of ids) stmt.run(id);
+      })();
+    },
+    status(id) {
+      const row = sqlite
+        .prepare('select exchange_id as id, status, error from exchange_index where exchange_id = ?')
+        .get(id) as IndexStateOutcome | undefined;
+      return row ?? null;
+    },
+  };
+}

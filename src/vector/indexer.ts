@@ -1,0 +1,160 @@
+import type { Embedder } from './embedding-client.js';
+import { exchangeText, type IndexableExchange, isIndexable, payloadOf } from './exchange-text.js';
+import type { VectorStore } from './qdrant-store.js';
+
+/** What happened to one exchange; persisted so `logs reindex` can find what is not indexed. */
+export interface IndexOutcome {
+  id: string;
+  status: 'indexed' | 'failed' | 'skipped';
+  error: string | null;
+}
+
+/** Where outcomes are recorded (the SQLite index state). Must not throw. */
+export interface IndexOutcomeSink {
+  mark(outcomes: IndexOutcome[]): void;
+}
+
+/** What `/health` shows about indexing. */
+export interface VectorIndexerHealth {
+  qdrant: 'ok' | 'error';
+  pending: number;
+  indexed: number;
+  failed: number;
+  dropped: number;
+  lastError: string | null;
+}
+
+/** A bounded, batching background indexer: `enqueue()` never waits; a timer embeds and upserts in batches. */
+export interface VectorIndexer {
+  /** Queue an exchange (ignored if it is not indexable). Never throws, never blocks. */
+  enqueue(x: IndexableExchange): void;
+  /** Embed and upsert these exchanges now; marks outcomes; throws OaiProxyError('vector_error') on failure. */
+  indexBatch(xs: IndexableExchange[]): Promise<{ indexed: number; skipped: number }>;
+  /** Process everything queued so far. */
+  drain(): Promise<void>;
+  health(): VectorIndexerHealth;
+  /** Stop the timer and give queued work up to `graceMs` to finish; the rest is left for `logs reindex`. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface VectorIndexerOptions {
+  embedder: Embedder;
+  store: VectorStore;
+  outcomes: IndexOutcomeSink;
+  /** Exchanges kept waiting; beyond it the oldest are dropped (and left for `logs reindex`). */
+  queueMax?: number;
+  batchSize?: number;
+  intervalMs?: number;
+  onError?(err: Error): void;
+  onRecover?(): void;
+}
+
+/** Create the indexer. Failures are reported through `onError` and `health()`, never thrown at the caller. */
+export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexer {
+  const { embedder, store, outcomes } = options;
+  const queueMax = options.queueMax ?? 10_000;
+  const batchSize = options.batchSize ?? 32;
+  const queue: IndexableExchange[] = [];
+  let busy: Promise<void> | null = null;
+  let inBatch = 0;
+  let indexed = 0;
+  let failed = 0;
+  let dropped = 0;
+  let failing = false;
+  let lastError: string | null = null;
+  let closed = false;
+
+  const indexBatch = async (xs: IndexableExchange[]) => {
+    const work: { x: IndexableExchange; text: string }[] = [];
+    const skipped: IndexOutcome[] = [];
+    for (const x of xs) {
+      const text = isIndexable(x) ? exchangeText(x) : null;
+      if (text) work.push({ x, text });
+      else skipped.push({ id: x.id, status: 'skipped', error: null });
+    }
+    if (skipped.length) outcomes.mark(skipped);
+    if (work.length === 0) return { indexed: 0, skipped: skipped.length };
+    try {
+      const vectors = await embedder.embed(work.map((w) => w.text));
+      await store.upsert(work.map((w, i) => ({ vector: vectors[i], payload: payloadOf(w.x) })));
+    } catch (err) {
+      const message = (err as Error).message;
+      outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'failed', error: message })));
+      throw err;
+    }
+    outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'indexed', error: null })));
+    return { indexed: work.length, skipped: skipped.length };
+  };
+
+  const runOnce = async () => {
+    while (queue.length > 0) {
+      const batch = queue.splice(0, batchSize);
+      inBatch = batch.length;
+      try {
+        const r = await indexBatch(batch);
+        indexed += r.indexed;
+        if (failing) {
+          failing = false;
+          lastError = null;
+          options.onRecover?.();
+        }
+      } catch (err) {
+        failed += batch.length;
+        lastError = (err as Error).message;
+        if (!failing) {
+          failing = true;
+          options.onError?.(err as Error);
+        }
+      } finally {
+        inBatch = 0;
+      }
+      if (closed) break;
+    }
+  };
+
+  const kick = (): Promise<void> => {
+    busy ??= runOnce().finally(() => {
+      busy = null;
+    });
+    return busy;
+  };
+
+  const timer = setInterval(() => {
+    if (queue.length > 0 && !busy) void kick();
+  }, options.intervalMs ?? 200);
+  timer.unref();
+
+  return {
+    enqueue(x) {
+      if (closed || !isIndexable(x)) return;
+      queue.push(x);
+      if (queue.length > queueMax) dropped += queue.splice(0, queue.length - queueMax).length;
+    },
+    indexBatch,
+    async drain() {
+      while (queue.length > 0 || busy) await kick();
+    },
+    health() {
+      return {
+        qdrant: failing ? 'error' : 'ok',
+        pending: queue.length + inBatch,
+        indexed,
+        failed,
+        dropped,
+        lastError,
+      };
+    },
+    async close(graceMs = 5000) {
+      clearInterval(timer);
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.drain(),
+        new Promise<void>((r) => {
+          t = setTimeout(r, graceMs);
+        }),
+      ]);
+      clearTimeout(t);
+      closed = true;
+    },
+  };
+}

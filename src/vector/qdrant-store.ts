@@ -1,0 +1,202 @@
+import { createHash } from 'node:crypto';
+import { OaiProxyError } from '../errors.js';
+import type { ExchangePayload } from './exchange-text.js';
+
+/** One exchange's vector and payload. */
+export interface VectorPoint {
+  vector: number[];
+  payload: ExchangePayload;
+}
+
+/** A search hit: the exchange id, its similarity and its payload. */
+export interface VectorHit {
+  exchangeId: string;
+  score: number;
+  payload: Partial<ExchangePayload>;
+}
+
+export interface VectorSearchOptions {
+  limit: number;
+  /** Only exchanges that requested this model. */
+  model?: string;
+  /** Only exchanges at or after this time. */
+  since?: Date;
+}
+
+/** Where exchange vectors live. */
+export interface VectorStore {
+  readonly collection: string;
+  /** Insert or replace points; creates the collection (cosine, payload indexes) on first use. */
+  upsert(points: VectorPoint[]): Promise<void>;
+  /** Nearest exchanges to `vector`, best first, filters applied in the store. */
+  search(vector: number[], options: VectorSearchOptions): Promise<VectorHit[]>;
+  /** Remove the points of these exchanges (missing ones are fine). */
+  deleteExchanges(ids: string[]): Promise<void>;
+}
+
+export interface QdrantStoreOptions {
+  url: string;
+  apiKey?: string;
+  collection: string;
+  /** Per-request time limit. */
+  timeoutMs?: number;
+}
+
+const CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz';
+
+/**
+ * The Qdrant point id of an exchange: its 128-bit ULID as a UUID (reversible), or for ids of any other
+ * shape a UUID made from their SHA-256.
+ */
+export function pointIdFor(exchangeId: string): string {
+  let hex: string | null = null;
+  if (/^[0-7][0-9a-hjkmnp-tv-z]{25}$/.test(exchangeId)) {
+    let n = 0n;
+    for (const ch of exchangeId) n = n * 32n + BigInt(CROCKFORD.indexOf(ch));
+    hex = n.toString(16).padStart(32, '0');
+  } else {
+    hex = createHash('sha256').update(exchangeId).digest('hex').slice(0, 32);
+  }
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/**
+ * A VectorStore on Qdrant through @qdrant/js-client-rest, loaded only when this is called (so a proxy
+ * without QDRANT_URL never loads it). The API key is sent as a header and never appears in messages.
+ */
+export async function createQdrantStore(options: QdrantStoreOptions): Promise<VectorStore> {
+  const { QdrantClient } = await import('@qdrant/js-client-rest');
+  const { collection } = options;
+  const where = safeUrl(options.url);
+  const client = new QdrantClient({
+    url: options.url,
+    headers: options.apiKey ? { 'api-key': options.apiKey } : undefined,
+    timeout: options.timeoutMs ?? 10_000,
+    checkCompatibility: false,
+  });
+  let ready: Promise<void> | null = null;
+  let readySize = 0;
+
+  const fail = (what: string, err: unknown): OaiProxyError =>
+    new OaiProxyError('vector_error', `Qdrant at ${where}: ${what} failed: ${describe(err)}`, { cause: err });
+
+  const ensureCollection = (size: number): Promise<void> => {
+    if (ready && readySize === size) return ready;
+    readySize = size;
+    ready = (async () => {
+      const { exists } = await client.collectionExists(collection);
+      if (!exists) {
+        try {
+          await client.createCollection(collection, { vectors: { size, distance: 'Cosine' } });
+        } catch (err) {
+          // Another process may have created it meanwhile.
+          if (!(await client.collectionExists(collection)).exists) throw err;
+        }
+        await client.createPayloadIndex(collection, {
+          field_name: 'model',
+          field_schema: 'keyword',
+          wait: true,
+        });
+        await client.createPayloadIndex(collection, {
+          field_name: 'time',
+          field_schema: 'datetime',
+          wait: true,
+        });
+      }
+      const info = await client.getCollection(collection);
+      const vectors = info.config?.params?.vectors as { size?: number } | undefined;
+      if (vectors && typeof vectors.size === 'number' && vectors.size !== size) {
+        throw new OaiProxyError(
+          'vector_error',
+          `Qdrant collection ${collection} holds ${vectors.size}-dimensional vectors but EMBEDDING_MODEL gives ${size}; set QDRANT_COLLECTION to a new name (then run \`oai-proxy logs reindex\`)`,
+        );
+      }
+    })();
+    ready.catch(() => {
+      ready = null;
+    });
+    return ready;
+  };
+
+  return {
+    collection,
+    async upsert(points) {
+      if (points.length === 0) return;
+      try {
+        await ensureCollection(points[0].vector.length);
+        await client.upsert(collection, {
+          wait: true,
+          points: points.map((p) => ({
+            id: pointIdFor(p.payload.exchange_id),
+            vector: p.vector,
+            payload: { ...p.payload },
+          })),
+        });
+      } catch (err) {
+        throw err instanceof OaiProxyError ? err : fail(`upserting ${points.length} points`, err);
+      }
+    },
+    async search(vector, { limit, model, since }) {
+      const must: Record<string, unknown>[] = [];
+      if (model) must.push({ key: 'model', match: { value: model } });
+      if (since) must.push({ key: 'time', range: { gte: since.toISOString() } });
+      try {
+        const { exists } = await client.collectionExists(collection);
+        if (!exists) return [];
+        const res = await client.query(collection, {
+          query: vector,
+          filter: must.length ? { must } : undefined,
+          limit,
+          with_payload: true,
+        });
+        return res.points.map((p) => {
+          const payload = (p.payload ?? {}) as Partial<ExchangePayload>;
+          return { exchangeId: String(payload.exchange_id ?? p.id), score: p.score, payload };
+        });
+      } catch (err) {
+        throw fail('search', err);
+      }
+    },
+    async deleteExchanges(ids) {
+      if (ids.length === 0) return;
+      try {
+        const { exists } = await client.collectionExists(collection);
+        if (!exists) return;
+        await client.delete(collection, { wait: true, points: ids.map(pointIdFor) });
+      } catch (err) {
+        throw fail(`deleting ${ids.length} points`, err);
+      }
+    },
+  };
+}
+
+function safeUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    u.username = '';
+    u.password = '';
+    u.search = '';
+    return u.toString().replace(/\/$/, '');
+  } catch {
+    return 'QDRANT_URL';
+  }
+}
+
+/** A short reason for a client error, without headers (which carry the API key). */
+function describe(err: unknown): string {
+  const e = err as {
+    status?: number;
+    data?: { status?: { error?: string } };
+    message?: string;
+    cause?: { code?: string };
+  };
+  if (typeof e?.status === 'number') {
+    const detail = e.data?.status?.error;
+    const hint = e.status === 401 || e.status === 403 ? '; check QDRANT_API_KEY' : '';
+    return `HTTP ${e.status}${detail ? ` (${detail})` : ''}${hint}`;
+  }
+  const code = e?.cause?.code;
+  if (code) return `${code}; is Qdrant running? check QDRANT_URL`;
+  if ((err as Error)?.name === 'QdrantClientTimeoutError') return 'timed out';
+  return e?.message ?? String(err);
+}

@@ -1,0 +1,268 @@
+import OpenAI from 'openai';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { pointIdFor } from '../../src/vector/qdrant-store.js';
+import { createQdrantUnderTest, deadUrl, type QdrantUnderTest } from '../helpers/fake-qdrant.js';
+import { createFakeUpstream, embed, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+
+const UPSTREAM_KEY = 'sk-upstream-secret-key-vector-1234567';
+const QDRANT_KEY = 'qdrant-secret-key-abcdef123456';
+
+let upstream: FakeUpstream;
+let qdrant: QdrantUnderTest;
+let proxy: TestProxy | null = null;
+
+beforeEach(async () => {
+  upstream = await createFakeUpstream();
+  qdrant = await createQdrantUnderTest({ apiKey: QDRANT_KEY });
+});
+
+afterEach(async () => {
+  await proxy?.close();
+  proxy = null;
+  await qdrant.close();
+  await upstream.close();
+});
+
+function vectorEnv(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    OPENAI_BASE_URL: upstream.baseUrl,
+    OPENAI_API_KEY: UPSTREAM_KEY,
+    QDRANT_URL: qdrant.url,
+    ...(qdrant.apiKey ? { QDRANT_API_KEY: qdrant.apiKey } : {}),
+    QDRANT_COLLECTION: qdrant.collection,
+    ...extra,
+  };
+}
+
+function clientFor(p: TestProxy): OpenAI {
+  return new OpenAI({ apiKey: 'sk-client-000000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
+}
+
+async function health(p: TestProxy): Promise<Record<string, any>> {
+  return (await fetch(`${p.url}/health`)).json();
+}
+
+describe('indexing exchanges into Qdrant while serving', () => {
+  test('a non-streamed and a streamed chat completion are embedded and upserted with their payload', async () => {
+    proxy = await startTestProxy(vectorEnv());
+    const client = clientFor(proxy);
+    await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [
+        { role: 'system', content: 'be brief' },
+        { role: 'user', content: 'What is the refund policy?' },
+      ],
+      user: 'alice',
+    });
+    upstream.streamWords = 4;
+    const stream = await client.chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'count for me' }],
+      stream: true,
+    });
+    for await (const _ of stream);
+
+    await proxy.running.vector!.indexer.drain();
+    const rows = await proxy.waitForRows(3);
+    const chats = rows.filter((r) => r.path === '/v1/chat/completions');
+    expect(chats).toHaveLength(2);
+
+    const points = await qdrant.points();
+    expect(points).toHaveLength(2);
+    const byExchange = new Map(points.map((p) => [p.payload.exchange_id, p]));
+    const plain = byExchange.get(chats[0].id)!;
+    expect(plain.id).toBe(pointIdFor(chats[0].id));
+    expect(plain.payload).toEqual({
+      exchange_id: chats[0].id,
+      model: 'gpt-4o',
+      upstream_model: 'gpt-4o',
+      status: 200,
+      path: '/v1/chat/completions',
+      time: new Date(chats[0].started_at).toISOString(),
+      user: 'alice',
+    });
+    expect(byExchange.get(chats[1].id)!.payload).toMatchObject({ model: 'gpt-4o-mini', user: null });
+
+    // The embedded texts: the last user message and the answer (reassembled for the stream).
+    const embedCalls = upstream.requests.filter((r) => r.url === '/v1/embeddings');
+    const inputs = embedCalls.flatMap((r) => JSON.parse(r.body.toString()).input as string[]);
+    expect(inputs).toContain('User: What is the refund policy?\nAssistant: Hello from the fake upstream!');
+    expect(inputs).toContain('User: count for me\nAssistant: w0 w1 w2 w3');
+    expect(embedCalls[0].headers.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
+    expect(JSON.parse(embedCalls[0].body.toString()).model).toBe('text-embedding-3-small');
+
+    // The collection: cosine, the embedding's dimension, payload indexes for model and time.
+    const info = await qdrant.info();
+    expect(info.config.params.vectors).toMatchObject({ size: 8, distance: 'Cosine' });
+    expect(Object.keys(info.payload_schema).sort()).toEqual(['model', 'time']);
+
+    // The proxy's own embedding calls are recorded as internal exchanges, without secrets.
+    const internal = rows.filter((r) => r.internal === 1);
+    expect(internal.length).toBeGreaterThanOrEqual(1);
+    expect(internal[0]).toMatchObject({
+      path: '/v1/embeddings',
+      status: 200,
+      model: 'text-embedding-3-small',
+    });
+    expect(rows.filter((r) => r.internal === 0)).toHaveLength(2);
+
+    const h = await health(proxy);
+    expect(h).toMatchObject({ qdrant: 'ok', qdrant_pending: 0, qdrant_indexed: 2, qdrant_failed: 0 });
+
+    const state = proxy.running.database.sqlite
+      .prepare('select exchange_id, status from exchange_index order by exchange_id')
+      .all();
+    expect(state).toEqual(
+      chats
+        .map((c) => ({ exchange_id: c.id, status: 'indexed' }))
+        .sort((a, b) => a.exchange_id.localeCompare(b.exchange_id)),
+    );
+  });
+
+  test('completions and Responses-API exchanges are indexed; embeddings, models and failures are not', async () => {
+    upstream.on('/v1/responses', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          id: 'resp_1',
+          object: 'response',
+          status: 'completed',
+          model: 'gpt-4o',
+          output: [
+            { type: 'message', role: 'assistant', content: [{ type: 'output_text', text: 'Paris.' }] },
+          ],
+        }),
+      );
+    });
+    proxy = await startTestProxy(vectorEnv());
+    const client = clientFor(proxy);
+    await client.completions.create({ model: 'gpt-3.5-turbo-instruct', prompt: 'Once upon a time' });
+    await client.responses.create({ model: 'gpt-4o', input: 'Capital of France?' });
+    await client.embeddings.create({ model: 'text-embedding-3-small', input: 'not indexed' });
+    await client.models.list();
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { message: 'bad', type: 'invalid_request_error' } }));
+    });
+    await expect(
+      client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'fails' }] }),
+    ).rejects.toThrow();
+
+    await proxy.waitForRows(6);
+    await proxy.running.vector!.indexer.drain();
+    const points = await qdrant.points();
+    const paths = points.map((p) => p.payload.path).sort();
+    expect(paths).toEqual(['/v1/completions', '/v1/responses']);
+    const inputs = upstream.requests
+      .filter((r) => r.url === '/v1/embeddings')
+      .flatMap((r) => [JSON.parse(r.body.toString()).input].flat());
+    expect(inputs).toContain('User: Once upon a time\nAssistant: Hello from the fake upstream!');
+    expect(inputs).toContain('User: Capital of France?\nAssistant: Paris.');
+  });
+
+  test('Qdrant down: proxying is unaffected, /health shows the error, exchanges are marked not indexed', async () => {
+    proxy = await startTestProxy(vectorEnv({ QDRANT_URL: await deadUrl() }));
+    const client = clientFor(proxy);
+    const answer = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'still works?' }],
+    });
+    expect(answer.choices[0].message.content).toBe('Hello from the fake upstream!');
+    await proxy.running.vector!.indexer.drain();
+
+    const h = await health(proxy);
+    expect(h.status).toBe('ok');
+    expect(h.qdrant).toBe('error');
+    expect(h.qdrant_error).toMatch(
+      /Qdrant at http:\/\/127\.0\.0\.1:\d+: upserting 1 points failed: ECONNREFUSED/,
+    );
+    expect(h.qdrant_failed).toBe(1);
+    expect(h.qdrant_pending).toBe(0);
+
+    const rows = await proxy.waitForRows(2);
+    const chat = rows.find((r) => r.path === '/v1/chat/completions')!;
+    expect(chat.status).toBe(200);
+    const state = proxy.running.database.sqlite
+      .prepare('select status, error from exchange_index where exchange_id = ?')
+      .get(chat.id) as any;
+    expect(state.status).toBe('failed');
+    expect(state.error).toMatch(/ECONNREFUSED/);
+
+    const logged = proxy.logLines().find((l) => /vector indexing is failing/.test(l.msg));
+    expect(logged).toBeDefined();
+    expect(JSON.stringify(proxy.logLines())).not.toContain(QDRANT_KEY);
+  });
+
+  test('embedding upstream down: proxying is unaffected and the exchange is marked failed', async () => {
+    upstream.on('/v1/embeddings', (_req, res) => {
+      res.writeHead(503, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: { message: 'embeddings overloaded', type: 'server_error' } }));
+    });
+    proxy = await startTestProxy(vectorEnv());
+    const client = clientFor(proxy);
+    const answer = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hello' }],
+    });
+    expect(answer.choices[0].message.content).toBe('Hello from the fake upstream!');
+    await proxy.running.vector!.indexer.drain();
+
+    const h = await health(proxy);
+    expect(h.qdrant).toBe('error');
+    expect(h.qdrant_error).toContain('answered 503 (embeddings overloaded)');
+    expect(await qdrant.points()).toEqual([]);
+    const rows = await proxy.waitForRows(2);
+    const internal = rows.find((r) => r.internal === 1)!;
+    expect(internal).toMatchObject({ path: '/v1/embeddings', status: 503 });
+    expect(internal.error_message).toContain('503');
+    const chat = rows.find((r) => r.internal === 0)!;
+    const state = proxy.running.database.sqlite
+      .prepare('select status from exchange_index where exchange_id = ?')
+      .get(chat.id) as any;
+    expect(state.status).toBe('failed');
+  });
+
+  test('a slow embedding upstream never delays the proxied answer', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    upstream.on('/v1/embeddings', async (_req, res) => {
+      await held;
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ object: 'list', data: [{ index: 0, embedding: embed('x') }] }));
+    });
+    proxy = await startTestProxy(vectorEnv());
+    const client = clientFor(proxy);
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'one' }] });
+    // Wait until the indexer is blocked on the embedding call.
+    for (let i = 0; i < 100 && !upstream.requests.some((r) => r.url === '/v1/embeddings'); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    const t0 = performance.now();
+    const second = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'two' }],
+    });
+    expect(second.choices[0].message.content).toBe('Hello from the fake upstream!');
+    expect(performance.now() - t0).toBeLessThan(1000);
+    expect((await health(proxy)).qdrant_pending).toBeGreaterThanOrEqual(1);
+    release();
+    await proxy.running.vector!.indexer.drain();
+    expect((await health(proxy)).qdrant_pending).toBe(0);
+  });
+
+  test('without QDRANT_URL nothing is indexed and /health says disabled', async () => {
+    proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, OPENAI_API_KEY: UPSTREAM_KEY });
+    await clientFor(proxy).chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    await proxy.waitForRows(1);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(proxy.running.vector).toBeNull();
+    expect(upstream.requests.some((r) => r.url === '/v1/embeddings')).toBe(false);
+    expect((await health(proxy)).qdrant).toBe('disabled');
+    expect(qdrant.fake?.requests ?? []).toEqual([]);
+  });
+});
