@@ -11,6 +11,7 @@ import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
+import { type RegistryRuntime, startRegistry } from './registry-setup.js';
 import { startVectorIndexing, type VectorIndexing } from './vector-setup.js';
 
 export interface ServeOptions extends ConfigFlags {
@@ -26,6 +27,8 @@ export interface RunningProxy {
   database: OpenDatabase;
   logFile: string;
   logger: Logger;
+  /** The model registry: routing, `/models`, the admin API. */
+  registry: RegistryRuntime;
   /** Qdrant indexing, present only when QDRANT_URL is set. */
   vector: VectorIndexing | null;
   /** Stop accepting, let in-flight requests finish within the grace period, flush every row, close files. */
@@ -38,6 +41,8 @@ export interface ServeExtensions {
   routes?: OwnRoute[];
   health?: () => Record<string, unknown>;
   onRecord?: (r: ExchangeRecord) => void;
+  /** Resolves the configuration again for `POST /admin/reload-config` (default: same file, same env). */
+  reloadConfig?: () => ResolvedConfig;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -128,6 +133,22 @@ export async function startProxy(
     headersTimeoutMs: config.upstreamHeadersTimeoutMs,
     idleTimeoutMs: config.upstreamIdleTimeoutMs,
   });
+  let registry: RegistryRuntime;
+  try {
+    registry = startRegistry(resolved, {
+      sqlite: database.sqlite,
+      logger,
+      reloadConfig:
+        ext.reloadConfig ??
+        (() => resolveConfig({ configPath: resolved.configFile, env: io.env, cwd: io.cwd })),
+    });
+  } catch (err) {
+    writer.close();
+    await database.close();
+    await logFile.end();
+    await dispatcher.close();
+    throw err;
+  }
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
   const vector = config.qdrantUrl
     ? await startVectorIndexing(resolved, {
@@ -139,6 +160,7 @@ export async function startProxy(
           logger.info({ ...exchangeLogLine(r), internal: true }, 'internal exchange');
         },
       }).catch(async (err) => {
+        registry.close();
         writer.close();
         await database.close();
         await logFile.end();
@@ -164,8 +186,8 @@ export async function startProxy(
     },
     dispatcher,
     defaultUpstream,
-    router: ext.router,
-    routes: ext.routes,
+    router: ext.router ?? registry.router,
+    routes: [...(ext.routes ?? []), ...registry.routes],
     version: VERSION,
     secrets,
     sink: {
@@ -192,6 +214,7 @@ export async function startProxy(
         spilled_log_rows: h.spilled,
         inflight: proxy.inflight(),
         ...(vector ? vector.health() : { qdrant: 'disabled' }),
+        ...registry.health(),
         ...ext.health?.(),
       };
     },
@@ -215,6 +238,7 @@ export async function startProxy(
     });
     proxy.server.listen(config.port, config.host, () => resolve());
   }).catch(async (err) => {
+    registry.close();
     await vector?.close();
     writer.close();
     await database.close();
@@ -239,10 +263,12 @@ export async function startProxy(
     logFile: logPath,
     logger,
     vector,
+    registry,
     close() {
       closing ??= (async () => {
         process.off('SIGUSR2', onUsr2);
         await proxy.shutdown(config.shutdownGraceMs);
+        registry.close();
         await vector?.close();
         writer.close();
         await dispatcher.close().catch(() => undefined);
@@ -271,20 +297,22 @@ export function banner(running: RunningProxy, resolved: ResolvedConfig): string 
 
 /** `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM, shut down cleanly. */
 export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
-  const resolved = resolveConfig({
-    configPath: options.config,
-    flags: {
-      port: options.port,
-      host: options.host,
-      upstream: options.upstream,
-      db: options.db,
-      logFile: options.logFile,
-    },
-    env: io.env,
-    cwd: io.cwd,
-  });
+  const resolve = () =>
+    resolveConfig({
+      configPath: options.config,
+      flags: {
+        port: options.port,
+        host: options.host,
+        upstream: options.upstream,
+        db: options.db,
+        logFile: options.logFile,
+      },
+      env: io.env,
+      cwd: io.cwd,
+    });
+  const resolved = resolve();
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  const running = await startProxy(resolved, io);
+  const running = await startProxy(resolved, io, { reloadConfig: resolve });
   io.stderr.write(banner(running, resolved));
   const why = await waitForStop(io);
   io.stderr.write(

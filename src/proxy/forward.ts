@@ -100,6 +100,9 @@ export function shapeUpstreamRequest(
     if (options.deployment && !/\/openai\/deployments\/[^/]+$/.test(target.basePath)) {
       const base = target.basePath.replace(/\/openai$/, '');
       path = `${base}/openai/deployments/${encodeURIComponent(options.deployment)}${rest}`;
+    } else if (!/\/openai(\/|$)/.test(target.basePath)) {
+      // Requests naming no model (files, batches, …) live under {base}/openai/ on Azure.
+      path = `${target.basePath}/openai${rest}`;
     }
     if (target.apiVersion && !/(^|&)api-version=/.test(q))
       q = q

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
-import { openAiErrorBody } from '../errors.js';
+import { isOaiProxyError, openAiErrorBody } from '../errors.js';
 import type {
   AssembledMessage,
   ExchangeErrorKind,
@@ -12,6 +12,7 @@ import type {
 import { BodyCapture, isTextual, redactHeaders, scrubSecrets } from './capture.js';
 import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 import { newExchangeId } from './ids.js';
+import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
 import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
 
 /** Where a model's requests go, as decided by the model registry. */
@@ -25,7 +26,10 @@ export interface RouteDecision {
   unknown: boolean;
 }
 
-/** Resolves a requested model to its upstream. Returning `null` means: refuse with 404 model_not_found. */
+/**
+ * Resolves a requested model to its upstream. Returning `null` means: refuse with 404 model_not_found.
+ * Throwing an OaiProxyError answers with its status and message (e.g. a model naming a missing upstream).
+ */
 export interface ModelRouter {
   route(model: string | null): RouteDecision | null;
 }
@@ -304,6 +308,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         : req.headers['transfer-encoding'] !== undefined);
     let body: Buffer | AsyncIterable<Buffer> | null = null;
     let contentLength: number | undefined;
+    let multipart: MultipartModelScan | null = null;
+    const boundary = hasBody ? multipartBoundary(contentType) : null;
 
     if (hasBody && contentType.includes('json')) {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
@@ -322,6 +328,18 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         if (obj.stream === true) x.stream = true;
         if (typeof obj.user === 'string') x.user = obj.user;
       }
+    } else if (boundary) {
+      // Read only as far as the `model` field; the rest streams through after routing.
+      const capture = x.requestCapture;
+      multipart = await scanMultipartModel(req[Symbol.asyncIterator](), boundary, {
+        onChunk: (chunk) => {
+          capture.bytes += chunk.length;
+        },
+      });
+      const scan = multipart;
+      x.res.once('close', () => void scan.dispose());
+      x.model = scan.model;
+      body = scan.body(null);
     } else if (hasBody) {
       const capture = x.requestCapture;
       const keep = isTextual(contentType) && !contentType.includes('multipart');
@@ -339,8 +357,18 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       model: x.model,
       unknown: false,
     };
-    if (options.router) decision = options.router.route(x.model);
+    if (options.router) {
+      try {
+        decision = options.router.route(x.model);
+      } catch (err) {
+        if (!isOaiProxyError(err)) throw err;
+        x.res.shouldKeepAlive = false;
+        x.respondError(err.status, 'proxy_error', err.message, 'proxy_error', err.code);
+        return;
+      }
+    }
     if (!decision) {
+      if (multipart) x.res.shouldKeepAlive = false;
       x.respondError(
         404,
         'model_not_found',
@@ -357,6 +385,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (decision.model !== x.model && x.requestJson && decision.model !== null) {
       body = Buffer.from(JSON.stringify({ ...x.requestJson, model: decision.model }));
       contentLength = body.length;
+    }
+    if (multipart && decision.model !== null && decision.model !== x.model) {
+      body = multipart.body(decision.model);
+      const declared = req.headers['content-length'];
+      if (declared !== undefined) contentLength = Number(declared) + multipart.lengthDelta(decision.model);
     }
 
     const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, req.headers, {

@@ -1,0 +1,209 @@
+import type { Logger } from 'pino';
+import type { ResolvedConfig } from '../config/load.js';
+import { OaiProxyError } from '../errors.js';
+import { createAdminRoute, type RegistryControl } from '../proxy/admin-api.js';
+import { createUpstreamTarget, type UpstreamTarget } from '../proxy/forward.js';
+import { createModelsRoute } from '../proxy/models-routes.js';
+import type { ModelRouter, OwnRoute, RouteDecision } from '../proxy/server.js';
+import { ModelStore, type RegistryDatabase } from '../registry/model-store.js';
+import type { ModelRegistry, RegistryView } from '../registry/registry.js';
+import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
+
+/** api-version sent to Azure upstreams that name none (OPENAI_API_VERSION / `apiVersion`). */
+export const DEFAULT_AZURE_API_VERSION = '2024-10-21';
+
+/** The model registry as `serve` runs it: routing, `/models`, the admin API, live reload. */
+export interface RegistryRuntime {
+  router: ModelRouter;
+  routes: OwnRoute[];
+  store: ModelStore;
+  current(): ModelRegistry;
+  /** Fields for `GET /health`. */
+  health(): Record<string, unknown>;
+  /** Re-read configuration (file + environment) and re-seed; throws and keeps the old state when invalid. */
+  reload(): Promise<RegistryView>;
+  close(): void;
+}
+
+export interface RegistryRuntimeOptions {
+  sqlite: RegistryDatabase;
+  /** Resolves the configuration again (for `POST /admin/reload-config`). */
+  reloadConfig: () => ResolvedConfig;
+  logger?: Pick<Logger, 'warn' | 'info'>;
+  /** How often to look for registry changes made by other processes (default 500 ms). */
+  watchIntervalMs?: number;
+}
+
+interface Settings {
+  resolved: ResolvedConfig;
+  defaultUpstream: UpstreamTarget;
+  upstreams: Map<string, UpstreamTarget>;
+}
+
+/**
+ * The upstream targets a configuration declares: `default` (OPENAI_BASE_URL + OPENAI_API_KEY) and the
+ * config file's named `upstreams`. Throws OaiProxyError('config_invalid') for a key variable that is unset.
+ */
+export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaultUpstream' | 'upstreams'> {
+  const { config, env } = resolved;
+  const withVersion = (t: UpstreamTarget): UpstreamTarget =>
+    t.type === 'azure' && !t.apiVersion ? { ...t, apiVersion: DEFAULT_AZURE_API_VERSION } : t;
+  const defaultUpstream = withVersion(
+    createUpstreamTarget('default', config.openaiBaseUrl, {
+      type: config.openaiApiType,
+      apiKey: config.openaiApiKey,
+      apiVersion: config.openaiApiVersion,
+    }),
+  );
+  const upstreams = new Map<string, UpstreamTarget>();
+  for (const [name, u] of Object.entries(config.upstreams)) {
+    if (name === 'default') {
+      throw new OaiProxyError(
+        'config_invalid',
+        'The upstream name "default" is reserved for OPENAI_BASE_URL; rename it in the config file\'s "upstreams"',
+      );
+    }
+    let apiKey = u.apiKey;
+    if (!apiKey && u.apiKeyEnv) {
+      apiKey = env[u.apiKeyEnv];
+      if (!apiKey) {
+        throw new OaiProxyError(
+          'config_invalid',
+          `upstreams.${name}.apiKeyEnv names ${u.apiKeyEnv}, which is not set; set it in the environment or .env`,
+        );
+      }
+    }
+    upstreams.set(
+      name,
+      withVersion(
+        createUpstreamTarget(name, u.baseUrl, {
+          type: u.type,
+          apiKey,
+          apiVersion: u.apiVersion,
+          headers: u.headers,
+        }),
+      ),
+    );
+  }
+  return { defaultUpstream, upstreams };
+}
+
+/** Seed the registry from `resolved` and build everything `serve` needs from it. */
+export function startRegistry(resolved: ResolvedConfig, options: RegistryRuntimeOptions): RegistryRuntime {
+  const store = new ModelStore(options.sqlite);
+  const logger = options.logger;
+
+  const apply = (next: ResolvedConfig): Settings => {
+    const plan = buildSeedPlan(next.config);
+    const targets = buildUpstreams(next);
+    const result = store.seed(plan);
+    for (const w of result.warnings) logger?.warn(w);
+    return { resolved: next, ...targets };
+  };
+
+  let settings = apply(resolved);
+  let registry = store.load();
+  let version = safeVersion(store);
+
+  const refresh = () => {
+    registry = store.load();
+  };
+  const timer = setInterval(() => {
+    try {
+      const v = store.dataVersion();
+      if (v !== version) {
+        version = v;
+        refresh();
+      }
+    } catch {
+      // The database is failing; the recorder reports it. Keep routing with what we have.
+    }
+  }, options.watchIntervalMs ?? 500);
+  timer.unref();
+
+  const names = () => upstreamNames(settings.resolved.config);
+
+  const router: ModelRouter = {
+    route(model): RouteDecision | null {
+      const { config } = settings.resolved;
+      if (model === null) return { upstream: settings.defaultUpstream, model: null, unknown: false };
+      const r = registry.resolve(model);
+      const known = r.model !== null || r.alias;
+      if (!known && config.validateModels && !config.allowUnknownModels) return null;
+      const upstreamName = r.model?.upstream ?? null;
+      const upstream =
+        upstreamName === null ? settings.defaultUpstream : settings.upstreams.get(upstreamName);
+      if (!upstream) {
+        throw new OaiProxyError(
+          'upstream_unreachable',
+          `The model \`${r.actual}\` is assigned to upstream "${upstreamName}", which is not configured; declare it under "upstreams" in the config file or change the model's upstream`,
+          { status: 502 },
+        );
+      }
+      return {
+        upstream,
+        model: r.actual,
+        deployment: r.model?.deployment ?? r.actual,
+        unknown: !known && config.validateModels,
+      };
+    },
+  };
+
+  const reload = async (): Promise<RegistryView> => {
+    const next = options.reloadConfig();
+    settings = apply(next);
+    refresh();
+    logger?.info(`configuration reloaded: ${registry.models.size} models, ${registry.mappings.size} aliases`);
+    return registry.view(names());
+  };
+
+  const control: RegistryControl = {
+    adminKey: () => settings.resolved.config.adminApiKey,
+    upstreamNames: names,
+    view: () => registry.view(names()),
+    addModel(m) {
+      const info = store.addModel(m, 'admin');
+      refresh();
+      return info;
+    },
+    removeModel(name) {
+      const done = store.removeModel(name);
+      refresh();
+      return done;
+    },
+    setMapping(alias, actual) {
+      const outcome = store.setMapping(alias, actual, 'admin');
+      refresh();
+      return outcome;
+    },
+    removeMapping(alias) {
+      const done = store.removeMapping(alias);
+      refresh();
+      return done;
+    },
+    reload,
+  };
+
+  return {
+    router,
+    routes: [createModelsRoute(() => registry), createAdminRoute(control)],
+    store,
+    current: () => registry,
+    health: () => ({
+      models: registry.models.size,
+      model_aliases: registry.mappings.size,
+      validate_models: settings.resolved.config.validateModels,
+      admin_api: settings.resolved.config.adminApiKey ? 'enabled' : 'disabled',
+    }),
+    reload,
+    close: () => clearInterval(timer),
+  };
+}
+
+function safeVersion(store: ModelStore): number {
+  try {
+    return store.dataVersion();
+  } catch {
+    return -1;
+  }
+}

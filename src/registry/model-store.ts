@@ -1,0 +1,289 @@
+import { OaiProxyError } from '../errors.js';
+import type { ModelMappingsTable, ModelsTable } from '../storage/tables.js';
+import { type MappingInfo, type ModelInfo, ModelRegistry, type RegistrySource } from './registry.js';
+import type { SeedPlan } from './seed.js';
+
+/** The subset of better-sqlite3 the store needs (like kysely's `SqliteDatabase`). */
+export interface RegistryDatabase {
+  prepare(sql: string): {
+    run(...params: unknown[]): { changes: number };
+    get(...params: unknown[]): unknown;
+    all(...params: unknown[]): unknown[];
+  };
+  transaction(fn: () => any): { immediate(): any };
+  pragma(source: string, options: { simple: true }): unknown;
+}
+
+/** Fields of a model a user adds. */
+export interface NewModel {
+  name: string;
+  displayName?: string | null;
+  description?: string | null;
+  upstream?: string | null;
+  deployment?: string | null;
+}
+
+/** What one seeding changed, and what it skipped because a user's entry stands in the way. */
+export interface SeedResult {
+  added: number;
+  updated: number;
+  removed: number;
+  warnings: string[];
+}
+
+const SEEDED = new Set<RegistrySource>(['default', 'config']);
+
+/**
+ * The registry's persistence in the exchanges database: the `models` and `model_mappings` tables.
+ * Every write runs in an IMMEDIATE transaction, so checks and writes are atomic across processes
+ * (`serve`, the admin API and the `models` CLI may share one file).
+ */
+export class ModelStore {
+  constructor(private readonly sqlite: RegistryDatabase) {}
+
+  /** The current registry (tombstones left out). */
+  load(): ModelRegistry {
+    const models = this.sqlite.prepare('select * from models where removed = 0').all() as ModelsTable[];
+    const mappings = this.sqlite
+      .prepare('select * from model_mappings where removed = 0')
+      .all() as ModelMappingsTable[];
+    return new ModelRegistry(models.map(toModel), mappings.map(toMapping));
+  }
+
+  /** True once anything was ever written to the registry (seeded or by a user). */
+  isSeeded(): boolean {
+    return (
+      this.sqlite.prepare('select 1 from models union all select 1 from model_mappings limit 1').get() !==
+      undefined
+    );
+  }
+
+  /** Changes whenever another connection commits to the database file (SQLite's `PRAGMA data_version`). */
+  dataVersion(): number {
+    return Number(this.sqlite.pragma('data_version', { simple: true }));
+  }
+
+  /**
+   * Bring the seeded entries in line with `plan`: add what is missing, update entries seeding owns, drop
+   * seeded entries the configuration no longer names. Entries written by the CLI or the admin API, and
+   * seeded entries a user removed, are left alone.
+   */
+  seed(plan: SeedPlan, now = Date.now()): SeedResult {
+    return this.sqlite
+      .transaction(() => {
+        const result: SeedResult = { added: 0, updated: 0, removed: 0, warnings: [] };
+        const rows = new Map(
+          (this.sqlite.prepare('select * from models').all() as ModelsTable[]).map((r) => [r.name, r]),
+        );
+        const wanted = new Set(plan.models.map((m) => m.name));
+        for (const m of plan.models) {
+          const row = rows.get(m.name);
+          const clash = this.sqlite
+            .prepare(
+              "select source from model_mappings where alias = ? and removed = 0 and source in ('cli', 'admin')",
+            )
+            .get(m.name);
+          if (!row && clash) {
+            result.warnings.push(
+              `Model "${m.name}" from the configuration was not added: a user made "${m.name}" an alias`,
+            );
+          } else if (!row) {
+            this.sqlite
+              .prepare(
+                'insert into models (name, display_name, description, upstream, deployment, source, created_at, updated_at, removed) values (?, ?, ?, ?, ?, ?, ?, ?, 0)',
+              )
+              .run(m.name, m.displayName, m.description, m.upstream, m.deployment, m.source, now, now);
+            result.added++;
+          } else if (SEEDED.has(row.source) && row.removed === 0 && differs(row, m)) {
+            this.sqlite
+              .prepare(
+                'update models set display_name = ?, description = ?, upstream = ?, deployment = ?, source = ?, updated_at = ? where name = ?',
+              )
+              .run(m.displayName, m.description, m.upstream, m.deployment, m.source, now, m.name);
+            result.updated++;
+          }
+        }
+        for (const row of rows.values()) {
+          if (SEEDED.has(row.source) && !wanted.has(row.name)) {
+            this.sqlite.prepare('delete from models where name = ?').run(row.name);
+            if (row.removed === 0) result.removed++;
+          }
+        }
+
+        const maps = new Map(
+          (this.sqlite.prepare('select * from model_mappings').all() as ModelMappingsTable[]).map((r) => [
+            r.alias,
+            r,
+          ]),
+        );
+        for (const row of maps.values()) {
+          if (SEEDED.has(row.source) && !(row.alias in plan.mappings)) {
+            this.sqlite.prepare('delete from model_mappings where alias = ?').run(row.alias);
+            if (row.removed === 0) result.removed++;
+          }
+        }
+        for (const [alias, actual] of Object.entries(plan.mappings)) {
+          const row = maps.get(alias);
+          if (row && (!SEEDED.has(row.source) || row.removed === 1)) continue;
+          if (row && row.actual_model === actual) continue;
+          try {
+            this.load().checkMapping(alias, actual);
+          } catch (err) {
+            result.warnings.push(
+              `MODEL_MAPPINGS ${alias} → ${actual} was not applied: ${(err as Error).message}`,
+            );
+            continue;
+          }
+          if (row) {
+            this.sqlite
+              .prepare('update model_mappings set actual_model = ?, updated_at = ? where alias = ?')
+              .run(actual, now, alias);
+            result.updated++;
+          } else {
+            this.sqlite
+              .prepare(
+                "insert into model_mappings (alias, actual_model, source, created_at, updated_at, removed) values (?, ?, 'config', ?, ?, 0)",
+              )
+              .run(alias, actual, now, now);
+            result.added++;
+          }
+        }
+        return result;
+      })
+      .immediate();
+  }
+
+  /** Register a model. Throws OaiProxyError('conflict', 409) when the name is taken by a model or an alias. */
+  addModel(m: NewModel, source: 'cli' | 'admin', now = Date.now()): ModelInfo {
+    return this.sqlite
+      .transaction(() => {
+        const current = this.load();
+        if (current.models.has(m.name)) {
+          throw new OaiProxyError('conflict', `Model "${m.name}" already exists`, { status: 409 });
+        }
+        if (current.mappings.has(m.name)) {
+          throw new OaiProxyError(
+            'conflict',
+            `"${m.name}" is already an alias of "${current.mappings.get(m.name)!.actual}"; remove the alias first`,
+            { status: 409 },
+          );
+        }
+        const values = [
+          m.displayName ?? null,
+          m.description ?? null,
+          m.upstream ?? null,
+          m.deployment ?? null,
+          source,
+          now,
+          now,
+          m.name,
+        ];
+        const updated = this.sqlite
+          .prepare(
+            'update models set display_name = ?, description = ?, upstream = ?, deployment = ?, source = ?, created_at = ?, updated_at = ?, removed = 0 where name = ?',
+          )
+          .run(...values);
+        if (updated.changes === 0) {
+          this.sqlite
+            .prepare(
+              'insert into models (display_name, description, upstream, deployment, source, created_at, updated_at, name, removed) values (?, ?, ?, ?, ?, ?, ?, ?, 0)',
+            )
+            .run(...values);
+        }
+        return toModel(this.sqlite.prepare('select * from models where name = ?').get(m.name) as ModelsTable);
+      })
+      .immediate();
+  }
+
+  /** Remove a model; false when there is none. Seeded models stay removed across restarts. */
+  removeModel(name: string, now = Date.now()): boolean {
+    return this.sqlite
+      .transaction(() => {
+        const row = this.sqlite.prepare('select * from models where name = ? and removed = 0').get(name) as
+          | ModelsTable
+          | undefined;
+        if (!row) return false;
+        if (SEEDED.has(row.source))
+          this.sqlite.prepare('update models set removed = 1, updated_at = ? where name = ?').run(now, name);
+        else this.sqlite.prepare('delete from models where name = ?').run(name);
+        return true;
+      })
+      .immediate();
+  }
+
+  /**
+   * Map `alias` to `actual`; returns whether it replaced an existing alias. Throws
+   * OaiProxyError('conflict', 400) for a loop or an alias that is a registered model.
+   */
+  setMapping(
+    alias: string,
+    actual: string,
+    source: 'cli' | 'admin',
+    now = Date.now(),
+  ): 'created' | 'replaced' {
+    return this.sqlite
+      .transaction(() => {
+        const current = this.load();
+        current.checkMapping(alias, actual);
+        const replaced = current.mappings.has(alias);
+        const changed = this.sqlite
+          .prepare(
+            'update model_mappings set actual_model = ?, source = ?, updated_at = ?, removed = 0, created_at = case when removed = 1 then ? else created_at end where alias = ?',
+          )
+          .run(actual, source, now, now, alias);
+        if (changed.changes === 0) {
+          this.sqlite
+            .prepare(
+              'insert into model_mappings (alias, actual_model, source, created_at, updated_at, removed) values (?, ?, ?, ?, ?, 0)',
+            )
+            .run(alias, actual, source, now, now);
+        }
+        return replaced ? 'replaced' : 'created';
+      })
+      .immediate();
+  }
+
+  /** Remove an alias; false when there is none. */
+  removeMapping(alias: string, now = Date.now()): boolean {
+    return this.sqlite
+      .transaction(() => {
+        const row = this.sqlite
+          .prepare('select * from model_mappings where alias = ? and removed = 0')
+          .get(alias) as ModelMappingsTable | undefined;
+        if (!row) return false;
+        if (SEEDED.has(row.source))
+          this.sqlite
+            .prepare('update model_mappings set removed = 1, updated_at = ? where alias = ?')
+            .run(now, alias);
+        else this.sqlite.prepare('delete from model_mappings where alias = ?').run(alias);
+        return true;
+      })
+      .immediate();
+  }
+}
+
+function differs(row: ModelsTable, m: SeedPlan['models'][number]): boolean {
+  return (
+    row.display_name !== m.displayName ||
+    row.description !== m.description ||
+    row.upstream !== m.upstream ||
+    row.deployment !== m.deployment ||
+    row.source !== m.source
+  );
+}
+
+function toModel(r: ModelsTable): ModelInfo {
+  return {
+    name: r.name,
+    displayName: r.display_name,
+    description: r.description,
+    upstream: r.upstream,
+    deployment: r.deployment,
+    source: r.source,
+    created: Number(r.created_at),
+  };
+}
+
+function toMapping(r: ModelMappingsTable): MappingInfo {
+  return { alias: r.alias, actual: r.actual_model, source: r.source, created: Number(r.created_at) };
+}
