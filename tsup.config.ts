@@ -1,7 +1,12 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: ['src/cli.ts'],
+  // The storage entries let `npm run bench` drive the recorder alone from dist/.
+  entry: {
+    cli: 'src/cli.ts',
+    'storage/database': 'src/storage/database.ts',
+    'storage/log-store': 'src/storage/log-store.ts',
+  },
   format: ['esm'],
   target: 'node20',
   platform: 'node',

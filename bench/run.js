@@ -1,0 +1,817 @@
+// `npm run bench [-- --quick] [-- --only=http,streams,recorder,concurrency,upload,logs] [-- --profile]`
+//
+// Starts on 127.0.0.1 a fake upstream, the bare pipe proxy (the floor) and `oai-proxy serve` with full
+// recording, each as its own child process, drives them in the same run (interleaved, after a warm-up),
+// prints one table with ratios and writes the same as JSON under bench/results/. Run `npm run build` first.
+import { spawn } from 'node:child_process';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import autocannon from 'autocannon';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const argv = process.argv.slice(2);
+const flag = (name) => argv.includes(`--${name}`);
+const option = (name) => argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
+const quick = flag('quick');
+const only = option('only')?.split(',') ?? ['http', 'streams', 'recorder', 'concurrency', 'upload', 'logs'];
+const profileDir = flag('profile') ? join(root, 'bench', 'results', 'profiles') : null;
+
+const plan = quick
+  ? {
+      warmupS: 1,
+      durationS: 2,
+      rounds: 1,
+      streams: 24,
+      recorderS: 2,
+      concStreams: 1000,
+      concChunks: 10,
+      uploadMb: 200,
+    }
+  : {
+      warmupS: 2,
+      durationS: 5,
+      rounds: 3,
+      streams: 80,
+      recorderS: 5,
+      concStreams: 1000,
+      concChunks: 20,
+      uploadMb: 200,
+    };
+const STREAM = { chunks: 20, intervalMs: 10, concurrency: 4 };
+const CONC_INTERVAL_MS = 100;
+
+const tmp = mkdtempSync(join(os.tmpdir(), 'oai-proxy-bench-'));
+const children = new Set();
+const CLK_TCK = 100; // Linux USER_HZ; /proc times are in these ticks
+
+const REQUEST_BODY = JSON.stringify({
+  model: 'gpt-4o-mini',
+  messages: [
+    { role: 'system', content: 'You are a helpful assistant that answers briefly.' },
+    { role: 'user', content: 'Give me one sentence about why benchmarks should be reproducible.' },
+  ],
+  temperature: 0.2,
+  max_tokens: 64,
+});
+const STREAM_BODY = JSON.stringify({
+  ...JSON.parse(REQUEST_BODY),
+  stream: true,
+  stream_options: { include_usage: true },
+});
+const CLIENT_HEADERS = { 'content-type': 'application/json', authorization: 'Bearer sk-bench-fake-key' };
+
+// ---------------------------------------------------------------- child processes
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Spawn a node child whose stdout+stderr go to a file; resolve once `pattern` shows its port. */
+async function spawnServer(name, args, { env = {}, nodeArgs = [], pattern = /listening (\d+)/ } = {}) {
+  const logPath = join(tmp, `${name}-${children.size}.out`);
+  const fd = openSync(logPath, 'w');
+  const proc = spawn(process.execPath, [...nodeArgs, ...args], {
+    cwd: tmp,
+    env: {
+      PATH: process.env.PATH,
+      HOME: tmp,
+      XDG_CONFIG_HOME: join(tmp, 'config'),
+      XDG_DATA_HOME: join(tmp, 'data'),
+      ...env,
+    },
+    stdio: ['ignore', fd, fd],
+  });
+  closeSync(fd);
+  children.add(proc);
+  let exited = null;
+  proc.once('exit', (code, signal) => {
+    exited = { code, signal };
+    children.delete(proc);
+  });
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const out = existsSync(logPath) ? readFileSync(logPath, 'utf8') : '';
+    const m = pattern.exec(out);
+    if (m) {
+      const port = Number(m[1]);
+      return {
+        name,
+        pid: proc.pid,
+        origin: `http://127.0.0.1:${port}`,
+        output: () => readFileSync(logPath, 'utf8'),
+        stop: () => stopChild(proc),
+      };
+    }
+    if (exited || Date.now() > deadline)
+      throw new Error(
+        `${name} did not start (${exited ? `exit ${exited.code ?? exited.signal}` : 'timeout'}):\n${out.slice(-2000)}`,
+      );
+    await sleep(30);
+  }
+}
+
+function stopChild(proc) {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+    proc.once('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    proc.kill('SIGTERM');
+  });
+}
+
+const startUpstream = () => spawnServer('upstream', [join(root, 'bench', 'fake-upstream.js')]);
+const startBare = (upstream) =>
+  spawnServer('bare-pipe', [join(root, 'bench', 'bare-pipe.js'), upstream.origin]);
+let proxyCount = 0;
+const startProxy = (upstream, env = {}) => {
+  const n = proxyCount++;
+  return spawnServer(
+    'oai-proxy',
+    [
+      join(root, 'bin', 'oai-proxy.js'),
+      'serve',
+      '--host',
+      '127.0.0.1',
+      '--port',
+      '0',
+      '--upstream',
+      `${upstream.origin}/v1`,
+      '--db',
+      join(tmp, `proxy-${n}.db`),
+      '--log-file',
+      join(tmp, `proxy-${n}.log`),
+    ],
+    {
+      env,
+      nodeArgs: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
+      pattern: /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+    },
+  );
+};
+
+/** CPU seconds (user+system) and RSS / peak RSS in MB of a process, from /proc (null elsewhere). */
+function procStats(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cpuS = (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (key) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
+    return { cpuS, rssMb: kb('VmRSS') / 1024, hwmMb: kb('VmHWM') / 1024 };
+  } catch {
+    return null;
+  }
+}
+
+/** Sample a process's RSS every `ms` until stopped; returns the peak. */
+function rssSampler(pid, ms = 25) {
+  let peak = procStats(pid)?.rssMb ?? 0;
+  const t = setInterval(() => {
+    const s = procStats(pid);
+    if (s && s.rssMb > peak) peak = s.rssMb;
+  }, ms);
+  return () => {
+    clearInterval(t);
+    const s = procStats(pid);
+    return Math.max(peak, s?.rssMb ?? 0);
+  };
+}
+
+// ---------------------------------------------------------------- statistics
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+const median = (xs) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
+const round = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? null : Number(x.toFixed(d)));
+
+// ---------------------------------------------------------------- non-streamed load (autocannon)
+
+/** One autocannon run; latency percentiles from per-response float timings (autocannon's histogram is whole ms). */
+async function cannon(target, connections, durationS) {
+  const times = [];
+  const before = procStats(target.pid);
+  const instance = autocannon({
+    url: `${target.origin}/v1/chat/completions`,
+    method: 'POST',
+    headers: CLIENT_HEADERS,
+    body: REQUEST_BODY,
+    connections,
+    duration: durationS,
+    timeout: 10,
+  });
+  instance.on('response', (_client, _status, _bytes, ms) => times.push(ms));
+  const result = await instance;
+  const after = procStats(target.pid);
+  times.sort((a, b) => a - b);
+  const requests = result.requests.total;
+  return {
+    rps: requests / durationS,
+    p50: percentile(times, 50),
+    p99: percentile(times, 99),
+    errors: result.errors + result.timeouts + result.non2xx,
+    cpuUsPerReq: before && after && requests ? ((after.cpuS - before.cpuS) * 1e6) / requests : null,
+    rssMb: after?.rssMb ?? null,
+  };
+}
+
+async function httpScenario(targets, connections) {
+  for (const t of targets) await cannon(t, connections, plan.warmupS);
+  const runs = new Map(targets.map((t) => [t.name, []]));
+  for (let r = 0; r < plan.rounds; r++) {
+    const order = targets.map((_, i) => targets[(i + r) % targets.length]);
+    for (const t of order) runs.get(t.name).push(await cannon(t, connections, plan.durationS));
+  }
+  const out = {};
+  for (const [name, rs] of runs) {
+    out[name] = {
+      rps: median(rs.map((x) => x.rps)),
+      p50: median(rs.map((x) => x.p50)),
+      p99: median(rs.map((x) => x.p99)),
+      cpuUsPerReq: median(rs.map((x) => x.cpuUsPerReq ?? 0)),
+      rssMb: Math.max(...rs.map((x) => x.rssMb ?? 0)),
+      errors: rs.reduce((a, x) => a + x.errors, 0),
+      rounds: rs.map((x) => round(x.rps, 0)),
+    };
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- streamed completions
+
+const streamAgent = new http.Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
+
+/** One streamed completion: time to first byte, total, and the gaps between arriving events. */
+function streamOnce(origin, chunks, intervalMs) {
+  return new Promise((resolve) => {
+    const t0 = performance.now();
+    const arrivals = [];
+    let events = 0;
+    const req = http.request(
+      `${origin}/v1/chat/completions`,
+      {
+        method: 'POST',
+        agent: streamAgent,
+        headers: {
+          ...CLIENT_HEADERS,
+          'content-length': Buffer.byteLength(STREAM_BODY),
+          'x-bench-chunks': String(chunks),
+          'x-bench-interval-ms': String(intervalMs),
+        },
+      },
+      (res) => {
+        res.on('data', (d) => {
+          arrivals.push(performance.now());
+          events += d.toString('latin1').split('\n\n').length - 1;
+        });
+        res.on('end', () => {
+          const gaps = [];
+          for (let i = 1; i < arrivals.length - 1; i++) gaps.push(arrivals[i] - arrivals[i - 1]);
+          resolve({
+            ok: res.statusCode === 200,
+            ttfb: arrivals[0] - t0,
+            total: performance.now() - t0,
+            events,
+            reads: arrivals.length,
+            gaps,
+          });
+        });
+        res.on('error', () => resolve({ ok: false }));
+      },
+    );
+    req.on('error', () => resolve({ ok: false }));
+    req.end(STREAM_BODY);
+  });
+}
+
+/** `count` streams, `concurrency` at a time; workers start `staggerMs` apart (a burst of 1,000 SYNs overflows accept queues). */
+async function streamBatch(target, count, concurrency, chunks, intervalMs, staggerMs = 0) {
+  const results = [];
+  let next = 0;
+  const worker = async (_, i) => {
+    if (staggerMs) await sleep(i * staggerMs);
+    while (next < count) {
+      next++;
+      results.push(await streamOnce(target.origin, chunks, intervalMs));
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return results;
+}
+
+async function streamScenario(targets) {
+  const { chunks, intervalMs, concurrency } = STREAM;
+  for (const t of targets) await streamBatch(t, concurrency * 2, concurrency, chunks, intervalMs);
+  const all = new Map(targets.map((t) => [t.name, []]));
+  const perRound = Math.max(concurrency, Math.round(plan.streams / plan.rounds));
+  for (let r = 0; r < plan.rounds; r++) {
+    const order = targets.map((_, i) => targets[(i + r) % targets.length]);
+    for (const t of order)
+      all.get(t.name).push(...(await streamBatch(t, perRound, concurrency, chunks, intervalMs)));
+  }
+  const out = {};
+  for (const [name, rs] of all) {
+    const ok = rs.filter((x) => x.ok);
+    const ttfb = ok.map((x) => x.ttfb).sort((a, b) => a - b);
+    const total = ok.map((x) => x.total).sort((a, b) => a - b);
+    const gaps = ok.flatMap((x) => x.gaps).sort((a, b) => a - b);
+    const expectedEvents = chunks + 2; // content chunks, the final chunk, [DONE]
+    out[name] = {
+      streams: rs.length,
+      failed: rs.length - ok.length,
+      ttfbP50: percentile(ttfb, 50),
+      ttfbP99: percentile(ttfb, 99),
+      totalP50: percentile(total, 50),
+      totalP99: percentile(total, 99),
+      gapP50: percentile(gaps, 50),
+      gapP1: percentile(gaps, 1),
+      gapP99: percentile(gaps, 99),
+      // Pacing survives when every event arrives as its own read, spaced by the upstream's interval.
+      readsPerEvent: ok.reduce((a, x) => a + x.reads, 0) / ok.reduce((a, x) => a + x.events, 0),
+      eventsOk: ok.every((x) => x.events === expectedEvents),
+    };
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- recorder alone
+
+async function recorderBench() {
+  const { openDatabase } = await import(join(root, 'dist', 'storage', 'database.js'));
+  const { createExchangeWriter } = await import(join(root, 'dist', 'storage', 'log-store.js'));
+  const database = await openDatabase(join(tmp, 'recorder.db'));
+  const writer = createExchangeWriter({ sqlite: database.sqlite, flushIntervalMs: 60_000, queueMax: 1e9 });
+  const body = (c) => JSON.stringify({ text: c.repeat(2000) }).slice(0, 2048);
+  const reqBody = body('q');
+  const resBody = body('a');
+  let n = 0;
+  const make = () => ({
+    id: `bench-${n++}`,
+    startedAt: Date.now(),
+    durationMs: 12.3,
+    ttfbMs: 4.5,
+    method: 'POST',
+    path: '/v1/chat/completions',
+    query: null,
+    clientAddr: '127.0.0.1',
+    status: 200,
+    requestHeaders: {
+      'content-type': 'application/json',
+      authorization: '[redacted]',
+      'user-agent': 'bench',
+    },
+    responseHeaders: { 'content-type': 'application/json', 'x-request-id': 'req_bench' },
+    requestBody: reqBody,
+    requestBytes: reqBody.length,
+    requestTruncated: false,
+    responseBody: resBody,
+    responseBytes: resBody.length,
+    responseTruncated: false,
+    model: 'gpt-4o-mini',
+    upstreamModel: 'gpt-4o-mini',
+    upstream: 'default',
+    modelUnknown: false,
+    stream: false,
+    promptTokens: 25,
+    completionTokens: 36,
+    totalTokens: 61,
+    user: null,
+    error: null,
+    errorMessage: null,
+    assembled: null,
+    internal: false,
+  });
+  let rows = 0;
+  let worstFlushMs = 0;
+  const t0 = performance.now();
+  while (performance.now() - t0 < plan.recorderS * 1000) {
+    for (let i = 0; i < 1000; i++) writer.record(make());
+    const f0 = performance.now();
+    rows += writer.flush();
+    worstFlushMs = Math.max(worstFlushMs, performance.now() - f0);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  writer.close();
+  await database.close();
+  return { rowsPerS: rows / seconds, rows, bodyBytes: reqBody.length, worstBatchMs: worstFlushMs };
+}
+
+// ---------------------------------------------------------------- 1,000 concurrent streams
+
+async function concurrencyBench(upstream) {
+  const proxy = await startProxy(upstream);
+  try {
+    await streamBatch(proxy, 20, 10, 4, 0);
+    const baseline = procStats(proxy.pid)?.rssMb ?? null;
+    const stop = rssSampler(proxy.pid);
+    const t0 = performance.now();
+    const rs = await streamBatch(
+      proxy,
+      plan.concStreams,
+      plan.concStreams,
+      plan.concChunks,
+      CONC_INTERVAL_MS,
+      0.5,
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const peak = stop();
+    const ok = rs.filter((x) => x.ok && x.events === plan.concChunks + 2);
+    const gaps = rs
+      .filter((x) => x.ok)
+      .flatMap((x) => x.gaps)
+      .sort((a, b) => a - b);
+    return {
+      streams: plan.concStreams,
+      completed: ok.length,
+      seconds,
+      baselineRssMb: baseline,
+      peakRssMb: peak,
+      gapP50: percentile(gaps, 50),
+      gapP99: percentile(gaps, 99),
+    };
+  } finally {
+    await proxy.stop();
+  }
+}
+
+// ---------------------------------------------------------------- 200 MB multipart upload
+
+async function uploadBench(upstream) {
+  const proxy = await startProxy(upstream, { MAX_REQUEST_BODY_BYTES: String(512 * 1024 * 1024) });
+  try {
+    await streamBatch(proxy, 10, 5, 4, 0);
+    const baseline = procStats(proxy.pid)?.rssMb ?? null;
+    const stop = rssSampler(proxy.pid);
+    const total = plan.uploadMb * 1024 * 1024;
+    const boundary = '----oaiproxybench';
+    const head = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="audio.wav"\r\nContent-Type: audio/wav\r\n\r\n`,
+    );
+    const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+    const block = Buffer.alloc(64 * 1024, 7);
+    const t0 = performance.now();
+    const answer = await new Promise((resolve, reject) => {
+      const req = http.request(`${proxy.origin}/v1/audio/transcriptions`, {
+        method: 'POST',
+        headers: {
+          authorization: CLIENT_HEADERS.authorization,
+          'content-type': `multipart/form-data; boundary=${boundary}`,
+          'content-length': head.length + total + tail.length,
+        },
+      });
+      req.on('response', (res) => {
+        let text = '';
+        res.on('data', (d) => {
+          text += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode, text }));
+      });
+      req.on('error', reject);
+      req.write(head);
+      let sent = 0;
+      const pump = () => {
+        while (sent < total) {
+          const n = Math.min(block.length, total - sent);
+          sent += n;
+          if (!req.write(n === block.length ? block : block.subarray(0, n)))
+            return void req.once('drain', pump);
+        }
+        req.end(tail);
+      };
+      pump();
+    });
+    const seconds = (performance.now() - t0) / 1000;
+    const peak = stop();
+    let upstreamBytes = null;
+    try {
+      upstreamBytes = JSON.parse(answer.text).bytes;
+    } catch {
+      // leave null: the table shows the status
+    }
+    return {
+      megabytes: plan.uploadMb,
+      status: answer.status,
+      upstreamReceivedBytes: upstreamBytes,
+      seconds,
+      mbPerS: plan.uploadMb / seconds,
+      baselineRssMb: baseline,
+      peakRssMb: peak,
+      growthMb: baseline === null ? null : peak - baseline,
+    };
+  } finally {
+    await proxy.stop();
+  }
+}
+
+// ---------------------------------------------------------------- logs queries (issue 4's script)
+
+async function logsBench() {
+  const script = ['logs-queries.js', 'logs-queries.mjs'].map((f) => join(root, 'bench', f)).find(existsSync);
+  if (!script) return { skipped: 'bench/logs-queries.js does not exist yet (logs issue); skipped' };
+  return new Promise((resolve) => {
+    let out = '';
+    const p = spawn(process.execPath, [script, ...(quick ? ['--quick'] : [])], {
+      cwd: root,
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    p.stdout.on('data', (d) => {
+      out += d;
+      process.stdout.write(d);
+    });
+    // The quick form must stay under a minute in CI: cap the logs script's share of it.
+    const timer = quick ? setTimeout(() => p.kill('SIGTERM'), 20_000) : null;
+    p.on('exit', (code, signal) => {
+      if (timer) clearTimeout(timer);
+      resolve({ script: script.slice(root.length + 1), exitCode: code ?? signal, output: out.slice(-8000) });
+    });
+  });
+}
+
+// ---------------------------------------------------------------- report
+
+function pad(cells, widths) {
+  return cells
+    .map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i])))
+    .join('  ');
+}
+
+function printTable(title, header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  console.log(`\n${title}`);
+  console.log(pad(header, widths));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const r of rows) console.log(pad(r, widths));
+}
+
+const fmt = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
+
+function report(results) {
+  const names = ['upstream', 'bare-pipe', 'oai-proxy'];
+  const rows = [];
+  for (const c of ['c1', 'c64']) {
+    const s = results.http?.[c];
+    if (!s) continue;
+    for (const n of names) {
+      const x = s[n];
+      rows.push([
+        `${n} ${c}`,
+        fmt(x.rps, 0),
+        fmt(x.p50, 3),
+        fmt(x.p99, 2),
+        fmt(x.cpuUsPerReq, 0),
+        fmt(x.rssMb, 0),
+        n === 'upstream' ? '-' : fmt(x.rps / s['bare-pipe'].rps),
+        fmt(x.rps / s.upstream.rps),
+        fmt(x.p50 - s.upstream.p50, 3),
+        fmt(x.p99 / s['bare-pipe'].p99),
+        String(x.errors),
+      ]);
+    }
+  }
+  if (rows.length)
+    printTable(
+      'Non-streamed chat completions (median of rounds)',
+      [
+        'target',
+        'req/s',
+        'p50 ms',
+        'p99 ms',
+        'CPU µs/req',
+        'RSS MB',
+        '×bare',
+        '×upstream',
+        '+p50 ms',
+        'p99 ×bare',
+        'errors',
+      ],
+      rows,
+    );
+  if (results.streams) {
+    const s = results.streams;
+    printTable(
+      `Streamed completions (${STREAM.chunks} events every ${STREAM.intervalMs} ms, ${STREAM.concurrency} at a time)`,
+      [
+        'target',
+        'TTFB p50',
+        'TTFB p99',
+        '+TTFB vs bare',
+        'total p50',
+        'gap p50',
+        'gap p1..p99',
+        'reads/event',
+        'events ok',
+        'failed',
+      ],
+      names.map((n) => [
+        n,
+        fmt(s[n].ttfbP50, 3),
+        fmt(s[n].ttfbP99, 3),
+        fmt(s[n].ttfbP50 - s['bare-pipe'].ttfbP50, 3),
+        fmt(s[n].totalP50, 1),
+        fmt(s[n].gapP50, 2),
+        `${fmt(s[n].gapP1, 1)}..${fmt(s[n].gapP99, 1)}`,
+        fmt(s[n].readsPerEvent),
+        String(s[n].eventsOk),
+        String(s[n].failed),
+      ]),
+    );
+  }
+  const extra = [];
+  if (results.recorder)
+    extra.push([
+      'recorder alone',
+      `${fmt(results.recorder.rowsPerS, 0)} rows/s (${results.recorder.bodyBytes} B bodies, worst 1000-row batch ${fmt(results.recorder.worstBatchMs, 1)} ms)`,
+    ]);
+  if (results.concurrency) {
+    const c = results.concurrency;
+    extra.push([
+      'concurrent streams',
+      `${c.completed}/${c.streams} complete, RSS ${fmt(c.baselineRssMb, 0)} → peak ${fmt(c.peakRssMb, 0)} MB, gap p50/p99 ${fmt(c.gapP50, 0)}/${fmt(c.gapP99, 0)} ms`,
+    ]);
+  }
+  if (results.upload) {
+    const u = results.upload;
+    extra.push([
+      'multipart upload',
+      `${u.megabytes} MB → ${u.status}, ${fmt(u.mbPerS, 0)} MB/s, RSS ${fmt(u.baselineRssMb, 0)} → peak ${fmt(u.peakRssMb, 0)} MB (+${fmt(u.growthMb, 0)} MB)`,
+    ]);
+  }
+  if (results.logs)
+    extra.push([
+      'logs queries',
+      results.logs.skipped ?? `${results.logs.script} exit ${results.logs.exitCode}`,
+    ]);
+  if (extra.length) printTable('Other measurements', ['what', 'result'], extra);
+
+  const t = targets(results);
+  if (t.length)
+    printTable(
+      'Targets (issue 8)',
+      ['target', 'measured', 'met'],
+      t.map((x) => [x.name, x.measured, x.met === null ? '-' : x.met ? 'yes' : 'NO']),
+    );
+}
+
+function targets(results) {
+  const out = [];
+  const h = results.http;
+  if (h?.c64) {
+    const r = h.c64['oai-proxy'].rps / h.c64['bare-pipe'].rps;
+    out.push({ name: 'c64 throughput ≥ 0.8 × bare pipe', measured: `${fmt(r)}×`, met: r >= 0.8 });
+    const p = h.c64['oai-proxy'].p99 / h.c64['bare-pipe'].p99;
+    out.push({ name: 'c64 p99 ≤ 1.5 × bare pipe p99', measured: `${fmt(p)}×`, met: p <= 1.5 });
+  }
+  if (h?.c1) {
+    const d = h.c1['oai-proxy'].p50 - h.c1.upstream.p50;
+    out.push({ name: 'c1 added p50 vs upstream ≤ 0.3 ms', measured: `${fmt(d, 3)} ms`, met: d <= 0.3 });
+  }
+  const s = results.streams;
+  if (s) {
+    const d = s['oai-proxy'].ttfbP50 - s['bare-pipe'].ttfbP50;
+    out.push({ name: 'stream TTFB ≤ bare pipe + 0.5 ms', measured: `+${fmt(d, 3)} ms`, met: d <= 0.5 });
+    const p = s['oai-proxy'];
+    const intact =
+      p.eventsOk &&
+      p.readsPerEvent >= 0.9 * s['bare-pipe'].readsPerEvent &&
+      Math.abs(p.gapP50 - STREAM.intervalMs) <= STREAM.intervalMs * 0.2;
+    out.push({
+      name: 'paced events keep their pacing',
+      measured: `gap p50 ${fmt(p.gapP50)} ms, ${fmt(p.readsPerEvent)} reads/event`,
+      met: intact,
+    });
+  }
+  if (results.recorder)
+    out.push({
+      name: 'recorder ≥ 20,000 rows/s (~2 KB bodies)',
+      measured: fmt(results.recorder.rowsPerS, 0),
+      met: results.recorder.rowsPerS >= 20_000,
+    });
+  if (results.concurrency) {
+    const c = results.concurrency;
+    out.push({
+      name: '1,000 open streams: RSS ≤ 250 MB',
+      measured: `${fmt(c.peakRssMb, 0)} MB (${c.completed} ok)`,
+      met: c.peakRssMb <= 250 && c.completed === c.streams,
+    });
+  }
+  if (results.upload) {
+    const u = results.upload;
+    out.push({
+      name: '200 MB upload grows RSS ≤ 64 MB',
+      measured: `+${fmt(u.growthMb, 0)} MB (${u.status})`,
+      met: u.status === 200 && u.growthMb <= 64,
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- main
+
+/** Run one part of the suite, noting how long it took. */
+async function phase(results, label, fn) {
+  const t0 = Date.now();
+  console.error(`${label}…`);
+  try {
+    return await fn();
+  } finally {
+    results.phaseSeconds[label] = round((Date.now() - t0) / 1000, 1);
+  }
+}
+
+async function main() {
+  if (!existsSync(join(root, 'dist', 'cli.js')))
+    throw new Error('dist/ is missing: run `npm run build` first');
+  const started = Date.now();
+  const results = {
+    version: 1,
+    date: new Date().toISOString(),
+    quick,
+    plan,
+    machine: {
+      cpus: os.cpus().length,
+      model: os.cpus()[0]?.model,
+      memGb: round(os.totalmem() / 2 ** 30, 1),
+      node: process.version,
+      platform: `${os.platform()} ${os.release()}`,
+      loadavg: os.loadavg().map((x) => round(x)),
+    },
+    phaseSeconds: {},
+  };
+  const upstream = await startUpstream();
+  try {
+    if (only.includes('http') || only.includes('streams')) {
+      const bare = await startBare(upstream);
+      const proxy = await startProxy(upstream);
+      const ts = [upstream, bare, proxy];
+      try {
+        if (only.includes('http')) {
+          results.http = {};
+          results.http.c1 = await phase(results, 'non-streamed, 1 connection', () => httpScenario(ts, 1));
+          results.http.c64 = await phase(results, 'non-streamed, 64 connections', () => httpScenario(ts, 64));
+        }
+        if (only.includes('streams')) {
+          results.streams = await phase(results, 'streams', () => streamScenario(ts));
+        }
+      } finally {
+        await Promise.all([bare.stop(), proxy.stop()]);
+      }
+    }
+    if (only.includes('recorder')) {
+      results.recorder = await phase(results, 'recorder alone', recorderBench);
+    }
+    if (only.includes('concurrency')) {
+      results.concurrency = await phase(results, `${plan.concStreams} concurrent streams`, () =>
+        concurrencyBench(upstream),
+      );
+    }
+    if (only.includes('upload')) {
+      results.upload = await phase(results, `${plan.uploadMb} MB upload`, () => uploadBench(upstream));
+    }
+    if (only.includes('logs')) {
+      results.logs = await phase(results, 'logs queries', logsBench);
+    }
+  } finally {
+    await upstream.stop();
+    streamAgent.destroy();
+  }
+  results.targets = targets(results);
+  results.seconds = round((Date.now() - started) / 1000, 1);
+  report(results);
+  const dir = join(root, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `bench-${results.date.replace(/[:.]/g, '-')}${quick ? '-quick' : ''}.json`);
+  writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+  console.log(`\nphases (s): ${JSON.stringify(results.phaseSeconds)}`);
+  console.log(
+    `${results.seconds} s; machine ${results.machine.cpus}× ${results.machine.model}, load ${results.machine.loadavg.join(' ')}; results in ${file.slice(root.length + 1)}`,
+  );
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(`bench failed: ${err.stack ?? err}`);
+  process.exitCode = 1;
+} finally {
+  await Promise.all([...children].map(stopChild));
+  rmSync(tmp, { recursive: true, force: true });
+}
