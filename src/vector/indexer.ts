@@ -51,7 +51,6 @@ export interface VectorIndexerOptions {
 
 /** Create the indexer. Failures are reported through `onError` and `health()`, never thrown at the caller. */
 export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexer {
-  const { embedder, store, outcomes } = options;
   const queueMax = options.queueMax ?? 10_000;
   const batchSize = options.batchSize ?? 32;
   const queue: IndexableExchange[] = [];
@@ -64,27 +63,7 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
   let lastError: string | null = null;
   let closed = false;
 
-  const indexBatch = async (xs: IndexableExchange[]) => {
-    const work: { x: IndexableExchange; text: string }[] = [];
-    const skipped: IndexOutcome[] = [];
-    for (const x of xs) {
-      const text = isIndexable(x) ? exchangeText(x) : null;
-      if (text) work.push({ x, text });
-      else skipped.push({ id: x.id, status: 'skipped', error: null });
-    }
-    if (skipped.length) outcomes.mark(skipped);
-    if (work.length === 0) return { indexed: 0, skipped: skipped.length };
-    try {
-      const vectors = await embedder.embed(work.map((w) => w.text));
-      await store.upsert(work.map((w, i) => ({ vector: vectors[i], payload: payloadOf(w.x) })));
-    } catch (err) {
-      const message = (err as Error).message;
-      outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'failed', error: message })));
-      throw err;
-    }
-    outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'indexed', error: null })));
-    return { indexed: work.length, skipped: skipped.length };
-  };
+  const indexBatch = (xs: IndexableExchange[]) => indexExchanges(xs, options);
 
   const runOnce = async () => {
     while (queue.length > 0) {
@@ -157,4 +136,33 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
       closed = true;
     },
   };
+}
+
+/**
+ * Embed and upsert these exchanges in one batch, recording each one's outcome (not indexable or no text:
+ * `skipped`). Throws the embedding or Qdrant error after marking the batch `failed`.
+ */
+export async function indexExchanges(
+  xs: IndexableExchange[],
+  deps: { embedder: Embedder; store: VectorStore; outcomes: IndexOutcomeSink },
+): Promise<{ indexed: number; skipped: number }> {
+  const work: { x: IndexableExchange; text: string }[] = [];
+  const skipped: IndexOutcome[] = [];
+  for (const x of xs) {
+    const text = isIndexable(x) ? exchangeText(x) : null;
+    if (text) work.push({ x, text });
+    else skipped.push({ id: x.id, status: 'skipped', error: null });
+  }
+  if (skipped.length) deps.outcomes.mark(skipped);
+  if (work.length === 0) return { indexed: 0, skipped: skipped.length };
+  try {
+    const vectors = await deps.embedder.embed(work.map((w) => w.text));
+    await deps.store.upsert(work.map((w, i) => ({ vector: vectors[i], payload: payloadOf(w.x) })));
+  } catch (err) {
+    const message = (err as Error).message;
+    deps.outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'failed', error: message })));
+    throw err;
+  }
+  deps.outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'indexed', error: null })));
+  return { indexed: work.length, skipped: skipped.length };
 }
