@@ -206,7 +206,12 @@ function initialAnswers(
 
   const kindFlag = flag('--kind', options.kind, validateKind, (v) => v.toLowerCase() as UpstreamKind);
   const upstreamFlag = flag('--upstream', options.upstream, validateUrl, trimSlash);
-  const kind = kindFlag ?? inferKind(upstreamFlag ?? str('openaiBaseUrl'), str('openaiApiType'));
+  // An explicit --upstream decides the kind by itself; otherwise the file's type and URL do.
+  const kind =
+    kindFlag ??
+    (upstreamFlag
+      ? inferKind(upstreamFlag, undefined)
+      : inferKind(str('openaiBaseUrl'), str('openaiApiType')));
   const baseUrl =
     upstreamFlag ??
     (kindFlag && kindFlag !== inferKind(str('openaiBaseUrl'), str('openaiApiType'))
@@ -566,12 +571,13 @@ function generateAdminKey(): string {
   return `oaip_${randomBytes(32).toString('base64url')}`;
 }
 
-function inferKind(baseUrl: string | undefined, apiType: string | undefined): UpstreamKind {
+/** The kind of upstream a base URL (and the file's `openaiApiType`) points at. */
+export function inferKind(baseUrl: string | undefined, apiType: string | undefined): UpstreamKind {
   if (apiType === 'azure') return 'azure';
   if (!baseUrl) return 'openai';
   try {
     const host = new URL(baseUrl).hostname;
-    if (host.endsWith('.openai.azure.com')) return 'azure';
+    if (host.endsWith('.openai.azure.com') || host.endsWith('.cognitiveservices.azure.com')) return 'azure';
     if (host === 'api.openai.com') return 'openai';
   } catch {
     return 'openai';
