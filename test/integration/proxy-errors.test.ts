@@ -208,13 +208,13 @@ describe('the proxy itself', () => {
 
   test('both base URLs work: /v1/x and /x reach the upstream /v1/x, recorded as /v1/x; query kept', async () => {
     const { upstream, proxy } = await setup();
-    await fetch(`${proxy.url}/models?limit=2`);
-    await fetch(`${proxy.url}/v1/models?limit=3`);
-    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/models?limit=2', '/v1/models?limit=3']);
+    await fetch(`${proxy.url}/files?limit=2`);
+    await fetch(`${proxy.url}/v1/files?limit=3`);
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/files?limit=2', '/v1/files?limit=3']);
     const rows = await proxy.waitForRows(2);
     expect(rows.map((r) => [r.path, r.query])).toEqual([
-      ['/v1/models', 'limit=2'],
-      ['/v1/models', 'limit=3'],
+      ['/v1/files', 'limit=2'],
+      ['/v1/files', 'limit=3'],
     ]);
   });
 
@@ -270,15 +270,15 @@ describe('the proxy itself', () => {
     expect(pre.status).toBe(204);
     expect(pre.headers.get('access-control-allow-origin')).toBe('http://app.example');
     expect(pre.headers.get('access-control-allow-headers')).toBe('authorization,content-type');
-    const res = await fetch(`${proxy.url}/v1/models`, { headers: { origin: 'http://app.example' } });
+    const res = await fetch(`${proxy.url}/v1/files`, { headers: { origin: 'http://app.example' } });
     expect(res.headers.get('access-control-allow-origin')).toBe('http://app.example');
-    const other = await fetch(`${proxy.url}/v1/models`, { headers: { origin: 'http://evil.example' } });
+    const other = await fetch(`${proxy.url}/v1/files`, { headers: { origin: 'http://evil.example' } });
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
   });
 
   test('without an upstream key the client key is forwarded', async () => {
     const { upstream, proxy } = await setup();
-    await fetch(`${proxy.url}/v1/models`, { headers: { authorization: 'Bearer sk-client-own-key-123456' } });
+    await fetch(`${proxy.url}/v1/files`, { headers: { authorization: 'Bearer sk-client-own-key-123456' } });
     expect(upstream.requests[0].headers.authorization).toBe('Bearer sk-client-own-key-123456');
     const [row] = await proxy.waitForRows(1);
     expect(row.request_headers).not.toContain('sk-client-own-key');
