@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerInitCommand } from './commands/init.js';
 import type { CliIo } from './commands/io.js';
+import { registerModelsCommand } from './commands/models.js';
 import { runServe } from './commands/serve.js';
 import { isOaiProxyError } from './errors.js';
 import { VERSION } from './version.js';
@@ -57,6 +58,7 @@ Examples:
     .action((opts) => run(() => runServe(opts, io)));
 
   registerInitCommand(program, io, run);
+  registerModelsCommand(program, io, run);
 
   return program;
 }

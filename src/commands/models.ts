@@ -1,0 +1,331 @@
+import Table from 'cli-table3';
+import type { Command } from 'commander';
+import type { CommandRunner } from '../cli.js';
+import { type ResolvedConfig, resolveConfig } from '../config/load.js';
+import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
+import { OaiProxyError } from '../errors.js';
+import { ModelStore } from '../registry/model-store.js';
+import { checkModelName, type ModelRegistry } from '../registry/registry.js';
+import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
+import { openDatabase } from '../storage/database.js';
+import type { CliIo } from './io.js';
+
+/** Options every `models` subcommand takes (database resolution as in `serve`). */
+export interface ModelsCommonOptions {
+  db?: string;
+  config?: string;
+}
+
+export interface ModelsAddOptions extends ModelsCommonOptions {
+  displayName?: string;
+  description?: string;
+  upstream?: string;
+  deployment?: string;
+}
+
+/** Register `oai-proxy models …`. */
+export function registerModelsCommand(program: Command, io: CliIo, run: CommandRunner): void {
+  const models = program
+    .command('models')
+    .description('List and edit the model registry (models, aliases, upstreams); works with serve running')
+    .option('--db <path>', 'SQLite database path or URL (DATABASE_URL)')
+    .option('-c, --config <path>', 'config file (OAI_PROXY_CONFIG)')
+    .addHelpText(
+      'after',
+      `
+Edits take effect in a running \`oai-proxy serve\` on the same database within about a second.
+
+Examples:
+  $ oai-proxy models list
+  $ oai-proxy models show gpt-4o --json
+  $ oai-proxy models add llama3 --upstream local --description "Llama 3 on the local vLLM"
+  $ oai-proxy models add gpt-4o-eu --upstream azure --deployment gpt4o-prod
+  $ oai-proxy models map gpt4 gpt-4o
+  $ oai-proxy models unmap gpt4
+  $ oai-proxy models remove llama3`,
+    );
+  const common = (cmd: Command): ModelsCommonOptions => cmd.optsWithGlobals() as ModelsCommonOptions;
+
+  models
+    .command('list')
+    .description('Show every model with its aliases, upstream and source')
+    .option('--json', 'print the same object as GET /admin/models')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  $ oai-proxy models list\n  $ oai-proxy models list --json | jq .mappings',
+    )
+    .action((opts, cmd: Command) => run(() => runModelsList({ ...common(cmd), json: opts.json }, io)));
+
+  models
+    .command('show')
+    .description('Show one model or alias')
+    .argument('<name>', 'model name or alias')
+    .option('--json', 'print as JSON')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  $ oai-proxy models show gpt-4o\n  $ oai-proxy models show gpt4 --json',
+    )
+    .action((name: string, opts, cmd: Command) =>
+      run(() => runModelsShow(name, { ...common(cmd), json: opts.json }, io)),
+    );
+
+  models
+    .command('add')
+    .description('Register a model')
+    .argument('<name>', 'model name as clients send it')
+    .option('--display-name <text>', 'human-readable name')
+    .option('--description <text>', 'description')
+    .option(
+      '--upstream <name>',
+      'named upstream from the config file\'s "upstreams" (default: OPENAI_BASE_URL)',
+    )
+    .option('--deployment <name>', 'Azure deployment name (default: the model name)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  $ oai-proxy models add gpt-4o-mini\n  $ oai-proxy models add llama3 --upstream local --display-name "Llama 3 8B"',
+    )
+    .action((name: string, _opts, cmd: Command) =>
+      run(() => runModelsAdd(name, common(cmd) as ModelsAddOptions, io)),
+    );
+
+  models
+    .command('remove')
+    .description('Remove a model (its aliases stay)')
+    .argument('<name>', 'model name')
+    .addHelpText('after', '\nExamples:\n  $ oai-proxy models remove llama3')
+    .action((name: string, _opts, cmd: Command) => run(() => runModelsRemove(name, common(cmd), io)));
+
+  models
+    .command('map')
+    .description('Make ALIAS a name for ACTUAL: requests for ALIAS are sent upstream as ACTUAL')
+    .argument('<alias>', 'name clients may send')
+    .argument('<actual>', 'model (or alias) it stands for')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  $ oai-proxy models map gpt4 gpt-4o\n  $ oai-proxy models map fast gpt-4o-mini',
+    )
+    .action((alias: string, actual: string, _opts, cmd: Command) =>
+      run(() => runModelsMap(alias, actual, common(cmd), io)),
+    );
+
+  models
+    .command('unmap')
+    .description('Remove an alias')
+    .argument('<alias>', 'alias to remove')
+    .addHelpText('after', '\nExamples:\n  $ oai-proxy models unmap gpt4')
+    .action((alias: string, _opts, cmd: Command) => run(() => runModelsUnmap(alias, common(cmd), io)));
+}
+
+/** Open the registry on the database `serve` would use; seeds it when nothing was ever written. */
+async function withRegistry<T>(
+  opts: ModelsCommonOptions,
+  io: CliIo,
+  fn: (store: ModelStore, resolved: ResolvedConfig) => T,
+): Promise<T> {
+  const resolved = resolveConfig({
+    configPath: opts.config,
+    flags: { db: opts.db },
+    env: io.env,
+    cwd: io.cwd,
+  });
+  for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
+  const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
+  if (location.kind === 'postgres') {
+    throw new OaiProxyError(
+      'config_invalid',
+      `DATABASE_URL ${redactUrl(location.url)}: PostgreSQL is not supported by this version yet; use an SQLite path`,
+    );
+  }
+  const database = await openDatabase(location.path);
+  try {
+    const store = new ModelStore(database.sqlite);
+    if (!store.isSeeded()) store.seed(buildSeedPlan(resolved.config));
+    return fn(store, resolved);
+  } finally {
+    await database.close();
+  }
+}
+
+/** `models list [--json]`. */
+export async function runModelsList(
+  opts: ModelsCommonOptions & { json?: boolean },
+  io: CliIo,
+): Promise<number> {
+  return withRegistry(opts, io, (store, resolved) => {
+    const registry = store.load();
+    if (opts.json) {
+      io.stdout.write(`${JSON.stringify(registry.view(upstreamNames(resolved.config)), null, 2)}\n`);
+      return 0;
+    }
+    const table = new Table({
+      head: ['Name', 'Aliases', 'Upstream', 'Source'],
+      style: { head: [], border: [] },
+      chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' },
+    });
+    for (const m of registry.models.values()) {
+      table.push([m.name, registry.aliasesOf(m.name).join(', '), m.upstream ?? 'default', m.source]);
+    }
+    io.stdout.write(`${table.toString()}\n`);
+    const dangling = [...registry.mappings.values()].filter((a) => !registry.resolve(a.alias).model);
+    if (dangling.length) {
+      io.stdout.write(
+        `Aliases of unregistered models: ${dangling.map((a) => `${a.alias} → ${a.actual}`).join(', ')}\n`,
+      );
+    }
+    io.stdout.write(`${registry.models.size} models, ${registry.mappings.size} aliases\n`);
+    return 0;
+  });
+}
+
+/** `models show NAME [--json]`. */
+export async function runModelsShow(
+  name: string,
+  opts: ModelsCommonOptions & { json?: boolean },
+  io: CliIo,
+): Promise<number> {
+  return withRegistry(opts, io, (store, resolved) => {
+    const registry = store.load();
+    const view = registry.view(upstreamNames(resolved.config));
+    const r = registry.resolve(name);
+    if (!r.model && !r.alias) throw notFound(name, registry);
+    const entry = view.models.find((m) => m.name === r.actual) ?? null;
+    const aliases = r.model ? registry.aliasesOf(r.actual) : [];
+    if (opts.json) {
+      const out = r.alias
+        ? {
+            alias: name,
+            actual_model: registry.mappings.get(name)!.actual,
+            resolves_to: r.actual,
+            model: entry,
+          }
+        : { ...entry, aliases };
+      io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+      return 0;
+    }
+    const lines: string[] = [];
+    if (r.alias) {
+      lines.push(`${name} is an alias of ${registry.mappings.get(name)!.actual}`);
+      if (r.actual !== registry.mappings.get(name)!.actual) lines.push(`  resolves to ${r.actual}`);
+      if (!entry) lines.push(`  ${r.actual} is not a registered model; requests go to the default upstream`);
+    }
+    if (entry) {
+      if (r.alias) lines.push('');
+      lines.push(
+        `Name          ${entry.name}`,
+        `Display name  ${entry.display_name ?? '-'}`,
+        `Description   ${entry.description ?? '-'}`,
+        `Upstream      ${entry.upstream ?? 'default'}`,
+        `Deployment    ${entry.deployment ?? '-'}`,
+        `Source        ${entry.source}`,
+        `Created       ${new Date(entry.created * 1000).toISOString()}`,
+        `Aliases       ${aliases.join(', ') || '-'}`,
+      );
+    }
+    io.stdout.write(`${lines.join('\n')}\n`);
+    return 0;
+  });
+}
+
+/** `models add NAME [--display-name] [--description] [--upstream] [--deployment]`. */
+export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: CliIo): Promise<number> {
+  checkModelName(name, 'NAME');
+  if (opts.deployment !== undefined) checkModelName(opts.deployment, '--deployment');
+  return withRegistry(opts, io, (store, resolved) => {
+    const known = upstreamNames(resolved.config);
+    if (opts.upstream !== undefined && !known.includes(opts.upstream)) {
+      throw new OaiProxyError(
+        'usage',
+        `--upstream ${opts.upstream} is not configured; known upstreams: ${known.join(', ')} (declare more under "upstreams" in the config file)`,
+      );
+    }
+    const m = store.addModel(
+      {
+        name,
+        displayName: opts.displayName,
+        description: opts.description,
+        upstream: opts.upstream === 'default' ? null : opts.upstream,
+        deployment: opts.deployment,
+      },
+      'cli',
+    );
+    io.stdout.write(`Added model ${m.name} (upstream ${m.upstream ?? 'default'})\n`);
+    return 0;
+  });
+}
+
+/** `models remove NAME`. */
+export async function runModelsRemove(name: string, opts: ModelsCommonOptions, io: CliIo): Promise<number> {
+  return withRegistry(opts, io, (store) => {
+    const registry = store.load();
+    if (!registry.models.has(name)) {
+      if (registry.mappings.has(name)) {
+        throw new OaiProxyError(
+          'not_found',
+          `"${name}" is an alias, not a model; remove it with \`oai-proxy models unmap ${name}\``,
+        );
+      }
+      throw notFound(name, registry);
+    }
+    const aliases = registry.aliasesOf(name);
+    store.removeModel(name);
+    io.stdout.write(`Removed model ${name}\n`);
+    if (aliases.length) {
+      io.stdout.write(
+        `Aliases still pointing to it: ${aliases.join(', ')} (remove them with \`oai-proxy models unmap\`)\n`,
+      );
+    }
+    return 0;
+  });
+}
+
+/** `models map ALIAS ACTUAL`. */
+export async function runModelsMap(
+  alias: string,
+  actual: string,
+  opts: ModelsCommonOptions,
+  io: CliIo,
+): Promise<number> {
+  checkModelName(alias, 'ALIAS');
+  checkModelName(actual, 'ACTUAL');
+  return withRegistry(opts, io, (store) => {
+    const before = store.load().mappings.get(alias)?.actual;
+    const outcome = store.setMapping(alias, actual, 'cli');
+    const registry = store.load();
+    io.stdout.write(
+      `Mapped ${alias} → ${actual}${outcome === 'replaced' ? ` (was ${before})` : ''}${
+        registry.models.has(registry.resolve(alias).actual)
+          ? ''
+          : `\nnote: ${registry.resolve(alias).actual} is not a registered model`
+      }\n`,
+    );
+    return 0;
+  });
+}
+
+/** `models unmap ALIAS`. */
+export async function runModelsUnmap(alias: string, opts: ModelsCommonOptions, io: CliIo): Promise<number> {
+  return withRegistry(opts, io, (store) => {
+    if (!store.removeMapping(alias)) {
+      const registry = store.load();
+      if (registry.models.has(alias)) {
+        throw new OaiProxyError(
+          'not_found',
+          `"${alias}" is a model, not an alias; remove it with \`oai-proxy models remove ${alias}\``,
+        );
+      }
+      throw new OaiProxyError('not_found', `No alias "${alias}"; see \`oai-proxy models list\``);
+    }
+    io.stdout.write(`Removed alias ${alias}\n`);
+    return 0;
+  });
+}
+
+function notFound(name: string, registry: ModelRegistry): OaiProxyError {
+  const near = [...registry.models.keys(), ...registry.mappings.keys()].filter(
+    (n) => n.includes(name) || name.includes(n),
+  );
+  return new OaiProxyError(
+    'not_found',
+    `No model or alias "${name}"${near.length ? ` (similar: ${near.slice(0, 5).join(', ')})` : ''}; see \`oai-proxy models list\``,
+  );
+}
