@@ -22,7 +22,10 @@ export function createUpstreamTarget(
   extra: Omit<UpstreamTarget, 'name' | 'origin' | 'basePath' | 'type'> & { type?: 'openai' | 'azure' } = {},
 ): UpstreamTarget {
   const u = new URL(baseUrl);
-  const type = extra.type ?? (u.hostname.endsWith('.openai.azure.com') ? 'azure' : 'openai');
+  // Azure by host, or by a base URL that already names a deployment (the original service's style).
+  const azure =
+    u.hostname.endsWith('.openai.azure.com') || /\/openai\/deployments\/[^/]+\/?$/.test(u.pathname);
+  const type = extra.type ?? (azure ? 'azure' : 'openai');
   return { name, origin: u.origin, basePath: u.pathname.replace(/\/+$/, ''), ...extra, type };
 }
 

@@ -1,0 +1,203 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import OpenAI, { NotFoundError } from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+
+const ADMIN_KEY = 'admin-key-0123456789abcdefghijklmnop';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function setup(env: Record<string, string> = {}, config?: Record<string, unknown>) {
+  const up: FakeUpstream = await createFakeUpstream();
+  cleanups.push(() => up.close());
+  const dir = createTempDir();
+  cleanups.push(() => dir.cleanup());
+  const configFile = join(dir.path, 'oai-proxy.config.json');
+  writeFileSync(configFile, JSON.stringify(config ?? {}));
+  const p: TestProxy = await startTestProxy({
+    OPENAI_BASE_URL: up.baseUrl,
+    OAI_PROXY_CONFIG: configFile,
+    ...env,
+  });
+  cleanups.push(() => p.close());
+  const admin = async (method: string, path: string, body?: unknown, key: string | null = ADMIN_KEY) => {
+    const headers: Record<string, string> = {};
+    if (key !== null) headers.authorization = `Bearer ${key}`;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const res = await fetch(`${p.url}${path}`, {
+      method,
+      headers,
+      body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : null };
+  };
+  const client = new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
+  return { up, p, admin, client, configFile };
+}
+
+describe('admin API authentication', () => {
+  test('without ADMIN_API_KEY every /admin route is 404 and says how to enable it', async () => {
+    const { admin } = await setup();
+    for (const [m, path] of [
+      ['GET', '/admin/models'],
+      ['POST', '/admin/reload-config'],
+    ]) {
+      const r = await admin(m, path, undefined, 'anything');
+      expect(r.status).toBe(404);
+      expect(r.body.error.message).toMatch(/set ADMIN_API_KEY/);
+    }
+  });
+
+  test('missing or wrong key → 401 in OpenAI error shape; the right key → 200', async () => {
+    const { admin } = await setup({ ADMIN_API_KEY: ADMIN_KEY });
+    const missing = await admin('GET', '/admin/models', undefined, null);
+    expect(missing.status).toBe(401);
+    expect(missing.body).toEqual({
+      error: {
+        message: expect.stringMatching(/Missing admin API key/),
+        type: 'invalid_request_error',
+        param: null,
+        code: 'invalid_api_key',
+      },
+    });
+    const wrong = await admin('GET', '/admin/models', undefined, `${ADMIN_KEY}x`);
+    expect(wrong.status).toBe(401);
+    expect(wrong.body.error.message).toMatch(/Incorrect admin API key/);
+    const short = await admin('GET', '/admin/models', undefined, 'a');
+    expect(short.status).toBe(401);
+
+    const ok = await admin('GET', '/admin/models');
+    expect(ok.status).toBe(200);
+    expect(ok.body.upstreams).toEqual(['default']);
+    expect(ok.body.mappings).toEqual({});
+    expect(ok.body.models.find((m: any) => m.name === 'gpt-4o')).toEqual({
+      name: 'gpt-4o',
+      display_name: null,
+      description: null,
+      upstream: null,
+      deployment: null,
+      source: 'default',
+      created: expect.any(Number),
+    });
+  });
+});
+
+describe('admin API editing the registry', () => {
+  test('models and mappings: create, conflict, bad field, delete; changes apply to requests at once', async () => {
+    const { admin, client, up, p } = await setup(
+      { ADMIN_API_KEY: ADMIN_KEY, VALIDATE_MODELS: 'true' },
+      { upstreams: { local: { baseUrl: 'http://127.0.0.1:9/v1' } } },
+    );
+    const created = await admin('POST', '/admin/models', {
+      name: 'team-llm',
+      display_name: 'Team LLM',
+      description: 'our fine-tune',
+    });
+    expect(created.status).toBe(201);
+    expect(created.body).toMatchObject({ name: 'team-llm', display_name: 'Team LLM', source: 'admin' });
+    expect((await admin('POST', '/admin/models', { name: 'team-llm' })).status).toBe(409);
+    expect((await admin('POST', '/admin/models', { name: 'gpt-4o' })).status).toBe(409);
+
+    const bad = await admin('POST', '/admin/models', { name: 42 });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.param).toBe('name');
+    expect(bad.body.error.message).toMatch(/name must be a non-empty string/);
+    const badUpstream = await admin('POST', '/admin/models', { name: 'x', upstream: 'nowhere' });
+    expect(badUpstream.status).toBe(400);
+    expect(badUpstream.body.error.param).toBe('upstream');
+    expect(badUpstream.body.error.message).toMatch(/known upstreams: default, local/);
+    const unknownField = await admin('POST', '/admin/models', { name: 'x', displayName: 'X' });
+    expect(unknownField.status).toBe(400);
+    expect(unknownField.body.error.param).toBe('displayName');
+    expect((await admin('POST', '/admin/models', '{not json')).status).toBe(400);
+
+    await client.chat.completions.create({ model: 'team-llm', messages: [{ role: 'user', content: 'x' }] });
+    expect(up.requests).toHaveLength(1);
+
+    const mapped = await admin('POST', '/admin/model-mappings', { alias: 'tl', actual_model: 'team-llm' });
+    expect(mapped.status).toBe(201);
+    expect(mapped.body).toEqual({ alias: 'tl', actual_model: 'team-llm' });
+    const loop = await admin('POST', '/admin/model-mappings', { alias: 'team-llm', actual_model: 'tl' });
+    expect(loop.status).toBe(400);
+    expect(loop.body.error.message).toMatch(/registered model/);
+    await admin('POST', '/admin/model-mappings', { alias: 'tl2', actual_model: 'tl' });
+    const cycle = await admin('POST', '/admin/model-mappings', { alias: 'tl', actual_model: 'tl2' });
+    expect(cycle.status).toBe(400);
+    expect(cycle.body.error.message).toMatch(/loop/);
+    const missingField = await admin('POST', '/admin/model-mappings', { alias: 'a' });
+    expect(missingField.status).toBe(400);
+    expect(missingField.body.error.param).toBe('actual_model');
+
+    await client.chat.completions.create({ model: 'tl2', messages: [{ role: 'user', content: 'x' }] });
+    expect(JSON.parse(up.requests.at(-1)!.body.toString()).model).toBe('team-llm');
+    expect((await admin('GET', '/admin/models')).body.mappings).toEqual({ tl: 'team-llm', tl2: 'tl' });
+
+    expect((await admin('DELETE', '/admin/model-mappings/tl2')).status).toBe(204);
+    expect((await admin('DELETE', '/admin/model-mappings/tl2')).status).toBe(404);
+    expect((await admin('DELETE', '/admin/models/team-llm')).status).toBe(204);
+    expect((await admin('DELETE', '/admin/models/team-llm')).status).toBe(404);
+    const gone = await client.chat.completions
+      .create({ model: 'team-llm', messages: [{ role: 'user', content: 'x' }] })
+      .catch((e) => e);
+    expect(gone).toBeInstanceOf(NotFoundError);
+
+    // Recorded like any exchange, with the admin key nowhere in the database or the log file.
+    const rows = await p.waitForRows(10);
+    const adminRows = rows.filter((r) => r.path.startsWith('/admin/'));
+    expect(adminRows.map((r) => [r.method, r.path, r.status]).slice(0, 2)).toEqual([
+      ['POST', '/admin/models', 201],
+      ['POST', '/admin/models', 409],
+    ]);
+    expect(JSON.parse(adminRows[0].request_headers).authorization).toBe('[redacted]');
+    expect(JSON.parse(adminRows[0].request_body!).name).toBe('team-llm');
+    expect(JSON.stringify(rows)).not.toContain(ADMIN_KEY);
+    p.logLines();
+    expect(readFileSync(p.logPath, 'utf8')).not.toContain(ADMIN_KEY);
+    expect(up.requests.some((r) => JSON.stringify(r.headers).includes(ADMIN_KEY))).toBe(false);
+  });
+
+  test('POST /admin/reload-config applies a changed config file; an invalid one keeps the old registry', async () => {
+    const { admin, client, configFile, up } = await setup(
+      { ADMIN_API_KEY: ADMIN_KEY, VALIDATE_MODELS: 'true' },
+      { availableModels: ['gpt-4o'], modelMappings: { fast: 'gpt-4o' } },
+    );
+    expect((await admin('GET', '/admin/models')).body.models.map((m: any) => m.name)).toEqual(['gpt-4o']);
+    await admin('POST', '/admin/models', { name: 'kept' });
+
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        availableModels: ['gpt-4o', 'llama3'],
+        modelMappings: { quick: 'llama3' },
+        upstreams: { local: { baseUrl: up.baseUrl, apiKey: 'sk-local-key-123456' } },
+        models: [{ name: 'llama3', upstream: 'local' }],
+      }),
+    );
+    const reloaded = await admin('POST', '/admin/reload-config');
+    expect(reloaded.status).toBe(200);
+    expect(reloaded.body.models.map((m: any) => [m.name, m.upstream, m.source])).toEqual([
+      ['gpt-4o', null, 'config'],
+      ['kept', null, 'admin'],
+      ['llama3', 'local', 'config'],
+    ]);
+    expect(reloaded.body.mappings).toEqual({ quick: 'llama3' });
+    expect(reloaded.body.upstreams).toEqual(['default', 'local']);
+    await client.chat.completions.create({ model: 'quick', messages: [{ role: 'user', content: 'x' }] });
+    expect(up.requests.at(-1)!.headers.authorization).toBe('Bearer sk-local-key-123456');
+
+    writeFileSync(configFile, JSON.stringify({ models: [{ name: 'x', upstream: 'nope' }] }));
+    const refused = await admin('POST', '/admin/reload-config');
+    expect(refused.status).toBe(400);
+    expect(refused.body.error.message).toMatch(/previous one stays in force.*upstream "nope"/);
+    writeFileSync(configFile, '{ broken');
+    expect((await admin('POST', '/admin/reload-config')).status).toBe(400);
+    expect((await admin('GET', '/admin/models')).body.mappings).toEqual({ quick: 'llama3' });
+  });
+});

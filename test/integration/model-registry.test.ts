@@ -1,0 +1,353 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
+import OpenAI, { NotFoundError, toFile } from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { CHAT_ANSWER, createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+
+const KEY_A = 'sk-upstream-a-0123456789abcdefghij';
+const KEY_B = 'sk-upstream-b-klmnopqrstuvwxyz9876';
+const AZURE_KEY = 'azure-key-0123456789abcdef0123456789';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function upstream(): Promise<FakeUpstream> {
+  const u = await createFakeUpstream();
+  cleanups.push(() => u.close());
+  return u;
+}
+
+async function proxyWith(env: Record<string, string>, config?: Record<string, unknown>): Promise<TestProxy> {
+  const extra: Record<string, string> = {};
+  if (config) {
+    const dir = createTempDir();
+    cleanups.push(() => dir.cleanup());
+    const file = join(dir.path, 'oai-proxy.config.json');
+    writeFileSync(file, JSON.stringify(config));
+    extra.OAI_PROXY_CONFIG = file;
+  }
+  const p = await startTestProxy({ ...extra, ...env });
+  cleanups.push(() => p.close());
+  return p;
+}
+
+function client(p: TestProxy): OpenAI {
+  return new OpenAI({ apiKey: 'sk-client-000000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
+}
+
+const chat = (c: OpenAI, model: string) =>
+  c.chat.completions.create({ model, messages: [{ role: 'user', content: 'hi' }] });
+
+const sentModel = (u: FakeUpstream) => JSON.parse(u.requests.at(-1)!.body.toString()).model;
+
+describe('validation and aliases', () => {
+  test('VALIDATE_MODELS off (default): unknown models pass, aliases are still rewritten', async () => {
+    const up = await upstream();
+    const p = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      MODEL_MAPPINGS: '{"fast":"gpt-4o-mini","cheap":"fast"}',
+    });
+    const c = client(p);
+    expect((await chat(c, 'my-own-model')).choices[0].message.content).toBe(CHAT_ANSWER);
+    expect(sentModel(up)).toBe('my-own-model');
+    const viaAlias = await chat(c, 'cheap');
+    expect(sentModel(up)).toBe('gpt-4o-mini');
+    expect(viaAlias.model).toBe('gpt-4o-mini');
+    const rows = await p.waitForRows(2);
+    expect(rows.map((r) => [r.model, r.upstream_model, r.model_unknown, r.status])).toEqual([
+      ['my-own-model', 'my-own-model', 0, 200],
+      ['cheap', 'gpt-4o-mini', 0, 200],
+    ]);
+    // The stored request body is what the client sent; the upstream got the rewritten one.
+    expect(JSON.parse(rows[1].request_body!).model).toBe('cheap');
+  });
+
+  test('VALIDATE_MODELS=true: unknown models get 404 model_not_found from the proxy; known and aliases pass', async () => {
+    const up = await upstream();
+    const p = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      VALIDATE_MODELS: 'true',
+      MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}',
+    });
+    const res = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'x', messages: [] }),
+    });
+    expect(res.status).toBe(404);
+    expect(await res.json()).toEqual({
+      error: {
+        message: 'The model `x` does not exist or is not available on this proxy',
+        type: 'invalid_request_error',
+        param: 'model',
+        code: 'model_not_found',
+      },
+    });
+    const c = client(p);
+    const err = await chat(c, 'gpt-5-turbo-nonexistent').catch((e) => e);
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect(err.code).toBe('model_not_found');
+    expect(up.requests).toHaveLength(0);
+
+    await chat(c, 'gpt-4o');
+    await chat(c, 'fast');
+    expect(sentModel(up)).toBe('gpt-4o-mini');
+    const rows = await p.waitForRows(4);
+    expect(rows.map((r) => [r.model, r.status, r.error])).toEqual([
+      ['x', 404, 'model_not_found'],
+      ['gpt-5-turbo-nonexistent', 404, 'model_not_found'],
+      ['gpt-4o', 200, null],
+      ['fast', 200, null],
+    ]);
+  });
+
+  test('ALLOW_UNKNOWN_MODELS=true: unknown models pass and the record marks them unknown', async () => {
+    const up = await upstream();
+    const p = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      VALIDATE_MODELS: 'true',
+      ALLOW_UNKNOWN_MODELS: 'true',
+    });
+    const c = client(p);
+    await chat(c, 'brand-new-model');
+    await chat(c, 'gpt-4o');
+    const rows = await p.waitForRows(2);
+    expect(rows.map((r) => [r.model, r.status, r.model_unknown])).toEqual([
+      ['brand-new-model', 200, 1],
+      ['gpt-4o', 200, 0],
+    ]);
+  });
+
+  test('multipart (audio): the alias in the form field is rewritten while the file streams through', async () => {
+    const up = await upstream();
+    const p = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      VALIDATE_MODELS: 'true',
+      MODEL_MAPPINGS: '{"stt":"whisper-1"}',
+    });
+    const c = client(p);
+    const audio = Buffer.alloc(400_000, 9);
+    const res = await c.audio.transcriptions.create({
+      model: 'stt',
+      file: await toFile(audio, 'a.mp3', { type: 'audio/mpeg' }),
+    });
+    expect(res.text).toMatch(/ with whisper-1$/);
+    const got = up.requests.at(-1)!;
+    expect(got.body.includes(audio)).toBe(true);
+    expect(got.body.toString('latin1')).not.toContain('name="model"\r\n\r\nstt\r\n');
+    expect(Number(got.headers['content-length'] ?? got.body.length)).toBe(got.body.length);
+
+    const err = await c.audio.transcriptions
+      .create({ model: 'not-a-model', file: await toFile(audio, 'a.mp3', { type: 'audio/mpeg' }) })
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect(up.requests).toHaveLength(1);
+
+    const rows = await p.waitForRows(2);
+    expect(rows.map((r) => [r.path, r.model, r.upstream_model, r.status])).toEqual([
+      ['/v1/audio/transcriptions', 'stt', 'whisper-1', 200],
+      ['/v1/audio/transcriptions', 'not-a-model', null, 404],
+    ]);
+    // Recorded size is what the client sent (the rewritten body is one byte longer upstream).
+    expect(rows[0].request_bytes).toBe(got.body.length - ('whisper-1'.length - 'stt'.length));
+  });
+
+  test('multipart with the model field after the file is rewritten too', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MODEL_MAPPINGS: '{"stt":"whisper-1"}' });
+    const form = new FormData();
+    form.append('file', new Blob([Buffer.alloc(6_000_000, 3)], { type: 'audio/wav' }), 'a.wav');
+    form.append('model', 'stt');
+    const res = await fetch(`${p.url}/v1/audio/transcriptions`, { method: 'POST', body: form });
+    expect(res.status).toBe(200);
+    expect((await res.json()).text).toMatch(/ with whisper-1$/);
+    expect(up.requests.at(-1)!.body.length).toBeGreaterThan(6_000_000);
+  });
+});
+
+describe('/models answered from the registry', () => {
+  test('the openai SDK lists and retrieves models and aliases; unknown ids are 404', async () => {
+    const up = await upstream();
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: up.baseUrl, MODEL_MAPPINGS: '{"fast":"llama3"}' },
+      {
+        availableModels: ['gpt-4o', { name: 'llama3', upstream: 'local' }, 'org/model-with-slash'],
+        upstreams: { local: { baseUrl: up.baseUrl } },
+      },
+    );
+    const c = client(p);
+    const list = await c.models.list();
+    expect(list.data.map((m) => m.id)).toEqual(['gpt-4o', 'llama3', 'org/model-with-slash', 'fast']);
+    for (const m of list.data) {
+      expect(m.object).toBe('model');
+      expect(typeof m.created).toBe('number');
+    }
+    expect(list.data.find((m) => m.id === 'llama3')!.owned_by).toBe('local');
+    expect(list.data.find((m) => m.id === 'fast')!.owned_by).toBe('local');
+
+    const one = await c.models.retrieve('gpt-4o');
+    expect(one).toMatchObject({ id: 'gpt-4o', object: 'model', owned_by: 'oai-proxy' });
+    expect((await c.models.retrieve('org/model-with-slash')).id).toBe('org/model-with-slash');
+    expect((await c.models.retrieve('fast')).id).toBe('fast');
+    const err = await c.models.retrieve('nope').catch((e) => e);
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect(err.code).toBe('model_not_found');
+
+    const bare = await fetch(`${p.url}/models`);
+    expect(bare.status).toBe(200);
+    expect((await bare.json()).object).toBe('list');
+    expect(up.requests.filter((r) => r.url.includes('/models'))).toHaveLength(0);
+  });
+});
+
+describe('named upstreams', () => {
+  test('two upstreams routed by model, each receiving only its own key', async () => {
+    const a = await upstream();
+    const b = await upstream();
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: a.baseUrl, OPENAI_API_KEY: KEY_A, LOCAL_KEY: KEY_B },
+      {
+        upstreams: { local: { baseUrl: b.baseUrl, apiKeyEnv: 'LOCAL_KEY', headers: { 'X-Extra': 'yes' } } },
+        models: [{ name: 'llama3', upstream: 'local' }],
+      },
+    );
+    const c = client(p);
+    await chat(c, 'gpt-4o');
+    await chat(c, 'llama3');
+    await c.embeddings.create({ model: 'text-embedding-3-small', input: 'x' });
+    expect(a.requests.map((r) => r.url)).toEqual(['/v1/chat/completions', '/v1/embeddings']);
+    expect(b.requests.map((r) => r.url)).toEqual(['/v1/chat/completions']);
+    for (const r of a.requests) {
+      expect(r.headers.authorization).toBe(`Bearer ${KEY_A}`);
+      expect(JSON.stringify(r.headers)).not.toContain(KEY_B);
+    }
+    expect(b.requests[0].headers.authorization).toBe(`Bearer ${KEY_B}`);
+    expect(b.requests[0].headers['x-extra']).toBe('yes');
+    expect(JSON.stringify(b.requests[0].headers)).not.toContain(KEY_A);
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.model, r.upstream])).toEqual([
+      ['gpt-4o', 'default'],
+      ['llama3', 'local'],
+      ['text-embedding-3-small', 'default'],
+    ]);
+    for (const key of [KEY_A, KEY_B]) expect(JSON.stringify(rows)).not.toContain(key);
+  });
+
+  test('Azure upstream: api-key header, deployment path, api-version query', async () => {
+    const az = await upstream();
+    const p = await proxyWith(
+      {},
+      {
+        openaiBaseUrl: 'http://127.0.0.1:9/v1',
+        upstreams: {
+          azure: { baseUrl: az.origin, apiKey: AZURE_KEY, type: 'azure', apiVersion: '2024-06-01' },
+        },
+        models: [
+          { name: 'gpt-4o', upstream: 'azure', deployment: 'prod-gpt4o' },
+          { name: 'text-embedding-3-small', upstream: 'azure' },
+        ],
+      },
+    );
+    const c = client(p);
+    expect((await chat(c, 'gpt-4o')).choices[0].message.content).toBe(CHAT_ANSWER);
+    await c.embeddings.create({ model: 'text-embedding-3-small', input: 'x' });
+    const [first, second] = az.requests;
+    expect(first.method).toBe('POST');
+    expect(first.url).toBe('/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-06-01');
+    expect(first.headers['api-key']).toBe(AZURE_KEY);
+    expect(first.headers.authorization).toBeUndefined();
+    expect(first.headers['content-type']).toBe('application/json');
+    expect(JSON.parse(first.body.toString())).toMatchObject({
+      model: 'gpt-4o',
+      messages: [{ content: 'hi' }],
+    });
+    expect(second.url).toBe('/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-06-01');
+    const rows = await p.waitForRows(2);
+    expect(rows[0].upstream).toBe('azure');
+    expect(JSON.stringify(rows)).not.toContain(AZURE_KEY);
+  });
+
+  test.each([
+    [
+      'OPENAI_API_TYPE=azure',
+      (u: FakeUpstream) => ({ OPENAI_BASE_URL: u.origin, OPENAI_API_TYPE: 'azure' }),
+      '/openai/deployments/gpt-4o/chat/completions',
+    ],
+    [
+      'the original service style …/openai/deployments/<name>',
+      (u: FakeUpstream) => ({ OPENAI_BASE_URL: `${u.origin}/openai/deployments/legacy-dep` }),
+      '/openai/deployments/legacy-dep/chat/completions',
+    ],
+  ])('default upstream as Azure (%s)', async (_label, env, path) => {
+    const az = await upstream();
+    const p = await proxyWith({ ...env(az), OPENAI_API_KEY: AZURE_KEY, OPENAI_API_VERSION: '2024-10-21' });
+    await chat(client(p), 'gpt-4o');
+    const got = az.requests[0];
+    expect(got.url).toBe(`${path}?api-version=2024-10-21`);
+    expect(got.headers['api-key']).toBe(AZURE_KEY);
+    expect(got.headers.authorization).toBeUndefined();
+  });
+
+  test('a model whose upstream is not configured is answered 502 by the proxy', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl });
+    const io = createTestIo({ HOME: p.dir }, p.dir);
+    // Written straight into the database, as another proxy with a different config file might have.
+    const other = new BetterSqlite3(p.dbPath);
+    other
+      .prepare(
+        "insert into models (name, upstream, source, created_at, updated_at) values ('orphan', 'gone', 'cli', 0, 0)",
+      )
+      .run();
+    other.close();
+    expect(await main(['models', 'show', 'orphan', '--db', p.dbPath], io)).toBe(0);
+    await sleep(700);
+    const res = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'orphan', messages: [] }),
+    });
+    expect(res.status).toBe(502);
+    expect((await res.json()).error.message).toMatch(/upstream "gone", which is not configured/);
+    expect(up.requests).toHaveLength(0);
+  });
+});
+
+describe('live registry', () => {
+  test('a running server picks up `oai-proxy models` edits within about a second', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, VALIDATE_MODELS: 'true' });
+    const c = client(p);
+    expect(await chat(c, 'team-model').catch((e) => e)).toBeInstanceOf(NotFoundError);
+
+    const io = createTestIo({ HOME: p.dir }, p.dir);
+    expect(await main(['models', 'add', 'team-model', '--db', p.dbPath], io)).toBe(0);
+    expect(io.out()).toContain('Added model team-model');
+    expect(await main(['models', 'map', 'tm', 'team-model', '--db', p.dbPath], io)).toBe(0);
+
+    const start = Date.now();
+    let ok = false;
+    while (!ok && Date.now() - start < 3000) {
+      ok = await chat(c, 'tm').then(
+        () => true,
+        () => false,
+      );
+      if (!ok) await sleep(50);
+    }
+    expect(ok).toBe(true);
+    expect(Date.now() - start).toBeLessThan(1500);
+    expect(sentModel(up)).toBe('team-model');
+    expect((await c.models.list()).data.map((m) => m.id)).toContain('tm');
+
+    expect(await main(['models', 'remove', 'team-model', '--db', p.dbPath], io)).toBe(0);
+    expect(await main(['models', 'unmap', 'tm', '--db', p.dbPath], io)).toBe(0);
+    await sleep(1100);
+    expect(await chat(c, 'tm').catch((e) => e)).toBeInstanceOf(NotFoundError);
+  });
+});

@@ -1,0 +1,134 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { createTestIo } from '../helpers/test-proxy.js';
+
+let dir: { path: string; cleanup(): void };
+let db: string;
+
+beforeEach(() => {
+  dir = createTempDir();
+  db = join(dir.path, 'registry.db');
+});
+afterEach(() => dir.cleanup());
+
+async function cli(args: string[], env: Record<string, string> = {}) {
+  const io = createTestIo({ HOME: dir.path, ...env }, dir.path);
+  const code = await main(args, io);
+  return { code, out: io.out(), err: io.err() };
+}
+
+describe('oai-proxy models', () => {
+  test('list on a fresh database shows the default models in a table; --json is the admin shape', async () => {
+    const r = await cli(['models', 'list', '--db', db]);
+    expect(r.code).toBe(0);
+    const lines = r.out.split('\n');
+    expect(lines[1]).toMatch(/│ Name\s+│ Aliases\s+│ Upstream\s+│ Source\s+│/);
+    expect(r.out).toMatch(/│ gpt-4o\s+│\s+│ default\s+│ default\s+│/);
+    expect(r.out).toMatch(/\d+ models, 0 aliases/);
+    expect(r.out).not.toContain('\u001b['); // no colour codes when not a TTY
+
+    const j = await cli(['models', 'list', '--json', '--db', db]);
+    const view = JSON.parse(j.out);
+    expect(Object.keys(view)).toEqual(['models', 'mappings', 'upstreams']);
+    expect(view.models.find((m: any) => m.name === 'whisper-1')).toMatchObject({
+      source: 'default',
+      upstream: null,
+    });
+  });
+
+  test('add, show, map, unmap, remove — with the messages and exit codes a user sees', async () => {
+    const config = join(dir.path, 'cfg.json');
+    writeFileSync(
+      config,
+      JSON.stringify({ databaseUrl: db, upstreams: { local: { baseUrl: 'http://127.0.0.1:11434/v1' } } }),
+    );
+    const env = { OAI_PROXY_CONFIG: config };
+    const add = await cli(
+      [
+        'models',
+        'add',
+        'llama3',
+        '--upstream',
+        'local',
+        '--display-name',
+        'Llama 3',
+        '--description',
+        'local',
+      ],
+      env,
+    );
+    expect(add).toMatchObject({ code: 0, out: 'Added model llama3 (upstream local)\n' });
+    expect((await cli(['models', 'add', 'llama3'], env)).code).toBe(1);
+    expect((await cli(['models', 'add', 'llama3'], env)).err).toMatch(/Model "llama3" already exists/);
+
+    const map = await cli(['models', 'map', 'l3', 'llama3'], env);
+    expect(map).toMatchObject({ code: 0, out: 'Mapped l3 → llama3\n' });
+    expect((await cli(['models', 'map', 'l3b', 'l3'], env)).code).toBe(0);
+    const loop = await cli(['models', 'map', 'l3', 'l3b'], env);
+    expect(loop.code).toBe(1);
+    expect(loop.err).toMatch(/would create a loop \(l3 → l3b → l3\)/);
+    const clash = await cli(['models', 'map', 'llama3', 'gpt-4o'], env);
+    expect(clash.code).toBe(1);
+    expect(clash.err).toMatch(/"llama3" is a registered model/);
+
+    const list = await cli(['models', 'list'], env);
+    expect(list.out).toMatch(/│ llama3\s+│ l3, l3b\s+│ local\s+│ cli\s+│/);
+
+    const show = await cli(['models', 'show', 'l3b'], env);
+    expect(show.code).toBe(0);
+    expect(show.out).toMatch(/^l3b is an alias of l3\n {2}resolves to llama3\n/);
+    expect(show.out).toMatch(/Display name {2}Llama 3/);
+    expect(show.out).toMatch(/Upstream {6}local/);
+    const showJson = JSON.parse((await cli(['models', 'show', 'llama3', '--json'], env)).out);
+    expect(showJson).toMatchObject({
+      name: 'llama3',
+      upstream: 'local',
+      source: 'cli',
+      aliases: ['l3', 'l3b'],
+    });
+
+    expect(await cli(['models', 'unmap', 'l3b'], env)).toMatchObject({ code: 0, out: 'Removed alias l3b\n' });
+    const unmapAgain = await cli(['models', 'unmap', 'l3b'], env);
+    expect(unmapAgain.code).toBe(1);
+    expect(unmapAgain.err).toMatch(/No alias "l3b"/);
+    const rm = await cli(['models', 'remove', 'llama3'], env);
+    expect(rm.code).toBe(0);
+    expect(rm.out).toMatch(/Removed model llama3\nAliases still pointing to it: l3/);
+    const notFound = await cli(['models', 'show', 'llama3'], env);
+    expect(notFound.code).toBe(1);
+    expect(notFound.err).toMatch(/No model or alias "llama3"/);
+
+    // A removed default model stays removed (the next seeding does not bring it back).
+    expect((await cli(['models', 'remove', 'gpt-4'], env)).code).toBe(0);
+    expect((await cli(['models', 'show', 'gpt-4'], env)).code).toBe(1);
+  });
+
+  test('bad usage exits 2 with a one-line message', async () => {
+    for (const args of [
+      ['models', 'add'],
+      ['models', 'map', 'only-alias'],
+      ['models', 'add', 'x', '--upstream', 'nowhere'],
+      ['models', 'add', 'has space'],
+      ['models', 'frobnicate'],
+    ]) {
+      const r = await cli([...args, '--db', db]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.err.trim().split('\n')).toHaveLength(1);
+    }
+    expect((await cli(['models', 'add', 'x', '--upstream', 'nowhere', '--db', db])).err).toMatch(
+      /--upstream nowhere is not configured; known upstreams: default/,
+    );
+  });
+
+  test('database from DATABASE_URL, as serve resolves it; --help has examples', async () => {
+    const viaEnv = await cli(['models', 'add', 'm1'], { DATABASE_URL: `sqlite:///${db}` });
+    expect(viaEnv.code).toBe(0);
+    expect((await cli(['models', 'show', 'm1', '--db', db])).code).toBe(0);
+    const help = await cli(['models', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.out).toMatch(/Examples:[\s\S]*oai-proxy models map gpt4 gpt-4o/);
+  });
+});
