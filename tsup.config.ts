@@ -6,6 +6,7 @@ export default defineConfig({
     cli: 'src/cli.ts',
     'storage/database': 'src/storage/database.ts',
     'storage/log-store': 'src/storage/log-store.ts',
+    'storage/checkpointer': 'src/storage/checkpointer.ts',
   },
   format: ['esm'],
   target: 'node20',

@@ -355,10 +355,13 @@ async function streamScenario(targets) {
 
 // ---------------------------------------------------------------- recorder alone
 
-async function recorderBench() {
+/** Rows/s of the batched writer alone, set up as `serve` sets it up (checkpoints in a worker) unless `mainThreadCheckpoints`. */
+async function recorderBench(mainThreadCheckpoints = false) {
   const { openDatabase } = await import(join(root, 'dist', 'storage', 'database.js'));
   const { createExchangeWriter } = await import(join(root, 'dist', 'storage', 'log-store.js'));
-  const database = await openDatabase(join(tmp, 'recorder.db'));
+  const { startBackgroundCheckpoints } = await import(join(root, 'dist', 'storage', 'checkpointer.js'));
+  const database = await openDatabase(join(tmp, `recorder-${mainThreadCheckpoints ? 'main' : 'worker'}.db`));
+  const checkpoints = mainThreadCheckpoints ? null : startBackgroundCheckpoints(database.sqlite);
   const writer = createExchangeWriter({ sqlite: database.sqlite, flushIntervalMs: 60_000, queueMax: 1e9 });
   const body = (c) => JSON.stringify({ text: c.repeat(2000) }).slice(0, 2048);
   const reqBody = body('q');
@@ -408,9 +411,11 @@ async function recorderBench() {
     const f0 = performance.now();
     rows += writer.flush();
     worstFlushMs = Math.max(worstFlushMs, performance.now() - f0);
+    await new Promise((r) => setImmediate(r)); // let the worker's messages in, as the proxy's event loop would
   }
   const seconds = (performance.now() - t0) / 1000;
   writer.close();
+  checkpoints?.stop();
   await database.close();
   return { rowsPerS: rows / seconds, rows, bodyBytes: reqBody.length, worstBatchMs: worstFlushMs };
 }
@@ -641,6 +646,11 @@ function report(results) {
       'recorder alone',
       `${fmt(results.recorder.rowsPerS, 0)} rows/s (${results.recorder.bodyBytes} B bodies, worst 1000-row batch ${fmt(results.recorder.worstBatchMs, 1)} ms)`,
     ]);
+  if (results.recorderMainThreadCheckpoints)
+    extra.push([
+      'recorder, main-thread WAL checkpoints',
+      `${fmt(results.recorderMainThreadCheckpoints.rowsPerS, 0)} rows/s (worst batch ${fmt(results.recorderMainThreadCheckpoints.worstBatchMs, 1)} ms)`,
+    ]);
   if (results.concurrency) {
     const c = results.concurrency;
     extra.push([
@@ -776,7 +786,12 @@ async function main() {
       }
     }
     if (only.includes('recorder')) {
-      results.recorder = await phase(results, 'recorder alone', recorderBench);
+      results.recorder = await phase(results, 'recorder alone', () => recorderBench(false));
+      results.recorderMainThreadCheckpoints = await phase(
+        results,
+        'recorder, checkpoints on the main thread',
+        () => recorderBench(true),
+      );
     }
     if (only.includes('concurrency')) {
       results.concurrency = await phase(results, `${plan.concStreams} concurrent streams`, () =>

@@ -5,10 +5,12 @@ import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../confi
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
 import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
+import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
+import { createSearchIndexer } from '../storage/search-index.js';
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
@@ -97,9 +99,24 @@ export async function startProxy(
   );
   const consoleOn = config.logLevel !== 'silent';
 
-  const database = await openDatabase(location.path);
+  let database = await openDatabase(location.path);
+  const retired: OpenDatabase[] = [];
+  const checkpoints = startBackgroundCheckpoints(database.sqlite, {
+    onError: (err) => logger.warn(`database ${location.path}: ${err.message}`),
+  });
   const writer = createExchangeWriter({
     sqlite: database.sqlite,
+    reopen: {
+      moved: () => database.moved(),
+      async open() {
+        const next = await openDatabase(location.path);
+        checkpoints.stop();
+        retired.push(database);
+        database = next;
+        logger.warn(`database ${location.path} was deleted or replaced; recording into a new file there`);
+        return next.sqlite;
+      },
+    },
     flushIntervalMs: config.logFlushIntervalMs,
     queueMax: config.logQueueMax,
     onSpill: (rows) => {
@@ -144,6 +161,7 @@ export async function startProxy(
     });
   } catch (err) {
     writer.close();
+    checkpoints.stop();
     await database.close();
     await logFile.end();
     await dispatcher.close();
@@ -152,7 +170,7 @@ export async function startProxy(
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
   const vector = config.qdrantUrl
     ? await startVectorIndexing(resolved, {
-        sqlite: database.sqlite,
+        sqlite: () => database.sqlite,
         dispatcher,
         logger,
         record: (r) => {
@@ -162,6 +180,7 @@ export async function startProxy(
       }).catch(async (err) => {
         registry.close();
         writer.close();
+        checkpoints.stop();
         await database.close();
         await logFile.end();
         await dispatcher.close();
@@ -190,6 +209,7 @@ export async function startProxy(
     routes: [...(ext.routes ?? []), ...registry.routes],
     version: VERSION,
     secrets,
+    clientKeys: config.proxyApiKeys,
     sink: {
       record(r) {
         writer.record(r);
@@ -241,10 +261,16 @@ export async function startProxy(
     registry.close();
     await vector?.close();
     writer.close();
+    checkpoints.stop();
     await database.close();
     await logFile.end();
     await dispatcher.close();
     throw err;
+  });
+  // Full-text index for `logs --grep`: filled in small slices, off the recorder's path.
+  const searchIndexer = createSearchIndexer({
+    sqlite: () => database.sqlite,
+    onError: (err) => logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
   });
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
@@ -259,7 +285,9 @@ export async function startProxy(
     port: addr.port,
     proxy,
     writer,
-    database,
+    get database() {
+      return database;
+    },
     logFile: logPath,
     logger,
     vector,
@@ -270,9 +298,12 @@ export async function startProxy(
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close();
+        searchIndexer.close();
         writer.close();
+        checkpoints.stop();
         await dispatcher.close().catch(() => undefined);
         await database.close();
+        for (const old of retired) await old.close().catch(() => undefined);
         logFile.flushSync();
         await logFile.end();
       })();

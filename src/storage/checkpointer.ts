@@ -1,0 +1,108 @@
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import type { SqliteHandle } from './database.js';
+
+/** WAL checkpoints run off the main thread. */
+export interface BackgroundCheckpoints {
+  /** True while checkpoints run in the worker (false: SQLite's own auto-checkpoint is back on). */
+  active(): boolean;
+  /** Stop the worker; its connection closes, and SQLite's auto-checkpoint is restored on `sqlite`. */
+  stop(): void;
+}
+
+export interface BackgroundCheckpointOptions {
+  /** How often the worker runs a PASSIVE checkpoint. */
+  intervalMs?: number;
+  /** WAL size (pages) beyond which the writer's connection checkpoints too, until the WAL is reset. */
+  limitFrames?: number;
+  onError?(err: Error): void;
+}
+
+const DEFAULT_AUTOCHECKPOINT = 1000;
+
+// CommonJS, evaluated in the worker: its own connection runs PASSIVE checkpoints, which never block the
+// writer (they copy what no reader still needs and return). It reports the WAL's size in frames when it
+// crosses `limitFrames` either way, so the writer can checkpoint itself while a flood outruns the worker.
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.modulePath);
+const db = new Database(workerData.path, { fileMustExist: true });
+let big = false;
+const timer = setInterval(() => {
+  try {
+    const r = db.pragma('wal_checkpoint(PASSIVE)')[0];
+    const over = r.log >= workerData.limitFrames;
+    if (over !== big) { big = over; parentPort.postMessage(r.log); }
+  } catch (e) { parentPort.postMessage(String(e && e.message)); }
+}, workerData.intervalMs);
+parentPort.on('message', () => { clearInterval(timer); db.close(); parentPort.close(); });
+`;
+
+/**
+ * Move WAL checkpoints off the event loop: turn SQLite's auto-checkpoint off on `sqlite` (the writer's
+ * connection) and checkpoint from a worker thread instead. In-memory databases and a worker that fails
+ * to start keep the auto-checkpoint. A checkpoint of ~1,000 pages on the main thread stalled every
+ * in-flight request for tens of milliseconds and halved the rows per second the recorder sustains.
+ */
+export function startBackgroundCheckpoints(
+  sqlite: SqliteHandle,
+  options: BackgroundCheckpointOptions = {},
+): BackgroundCheckpoints {
+  let running = false;
+  let worker: Worker | null = null;
+  const restore = () => {
+    running = false;
+    try {
+      if (sqlite.open) sqlite.pragma(`wal_autocheckpoint = ${DEFAULT_AUTOCHECKPOINT}`);
+    } catch {
+      // the handle is closing: nothing left to checkpoint from here
+    }
+  };
+  if (sqlite.memory || sqlite.readonly) return { active: () => false, stop() {} };
+  try {
+    worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: {
+        modulePath: createRequire(import.meta.url).resolve('better-sqlite3'),
+        path: sqlite.name,
+        intervalMs: options.intervalMs ?? 250,
+        limitFrames: options.limitFrames ?? 8192,
+      },
+    });
+    worker.unref();
+    worker.on('message', (m: string | number) => {
+      if (typeof m === 'string') {
+        options.onError?.(new Error(`WAL checkpoint failed: ${m}`));
+        return;
+      }
+      // Writes outrun the worker: a checkpoint in the writer's own transaction lets the WAL restart.
+      if (running && sqlite.open)
+        sqlite.pragma(
+          `wal_autocheckpoint = ${m >= (options.limitFrames ?? 8192) ? DEFAULT_AUTOCHECKPOINT : 0}`,
+        );
+    });
+    worker.on('error', (err) => {
+      restore();
+      options.onError?.(err);
+    });
+    worker.on('exit', () => {
+      if (running) restore();
+    });
+    sqlite.pragma('wal_autocheckpoint = 0');
+    // After a flood, keep the reset WAL file from staying at its peak size.
+    sqlite.pragma('journal_size_limit = 67108864');
+    running = true;
+  } catch (err) {
+    restore();
+    options.onError?.(err as Error);
+  }
+  return {
+    active: () => running,
+    stop() {
+      if (!worker) return;
+      restore();
+      worker.postMessage('stop');
+      worker = null;
+    },
+  };
+}
