@@ -25,6 +25,8 @@ export interface MultipartModelScan {
 export interface ScanOptions {
   /** Bytes held in memory while looking for the field; beyond it they go to a temporary file. */
   memoryLimit?: number;
+  /** Give up looking after this many bytes (the body is then forwarded untouched, model unknown). */
+  maxBytes?: number;
   /** Called for every chunk read from the source (byte counting). */
   onChunk?(chunk: Buffer): void;
 }
@@ -58,6 +60,7 @@ export async function scanMultipartModel(
       options.onChunk?.(chunk);
       await held.push(chunk);
       scanner.push(chunk);
+      if (scanner.state !== 'done' && held.size >= (options.maxBytes ?? Number.POSITIVE_INFINITY)) break;
     }
   } catch (err) {
     await held.dispose();

@@ -309,7 +309,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     let body: Buffer | AsyncIterable<Buffer> | null = null;
     let contentLength: number | undefined;
     let multipart: MultipartModelScan | null = null;
-    const boundary = hasBody ? multipartBoundary(contentType) : null;
+    // File uploads name no model: they stream through unscanned.
+    const boundary =
+      hasBody && !/^\/(files|uploads)(\/|$)/.test(x.rest) ? multipartBoundary(contentType) : null;
 
     if (hasBody && contentType.includes('json')) {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
@@ -332,6 +334,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       // Read only as far as the `model` field; the rest streams through after routing.
       const capture = x.requestCapture;
       multipart = await scanMultipartModel(req[Symbol.asyncIterator](), boundary, {
+        maxBytes: limits.maxRequestBodyBytes,
         onChunk: (chunk) => {
           capture.bytes += chunk.length;
         },

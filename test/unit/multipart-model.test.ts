@@ -88,6 +88,16 @@ describe('multipart model field', () => {
     expect((await collect(scan.body(null))).equals(body)).toBe(true);
   });
 
+  test('past maxBytes without a model field the body is forwarded untouched', async () => {
+    const body = form([
+      { name: 'file', value: audio, filename: 'a.mp3' },
+      { name: 'model', value: 'fast' },
+    ]);
+    const scan = await scanMultipartModel(chunks(body, 1000), B, { maxBytes: 5000 });
+    expect(scan.model).toBeNull();
+    expect((await collect(scan.body('other'))).equals(body)).toBe(true);
+  });
+
   test('only the part up to the model field is read before routing', async () => {
     const body = form([
       { name: 'model', value: 'whisper-1' },
