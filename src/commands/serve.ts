@@ -10,7 +10,6 @@ import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
-import { createSearchIndexer } from '../storage/search-index.js';
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
@@ -99,24 +98,12 @@ export async function startProxy(
   );
   const consoleOn = config.logLevel !== 'silent';
 
-  let database = await openDatabase(location.path);
-  const retired: OpenDatabase[] = [];
+  const database = await openDatabase(location.path);
   const checkpoints = startBackgroundCheckpoints(database.sqlite, {
     onError: (err) => logger.warn(`database ${location.path}: ${err.message}`),
   });
   const writer = createExchangeWriter({
     sqlite: database.sqlite,
-    reopen: {
-      moved: () => database.moved(),
-      async open() {
-        const next = await openDatabase(location.path);
-        checkpoints.stop();
-        retired.push(database);
-        database = next;
-        logger.warn(`database ${location.path} was deleted or replaced; recording into a new file there`);
-        return next.sqlite;
-      },
-    },
     flushIntervalMs: config.logFlushIntervalMs,
     queueMax: config.logQueueMax,
     onSpill: (rows) => {
@@ -170,7 +157,7 @@ export async function startProxy(
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
   const vector = config.qdrantUrl
     ? await startVectorIndexing(resolved, {
-        sqlite: () => database.sqlite,
+        sqlite: database.sqlite,
         dispatcher,
         logger,
         record: (r) => {
@@ -209,7 +196,6 @@ export async function startProxy(
     routes: [...(ext.routes ?? []), ...registry.routes],
     version: VERSION,
     secrets,
-    clientKeys: config.proxyApiKeys,
     sink: {
       record(r) {
         writer.record(r);
@@ -267,11 +253,6 @@ export async function startProxy(
     await dispatcher.close();
     throw err;
   });
-  // Full-text index for `logs --grep`: filled in small slices, off the recorder's path.
-  const searchIndexer = createSearchIndexer({
-    sqlite: () => database.sqlite,
-    onError: (err) => logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
-  });
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
@@ -285,9 +266,7 @@ export async function startProxy(
     port: addr.port,
     proxy,
     writer,
-    get database() {
-      return database;
-    },
+    database,
     logFile: logPath,
     logger,
     vector,
@@ -298,12 +277,10 @@ export async function startProxy(
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close();
-        searchIndexer.close();
         writer.close();
         checkpoints.stop();
         await dispatcher.close().catch(() => undefined);
         await database.close();
-        for (const old of retired) await old.close().catch(() => undefined);
         logFile.flushSync();
         await logFile.end();
       })();
