@@ -157,7 +157,7 @@ export async function startProxy(
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
   const vector = config.qdrantUrl
     ? await startVectorIndexing(resolved, {
-        sqlite: database.sqlite,
+        sqlite: () => database.sqlite,
         dispatcher,
         logger,
         record: (r) => {

@@ -84,7 +84,8 @@ export function resolveEmbeddingEndpoint(resolved: ResolvedConfig): EmbeddingEnd
 export async function createVectorServices(
   resolved: ResolvedConfig,
   deps: {
-    sqlite: SqliteHandle;
+    /** The database handle, or a getter for the current one (serve may reopen a replaced file). */
+    sqlite: SqliteHandle | (() => SqliteHandle);
     dispatcher: Dispatcher;
     /** Receives the embedding calls as internal exchanges. */
     record: (r: ExchangeRecord) => void;
@@ -124,7 +125,12 @@ export interface VectorIndexing {
 /** Start background indexing of recorded exchanges (only called when QDRANT_URL is set). */
 export async function startVectorIndexing(
   resolved: ResolvedConfig,
-  deps: { sqlite: SqliteHandle; dispatcher: Dispatcher; record: (r: ExchangeRecord) => void; logger: Logger },
+  deps: {
+    sqlite: SqliteHandle | (() => SqliteHandle);
+    dispatcher: Dispatcher;
+    record: (r: ExchangeRecord) => void;
+    logger: Logger;
+  },
 ): Promise<VectorIndexing> {
   const services = await createVectorServices(resolved, deps);
   const { logger } = deps;

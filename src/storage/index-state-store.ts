@@ -29,13 +29,12 @@ export interface IndexStateStore {
     limit: number;
   }): ExchangesTable[];
   countPending(options: { eligibleSql: string; sinceMs?: number }): number;
-  /** Forget the state of these exchanges (after they were pruned). */
-  forget(ids: string[]): void;
   status(id: string): IndexStateOutcome | null;
 }
 
-/** Create the store on an open (migrated) database handle. */
-export function createIndexStateStore(sqlite: SqliteHandle): IndexStateStore {
+/** Create the store on an open (migrated) database handle, or a getter for the current one. */
+export function createIndexStateStore(handle: SqliteHandle | (() => SqliteHandle)): IndexStateStore {
+  const db = typeof handle === 'function' ? handle : () => handle;
   const upsertSql = `insert into exchange_index (exchange_id, status, error, attempts, updated_at)
     values (@id, @status, @error, 1, @now)
     on conflict (exchange_id) do update set status = excluded.status, error = excluded.error,
@@ -47,6 +46,7 @@ export function createIndexStateStore(sqlite: SqliteHandle): IndexStateStore {
     mark(outcomes) {
       if (outcomes.length === 0) return true;
       try {
+        const sqlite = db();
         const stmt = sqlite.prepare(upsertSql);
         const now = Date.now();
         sqlite.transaction(() => {
@@ -72,7 +72,7 @@ export function createIndexStateStore(sqlite: SqliteHandle): IndexStateStore {
         params.afterT = after.startedAt;
         params.afterId = after.id;
       }
-      return sqlite
+      return db()
         .prepare(
           `select exchanges.* from ${from} where ${where.join(' and ')} order by exchanges.started_at, exchanges.id limit @limit`,
         )
@@ -81,20 +81,13 @@ export function createIndexStateStore(sqlite: SqliteHandle): IndexStateStore {
     countPending({ eligibleSql, sinceMs }) {
       const where = [eligibleSql, notDone];
       if (sinceMs !== undefined) where.push('exchanges.started_at >= @since');
-      const row = sqlite
+      const row = db()
         .prepare(`select count(*) as n from ${from} where ${where.join(' and ')}`)
         .get(sinceMs !== undefined ? { since: sinceMs } : {}) as { n: number };
       return row.n;
     },
-    forget(ids) {
-      if (ids.length === 0) return;
-      const stmt = sqlite.prepare('delete from exchange_index where exchange_id = ?');
-      sqlite.transaction(() => {
-        for (const id of ids) stmt.run(id);
-      })();
-    },
     status(id) {
-      const row = sqlite
+      const row = db()
         .prepare('select exchange_id as id, status, error from exchange_index where exchange_id = ?')
         .get(id) as IndexStateOutcome | undefined;
       return row ?? null;
