@@ -1,6 +1,10 @@
 import type { Kysely } from 'kysely';
+import { isPostgres } from './dialect.js';
 
-/** The exchanges table and its time index. */
+/**
+ * The exchanges table and its time index. PostgreSQL has no implicit rowid, so there `rowid` is an
+ * identity column: queries that page in insertion order (`logs --follow`) read the same on both.
+ */
 export async function up(db: Kysely<any>): Promise<void> {
   await db.schema
     .createTable('exchanges')
@@ -35,6 +39,11 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addColumn('error_message', 'text')
     .addColumn('assembled', 'text')
     .addColumn('internal', 'integer', (c) => c.notNull().defaultTo(0))
+    .$call((t) =>
+      isPostgres(db)
+        ? t.addColumn('rowid', 'bigint', (c) => c.generatedAlwaysAsIdentity().notNull().unique())
+        : t,
+    )
     .execute();
   await db.schema
     .createIndex('exchanges_started_at')

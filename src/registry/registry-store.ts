@@ -1,0 +1,112 @@
+import type { Kysely } from 'kysely';
+import type { DatabaseSchema } from '../storage/tables.js';
+import { ModelStore, type NewModel, type RegistryDatabase, type SeedResult } from './model-store.js';
+import { PgModelStore, REGISTRY_CHANNEL } from './pg-model-store.js';
+import type { ModelInfo, ModelRegistry } from './registry.js';
+import type { SeedPlan } from './seed.js';
+
+/** The registry's persistence, whichever database holds it (SQLite: `ModelStore`; PostgreSQL: `PgModelStore`). */
+export interface RegistryStore {
+  load(): Promise<ModelRegistry>;
+  isSeeded(): Promise<boolean>;
+  seed(plan: SeedPlan): Promise<SeedResult>;
+  /** Throws OaiProxyError('conflict', 409) when the name is taken. */
+  addModel(m: NewModel, source: 'cli' | 'admin'): Promise<ModelInfo>;
+  removeModel(name: string): Promise<boolean>;
+  /** Throws OaiProxyError('conflict', 400) for a loop or a clash with a model name. */
+  setMapping(alias: string, actual: string, source: 'cli' | 'admin'): Promise<'created' | 'replaced'>;
+  removeMapping(alias: string): Promise<boolean>;
+  /**
+   * Call `onChange` soon after any process changed the registry (SQLite: `data_version` polled every
+   * `intervalMs`; PostgreSQL: LISTEN/NOTIFY, with polling every `intervalMs` as the fallback). Returns stop.
+   */
+  watch(onChange: () => void, intervalMs: number): () => void;
+}
+
+/** Subscribe to a PostgreSQL NOTIFY channel; `onState(true)` once listening, `onState(false)` when the connection is lost. */
+export type NotifySubscriber = (
+  channel: string,
+  onNotify: () => void,
+  onState: (listening: boolean) => void,
+) => () => void;
+
+/** The registry store on an SQLite handle. */
+export function createSqliteRegistryStore(sqlite: RegistryDatabase): RegistryStore {
+  const store = new ModelStore(sqlite);
+  return {
+    load: async () => store.load(),
+    isSeeded: async () => store.isSeeded(),
+    seed: async (plan) => store.seed(plan),
+    addModel: async (m, source) => store.addModel(m, source),
+    removeModel: async (name) => store.removeModel(name),
+    setMapping: async (alias, actual, source) => store.setMapping(alias, actual, source),
+    removeMapping: async (alias) => store.removeMapping(alias),
+    watch(onChange, intervalMs) {
+      let version = safe(() => store.dataVersion(), -1);
+      const timer = setInterval(() => {
+        const v = safe(() => store.dataVersion(), version);
+        if (v !== version) {
+          version = v;
+          onChange();
+        }
+      }, intervalMs);
+      timer.unref();
+      return () => clearInterval(timer);
+    },
+  };
+}
+
+/** The registry store on PostgreSQL; `subscribe` (LISTEN) is optional, polling always runs as the fallback. */
+export function createPgRegistryStore(
+  db: Kysely<DatabaseSchema>,
+  subscribe?: NotifySubscriber,
+): RegistryStore {
+  const store = new PgModelStore(db);
+  return {
+    load: () => store.load(),
+    isSeeded: () => store.isSeeded(),
+    seed: (plan) => store.seed(plan),
+    addModel: (m, source) => store.addModel(m, source),
+    removeModel: (name) => store.removeModel(name),
+    setMapping: (alias, actual, source) => store.setMapping(alias, actual, source),
+    removeMapping: (alias) => store.removeMapping(alias),
+    watch(onChange, intervalMs) {
+      let version: string | null = null;
+      let polling = false;
+      const poll = async () => {
+        if (polling) return;
+        polling = true;
+        try {
+          const v = await store.version();
+          if (version !== null && v !== version) onChange();
+          version = v;
+        } catch {
+          // The database is failing; the recorder reports it. Keep routing with what we have.
+        } finally {
+          polling = false;
+        }
+      };
+      void poll();
+      const timer = setInterval(poll, intervalMs);
+      timer.unref();
+      const unsubscribe = subscribe?.(
+        REGISTRY_CHANNEL,
+        onChange,
+        // (Re)connected: changes may have been missed while the listener was down.
+        (listening) => listening && void poll(),
+      );
+      return () => {
+        clearInterval(timer);
+        unsubscribe?.();
+      };
+    },
+  };
+}
+
+function safe<T>(fn: () => T, fallback: T): T {
+  try {
+    return fn();
+  } catch {
+    return fallback;
+  }
+}

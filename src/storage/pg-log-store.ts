@@ -1,0 +1,212 @@
+import type { Kysely } from 'kysely';
+import type { ExchangeRecord } from './exchange-record.js';
+import { type ExchangeWriterHealth, toRow } from './log-store.js';
+import type { DatabaseSchema, ExchangesTable } from './tables.js';
+
+/** The batched exchange writer on PostgreSQL: `record()` enqueues; a timer writes multi-row INSERTs. */
+export interface PgExchangeWriter {
+  record(exchange: ExchangeRecord): void;
+  /** Write everything queued now (after any write in flight); resolves with rows written by this call. */
+  flush(): Promise<number>;
+  health(): ExchangeWriterHealth;
+  /**
+   * Stop the timer and write what is queued, for at most `closeTimeoutMs`; rows still unwritten then are
+   * handed to `onSpill` (they reach the log file instead of being lost).
+   */
+  close(): Promise<void>;
+}
+
+export interface PgExchangeWriterOptions {
+  db: Kysely<DatabaseSchema>;
+  flushIntervalMs: number;
+  /** Rows kept in memory while the database fails; beyond it the oldest are handed to `onSpill`. */
+  queueMax: number;
+  /** Rows per INSERT (default 500; 30 parameters a row stays far below PostgreSQL's 65,535). */
+  batchSize?: number;
+  /** How long `close()` keeps trying (default 5 s). */
+  closeTimeoutMs?: number;
+  onSpill?(rows: ExchangeRecord[]): void;
+  onError?(err: Error): void;
+  onRecover?(): void;
+}
+
+/**
+ * Create the writer. Writes never run on the request path: a proxied request only pushes to an array.
+ * One INSERT … ON CONFLICT (id) DO NOTHING per batch, so a batch retried after a lost acknowledgement
+ * is not recorded twice. While PostgreSQL is down, slow or restarting, rows wait (bounded by `queueMax`,
+ * oldest spilled first) and the writer retries with backoff up to 5 s.
+ */
+export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExchangeWriter {
+  const { db, queueMax } = options;
+  const batchSize = Math.max(1, Math.min(options.batchSize ?? 500, queueMax));
+  let queue: ExchangeRecord[] = [];
+  let written = 0;
+  let spilled = 0;
+  let lastError: string | null = null;
+  let failing = false;
+  let retryAt = 0;
+  let backoff = options.flushIntervalMs;
+  let writing: Promise<number> | null = null;
+  let inflight = 0;
+  let closed = false;
+
+  const spill = (rows: ExchangeRecord[]) => {
+    spilled += rows.length;
+    options.onSpill?.(rows);
+  };
+
+  const bound = () => {
+    const over = queue.length + inflight - queueMax;
+    if (over > 0) spill(queue.splice(0, Math.min(over, queue.length)));
+  };
+
+  const fail = (e: Error) => {
+    lastError = e.message;
+    if (!failing) {
+      failing = true;
+      options.onError?.(e);
+    }
+    backoff = Math.min(backoff * 2, 5000);
+    retryAt = Date.now() + backoff;
+  };
+
+  const insert = (rows: ExchangeRecord[]) =>
+    db
+      .insertInto('exchanges')
+      .values(rows.map(pgRow))
+      .onConflict((oc) => oc.column('id').doNothing())
+      .execute();
+
+  /** A batch the server rejects for its data (not its connection): write row by row, spill what fails. */
+  const writeOneByOne = async (rows: ExchangeRecord[]): Promise<ExchangeRecord[]> => {
+    const bad: ExchangeRecord[] = [];
+    for (const r of rows) {
+      try {
+        await insert([r]);
+      } catch (err) {
+        if (!isDataError(err)) throw err;
+        bad.push(r);
+      }
+    }
+    return bad;
+  };
+
+  /** Write batches until the queue is empty or a write fails. */
+  const drain = async (): Promise<number> => {
+    let total = 0;
+    while (queue.length > 0) {
+      const batch = queue.splice(0, batchSize);
+      inflight = batch.length;
+      try {
+        try {
+          await insert(batch);
+        } catch (err) {
+          if (!isDataError(err)) throw err;
+          const bad = await writeOneByOne(batch);
+          if (bad.length > 0) {
+            lastError = `${bad.length} exchange(s) rejected by PostgreSQL: ${(err as Error).message}`;
+            spill(bad);
+          }
+          written -= bad.length;
+          total -= bad.length;
+        }
+      } catch (err) {
+        inflight = 0;
+        queue = batch.concat(queue);
+        bound();
+        fail(err as Error);
+        return total;
+      }
+      inflight = 0;
+      total += batch.length;
+      written += batch.length;
+    }
+    if (failing) {
+      failing = false;
+      lastError = null;
+      backoff = options.flushIntervalMs;
+      options.onRecover?.();
+    }
+    return total;
+  };
+
+  const run = (): Promise<number> => {
+    writing ??= drain().finally(() => {
+      writing = null;
+    });
+    return writing;
+  };
+
+  const timer = setInterval(() => {
+    if (queue.length === 0 || writing) return;
+    if (failing && Date.now() < retryAt) return;
+    void run();
+  }, options.flushIntervalMs);
+  timer.unref();
+
+  return {
+    record(exchange) {
+      if (closed) return spill([exchange]);
+      queue.push(exchange);
+      bound();
+    },
+    async flush() {
+      let total = 0;
+      if (writing) total += await writing;
+      if (queue.length > 0) total += await run();
+      return total;
+    },
+    health() {
+      return {
+        database: failing ? 'error' : 'ok',
+        queued: queue.length + inflight,
+        written,
+        spilled,
+        lastError,
+      };
+    },
+    async close() {
+      if (closed) return;
+      clearInterval(timer);
+      const deadline = Date.now() + (options.closeTimeoutMs ?? 5000);
+      for (;;) {
+        if (writing) await writing;
+        if (queue.length === 0 || Date.now() >= deadline) break;
+        await run();
+        if (queue.length > 0) await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
+      }
+      closed = true;
+      if (queue.length > 0) {
+        const rest = queue;
+        queue = [];
+        spill(rest);
+      }
+    },
+  };
+}
+
+/** A row as PostgreSQL accepts it: text cannot hold NUL, which a binary body decoded as UTF-8 may contain. */
+export function pgRow(r: ExchangeRecord): ExchangesTable {
+  const row = toRow(r);
+  for (const k of [
+    'request_body',
+    'response_body',
+    'request_headers',
+    'response_headers',
+    'assembled',
+  ] as const) {
+    const v = row[k];
+    if (v?.includes('\u0000')) (row as unknown as Record<string, string>)[k] = v.replace(/\u0000/g, '\uFFFD');
+  }
+  return row;
+}
+
+/** SQLSTATE classes 22 (data exception) and 23 (integrity): retrying the same rows would fail again. */
+function isDataError(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^2[23]/.test(code);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,213 @@
+import { Kysely, type MigrationProvider, Migrator, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import { redactUrl } from '../config/paths.js';
+import { OaiProxyError } from '../errors.js';
+import { migrations } from './migrations/index.js';
+import type { DatabaseSchema } from './tables.js';
+
+/** An open PostgreSQL database: a connection pool and Kysely over it. */
+export interface PostgresDatabase {
+  kind: 'postgres';
+  /** The URL with its password hidden, for banners and messages. */
+  label: string;
+  url: string;
+  pool: pg.Pool;
+  db: Kysely<DatabaseSchema>;
+  readonly: boolean;
+  close(): Promise<void>;
+}
+
+export interface OpenPostgresOptions {
+  /** Never migrates; fails when the tables are missing. */
+  readonly?: boolean;
+  /** Pool size (default 4: one batch writer, registry, `logs` queries). */
+  max?: number;
+  /** Give up connecting after this long (default 5 s); a failing database must not hang anything. */
+  connectTimeoutMs?: number;
+  /** Abort a statement after this long (default 30 s). */
+  statementTimeoutMs?: number;
+}
+
+// Migrations run under this session advisory lock, so instances starting at once migrate one at a time
+// (Kysely's own lock is taken after it creates its bookkeeping tables, which can race).
+const MIGRATION_LOCK = 0x6f61_6970; // "oaip"
+
+/** pg returns int8 (bigint: epoch ms, byte counts, count(*)) as strings; every such value here fits a double. */
+const types = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === 20 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as any,
+};
+
+/** Create the pool behind a PostgreSQL database (no connection is made yet). */
+export function createPool(url: string, options: OpenPostgresOptions = {}): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 4,
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
+    statement_timeout: options.statementTimeoutMs ?? 30_000,
+    query_timeout: (options.statementTimeoutMs ?? 30_000) + 5000,
+    idleTimeoutMillis: 10_000,
+    application_name: 'oai-proxy',
+    types,
+  });
+  // An idle client losing its connection (server restart) emits on the pool; without a listener that
+  // would crash the process. The next query gets a fresh connection.
+  pool.on('error', () => undefined);
+  return pool;
+}
+
+/** Open (and for writers migrate) the PostgreSQL database at `url`. */
+export async function openPostgres(
+  url: string,
+  options: OpenPostgresOptions = {},
+): Promise<PostgresDatabase> {
+  const label = redactUrl(url);
+  const pool = createPool(url, options);
+  const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
+  const handle: PostgresDatabase = {
+    kind: 'postgres',
+    label,
+    url,
+    pool,
+    db,
+    readonly: options.readonly ?? false,
+    async close() {
+      await db.destroy();
+    },
+  };
+  try {
+    if (handle.readonly) {
+      const { rows } = await pool.query("select to_regclass('exchanges') is not null as has");
+      if (!rows[0].has) {
+        throw new OaiProxyError(
+          'database_not_found',
+          `Database ${label} has no oai-proxy tables; start \`oai-proxy serve\` with this DATABASE_URL first`,
+        );
+      }
+    } else {
+      await migratePostgres(db, label);
+    }
+  } catch (err) {
+    await db.destroy().catch(() => undefined);
+    throw postgresError(label, err);
+  }
+  return handle;
+}
+
+/** Run every pending migration under a session advisory lock (safe for several instances at once). */
+export async function migratePostgres(db: Kysely<any>, label: string): Promise<void> {
+  await db.connection().execute(async (conn) => {
+    await sql`select pg_advisory_lock(${MIGRATION_LOCK})`.execute(conn);
+    try {
+      const provider: MigrationProvider = { getMigrations: async () => migrations };
+      const { error, results } = await new Migrator({ db: conn, provider }).migrateToLatest();
+      if (error) {
+        const failed = results?.find((r) => r.status === 'Error')?.migrationName;
+        throw new OaiProxyError(
+          'database_error',
+          `Migrating database ${label} failed${failed ? ` at ${failed}` : ''}: ${(error as Error).message ?? String(error)}`,
+          { cause: error },
+        );
+      }
+    } finally {
+      await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`.execute(conn);
+    }
+  });
+}
+
+/** A connection or server error as the user should read it: which database, what to check. */
+export function postgresError(label: string, err: unknown): OaiProxyError {
+  if (err instanceof OaiProxyError) return err;
+  const e = err as { code?: string; message?: string };
+  const msg = redactMessage(e.message ?? String(err));
+  if (e.code === 'ECONNREFUSED' || e.code === 'ENOTFOUND' || e.code === 'ETIMEDOUT' || /timeout/i.test(msg)) {
+    return new OaiProxyError(
+      'database_error',
+      `Cannot connect to PostgreSQL at ${label}: ${msg}; check that the server runs and DATABASE_URL names its host and port`,
+      { cause: err },
+    );
+  }
+  if (e.code === '28P01' || e.code === '28000') {
+    return new OaiProxyError(
+      'database_error',
+      `PostgreSQL at ${label} refused the login: ${msg}; check the user and password in DATABASE_URL`,
+      { cause: err },
+    );
+  }
+  if (e.code === '3D000') {
+    return new OaiProxyError(
+      'database_error',
+      `PostgreSQL at ${label}: ${msg}; create it (createdb) or name an existing database in DATABASE_URL`,
+      { cause: err },
+    );
+  }
+  return new OaiProxyError('database_error', `PostgreSQL at ${label}: ${msg}`, { cause: err });
+}
+
+/** Error text from pg may quote the connection string; never let a password through. */
+function redactMessage(msg: string): string {
+  return msg.replace(/postgres(ql)?:\/\/[^\s'"]+/gi, (u) => redactUrl(u));
+}
+
+/**
+ * LISTEN on `channel` over a dedicated connection (a pooled one could be handed to a query mid-wait).
+ * Reconnects with backoff after the server restarts; `onState(true)` each time it is listening again,
+ * `onState(false)` when the connection is lost. Returns stop.
+ */
+export function subscribeNotify(
+  url: string,
+  channel: string,
+  onNotify: () => void,
+  onState: (listening: boolean) => void,
+): () => void {
+  let client: pg.Client | null = null;
+  let stopped = false;
+  let retryMs = 250;
+  const schedule = () => {
+    if (stopped) return;
+    const t = setTimeout(connect, retryMs);
+    t.unref();
+    retryMs = Math.min(retryMs * 2, 5000);
+  };
+  const connect = async () => {
+    if (stopped) return;
+    const c = new pg.Client({
+      connectionString: url,
+      connectionTimeoutMillis: 5000,
+      application_name: 'oai-proxy listen',
+      keepAlive: true,
+    });
+    c.on('error', () => undefined);
+    c.on('notification', (n) => {
+      if (n.channel === channel) onNotify();
+    });
+    c.on('end', () => {
+      if (client !== c) return;
+      client = null;
+      onState(false);
+      schedule();
+    });
+    try {
+      await c.connect();
+      await c.query(`listen ${c.escapeIdentifier(channel)}`);
+    } catch {
+      c.end().catch(() => undefined);
+      schedule();
+      return;
+    }
+    if (stopped) {
+      c.end().catch(() => undefined);
+      return;
+    }
+    client = c;
+    retryMs = 250;
+    onState(true);
+  };
+  void connect();
+  return () => {
+    stopped = true;
+    const c = client;
+    client = null;
+    c?.end().catch(() => undefined);
+  };
+}

@@ -1,0 +1,86 @@
+import type { Kysely } from 'kysely';
+import type { DatabaseLocation } from '../config/paths.js';
+import { type OpenDatabase, openDatabase, type SqliteHandle } from './database.js';
+import type { ExchangeRecord, ExchangeSink } from './exchange-record.js';
+import { createExchangeWriter, type ExchangeWriterHealth } from './log-store.js';
+import { createPgExchangeWriter } from './pg-log-store.js';
+import { openPostgres, type PostgresDatabase } from './postgres.js';
+import type { DatabaseSchema } from './tables.js';
+
+/** The batched recorder, whichever database it writes: `record()` only enqueues. */
+export interface RecordingWriter extends ExchangeSink {
+  /** Write what is queued now; rows written (SQLite answers synchronously, PostgreSQL with a promise). */
+  flush(): number | Promise<number>;
+  health(): ExchangeWriterHealth;
+  /** Write what is queued and stop. */
+  close(): void | Promise<void>;
+}
+
+export interface RecordingWriterOptions {
+  flushIntervalMs: number;
+  queueMax: number;
+  batchSize?: number;
+  onSpill?(rows: ExchangeRecord[]): void;
+  onError?(err: Error): void;
+  onRecover?(): void;
+}
+
+/**
+ * The recording database: one interface, two implementations (an SQLite file, a PostgreSQL server).
+ * Queries go through `db` (Kysely, either dialect); `sqlite` is there for SQLite-only fast paths.
+ */
+export interface Storage {
+  kind: 'sqlite' | 'postgres';
+  /** Where it is, for banners and messages: the file path, or the URL with its password hidden. */
+  label: string;
+  db: Kysely<DatabaseSchema>;
+  readonly: boolean;
+  /** The better-sqlite3 handle; null on PostgreSQL. */
+  sqlite: SqliteHandle | null;
+  /** The PostgreSQL handle (pool, URL); null on SQLite. */
+  postgres: PostgresDatabase | null;
+  createWriter(options: RecordingWriterOptions): RecordingWriter;
+  close(): Promise<void>;
+}
+
+export interface OpenStorageOptions {
+  /** Open for reading only: never creates, never migrates. */
+  readonly?: boolean;
+}
+
+/** Open (for writers: create and migrate) the database `location` names. */
+export async function openStorage(
+  location: DatabaseLocation,
+  options: OpenStorageOptions = {},
+): Promise<Storage> {
+  if (location.kind === 'postgres') return postgresStorage(await openPostgres(location.url, options));
+  return sqliteStorage(await openDatabase(location.path, options));
+}
+
+/** The Storage view of an open SQLite database. */
+export function sqliteStorage(database: OpenDatabase): Storage {
+  return {
+    kind: 'sqlite',
+    label: database.path,
+    db: database.db,
+    readonly: database.readonly,
+    sqlite: database.sqlite,
+    postgres: null,
+    createWriter: (options) => createExchangeWriter({ sqlite: database.sqlite, ...options }),
+    close: () => database.close(),
+  };
+}
+
+/** The Storage view of an open PostgreSQL database. */
+export function postgresStorage(database: PostgresDatabase): Storage {
+  return {
+    kind: 'postgres',
+    label: database.label,
+    db: database.db,
+    readonly: database.readonly,
+    sqlite: null,
+    postgres: database,
+    createWriter: (options) => createPgExchangeWriter({ db: database.db, ...options }),
+    close: () => database.close(),
+  };
+}

@@ -1,0 +1,300 @@
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import {
+  createPgRegistryStore,
+  createSqliteRegistryStore,
+  type RegistryStore,
+} from '../../src/registry/registry-store.js';
+import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+import { subscribeNotify } from '../../src/storage/postgres.js';
+import type { Storage } from '../../src/storage/storage.js';
+
+/** What the shared suite needs of an implementation: a fresh database, openable more than once. */
+export interface StorageFactory {
+  /** Open (create + migrate) the test's database; may be called again for a second handle on it. */
+  open(): Promise<Storage>;
+  /** Remove the test's database. */
+  cleanup(): Promise<void>;
+}
+
+let seq = 0;
+
+/** A complete exchange record; override any field. */
+export function makeRecord(over: Partial<ExchangeRecord> = {}): ExchangeRecord {
+  seq++;
+  return {
+    id: `ex${String(seq).padStart(6, '0')}${Math.random().toString(36).slice(2, 8)}`,
+    startedAt: 1_760_000_000_000 + seq,
+    durationMs: 12.4,
+    ttfbMs: 3.6,
+    method: 'POST',
+    path: '/v1/chat/completions',
+    query: null,
+    clientAddr: '127.0.0.1',
+    status: 200,
+    requestHeaders: { 'content-type': 'application/json', authorization: '[redacted]' },
+    responseHeaders: { 'content-type': 'application/json' },
+    requestBody: '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello"}]}',
+    requestBytes: 70,
+    requestTruncated: false,
+    responseBody: '{"choices":[{"message":{"content":"hi there"}}]}',
+    responseBytes: 48,
+    responseTruncated: false,
+    model: 'gpt-4o-mini',
+    upstreamModel: 'gpt-4o-mini',
+    upstream: 'default',
+    modelUnknown: false,
+    stream: false,
+    promptTokens: 5,
+    completionTokens: 2,
+    totalTokens: 7,
+    user: 'alice',
+    error: null,
+    errorMessage: null,
+    assembled: null,
+    internal: false,
+    ...over,
+  } as ExchangeRecord;
+}
+
+/** The registry store on a storage, with change notification when the storage offers it. */
+export function registryStoreOf(storage: Storage, options: { listen?: boolean } = {}): RegistryStore {
+  if (storage.sqlite) return createSqliteRegistryStore(storage.sqlite);
+  const url = storage.postgres!.url;
+  return createPgRegistryStore(
+    storage.db,
+    options.listen === false
+      ? undefined
+      : (channel, onNotify, onState) => subscribeNotify(url, channel, onNotify, onState),
+  );
+}
+
+async function until(check: () => boolean | Promise<boolean>, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  while (!(await check())) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return Date.now() - t0;
+}
+
+/**
+ * The storage contract, run against every implementation (like undici's cache-store-test-utils):
+ * migrations, the batched writer (exactly once, bounded queue, spill, health), and reading back.
+ */
+export function storageSuite(name: string, createFactory: () => Promise<StorageFactory>): void {
+  describe(`storage contract: ${name}`, () => {
+    let factory: StorageFactory;
+    let storage: Storage;
+    const extra: Storage[] = [];
+
+    beforeEach(async () => {
+      factory = await createFactory();
+      storage = await factory.open();
+    });
+    afterEach(async () => {
+      for (const s of extra.splice(0)) await s.close().catch(() => undefined);
+      await storage.close().catch(() => undefined);
+      await factory.cleanup();
+    });
+
+    test('migrates once: a second open of the same database finds every table and changes nothing', async () => {
+      const second = await factory.open();
+      extra.push(second);
+      expect(second.kind).toBe(storage.kind);
+      const migrations = await second.db
+        .selectFrom('kysely_migration' as any)
+        .select('name' as any)
+        .orderBy('name' as any)
+        .execute();
+      expect(migrations.map((m: any) => m.name)).toEqual(
+        expect.arrayContaining(['0001-exchanges', '0003-model-registry', '0004-vector-index']),
+      );
+      const count = await second.db
+        .selectFrom('exchanges')
+        .select((eb) => eb.fn.countAll<number>().as('n'))
+        .executeTakeFirstOrThrow();
+      expect(Number(count.n)).toBe(0);
+      for (const table of ['models', 'model_mappings', 'exchange_index'] as const)
+        await expect(second.db.selectFrom(table).selectAll().execute()).resolves.toEqual([]);
+    });
+
+    test('records every exchange once, in batches, with its columns as written', async () => {
+      const writer = storage.createWriter({ flushIntervalMs: 60_000, queueMax: 10_000, batchSize: 100 });
+      const records = Array.from({ length: 250 }, (_, i) =>
+        makeRecord({
+          stream: i % 2 === 0,
+          status: i === 3 ? null : 200,
+          error: i === 3 ? 'upstream_timeout' : null,
+        }),
+      );
+      for (const r of records) writer.record(r);
+      expect(writer.health().queued).toBe(250);
+      // The same exchange handed over twice (a retried batch) is stored once.
+      writer.record(records[0]);
+      expect(await writer.flush()).toBe(251);
+      const rows = await storage.db.selectFrom('exchanges').selectAll().orderBy('started_at').execute();
+      expect(rows).toHaveLength(250);
+      expect(rows.map((r) => r.id)).toEqual(records.map((r) => r.id));
+      const first = rows[0];
+      expect(first).toMatchObject({
+        started_at: records[0].startedAt,
+        duration_ms: 12,
+        ttfb_ms: 4,
+        method: 'POST',
+        path: '/v1/chat/completions',
+        status: 200,
+        request_body: records[0].requestBody,
+        request_bytes: 70,
+        request_truncated: 0,
+        stream: 1,
+        model: 'gpt-4o-mini',
+        user: 'alice',
+        internal: 0,
+      });
+      expect(typeof first.started_at).toBe('number');
+      expect(JSON.parse(first.request_headers)).toEqual({
+        'content-type': 'application/json',
+        authorization: '[redacted]',
+      });
+      expect(rows[3]).toMatchObject({ status: null, error: 'upstream_timeout' });
+      expect(writer.health()).toMatchObject({ database: 'ok', queued: 0, written: 251, spilled: 0 });
+      await writer.close();
+    });
+
+    test('a body with NUL bytes (binary upload decoded as text) is still recorded', async () => {
+      const writer = storage.createWriter({ flushIntervalMs: 60_000, queueMax: 100 });
+      const r = makeRecord({ requestBody: 'RIFF\u0000\u0000WAVE', path: '/v1/audio/transcriptions' });
+      writer.record(r);
+      await writer.flush();
+      const row = await storage.db
+        .selectFrom('exchanges')
+        .selectAll()
+        .where('id', '=', r.id)
+        .executeTakeFirst();
+      expect(row?.request_body).toMatch(/^RIFF..WAVE$/);
+      expect(writer.health().database).toBe('ok');
+      await writer.close();
+    });
+
+    test('a failing database never throws at record(): rows queue up to queueMax, the oldest spill, health says error', async () => {
+      const spilledIds: string[] = [];
+      const errors: string[] = [];
+      const writer = storage.createWriter({
+        flushIntervalMs: 60_000,
+        queueMax: 5,
+        onSpill: (rows) => spilledIds.push(...rows.map((r) => r.id)),
+        onError: (e) => errors.push(e.message),
+      });
+      await storage.close();
+      const records = Array.from({ length: 8 }, () => makeRecord());
+      for (const r of records) writer.record(r);
+      expect(await writer.flush()).toBe(0);
+      const h = writer.health();
+      expect(h.database).toBe('error');
+      expect(h.lastError).toBeTruthy();
+      expect(h.queued).toBe(5);
+      expect(h.spilled).toBe(3);
+      expect(spilledIds).toEqual(records.slice(0, 3).map((r) => r.id));
+      expect(errors).toHaveLength(1);
+      writer.record(makeRecord());
+      expect(writer.health()).toMatchObject({ queued: 5, spilled: 4 });
+    });
+
+    test('rows queued while the database failed are written once it is back', async () => {
+      const recovered: boolean[] = [];
+      const second = await factory.open();
+      extra.push(second);
+      const writer = second.createWriter({
+        flushIntervalMs: 60_000,
+        queueMax: 100,
+        onRecover: () => recovered.push(true),
+      });
+      // Break the table under the writer, then repair it.
+      await storage.db.schema.alterTable('exchanges').renameTo('exchanges_away').execute();
+      const records = Array.from({ length: 4 }, () => makeRecord());
+      for (const r of records) writer.record(r);
+      expect(await writer.flush()).toBe(0);
+      expect(writer.health()).toMatchObject({ database: 'error', queued: 4 });
+      await storage.db.schema.alterTable('exchanges_away').renameTo('exchanges').execute();
+      expect(await writer.flush()).toBe(4);
+      expect(writer.health()).toMatchObject({ database: 'ok', queued: 0, written: 4, lastError: null });
+      expect(recovered).toEqual([true]);
+      const rows = await storage.db.selectFrom('exchanges').select('id').execute();
+      expect(rows.map((r) => r.id).sort()).toEqual(records.map((r) => r.id).sort());
+      await writer.close();
+    });
+
+    test('registry: writes are checked and visible to another connection', async () => {
+      const second = await factory.open();
+      extra.push(second);
+      const a = registryStoreOf(storage);
+      const b = registryStoreOf(second);
+      expect(await a.isSeeded()).toBe(false);
+      await a.seed({
+        models: [
+          {
+            name: 'gpt-4o',
+            displayName: null,
+            description: null,
+            upstream: null,
+            deployment: null,
+            source: 'default',
+          },
+        ],
+        mappings: { fast: 'gpt-4o' },
+      } as any);
+      expect(await b.isSeeded()).toBe(true);
+      expect((await a.addModel({ name: 'llama3', upstream: null }, 'cli')).name).toBe('llama3');
+      await expect(b.addModel({ name: 'llama3' }, 'admin')).rejects.toMatchObject({
+        code: 'conflict',
+        status: 409,
+      });
+      expect(await b.setMapping('cheap', 'llama3', 'admin')).toBe('created');
+      expect(await a.setMapping('cheap', 'gpt-4o', 'cli')).toBe('replaced');
+      await expect(a.setMapping('gpt-4o', 'cheap', 'cli')).rejects.toMatchObject({ code: 'conflict' });
+      let reg = await b.load();
+      expect([...reg.models.keys()].sort()).toEqual(['gpt-4o', 'llama3']);
+      expect(reg.resolve('cheap').actual).toBe('gpt-4o');
+      expect(reg.resolve('fast').actual).toBe('gpt-4o');
+      expect(await b.removeModel('gpt-4o')).toBe(true);
+      expect(await a.removeModel('gpt-4o')).toBe(false);
+      expect(await a.removeMapping('fast')).toBe(true);
+      reg = await a.load();
+      expect([...reg.models.keys()]).toEqual(['llama3']);
+      expect([...reg.mappings.keys()]).toEqual(['cheap']);
+      // A removed seeded entry stays removed when seeding runs again.
+      const again = await a.seed({
+        models: [
+          {
+            name: 'gpt-4o',
+            displayName: null,
+            description: null,
+            upstream: null,
+            deployment: null,
+            source: 'default',
+          },
+        ],
+        mappings: { fast: 'gpt-4o' },
+      } as any);
+      expect(again.added).toBe(0);
+      expect((await b.load()).models.has('gpt-4o')).toBe(false);
+    });
+
+    test('registry: a change made through another connection is reported within a second', async () => {
+      const second = await factory.open();
+      extra.push(second);
+      const watcher = registryStoreOf(storage);
+      let changes = 0;
+      const stop = watcher.watch(() => changes++, storage.kind === 'sqlite' ? 100 : 60_000);
+      try {
+        // Let the PostgreSQL listener connect before the write.
+        await new Promise((r) => setTimeout(r, 300));
+        await registryStoreOf(second).addModel({ name: 'm1' }, 'cli');
+        const took = await until(() => changes > 0, 1000);
+        expect(took).toBeLessThan(1000);
+      } finally {
+        stop();
+      }
+    });
+  });
+}
