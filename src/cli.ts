@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerInitCommand } from './commands/init.js';
 import type { CliIo } from './commands/io.js';
+import { registerLogsCommand } from './commands/logs.js';
 import { registerModelsCommand } from './commands/models.js';
 import { runServe } from './commands/serve.js';
 import { isOaiProxyError } from './errors.js';
@@ -59,6 +60,7 @@ Examples:
 
   registerInitCommand(program, io, run);
   registerModelsCommand(program, io, run);
+  registerLogsCommand(program, io, run);
 
   return program;
 }

@@ -10,6 +10,7 @@ import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
+import { createSearchIndexer } from '../storage/search-index.js';
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
@@ -253,6 +254,11 @@ export async function startProxy(
     await dispatcher.close();
     throw err;
   });
+  // Full-text index for `logs --grep`: filled in small slices, off the recorder's path.
+  const searchIndexer = createSearchIndexer({
+    sqlite: () => database.sqlite,
+    onError: (err) => logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
+  });
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
@@ -277,6 +283,7 @@ export async function startProxy(
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close();
+        searchIndexer.close();
         writer.close();
         checkpoints.stop();
         await dispatcher.close().catch(() => undefined);

@@ -67,9 +67,24 @@ export interface ExchangeIndexTable {
   updated_at: number;
 }
 
+/** The contentless FTS5 index over exchange bodies (migration 0002); rowid = exchanges.rowid. */
+export interface ExchangesFtsTable {
+  rowid: number;
+  request: string | null;
+  response: string | null;
+}
+
+/** One row: exchanges up to `indexed_rowid` are in exchanges_fts. */
+export interface ExchangesFtsStateTable {
+  id: number;
+  indexed_rowid: number;
+}
+
 /** All tables, for Kysely. Later migrations add their tables here. */
 export interface DatabaseSchema {
   exchanges: ExchangesTable;
+  exchanges_fts: ExchangesFtsTable;
+  exchanges_fts_state: ExchangesFtsStateTable;
   models: ModelsTable;
   model_mappings: ModelMappingsTable;
   exchange_index: ExchangeIndexTable;

@@ -1,5 +1,6 @@
 import type { Migration } from 'kysely';
 import * as m0001 from './0001-exchanges.js';
+import * as m0002 from './0002-logs.js';
 import * as m0003 from './0003-model-registry.js';
 import * as m0004 from './0004-vector-index.js';
 
@@ -9,6 +10,7 @@ import * as m0004 from './0004-vector-index.js';
  */
 export const migrations: Record<string, Migration> = {
   '0001-exchanges': m0001,
+  '0002-logs': m0002,
   '0003-model-registry': m0003,
   '0004-vector-index': m0004,
 };

@@ -1,0 +1,344 @@
+import Table from 'cli-table3';
+import type { ExchangeSummaryRow, StatsGroup } from '../storage/log-queries.js';
+import type { ExchangesTable } from '../storage/tables.js';
+
+/** The stable JSON shape of one exchange in `logs --json/--jsonl`, `logs tail` and search hits. */
+export interface ExchangeJson {
+  id: string;
+  /** ISO-8601 (UTC) start time. */
+  time: string;
+  method: string;
+  path: string;
+  status: number | null;
+  model: string | null;
+  upstream_model: string | null;
+  upstream: string | null;
+  stream: boolean;
+  duration_ms: number;
+  ttfb_ms: number | null;
+  prompt_tokens: number | null;
+  completion_tokens: number | null;
+  total_tokens: number | null;
+  user: string | null;
+  error: string | null;
+  error_message: string | null;
+  internal: boolean;
+}
+
+/** `logs show --json` and `logs export --format jsonl`: the list fields plus headers, bodies, reassembly. */
+export interface ExchangeDetailJson extends ExchangeJson {
+  query: string | null;
+  client_addr: string | null;
+  request_headers: Record<string, unknown> | null;
+  request_body: unknown;
+  request_bytes: number;
+  request_truncated: boolean;
+  response_headers: Record<string, unknown> | null;
+  response_body: unknown;
+  response_bytes: number;
+  response_truncated: boolean;
+  assembled: { content: string; tool_calls: unknown[]; finish_reason: string | null; usage: unknown } | null;
+}
+
+type SummaryLike = Omit<ExchangeSummaryRow, 'rowid'>;
+
+/** Map a stored row to the stable list JSON. */
+export function toExchangeJson(row: SummaryLike): ExchangeJson {
+  return {
+    id: row.id,
+    time: new Date(row.started_at).toISOString(),
+    method: row.method,
+    path: row.path,
+    status: row.status,
+    model: row.model,
+    upstream_model: row.upstream_model,
+    upstream: row.upstream,
+    stream: row.stream === 1,
+    duration_ms: row.duration_ms,
+    ttfb_ms: row.ttfb_ms,
+    prompt_tokens: row.prompt_tokens,
+    completion_tokens: row.completion_tokens,
+    total_tokens: row.total_tokens,
+    user: row.user,
+    error: row.error,
+    error_message: row.error_message,
+    internal: row.internal === 1,
+  };
+}
+
+/** Map a full stored row to the detail JSON (JSON bodies parsed, others as text). */
+export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
+  const assembled = parseMaybeJson(row.assembled) as Record<string, any> | null;
+  return {
+    ...toExchangeJson(row),
+    query: row.query,
+    client_addr: row.client_addr,
+    request_headers: parseMaybeJson(row.request_headers) as Record<string, unknown> | null,
+    request_body: parseMaybeJson(row.request_body),
+    request_bytes: row.request_bytes,
+    request_truncated: row.request_truncated === 1,
+    response_headers: parseMaybeJson(row.response_headers) as Record<string, unknown> | null,
+    response_body: parseMaybeJson(row.response_body),
+    response_bytes: row.response_bytes,
+    response_truncated: row.response_truncated === 1,
+    assembled:
+      assembled && typeof assembled === 'object'
+        ? {
+            content: assembled.content ?? '',
+            tool_calls: assembled.tool_calls ?? [],
+            finish_reason: assembled.finish_reason ?? null,
+            usage: assembled.usage ?? null,
+          }
+        : null,
+  };
+}
+
+/** Parse text that is JSON; anything else (SSE, form data, truncated JSON) stays a string. */
+export function parseMaybeJson(text: string | null): unknown {
+  if (text === null) return null;
+  const t = text.trimStart();
+  if (t[0] !== '{' && t[0] !== '[') return text;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** An extra table column, e.g. `score` for search hits. */
+export interface ExtraColumn<T> {
+  header: string;
+  value(row: T): string;
+}
+
+export interface TableOptions<T> {
+  /** Colour the header (TTY only). */
+  color?: boolean;
+  /** Columns appended after the standard ones. */
+  extraColumns?: ExtraColumn<T>[];
+}
+
+/** Characters of the id shown in tables; `logs show` accepts this (or any unique) prefix. */
+export const SHORT_ID_LENGTH = 12;
+
+const LIST_HEADERS = [
+  'time',
+  'id',
+  'method',
+  'path',
+  'model',
+  'status',
+  'duration',
+  'tokens in/out',
+  'stream',
+  'error',
+];
+
+/** The listing table: time, short id, method, path, model (alias → actual), status, duration, tokens, stream, error. */
+export function renderExchangeTable<T extends ExchangeJson>(
+  rows: T[],
+  options: TableOptions<T> = {},
+): string {
+  const extra = options.extraColumns ?? [];
+  const table = new Table({
+    head: [...LIST_HEADERS, ...extra.map((c) => c.header)],
+    style: options.color ? { head: ['cyan'] } : { head: [], border: [] },
+  });
+  for (const r of rows) table.push([...listCells(r), ...extra.map((c) => c.value(r))]);
+  return `${table.toString()}\n`;
+}
+
+/** One exchange as a single line (follow mode on a terminal). */
+export function formatExchangeLine(r: ExchangeJson): string {
+  const [time, id, method, path, model, status, duration, tokens, stream, error] = listCells(r);
+  return (
+    [
+      time,
+      id,
+      method.padEnd(6),
+      path.padEnd(24),
+      model.padEnd(22),
+      status.padStart(5),
+      duration.padStart(7),
+      tokens.padStart(11),
+      stream.padEnd(6),
+      error,
+    ]
+      .join('  ')
+      .trimEnd() + '\n'
+  );
+}
+
+function listCells(r: ExchangeJson): string[] {
+  return [
+    formatLocalTime(r.time),
+    r.id.slice(0, SHORT_ID_LENGTH),
+    r.method,
+    r.path,
+    modelCell(r.model, r.upstream_model),
+    r.status === null ? '-' : String(r.status),
+    formatMs(r.duration_ms),
+    r.prompt_tokens === null && r.completion_tokens === null
+      ? ''
+      : `${r.prompt_tokens ?? '-'}/${r.completion_tokens ?? '-'}`,
+    r.stream ? 'stream' : '',
+    r.error ?? '',
+  ];
+}
+
+function modelCell(model: string | null, actual: string | null): string {
+  if (!model) return actual ?? '';
+  return actual && actual !== model ? `${model} → ${actual}` : model;
+}
+
+/** `2024-05-01 12:34:56` in local time. */
+export function formatLocalTime(iso: string): string {
+  const d = new Date(iso);
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+/** `850ms`, `1.25s`, `2m05s`. */
+export function formatMs(ms: number | null): string {
+  if (ms === null) return '-';
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(2)}s`;
+  const s = Math.round(ms / 1000);
+  return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+}
+
+/** The stats table. */
+export function renderStatsTable(groups: StatsGroup[], by: string, color = false): string {
+  const table = new Table({
+    head: [
+      by,
+      'requests',
+      'errors',
+      'error %',
+      'tokens in',
+      'tokens out',
+      'p50',
+      'p95',
+      'p99',
+      'ttfb p50',
+      'ttfb p95',
+    ],
+    style: color ? { head: ['cyan'] } : { head: [], border: [] },
+  });
+  for (const g of groups)
+    table.push([
+      g.key,
+      String(g.requests),
+      String(g.errors),
+      `${(g.error_rate * 100).toFixed(1)}%`,
+      String(g.prompt_tokens),
+      String(g.completion_tokens),
+      formatMs(g.p50_ms),
+      formatMs(g.p95_ms),
+      formatMs(g.p99_ms),
+      formatMs(g.ttfb_p50_ms),
+      formatMs(g.ttfb_p95_ms),
+    ]);
+  return `${table.toString()}\n`;
+}
+
+/** `logs show` for people: summary, headers, pretty bodies; streams show the reassembled message first. */
+export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): string {
+  const lines: string[] = [];
+  lines.push(`exchange   ${d.id}`);
+  lines.push(`time       ${d.time} (${formatLocalTime(d.time)} local)`);
+  lines.push(`request    ${d.method} ${d.path}${d.query ? `?${d.query}` : ''}`);
+  lines.push(
+    `status     ${d.status ?? '-'}${d.error ? `  error: ${d.error}${d.error_message ? ` (${d.error_message})` : ''}` : ''}`,
+  );
+  if (d.model || d.upstream_model)
+    lines.push(
+      `model      ${modelCell(d.model, d.upstream_model)}${d.upstream ? `  via ${d.upstream}` : ''}`,
+    );
+  lines.push(
+    `timing     ${formatMs(d.duration_ms)} total${d.ttfb_ms !== null ? `, first byte after ${formatMs(d.ttfb_ms)}` : ''}${d.stream ? ' (stream)' : ''}`,
+  );
+  if (d.total_tokens !== null || d.prompt_tokens !== null)
+    lines.push(
+      `tokens     ${d.prompt_tokens ?? '-'} in, ${d.completion_tokens ?? '-'} out, ${d.total_tokens ?? '-'} total`,
+    );
+  if (d.user) lines.push(`user       ${d.user}`);
+  if (d.internal) lines.push('internal   yes (made by the proxy itself)');
+  lines.push('', '── request headers', ...headerLines(d.request_headers));
+  lines.push('', `── request body (${d.request_bytes} bytes${d.request_truncated ? ', truncated' : ''})`);
+  lines.push(bodyText(d.request_body));
+  lines.push('', '── response headers', ...headerLines(d.response_headers));
+  if (d.assembled) {
+    lines.push('', '── reassembled message');
+    lines.push(d.assembled.content);
+    for (const t of d.assembled.tool_calls as { name?: string; arguments?: string }[])
+      lines.push(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);
+    lines.push(`finish_reason: ${d.assembled.finish_reason ?? '-'}`);
+    if (d.assembled.usage) lines.push(`usage: ${JSON.stringify(d.assembled.usage)}`);
+    if (raw) {
+      lines.push('', `── raw events (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`);
+      lines.push(bodyText(d.response_body));
+    } else lines.push('', '(raw events: add --raw)');
+  } else {
+    lines.push(
+      '',
+      `── response body (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`,
+    );
+    lines.push(bodyText(d.response_body));
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function headerLines(h: Record<string, unknown> | null): string[] {
+  if (!h) return ['(none)'];
+  return Object.entries(h).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : String(v)}`);
+}
+
+function bodyText(b: unknown): string {
+  if (b === null || b === undefined || b === '') return '(empty)';
+  return typeof b === 'string' ? b : JSON.stringify(b, null, 2);
+}
+
+/** Columns of `logs export --format csv`: the list fields, then the raw bodies and reassembled text. */
+export const CSV_COLUMNS = [
+  'id',
+  'time',
+  'method',
+  'path',
+  'status',
+  'model',
+  'upstream_model',
+  'upstream',
+  'stream',
+  'duration_ms',
+  'ttfb_ms',
+  'prompt_tokens',
+  'completion_tokens',
+  'total_tokens',
+  'user',
+  'error',
+  'error_message',
+  'internal',
+  'request_body',
+  'response_body',
+  'assembled_content',
+] as const;
+
+/** One CSV record (RFC 4180: fields with comma, quote, CR or LF are quoted, quotes doubled). */
+export function toCsvLine(row: ExchangesTable): string {
+  const j = toExchangeJson(row);
+  const assembled = parseMaybeJson(row.assembled) as { content?: string } | null;
+  const values: Record<(typeof CSV_COLUMNS)[number], unknown> = {
+    ...j,
+    request_body: row.request_body,
+    response_body: row.response_body,
+    assembled_content: assembled && typeof assembled === 'object' ? (assembled.content ?? '') : null,
+  };
+  return `${CSV_COLUMNS.map((c) => csvField(values[c])).join(',')}\r\n`;
+}
+
+export function csvField(v: unknown): string {
+  if (v === null || v === undefined) return '';
+  const s = String(v);
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}

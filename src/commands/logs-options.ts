@@ -1,0 +1,110 @@
+import { OaiProxyError } from '../errors.js';
+import type { LogFilter, StatusFilter } from '../storage/log-queries.js';
+
+/** Filter flags shared by `logs`, `logs tail`, `logs stats` and `logs export`, as commander parses them. */
+export interface LogFilterFlags {
+  model?: string;
+  since?: string;
+  until?: string;
+  status?: string;
+  path?: string;
+  user?: string;
+  stream?: boolean;
+  grep?: string;
+  internal?: boolean;
+}
+
+const UNITS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+  w: 604_800_000,
+};
+
+/** Milliseconds in a duration such as `30s`, `15m`, `1h`, `7d`, `2w`; undefined when it is not one. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$/i.exec(text);
+  return m ? Number(m[1]) * UNITS[m[2].toLowerCase()] : undefined;
+}
+
+/**
+ * A point in time from a flag: a duration ago (`1h` = one hour before `now`) or an ISO-8601 time
+ * (`2024-05-01`, `2024-05-01T12:00:00Z`; without a zone it is local time). Throws usage errors naming the flag.
+ */
+export function parseTimeBound(text: string, flag: string, now: number): number {
+  const ms = parseDuration(text);
+  if (ms !== undefined) return now - ms;
+  if (/^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/i.test(text.trim())) {
+    const t = Date.parse(text.trim());
+    if (!Number.isNaN(t)) return t;
+  }
+  throw new OaiProxyError(
+    'usage',
+    `${flag} "${text}" is neither a duration (30s, 15m, 1h, 7d) nor an ISO-8601 time (2024-05-01T12:00:00Z)`,
+  );
+}
+
+/** `--status 200`, `4xx`, `5xx`, `error`, or several joined by commas. */
+export function parseStatus(text: string): StatusFilter[] {
+  return text.split(',').map((part) => {
+    const p = part.trim().toLowerCase();
+    if (/^[1-5]\d\d$/.test(p)) return { kind: 'exact', status: Number(p) };
+    if (/^[1-5]xx$/.test(p)) {
+      const base = Number(p[0]) * 100;
+      return { kind: 'range', min: base, max: base + 99 };
+    }
+    if (p === 'error') return { kind: 'error' };
+    throw new OaiProxyError(
+      'usage',
+      `--status "${part}" is not a status: use a code (200), a class (4xx, 5xx) or error (no complete upstream answer)`,
+    );
+  });
+}
+
+/** A non-negative integer flag (`--limit`, `--interval`). */
+export function parseCount(text: string | undefined, flag: string, dflt: number): number {
+  if (text === undefined) return dflt;
+  if (!/^\d+$/.test(text.trim()))
+    throw new OaiProxyError('usage', `${flag} "${text}" must be a whole number (0 or more)`);
+  return Number(text);
+}
+
+/** Check a flag against its allowed values. */
+export function parseChoice<T extends string>(
+  text: string | undefined,
+  flag: string,
+  allowed: readonly T[],
+  dflt: T,
+): T {
+  if (text === undefined) return dflt;
+  const t = text.trim().toLowerCase() as T;
+  if (!allowed.includes(t))
+    throw new OaiProxyError('usage', `${flag} "${text}" must be one of ${allowed.join(', ')}`);
+  return t;
+}
+
+/** Turn the filter flags into a LogFilter. `now` anchors relative times. */
+export function resolveLogFilter(flags: LogFilterFlags, now: number): LogFilter {
+  const filter: LogFilter = {};
+  if (flags.model !== undefined) filter.model = flags.model;
+  if (flags.since !== undefined) filter.since = parseTimeBound(flags.since, '--since', now);
+  if (flags.until !== undefined) filter.until = parseTimeBound(flags.until, '--until', now);
+  if (filter.since !== undefined && filter.until !== undefined && filter.since >= filter.until)
+    throw new OaiProxyError(
+      'usage',
+      `--since ${flags.since} is not before --until ${flags.until}: nothing can match`,
+    );
+  if (flags.status !== undefined) filter.status = parseStatus(flags.status);
+  if (flags.path !== undefined) filter.pathPrefix = flags.path;
+  if (flags.user !== undefined) filter.user = flags.user;
+  if (flags.stream !== undefined) filter.stream = flags.stream;
+  if (flags.grep !== undefined) {
+    if (flags.grep.replace(/[*"\s]/g, '') === '')
+      throw new OaiProxyError('usage', '--grep needs some text to search for, e.g. --grep "rate limit"');
+    filter.grep = flags.grep;
+  }
+  if (flags.internal) filter.internal = true;
+  return filter;
+}

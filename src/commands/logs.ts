@@ -1,0 +1,549 @@
+import { createWriteStream } from 'node:fs';
+import { type Command, Option } from 'commander';
+import type { CommandRunner } from '../cli.js';
+import { type ResolvedConfig, resolveConfig } from '../config/load.js';
+import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
+import { OaiProxyError } from '../errors.js';
+import { type OpenDatabase, openDatabase } from '../storage/database.js';
+import {
+  countExchanges,
+  exchangeStats,
+  exchangesAfter,
+  findExchanges,
+  type LogFilter,
+  listExchanges,
+  maxRowid,
+  pruneExchanges,
+  type StatsKey,
+  streamExchanges,
+} from '../storage/log-queries.js';
+import { searchIndexLag } from '../storage/search-index.js';
+import { type CliIo, waitForStop } from './io.js';
+import {
+  CSV_COLUMNS,
+  formatExchangeLine,
+  renderExchangeDetail,
+  renderExchangeTable,
+  renderStatsTable,
+  SHORT_ID_LENGTH,
+  toCsvLine,
+  toExchangeDetailJson,
+  toExchangeJson,
+} from './logs-format.js';
+import {
+  type LogFilterFlags,
+  parseChoice,
+  parseCount,
+  parseDuration,
+  parseTimeBound,
+  resolveLogFilter,
+} from './logs-options.js';
+
+/** `--db` / `--config`, on every logs subcommand. */
+export interface DatabaseFlags {
+  db?: string;
+  config?: string;
+}
+
+export interface LogsListOptions extends LogFilterFlags, DatabaseFlags {
+  limit?: string;
+  order?: string;
+  json?: boolean;
+  jsonl?: boolean;
+  follow?: boolean;
+  interval?: string;
+}
+
+export interface LogsShowOptions extends DatabaseFlags {
+  json?: boolean;
+  raw?: boolean;
+}
+
+export interface LogsStatsOptions extends LogFilterFlags, DatabaseFlags {
+  by?: string;
+  json?: boolean;
+}
+
+export interface LogsExportOptions extends LogFilterFlags, DatabaseFlags {
+  format?: string;
+  out?: string;
+  order?: string;
+}
+
+export interface LogsPruneOptions extends DatabaseFlags {
+  olderThan?: string;
+  dryRun?: boolean;
+  vacuum?: boolean;
+  json?: boolean;
+}
+
+/** Hooks other features plug into `logs` (e.g. vector search deleting points of pruned exchanges). */
+export interface LogsExtensions {
+  /** Called with each batch of pruned exchange ids after it was deleted; a rejection fails the prune. */
+  onPruned?: (ids: string[], context: { resolved: ResolvedConfig; io: CliIo }) => void | Promise<void>;
+}
+
+/** Resolve `--db` / `--config` / DATABASE_URL the way `serve` does and open the database. */
+export async function openLogsDatabase(
+  flags: DatabaseFlags,
+  io: CliIo,
+  options: { readonly: boolean },
+): Promise<{ handle: OpenDatabase; resolved: ResolvedConfig }> {
+  const resolved = resolveConfig({
+    configPath: flags.config,
+    flags: { db: flags.db },
+    env: io.env,
+    cwd: io.cwd,
+  });
+  for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
+  const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
+  if (location.kind === 'postgres')
+    throw new OaiProxyError(
+      'config_invalid',
+      `DATABASE_URL ${redactUrl(location.url)}: PostgreSQL is not supported by this version yet; use an SQLite path`,
+    );
+  if (location.path === ':memory:')
+    throw new OaiProxyError(
+      'usage',
+      '--db :memory: holds nothing to read; point --db at the file `oai-proxy serve` writes',
+    );
+  // Even a writer (prune) must not create a database: check it as a reader first.
+  const reader = await openDatabase(location.path, { readonly: true });
+  if (options.readonly) return { handle: reader, resolved };
+  await reader.close();
+  return { handle: await openDatabase(location.path), resolved };
+}
+
+async function withDatabase<T>(
+  flags: DatabaseFlags,
+  io: CliIo,
+  readonly: boolean,
+  fn: (handle: OpenDatabase, resolved: ResolvedConfig) => Promise<T>,
+): Promise<T> {
+  const { handle, resolved } = await openLogsDatabase(flags, io, { readonly });
+  try {
+    return await fn(handle, resolved);
+  } catch (err) {
+    throw asDatabaseError(err, handle.path);
+  } finally {
+    await handle.close();
+  }
+}
+
+function asDatabaseError(err: unknown, path: string): unknown {
+  if (err instanceof OaiProxyError) return err;
+  const e = err as { code?: string; message?: string };
+  if (typeof e.code === 'string' && e.code.startsWith('SQLITE_'))
+    return new OaiProxyError(
+      'database_error',
+      /CORRUPT|NOTADB/.test(e.code)
+        ? `${path} is corrupt (${e.message}); move it aside and let \`oai-proxy serve\` create a new one`
+        : `Reading ${path} failed: ${e.message}`,
+      { cause: err },
+    );
+  return err;
+}
+
+function outputFormat(opts: { json?: boolean; jsonl?: boolean }): 'table' | 'json' | 'jsonl' {
+  if (opts.json && opts.jsonl) throw new OaiProxyError('usage', '--json and --jsonl are exclusive; pick one');
+  return opts.json ? 'json' : opts.jsonl ? 'jsonl' : 'table';
+}
+
+/** `oai-proxy logs`: list recorded exchanges (or follow them with --follow). */
+export async function runLogsList(opts: LogsListOptions, io: CliIo): Promise<number> {
+  if (opts.follow) return runLogsFollow(opts, io);
+  const format = outputFormat(opts);
+  const filter = resolveLogFilter(opts, Date.now());
+  const limit = parseCount(opts.limit, '--limit', 50);
+  const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'desc');
+  return withDatabase(opts, io, true, async (handle) => {
+    const rows = (await listExchanges(handle, filter, { limit, order })).map(toExchangeJson);
+    warnSearchLag(handle, filter, io);
+    if (format === 'json') io.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+    else if (format === 'jsonl') for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
+    else if (rows.length === 0) io.stderr.write('No exchanges match.\n');
+    else io.stdout.write(renderExchangeTable(rows, { color: io.stdout.isTTY === true }));
+    return 0;
+  });
+}
+
+function warnSearchLag(handle: OpenDatabase, filter: LogFilter, io: CliIo): void {
+  if (filter.grep === undefined) return;
+  const lag = searchIndexLag(handle.sqlite);
+  if (lag.maxRowid > lag.indexedRowid)
+    io.stderr.write(
+      `note: the newest exchanges (after row ${lag.indexedRowid} of ${lag.maxRowid}) are not in the search index yet; \`oai-proxy serve\` indexes them in the background\n`,
+    );
+}
+
+/** `oai-proxy logs --follow` / `logs tail`: print new exchanges as they are recorded, until stopped. */
+export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<number> {
+  const format = outputFormat(opts);
+  const filter = resolveLogFilter(opts, Date.now());
+  const backlog = parseCount(opts.limit, '--limit', 10);
+  const intervalMs = Math.max(20, parseCount(opts.interval, '--interval', 250));
+  const print = (rows: ReturnType<typeof toExchangeJson>[]) => {
+    for (const r of rows)
+      io.stdout.write(format === 'table' ? formatExchangeLine(r) : `${JSON.stringify(r)}\n`);
+  };
+  return withDatabase(opts, io, true, async (handle) => {
+    let stopped = false;
+    let wake: () => void = () => {};
+    const stop = waitForStop(io).then(() => {
+      stopped = true;
+      wake();
+    });
+    // With --grep only rows already in the search index can be judged; wait for the rest.
+    const ceiling = () =>
+      filter.grep !== undefined ? searchIndexLag(handle.sqlite).indexedRowid : undefined;
+    let last = ceiling() ?? (await maxRowid(handle));
+    if (backlog > 0) {
+      const recent = await listExchanges(handle, filter, { limit: backlog, order: 'desc' });
+      print(
+        recent
+          .filter((r) => r.rowid <= last)
+          .reverse()
+          .map(toExchangeJson),
+      );
+    }
+    while (!stopped) {
+      const top = await maxRowid(handle);
+      if (top < last) last = 0; // every row was pruned: rowids start again from 1
+      const rows = await exchangesAfter(handle, filter, last, { upTo: ceiling() });
+      if (rows.length > 0) {
+        print(rows.map(toExchangeJson));
+        last = rows[rows.length - 1].rowid;
+        continue;
+      }
+      const upTo = ceiling() ?? top;
+      if (upTo > last && filter.grep === undefined) last = upTo;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, intervalMs);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+    await stop;
+    return 0;
+  });
+}
+
+/** `oai-proxy logs show ID`: one exchange in full. */
+export async function runLogsShow(id: string, opts: LogsShowOptions, io: CliIo): Promise<number> {
+  return withDatabase(opts, io, true, async (handle) => {
+    const found = await findExchanges(handle, id, 10);
+    if (found.length === 0)
+      throw new OaiProxyError(
+        'not_found',
+        `No exchange with id or prefix "${id}" in ${handle.path}; list ids with \`oai-proxy logs\``,
+      );
+    if (found.length > 1) {
+      io.stderr.write(
+        `oai-proxy: "${id}" matches several exchanges${found.length >= 10 ? ' (first 10 shown)' : ''}; give more characters:\n`,
+      );
+      for (const r of found) {
+        const j = toExchangeJson(r);
+        io.stderr.write(`  ${j.id}  ${j.time}  ${j.method} ${j.path}  ${j.status ?? '-'}\n`);
+      }
+      return 1;
+    }
+    const detail = toExchangeDetailJson(found[0]);
+    io.stdout.write(
+      opts.json ? `${JSON.stringify(detail, null, 2)}\n` : renderExchangeDetail(detail, opts.raw === true),
+    );
+    return 0;
+  });
+}
+
+/** `oai-proxy logs stats`: requests, errors, tokens and latency percentiles per group. */
+export async function runLogsStats(opts: LogsStatsOptions, io: CliIo): Promise<number> {
+  const filter = resolveLogFilter(opts, Date.now());
+  const by = parseChoice(
+    opts.by,
+    '--by',
+    ['model', 'path', 'status', 'day', 'user'] as const,
+    'model',
+  ) as StatsKey;
+  return withDatabase(opts, io, true, async (handle) => {
+    const groups = await exchangeStats(handle, filter, by);
+    if (opts.json) io.stdout.write(`${JSON.stringify(groups, null, 2)}\n`);
+    else if (groups.length === 0) io.stderr.write('No exchanges match.\n');
+    else io.stdout.write(renderStatsTable(groups, by, io.stdout.isTTY === true));
+    return 0;
+  });
+}
+
+/** `oai-proxy logs export`: every matching exchange as JSON lines or CSV, streamed. */
+export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise<number> {
+  const filter = resolveLogFilter(opts, Date.now());
+  const format = parseChoice(opts.format, '--format', ['jsonl', 'csv'] as const, 'jsonl');
+  const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'asc');
+  return withDatabase(opts, io, true, async (handle) => {
+    const total = opts.out && io.stderr.isTTY ? await countExchanges(handle, filter) : 0;
+    const out = opts.out ? createWriteStream(opts.out) : null;
+    const fileError = new Promise<never>((_, reject) =>
+      out?.once('error', (err: NodeJS.ErrnoException) =>
+        reject(
+          new OaiProxyError('internal', `Cannot write --out ${opts.out}: ${err.code ?? err.message}`, {
+            cause: err,
+          }),
+        ),
+      ),
+    );
+    fileError.catch(() => undefined);
+    const write = async (s: string) => {
+      if (out) {
+        if (!out.write(s))
+          await Promise.race([new Promise<void>((r) => out.once('drain', () => r())), fileError]);
+        return;
+      }
+      const stdout = io.stdout as CliIo['stdout'] & { once?: (e: string, f: () => void) => void };
+      if (stdout.write(s) === false && stdout.once) await new Promise<void>((r) => stdout.once!('drain', r));
+    };
+    let n = 0;
+    let shown = -1;
+    const progress = () => {
+      const pct = total > 0 ? Math.floor((n / total) * 100) : 100;
+      if (pct === shown) return;
+      shown = pct;
+      const bar = '#'.repeat(Math.floor(pct / 4)).padEnd(25, '.');
+      io.stderr.write(`\rexporting [${bar}] ${pct}% ${n}/${total}`);
+    };
+    if (format === 'csv') await write(`${CSV_COLUMNS.join(',')}\r\n`);
+    for await (const row of streamExchanges(handle, filter, order)) {
+      await write(format === 'csv' ? toCsvLine(row) : `${JSON.stringify(toExchangeDetailJson(row))}\n`);
+      n++;
+      if (total > 0) progress();
+    }
+    if (out) {
+      await Promise.race([new Promise<void>((r) => out.end(r)), fileError]);
+      if (total > 0) io.stderr.write('\n');
+      io.stderr.write(`exported ${n} exchanges to ${opts.out}\n`);
+    }
+    return 0;
+  });
+}
+
+/** `oai-proxy logs prune`: delete exchanges older than a duration. */
+export async function runLogsPrune(
+  opts: LogsPruneOptions,
+  io: CliIo,
+  ext: LogsExtensions = {},
+): Promise<number> {
+  if (opts.olderThan === undefined)
+    throw new OaiProxyError('usage', 'logs prune needs --older-than, e.g. --older-than 30d');
+  const now = Date.now();
+  const before = parseTimeBound(opts.olderThan, '--older-than', now);
+  if (parseDuration(opts.olderThan) === 0)
+    throw new OaiProxyError(
+      'usage',
+      '--older-than 0 would delete everything; give a positive duration such as 30d',
+    );
+  return withDatabase(opts, io, opts.dryRun === true, async (handle, resolved) => {
+    const result = await pruneExchanges(handle, {
+      before,
+      dryRun: opts.dryRun,
+      vacuum: opts.vacuum,
+      onPruned: ext.onPruned ? (ids) => ext.onPruned!(ids, { resolved, io }) : undefined,
+    });
+    if (opts.json) io.stdout.write(`${JSON.stringify(result)}\n`);
+    else {
+      const when = new Date(before).toISOString();
+      io.stdout.write(
+        result.dry_run
+          ? `would delete ${result.deleted} exchanges started before ${when} (dry run: nothing changed)\n`
+          : `deleted ${result.deleted} exchanges started before ${when}; ${formatBytes(result.bytes_freed)} freed${opts.vacuum ? ' (file compacted)' : ' inside the file (add --vacuum to shrink it)'}\n`,
+      );
+    }
+    return 0;
+  });
+}
+
+function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 ** 2) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+/**
+ * A subcommand's options merged over those of `logs`: the program does not use positional options, so a flag
+ * both define (--db, --json, the filters) after the subcommand name is parsed by `logs`.
+ */
+function subOptions(cmd: Command): Record<string, any> {
+  return { ...cmd.parent?.opts(), ...definedOnly(cmd.opts()) };
+}
+
+function definedOnly(o: Record<string, unknown>): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+}
+
+function addDatabaseOptions(cmd: Command): Command {
+  return cmd
+    .option('--db <path>', 'SQLite database path or URL (DATABASE_URL; default: where serve records)')
+    .option('-c, --config <path>', 'config file (OAI_PROXY_CONFIG)');
+}
+
+function addFilterOptions(cmd: Command): Command {
+  return cmd
+    .option('-m, --model <name>', 'requested or actual model')
+    .option('--since <when>', 'from this time: a duration ago (30s, 15m, 1h, 7d) or ISO-8601')
+    .option('--until <when>', 'before this time: a duration ago or ISO-8601')
+    .option(
+      '--status <status>',
+      '200, 4xx, 5xx or error (no complete upstream answer); comma-separated for several',
+    )
+    .option('--path <prefix>', 'request path starting with this, e.g. /v1/chat')
+    .option('--user <id>', 'the request body\'s "user" field')
+    .option('--stream', 'streamed exchanges only')
+    .option('--no-stream', 'non-streamed exchanges only')
+    .option(
+      '-g, --grep <text>',
+      'full-text search in request and response bodies (a phrase; end with * for a prefix)',
+    )
+    .option('--internal', 'include requests the proxy made itself (hidden by default)');
+}
+
+function addListOutputOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '-n, --limit <n>',
+      'at most this many rows, 0 for all (default 50; 10 backlog rows when following)',
+    )
+    .option('--order <asc|desc>', 'by start time (default desc: newest first)')
+    .option('--json', 'one JSON array (fields: see README "Logs")')
+    .option('--jsonl', 'one JSON object per line')
+    .addOption(new Option('--interval <ms>', 'poll interval when following').hideHelp());
+}
+
+/**
+ * Register `oai-proxy logs` and its subcommands (show, tail, stats, export, prune). Returns the `logs`
+ * command so other features can add subcommands to it.
+ */
+export function registerLogsCommand(
+  program: Command,
+  io: CliIo,
+  run: CommandRunner,
+  ext: LogsExtensions = {},
+): Command {
+  const logs = program
+    .command('logs')
+    .description('List, inspect, follow, summarise, export and prune recorded exchanges');
+  addFilterOptions(logs);
+  addListOutputOptions(logs);
+  logs.option('-f, --follow', 'keep printing new exchanges as they are recorded (Ctrl-C to stop)');
+  addDatabaseOptions(logs);
+  logs
+    .addHelpText(
+      'after',
+      `
+Reads the database \`oai-proxy serve\` writes (read-only; safe while it runs).
+
+Examples:
+  $ oai-proxy logs                                   latest 50 exchanges
+  $ oai-proxy logs --model gpt-4o --since 1h --status 5xx
+  $ oai-proxy logs --grep "rate limit" --since 7d --json
+  $ oai-proxy logs --follow --jsonl | jq .status
+  $ oai-proxy logs show 01hx2k3m4n5p          one exchange (id or unique prefix)
+  $ oai-proxy logs stats --since 7d --by day
+  $ oai-proxy logs export --format csv --out last-week.csv --since 7d
+  $ oai-proxy logs prune --older-than 30d --dry-run`,
+    )
+    .action((opts) => run(() => runLogsList(opts, io)));
+
+  addDatabaseOptions(
+    logs
+      .command('show')
+      .description('Show one exchange: headers (redacted), pretty bodies, reassembled stream')
+      .argument(
+        '<id>',
+        `exchange id or a unique prefix (the ${SHORT_ID_LENGTH}-character id in listings works)`,
+      )
+      .option('--json', 'the whole record as JSON (list fields plus headers, bodies, assembled)')
+      .option('--raw', 'for streams, also print the raw server-sent events'),
+  )
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ oai-proxy logs show 01hx2k3m4n5p
+  $ oai-proxy logs show 01hx2k3m4n5p --raw
+  $ oai-proxy logs show 01hx2k3m4n5p --json | jq .response_body`,
+    )
+    .action((id, _opts, cmd: Command) => run(() => runLogsShow(id, subOptions(cmd), io)));
+
+  const tail = logs
+    .command('tail')
+    .description('Follow new exchanges as they are recorded (same as logs --follow)');
+  addDatabaseOptions(addListOutputOptions(addFilterOptions(tail)))
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ oai-proxy logs tail
+  $ oai-proxy logs tail --status 5xx --jsonl >> errors.jsonl`,
+    )
+    .action((_opts, cmd: Command) => run(() => runLogsFollow(subOptions(cmd), io)));
+
+  const stats = logs
+    .command('stats')
+    .description('Requests, error rate, tokens and latency percentiles, grouped')
+    .option('--by <key>', 'model, path, status, day (UTC) or user (default model)')
+    .option('--json', 'a JSON array of groups');
+  addDatabaseOptions(addFilterOptions(stats))
+    .addHelpText(
+      'after',
+      `
+Latencies are nearest-rank percentiles of duration_ms; ttfb percentiles cover streamed exchanges only.
+An error is an HTTP status >= 400 or no complete upstream answer.
+
+Examples:
+  $ oai-proxy logs stats --since 7d
+  $ oai-proxy logs stats --since 30d --by day --json`,
+    )
+    .action((_opts, cmd: Command) => run(() => runLogsStats(subOptions(cmd), io)));
+
+  const exp = logs
+    .command('export')
+    .description('Write matching exchanges (with bodies) as JSON lines or CSV; streamed, any size')
+    .option('--format <format>', 'jsonl or csv (default jsonl)')
+    .option('-o, --out <file>', 'write to this file instead of stdout (progress bar on a terminal)')
+    .option('--order <asc|desc>', 'by start time (default asc: oldest first)');
+  addDatabaseOptions(addFilterOptions(exp))
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ oai-proxy logs export --since 7d > week.jsonl
+  $ oai-proxy logs export --format csv --out errors.csv --status 5xx,error`,
+    )
+    .action((_opts, cmd: Command) => run(() => runLogsExport(subOptions(cmd), io)));
+
+  addDatabaseOptions(
+    logs
+      .command('prune')
+      .description('Delete exchanges older than a duration (and their search index entries)')
+      .option(
+        '--older-than <age>',
+        'delete exchanges that started before this long ago (30d, 12h) or an ISO-8601 time',
+      )
+      .option('--dry-run', 'only count what would be deleted')
+      .option('--vacuum', 'compact the file afterwards to give the space back (rewrites the database)')
+      .option('--json', 'print {deleted, dry_run, bytes_freed}'),
+  )
+    .addHelpText(
+      'after',
+      `
+Safe while \`oai-proxy serve\` runs: rows go in small batches. --vacuum rewrites the whole file; the
+server queues new rows meanwhile.
+
+Examples:
+  $ oai-proxy logs prune --older-than 30d --dry-run
+  $ oai-proxy logs prune --older-than 90d --vacuum`,
+    )
+    .action((_opts, cmd: Command) => run(() => runLogsPrune(subOptions(cmd), io, ext)));
+
+  return logs;
+}
