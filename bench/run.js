@@ -34,7 +34,7 @@ const plan = quick
       durationS: 2,
       rounds: 1,
       streams: 24,
-      recorderS: 2,
+      recorderS: 1,
       concStreams: 1000,
       concChunks: 10,
       uploadMb: 200,
@@ -543,7 +543,7 @@ async function logsBench() {
       process.stdout.write(d);
     });
     // The quick form must stay under a minute in CI: cap the logs script's share of it.
-    const timer = quick ? setTimeout(() => p.kill('SIGTERM'), 20_000) : null;
+    const timer = quick ? setTimeout(() => p.kill('SIGTERM'), 12_000) : null;
     p.on('exit', (code, signal) => {
       if (timer) clearTimeout(timer);
       resolve({ script: script.slice(root.length + 1), exitCode: code ?? signal, output: out.slice(-8000) });
