@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { registerInitCommand } from './commands/init.js';
 import type { CliIo } from './commands/io.js';
 import { registerLogsCommand } from './commands/logs.js';
+import { createPruneVectorHook, registerLogsVectorCommands } from './commands/logs-search.js';
 import { registerModelsCommand } from './commands/models.js';
 import { runServe } from './commands/serve.js';
 import { isOaiProxyError } from './errors.js';
@@ -19,6 +20,8 @@ export function createProgram(io: CliIo, run: CommandRunner): Command {
     .version(VERSION, '-v, --version', 'print the version')
     .helpOption('-h, --help', 'show help')
     .showSuggestionAfterError(true)
+    // Needed for `logs` options to stay positional: `logs search x --json` is search's --json, not logs'.
+    .enablePositionalOptions()
     .addHelpText(
       'after',
       `
@@ -60,7 +63,8 @@ Examples:
 
   registerInitCommand(program, io, run);
   registerModelsCommand(program, io, run);
-  registerLogsCommand(program, io, run);
+  const logs = registerLogsCommand(program, io, run, { onPruned: createPruneVectorHook() });
+  registerLogsVectorCommands(logs, io, run);
 
   return program;
 }

@@ -11,7 +11,11 @@ import { INSERT_EXCHANGE_SQL, toRow } from '../storage/log-store.js';
 import type { ExchangesTable } from '../storage/tables.js';
 import { fromRow, INDEXABLE_SQL } from '../vector/exchange-text.js';
 import { indexExchanges } from '../vector/indexer.js';
+import { createQdrantStore, type VectorStore } from '../vector/qdrant-store.js';
 import type { CliIo } from './io.js';
+import type { LogsExtensions } from './logs.js';
+import { renderExchangeTable, toExchangeJson } from './logs-format.js';
+import { parseTimeBound } from './logs-options.js';
 import { createVectorServices, requireQdrant, type VectorServices } from './vector-setup.js';
 
 export interface LogsVectorCommonOptions {
@@ -30,15 +34,6 @@ export interface LogsReindexOptions extends LogsVectorCommonOptions {
   since?: string;
   batchSize?: string;
 }
-
-/** How search results are printed; `logs` supplies its row formatting. */
-export interface SearchPrinter {
-  json(row: ExchangesTable, score: number): Record<string, unknown>;
-  table(rows: { row: ExchangesTable; score: number }[], io: CliIo): string;
-}
-
-/** Parses `--since` (shared with `logs`); returns epoch ms. */
-export type SinceParser = (value: string, now?: number) => number;
 
 /** A database, dispatcher and vector services for one command run. */
 interface VectorSession {
@@ -113,15 +108,10 @@ function positiveInt(value: string | undefined, flag: string, fallback: number, 
 }
 
 /** `oai-proxy logs search TEXT`: embed TEXT, query Qdrant with the filters, print the matching exchanges ranked. */
-export async function runLogsSearch(
-  text: string,
-  options: LogsSearchOptions,
-  io: CliIo,
-  deps: { printer: SearchPrinter; parseSince: SinceParser },
-): Promise<number> {
+export async function runLogsSearch(text: string, options: LogsSearchOptions, io: CliIo): Promise<number> {
   if (!text.trim()) throw new OaiProxyError('usage', 'logs search needs a non-empty TEXT to search for');
   const limit = positiveInt(options.limit, '--limit', 10, 1000);
-  const since = options.since ? new Date(deps.parseSince(options.since)) : undefined;
+  const since = options.since ? new Date(parseTimeBound(options.since, '--since', Date.now())) : undefined;
   const session = await openVectorSession(options, io, '`oai-proxy logs search`');
   try {
     const { services, database } = session;
@@ -137,15 +127,20 @@ export async function runLogsSearch(
     }
     const found = hits.filter((h) => byId.has(h.exchangeId));
     const missing = hits.length - found.length;
-    const results = found.map((h) => ({ row: byId.get(h.exchangeId)!, score: h.score }));
+    const results = found.map((h) => ({ ...toExchangeJson(byId.get(h.exchangeId)!), score: h.score }));
     if (options.json) {
-      for (const r of results) io.stdout.write(`${JSON.stringify(deps.printer.json(r.row, r.score))}\n`);
+      for (const r of results) io.stdout.write(`${JSON.stringify(r)}\n`);
     } else if (results.length === 0) {
       io.stderr.write(
         `No matching exchanges in Qdrant collection ${services.store.collection}${missing ? '' : '; if exchanges were recorded before QDRANT_URL was set, run `oai-proxy logs reindex`'}\n`,
       );
     } else {
-      io.stdout.write(deps.printer.table(results, io));
+      io.stdout.write(
+        renderExchangeTable(results, {
+          color: !!io.stdout.isTTY,
+          extraColumns: [{ header: 'score', value: (r) => r.score.toFixed(3) }],
+        }),
+      );
     }
     if (missing > 0)
       io.stderr.write(
@@ -158,12 +153,8 @@ export async function runLogsSearch(
 }
 
 /** `oai-proxy logs reindex`: index every recorded exchange not yet in Qdrant, in batches, resumably. */
-export async function runLogsReindex(
-  options: LogsReindexOptions,
-  io: CliIo,
-  deps: { parseSince: SinceParser },
-): Promise<number> {
-  const sinceMs = options.since ? deps.parseSince(options.since) : undefined;
+export async function runLogsReindex(options: LogsReindexOptions, io: CliIo): Promise<number> {
+  const sinceMs = options.since ? parseTimeBound(options.since, '--since', Date.now()) : undefined;
   const batchSize = positiveInt(options.batchSize, '--batch-size', 64, 2048);
   const session = await openVectorSession(options, io, '`oai-proxy logs reindex`');
   try {
@@ -243,12 +234,7 @@ function createProgress(io: CliIo, total: number): { update(done: number): void;
 }
 
 /** Add `logs search` and `logs reindex` to the `logs` command. */
-export function registerLogsVectorCommands(
-  logs: Command,
-  io: CliIo,
-  run: CommandRunner,
-  deps: { printer: SearchPrinter; parseSince: SinceParser },
-): void {
+export function registerLogsVectorCommands(logs: Command, io: CliIo, run: CommandRunner): void {
   logs
     .command('search')
     .description('Find exchanges by meaning (semantic search in Qdrant; needs QDRANT_URL)')
@@ -271,7 +257,7 @@ Examples:
   $ oai-proxy logs search "sql injection" --model gpt-4o --since 7d --limit 5
   $ oai-proxy logs search "invoice totals" --json | jq .score`,
     )
-    .action((text: string, opts: LogsSearchOptions) => run(() => runLogsSearch(text, opts, io, deps)));
+    .action((text: string, opts: LogsSearchOptions) => run(() => runLogsSearch(text, opts, io)));
 
   logs
     .command('reindex')
@@ -292,5 +278,32 @@ Examples:
   $ QDRANT_URL=http://127.0.0.1:6333 oai-proxy logs reindex
   $ oai-proxy logs reindex --since 7d`,
     )
-    .action((opts: LogsReindexOptions) => run(() => runLogsReindex(opts, io, deps)));
+    .action((opts: LogsReindexOptions) => run(() => runLogsReindex(opts, io)));
+}
+
+/**
+ * The `logs prune` hook: with QDRANT_URL set, delete each pruned batch's points (and their index state).
+ * It never rejects: Qdrant trouble is one warning on stderr, and the prune goes on. Without QDRANT_URL
+ * it does nothing and loads nothing.
+ */
+export function createPruneVectorHook(): NonNullable<LogsExtensions['onPruned']> {
+  let store: Promise<VectorStore> | null = null;
+  let gaveUp = false;
+  return async (ids, { resolved, io }) => {
+    const c = resolved.config;
+    if (!c.qdrantUrl || gaveUp || ids.length === 0) return;
+    try {
+      store ??= createQdrantStore({
+        url: c.qdrantUrl,
+        apiKey: c.qdrantApiKey,
+        collection: c.qdrantCollection,
+      });
+      await (await store).deleteExchanges(ids);
+    } catch (err) {
+      gaveUp = true;
+      io.stderr.write(
+        `warning: pruned exchanges' points could not be deleted from Qdrant collection ${c.qdrantCollection}: ${(err as Error).message}; the rows are pruned anyway and \`logs search\` skips their points\n`,
+      );
+    }
+  };
 }
