@@ -9,6 +9,7 @@ import type {
   ExchangeRecord,
   ExchangeSink,
 } from '../storage/exchange-record.js';
+import { keyMatches } from './admin-api.js';
 import { BodyCapture, isTextual, redactHeaders, scrubSecrets } from './capture.js';
 import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 import { newExchangeId } from './ids.js';
@@ -55,6 +56,8 @@ export interface ProxyServerOptions {
   version: string;
   /** Values scrubbed from anything recorded (keys that might be echoed back). */
   secrets?: string[];
+  /** PROXY_API_KEYS: when non-empty, clients must present one (Bearer or `api-key`); it is never forwarded. */
+  clientKeys?: string[];
   onError?: (err: Error, context: string) => void;
 }
 
@@ -99,6 +102,8 @@ export class ExchangeContext {
   responseEncoding: string | undefined;
   internal = false;
   recorded = false;
+  /** Read now: by the time the exchange is recorded the socket may be detached (req.socket null). */
+  readonly clientAddr: string | null;
 
   constructor(
     readonly req: IncomingMessage,
@@ -107,6 +112,7 @@ export class ExchangeContext {
     capture: number,
   ) {
     this.id = newExchangeId(this.startedAt);
+    this.clientAddr = req.socket?.remoteAddress ?? null;
     this.path = target.path;
     this.rest = target.rest;
     this.query = target.query;
@@ -226,6 +232,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const secrets = (options.secrets ?? []).filter((s) => s && s.length >= 6);
   const cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
+  const clientKeys = (options.clientKeys ?? []).filter(Boolean);
+  const clientKeyValid = (req: IncomingMessage): boolean => {
+    const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ''))?.[1]?.trim();
+    const presented = bearer ?? (typeof req.headers['api-key'] === 'string' ? req.headers['api-key'] : '');
+    return presented !== '' && clientKeys.some((k) => keyMatches(presented, k));
+  };
 
   const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
     if (cors.length === 0) return null;
@@ -267,7 +279,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         method: x.req.method ?? 'GET',
         path: x.path,
         query: x.query || null,
-        clientAddr: x.req.socket.remoteAddress ?? null,
+        clientAddr: x.clientAddr,
         status: x.status,
         requestHeaders: redactHeaders(x.req.headers),
         responseHeaders: x.responseHeaders ? redactHeaders(x.responseHeaders) : null,
@@ -395,7 +407,14 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       if (declared !== undefined) contentLength = Number(declared) + multipart.lengthDelta(decision.model);
     }
 
-    const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, req.headers, {
+    // A client key belongs to this proxy: never forward it (the upstream key, if any, replaces it).
+    let clientHeaders = req.headers;
+    if (clientKeys.length > 0) {
+      clientHeaders = { ...req.headers };
+      delete clientHeaders.authorization;
+      delete clientHeaders['api-key'];
+    }
+    const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, clientHeaders, {
       contentLength,
       deployment: decision.deployment ?? decision.model ?? undefined,
     });
@@ -503,8 +522,18 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const target = normaliseTarget(req.url);
     if (!target) {
-      res.writeHead(400, { 'content-type': 'application/json', connection: 'close' });
-      res.end(openAiErrorBody('Invalid request path', 'invalid_request_error', 'invalid_path'));
+      requestsTotal++;
+      const raw = (req.url ?? '').split('?')[0].slice(0, 1024);
+      const x = new ExchangeContext(req, res, { path: raw, rest: '', query: '' }, limits.captureBodyBytes);
+      res.shouldKeepAlive = false;
+      x.respondError(
+        400,
+        'invalid_request',
+        'Invalid request path: it must be an absolute path without encoded dot-segments',
+        'invalid_request_error',
+        'invalid_path',
+      );
+      record(x);
       return;
     }
     const { pathname, query } = target;
@@ -557,6 +586,18 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       if (inflight === 0 && drained) drained();
     });
     try {
+      if (clientKeys.length > 0 && !isAdminPath(pathname) && !clientKeyValid(req)) {
+        x.respondError(
+          401,
+          'unauthorized',
+          req.headers.authorization || req.headers['api-key']
+            ? 'Incorrect API key provided; send Authorization: Bearer <one of PROXY_API_KEYS>'
+            : 'Missing API key; this proxy requires Authorization: Bearer <one of PROXY_API_KEYS>',
+          'invalid_request_error',
+          'invalid_api_key',
+        );
+        return;
+      }
       for (const route of options.routes ?? []) {
         if (await route(x)) return;
       }
@@ -597,15 +638,62 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     }
     const status =
       err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    const body = openAiErrorBody(
-      status === 431 ? 'Request headers too large' : 'Bad request',
-      'invalid_request_error',
-      'bad_request',
-    );
+    const message =
+      status === 431
+        ? 'Request headers too large'
+        : status === 408
+          ? 'Request timeout'
+          : `Bad request (${err.code ?? 'malformed HTTP'})`;
+    const body = openAiErrorBody(message, 'invalid_request_error', 'bad_request');
+    recordRejected(err, status, message, socket);
     socket.end(
       `HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : status === 408 ? 'Request Timeout' : 'Bad Request'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
     );
   });
+
+  // Requests Node's parser refused never reach the handler; they are still recorded (what little is known).
+  const recordRejected = (err: NodeJS.ErrnoException, status: number, message: string, socket: Socket) => {
+    requestsTotal++;
+    try {
+      const raw = (err as { rawPacket?: Buffer }).rawPacket;
+      const method = raw ? /^([A-Z]{1,16}) /.exec(raw.subarray(0, 20).toString('latin1'))?.[1] : undefined;
+      const now = Date.now();
+      sink.record({
+        id: newExchangeId(now),
+        startedAt: now,
+        durationMs: 0,
+        ttfbMs: null,
+        method: method ?? '-',
+        path: '(unparsed)',
+        query: null,
+        clientAddr: socket.remoteAddress ?? null,
+        status,
+        requestHeaders: {},
+        responseHeaders: { 'content-type': 'application/json' },
+        requestBody: null,
+        requestBytes: raw?.length ?? 0,
+        requestTruncated: false,
+        responseBody: null,
+        responseBytes: 0,
+        responseTruncated: false,
+        model: null,
+        upstreamModel: null,
+        upstream: null,
+        modelUnknown: false,
+        stream: false,
+        promptTokens: null,
+        completionTokens: null,
+        totalTokens: null,
+        user: null,
+        error: 'invalid_request',
+        errorMessage: message,
+        assembled: null,
+        internal: false,
+      });
+    } catch (e) {
+      options.onError?.(e as Error, 'recording a rejected request');
+    }
+  };
 
   return {
     server,
@@ -632,7 +720,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
 
 /** Paths the proxy itself owns (never forwarded). */
 function isOwnPath(pathname: string): boolean {
-  return pathname === '/health' || pathname === '/admin' || pathname.startsWith('/admin/');
+  return pathname === '/health' || isAdminPath(pathname);
+}
+
+/** The admin API, guarded by ADMIN_API_KEY instead of client keys. */
+function isAdminPath(pathname: string): boolean {
+  return pathname === '/admin' || pathname.startsWith('/admin/');
 }
 
 function upstreamErrorMessage(kind: string, origin: string, err: unknown): string {

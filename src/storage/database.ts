@@ -14,6 +14,8 @@ export interface OpenDatabase {
   sqlite: SqliteHandle;
   db: Kysely<DatabaseSchema>;
   readonly: boolean;
+  /** True when the file at `path` is no longer the one this handle writes (deleted or replaced). */
+  moved(): boolean;
   close(): Promise<void>;
 }
 
@@ -46,11 +48,13 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
     throw databaseError(path, err);
   }
   const db = new Kysely<DatabaseSchema>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const identity = memory ? null : fileIdentity(path);
   const handle: OpenDatabase = {
     path,
     sqlite,
     db,
     readonly,
+    moved: () => identity !== null && fileIdentity(path) !== identity,
     async close() {
       await db.destroy();
     },
@@ -84,6 +88,15 @@ export async function migrate(db: Kysely<any>, path: string): Promise<void> {
       `Migrating database ${path} failed${failed ? ` at ${failed}` : ''}: ${(error as Error).message ?? String(error)}`,
       { cause: error },
     );
+  }
+}
+
+function fileIdentity(path: string): string | null {
+  try {
+    const st = statSync(path);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return null;
   }
 }
 

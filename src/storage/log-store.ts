@@ -30,6 +30,13 @@ export interface ExchangeWriterOptions {
   onSpill?(rows: ExchangeRecord[]): void;
   onError?(err: Error): void;
   onRecover?(): void;
+  /**
+   * How long a timed flush waits for another writer's lock (default 100 ms) before backing off, so a
+   * locked database never stalls the event loop for long; the final flush in `close()` waits longer.
+   */
+  busyTimeoutMs?: number;
+  /** The database file was deleted or replaced: open the file now at its path; rows wait meanwhile. */
+  reopen?: { moved(): boolean; open(): Promise<SqliteHandle> };
 }
 
 const COLUMNS: (keyof ExchangesTable)[] = [
@@ -106,7 +113,10 @@ export function toRow(r: ExchangeRecord): ExchangesTable {
 
 /** Create the batched writer. The insert is prepared once; each batch is one transaction. */
 export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWriter {
-  const { sqlite, queueMax } = options;
+  const { queueMax } = options;
+  let sqlite = options.sqlite;
+  const busyTimeoutMs = options.busyTimeoutMs ?? 100;
+  let reopening = false;
   const batchSize = options.batchSize ?? 1000;
   let queue: ExchangeRecord[] = [];
   let written = 0;
@@ -125,7 +135,55 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
     });
   };
 
-  const flush = (): number => {
+  const fail = (e: Error) => {
+    lastError = e.message;
+    if (!failing) {
+      failing = true;
+      options.onError?.(e);
+    }
+    backoff = Math.min(backoff * 2, 5000);
+    retryAt = Date.now() + backoff;
+  };
+
+  /** True while a replacement handle is being opened (rows stay queued). */
+  const checkMoved = (): boolean => {
+    if (reopening) return true;
+    const reopen = options.reopen;
+    // One stat() per flush: rows written after a deletion would vanish with the unlinked file.
+    if (!reopen?.moved()) return false;
+    reopening = true;
+    fail(new Error('the database file was deleted or replaced; reopening it at its path'));
+    reopen!.open().then(
+      (next) => {
+        sqlite = next;
+        writeBatch = null;
+        reopening = false;
+        retryAt = 0;
+      },
+      (err) => {
+        reopening = false;
+        fail(err as Error);
+      },
+    );
+    return true;
+  };
+
+  const flush = (shortWait = false): number => {
+    let total = 0;
+    let previousTimeout: unknown;
+    if (shortWait && queue.length > 0) {
+      previousTimeout = sqlite.pragma('busy_timeout', { simple: true });
+      sqlite.pragma(`busy_timeout = ${busyTimeoutMs}`);
+    }
+    try {
+      total = flushBatches();
+    } finally {
+      if (previousTimeout !== undefined) sqlite.pragma(`busy_timeout = ${Number(previousTimeout)}`);
+    }
+    return total;
+  };
+
+  const flushBatches = (): number => {
     let total = 0;
     while (queue.length > 0) {
       const batch = queue.length <= batchSize ? queue : queue.slice(0, batchSize);
@@ -134,13 +192,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
         writeBatch!(batch);
       } catch (err) {
         const e = err as Error;
-        lastError = e.message;
-        if (!failing) {
-          failing = true;
-          options.onError?.(e);
-        }
-        backoff = Math.min(backoff * 2, 5000);
-        retryAt = Date.now() + backoff;
+        fail(e);
         // A statement prepared on a broken connection may stay broken: prepare again next time.
         writeBatch = null;
         return total;
@@ -161,7 +213,13 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   const timer = setInterval(() => {
     if (queue.length === 0) return;
     if (failing && Date.now() < retryAt) return;
-    flush();
+    if (checkMoved()) return;
+    try {
+      flush(true);
+    } catch (err) {
+      // Even setting the busy timeout failed (handle closed): count it, retry later.
+      fail(err as Error);
+    }
   }, options.flushIntervalMs);
   timer.unref();
 
@@ -174,7 +232,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
         options.onSpill?.(over);
       }
     },
-    flush,
+    flush: () => flush(),
     health() {
       return { database: failing ? 'error' : 'ok', queued: queue.length, written, spilled, lastError };
     },

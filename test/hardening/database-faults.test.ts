@@ -1,0 +1,161 @@
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, test } from 'vitest';
+import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+
+let upstream: FakeUpstream | undefined;
+let proxy: TestProxy | undefined;
+const cleanups: (() => void)[] = [];
+
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) c();
+  await proxy?.close();
+  await upstream?.close();
+  proxy = undefined;
+  upstream = undefined;
+});
+
+async function setup(env: Record<string, string> = {}) {
+  upstream = await createFakeUpstream();
+  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
+  return { upstream, proxy };
+}
+
+/** One chat call; returns its status and how long the client waited. */
+async function chat(url: string, pad = 0): Promise<{ status: number; ms: number }> {
+  const t0 = Date.now();
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x'.repeat(pad) }] }),
+  });
+  await res.arrayBuffer();
+  return { status: res.status, ms: Date.now() - t0 };
+}
+
+async function health(url: string): Promise<Record<string, any>> {
+  return (await fetch(`${url}/health`)).json();
+}
+
+/** Count rows straight from the file, as `oai-proxy logs` would. */
+function countRows(path: string): number {
+  const db = new Database(path, { readonly: true });
+  try {
+    return (db.prepare('select count(*) as n from exchanges').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 8000) {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+describe('database trouble while running', () => {
+  test('locked by another writer for seconds: requests stay fast, /health reports it, rows land afterwards', async () => {
+    const { proxy } = await setup();
+    const other = new Database(proxy.dbPath);
+    cleanups.push(() => other.close());
+    other.exec('begin immediate');
+    const slowest: number[] = [];
+    for (let i = 0; i < 15; i++) {
+      const r = await chat(proxy.url);
+      expect(r.status).toBe(200);
+      slowest.push(r.ms);
+      await sleep(60);
+    }
+    // the writer backs off instead of holding the event loop in SQLite's busy wait (5 s)
+    expect(Math.max(...slowest)).toBeLessThan(1000);
+    const h = await health(proxy.url);
+    expect(h).toMatchObject({ database: 'error', database_error: expect.stringMatching(/locked|busy/i) });
+    expect(h.queued_log_rows).toBeGreaterThan(0);
+    other.exec('rollback');
+    await until('the queue to drain', async () => (await health(proxy.url)).queued_log_rows === 0);
+    expect(await health(proxy.url)).toMatchObject({ database: 'ok', database_error: null });
+    expect(countRows(proxy.dbPath)).toBe(15);
+  });
+
+  test('disk full: proxying continues, the queue stays bounded and spills oldest-first to the log file, rows resume after', async () => {
+    const { proxy } = await setup({ LOG_QUEUE_MAX: '100' });
+    expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(1);
+    // A size-limited database: no page can be added (what a full disk looks like to SQLite).
+    const sqlite = proxy.running.database.sqlite;
+    const pages = sqlite.pragma('page_count', { simple: true }) as number;
+    sqlite.pragma(`max_page_count = ${pages}`);
+    for (let i = 0; i < 130; i++) expect((await chat(proxy.url, 3000)).status).toBe(200);
+    await until('the failure to show', async () => (await health(proxy.url)).database === 'error');
+    const h = await health(proxy.url);
+    expect(h.database_error).toMatch(/full/i);
+    expect(h.queued_log_rows).toBeLessThanOrEqual(100);
+    expect(h.spilled_log_rows).toBe(130 - h.queued_log_rows);
+    const spilled = proxy.logLines().filter((l) => l.spilled_exchange);
+    expect(spilled).toHaveLength(h.spilled_log_rows);
+    expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
+    expect(spilled[0].spilled_exchange.request_body).toContain('xxx');
+    sqlite.pragma('max_page_count = 1073741823');
+    await until('the queue to drain', async () => (await health(proxy.url)).queued_log_rows === 0);
+    expect((await health(proxy.url)).database).toBe('ok');
+    expect(countRows(proxy.dbPath)).toBe(1 + h.queued_log_rows);
+    // nothing was lost: spilled ids + stored ids = every answered request
+    const stored = new Set(proxy.rows().map((r) => r.id));
+    for (const l of spilled) expect(stored.has(l.spilled_exchange.id)).toBe(false);
+    expect(stored.size + spilled.length).toBe(131);
+  });
+
+  test('file made read-only (chmod 0444) while running: the open handle keeps recording', async () => {
+    const { proxy } = await setup();
+    expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(1);
+    const { chmodSync } = await import('node:fs');
+    chmodSync(proxy.dbPath, 0o444);
+    for (let i = 0; i < 5; i++) expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(6);
+    expect((await health(proxy.url)).database).toBe('ok');
+    chmodSync(proxy.dbPath, 0o600);
+  });
+
+  test.each([
+    ['deleted (with its -wal and -shm)', 'delete'],
+    ['deleted (the .db file only)', 'delete-db'],
+    ['replaced by another file', 'replace'],
+  ])(
+    'database file %s while running: a new one is created at the path and recording continues',
+    async (_n, how) => {
+      const { proxy } = await setup();
+      for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
+      await proxy.waitForRows(3);
+      if (how === 'delete' || how === 'delete-db') {
+        rmSync(proxy.dbPath);
+        if (how === 'delete') {
+          rmSync(`${proxy.dbPath}-wal`, { force: true });
+          rmSync(`${proxy.dbPath}-shm`, { force: true });
+        }
+      } else {
+        writeFileSync(`${proxy.dbPath}.new`, '');
+        renameSync(`${proxy.dbPath}.new`, proxy.dbPath);
+      }
+      for (let i = 0; i < 4; i++) expect((await chat(proxy.url)).status).toBe(200);
+      await until('a new database file with the new rows', () => {
+        try {
+          return existsSync(proxy.dbPath) && countRows(proxy.dbPath) === 4;
+        } catch {
+          return false;
+        }
+      });
+      // a file the proxy creates holds prompts: 0600 (a replacement keeps its owner's mode)
+      if (how !== 'replace') expect(statSync(proxy.dbPath).mode & 0o777).toBe(0o600);
+      expect((await health(proxy.url)).database).toBe('ok');
+      expect(proxy.logLines().some((l) => /deleted or replaced/.test(l.msg ?? ''))).toBe(true);
+      // still recording into the new file
+      expect((await chat(proxy.url)).status).toBe(200);
+      await until('the next row', () => countRows(proxy.dbPath) === 5);
+      expect(readFileSync(proxy.dbPath).subarray(0, 15).toString()).toBe('SQLite format 3');
+    },
+  );
+});

@@ -1,0 +1,206 @@
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { firstBody, rawHttp } from './raw-http.js';
+
+let upstream: FakeUpstream;
+let proxy: TestProxy;
+
+beforeEach(async () => {
+  upstream = await createFakeUpstream();
+  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, MAX_REQUEST_BODY_BYTES: '10000' });
+});
+afterEach(async () => {
+  await proxy.close();
+  await upstream.close();
+});
+
+const CHAT = '/v1/chat/completions';
+
+async function post(body: string | Buffer, headers: Record<string, string> = {}) {
+  const res = await fetch(`${proxy.url}${CHAT}`, {
+    method: 'POST',
+    headers,
+    body: body as unknown as BodyInit,
+  });
+  return { status: res.status, text: await res.text() };
+}
+
+describe('malformed bodies are forwarded byte for byte (the upstream judges them) and recorded', () => {
+  test.each([
+    ['invalid JSON', '{"model": "gpt-4o",', { 'content-type': 'application/json' }],
+    ['JSON that is not an object', '["gpt-4o"]', { 'content-type': 'application/json' }],
+    ['JSON null', 'null', { 'content-type': 'application/json' }],
+    ['a non-string model', '{"model":{"$gt":""},"messages":[]}', { 'content-type': 'application/json' }],
+    ['a numeric model', '{"model":4,"messages":[]}', { 'content-type': 'application/json' }],
+    ['wrong content-type', '{"model":"gpt-4o"}', { 'content-type': 'text/plain' }],
+    ['no content-type', '{"model":"gpt-4o"}', {}],
+    ['an empty JSON body', '', { 'content-type': 'application/json' }],
+  ])('%s', async (_name, body, headers) => {
+    const res = await post(body, headers as Record<string, string>);
+    expect(res.status).toBe(200);
+    expect(upstream.requests).toHaveLength(1);
+    expect(upstream.requests[0].body.toString()).toBe(body);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 200, path: CHAT, error: null, request_bytes: body.length });
+    if (body.includes('"model":"gpt-4o"') && (headers as any)['content-type']?.includes('json'))
+      expect(row.model).toBe('gpt-4o');
+    else expect(row.model).toBeNull();
+  });
+
+  test('non-UTF-8 bytes reach the upstream unchanged; the row stores a lossy text copy', async () => {
+    const body = Buffer.concat([
+      Buffer.from('{"model":"gpt-4o","x":"'),
+      Buffer.from([0xff, 0xfe, 0xc3]),
+      Buffer.from('"}'),
+    ]);
+    const res = await post(body, { 'content-type': 'application/json' });
+    expect(res.status).toBe(200);
+    expect(upstream.requests[0].body.equals(body)).toBe(true);
+    const [row] = await proxy.waitForRows(1);
+    expect(row.request_bytes).toBe(body.length);
+    expect(row.request_body).toContain('\ufffd');
+  });
+
+  test('a chunked JSON body over the limit (no content-length) → 413, not forwarded', async () => {
+    const big = `{"model":"gpt-4o","pad":"${'x'.repeat(20_000)}"}`;
+    const reply = await rawHttp(
+      proxy.url,
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`,
+    );
+    expect(reply.statuses).toEqual([413]);
+    expect(firstBody(reply).error).toMatchObject({ code: 'body_too_large', type: 'invalid_request_error' });
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 413, error: 'body_too_large' });
+  });
+});
+
+describe('request smuggling shapes and broken framing are refused by the parser, never forwarded', () => {
+  const smuggled = 'GET /v1/files HTTP/1.1\r\nHost: x\r\n\r\n';
+  test.each([
+    [
+      'content-length and transfer-encoding',
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`,
+    ],
+    [
+      'duplicate content-length',
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}${smuggled}`,
+    ],
+    [
+      'transfer-encoding not ending in chunked',
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${smuggled}`,
+    ],
+    ['a bare CR inside a header value', `GET /v1/files HTTP/1.1\r\nHost: x\r\nX-A: a\rInjected: 1\r\n\r\n`],
+    ['an obsolete folded header', `GET /v1/files HTTP/1.1\r\nHost: x\r\nX-A: a\r\n  folded\r\n\r\n`],
+    ['a space before the colon', `GET /v1/files HTTP/1.1\r\nHost: x\r\nX-A : a\r\n\r\n`],
+    ['a NUL in a header value', `GET /v1/files HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n`],
+    [
+      'a malformed chunk size',
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n`,
+    ],
+    ['garbage instead of a request line', 'HELLO THERE\r\n\r\n'],
+  ])('%s → 400 in OpenAI shape and the connection closed', async (_name, payload) => {
+    const reply = await rawHttp(proxy.url, payload);
+    expect(reply.statuses).toEqual([400]);
+    expect(reply.closed).toBe(true);
+    expect(firstBody(reply).error).toMatchObject({ type: 'invalid_request_error', code: 'bad_request' });
+    expect(upstream.requests).toHaveLength(0);
+    // it keeps serving
+    expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
+  });
+
+  test('a bare LF line ending inside a header cannot inject a header upstream', async () => {
+    const reply = await rawHttp(
+      proxy.url,
+      'GET /v1/files HTTP/1.1\r\nHost: x\r\nX-A: a\nX-Injected: 1\r\n\r\n',
+    );
+    // Node's parser either refuses the line or treats the LF as a line end; nothing is smuggled either way.
+    expect([[400], [200]]).toContainEqual(reply.statuses);
+    for (const r of upstream.requests) expect(String(r.headers['x-a'] ?? '')).not.toMatch(/[\r\n]/);
+  });
+
+  test('over-long headers → 431; over-long URL → 431 (the request line counts towards the header limit)', async () => {
+    const longHeader = await rawHttp(
+      proxy.url,
+      `GET /v1/files HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`,
+    );
+    expect(longHeader.statuses).toEqual([431]);
+    const longUrl = await rawHttp(
+      proxy.url,
+      `GET /v1/files?q=${'a'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`,
+    );
+    expect(longUrl.statuses).toEqual([431]);
+    const many = Array.from({ length: 3000 }, (_, i) => `X-H${i}: v`).join('\r\n');
+    const manyHeaders = await rawHttp(proxy.url, `GET /v1/files HTTP/1.1\r\nHost: x\r\n${many}\r\n\r\n`);
+    expect(manyHeaders.statuses).toEqual([431]);
+    expect(upstream.requests).toHaveLength(0);
+  });
+});
+
+describe('request targets only ever reach the configured upstream', () => {
+  test('absolute-form targets are reduced to their path and sent to the configured upstream', async () => {
+    const reply = await rawHttp(
+      proxy.url,
+      'GET http://evil.example:9/v1/files?purpose=x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n',
+    );
+    expect(reply.statuses).toEqual([404]); // the fake upstream's answer for an unknown route
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/files?purpose=x']);
+    expect(upstream.requests[0].headers.host).toBe(new URL(upstream.origin).host);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ path: '/v1/files', query: 'purpose=x' });
+  });
+
+  test('CONNECT is refused: no tunnel is opened', async () => {
+    const reply = await rawHttp(
+      proxy.url,
+      'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n',
+    );
+    expect(reply.statuses).not.toContain(200);
+    expect(upstream.requests).toHaveLength(0);
+    expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
+  });
+
+  test.each([
+    ['/v1/../admin/models'],
+    ['/v1/%2e%2e/admin/models'],
+    ['/v1/%2E%2E/%2e%2E/admin/models'],
+    ['/v1\\..\\admin/models'],
+    ['/v1/./.././admin/models'],
+  ])('%s resolves to the admin API (disabled here), never the upstream', async (path) => {
+    const reply = await rawHttp(proxy.url, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    expect(reply.statuses).toEqual([404]);
+    expect(firstBody(reply).error.code).toBe('admin_disabled');
+    expect(upstream.requests).toHaveLength(0);
+  });
+
+  test.each([
+    ['/v1/models/..%2f..%2fadmin'],
+    ['/v1/files/%2e%2e%2fadmin'],
+    ['/v1/files/..%5cadmin'],
+    ['/v1/%252e%252e/admin'],
+  ])(
+    '%s: encoded separators that would decode to a dot-segment → 400, recorded, not forwarded',
+    async (path) => {
+      const reply = await rawHttp(proxy.url, `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+      if (path.includes('%252e')) {
+        // double-encoded: a literal "%2e%2e" segment, harmless upstream
+        expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/%252e%252e/admin']);
+        return;
+      }
+      expect(reply.statuses).toEqual([400]);
+      expect(firstBody(reply).error.code).toBe('invalid_path');
+      expect(upstream.requests).toHaveLength(0);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ status: 400, error: 'invalid_request' });
+    },
+  );
+
+  test('dot segments cannot climb above the upstream base path', async () => {
+    await rawHttp(
+      proxy.url,
+      'GET /v1/../../../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/etc/passwd']);
+  });
+});
