@@ -45,9 +45,15 @@ Examples:
   $ oai-proxy models remove llama3`,
     );
   const common = (cmd: Command): ModelsCommonOptions => cmd.optsWithGlobals() as ModelsCommonOptions;
+  // Each subcommand takes --db/--config too, so they work after it (`models list --db x`) under
+  // the program's positional options as well as before it (`models --db x list`).
+  const sub = (name: string): Command =>
+    models
+      .command(name)
+      .option('--db <path>', 'SQLite database path or URL (DATABASE_URL)')
+      .option('-c, --config <path>', 'config file (OAI_PROXY_CONFIG)');
 
-  models
-    .command('list')
+  sub('list')
     .description('Show every model with its aliases, upstream and source')
     .option('--json', 'print the same object as GET /admin/models')
     .addHelpText(
@@ -56,8 +62,7 @@ Examples:
     )
     .action((opts, cmd: Command) => run(() => runModelsList({ ...common(cmd), json: opts.json }, io)));
 
-  models
-    .command('show')
+  sub('show')
     .description('Show one model or alias')
     .argument('<name>', 'model name or alias')
     .option('--json', 'print as JSON')
@@ -69,8 +74,7 @@ Examples:
       run(() => runModelsShow(name, { ...common(cmd), json: opts.json }, io)),
     );
 
-  models
-    .command('add')
+  sub('add')
     .description('Register a model')
     .argument('<name>', 'model name as clients send it')
     .option('--display-name <text>', 'human-readable name')
@@ -88,15 +92,13 @@ Examples:
       run(() => runModelsAdd(name, common(cmd) as ModelsAddOptions, io)),
     );
 
-  models
-    .command('remove')
+  sub('remove')
     .description('Remove a model (its aliases stay)')
     .argument('<name>', 'model name')
     .addHelpText('after', '\nExamples:\n  $ oai-proxy models remove llama3')
     .action((name: string, _opts, cmd: Command) => run(() => runModelsRemove(name, common(cmd), io)));
 
-  models
-    .command('map')
+  sub('map')
     .description('Make ALIAS a name for ACTUAL: requests for ALIAS are sent upstream as ACTUAL')
     .argument('<alias>', 'name clients may send')
     .argument('<actual>', 'model (or alias) it stands for')
@@ -108,8 +110,7 @@ Examples:
       run(() => runModelsMap(alias, actual, common(cmd), io)),
     );
 
-  models
-    .command('unmap')
+  sub('unmap')
     .description('Remove an alias')
     .argument('<alias>', 'alias to remove')
     .addHelpText('after', '\nExamples:\n  $ oai-proxy models unmap gpt4')

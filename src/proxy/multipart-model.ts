@@ -60,7 +60,7 @@ export async function scanMultipartModel(
       options.onChunk?.(chunk);
       await held.push(chunk);
       scanner.push(chunk);
-      if (scanner.state !== 'done' && held.size >= (options.maxBytes ?? Number.POSITIVE_INFINITY)) break;
+      if (!scanner.done() && held.size >= (options.maxBytes ?? Number.POSITIVE_INFINITY)) break;
     }
   } catch (err) {
     await held.dispose();
@@ -112,6 +112,10 @@ class ModelFieldScanner {
 
   constructor(boundary: string) {
     this.delimiter = Buffer.from(`\r\n--${boundary}`, 'latin1');
+  }
+
+  done(): boolean {
+    return this.state === 'done';
   }
 
   push(chunk: Buffer): void {
