@@ -36,8 +36,9 @@ function vectorEnv(extra: Record<string, string> = {}): Record<string, string> {
 }
 
 /** Run the CLI in-process against the test proxy's database. */
-async function cli(argv: string[], env: Record<string, string>) {
+async function cli(argv: string[], env: Record<string, string>, options: { tty?: boolean } = {}) {
   const io = createTestIo({ HOME: proxy!.dir, DATABASE_URL: proxy!.dbPath, ...env }, proxy!.dir);
+  if (options.tty) io.stderr.isTTY = true;
   const code = await main(argv, io);
   return { code, out: io.out(), err: io.err() };
 }
@@ -211,6 +212,16 @@ describe('oai-proxy logs reindex', () => {
     expect(second.code).toBe(0);
     expect(second.out).toContain('Indexed 2 exchanges');
     expect(await qdrant.points()).toHaveLength(3);
+  });
+
+  test('on a terminal it draws a progress bar', async () => {
+    const env = vectorEnv();
+    proxy = await startTestProxy({ ...env, QDRANT_URL: await deadUrl() });
+    await seed();
+    const r = await cli(['logs', 'reindex', '--batch-size', '2'], env, { tty: true });
+    expect(r.code).toBe(0);
+    expect(r.err).toContain(`\rreindex [${'#'.repeat(20)}${'.'.repeat(10)}] 2/3 66%`);
+    expect(r.err).toContain(`\rreindex [${'#'.repeat(30)}] 3/3 100%\n`);
   });
 
   test('--since limits what is indexed', async () => {
