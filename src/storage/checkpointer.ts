@@ -101,8 +101,13 @@ export function startBackgroundCheckpoints(
     stop() {
       if (!worker) return;
       restore();
-      worker.postMessage('stop');
+      const w = worker;
       worker = null;
+      // Whatever the worker still reports after stop() goes nowhere: its logger may be closed already.
+      w.removeAllListeners('message');
+      w.removeAllListeners('error');
+      w.on('error', () => undefined);
+      w.postMessage('stop');
     },
   };
 }
