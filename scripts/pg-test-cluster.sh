@@ -62,7 +62,6 @@ port = $port
 unix_socket_directories = '$dir'
 max_connections = 200
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 EOF
     echo "$port" >"$dir/port"

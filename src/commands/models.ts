@@ -2,12 +2,16 @@ import Table from 'cli-table3';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import { type ResolvedConfig, resolveConfig } from '../config/load.js';
-import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
+import { resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
-import { ModelStore } from '../registry/model-store.js';
 import { checkModelName, type ModelRegistry } from '../registry/registry.js';
+import {
+  createPgRegistryStore,
+  createSqliteRegistryStore,
+  type RegistryStore,
+} from '../registry/registry-store.js';
 import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
-import { openDatabase } from '../storage/database.js';
+import { openStorage } from '../storage/storage.js';
 import type { CliIo } from './io.js';
 
 /** Options every `models` subcommand takes (database resolution as in `serve`). */
@@ -121,7 +125,7 @@ Examples:
 async function withRegistry<T>(
   opts: ModelsCommonOptions,
   io: CliIo,
-  fn: (store: ModelStore, resolved: ResolvedConfig) => T,
+  fn: (store: RegistryStore, resolved: ResolvedConfig) => Promise<T>,
 ): Promise<T> {
   const resolved = resolveConfig({
     configPath: opts.config,
@@ -131,19 +135,16 @@ async function withRegistry<T>(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
-  if (location.kind === 'postgres') {
-    throw new OaiProxyError(
-      'config_invalid',
-      `DATABASE_URL ${redactUrl(location.url)}: PostgreSQL is not supported by this version yet; use an SQLite path`,
-    );
-  }
-  const database = await openDatabase(location.path);
+  const storage = await openStorage(location);
   try {
-    const store = new ModelStore(database.sqlite);
-    if (!store.isSeeded()) store.seed(buildSeedPlan(resolved.config));
-    return fn(store, resolved);
+    // On PostgreSQL every write also NOTIFYs the running `serve` instances, which reload at once.
+    const store = storage.sqlite
+      ? createSqliteRegistryStore(storage.sqlite)
+      : createPgRegistryStore(storage.db);
+    if (!(await store.isSeeded())) await store.seed(buildSeedPlan(resolved.config));
+    return await fn(store, resolved);
   } finally {
-    await database.close();
+    await storage.close();
   }
 }
 
@@ -152,8 +153,8 @@ export async function runModelsList(
   opts: ModelsCommonOptions & { json?: boolean },
   io: CliIo,
 ): Promise<number> {
-  return withRegistry(opts, io, (store, resolved) => {
-    const registry = store.load();
+  return withRegistry(opts, io, async (store, resolved) => {
+    const registry = await store.load();
     if (opts.json) {
       io.stdout.write(`${JSON.stringify(registry.view(upstreamNames(resolved.config)), null, 2)}\n`);
       return 0;
@@ -184,8 +185,8 @@ export async function runModelsShow(
   opts: ModelsCommonOptions & { json?: boolean },
   io: CliIo,
 ): Promise<number> {
-  return withRegistry(opts, io, (store, resolved) => {
-    const registry = store.load();
+  return withRegistry(opts, io, async (store, resolved) => {
+    const registry = await store.load();
     const view = registry.view(upstreamNames(resolved.config));
     const r = registry.resolve(name);
     if (!r.model && !r.alias) throw notFound(name, registry);
@@ -231,7 +232,7 @@ export async function runModelsShow(
 export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: CliIo): Promise<number> {
   checkModelName(name, 'NAME');
   if (opts.deployment !== undefined) checkModelName(opts.deployment, '--deployment');
-  return withRegistry(opts, io, (store, resolved) => {
+  return withRegistry(opts, io, async (store, resolved) => {
     const known = upstreamNames(resolved.config);
     if (opts.upstream !== undefined && !known.includes(opts.upstream)) {
       throw new OaiProxyError(
@@ -239,7 +240,7 @@ export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: Cli
         `--upstream ${opts.upstream} is not configured; known upstreams: ${known.join(', ')} (declare more under "upstreams" in the config file)`,
       );
     }
-    const m = store.addModel(
+    const m = await store.addModel(
       {
         name,
         displayName: opts.displayName,
@@ -256,8 +257,8 @@ export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: Cli
 
 /** `models remove NAME`. */
 export async function runModelsRemove(name: string, opts: ModelsCommonOptions, io: CliIo): Promise<number> {
-  return withRegistry(opts, io, (store) => {
-    const registry = store.load();
+  return withRegistry(opts, io, async (store) => {
+    const registry = await store.load();
     if (!registry.models.has(name)) {
       if (registry.mappings.has(name)) {
         throw new OaiProxyError(
@@ -268,7 +269,7 @@ export async function runModelsRemove(name: string, opts: ModelsCommonOptions, i
       throw notFound(name, registry);
     }
     const aliases = registry.aliasesOf(name);
-    store.removeModel(name);
+    await store.removeModel(name);
     io.stdout.write(`Removed model ${name}\n`);
     if (aliases.length) {
       io.stdout.write(
@@ -288,10 +289,10 @@ export async function runModelsMap(
 ): Promise<number> {
   checkModelName(alias, 'ALIAS');
   checkModelName(actual, 'ACTUAL');
-  return withRegistry(opts, io, (store) => {
-    const before = store.load().mappings.get(alias)?.actual;
-    const outcome = store.setMapping(alias, actual, 'cli');
-    const registry = store.load();
+  return withRegistry(opts, io, async (store) => {
+    const before = (await store.load()).mappings.get(alias)?.actual;
+    const outcome = await store.setMapping(alias, actual, 'cli');
+    const registry = await store.load();
     io.stdout.write(
       `Mapped ${alias} → ${actual}${outcome === 'replaced' ? ` (was ${before})` : ''}${
         registry.models.has(registry.resolve(alias).actual)
@@ -305,9 +306,9 @@ export async function runModelsMap(
 
 /** `models unmap ALIAS`. */
 export async function runModelsUnmap(alias: string, opts: ModelsCommonOptions, io: CliIo): Promise<number> {
-  return withRegistry(opts, io, (store) => {
-    if (!store.removeMapping(alias)) {
-      const registry = store.load();
+  return withRegistry(opts, io, async (store) => {
+    if (!(await store.removeMapping(alias))) {
+      const registry = await store.load();
       if (registry.models.has(alias)) {
         throw new OaiProxyError(
           'not_found',

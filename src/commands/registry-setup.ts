@@ -5,8 +5,8 @@ import { createAdminRoute, type RegistryControl } from '../proxy/admin-api.js';
 import { createUpstreamTarget, type UpstreamTarget } from '../proxy/forward.js';
 import { createModelsRoute } from '../proxy/models-routes.js';
 import type { ModelRouter, OwnRoute, RouteDecision } from '../proxy/server.js';
-import { ModelStore, type RegistryDatabase } from '../registry/model-store.js';
 import type { ModelRegistry, RegistryView } from '../registry/registry.js';
+import type { RegistryStore } from '../registry/registry-store.js';
 import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
 
 /** api-version sent to Azure upstreams that name none (OPENAI_API_VERSION / `apiVersion`). */
@@ -16,7 +16,7 @@ export const DEFAULT_AZURE_API_VERSION = '2024-10-21';
 export interface RegistryRuntime {
   router: ModelRouter;
   routes: OwnRoute[];
-  store: ModelStore;
+  store: RegistryStore;
   current(): ModelRegistry;
   /** Fields for `GET /health`. */
   health(): Record<string, unknown>;
@@ -26,11 +26,15 @@ export interface RegistryRuntime {
 }
 
 export interface RegistryRuntimeOptions {
-  sqlite: RegistryDatabase;
+  /** The registry's persistence (SQLite or PostgreSQL). */
+  store: RegistryStore;
   /** Resolves the configuration again (for `POST /admin/reload-config`). */
   reloadConfig: () => ResolvedConfig;
   logger?: Pick<Logger, 'warn' | 'info'>;
-  /** How often to look for registry changes made by other processes (default 500 ms). */
+  /**
+   * How often to look for registry changes made by other processes (default 500 ms). On PostgreSQL,
+   * LISTEN/NOTIFY reports them at once and this polling is the fallback.
+   */
   watchIntervalMs?: number;
 }
 
@@ -89,37 +93,47 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
 }
 
 /** Seed the registry from `resolved` and build everything `serve` needs from it. */
-export function startRegistry(resolved: ResolvedConfig, options: RegistryRuntimeOptions): RegistryRuntime {
-  const store = new ModelStore(options.sqlite);
+export async function startRegistry(
+  resolved: ResolvedConfig,
+  options: RegistryRuntimeOptions,
+): Promise<RegistryRuntime> {
+  const { store } = options;
   const logger = options.logger;
 
-  const apply = (next: ResolvedConfig): Settings => {
+  const apply = async (next: ResolvedConfig): Promise<Settings> => {
     const plan = buildSeedPlan(next.config);
     const targets = buildUpstreams(next);
-    const result = store.seed(plan);
+    const result = await store.seed(plan);
     for (const w of result.warnings) logger?.warn(w);
     return { resolved: next, ...targets };
   };
 
-  let settings = apply(resolved);
-  let registry = store.load();
-  let version = safeVersion(store);
+  let settings = await apply(resolved);
+  let registry = await store.load();
 
-  const refresh = () => {
-    registry = store.load();
-  };
-  const timer = setInterval(() => {
-    try {
-      const v = store.dataVersion();
-      if (v !== version) {
-        version = v;
-        refresh();
-      }
-    } catch {
-      // The database is failing; the recorder reports it. Keep routing with what we have.
+  // Reloads never overlap, and a reload asked for while one runs is done again after it.
+  let loading: Promise<void> | null = null;
+  let again = false;
+  const refresh = async (): Promise<void> => {
+    if (loading) {
+      again = true;
+      return loading;
     }
-  }, options.watchIntervalMs ?? 500);
-  timer.unref();
+    loading = (async () => {
+      do {
+        again = false;
+        try {
+          registry = await store.load();
+        } catch {
+          // The database is failing; the recorder reports it. Keep routing with what we have.
+        }
+      } while (again);
+    })().finally(() => {
+      loading = null;
+    });
+    return loading;
+  };
+  const stopWatching = store.watch(() => void refresh(), options.watchIntervalMs ?? 500);
 
   const names = () => upstreamNames(settings.resolved.config);
 
@@ -151,8 +165,8 @@ export function startRegistry(resolved: ResolvedConfig, options: RegistryRuntime
 
   const reload = async (): Promise<RegistryView> => {
     const next = options.reloadConfig();
-    settings = apply(next);
-    refresh();
+    settings = await apply(next);
+    await refresh();
     logger?.info(`configuration reloaded: ${registry.models.size} models, ${registry.mappings.size} aliases`);
     return registry.view(names());
   };
@@ -161,24 +175,24 @@ export function startRegistry(resolved: ResolvedConfig, options: RegistryRuntime
     adminKey: () => settings.resolved.config.adminApiKey,
     upstreamNames: names,
     view: () => registry.view(names()),
-    addModel(m) {
-      const info = store.addModel(m, 'admin');
-      refresh();
+    async addModel(m) {
+      const info = await store.addModel(m, 'admin');
+      await refresh();
       return info;
     },
-    removeModel(name) {
-      const done = store.removeModel(name);
-      refresh();
+    async removeModel(name) {
+      const done = await store.removeModel(name);
+      await refresh();
       return done;
     },
-    setMapping(alias, actual) {
-      const outcome = store.setMapping(alias, actual, 'admin');
-      refresh();
+    async setMapping(alias, actual) {
+      const outcome = await store.setMapping(alias, actual, 'admin');
+      await refresh();
       return outcome;
     },
-    removeMapping(alias) {
-      const done = store.removeMapping(alias);
-      refresh();
+    async removeMapping(alias) {
+      const done = await store.removeMapping(alias);
+      await refresh();
       return done;
     },
     reload,
@@ -196,14 +210,6 @@ export function startRegistry(resolved: ResolvedConfig, options: RegistryRuntime
       admin_api: settings.resolved.config.adminApiKey ? 'enabled' : 'disabled',
     }),
     reload,
-    close: () => clearInterval(timer),
+    close: stopWatching,
   };
-}
-
-function safeVersion(store: ModelStore): number {
-  try {
-    return store.dataVersion();
-  } catch {
-    return -1;
-  }
 }

@@ -5,12 +5,26 @@ import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../confi
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
 import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
+import {
+  createPgRegistryStore,
+  createSqliteRegistryStore,
+  type RegistryStore,
+} from '../registry/registry-store.js';
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
-import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
+import { createExchangeWriter } from '../storage/log-store.js';
+import { createPgExchangeWriter } from '../storage/pg-log-store.js';
+import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
 import { createSearchIndexer } from '../storage/search-index.js';
+import {
+  postgresStorage,
+  type RecordingWriter,
+  type RecordingWriterOptions,
+  type Storage,
+  sqliteStorage,
+} from '../storage/storage.js';
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
@@ -25,7 +39,10 @@ export interface RunningProxy {
   url: string;
   port: number;
   proxy: ProxyServer;
-  writer: ExchangeWriter;
+  writer: RecordingWriter;
+  /** The recording database (SQLite file or PostgreSQL). */
+  storage: Storage;
+  /** The SQLite database; throws when the proxy records to PostgreSQL (use `storage`). */
   database: OpenDatabase;
   logFile: string;
   logger: Logger;
@@ -75,12 +92,13 @@ export async function startProxy(
 ): Promise<RunningProxy> {
   const { config } = resolved;
   const location = resolveDatabaseLocation(config.databaseUrl, resolved.env, io.cwd);
-  if (location.kind === 'postgres') {
+  if (location.kind === 'postgres' && config.qdrantUrl) {
     throw new OaiProxyError(
       'config_invalid',
-      `DATABASE_URL ${redactUrl(location.url)}: PostgreSQL is not supported by this version yet; use an SQLite path`,
+      `QDRANT_URL is set but DATABASE_URL ${redactUrl(location.url)} is PostgreSQL: semantic search indexing works with an SQLite database only in this version; unset QDRANT_URL or use an SQLite path`,
     );
   }
+  const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;
   const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
 
   const consoleStream = io.stderr.isTTY ? await prettyStream(io.stderr) : io.stderr;
@@ -99,12 +117,34 @@ export async function startProxy(
   );
   const consoleOn = config.logLevel !== 'silent';
 
-  const database = await openDatabase(location.path);
-  const checkpoints = startBackgroundCheckpoints(database.sqlite, {
-    onError: (err) => logger.warn(`database ${location.path}: ${err.message}`),
-  });
-  const writer = createExchangeWriter({
-    sqlite: database.sqlite,
+  // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
+  const pgDatabase: PostgresDatabase | null =
+    location.kind === 'postgres' ? await openPostgres(location.url) : null;
+  let database = (location.kind === 'sqlite' ? await openDatabase(location.path) : null) as OpenDatabase;
+  const closeDatabase = async () => {
+    await database?.close();
+    await pgDatabase?.close();
+  };
+  const retired: OpenDatabase[] = [];
+  const checkpoints = database
+    ? startBackgroundCheckpoints(database.sqlite, {
+        onError: (err) => logger.warn(`database ${where}: ${err.message}`),
+      })
+    : { stop: () => undefined };
+  const writerOptions = {
+    reopen: {
+      moved: () => database.moved(),
+      async open() {
+        const next = await openDatabase(where);
+        checkpoints.stop();
+        retired.push(database);
+        database = next;
+        logger.warn(`database ${where} was deleted or replaced; recording into a new file there`);
+        return next.sqlite;
+      },
+    },
+  };
+  const recording: RecordingWriterOptions = {
     flushIntervalMs: config.logFlushIntervalMs,
     queueMax: config.logQueueMax,
     onSpill: (rows) => {
@@ -123,10 +163,18 @@ export async function startProxy(
     onError: (err) =>
       logger.error(
         { err: { message: err.message, code: (err as any).code } },
-        `database ${location.path} is failing; rows are queued and retried`,
+        `database ${where} is failing; rows are queued and retried`,
       ),
-    onRecover: () => logger.info(`database ${location.path} recovered; queued rows written`),
-  });
+    onRecover: () => logger.info(`database ${where} recovered; queued rows written`),
+  };
+  const writer: RecordingWriter = pgDatabase
+    ? createPgExchangeWriter({ db: pgDatabase.db, ...recording })
+    : createExchangeWriter({ sqlite: database.sqlite, ...writerOptions, ...recording });
+  const registryStore: RegistryStore = pgDatabase
+    ? createPgRegistryStore(pgDatabase.db, (channel, onNotify, onState) =>
+        subscribeNotify(pgDatabase.url, channel, onNotify, onState),
+      )
+    : createSqliteRegistryStore(database.sqlite);
 
   const defaultUpstream = createUpstreamTarget('default', config.openaiBaseUrl, {
     type: config.openaiApiType,
@@ -140,17 +188,17 @@ export async function startProxy(
   });
   let registry: RegistryRuntime;
   try {
-    registry = startRegistry(resolved, {
-      sqlite: database.sqlite,
+    registry = await startRegistry(resolved, {
+      store: registryStore,
       logger,
       reloadConfig:
         ext.reloadConfig ??
         (() => resolveConfig({ configPath: resolved.configFile, env: io.env, cwd: io.cwd })),
     });
   } catch (err) {
-    writer.close();
+    await writer.close();
     checkpoints.stop();
-    await database.close();
+    await closeDatabase();
     await logFile.end();
     await dispatcher.close();
     throw err;
@@ -167,9 +215,9 @@ export async function startProxy(
         },
       }).catch(async (err) => {
         registry.close();
-        writer.close();
+        await writer.close();
         checkpoints.stop();
-        await database.close();
+        await closeDatabase();
         await logFile.end();
         await dispatcher.close();
         throw err;
@@ -197,6 +245,7 @@ export async function startProxy(
     routes: [...(ext.routes ?? []), ...registry.routes],
     version: VERSION,
     secrets,
+    clientKeys: config.proxyApiKeys,
     sink: {
       record(r) {
         writer.record(r);
@@ -247,18 +296,22 @@ export async function startProxy(
   }).catch(async (err) => {
     registry.close();
     await vector?.close();
-    writer.close();
+    await writer.close();
     checkpoints.stop();
-    await database.close();
+    await closeDatabase();
     await logFile.end();
     await dispatcher.close();
     throw err;
   });
   // Full-text index for `logs --grep`: filled in small slices, off the recorder's path.
-  const searchIndexer = createSearchIndexer({
-    sqlite: () => database.sqlite,
-    onError: (err) => logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
-  });
+  // (PostgreSQL indexes rows as they are inserted: a GIN index, migration 0002.)
+  const searchIndexer = database
+    ? createSearchIndexer({
+        sqlite: () => database.sqlite,
+        onError: (err) =>
+          logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
+      })
+    : null;
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
@@ -272,7 +325,15 @@ export async function startProxy(
     port: addr.port,
     proxy,
     writer,
-    database,
+    storage: pgDatabase ? postgresStorage(pgDatabase) : sqliteStorage(database),
+    get database() {
+      if (!database)
+        throw new OaiProxyError(
+          'internal',
+          'This proxy records to PostgreSQL; use `storage`, not `database`',
+        );
+      return database;
+    },
     logFile: logPath,
     logger,
     vector,
@@ -283,11 +344,12 @@ export async function startProxy(
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close();
-        searchIndexer.close();
-        writer.close();
+        searchIndexer?.close();
+        await writer.close();
         checkpoints.stop();
         await dispatcher.close().catch(() => undefined);
-        await database.close();
+        await closeDatabase();
+        for (const old of retired) await old.close().catch(() => undefined);
         logFile.flushSync();
         await logFile.end();
       })();
@@ -303,7 +365,7 @@ export function banner(running: RunningProxy, resolved: ResolvedConfig): string 
   const lines = [
     `oai-proxy ${VERSION} listening on ${running.url}  (client base URL: ${running.url}/v1)`,
     `  upstream   ${redactUrl(c.openaiBaseUrl)}  (${key})`,
-    `  database   ${running.database.path}`,
+    `  database   ${running.storage.label}`,
     `  log file   ${running.logFile}`,
   ];
   if (resolved.configFile) lines.push(`  config     ${resolved.configFile}`);

@@ -11,11 +11,11 @@ export interface RegistryControl {
   upstreamNames(): string[];
   view(): RegistryView;
   /** Throws OaiProxyError('conflict', 409) when the name is taken. */
-  addModel(m: NewModel): ModelInfo;
-  removeModel(name: string): boolean;
+  addModel(m: NewModel): Promise<ModelInfo>;
+  removeModel(name: string): Promise<boolean>;
   /** Throws OaiProxyError('conflict', 400) for a loop or a clash with a model name. */
-  setMapping(alias: string, actual: string): 'created' | 'replaced';
-  removeMapping(alias: string): boolean;
+  setMapping(alias: string, actual: string): Promise<'created' | 'replaced'>;
+  removeMapping(alias: string): Promise<boolean>;
   /** Re-read the config file and environment; throws OaiProxyError('config_invalid') and keeps the old state. */
   reload(): Promise<RegistryView>;
 }
@@ -99,7 +99,7 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
       }
       const deployment = opt('deployment');
       if (deployment !== null) field(() => checkModelName(deployment, 'deployment'), 'deployment');
-      const model = control.addModel({
+      const model = await control.addModel({
         name,
         displayName: opt('display_name'),
         description: opt('description'),
@@ -116,7 +116,7 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
   if (path.startsWith('/admin/models/') && path.length > '/admin/models/'.length) {
     if (method !== 'DELETE') return notAllowed(x, 'DELETE');
     const name = tail('/admin/models/');
-    if (!control.removeModel(name)) return notFound(x, `Model "${name}" is not registered`);
+    if (!(await control.removeModel(name))) return notFound(x, `Model "${name}" is not registered`);
     return x.respondRaw(204, '', {});
   }
   if (path === '/admin/model-mappings') {
@@ -126,13 +126,13 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
     if (!body) return;
     const alias = field(() => checkModelName(body.alias, 'alias'), 'alias');
     const actual = field(() => checkModelName(body.actual_model, 'actual_model'), 'actual_model');
-    const outcome = control.setMapping(alias, actual);
+    const outcome = await control.setMapping(alias, actual);
     return x.respondJson(outcome === 'created' ? 201 : 200, { alias, actual_model: actual });
   }
   if (path.startsWith('/admin/model-mappings/') && path.length > '/admin/model-mappings/'.length) {
     if (method !== 'DELETE') return notAllowed(x, 'DELETE');
     const alias = tail('/admin/model-mappings/');
-    if (!control.removeMapping(alias)) return notFound(x, `Alias "${alias}" does not exist`);
+    if (!(await control.removeMapping(alias))) return notFound(x, `Alias "${alias}" does not exist`);
     return x.respondRaw(204, '', {});
   }
   if (path === '/admin/reload-config') {

@@ -1,0 +1,157 @@
+import OpenAI from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { createTestPgDatabase, pgQuery, pgUrl, startPrivateCluster, warnIfNoPg } from '../helpers/pg.js';
+import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+
+const ADMIN_KEY = 'admin-key-0123456789abcdefghijklmnop';
+
+const cleanups: (() => Promise<unknown> | unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function upstream(): Promise<FakeUpstream> {
+  const up = await createFakeUpstream();
+  cleanups.push(() => up.close());
+  return up;
+}
+
+async function database(): Promise<string> {
+  const db = await createTestPgDatabase();
+  cleanups.push(() => db.drop());
+  return db.url;
+}
+
+async function serve(url: string, up: FakeUpstream, env: Record<string, string> = {}): Promise<TestProxy> {
+  const p = await startTestProxy({ DATABASE_URL: url, OPENAI_BASE_URL: up.baseUrl, ADMIN_API_KEY: ADMIN_KEY, ...env });
+  cleanups.push(() => p.close());
+  return p;
+}
+
+const client = (p: TestProxy) => new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
+
+const chat = (p: TestProxy, model = 'gpt-4o-mini', content = 'hello') =>
+  client(p).chat.completions.create({ model, messages: [{ role: 'user', content }] });
+
+async function health(p: TestProxy): Promise<Record<string, any>> {
+  return (await fetch(`${p.url}/health`)).json() as Promise<Record<string, any>>;
+}
+
+async function until<T>(fn: () => Promise<T | undefined | false>, timeoutMs: number): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`not reached within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+warnIfNoPg();
+describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', () => {
+  test('two instances starting at once both migrate and serve; every exchange is recorded exactly once', async () => {
+    const url = await database();
+    const up = await upstream();
+    const [a, b] = await Promise.all([serve(url, up), serve(url, up)]);
+    const migrations = await pgQuery(url, 'select name from kysely_migration order by name');
+    expect(migrations.map((m) => m.name)).toContain('0001-exchanges');
+    expect(new Set(migrations.map((m) => m.name)).size).toBe(migrations.length);
+
+    const n = 40;
+    const answers = await Promise.all(
+      Array.from({ length: n }, (_, i) => chat(i % 2 ? a : b, 'gpt-4o-mini', `question ${i}`)),
+    );
+    expect(answers.every((x) => x.choices[0].message.content === 'Hello from the fake upstream!')).toBe(true);
+    await a.running.writer.flush();
+    await b.running.writer.flush();
+    const rows = await pgQuery(
+      url,
+      "select id, request_body, started_at, status from exchanges where path = '/v1/chat/completions'",
+    );
+    expect(rows).toHaveLength(n);
+    expect(new Set(rows.map((r) => r.id)).size).toBe(n);
+    const questions = rows.map((r) => JSON.parse(r.request_body).messages[0].content).sort();
+    expect(questions).toEqual(Array.from({ length: n }, (_, i) => `question ${i}`).sort());
+    expect(rows.every((r) => r.status === 200)).toBe(true);
+    for (const p of [a, b]) {
+      const h = await health(p);
+      expect(h).toMatchObject({ status: 'ok', database: 'ok', queued_log_rows: 0, spilled_log_rows: 0 });
+    }
+    expect(a.running.storage.label).toMatch(/^postgres:\/\/oai:\*\*\*@127\.0\.0\.1:\d+\//);
+  });
+
+  test('a registry edit through one instance (admin API) or the CLI is in force on the other within a second', async () => {
+    const url = await database();
+    const up = await upstream();
+    const a = await serve(url, up);
+    const b = await serve(url, up);
+    const lastModel = () => JSON.parse(up.requests.at(-1)!.body.toString()).model;
+
+    const res = await fetch(`${a.url}/admin/model-mappings`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ alias: 'team-fast', actual_model: 'gpt-4o-mini' }),
+    });
+    expect(res.status).toBeLessThan(300);
+    const t0 = Date.now();
+    await until(async () => {
+      await chat(b, 'team-fast').catch(() => undefined);
+      return up.requests.length > 0 && lastModel() === 'gpt-4o-mini';
+    }, 1500);
+    expect(Date.now() - t0).toBeLessThan(1500);
+
+    // The CLI writes straight to the database; both instances follow.
+    const io = createTestIo({ DATABASE_URL: url, HOME: '/nonexistent' });
+    expect(await main(['models', 'map', 'team-fast', 'gpt-4o'], io)).toBe(0);
+    const t1 = Date.now();
+    await until(async () => {
+      const [x, y] = await Promise.all([
+        client(a).models.retrieve('team-fast').catch(() => null),
+        b.running.registry.current().resolve('team-fast').actual,
+      ]);
+      return x !== null && y === 'gpt-4o' && a.running.registry.current().resolve('team-fast').actual === 'gpt-4o';
+    }, 1500);
+    expect(Date.now() - t1).toBeLessThan(1500);
+    await chat(b, 'team-fast');
+    expect(lastModel()).toBe('gpt-4o');
+  });
+
+  test('PostgreSQL stopped while serving: requests are unaffected, rows queue and are written after the restart', async () => {
+    const cluster = await startPrivateCluster();
+    cleanups.push(() => cluster.stop());
+    const up = await upstream();
+    const p = await serve(cluster.url, up);
+    await chat(p, 'gpt-4o-mini', 'before');
+    await p.running.writer.flush();
+
+    await cluster.pause();
+    const latencies: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const t = performance.now();
+      const r = await chat(p, 'gpt-4o-mini', `during ${i}`);
+      latencies.push(performance.now() - t);
+      expect(r.choices[0].message.content).toBe('Hello from the fake upstream!');
+    }
+    // No request waited on the database (connect timeout is 5 s; these are local round trips).
+    expect(Math.max(...latencies)).toBeLessThan(1000);
+    const down = await until(async () => {
+      const h = await health(p);
+      return h.database === 'error' ? h : undefined;
+    }, 10_000);
+    expect(down.queued_log_rows).toBeGreaterThanOrEqual(10);
+    expect(down.database_error).toBeTruthy();
+    expect(JSON.stringify(down)).not.toContain(new URL(cluster.url).password);
+
+    await cluster.resume();
+    const back = await until(async () => {
+      const h = await health(p);
+      return h.database === 'ok' && h.queued_log_rows === 0 ? h : undefined;
+    }, 15_000);
+    expect(back.spilled_log_rows).toBe(0);
+    const rows = await pgQuery(cluster.url, "select request_body from exchanges where path = '/v1/chat/completions'");
+    const contents = rows.map((r) => JSON.parse(r.request_body).messages[0].content).sort();
+    expect(contents).toEqual(['before', ...Array.from({ length: 10 }, (_, i) => `during ${i}`)].sort());
+  }, 60_000);
+});
