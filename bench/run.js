@@ -136,10 +136,10 @@ const startUpstream = () => spawnServer('upstream', [join(root, 'bench', 'fake-u
 const startBare = (upstream) =>
   spawnServer('bare-pipe', [join(root, 'bench', 'bare-pipe.js'), upstream.origin]);
 let proxyCount = 0;
-const startProxy = (upstream, env = {}) => {
+const startProxy = (upstream, env = {}, { name = 'oai-proxy', db } = {}) => {
   const n = proxyCount++;
   return spawnServer(
-    'oai-proxy',
+    name,
     [
       join(root, 'bin', 'oai-proxy.js'),
       'serve',
@@ -150,7 +150,7 @@ const startProxy = (upstream, env = {}) => {
       '--upstream',
       `${upstream.origin}/v1`,
       '--db',
-      join(tmp, `proxy-${n}.db`),
+      db ?? join(tmp, `proxy-${n}.db`),
       '--log-file',
       join(tmp, `proxy-${n}.log`),
     ],
@@ -161,6 +161,27 @@ const startProxy = (upstream, env = {}) => {
     },
   );
 };
+
+// With OAI_PROXY_TEST_PG_URL (scripts/pg-test-cluster.sh), `oai-proxy-pg` records to PostgreSQL (a fresh
+// database, dropped afterwards) and runs next to the SQLite proxy and the bare pipe in the same rounds.
+const pgUrl = process.env.OAI_PROXY_TEST_PG_URL;
+async function pgBenchDatabase() {
+  const { default: pg } = await import('pg');
+  const name = `oai_bench_${process.pid}_${Date.now()}`;
+  const admin = async (q) => {
+    const c = new pg.Client({ connectionString: pgUrl });
+    await c.connect();
+    try {
+      await c.query(q);
+    } finally {
+      await c.end();
+    }
+  };
+  await admin(`create database ${name}`);
+  const url = new URL(pgUrl);
+  url.pathname = `/${name}`;
+  return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
+}
 
 /** CPU seconds (user+system) and RSS / peak RSS in MB of a process, from /proc (null elsewhere). */
 function procStats(pid) {
@@ -571,6 +592,7 @@ const fmt = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? '-
 
 function report(results) {
   const names = ['upstream', 'bare-pipe', 'oai-proxy'];
+  if (results.http?.c1?.['oai-proxy-pg'] || results.streams?.['oai-proxy-pg']) names.push('oai-proxy-pg');
   const rows = [];
   for (const c of ['c1', 'c64']) {
     const s = results.http?.[c];
@@ -771,7 +793,9 @@ async function main() {
     if (only.includes('http') || only.includes('streams')) {
       const bare = await startBare(upstream);
       const proxy = await startProxy(upstream);
-      const ts = [upstream, bare, proxy];
+      const pgDb = pgUrl ? await pgBenchDatabase() : null;
+      const pgProxy = pgDb ? await startProxy(upstream, {}, { name: 'oai-proxy-pg', db: pgDb.url }) : null;
+      const ts = [upstream, bare, proxy, ...(pgProxy ? [pgProxy] : [])];
       try {
         if (only.includes('http')) {
           results.http = {};
@@ -782,7 +806,8 @@ async function main() {
           results.streams = await phase(results, 'streams', () => streamScenario(ts));
         }
       } finally {
-        await Promise.all([bare.stop(), proxy.stop()]);
+        await Promise.all([bare.stop(), proxy.stop(), pgProxy?.stop()]);
+        await pgDb?.drop();
       }
     }
     if (only.includes('recorder')) {
