@@ -25,12 +25,18 @@ async function database(): Promise<string> {
 }
 
 async function serve(url: string, up: FakeUpstream, env: Record<string, string> = {}): Promise<TestProxy> {
-  const p = await startTestProxy({ DATABASE_URL: url, OPENAI_BASE_URL: up.baseUrl, ADMIN_API_KEY: ADMIN_KEY, ...env });
+  const p = await startTestProxy({
+    DATABASE_URL: url,
+    OPENAI_BASE_URL: up.baseUrl,
+    ADMIN_API_KEY: ADMIN_KEY,
+    ...env,
+  });
   cleanups.push(() => p.close());
   return p;
 }
 
-const client = (p: TestProxy) => new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
+const client = (p: TestProxy) =>
+  new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
 
 const chat = (p: TestProxy, model = 'gpt-4o-mini', content = 'hello') =>
   client(p).chat.completions.create({ model, messages: [{ role: 'user', content }] });
@@ -108,10 +114,14 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     const t1 = Date.now();
     await until(async () => {
       const [x, y] = await Promise.all([
-        client(a).models.retrieve('team-fast').catch(() => null),
+        client(a)
+          .models.retrieve('team-fast')
+          .catch(() => null),
         b.running.registry.current().resolve('team-fast').actual,
       ]);
-      return x !== null && y === 'gpt-4o' && a.running.registry.current().resolve('team-fast').actual === 'gpt-4o';
+      return (
+        x !== null && y === 'gpt-4o' && a.running.registry.current().resolve('team-fast').actual === 'gpt-4o'
+      );
     }, 1500);
     expect(Date.now() - t1).toBeLessThan(1500);
     await chat(b, 'team-fast');
@@ -150,7 +160,10 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
       return h.database === 'ok' && h.queued_log_rows === 0 ? h : undefined;
     }, 15_000);
     expect(back.spilled_log_rows).toBe(0);
-    const rows = await pgQuery(cluster.url, "select request_body from exchanges where path = '/v1/chat/completions'");
+    const rows = await pgQuery(
+      cluster.url,
+      "select request_body from exchanges where path = '/v1/chat/completions'",
+    );
     const contents = rows.map((r) => JSON.parse(r.request_body).messages[0].content).sort();
     expect(contents).toEqual(['before', ...Array.from({ length: 10 }, (_, i) => `during ${i}`)].sort());
   }, 60_000);
