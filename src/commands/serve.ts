@@ -108,6 +108,7 @@ export async function startProxy(
     maxFiles: config.logMaxFiles,
     daily: config.logRotateDaily,
   });
+  await logFile.ready();
   const logger = pino(
     { level: minLevel(config.logLevel), timestamp: pino.stdTimeFunctions.isoTime, base: undefined },
     pino.multistream([

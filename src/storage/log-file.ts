@@ -21,19 +21,46 @@ export class RotatingFile {
   private boom: Boom;
   private size: number;
   private day: string;
+  /** False while the file is being (re)opened: rotating then would rename a file nobody writes to yet. */
+  private open = false;
+  private opened: Promise<void>;
 
   constructor(private readonly options: RotatingFileOptions) {
     this.boom = pino.destination({ dest: options.path, sync: false, mkdir: true, mode: 0o600 } as any);
     this.size = existsSync(options.path) ? statSync(options.path).size : 0;
     this.day = today();
+    this.opened = this.whenOpen();
+  }
+
+  /** Resolves once the file is open (or failed to open: writes are then dropped by pino's destination). */
+  ready(): Promise<void> {
+    return this.opened;
+  }
+
+  private whenOpen(): Promise<void> {
+    this.open = false;
+    return new Promise((resolve) => {
+      const done = () => {
+        this.boom.off('ready', onReady);
+        this.boom.off('error', done);
+        resolve();
+      };
+      const onReady = () => {
+        this.open = true;
+        done();
+      };
+      this.boom.once('ready', onReady);
+      this.boom.once('error', done);
+    });
   }
 
   write(chunk: string): boolean {
     const ok = this.boom.write(chunk);
     this.size += chunk.length;
     if (
-      (this.options.maxBytes > 0 && this.size >= this.options.maxBytes) ||
-      (this.options.daily && today() !== this.day)
+      this.open &&
+      ((this.options.maxBytes > 0 && this.size >= this.options.maxBytes) ||
+        (this.options.daily && today() !== this.day))
     ) {
       this.rotate();
     }
@@ -54,12 +81,15 @@ export class RotatingFile {
     }
     this.size = 0;
     this.day = today();
+    // Lines already handed to the old descriptor land in the renamed file; buffered ones in the new file.
     this.boom.reopen();
+    this.opened = this.whenOpen();
   }
 
   /** Reopen the file at its path (after an external tool moved it). */
   reopen(): void {
     this.boom.reopen();
+    this.opened = this.whenOpen();
     this.size = existsSync(this.options.path) ? statSync(this.options.path).size : 0;
   }
 
