@@ -109,6 +109,11 @@ export async function main(argv: string[], io: CliIo = defaultIo()): Promise<num
 }
 
 function defaultIo(): CliIo {
+  // `oai-proxy logs | head`: a reader that goes away ends the output quietly, as with any Unix tool.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   return {
     stdout: process.stdout,
     stderr: process.stderr,
