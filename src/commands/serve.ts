@@ -366,11 +366,22 @@ export function banner(running: RunningProxy, resolved: ResolvedConfig): string 
   const lines = [
     `oai-proxy ${VERSION} listening on ${running.url}  (client base URL: ${running.url}/v1)`,
     `  upstream   ${redactUrl(c.openaiBaseUrl)}  (${key})`,
+    ...Object.entries(c.upstreams).map(
+      ([name, u]) =>
+        `  upstream   ${name}: ${redactUrl(u.baseUrl)}${u.type === 'azure' ? ' (azure)' : ''}${u.apiKey || u.apiKeyEnv ? `  (key ${u.apiKeyEnv ? `from ${u.apiKeyEnv}` : maskSecret(u.apiKey)})` : ''}`,
+    ),
+    `  models     ${registrySummary(running, c)}`,
     `  database   ${running.storage.label}`,
     `  log file   ${running.logFile}`,
   ];
   if (resolved.configFile) lines.push(`  config     ${resolved.configFile}`);
   return `${lines.join('\n')}\n`;
+}
+
+function registrySummary(running: RunningProxy, c: ResolvedConfig['config']): string {
+  const reg = running.registry.current();
+  const validation = c.validateModels ? (c.allowUnknownModels ? 'on, unknown allowed' : 'on') : 'off';
+  return `${reg.models.size} registered, ${reg.mappings.size} aliases; validation ${validation}; admin API ${c.adminApiKey ? 'on' : 'off'}`;
 }
 
 /** `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM, shut down cleanly. */

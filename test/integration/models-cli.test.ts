@@ -132,3 +132,30 @@ describe('oai-proxy models', () => {
     expect(help.out).toMatch(/Examples:[\s\S]*oai-proxy models map gpt4 gpt-4o/);
   });
 });
+
+describe('serve banner', () => {
+  test('names the registry, the named upstreams (keys masked) and the validation mode', async () => {
+    const config = join(dir.path, 'cfg.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        availableModels: ['a', 'b'],
+        modelMappings: { fast: 'a' },
+        upstreams: { local: { baseUrl: 'http://127.0.0.1:9/v1', apiKey: 'sk-local-secret-key-wxyz' } },
+      }),
+    );
+    const ac = new AbortController();
+    const io = {
+      ...createTestIo({ HOME: dir.path, LOG_LEVEL: 'silent', VALIDATE_MODELS: 'true' }, dir.path),
+      signal: ac.signal,
+    };
+    const done = main(['serve', '--port', '0', '--db', db, '--config', config], io);
+    for (let i = 0; i < 100 && !io.err().includes('models  '); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    ac.abort();
+    expect(await done).toBe(0);
+    expect(io.err()).toContain('upstream   local: http://127.0.0.1:9/v1  (key sk-…wxyz)');
+    expect(io.err()).toContain('models     2 registered, 1 aliases; validation on; admin API off');
+    expect(io.err()).not.toContain('sk-local-secret-key-wxyz');
+  });
+});
