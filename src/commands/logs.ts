@@ -2,22 +2,24 @@ import { createWriteStream } from 'node:fs';
 import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import { type ResolvedConfig, resolveConfig } from '../config/load.js';
-import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
+import { resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
-import { type OpenDatabase, openDatabase } from '../storage/database.js';
+import { openDatabase } from '../storage/database.js';
 import {
   countExchanges,
+  createExchangeFollower,
   exchangeStats,
-  exchangesAfter,
   findExchanges,
   type LogFilter,
   listExchanges,
-  maxRowid,
   pruneExchanges,
   type StatsKey,
+  sqliteOf,
   streamExchanges,
 } from '../storage/log-queries.js';
+import { openPostgres, postgresError } from '../storage/postgres.js';
 import { searchIndexLag } from '../storage/search-index.js';
+import { postgresStorage, type Storage, sqliteStorage } from '../storage/storage.js';
 import { type CliIo, waitForStop } from './io.js';
 import {
   CSV_COLUMNS,
@@ -88,7 +90,7 @@ export async function openLogsDatabase(
   flags: DatabaseFlags,
   io: CliIo,
   options: { readonly: boolean },
-): Promise<{ handle: OpenDatabase; resolved: ResolvedConfig }> {
+): Promise<{ handle: Storage; resolved: ResolvedConfig }> {
   const resolved = resolveConfig({
     configPath: flags.config,
     flags: { db: flags.db },
@@ -97,11 +99,12 @@ export async function openLogsDatabase(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
-  if (location.kind === 'postgres')
-    throw new OaiProxyError(
-      'config_invalid',
-      `DATABASE_URL ${redactUrl(location.url)}: PostgreSQL is not supported by this version yet; use an SQLite path`,
-    );
+  if (location.kind === 'postgres') {
+    // Never migrated from here: a reader (and prune) only checks that `serve` created the tables. The
+    // pool itself can write, which is all prune needs.
+    const database = await openPostgres(location.url, { readonly: true });
+    return { handle: postgresStorage({ ...database, readonly: options.readonly }), resolved };
+  }
   if (location.path === ':memory:')
     throw new OaiProxyError(
       'usage',
@@ -109,36 +112,38 @@ export async function openLogsDatabase(
     );
   // Even a writer (prune) must not create a database: check it as a reader first.
   const reader = await openDatabase(location.path, { readonly: true });
-  if (options.readonly) return { handle: reader, resolved };
+  if (options.readonly) return { handle: sqliteStorage(reader), resolved };
   await reader.close();
-  return { handle: await openDatabase(location.path), resolved };
+  return { handle: sqliteStorage(await openDatabase(location.path)), resolved };
 }
 
 async function withDatabase<T>(
   flags: DatabaseFlags,
   io: CliIo,
   readonly: boolean,
-  fn: (handle: OpenDatabase, resolved: ResolvedConfig) => Promise<T>,
+  fn: (handle: Storage, resolved: ResolvedConfig) => Promise<T>,
 ): Promise<T> {
   const { handle, resolved } = await openLogsDatabase(flags, io, { readonly });
   try {
     return await fn(handle, resolved);
   } catch (err) {
-    throw asDatabaseError(err, handle.path);
+    throw asDatabaseError(err, handle);
   } finally {
     await handle.close();
   }
 }
 
-function asDatabaseError(err: unknown, path: string): unknown {
+function asDatabaseError(err: unknown, handle: Storage): unknown {
   if (err instanceof OaiProxyError) return err;
   const e = err as { code?: string; message?: string };
+  // A PostgreSQL error has a SQLSTATE (or a socket code): say which database, password hidden.
+  if (handle.kind === 'postgres' && typeof e.code === 'string') return postgresError(handle.label, err);
   if (typeof e.code === 'string' && e.code.startsWith('SQLITE_'))
     return new OaiProxyError(
       'database_error',
       /CORRUPT|NOTADB/.test(e.code)
-        ? `${path} is corrupt (${e.message}); move it aside and let \`oai-proxy serve\` create a new one`
-        : `Reading ${path} failed: ${e.message}`,
+        ? `${handle.label} is corrupt (${e.message}); move it aside and let \`oai-proxy serve\` create a new one`
+        : `Reading ${handle.label} failed: ${e.message}`,
       { cause: err },
     );
   return err;
@@ -167,9 +172,10 @@ export async function runLogsList(opts: LogsListOptions, io: CliIo): Promise<num
   });
 }
 
-function warnSearchLag(handle: OpenDatabase, filter: LogFilter, io: CliIo): void {
-  if (filter.grep === undefined) return;
-  const lag = searchIndexLag(handle.sqlite);
+/** SQLite indexes bodies after they are written; PostgreSQL's search index is always current. */
+function warnSearchLag(handle: Storage, filter: LogFilter, io: CliIo): void {
+  if (filter.grep === undefined || handle.kind !== 'sqlite') return;
+  const lag = searchIndexLag(sqliteOf(handle));
   if (lag.maxRowid > lag.indexedRowid)
     io.stderr.write(
       `note: the newest exchanges (after row ${lag.indexedRowid} of ${lag.maxRowid}) are not in the search index yet; \`oai-proxy serve\` indexes them in the background\n`,
@@ -193,30 +199,17 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
       stopped = true;
       wake();
     });
-    // With --grep only rows already in the search index can be judged; wait for the rest.
-    const ceiling = () =>
-      filter.grep !== undefined ? searchIndexLag(handle.sqlite).indexedRowid : undefined;
-    let last = ceiling() ?? (await maxRowid(handle));
+    const follower = await createExchangeFollower(handle, filter);
     if (backlog > 0) {
       const recent = await listExchanges(handle, filter, { limit: backlog, order: 'desc' });
-      print(
-        recent
-          .filter((r) => r.rowid <= last)
-          .reverse()
-          .map(toExchangeJson),
-      );
+      print(recent.filter(follower.isBacklog).reverse().map(toExchangeJson));
     }
     while (!stopped) {
-      const top = await maxRowid(handle);
-      if (top < last) last = 0; // every row was pruned: rowids start again from 1
-      const rows = await exchangesAfter(handle, filter, last, { upTo: ceiling() });
+      const rows = await follower.next();
       if (rows.length > 0) {
         print(rows.map(toExchangeJson));
-        last = rows[rows.length - 1].rowid;
         continue;
       }
-      const upTo = ceiling() ?? top;
-      if (upTo > last && filter.grep === undefined) last = upTo;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, intervalMs);
         wake = () => {
@@ -237,7 +230,7 @@ export async function runLogsShow(id: string, opts: LogsShowOptions, io: CliIo):
     if (found.length === 0)
       throw new OaiProxyError(
         'not_found',
-        `No exchange with id or prefix "${id}" in ${handle.path}; list ids with \`oai-proxy logs\``,
+        `No exchange with id or prefix "${id}" in ${handle.label}; list ids with \`oai-proxy logs\``,
       );
     if (found.length > 1) {
       io.stderr.write(
@@ -354,11 +347,19 @@ export async function runLogsPrune(
       io.stdout.write(
         result.dry_run
           ? `would delete ${result.deleted} exchanges started before ${when} (dry run: nothing changed)\n`
-          : `deleted ${result.deleted} exchanges started before ${when}; ${formatBytes(result.bytes_freed)} freed${opts.vacuum ? ' (file compacted)' : ' inside the file (add --vacuum to shrink it)'}\n`,
+          : `deleted ${result.deleted} exchanges started before ${when}; ${formatBytes(result.bytes_freed)} freed${pruneNote(handle.kind, opts.vacuum === true)}\n`,
       );
     }
     return 0;
   });
+}
+
+function pruneNote(kind: Storage['kind'], vacuum: boolean): string {
+  if (kind === 'postgres')
+    return vacuum
+      ? ' (table compacted: VACUUM FULL)'
+      : ' (the space is reused once autovacuum has run; add --vacuum to give it back now)';
+  return vacuum ? ' (file compacted)' : ' inside the file (add --vacuum to shrink it)';
 }
 
 function formatBytes(n: number): string {
@@ -382,7 +383,10 @@ function definedOnly(o: Record<string, unknown>): Record<string, unknown> {
 
 function addDatabaseOptions(cmd: Command): Command {
   return cmd
-    .option('--db <path>', 'SQLite database path or URL (DATABASE_URL; default: where serve records)')
+    .option(
+      '--db <path>',
+      'SQLite database path or postgres:// URL (DATABASE_URL; default: where serve records)',
+    )
     .option('-c, --config <path>', 'config file (OAI_PROXY_CONFIG)');
 }
 

@@ -1,7 +1,8 @@
 import { type Expression, type ExpressionBuilder, type SqlBool, sql } from 'kysely';
 import { OaiProxyError } from '../errors.js';
-import type { OpenDatabase } from './database.js';
-import { resetSearchIndex } from './search-index.js';
+import type { SqliteHandle } from './database.js';
+import { resetSearchIndex, searchIndexLag } from './search-index.js';
+import type { Storage } from './storage.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
 
 /** Which rows a `logs` query selects. Every field is optional; all given ones must hold. */
@@ -64,8 +65,11 @@ export type ExchangeSummaryRow = Pick<ExchangesTable, (typeof SUMMARY_COLUMNS)[n
 
 type Eb = ExpressionBuilder<DatabaseSchema, 'exchanges'>;
 
-/** The WHERE clause for a filter. */
-export function filterExpression(filter: LogFilter): (eb: Eb) => Expression<SqlBool> {
+/** The WHERE clause for a filter (`kind` picks the full-text search of that database). */
+export function filterExpression(
+  filter: LogFilter,
+  kind: Storage['kind'] = 'sqlite',
+): (eb: Eb) => Expression<SqlBool> {
   return (eb) => {
     const all: Expression<SqlBool>[] = [];
     if (!filter.internal) all.push(eb('internal', '=', 0));
@@ -92,14 +96,34 @@ export function filterExpression(filter: LogFilter): (eb: Eb) => Expression<SqlB
     if (filter.stream !== undefined) all.push(eb('stream', '=', filter.stream ? 1 : 0));
     if (filter.grep !== undefined)
       all.push(
-        eb(
-          sql`exchanges.rowid`,
-          'in',
-          sql`(select rowid from exchanges_fts where exchanges_fts match ${ftsPhrase(filter.grep)})`,
-        ),
+        kind === 'postgres'
+          ? // The very expression migration 0002 indexes (GIN), so the index answers it.
+            sql<SqlBool>`oai_proxy_search_vector(request_body, response_body, assembled) @@ ${pgTsQuery(filter.grep)}`
+          : eb(
+              sql`exchanges.rowid`,
+              'in',
+              sql`(select rowid from exchanges_fts where exchanges_fts match ${ftsPhrase(filter.grep)})`,
+            ),
       );
     return eb.and(all);
   };
+}
+
+/**
+ * The PostgreSQL tsquery for `--grep TEXT`, with FTS5's semantics: the words as one phrase
+ * (`phraseto_tsquery`), a trailing `*` making the last word a prefix (`'word':*`). The `simple`
+ * configuration matches the index: lower-cased words, no stemming, no stop words.
+ */
+export function pgTsQuery(text: string) {
+  const trimmed = text.trim();
+  if (!trimmed.endsWith('*')) return sql`phraseto_tsquery('simple', ${trimmed})`;
+  const body = trimmed.slice(0, -1).trimEnd();
+  const cut = body.search(/\S+$/);
+  const head = cut > 0 ? body.slice(0, cut).trim() : '';
+  const last = cut >= 0 ? body.slice(cut) : '';
+  if (last === '') return sql`phraseto_tsquery('simple', ${head})`;
+  const prefix = sql`to_tsquery('simple', ${`'${last.replace(/\\/g, '\\\\').replace(/'/g, "''")}':*`})`;
+  return head === '' ? prefix : sql`(phraseto_tsquery('simple', ${head}) <-> ${prefix})`;
 }
 
 /** The FTS5 query for `--grep TEXT`: the text as one phrase; a trailing `*` makes its last word a prefix. */
@@ -118,7 +142,7 @@ export interface ListOptions {
 
 /** Matching exchanges by start time, newest first unless `order` is asc. */
 export async function listExchanges(
-  handle: OpenDatabase,
+  handle: Storage,
   filter: LogFilter,
   options: ListOptions,
 ): Promise<ExchangeSummaryRow[]> {
@@ -126,7 +150,7 @@ export async function listExchanges(
   let q = handle.db
     .selectFrom('exchanges')
     .select([...SUMMARY_COLUMNS, sql<number>`exchanges.rowid`.as('rowid')])
-    .where(filterExpression(filter))
+    .where(filterExpression(filter, handle.kind))
     .orderBy('started_at', options.order)
     .orderBy('id', options.order);
   if (options.limit > 0) q = q.limit(options.limit);
@@ -134,23 +158,24 @@ export async function listExchanges(
 }
 
 /** Number of matching exchanges. */
-export async function countExchanges(handle: OpenDatabase, filter: LogFilter): Promise<number> {
+export async function countExchanges(handle: Storage, filter: LogFilter): Promise<number> {
   checkSearchable(handle, filter);
   const row = await handle.db
     .selectFrom('exchanges')
     .select((eb) => eb.fn.countAll<number>().as('n'))
-    .where(filterExpression(filter))
+    .where(filterExpression(filter, handle.kind))
     .executeTakeFirstOrThrow();
   return Number(row.n);
 }
 
 /** Every matching exchange with all its columns, streamed in start-time order (bounded memory). */
 export function streamExchanges(
-  handle: OpenDatabase,
+  handle: Storage,
   filter: LogFilter,
   order: 'asc' | 'desc',
 ): AsyncIterableIterator<ExchangesTable> {
   checkSearchable(handle, filter);
+  if (handle.kind === 'postgres') return pagedExchanges(handle, filter, order);
   return handle.db
     .selectFrom('exchanges')
     .selectAll()
@@ -160,8 +185,35 @@ export function streamExchanges(
     .stream(256);
 }
 
+/**
+ * PostgreSQL: Kysely streams only through pg-cursor, so pages of `pageSize` rows are read by keyset
+ * (`(started_at, id)` past the last row of the previous page), which keeps memory bounded as well.
+ */
+async function* pagedExchanges(
+  handle: Storage,
+  filter: LogFilter,
+  order: 'asc' | 'desc',
+  pageSize = 256,
+): AsyncIterableIterator<ExchangesTable> {
+  const past = sql.raw(order === 'asc' ? '>' : '<');
+  let after: { started_at: number; id: string } | null = null;
+  for (;;) {
+    let q = handle.db.selectFrom('exchanges').selectAll().where(filterExpression(filter, handle.kind));
+    if (after) q = q.where(sql<SqlBool>`(started_at, id) ${past} (${after.started_at}, ${after.id})`);
+    const page: ExchangesTable[] = await q
+      .orderBy('started_at', order)
+      .orderBy('id', order)
+      .limit(pageSize)
+      .execute();
+    yield* page;
+    if (page.length < pageSize) return;
+    const last = page[page.length - 1];
+    after = { started_at: last.started_at, id: last.id };
+  }
+}
+
 /** Highest rowid in exchanges (0 when empty): where `logs --follow` starts. */
-export async function maxRowid(handle: OpenDatabase): Promise<number> {
+export async function maxRowid(handle: Storage): Promise<number> {
   const row = await handle.db
     .selectFrom('exchanges')
     .select(sql<number | null>`max(rowid)`.as('m'))
@@ -171,7 +223,7 @@ export async function maxRowid(handle: OpenDatabase): Promise<number> {
 
 /** Matching exchanges recorded after `rowid` (insertion order), up to rowid `upTo`, at most `limit`. */
 export async function exchangesAfter(
-  handle: OpenDatabase,
+  handle: Storage,
   filter: LogFilter,
   rowid: number,
   options: { upTo?: number; limit?: number } = {},
@@ -182,10 +234,125 @@ export async function exchangesAfter(
     .where(sql<SqlBool>`exchanges.rowid > ${rowid}`);
   if (options.upTo !== undefined) q = q.where(sql<SqlBool>`exchanges.rowid <= ${options.upTo}`);
   return q
-    .where(filterExpression(filter))
+    .where(filterExpression(filter, handle.kind))
     .orderBy(sql`exchanges.rowid`)
     .limit(options.limit ?? 1000)
     .execute();
+}
+
+/** `logs --follow`: which rows are already there, and the matching rows recorded since the last call. */
+export interface ExchangeFollower {
+  /** True for a row recorded before following began (the backlog is printed from these). */
+  isBacklog(row: ExchangeSummaryRow): boolean;
+  /** Matching rows that became visible since the last call, oldest first; [] when there are none yet. */
+  next(): Promise<ExchangeSummaryRow[]>;
+}
+
+/** Start following the matching exchanges recorded from now on. */
+export async function createExchangeFollower(handle: Storage, filter: LogFilter): Promise<ExchangeFollower> {
+  return handle.kind === 'postgres' ? pgFollower(handle, filter) : sqliteFollower(handle, filter);
+}
+
+/**
+ * SQLite has one writer at a time, so rowids become visible in increasing order: remember the last one.
+ * With --grep only rows already in the search index can be judged, so it waits for the indexer.
+ */
+async function sqliteFollower(handle: Storage, filter: LogFilter): Promise<ExchangeFollower> {
+  const sqlite = sqliteOf(handle);
+  const ceiling = () => (filter.grep !== undefined ? searchIndexLag(sqlite).indexedRowid : undefined);
+  let last = ceiling() ?? (await maxRowid(handle));
+  const start = last;
+  return {
+    isBacklog: (row) => row.rowid <= start,
+    async next() {
+      const top = await maxRowid(handle);
+      if (top < last) last = 0; // every row was pruned: rowids start again from 1
+      const rows = await exchangesAfter(handle, filter, last, { upTo: ceiling() });
+      if (rows.length > 0) {
+        last = rows[rows.length - 1].rowid;
+        return rows;
+      }
+      const upTo = ceiling() ?? top;
+      if (upTo > last && filter.grep === undefined) last = upTo;
+      return [];
+    },
+  };
+}
+
+/** How long a missing rowid is waited for before it counts as never coming (see pgFollower). */
+const PG_GAP_WAIT_MS = 60_000;
+/** At most this many missing rowids are waited for at once (a huge jump is a restore, not a writer). */
+const PG_GAP_MAX = 10_000;
+const PG_FOLLOW_PAGE = 1000;
+
+/**
+ * PostgreSQL: several writers (every `serve` instance) insert concurrently, and an identity value is taken
+ * when the INSERT runs, not when it commits, so rowid 11 can become visible after rowid 12: remembering
+ * only the highest rowid seen would skip 11 for ever. So the follower also remembers the holes below it:
+ * every rowid between the previous highest and a newly seen one is "pending", asked for again (by the
+ * unique rowid index) on each poll until it shows up or `PG_GAP_WAIT_MS` has passed. A hole can be
+ * permanent (a rolled-back batch, or the writer's ON CONFLICT DO NOTHING consumed a value), hence the
+ * expiry; the writers insert in single autocommit statements bounded by statement_timeout (30 s), so a
+ * row that commits at all does so well within a minute of taking its rowid. New rows are fetched
+ * unfiltered with the filter as a column, so a hole is told apart from a row the filter rejects; no row
+ * is printed twice, since a rowid leaves "pending" (or is passed) as soon as it has been seen.
+ */
+async function pgFollower(handle: Storage, filter: LogFilter): Promise<ExchangeFollower> {
+  const pending = new Map<number, number>();
+  const noteGaps = (from: number, to: number, now: number) => {
+    for (let v = Math.max(from + 1, to - PG_GAP_MAX); v < to; v++) pending.set(v, now);
+  };
+  // The holes among the latest rowids may be rows still being committed: they are not backlog.
+  const recent = await handle.db
+    .selectFrom('exchanges')
+    .select(sql<number>`rowid`.as('rowid'))
+    .orderBy(sql`rowid`, 'desc')
+    .limit(PG_FOLLOW_PAGE)
+    .execute();
+  const now = Date.now();
+  for (let i = 1; i < recent.length; i++) noteGaps(recent[i].rowid, recent[i - 1].rowid, now);
+  let high = recent.length > 0 ? recent[0].rowid : 0;
+  const start = high;
+  const matches = filterExpression(filter, handle.kind);
+
+  const page = async () => {
+    const gaps = [...pending.keys()];
+    return handle.db
+      .selectFrom('exchanges')
+      .select((eb) => [
+        ...SUMMARY_COLUMNS,
+        sql<number>`exchanges.rowid`.as('rowid'),
+        sql<boolean>`${matches(eb)}`.as('matched'),
+      ])
+      .where(
+        gaps.length > 0
+          ? sql<SqlBool>`(exchanges.rowid > ${high} or exchanges.rowid = any(${gaps}::bigint[]))`
+          : sql<SqlBool>`exchanges.rowid > ${high}`,
+      )
+      .orderBy(sql`exchanges.rowid`)
+      .limit(PG_FOLLOW_PAGE)
+      .execute();
+  };
+
+  return {
+    isBacklog: (row) => row.rowid <= start && !pending.has(row.rowid),
+    async next() {
+      const out: ExchangeSummaryRow[] = [];
+      for (;;) {
+        const rows = await page();
+        const now = Date.now();
+        for (const { matched, ...row } of rows) {
+          if (row.rowid > high) {
+            noteGaps(high, row.rowid, now);
+            high = row.rowid;
+          } else pending.delete(row.rowid);
+          if (matched) out.push(row);
+        }
+        for (const [v, since] of pending) if (now - since > PG_GAP_WAIT_MS) pending.delete(v);
+        if (rows.length < PG_FOLLOW_PAGE) return out;
+      }
+    },
+  };
 }
 
 /**
@@ -193,22 +360,31 @@ export async function exchangesAfter(
  * comes back alone.
  */
 export async function findExchanges(
-  handle: OpenDatabase,
+  handle: Storage,
   idOrPrefix: string,
   limit = 10,
 ): Promise<ExchangesTable[]> {
   const p = idOrPrefix.trim().toLowerCase();
   const exact = await handle.db.selectFrom('exchanges').selectAll().where('id', '=', p).execute();
   if (exact.length > 0 || p === '') return exact;
-  // Ids use 0-9 a-z only, and '~' sorts after them: a range scan on the primary key.
-  return handle.db
-    .selectFrom('exchanges')
-    .selectAll()
-    .where('id', '>=', p)
-    .where('id', '<', `${p}~`)
-    .orderBy('id')
-    .limit(limit)
-    .execute();
+  if (!/^[0-9a-z]+$/.test(p)) return [];
+  // Ids use 0-9 a-z only: a range scan on the primary key up to the next prefix ("ab" → "ac", "az" → "b").
+  // Not `p + '~'`: under a PostgreSQL locale collation punctuation may sort before letters.
+  const upper = nextPrefix(p);
+  let q = handle.db.selectFrom('exchanges').selectAll().where('id', '>=', p);
+  if (upper !== null) q = q.where('id', '<', upper);
+  return q.orderBy('id').limit(limit).execute();
+}
+
+const ID_ALPHABET = '0123456789abcdefghijklmnopqrstuvwxyz';
+
+/** The smallest [0-9a-z] string above every string starting with `p`; null when there is none ("zz"). */
+export function nextPrefix(p: string): string | null {
+  for (let i = p.length - 1; i >= 0; i--) {
+    const at = ID_ALPHABET.indexOf(p[i]);
+    if (at < ID_ALPHABET.length - 1) return p.slice(0, i) + ID_ALPHABET[at + 1];
+  }
+  return null;
 }
 
 /** What `logs stats` groups by. */
@@ -245,12 +421,9 @@ export interface StatsSample {
 }
 
 /** Aggregate matching exchanges into groups by `by`. */
-export async function exchangeStats(
-  handle: OpenDatabase,
-  filter: LogFilter,
-  by: StatsKey,
-): Promise<StatsGroup[]> {
+export async function exchangeStats(handle: Storage, filter: LogFilter, by: StatsKey): Promise<StatsGroup[]> {
   checkSearchable(handle, filter);
+  if (handle.kind === 'postgres') return pgStats(handle, filter, by);
   const compiled = handle.db
     .selectFrom('exchanges')
     .select([
@@ -270,10 +443,63 @@ export async function exchangeStats(
     .compile();
   // Hundreds of thousands of rows: iterate the prepared statement directly instead of building row objects
   // through the driver's all().
-  const rows = handle.sqlite
+  const rows = sqliteOf(handle)
     .prepare(compiled.sql)
     .iterate(...(compiled.parameters as unknown[])) as IterableIterator<StatsSample>;
   return computeStats(rows, by);
+}
+
+/**
+ * PostgreSQL aggregates on the server instead of shipping every sample. `percentile_disc` is the
+ * nearest-rank percentile `computeStats` uses (the first value at or past the fraction), so both
+ * databases give the same figures; keys are spelled as `statsKeyOf` spells them.
+ */
+async function pgStats(handle: Storage, filter: LogFilter, by: StatsKey): Promise<StatsGroup[]> {
+  const key = {
+    model: sql<string>`coalesce(model, '(none)')`,
+    path: sql<string>`path`,
+    status: sql<string>`case when status is null then coalesce(error, 'no response') else status::text end`,
+    user: sql<string>`coalesce("user", '(none)')`,
+    day: sql<string>`to_char(to_timestamp(started_at / 1000.0) at time zone 'UTC', 'YYYY-MM-DD')`,
+  }[by];
+  const pct = (p: number, column: 'duration_ms' | 'ttfb_ms') =>
+    column === 'duration_ms'
+      ? sql<number | null>`percentile_disc(${sql.lit(p)}) within group (order by duration_ms)`
+      : sql<number | null>`percentile_disc(${sql.lit(p)}) within group (order by ttfb_ms)
+          filter (where stream = 1 and ttfb_ms is not null)`;
+  const rows = await handle.db
+    .selectFrom('exchanges')
+    .select([
+      key.as('key'),
+      sql<number>`count(*)`.as('requests'),
+      sql<number>`count(*) filter (where error is not null or status is null or status >= 400)`.as('errors'),
+      sql<number>`coalesce(sum(prompt_tokens), 0)`.as('prompt_tokens'),
+      sql<number>`coalesce(sum(completion_tokens), 0)`.as('completion_tokens'),
+      pct(0.5, 'duration_ms').as('p50_ms'),
+      pct(0.95, 'duration_ms').as('p95_ms'),
+      pct(0.99, 'duration_ms').as('p99_ms'),
+      pct(0.5, 'ttfb_ms').as('ttfb_p50_ms'),
+      pct(0.95, 'ttfb_ms').as('ttfb_p95_ms'),
+    ])
+    .where(filterExpression(filter, handle.kind))
+    .groupBy(sql`1`)
+    .execute();
+  return sortStatsGroups(
+    rows.map((r) => ({
+      key: r.key,
+      requests: r.requests,
+      errors: r.errors,
+      error_rate: Math.round((r.errors / r.requests) * 10000) / 10000,
+      prompt_tokens: r.prompt_tokens,
+      completion_tokens: r.completion_tokens,
+      p50_ms: r.p50_ms,
+      p95_ms: r.p95_ms,
+      p99_ms: r.p99_ms,
+      ttfb_p50_ms: r.ttfb_p50_ms,
+      ttfb_p95_ms: r.ttfb_p95_ms,
+    })),
+    by,
+  );
 }
 
 /** True when the exchange counts as an error: an HTTP error status or no complete upstream answer. */
@@ -319,9 +545,14 @@ export function computeStats(samples: Iterable<StatsSample>, by: StatsKey): Stat
       ttfb_p95_ms: percentile(t, 95),
     });
   }
+  return sortStatsGroups(out, by);
+}
+
+/** Groups in display order: by key for `day`, else most requests first. */
+function sortStatsGroups(groups: StatsGroup[], by: StatsKey): StatsGroup[] {
   return by === 'day'
-    ? out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
-    : out.sort((a, b) => b.requests - a.requests || (a.key < b.key ? -1 : 1));
+    ? groups.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+    : groups.sort((a, b) => b.requests - a.requests || (a.key < b.key ? -1 : 1));
 }
 
 /** Nearest-rank percentile of ascending `sorted`: the smallest value with at least p% of samples ≤ it. */
@@ -364,13 +595,15 @@ export interface PruneOptions {
 export interface PruneResult {
   deleted: number;
   dry_run: boolean;
-  /** Pages released inside the file (or, with vacuum, the shrink of the file), in bytes. */
+  /**
+   * SQLite: pages released inside the file (or, with vacuum, the shrink of the file). PostgreSQL: the
+   * shrink of the exchanges table with its indexes and TOAST (pg_total_relation_size). In bytes.
+   */
   bytes_freed: number;
 }
 
 /** Delete exchanges older than `before` (and their full-text entries, by trigger), in batches. */
-export async function pruneExchanges(handle: OpenDatabase, options: PruneOptions): Promise<PruneResult> {
-  const { sqlite } = handle;
+export async function pruneExchanges(handle: Storage, options: PruneOptions): Promise<PruneResult> {
   if (options.dryRun) {
     const row = await handle.db
       .selectFrom('exchanges')
@@ -380,28 +613,15 @@ export async function pruneExchanges(handle: OpenDatabase, options: PruneOptions
     return { deleted: Number(row.n), dry_run: true, bytes_freed: 0 };
   }
   if (handle.readonly) throw new OaiProxyError('internal', 'pruneExchanges needs a writable database');
+  if (handle.kind === 'postgres') return prunePostgres(handle, options);
+  const sqlite = sqliteOf(handle);
   const pageSize = sqlite.pragma('page_size', { simple: true }) as number;
   const pages = () => ({
     count: sqlite.pragma('page_count', { simple: true }) as number,
     free: sqlite.pragma('freelist_count', { simple: true }) as number,
   });
   const before = pages();
-  const batchSize = options.batchSize ?? 2000;
-  let deleted = 0;
-  for (;;) {
-    const gone = await handle.db
-      .deleteFrom('exchanges')
-      .where(
-        sql`rowid`,
-        'in',
-        sql`(select rowid from exchanges where started_at < ${options.before} limit ${batchSize})`,
-      )
-      .returning('id')
-      .execute();
-    if (gone.length === 0) break;
-    deleted += gone.length;
-    await options.onPruned?.(gone.map((r) => r.id));
-  }
+  const deleted = await deleteInBatches(handle, options);
   const afterDelete = pages();
   let bytesFreed = (afterDelete.free - before.free) * pageSize;
   if (options.vacuum) {
@@ -420,13 +640,75 @@ export async function pruneExchanges(handle: OpenDatabase, options: PruneOptions
   return { deleted, dry_run: false, bytes_freed: Math.max(0, bytesFreed) };
 }
 
-/** `--grep` needs migration 0002's FTS table; a database from an older serve lacks it. */
-function checkSearchable(handle: OpenDatabase, filter: LogFilter): void {
-  if (filter.grep === undefined) return;
-  const has = handle.sqlite.prepare("select 1 from sqlite_master where name = 'exchanges_fts'").get();
+/**
+ * PostgreSQL: deleted rows become reusable space once (auto)vacuum has passed, but the files keep their
+ * size, so without --vacuum `bytes_freed` is usually 0. `--vacuum` is `VACUUM FULL` of exchanges (the
+ * counterpart of SQLite's VACUUM: the table, its TOAST and indexes rewritten compactly, the space given
+ * back to the filesystem) and then ANALYZE. It holds an exclusive lock on exchanges while it runs: the
+ * `serve` writers queue their rows meanwhile, as they do during SQLite's VACUUM. No statement timeout
+ * applies to it (the pool's 30 s would abort a large table's rewrite half-way).
+ */
+async function prunePostgres(handle: Storage, options: PruneOptions): Promise<PruneResult> {
+  const size = async () => {
+    const { rows } = await sql<{
+      bytes: number;
+    }>`select pg_total_relation_size('exchanges') as bytes`.execute(handle.db);
+    return Number(rows[0].bytes);
+  };
+  const before = await size();
+  const deleted = await deleteInBatches(handle, options);
+  if (options.vacuum) {
+    await handle.db.connection().execute(async (conn) => {
+      await sql`set statement_timeout = 0`.execute(conn);
+      try {
+        await sql`vacuum full exchanges`.execute(conn);
+        await sql`analyze exchanges`.execute(conn);
+      } finally {
+        await sql`reset statement_timeout`.execute(conn);
+      }
+    });
+  }
+  return { deleted, dry_run: false, bytes_freed: Math.max(0, before - (await size())) };
+}
+
+/** Delete in transactions of `batchSize` rows (the same statement on both databases); rows deleted. */
+async function deleteInBatches(handle: Storage, options: PruneOptions): Promise<number> {
+  const batchSize = options.batchSize ?? 2000;
+  let deleted = 0;
+  for (;;) {
+    const gone = await handle.db
+      .deleteFrom('exchanges')
+      .where(
+        sql`rowid`,
+        'in',
+        sql`(select rowid from exchanges where started_at < ${options.before} limit ${batchSize})`,
+      )
+      .returning('id')
+      .execute();
+    if (gone.length === 0) break;
+    deleted += gone.length;
+    await options.onPruned?.(gone.map((r) => r.id));
+  }
+  return deleted;
+}
+
+/**
+ * `--grep` on SQLite needs migration 0002's FTS table; a database from an older serve lacks it. On
+ * PostgreSQL the search function and its index came with the first migration run (0002 was there before
+ * PostgreSQL support), so there is nothing to check.
+ */
+function checkSearchable(handle: Storage, filter: LogFilter): void {
+  if (filter.grep === undefined || handle.kind === 'postgres') return;
+  const has = sqliteOf(handle).prepare("select 1 from sqlite_master where name = 'exchanges_fts'").get();
   if (!has)
     throw new OaiProxyError(
       'database_error',
-      `Database ${handle.path} has no full-text index yet; run \`oai-proxy serve\` once with this version to upgrade it, then retry --grep`,
+      `Database ${handle.label} has no full-text index yet; run \`oai-proxy serve\` once with this version to upgrade it, then retry --grep`,
     );
+}
+
+/** The better-sqlite3 handle of an SQLite storage (for the SQLite-only fast paths). */
+export function sqliteOf(handle: Storage): SqliteHandle {
+  if (!handle.sqlite) throw new OaiProxyError('internal', `${handle.label} is not an SQLite database`);
+  return handle.sqlite;
 }
