@@ -46,6 +46,8 @@ const HOP_BY_HOP = new Set([
   'transfer-encoding',
   'upgrade',
   'host',
+  // Node's server already answered `Expect: 100-continue`; undici refuses to send `expect` at all.
+  'expect',
   'http2-settings',
 ]);
 

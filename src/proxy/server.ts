@@ -128,6 +128,8 @@ export class ExchangeContext {
 
   /** Send a body from the proxy itself. */
   respondRaw(status: number, text: string, headers: Record<string, string>): void {
+    // Already answered (e.g. a malformed body refused mid-read): the first answer stands.
+    if (this.res.headersSent) return;
     const buf = Buffer.from(text);
     const h: Record<string, string> = { ...headers, 'content-length': String(buf.length) };
     this.status = status;
@@ -148,6 +150,7 @@ export class ExchangeContext {
     code: string | null,
     param: string | null = null,
   ): void {
+    if (this.res.headersSent) return;
     if (kind) this.error = kind;
     this.errorMessage = message;
     this.respondRaw(status, openAiErrorBody(message, type, code, param), {
@@ -155,7 +158,7 @@ export class ExchangeContext {
     });
   }
 
-  /** Read the whole request body up to `limit` bytes; null (after answering 413) when over. */
+  /** Read the whole request body up to `limit` bytes; null when over (after answering 413) or cut off. */
   async readBody(limit: number): Promise<Buffer | null> {
     if (this.requestBody) return this.requestBody;
     const declared = Number(this.req.headers['content-length'] ?? 0);
@@ -174,6 +177,8 @@ export class ExchangeContext {
       chunks.push(chunk);
       this.requestCapture.push(chunk);
     }
+    // The iteration also ends when the client vanished or the parser refused the body mid-way.
+    if (!this.req.complete) return null;
     this.requestBody = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
     return this.requestBody;
   }
@@ -232,6 +237,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const secrets = (options.secrets ?? []).filter((s) => s && s.length >= 6);
   const cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
+  const contexts = new WeakMap<ServerResponse, ExchangeContext>();
   const clientKeys = (options.clientKeys ?? []).filter(Boolean);
   const clientKeyValid = (req: IncomingMessage): boolean => {
     const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ''))?.[1]?.trim();
@@ -281,7 +287,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         query: x.query || null,
         clientAddr: x.clientAddr,
         status: x.status,
-        requestHeaders: redactHeaders(x.req.headers),
+        requestHeaders: scrubHeaderSecrets(redactHeaders(x.req.headers), secrets),
         responseHeaders: x.responseHeaders ? redactHeaders(x.responseHeaders) : null,
         requestBody,
         requestBytes: x.requestCapture.bytes,
@@ -414,6 +420,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       delete clientHeaders.authorization;
       delete clientHeaders['api-key'];
     }
+    // Answered already (a malformed body refused mid-read) or the client is gone: nothing to forward.
+    if (x.res.headersSent || x.res.destroyed) return;
     const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, clientHeaders, {
       contentLength,
       deployment: decision.deployment ?? decision.model ?? undefined,
@@ -432,12 +440,14 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     new Promise<void>((resolve) => {
       const { res } = x;
       let controller: Dispatcher.DispatchController | null = null;
+      const abortUpstream = (c: Dispatcher.DispatchController) => {
+        if (c.aborted) return;
+        const e = new Error('client aborted') as Error & { code: string };
+        e.code = 'CLIENT_ABORTED';
+        c.abort(e);
+      };
       const onClientClose = () => {
-        if (!res.writableEnded && controller && !controller.aborted) {
-          const e = new Error('client aborted') as Error & { code: string };
-          e.code = 'CLIENT_ABORTED';
-          controller.abort(e);
-        }
+        if (!res.writableEnded && controller) abortUpstream(controller);
       };
       res.once('close', onClientClose);
       const handler: Dispatcher.DispatchHandler = {
@@ -445,7 +455,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           controller = c;
           if (res.destroyed) onClientClose();
         },
-        onResponseStart(_c, statusCode, upstreamHeaders) {
+        onResponseStart(c, statusCode, upstreamHeaders) {
+          if (res.headersSent) {
+            // The proxy already answered (a malformed body refused mid-read): drop the upstream answer.
+            abortUpstream(c);
+            return;
+          }
           x.status = statusCode;
           const out: Record<string, string | string[]> = {};
           for (const [k, v] of Object.entries(upstreamHeaders)) {
@@ -468,6 +483,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           if (x.assembler) res.flushHeaders();
         },
         onResponseData(c, chunk) {
+          if (res.writableEnded || res.destroyed) {
+            // Nobody to write to, and no 'drain' will ever resume a paused upstream: stop it.
+            abortUpstream(c);
+            return;
+          }
           if (x.ttfb === null) x.ttfb = x.elapsed();
           x.responseCapture.push(chunk);
           x.assembler?.push(chunk);
@@ -484,6 +504,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         },
         onResponseError(_c, err) {
           res.removeListener('close', onClientClose);
+          if (x.error === 'invalid_request') {
+            // the request body was refused by the parser and already answered
+            resolve();
+            return;
+          }
           const code = (err as { code?: string }).code;
           if (code === 'CLIENT_ABORTED' || (res.destroyed && !res.writableEnded)) {
             x.error = 'client_aborted';
@@ -576,6 +601,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes as they are.
     const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
+    contexts.set(res, x);
     res.once('close', () => {
       if (!res.writableEnded && !x.error) {
         x.error = 'client_aborted';
@@ -627,6 +653,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       void handle(req, res);
     },
   );
+  // An Expect other than 100-continue: proxy the request anyway (RFC 9110 allows ignoring it) rather than
+  // Node's unrecorded automatic 417.
+  server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+    if (closing) res.setHeader('connection', 'close');
+    void handle(req, res);
+  });
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
@@ -644,6 +676,28 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         : status === 408
           ? 'Request timeout'
           : `Bad request (${err.code ?? 'malformed HTTP'})`;
+    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (answering && !answering.writableFinished) {
+      const x = contexts.get(answering);
+      answering.shouldKeepAlive = false;
+      if (answering.req?.complete) {
+        // Junk after a complete request (past `connection: close`, or a broken pipelined one): a second
+        // status line would corrupt the answer in progress. Finish it, then close.
+        socket.pause();
+        answering.once('finish', () => socket.end());
+        answering.once('close', () => socket.destroy());
+      } else if (x && !answering.headersSent) {
+        // The body of the request being handled is malformed: answer it (recorded with its exchange).
+        x.respondError(status, 'invalid_request', message, 'invalid_request_error', 'bad_request');
+      } else {
+        socket.destroy();
+      }
+      return;
+    }
+    if (err.code === 'HPE_CLOSED_CONNECTION') {
+      socket.destroy();
+      return;
+    }
     const body = openAiErrorBody(message, 'invalid_request_error', 'bad_request');
     recordRejected(err, status, message, socket);
     socket.end(
@@ -716,6 +770,18 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       await closed;
     },
   };
+}
+
+/** Configured secrets sent in headers that are not known to hold keys (e.g. a key pasted into a custom header). */
+function scrubHeaderSecrets(
+  headers: Record<string, string | string[]>,
+  secrets: readonly string[],
+): Record<string, string | string[]> {
+  if (secrets.length === 0) return headers;
+  for (const [k, v] of Object.entries(headers)) {
+    headers[k] = Array.isArray(v) ? v.map((s) => scrubSecrets(s, secrets)) : scrubSecrets(v, secrets);
+  }
+  return headers;
 }
 
 /** Paths the proxy itself owns (never forwarded). */

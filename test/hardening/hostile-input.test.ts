@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
-import { firstBody, rawHttp } from './raw-http.js';
+import { firstBody, openUpstreamRequests, rawHttp } from './raw-http.js';
 
 let upstream: FakeUpstream;
 let proxy: TestProxy;
@@ -11,6 +11,9 @@ beforeEach(async () => {
   proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, MAX_REQUEST_BODY_BYTES: '10000' });
 });
 afterEach(async () => {
+  // nothing left hanging upstream by a refused or cut-off request
+  await new Promise((r) => setTimeout(r, 50));
+  expect(openUpstreamRequests()).toEqual([]);
   await proxy.close();
   await upstream.close();
 });

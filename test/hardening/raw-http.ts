@@ -1,4 +1,20 @@
+import dc from 'node:diagnostics_channel';
 import { connect } from 'node:net';
+
+const openUpstream = new Map<object, string>();
+dc.subscribe('undici:request:create', (m: any) =>
+  openUpstream.set(m.request, `${m.request.method} ${m.request.path}`),
+);
+dc.subscribe('undici:request:trailers', (m: any) => openUpstream.delete(m.request));
+dc.subscribe('undici:request:error', (m: any) => openUpstream.delete(m.request));
+
+/**
+ * Upstream requests (undici, this process) not yet finished or failed. After a test settles this must be
+ * empty: a request left paused or waiting for a body holds an upstream connection forever.
+ */
+export function openUpstreamRequests(): string[] {
+  return [...openUpstream.values()];
+}
 
 /** What came back on a raw connection: the bytes, and the status codes of every response in them. */
 export interface RawReply {
