@@ -370,6 +370,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           else capture.bytes += chunk.length;
           yield chunk;
         }
+        // Cut off (client gone, body refused): fail the upstream request rather than send it short.
+        if (!req.complete) throw Object.assign(new Error('client aborted'), { code: 'CLIENT_ABORTED' });
       })();
     }
 
@@ -664,7 +666,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     s.once('close', () => sockets.delete(s));
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
-    if (!socket.writable || err.code === 'ECONNRESET') {
+    // The client went away (mid-request): nobody to answer; the exchange is recorded as client_aborted.
+    if (!socket.writable || err.code === 'ECONNRESET' || err.code === 'HPE_INVALID_EOF_STATE') {
       socket.destroy();
       return;
     }

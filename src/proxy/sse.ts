@@ -23,6 +23,7 @@ interface ToolCallAcc {
 export function createStreamAssembler(options: StreamAssemblerOptions = {}): StreamAssembler {
   const maxChars = options.maxChars ?? 4 * 1024 * 1024;
   let buffer = '';
+  const maxEventChars = Math.max(maxChars, 1024 * 1024);
   let kind: AssembledMessage['kind'] = 'unknown';
   let content = '';
   const toolCalls: ToolCallAcc[] = [];
@@ -143,14 +144,22 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
 
   return {
     push(chunk) {
-      buffer += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
-      if (buffer.includes('\r')) buffer = buffer.replace(/\r\n?/g, '\n');
-      let end = buffer.indexOf('\n\n');
+      const text = typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+      // Scan only what is new (plus one char for a "\n\n" split across pushes): linear, not quadratic.
+      let from = Math.max(0, buffer.length - 1);
+      buffer += text;
+      if (text.includes('\r')) {
+        buffer = buffer.replace(/\r\n?/g, '\n');
+        from = 0;
+      }
+      let end = buffer.indexOf('\n\n', from);
       while (end !== -1) {
         parseBlock(buffer.slice(0, end));
         buffer = buffer.slice(end + 2);
         end = buffer.indexOf('\n\n');
       }
+      // One event beyond any sane size (no blank line in sight): drop it instead of buffering without bound.
+      if (buffer.length > maxEventChars) buffer = buffer.slice(-1);
     },
     result() {
       return {

@@ -1,0 +1,276 @@
+import { connect } from 'node:net';
+import OpenAI from 'openai';
+import { afterEach, describe, expect, test } from 'vitest';
+import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { openUpstreamRequests } from './raw-http.js';
+
+let upstream: FakeUpstream | undefined;
+let proxy: TestProxy | undefined;
+
+afterEach(async () => {
+  await proxy?.close();
+  await upstream?.close();
+  proxy = undefined;
+  upstream = undefined;
+});
+
+async function setup(env: Record<string, string> = {}) {
+  upstream = await createFakeUpstream();
+  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
+  return { upstream, proxy };
+}
+
+const chunk = (content: string) =>
+  `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content } }] })}\n\n`;
+
+/** The proxy answers a plain chat call normally afterwards. */
+async function stillServing(p: TestProxy, u: FakeUpstream) {
+  u.on('/v1/chat/completions', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"ok":true}');
+  });
+  const res = await fetch(`${p.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{"model":"gpt-4o"}',
+  });
+  expect(res.status).toBe(200);
+  expect(await res.text()).toBe('{"ok":true}');
+}
+
+describe('upstream faults', () => {
+  test('resets mid-response: the client sees the cut, the row says upstream_reset with the partial body', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': '1000' });
+      res.write('{"id":"chatcmpl-cut","choices":[');
+      await sleep(50);
+      res.socket?.destroy();
+    });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+    });
+    expect(res.status).toBe(200);
+    await expect(res.text()).rejects.toThrow();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      status: 200,
+      error: 'upstream_reset',
+      response_body: '{"id":"chatcmpl-cut","choices":[',
+    });
+    await stillServing(proxy, upstream);
+  });
+
+  test('resets before answering → 502 in OpenAI shape', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (req) => {
+      req.socket.destroy();
+    });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+    });
+    expect(res.status).toBe(502);
+    expect((await res.json()).error).toMatchObject({ type: 'proxy_error', code: 'upstream_unreachable' });
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 502, error: 'upstream_reset' });
+    await stillServing(proxy, upstream);
+  });
+
+  test('resets mid-stream: the SDK sees the stream fail after the delivered text, which is stored reassembled', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(chunk('Hello'));
+      res.write(chunk(' there'));
+      await sleep(50);
+      res.socket?.destroy();
+    });
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+    let text = '';
+    await expect(
+      (async () => {
+        for await (const c of stream) text += c.choices[0]?.delta?.content ?? '';
+      })(),
+    ).rejects.toThrow();
+    expect(text).toBe('Hello there');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 200, stream: 1, error: 'upstream_reset' });
+    expect(JSON.parse(row.assembled!)).toMatchObject({ content: 'Hello there', complete: false, events: 2 });
+    await stillServing(proxy, upstream);
+  });
+
+  test.each([
+    [
+      'invalid JSON in an event',
+      `${chunk('a')}data: {"choices":[{"delta":{"content":"b"}\n\n${chunk('c')}data: [DONE]\n\n`,
+    ],
+    [
+      'garbage lines and comments',
+      `: keep-alive\n\nnonsense without colon\nevent: weird\n${chunk('a')}retry: x\n\n${chunk('b')}data: [DONE]\n\n`,
+    ],
+    ['truncated mid-event, no [DONE]', `${chunk('a')}data: {"object":"chat.completion.chu`],
+    ['CR line endings', `${chunk('a').replace(/\n/g, '\r')}data: [DONE]\r\r`],
+    ['an event split into 1-byte writes', `${chunk('abc')}data: [DONE]\n\n`],
+    ['binary junk', `${chunk('a')}\u0000\u0001\uffff\n\ndata: [DONE]\n\n`],
+  ])(
+    'malformed SSE (%s) is passed through byte for byte and recorded without crashing',
+    async (name, body) => {
+      const { upstream, proxy } = await setup();
+      upstream.on('/v1/chat/completions', async (_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        if (name.includes('1-byte')) {
+          for (const ch of body) {
+            res.write(ch);
+            await sleep(0);
+          }
+        } else res.write(body);
+        res.end();
+      });
+      const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"model":"gpt-4o","stream":true}',
+      });
+      expect(await res.text()).toBe(body);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ status: 200, stream: 1, response_bytes: Buffer.byteLength(body) });
+      const assembled = JSON.parse(row.assembled!);
+      expect(assembled.content).toMatch(/^a/);
+      if (name.includes('truncated')) expect(assembled.complete).toBe(false);
+      await stillServing(proxy, upstream);
+    },
+  );
+
+  test('a streamed body larger than CAPTURE_BODY_BYTES reaches the client whole, stored truncated with its size', async () => {
+    const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '1000' });
+    const events = Array.from({ length: 500 }, (_, i) => chunk(`w${i} `)).join('');
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(`${events}data: [DONE]\n\n`);
+    });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o","stream":true}',
+    });
+    const text = await res.text();
+    expect(text).toBe(`${events}data: [DONE]\n\n`);
+    const [row] = await proxy.waitForRows(1);
+    expect(row.response_truncated).toBe(1);
+    expect(row.response_bytes).toBe(text.length);
+    expect(row.response_body!.length).toBe(1000);
+    expect(JSON.parse(row.assembled!).content.length).toBeLessThanOrEqual(1000);
+  });
+
+  test('429 with retry-after and 503 pass through verbatim on a stream request too', async () => {
+    const { upstream, proxy } = await setup();
+    let n = 0;
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      const status = n++ === 0 ? 429 : 503;
+      res.writeHead(status, { 'content-type': 'application/json', 'retry-after': '3' });
+      res.end(
+        `{"error":{"message":"slow down ${status}","type":"requests","param":null,"code":"rate_limit_exceeded"}}`,
+      );
+    });
+    for (const status of [429, 503]) {
+      const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"model":"gpt-4o","stream":true}',
+      });
+      expect(res.status).toBe(status);
+      expect(res.headers.get('retry-after')).toBe('3');
+      expect(await res.text()).toContain(`slow down ${status}`);
+    }
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.status, r.error])).toEqual([
+      [429, null],
+      [503, null],
+    ]);
+  });
+});
+
+describe('client faults', () => {
+  test('client aborts mid-body upload (JSON): nothing forwarded, recorded client_aborted', async () => {
+    const { upstream, proxy } = await setup();
+    const { port } = new URL(proxy.url);
+    await new Promise<void>((resolve) => {
+      const s = connect(Number(port), '127.0.0.1', () => {
+        s.write(
+          'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"model":"gpt-4o","messages":[',
+        );
+        setTimeout(() => {
+          s.destroy();
+          resolve();
+        }, 100);
+      });
+    });
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: 'client_aborted', status: null, path: '/v1/chat/completions' });
+    expect(upstream.requests).toHaveLength(0);
+    await sleep(50);
+    expect(openUpstreamRequests()).toEqual([]);
+    await stillServing(proxy, upstream);
+  });
+
+  test('client aborts mid-body upload (streamed binary): the upstream request is aborted too', async () => {
+    const { upstream, proxy } = await setup();
+    const { port } = new URL(proxy.url);
+    const s = connect(Number(port), '127.0.0.1');
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    s.write(
+      'POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n',
+    );
+    s.write(Buffer.alloc(200_000, 1));
+    await sleep(150);
+    s.destroy();
+    const aborted = await upstream.waitForAbort('/v1/files');
+    expect(aborted.aborted).toBe(true);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: 'client_aborted', path: '/v1/files' });
+    expect(row.request_bytes).toBeGreaterThanOrEqual(100_000);
+    await sleep(50);
+    expect(openUpstreamRequests()).toEqual([]);
+  });
+
+  test('a slow reader of a fast stream: the upstream is paused (bounded buffering), everything arrives in the end', async () => {
+    const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '10000' });
+    const TOTAL = 64 * 1024 * 1024;
+    const piece = Buffer.alloc(64 * 1024, 'x');
+    let sent = 0;
+    upstream.on('/v1/big-stream', async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      while (sent < TOTAL && !res.destroyed) {
+        sent += piece.length;
+        if (!res.write(piece)) await new Promise((r) => res.once('drain', r));
+      }
+      res.end();
+    });
+    const { port } = new URL(proxy.url);
+    const s = connect(Number(port), '127.0.0.1');
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    s.pause();
+    s.write('GET /v1/big-stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    await sleep(1000);
+    const rssWhilePaused = process.memoryUsage().rss;
+    // kernel socket buffers on both hops plus a few stream high-water marks, not the whole 64 MB
+    expect(sent).toBeLessThan(24 * 1024 * 1024);
+    let received = 0;
+    s.on('data', (d) => {
+      received += d.length;
+    });
+    s.resume();
+    await new Promise((r) => s.once('close', r));
+    expect(received).toBeGreaterThan(TOTAL);
+    expect(sent).toBe(TOTAL);
+    expect(rssWhilePaused).toBeLessThan(2 * 1024 * 1024 * 1024);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 200, response_bytes: TOTAL, response_truncated: 1, error: null });
+  });
+});
