@@ -384,6 +384,31 @@ function registrySummary(running: RunningProxy, c: ResolvedConfig['config']): st
   return `${reg.models.size} registered, ${reg.mappings.size} aliases; validation ${validation}; admin API ${c.adminApiKey ? 'on' : 'off'}`;
 }
 
+/** True for addresses only this machine can reach (127.0.0.0/8, ::1, their IPv4-mapped forms). */
+export function isLoopbackAddress(address: string): boolean {
+  const a = address.replace(/^\[|\]$/g, '').toLowerCase();
+  return a === '::1' || a === 'localhost' || /^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(a);
+}
+
+/**
+ * The warning printed when the proxy listens beyond loopback, spends an upstream key of its own, and asks
+ * clients for no key (PROXY_API_KEYS unset): anyone who can reach the port uses that key. Null otherwise.
+ */
+export function exposureWarning(running: Pick<RunningProxy, 'url'>, resolved: ResolvedConfig): string | null {
+  const c = resolved.config;
+  const host = new URL(running.url).hostname;
+  const hasUpstreamKey = !!c.openaiApiKey || Object.values(c.upstreams).some((u) => u.apiKey || u.apiKeyEnv);
+  if (isLoopbackAddress(host) || !hasUpstreamKey || c.proxyApiKeys.length > 0) return null;
+  const bar = '!'.repeat(78);
+  return `${bar}
+!! WARNING: listening on ${host} (reachable from other machines) with an upstream API key
+!! and no client keys: ANYONE who can reach port ${new URL(running.url).port} spends that key.
+!! Set PROXY_API_KEYS (comma-separated keys clients must send as their Bearer key),
+!! or listen on 127.0.0.1 only (--host 127.0.0.1 / HOST).
+${bar}
+`;
+}
+
 /** `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM, shut down cleanly. */
 export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
   const resolve = () =>
@@ -403,6 +428,8 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   const running = await startProxy(resolved, io, { reloadConfig: resolve });
   io.stderr.write(banner(running, resolved));
+  const exposed = exposureWarning(running, resolved);
+  if (exposed) io.stderr.write(exposed);
   const why = await waitForStop(io);
   io.stderr.write(
     `oai-proxy: ${why} received, finishing in-flight requests (up to ${resolved.config.shutdownGraceMs} ms)…\n`,
