@@ -254,6 +254,22 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
     }
   });
 
+  test('--grep works when PostgreSQL runs queries in parallel (the search function opens subtransactions)', async () => {
+    const database = await createTestPgDatabase();
+    try {
+      await seedPostgres(database.url, standardRows());
+      // Make the planner parallelise everything it may (PostgreSQL 16 renamed the setting).
+      const [{ v }] = await pgQuery(database.url, "select current_setting('server_version_num')::int as v");
+      const setting = v >= 160000 ? 'debug_parallel_query' : 'force_parallel_mode';
+      await pgQuery(database.url, `alter database ${database.name} set ${setting} = on`);
+      const r = await logs(database.url, '--grep', 'kenobi', '--json');
+      expect(r.code, r.err).toBe(0);
+      expect(JSON.parse(r.out).map((x: { id: string }) => x.id.slice(0, 2))).toEqual(['a1', 'd1', 'a2', 'c1']);
+    } finally {
+      await database.drop();
+    }
+  });
+
   test('--grep (phrase and prefix) is answered by the GIN index exchanges_search', async () => {
     const database = await createTestPgDatabase();
     await seedPostgres(database.url, standardRows());

@@ -3,6 +3,7 @@ import * as m0001 from './0001-exchanges.js';
 import * as m0002 from './0002-logs.js';
 import * as m0003 from './0003-model-registry.js';
 import * as m0004 from './0004-vector-index.js';
+import * as m0005 from './0005-search-function-planning.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -13,4 +14,5 @@ export const migrations: Record<string, Migration> = {
   '0002-logs': m0002,
   '0003-model-registry': m0003,
   '0004-vector-index': m0004,
+  '0005-search-function-planning': m0005,
 };
