@@ -4,6 +4,8 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     globalSetup: ['test/global-setup.ts'],
+    // After every test: no key from a CLI run's environment printed (test/helpers/secret-scan.ts).
+    setupFiles: ['test/helpers/secret-scan-setup.ts'],
     testTimeout: 20_000,
     hookTimeout: 20_000,
     pool: 'forks',

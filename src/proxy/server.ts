@@ -283,12 +283,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         durationMs: x.elapsed(),
         ttfbMs: x.ttfb,
         method: x.req.method ?? 'GET',
-        path: x.path,
-        query: x.query || null,
+        // A key in the URL (`?api-key=…`, a mistaken path) is as secret as one in a header.
+        path: secrets.length ? scrubSecrets(x.path, secrets) : x.path,
+        query: x.query ? scrubSecrets(x.query, secrets) : null,
         clientAddr: x.clientAddr,
         status: x.status,
         requestHeaders: scrubHeaderSecrets(redactHeaders(x.req.headers), secrets),
-        responseHeaders: x.responseHeaders ? redactHeaders(x.responseHeaders) : null,
+        responseHeaders: x.responseHeaders
+          ? scrubHeaderSecrets(redactHeaders(x.responseHeaders), secrets)
+          : null,
         requestBody,
         requestBytes: x.requestCapture.bytes,
         requestTruncated: x.requestCapture.truncated,

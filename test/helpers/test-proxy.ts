@@ -4,6 +4,7 @@ import type { CliIo } from '../../src/commands/io.js';
 import { type RunningProxy, type ServeExtensions, startProxy } from '../../src/commands/serve.js';
 import { resolveConfig } from '../../src/config/load.js';
 import type { ExchangesTable } from '../../src/storage/tables.js';
+import { assertNoLeaks, configSecrets, readProxyFiles, watchedIos } from './secret-scan.js';
 import { createTempDir } from './temp-dir.js';
 
 export interface TestProxy {
@@ -30,6 +31,7 @@ export function createTestIo(
 ): CliIo & { out: () => string; err: () => string } {
   let out = '';
   let err = '';
+  watchedIos.push({ env, out: () => out, err: () => err });
   return {
     stdout: {
       write: (s: string) => {
@@ -112,7 +114,10 @@ export async function startTestProxy(
       if (closed) return;
       closed = true;
       await running.close();
+      // Suite-wide guarantee: no configured key in the database, the log file or the console output.
+      const texts = { ...readProxyFiles(tmp.path), stderr: io.err(), stdout: io.out() };
       tmp.cleanup();
+      assertNoLeaks(configSecrets(resolved.config, resolved.env), texts, 'test proxy');
     },
   };
   return proxy;

@@ -1,0 +1,84 @@
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Config } from '../../src/config/schema.js';
+
+type Env = Record<string, string | undefined>;
+
+/** Shortest value treated as a secret (shorter test keys like `sk-x` would match everywhere). */
+const MIN_SECRET = 8;
+
+/** Every secret a configuration holds: upstream, admin, client and Qdrant keys, named upstreams' keys. */
+export function configSecrets(config: Config, env: Env): string[] {
+  return [
+    config.openaiApiKey,
+    config.adminApiKey,
+    config.qdrantApiKey,
+    ...config.proxyApiKeys,
+    ...Object.values(config.upstreams).flatMap((u) => [u.apiKey, u.apiKeyEnv ? env[u.apiKeyEnv] : undefined]),
+  ].filter((s): s is string => typeof s === 'string' && s.length >= MIN_SECRET);
+}
+
+/** Values of environment variables that name keys (`*_KEY`, `*_KEYS`, comma-separated). */
+export function envSecrets(env: Env): string[] {
+  return Object.entries(env)
+    .filter(([k]) => /(^|_)(API_)?KEYS?$/.test(k))
+    .flatMap(([, v]) => (v ?? '').split(','))
+    .map((s) => s.trim())
+    .filter((s) => s.length >= MIN_SECRET);
+}
+
+/** Where a secret was found, the secret masked. */
+export interface SecretLeak {
+  where: string;
+  secret: string;
+}
+
+function mask(s: string): string {
+  return `${s.slice(0, 3)}…${s.slice(-4)}`;
+}
+
+/** Look for each secret in the texts (name → content). */
+export function findLeaks(secrets: readonly string[], texts: Record<string, string>): SecretLeak[] {
+  const leaks: SecretLeak[] = [];
+  for (const [where, text] of Object.entries(texts)) {
+    for (const s of secrets) if (text.includes(s)) leaks.push({ where, secret: mask(s) });
+  }
+  return leaks;
+}
+
+/**
+ * Every file under `dir` the proxy writes: databases (with -wal/-shm), log files and rotated logs, read as
+ * latin1 so binary pages compare byte for byte. Config files are not included (they hold keys by design).
+ */
+export function readProxyFiles(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (!existsSync(dir)) return out;
+  const walk = (d: string) => {
+    for (const name of readdirSync(d)) {
+      const p = join(d, name);
+      const st = statSync(p);
+      if (st.isDirectory()) walk(p);
+      else if (/\.(db|sqlite|log)(-wal|-shm|\.\d+)?$/.test(name) || /\.log\b/.test(name))
+        out[p] = readFileSync(p).toString('latin1');
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+/** Throw when any secret appears in the texts: the test suite's standing guarantee that keys never leak. */
+export function assertNoLeaks(
+  secrets: readonly string[],
+  texts: Record<string, string>,
+  context: string,
+): void {
+  const leaks = findLeaks(secrets, texts);
+  if (leaks.length > 0) {
+    throw new Error(
+      `secret leaked (${context}): ${leaks.map((l) => `${l.secret} in ${l.where}`).join('; ')}`,
+    );
+  }
+}
+
+/** Test IOs created during the current test, scanned after it by test/helpers/secret-scan-setup.ts. */
+export const watchedIos: { env: Env; out: () => string; err: () => string }[] = [];
