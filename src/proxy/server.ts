@@ -647,7 +647,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       options.onError?.(err as Error, `handling ${req.method} ${x.path}`);
       if (!res.headersSent)
         x.respondError(500, 'proxy_error', 'Internal proxy error', 'proxy_error', 'internal_error');
-      else res.destroy();
+      else {
+        // Mid-answer: the client sees a cut response; the record says it was the proxy's fault.
+        x.error ??= 'proxy_error';
+        x.errorMessage ??= 'Internal proxy error after the response had started';
+        res.destroy();
+      }
     }
   };
 
