@@ -94,7 +94,10 @@ export function registerInitCommand(program: Command, io: CliIo, run: CommandRun
     .option('--api-version <version>', `Azure api-version (default ${DEFAULT_AZURE_API_VERSION})`)
     .option('-H, --host <host>', 'address serve listens on (default 127.0.0.1)')
     .option('-p, --port <port>', 'port serve listens on (default 8000)')
-    .option('--db <path>', 'SQLite database file (default $XDG_DATA_HOME/oai-proxy/oai-proxy.db)')
+    .option(
+      '--db <path>',
+      'SQLite database file or postgres:// URL (default $XDG_DATA_HOME/oai-proxy/oai-proxy.db)',
+    )
     .option('--log-file <path>', 'JSON-lines log file (default oai-proxy.log beside the database)')
     .option('--model-policy <policy>', 'off (default), strict (404 for unknown models) or record')
     .option('--qdrant-url <url>', 'Qdrant URL for semantic log search (default: off)')
@@ -198,7 +201,7 @@ function initialAnswers(
   ) => {
     if (value === undefined) return undefined;
     const ok = check(value);
-    if (ok !== true) throw new OaiProxyError('usage', `Invalid ${name} "${value}": ${ok}`);
+    if (ok !== true) throw new OaiProxyError('usage', `Invalid ${name} "${redactUrl(value)}": ${ok}`);
     return to(value);
   };
   const str = (k: string) =>
@@ -362,7 +365,7 @@ async function runInteractive(
   const databaseUrl = normaliseDatabase(
     await p.input(
       {
-        message: 'SQLite database file',
+        message: 'SQLite database file or postgres:// URL',
         default: initial.databaseUrl,
         validate: (v) => validateDatabase(v, io),
       },
@@ -509,7 +512,7 @@ function summary(a: InitAnswers, existing: Record<string, unknown>): string {
   if (a.kind === 'azure') lines.push(`  api-version     ${a.apiVersion}`);
   lines.push(
     `  listen          ${a.host}:${a.port}`,
-    `  database        ${a.databaseUrl}`,
+    `  database        ${redactUrl(a.databaseUrl)}`,
     `  log file        ${a.logFilePath}`,
     `  models          ${POLICY_LABEL[a.policy]}`,
     `  Qdrant          ${a.qdrantUrl ? redactUrl(a.qdrantUrl) : '(off)'}`,
@@ -558,7 +561,8 @@ async function writeAndReport(
 export function maskValues(values: Record<string, unknown>): Record<string, unknown> {
   const secretish = /key|secret|token|password|authorization/i;
   const walk = (v: unknown, key: string): unknown => {
-    if (typeof v === 'string') return secretish.test(key) && !/env$/i.test(key) ? maskSecret(v) : v;
+    if (typeof v === 'string')
+      return secretish.test(key) && !/env$/i.test(key) ? maskSecret(v) : redactUrl(v); // e.g. a DATABASE_URL password
     if (Array.isArray(v)) return v.map((x) => walk(x, key));
     if (v && typeof v === 'object')
       return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x, k)]));
@@ -650,9 +654,24 @@ function validateDatabase(v: string, io: CliIo): true | string {
   } catch (err) {
     return (err as Error).message;
   }
-  if (loc.kind === 'postgres') return 'PostgreSQL is not supported yet; give an SQLite file path';
+  if (loc.kind === 'postgres') return validatePostgresUrl(loc.url);
   if (loc.path === ':memory:') return 'an in-memory database keeps nothing; give a file path';
   return validateWritableFile(loc.path);
+}
+
+const PG_URL_EXAMPLE = 'postgres://user:password@host:5432/database';
+
+/** A postgres:// URL `pg` can connect with (nothing is connected to here). */
+export function validatePostgresUrl(url: string): true | string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `not a valid URL; expected ${PG_URL_EXAMPLE}`;
+  }
+  if (u.hostname === '' && !u.searchParams.get('host')) return `names no host; expected ${PG_URL_EXAMPLE}`;
+  if (u.pathname.length <= 1) return `names no database; expected ${PG_URL_EXAMPLE}`;
+  return true;
 }
 
 function normaliseDatabase(v: string, io: CliIo): string {

@@ -238,7 +238,7 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     await answer(s, 'Keep the stored API key sk-…6789?', KEY.enter);
     await answer(s, 'Listen host (127.0.0.1)', KEY.enter);
     await answer(s, 'Listen port (7000)', KEY.enter);
-    await answer(s, `SQLite database file (${join(h.dir, 'old.db')})`, KEY.enter);
+    await answer(s, `SQLite database file or postgres:// URL (${join(h.dir, 'old.db')})`, KEY.enter);
     await answer(s, `Log file (${join(h.dir, 'oai-proxy.log')})`, KEY.enter);
     await answer(s, 'Model validation', KEY.enter);
     await answer(s, 'Qdrant URL', KEY.enter);

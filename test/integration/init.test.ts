@@ -235,15 +235,38 @@ describe('oai-proxy init --yes', () => {
     [['--kind', 'bedrock'], 'Invalid --kind "bedrock": expected openai, azure or compatible'],
     [['--model-policy', 'maybe'], 'expected off, strict or record'],
     [['--api-version', 'latest'], 'Invalid --api-version "latest"'],
-    [['--db', 'postgres://u:p@db/x'], 'PostgreSQL is not supported yet'],
+    [
+      ['--db', 'postgres://oai:pw-9f3k@db.internal:5432'],
+      'Invalid --db "postgres://oai:***@db.internal:5432": names no database',
+    ],
+    [['--db', 'postgres://oai:pw-9f3k@/oai_proxy'], 'not a valid URL'],
+    [['--db', 'postgres:///oai_proxy'], 'names no host'],
     [['--qdrant-url', 'qdrant:6333'], 'Invalid --qdrant-url'],
   ])('bad flag %j → exit 2, a message naming it, no file', async (flags, message) => {
     const h = tempHome();
     const io = createTestIo(h.env, h.dir);
     expect(await main(['init', '--yes', ...flags], io)).toBe(2);
     expect(io.err()).toContain(message);
+    expect(io.err()).not.toContain('pw-9f3k');
     expect(io.err().trim().split('\n')).toHaveLength(1);
     expect(existsSync(h.configPath)).toBe(false);
+  });
+
+  test('a postgres:// --db is written as given; its password never appears in the output', async () => {
+    const h = tempHome();
+    const url = 'postgres://oai:pw-9f3k-secret@db.internal:5432/oai_proxy?sslmode=require';
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--db', url], io)).toBe(0);
+    expect(io.out() + io.err()).not.toContain('pw-9f3k-secret');
+    expect(io.out()).toContain(
+      '"databaseUrl": "postgres://oai:***@db.internal:5432/oai_proxy?sslmode=require"',
+    );
+    const written = readJson(h.configPath);
+    expect(written.databaseUrl).toBe(url);
+    expect(written.logFilePath).toBe(join(h.dir, 'data', 'oai-proxy', 'oai-proxy.log'));
+    // serve, models and logs resolve it to the PostgreSQL database.
+    const resolved = resolveConfig({ env: h.env, cwd: h.dir });
+    expect(resolved.config.databaseUrl).toBe(url);
   });
 
   test('unwritable locations are refused on the spot: database under a file, config under a file', async () => {
