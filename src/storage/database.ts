@@ -80,7 +80,13 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
 export async function migrate(db: Kysely<any>, path: string): Promise<void> {
   const provider: MigrationProvider = { getMigrations: async () => migrations };
   const migrator = new Migrator({ db, provider });
-  const { error, results } = await migrator.migrateToLatest();
+  let { error, results } = await migrator.migrateToLatest();
+  // Kysely takes no cross-process lock on SQLite: two processes starting on a fresh file race, and the
+  // loser finds a migration already recorded or its table already there. By then the winner is done.
+  for (let attempt = 1; error && attempt <= 5 && isMigrationRace(error); attempt++) {
+    await new Promise((r) => setTimeout(r, 50 * attempt));
+    ({ error, results } = await migrator.migrateToLatest());
+  }
   if (error) {
     const failed = results?.find((r) => r.status === 'Error')?.migrationName;
     throw new OaiProxyError(
@@ -89,6 +95,11 @@ export async function migrate(db: Kysely<any>, path: string): Promise<void> {
       { cause: error },
     );
   }
+}
+
+function isMigrationRace(error: unknown): boolean {
+  const msg = (error as Error)?.message ?? '';
+  return /UNIQUE constraint failed: kysely_migration|already exists|database is locked/i.test(msg);
 }
 
 function fileIdentity(path: string): string | null {
