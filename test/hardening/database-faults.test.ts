@@ -106,6 +106,10 @@ describe('database trouble while running', () => {
     const stored = new Set(proxy.rows().map((r) => r.id));
     for (const l of spilled) expect(stored.has(l.spilled_exchange.id)).toBe(false);
     expect(stored.size + spilled.length).toBe(131);
+    // oldest first: every spilled exchange is older than every row kept in the queue (ids sort by time)
+    const kept = proxy.rows().slice(1).map((r) => r.id);
+    const newestSpilled = spilled.map((l) => l.spilled_exchange.id as string).sort().at(-1)!;
+    expect(kept.every((id) => id > newestSpilled)).toBe(true);
   });
 
   test('file made read-only (chmod 0444) while running: the open handle keeps recording', async () => {
