@@ -7,6 +7,8 @@ export default defineConfig({
     'storage/database': 'src/storage/database.ts',
     'storage/log-store': 'src/storage/log-store.ts',
     'storage/checkpointer': 'src/storage/checkpointer.ts',
+    'storage/storage': 'src/storage/storage.ts',
+    'storage/pg-log-store': 'src/storage/pg-log-store.ts',
   },
   format: ['esm'],
   target: 'node20',

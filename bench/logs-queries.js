@@ -6,6 +6,10 @@
 //   node bench/logs-queries.js writes   [--write-rows 50000] [--body-bytes 2048]
 //   node bench/logs-queries.js all      (generate if the database is missing, then queries and writes)
 //
+// `--db postgres://…` runs `generate` and `queries` against PostgreSQL instead (an existing database;
+// `generate` empties its exchanges table first, then inserts as the batched writer does: 500-row INSERTs,
+// the GIN search index maintained as rows go in).
+//
 // `generate` writes synthetic exchanges spread over the last 30 days through the recorder's own insert
 // statement (so the FTS triggers and indexes of the real schema do their work). `queries` times the
 // commands the issue names, in-process through the CLI's `main()` (a fresh read-only open each run).
@@ -173,7 +177,41 @@ function idFactory() {
   };
 }
 
+const isPostgres = (db) => /^postgres(ql)?:\/\//i.test(db);
+const redact = (db) => db.replace(/\/\/([^:/@]+):([^@/]+)@/, '//$1:***@');
+
+async function generatePostgres(url, rows, bodyBytes) {
+  const { openStorage } = await load('storage/storage.js');
+  const { pgRow } = await load('storage/pg-log-store.js');
+  const storage = await openStorage({ kind: 'postgres', url });
+  const { sql } = await import('kysely');
+  await sql`truncate exchanges`.execute(storage.db);
+  const rand = rng(42);
+  const newId = idFactory();
+  const end = Date.now();
+  const t0 = performance.now();
+  let recs = [];
+  for (let i = 0; i < rows; i++) {
+    recs.push(pgRow(makeRecord(rand, i, rows, end, 30 * DAY, bodyBytes, newId)));
+    if (recs.length === 500 || i === rows - 1) {
+      await storage.db.insertInto('exchanges').values(recs).execute();
+      recs = [];
+      if ((i + 1) % 10_000 === 0 || i === rows - 1)
+        process.stderr.write(`  ${i + 1} rows, ${((performance.now() - t0) / 1000).toFixed(0)} s\r`);
+    }
+  }
+  const secs = (performance.now() - t0) / 1000;
+  await sql`vacuum analyze exchanges`.execute(storage.db);
+  const { rows: size } = await sql`select pg_total_relation_size('exchanges') as b`.execute(storage.db);
+  await storage.close();
+  console.log(
+    `\ngenerated ${rows} rows in ${secs.toFixed(1)} s (${Math.round(rows / secs)} rows/s, search index ` +
+      `maintained on insert); exchanges is ${(Number(size[0].b) / 2 ** 20).toFixed(0)} MiB on ${redact(url)}`,
+  );
+}
+
 async function generate(dbPath, rows, bodyBytes) {
+  if (isPostgres(dbPath)) return generatePostgres(dbPath, rows, bodyBytes);
   const { openDatabase } = await load('storage/database.js');
   const { INSERT_EXCHANGE_SQL, toRow } = await load('storage/log-store.js');
   mkdirSync(dirname(dbPath), { recursive: true });
@@ -236,7 +274,7 @@ async function queries(dbPath, runs) {
     ['logs --grep <mid word> --since 1d', ['logs', '--grep', WORDS[400], '--since', '1d', '--json']],
   ];
   console.log(
-    `\nquery timings on ${dbPath} (median of ${runs}, ms, in-process main(), read-only open included)`,
+    `\nquery timings on ${redact(dbPath)} (median of ${runs}, ms, in-process main(), read-only open included)`,
   );
   for (const [label, argv] of cases) {
     const times = [];
@@ -308,8 +346,9 @@ async function writes(rows, bodyBytes) {
   }
 }
 
-const dbPath = resolve(flag('db', join(root, 'bench', 'results', 'logs-queries-1m.db')));
-if (mode === 'generate' || (mode === 'all' && !existsSync(dbPath)))
+const dbArg = flag('db', join(root, 'bench', 'results', 'logs-queries-1m.db'));
+const dbPath = isPostgres(dbArg) ? dbArg : resolve(dbArg);
+if (mode === 'generate' || (mode === 'all' && !isPostgres(dbPath) && !existsSync(dbPath)))
   await generate(dbPath, Number(flag('rows', 1_000_000)), Number(flag('body-bytes', 800)));
 if (mode === 'queries' || mode === 'all') await queries(dbPath, Number(flag('runs', 5)));
 if (mode === 'writes' || mode === 'all')
