@@ -107,8 +107,14 @@ describe('database trouble while running', () => {
     for (const l of spilled) expect(stored.has(l.spilled_exchange.id)).toBe(false);
     expect(stored.size + spilled.length).toBe(131);
     // oldest first: every spilled exchange is older than every row kept in the queue (ids sort by time)
-    const kept = proxy.rows().slice(1).map((r) => r.id);
-    const newestSpilled = spilled.map((l) => l.spilled_exchange.id as string).sort().at(-1)!;
+    const kept = proxy
+      .rows()
+      .slice(1)
+      .map((r) => r.id);
+    const newestSpilled = spilled
+      .map((l) => l.spilled_exchange.id as string)
+      .sort()
+      .at(-1)!;
     expect(kept.every((id) => id > newestSpilled)).toBe(true);
   });
 
