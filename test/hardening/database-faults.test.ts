@@ -70,7 +70,7 @@ describe('database trouble while running', () => {
       await sleep(60);
     }
     // the writer backs off instead of holding the event loop in SQLite's busy wait (5 s)
-    expect(Math.max(...slowest)).toBeLessThan(1000);
+    expect(Math.max(...slowest)).toBeLessThan(2000);
     const h = await health(proxy.url);
     expect(h).toMatchObject({ database: 'error', database_error: expect.stringMatching(/locked|busy/i) });
     expect(h.queued_log_rows).toBeGreaterThan(0);
