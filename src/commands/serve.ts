@@ -129,7 +129,7 @@ export async function startProxy(
   const retired: OpenDatabase[] = [];
   const checkpoints = database
     ? startBackgroundCheckpoints(database.sqlite, {
-        onError: (err) => logger.warn(`database ${where}: ${err.message}`),
+        onError: (err) => logger.warn(`database ${where}: ${(err as Error)?.message ?? String(err)}`),
       })
     : { stop: () => undefined };
   const writerOptions = {
