@@ -1,0 +1,67 @@
+import BetterSqlite3 from 'better-sqlite3';
+import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
+import { expect, test } from 'vitest';
+import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+import { createExchangeWriter } from '../../src/storage/log-store.js';
+import { migrations } from '../../src/storage/migrations/index.js';
+
+function record(i: number): ExchangeRecord {
+  return {
+    id: `row-${String(i).padStart(6, '0')}`,
+    startedAt: 1_700_000_000_000 + i,
+    durationMs: 1,
+    ttfbMs: 1,
+    method: 'POST',
+    path: '/v1/chat/completions',
+    query: null,
+    clientAddr: '127.0.0.1',
+    status: 200,
+    requestHeaders: {},
+    responseHeaders: {},
+    requestBody: '{}',
+    requestBytes: 2,
+    requestTruncated: false,
+    responseBody: '{}',
+    responseBytes: 2,
+    responseTruncated: false,
+    model: 'm',
+    upstreamModel: 'm',
+    upstream: 'default',
+    modelUnknown: false,
+    stream: false,
+    promptTokens: null,
+    completionTokens: null,
+    totalTokens: null,
+    user: null,
+    error: null,
+    errorMessage: null,
+    assembled: null,
+    internal: false,
+  };
+}
+
+test('timed flushes write a backlog in slices, letting the event loop run between them', async () => {
+  const sqlite = new BetterSqlite3(':memory:');
+  const db = new Kysely<any>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const provider: MigrationProvider = { getMigrations: async () => migrations };
+  await new Migrator({ db, provider }).migrateToLatest();
+  const writer = createExchangeWriter({ sqlite, flushIntervalMs: 5, queueMax: 100_000, sliceRows: 100 });
+  for (let i = 0; i < 1000; i++) writer.record(record(i));
+
+  // Sample what is written each time the event loop gets a turn.
+  const seen: number[] = [];
+  await new Promise<void>((resolve) => {
+    const sample = () => {
+      seen.push(writer.health().written);
+      if (writer.health().written === 1000) resolve();
+      else setImmediate(sample);
+    };
+    setImmediate(sample);
+  });
+  const partial = [...new Set(seen)].filter((n) => n > 0 && n < 1000);
+  expect(partial.length).toBeGreaterThanOrEqual(5);
+  expect(partial.every((n) => n % 100 === 0)).toBe(true);
+  expect(sqlite.prepare('select count(*) as n from exchanges').get()).toEqual({ n: 1000 });
+  writer.close();
+  await db.destroy();
+});
