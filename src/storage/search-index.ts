@@ -65,7 +65,7 @@ export interface SearchIndexerOptions {
   sqlite: () => SqliteHandle;
   /** How often to look for new rows (default 250 ms). */
   intervalMs?: number;
-  /** Time budget of one slice: the event loop is never held longer than about this (default 15 ms). */
+  /** Time budget of one slice: the event loop is never held longer than about this (default 5 ms). */
   sliceMs?: number;
   onError?(err: Error): void;
 }
@@ -76,7 +76,7 @@ export interface SearchIndexerOptions {
  * held up by tokenising bodies. Errors are reported once and retried on the next tick; never thrown.
  */
 export function createSearchIndexer(options: SearchIndexerOptions): SearchIndexer {
-  const sliceMs = options.sliceMs ?? 15;
+  const sliceMs = options.sliceMs ?? 5;
   let perSlice = 8;
   let closed = false;
   let running = false;
