@@ -4,7 +4,6 @@ import type { CliIo } from './commands/io.js';
 import { registerLogsCommand } from './commands/logs.js';
 import { createPruneVectorHook, registerLogsVectorCommands } from './commands/logs-search.js';
 import { registerModelsCommand } from './commands/models.js';
-import { runServe } from './commands/serve.js';
 import { isOaiProxyError } from './errors.js';
 import { VERSION } from './version.js';
 
@@ -59,7 +58,7 @@ Examples:
   $ OPENAI_API_KEY=sk-... oai-proxy serve --upstream https://api.openai.com/v1
   $ curl http://127.0.0.1:8000/health`,
     )
-    .action((opts) => run(() => runServe(opts, io)));
+    .action((opts) => run(async () => (await import('./commands/serve.js')).runServe(opts, io)));
 
   registerInitCommand(program, io, run);
   registerModelsCommand(program, io, run);

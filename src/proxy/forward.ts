@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import { Agent } from 'undici';
+import type { Agent } from 'undici';
+import { undici } from '../lazy-modules.js';
 
 /** Where a request goes: one upstream API with its credentials. */
 export interface UpstreamTarget {
@@ -128,7 +129,7 @@ export interface DispatcherTimeouts {
 
 /** One keep-alive undici Agent shared by all upstreams, with the configured timeouts. */
 export function createDispatcher(t: DispatcherTimeouts): Agent {
-  return new Agent({
+  return new (undici().Agent)({
     connect: { timeout: t.connectTimeoutMs },
     headersTimeout: t.headersTimeoutMs,
     bodyTimeout: t.idleTimeoutMs,

@@ -1,5 +1,5 @@
-import { Agent, request } from 'undici';
 import { redactUrl } from '../config/paths.js';
+import { undici } from '../lazy-modules.js';
 import { shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 
 /** What one `GET {baseUrl}/models` told about an upstream. */
@@ -26,6 +26,7 @@ export async function checkUpstream(
   const shape = shapeUpstreamRequest(target, '/models', '', { accept: 'application/json' });
   const url = target.origin + shape.path;
   const shown = redactUrl(url);
+  const { Agent, request } = undici();
   const agent = new Agent({
     connect: { timeout: timeoutMs },
     headersTimeout: timeoutMs,

@@ -424,29 +424,83 @@ export interface StatsSample {
 export async function exchangeStats(handle: Storage, filter: LogFilter, by: StatsKey): Promise<StatsGroup[]> {
   checkSearchable(handle, filter);
   if (handle.kind === 'postgres') return pgStats(handle, filter, by);
+  // Hundreds of thousands of rows: SQLite computes each row's group key and error flag, and rows come back
+  // as plain arrays of the six numbers stats need (half the time of building row objects).
+  const key = {
+    model: sql<string>`coalesce(model, '(none)')`,
+    path: sql<string>`path`,
+    status: sql<string>`case when status is null then coalesce(error, 'no response') else cast(status as text) end`,
+    user: sql<string>`coalesce("user", '(none)')`,
+    day: sql<string>`strftime('%Y-%m-%d', started_at / 1000, 'unixepoch')`,
+  }[by];
   const compiled = handle.db
     .selectFrom('exchanges')
     .select([
-      'started_at',
-      'model',
-      'path',
-      'status',
-      'error',
-      'user',
+      key.as('key'),
+      sql<number>`(error is not null or status is null or status >= 400)`.as('is_error'),
       'duration_ms',
-      'ttfb_ms',
-      'stream',
-      'prompt_tokens',
-      'completion_tokens',
+      sql<number | null>`case when stream = 1 then ttfb_ms end`.as('ttfb'),
+      sql<number>`coalesce(prompt_tokens, 0)`.as('pt'),
+      sql<number>`coalesce(completion_tokens, 0)`.as('ct'),
     ])
     .where(filterExpression(filter))
     .compile();
-  // Hundreds of thousands of rows: iterate the prepared statement directly instead of building row objects
-  // through the driver's all().
   const rows = sqliteOf(handle)
     .prepare(compiled.sql)
-    .iterate(...(compiled.parameters as unknown[])) as IterableIterator<StatsSample>;
-  return computeStats(rows, by);
+    .raw(true)
+    .iterate(...(compiled.parameters as unknown[])) as IterableIterator<
+    [string, number, number, number | null, number, number]
+  >;
+  const groups = new Map<string, StatsAccumulator>();
+  for (const [k, isError, duration, ttfb, pt, ct] of rows) {
+    let g = groups.get(k);
+    if (!g) {
+      g = newAccumulator();
+      groups.set(k, g);
+    }
+    g.n++;
+    g.errors += isError;
+    g.pt += pt;
+    g.ct += ct;
+    g.durations.push(duration);
+    if (ttfb !== null) g.ttfbs.push(ttfb);
+  }
+  return finishStats(groups, by);
+}
+
+interface StatsAccumulator {
+  n: number;
+  errors: number;
+  pt: number;
+  ct: number;
+  durations: number[];
+  ttfbs: number[];
+}
+
+function newAccumulator(): StatsAccumulator {
+  return { n: 0, errors: 0, pt: 0, ct: 0, durations: [], ttfbs: [] };
+}
+
+function finishStats(groups: Map<string, StatsAccumulator>, by: StatsKey): StatsGroup[] {
+  const out: StatsGroup[] = [];
+  for (const [key, g] of groups) {
+    const d = Float64Array.from(g.durations).sort();
+    const t = Float64Array.from(g.ttfbs).sort();
+    out.push({
+      key,
+      requests: g.n,
+      errors: g.errors,
+      error_rate: Math.round((g.errors / g.n) * 10000) / 10000,
+      prompt_tokens: g.pt,
+      completion_tokens: g.ct,
+      p50_ms: percentile(d, 50),
+      p95_ms: percentile(d, 95),
+      p99_ms: percentile(d, 99),
+      ttfb_p50_ms: percentile(t, 50),
+      ttfb_p95_ms: percentile(t, 95),
+    });
+  }
+  return sortStatsGroups(out, by);
 }
 
 /**
@@ -509,15 +563,12 @@ export function isErrorSample(s: { status: number | null; error: string | null }
 
 /** Group samples and compute the figures (pure; groups sorted by key for `day`, else by requests). */
 export function computeStats(samples: Iterable<StatsSample>, by: StatsKey): StatsGroup[] {
-  const groups = new Map<
-    string,
-    { n: number; errors: number; pt: number; ct: number; durations: number[]; ttfbs: number[] }
-  >();
+  const groups = new Map<string, StatsAccumulator>();
   for (const s of samples) {
     const key = statsKeyOf(s, by);
     let g = groups.get(key);
     if (!g) {
-      g = { n: 0, errors: 0, pt: 0, ct: 0, durations: [], ttfbs: [] };
+      g = newAccumulator();
       groups.set(key, g);
     }
     g.n++;
@@ -527,25 +578,7 @@ export function computeStats(samples: Iterable<StatsSample>, by: StatsKey): Stat
     g.durations.push(s.duration_ms);
     if (s.stream && s.ttfb_ms !== null) g.ttfbs.push(s.ttfb_ms);
   }
-  const out: StatsGroup[] = [];
-  for (const [key, g] of groups) {
-    const d = Float64Array.from(g.durations).sort();
-    const t = Float64Array.from(g.ttfbs).sort();
-    out.push({
-      key,
-      requests: g.n,
-      errors: g.errors,
-      error_rate: Math.round((g.errors / g.n) * 10000) / 10000,
-      prompt_tokens: g.pt,
-      completion_tokens: g.ct,
-      p50_ms: percentile(d, 50),
-      p95_ms: percentile(d, 95),
-      p99_ms: percentile(d, 99),
-      ttfb_p50_ms: percentile(t, 50),
-      ttfb_p95_ms: percentile(t, 95),
-    });
-  }
-  return sortStatsGroups(out, by);
+  return finishStats(groups, by);
 }
 
 /** Groups in display order: by key for `day`, else most requests first. */

@@ -1,7 +1,8 @@
 import { Kysely, type MigrationProvider, Migrator, PostgresDialect, sql } from 'kysely';
-import pg from 'pg';
+import type * as Pg from 'pg';
 import { redactUrl } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
+import { pg as loadPg } from '../lazy-modules.js';
 import { migrations } from './migrations/index.js';
 import type { DatabaseSchema } from './tables.js';
 
@@ -11,7 +12,7 @@ export interface PostgresDatabase {
   /** The URL with its password hidden, for banners and messages. */
   label: string;
   url: string;
-  pool: pg.Pool;
+  pool: Pg.Pool;
   db: Kysely<DatabaseSchema>;
   readonly: boolean;
   close(): Promise<void>;
@@ -35,12 +36,12 @@ const MIGRATION_LOCK = 0x6f61_6970; // "oaip"
 /** pg returns int8 (bigint: epoch ms, byte counts, count(*)) as strings; every such value here fits a double. */
 const types = {
   getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
-    oid === 20 ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as any,
+    oid === 20 ? (v: string) => Number(v) : loadPg().types.getTypeParser(oid, format as 'text')) as any,
 };
 
 /** Create the pool behind a PostgreSQL database (no connection is made yet). */
-export function createPool(url: string, options: OpenPostgresOptions = {}): pg.Pool {
-  const pool = new pg.Pool({
+export function createPool(url: string, options: OpenPostgresOptions = {}): Pg.Pool {
+  const pool = new (loadPg().Pool)({
     connectionString: url,
     max: options.max ?? 4,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
@@ -160,7 +161,7 @@ export function subscribeNotify(
   onNotify: () => void,
   onState: (listening: boolean) => void,
 ): () => void {
-  let client: pg.Client | null = null;
+  let client: Pg.Client | null = null;
   let stopped = false;
   let retryMs = 250;
   const schedule = () => {
@@ -171,7 +172,7 @@ export function subscribeNotify(
   };
   const connect = async () => {
     if (stopped) return;
-    const c = new pg.Client({
+    const c = new (loadPg().Client)({
       connectionString: url,
       connectionTimeoutMillis: 5000,
       application_name: 'oai-proxy listen',

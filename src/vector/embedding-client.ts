@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
-import { type Dispatcher, request } from 'undici';
+import type { Dispatcher } from 'undici';
 import { OaiProxyError } from '../errors.js';
+import { undici } from '../lazy-modules.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 
 /** Where embeddings are requested: an upstream's embeddings URL with its credentials already applied. */
@@ -56,7 +57,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
       let ttfb: number | null = null;
       let failure: { kind: ExchangeRecord['error']; message: string } | null = null;
       try {
-        const res = await request(endpoint.origin + endpoint.path, {
+        const res = await undici().request(endpoint.origin + endpoint.path, {
           method: 'POST',
           headers: { ...endpoint.headers, 'content-type': 'application/json', 'accept-encoding': 'identity' },
           body,
