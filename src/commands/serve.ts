@@ -247,6 +247,7 @@ export async function startProxy(
     version: VERSION,
     secrets,
     clientKeys: config.proxyApiKeys,
+    adminKey: config.adminApiKey,
     sink: {
       record(r) {
         writer.record(r);

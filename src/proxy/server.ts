@@ -58,6 +58,8 @@ export interface ProxyServerOptions {
   secrets?: string[];
   /** PROXY_API_KEYS: when non-empty, clients must present one (Bearer or `api-key`); it is never forwarded. */
   clientKeys?: string[];
+  /** ADMIN_API_KEY: never forwarded upstream, even when a client presents it as its API key. */
+  adminKey?: string;
   onError?: (err: Error, context: string) => void;
 }
 
@@ -244,6 +246,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const presented = bearer ?? (typeof req.headers['api-key'] === 'string' ? req.headers['api-key'] : '');
     return presented !== '' && clientKeys.some((k) => keyMatches(presented, k));
   };
+  const adminKey = options.adminKey;
+  const presentsAdminKey = (req: IncomingMessage): boolean => {
+    if (!adminKey) return false;
+    const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ''))?.[1]?.trim();
+    return (
+      (bearer !== undefined && keyMatches(bearer, adminKey)) ||
+      (typeof req.headers['api-key'] === 'string' && keyMatches(req.headers['api-key'], adminKey))
+    );
+  };
 
   const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
     if (cors.length === 0) return null;
@@ -420,7 +431,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
 
     // A client key belongs to this proxy: never forward it (the upstream key, if any, replaces it).
     let clientHeaders = req.headers;
-    if (clientKeys.length > 0) {
+    if (clientKeys.length > 0 || presentsAdminKey(req)) {
       clientHeaders = { ...req.headers };
       delete clientHeaders.authorization;
       delete clientHeaders['api-key'];

@@ -163,6 +163,21 @@ describe('admin API editing the registry', () => {
     expect(up.requests.some((r) => JSON.stringify(r.headers).includes(ADMIN_KEY))).toBe(false);
   });
 
+  test('the admin key is never forwarded upstream, even when a client sends it as its API key', async () => {
+    const { p, up } = await setup({ ADMIN_API_KEY: ADMIN_KEY });
+    const asBearer = await fetch(`${p.url}/v1/files`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+    const asApiKey = await fetch(`${p.url}/v1/files`, { headers: { 'api-key': ADMIN_KEY } });
+    expect([asBearer.status, asApiKey.status]).toEqual([404, 404]); // the fake upstream's answer
+    expect(up.requests).toHaveLength(2);
+    for (const r of up.requests) {
+      expect(r.headers.authorization).toBeUndefined();
+      expect(r.headers['api-key']).toBeUndefined();
+    }
+    // Any other client key still passes through (no upstream key is configured here).
+    await fetch(`${p.url}/v1/files`, { headers: { authorization: 'Bearer sk-someone-else-1234567' } });
+    expect(up.requests[2].headers.authorization).toBe('Bearer sk-someone-else-1234567');
+  });
+
   test('POST /admin/reload-config applies a changed config file; an invalid one keeps the old registry', async () => {
     const { admin, client, configFile, up } = await setup(
       { ADMIN_API_KEY: ADMIN_KEY, VALIDATE_MODELS: 'true' },
