@@ -147,6 +147,14 @@ export async function listExchanges(
   options: ListOptions,
 ): Promise<ExchangeSummaryRow[]> {
   checkSearchable(handle, filter);
+  if (
+    handle.kind === 'sqlite' &&
+    filter.grep !== undefined &&
+    options.order === 'desc' &&
+    options.limit > 0
+  ) {
+    return listGrepNewest(handle, filter, options.limit);
+  }
   let q = handle.db
     .selectFrom('exchanges')
     .select([...SUMMARY_COLUMNS, sql<number>`exchanges.rowid`.as('rowid')])
@@ -155,6 +163,58 @@ export async function listExchanges(
     .orderBy('id', options.order);
   if (options.limit > 0) q = q.limit(options.limit);
   return q.execute();
+}
+
+/** How far out of end-time order rows may be inserted (batches, slow writers), with room to spare. */
+const INSERT_ORDER_SLACK_MS = 60_000;
+
+/**
+ * `--grep` newest first on SQLite, without materialising every match (a common word matches most rows:
+ * 1.6 s on a million rows). Full-text matches are walked from the newest rowid down, a page at a time, and
+ * checked against the other filters. A row is inserted when its exchange ends, so rowid order is end-time
+ * order (within INSERT_ORDER_SLACK_MS); once the walk reaches rows that ended before the oldest start time
+ * among the `limit` newest matches found so far (or before --since), no older row can start later.
+ */
+async function listGrepNewest(
+  handle: Storage,
+  filter: LogFilter,
+  limit: number,
+): Promise<ExchangeSummaryRow[]> {
+  const sqlite = sqliteOf(handle);
+  const phrase = ftsPhrase(filter.grep!);
+  const page = sqlite
+    .prepare(
+      'select rowid from exchanges_fts where exchanges_fts match ? and rowid < ? order by rowid desc limit ?',
+    )
+    .pluck();
+  const endOf = sqlite.prepare('select started_at + duration_ms from exchanges where rowid = ?').pluck();
+  const rest: LogFilter = { ...filter, grep: undefined };
+  const newestFirst = (a: ExchangeSummaryRow, b: ExchangeSummaryRow) =>
+    b.started_at - a.started_at || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0);
+  let found: ExchangeSummaryRow[] = [];
+  let cursor = Number.MAX_SAFE_INTEGER;
+  let size = 256;
+  for (;;) {
+    const rowids = page.all(phrase, cursor, size) as number[];
+    if (rowids.length === 0) break;
+    cursor = rowids[rowids.length - 1];
+    size = Math.min(size * 2, 4096);
+    const rows = await handle.db
+      .selectFrom('exchanges')
+      .select([...SUMMARY_COLUMNS, sql<number>`exchanges.rowid`.as('rowid')])
+      .where(filterExpression(rest))
+      .where(sql`exchanges.rowid`, 'in', rowids)
+      .execute();
+    if (rows.length > 0) {
+      found = found.concat(rows).sort(newestFirst);
+      if (found.length > limit) found.length = limit;
+    }
+    const end = endOf.get(cursor) as number | undefined;
+    if (end === undefined) continue;
+    const horizon = found.length >= limit ? found[limit - 1].started_at : rest.since;
+    if (horizon !== undefined && end < horizon - INSERT_ORDER_SLACK_MS) break;
+  }
+  return found;
 }
 
 /** Number of matching exchanges. */

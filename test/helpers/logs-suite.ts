@@ -167,6 +167,41 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       tmp.cleanup();
     });
 
+    test('--grep newest first over many matches, recorded out of start order', async () => {
+      // 700 matches; each row is recorded when its exchange ends, so a long exchange that started early is
+      // recorded late. The listing is by start time whatever the recording order.
+      const records: ExchangeRecord[] = [];
+      for (let i = 0; i < 700; i++) {
+        const long = i % 50 === 0 || i === 697;
+        records.push(
+          rec(`g${String(i).padStart(4, '0')}`, {
+            startedAt: NOW - HOUR + i * 1000 - (long ? 40_000 : 0),
+            durationMs: long ? 45_000 : 200,
+            responseBody: JSON.stringify({ choices: [{ message: { content: `needle number ${i}` } }] }),
+          }),
+        );
+      }
+      // Recorded in end-time order, as serve does.
+      records.sort((a, b) => a.startedAt + a.durationMs - (b.startedAt + b.durationMs));
+      await seed(records);
+      const expected = [...records]
+        .sort((a, b) => b.startedAt - a.startedAt)
+        .slice(0, 5)
+        .map((r) => r.id.replace(/0+$/, ''));
+      expect(await ids('--grep', 'needle', '--limit', '5')).toEqual(expected);
+      const inWindow = records.filter((r) => r.startedAt >= NOW - HOUR + 600_000).length;
+      const r = await logs(
+        '--grep',
+        'needle',
+        '--since',
+        new Date(NOW - HOUR + 600_000).toISOString(),
+        '--limit',
+        '0',
+        '--json',
+      );
+      expect(JSON.parse(r.out)).toHaveLength(inWindow);
+    });
+
     describe('logs listing', () => {
       beforeEach(() => seed(standardRows()));
 
