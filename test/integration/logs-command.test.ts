@@ -264,7 +264,12 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
       await pgQuery(database.url, `alter database ${database.name} set ${setting} = on`);
       const r = await logs(database.url, '--grep', 'kenobi', '--json');
       expect(r.code, r.err).toBe(0);
-      expect(JSON.parse(r.out).map((x: { id: string }) => x.id.slice(0, 2))).toEqual(['a1', 'd1', 'a2', 'c1']);
+      expect(JSON.parse(r.out).map((x: { id: string }) => x.id.slice(0, 2))).toEqual([
+        'a1',
+        'd1',
+        'a2',
+        'c1',
+      ]);
     } finally {
       await database.drop();
     }
