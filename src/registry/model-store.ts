@@ -262,7 +262,8 @@ export class ModelStore {
   }
 }
 
-function differs(row: ModelsTable, m: SeedPlan['models'][number]): boolean {
+/** True when a seeded row no longer matches its seed entry (seeding updates only what it owns). */
+export function differs(row: ModelsTable, m: SeedPlan['models'][number]): boolean {
   return (
     row.display_name !== m.displayName ||
     row.description !== m.description ||
@@ -272,7 +273,8 @@ function differs(row: ModelsTable, m: SeedPlan['models'][number]): boolean {
   );
 }
 
-function toModel(r: ModelsTable): ModelInfo {
+/** A `models` row as the registry sees it (both database engines). */
+export function toModel(r: ModelsTable): ModelInfo {
   return {
     name: r.name,
     displayName: r.display_name,
@@ -284,6 +286,7 @@ function toModel(r: ModelsTable): ModelInfo {
   };
 }
 
-function toMapping(r: ModelMappingsTable): MappingInfo {
+/** A `model_mappings` row as the registry sees it (both database engines). */
+export function toMapping(r: ModelMappingsTable): MappingInfo {
   return { alias: r.alias, actual: r.actual_model, source: r.source, created: Number(r.created_at) };
 }

@@ -1,8 +1,8 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { OaiProxyError } from '../errors.js';
 import type { DatabaseSchema, ModelMappingsTable, ModelsTable } from '../storage/tables.js';
-import type { NewModel, SeedResult } from './model-store.js';
-import { type MappingInfo, type ModelInfo, ModelRegistry, type RegistrySource } from './registry.js';
+import { differs, type NewModel, type SeedResult, toMapping, toModel } from './model-store.js';
+import { type ModelInfo, ModelRegistry, type RegistrySource } from './registry.js';
 import type { SeedPlan } from './seed.js';
 
 /** The channel every registry write notifies (at commit) so other instances reload within moments. */
@@ -291,30 +291,4 @@ async function loadFrom(db: Kysely<DatabaseSchema>): Promise<ModelRegistry> {
     .where('removed', '=', 0)
     .execute()) as ModelMappingsTable[];
   return new ModelRegistry(models.map(toModel), mappings.map(toMapping));
-}
-
-function differs(row: ModelsTable, m: SeedPlan['models'][number]): boolean {
-  return (
-    row.display_name !== m.displayName ||
-    row.description !== m.description ||
-    row.upstream !== m.upstream ||
-    row.deployment !== m.deployment ||
-    row.source !== m.source
-  );
-}
-
-function toModel(r: ModelsTable): ModelInfo {
-  return {
-    name: r.name,
-    displayName: r.display_name,
-    description: r.description,
-    upstream: r.upstream,
-    deployment: r.deployment,
-    source: r.source,
-    created: Number(r.created_at),
-  };
-}
-
-function toMapping(r: ModelMappingsTable): MappingInfo {
-  return { alias: r.alias, actual: r.actual_model, source: r.source, created: Number(r.created_at) };
 }
