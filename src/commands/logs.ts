@@ -178,7 +178,7 @@ function warnSearchLag(handle: Storage, filter: LogFilter, io: CliIo): void {
   const lag = searchIndexLag(sqliteOf(handle));
   if (lag.maxRowid > lag.indexedRowid)
     io.stderr.write(
-      `note: the newest exchanges (after row ${lag.indexedRowid} of ${lag.maxRowid}) are not in the search index yet; \`oai-proxy serve\` indexes them in the background\n`,
+      `note: the newest exchanges (after row ${lag.indexedRowid} of ${lag.maxRowid}) are not in the search index yet; \`oai-proxy serve\` indexes them in the background (unless SEARCH_INDEX=false)\n`,
     );
 }
 

@@ -307,13 +307,14 @@ export async function startProxy(
   });
   // Full-text index for `logs --grep`: filled in small slices, off the recorder's path.
   // (PostgreSQL indexes rows as they are inserted: a GIN index, migration 0002.)
-  const searchIndexer = database
-    ? createSearchIndexer({
-        sqlite: () => database.sqlite,
-        onError: (err) =>
-          logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
-      })
-    : null;
+  const searchIndexer =
+    database && config.searchIndex
+      ? createSearchIndexer({
+          sqlite: () => database.sqlite,
+          onError: (err) =>
+            logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
+        })
+      : null;
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;

@@ -33,6 +33,7 @@ export interface Config {
   logRotateDaily: boolean;
   logFlushIntervalMs: number;
   logQueueMax: number;
+  searchIndex: boolean;
   upstreamConnectTimeoutMs: number;
   upstreamHeadersTimeoutMs: number;
   upstreamIdleTimeoutMs: number;
@@ -197,6 +198,14 @@ export const SETTINGS: readonly SettingDef[] = [
     default: 20_000,
     description:
       'Rows kept in memory while the database is unavailable; beyond it the oldest spill to the log file',
+  },
+  {
+    key: 'searchIndex',
+    env: 'SEARCH_INDEX',
+    type: 'bool',
+    default: true,
+    description:
+      'Fill the full-text index `logs --grep` searches, in the background (false: ~15-25% more throughput when saturated; --grep then finds only rows indexed earlier)',
   },
   {
     key: 'upstreamConnectTimeoutMs',
