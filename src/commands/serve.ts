@@ -11,13 +11,13 @@ import {
   type RegistryStore,
 } from '../registry/registry-store.js';
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
-import { type OpenDatabase, openDatabase } from '../storage/database.js';
+import { type OpenDatabase, openDatabase, type SqliteHandle } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
 import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
-import { createSearchIndexer } from '../storage/search-index.js';
+import { createSearchIndexer, type SearchIndexer, startSearchIndexWorker } from '../storage/search-index.js';
 import {
   postgresStorage,
   type RecordingWriter,
@@ -46,6 +46,8 @@ export interface RunningProxy {
   database: OpenDatabase;
   logFile: string;
   logger: Logger;
+  /** Write what the log file has buffered now (tests and diagnostics read the file right after). */
+  flushLogs(): void;
   /** The model registry: routing, `/models`, the admin API. */
   registry: RegistryRuntime;
   /** Qdrant indexing, present only when QDRANT_URL is set. */
@@ -127,6 +129,16 @@ export async function startProxy(
     await pgDatabase?.close();
   };
   const retired: OpenDatabase[] = [];
+  // Full-text index for `logs --grep`: filled in the background, in a worker thread when possible.
+  // (PostgreSQL indexes rows as they are inserted: a GIN index, migration 0002.)
+  let searchIndexer: SearchIndexer | null = null;
+  const startIndexer = (sqlite: SqliteHandle): SearchIndexer => {
+    const onError = (err: Error) =>
+      logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry');
+    return (
+      startSearchIndexWorker(sqlite, { onError }) ?? createSearchIndexer({ sqlite: () => sqlite, onError })
+    );
+  };
   const checkpoints = database
     ? startBackgroundCheckpoints(database.sqlite, {
         onError: (err) => logger.warn(`database ${where}: ${(err as Error)?.message ?? String(err)}`),
@@ -140,6 +152,10 @@ export async function startProxy(
         checkpoints.stop();
         retired.push(database);
         database = next;
+        if (searchIndexer) {
+          searchIndexer.close();
+          searchIndexer = startIndexer(next.sqlite);
+        }
         logger.warn(`database ${where} was deleted or replaced; recording into a new file there`);
         return next.sqlite;
       },
@@ -305,16 +321,7 @@ export async function startProxy(
     await dispatcher.close();
     throw err;
   });
-  // Full-text index for `logs --grep`: filled in small slices, off the recorder's path.
-  // (PostgreSQL indexes rows as they are inserted: a GIN index, migration 0002.)
-  const searchIndexer =
-    database && config.searchIndex
-      ? createSearchIndexer({
-          sqlite: () => database.sqlite,
-          onError: (err) =>
-            logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
-        })
-      : null;
+  if (database && config.searchIndex) searchIndexer = startIndexer(database.sqlite);
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
@@ -341,15 +348,18 @@ export async function startProxy(
     logger,
     vector,
     registry,
+    flushLogs() {
+      logFile.flushSync();
+    },
     close() {
       closing ??= (async () => {
         process.off('SIGUSR2', onUsr2);
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close();
-        searchIndexer?.close();
+        await searchIndexer?.close();
         await writer.close();
-        checkpoints.stop();
+        await checkpoints.stop();
         await dispatcher.close().catch(() => undefined);
         await closeDatabase();
         for (const old of retired) await old.close().catch(() => undefined);

@@ -6,8 +6,8 @@ import type { SqliteHandle } from './database.js';
 export interface BackgroundCheckpoints {
   /** True while checkpoints run in the worker (false: SQLite's own auto-checkpoint is back on). */
   active(): boolean;
-  /** Stop the worker; its connection closes, and SQLite's auto-checkpoint is restored on `sqlite`. */
-  stop(): void;
+  /** Stop the worker; its connection closes (awaitable), and SQLite's auto-checkpoint is restored on `sqlite`. */
+  stop(): void | Promise<void>;
 }
 
 export interface BackgroundCheckpointOptions {
@@ -50,6 +50,7 @@ export function startBackgroundCheckpoints(
 ): BackgroundCheckpoints {
   let running = false;
   let worker: Worker | null = null;
+  let exited: Promise<void> | null = null;
   const restore = () => {
     running = false;
     try {
@@ -70,6 +71,8 @@ export function startBackgroundCheckpoints(
       },
     });
     worker.unref();
+    const w0 = worker;
+    exited = new Promise<void>((resolve) => w0.once('exit', () => resolve()));
     worker.on('message', (m: string | number) => {
       if (typeof m === 'string') {
         options.onError?.(new Error(`WAL checkpoint failed: ${m}`));
@@ -107,7 +110,10 @@ export function startBackgroundCheckpoints(
       w.removeAllListeners('message');
       w.removeAllListeners('error');
       w.on('error', () => undefined);
+      // Keep the process alive until the worker has closed its connection (it is unref'd while running).
+      w.ref();
       w.postMessage('stop');
+      return exited ?? undefined;
     },
   };
 }

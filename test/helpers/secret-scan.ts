@@ -56,10 +56,15 @@ export function readProxyFiles(dir: string): Record<string, string> {
   const walk = (d: string) => {
     for (const name of readdirSync(d)) {
       const p = join(d, name);
-      const st = statSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (/\.(db|sqlite|log)(-wal|-shm|\.\d+)?$/.test(name) || /\.log\b/.test(name))
-        out[p] = readFileSync(p).toString('latin1');
+      try {
+        const st = statSync(p);
+        if (st.isDirectory()) walk(p);
+        else if (/\.(db|sqlite|log)(-wal|-shm|\.\d+)?$/.test(name) || /\.log\b/.test(name))
+          out[p] = readFileSync(p).toString('latin1');
+      } catch (err) {
+        // SQLite removes -wal/-shm when the last connection (a background thread's) closes.
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      }
     }
   };
   walk(dir);

@@ -92,6 +92,7 @@ export async function startTestProxy(
     },
     logLines() {
       running.logger.flush();
+      running.flushLogs();
       try {
         return readFileSync(logPath, 'utf8')
           .split('\n')

@@ -189,7 +189,12 @@ describe('indexing exchanges into Qdrant while serving', () => {
     expect(state.status).toBe('failed');
     expect(state.error).toMatch(/ECONNREFUSED/);
 
-    const logged = proxy.logLines().find((l) => /vector indexing is failing/.test(l.msg));
+    // The log file is written asynchronously: give the line a moment to land.
+    let logged: Record<string, any> | undefined;
+    for (let i = 0; i < 100 && !logged; i++) {
+      logged = proxy.logLines().find((l) => /vector indexing is failing/.test(l.msg));
+      if (!logged) await new Promise((r) => setTimeout(r, 20));
+    }
     expect(logged).toBeDefined();
     expect(JSON.stringify(proxy.logLines())).not.toContain(QDRANT_KEY);
   });
