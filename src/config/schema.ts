@@ -205,7 +205,7 @@ export const SETTINGS: readonly SettingDef[] = [
     type: 'bool',
     default: true,
     description:
-      'Fill the full-text index `logs --grep` searches, in the background (false: ~15-25% more throughput when saturated; --grep then finds only rows indexed earlier)',
+      'Fill the full-text index `logs --grep` searches, in the background (false: no tokenising of bodies and a smaller database; --grep then finds only rows indexed earlier)',
   },
   {
     key: 'upstreamConnectTimeoutMs',
