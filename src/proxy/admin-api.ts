@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { isOaiProxyError, OaiProxyError, openAiErrorBody } from '../errors.js';
 import type { NewModel } from '../registry/model-store.js';
 import { checkModelName, type ModelInfo, type RegistryView } from '../registry/registry.js';
+import { bearerToken } from './capture.js';
 import type { ExchangeContext, OwnRoute } from './server.js';
 
 /** What the admin API may do to the registry; the serve command provides it. */
@@ -47,13 +48,12 @@ export function createAdminRoute(control: RegistryControl): OwnRoute {
       );
       return true;
     }
-    const auth = String(x.req.headers.authorization ?? '');
-    const m = /^Bearer\s+(.+)$/i.exec(auth);
-    if (!m || !keyMatches(m[1].trim(), key)) {
+    const presented = bearerToken(x.req.headers.authorization);
+    if (presented === undefined || !keyMatches(presented, key)) {
       x.respondError(
         401,
         'unauthorized',
-        m
+        presented !== undefined
           ? 'Incorrect admin API key; send Authorization: Bearer <ADMIN_API_KEY>'
           : 'Missing admin API key; send Authorization: Bearer <ADMIN_API_KEY>',
         'invalid_request_error',

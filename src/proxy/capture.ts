@@ -12,15 +12,27 @@ export const SECRET_HEADERS: ReadonlySet<string> = new Set([
 
 export const REDACTED = '[redacted]';
 
-/** Copy of `headers` with secret values replaced, ready to persist. */
+/** The token of an `Authorization: Bearer <token>` header value, if it is one. */
+export function bearerToken(authorization: unknown): string | undefined {
+  if (typeof authorization !== 'string') return undefined;
+  return /^Bearer\s+(.+)$/i.exec(authorization)?.[1]?.trim() || undefined;
+}
+
+/**
+ * Copy of `headers` ready to persist: secret headers' values replaced, and any of `secrets` (configured
+ * keys) echoed in another header scrubbed from its value.
+ */
 export function redactHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
+  secrets: readonly string[] = [],
 ): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(headers)) {
     if (v === undefined) continue;
     const name = k.toLowerCase();
-    out[name] = SECRET_HEADERS.has(name) ? REDACTED : v;
+    if (SECRET_HEADERS.has(name)) out[name] = REDACTED;
+    else if (secrets.length === 0) out[name] = v;
+    else out[name] = Array.isArray(v) ? v.map((s) => scrubSecrets(s, secrets)) : scrubSecrets(v, secrets);
   }
   return out;
 }

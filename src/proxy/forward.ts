@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Agent } from 'undici';
 import { undici } from '../lazy-modules.js';
+import { bearerToken } from './capture.js';
 
 /** Where a request goes: one upstream API with its credentials. */
 export interface UpstreamTarget {
@@ -98,8 +99,8 @@ export function shapeUpstreamRequest(
       delete headers.authorization;
       headers['api-key'] = target.apiKey;
     } else if (!headers['api-key'] && typeof headers.authorization === 'string') {
-      const m = /^Bearer\s+(.+)$/i.exec(headers.authorization);
-      if (m) headers['api-key'] = m[1];
+      const token = bearerToken(headers.authorization);
+      if (token) headers['api-key'] = token;
       delete headers.authorization;
     }
     // {base}/openai/deployments/{deployment}/chat/completions, unless the base already names a deployment.

@@ -10,7 +10,7 @@ import type {
   ExchangeSink,
 } from '../storage/exchange-record.js';
 import { keyMatches } from './admin-api.js';
-import { BodyCapture, isTextual, redactHeaders, scrubSecrets } from './capture.js';
+import { BodyCapture, bearerToken, isTextual, redactHeaders, scrubSecrets } from './capture.js';
 import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 import { newExchangeId } from './ids.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
@@ -241,20 +241,22 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const sockets = new Set<Socket>();
   const contexts = new WeakMap<ServerResponse, ExchangeContext>();
   const clientKeys = (options.clientKeys ?? []).filter(Boolean);
+  // The keys a request presents: its Bearer token first, then an Azure-style `api-key` header.
+  const presentedKeys = (req: IncomingMessage): string[] => {
+    const keys: string[] = [];
+    const bearer = bearerToken(req.headers.authorization);
+    if (bearer) keys.push(bearer);
+    const apiKey = req.headers['api-key'];
+    if (typeof apiKey === 'string' && apiKey !== '') keys.push(apiKey);
+    return keys;
+  };
   const clientKeyValid = (req: IncomingMessage): boolean => {
-    const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ''))?.[1]?.trim();
-    const presented = bearer ?? (typeof req.headers['api-key'] === 'string' ? req.headers['api-key'] : '');
-    return presented !== '' && clientKeys.some((k) => keyMatches(presented, k));
+    const [presented] = presentedKeys(req);
+    return presented !== undefined && clientKeys.some((k) => keyMatches(presented, k));
   };
   const adminKey = options.adminKey;
-  const presentsAdminKey = (req: IncomingMessage): boolean => {
-    if (!adminKey) return false;
-    const bearer = /^Bearer\s+(.+)$/i.exec(String(req.headers.authorization ?? ''))?.[1]?.trim();
-    return (
-      (bearer !== undefined && keyMatches(bearer, adminKey)) ||
-      (typeof req.headers['api-key'] === 'string' && keyMatches(req.headers['api-key'], adminKey))
-    );
-  };
+  const presentsAdminKey = (req: IncomingMessage): boolean =>
+    adminKey !== undefined && presentedKeys(req).some((k) => keyMatches(k, adminKey));
 
   const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
     if (cors.length === 0) return null;
@@ -284,10 +286,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
           : null;
-      if (secrets.length) {
-        if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
-        if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
-      }
+      if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
+      if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
       const r: ExchangeRecord = {
         id: x.id,
         startedAt: x.startedAt,
@@ -295,14 +295,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         ttfbMs: x.ttfb,
         method: x.req.method ?? 'GET',
         // A key in the URL (`?api-key=…`, a mistaken path) is as secret as one in a header.
-        path: secrets.length ? scrubSecrets(x.path, secrets) : x.path,
+        path: scrubSecrets(x.path, secrets),
         query: x.query ? scrubSecrets(x.query, secrets) : null,
         clientAddr: x.clientAddr,
         status: x.status,
-        requestHeaders: scrubHeaderSecrets(redactHeaders(x.req.headers), secrets),
-        responseHeaders: x.responseHeaders
-          ? scrubHeaderSecrets(redactHeaders(x.responseHeaders), secrets)
-          : null,
+        requestHeaders: redactHeaders(x.req.headers, secrets),
+        responseHeaders: x.responseHeaders ? redactHeaders(x.responseHeaders, secrets) : null,
         requestBody,
         requestBytes: x.requestCapture.bytes,
         requestTruncated: x.requestCapture.truncated,
@@ -792,18 +790,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       await closed;
     },
   };
-}
-
-/** Configured secrets sent in headers that are not known to hold keys (e.g. a key pasted into a custom header). */
-function scrubHeaderSecrets(
-  headers: Record<string, string | string[]>,
-  secrets: readonly string[],
-): Record<string, string | string[]> {
-  if (secrets.length === 0) return headers;
-  for (const [k, v] of Object.entries(headers)) {
-    headers[k] = Array.isArray(v) ? v.map((s) => scrubSecrets(s, secrets)) : scrubSecrets(v, secrets);
-  }
-  return headers;
 }
 
 /** Paths the proxy itself owns (never forwarded). */
