@@ -67,3 +67,15 @@ export interface ExchangeRecord {
 export interface ExchangeSink {
   record(exchange: ExchangeRecord): void;
 }
+
+/** What every batched exchange writer takes, whatever the database. */
+export interface RecordingWriterOptions {
+  flushIntervalMs: number;
+  /** Rows kept in memory while the database fails; beyond it the oldest are handed to `onSpill`. */
+  queueMax: number;
+  /** Rows per write (a transaction on SQLite, one multi-row INSERT on PostgreSQL). */
+  batchSize?: number;
+  onSpill?(rows: ExchangeRecord[]): void;
+  onError?(err: Error): void;
+  onRecover?(): void;
+}

@@ -1,5 +1,5 @@
 import type { SqliteHandle } from './database.js';
-import type { ExchangeRecord, ExchangeSink } from './exchange-record.js';
+import type { ExchangeRecord, ExchangeSink, RecordingWriterOptions } from './exchange-record.js';
 import type { ExchangesTable } from './tables.js';
 
 /** What `/health` shows about recording. */
@@ -20,18 +20,10 @@ export interface ExchangeWriter extends ExchangeSink {
   close(): void;
 }
 
-export interface ExchangeWriterOptions {
+export interface ExchangeWriterOptions extends RecordingWriterOptions {
   sqlite: SqliteHandle;
-  flushIntervalMs: number;
-  /** Rows kept in memory while the database fails; beyond it the oldest are handed to `onSpill`. */
-  queueMax: number;
   /** Rows per transaction in timed flushes; the event loop runs between slices (default 128). */
   sliceRows?: number;
-  /** Rows per transaction. */
-  batchSize?: number;
-  onSpill?(rows: ExchangeRecord[]): void;
-  onError?(err: Error): void;
-  onRecover?(): void;
   /**
    * How long a timed flush waits for another writer's lock (default 100 ms) before backing off, so a
    * locked database never stalls the event loop for long; the final flush in `close()` waits longer.

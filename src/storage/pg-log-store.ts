@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import type { ExchangeRecord } from './exchange-record.js';
+import type { ExchangeRecord, RecordingWriterOptions } from './exchange-record.js';
 import { type ExchangeWriterHealth, toRow } from './log-store.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
 
@@ -16,18 +16,11 @@ export interface PgExchangeWriter {
   close(): Promise<void>;
 }
 
-export interface PgExchangeWriterOptions {
+/** `batchSize` defaults to 500 rows per INSERT (30 parameters a row, far below PostgreSQL's 65,535). */
+export interface PgExchangeWriterOptions extends RecordingWriterOptions {
   db: Kysely<DatabaseSchema>;
-  flushIntervalMs: number;
-  /** Rows kept in memory while the database fails; beyond it the oldest are handed to `onSpill`. */
-  queueMax: number;
-  /** Rows per INSERT (default 500; 30 parameters a row stays far below PostgreSQL's 65,535). */
-  batchSize?: number;
   /** How long `close()` keeps trying (default 5 s). */
   closeTimeoutMs?: number;
-  onSpill?(rows: ExchangeRecord[]): void;
-  onError?(err: Error): void;
-  onRecover?(): void;
 }
 
 /**

@@ -1,7 +1,7 @@
 import type { Kysely } from 'kysely';
 import type { DatabaseLocation } from '../config/paths.js';
 import { type OpenDatabase, openDatabase, type SqliteHandle } from './database.js';
-import type { ExchangeRecord, ExchangeSink } from './exchange-record.js';
+import type { ExchangeSink, RecordingWriterOptions } from './exchange-record.js';
 import { createExchangeWriter, type ExchangeWriterHealth } from './log-store.js';
 import { createPgExchangeWriter } from './pg-log-store.js';
 import { openPostgres, type PostgresDatabase } from './postgres.js';
@@ -16,14 +16,7 @@ export interface RecordingWriter extends ExchangeSink {
   close(): void | Promise<void>;
 }
 
-export interface RecordingWriterOptions {
-  flushIntervalMs: number;
-  queueMax: number;
-  batchSize?: number;
-  onSpill?(rows: ExchangeRecord[]): void;
-  onError?(err: Error): void;
-  onRecover?(): void;
-}
+export type { RecordingWriterOptions };
 
 /**
  * The recording database: one interface, two implementations (an SQLite file, a PostgreSQL server).
