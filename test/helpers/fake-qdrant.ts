@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { createFakeUpstream, type FakeUpstream } from './fake-upstream.js';
 
 /**
  * A small Qdrant-compatible REST server on 127.0.0.1, port 0, speaking the request and response shapes
@@ -424,4 +425,36 @@ export async function deadUrl(): Promise<string> {
   const { port } = s.address() as AddressInfo;
   await new Promise<void>((r) => s.close(() => r()));
   return `http://127.0.0.1:${port}`;
+}
+
+/** A fake upstream plus a Qdrant under test, and the environment a proxy indexing into them needs. */
+export interface VectorFixture {
+  upstream: FakeUpstream;
+  qdrant: QdrantUnderTest;
+  env(extra?: Record<string, string>): Record<string, string>;
+  close(): Promise<void>;
+}
+
+export async function createVectorFixture(keys: {
+  upstreamKey: string;
+  qdrantKey: string;
+}): Promise<VectorFixture> {
+  const upstream = await createFakeUpstream();
+  const qdrant = await createQdrantUnderTest({ apiKey: keys.qdrantKey });
+  return {
+    upstream,
+    qdrant,
+    env: (extra = {}) => ({
+      OPENAI_BASE_URL: upstream.baseUrl,
+      OPENAI_API_KEY: keys.upstreamKey,
+      QDRANT_URL: qdrant.url,
+      ...(qdrant.apiKey ? { QDRANT_API_KEY: qdrant.apiKey } : {}),
+      QDRANT_COLLECTION: qdrant.collection,
+      ...extra,
+    }),
+    async close() {
+      await qdrant.close();
+      await upstream.close();
+    },
+  };
 }

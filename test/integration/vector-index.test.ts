@@ -1,8 +1,13 @@
 import OpenAI from 'openai';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { pointIdFor } from '../../src/vector/qdrant-store.js';
-import { createQdrantUnderTest, deadUrl, type QdrantUnderTest } from '../helpers/fake-qdrant.js';
-import { createFakeUpstream, embed, type FakeUpstream } from '../helpers/fake-upstream.js';
+import {
+  createVectorFixture,
+  deadUrl,
+  type QdrantUnderTest,
+  type VectorFixture,
+} from '../helpers/fake-qdrant.js';
+import { embed, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
 const UPSTREAM_KEY = 'sk-upstream-secret-key-vector-1234567';
@@ -10,30 +15,21 @@ const QDRANT_KEY = 'qdrant-secret-key-abcdef123456';
 
 let upstream: FakeUpstream;
 let qdrant: QdrantUnderTest;
+let fixture: VectorFixture;
 let proxy: TestProxy | null = null;
 
 beforeEach(async () => {
-  upstream = await createFakeUpstream();
-  qdrant = await createQdrantUnderTest({ apiKey: QDRANT_KEY });
+  fixture = await createVectorFixture({ upstreamKey: UPSTREAM_KEY, qdrantKey: QDRANT_KEY });
+  ({ upstream, qdrant } = fixture);
 });
 
 afterEach(async () => {
   await proxy?.close();
   proxy = null;
-  await qdrant.close();
-  await upstream.close();
+  await fixture.close();
 });
 
-function vectorEnv(extra: Record<string, string> = {}): Record<string, string> {
-  return {
-    OPENAI_BASE_URL: upstream.baseUrl,
-    OPENAI_API_KEY: UPSTREAM_KEY,
-    QDRANT_URL: qdrant.url,
-    ...(qdrant.apiKey ? { QDRANT_API_KEY: qdrant.apiKey } : {}),
-    QDRANT_COLLECTION: qdrant.collection,
-    ...extra,
-  };
-}
+const vectorEnv = (extra: Record<string, string> = {}) => fixture.env(extra);
 
 function clientFor(p: TestProxy): OpenAI {
   return new OpenAI({ apiKey: 'sk-client-000000000000', baseURL: `${p.url}/v1`, maxRetries: 0 });
