@@ -1,4 +1,5 @@
 import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
@@ -447,12 +448,27 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
   return 0;
 }
 
+/** Exchange fields the console's one-line message already says (the log file keeps them all). */
+const CONSOLE_HIDDEN_FIELDS = Object.keys(
+  exchangeLogLine({ durationMs: 0, ttfbMs: null } as ExchangeRecord),
+).join(',');
+
 async function prettyStream(dest: CliIo['stderr']): Promise<NodeJS.WritableStream> {
   const { default: pretty } = await import('pino-pretty');
+  // pino-pretty writes to a stream; CliIo only promises write().
+  const destination =
+    typeof (dest as Partial<NodeJS.WritableStream>).on === 'function'
+      ? dest
+      : new Writable({
+          write(chunk, _encoding, done) {
+            dest.write(String(chunk));
+            done();
+          },
+        });
   return pretty({
     colorize: true,
-    destination: dest as any,
-    ignore: 'pid,hostname',
+    destination: destination as any,
+    ignore: `pid,hostname,${CONSOLE_HIDDEN_FIELDS}`,
     translateTime: 'HH:MM:ss.l',
     sync: true,
   });

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, readFileSync, renameSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -133,6 +134,74 @@ describe('the built bin', () => {
     cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
     return { child, url, stderr: () => err };
   }
+
+  test('SIGUSR2 reopens the log file at its path (for an external logrotate)', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const logPath = join(tmp.path, 'p.log');
+    const { child, url } = startBin(
+      [
+        'serve',
+        '--port',
+        '0',
+        '--db',
+        join(tmp.path, 'p.db'),
+        '--log-file',
+        logPath,
+        '--upstream',
+        upstream.baseUrl,
+      ],
+      { HOME: tmp.path, LOG_LEVEL: 'warn' },
+    );
+    const base = await url;
+    const lines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
+    const until = async (cond: () => boolean) => {
+      for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(cond()).toBe(true);
+    };
+    await fetch(`${base}/v1/files?n=1`);
+    await until(() => lines(logPath).length === 1);
+    renameSync(logPath, `${logPath}.rotated`);
+    child.kill('SIGUSR2');
+    await until(() => existsSync(logPath));
+    await fetch(`${base}/v1/files?n=2`);
+    await until(() => lines(logPath).length === 1);
+    expect(lines(`${logPath}.rotated`).map((l) => JSON.parse(l).path)).toEqual(['/v1/files']);
+    expect(JSON.parse(lines(logPath)[0])).toMatchObject({ path: '/v1/files', status: 404 });
+    child.kill('SIGTERM');
+  });
+
+  test('on a terminal the console is pretty-printed, one line per exchange', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+    io.stderr.isTTY = true;
+    const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+    let base = '';
+    for (let i = 0; i < 100 && !base; i++) {
+      base = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1] ?? '';
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await fetch(`${base}/v1/files`);
+    for (let i = 0; i < 100 && !io.err().includes('GET /v1/files 404'); i++)
+      await new Promise((r) => setTimeout(r, 20));
+    ac.abort();
+    expect(await done).toBe(0);
+    const line = io
+      .err()
+      .split('\n')
+      .find((l) => l.includes('GET /v1/files 404'));
+    expect(line).toBeDefined();
+    expect(line!.trimStart().startsWith('{')).toBe(false);
+    expect(line).toMatch(/INFO/);
+    // One line per exchange: the fields are in the log file, not repeated on the console.
+    expect(io.err()).not.toMatch(/^\s+duration_ms:/m);
+  });
 
   test('SIGTERM with a stream in flight: the stream finishes, its row is written, exit 0', async () => {
     const tmp = createTempDir();
