@@ -1,3 +1,4 @@
+import { type BackgroundSliceOptions, type BackgroundSlices, runInSlices } from './background-slices.js';
 import type { SqliteHandle } from './database.js';
 
 /** How far the full-text index (exchanges_fts) lags the exchanges table. */
@@ -54,79 +55,15 @@ export function resetSearchIndex(sqlite: SqliteHandle): void {
   })();
 }
 
-export interface SearchIndexer {
-  /** Index everything pending now, in slices (tests, benchmarks). Returns rows indexed. */
-  drain(): number;
-  close(): void;
-}
-
-export interface SearchIndexerOptions {
+export interface SearchIndexerOptions extends Omit<BackgroundSliceOptions, 'work'> {
   /** The writable handle to use (a getter: the recorder may reopen its database). */
   sqlite: () => SqliteHandle;
-  /** How often to look for new rows (default 250 ms). */
-  intervalMs?: number;
-  /** Time budget of one slice: the event loop is never held longer than about this (default 5 ms). */
-  sliceMs?: number;
-  onError?(err: Error): void;
 }
 
 /**
- * Keep the full-text index current from a writing process (`serve`): every `intervalMs`, index new rows in
- * slices of about `sliceMs`, yielding to the event loop between slices, so recording and proxying are never
- * held up by tokenising bodies. Errors are reported once and retried on the next tick; never thrown.
+ * Keep the full-text index current from a writing process (`serve`): new rows are indexed in slices of a
+ * few milliseconds (`runInSlices`), so recording and proxying are never held up by tokenising bodies.
  */
-export function createSearchIndexer(options: SearchIndexerOptions): SearchIndexer {
-  const sliceMs = options.sliceMs ?? 5;
-  let perSlice = 8;
-  let closed = false;
-  let running = false;
-  let failing = false;
-
-  const slice = (): number => {
-    const t = performance.now();
-    const n = indexPendingExchanges(options.sqlite(), perSlice);
-    const took = performance.now() - t;
-    if (n === perSlice) {
-      // Aim the next slice at the time budget.
-      const rate = n / Math.max(took, 0.5);
-      perSlice = Math.max(1, Math.min(2000, Math.floor(rate * sliceMs)));
-    }
-    return n;
-  };
-
-  const tick = () => {
-    if (closed || running) return;
-    running = true;
-    const step = () => {
-      if (closed) {
-        running = false;
-        return;
-      }
-      let n = 0;
-      try {
-        n = slice();
-        failing = false;
-      } catch (err) {
-        if (!failing) options.onError?.(err as Error);
-        failing = true;
-      }
-      if (n > 0 && !failing) setImmediate(step);
-      else running = false;
-    };
-    step();
-  };
-
-  const timer = setInterval(tick, options.intervalMs ?? 250);
-  timer.unref();
-  return {
-    drain() {
-      let total = 0;
-      for (let n = slice(); n > 0; n = slice()) total += n;
-      return total;
-    },
-    close() {
-      closed = true;
-      clearInterval(timer);
-    },
-  };
+export function createSearchIndexer(options: SearchIndexerOptions): BackgroundSlices {
+  return runInSlices({ ...options, work: (budget) => indexPendingExchanges(options.sqlite(), budget) });
 }
