@@ -9,6 +9,7 @@ export default defineConfig({
     'storage/checkpointer': 'src/storage/checkpointer.ts',
     'storage/storage': 'src/storage/storage.ts',
     'storage/pg-log-store': 'src/storage/pg-log-store.ts',
+    'storage/stats-rollup': 'src/storage/stats-rollup.ts',
   },
   format: ['esm'],
   target: 'node20',
@@ -18,4 +19,5 @@ export default defineConfig({
   sourcemap: true,
   splitting: true,
   dts: false,
+  noExternal: ['kysely'],
 });

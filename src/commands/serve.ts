@@ -19,6 +19,7 @@ import { createExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
 import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
 import { createSearchIndexer } from '../storage/search-index.js';
+import { createStatsRollup } from '../storage/stats-rollup.js';
 import {
   postgresStorage,
   type RecordingWriter,
@@ -319,6 +320,13 @@ export async function startProxy(
             logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
         })
       : null;
+  // Hourly rollups for `logs stats` (SQLite; PostgreSQL aggregates on the server), the same way.
+  const statsRollup = database
+    ? createStatsRollup({
+        sqlite: () => database.sqlite,
+        onError: (err) => logger.warn({ err: { message: err.message } }, 'stats rollup failed; will retry'),
+      })
+    : null;
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
@@ -355,6 +363,7 @@ export async function startProxy(
         registry.close();
         await vector?.close();
         searchIndexer?.close();
+        statsRollup?.close();
         await writer.close();
         await checkpoints.stop();
         await dispatcher.close().catch(() => undefined);

@@ -2,6 +2,14 @@ import { type Expression, type ExpressionBuilder, type SqlBool, sql } from 'kyse
 import { OaiProxyError } from '../errors.js';
 import type { SqliteHandle } from './database.js';
 import { resetSearchIndex, searchIndexLag } from './search-index.js';
+import {
+  HOUR_MS,
+  hasRollups,
+  IS_ERROR_SQL,
+  readRollups,
+  STATS_KEY_SQL,
+  STREAM_TTFB_SQL,
+} from './stats-rollup.js';
 import type { Storage } from './storage.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
 
@@ -484,22 +492,70 @@ export interface StatsSample {
 export async function exchangeStats(handle: Storage, filter: LogFilter, by: StatsKey): Promise<StatsGroup[]> {
   checkSearchable(handle, filter);
   if (handle.kind === 'postgres') return pgStats(handle, filter, by);
-  // Hundreds of thousands of rows: SQLite computes each row's group key and error flag, and rows come back
-  // as plain arrays of the six numbers stats need (half the time of building row objects).
-  const key = {
-    model: sql<string>`coalesce(model, '(none)')`,
-    path: sql<string>`path`,
-    status: sql<string>`case when status is null then coalesce(error, 'no response') else cast(status as text) end`,
-    user: sql<string>`coalesce("user", '(none)')`,
-    day: sql<string>`strftime('%Y-%m-%d', started_at / 1000, 'unixepoch')`,
-  }[by];
+  const sqlite = sqliteOf(handle);
+  // One read transaction: the rollups and the rows around them come from the same snapshot.
+  return sqlite.transaction(() => {
+    const groups = new Map<string, StatsAccumulator>();
+    const ranges =
+      rollupServes(filter) && hasRollups(sqlite) ? addRollups(sqlite, filter, by, groups) : [filter];
+    for (const range of ranges) addExchanges(handle, { ...filter, ...range }, by, groups);
+    return finishStats(groups, by);
+  })();
+}
+
+/** Rollups hold every non-internal exchange of an hour: they answer a filter on time alone. */
+function rollupServes(filter: LogFilter): boolean {
+  const { since, until, internal, ...rest } = filter;
+  return !internal && Object.values(rest).every((v) => v === undefined);
+}
+
+/**
+ * Add the rollups of the whole hours in the filter's window to `groups`; return the time ranges left
+ * for the exchanges themselves (the partial hours at the edges, and hours without rollups).
+ */
+function addRollups(
+  sqlite: SqliteHandle,
+  filter: LogFilter,
+  by: StatsKey,
+  groups: Map<string, StatsAccumulator>,
+): Pick<LogFilter, 'since' | 'until'>[] {
+  const from = filter.since === undefined ? 0 : Math.ceil(filter.since / HOUR_MS) * HOUR_MS;
+  const to =
+    filter.until === undefined ? Number.MAX_SAFE_INTEGER : Math.floor(filter.until / HOUR_MS) * HOUR_MS;
+  const ranges: Pick<LogFilter, 'since' | 'until'>[] = [];
+  let cursor = filter.since;
+  for (const r of readRollups(sqlite, by === 'day' ? 'model' : by, from, to)) {
+    if (cursor === undefined || r.hour > cursor) ranges.push({ since: cursor, until: r.hour });
+    cursor = r.hour + HOUR_MS;
+    const g = accumulatorFor(groups, by === 'day' ? new Date(r.hour).toISOString().slice(0, 10) : r.key);
+    g.n += r.requests;
+    g.errors += r.errors;
+    g.pt += r.prompt_tokens;
+    g.ct += r.completion_tokens;
+    g.durationChunks.push(r.durations);
+    g.ttfbChunks.push(r.ttfbs);
+  }
+  ranges.push({ since: cursor, until: filter.until });
+  return ranges;
+}
+
+/** Add the exchanges matching `filter` to `groups`, read row by row. */
+function addExchanges(
+  handle: Storage,
+  filter: LogFilter,
+  by: StatsKey,
+  groups: Map<string, StatsAccumulator>,
+): void {
+  if (filter.since !== undefined && filter.until !== undefined && filter.since >= filter.until) return;
+  // SQLite computes each row's group key and error flag, and rows come back as plain arrays of the six
+  // numbers stats need (half the time of building row objects).
   const compiled = handle.db
     .selectFrom('exchanges')
     .select([
-      key.as('key'),
-      sql<number>`(error is not null or status is null or status >= 400)`.as('is_error'),
+      sql.raw<string>(STATS_KEY_SQL[by]).as('key'),
+      sql.raw<number>(IS_ERROR_SQL).as('is_error'),
       'duration_ms',
-      sql<number | null>`case when stream = 1 then ttfb_ms end`.as('ttfb'),
+      sql.raw<number | null>(STREAM_TTFB_SQL).as('ttfb'),
       sql<number>`coalesce(prompt_tokens, 0)`.as('pt'),
       sql<number>`coalesce(completion_tokens, 0)`.as('ct'),
     ])
@@ -511,13 +567,8 @@ export async function exchangeStats(handle: Storage, filter: LogFilter, by: Stat
     .iterate(...(compiled.parameters as unknown[])) as IterableIterator<
     [string, number, number, number | null, number, number]
   >;
-  const groups = new Map<string, StatsAccumulator>();
   for (const [k, isError, duration, ttfb, pt, ct] of rows) {
-    let g = groups.get(k);
-    if (!g) {
-      g = newAccumulator();
-      groups.set(k, g);
-    }
+    const g = accumulatorFor(groups, k);
     g.n++;
     g.errors += isError;
     g.pt += pt;
@@ -525,7 +576,6 @@ export async function exchangeStats(handle: Storage, filter: LogFilter, by: Stat
     g.durations.push(duration);
     if (ttfb !== null) g.ttfbs.push(ttfb);
   }
-  return finishStats(groups, by);
 }
 
 interface StatsAccumulator {
@@ -535,17 +585,37 @@ interface StatsAccumulator {
   ct: number;
   durations: number[];
   ttfbs: number[];
+  /** Values from rollups, added to the above when the group is finished. */
+  durationChunks: Float64Array[];
+  ttfbChunks: Float64Array[];
 }
 
-function newAccumulator(): StatsAccumulator {
-  return { n: 0, errors: 0, pt: 0, ct: 0, durations: [], ttfbs: [] };
+function accumulatorFor(groups: Map<string, StatsAccumulator>, key: string): StatsAccumulator {
+  let g = groups.get(key);
+  if (!g) {
+    g = { n: 0, errors: 0, pt: 0, ct: 0, durations: [], ttfbs: [], durationChunks: [], ttfbChunks: [] };
+    groups.set(key, g);
+  }
+  return g;
+}
+
+/** All the values of a group, sorted ascending. */
+function sortedValues(values: number[], chunks: Float64Array[]): Float64Array {
+  const out = new Float64Array(chunks.reduce((n, c) => n + c.length, values.length));
+  out.set(values);
+  let at = values.length;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out.sort();
 }
 
 function finishStats(groups: Map<string, StatsAccumulator>, by: StatsKey): StatsGroup[] {
   const out: StatsGroup[] = [];
   for (const [key, g] of groups) {
-    const d = Float64Array.from(g.durations).sort();
-    const t = Float64Array.from(g.ttfbs).sort();
+    const d = sortedValues(g.durations, g.durationChunks);
+    const t = sortedValues(g.ttfbs, g.ttfbChunks);
     out.push({
       key,
       requests: g.n,
@@ -625,12 +695,7 @@ export function isErrorSample(s: { status: number | null; error: string | null }
 export function computeStats(samples: Iterable<StatsSample>, by: StatsKey): StatsGroup[] {
   const groups = new Map<string, StatsAccumulator>();
   for (const s of samples) {
-    const key = statsKeyOf(s, by);
-    let g = groups.get(key);
-    if (!g) {
-      g = newAccumulator();
-      groups.set(key, g);
-    }
+    const g = accumulatorFor(groups, statsKeyOf(s, by));
     g.n++;
     if (isErrorSample(s)) g.errors++;
     g.pt += s.prompt_tokens ?? 0;

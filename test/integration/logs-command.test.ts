@@ -9,13 +9,17 @@ import { filterExpression } from '../../src/storage/log-queries.js';
 import { INSERT_EXCHANGE_SQL, toRow } from '../../src/storage/log-store.js';
 import { pgRow } from '../../src/storage/pg-log-store.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
+import { createStatsRollup } from '../../src/storage/stats-rollup.js';
 import { openStorage } from '../../src/storage/storage.js';
 import { logsSuite, NOW, rec, runNode, standardRows, waitFor } from '../helpers/logs-suite.js';
 import { createTestPgDatabase, pgQuery, pgUrl, warnIfNoPg } from '../helpers/pg.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
 
-/** Record rows into the SQLite file as `serve` does, and index them for --grep as serve's indexer does. */
+/**
+ * Record rows into the SQLite file as `serve` does, and as serve's background jobs do, index them for
+ * --grep and roll up the closed hours for `logs stats` (so stats read rollups and rows together).
+ */
 async function seedSqlite(path: string, records: ExchangeRecord[]): Promise<void> {
   const db = await openDatabase(path);
   const insert = db.sqlite.prepare(INSERT_EXCHANGE_SQL);
@@ -23,6 +27,9 @@ async function seedSqlite(path: string, records: ExchangeRecord[]): Promise<void
     for (const r of records) insert.run(toRow(r));
   })();
   indexPendingExchanges(db.sqlite, 1_000_000);
+  const rollup = createStatsRollup({ sqlite: () => db.sqlite });
+  rollup.drain();
+  rollup.close();
   await db.close();
 }
 

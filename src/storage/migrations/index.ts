@@ -4,6 +4,7 @@ import * as m0002 from './0002-logs.js';
 import * as m0003 from './0003-model-registry.js';
 import * as m0004 from './0004-vector-index.js';
 import * as m0005 from './0005-search-function-planning.js';
+import * as m0006 from './0006-stats-rollup.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -15,4 +16,5 @@ export const migrations: Record<string, Migration> = {
   '0003-model-registry': m0003,
   '0004-vector-index': m0004,
   '0005-search-function-planning': m0005,
+  '0006-stats-rollup': m0006,
 };
