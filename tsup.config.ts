@@ -10,6 +10,8 @@ export default defineConfig({
     'storage/storage': 'src/storage/storage.ts',
     'storage/pg-log-store': 'src/storage/pg-log-store.ts',
     'storage/stats-rollup': 'src/storage/stats-rollup.ts',
+    'storage/recorder-worker': 'src/storage/recorder-worker.ts',
+    'storage/recorder-thread': 'src/storage/recorder-thread.ts',
   },
   format: ['esm'],
   target: 'node20',

@@ -15,9 +15,10 @@ import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
-import { createExchangeWriter } from '../storage/log-store.js';
+import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
 import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
+import { startRecorderThread } from '../storage/recorder-thread.js';
 import { createSearchIndexer } from '../storage/search-index.js';
 import { createStatsRollup } from '../storage/stats-rollup.js';
 import {
@@ -131,17 +132,23 @@ export async function startProxy(
     await pgDatabase?.close();
   };
   const retired: OpenDatabase[] = [];
-  const checkpoints = database
-    ? startBackgroundCheckpoints(database.sqlite, {
-        onError: (err) => logger.warn(`database ${where}: ${(err as Error)?.message ?? String(err)}`),
-      })
-    : { stop: () => undefined };
+  // A file database is written from the recorder thread, which also runs the WAL checkpoints; this
+  // thread's connection must never checkpoint (a commit here would copy the whole WAL on the event loop).
+  const threaded = database !== null && database.path !== ':memory:';
+  const checkpointsHere = () =>
+    startBackgroundCheckpoints(database.sqlite, {
+      onError: (err) => logger.warn(`database ${where}: ${(err as Error)?.message ?? String(err)}`),
+    });
+  let checkpoints: { stop(): void | Promise<void> } = { stop: () => undefined };
+  if (threaded) database.sqlite.pragma('wal_autocheckpoint = 0');
+  else if (database) checkpoints = checkpointsHere();
   const writerOptions = {
     reopen: {
       moved: () => database.moved(),
       async open() {
         const next = await openDatabase(where);
         checkpoints.stop();
+        if (threaded) next.sqlite.pragma('wal_autocheckpoint = 0');
         retired.push(database);
         database = next;
         logger.warn(`database ${where} was deleted or replaced; recording into a new file there`);
@@ -172,9 +179,58 @@ export async function startProxy(
       ),
     onRecover: () => logger.info(`database ${where} recovered; queued rows written`),
   };
+  // SQLite background jobs on this thread: with an in-memory database (no second connection can see it),
+  // or after the recorder thread died. PostgreSQL indexes rows as they are inserted (GIN, migration 0002)
+  // and aggregates stats on the server.
+  const jobs: { close(): void }[] = [];
+  const startJobsHere = () => {
+    if (config.searchIndex)
+      jobs.push(
+        createSearchIndexer({
+          sqlite: () => database.sqlite,
+          onError: (err) =>
+            logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
+        }),
+      );
+    jobs.push(
+      createStatsRollup({
+        sqlite: () => database.sqlite,
+        onError: (err) => logger.warn({ err: { message: err.message } }, 'stats rollup failed; will retry'),
+      }),
+    );
+  };
+  const writeHere = (): ExchangeWriter => {
+    startJobsHere();
+    if (threaded) checkpoints = checkpointsHere();
+    return createExchangeWriter({ sqlite: database.sqlite, ...writerOptions, ...recording });
+  };
+  // A file database is written from the recorder thread: INSERTs, full-text indexing and rollups never
+  // hold the event loop that proxies.
   const writer: RecordingWriter = pgDatabase
     ? createPgExchangeWriter({ db: pgDatabase.db, ...recording })
-    : createExchangeWriter({ sqlite: database.sqlite, ...writerOptions, ...recording });
+    : database.path === ':memory:'
+      ? writeHere()
+      : await startRecorderThread({
+          path: database.path,
+          searchIndex: config.searchIndex,
+          ...recording,
+          onReopened: () => {
+            void writerOptions.reopen.open().catch((err) => recording.onError?.(err as Error));
+          },
+          onJobError: (job, err) =>
+            logger.warn({ err: { message: err.message } }, `${job} failed; will retry`),
+          fallback: () => {
+            logger.error(
+              `the recorder thread for ${where} stopped; recording on the main thread from now on`,
+            );
+            return writeHere();
+          },
+        }).catch(async (err) => {
+          checkpoints.stop();
+          await closeDatabase();
+          await logFile.end();
+          throw err;
+        });
   const registryStore: RegistryStore = pgDatabase
     ? createPgRegistryStore(pgDatabase.db, (channel, onNotify, onState) =>
         subscribeNotify(pgDatabase.url, channel, onNotify, onState),
@@ -254,7 +310,7 @@ export async function startProxy(
     adminKey: config.adminApiKey,
     sink: {
       record(r) {
-        writer.record(r);
+        if (!process.env.EXP_NODB) writer.record(r);
         const line = exchangeLogLine(r);
         logger.info(
           line,
@@ -309,24 +365,6 @@ export async function startProxy(
     await dispatcher.close();
     throw err;
   });
-  // Full-text index for `logs --grep`: filled in small slices, off the recorder's path. (A worker thread
-  // with its own connection was tried: no measurable gain on 2 cores, where it competes for the same CPU.)
-  // (PostgreSQL indexes rows as they are inserted: a GIN index, migration 0002.)
-  const searchIndexer =
-    database && config.searchIndex
-      ? createSearchIndexer({
-          sqlite: () => database.sqlite,
-          onError: (err) =>
-            logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
-        })
-      : null;
-  // Hourly rollups for `logs stats` (SQLite; PostgreSQL aggregates on the server), the same way.
-  const statsRollup = database
-    ? createStatsRollup({
-        sqlite: () => database.sqlite,
-        onError: (err) => logger.warn({ err: { message: err.message } }, 'stats rollup failed; will retry'),
-      })
-    : null;
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
@@ -362,8 +400,7 @@ export async function startProxy(
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close();
-        searchIndexer?.close();
-        statsRollup?.close();
+        for (const job of jobs) job.close();
         await writer.close();
         await checkpoints.stop();
         await dispatcher.close().catch(() => undefined);

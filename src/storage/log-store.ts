@@ -15,6 +15,8 @@ export interface ExchangeWriterHealth {
 export interface ExchangeWriter extends ExchangeSink {
   /** Write everything queued now; returns rows written (0 when the database failed). */
   flush(): number;
+  /** Start a timed flush now (short lock waits, back-off and slices apply), instead of at the next tick. */
+  kick(): void;
   health(): ExchangeWriterHealth;
   /** Flush what is queued and stop the timer (the database handle stays open). */
   close(): void;
@@ -31,6 +33,8 @@ export interface ExchangeWriterOptions extends RecordingWriterOptions {
   busyTimeoutMs?: number;
   /** The database file was deleted or replaced: open the file now at its path; rows wait meanwhile. */
   reopen?: { moved(): boolean; open(): Promise<SqliteHandle> };
+  /** Called after anything `health()` reports may have changed (rows written, a failure, a spill). */
+  onState?(): void;
 }
 
 const COLUMNS: (keyof ExchangesTable)[] = [
@@ -137,6 +141,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
     }
     backoff = Math.min(backoff * 2, 5000);
     retryAt = Date.now() + backoff;
+    options.onState?.();
   };
 
   /** True while a replacement handle is being opened (rows stay queued). */
@@ -173,6 +178,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       total = flushBatches(maxRows);
     } finally {
       if (previousTimeout !== undefined) sqlite.pragma(`busy_timeout = ${Number(previousTimeout)}`);
+      options.onState?.();
     }
     return total;
   };
@@ -238,9 +244,13 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
         const over = queue.splice(0, queue.length - queueMax);
         spilled += over.length;
         options.onSpill?.(over);
+        options.onState?.();
       }
     },
     flush: () => flush(),
+    kick() {
+      if (!draining) drainSlice();
+    },
     health() {
       return { database: failing ? 'error' : 'ok', queued: queue.length, written, spilled, lastError };
     },

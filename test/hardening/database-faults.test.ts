@@ -1,6 +1,7 @@
 import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
+import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
@@ -84,10 +85,9 @@ describe('database trouble while running', () => {
     const { proxy } = await setup({ LOG_QUEUE_MAX: '100' });
     expect((await chat(proxy.url)).status).toBe(200);
     await proxy.waitForRows(1);
-    // A size-limited database: no page can be added (what a full disk looks like to SQLite).
-    const sqlite = proxy.running.database.sqlite;
-    const pages = sqlite.pragma('page_count', { simple: true }) as number;
-    sqlite.pragma(`max_page_count = ${pages}`);
+    // Every insert fails as on a full disk. (SQLite's max_page_count would be the real thing, but it
+    // limits one connection only, and the recorder writes on its own thread's connection.)
+    const full = fillDisk(proxy.dbPath);
     for (let i = 0; i < 130; i++) expect((await chat(proxy.url, 3000)).status).toBe(200);
     await until('the failure to show', async () => (await health(proxy.url)).database === 'error');
     const h = await health(proxy.url);
@@ -98,7 +98,7 @@ describe('database trouble while running', () => {
     expect(spilled).toHaveLength(h.spilled_log_rows);
     expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
     expect(spilled[0].spilled_exchange.request_body).toContain('xxx');
-    sqlite.pragma('max_page_count = 1073741823');
+    full.free();
     await until('the queue to drain', async () => (await health(proxy.url)).queued_log_rows === 0);
     expect((await health(proxy.url)).database).toBe('ok');
     expect(countRows(proxy.dbPath)).toBe(1 + h.queued_log_rows);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
+import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { findLeaks, readProxyFiles } from '../helpers/secret-scan.js';
 import { createTempDir } from '../helpers/temp-dir.js';
@@ -161,8 +162,7 @@ test('every flow that carries a key leaves no trace of it: database, log file, c
       .status,
   ).toBe(400);
   // the database fails for a while: errors logged, rows spilled to the log file with their bodies
-  const sqlite = proxy.running.database.sqlite;
-  sqlite.pragma(`max_page_count = ${sqlite.pragma('page_count', { simple: true })}`);
+  const full = fillDisk(proxy.dbPath);
   for (let i = 0; i < 120; i++) {
     await call(
       '/v1/chat/completions',
@@ -174,7 +174,7 @@ test('every flow that carries a key leaves no trace of it: database, log file, c
   }
   await sleep(300);
   expect(proxy.logLines().some((l) => l.spilled_exchange)).toBe(true);
-  sqlite.pragma('max_page_count = 1073741823');
+  full.free();
   await sleep(300);
 
   expect(proxyErrors.length).toBeGreaterThanOrEqual(7);

@@ -40,11 +40,17 @@ function record(i: number): ExchangeRecord {
   };
 }
 
-test('timed flushes write a backlog in slices, letting the event loop run between them', async () => {
+/** An in-memory database with every migration applied. */
+async function migratedMemoryDb() {
   const sqlite = new BetterSqlite3(':memory:');
   const db = new Kysely<any>({ dialect: new SqliteDialect({ database: sqlite }) });
   const provider: MigrationProvider = { getMigrations: async () => migrations };
   await new Migrator({ db, provider }).migrateToLatest();
+  return { sqlite, db };
+}
+
+test('timed flushes write a backlog in slices, letting the event loop run between them', async () => {
+  const { sqlite, db } = await migratedMemoryDb();
   const writer = createExchangeWriter({ sqlite, flushIntervalMs: 5, queueMax: 100_000, sliceRows: 100 });
   for (let i = 0; i < 1000; i++) writer.record(record(i));
 
@@ -62,6 +68,18 @@ test('timed flushes write a backlog in slices, letting the event loop run betwee
   expect(partial.length).toBeGreaterThanOrEqual(5);
   expect(partial.every((n) => n % 100 === 0)).toBe(true);
   expect(sqlite.prepare('select count(*) as n from exchanges').get()).toEqual({ n: 1000 });
+  writer.close();
+  await db.destroy();
+});
+
+test('kick() starts a timed flush at once instead of at the next tick, in slices', async () => {
+  const { sqlite, db } = await migratedMemoryDb();
+  const writer = createExchangeWriter({ sqlite, flushIntervalMs: 60_000, queueMax: 100_000, sliceRows: 100 });
+  for (let i = 0; i < 250; i++) writer.record(record(i));
+  writer.kick();
+  expect(writer.health().written).toBe(100); // the first slice, synchronously
+  await new Promise((r) => setTimeout(r, 50));
+  expect(writer.health()).toMatchObject({ written: 250, queued: 0 });
   writer.close();
   await db.destroy();
 });

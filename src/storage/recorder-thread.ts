@@ -1,0 +1,229 @@
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { OaiProxyError } from '../errors.js';
+import type { ExchangeRecord, RecordingWriterOptions } from './exchange-record.js';
+import type { ExchangeWriterHealth } from './log-store.js';
+
+/** Settings the recorder thread starts with (recorder-worker.ts reads them as `workerData`). */
+export interface RecorderWorkerData {
+  path: string;
+  flushIntervalMs: number;
+  queueMax: number;
+  batchSize?: number;
+  searchIndex: boolean;
+  /** Float64Array[3] the thread keeps current: written, spilled, failing (0/1). */
+  counters: SharedArrayBuffer;
+}
+
+/** Main thread → recorder thread. */
+export type ToRecorder =
+  | { type: 'rows'; rows: ExchangeRecord[] }
+  /** Write everything queued; then set Int32Array(signal)[1] to the rows written and [0] to 1, and notify. */
+  | { type: 'flush'; signal: SharedArrayBuffer }
+  | { type: 'close' };
+
+/** Recorder thread → main thread. */
+export type FromRecorder =
+  | { type: 'ready' }
+  | { type: 'failed'; message: string }
+  | { type: 'spill'; rows: ExchangeRecord[] }
+  | { type: 'error'; message: string; code?: string }
+  | { type: 'recover' }
+  | { type: 'reopened' }
+  | { type: 'job-error'; job: string; message: string }
+  | { type: 'closed' };
+
+export interface RecorderThreadOptions extends RecordingWriterOptions {
+  /** The SQLite file (created and migrated already). */
+  path: string;
+  /** Keep the full-text index for `logs --grep` current (SEARCH_INDEX). */
+  searchIndex: boolean;
+  /** The thread reopened a deleted or replaced database file at its path. */
+  onReopened?(): void;
+  /** A background job (full-text indexing, stats rollup) failed; it retries by itself. */
+  onJobError?(job: string, err: Error): void;
+  /**
+   * The thread died (a bug, or out of memory): from then on exchanges go to this writer instead. Rows the
+   * thread had not written yet are lost, and counted as spilled.
+   */
+  fallback(): RecorderThread;
+  /** The worker script (default: this package's built dist/storage/recorder-worker.js). */
+  workerFile?: string;
+}
+
+/** The batched SQLite recorder, running on its own thread. */
+export interface RecorderThread {
+  record(exchange: ExchangeRecord): void;
+  /** Write everything recorded so far, waiting for the thread; returns rows written. */
+  flush(): number;
+  health(): ExchangeWriterHealth;
+  close(): void | Promise<void>;
+}
+
+/**
+ * Rows are handed over every `flushIntervalMs`, or as soon as MAX_ROWS_PER_MESSAGE are waiting: a
+ * message (and a wake-up of the thread) per request cost more CPU than the INSERT it moved.
+ */
+const MAX_ROWS_PER_MESSAGE = 256;
+
+/**
+ * Start the recorder thread on `path`. `record()` costs the event loop one array push; each flush
+ * interval's rows go to the thread in one message, and the thread does the INSERTs, the full-text index,
+ * the stats rollups and (through a worker of its own) the WAL checkpoints on its own connection. On the
+ * 2-core bench machine it took p99 at 64 connections from 2.0–2.6× the bare pipe's to 1.3–1.7×, and
+ * throughput from 0.38–0.59× to 0.48–0.58×, for ~0.06 ms more added latency at 1 connection.
+ */
+export async function startRecorderThread(options: RecorderThreadOptions): Promise<RecorderThread> {
+  const counters = new SharedArrayBuffer(3 * 8);
+  const published = new Float64Array(counters);
+  const data: RecorderWorkerData = {
+    path: options.path,
+    flushIntervalMs: options.flushIntervalMs,
+    queueMax: options.queueMax,
+    batchSize: options.batchSize,
+    searchIndex: options.searchIndex,
+    counters,
+  };
+  const worker = new Worker(options.workerFile ?? workerFile(), { workerData: data });
+  let closing = false;
+  let lastError: string | null = null;
+  let fallback: RecorderThread | null = null;
+  let lostRows = 0;
+  let handedOver = 0;
+  let pending: ExchangeRecord[] = [];
+
+  const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
+  await new Promise<void>((resolve, reject) => {
+    const onExit = (code: number) =>
+      reject(
+        new OaiProxyError(
+          'database_error',
+          `the recorder thread for ${options.path} exited (${code}) while starting`,
+        ),
+      );
+    worker.once('exit', onExit);
+    worker.once('error', reject);
+    worker.on('message', function ready(m: FromRecorder) {
+      if (m.type === 'ready' || m.type === 'failed') {
+        worker.off('message', ready);
+        worker.off('exit', onExit);
+        worker.off('error', reject);
+        if (m.type === 'ready') resolve();
+        else reject(new OaiProxyError('database_error', m.message));
+      }
+    });
+  });
+
+  worker.on('message', (m: FromRecorder) => {
+    switch (m.type) {
+      case 'spill':
+        options.onSpill?.(m.rows);
+        break;
+      case 'error': {
+        lastError = m.message;
+        const err = Object.assign(new Error(m.message), m.code ? { code: m.code } : {});
+        options.onError?.(err);
+        break;
+      }
+      case 'recover':
+        lastError = null;
+        options.onRecover?.();
+        break;
+      case 'reopened':
+        options.onReopened?.();
+        break;
+      case 'job-error':
+        options.onJobError?.(m.job, new Error(m.message));
+        break;
+    }
+  });
+  worker.on('error', (err) => {
+    if (!closing) options.onError?.(new Error(`the recorder thread failed: ${err.message}`));
+  });
+  worker.once('exit', () => {
+    if (closing) return;
+    // Whatever the thread had not written is gone; recording goes on on this thread.
+    lostRows = Math.max(0, handedOver - published[0] - published[1]);
+    fallback = options.fallback();
+    for (const r of pending) fallback.record(r);
+    pending = [];
+  });
+  // Like any timer, the thread must not keep a process alive that forgot to close it.
+  worker.unref();
+
+  let timer: NodeJS.Timeout | null = null;
+  const send = () => {
+    if (timer) clearTimeout(timer);
+    timer = null;
+    if (pending.length === 0 || fallback) return;
+    const rows = pending;
+    pending = [];
+    handedOver += rows.length;
+    worker.postMessage({ type: 'rows', rows } satisfies ToRecorder);
+  };
+
+  return {
+    record(exchange) {
+      if (fallback) return fallback.record(exchange);
+      pending.push(exchange);
+      // While the database fails, rows go over at once, so the thread's LOG_QUEUE_MAX bounds them all.
+      if (pending.length >= MAX_ROWS_PER_MESSAGE || published[2]) send();
+      else if (!timer) {
+        timer = setTimeout(send, options.flushIntervalMs);
+        timer.unref();
+      }
+    },
+    flush() {
+      if (fallback) return fallback.flush();
+      send();
+      const signal = new SharedArrayBuffer(8);
+      const state = new Int32Array(signal);
+      worker.postMessage({ type: 'flush', signal } satisfies ToRecorder);
+      // The thread answers on its own; it needs nothing from this one meanwhile.
+      Atomics.wait(state, 0, 0, 60_000);
+      return state[1];
+    },
+    health() {
+      if (fallback) {
+        const h = fallback.health();
+        return { ...h, written: h.written + published[0], spilled: h.spilled + published[1] + lostRows };
+      }
+      return {
+        database: published[2] ? 'error' : 'ok',
+        // Here, on their way, or in the thread's queue.
+        queued: pending.length + Math.max(0, handedOver - published[0] - published[1]),
+        written: published[0],
+        spilled: published[1],
+        lastError: published[2] ? lastError : null,
+      };
+    },
+    async close() {
+      if (fallback) return fallback.close();
+      send();
+      closing = true;
+      worker.ref();
+      worker.postMessage({ type: 'close' } satisfies ToRecorder);
+      await exited;
+    },
+  };
+}
+
+/**
+ * The built worker: `dist/storage/recorder-worker.js` of this package, found from wherever this module
+ * runs (a bundle chunk in `dist/`, or `src/` under the tests, which build first).
+ */
+function workerFile(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) {
+      const file = join(dir, 'dist', 'storage', 'recorder-worker.js');
+      if (existsSync(file)) return file;
+      throw new OaiProxyError('internal', `${file} is missing; run \`npm run build\``);
+    }
+    const up = dirname(dir);
+    if (up === dir) throw new OaiProxyError('internal', 'cannot find the oai-proxy package directory');
+    dir = up;
+  }
+}

@@ -1,0 +1,114 @@
+// The recorder thread (see recorder-thread.ts): every write `serve` makes to its SQLite file for an
+// exchange — the batched INSERTs, the full-text index, the stats rollups — runs here, on this thread's own
+// connection, so none of it ever holds the event loop that proxies requests.
+import { parentPort, workerData } from 'node:worker_threads';
+import type { BackgroundSlices } from './background-slices.js';
+import { startBackgroundCheckpoints } from './checkpointer.js';
+import { type OpenDatabase, openDatabase } from './database.js';
+import type { ExchangeRecord } from './exchange-record.js';
+import { createExchangeWriter } from './log-store.js';
+import type { FromRecorder, RecorderWorkerData, ToRecorder } from './recorder-thread.js';
+import { createSearchIndexer } from './search-index.js';
+import { createStatsRollup } from './stats-rollup.js';
+
+const data = workerData as RecorderWorkerData;
+const port = parentPort!;
+const post = (m: FromRecorder) => port.postMessage(m);
+const counters = new Float64Array(data.counters);
+
+let database: OpenDatabase;
+try {
+  database = await openDatabase(data.path);
+} catch (err) {
+  post({ type: 'failed', message: (err as Error).message });
+  process.exit(1);
+}
+
+const checkpointOptions = {
+  onError: (err: Error) => post({ type: 'job-error', job: 'WAL checkpoint', message: err.message }),
+};
+// Checkpoints run in a worker of their own, beside this thread's INSERTs rather than between them.
+let checkpoints = startBackgroundCheckpoints(database.sqlite, checkpointOptions);
+
+const writer = createExchangeWriter({
+  sqlite: database.sqlite,
+  flushIntervalMs: data.flushIntervalMs,
+  queueMax: data.queueMax,
+  batchSize: data.batchSize,
+  onSpill: (rows) => post({ type: 'spill', rows }),
+  onError: (err) => post({ type: 'error', message: err.message, code: (err as { code?: string }).code }),
+  onRecover: () => post({ type: 'recover' }),
+  onState: () => publish(),
+  reopen: {
+    moved: () => database.moved(),
+    async open() {
+      const old = database;
+      await checkpoints.stop();
+      database = await openDatabase(data.path);
+      checkpoints = startBackgroundCheckpoints(database.sqlite, checkpointOptions);
+      await old.close().catch(() => undefined);
+      post({ type: 'reopened' });
+      return database.sqlite;
+    },
+  },
+});
+
+const jobs: BackgroundSlices[] = [];
+const jobError = (job: string) => (err: Error) => post({ type: 'job-error', job, message: err.message });
+// Off the event loop, slices can be long: fewer, larger transactions cost less CPU than 5 ms ones.
+const slices = { intervalMs: 500, sliceMs: 50 };
+if (data.searchIndex)
+  jobs.push(
+    createSearchIndexer({
+      sqlite: () => database.sqlite,
+      ...slices,
+      onError: jobError('full-text indexing'),
+    }),
+  );
+jobs.push(createStatsRollup({ sqlite: () => database.sqlite, ...slices, onError: jobError('stats rollup') }));
+
+/** What `health()` reads on the main thread without asking: written, spilled, failing. */
+function publish() {
+  const h = writer.health();
+  counters[0] = h.written;
+  counters[1] = h.spilled;
+  counters[2] = h.database === 'error' ? 1 : 0;
+}
+const publisher = setInterval(publish, Math.min(250, data.flushIntervalMs));
+
+port.on('message', (m: ToRecorder) => {
+  switch (m.type) {
+    case 'rows':
+      // A flush interval's rows (or MAX_ROWS_PER_MESSAGE): written now, as a timed flush would.
+      for (const r of m.rows as ExchangeRecord[]) writer.record(r);
+      publish();
+      writer.kick();
+      break;
+    case 'flush': {
+      const signal = new Int32Array(m.signal);
+      let n = 0;
+      try {
+        n = writer.flush();
+      } finally {
+        publish();
+        signal[1] = n;
+        Atomics.store(signal, 0, 1);
+        Atomics.notify(signal, 0);
+      }
+      break;
+    }
+    case 'close':
+      clearInterval(publisher);
+      for (const job of jobs) job.close();
+      writer.close();
+      publish();
+      Promise.resolve(checkpoints.stop())
+        .then(() => database.close())
+        .finally(() => {
+          post({ type: 'closed' });
+          port.close();
+        });
+      break;
+  }
+});
+post({ type: 'ready' });

@@ -1,0 +1,139 @@
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { openDatabase } from '../../src/storage/database.js';
+import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+import { createExchangeWriter } from '../../src/storage/log-store.js';
+import { type RecorderThreadOptions, startRecorderThread } from '../../src/storage/recorder-thread.js';
+import { fillDisk } from '../helpers/disk-full.js';
+import { sleep } from '../helpers/fake-upstream.js';
+import { makeRecord } from '../helpers/storage-suite.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+
+const HOUR = 3_600_000;
+
+describe('the recorder thread (serve on an SQLite file)', () => {
+  let tmp: { path: string; cleanup(): void };
+  let path: string;
+  let reader: Database.Database;
+
+  beforeEach(async () => {
+    tmp = createTempDir();
+    path = join(tmp.path, 'proxy.db');
+    await (await openDatabase(path)).close(); // created and migrated, as serve does before starting it
+    reader = new Database(path, { readonly: true });
+  });
+  afterEach(() => {
+    reader.close();
+    tmp.cleanup();
+  });
+
+  const start = (over: Partial<RecorderThreadOptions> = {}) =>
+    startRecorderThread({
+      path,
+      searchIndex: true,
+      flushIntervalMs: 20,
+      queueMax: 1000,
+      fallback: () => {
+        throw new Error('no fallback expected');
+      },
+      ...over,
+    });
+  const count = (sql: string) => reader.prepare(sql).pluck().get() as number;
+
+  test('writes what it is handed, indexes it for --grep and rolls it up for stats, on its own thread', async () => {
+    const thread = await start();
+    // Two hours ago: a closed hour the rollup takes at once.
+    const records = Array.from({ length: 300 }, (_, i) =>
+      makeRecord({ startedAt: Date.now() - 2 * HOUR + i, requestBody: `{"q":"zanzibar ${i}"}` }),
+    );
+    for (const r of records) thread.record(r);
+    expect(thread.health().queued).toBe(300); // handed over in messages of at most 256
+    thread.flush();
+    expect(count('select count(*) from exchanges')).toBe(300);
+    expect(thread.health()).toMatchObject({
+      database: 'ok',
+      queued: 0,
+      written: 300,
+      spilled: 0,
+      lastError: null,
+    });
+    // The background jobs run in the thread too.
+    const deadline = Date.now() + 5000;
+    const done = () =>
+      count(`select count(*) from exchanges_fts where exchanges_fts match 'zanzibar'`) === 300 &&
+      count(`select coalesce(sum(requests), 0) from exchange_stats where dim = 'model'`) === 300;
+    while (!done() && Date.now() < deadline) await sleep(20);
+    expect(done()).toBe(true);
+    await thread.close();
+  });
+
+  test('a failing database: the oldest rows spill back to this thread with their bodies, the rest are written once it recovers', async () => {
+    const spilled: ExchangeRecord[] = [];
+    const errors: Error[] = [];
+    let recovered = 0;
+    const thread = await start({
+      queueMax: 5,
+      onSpill: (rows) => spilled.push(...rows),
+      onError: (err) => errors.push(err),
+      onRecover: () => recovered++,
+    });
+    const full = fillDisk(path);
+    const records = Array.from({ length: 8 }, () => makeRecord());
+    for (const r of records) thread.record(r);
+    expect(thread.flush()).toBe(0);
+    expect(thread.health()).toMatchObject({ database: 'error', queued: 5, spilled: 3 });
+    await sleep(50); // the thread's messages arrive on the event loop
+    expect(thread.health().lastError).toMatch(/full/);
+    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/disk is full/)]);
+    expect(spilled.map((r) => r.id)).toEqual(records.slice(0, 3).map((r) => r.id));
+    expect(spilled[0].requestBody).toBe(records[0].requestBody);
+    full.free();
+    expect(thread.flush()).toBe(5);
+    await sleep(50);
+    expect(recovered).toBe(1);
+    expect(thread.health()).toMatchObject({
+      database: 'ok',
+      queued: 0,
+      written: 5,
+      spilled: 3,
+      lastError: null,
+    });
+    expect(reader.prepare('select id from exchanges order by id').pluck().all()).toEqual(
+      records
+        .slice(3)
+        .map((r) => r.id)
+        .sort(),
+    );
+    await thread.close();
+  });
+
+  test('close() writes everything handed over and ends the thread', async () => {
+    const thread = await start({ flushIntervalMs: 60_000 });
+    for (let i = 0; i < 50; i++) thread.record(makeRecord());
+    await thread.close();
+    expect(count('select count(*) from exchanges')).toBe(50);
+  });
+
+  test('when the thread dies, recording goes on on this thread and /health counts the rows lost', async () => {
+    const errors: string[] = [];
+    const db = await openDatabase(path);
+    const thread = await start({
+      workerFile: join(import.meta.dirname, '..', 'helpers', 'crashing-recorder.mjs'),
+      onError: (err) => errors.push(err.message),
+      fallback: () => createExchangeWriter({ sqlite: db.sqlite, flushIntervalMs: 20, queueMax: 1000 }),
+    });
+    thread.record(makeRecord()); // the thread dies on this one
+    const deadline = Date.now() + 5000;
+    while (errors.length === 0 && Date.now() < deadline) await sleep(20);
+    expect(errors[0]).toMatch(/recorder thread failed: recorder thread crashed on purpose/);
+    await sleep(50); // its exit
+    const later = makeRecord();
+    thread.record(later);
+    expect(thread.flush()).toBe(1);
+    expect(reader.prepare('select id from exchanges').pluck().all()).toEqual([later.id]);
+    expect(thread.health()).toMatchObject({ database: 'ok', written: 1, spilled: 1 });
+    await thread.close();
+    await db.close();
+  });
+});
