@@ -206,6 +206,14 @@ describe('logs stats over hourly rollups (SQLite)', () => {
     await expectStatsMatchRows();
   });
 
+  test('a database last served by an older version (no rollup tables) is read row by row', async () => {
+    write(variedRows(300, 2, 3));
+    db.sqlite.exec(`drop trigger exchange_stats_after_insert; drop trigger exchange_stats_after_delete;
+      drop table exchange_stats; drop table exchange_stats_dirty; drop table exchange_stats_state;
+      delete from kysely_migration where name = '0006-stats-rollup'`);
+    await expectStatsMatchRows();
+  });
+
   test('serve rolls up the history it finds, in the background', async () => {
     write(variedRows(400, 2, 5));
     await db.close();
