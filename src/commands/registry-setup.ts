@@ -36,6 +36,8 @@ export interface RegistryRuntimeOptions {
    * LISTEN/NOTIFY reports them at once and this polling is the fallback.
    */
   watchIntervalMs?: number;
+  /** Called with each configuration that takes effect: the first, then each successful reload. */
+  onConfig?(resolved: ResolvedConfig): void;
 }
 
 interface Settings {
@@ -105,6 +107,7 @@ export async function startRegistry(
     const targets = buildUpstreams(next);
     const result = await store.seed(plan);
     for (const w of result.warnings) logger?.warn(w);
+    options.onConfig?.(next);
     return { resolved: next, ...targets };
   };
 

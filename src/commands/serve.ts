@@ -247,9 +247,18 @@ export async function startProxy(
     headersTimeoutMs: config.upstreamHeadersTimeoutMs,
     idleTimeoutMs: config.upstreamIdleTimeoutMs,
   });
+  // Scrubbed from everything recorded. A reload adds the keys it brings and keeps the old ones (they may
+  // still be echoed in answers to requests made before it); the admin key is the current one.
+  let secrets: string[] = [];
+  let adminKey = config.adminApiKey;
+  const onConfig = (next: ResolvedConfig) => {
+    secrets = [...new Set([...secrets, ...secretsOf(next)])];
+    adminKey = next.config.adminApiKey;
+  };
   let registry: RegistryRuntime;
   try {
     registry = await startRegistry(resolved, {
+      onConfig,
       store: registryStore,
       logger,
       reloadConfig:
@@ -284,15 +293,6 @@ export async function startProxy(
         throw err;
       })
     : null;
-  const secrets = [
-    config.openaiApiKey,
-    config.adminApiKey,
-    config.qdrantApiKey,
-    ...config.proxyApiKeys,
-    ...Object.values(config.upstreams).map(
-      (u) => u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
-    ),
-  ].filter((s): s is string => !!s);
 
   const proxy = createProxyServer({
     limits: {
@@ -305,9 +305,9 @@ export async function startProxy(
     router: ext.router ?? registry.router,
     routes: [...(ext.routes ?? []), ...registry.routes],
     version: VERSION,
-    secrets,
+    secrets: () => secrets,
     clientKeys: config.proxyApiKeys,
-    adminKey: config.adminApiKey,
+    adminKey: () => adminKey,
     sink: {
       record(r) {
         if (!process.env.EXP_NODB) writer.record(r);
@@ -524,4 +524,18 @@ function minLevel(consoleLevel: string): string {
   const order = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
   if (consoleLevel === 'silent') return 'info';
   return order.indexOf(consoleLevel) < order.indexOf('info') ? consoleLevel : 'info';
+}
+
+/** Every key a configuration holds: they must never be recorded, even when echoed back. */
+function secretsOf(resolved: ResolvedConfig): string[] {
+  const { config } = resolved;
+  return [
+    config.openaiApiKey,
+    config.adminApiKey,
+    config.qdrantApiKey,
+    ...config.proxyApiKeys,
+    ...Object.values(config.upstreams).map(
+      (u) => u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+    ),
+  ].filter((s): s is string => !!s);
 }

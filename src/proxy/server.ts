@@ -54,12 +54,15 @@ export interface ProxyServerOptions {
   /** Body of `GET /health` beyond status/uptime/requests. */
   health: () => Record<string, unknown>;
   version: string;
-  /** Values scrubbed from anything recorded (keys that might be echoed back). */
-  secrets?: string[];
+  /**
+   * Values scrubbed from anything recorded (keys that might be echoed back); a getter when they change
+   * while running (`POST /admin/reload-config`).
+   */
+  secrets?: readonly string[] | (() => readonly string[]);
   /** PROXY_API_KEYS: when non-empty, clients must present one (Bearer or `api-key`); it is never forwarded. */
   clientKeys?: string[];
   /** ADMIN_API_KEY: never forwarded upstream, even when a client presents it as its API key. */
-  adminKey?: string;
+  adminKey?: string | (() => string | undefined);
   onError?: (err: Error, context: string) => void;
 }
 
@@ -236,7 +239,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   let inflight = 0;
   let closing = false;
   let drained: (() => void) | null = null;
-  const secrets = (options.secrets ?? []).filter((s) => s && s.length >= 6);
+  const secretsOption = options.secrets ?? [];
+  const currentSecrets = typeof secretsOption === 'function' ? secretsOption : () => secretsOption;
   const cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
   const contexts = new WeakMap<ServerResponse, ExchangeContext>();
@@ -254,9 +258,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const [presented] = presentedKeys(req);
     return presented !== undefined && clientKeys.some((k) => keyMatches(presented, k));
   };
-  const adminKey = options.adminKey;
-  const presentsAdminKey = (req: IncomingMessage): boolean =>
-    adminKey !== undefined && presentedKeys(req).some((k) => keyMatches(k, adminKey));
+  const adminKeyOption = options.adminKey;
+  const currentAdminKey = typeof adminKeyOption === 'function' ? adminKeyOption : () => adminKeyOption;
+  const presentsAdminKey = (req: IncomingMessage): boolean => {
+    const adminKey = currentAdminKey();
+    return adminKey !== undefined && presentedKeys(req).some((k) => keyMatches(k, adminKey));
+  };
 
   const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
     if (cors.length === 0) return null;
@@ -286,6 +293,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
           : null;
+      const secrets = currentSecrets();
       if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
       if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
       const r: ExchangeRecord = {

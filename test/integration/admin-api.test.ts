@@ -215,4 +215,35 @@ describe('admin API editing the registry', () => {
     expect((await admin('POST', '/admin/reload-config')).status).toBe(400);
     expect((await admin('GET', '/admin/models')).body.mappings).toEqual({ quick: 'llama3' });
   });
+
+  test('after reload-config, the keys it brings are scrubbed from records and the new admin key is never forwarded', async () => {
+    const OLD_ADMIN = 'admin-key-old-0123456789abcdef';
+    const NEW_ADMIN = 'admin-key-new-0123456789abcdef';
+    const LOCAL_KEY = 'sk-local-key-reloaded-987654';
+    const { admin, client, configFile, up, p } = await setup({}, { adminApiKey: OLD_ADMIN });
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        adminApiKey: NEW_ADMIN,
+        upstreams: { local: { baseUrl: up.baseUrl, apiKey: LOCAL_KEY } },
+      }),
+    );
+    expect((await admin('POST', '/admin/reload-config', undefined, OLD_ADMIN)).status).toBe(200);
+    // A key pasted into a prompt is not recorded.
+    await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: `key ${LOCAL_KEY}` }],
+    });
+    // A client presenting the new admin key as its API key: the key stays here.
+    const asAdmin = new OpenAI({ apiKey: NEW_ADMIN, baseURL: `${p.url}/v1`, maxRetries: 0 });
+    await asAdmin.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    expect(up.requests.at(-1)!.headers.authorization).toBeUndefined();
+    const rows = (await p.waitForRows(2)).filter((r) => r.path === '/v1/chat/completions');
+    expect(rows).toHaveLength(2);
+    const stored = JSON.stringify(rows);
+    expect(String(up.requests.at(-2)!.body)).toContain(LOCAL_KEY); // it did reach the upstream
+    expect(stored).not.toContain(LOCAL_KEY);
+    expect(stored).not.toContain(NEW_ADMIN);
+    expect(rows[0].request_body).toContain('[redacted]');
+  });
 });
