@@ -31,7 +31,7 @@ import {
 import { VERSION } from '../version.js';
 import { type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
-import { startVectorIndexing, type VectorIndexing } from './vector-setup.js';
+import { configSecrets, startVectorIndexing, type VectorIndexing } from './vector-setup.js';
 
 export interface ServeOptions extends ConfigFlags {
   config?: string;
@@ -252,7 +252,7 @@ export async function startProxy(
   let secrets: string[] = [];
   let adminKey = config.adminApiKey;
   const onConfig = (next: ResolvedConfig) => {
-    secrets = [...new Set([...secrets, ...secretsOf(next)])];
+    secrets = [...new Set([...secrets, ...configSecrets(next)])];
     adminKey = next.config.adminApiKey;
   };
   let registry: RegistryRuntime;
@@ -524,18 +524,4 @@ function minLevel(consoleLevel: string): string {
   const order = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
   if (consoleLevel === 'silent') return 'info';
   return order.indexOf(consoleLevel) < order.indexOf('info') ? consoleLevel : 'info';
-}
-
-/** Every key a configuration holds: they must never be recorded, even when echoed back. */
-function secretsOf(resolved: ResolvedConfig): string[] {
-  const { config } = resolved;
-  return [
-    config.openaiApiKey,
-    config.adminApiKey,
-    config.qdrantApiKey,
-    ...config.proxyApiKeys,
-    ...Object.values(config.upstreams).map(
-      (u) => u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
-    ),
-  ].filter((s): s is string => !!s);
 }
