@@ -17,7 +17,7 @@ import {
   sqliteOf,
   streamExchanges,
 } from '../storage/log-queries.js';
-import { openPostgres, postgresError } from '../storage/postgres.js';
+import { isConnectionLoss, openPostgres, postgresError, redactMessage } from '../storage/postgres.js';
 import { searchIndexLag } from '../storage/search-index.js';
 import { postgresStorage, type Storage, sqliteStorage } from '../storage/storage.js';
 import { type CliIo, waitForStop } from './io.js';
@@ -204,19 +204,46 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
       const recent = await listExchanges(handle, filter, { limit: backlog, order: 'desc' });
       print(recent.filter(follower.isBacklog).reverse().map(toExchangeJson));
     }
-    while (!stopped) {
-      const rows = await follower.next();
-      if (rows.length > 0) {
-        print(rows.map(toExchangeJson));
-        continue;
-      }
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, intervalMs);
+    const pause = (ms: number) =>
+      new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, ms);
         wake = () => {
           clearTimeout(t);
           resolve();
         };
       });
+    // A dropped connection (a PostgreSQL restart or failover) is waited out, not fatal: following is for
+    // leaving running. Anything else still ends the command.
+    let lostSince: number | null = null;
+    let retryMs = intervalMs;
+    while (!stopped) {
+      let rows: Awaited<ReturnType<typeof follower.next>>;
+      try {
+        rows = await follower.next();
+      } catch (err) {
+        if (!isConnectionLoss(err)) throw err;
+        if (lostSince === null) {
+          lostSince = Date.now();
+          io.stderr.write(
+            `oai-proxy: lost the connection to ${handle.label} (${redactMessage((err as Error).message)}); retrying until it is back (Ctrl-C to stop)\n`,
+          );
+        }
+        retryMs = Math.min(retryMs * 2, 5000);
+        await pause(retryMs);
+        continue;
+      }
+      if (lostSince !== null) {
+        io.stderr.write(
+          `oai-proxy: reconnected to ${handle.label} after ${Math.round((Date.now() - lostSince) / 1000)} s\n`,
+        );
+        lostSince = null;
+        retryMs = intervalMs;
+      }
+      if (rows.length > 0) {
+        print(rows.map(toExchangeJson));
+        continue;
+      }
+      await pause(intervalMs);
     }
     await stop;
     return 0;

@@ -145,8 +145,30 @@ export function postgresError(label: string, err: unknown): OaiProxyError {
   return new OaiProxyError('database_error', `PostgreSQL at ${label}: ${msg}`, { cause: err });
 }
 
+const CONNECTION_LOSS_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  '57P01', // admin_shutdown: the server is restarting, or the backend was terminated
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now: still starting up
+  '08000',
+  '08001',
+  '08003',
+  '08006',
+]);
+
+/** True when `err` says the server went away (a restart, a failover, a network cut), not that a query failed. */
+export function isConnectionLoss(err: unknown): boolean {
+  const e = err as { code?: string; message?: string } | null;
+  if (!e) return false;
+  if (e.code && CONNECTION_LOSS_CODES.has(e.code)) return true;
+  return /connection terminated|connection ended|server closed the connection/i.test(e.message ?? '');
+}
+
 /** Error text from pg may quote the connection string; never let a password through. */
-function redactMessage(msg: string): string {
+export function redactMessage(msg: string): string {
   return msg.replace(/postgres(ql)?:\/\/[^\s'"]+/gi, (u) => redactUrl(u));
 }
 

@@ -1,4 +1,5 @@
 import { existsSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -261,6 +262,37 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
     }
   });
 
+  test('--follow waits out a dropped connection (a server restart) and goes on printing', async () => {
+    const database = await createTestPgDatabase();
+    // The follower talks to PostgreSQL through a TCP relay this test can take down and bring back.
+    const target = new URL(database.url);
+    const relay = await startRelay(Number(target.port));
+    const viaRelay = new URL(database.url);
+    viaRelay.port = String(relay.port);
+    try {
+      await seedPostgres(database.url, [rec('k1', { startedAt: NOW - 60_000 })]);
+      const ac = new AbortController();
+      const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+      const done = main(['logs', '--follow', '--jsonl', '--interval', '30', '--db', viaRelay.href], io);
+      await waitFor(() => io.out().includes('k1'));
+      await relay.down(); // connections cut, new ones refused: a restarting server
+      await waitFor(() => io.err().includes('lost the connection'));
+      await seedPostgres(database.url, [rec('k2', { startedAt: Date.now() })]);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(io.out()).not.toContain('k2');
+      await relay.up();
+      await waitFor(() => io.out().includes('k2'), 15_000);
+      expect(io.err()).toMatch(/lost the connection to postgres:\/\/[^ ]*:\*\*\*@.*retrying/);
+      expect(io.err()).toMatch(/reconnected to postgres:/);
+      ac.abort();
+      expect(await done).toBe(0);
+      expect(io.err()).not.toContain(target.password);
+    } finally {
+      await relay.down();
+      await database.drop();
+    }
+  });
+
   test('--grep works when PostgreSQL runs queries in parallel (the search function opens subtransactions)', async () => {
     const database = await createTestPgDatabase();
     try {
@@ -309,3 +341,36 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
     }
   });
 });
+
+/** A TCP relay from a loopback port to `targetPort`: `down()` cuts every connection and stops listening. */
+async function startRelay(targetPort: number) {
+  const sockets = new Set<Socket>();
+  let server: Server | null = null;
+  let port = 0;
+  const up = () =>
+    new Promise<void>((resolve) => {
+      server = createServer((client) => {
+        const upstream = connect(targetPort, '127.0.0.1');
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on('error', () => undefined);
+          s.on('close', () => sockets.delete(s));
+        }
+        client.pipe(upstream).pipe(client);
+      });
+      server.listen(port, '127.0.0.1', () => {
+        port = (server!.address() as AddressInfo).port;
+        resolve();
+      });
+    });
+  const down = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      if (!server) return resolve();
+      const s = server;
+      server = null;
+      s.close(() => resolve());
+    });
+  await up();
+  return { port, up, down };
+}
