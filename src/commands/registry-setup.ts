@@ -22,6 +22,8 @@ export interface RegistryRuntime {
   health(): Record<string, unknown>;
   /** Re-read configuration (file + environment) and re-seed; throws and keeps the old state when invalid. */
   reload(): Promise<RegistryView>;
+  /** Re-read the registry from the store (its database file was reopened). */
+  refresh(): Promise<void>;
   close(): void;
 }
 
@@ -213,6 +215,7 @@ export async function startRegistry(
       admin_api: settings.resolved.config.adminApiKey ? 'enabled' : 'disabled',
     }),
     reload,
+    refresh,
     close: stopWatching,
   };
 }

@@ -6,6 +6,7 @@ import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../confi
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
 import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
+import { ModelStore } from '../registry/model-store.js';
 import {
   createPgRegistryStore,
   createSqliteRegistryStore,
@@ -150,7 +151,18 @@ export async function startProxy(
         checkpoints.stop();
         if (threaded) next.sqlite.pragma('wal_autocheckpoint = 0');
         retired.push(database);
+        const old = database;
         database = next;
+        // The registry follows: a recreated (empty) file gets the rows the old one held, still readable
+        // through its open handle; a replacement with a registry of its own keeps that one.
+        try {
+          new ModelStore(next.sqlite).adoptFrom(old.sqlite);
+        } catch (err) {
+          logger.warn(
+            `database ${where}: the model registry could not be copied to the new file: ${(err as Error).message}`,
+          );
+        }
+        void registry?.refresh();
         logger.warn(`database ${where} was deleted or replaced; recording into a new file there`);
         return next.sqlite;
       },
@@ -235,7 +247,7 @@ export async function startProxy(
     ? createPgRegistryStore(pgDatabase.db, (channel, onNotify, onState) =>
         subscribeNotify(pgDatabase.url, channel, onNotify, onState),
       )
-    : createSqliteRegistryStore(database.sqlite);
+    : createSqliteRegistryStore(() => database.sqlite);
 
   const defaultUpstream = createUpstreamTarget('default', config.openaiBaseUrl, {
     type: config.openaiApiType,

@@ -58,6 +58,29 @@ export class ModelStore {
     );
   }
 
+  /**
+   * Copy every registry row (tombstones and sources included) from `from` into this database, if this
+   * one has none: a database file deleted while `serve` ran is recreated empty, and the registry it held
+   * is still readable through the old open handle. A replacement that has a registry of its own keeps it.
+   * Returns whether anything was copied.
+   */
+  adoptFrom(from: RegistryDatabase): boolean {
+    if (this.isSeeded()) return false;
+    const copy = (table: 'models' | 'model_mappings') => {
+      const rows = from.prepare(`select * from ${table}`).all() as Record<string, unknown>[];
+      for (const row of rows) {
+        const cols = Object.keys(row);
+        this.sqlite
+          .prepare(
+            `insert into ${table} (${cols.map((c) => `"${c}"`).join(', ')}) values (${cols.map(() => '?').join(', ')})`,
+          )
+          .run(...cols.map((c) => row[c]));
+      }
+      return rows.length;
+    };
+    return this.sqlite.transaction(() => copy('models') + copy('model_mappings') > 0).immediate();
+  }
+
   /** Changes whenever another connection commits to the database file (SQLite's `PRAGMA data_version`). */
   dataVersion(): number {
     return Number(this.sqlite.pragma('data_version', { simple: true }));

@@ -30,21 +30,33 @@ export type NotifySubscriber = (
   onState: (listening: boolean) => void,
 ) => () => void;
 
-/** The registry store on an SQLite handle. */
-export function createSqliteRegistryStore(sqlite: RegistryDatabase): RegistryStore {
-  const store = new ModelStore(sqlite);
+/**
+ * The registry store on an SQLite handle, or on whichever handle a getter returns now (`serve` reopens a
+ * database file that was deleted or replaced while it ran).
+ */
+export function createSqliteRegistryStore(
+  sqlite: RegistryDatabase | (() => RegistryDatabase),
+): RegistryStore {
+  const handle = typeof sqlite === 'function' ? sqlite : () => sqlite;
+  let current: { db: RegistryDatabase; store: ModelStore } | null = null;
+  const at = () => {
+    const db = handle();
+    if (current?.db !== db) current = { db, store: new ModelStore(db) };
+    return current.store;
+  };
   return {
-    load: async () => store.load(),
-    isSeeded: async () => store.isSeeded(),
-    seed: async (plan) => store.seed(plan),
-    addModel: async (m, source) => store.addModel(m, source),
-    removeModel: async (name) => store.removeModel(name),
-    setMapping: async (alias, actual, source) => store.setMapping(alias, actual, source),
-    removeMapping: async (alias) => store.removeMapping(alias),
+    load: async () => at().load(),
+    isSeeded: async () => at().isSeeded(),
+    seed: async (plan) => at().seed(plan),
+    addModel: async (m, source) => at().addModel(m, source),
+    removeModel: async (name) => at().removeModel(name),
+    setMapping: async (alias, actual, source) => at().setMapping(alias, actual, source),
+    removeMapping: async (alias) => at().removeMapping(alias),
     watch(onChange, intervalMs) {
-      let version = safe(() => store.dataVersion(), -1);
+      // Another handle (a reopened file) has its own data_version: the change is noticed too.
+      let version = safe(() => at().dataVersion(), -1);
       const timer = setInterval(() => {
-        const v = safe(() => store.dataVersion(), version);
+        const v = safe(() => at().dataVersion(), version);
         if (v !== version) {
           version = v;
           onChange();

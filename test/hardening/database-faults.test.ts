@@ -1,9 +1,10 @@
 import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
 let upstream: FakeUpstream | undefined;
 let proxy: TestProxy | undefined;
@@ -40,6 +41,19 @@ async function health(url: string): Promise<Record<string, any>> {
 }
 
 /** Count rows straight from the file, as `oai-proxy logs` would. */
+/** `oai-proxy models ...` on the proxy's database file, as another terminal would run it. */
+async function models(proxy: TestProxy, ...argv: string[]) {
+  const io = createTestIo({ HOME: proxy.dir }, proxy.dir);
+  const code = await main(['models', ...argv, '--db', proxy.dbPath], io);
+  return { code, out: io.out(), err: io.err() };
+}
+
+/** The model ids the running proxy serves at GET /v1/models. */
+async function listModels(url: string): Promise<string[]> {
+  const body = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
+  return body.data.map((m) => m.id);
+}
+
 function countRows(path: string): number {
   const db = new Database(path, { readonly: true });
   try {
@@ -140,6 +154,10 @@ describe('database trouble while running', () => {
       const { proxy } = await setup();
       for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
       await proxy.waitForRows(3);
+      // A model added from another terminal lives in the registry tables of the same file.
+      expect((await models(proxy, 'add', 'before-model')).code).toBe(0);
+      await until('the proxy to see it', async () => (await listModels(proxy.url)).includes('before-model'));
+      proxy.running.writer.flush(); // those GET /v1/models rows go to the old file
       if (how === 'delete' || how === 'delete-db') {
         rmSync(proxy.dbPath);
         if (how === 'delete') {
@@ -166,6 +184,16 @@ describe('database trouble while running', () => {
       expect((await chat(proxy.url)).status).toBe(200);
       await until('the next row', () => countRows(proxy.dbPath) === 5);
       expect(readFileSync(proxy.dbPath).subarray(0, 15).toString()).toBe('SQLite format 3');
+      // The registry moved with it: the new file holds the model, and edits to the new file reach the proxy.
+      // (Only checked when the old -wal and -shm went too: a new file next to the old ones shares the old
+      // WAL index through the still-open handles — noted in the README.)
+      if (how !== 'delete') return;
+      const list = await models(proxy, 'list', '--json');
+      expect(JSON.parse(list.out).models.map((m: { name: string }) => m.name)).toContain('before-model');
+      expect((await models(proxy, 'add', 'after-model')).code).toBe(0);
+      await until('the proxy to see the edit', async () =>
+        (await listModels(proxy.url)).includes('after-model'),
+      );
     },
   );
 });
