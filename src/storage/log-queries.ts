@@ -3,12 +3,15 @@ import { OaiProxyError } from '../errors.js';
 import type { SqliteHandle } from './database.js';
 import { resetSearchIndex, searchIndexLag } from './search-index.js';
 import {
+  addToStatsSums,
   HOUR_MS,
   hasRollups,
   IS_ERROR_SQL,
+  newStatsSums,
   readRollups,
   STATS_KEY_SQL,
   STREAM_TTFB_SQL,
+  type StatsSums,
 } from './stats-rollup.js';
 import type { Storage } from './storage.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
@@ -528,7 +531,7 @@ function addRollups(
     if (cursor === undefined || r.hour > cursor) ranges.push({ since: cursor, until: r.hour });
     cursor = r.hour + HOUR_MS;
     const g = accumulatorFor(groups, by === 'day' ? new Date(r.hour).toISOString().slice(0, 10) : r.key);
-    g.n += r.requests;
+    g.requests += r.requests;
     g.errors += r.errors;
     g.pt += r.prompt_tokens;
     g.ct += r.completion_tokens;
@@ -567,24 +570,11 @@ function addExchanges(
     .iterate(...(compiled.parameters as unknown[])) as IterableIterator<
     [string, number, number, number | null, number, number]
   >;
-  for (const [k, isError, duration, ttfb, pt, ct] of rows) {
-    const g = accumulatorFor(groups, k);
-    g.n++;
-    g.errors += isError;
-    g.pt += pt;
-    g.ct += ct;
-    g.durations.push(duration);
-    if (ttfb !== null) g.ttfbs.push(ttfb);
-  }
+  for (const [k, isError, duration, ttfb, pt, ct] of rows)
+    addToStatsSums(accumulatorFor(groups, k), isError, duration, ttfb, pt, ct);
 }
 
-interface StatsAccumulator {
-  n: number;
-  errors: number;
-  pt: number;
-  ct: number;
-  durations: number[];
-  ttfbs: number[];
+interface StatsAccumulator extends StatsSums {
   /** Values from rollups, added to the above when the group is finished. */
   durationChunks: Float64Array[];
   ttfbChunks: Float64Array[];
@@ -593,7 +583,7 @@ interface StatsAccumulator {
 function accumulatorFor(groups: Map<string, StatsAccumulator>, key: string): StatsAccumulator {
   let g = groups.get(key);
   if (!g) {
-    g = { n: 0, errors: 0, pt: 0, ct: 0, durations: [], ttfbs: [], durationChunks: [], ttfbChunks: [] };
+    g = { ...newStatsSums(), durationChunks: [], ttfbChunks: [] };
     groups.set(key, g);
   }
   return g;
@@ -618,9 +608,9 @@ function finishStats(groups: Map<string, StatsAccumulator>, by: StatsKey): Stats
     const t = sortedValues(g.ttfbs, g.ttfbChunks);
     out.push({
       key,
-      requests: g.n,
+      requests: g.requests,
       errors: g.errors,
-      error_rate: Math.round((g.errors / g.n) * 10000) / 10000,
+      error_rate: Math.round((g.errors / g.requests) * 10000) / 10000,
       prompt_tokens: g.pt,
       completion_tokens: g.ct,
       p50_ms: percentile(d, 50),
@@ -695,13 +685,14 @@ export function isErrorSample(s: { status: number | null; error: string | null }
 export function computeStats(samples: Iterable<StatsSample>, by: StatsKey): StatsGroup[] {
   const groups = new Map<string, StatsAccumulator>();
   for (const s of samples) {
-    const g = accumulatorFor(groups, statsKeyOf(s, by));
-    g.n++;
-    if (isErrorSample(s)) g.errors++;
-    g.pt += s.prompt_tokens ?? 0;
-    g.ct += s.completion_tokens ?? 0;
-    g.durations.push(s.duration_ms);
-    if (s.stream && s.ttfb_ms !== null) g.ttfbs.push(s.ttfb_ms);
+    addToStatsSums(
+      accumulatorFor(groups, statsKeyOf(s, by)),
+      isErrorSample(s) ? 1 : 0,
+      s.duration_ms,
+      s.stream ? s.ttfb_ms : null,
+      s.prompt_tokens ?? 0,
+      s.completion_tokens ?? 0,
+    );
   }
   return finishStats(groups, by);
 }

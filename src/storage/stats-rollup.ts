@@ -91,7 +91,8 @@ export function decodeFloats(b: Buffer): Float64Array {
   return out;
 }
 
-interface Bucket {
+/** What a group of exchanges adds up to: a rollup row being built, or a `logs stats` group. */
+export interface StatsSums {
   requests: number;
   errors: number;
   pt: number;
@@ -100,13 +101,39 @@ interface Bucket {
   ttfbs: number[];
 }
 
+export const newStatsSums = (): StatsSums => ({
+  requests: 0,
+  errors: 0,
+  pt: 0,
+  ct: 0,
+  durations: [],
+  ttfbs: [],
+});
+
+/** Add one exchange: `isError` 1 or 0, `ttfb` null unless it is a stream's. */
+export function addToStatsSums(
+  s: StatsSums,
+  isError: number,
+  duration: number,
+  ttfb: number | null,
+  pt: number,
+  ct: number,
+): void {
+  s.requests++;
+  s.errors += isError;
+  s.pt += pt;
+  s.ct += ct;
+  s.durations.push(duration);
+  if (ttfb !== null) s.ttfbs.push(ttfb);
+}
+
 /** An hour being rolled up across slices: where the read has got to, and the sums so far. */
 interface HourInProgress {
   sqlite: SqliteHandle;
   hour: number;
   /** Rows with started_at below this have been summed. */
   from: number;
-  buckets: Map<RollupDim, Map<string, Bucket>>;
+  buckets: Map<RollupDim, Map<string, StatsSums>>;
 }
 
 // The columns one exchange contributes, in ROLLUP_DIMS order then the figures.
@@ -176,22 +203,17 @@ export class StatsRollup {
   }
 }
 
-function add(buckets: Map<RollupDim, Map<string, Bucket>>, row: SourceRow): void {
+function add(buckets: Map<RollupDim, Map<string, StatsSums>>, row: SourceRow): void {
   const [, , , , , isError, duration, ttfb, pt, ct] = row;
   for (let d = 0; d < ROLLUP_DIMS.length; d++) {
-    const byKey = buckets.get(ROLLUP_DIMS[d]) as Map<string, Bucket>;
+    const byKey = buckets.get(ROLLUP_DIMS[d]) as Map<string, StatsSums>;
     const key = row[d + 1] as string;
     let b = byKey.get(key);
     if (!b) {
-      b = { requests: 0, errors: 0, pt: 0, ct: 0, durations: [], ttfbs: [] };
+      b = newStatsSums();
       byKey.set(key, b);
     }
-    b.requests++;
-    b.errors += isError;
-    b.pt += pt;
-    b.ct += ct;
-    b.durations.push(duration);
-    if (ttfb !== null) b.ttfbs.push(ttfb);
+    addToStatsSums(b, isError, duration, ttfb, pt, ct);
   }
 }
 
