@@ -1,29 +1,10 @@
 import OpenAI from 'openai';
-import { afterEach, describe, expect, test } from 'vitest';
-import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
-import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { describe, expect, test } from 'vitest';
+import { proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
 
 const UPSTREAM_KEY = 'sk-upstream-hardening-key-7777';
 const CLIENT_KEYS = ['pk-client-one-aaaa1111', 'pk-client-two-bbbb2222'];
-let upstream: FakeUpstream | undefined;
-let proxy: TestProxy | undefined;
-
-afterEach(async () => {
-  await proxy?.close();
-  await upstream?.close();
-  proxy = undefined;
-  upstream = undefined;
-});
-
-async function setup(env: Record<string, string> = {}) {
-  upstream = await createFakeUpstream();
-  proxy = await startTestProxy({
-    OPENAI_BASE_URL: upstream.baseUrl,
-    PROXY_API_KEYS: CLIENT_KEYS.join(','),
-    ...env,
-  });
-  return { upstream, proxy };
-}
+const setup = proxyWithUpstreamPerTest({ PROXY_API_KEYS: CLIENT_KEYS.join(',') });
 
 describe('PROXY_API_KEYS', () => {
   test.each([

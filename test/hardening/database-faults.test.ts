@@ -3,26 +3,15 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { fillDisk } from '../helpers/disk-full.js';
-import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { sleep } from '../helpers/fake-upstream.js';
+import { createTestIo, proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
 
-let upstream: FakeUpstream | undefined;
-let proxy: TestProxy | undefined;
+const setup = proxyWithUpstreamPerTest();
 const cleanups: (() => void)[] = [];
 
-afterEach(async () => {
+afterEach(() => {
   for (const c of cleanups.splice(0)) c();
-  await proxy?.close();
-  await upstream?.close();
-  proxy = undefined;
-  upstream = undefined;
 });
-
-async function setup(env: Record<string, string> = {}) {
-  upstream = await createFakeUpstream();
-  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
-  return { upstream, proxy };
-}
 
 /** One chat call; returns its status and how long the client waited. */
 async function chat(url: string, pad = 0): Promise<{ status: number; ms: number }> {

@@ -1,25 +1,11 @@
 import { connect } from 'node:net';
 import OpenAI from 'openai';
-import { afterEach, describe, expect, test } from 'vitest';
-import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { describe, expect, test } from 'vitest';
+import { type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
 import { openUpstreamRequests } from './raw-http.js';
 
-let upstream: FakeUpstream | undefined;
-let proxy: TestProxy | undefined;
-
-afterEach(async () => {
-  await proxy?.close();
-  await upstream?.close();
-  proxy = undefined;
-  upstream = undefined;
-});
-
-async function setup(env: Record<string, string> = {}) {
-  upstream = await createFakeUpstream();
-  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
-  return { upstream, proxy };
-}
+const setup = proxyWithUpstreamPerTest();
 
 const chunk = (content: string) =>
   `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content } }] })}\n\n`;

@@ -1,9 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { afterEach } from 'vitest';
 import type { CliIo } from '../../src/commands/io.js';
 import { type RunningProxy, type ServeExtensions, startProxy } from '../../src/commands/serve.js';
 import { resolveConfig } from '../../src/config/load.js';
 import type { ExchangesTable } from '../../src/storage/tables.js';
+import { createFakeUpstream, type FakeUpstream } from './fake-upstream.js';
 import { assertNoLeaks, configSecrets, readProxyFiles, watchedIos } from './secret-scan.js';
 import { createTempDir } from './temp-dir.js';
 
@@ -122,4 +124,22 @@ export async function startTestProxy(
     },
   };
   return proxy;
+}
+
+/**
+ * For a test file: returns `setup(env)`, which starts a fake upstream and a proxy in front of it
+ * (`base` and `env` add settings); both are closed after each test.
+ */
+export function proxyWithUpstreamPerTest(base: Record<string, string> = {}) {
+  const open: (FakeUpstream | TestProxy)[] = [];
+  afterEach(async () => {
+    for (const x of open.splice(0).reverse()) await x.close();
+  });
+  return async (env: Record<string, string> = {}) => {
+    const upstream = await createFakeUpstream();
+    open.push(upstream);
+    const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...base, ...env });
+    open.push(proxy);
+    return { upstream, proxy };
+  };
 }

@@ -1,26 +1,12 @@
 import { readFileSync } from 'node:fs';
 import { type IncomingHttpHeaders, request } from 'node:http';
 import OpenAI from 'openai';
-import { afterEach, describe, expect, test } from 'vitest';
-import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { describe, expect, test } from 'vitest';
+import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
 
 const UPSTREAM_KEY = 'sk-upstream-secret-ZZZZ-1234567890';
-let upstream: FakeUpstream | undefined;
-let proxy: TestProxy | undefined;
-
-afterEach(async () => {
-  await proxy?.close();
-  await upstream?.close();
-  proxy = undefined;
-  upstream = undefined;
-});
-
-async function setup(env: Record<string, string> = {}) {
-  upstream = await createFakeUpstream();
-  proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
-  return { upstream, proxy };
-}
+const setup = proxyWithUpstreamPerTest();
 
 describe('upstream errors pass through verbatim', () => {
   test.each([400, 401, 429, 500, 503])('status %i', async (status) => {
@@ -82,7 +68,7 @@ describe('transport failures become OpenAI-shaped proxy errors', () => {
     const dead = await createFakeUpstream();
     const deadUrl = dead.baseUrl;
     await dead.close();
-    proxy = await startTestProxy({ OPENAI_BASE_URL: deadUrl });
+    const { proxy } = await setup({ OPENAI_BASE_URL: deadUrl });
     const res = await fetch(`${proxy.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
