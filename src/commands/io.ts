@@ -27,3 +27,37 @@ export function waitForStop(io: CliIo): Promise<string> {
     else io.signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/**
+ * Lines for `dest` written together: once per event-loop turn, or every `delayMs` when given (and at once
+ * past 64 KB). A busy proxy then makes one write() for many exchange lines instead of one each.
+ * `flush()` writes what is pending now.
+ */
+export class BatchedWriter {
+  private pending = '';
+  private scheduled = false;
+
+  constructor(
+    private readonly dest: { write(s: string): unknown },
+    private readonly delayMs = 0,
+  ) {}
+
+  write(s: string): boolean {
+    this.pending += s;
+    if (this.pending.length >= 65_536) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      if (this.delayMs > 0) setTimeout(this.flush, this.delayMs).unref();
+      else setImmediate(this.flush);
+    }
+    return true;
+  }
+
+  readonly flush = (): void => {
+    this.scheduled = false;
+    if (this.pending === '') return;
+    const text = this.pending;
+    this.pending = '';
+    this.dest.write(text);
+  };
+}

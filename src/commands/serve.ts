@@ -30,7 +30,7 @@ import {
   sqliteStorage,
 } from '../storage/storage.js';
 import { VERSION } from '../version.js';
-import { type CliIo, waitForStop } from './io.js';
+import { BatchedWriter, type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
 import { configSecrets, startVectorIndexing, type VectorIndexing } from './vector-setup.js';
 
@@ -90,6 +90,17 @@ export function exchangeLogLine(r: ExchangeRecord): Record<string, unknown> {
   };
 }
 
+/**
+ * The log line pino would write for an exchange (`exchangeLogLine` plus level, time and msg), built by
+ * hand: on the hot path, pino's serialiser and a level check per stream cost more than all the rest of
+ * the recording on the event loop.
+ */
+export function exchangeLogText(r: ExchangeRecord, msg: string): string {
+  const q = JSON.stringify;
+  const ttfb = r.ttfbMs === null ? null : Math.round(r.ttfbMs);
+  return `{"level":30,"time":"${new Date().toISOString()}","id":${q(r.id)},"method":${q(r.method)},"path":${q(r.path)},"model":${q(r.model)},"upstream_model":${q(r.upstreamModel)},"upstream":${q(r.upstream)},"status":${r.status},"stream":${r.stream},"duration_ms":${Math.round(r.durationMs)},"ttfb_ms":${ttfb},"prompt_tokens":${r.promptTokens},"completion_tokens":${r.completionTokens},"total_tokens":${r.totalTokens},"error":${q(r.error)},"msg":${q(msg)}}\n`;
+}
+
 /** Build and start the proxy from a resolved configuration. */
 export async function startProxy(
   resolved: ResolvedConfig,
@@ -107,7 +118,9 @@ export async function startProxy(
   const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;
   const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
 
-  const consoleStream = io.stderr.isTTY ? await prettyStream(io.stderr) : io.stderr;
+  // Plain console lines (stderr not a terminal: CI, containers, journald) are batched per event-loop turn.
+  const batchedConsole = io.stderr.isTTY ? null : new BatchedWriter(io.stderr);
+  const consoleStream = batchedConsole ?? (await prettyStream(io.stderr));
   const logFile = new RotatingFile({
     path: logPath,
     maxBytes: config.logMaxBytes,
@@ -115,14 +128,32 @@ export async function startProxy(
     daily: config.logRotateDaily,
   });
   await logFile.ready();
+  // Lines reach the file every 20 ms in one write (sonic-boom would start a write per line when idle).
+  const fileLines = new BatchedWriter(logFile, 20);
   const logger = pino(
     { level: minLevel(config.logLevel), timestamp: pino.stdTimeFunctions.isoTime, base: undefined },
     pino.multistream([
       { level: config.logLevel === 'silent' ? 'fatal' : config.logLevel, stream: consoleStream as any },
-      { level: 'info', stream: logFile as any },
+      { level: 'info', stream: fileLines as any },
     ]),
   );
   const consoleOn = config.logLevel !== 'silent';
+  const consoleShowsExchanges = ['trace', 'debug', 'info'].includes(config.logLevel);
+  const flushLines = () => {
+    batchedConsole?.flush();
+    fileLines.flush();
+  };
+  // An exit without close() (an uncaught error) still writes what the batches hold.
+  const flushAtExit = () => {
+    flushLines();
+    logFile.flushSync();
+  };
+  process.on('exit', flushAtExit);
+  const closeLogs = async () => {
+    flushLines();
+    process.off('exit', flushAtExit);
+    await logFile.end();
+  };
 
   // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
   const pgDatabase: PostgresDatabase | null =
@@ -240,7 +271,7 @@ export async function startProxy(
         }).catch(async (err) => {
           checkpoints.stop();
           await closeDatabase();
-          await logFile.end();
+          await closeLogs();
           throw err;
         });
   const registryStore: RegistryStore = pgDatabase
@@ -281,7 +312,7 @@ export async function startProxy(
     await writer.close();
     checkpoints.stop();
     await closeDatabase();
-    await logFile.end();
+    await closeLogs();
     await dispatcher.close();
     throw err;
   }
@@ -300,7 +331,7 @@ export async function startProxy(
         await writer.close();
         checkpoints.stop();
         await closeDatabase();
-        await logFile.end();
+        await closeLogs();
         await dispatcher.close();
         throw err;
       })
@@ -322,14 +353,15 @@ export async function startProxy(
     adminKey: () => adminKey,
     sink: {
       record(r) {
-        if (!process.env.EXP_NODB) writer.record(r);
-        const line = exchangeLogLine(r);
-        logger.info(
-          line,
+        writer.record(r);
+        const line = exchangeLogText(
+          r,
           consoleOn
             ? `${r.method} ${r.path} ${r.status ?? '-'} ${Math.round(r.durationMs)}ms${r.model ? ` ${r.model}` : ''}${r.error ? ` ${r.error}` : ''}`
             : 'exchange',
         );
+        fileLines.write(line);
+        if (consoleShowsExchanges) consoleStream.write(line);
         ext.onRecord?.(r);
         vector?.onRecord(r);
       },
@@ -373,7 +405,7 @@ export async function startProxy(
     await writer.close();
     checkpoints.stop();
     await closeDatabase();
-    await logFile.end();
+    await closeLogs();
     await dispatcher.close();
     throw err;
   });
@@ -404,6 +436,7 @@ export async function startProxy(
     vector,
     registry,
     flushLogs() {
+      flushLines();
       logFile.flushSync();
     },
     close() {
@@ -419,7 +452,7 @@ export async function startProxy(
         await closeDatabase();
         for (const old of retired) await old.close().catch(() => undefined);
         logFile.flushSync();
-        await logFile.end();
+        await closeLogs();
       })();
       return closing;
     },
@@ -498,6 +531,7 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
   const exposed = exposureWarning(running, resolved);
   if (exposed) io.stderr.write(exposed);
   const why = await waitForStop(io);
+  running.flushLogs();
   io.stderr.write(
     `oai-proxy: ${why} received, finishing in-flight requests (up to ${resolved.config.shutdownGraceMs} ms)…\n`,
   );

@@ -20,7 +20,8 @@ export interface RotatingFileOptions {
 export class RotatingFile {
   private boom: Boom;
   private size: number;
-  private day: string;
+  /** When the current UTC day ends (ms): daily rotation compares a number, not a formatted date, per line. */
+  private dayEndsAt: number;
   /** False while the file is being (re)opened: rotating then would rename a file nobody writes to yet. */
   private open = false;
   private opened: Promise<void>;
@@ -28,7 +29,7 @@ export class RotatingFile {
   constructor(private readonly options: RotatingFileOptions) {
     this.boom = pino.destination({ dest: options.path, sync: false, mkdir: true, mode: 0o600 } as any);
     this.size = existsSync(options.path) ? statSync(options.path).size : 0;
-    this.day = today();
+    this.dayEndsAt = nextUtcMidnight();
     this.opened = this.whenOpen();
   }
 
@@ -60,7 +61,7 @@ export class RotatingFile {
     if (
       this.open &&
       ((this.options.maxBytes > 0 && this.size >= this.options.maxBytes) ||
-        (this.options.daily && today() !== this.day))
+        (this.options.daily && Date.now() >= this.dayEndsAt))
     ) {
       this.rotate();
     }
@@ -80,7 +81,7 @@ export class RotatingFile {
       return;
     }
     this.size = 0;
-    this.day = today();
+    this.dayEndsAt = nextUtcMidnight();
     // Lines already handed to the old descriptor land in the renamed file; buffered ones in the new file.
     this.boom.reopen();
     this.opened = this.whenOpen();
@@ -110,6 +111,7 @@ export class RotatingFile {
   }
 }
 
-function today(): string {
-  return new Date().toISOString().slice(0, 10);
+function nextUtcMidnight(): number {
+  const DAY_MS = 86_400_000;
+  return Math.floor(Date.now() / DAY_MS) * DAY_MS + DAY_MS;
 }

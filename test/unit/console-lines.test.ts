@@ -1,0 +1,81 @@
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import pino from 'pino';
+import { expect, test } from 'vitest';
+import { BatchedWriter } from '../../src/commands/io.js';
+import { exchangeLogLine, exchangeLogText } from '../../src/commands/serve.js';
+import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+
+const record = (over: Partial<ExchangeRecord> = {}): ExchangeRecord =>
+  ({
+    id: '01m8fzfbzj3na4rrwe05jkm6vn',
+    method: 'POST',
+    path: '/v1/chat/"quoted"\\path\u2028',
+    model: 'gpt-4o-mini',
+    upstreamModel: null,
+    upstream: 'default',
+    status: 200,
+    stream: true,
+    durationMs: 25.6,
+    ttfbMs: 3.4,
+    promptTokens: 25,
+    completionTokens: null,
+    totalTokens: 25,
+    error: null,
+    ...over,
+  }) as ExchangeRecord;
+
+// What pino (as serve configures it) writes for the same object and message.
+function viaPino(fields: Record<string, unknown>, msg: string): string {
+  let out = '';
+  const logger = pino(
+    { timestamp: pino.stdTimeFunctions.isoTime, base: undefined },
+    { write: (s: string) => (out += s) },
+  );
+  logger.info(fields, msg);
+  return out;
+}
+
+test.each([
+  ['a streamed exchange with awkward characters', record(), 'POST /v1/chat/completions 200 26ms'],
+  [
+    'a failed exchange with nulls',
+    record({ status: null, ttfbMs: null, model: null, promptTokens: null, error: 'upstream_timeout' }),
+    'exchange',
+  ],
+])('exchangeLogText: %s is the line pino writes, key for key', (_name, r, msg) => {
+  const ours = exchangeLogText(r, msg);
+  const theirs = viaPino(exchangeLogLine(r), msg);
+  expect(ours.endsWith('\n')).toBe(true);
+  const a = JSON.parse(ours);
+  const b = JSON.parse(theirs);
+  expect(Object.keys(a)).toEqual(Object.keys(b));
+  expect({ ...a, time: 'T' }).toEqual({ ...b, time: 'T' });
+  expect(Math.abs(Date.parse(a.time) - Date.parse(b.time))).toBeLessThan(1000);
+});
+
+test('BatchedWriter: lines written in one write per event-loop turn, at once on flush() or past 64 KB', async () => {
+  const writes: string[] = [];
+  const w = new BatchedWriter({ write: (s: string) => writes.push(s) });
+  w.write('a\n');
+  w.write('b\n');
+  expect(writes).toEqual([]);
+  await nextTurn();
+  expect(writes).toEqual(['a\nb\n']);
+  w.write('c\n');
+  w.flush();
+  expect(writes).toEqual(['a\nb\n', 'c\n']);
+  w.write('x'.repeat(70_000));
+  expect(writes).toHaveLength(3);
+  await nextTurn();
+  expect(writes).toHaveLength(3);
+});
+
+test('BatchedWriter with a delay writes after it, not before', async () => {
+  const writes: string[] = [];
+  const w = new BatchedWriter({ write: (s: string) => writes.push(s) }, 30);
+  w.write('a\n');
+  await nextTurn();
+  expect(writes).toEqual([]);
+  await new Promise((r) => setTimeout(r, 60));
+  expect(writes).toEqual(['a\n']);
+});
