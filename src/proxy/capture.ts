@@ -27,7 +27,8 @@ export function redactHeaders(
   secrets: readonly string[] = [],
 ): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(headers)) {
+  for (const k in headers) {
+    const v = headers[k];
     if (v === undefined) continue;
     const name = k.toLowerCase();
     if (SECRET_HEADERS.has(name)) out[name] = REDACTED;

@@ -60,7 +60,8 @@ export function isHopByHop(name: string, connectionTokens?: Set<string>): boolea
 
 function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined {
   const c = headers.connection;
-  if (!c) return undefined;
+  // `keep-alive` and `close`, nearly every request's value, name only hop-by-hop headers anyway.
+  if (!c || c === 'keep-alive' || c === 'close') return undefined;
   return new Set(
     String(c)
       .toLowerCase()
@@ -83,7 +84,8 @@ export function shapeUpstreamRequest(
 ): UpstreamRequestShape {
   const tokens = connectionTokens(clientHeaders);
   const headers: Record<string, string | string[]> = {};
-  for (const [k, v] of Object.entries(clientHeaders)) {
+  for (const k in clientHeaders) {
+    const v = clientHeaders[k];
     if (v === undefined || isHopByHop(k, tokens)) continue;
     headers[k] = v;
   }

@@ -171,21 +171,50 @@ export class ExchangeContext {
       this.tooLarge(limit, declared);
       return null;
     }
+    // Plain 'data'/'end' listeners: an async iterator costs a promise per chunk on every request.
+    const { req } = this;
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const chunk of this.req as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > limit) {
-        this.tooLarge(limit, size);
-        return null;
-      }
-      chunks.push(chunk);
-      this.requestCapture.push(chunk);
-    }
-    // The iteration also ends when the client vanished or the parser refused the body mid-way.
-    if (!this.req.complete) return null;
-    this.requestBody = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
-    return this.requestBody;
+    return new Promise<Buffer | null>((resolve, reject) => {
+      const done = () => {
+        req.off('data', onData);
+        req.off('end', onEnd);
+        req.off('error', onError);
+        req.off('close', onClose);
+      };
+      const onData = (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > limit) {
+          done();
+          this.tooLarge(limit, size);
+          req.destroy();
+          resolve(null);
+          return;
+        }
+        chunks.push(chunk);
+        this.requestCapture.push(chunk);
+      };
+      const onEnd = () => {
+        done();
+        // The body also ends early when the parser refused it mid-way.
+        if (!req.complete) return resolve(null);
+        this.requestBody = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
+        resolve(this.requestBody);
+      };
+      const onError = (err: Error) => {
+        done();
+        reject(err);
+      };
+      // The client vanished mid-body: the exchange is recorded as client_aborted when the response closes.
+      const onClose = () => {
+        done();
+        resolve(null);
+      };
+      req.on('data', onData);
+      req.on('end', onEnd);
+      req.on('error', onError);
+      req.on('close', onClose);
+    });
   }
 
   private tooLarge(limit: number, size: number): void {
@@ -207,9 +236,26 @@ export class ExchangeContext {
   }
 }
 
+/**
+ * An origin-form target of characters the URL parser leaves as they are: path characters without `%`,
+ * a query without `'`, `"`, `<`, `>`, spaces, `#` or non-ASCII (which the parser percent-encodes).
+ */
+const SIMPLE_TARGET = /^(\/[\w\-.~!$&()*+,;=:@/]*)(?:\?([\w\-.~!$&()*+,;=:@/?%]*))?$/;
+/** Paths the parser would still change: empty segments (collapsed) and dot-segments (resolved). */
+const NOT_NORMAL_PATH = /\/\/|\/\.\.?(\/|$)/;
+
 /** Parse and normalise a request target. Null when it cannot be a valid path. */
 export function normaliseTarget(rawUrl: string | undefined): { pathname: string; query: string } | null {
   if (!rawUrl || rawUrl === '*') return null;
+  // The common target (`/v1/chat/completions`, a plain query) is already in normal form: the URL parser
+  // would return it unchanged, at the cost of a URL object per request.
+  const simple = SIMPLE_TARGET.exec(rawUrl);
+  if (simple && !NOT_NORMAL_PATH.test(simple[1])) return { pathname: simple[1], query: simple[2] ?? '' };
+  return parseTarget(rawUrl);
+}
+
+/** normaliseTarget through the WHATWG URL parser: any target, at the cost of a URL object. */
+export function parseTarget(rawUrl: string): { pathname: string; query: string } | null {
   let u: URL;
   try {
     // Absolute-form targets keep only their path: requests only ever go to the configured upstream.
@@ -485,7 +531,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           }
           x.status = statusCode;
           const out: Record<string, string | string[]> = {};
-          for (const [k, v] of Object.entries(upstreamHeaders)) {
+          for (const k in upstreamHeaders) {
+            const v = upstreamHeaders[k];
             if (v === undefined || isHopByHop(k)) continue;
             out[k] = v;
           }
