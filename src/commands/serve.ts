@@ -98,7 +98,21 @@ export function exchangeLogLine(r: ExchangeRecord): Record<string, unknown> {
 export function exchangeLogText(r: ExchangeRecord, msg: string): string {
   const q = JSON.stringify;
   const ttfb = r.ttfbMs === null ? null : Math.round(r.ttfbMs);
-  return `{"level":30,"time":"${new Date().toISOString()}","id":${q(r.id)},"method":${q(r.method)},"path":${q(r.path)},"model":${q(r.model)},"upstream_model":${q(r.upstreamModel)},"upstream":${q(r.upstream)},"status":${r.status},"stream":${r.stream},"duration_ms":${Math.round(r.durationMs)},"ttfb_ms":${ttfb},"prompt_tokens":${r.promptTokens},"completion_tokens":${r.completionTokens},"total_tokens":${r.totalTokens},"error":${q(r.error)},"msg":${q(msg)}}\n`;
+  return `{"level":30,"time":"${isoNow()}","id":${q(r.id)},"method":${q(r.method)},"path":${q(r.path)},"model":${q(r.model)},"upstream_model":${q(r.upstreamModel)},"upstream":${q(r.upstream)},"status":${r.status},"stream":${r.stream},"duration_ms":${Math.round(r.durationMs)},"ttfb_ms":${ttfb},"prompt_tokens":${r.promptTokens},"completion_tokens":${r.completionTokens},"total_tokens":${r.totalTokens},"error":${q(r.error)},"msg":${q(msg)}}\n`;
+}
+
+let minuteStart = -1;
+let minutePrefix = '';
+/** `new Date().toISOString()` (1.5 µs a call on Node 20) for a clock that mostly stays in one minute. */
+export function isoNow(now = Date.now()): string {
+  const rest = now % 60_000;
+  if (now - rest !== minuteStart) {
+    minuteStart = now - rest;
+    minutePrefix = new Date(minuteStart).toISOString().slice(0, 17);
+  }
+  const ms = rest % 1000;
+  const sec = (rest - ms) / 1000;
+  return `${minutePrefix}${sec < 10 ? '0' : ''}${sec}.${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z`;
 }
 
 /** Build and start the proxy from a resolved configuration. */

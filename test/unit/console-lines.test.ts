@@ -2,7 +2,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import pino from 'pino';
 import { expect, test } from 'vitest';
 import { BatchedWriter } from '../../src/commands/io.js';
-import { exchangeLogLine, exchangeLogText } from '../../src/commands/serve.js';
+import { exchangeLogLine, exchangeLogText, isoNow } from '../../src/commands/serve.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 
 const record = (over: Partial<ExchangeRecord> = {}): ExchangeRecord =>
@@ -78,4 +78,11 @@ test('BatchedWriter with a delay writes after it, not before', async () => {
   expect(writes).toEqual([]);
   await new Promise((r) => setTimeout(r, 60));
   expect(writes).toEqual(['a\n']);
+});
+
+test('isoNow formats like Date#toISOString, across minutes, seconds and milliseconds', () => {
+  const start = Date.UTC(2026, 10, 28, 23, 58, 59, 0);
+  for (let t = start; t < start + 130_000; t += 7) expect(isoNow(t)).toBe(new Date(t).toISOString());
+  for (const t of [0, 9, 99, 999, 1000, 59_999, 60_000, Date.UTC(2030, 0, 1)])
+    expect(isoNow(t)).toBe(new Date(t).toISOString());
 });
