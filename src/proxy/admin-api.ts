@@ -35,42 +35,45 @@ export function keyMatches(presented: string, expected: string): boolean {
  * while ADMIN_API_KEY is unset. Every call is recorded like any exchange (Authorization redacted).
  */
 export function createAdminRoute(control: RegistryControl): OwnRoute {
-  return async (x: ExchangeContext) => {
-    if (x.path !== '/admin' && !x.path.startsWith('/admin/')) return false;
-    const key = control.adminKey();
-    if (!key) {
-      x.respondError(
-        404,
-        null,
-        'The admin API is disabled; set ADMIN_API_KEY (environment or config file "adminApiKey") and restart to enable it',
-        'invalid_request_error',
-        'admin_disabled',
-      );
-      return true;
-    }
-    const presented = bearerToken(x.req.headers.authorization);
-    if (presented === undefined || !keyMatches(presented, key)) {
-      x.respondError(
-        401,
-        'unauthorized',
-        presented !== undefined
-          ? 'Incorrect admin API key; send Authorization: Bearer <ADMIN_API_KEY>'
-          : 'Missing admin API key; send Authorization: Bearer <ADMIN_API_KEY>',
-        'invalid_request_error',
-        'invalid_api_key',
-      );
-      return true;
-    }
-    try {
-      await dispatch(x, control);
-    } catch (err) {
-      if (!isOaiProxyError(err)) throw err;
-      const status = err.status === 500 ? 400 : err.status;
-      const param = err instanceof BadField ? err.param : null;
-      x.respondError(status, null, err.message, 'invalid_request_error', err.code, param);
-    }
+  // Other paths are declined synchronously: no promise on every proxied request.
+  return (x: ExchangeContext) =>
+    x.path === '/admin' || x.path.startsWith('/admin/') ? answerAdmin(control, x) : false;
+}
+
+async function answerAdmin(control: RegistryControl, x: ExchangeContext): Promise<boolean> {
+  const key = control.adminKey();
+  if (!key) {
+    x.respondError(
+      404,
+      null,
+      'The admin API is disabled; set ADMIN_API_KEY (environment or config file "adminApiKey") and restart to enable it',
+      'invalid_request_error',
+      'admin_disabled',
+    );
     return true;
-  };
+  }
+  const presented = bearerToken(x.req.headers.authorization);
+  if (presented === undefined || !keyMatches(presented, key)) {
+    x.respondError(
+      401,
+      'unauthorized',
+      presented !== undefined
+        ? 'Incorrect admin API key; send Authorization: Bearer <ADMIN_API_KEY>'
+        : 'Missing admin API key; send Authorization: Bearer <ADMIN_API_KEY>',
+      'invalid_request_error',
+      'invalid_api_key',
+    );
+    return true;
+  }
+  try {
+    await dispatch(x, control);
+  } catch (err) {
+    if (!isOaiProxyError(err)) throw err;
+    const status = err.status === 500 ? 400 : err.status;
+    const param = err instanceof BadField ? err.param : null;
+    x.respondError(status, null, err.message, 'invalid_request_error', err.code, param);
+  }
+  return true;
 }
 
 async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<void> {

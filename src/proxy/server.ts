@@ -694,7 +694,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         return;
       }
       for (const route of options.routes ?? []) {
-        if (await route(x)) return;
+        // Routes decline most requests synchronously: await only an answer that is a promise.
+        const answered = route(x);
+        if (answered === true || (answered !== false && (await answered))) return;
       }
       if (isOwnPath(pathname)) {
         x.respondError(
