@@ -10,6 +10,7 @@ import {
   mkdirSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readFileSync,
   rmSync,
   writeFileSync,
@@ -197,6 +198,41 @@ function procStats(pid) {
   }
 }
 
+/** CPU seconds of each thread of a process by thread id, from /proc/PID/task (null elsewhere). */
+function threadCpu(pid) {
+  try {
+    const out = new Map();
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      out.set(tid, (Number(fields[11]) + Number(fields[12])) / CLK_TCK);
+    }
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Where a process's CPU went between two threadCpu() readings, in µs per request: the main thread, the
+ * busiest other thread (for oai-proxy, the recorder thread), and all other threads (GC helpers, libuv).
+ */
+function cpuSplit(pid, before, after, requests) {
+  if (!before || !after || !requests) return null;
+  let main = 0;
+  let busiest = 0;
+  let rest = 0;
+  for (const [tid, s] of after) {
+    const d = ((s - (before.get(tid) ?? 0)) * 1e6) / requests;
+    if (tid === String(pid)) main = d;
+    else if (d > busiest) {
+      rest += busiest;
+      busiest = d;
+    } else rest += d;
+  }
+  return { main, busiest, rest };
+}
+
 /** Sample a process's RSS every `ms` until stopped; returns the peak. */
 function rssSampler(pid, ms = 25) {
   let peak = procStats(pid)?.rssMb ?? 0;
@@ -231,6 +267,7 @@ const round = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? 
 async function cannon(target, connections, durationS) {
   const times = [];
   const before = procStats(target.pid);
+  const threadsBefore = threadCpu(target.pid);
   const instance = autocannon({
     url: `${target.origin}/v1/chat/completions`,
     method: 'POST',
@@ -243,6 +280,7 @@ async function cannon(target, connections, durationS) {
   instance.on('response', (_client, _status, _bytes, ms) => times.push(ms));
   const result = await instance;
   const after = procStats(target.pid);
+  const threadsAfter = threadCpu(target.pid);
   times.sort((a, b) => a - b);
   const requests = result.requests.total;
   return {
@@ -251,6 +289,7 @@ async function cannon(target, connections, durationS) {
     p99: percentile(times, 99),
     errors: result.errors + result.timeouts + result.non2xx,
     cpuUsPerReq: before && after && requests ? ((after.cpuS - before.cpuS) * 1e6) / requests : null,
+    cpuSplit: cpuSplit(target.pid, threadsBefore, threadsAfter, requests),
     rssMb: after?.rssMb ?? null,
   };
 }
@@ -269,6 +308,11 @@ async function httpScenario(targets, connections) {
       p50: median(rs.map((x) => x.p50)),
       p99: median(rs.map((x) => x.p99)),
       cpuUsPerReq: median(rs.map((x) => x.cpuUsPerReq ?? 0)),
+      cpuSplit: rs[0].cpuSplit && {
+        main: median(rs.map((x) => x.cpuSplit?.main ?? 0)),
+        busiest: median(rs.map((x) => x.cpuSplit?.busiest ?? 0)),
+        rest: median(rs.map((x) => x.cpuSplit?.rest ?? 0)),
+      },
       rssMb: Math.max(...rs.map((x) => x.rssMb ?? 0)),
       errors: rs.reduce((a, x) => a + x.errors, 0),
       rounds: rs.map((x) => round(x.rps, 0)),
@@ -668,6 +712,22 @@ function report(results) {
         'errors',
       ],
       rows,
+    );
+  const c64 = results.http?.c64;
+  if (c64 && names.every((n) => c64[n]?.cpuSplit))
+    printTable(
+      'Where the CPU goes at 64 connections (µs per request, median of rounds; for oai-proxy the busiest other thread is the recorder thread)',
+      ['target', 'main thread', 'busiest other thread', 'all other threads', 'total'],
+      names.map((n) => {
+        const x = c64[n].cpuSplit;
+        return [
+          `${n} c64`,
+          fmt(x.main, 0),
+          fmt(x.busiest, 0),
+          fmt(x.rest, 0),
+          fmt(x.main + x.busiest + x.rest, 0),
+        ];
+      }),
     );
   if (results.streams) {
     const s = results.streams;
