@@ -77,6 +77,13 @@ export interface ProxyServer {
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
+/**
+ * The exchange a response belongs to, for the parser's error handler. A property rather than a WeakMap:
+ * a WeakMap entry per request is an ephemeron every garbage collection has to trace.
+ */
+const kExchange = Symbol('oai-proxy exchange');
+type ResponseWithExchange = ServerResponse & { [kExchange]?: ExchangeContext };
+
 /** Per-exchange state handed to own routes. */
 export class ExchangeContext {
   readonly id: string;
@@ -289,7 +296,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const currentSecrets = typeof secretsOption === 'function' ? secretsOption : () => secretsOption;
   const cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
-  const contexts = new WeakMap<ServerResponse, ExchangeContext>();
   const clientKeys = (options.clientKeys ?? []).filter(Boolean);
   // The keys a request presents: its Bearer token first, then an Azure-style `api-key` header.
   const presentedKeys = (req: IncomingMessage): string[] => {
@@ -670,7 +676,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes as they are.
     const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
-    contexts.set(res, x);
+    (res as ResponseWithExchange)[kExchange] = x;
     res.once('close', () => {
       if (!res.writableEnded && !x.error) {
         x.error = 'client_aborted';
@@ -755,7 +761,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           : `Bad request (${err.code ?? 'malformed HTTP'})`;
     const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
     if (answering && !answering.writableFinished) {
-      const x = contexts.get(answering);
+      const x = (answering as ResponseWithExchange)[kExchange];
       answering.shouldKeepAlive = false;
       if (answering.req?.complete) {
         // Junk after a complete request (past `connection: close`, or a broken pipelined one): a second
