@@ -772,6 +772,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       } else if (x && !answering.headersSent) {
         // The body of the request being handled is malformed: answer it (recorded with its exchange).
         x.respondError(status, 'invalid_request', message, 'invalid_request_error', 'bad_request');
+        // A body already streaming upstream waits for a rest that never comes: once the answer is out,
+        // end the request, which aborts the upstream request it feeds.
+        answering.once('finish', () => answering.req.destroy());
       } else {
         socket.destroy();
       }

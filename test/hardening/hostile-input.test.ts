@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
@@ -111,6 +112,29 @@ describe('request smuggling shapes and broken framing are refused by the parser,
     expect(upstream.requests).toHaveLength(0);
     // it keeps serving
     expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
+  });
+
+  test('a malformed chunk after the body began streaming upstream → 400, closed, the upstream request ended', async () => {
+    const { port } = new URL(proxy.url);
+    const socket = connect(Number(port), '127.0.0.1');
+    const received: Buffer[] = [];
+    socket.on('data', (d) => received.push(d));
+    const closed = new Promise<void>((r) => socket.once('close', () => r()));
+    socket.on('error', () => undefined);
+    socket.write(
+      `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n`,
+    );
+    // The proxy forwards as it reads: the upstream request is open before the bad chunk arrives.
+    const deadline = Date.now() + 2000;
+    while (openUpstreamRequests().length === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 10));
+    expect(openUpstreamRequests()).toEqual([`POST ${CHAT}`]);
+    socket.write('zz\r\nmore\r\n0\r\n\r\n');
+    await closed;
+    const text = Buffer.concat(received).toString('latin1');
+    expect(text).toMatch(/^HTTP\/1\.1 400 /);
+    expect(JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)).error.code).toBe('bad_request');
+    // afterEach: no upstream request left waiting for the rest of the body
   });
 
   test('a bare LF line ending inside a header cannot inject a header upstream', async () => {
