@@ -208,11 +208,13 @@ export class ExchangeContext {
         this.requestBody = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
         resolve(this.requestBody);
       };
-      const onError = (err: Error) => {
+      // The client vanished mid-body ('aborted', then close): not the proxy's error; the exchange is
+      // recorded as client_aborted when the response closes.
+      const onError = (err: NodeJS.ErrnoException) => {
         done();
-        reject(err);
+        if (err.code === 'ECONNRESET') resolve(null);
+        else reject(err);
       };
-      // The client vanished mid-body: the exchange is recorded as client_aborted when the response closes.
       const onClose = () => {
         done();
         resolve(null);

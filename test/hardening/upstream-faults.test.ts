@@ -200,6 +200,8 @@ describe('client faults', () => {
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ error: 'client_aborted', status: null, path: '/v1/chat/completions' });
     expect(upstream.requests).toHaveLength(0);
+    // A client going away is not the proxy's error: no error line beside the exchange's own.
+    expect(proxy.logLines().filter((l) => l.level >= 50)).toEqual([]);
     await sleep(50);
     expect(openUpstreamRequests()).toEqual([]);
     await stillServing(proxy, upstream);
