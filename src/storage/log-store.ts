@@ -70,8 +70,21 @@ const COLUMNS: (keyof ExchangesTable)[] = [
   'internal',
 ];
 
-/** The SQL insert for one exchange row; shared by every writer of the exchanges table. */
+/** The SQL insert for one exchange row (named parameters: pass `toRow(record)`). */
 export const INSERT_EXCHANGE_SQL = `insert or ignore into exchanges (${COLUMNS.map((c) => `"${c}"`).join(', ')}) values (${COLUMNS.map((c) => `@${c}`).join(', ')})`;
+
+/**
+ * The same insert with positional parameters, for the batched writer: better-sqlite3 looks named
+ * parameters up on the object one by one, and an array cost 5.5 µs less per row (45 against 50.5 µs,
+ * interleaved batches of 1,000 rows).
+ */
+const INSERT_EXCHANGE_POSITIONAL_SQL = INSERT_EXCHANGE_SQL.replace(/@\w+/g, '?');
+
+/** A record's column values in INSERT_EXCHANGE_POSITIONAL_SQL's order. */
+function rowValues(r: ExchangeRecord): unknown[] {
+  const row = toRow(r);
+  return COLUMNS.map((c) => row[c]);
+}
 
 /** Map a record to its table row (JSON columns serialised, booleans as 0/1). */
 export function toRow(r: ExchangeRecord): ExchangesTable {
@@ -127,9 +140,9 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   let writeBatch: ((rows: ExchangeRecord[]) => void) | null = null;
 
   const prepare = () => {
-    insert = sqlite.prepare(INSERT_EXCHANGE_SQL);
+    insert = sqlite.prepare(INSERT_EXCHANGE_POSITIONAL_SQL);
     writeBatch = sqlite.transaction((rows: ExchangeRecord[]) => {
-      for (const r of rows) insert!.run(toRow(r));
+      for (const r of rows) insert!.run(rowValues(r));
     });
   };
 
