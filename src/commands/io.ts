@@ -36,6 +36,7 @@ export function waitForStop(io: CliIo): Promise<string> {
 export class BatchedWriter {
   private pending = '';
   private scheduled = false;
+  private ended = false;
 
   constructor(
     private readonly dest: { write(s: string): unknown },
@@ -43,6 +44,8 @@ export class BatchedWriter {
   ) {}
 
   write(s: string): boolean {
+    // After end() the destination is closed: a late line is dropped rather than thrown from a timer.
+    if (this.ended) return false;
     this.pending += s;
     if (this.pending.length >= 65_536) this.flush();
     else if (!this.scheduled) {
@@ -51,6 +54,12 @@ export class BatchedWriter {
       else setImmediate(this.flush);
     }
     return true;
+  }
+
+  /** Write what is pending; later lines are dropped (call before closing the destination). */
+  end(): void {
+    this.flush();
+    this.ended = true;
   }
 
   readonly flush = (): void => {

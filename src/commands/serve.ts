@@ -164,7 +164,8 @@ export async function startProxy(
   };
   process.on('exit', flushAtExit);
   const closeLogs = async () => {
-    flushLines();
+    batchedConsole?.flush();
+    fileLines.end();
     process.off('exit', flushAtExit);
     await logFile.end();
   };

@@ -86,3 +86,14 @@ test('isoNow formats like Date#toISOString, across minutes, seconds and millisec
   for (const t of [0, 9, 99, 999, 1000, 59_999, 60_000, Date.UTC(2030, 0, 1)])
     expect(isoNow(t)).toBe(new Date(t).toISOString());
 });
+
+test('BatchedWriter.end writes what is pending and drops later lines instead of writing to a closed file', async () => {
+  const writes: string[] = [];
+  const w = new BatchedWriter({ write: (s: string) => writes.push(s) }, 10);
+  w.write('a\n');
+  w.end();
+  expect(writes).toEqual(['a\n']);
+  expect(w.write('late\n')).toBe(false);
+  await new Promise((r) => setTimeout(r, 30));
+  expect(writes).toEqual(['a\n']);
+});
