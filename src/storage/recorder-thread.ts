@@ -71,9 +71,9 @@ const MAX_ROWS_PER_MESSAGE = 256;
 /**
  * Start the recorder thread on `path`. `record()` costs the event loop one array push; each flush
  * interval's rows go to the thread in one message, and the thread does the INSERTs, the full-text index,
- * the stats rollups and (through a worker of its own) the WAL checkpoints on its own connection. On the
- * 2-core bench machine it took p99 at 64 connections from 2.0–2.6× the bare pipe's to 1.3–1.7×, and
- * throughput from 0.38–0.59× to 0.48–0.58×, for ~0.06 ms more added latency at 1 connection.
+ * the stats rollups and (through a worker of its own) the WAL checkpoints on its own connection. When it
+ * came in, on the 2-core bench machine, it took p99 at 64 connections from 2.0–2.6× the bare pipe's to
+ * 1.3–1.7× (README, Performance, has the current figures).
  */
 export async function startRecorderThread(options: RecorderThreadOptions): Promise<RecorderThread> {
   const counters = new SharedArrayBuffer(3 * 8);

@@ -70,21 +70,22 @@ if (data.searchIndex)
   );
 jobs.push(createStatsRollup({ sqlite: () => database.sqlite, ...slices, onError: jobError('stats rollup') }));
 
-/** What `health()` reads on the main thread without asking: written, spilled, failing. */
+/**
+ * What `health()` reads on the main thread without asking: written, spilled, failing. The writer calls
+ * this (onState) after every flush, failure and spill, which are all that change them.
+ */
 function publish() {
   const h = writer.health();
   counters[0] = h.written;
   counters[1] = h.spilled;
   counters[2] = h.database === 'error' ? 1 : 0;
 }
-const publisher = setInterval(publish, Math.min(250, data.flushIntervalMs));
 
 port.on('message', (m: ToRecorder) => {
   switch (m.type) {
     case 'rows':
       // A flush interval's rows (or MAX_ROWS_PER_MESSAGE): written now, as a timed flush would.
       for (const r of m.rows as ExchangeRecord[]) writer.record(r);
-      publish();
       writer.kick();
       break;
     case 'flush': {
@@ -93,7 +94,6 @@ port.on('message', (m: ToRecorder) => {
       try {
         n = writer.flush();
       } finally {
-        publish();
         signal[1] = n;
         Atomics.store(signal, 0, 1);
         Atomics.notify(signal, 0);
@@ -101,10 +101,8 @@ port.on('message', (m: ToRecorder) => {
       break;
     }
     case 'close':
-      clearInterval(publisher);
       for (const job of jobs) job.close();
       writer.close();
-      publish();
       Promise.resolve(checkpoints.stop())
         .then(() => database.close())
         .finally(() => {
