@@ -56,6 +56,13 @@ export class BatchedWriter {
     return true;
   }
 
+  /** Take what is pending without writing it (to write it another way, e.g. synchronously at exit). */
+  take(): string {
+    const text = this.pending;
+    this.pending = '';
+    return text;
+  }
+
   /** Write what is pending; later lines are dropped (call before closing the destination). */
   end(): void {
     this.flush();

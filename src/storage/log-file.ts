@@ -1,4 +1,4 @@
-import { existsSync, renameSync, statSync } from 'node:fs';
+import { existsSync, renameSync, statSync, writeSync } from 'node:fs';
 import pino from 'pino';
 
 type Boom = ReturnType<typeof pino.destination>;
@@ -92,6 +92,23 @@ export class RotatingFile {
     this.boom.reopen();
     this.opened = this.whenOpen();
     this.size = existsSync(this.options.path) ? statSync(this.options.path).size : 0;
+  }
+
+  /**
+   * Append `chunk` now, synchronously, after whatever the file has buffered: for process exit, when a
+   * write started now would never complete. (A write already in flight may still land after it.)
+   */
+  writeSync(chunk: string): void {
+    if (chunk === '') return;
+    this.flushSync();
+    const fd = (this.boom as unknown as { fd: number }).fd;
+    if (fd < 0) return; // never opened: nothing to append to
+    try {
+      writeSync(fd, chunk);
+      this.size += chunk.length;
+    } catch {
+      // the file is gone or the disk full: at exit there is nowhere else to put it
+    }
   }
 
   flushSync(): void {

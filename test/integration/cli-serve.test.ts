@@ -8,7 +8,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
-import { createTestIo } from '../helpers/test-proxy.js';
+import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
 
 const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
 const cleanups: (() => unknown)[] = [];
@@ -74,6 +74,61 @@ describe('CLI basics', () => {
     const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path);
     expect(await main(['serve', '--port', String(port), '--db', 'x.db'], io)).toBe(1);
     expect(io.err()).toMatch(new RegExp(`port ${port} is in use; choose another with --port or PORT`));
+  });
+
+  test.each([
+    ['info', true],
+    ['warn', false],
+  ])('console not a terminal, LOG_LEVEL=%s: the exchange line is printed: %s', async (level, printed) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path, LOG_LEVEL: level }, tmp.path), signal: ac.signal };
+    const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+    let url = '';
+    for (let i = 0; i < 100 && !url; i++) {
+      url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1] ?? '';
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect((await fetch(`${url}/v1/models`)).status).toBe(200);
+    ac.abort();
+    expect(await done).toBe(0);
+    const exchangeLines = io
+      .err()
+      .split('\n')
+      .filter((l) => l.startsWith('{') && JSON.parse(l).path === '/v1/models');
+    if (printed)
+      expect(exchangeLines.map((l) => JSON.parse(l))).toEqual([
+        expect.objectContaining({
+          level: 30,
+          status: 200,
+          msg: expect.stringMatching(/^GET \/v1\/models 200 \d+ms/),
+        }),
+      ]);
+    else expect(exchangeLines).toEqual([]);
+    // The log file gets the line either way.
+    const file = readFileSync(join(tmp.path, 'oai-proxy.log'), 'utf8');
+    expect(file).toContain('"path":"/v1/models"');
+  });
+
+  test('an exit without close() (an uncaught error) still writes the batched log lines; close() unhooks it', async () => {
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const before = process.listeners('exit');
+    const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl });
+    const flushAtExit = process
+      .listeners('exit')
+      .find((l) => !before.includes(l) && l.name === 'flushAtExit');
+    expect(flushAtExit).toBeDefined();
+    expect((await fetch(`${proxy.url}/v1/models`)).status).toBe(200);
+    await proxy.waitForRows(1);
+    // The line waits in the 20 ms batch; what process exit runs writes it synchronously.
+    (flushAtExit as () => void)();
+    expect(readFileSync(proxy.logPath, 'utf8')).toContain('"path":"/v1/models"');
+    await proxy.close();
+    expect(process.listeners('exit')).not.toContain(flushAtExit);
   });
 
   test('serve in-process: banner with the real port and masked key; stops on signal with exit 0', async () => {
