@@ -184,12 +184,17 @@ async function pgBenchDatabase() {
   return { url: url.toString(), drop: () => admin(`drop database if exists ${name} with (force)`) };
 }
 
+/** User + system CPU seconds from a /proc stat file (a process's or one thread's). */
+function statCpuS(path) {
+  const stat = readFileSync(path, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
 /** CPU seconds (user+system) and RSS / peak RSS in MB of a process, from /proc (null elsewhere). */
 function procStats(pid) {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const cpuS = (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+    const cpuS = statCpuS(`/proc/${pid}/stat`);
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const kb = (key) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
     return { cpuS, rssMb: kb('VmRSS') / 1024, hwmMb: kb('VmHWM') / 1024 };
@@ -202,11 +207,8 @@ function procStats(pid) {
 function threadCpu(pid) {
   try {
     const out = new Map();
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      out.set(tid, (Number(fields[11]) + Number(fields[12])) / CLK_TCK);
-    }
+    for (const tid of readdirSync(`/proc/${pid}/task`))
+      out.set(tid, statCpuS(`/proc/${pid}/task/${tid}/stat`));
     return out;
   } catch {
     return null;
