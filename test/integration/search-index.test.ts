@@ -1,7 +1,10 @@
+import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import { type OpenDatabase, openDatabase } from '../../src/storage/database.js';
 import { createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
 let upstream: FakeUpstream | undefined;
@@ -38,4 +41,25 @@ test('SEARCH_INDEX=false: nothing is indexed, and --grep says why it finds nothi
   expect(r.code).toBe(0);
   expect(r.rows).toEqual([]);
   expect(r.err).toMatch(/not in the search index yet.*SEARCH_INDEX=false/);
+});
+
+test('the full-text index merges 16 segments per level, in new databases and in ones migrated from 0006', async () => {
+  const dir = createTempDir();
+  const path = join(dir.path, 'proxy.db');
+  const automerge = (db: OpenDatabase) =>
+    db.sqlite.prepare("select v from exchanges_fts_config where k = 'automerge'").pluck().get();
+  try {
+    let db = await openDatabase(path);
+    expect(automerge(db)).toBe(16);
+    // A database migrated up to 0006: FTS5's default (no row: 4).
+    db.sqlite.exec(`insert into exchanges_fts (exchanges_fts, rank) values ('automerge', 4);
+      delete from kysely_migration where name = '0007-search-index-automerge'`);
+    expect(automerge(db)).toBe(4);
+    await db.close();
+    db = await openDatabase(path);
+    expect(automerge(db)).toBe(16);
+    await db.close();
+  } finally {
+    dir.cleanup();
+  }
 });

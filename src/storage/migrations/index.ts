@@ -5,6 +5,7 @@ import * as m0003 from './0003-model-registry.js';
 import * as m0004 from './0004-vector-index.js';
 import * as m0005 from './0005-search-function-planning.js';
 import * as m0006 from './0006-stats-rollup.js';
+import * as m0007 from './0007-search-index-automerge.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -17,4 +18,5 @@ export const migrations: Record<string, Migration> = {
   '0004-vector-index': m0004,
   '0005-search-function-planning': m0005,
   '0006-stats-rollup': m0006,
+  '0007-search-index-automerge': m0007,
 };
