@@ -181,6 +181,12 @@ export async function startProxy(
     await database?.close();
     await pgDatabase?.close();
   };
+  // What start-up has opened so far, undone newest first when a later step fails.
+  const undo: (() => unknown)[] = [closeLogs, closeDatabase, () => checkpoints.stop()];
+  const abandon = async (err: unknown): Promise<never> => {
+    for (const step of undo.reverse()) await step();
+    throw err;
+  };
   const retired: OpenDatabase[] = [];
   // A file database is written from the recorder thread, which also runs the WAL checkpoints; this
   // thread's connection must never checkpoint (a commit here would copy the whole WAL on the event loop).
@@ -286,12 +292,8 @@ export async function startProxy(
             );
             return writeHere();
           },
-        }).catch(async (err) => {
-          checkpoints.stop();
-          await closeDatabase();
-          await closeLogs();
-          throw err;
-        });
+        }).catch(abandon);
+  undo.push(() => writer.close());
   const registryStore: RegistryStore = pgDatabase
     ? createPgRegistryStore(pgDatabase.db, (channel, onNotify, onState) =>
         subscribeNotify(pgDatabase.url, channel, onNotify, onState),
@@ -308,6 +310,7 @@ export async function startProxy(
     headersTimeoutMs: config.upstreamHeadersTimeoutMs,
     idleTimeoutMs: config.upstreamIdleTimeoutMs,
   });
+  undo.push(() => dispatcher.close());
   // Scrubbed from everything recorded. A reload adds the keys it brings and keeps the old ones (they may
   // still be echoed in answers to requests made before it); the admin key is the current one.
   let secrets: string[] = [];
@@ -327,13 +330,9 @@ export async function startProxy(
         (() => resolveConfig({ configPath: resolved.configFile, env: io.env, cwd: io.cwd })),
     });
   } catch (err) {
-    await writer.close();
-    checkpoints.stop();
-    await closeDatabase();
-    await closeLogs();
-    await dispatcher.close();
-    throw err;
+    return abandon(err);
   }
+  undo.push(() => registry.close());
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
   const vector = config.qdrantUrl
     ? await startVectorIndexing(resolved, {
@@ -344,16 +343,9 @@ export async function startProxy(
           writer.record(r);
           logger.info({ ...exchangeLogLine(r), internal: true }, 'internal exchange');
         },
-      }).catch(async (err) => {
-        registry.close();
-        await writer.close();
-        checkpoints.stop();
-        await closeDatabase();
-        await closeLogs();
-        await dispatcher.close();
-        throw err;
-      })
+      }).catch(abandon)
     : null;
+  if (vector) undo.push(() => vector.close());
 
   const proxy = createProxyServer({
     limits: {
@@ -417,16 +409,7 @@ export async function startProxy(
       );
     });
     proxy.server.listen(config.port, config.host, () => resolve());
-  }).catch(async (err) => {
-    registry.close();
-    await vector?.close();
-    await writer.close();
-    checkpoints.stop();
-    await closeDatabase();
-    await closeLogs();
-    await dispatcher.close();
-    throw err;
-  });
+  }).catch(abandon);
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
