@@ -68,14 +68,12 @@ export class ModelStore {
     if (this.isSeeded()) return false;
     const copy = (table: 'models' | 'model_mappings') => {
       const rows = from.prepare(`select * from ${table}`).all() as Record<string, unknown>[];
-      for (const row of rows) {
-        const cols = Object.keys(row);
-        this.sqlite
-          .prepare(
-            `insert into ${table} (${cols.map((c) => `"${c}"`).join(', ')}) values (${cols.map(() => '?').join(', ')})`,
-          )
-          .run(...cols.map((c) => row[c]));
-      }
+      if (rows.length === 0) return 0;
+      const cols = Object.keys(rows[0]);
+      const insert = this.sqlite.prepare(
+        `insert into ${table} (${cols.map((c) => `"${c}"`).join(', ')}) values (${cols.map(() => '?').join(', ')})`,
+      );
+      for (const row of rows) insert.run(...cols.map((c) => row[c]));
       return rows.length;
     };
     return this.sqlite.transaction(() => copy('models') + copy('model_mappings') > 0).immediate();
