@@ -6,7 +6,7 @@ import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../confi
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
 import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
-import { ModelStore } from '../registry/model-store.js';
+import { ModelStore, type RegistryRows } from '../registry/model-store.js';
 import {
   createPgRegistryStore,
   createSqliteRegistryStore,
@@ -187,7 +187,6 @@ export async function startProxy(
     for (const step of undo.reverse()) await step();
     throw err;
   };
-  const retired: OpenDatabase[] = [];
   // A file database is written from the recorder thread, which also runs the WAL checkpoints; this
   // thread's connection must never checkpoint (a commit here would copy the whole WAL on the event loop).
   const threaded = database !== null && database.path !== ':memory:';
@@ -195,33 +194,48 @@ export async function startProxy(
     startBackgroundCheckpoints(database.sqlite, {
       onError: (err) => logger.warn(`database ${where}: ${(err as Error)?.message ?? String(err)}`),
     });
-  let checkpoints: { stop(): void | Promise<void> } = { stop: () => undefined };
+  const noCheckpoints = { stop: () => undefined };
+  let checkpoints: { stop(): void | Promise<void> } = noCheckpoints;
   if (threaded) database.sqlite.pragma('wal_autocheckpoint = 0');
   else if (database) checkpoints = checkpointsHere();
+  /**
+   * The database file was deleted or replaced: close this thread's handle on the old file (after the
+   * recorder thread closed its own, see RecorderThreadOptions.onMoved), then open the file now at the path.
+   * The last handle to close removes the old file's -wal and -shm; a new file opened beside them would
+   * share them, and SQLite would read and checkpoint the old file's pages into it (a backup put in place
+   * would be overwritten). The registry follows: a recreated (empty) file gets the old file's rows; a
+   * replacement with a registry of its own keeps that one.
+   */
+  const reopenHere = async (): Promise<OpenDatabase> => {
+    const old = database;
+    let registryRows: RegistryRows | null = null;
+    try {
+      registryRows = new ModelStore(old.sqlite).rows();
+    } catch (err) {
+      logger.warn(`database ${where}: the model registry could not be read: ${(err as Error).message}`);
+    }
+    const checkpointing = checkpoints !== noCheckpoints;
+    await checkpoints.stop();
+    checkpoints = noCheckpoints;
+    await old.close().catch(() => undefined);
+    old.removeLeftovers();
+    const next = await openDatabase(where);
+    database = next;
+    if (threaded) next.sqlite.pragma('wal_autocheckpoint = 0');
+    if (checkpointing) checkpoints = checkpointsHere();
+    try {
+      if (registryRows) new ModelStore(next.sqlite).adopt(registryRows);
+    } catch (err) {
+      logger.warn(
+        `database ${where}: the model registry could not be copied to the new file: ${(err as Error).message}`,
+      );
+    }
+    void registry?.refresh();
+    logger.warn(`database ${where} was deleted or replaced; recording into a new file there`);
+    return next;
+  };
   const writerOptions = {
-    reopen: {
-      moved: () => database.moved(),
-      async open() {
-        const next = await openDatabase(where);
-        checkpoints.stop();
-        if (threaded) next.sqlite.pragma('wal_autocheckpoint = 0');
-        retired.push(database);
-        const old = database;
-        database = next;
-        // The registry follows: a recreated (empty) file gets the rows the old one held, still readable
-        // through its open handle; a replacement with a registry of its own keeps that one.
-        try {
-          new ModelStore(next.sqlite).adoptFrom(old.sqlite);
-        } catch (err) {
-          logger.warn(
-            `database ${where}: the model registry could not be copied to the new file: ${(err as Error).message}`,
-          );
-        }
-        void registry?.refresh();
-        logger.warn(`database ${where} was deleted or replaced; recording into a new file there`);
-        return next.sqlite;
-      },
-    },
+    reopen: { moved: () => database.moved(), open: async () => (await reopenHere()).sqlite },
   };
   const recording: RecordingWriterOptions = {
     flushIntervalMs: config.logFlushIntervalMs,
@@ -281,8 +295,8 @@ export async function startProxy(
           path: database.path,
           searchIndex: config.searchIndex,
           ...recording,
-          onReopened: () => {
-            void writerOptions.reopen.open().catch((err) => recording.onError?.(err as Error));
+          onMoved: async () => {
+            await reopenHere();
           },
           onJobError: (job, err) =>
             logger.warn({ err: { message: err.message } }, `${job} failed; will retry`),
@@ -451,7 +465,6 @@ export async function startProxy(
         await checkpoints.stop();
         await dispatcher.close().catch(() => undefined);
         await closeDatabase();
-        for (const old of retired) await old.close().catch(() => undefined);
         await closeLogs();
       })();
       return closing;

@@ -14,6 +14,12 @@ export interface RegistryDatabase {
   pragma(source: string, options: { simple: true }): unknown;
 }
 
+/** The registry tables' rows as stored (see `ModelStore.rows`). */
+export interface RegistryRows {
+  models: Record<string, unknown>[];
+  model_mappings: Record<string, unknown>[];
+}
+
 /** Fields of a model a user adds. */
 export interface NewModel {
   name: string;
@@ -58,23 +64,30 @@ export class ModelStore {
     );
   }
 
+  /** Every registry row, tombstones and sources included (to carry the registry to a new file: `adopt`). */
+  rows(): RegistryRows {
+    return {
+      models: this.sqlite.prepare('select * from models').all() as Record<string, unknown>[],
+      model_mappings: this.sqlite.prepare('select * from model_mappings').all() as Record<string, unknown>[],
+    };
+  }
+
   /**
-   * Copy every registry row (tombstones and sources included) from `from` into this database, if this
-   * one has none: a database file deleted while `serve` ran is recreated empty, and the registry it held
-   * is still readable through the old open handle. A replacement that has a registry of its own keeps it.
-   * Returns whether anything was copied.
+   * Copy `rows` (another file's `rows()`) into this database, if it has no registry yet: a database file
+   * deleted while `serve` ran is recreated empty, and the registry comes over from the old file. A
+   * replacement that has a registry of its own keeps it. Returns whether anything was copied.
    */
-  adoptFrom(from: RegistryDatabase): boolean {
+  adopt(rows: RegistryRows): boolean {
     if (this.isSeeded()) return false;
-    const copy = (table: 'models' | 'model_mappings') => {
-      const rows = from.prepare(`select * from ${table}`).all() as Record<string, unknown>[];
-      if (rows.length === 0) return 0;
-      const cols = Object.keys(rows[0]);
+    const copy = (table: keyof RegistryRows) => {
+      const list = rows[table];
+      if (list.length === 0) return 0;
+      const cols = Object.keys(list[0]);
       const insert = this.sqlite.prepare(
         `insert into ${table} (${cols.map((c) => `"${c}"`).join(', ')}) values (${cols.map(() => '?').join(', ')})`,
       );
-      for (const row of rows) insert.run(...cols.map((c) => row[c]));
-      return rows.length;
+      for (const row of list) insert.run(...cols.map((c) => row[c]));
+      return list.length;
     };
     return this.sqlite.transaction(() => copy('models') + copy('model_mappings') > 0).immediate();
   }

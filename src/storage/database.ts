@@ -1,4 +1,4 @@
-import { closeSync, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
@@ -16,6 +16,13 @@ export interface OpenDatabase {
   readonly: boolean;
   /** True when the file at `path` is no longer the one this handle writes (deleted or replaced). */
   moved(): boolean;
+  /**
+   * Once every handle on a deleted or replaced file is closed: remove the -wal and -shm files it used if
+   * they are still at the path (SQLite leaves them when the database file was unlinked). A new file opened
+   * beside them would share them, and SQLite would read the old file's pages from that WAL and checkpoint
+   * them into the new file. Files at those paths that are not the ones this handle used are left alone.
+   */
+  removeLeftovers(): void;
   close(): Promise<void>;
 }
 
@@ -49,12 +56,19 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
   }
   const db = new Kysely<DatabaseSchema>({ dialect: new SqliteDialect({ database: sqlite }) });
   const identity = memory ? null : fileIdentity(path);
+  // The WAL and its index exist from the first read in WAL mode, and keep their inode while open.
+  const companions =
+    memory || readonly ? [] : [`${path}-wal`, `${path}-shm`].map((f) => ({ f, id: fileIdentity(f) }));
   const handle: OpenDatabase = {
     path,
     sqlite,
     db,
     readonly,
     moved: () => identity !== null && fileIdentity(path) !== identity,
+    removeLeftovers() {
+      for (const { f, id } of companions)
+        if (id !== null && fileIdentity(f) === id) rmSync(f, { force: true });
+    },
     async close() {
       await db.destroy();
     },

@@ -22,6 +22,8 @@ export type ToRecorder =
   | { type: 'rows'; rows: ExchangeRecord[] }
   /** Write everything queued; then set Int32Array(signal)[1] to the rows written and [0] to 1, and notify. */
   | { type: 'flush'; signal: SharedArrayBuffer }
+  /** Answers `moved`: this thread let go of the old file (and opened the new one, if it could). */
+  | { type: 'reopen' }
   | { type: 'close' };
 
 /** Recorder thread → main thread. */
@@ -31,7 +33,8 @@ export type FromRecorder =
   | { type: 'spill'; rows: ExchangeRecord[] }
   | { type: 'error'; message: string; code?: string }
   | { type: 'recover' }
-  | { type: 'reopened' }
+  /** The database file was deleted or replaced; the thread closed its handle on it and waits for `reopen`. */
+  | { type: 'moved' }
   | { type: 'job-error'; job: string; message: string }
   | { type: 'closed' };
 
@@ -40,8 +43,14 @@ export interface RecorderThreadOptions extends RecordingWriterOptions {
   path: string;
   /** Keep the full-text index for `logs --grep` current (SEARCH_INDEX). */
   searchIndex: boolean;
-  /** The thread reopened a deleted or replaced database file at its path. */
-  onReopened?(): void;
+  /**
+   * The database file was deleted or replaced, and the thread has closed its handles on it. Close this
+   * thread's handle on it too, then open the file now at the path; the thread opens it when this settles.
+   * Every handle on the old file must be closed first: the last one to close removes the old file's
+   * -wal and -shm, which a new file at the path would otherwise share (SQLite would read the old file's
+   * pages from that WAL and checkpoint them into the new file).
+   */
+  onMoved?(): Promise<void>;
   /** A background job (full-text indexing, stats rollup) failed; it retries by itself. */
   onJobError?(job: string, err: Error): void;
   /**
@@ -131,9 +140,14 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
         lastError = null;
         options.onRecover?.();
         break;
-      case 'reopened':
-        options.onReopened?.();
+      case 'moved': {
+        const answer = () => worker.postMessage({ type: 'reopen' } satisfies ToRecorder);
+        Promise.resolve(options.onMoved?.()).then(answer, (err: Error) => {
+          options.onError?.(err);
+          answer();
+        });
         break;
+      }
       case 'job-error':
         options.onJobError?.(m.job, new Error(m.message));
         break;

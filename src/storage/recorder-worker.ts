@@ -45,16 +45,23 @@ const writer = createExchangeWriter({
   reopen: {
     moved: () => database.moved(),
     async open() {
-      const old = database;
+      // Every handle on the old file is closed before any opens the new one (see onMoved): this thread's
+      // two, then the main thread's, which then opens the new file (creating and migrating it).
       await checkpoints.stop();
+      await database.close().catch(() => undefined);
+      await new Promise<void>((resolve) => {
+        reopened = resolve;
+        post({ type: 'moved' });
+      });
       database = await openDatabase(data.path);
       checkpoints = startBackgroundCheckpoints(database.sqlite, checkpointOptions);
-      await old.close().catch(() => undefined);
-      post({ type: 'reopened' });
       return database.sqlite;
     },
   },
 });
+
+/** Resolves the wait in `reopen.open()` when the main thread answers `moved`. */
+let reopened: (() => void) | null = null;
 
 const jobs: BackgroundSlices[] = [];
 const jobError = (job: string) => (err: Error) => post({ type: 'job-error', job, message: err.message });
@@ -100,6 +107,10 @@ port.on('message', (m: ToRecorder) => {
       }
       break;
     }
+    case 'reopen':
+      reopened?.();
+      reopened = null;
+      break;
     case 'close':
       for (const job of jobs) job.close();
       writer.close();

@@ -174,9 +174,7 @@ describe('database trouble while running', () => {
       await until('the next row', () => countRows(proxy.dbPath) === 5);
       expect(readFileSync(proxy.dbPath).subarray(0, 15).toString()).toBe('SQLite format 3');
       // The registry moved with it: the new file holds the model, and edits to the new file reach the proxy.
-      // (Only checked when the old -wal and -shm went too: a new file next to the old ones shares the old
-      // WAL index through the still-open handles — noted in the README.)
-      if (how !== 'delete') return;
+      // (The old -wal and -shm, when left behind, were removed before the new file was opened.)
       const list = await models(proxy, 'list', '--json');
       expect(JSON.parse(list.out).models.map((m: { name: string }) => m.name)).toContain('before-model');
       expect((await models(proxy, 'add', 'after-model')).code).toBe(0);
@@ -185,4 +183,33 @@ describe('database trouble while running', () => {
       );
     },
   );
+
+  test('database file replaced by a backup while running: the backup keeps its rows and gets the new ones', async () => {
+    const { proxy } = await setup();
+    for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(3);
+    const backup = `${proxy.dbPath}.backup`;
+    const live = new Database(proxy.dbPath);
+    live.exec(`vacuum into '${backup}'`);
+    live.close();
+    // Rows the backup does not have, still in the WAL (not checkpointed into the file yet) or not.
+    for (let i = 0; i < 2; i++) expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(5);
+    renameSync(backup, proxy.dbPath);
+    for (let i = 0; i < 4; i++) expect((await chat(proxy.url)).status).toBe(200);
+    // The old file's WAL was not applied to the backup: it holds its own 3 rows and the 4 new ones.
+    await until('the backup with the new rows', () => {
+      try {
+        return countRows(proxy.dbPath) === 7;
+      } catch {
+        return false;
+      }
+    });
+    expect((await health(proxy.url)).database).toBe('ok');
+    const check = new Database(proxy.dbPath, { readonly: true });
+    expect(check.pragma('integrity_check', { simple: true })).toBe('ok');
+    check.close();
+    expect((await chat(proxy.url)).status).toBe(200);
+    await until('the next row', () => countRows(proxy.dbPath) === 8);
+  });
 });
