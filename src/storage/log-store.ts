@@ -18,7 +18,10 @@ export interface ExchangeWriter extends ExchangeSink {
   /** Start a timed flush now (short lock waits, back-off and slices apply), instead of at the next tick. */
   kick(): void;
   health(): ExchangeWriterHealth;
-  /** Flush what is queued and stop the timer (the database handle stays open). */
+  /**
+   * Flush what is queued and stop the timer (the database handle stays open). Rows the database still
+   * refuses, and rows recorded afterwards, go to `onSpill` (they reach the log file instead of being lost).
+   */
   close(): void;
 }
 
@@ -136,6 +139,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   let failing = false;
   let retryAt = 0;
   let backoff = options.flushIntervalMs;
+  let closed = false;
   let insert: ReturnType<SqliteHandle['prepare']> | null = null;
   let writeBatch: ((rows: ExchangeRecord[]) => void) | null = null;
 
@@ -250,15 +254,18 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   }, options.flushIntervalMs);
   timer.unref();
 
+  /** Rows that will not be written: to `onSpill` (the log file), counted. */
+  const spill = (rows: ExchangeRecord[]) => {
+    spilled += rows.length;
+    options.onSpill?.(rows);
+    options.onState?.();
+  };
+
   return {
     record(exchange) {
+      if (closed) return spill([exchange]);
       queue.push(exchange);
-      if (queue.length > queueMax) {
-        const over = queue.splice(0, queue.length - queueMax);
-        spilled += over.length;
-        options.onSpill?.(over);
-        options.onState?.();
-      }
+      if (queue.length > queueMax) spill(queue.splice(0, queue.length - queueMax));
     },
     flush: () => flush(),
     kick() {
@@ -268,8 +275,16 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       return { database: failing ? 'error' : 'ok', queued: queue.length, written, spilled, lastError };
     },
     close() {
+      if (closed) return;
       clearInterval(timer);
       flush();
+      closed = true;
+      // Rows the database still refuses would go with the process: they reach the log file instead.
+      if (queue.length > 0) {
+        const rest = queue;
+        queue = [];
+        spill(rest);
+      }
     },
   };
 }

@@ -121,6 +121,23 @@ describe('database trouble while running', () => {
     expect(kept.every((id) => id > newestSpilled)).toBe(true);
   });
 
+  test('disk still full at shutdown: the queued rows go to the log file, with their bodies', async () => {
+    const { proxy } = await setup();
+    const full = fillDisk(proxy.dbPath);
+    for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.running.close();
+    full.free();
+    const spilled = readFileSync(proxy.logPath, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l))
+      .filter((l) => l.spilled_exchange);
+    expect(spilled).toHaveLength(3);
+    expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
+    expect(spilled[0].spilled_exchange.request_body).toContain('"messages"');
+    expect(countRows(proxy.dbPath)).toBe(0);
+  });
+
   test('file made read-only (chmod 0444) while running: the open handle keeps recording', async () => {
     const { proxy } = await setup();
     expect((await chat(proxy.url)).status).toBe(200);

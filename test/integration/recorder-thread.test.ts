@@ -68,6 +68,19 @@ describe('the recorder thread (serve on an SQLite file)', () => {
     await thread.close();
   });
 
+  test('rows the database still refuses at close() spill back to this thread, not lost with it', async () => {
+    const spilled: ExchangeRecord[] = [];
+    const thread = await start({ onSpill: (rows) => spilled.push(...rows), onError: () => undefined });
+    const full = fillDisk(path);
+    const records = Array.from({ length: 4 }, () => makeRecord());
+    for (const r of records) thread.record(r);
+    await thread.close();
+    full.free();
+    expect(spilled.map((r) => r.id)).toEqual(records.map((r) => r.id));
+    expect(spilled[3].responseBody).toBe(records[3].responseBody);
+    expect(count('select count(*) from exchanges')).toBe(0);
+  });
+
   test('a failing database: the oldest rows spill back to this thread with their bodies, the rest are written once it recovers', async () => {
     const spilled: ExchangeRecord[] = [];
     const errors: Error[] = [];
