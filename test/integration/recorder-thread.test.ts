@@ -48,7 +48,7 @@ describe('the recorder thread (serve on an SQLite file)', () => {
       makeRecord({ startedAt: Date.now() - 2 * HOUR + i, requestBody: `{"q":"zanzibar ${i}"}` }),
     );
     for (const r of records) thread.record(r);
-    expect(thread.health().queued).toBe(300); // handed over in messages of at most 256
+    expect(thread.health().queued).toBe(300); // handed over in messages of at most 64
     thread.flush();
     expect(count('select count(*) from exchanges')).toBe(300);
     expect(thread.health()).toMatchObject({
@@ -65,6 +65,16 @@ describe('the recorder thread (serve on an SQLite file)', () => {
       count(`select coalesce(sum(requests), 0) from exchange_stats where dim = 'model'`) === 300;
     while (!done() && Date.now() < deadline) await sleep(20);
     expect(done()).toBe(true);
+    await thread.close();
+  });
+
+  test('without flush(), rows of full messages and of a flush interval all land within a few intervals', async () => {
+    const thread = await start({ flushIntervalMs: 50 });
+    const records = Array.from({ length: 150 }, () => makeRecord()); // two full messages and 22 rows
+    for (const r of records) thread.record(r);
+    const deadline = Date.now() + 1000;
+    while (count('select count(*) from exchanges') < 150 && Date.now() < deadline) await sleep(10);
+    expect(count('select count(*) from exchanges')).toBe(150);
     await thread.close();
   });
 
