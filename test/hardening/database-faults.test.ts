@@ -97,6 +97,11 @@ describe('database trouble while running', () => {
     expect(h.database_error).toMatch(/full/i);
     expect(h.queued_log_rows).toBeLessThanOrEqual(100);
     expect(h.spilled_log_rows).toBe(130 - h.queued_log_rows);
+    // /health counts a spill when the thread makes it; the rows reach this thread's log in a message.
+    await until(
+      'every spilled row in the log file',
+      () => proxy.logLines().filter((l) => l.spilled_exchange).length >= h.spilled_log_rows,
+    );
     const spilled = proxy.logLines().filter((l) => l.spilled_exchange);
     expect(spilled).toHaveLength(h.spilled_log_rows);
     expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
