@@ -200,10 +200,10 @@ export async function startProxy(
   else if (database) checkpoints = checkpointsHere();
   /**
    * The database file was deleted or replaced: close this thread's handle on the old file (after the
-   * recorder thread closed its own, see RecorderThreadOptions.onMoved), then open the file now at the path.
-   * The last handle to close removes the old file's -wal and -shm; a new file opened beside them would
-   * share them, and SQLite would read and checkpoint the old file's pages into it (a backup put in place
-   * would be overwritten). The registry follows: a recreated (empty) file gets the old file's rows; a
+   * recorder thread closed its own, see RecorderThreadOptions.onMoved), remove the -wal and -shm it left
+   * at the path (SQLite keeps them once the file was unlinked; a new file opened beside them would share
+   * them, and a backup put in place would be overwritten with the old file's pages), then open the file
+   * now at the path. The registry follows: a recreated (empty) file gets the old file's rows; a
    * replacement with a registry of its own keeps that one.
    */
   const reopenHere = async (): Promise<OpenDatabase> => {

@@ -1,9 +1,12 @@
 import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import { openDatabase } from '../../src/storage/database.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { sleep } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
 
 const setup = proxyWithUpstreamPerTest();
@@ -234,4 +237,34 @@ describe('database trouble while running', () => {
     expect((await chat(proxy.url)).status).toBe(200);
     await until('the next row', () => countRows(proxy.dbPath) === 8);
   });
+});
+
+test.each([
+  ['the old file’s -wal and -shm are removed', false],
+  ['a replacement’s own -wal and -shm are kept', true],
+])('removeLeftovers after the database file was moved away: %s', async (_n, replacedToo) => {
+  const tmp = createTempDir();
+  try {
+    const path = join(tmp.path, 'proxy.db');
+    const db = await openDatabase(path);
+    db.sqlite.exec('create table t (x); insert into t values (1)');
+    renameSync(path, `${path}.old`);
+    if (replacedToo) {
+      // A backup moved in with its own companions (other files, other inodes).
+      writeFileSync(`${path}.new-wal`, 'backup wal');
+      writeFileSync(`${path}.new-shm`, 'backup shm');
+      renameSync(`${path}.new-wal`, `${path}-wal`);
+      renameSync(`${path}.new-shm`, `${path}-shm`);
+    }
+    expect(db.moved()).toBe(true);
+    await db.close();
+    // SQLite itself leaves the WAL of an unlinked database file behind.
+    expect(existsSync(`${path}-wal`)).toBe(true);
+    db.removeLeftovers();
+    expect(existsSync(`${path}-wal`)).toBe(replacedToo);
+    expect(existsSync(`${path}-shm`)).toBe(replacedToo);
+    if (replacedToo) expect(readFileSync(`${path}-wal`, 'utf8')).toBe('backup wal');
+  } finally {
+    tmp.cleanup();
+  }
 });
