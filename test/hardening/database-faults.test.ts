@@ -101,11 +101,11 @@ describe('database trouble while running', () => {
     expect(h.queued_log_rows).toBeLessThanOrEqual(100);
     expect(h.spilled_log_rows).toBe(130 - h.queued_log_rows);
     // /health counts a spill when the thread makes it; the rows reach this thread's log in a message.
-    await until(
-      'every spilled row in the log file',
-      () => proxy.logLines().filter((l) => l.spilled_exchange).length >= h.spilled_log_rows,
-    );
-    const spilled = proxy.logLines().filter((l) => l.spilled_exchange);
+    const spilled = (
+      await proxy.waitForLogLines(
+        (lines) => lines.filter((l) => l.spilled_exchange).length >= h.spilled_log_rows,
+      )
+    ).filter((l) => l.spilled_exchange);
     expect(spilled).toHaveLength(h.spilled_log_rows);
     expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
     expect(spilled[0].spilled_exchange.request_body).toContain('xxx');
@@ -193,7 +193,8 @@ describe('database trouble while running', () => {
       // a file the proxy creates holds prompts: 0600 (a replacement keeps its owner's mode)
       if (how !== 'replace') expect(statSync(proxy.dbPath).mode & 0o777).toBe(0o600);
       expect((await health(proxy.url)).database).toBe('ok');
-      expect(proxy.logLines().some((l) => /deleted or replaced/.test(l.msg ?? ''))).toBe(true);
+      const moved = (l: Record<string, any>) => /deleted or replaced/.test(l.msg ?? '');
+      expect((await proxy.waitForLogLines((lines) => lines.some(moved))).some(moved)).toBe(true);
       // still recording into the new file
       expect((await chat(proxy.url)).status).toBe(200);
       await until('the next row', () => countRows(proxy.dbPath) === 5);

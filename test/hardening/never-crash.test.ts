@@ -61,10 +61,13 @@ test('an exception in a handler never kills the proxy: 500 in OpenAI shape (or a
     ['/v1/models', 200, null],
   ]);
   expect(onRecordCalls).toBe(4);
-  const errors = proxy
-    .logLines()
-    .filter((l) => l.level >= 50)
-    .map((l) => l.msg);
+  const errorLines = (lines: Record<string, any>[]) =>
+    lines.filter((l) => l.level >= 50).map((l) => l.msg as string);
+  const errors = errorLines(
+    await proxy.waitForLogLines((lines) =>
+      errorLines(lines).includes('error while handling GET /v1/boom-async'),
+    ),
+  );
   expect(errors).toEqual(
     expect.arrayContaining([
       'error while handling GET /v1/boom-sync',

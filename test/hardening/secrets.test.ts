@@ -173,7 +173,8 @@ test('every flow that carries a key leaves no trace of it: database, log file, c
     );
   }
   await sleep(300);
-  expect(proxy.logLines().some((l) => l.spilled_exchange)).toBe(true);
+  const lines = await proxy.waitForLogLines((ls) => ls.some((l) => l.spilled_exchange));
+  expect(lines.some((l) => l.spilled_exchange)).toBe(true);
   full.free();
   await sleep(300);
 

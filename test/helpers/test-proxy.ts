@@ -21,6 +21,14 @@ export interface TestProxy {
   rows(): ExchangesTable[];
   /** The log file's JSON lines, parsed (after flushing). */
   logLines(): Record<string, any>[];
+  /**
+   * The log file's lines once `check` accepts them. Lines reach the file in asynchronous writes, and
+   * `logLines()` cannot see one still in flight: assert on lines logged moments ago through this.
+   */
+  waitForLogLines(
+    check: (lines: Record<string, any>[]) => boolean,
+    timeoutMs?: number,
+  ): Promise<Record<string, any>[]>;
   /** Wait until at least `n` rows are recorded. */
   waitForRows(n: number, timeoutMs?: number): Promise<ExchangesTable[]>;
   close(): Promise<void>;
@@ -102,6 +110,14 @@ export async function startTestProxy(
           .map((l) => JSON.parse(l));
       } catch {
         return [];
+      }
+    },
+    async waitForLogLines(check, timeoutMs = 5000) {
+      const end = Date.now() + timeoutMs;
+      for (;;) {
+        const lines = proxy.logLines();
+        if (check(lines) || Date.now() > end) return lines;
+        await new Promise((r) => setTimeout(r, 20));
       }
     },
     async waitForRows(n, timeoutMs = 5000) {
