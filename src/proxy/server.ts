@@ -64,6 +64,11 @@ export interface ProxyServerOptions {
   /** ADMIN_API_KEY: never forwarded upstream, even when a client presents it as its API key. */
   adminKey?: string | (() => string | undefined);
   onError?: (err: Error, context: string) => void;
+  /**
+   * Told the size of each request-body chunk that streams through unbuffered (uploads), so memory the
+   * parser allocated for them can be released promptly (see body-memory.ts).
+   */
+  onStreamedBody?: (bytes: number) => void;
 }
 
 export interface ProxyServer {
@@ -288,7 +293,7 @@ export function parseTarget(rawUrl: string): { pathname: string; query: string }
 
 /** Create the node:http proxy server. Call `server.listen()` yourself. */
 export function createProxyServer(options: ProxyServerOptions): ProxyServer {
-  const { limits, dispatcher, sink } = options;
+  const { limits, dispatcher, sink, onStreamedBody } = options;
   const startTime = Date.now();
   let requestsTotal = 0;
   let inflight = 0;
@@ -429,6 +434,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         maxBytes: limits.maxRequestBodyBytes,
         onChunk: (chunk) => {
           capture.bytes += chunk.length;
+          onStreamedBody?.(chunk.length);
         },
       });
       const scan = multipart;
@@ -442,6 +448,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         for await (const chunk of req as AsyncIterable<Buffer>) {
           if (keep) capture.push(chunk);
           else capture.bytes += chunk.length;
+          onStreamedBody?.(chunk.length);
           yield chunk;
         }
         // Cut off (client gone, body refused): fail the upstream request rather than send it short.
