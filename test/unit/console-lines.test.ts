@@ -2,7 +2,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import pino from 'pino';
 import { expect, test } from 'vitest';
 import { BatchedWriter } from '../../src/commands/io.js';
-import { exchangeLogLine, exchangeLogText, isoNow } from '../../src/commands/serve.js';
+import { exchangeLogLine, exchangeLogText, isoNow, jsonString } from '../../src/commands/serve.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 
 const record = (over: Partial<ExchangeRecord> = {}): ExchangeRecord =>
@@ -78,6 +78,26 @@ test('BatchedWriter with a delay writes after it, not before', async () => {
   expect(writes).toEqual([]);
   await new Promise((r) => setTimeout(r, 60));
   expect(writes).toEqual(['a\n']);
+});
+
+test.each([
+  ['plain', '/v1/chat/completions'],
+  ['empty', ''],
+  ['quote', 'say "hi"'],
+  ['backslash', 'C:\\path'],
+  ['newline and tab', 'a\nb\tc'],
+  ['NUL and DEL', '\u0000x\u007f'],
+  ['non-ASCII', 'modèle 模型 🚀'],
+  ['line separator', 'a\u2028b'],
+  ['lone surrogate', 'a\ud800b'],
+  ['every printable ASCII', String.fromCharCode(...Array.from({ length: 95 }, (_, i) => i + 32))],
+])('jsonString is JSON.stringify: %s', (_name, s) => {
+  expect(jsonString(s)).toBe(JSON.stringify(s));
+  expect(JSON.parse(jsonString(s))).toBe(s);
+});
+
+test('jsonString(null) is null', () => {
+  expect(jsonString(null)).toBe('null');
 });
 
 test('isoNow formats like Date#toISOString, across minutes, seconds and milliseconds', () => {
