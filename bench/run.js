@@ -1,9 +1,10 @@
 // `npm run bench [-- --quick] [-- --only=http,streams,recorder,concurrency,upload,logs] [-- --profile]`
+// `npm run bench -- --only=instructions` (needs valgrind; not part of the default set)
 //
 // Starts on 127.0.0.1 a fake upstream, the bare pipe proxy (the floor) and `oai-proxy serve` with full
 // recording, each as its own child process, drives them in the same run (interleaved, after a warm-up),
 // prints one table with ratios and writes the same as JSON under bench/results/. Run `npm run build` first.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -78,10 +79,15 @@ const CLIENT_HEADERS = { 'content-type': 'application/json', authorization: 'Bea
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Spawn a node child whose stdout+stderr go to a file; resolve once `pattern` shows its port. */
-async function spawnServer(name, args, { env = {}, nodeArgs = [], pattern = /listening (\d+)/ } = {}) {
+async function spawnServer(
+  name,
+  args,
+  { env = {}, nodeArgs = [], pattern = /listening (\d+)/, wrap = [], startTimeoutMs = 20_000 } = {},
+) {
   const logPath = join(tmp, `${name}-${children.size}.out`);
   const fd = openSync(logPath, 'w');
-  const proc = spawn(process.execPath, [...nodeArgs, ...args], {
+  const command = [...wrap, process.execPath, ...nodeArgs, ...args];
+  const proc = spawn(command[0], command.slice(1), {
     cwd: tmp,
     env: {
       PATH: process.env.PATH,
@@ -99,7 +105,7 @@ async function spawnServer(name, args, { env = {}, nodeArgs = [], pattern = /lis
     exited = { code, signal };
     children.delete(proc);
   });
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + startTimeoutMs;
   for (;;) {
     const out = existsSync(logPath) ? readFileSync(logPath, 'utf8') : '';
     const m = pattern.exec(out);
@@ -134,10 +140,10 @@ function stopChild(proc) {
 }
 
 const startUpstream = () => spawnServer('upstream', [join(root, 'bench', 'fake-upstream.js')]);
-const startBare = (upstream) =>
-  spawnServer('bare-pipe', [join(root, 'bench', 'bare-pipe.js'), upstream.origin]);
+const startBare = (upstream, spawnOptions = {}) =>
+  spawnServer('bare-pipe', [join(root, 'bench', 'bare-pipe.js'), upstream.origin], spawnOptions);
 let proxyCount = 0;
-const startProxy = (upstream, env = {}, { name = 'oai-proxy', db } = {}) => {
+const startProxy = (upstream, env = {}, { name = 'oai-proxy', db, ...spawnOptions } = {}) => {
   const n = proxyCount++;
   return spawnServer(
     name,
@@ -159,6 +165,7 @@ const startProxy = (upstream, env = {}, { name = 'oai-proxy', db } = {}) => {
       env,
       nodeArgs: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`] : [],
       pattern: /listening on http:\/\/127\.0\.0\.1:(\d+)/,
+      ...spawnOptions,
     },
   );
 };
@@ -707,6 +714,93 @@ async function uploadBench(upstream) {
   return out;
 }
 
+// ---------------------------------------------------------------- instructions per request (callgrind)
+
+const hasValgrind = () => {
+  try {
+    execFileSync('valgrind', ['--version'], { stdio: 'ignore' });
+    execFileSync('callgrind_control', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** `amount` non-streamed chat completions over `connections` connections. */
+const cannonAmount = (target, connections, amount) =>
+  autocannon({
+    url: `${target.origin}/v1/chat/completions`,
+    method: 'POST',
+    headers: CLIENT_HEADERS,
+    body: REQUEST_BODY,
+    connections,
+    amount,
+    timeout: 60,
+  });
+
+/**
+ * Instructions each thread of `target` executed per request, counted by valgrind's callgrind over
+ * `requests` requests after a warm-up. Unlike CPU time on a shared machine, the count barely moves from
+ * run to run, so a change of a few percent is visible in one pair of runs. The process runs ~50× slower
+ * under valgrind: the recorder thread then gathers fewer rows per transaction than at full speed, so
+ * its figure is an upper bound; the event loop's is representative.
+ */
+async function instructionsThrough(start, name, requests) {
+  const dir = join(tmp, `callgrind-${name}`);
+  mkdirSync(dir, { recursive: true });
+  const target = await start({
+    wrap: [
+      'valgrind',
+      '--tool=callgrind',
+      '--instr-atstart=no',
+      '--separate-threads=yes',
+      '--smc-check=all-non-file',
+      `--callgrind-out-file=${join(dir, 'cg.%p')}`,
+    ],
+    startTimeoutMs: 120_000,
+  });
+  try {
+    await cannonAmount(target, 16, requests);
+    await cannonAmount(target, 16, requests);
+    execFileSync('callgrind_control', ['-i', 'on', String(target.pid)], { stdio: 'ignore' });
+    const result = await cannonAmount(target, 16, requests);
+    // Let the recorder thread write and index what it was handed.
+    await sleep(2000);
+    execFileSync('callgrind_control', ['-i', 'off', String(target.pid)], { stdio: 'ignore' });
+    execFileSync('callgrind_control', ['-d', String(target.pid)], { stdio: 'ignore' });
+    const done = result.requests.total;
+    // One file per thread: cg.PID.1-NN, thread 01 being the main thread (the event loop).
+    const counts = readdirSync(dir)
+      .filter((f) => /^cg\.\d+\.1-\d+$/.test(f))
+      .map((f) => {
+        const text = readFileSync(join(dir, f), 'utf8');
+        return { thread: Number(f.split('-').pop()), ir: Number(/^totals:\s*(\d+)/m.exec(text)?.[1] ?? 0) };
+      });
+    const main = counts.find((c) => c.thread === 1)?.ir ?? 0;
+    const others = counts.filter((c) => c.thread !== 1).sort((a, b) => b.ir - a.ir);
+    const ki = (ir) => round(ir / done / 1000, 1);
+    return {
+      requests: done,
+      errors: result.errors + result.non2xx,
+      mainKi: ki(main),
+      busiestKi: ki(others[0]?.ir ?? 0),
+      restKi: ki(others.slice(1).reduce((a, c) => a + c.ir, 0)),
+      totalKi: ki(main + others.reduce((a, c) => a + c.ir, 0)),
+    };
+  } finally {
+    await target.stop();
+  }
+}
+
+async function instructionsBench(upstream) {
+  if (!hasValgrind()) return { skipped: 'valgrind is not installed (Debian: apt-get install valgrind)' };
+  const requests = quick ? 500 : 2000;
+  return {
+    'bare-pipe': await instructionsThrough((o) => startBare(upstream, o), 'bare-pipe', requests),
+    'oai-proxy': await instructionsThrough((o) => startProxy(upstream, {}, o), 'oai-proxy', requests),
+  };
+}
+
 // ---------------------------------------------------------------- logs queries (issue 4's script)
 
 async function logsBench() {
@@ -867,6 +961,15 @@ function report(results) {
         `${u.megabytes} MB → ${u.status}, ${fmt(u.mbPerS, 0)} MB/s, RSS ${fmt(u.baselineRssMb, 0)} → peak ${fmt(u.peakRssMb, 0)} MB (+${fmt(u.growthMb, 0)} MB)`,
       ]);
   }
+  if (results.instructions?.skipped) extra.push(['instructions per request', results.instructions.skipped]);
+  else if (results.instructions) {
+    const b = results.instructions['bare-pipe'];
+    for (const [name, x] of Object.entries(results.instructions))
+      extra.push([
+        `instructions per request, ${name}`,
+        `event loop ${fmt(x.mainKi, 1)}k (${fmt(x.mainKi / b.mainKi)}× the bare pipe's), busiest other thread ${fmt(x.busiestKi, 1)}k, the rest ${fmt(x.restKi, 1)}k; ${x.requests} requests at 16 connections under callgrind`,
+      ]);
+  }
   if (results.logs)
     extra.push([
       'logs queries',
@@ -1003,6 +1106,11 @@ async function main() {
     if (only.includes('concurrency')) {
       results.concurrency = await phase(results, `${plan.concStreams} concurrent streams`, () =>
         concurrencyBench(upstream),
+      );
+    }
+    if (only.includes('instructions')) {
+      results.instructions = await phase(results, 'instructions per request (callgrind)', () =>
+        instructionsBench(upstream),
       );
     }
     if (only.includes('upload')) {
