@@ -54,6 +54,10 @@ export function createPool(url: string, options: OpenPostgresOptions = {}): Pg.P
   // An idle client losing its connection (server restart) emits on the pool; without a listener that
   // would crash the process. The next query gets a fresh connection.
   pool.on('error', () => undefined);
+  // A client lent out (Kysely holds one for each query and transaction) has no listener of the pool's:
+  // its connection cut mid-query emitted 'error' to nobody, an uncaught exception. The query itself is
+  // rejected all the same, and the pool drops the broken client when it comes back.
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return pool;
 }
 

@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
@@ -81,4 +82,37 @@ export async function startPrivateCluster(): Promise<{
     resume: async () => void (await run(['resume', dir])),
     stop: async () => void (await run(['stop', dir])),
   };
+}
+
+/** A TCP relay from a loopback port to `targetPort`: `down()` cuts every connection and stops listening. */
+export async function startRelay(targetPort: number) {
+  const sockets = new Set<Socket>();
+  let server: Server | null = null;
+  let port = 0;
+  const up = () =>
+    new Promise<void>((resolve) => {
+      server = createServer((client) => {
+        const upstream = connect(targetPort, '127.0.0.1');
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on('error', () => undefined);
+          s.on('close', () => sockets.delete(s));
+        }
+        client.pipe(upstream).pipe(client);
+      });
+      server.listen(port, '127.0.0.1', () => {
+        port = (server!.address() as AddressInfo).port;
+        resolve();
+      });
+    });
+  const down = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      if (!server) return resolve();
+      const s = server;
+      server = null;
+      s.close(() => resolve());
+    });
+  await up();
+  return { port, up, down };
 }

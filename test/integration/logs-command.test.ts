@@ -1,5 +1,4 @@
 import { existsSync, writeFileSync } from 'node:fs';
-import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -13,7 +12,7 @@ import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { createStatsRollup } from '../../src/storage/stats-rollup.js';
 import { openStorage } from '../../src/storage/storage.js';
 import { logsSuite, NOW, rec, runNode, standardRows, waitFor } from '../helpers/logs-suite.js';
-import { createTestPgDatabase, pgQuery, pgUrl, warnIfNoPg } from '../helpers/pg.js';
+import { createTestPgDatabase, pgQuery, pgUrl, startRelay, warnIfNoPg } from '../helpers/pg.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
 
@@ -341,36 +340,3 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
     }
   });
 });
-
-/** A TCP relay from a loopback port to `targetPort`: `down()` cuts every connection and stops listening. */
-async function startRelay(targetPort: number) {
-  const sockets = new Set<Socket>();
-  let server: Server | null = null;
-  let port = 0;
-  const up = () =>
-    new Promise<void>((resolve) => {
-      server = createServer((client) => {
-        const upstream = connect(targetPort, '127.0.0.1');
-        for (const s of [client, upstream]) {
-          sockets.add(s);
-          s.on('error', () => undefined);
-          s.on('close', () => sockets.delete(s));
-        }
-        client.pipe(upstream).pipe(client);
-      });
-      server.listen(port, '127.0.0.1', () => {
-        port = (server!.address() as AddressInfo).port;
-        resolve();
-      });
-    });
-  const down = () =>
-    new Promise<void>((resolve) => {
-      for (const s of sockets) s.destroy();
-      if (!server) return resolve();
-      const s = server;
-      server = null;
-      s.close(() => resolve());
-    });
-  await up();
-  return { port, up, down };
-}
