@@ -573,9 +573,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             return;
           }
           if (x.ttfb === null) x.ttfb = x.elapsed();
+          // The client gets the bytes before the proxy reads them for the record (an SSE event is parsed).
+          const flowing = res.write(chunk);
           x.responseCapture.push(chunk);
           x.assembler?.push(chunk);
-          if (!res.write(chunk)) {
+          if (!flowing) {
             c.pause();
             res.once('drain', () => c.resume());
           }
