@@ -272,20 +272,22 @@ const round = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? 
 
 // ---------------------------------------------------------------- non-streamed load (autocannon)
 
+/** autocannon options for non-streamed chat completions to `target`; `more` sets duration or amount. */
+const chatLoad = (target, connections, more) => ({
+  url: `${target.origin}/v1/chat/completions`,
+  method: 'POST',
+  headers: CLIENT_HEADERS,
+  body: REQUEST_BODY,
+  connections,
+  ...more,
+});
+
 /** One autocannon run; latency percentiles from per-response float timings (autocannon's histogram is whole ms). */
 async function cannon(target, connections, durationS) {
   const times = [];
   const before = procStats(target.pid);
   const threadsBefore = threadCpu(target.pid);
-  const instance = autocannon({
-    url: `${target.origin}/v1/chat/completions`,
-    method: 'POST',
-    headers: CLIENT_HEADERS,
-    body: REQUEST_BODY,
-    connections,
-    duration: durationS,
-    timeout: 10,
-  });
+  const instance = autocannon(chatLoad(target, connections, { duration: durationS, timeout: 10 }));
   instance.on('response', (_client, _status, _bytes, ms) => times.push(ms));
   const result = await instance;
   const after = procStats(target.pid);
@@ -728,15 +730,7 @@ const hasValgrind = () => {
 
 /** `amount` non-streamed chat completions over `connections` connections. */
 const cannonAmount = (target, connections, amount) =>
-  autocannon({
-    url: `${target.origin}/v1/chat/completions`,
-    method: 'POST',
-    headers: CLIENT_HEADERS,
-    body: REQUEST_BODY,
-    connections,
-    amount,
-    timeout: 60,
-  });
+  autocannon(chatLoad(target, connections, { amount, timeout: 60 }));
 
 /**
  * Instructions each thread of `target` executed per request, counted by valgrind's callgrind over
@@ -967,7 +961,7 @@ function report(results) {
     for (const [name, x] of Object.entries(results.instructions))
       extra.push([
         `instructions per request, ${name}`,
-        `event loop ${fmt(x.mainKi, 1)}k (${fmt(x.mainKi / b.mainKi)}× the bare pipe's), busiest other thread ${fmt(x.busiestKi, 1)}k, the rest ${fmt(x.restKi, 1)}k; ${x.requests} requests at 16 connections under callgrind`,
+        `event loop ${fmt(x.mainKi, 1)}k (${fmt(x.mainKi / b.mainKi)}× the bare pipe's), busiest other thread ${fmt(x.busiestKi, 1)}k, the rest ${fmt(x.restKi, 1)}k; ${x.requests} requests at 16 connections under callgrind${x.errors ? `, ${x.errors} FAILED` : ''}`,
       ]);
   }
   if (results.logs)
