@@ -126,8 +126,10 @@ function makeRecord(rand, i, rows, end, spanMs, bodyBytes, newId) {
     query: null,
     clientAddr: '127.0.0.1',
     status,
-    requestHeaders: { 'content-type': 'application/json', authorization: '[redacted]' },
-    responseHeaders: status ? { 'content-type': stream ? 'text/event-stream' : 'application/json' } : null,
+    requestHeadersJson: '{"content-type":"application/json","authorization":"[redacted]"}',
+    responseHeadersJson: status
+      ? JSON.stringify({ 'content-type': stream ? 'text/event-stream' : 'application/json' })
+      : null,
     requestBody,
     requestBytes: requestBody.length,
     requestTruncated: false,

@@ -448,12 +448,12 @@ function benchRecordFactory() {
     query: null,
     clientAddr: '127.0.0.1',
     status: 200,
-    requestHeaders: {
+    requestHeadersJson: JSON.stringify({
       'content-type': 'application/json',
       authorization: '[redacted]',
       'user-agent': 'bench',
-    },
-    responseHeaders: { 'content-type': 'application/json', 'x-request-id': 'req_bench' },
+    }),
+    responseHeadersJson: JSON.stringify({ 'content-type': 'application/json', 'x-request-id': 'req_bench' }),
     requestBody: reqBody,
     requestBytes: reqBody.length,
     requestTruncated: false,

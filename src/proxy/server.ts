@@ -10,7 +10,7 @@ import type {
   ExchangeSink,
 } from '../storage/exchange-record.js';
 import { keyMatches } from './admin-api.js';
-import { BodyCapture, bearerToken, isTextual, redactHeaders, scrubSecrets } from './capture.js';
+import { BodyCapture, bearerToken, isTextual, redactedHeadersJson, scrubSecrets } from './capture.js';
 import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 import { newExchangeId } from './ids.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
@@ -148,7 +148,10 @@ export class ExchangeContext {
     // Already answered (e.g. a malformed body refused mid-read): the first answer stands.
     if (this.res.headersSent) return;
     const buf = Buffer.from(text);
-    const h: Record<string, string> = { ...headers, 'content-length': String(buf.length) };
+    // Names in lower case, as the upstream's come from undici: the record redacts by lower-case name.
+    const h: Record<string, string> = {};
+    for (const name in headers) h[name.toLowerCase()] = headers[name];
+    h['content-length'] = String(buf.length);
     this.status = status;
     this.responseHeaders = h;
     this.responseContentType = h['content-type'];
@@ -366,8 +369,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         query: x.query ? scrubSecrets(x.query, secrets) : null,
         clientAddr: x.clientAddr,
         status: x.status,
-        requestHeaders: redactHeaders(x.req.headers, secrets),
-        responseHeaders: x.responseHeaders ? redactHeaders(x.responseHeaders, secrets) : null,
+        requestHeadersJson: redactedHeadersJson(x.req.headers, secrets),
+        responseHeadersJson: x.responseHeaders ? redactedHeadersJson(x.responseHeaders, secrets) : null,
         requestBody,
         requestBytes: x.requestCapture.bytes,
         requestTruncated: x.requestCapture.truncated,
@@ -819,8 +822,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         query: null,
         clientAddr: socket.remoteAddress ?? null,
         status,
-        requestHeaders: {},
-        responseHeaders: { 'content-type': 'application/json' },
+        requestHeadersJson: '{}',
+        responseHeadersJson: '{"content-type":"application/json"}',
         requestBody: null,
         requestBytes: raw?.length ?? 0,
         requestTruncated: false,

@@ -40,8 +40,10 @@ export interface ExchangeRecord {
   query: string | null;
   clientAddr: string | null;
   status: number | null;
-  requestHeaders: Record<string, string | string[]>;
-  responseHeaders: Record<string, string | string[]> | null;
+  /** The request headers as a JSON object text (secret headers redacted). */
+  requestHeadersJson: string;
+  /** The response headers as a JSON object text; null when no response started. */
+  responseHeadersJson: string | null;
   requestBody: string | null;
   requestBytes: number;
   requestTruncated: boolean;

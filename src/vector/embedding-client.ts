@@ -67,7 +67,8 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         ttfb = performance.now() - t0;
         status = res.statusCode;
         responseHeaders = {};
-        for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) responseHeaders[k] = v;
+        for (const [k, v] of Object.entries(res.headers))
+          if (v !== undefined) responseHeaders[k] = Array.isArray(v) ? v.map(scrub) : scrub(v);
         responseText = await res.body.text();
       } catch (err) {
         const code = (err as { code?: string; name?: string }).code ?? (err as Error).name;
@@ -125,8 +126,8 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         query: null,
         clientAddr: null,
         status,
-        requestHeaders: { 'content-type': 'application/json', 'x-oai-proxy-internal': 'vector-index' },
-        responseHeaders,
+        requestHeadersJson: '{"content-type":"application/json","x-oai-proxy-internal":"vector-index"}',
+        responseHeadersJson: responseHeaders ? JSON.stringify(responseHeaders) : null,
         requestBody: scrub(truncate(requestBody, capture)),
         requestBytes: reqBytes,
         requestTruncated: reqBytes > capture,

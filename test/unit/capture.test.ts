@@ -1,5 +1,5 @@
-import { expect, test } from 'vitest';
-import { bearerToken, redactHeaders } from '../../src/proxy/capture.js';
+import { describe, expect, test } from 'vitest';
+import { bearerToken, redactedHeadersJson, redactHeaders } from '../../src/proxy/capture.js';
 
 test.each([
   ['Bearer sk-abc', 'sk-abc'],
@@ -34,5 +34,43 @@ test('redactHeaders: secret headers replaced, configured keys scrubbed from any 
     'set-cookie': '[redacted]',
     via: ['one', 'two [redacted]'],
     'content-type': 'application/json',
+  });
+});
+
+describe('redactedHeadersJson: the stored text, JSON.stringify(redactHeaders(…)) without the copy', () => {
+  const key = 'sk-configured-key-123456';
+  const headers = () => ({
+    host: '127.0.0.1:8080',
+    authorization: `Bearer ${key}`,
+    'api-key': key,
+    'x-debug': `forwarded ${key} here, and ${key} again`,
+    'set-cookie': ['a=1', 'b=2'],
+    via: ['one', `two ${key}`],
+    'x-quoted': 'say "hi"\\there',
+    'content-type': 'application/json',
+    skipped: undefined,
+  });
+
+  test.each([
+    ['keys configured', [key]],
+    ['no keys', []],
+    ['a key too short to scrub', ['sk-1']],
+    ['a key JSON would escape', ['say "hi"\\th']],
+    ['several keys', [key, 'forwarded']],
+  ])('%s', (_name, secrets) => {
+    const h = headers();
+    const before = JSON.stringify(h);
+    const text = redactedHeadersJson(h, secrets);
+    expect(text).toBe(JSON.stringify(redactHeaders(headers(), secrets)));
+    // The secret headers are redacted whatever is configured; configured keys wherever they appear.
+    expect(JSON.parse(text)).toMatchObject({ authorization: '[redacted]', 'api-key': '[redacted]' });
+    for (const s of secrets) if (s.length >= 6) expect(text).not.toContain(JSON.stringify(s).slice(1, -1));
+    // The headers themselves are left as they were (they are forwarded upstream).
+    expect(JSON.stringify(h)).toBe(before);
+  });
+
+  test('headers without secret ones are written as they are', () => {
+    const h = { 'content-type': 'application/json', 'x-request-id': 'req_1' };
+    expect(redactedHeadersJson(h, [key])).toBe('{"content-type":"application/json","x-request-id":"req_1"}');
   });
 });
