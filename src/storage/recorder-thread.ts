@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { OaiProxyError } from '../errors.js';
 import type { ExchangeRecord, RecordingWriterOptions } from './exchange-record.js';
+import { fromWire, toWire, type WireExchange } from './exchange-wire.js';
 import type { ExchangeWriterHealth } from './log-store.js';
 
 /** Settings the recorder thread starts with (recorder-worker.ts reads them as `workerData`). */
@@ -23,7 +24,7 @@ export type ToRecorder =
    * Rows to write. `now`: a flush interval's rows (or the database is failing), written at once; else a
    * full message, written once ROWS_PER_TRANSACTION are waiting or at the thread's own interval.
    */
-  | { type: 'rows'; rows: ExchangeRecord[]; now: boolean }
+  | { type: 'rows'; rows: WireExchange[]; now: boolean }
   /** Write everything queued; then set Int32Array(signal)[1] to the rows written and [0] to 1, and notify. */
   | { type: 'flush'; signal: SharedArrayBuffer }
   /** Answers `moved`: this thread let go of the old file (and opened the new one, if it could). */
@@ -110,7 +111,7 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
   let fallback: RecorderThread | null = null;
   let lostRows = 0;
   let handedOver = 0;
-  let pending: ExchangeRecord[] = [];
+  let pending: WireExchange[] = [];
 
   const exited = new Promise<number>((resolve) => worker.once('exit', resolve));
   await new Promise<void>((resolve, reject) => {
@@ -170,7 +171,7 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
     // Whatever the thread had not written is gone; recording goes on on this thread.
     lostRows = Math.max(0, handedOver - published[0] - published[1]);
     fallback = options.fallback();
-    for (const r of pending) fallback.record(r);
+    for (const r of pending) fallback.record(fromWire(r));
     pending = [];
   });
   // Like any timer, the thread must not keep a process alive that forgot to close it.
@@ -190,7 +191,7 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
   return {
     record(exchange) {
       if (fallback) return fallback.record(exchange);
-      pending.push(exchange);
+      pending.push(toWire(exchange));
       // While the database fails, rows go over at once, so the thread's LOG_QUEUE_MAX bounds them all.
       if (published[2]) send();
       else if (pending.length >= MAX_ROWS_PER_MESSAGE) send(false);

@@ -5,7 +5,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { BackgroundSlices } from './background-slices.js';
 import { startBackgroundCheckpoints } from './checkpointer.js';
 import { type OpenDatabase, openDatabase } from './database.js';
-import type { ExchangeRecord } from './exchange-record.js';
+import { fromWire } from './exchange-wire.js';
 import { createExchangeWriter } from './log-store.js';
 import {
   type FromRecorder,
@@ -96,7 +96,7 @@ function publish() {
 port.on('message', (m: ToRecorder) => {
   switch (m.type) {
     case 'rows':
-      for (const r of m.rows as ExchangeRecord[]) writer.record(r);
+      for (const r of m.rows) writer.record(fromWire(r));
       // A flush interval's rows are written now, as a timed flush would; full messages (a busy proxy)
       // gather into transactions of ROWS_PER_TRANSACTION, or wait for the writer's own interval.
       if (m.now || writer.health().queued >= ROWS_PER_TRANSACTION) writer.kick();
