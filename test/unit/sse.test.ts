@@ -140,6 +140,40 @@ describe('usage extraction', () => {
       }),
       { prompt_tokens: 7, completion_tokens: 1, total_tokens: 8 },
     ],
+    [
+      'the usual order, with details after the counts',
+      JSON.stringify({
+        choices: [],
+        usage: {
+          prompt_tokens: 25,
+          completion_tokens: 36,
+          total_tokens: 61,
+          prompt_tokens_details: { cached_tokens: 0 },
+        },
+        system_fingerprint: 'fp',
+      }),
+      { prompt_tokens: 25, completion_tokens: 36, total_tokens: 61 },
+    ],
+    [
+      'the usual order, pretty printed',
+      JSON.stringify({ usage: { prompt_tokens: 5, completion_tokens: 6, total_tokens: 11 } }, null, 2),
+      { prompt_tokens: 5, completion_tokens: 6, total_tokens: 11 },
+    ],
+    [
+      'another order',
+      JSON.stringify({ usage: { total_tokens: 9, prompt_tokens: 4, completion_tokens: 5 } }),
+      { prompt_tokens: 4, completion_tokens: 5, total_tokens: 9 },
+    ],
+    [
+      'counts that are not whole numbers are parsed, not read',
+      '{"usage":{"prompt_tokens":1.5,"completion_tokens":2,"total_tokens":3.5}}',
+      { prompt_tokens: 1.5, completion_tokens: 2, total_tokens: 3.5 },
+    ],
+    [
+      'a usage object in an earlier message and a later null usage',
+      '{"a":{"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}},"usage":null}',
+      { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 },
+    ],
     ['no usage', JSON.stringify({ data: [] }), null],
     ['truncated body', '{"usage": {"prompt_tokens": 3', null],
   ])('%s', (_name, body, expected) => {
