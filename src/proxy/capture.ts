@@ -97,6 +97,8 @@ export function isTextual(contentType: string | undefined): boolean {
 export class BodyCapture {
   private chunks: Buffer[] = [];
   private captured = 0;
+  /** The captured bytes already decoded by whoever read the whole body (see `decoded`). */
+  private text_: string | null = null;
   /** Total bytes seen. */
   bytes = 0;
   truncated = false;
@@ -126,7 +128,16 @@ export class BodyCapture {
     return this.text();
   }
 
+  /**
+   * The whole body, decoded as UTF-8 by a reader that needed the text anyway (the proxy parses a JSON
+   * request): `text()` returns it instead of decoding the same bytes again. Ignored once truncated.
+   */
+  decoded(text: string): void {
+    if (!this.truncated) this.text_ = text;
+  }
+
   text(): string {
+    if (this.text_ !== null && !this.truncated) return this.text_;
     return this.chunks.length === 1
       ? this.chunks[0].toString('utf8')
       : Buffer.concat(this.chunks).toString('utf8');

@@ -417,9 +417,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
       if (!buf) return;
       body = buf;
+      const text = buf.toString('utf8');
+      // The record stores the same text: decoded once.
+      x.requestCapture.decoded(text);
       let json: unknown;
       try {
-        json = JSON.parse(buf.toString('utf8'));
+        json = JSON.parse(text);
       } catch {
         json = undefined; // not ours to judge: the upstream answers malformed JSON
       }

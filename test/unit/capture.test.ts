@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { bearerToken, redactedHeadersJson, redactHeaders } from '../../src/proxy/capture.js';
+import { BodyCapture, bearerToken, redactedHeadersJson, redactHeaders } from '../../src/proxy/capture.js';
 
 test.each([
   ['Bearer sk-abc', 'sk-abc'],
@@ -72,5 +72,39 @@ describe('redactedHeadersJson: the stored text, JSON.stringify(redactHeaders(…
   test('headers without secret ones are written as they are', () => {
     const h = { 'content-type': 'application/json', 'x-request-id': 'req_1' };
     expect(redactedHeadersJson(h, [key])).toBe('{"content-type":"application/json","x-request-id":"req_1"}');
+  });
+});
+
+describe('BodyCapture', () => {
+  const body = Buffer.from('{"model":"m","messages":[{"role":"user","content":"héllo"}]}');
+
+  test('stores the text a reader already decoded, the same as decoding the bytes', () => {
+    const decodedOnce = new BodyCapture(1024);
+    decodedOnce.push(body.subarray(0, 10));
+    decodedOnce.push(body.subarray(10));
+    const text = body.toString('utf8');
+    decodedOnce.decoded(text);
+    const plain = new BodyCapture(1024);
+    plain.push(body);
+    expect(decodedOnce.stored('application/json')).toBe(text);
+    expect(plain.stored('application/json')).toBe(text);
+  });
+
+  test('a truncated capture stores its own bytes, not the whole text', () => {
+    const c = new BodyCapture(12);
+    c.push(body);
+    c.decoded(body.toString('utf8'));
+    expect(c.stored('application/json')).toBe('{"model":"m"');
+    expect(c.truncated).toBe(true);
+    expect(c.bytes).toBe(body.length);
+  });
+
+  test('a compressed body is stored as a placeholder even when decoded text is given', () => {
+    const c = new BodyCapture(1024);
+    c.push(body);
+    c.decoded('not what is stored');
+    expect(c.stored('application/json', 'gzip')).toBe(
+      `[binary body: application/json, gzip, ${body.length} bytes]`,
+    );
   });
 });
