@@ -427,7 +427,9 @@ async function streamBatch(target, count, concurrency, chunks, intervalMs, stagg
 
 async function streamScenario(targets) {
   const { chunks, intervalMs, concurrency } = STREAM;
-  for (const t of targets) await streamBatch(t, concurrency * 2, concurrency, chunks, intervalMs);
+  // Warmed up as the non-streamed rounds are (the processes are fresh), then with streams.
+  for (const t of targets) await cannon(t, 64, plan.warmupS);
+  for (const t of targets) await streamBatch(t, concurrency * 4, concurrency, chunks, intervalMs);
   const all = new Map(targets.map((t) => [t.name, []]));
   const perRound = Math.max(concurrency, Math.round(plan.streams / plan.rounds));
   for (let r = 0; r < plan.rounds; r++) {
