@@ -1018,7 +1018,11 @@ function targets(results) {
   const h = results.http;
   if (h?.c64) {
     const r = h.c64['oai-proxy'].rps / h.c64['bare-pipe'].rps;
-    out.push({ name: 'c64 throughput ≥ 0.8 × bare pipe', measured: `${fmt(r)}×`, met: r >= 0.8 });
+    // Each round ran every target once, on fresh processes: the spread of the rounds' own ratios.
+    const perRound = h.c64['oai-proxy'].rounds.map((x, i) => x / h.c64['bare-pipe'].rounds[i]);
+    const spread =
+      perRound.length > 1 ? ` (rounds ${fmt(Math.min(...perRound))}–${fmt(Math.max(...perRound))}×)` : '';
+    out.push({ name: 'c64 throughput ≥ 0.8 × bare pipe', measured: `${fmt(r)}×${spread}`, met: r >= 0.8 });
     const p = h.c64['oai-proxy'].p99 / h.c64['bare-pipe'].p99;
     out.push({ name: 'c64 p99 ≤ 1.5 × bare pipe p99', measured: `${fmt(p)}×`, met: p <= 1.5 });
   }
@@ -1029,7 +1033,11 @@ function targets(results) {
   const s = results.streams;
   if (s) {
     const d = s['oai-proxy'].ttfbP50 - s['bare-pipe'].ttfbP50;
-    out.push({ name: 'stream TTFB ≤ bare pipe + 0.5 ms', measured: `+${fmt(d, 3)} ms`, met: d <= 0.5 });
+    out.push({
+      name: 'stream TTFB ≤ bare pipe + 0.5 ms',
+      measured: `${d < 0 ? '' : '+'}${fmt(d, 3)} ms`,
+      met: d <= 0.5,
+    });
     const p = s['oai-proxy'];
     const intact =
       p.eventsOk &&
