@@ -5,6 +5,7 @@ import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { createBodyMemoryReleaser } from '../proxy/body-memory.js';
+import { needsJsonEscape } from '../proxy/capture.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
 import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
 import { ModelStore, type RegistryRows } from '../registry/model-store.js';
@@ -103,16 +104,13 @@ export function exchangeLogText(r: ExchangeRecord, msg: string): string {
   return `{"level":30,"time":"${isoNow()}","id":${q(r.id)},"method":${q(r.method)},"path":${q(r.path)},"model":${q(r.model)},"upstream_model":${q(r.upstreamModel)},"upstream":${q(r.upstream)},"status":${r.status},"stream":${r.stream},"duration_ms":${Math.round(r.durationMs)},"ttfb_ms":${ttfb},"prompt_tokens":${r.promptTokens},"completion_tokens":${r.completionTokens},"total_tokens":${r.totalTokens},"error":${q(r.error)},"msg":${q(msg)}}\n`;
 }
 
-/** Printable ASCII other than `"` and `\`: such a string is its own JSON text between quotes. */
-const NEEDS_JSON_ESCAPE = /[^\x20\x21\x23-\x5b\x5d-\x7e]/;
-
 /**
  * `JSON.stringify` of a string or null: the same text, without the call when nothing needs escaping (the
  * usual id, method, path and model): 30 against 73 ns a call on such values, ~0.3 µs per exchange line.
  */
 export function jsonString(s: string | null): string {
   if (s === null) return 'null';
-  return NEEDS_JSON_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
+  return needsJsonEscape(s) ? JSON.stringify(s) : `"${s}"`;
 }
 
 let minuteStart = -1;

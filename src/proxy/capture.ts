@@ -41,8 +41,13 @@ export function redactHeaders(
 /** The names in SECRET_HEADERS, for a loop that reads each of them. */
 const SECRET_HEADER_NAMES = [...SECRET_HEADERS];
 
-/** Printable ASCII other than `"` and `\`: text that JSON.stringify copies as it is. */
-const JSON_PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+/** Anything but printable ASCII other than `"` and `\` (non-ASCII counts too, to be safe). */
+const NEEDS_JSON_ESCAPE = /[^\x20\x21\x23-\x5b\x5d-\x7e]/;
+
+/** True unless `JSON.stringify(s)` is `s` between quotes, character for character. */
+export function needsJsonEscape(s: string): boolean {
+  return NEEDS_JSON_ESCAPE.test(s);
+}
 
 /**
  * `JSON.stringify(redactHeaders(headers, secrets))`, the form the headers are stored in, for headers whose
@@ -64,7 +69,7 @@ export function redactedHeadersJson(
   let text = JSON.stringify(copy);
   for (const s of secrets) {
     if (!s || s.length < 6) continue;
-    if (!JSON_PLAIN.test(s)) return JSON.stringify(redactHeaders(headers, secrets));
+    if (needsJsonEscape(s)) return JSON.stringify(redactHeaders(headers, secrets));
     // Plain text holds no `"` or `\`, so a match lies inside one name or one value, never across them.
     if (text.includes(s)) text = text.split(s).join(REDACTED);
   }
@@ -98,7 +103,7 @@ export class BodyCapture {
   private chunks: Buffer[] = [];
   private captured = 0;
   /** The captured bytes already decoded by whoever read the whole body (see `decoded`). */
-  private text_: string | null = null;
+  private decodedText: string | null = null;
   /** Total bytes seen. */
   bytes = 0;
   truncated = false;
@@ -133,11 +138,11 @@ export class BodyCapture {
    * request): `text()` returns it instead of decoding the same bytes again. Ignored once truncated.
    */
   decoded(text: string): void {
-    if (!this.truncated) this.text_ = text;
+    this.decodedText = text;
   }
 
   text(): string {
-    if (this.text_ !== null && !this.truncated) return this.text_;
+    if (this.decodedText !== null && !this.truncated) return this.decodedText;
     return this.chunks.length === 1
       ? this.chunks[0].toString('utf8')
       : Buffer.concat(this.chunks).toString('utf8');
