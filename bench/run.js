@@ -306,6 +306,24 @@ async function cannon(target, connections, durationS) {
 }
 
 /**
+ * Fresh processes for a scenario: the bare pipe, `oai-proxy` and, with OAI_PROXY_TEST_PG_URL,
+ * `oai-proxy-pg` on a new database. `targets` lists the upstream first; `stop` ends them all.
+ */
+async function startProxies(upstream) {
+  const bare = await startBare(upstream);
+  const proxy = await startProxy(upstream);
+  const pgDb = pgUrl ? await pgBenchDatabase() : null;
+  const pgProxy = pgDb ? await startProxy(upstream, {}, { name: 'oai-proxy-pg', db: pgDb.url }) : null;
+  return {
+    targets: [upstream, bare, proxy, ...(pgProxy ? [pgProxy] : [])],
+    stop: async () => {
+      await Promise.all([bare.stop(), proxy.stop(), pgProxy?.stop()]);
+      await pgDb?.drop();
+    },
+  };
+}
+
+/**
  * Non-streamed completions at 1 and 64 connections, in rounds. Each round starts the bare pipe and the
  * proxies afresh, warms them up and runs every target once, in an order that rotates. Fresh processes,
  * because a process's CPU per request depends on how V8 happened to optimise Node's own hot functions in
@@ -316,11 +334,7 @@ async function cannon(target, connections, durationS) {
 async function httpRounds(upstream) {
   const runs = { c1: new Map(), c64: new Map() };
   for (let r = 0; r < plan.rounds; r++) {
-    const bare = await startBare(upstream);
-    const proxy = await startProxy(upstream);
-    const pgDb = pgUrl ? await pgBenchDatabase() : null;
-    const pgProxy = pgDb ? await startProxy(upstream, {}, { name: 'oai-proxy-pg', db: pgDb.url }) : null;
-    const ts = [upstream, bare, proxy, ...(pgProxy ? [pgProxy] : [])];
+    const { targets: ts, stop } = await startProxies(upstream);
     try {
       for (const [key, connections] of [
         ['c1', 1],
@@ -334,8 +348,7 @@ async function httpRounds(upstream) {
         }
       }
     } finally {
-      await Promise.all([bare.stop(), proxy.stop(), pgProxy?.stop()]);
-      await pgDb?.drop();
+      await stop();
     }
   }
   return { c1: summariseRounds(runs.c1), c64: summariseRounds(runs.c64) };
@@ -767,8 +780,9 @@ const cannonAmount = (target, connections, amount) =>
 
 /**
  * Instructions each thread of `target` executed per request, counted by valgrind's callgrind over
- * `requests` requests after a warm-up. Unlike CPU time on a shared machine, the count barely moves from
- * run to run, so a change of a few percent is visible in one pair of runs. The process runs ~50× slower
+ * `requests` requests after a warm-up. Unlike CPU time on a shared machine, the count does not depend on
+ * what else runs, though a young-generation collection inside the window or V8's optimisation of Node's
+ * `nextTick` can still move it by ~10% (README, Where the CPU goes). The process runs ~50× slower
  * under valgrind: the recorder thread then gathers fewer rows per transaction than at full speed, so
  * its figure is an upper bound; the event loop's is representative.
  */
@@ -1113,16 +1127,11 @@ async function main() {
       results.http = await phase(results, 'non-streamed, 1 and 64 connections', () => httpRounds(upstream));
     }
     if (only.includes('streams')) {
-      const bare = await startBare(upstream);
-      const proxy = await startProxy(upstream);
-      const pgDb = pgUrl ? await pgBenchDatabase() : null;
-      const pgProxy = pgDb ? await startProxy(upstream, {}, { name: 'oai-proxy-pg', db: pgDb.url }) : null;
-      const ts = [upstream, bare, proxy, ...(pgProxy ? [pgProxy] : [])];
+      const { targets: ts, stop } = await startProxies(upstream);
       try {
         results.streams = await phase(results, 'streams', () => streamScenario(ts));
       } finally {
-        await Promise.all([bare.stop(), proxy.stop(), pgProxy?.stop()]);
-        await pgDb?.drop();
+        await stop();
       }
     }
     if (only.includes('recorder')) {
