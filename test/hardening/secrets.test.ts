@@ -241,3 +241,29 @@ test('the built bin at LOG_LEVEL=debug: console output, log file and database ho
   expect(findLeaks(ALL, texts)).toEqual([]);
   expect(out).toContain('sk-…0001'); // the banner shows the upstream key masked
 });
+
+test("the proxy's own answers are recorded with secret headers redacted, whatever the case of their names", async () => {
+  // An own route (as the admin API and /models are) answering with a capitalised secret header.
+  const proxy = await startTestProxy(
+    {},
+    {
+      routes: [
+        (x) => {
+          if (x.rest !== '/own-answer') return false;
+          x.respondJson(200, { ok: true }, { 'Set-Cookie': 'session=SECRETcookie0006', 'X-Extra': 'kept' });
+          return true;
+        },
+      ],
+    },
+  );
+  cleanups.push(() => proxy.close());
+  const res = await fetch(`${proxy.url}/v1/own-answer`);
+  expect(res.status).toBe(200);
+  expect(res.headers.get('set-cookie')).toBe('session=SECRETcookie0006');
+  const [row] = await proxy.waitForRows(1);
+  expect(row.response_headers).not.toContain('SECRETcookie0006');
+  expect(JSON.parse(row.response_headers ?? '{}')).toMatchObject({
+    'set-cookie': '[redacted]',
+    'x-extra': 'kept',
+  });
+});
