@@ -15,9 +15,12 @@ import { runInNewContext } from 'node:vm';
  * is in flight. The request path itself never waits on it beyond that pause.
  *
  * Returns null when this V8 does not let the collector be called; uploads then work as before.
+ * `collect` is V8's young-generation collection unless given (a test counts the calls).
  */
-export function createBodyMemoryReleaser(everyBytes: number): ((bytes: number) => void) | null {
-  const collect = youngCollector();
+export function createBodyMemoryReleaser(
+  everyBytes: number,
+  collect: (() => void) | null = youngCollector(),
+): ((bytes: number) => void) | null {
   if (!collect) return null;
   let since = 0;
   return (bytes) => {
@@ -31,7 +34,7 @@ export function createBodyMemoryReleaser(everyBytes: number): ((bytes: number) =
 let collector: (() => void) | null | undefined;
 
 /** V8's collector, asked for a young-generation (minor) collection; null where V8 refuses. */
-function youngCollector(): (() => void) | null {
+export function youngCollector(): (() => void) | null {
   if (collector !== undefined) return collector;
   collector = null;
   try {
