@@ -4,7 +4,8 @@ import type { ExchangeRecord } from './exchange-record.js';
  * An exchange as it crosses to the recorder thread: its fields as an array, in the order below. The
  * structured clone copies an array of values for about half of what it spends on an object, which
  * also writes every property name (measured with v8.serialize, 64 rows a message: 0.6 against 1.2 µs
- * a row on the event loop, 1.5 against 2.6 µs to read it back on the thread).
+ * a row on the event loop, 1.5 against 2.6 µs to read it back on the thread). The fields are in the order
+ * of the exchanges columns the batched insert binds (log-store.ts COLUMNS, `rowValues`).
  */
 export type WireExchange = unknown[];
 
