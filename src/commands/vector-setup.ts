@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { ResolvedConfig } from '../config/load.js';
 import { OaiProxyError } from '../errors.js';
+import { redactedHeadersJson, scrubSecrets } from '../proxy/capture.js';
 import { createUpstreamTarget, shapeUpstreamRequest } from '../proxy/forward.js';
 import { newExchangeId } from '../proxy/ids.js';
 import type { SqliteHandle } from '../storage/database.js';
@@ -101,12 +102,16 @@ export async function createVectorServices(
     collection: c.qdrantCollection,
     timeoutMs: deps.qdrantTimeoutMs,
   });
+  const secrets = configSecrets(resolved);
   const embedder = createEmbeddingClient({
     endpoint,
     model: c.embeddingModel,
     dispatcher: deps.dispatcher,
     captureBodyBytes: c.captureBodyBytes,
-    secrets: configSecrets(resolved),
+    redact: {
+      text: (text) => scrubSecrets(text, secrets),
+      headers: (headers) => redactedHeadersJson(headers, secrets),
+    },
     newId: () => newExchangeId(),
     onExchange: deps.record,
   });

@@ -28,8 +28,15 @@ export interface EmbeddingClientOptions {
   timeoutMs?: number;
   /** Bytes of each body kept in the internal exchange record. */
   captureBodyBytes?: number;
-  /** Values scrubbed from recorded bodies and error messages. */
-  secrets?: string[];
+  /**
+   * How what is recorded and thrown is kept free of secrets (the composition root passes the proxy's own
+   * redaction): `text` scrubs configured keys from bodies and error messages; `headers` is the stored
+   * JSON of the upstream's response headers (lower-case names), secret headers such as set-cookie redacted.
+   */
+  redact: {
+    text(s: string): string;
+    headers(headers: Record<string, string | string[]>): string;
+  };
   newId: () => string;
   /** Receives each call as an internal exchange (to be recorded). Must not throw. */
   onExchange?: (r: ExchangeRecord) => void;
@@ -40,8 +47,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
   const { endpoint, model, dispatcher } = options;
   const timeoutMs = options.timeoutMs ?? 30_000;
   const capture = options.captureBodyBytes ?? 4 * 1024 * 1024;
-  const secrets = (options.secrets ?? []).filter((s) => s.length >= 6);
-  const scrub = (s: string) => secrets.reduce((acc, k) => acc.split(k).join('[redacted]'), s);
+  const scrub = options.redact.text;
   const where = `${endpoint.origin}${endpoint.path.split('?')[0]}`;
 
   return {
@@ -67,8 +73,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         ttfb = performance.now() - t0;
         status = res.statusCode;
         responseHeaders = {};
-        for (const [k, v] of Object.entries(res.headers))
-          if (v !== undefined) responseHeaders[k] = Array.isArray(v) ? v.map(scrub) : scrub(v);
+        for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) responseHeaders[k] = v;
         responseText = await res.body.text();
       } catch (err) {
         const code = (err as { code?: string; name?: string }).code ?? (err as Error).name;
@@ -127,7 +132,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         clientAddr: null,
         status,
         requestHeadersJson: '{"content-type":"application/json","x-oai-proxy-internal":"vector-index"}',
-        responseHeadersJson: responseHeaders ? JSON.stringify(responseHeaders) : null,
+        responseHeadersJson: responseHeaders ? options.redact.headers(responseHeaders) : null,
         requestBody: scrub(truncate(requestBody, capture)),
         requestBytes: reqBytes,
         requestTruncated: reqBytes > capture,

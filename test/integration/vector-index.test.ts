@@ -116,6 +116,37 @@ describe('indexing exchanges into Qdrant while serving', () => {
     );
   });
 
+  test("the embedding calls are recorded without the embedding upstream's cookies or an echoed key", async () => {
+    upstream.on('/v1/embeddings', (_req, res, body) => {
+      const inputs = JSON.parse(body.toString()).input as string[];
+      res.writeHead(200, {
+        'content-type': 'application/json',
+        'set-cookie': ['session=embed-cookie-value-123456; Path=/', 'route=embed-cookie-second-654321'],
+        'x-echoed-key': UPSTREAM_KEY,
+      });
+      res.end(
+        JSON.stringify({
+          object: 'list',
+          data: inputs.map((input, index) => ({ object: 'embedding', index, embedding: embed(input) })),
+          usage: { prompt_tokens: 4, total_tokens: 4 },
+        }),
+      );
+    });
+    proxy = await startTestProxy(vectorEnv());
+    await clientFor(proxy).chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'Where is my parcel?' }],
+    });
+    await proxy.running.vector!.indexer.drain();
+    const internal = (await proxy.waitForRows(2)).find((r) => r.internal === 1)!;
+    expect(internal).toMatchObject({ path: '/v1/embeddings', status: 200 });
+    expect(JSON.parse(internal.response_headers!)).toMatchObject({
+      'set-cookie': '[redacted]',
+      'x-echoed-key': '[redacted]',
+    });
+    expect(JSON.stringify(internal)).not.toMatch(/embed-cookie|sk-upstream-secret/);
+  });
+
   test('completions and Responses-API exchanges are indexed; embeddings, models and failures are not', async () => {
     upstream.on('/v1/responses', (_req, res) => {
       res.writeHead(200, { 'content-type': 'application/json' });
