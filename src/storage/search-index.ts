@@ -16,16 +16,54 @@ export function searchIndexLag(sqlite: SqliteHandle): SearchIndexLag {
   return { indexedRowid: state?.indexed_rowid ?? 0, maxRowid: max.m };
 }
 
-/** The text indexed as "response": a stream's reassembled content and tool calls, else the body. */
+const JSON_DOCUMENT_START = /^\s*[[{]/;
+const JSON_ESCAPE = /\\(?:u([0-9a-fA-F]{4})|([\s\S]))/g;
+
+/**
+ * The words of a body as `--grep` should find them: a JSON document's string escapes decoded, so that
+ * `"line one\nline two"` indexes `two` (not `ntwo`), a tab or `\r` likewise, and `caf\u00e9` (how Python's
+ * `json.dumps` and many clients send non-ASCII) indexes `café`. Text that does not start like a JSON
+ * document is returned as it is: a backslash there is not an escape (a Windows path in plain text).
+ */
+export function searchText(text: string): string {
+  if (!text.includes('\\') || !JSON_DOCUMENT_START.test(text)) return text;
+  return text.replace(JSON_ESCAPE, (_m, hex: string | undefined, c: string | undefined) => {
+    if (hex !== undefined) return String.fromCharCode(Number.parseInt(hex, 16));
+    // \n \r \t \b \f separate words; \" \\ \/ stand for themselves.
+    return c === 'n' || c === 'r' || c === 't' || c === 'b' || c === 'f' ? ' ' : (c as string);
+  });
+}
+
+/** The SQL function the indexing statement calls for a column holding a backslash. */
+const SEARCH_TEXT_FUNCTION = 'oai_proxy_search_text';
+const withSearchText = (expr: string) =>
+  `case when instr(${expr}, char(92)) > 0 then ${SEARCH_TEXT_FUNCTION}(${expr}) else ${expr} end`;
+
+/** Handles that have `oai_proxy_search_text` (registered once per connection). */
+const registered = new WeakSet<SqliteHandle>();
+function registerSearchText(sqlite: SqliteHandle): void {
+  if (registered.has(sqlite)) return;
+  sqlite.function(SEARCH_TEXT_FUNCTION, { deterministic: true }, (text: unknown) =>
+    typeof text === 'string' ? searchText(text) : text,
+  );
+  registered.add(sqlite);
+}
+
+/**
+ * The text indexed as "response": a stream's reassembled content (json_extract decodes it) and tool
+ * calls, else the body; escapes decoded as `searchText` does.
+ */
 const RESPONSE_TEXT = `case when json_valid(assembled)
-  then coalesce(json_extract(assembled, '$.content'), '') || ' ' || coalesce(json_extract(assembled, '$.tool_calls'), '')
-  else response_body end`;
+  then coalesce(json_extract(assembled, '$.content'), '') || ' ' || coalesce(${withSearchText("json_extract(assembled, '$.tool_calls')")}, '')
+  else ${withSearchText('response_body')} end`;
+const REQUEST_TEXT = withSearchText('request_body');
 
 /**
  * Add up to `maxRows` not-yet-indexed exchanges (in rowid order) to the full-text index, in one
  * transaction. Returns how many were indexed. Needs a writable handle.
  */
 export function indexPendingExchanges(sqlite: SqliteHandle, maxRows: number): number {
+  registerSearchText(sqlite);
   return sqlite.transaction(() => {
     const { indexed_rowid: from } = sqlite
       .prepare('select indexed_rowid from exchanges_fts_state where id = 1')
@@ -39,7 +77,7 @@ export function indexPendingExchanges(sqlite: SqliteHandle, maxRows: number): nu
     sqlite
       .prepare(
         `insert into exchanges_fts (rowid, request, response)
-         select rowid, request_body, ${RESPONSE_TEXT} from exchanges where rowid > ? and rowid <= ?`,
+         select rowid, ${REQUEST_TEXT}, ${RESPONSE_TEXT} from exchanges where rowid > ? and rowid <= ?`,
       )
       .run(from, last.r);
     sqlite.prepare('update exchanges_fts_state set indexed_rowid = ? where id = 1').run(last.r);

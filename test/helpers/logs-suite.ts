@@ -128,10 +128,11 @@ export function standardRows(): ExchangeRecord[] {
     rec('c2', { startedAt: NOW - 1 * MIN, internal: true, path: '/v1/embeddings', model: 'internal-embed' }),
     rec('d1', {
       startedAt: NOW - 30 * MIN,
+      // As Python's json.dumps sends it: the newline and the tab escaped, and the é too (`\u00e9`).
       requestBody: JSON.stringify({
         model: 'gpt-4o',
-        messages: [{ role: 'user', content: 'Say "hi", please,\nnow' }],
-      }),
+        messages: [{ role: 'user', content: 'Say "hi", please,\nnow\tcafé' }],
+      }).replace('é', '\\u00e9'),
     }),
   ];
 }
@@ -252,6 +253,10 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         [['--grep', 'zebra'], ['b1']],
         [['--grep', 'aard*'], ['b1']],
         [['--grep', 'hi please'], ['d1']],
+        // Words after an escaped newline or tab, and escaped non-ASCII, as the body says them.
+        [['--grep', 'now'], ['d1']],
+        [['--grep', 'café'], ['d1']],
+        [['--grep', 'please now café'], ['d1']],
         [['--grep', 'nothing-like-this'], []],
         [['--model', 'gpt-4o', '--since', '1h', '--status', '200', '--user', 'alice'], ['a1']],
       ])('filter %j', async (argv, expected) => {
@@ -496,7 +501,7 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         expect(records[0].slice(0, 5)).toEqual(['id', 'time', 'method', 'path', 'status']);
         const d1 = records.find((x) => x[0].startsWith('d1'))!;
         const body = d1[records[0].indexOf('request_body')];
-        expect(JSON.parse(body).messages[0].content).toBe('Say "hi", please,\nnow');
+        expect(JSON.parse(body).messages[0].content).toBe('Say "hi", please,\nnow\tcafé');
         expect(csv).toContain('\\""hi\\""');
         expect((await logs('export', '--format', 'xml')).code).toBe(2);
       });

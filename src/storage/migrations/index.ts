@@ -6,6 +6,7 @@ import * as m0004 from './0004-vector-index.js';
 import * as m0005 from './0005-search-function-planning.js';
 import * as m0006 from './0006-stats-rollup.js';
 import * as m0007 from './0007-search-index-automerge.js';
+import * as m0008 from './0008-search-text-unescaped.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -19,4 +20,5 @@ export const migrations: Record<string, Migration> = {
   '0005-search-function-planning': m0005,
   '0006-stats-rollup': m0006,
   '0007-search-index-automerge': m0007,
+  '0008-search-text-unescaped': m0008,
 };

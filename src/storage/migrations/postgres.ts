@@ -8,9 +8,9 @@ import { type Kysely, sql } from 'kysely';
  * reassembled content and tool calls, else the body). `oai_proxy_search_vector` never raises: a row must
  * never be refused because of its text (an over-long or odd body is indexed in part instead).
  */
-export async function up0002(db: Kysely<any>): Promise<void> {
-  await sql`create or replace function oai_proxy_search_vector(req text, resp text, asm text)
-    returns tsvector language plpgsql immutable parallel safe as $$
+
+/** 0002's search vector (until 0008): the request and the response text in one tsvector. */
+const SEARCH_VECTOR_0002 = sql`(req text, resp text, asm text) returns tsvector language plpgsql as $$
     declare
       t text := coalesce(req, '');
     begin
@@ -28,7 +28,12 @@ export async function up0002(db: Kysely<any>): Promise<void> {
       exception when others then
         return to_tsvector('simple', left(t, 100000));
       end;
-    end $$`.execute(db);
+    end $$`;
+
+export async function up0002(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_vector ${SEARCH_VECTOR_0002} immutable parallel safe`.execute(
+    db,
+  );
   await sql`create index if not exists exchanges_search on exchanges
     using gin (oai_proxy_search_vector(request_body, response_body, assembled))`.execute(db);
 }
@@ -54,4 +59,59 @@ export async function up0004(db: Kysely<any>): Promise<void> {
 export async function down0004(db: Kysely<any>): Promise<void> {
   await sql`drop trigger if exists exchange_index_delete on exchanges`.execute(db);
   await sql`drop function if exists oai_proxy_exchange_index_delete()`.execute(db);
+}
+
+/**
+ * 0008: a JSON body's escapes decoded before it is tokenised (see 0008-search-text-unescaped.ts). A body
+ * with a backslash that parses as JSON is read through jsonb: its strings decoded, with its keys and
+ * numbers; anything else as text, as before. Still never raises (an odd body is indexed in part).
+ */
+export async function up0008(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_text_vector(t text) returns tsvector
+    language plpgsql immutable parallel unsafe cost 2500 as $$
+    begin
+      if t is null or t = '' then
+        return ''::tsvector;
+      end if;
+      if position('\\' in t) > 0 and t ~ '^\\s*[\\[{]' then
+        begin
+          return jsonb_to_tsvector('simple', t::jsonb, '["string", "numeric", "boolean", "key"]');
+        exception when others then
+          null; -- not JSON after all: read it as text
+        end;
+      end if;
+      begin
+        return to_tsvector('simple', t);
+      exception when others then
+        return to_tsvector('simple', left(t, 100000));
+      end;
+    end $$`.execute(db);
+  await sql`create or replace function oai_proxy_search_vector(req text, resp text, asm text)
+    returns tsvector language plpgsql immutable parallel unsafe cost 5000 as $$
+    declare
+      answer tsvector;
+    begin
+      if asm is not null then
+        begin
+          answer := to_tsvector('simple', coalesce(asm::jsonb ->> 'content', ''))
+            || oai_proxy_search_text_vector((asm::jsonb -> 'tool_calls')::text);
+        exception when others then
+          answer := oai_proxy_search_text_vector(resp);
+        end;
+      else
+        answer := oai_proxy_search_text_vector(resp);
+      end if;
+      return oai_proxy_search_text_vector(req) || answer;
+    exception when others then
+      return to_tsvector('simple', left(coalesce(req, '') || ' ' || coalesce(resp, ''), 100000));
+    end $$`.execute(db);
+  // The index holds vectors of the old definition: build it again with the new one.
+  await sql`reindex index exchanges_search`.execute(db);
+}
+
+export async function down0008(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_vector ${SEARCH_VECTOR_0002}
+    immutable parallel unsafe cost 5000`.execute(db);
+  await sql`drop function if exists oai_proxy_search_text_vector(text)`.execute(db);
+  await sql`reindex index exchanges_search`.execute(db);
 }
