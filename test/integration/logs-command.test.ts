@@ -1,5 +1,6 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { sql } from 'kysely';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -7,6 +8,7 @@ import { openDatabase } from '../../src/storage/database.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 import { filterExpression } from '../../src/storage/log-queries.js';
 import { INSERT_EXCHANGE_SQL, toRow } from '../../src/storage/log-store.js';
+import { down0008 } from '../../src/storage/migrations/postgres.js';
 import { pgRow } from '../../src/storage/pg-log-store.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { createStatsRollup } from '../../src/storage/stats-rollup.js';
@@ -92,6 +94,68 @@ describe.skipIf(!pgUrl)('PostgreSQL (OAI_PROXY_TEST_PG_URL)', () => {
         ),
       cleanup: () => database.drop(),
     };
+  });
+
+  test('migration 0008 rebuilds the search index: a row recorded before it is found by a word after a newline', async () => {
+    const database = await createTestPgDatabase();
+    const grep = async (text: string) => {
+      const io = createTestIo({}, process.cwd());
+      expect(await main(['logs', '--grep', text, '--json', '--db', database.url], io), io.err()).toBe(0);
+      return (JSON.parse(io.out()) as { id: string }[]).map((x) => x.id.replace(/0+$/, ''));
+    };
+    try {
+      // A database as it was before 0008: the old function, the index built with it.
+      let storage = await openStorage({ kind: 'postgres', url: database.url });
+      await down0008(storage.db);
+      await sql`delete from kysely_migration where name = '0008-search-text-unescaped'`.execute(storage.db);
+      await storage.close();
+      // Recorded then (a bare client: opening the store would apply 0008).
+      const row = pgRow(
+        rec('e1', {
+          requestBody: JSON.stringify({ messages: [{ role: 'user', content: 'line one\nsecond line' }] }),
+        }),
+      );
+      const cols = Object.keys(row);
+      await pgQuery(
+        database.url,
+        `insert into exchanges (${cols.map((c) => `"${c}"`).join(', ')}) values (${cols.map((_, i) => `$${i + 1}`).join(', ')})`,
+        Object.values(row),
+      );
+      // What the GIN index itself holds (a small table is otherwise scanned, computing the vectors anew).
+      const fromIndex = async (word: string) => {
+        const client = new pg.Client({ connectionString: database.url });
+        await client.connect();
+        try {
+          await client.query('set enable_seqscan = off');
+          const r = await client.query(
+            `select id from exchanges
+             where oai_proxy_search_vector(request_body, response_body, assembled) @@ to_tsquery('simple', $1)`,
+            [word],
+          );
+          return r.rows.map((x) => x.id.replace(/0+$/, ''));
+        } finally {
+          await client.end();
+        }
+      };
+      expect(await grep('second')).toEqual([]);
+      expect(await fromIndex('nsecond')).toEqual(['e1']);
+
+      storage = await openStorage({ kind: 'postgres', url: database.url });
+      await storage.close();
+      expect(await grep('second')).toEqual(['e1']);
+      expect(await grep('one second')).toEqual(['e1']);
+      expect(await fromIndex('second')).toEqual(['e1']);
+      expect(await fromIndex('nsecond')).toEqual([]);
+      // Still serial and costly for the planner (0005).
+      expect(
+        await pgQuery(
+          database.url,
+          `select proparallel, procost from pg_proc where proname = 'oai_proxy_search_vector'`,
+        ),
+      ).toEqual([{ proparallel: 'u', procost: 5000 }]);
+    } finally {
+      await database.drop();
+    }
   });
 });
 
