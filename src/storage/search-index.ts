@@ -17,21 +17,35 @@ export function searchIndexLag(sqlite: SqliteHandle): SearchIndexLag {
 }
 
 const JSON_DOCUMENT_START = /^\s*[[{]/;
-const JSON_ESCAPE = /\\(?:u([0-9a-fA-F]{4})|([\s\S]))/g;
+/** The escapes that would glue a letter to the next word, and `\uXXXX`; `\"` and `\/` stay (separators). */
+const GLUING_ESCAPE = /\\(?:u([0-9a-fA-F]{4})|[nrtbf\\])/g;
 
 /**
- * The words of a body as `--grep` should find them: a JSON document's string escapes decoded, so that
- * `"line one\nline two"` indexes `two` (not `ntwo`), a tab or `\r` likewise, and `caf\u00e9` (how Python's
- * `json.dumps` and many clients send non-ASCII) indexes `café`. Text that does not start like a JSON
- * document is returned as it is: a backslash there is not an escape (a Windows path in plain text).
+ * The words of a body as `--grep` should find them. JSON writes a newline inside a string as `\n`, and
+ * the tokeniser read `line\nsecond` as `line` and `nsecond`; in a JSON document, `\n \r \t \b \f` and
+ * `\\` become a space here and `\uXXXX` its character (`caf\u00e9`, as Python's `json.dumps` and many
+ * clients send non-ASCII, is indexed as `café`). Text that does not start like a JSON document is
+ * returned as it is: a backslash there is not an escape (a Windows path in plain text).
  */
 export function searchText(text: string): string {
   if (!text.includes('\\') || !JSON_DOCUMENT_START.test(text)) return text;
-  return text.replace(JSON_ESCAPE, (_m, hex: string | undefined, c: string | undefined) => {
-    if (hex !== undefined) return String.fromCharCode(Number.parseInt(hex, 16));
-    // \n \r \t \b \f separate words; \" \\ \/ stand for themselves.
-    return c === 'n' || c === 'r' || c === 't' || c === 'b' || c === 'f' ? ' ' : (c as string);
-  });
+  if (text.includes('\\u'))
+    return text.replace(GLUING_ESCAPE, (_m, hex: string | undefined) =>
+      hex === undefined ? ' ' : String.fromCharCode(Number.parseInt(hex, 16)),
+    );
+  // No \u: the same without a callback per escape (3 against 10 µs for 4 KB holding 70 newlines).
+  let out = '';
+  let last = 0;
+  for (let i = text.indexOf('\\'); i !== -1; ) {
+    const c = text.charCodeAt(i + 1);
+    // n r t b f and a second backslash
+    if (c === 0x6e || c === 0x72 || c === 0x74 || c === 0x62 || c === 0x66 || c === 0x5c) {
+      out += `${text.slice(last, i)} `;
+      last = i + 2;
+      i = text.indexOf('\\', last);
+    } else i = text.indexOf('\\', i + 2);
+  }
+  return last === 0 ? text : out + text.slice(last);
 }
 
 /** The SQL function the indexing statement calls for a column holding a backslash. */
