@@ -4,6 +4,9 @@ import { OaiProxyError } from '../errors.js';
 import { undici } from '../lazy-modules.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
 
+/** Response headers as undici gives them (lower-case names; a missing value is undefined). */
+type ResponseHeaders = Record<string, string | string[] | undefined>;
+
 /** Where embeddings are requested: an upstream's embeddings URL with its credentials already applied. */
 export interface EmbeddingEndpoint {
   /** Upstream name as recorded (`default` or the config file's name). */
@@ -35,7 +38,7 @@ export interface EmbeddingClientOptions {
    */
   redact: {
     text(s: string): string;
-    headers(headers: Record<string, string | string[]>): string;
+    headers(headers: ResponseHeaders): string;
   };
   newId: () => string;
   /** Receives each call as an internal exchange (to be recorded). Must not throw. */
@@ -59,7 +62,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
       const t0 = performance.now();
       let status: number | null = null;
       let responseText = '';
-      let responseHeaders: Record<string, string | string[]> | null = null;
+      let responseHeaders: ResponseHeaders | null = null;
       let ttfb: number | null = null;
       let failure: { kind: ExchangeRecord['error']; message: string } | null = null;
       try {
@@ -72,8 +75,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         });
         ttfb = performance.now() - t0;
         status = res.statusCode;
-        responseHeaders = {};
-        for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) responseHeaders[k] = v;
+        responseHeaders = res.headers;
         responseText = await res.body.text();
       } catch (err) {
         const code = (err as { code?: string; name?: string }).code ?? (err as Error).name;
@@ -114,7 +116,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
     status: number | null,
     requestBody: string,
     responseBody: string,
-    responseHeaders: Record<string, string | string[]> | null,
+    responseHeaders: ResponseHeaders | null,
     failure: { kind: ExchangeRecord['error']; message: string } | null,
   ): void {
     if (!options.onExchange) return;

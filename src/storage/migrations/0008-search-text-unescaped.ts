@@ -16,12 +16,16 @@ import * as pg from './postgres.js';
  */
 export async function up(db: Kysely<any>): Promise<void> {
   if (isPostgres(db)) return pg.up0008(db);
-  await sql`insert into exchanges_fts (exchanges_fts) values ('delete-all')`.execute(db);
-  await sql`update exchanges_fts_state set indexed_rowid = 0 where id = 1`.execute(db);
+  await indexAgain(db);
 }
 
 export async function down(db: Kysely<any>): Promise<void> {
   if (isPostgres(db)) return pg.down0008(db);
+  await indexAgain(db);
+}
+
+/** SQLite: empty the full-text index and mark every row pending, for `serve` to index again. */
+async function indexAgain(db: Kysely<any>): Promise<void> {
   await sql`insert into exchanges_fts (exchanges_fts) values ('delete-all')`.execute(db);
   await sql`update exchanges_fts_state set indexed_rowid = 0 where id = 1`.execute(db);
 }
