@@ -179,12 +179,13 @@ export class ExchangeContext {
   }
 
   /** Read the whole request body up to `limit` bytes; null when over (after answering 413) or cut off. */
-  async readBody(limit: number): Promise<Buffer | null> {
-    if (this.requestBody) return this.requestBody;
-    const declared = Number(this.req.headers['content-length'] ?? 0);
+  readBody(limit: number): Promise<Buffer | null> {
+    if (this.requestBody) return Promise.resolve(this.requestBody);
+    const length = this.req.headers['content-length'];
+    const declared = length === undefined ? -1 : Number(length);
     if (declared > limit) {
       this.tooLarge(limit, declared);
-      return null;
+      return Promise.resolve(null);
     }
     // Plain 'data'/'end' listeners: an async iterator costs a promise per chunk on every request.
     const { req } = this;
@@ -208,13 +209,22 @@ export class ExchangeContext {
         }
         chunks.push(chunk);
         this.requestCapture.push(chunk);
+        // All the declared bytes are here: the parser has the whole body, 'end' would only follow a few
+        // ticks later (~30 µs of a request's wait before the upstream dispatch).
+        if (size === declared) complete();
       };
-      const onEnd = () => {
+      const complete = () => {
         done();
-        // The body also ends early when the parser refused it mid-way.
-        if (!req.complete) return resolve(null);
         this.requestBody = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size);
         resolve(this.requestBody);
+      };
+      const onEnd = () => {
+        // The body also ends early when the parser refused it mid-way.
+        if (req.complete) complete();
+        else {
+          done();
+          resolve(null);
+        }
       };
       // The client vanished mid-body ('aborted', then close): not the proxy's error; the exchange is
       // recorded as client_aborted when the response closes.
