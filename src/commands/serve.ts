@@ -52,7 +52,10 @@ export interface RunningProxy {
   database: OpenDatabase;
   logFile: string;
   logger: Logger;
-  /** Write what the log file has buffered now (tests and diagnostics read the file right after). */
+  /**
+   * Record the exchanges that finished and write what the log file has buffered, now (tests and
+   * diagnostics read the file right after).
+   */
   flushLogs(): void;
   /** The model registry: routing, `/models`, the admin API. */
   registry: RegistryRuntime;
@@ -402,6 +405,8 @@ export async function startProxy(
       },
     },
     health: () => {
+      // What finished is counted as queued or written, not left out.
+      proxy.recordFinished();
       const h = writer.health();
       return {
         upstream: defaultUpstream.origin + defaultUpstream.basePath,
@@ -464,6 +469,7 @@ export async function startProxy(
     vector,
     registry,
     flushLogs() {
+      proxy.recordFinished();
       flushLines();
       logFile.flushSync();
     },

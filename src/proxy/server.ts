@@ -76,11 +76,21 @@ export interface ProxyServer {
   /** Requests currently being handled. */
   inflight(): number;
   requestsTotal(): number;
-  /** Stop accepting; wait for in-flight exchanges up to `graceMs`, then cut the rest. */
+  /** Record now the finished exchanges still waiting their turn (see RECORD_DELAY_MS). */
+  recordFinished(): void;
+  /** Stop accepting; wait for in-flight exchanges up to `graceMs`, then cut the rest; record them all. */
   shutdown(graceMs: number): Promise<void>;
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+/**
+ * A finished exchange is recorded (its row built, its log line written) this many milliseconds after its
+ * response closed, with the others that finished meanwhile, so that requests arriving in that moment are
+ * forwarded first; RECORD_BATCH_MAX finished exchanges are recorded at once.
+ */
+const RECORD_DELAY_MS = 2;
+const RECORD_BATCH_MAX = 64;
 
 /**
  * The exchange a response belongs to, for the parser's error handler. A property rather than a WeakMap:
@@ -114,6 +124,8 @@ export class ExchangeContext {
   error: ExchangeErrorKind | null = null;
   errorMessage: string | null = null;
   ttfb: number | null = null;
+  /** Milliseconds from the request to the response's close; set then, as the row is built later. */
+  durationMs: number | null = null;
   assembler: StreamAssembler | null = null;
   responseContentType: string | undefined;
   responseEncoding: string | undefined;
@@ -371,7 +383,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       const r: ExchangeRecord = {
         id: x.id,
         startedAt: x.startedAt,
-        durationMs: x.elapsed(),
+        durationMs: x.durationMs ?? x.elapsed(),
         ttfbMs: x.ttfb,
         method: x.req.method ?? 'GET',
         // A key in the URL (`?api-key=…`, a mistaken path) is as secret as one in a header.
@@ -405,6 +417,21 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     } catch (err) {
       options.onError?.(err as Error, 'recording an exchange');
     }
+  };
+
+  let finished: ExchangeContext[] = [];
+  let finishedTimer: NodeJS.Timeout | null = null;
+  const recordFinished = () => {
+    if (finishedTimer) clearTimeout(finishedTimer);
+    finishedTimer = null;
+    const batch = finished;
+    finished = [];
+    for (const x of batch) record(x);
+  };
+  const recordLater = (x: ExchangeContext) => {
+    finished.push(x);
+    if (finished.length >= RECORD_BATCH_MAX) recordFinished();
+    else finishedTimer ??= setTimeout(recordFinished, RECORD_DELAY_MS);
   };
 
   const forward = async (x: ExchangeContext) => {
@@ -705,11 +732,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
     (res as ResponseWithExchange)[kExchange] = x;
     res.once('close', () => {
+      x.durationMs = x.elapsed();
       if (!res.writableEnded && !x.error) {
         x.error = 'client_aborted';
         x.errorMessage = 'The client disconnected before the response was complete';
       }
-      record(x);
+      recordLater(x);
       inflight--;
       if (inflight === 0 && drained) drained();
     });
@@ -866,6 +894,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     server,
     inflight: () => inflight,
     requestsTotal: () => requestsTotal,
+    recordFinished,
     async shutdown(graceMs) {
       closing = true;
       const closed = new Promise<void>((r) => server.close(() => r()));
@@ -881,6 +910,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       }
       for (const s of sockets) s.destroy();
       await closed;
+      recordFinished();
     },
   };
 }

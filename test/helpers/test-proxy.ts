@@ -29,6 +29,8 @@ export interface TestProxy {
     check: (lines: Record<string, any>[]) => boolean,
     timeoutMs?: number,
   ): Promise<Record<string, any>[]>;
+  /** Record the exchanges that finished and wait until the Qdrant indexer has handled them all. */
+  drainIndexer(): Promise<void>;
   /** Wait until at least `n` rows are recorded. */
   waitForRows(n: number, timeoutMs?: number): Promise<ExchangesTable[]>;
   close(): Promise<void>;
@@ -95,6 +97,7 @@ export async function startTestProxy(
     logPath,
     stderr: io.err,
     rows() {
+      running.proxy.recordFinished();
       running.writer.flush();
       return running.database.sqlite
         .prepare('select * from exchanges order by started_at, id')
@@ -119,6 +122,10 @@ export async function startTestProxy(
         if (check(lines) || Date.now() > end) return lines;
         await new Promise((r) => setTimeout(r, 20));
       }
+    },
+    async drainIndexer() {
+      running.proxy.recordFinished();
+      await running.vector?.indexer.drain();
     },
     async waitForRows(n, timeoutMs = 5000) {
       const end = Date.now() + timeoutMs;

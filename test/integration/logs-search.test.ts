@@ -58,7 +58,7 @@ async function seed() {
   await chat('gpt-4o-mini', 'zzz buzz fizz jazz', 'zzz buzz');
   await chat('gpt-4o-mini', 'Can I get a refund for my order?', 'Yes, refunds within thirty days.');
   await proxy!.waitForRows(3);
-  await proxy!.running.vector?.indexer.drain();
+  await proxy!.drainIndexer();
   proxy!.running.writer.flush();
 }
 

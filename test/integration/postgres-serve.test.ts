@@ -70,7 +70,9 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
       Array.from({ length: n }, (_, i) => chat(i % 2 ? a : b, 'gpt-4o-mini', `question ${i}`)),
     );
     expect(answers.every((x) => x.choices[0].message.content === 'Hello from the fake upstream!')).toBe(true);
+    a.running.proxy.recordFinished();
     await a.running.writer.flush();
+    b.running.proxy.recordFinished();
     await b.running.writer.flush();
     const rows = await pgQuery(
       url,
@@ -134,6 +136,7 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     const up = await upstream();
     const p = await serve(cluster.url, up);
     await chat(p, 'gpt-4o-mini', 'before');
+    p.running.proxy.recordFinished();
     await p.running.writer.flush();
 
     await cluster.pause();

@@ -57,6 +57,32 @@ describe('transparent proxying with the openai SDK', () => {
     expect(row.ttfb_ms).not.toBeNull();
   });
 
+  test('the recorded duration ends with the response, not when the row is built a moment later', async () => {
+    upstream.streamIntervalMs = 20;
+    upstream.streamWords = 3;
+    const t0 = performance.now();
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        model: 'gpt-4o-mini',
+        messages: [{ role: 'user', content: 'hi' }],
+        stream: true,
+      }),
+    });
+    expect(res.status).toBe(200);
+    await res.text();
+    const clientMs = performance.now() - t0;
+    // The row is built a few milliseconds after the response closes (RECORD_DELAY_MS): hold this
+    // process's event loop (the proxy's too) past that moment, so a late clock shows.
+    const busyUntil = performance.now() + 30;
+    while (performance.now() < busyUntil);
+    const [row] = await proxy.waitForRows(1);
+    expect(row.duration_ms).toBeGreaterThanOrEqual(40);
+    expect(row.duration_ms).toBeLessThanOrEqual(clientMs);
+    expect(row.ttfb_ms).toBeLessThan(row.duration_ms);
+  });
+
   test('streamed chat completion is forwarded event by event with its pacing and stored reassembled', async () => {
     upstream.streamIntervalMs = 50;
     upstream.streamWords = 6;

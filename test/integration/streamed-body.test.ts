@@ -67,6 +67,7 @@ describe('onStreamedBody', () => {
     const sent = upstream.requests.at(-1)!.body.length;
     expect(sent).toBeGreaterThan(3_000_000);
     expect(streamed).toBe(sent);
+    proxy.recordFinished();
     expect(records.at(-1)!.requestBytes).toBe(sent);
   });
 

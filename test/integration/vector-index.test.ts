@@ -59,7 +59,7 @@ describe('indexing exchanges into Qdrant while serving', () => {
     });
     for await (const _ of stream);
 
-    await proxy.running.vector!.indexer.drain();
+    await proxy.drainIndexer();
     const rows = await proxy.waitForRows(3);
     const chats = rows.filter((r) => r.path === '/v1/chat/completions');
     expect(chats).toHaveLength(2);
@@ -137,7 +137,7 @@ describe('indexing exchanges into Qdrant while serving', () => {
       model: 'gpt-4o',
       messages: [{ role: 'user', content: 'Where is my parcel?' }],
     });
-    await proxy.running.vector!.indexer.drain();
+    await proxy.drainIndexer();
     const internal = (await proxy.waitForRows(2)).find((r) => r.internal === 1)!;
     expect(internal).toMatchObject({ path: '/v1/embeddings', status: 200 });
     expect(JSON.parse(internal.response_headers!)).toMatchObject({
@@ -177,7 +177,7 @@ describe('indexing exchanges into Qdrant while serving', () => {
     ).rejects.toThrow();
 
     await proxy.waitForRows(6);
-    await proxy.running.vector!.indexer.drain();
+    await proxy.drainIndexer();
     const points = await qdrant.points();
     const paths = points.map((p) => p.payload.path).sort();
     expect(paths).toEqual(['/v1/completions', '/v1/responses']);
@@ -196,7 +196,7 @@ describe('indexing exchanges into Qdrant while serving', () => {
       messages: [{ role: 'user', content: 'still works?' }],
     });
     expect(answer.choices[0].message.content).toBe('Hello from the fake upstream!');
-    await proxy.running.vector!.indexer.drain();
+    await proxy.drainIndexer();
 
     const h = await health(proxy);
     expect(h.status).toBe('ok');
@@ -238,7 +238,7 @@ describe('indexing exchanges into Qdrant while serving', () => {
       messages: [{ role: 'user', content: 'hello' }],
     });
     expect(answer.choices[0].message.content).toBe('Hello from the fake upstream!');
-    await proxy.running.vector!.indexer.drain();
+    await proxy.drainIndexer();
 
     const h = await health(proxy);
     expect(h.qdrant).toBe('error');
@@ -280,7 +280,7 @@ describe('indexing exchanges into Qdrant while serving', () => {
     expect(performance.now() - t0).toBeLessThan(1000);
     expect((await health(proxy)).qdrant_pending).toBeGreaterThanOrEqual(1);
     release();
-    await proxy.running.vector!.indexer.drain();
+    await proxy.drainIndexer();
     expect((await health(proxy)).qdrant_pending).toBe(0);
   });
 
