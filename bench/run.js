@@ -884,6 +884,13 @@ function printTable(title, header, rows) {
 
 const fmt = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
 
+/**
+ * `a`'s req/s over `b`'s: the median of the rounds' own ratios. Each round ran both within seconds of
+ * each other; the ratio of the two medians can pair a fast round of one with a slow round of the other
+ * when the machine's speed drifts during the run (it moves by 2× within hours).
+ */
+const roundsRatio = (s, a, b) => median(s[a].rounds.map((x, i) => x / s[b].rounds[i]));
+
 function report(results) {
   const names = ['upstream', 'bare-pipe', 'oai-proxy'];
   if (results.http?.c1?.['oai-proxy-pg'] || results.streams?.['oai-proxy-pg']) names.push('oai-proxy-pg');
@@ -900,8 +907,8 @@ function report(results) {
         fmt(x.p99, 2),
         fmt(x.cpuUsPerReq, 0),
         fmt(x.rssMb, 0),
-        n === 'upstream' ? '-' : fmt(x.rps / s['bare-pipe'].rps),
-        fmt(x.rps / s.upstream.rps),
+        n === 'upstream' ? '-' : fmt(roundsRatio(s, n, 'bare-pipe')),
+        fmt(roundsRatio(s, n, 'upstream')),
         fmt(x.p50 - s.upstream.p50, 3),
         fmt(x.p99 / s['bare-pipe'].p99),
         String(x.errors),
@@ -910,7 +917,7 @@ function report(results) {
   }
   if (rows.length)
     printTable(
-      'Non-streamed chat completions (median of rounds)',
+      "Non-streamed chat completions (median of rounds; ×bare and ×upstream: median of the rounds' ratios)",
       [
         'target',
         'req/s',
@@ -1031,8 +1038,8 @@ function targets(results) {
   const out = [];
   const h = results.http;
   if (h?.c64) {
-    const r = h.c64['oai-proxy'].rps / h.c64['bare-pipe'].rps;
-    // Each round ran every target once, on fresh processes: the spread of the rounds' own ratios.
+    const r = roundsRatio(h.c64, 'oai-proxy', 'bare-pipe');
+    // Each round ran every target once, on fresh processes: the median and spread of the rounds' ratios.
     const perRound = h.c64['oai-proxy'].rounds.map((x, i) => x / h.c64['bare-pipe'].rounds[i]);
     const spread =
       perRound.length > 1 ? ` (rounds ${fmt(Math.min(...perRound))}–${fmt(Math.max(...perRound))}×)` : '';
