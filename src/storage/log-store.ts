@@ -16,7 +16,11 @@ export interface ExchangeWriterHealth {
 export interface ExchangeWriter extends ExchangeSink {
   /** Write everything queued now; returns rows written (0 when the database failed). */
   flush(): number;
-  /** Start a timed flush now (short lock waits, back-off and slices apply), instead of at the next tick. */
+  /**
+   * Write a slice now (short lock waits, back-off and slices apply), even when the next one is already
+   * scheduled: the recorder thread calls it when a transaction's worth of rows is queued, so a backlog
+   * waits in its message queue, serialised, rather than as rows on this thread's heap.
+   */
   kick(): void;
   health(): ExchangeWriterHealth;
   /**
@@ -245,9 +249,11 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   // Timed flushes write in slices of `sliceRows`, yielding to the event loop between slices, so a large
   // backlog never stalls in-flight requests for the whole batch (p99 at 64 connections).
   const sliceRows = options.sliceRows ?? 128;
-  let draining = false;
+  /** The next slice, when one is scheduled. */
+  let draining: NodeJS.Immediate | null = null;
   const drainSlice = () => {
-    draining = false;
+    if (draining) clearImmediate(draining);
+    draining = null;
     if (queue.length === 0) return;
     if (failing && Date.now() < retryAt) return;
     if (checkMoved()) return;
@@ -258,10 +264,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       fail(err as Error);
       return;
     }
-    if (queue.length > 0 && !failing) {
-      draining = true;
-      setImmediate(drainSlice);
-    }
+    if (queue.length > 0 && !failing) draining = setImmediate(drainSlice);
   };
   const timer = setInterval(() => {
     if (!draining) drainSlice();
@@ -283,7 +286,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
     },
     flush: () => flush(),
     kick() {
-      if (!draining) drainSlice();
+      drainSlice();
     },
     health() {
       return { database: failing ? 'error' : 'ok', queued: queue.length, written, spilled, lastError };

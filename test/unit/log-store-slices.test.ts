@@ -83,3 +83,22 @@ test('kick() starts a timed flush at once instead of at the next tick, in slices
   writer.close();
   await db.destroy();
 });
+
+test('kick() writes a slice at once even when the next one is already scheduled, and only once', async () => {
+  const { sqlite, db } = await migratedMemoryDb();
+  const writer = createExchangeWriter({ sqlite, flushIntervalMs: 60_000, queueMax: 100_000, sliceRows: 100 });
+  for (let i = 0; i < 350; i++) writer.record(record(i));
+  writer.kick();
+  expect(writer.health().written).toBe(100); // a slice now, the next one scheduled
+  // The recorder thread kicks on every message while a transaction's worth is queued: no waiting for
+  // the scheduled slice, so the backlog stays in its message queue instead of on the heap.
+  writer.kick();
+  expect(writer.health().written).toBe(200);
+  // The slice scheduled before the kick was replaced, not added to: one slice per turn of the loop.
+  await new Promise((r) => setImmediate(r));
+  expect(writer.health().written).toBe(300);
+  await new Promise((r) => setImmediate(r));
+  expect(writer.health()).toMatchObject({ written: 350, queued: 0 });
+  writer.close();
+  await db.destroy();
+});
