@@ -171,7 +171,7 @@ describe('database trouble while running', () => {
       // A model added from another terminal lives in the registry tables of the same file.
       expect((await models(proxy, 'add', 'before-model')).code).toBe(0);
       await until('the proxy to see it', async () => (await listModels(proxy.url)).includes('before-model'));
-      proxy.rows(); // those GET /v1/models rows go to the old file
+      proxy.flush(); // those GET /v1/models rows go to the old file
       if (how === 'delete' || how === 'delete-db') {
         rmSync(proxy.dbPath);
         if (how === 'delete') {

@@ -17,6 +17,8 @@ export interface TestProxy {
   dbPath: string;
   logPath: string;
   stderr: () => string;
+  /** Record the exchanges that finished and write every queued row now (SQLite or PostgreSQL). */
+  flush(): number | Promise<number>;
   /** Flush queued rows and read the exchanges table, oldest first. */
   rows(): ExchangesTable[];
   /** The log file's JSON lines, parsed (after flushing). */
@@ -96,9 +98,12 @@ export async function startTestProxy(
     dbPath,
     logPath,
     stderr: io.err,
-    rows() {
+    flush() {
       running.proxy.recordFinished();
-      running.writer.flush();
+      return running.writer.flush();
+    },
+    rows() {
+      proxy.flush();
       return running.database.sqlite
         .prepare('select * from exchanges order by started_at, id')
         .all() as ExchangesTable[];

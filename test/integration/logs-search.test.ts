@@ -59,7 +59,7 @@ async function seed() {
   await chat('gpt-4o-mini', 'Can I get a refund for my order?', 'Yes, refunds within thirty days.');
   await proxy!.waitForRows(3);
   await proxy!.drainIndexer();
-  proxy!.running.writer.flush();
+  proxy!.flush();
 }
 
 describe('oai-proxy logs search', () => {

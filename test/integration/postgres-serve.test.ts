@@ -70,10 +70,8 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
       Array.from({ length: n }, (_, i) => chat(i % 2 ? a : b, 'gpt-4o-mini', `question ${i}`)),
     );
     expect(answers.every((x) => x.choices[0].message.content === 'Hello from the fake upstream!')).toBe(true);
-    a.running.proxy.recordFinished();
-    await a.running.writer.flush();
-    b.running.proxy.recordFinished();
-    await b.running.writer.flush();
+    await a.flush();
+    await b.flush();
     const rows = await pgQuery(
       url,
       "select id, request_body, started_at, status from exchanges where path = '/v1/chat/completions'",
@@ -136,8 +134,7 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     const up = await upstream();
     const p = await serve(cluster.url, up);
     await chat(p, 'gpt-4o-mini', 'before');
-    p.running.proxy.recordFinished();
-    await p.running.writer.flush();
+    await p.flush();
 
     await cluster.pause();
     const latencies: number[] = [];
