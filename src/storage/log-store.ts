@@ -1,6 +1,7 @@
 import type { SqliteHandle } from './database.js';
 import type { ExchangeRecord, ExchangeSink, RecordingWriterOptions } from './exchange-record.js';
 import { toWire } from './exchange-wire.js';
+import { createFailureStreak } from './failure-streak.js';
 import type { ExchangesTable } from './tables.js';
 
 /** What `/health` shows about recording. */
@@ -153,10 +154,11 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   let queue: ExchangeRecord[] = [];
   let written = 0;
   let spilled = 0;
-  let lastError: string | null = null;
-  let failing = false;
-  let retryAt = 0;
-  let backoff = options.flushIntervalMs;
+  const streak = createFailureStreak({
+    baseMs: options.flushIntervalMs,
+    onError: options.onError,
+    onRecover: options.onRecover,
+  });
   let closed = false;
   let insert: ReturnType<SqliteHandle['prepare']> | null = null;
   let writeBatch: ((rows: ExchangeRecord[]) => void) | null = null;
@@ -169,13 +171,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   };
 
   const fail = (e: Error) => {
-    lastError = e.message;
-    if (!failing) {
-      failing = true;
-      options.onError?.(e);
-    }
-    backoff = Math.min(backoff * 2, 5000);
-    retryAt = Date.now() + backoff;
+    streak.fail(e);
     options.onState?.();
   };
 
@@ -192,7 +188,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
         sqlite = next;
         writeBatch = null;
         reopening = false;
-        retryAt = 0;
+        streak.retryNow();
       },
       (err) => {
         reopening = false;
@@ -237,12 +233,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       total += batch.length;
       written += batch.length;
     }
-    if (failing) {
-      failing = false;
-      lastError = null;
-      backoff = options.flushIntervalMs;
-      options.onRecover?.();
-    }
+    streak.succeeded();
     return total;
   };
 
@@ -255,7 +246,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
     if (draining) clearImmediate(draining);
     draining = null;
     if (queue.length === 0) return;
-    if (failing && Date.now() < retryAt) return;
+    if (streak.waiting()) return;
     if (checkMoved()) return;
     try {
       flush(true, sliceRows);
@@ -264,7 +255,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       fail(err as Error);
       return;
     }
-    if (queue.length > 0 && !failing) draining = setImmediate(drainSlice);
+    if (queue.length > 0 && !streak.failing) draining = setImmediate(drainSlice);
   };
   const timer = setInterval(() => {
     if (!draining) drainSlice();
@@ -289,7 +280,13 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       drainSlice();
     },
     health() {
-      return { database: failing ? 'error' : 'ok', queued: queue.length, written, spilled, lastError };
+      return {
+        database: streak.failing ? 'error' : 'ok',
+        queued: queue.length,
+        written,
+        spilled,
+        lastError: streak.lastError,
+      };
     },
     close() {
       if (closed) return;

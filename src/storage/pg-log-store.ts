@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { ExchangeRecord, RecordingWriterOptions } from './exchange-record.js';
+import { createFailureStreak } from './failure-streak.js';
 import { type ExchangeWriterHealth, toRow } from './log-store.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
 
@@ -35,10 +36,11 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
   let queue: ExchangeRecord[] = [];
   let written = 0;
   let spilled = 0;
-  let lastError: string | null = null;
-  let failing = false;
-  let retryAt = 0;
-  let backoff = options.flushIntervalMs;
+  const streak = createFailureStreak({
+    baseMs: options.flushIntervalMs,
+    onError: options.onError,
+    onRecover: options.onRecover,
+  });
   let writing: Promise<number> | null = null;
   let inflight = 0;
   let closed = false;
@@ -51,16 +53,6 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
   const bound = () => {
     const over = queue.length + inflight - queueMax;
     if (over > 0) spill(queue.splice(0, Math.min(over, queue.length)));
-  };
-
-  const fail = (e: Error) => {
-    lastError = e.message;
-    if (!failing) {
-      failing = true;
-      options.onError?.(e);
-    }
-    backoff = Math.min(backoff * 2, 5000);
-    retryAt = Date.now() + backoff;
   };
 
   const insert = (rows: ExchangeRecord[]) =>
@@ -97,7 +89,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
           if (!isDataError(err)) throw err;
           const bad = await writeOneByOne(batch);
           if (bad.length > 0) {
-            lastError = `${bad.length} exchange(s) rejected by PostgreSQL: ${(err as Error).message}`;
+            streak.lastError = `${bad.length} exchange(s) rejected by PostgreSQL: ${(err as Error).message}`;
             spill(bad);
           }
           written -= bad.length;
@@ -107,19 +99,14 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
         inflight = 0;
         queue = batch.concat(queue);
         bound();
-        fail(err as Error);
+        streak.fail(err as Error);
         return total;
       }
       inflight = 0;
       total += batch.length;
       written += batch.length;
     }
-    if (failing) {
-      failing = false;
-      lastError = null;
-      backoff = options.flushIntervalMs;
-      options.onRecover?.();
-    }
+    streak.succeeded();
     return total;
   };
 
@@ -132,7 +119,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
 
   const timer = setInterval(() => {
     if (queue.length === 0 || writing) return;
-    if (failing && Date.now() < retryAt) return;
+    if (streak.waiting()) return;
     void run();
   }, options.flushIntervalMs);
   timer.unref();
@@ -151,11 +138,11 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
     },
     health() {
       return {
-        database: failing ? 'error' : 'ok',
+        database: streak.failing ? 'error' : 'ok',
         queued: queue.length + inflight,
         written,
         spilled,
-        lastError,
+        lastError: streak.lastError,
       };
     },
     async close() {

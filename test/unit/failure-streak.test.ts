@@ -1,0 +1,50 @@
+import { afterEach, beforeEach, expect, test, vi } from 'vitest';
+import { createFailureStreak } from '../../src/storage/failure-streak.js';
+
+beforeEach(() => {
+  vi.useFakeTimers({ now: 1_700_000_000_000 });
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+test('a streak is reported once, backs off doubling up to 5 s, and ends on the first success', () => {
+  const events: string[] = [];
+  const streak = createFailureStreak({
+    baseMs: 1000,
+    onError: (e) => events.push(`error: ${e.message}`),
+    onRecover: () => events.push('recovered'),
+  });
+  expect(streak.failing).toBe(false);
+  expect(streak.waiting()).toBe(false);
+
+  // Back-offs: 2 s, 4 s, then 5 s each time.
+  const waits: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    streak.fail(new Error(`disk I/O error ${i}`));
+    let waited = 0;
+    while (streak.waiting()) {
+      vi.advanceTimersByTime(100);
+      waited += 100;
+    }
+    waits.push(waited);
+  }
+  expect(waits).toEqual([2000, 4000, 5000, 5000]);
+  expect(events).toEqual(['error: disk I/O error 0']);
+  expect(streak.lastError).toBe('disk I/O error 3');
+
+  streak.succeeded();
+  streak.succeeded();
+  expect(events).toEqual(['error: disk I/O error 0', 'recovered']);
+  expect(streak.failing).toBe(false);
+  expect(streak.lastError).toBeNull();
+
+  // A new streak starts from the base back-off again, and retryNow() makes the retry due at once.
+  streak.fail(new Error('database is locked'));
+  expect(events.at(-1)).toBe('error: database is locked');
+  vi.advanceTimersByTime(1900);
+  expect(streak.waiting()).toBe(true);
+  streak.retryNow();
+  expect(streak.waiting()).toBe(false);
+  expect(streak.failing).toBe(true);
+});
