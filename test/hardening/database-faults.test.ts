@@ -8,6 +8,7 @@ import { fillDisk } from '../helpers/disk-full.js';
 import { sleep } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 
 const setup = proxyWithUpstreamPerTest();
 const cleanups: (() => void)[] = [];
@@ -52,14 +53,6 @@ function countRows(path: string): number {
     return (db.prepare('select count(*) as n from exchanges').get() as { n: number }).n;
   } finally {
     db.close();
-  }
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 8000) {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
   }
 }
 

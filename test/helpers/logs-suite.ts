@@ -8,6 +8,7 @@ import { registerLogsCommand } from '../../src/commands/logs.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 import { createTempDir } from './temp-dir.js';
 import { createTestIo } from './test-proxy.js';
+import { until } from './until.js';
 
 /** A database `oai-proxy logs` reads, as the shared logs suite needs it. */
 export interface LogsTestDatabase {
@@ -583,10 +584,10 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         const ac = new AbortController();
         const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
         const done = main(['logs', '--follow', '--jsonl', '--interval', '30', '--db', database.db], io);
-        await waitFor(() => io.out().includes('f1'));
+        await until("'f1' on stdout", () => io.out().includes('f1'));
         // Another process writes, as a running `serve` would.
         await database.writeFromAnotherProcess(rec('f2', { startedAt: Date.now(), model: 'gpt-4o-mini' }));
-        await waitFor(() => io.out().includes('f2'));
+        await until("'f2' on stdout", () => io.out().includes('f2'));
         ac.abort();
         expect(await done).toBe(0);
         const printed = io
@@ -605,12 +606,12 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         const ac = new AbortController();
         const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
         const done = main(['logs', 'tail', '--model', 'gpt-4', '--interval', '30', '--db', database.db], io);
-        await waitFor(() => io.out().includes('g1'));
+        await until("'g1' on stdout", () => io.out().includes('g1'));
         await seed([
           rec('g3', { model: 'gpt-4', startedAt: Date.now() }),
           rec('g4', { startedAt: Date.now() }),
         ]);
-        await waitFor(() => io.out().includes('g3'));
+        await until("'g3' on stdout", () => io.out().includes('g3'));
         ac.abort();
         expect(await done).toBe(0);
         expect(io.out()).not.toContain('g2');
@@ -621,14 +622,6 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       });
     });
   });
-}
-
-export async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 /** Minimal RFC 4180 parser for the assertions. */

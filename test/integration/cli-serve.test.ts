@@ -9,6 +9,7 @@ import { main } from '../../src/cli.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 
 const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
 const cleanups: (() => unknown)[] = [];
@@ -216,17 +217,13 @@ describe('the built bin', () => {
     );
     const base = await url;
     const lines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
-    const until = async (cond: () => boolean) => {
-      for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 25));
-      expect(cond()).toBe(true);
-    };
     await fetch(`${base}/v1/files?n=1`);
-    await until(() => lines(logPath).length === 1);
+    await until('the first line in the log file', () => lines(logPath).length === 1);
     renameSync(logPath, `${logPath}.rotated`);
     child.kill('SIGUSR2');
-    await until(() => existsSync(logPath));
+    await until('the log file reopened at its path', () => existsSync(logPath));
     await fetch(`${base}/v1/files?n=2`);
-    await until(() => lines(logPath).length === 1);
+    await until('the second line in the new log file', () => lines(logPath).length === 1);
     expect(lines(`${logPath}.rotated`).map((l) => JSON.parse(l).path)).toEqual(['/v1/files']);
     expect(JSON.parse(lines(logPath)[0])).toMatchObject({ path: '/v1/files', status: 404 });
     child.kill('SIGTERM');

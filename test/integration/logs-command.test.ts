@@ -13,10 +13,11 @@ import { pgRow } from '../../src/storage/pg-log-store.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { createStatsRollup } from '../../src/storage/stats-rollup.js';
 import { openStorage } from '../../src/storage/storage.js';
-import { logsSuite, NOW, rec, runNode, standardRows, waitFor } from '../helpers/logs-suite.js';
+import { logsSuite, NOW, rec, runNode, standardRows } from '../helpers/logs-suite.js';
 import { createTestPgDatabase, pgQuery, pgUrl, startRelay, warnIfNoPg } from '../helpers/pg.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 
 /**
  * Record rows into the SQLite file as `serve` does, and as serve's background jobs do, index them for
@@ -293,20 +294,20 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
       const ac = new AbortController();
       const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
       const done = main(['logs', '--follow', '--jsonl', '--interval', '30', '--db', database.url], io);
-      await waitFor(() => io.out().includes('f1'));
+      await until("'f1' on stdout", () => io.out().includes('f1'));
       // Writer A takes the next rowid but has not committed; writer B takes the one after and commits.
       await a.query('begin');
       await insert(a, rec('x1', { startedAt: Date.now() }));
       await insert(b, rec('y1', { startedAt: Date.now() }));
-      await waitFor(() => io.out().includes('y1'));
+      await until("'y1' on stdout", () => io.out().includes('y1'));
       // A rolled-back batch leaves a hole for good; rows after it still come through.
       await b.query('begin');
       await insert(b, rec('r1', { startedAt: Date.now() }));
       await b.query('rollback');
       await insert(b, rec('y2', { startedAt: Date.now() }));
-      await waitFor(() => io.out().includes('y2'));
+      await until("'y2' on stdout", () => io.out().includes('y2'));
       await a.query('commit');
-      await waitFor(() => io.out().includes('x1'));
+      await until("'x1' on stdout", () => io.out().includes('x1'));
       await new Promise((r) => setTimeout(r, 150)); // a few more polls: nothing is printed twice
       ac.abort();
       expect(await done).toBe(0);
@@ -337,14 +338,14 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
       const ac = new AbortController();
       const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
       const done = main(['logs', '--follow', '--jsonl', '--interval', '30', '--db', viaRelay.href], io);
-      await waitFor(() => io.out().includes('k1'));
+      await until("'k1' on stdout", () => io.out().includes('k1'));
       await relay.down(); // connections cut, new ones refused: a restarting server
-      await waitFor(() => io.err().includes('lost the connection'));
+      await until("'lost the connection' on stderr", () => io.err().includes('lost the connection'));
       await seedPostgres(database.url, [rec('k2', { startedAt: Date.now() })]);
       await new Promise((r) => setTimeout(r, 300));
       expect(io.out()).not.toContain('k2');
       await relay.up();
-      await waitFor(() => io.out().includes('k2'), 15_000);
+      await until("'k2' on stdout", () => io.out().includes('k2'), 15_000);
       expect(io.err()).toMatch(/lost the connection to postgres:\/\/[^ ]*:\*\*\*@.*retrying/);
       expect(io.err()).toMatch(/reconnected to postgres:/);
       ac.abort();

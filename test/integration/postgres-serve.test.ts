@@ -4,6 +4,7 @@ import { main } from '../../src/cli.js';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { createTestPgDatabase, pgQuery, pgUrl, startPrivateCluster, warnIfNoPg } from '../helpers/pg.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 
 const ADMIN_KEY = 'admin-key-0123456789abcdefghijklmnop';
 
@@ -43,16 +44,6 @@ const chat = (p: TestProxy, model = 'gpt-4o-mini', content = 'hello') =>
 
 async function health(p: TestProxy): Promise<Record<string, any>> {
   return (await fetch(`${p.url}/health`)).json() as Promise<Record<string, any>>;
-}
-
-async function until<T>(fn: () => Promise<T | undefined | false>, timeoutMs: number): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`not reached within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 warnIfNoPg();
@@ -102,27 +93,37 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     });
     expect(res.status).toBeLessThan(300);
     const t0 = Date.now();
-    await until(async () => {
-      await chat(b, 'team-fast').catch(() => undefined);
-      return up.requests.length > 0 && lastModel() === 'gpt-4o-mini';
-    }, 1500);
+    await until(
+      'the new alias on the other instance',
+      async () => {
+        await chat(b, 'team-fast').catch(() => undefined);
+        return up.requests.length > 0 && lastModel() === 'gpt-4o-mini';
+      },
+      1500,
+    );
     expect(Date.now() - t0).toBeLessThan(1500);
 
     // The CLI writes straight to the database; both instances follow.
     const io = createTestIo({ DATABASE_URL: url, HOME: '/nonexistent' });
     expect(await main(['models', 'map', 'team-fast', 'gpt-4o'], io)).toBe(0);
     const t1 = Date.now();
-    await until(async () => {
-      const [x, y] = await Promise.all([
-        client(a)
-          .models.retrieve('team-fast')
-          .catch(() => null),
-        b.running.registry.current().resolve('team-fast').actual,
-      ]);
-      return (
-        x !== null && y === 'gpt-4o' && a.running.registry.current().resolve('team-fast').actual === 'gpt-4o'
-      );
-    }, 1500);
+    await until(
+      'the mapping the CLI wrote, on both instances',
+      async () => {
+        const [x, y] = await Promise.all([
+          client(a)
+            .models.retrieve('team-fast')
+            .catch(() => null),
+          b.running.registry.current().resolve('team-fast').actual,
+        ]);
+        return (
+          x !== null &&
+          y === 'gpt-4o' &&
+          a.running.registry.current().resolve('team-fast').actual === 'gpt-4o'
+        );
+      },
+      1500,
+    );
     expect(Date.now() - t1).toBeLessThan(1500);
     await chat(b, 'team-fast');
     expect(lastModel()).toBe('gpt-4o');
@@ -146,19 +147,27 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     }
     // No request waited on the database (connect timeout is 5 s; these are local round trips).
     expect(Math.max(...latencies)).toBeLessThan(1000);
-    const down = await until(async () => {
-      const h = await health(p);
-      return h.database === 'error' ? h : undefined;
-    }, 10_000);
+    const down = await until(
+      '/health to report the database error',
+      async () => {
+        const h = await health(p);
+        return h.database === 'error' ? h : undefined;
+      },
+      10_000,
+    );
     expect(down.queued_log_rows).toBeGreaterThanOrEqual(10);
     expect(down.database_error).toBeTruthy();
     expect(JSON.stringify(down)).not.toContain(new URL(cluster.url).password);
 
     await cluster.resume();
-    const back = await until(async () => {
-      const h = await health(p);
-      return h.database === 'ok' && h.queued_log_rows === 0 ? h : undefined;
-    }, 15_000);
+    const back = await until(
+      '/health to report the queue written',
+      async () => {
+        const h = await health(p);
+        return h.database === 'ok' && h.queued_log_rows === 0 ? h : undefined;
+      },
+      15_000,
+    );
     expect(back.spilled_log_rows).toBe(0);
     const rows = await pgQuery(
       cluster.url,
