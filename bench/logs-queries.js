@@ -17,7 +17,7 @@
 // rolling up the closed hours as `serve` does in the background. `writes` measures the batched recorder
 // (`createExchangeWriter`) on the 0001 schema, with every migration, and with every row landing late in a
 // rolled-up hour (the rollup trigger's slow path).
-import { existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -27,7 +27,32 @@ const dist = resolve(process.env.OAI_PROXY_DIST ?? join(root, 'dist'));
 const load = (p) => import(pathToFileURL(join(dist, p)).href);
 
 const args = process.argv.slice(2);
-const mode = args[0] && !args[0].startsWith('--') ? args.shift() : 'all';
+const mode = args[0] && !args[0].startsWith('-') ? args.shift() : 'all';
+{
+  // The usage is the comment at the top of this file.
+  const usage = () =>
+    readFileSync(fileURLToPath(import.meta.url), 'utf8')
+      .split('\n')
+      .slice(3, 8)
+      .map((l) => l.replace(/^\/\/ {3}/, ''))
+      .join('\n');
+  if (args.includes('--help') || args.includes('-h')) {
+    process.stdout.write(`usage:\n${usage()}\n`);
+    process.exit(0);
+  }
+  const VALUE_FLAGS = ['--rows', '--db', '--body-bytes', '--runs', '--write-rows'];
+  let bad = ['generate', 'queries', 'writes', 'all'].includes(mode) ? null : `unknown mode ${mode}`;
+  for (let i = 0; i < args.length && !bad; i++) {
+    if (VALUE_FLAGS.includes(args[i])) {
+      if (args[i + 1] === undefined || args[i + 1].startsWith('--')) bad = `${args[i]} needs a value`;
+      i++;
+    } else if (args[i] !== '--quick') bad = `unknown argument ${args[i]}`;
+  }
+  if (bad) {
+    process.stderr.write(`logs-queries: ${bad}\nusage:\n${usage()}\n`);
+    process.exit(2);
+  }
+}
 const flag = (name, dflt) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1] : dflt;

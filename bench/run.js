@@ -28,6 +28,27 @@ const flag = (name) => argv.includes(`--${name}`);
 const option = (name) => argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
 const quick = flag('quick');
 const only = option('only')?.split(',') ?? ['http', 'streams', 'recorder', 'concurrency', 'upload', 'logs'];
+const PARTS = ['http', 'streams', 'recorder', 'concurrency', 'upload', 'logs', 'instructions'];
+const USAGE = `usage: npm run bench [-- --quick] [-- --only=PART,...] [-- --profile]
+  --quick        every part once, briefly (about a minute; what .ci/run runs; no thresholds)
+  --only=PARTS   comma-separated, from: http, streams, recorder, concurrency, upload, logs (the default
+                 set) and instructions (instructions per request under callgrind; needs valgrind)
+  --profile      write node --cpu-prof profiles of oai-proxy to bench/results/profiles/
+Run \`npm run build\` first. Prints a table and writes the same as JSON under bench/results/.`;
+if (flag('help') || flag('h') || argv.includes('-h')) {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
+{
+  const unknown = argv.filter((a) => a !== '--quick' && a !== '--profile' && !a.startsWith('--only='));
+  const badParts = only.filter((p) => !PARTS.includes(p));
+  if (unknown.length > 0 || badParts.length > 0) {
+    const what =
+      unknown.length > 0 ? `argument ${unknown.join(' ')}` : `part ${badParts.join(', ')} in --only`;
+    process.stderr.write(`bench: unknown ${what}\n${USAGE}\n`);
+    process.exit(2);
+  }
+}
 const profileDir = flag('profile') ? join(root, 'bench', 'results', 'profiles') : null;
 
 const plan = quick
