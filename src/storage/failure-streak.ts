@@ -29,13 +29,20 @@ export function createFailureStreak(options: {
   let backoff = options.baseMs;
   let retryAt = 0;
   let failing = false;
+  let lastError: string | null = null;
+  // Closures, not `this`: a method passed on as a callback (`.catch(streak.fail)`) still works.
   return {
     get failing() {
       return failing;
     },
-    lastError: null,
+    get lastError() {
+      return lastError;
+    },
+    set lastError(message) {
+      lastError = message;
+    },
     fail(err) {
-      this.lastError = err.message;
+      lastError = err.message;
       if (!failing) {
         failing = true;
         options.onError?.(err);
@@ -46,7 +53,7 @@ export function createFailureStreak(options: {
     succeeded() {
       if (!failing) return;
       failing = false;
-      this.lastError = null;
+      lastError = null;
       backoff = options.baseMs;
       options.onRecover?.();
     },

@@ -48,3 +48,13 @@ test('a streak is reported once, backs off doubling up to 5 s, and ends on the f
   expect(streak.waiting()).toBe(false);
   expect(streak.failing).toBe(true);
 });
+
+test('its methods work passed on as callbacks', async () => {
+  const streak = createFailureStreak({ baseMs: 10 });
+  const { fail, succeeded } = streak;
+  await Promise.reject(new Error('connection refused')).catch(fail);
+  expect(streak.failing).toBe(true);
+  expect(streak.lastError).toBe('connection refused');
+  succeeded();
+  expect(streak.lastError).toBeNull();
+});
