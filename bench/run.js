@@ -28,11 +28,14 @@ const flag = (name) => argv.includes(`--${name}`);
 const option = (name) => argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1];
 const quick = flag('quick');
 const only = option('only')?.split(',') ?? ['http', 'streams', 'recorder', 'concurrency', 'upload', 'logs'];
+const driver = option('driver') ?? 'autocannon';
 const PARTS = ['http', 'streams', 'recorder', 'concurrency', 'upload', 'logs', 'instructions'];
-const USAGE = `usage: npm run bench [-- --quick] [-- --only=PART,...] [-- --profile]
+const USAGE = `usage: npm run bench [-- --quick] [-- --only=PART,...] [-- --driver=wrk] [-- --profile]
   --quick        every part once, briefly (about a minute; what .ci/run runs; no thresholds)
   --only=PARTS   comma-separated, from: http, streams, recorder, concurrency, upload, logs (the default
                  set) and instructions (instructions per request under callgrind; needs valgrind)
+  --driver=wrk   drive the non-streamed load with wrk (on PATH; Debian: apt-get install wrk) instead of
+                 autocannon in this process (the default, --driver=autocannon)
   --profile      write node --cpu-prof profiles of oai-proxy to bench/results/profiles/
 Run \`npm run build\` first. Prints a table and writes the same as JSON under bench/results/.`;
 if (flag('help') || flag('h') || argv.includes('-h')) {
@@ -40,13 +43,32 @@ if (flag('help') || flag('h') || argv.includes('-h')) {
   process.exit(0);
 }
 {
-  const unknown = argv.filter((a) => a !== '--quick' && a !== '--profile' && !a.startsWith('--only='));
+  const unknown = argv.filter(
+    (a) => a !== '--quick' && a !== '--profile' && !a.startsWith('--only=') && !a.startsWith('--driver='),
+  );
   const badParts = only.filter((p) => !PARTS.includes(p));
-  if (unknown.length > 0 || badParts.length > 0) {
-    const what =
-      unknown.length > 0 ? `argument ${unknown.join(' ')}` : `part ${badParts.join(', ')} in --only`;
-    process.stderr.write(`bench: unknown ${what}\n${USAGE}\n`);
+  const problem =
+    unknown.length > 0
+      ? `unknown argument ${unknown.join(' ')}`
+      : badParts.length > 0
+        ? `unknown part ${badParts.join(', ')} in --only`
+        : !['autocannon', 'wrk'].includes(driver)
+          ? `unknown --driver ${driver} (autocannon or wrk)`
+          : null;
+  if (problem) {
+    process.stderr.write(`bench: ${problem}\n${USAGE}\n`);
     process.exit(2);
+  }
+  if (driver === 'wrk') {
+    try {
+      execFileSync('wrk', ['--version'], { stdio: 'ignore' });
+    } catch (err) {
+      // `wrk --version` exits 1 after printing it; only a missing binary is ENOENT.
+      if (err.code === 'ENOENT') {
+        process.stderr.write('bench: --driver=wrk needs wrk on PATH (Debian: apt-get install wrk)\n');
+        process.exit(2);
+      }
+    }
   }
 }
 const profileDir = flag('profile') ? join(root, 'bench', 'results', 'profiles') : null;
@@ -291,7 +313,80 @@ const median = (xs) =>
   );
 const round = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x) ? null : Number(x.toFixed(d)));
 
-// ---------------------------------------------------------------- non-streamed load (autocannon)
+// ---------------------------------------------------------------- non-streamed load (autocannon or wrk)
+
+/** autocannon in this process; latency percentiles from per-response float timings (its histogram is whole ms). */
+async function autocannonLoad(target, connections, durationS) {
+  const times = [];
+  const instance = autocannon(chatLoad(target, connections, { duration: durationS, timeout: 10 }));
+  instance.on('response', (_client, _status, _bytes, ms) => times.push(ms));
+  const result = await instance;
+  times.sort((a, b) => a - b);
+  return {
+    requests: result.requests.total,
+    p50: percentile(times, 50),
+    p99: percentile(times, 99),
+    errors: result.errors + result.timeouts + result.non2xx,
+  };
+}
+
+/** The Lua script that makes wrk send the bench's POST (written once per run). */
+let wrkScript = null;
+const WRK_UNIT_MS = { us: 1e-3, ms: 1, s: 1e3 };
+
+/** wrk with one thread, as its own process; latency percentiles from its --latency distribution. */
+async function wrkLoad(target, connections, durationS) {
+  if (!wrkScript) {
+    wrkScript = join(tmp, 'post.lua');
+    const headers = Object.entries(CLIENT_HEADERS).map(
+      ([k, v]) => `wrk.headers[${JSON.stringify(k)}] = ${JSON.stringify(v)}\n`,
+    );
+    writeFileSync(
+      wrkScript,
+      `wrk.method = "POST"\n${headers.join('')}wrk.body = ${JSON.stringify(REQUEST_BODY)}\n`,
+    );
+  }
+  const args = [
+    '-t1',
+    `-c${connections}`,
+    `-d${durationS}s`,
+    '--timeout',
+    '10s',
+    '--latency',
+    '-s',
+    wrkScript,
+  ];
+  const out = await new Promise((resolve, reject) => {
+    const p = spawn('wrk', [...args, `${target.origin}/v1/chat/completions`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let text = '';
+    p.stdout.on('data', (d) => {
+      text += d;
+    });
+    p.stderr.on('data', (d) => {
+      text += d;
+    });
+    p.once('error', reject);
+    p.once('close', (code) =>
+      code === 0 ? resolve(text) : reject(new Error(`wrk exited ${code}:\n${text}`)),
+    );
+  });
+  const latencyMs = (pct) => {
+    const m = new RegExp(`^\\s*${pct}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(out);
+    return m ? Number(m[1]) * WRK_UNIT_MS[m[2]] : null;
+  };
+  const requests = /(\d+) requests in /.exec(out);
+  if (!requests) throw new Error(`wrk printed no request count:\n${out}`);
+  const non2xx = Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0);
+  const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  return {
+    requests: Number(requests[1]),
+    p50: latencyMs(50),
+    p99: latencyMs(99),
+    errors: non2xx + (socket ? socket.slice(1).reduce((a, x) => a + Number(x), 0) : 0),
+  };
+}
 
 /** autocannon options for non-streamed chat completions to `target`; `more` sets duration or amount. */
 const chatLoad = (target, connections, more) => ({
@@ -303,23 +398,25 @@ const chatLoad = (target, connections, more) => ({
   ...more,
 });
 
-/** One autocannon run; latency percentiles from per-response float timings (autocannon's histogram is whole ms). */
+/**
+ * One load run against `target` with the chosen driver, and the target's CPU per request (per thread)
+ * from /proc around it.
+ */
 async function cannon(target, connections, durationS) {
-  const times = [];
   const before = procStats(target.pid);
   const threadsBefore = threadCpu(target.pid);
-  const instance = autocannon(chatLoad(target, connections, { duration: durationS, timeout: 10 }));
-  instance.on('response', (_client, _status, _bytes, ms) => times.push(ms));
-  const result = await instance;
+  const load =
+    driver === 'wrk'
+      ? await wrkLoad(target, connections, durationS)
+      : await autocannonLoad(target, connections, durationS);
   const after = procStats(target.pid);
   const threadsAfter = threadCpu(target.pid);
-  times.sort((a, b) => a - b);
-  const requests = result.requests.total;
+  const { requests } = load;
   return {
     rps: requests / durationS,
-    p50: percentile(times, 50),
-    p99: percentile(times, 99),
-    errors: result.errors + result.timeouts + result.non2xx,
+    p50: load.p50,
+    p99: load.p99,
+    errors: load.errors,
     cpuUsPerReq: before && after && requests ? ((after.cpuS - before.cpuS) * 1e6) / requests : null,
     cpuSplit: cpuSplit(target.pid, threadsBefore, threadsAfter, requests),
     rssMb: after?.rssMb ?? null,
@@ -938,7 +1035,7 @@ function report(results) {
   }
   if (rows.length)
     printTable(
-      "Non-streamed chat completions (median of rounds; ×bare and ×upstream: median of the rounds' ratios)",
+      `Non-streamed chat completions, driven by ${results.driver} (median of rounds; ×bare and ×upstream: median of the rounds' ratios)`,
       [
         'target',
         'req/s',
@@ -1138,6 +1235,7 @@ async function main() {
     version: 1,
     date: new Date().toISOString(),
     quick,
+    driver,
     plan,
     machine: {
       cpus: os.cpus().length,
