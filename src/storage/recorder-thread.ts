@@ -215,12 +215,15 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
         const h = fallback.health();
         return { ...h, written: h.written + published[0], spilled: h.spilled + published[1] + lostRows };
       }
+      // Here, on their way, or in the thread's queue. The thread keeps at most queueMax of them: it spills
+      // the oldest as soon as more arrive, so rows beyond that already count as spilled.
+      const waiting = pending.length + Math.max(0, handedOver - published[0] - published[1]);
+      const over = Math.max(0, waiting - options.queueMax);
       return {
         database: published[2] ? 'error' : 'ok',
-        // Here, on their way, or in the thread's queue.
-        queued: pending.length + Math.max(0, handedOver - published[0] - published[1]),
+        queued: waiting - over,
         written: published[0],
-        spilled: published[1],
+        spilled: published[1] + over,
         lastError: published[2] ? lastError : null,
       };
     },
