@@ -33,6 +33,15 @@ async function health(url: string): Promise<Record<string, any>> {
   return (await fetch(`${url}/health`)).json();
 }
 
+/**
+ * /health reports the database ok. The recorder thread publishes its state just after the commit that
+ * made the rows visible: a test that saw them can ask /health before it (a loaded machine can deschedule
+ * the thread in between), so it waits.
+ */
+function untilDatabaseOk(url: string) {
+  return until('/health to report the database ok', async () => (await health(url)).database === 'ok');
+}
+
 /** Count rows straight from the file, as `oai-proxy logs` would. */
 /** `oai-proxy models ...` on the proxy's database file, as another terminal would run it. */
 async function models(proxy: TestProxy, ...argv: string[]) {
@@ -185,12 +194,7 @@ describe('database trouble while running', () => {
       });
       // a file the proxy creates holds prompts: 0600 (a replacement keeps its owner's mode)
       if (how !== 'replace') expect(statSync(proxy.dbPath).mode & 0o777).toBe(0o600);
-      // The recorder thread publishes its state for /health just after the commit that made the rows
-      // visible: on a loaded machine the thread can be descheduled between the two.
-      await until(
-        '/health to report the database ok',
-        async () => (await health(proxy.url)).database === 'ok',
-      );
+      await untilDatabaseOk(proxy.url);
       const moved = (l: Record<string, any>) => /deleted or replaced/.test(l.msg ?? '');
       expect((await proxy.waitForLogLines((lines) => lines.some(moved))).some(moved)).toBe(true);
       // still recording into the new file
@@ -229,7 +233,7 @@ describe('database trouble while running', () => {
         return false;
       }
     });
-    expect((await health(proxy.url)).database).toBe('ok');
+    await untilDatabaseOk(proxy.url);
     const check = new Database(proxy.dbPath, { readonly: true });
     expect(check.pragma('integrity_check', { simple: true })).toBe('ok');
     check.close();
