@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { AssembledMessage } from '../storage/exchange-record.js';
 
 /** Headers whose values are secrets: stored as `[redacted]`, never persisted or logged. */
 export const SECRET_HEADERS: ReadonlySet<string> = new Set([
@@ -81,6 +82,35 @@ export function scrubSecrets(text: string, secrets: readonly (string | undefined
   let out = text;
   for (const s of secrets) if (s && s.length >= 6 && out.includes(s)) out = out.split(s).join(REDACTED);
   return out;
+}
+
+/** `scrubSecrets` of a string or null. */
+export function scrubNullable(text: string | null, secrets: readonly (string | undefined)[]): string | null {
+  return text === null ? null : scrubSecrets(text, secrets);
+}
+
+/**
+ * A reassembled stream with every secret scrubbed from its text: content, tool calls, finish reason.
+ * Scrubbed as a whole, after reassembly: a key split across two deltas is whole only here.
+ */
+export function scrubAssembled(
+  a: AssembledMessage,
+  secrets: readonly (string | undefined)[],
+): AssembledMessage {
+  if (secrets.length === 0) return a;
+  const str = (s: string | undefined) => (s === undefined ? undefined : scrubSecrets(s, secrets));
+  return {
+    ...a,
+    content: scrubSecrets(a.content, secrets),
+    tool_calls: a.tool_calls.map((t) => ({
+      ...t,
+      id: str(t.id),
+      type: str(t.type),
+      name: str(t.name),
+      arguments: scrubSecrets(t.arguments, secrets),
+    })),
+    finish_reason: scrubNullable(a.finish_reason, secrets),
+  };
 }
 
 /** True for content types stored as text; everything else is stored as a placeholder. */

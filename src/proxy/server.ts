@@ -10,7 +10,15 @@ import type {
   ExchangeSink,
 } from '../storage/exchange-record.js';
 import { keyMatches } from './admin-api.js';
-import { BodyCapture, bearerToken, isTextual, redactedHeadersJson, scrubSecrets } from './capture.js';
+import {
+  BodyCapture,
+  bearerToken,
+  isTextual,
+  redactedHeadersJson,
+  scrubAssembled,
+  scrubNullable,
+  scrubSecrets,
+} from './capture.js';
 import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 import { newExchangeId } from './ids.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
@@ -368,7 +376,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (x.recorded) return;
     x.recorded = true;
     try {
-      const assembled: AssembledMessage | null = x.assembler ? x.assembler.result() : null;
+      let assembled: AssembledMessage | null = x.assembler ? x.assembler.result() : null;
       let usage = assembled?.usage ?? null;
       let responseBody = x.responseCapture.stored(x.responseContentType, x.responseEncoding);
       if (!usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
@@ -380,6 +388,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       const secrets = currentSecrets();
       if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
       if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
+      // A stream that echoes a key (a prompt quoting it) holds it in its reassembled text too.
+      if (assembled) assembled = scrubAssembled(assembled, secrets);
       const r: ExchangeRecord = {
         id: x.id,
         startedAt: x.startedAt,
@@ -399,15 +409,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         responseBody,
         responseBytes: x.responseCapture.bytes,
         responseTruncated: x.responseCapture.truncated,
-        model: x.model,
-        upstreamModel: x.upstreamModel,
+        model: scrubNullable(x.model, secrets),
+        upstreamModel: scrubNullable(x.upstreamModel, secrets),
         upstream: x.upstreamName,
         modelUnknown: x.modelUnknown,
         stream: x.stream,
         promptTokens: usage?.prompt_tokens ?? null,
         completionTokens: usage?.completion_tokens ?? null,
         totalTokens: usage?.total_tokens ?? null,
-        user: x.user,
+        user: scrubNullable(x.user, secrets),
         error: x.error,
         errorMessage: x.errorMessage ? scrubSecrets(x.errorMessage, secrets) : null,
         assembled,

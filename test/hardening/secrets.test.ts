@@ -1,14 +1,16 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { findLeaks, readProxyFiles } from '../helpers/secret-scan.js';
 import { createTempDir } from '../helpers/temp-dir.js';
-import { startTestProxy } from '../helpers/test-proxy.js';
+import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
 
 const UPSTREAM_KEY = 'sk-proj-SECRETupstreamKEY0001';
 const NAMED_KEY = 'sk-named-SECRETupstreamKEY0002';
@@ -266,4 +268,111 @@ test("the proxy's own answers are recorded with secret headers redacted, whateve
     'set-cookie': '[redacted]',
     'x-extra': 'kept',
   });
+});
+
+test('a streamed answer echoing keys is recorded with them redacted: assembled text, logs show, --grep, log file', async () => {
+  const upstreamKey = 'sk-test-SECRET1234';
+  const clientKey = 'client-KEY-5678';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // Echoes the prompt as a stream of 4-character deltas, so each key arrives split across several events.
+  const pieces = (text: string) => text.match(/.{1,4}/g) ?? [];
+  upstream.on('/v1/chat/completions', (_req, res, body) => {
+    const prompt = JSON.parse(body.toString()).messages[0].content as string;
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (const p of pieces(prompt))
+      res.write(
+        `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: p }, finish_reason: null }] })}\n\n`,
+      );
+    res.write(
+      `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'lookup', arguments: JSON.stringify({ q: prompt }) } }] }, finish_reason: 'tool_calls' }] })}\n\n`,
+    );
+    res.end('data: [DONE]\n\n');
+  });
+  upstream.on('/v1/responses', (_req, res, body) => {
+    const prompt = JSON.parse(body.toString()).input as string;
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const event = (type: string, data: Record<string, unknown>) =>
+      res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
+    for (const p of pieces(prompt)) event('response.output_text.delta', { delta: p });
+    event('response.output_item.added', {
+      output_index: 1,
+      item: { type: 'function_call', id: 'fc_1', call_id: 'call_2', name: 'lookup', arguments: '' },
+    });
+    for (const p of pieces(JSON.stringify({ q: prompt })))
+      event('response.function_call_arguments.delta', { item_id: 'fc_1', delta: p });
+    event('response.completed', { response: { status: 'completed' } });
+    res.end();
+  });
+  const proxy = await startTestProxy({
+    OPENAI_BASE_URL: upstream.baseUrl,
+    OPENAI_API_KEY: upstreamKey,
+    PROXY_API_KEYS: clientKey,
+  });
+  cleanups.push(() => proxy.close());
+  const prompt = `x ${upstreamKey} y ${clientKey}`;
+  const client = new OpenAI({ apiKey: clientKey, baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  let answer = '';
+  const chat = await client.chat.completions.create({
+    model: 'gpt-4o',
+    stream: true,
+    user: `user ${upstreamKey}`,
+    messages: [{ role: 'user', content: prompt }],
+  });
+  for await (const c of chat) answer += c.choices[0]?.delta?.content ?? '';
+  expect(answer).toBe(prompt); // the client gets the stream untouched
+  const responses = await client.responses.create({ model: 'gpt-4o', stream: true, input: prompt });
+  for await (const _ of responses) {
+    // drain
+  }
+
+  const rows = await proxy.waitForRows(2);
+  const expected = 'x [redacted] y [redacted]';
+  const assembled = rows.map((r) => JSON.parse(r.assembled ?? 'null'));
+  expect(assembled.map((a) => a.content)).toEqual([expected, expected]);
+  expect(assembled.map((a) => a.tool_calls[0].arguments)).toEqual([
+    JSON.stringify({ q: expected }),
+    JSON.stringify({ q: expected }),
+  ]);
+  expect(rows[0].user).toBe('user [redacted]');
+  for (const r of rows) expect(JSON.stringify(r)).not.toMatch(/SECRET1234|KEY-5678/);
+
+  // What `logs` prints: the record, and no match for a key (serve's background job indexes the rows)
+  indexPendingExchanges(proxy.running.database.sqlite, 1000);
+  const logs = async (...argv: string[]) => {
+    const io = createTestIo({}, proxy.dir);
+    expect(await main(['logs', ...argv, '--db', proxy.dbPath], io), io.err()).toBe(0);
+    return io.out();
+  };
+  for (const r of rows) {
+    const shown = JSON.parse(await logs('show', r.id, '--json'));
+    expect(shown.assembled.content).toBe(expected);
+    expect(JSON.stringify(shown)).not.toMatch(/SECRET1234|KEY-5678/);
+  }
+  expect(JSON.parse(await logs('--grep', 'SECRET1234', '--json'))).toEqual([]);
+  expect(JSON.parse(await logs('--grep', 'KEY-5678', '--json'))).toEqual([]);
+  expect(JSON.parse(await logs('--grep', 'redacted', '--json'))).toHaveLength(2);
+  expect(await logs('export', '--format', 'csv')).not.toMatch(/SECRET1234|KEY-5678/);
+  const lines = await proxy.waitForLogLines((ls) => ls.filter((l) => l.path).length >= 2);
+  expect(lines.filter((l) => l.path === '/v1/chat/completions')).toHaveLength(1);
+  expect(readFileSync(proxy.logPath, 'utf8')).not.toMatch(/SECRET1234|KEY-5678/);
+});
+
+test('a key given as the model name is recorded redacted: model column and log line', async () => {
+  const key = 'sk-test-SECRET1234';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, OPENAI_API_KEY: key });
+  cleanups.push(() => proxy.close());
+  const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: key, messages: [] }),
+  });
+  expect(res.status).toBe(200);
+  const [row] = await proxy.waitForRows(1);
+  expect([row.model, row.upstream_model]).toEqual(['[redacted]', '[redacted]']);
+  const lines = await proxy.waitForLogLines((ls) => ls.some((l) => l.path));
+  expect(lines.find((l) => l.path)).toMatchObject({ model: '[redacted]', upstream_model: '[redacted]' });
+  expect(readFileSync(proxy.logPath, 'utf8')).not.toContain(key);
 });
