@@ -33,6 +33,8 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   let complete = false;
   let events = 0;
   const decoder = new TextDecoder();
+  // The last push ended in a CR: a LF opening the next one completes that CRLF, it is no line of its own.
+  let pendingCr = false;
 
   const appendCapped = (base: string, add: string) =>
     base.length >= maxChars ? base : (base + add).slice(0, maxChars);
@@ -144,7 +146,10 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
 
   return {
     push(chunk) {
-      const text = typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+      let text = typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+      if (text.length === 0) return;
+      if (pendingCr && text.charCodeAt(0) === 10) text = text.slice(1);
+      pendingCr = text.charCodeAt(text.length - 1) === 13;
       // Scan only what is new (plus one char for a "\n\n" split across pushes): linear, not quadratic.
       let from = Math.max(0, buffer.length - 1);
       buffer += text;

@@ -55,6 +55,36 @@ describe('stream reassembly', () => {
     expect(r.complete).toBe(true);
   });
 
+  // An event name, or a multi-line data event, must survive a CRLF cut between its CR and its LF.
+  const responsesCrlf = [
+    'event: response.output_text.delta\ndata: {"delta":"Hi "}\n\n',
+    'event: response.output_text.delta\ndata: {"delta":\ndata: "there"}\n\n',
+    'event: response.completed\ndata: {"response":{"status":"completed","usage":{"input_tokens":3,"output_tokens":2}}}\n\n',
+  ]
+    .join('')
+    .replace(/\n/g, '\r\n');
+  const chatCrlf = sse([
+    chunk({ content: 'Hel' }),
+    'data: {"object":"chat.completion.chunk",\ndata: "choices":[{"index":0,"delta":{"content":"lo"}}]}\n\n',
+    chunk({}, 'stop'),
+    'data: [DONE]\n\n',
+  ]).replace(/\n/g, '\r\n');
+  test.each([
+    ['Responses API', responsesCrlf, 'Hi there'],
+    ['chat', chatCrlf, 'Hello'],
+  ])('a CRLF %s stream cut at any point reassembles as when whole', (_name, text, content) => {
+    const whole = assemble(text);
+    expect(whole).toMatchObject({ content, complete: true });
+    for (let i = 1; i < text.length; i++) {
+      const a = createStreamAssembler();
+      a.push(Buffer.from(text.slice(0, i)));
+      a.push(Buffer.from(text.slice(i)));
+      expect([i, a.result()]).toEqual([i, whole]);
+    }
+    // one byte a push: every cut at once
+    expect(assemble(text, 1)).toEqual(whole);
+  });
+
   test('legacy completions', () => {
     const r = assemble(
       sse([
