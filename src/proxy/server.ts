@@ -127,6 +127,7 @@ export class ExchangeContext {
   upstreamModel: string | null = null;
   upstreamName: string | null = null;
   modelUnknown = false;
+  /** True when the response is a server-sent-event stream (whatever the request asked for). */
   stream = false;
   user: string | null = null;
   error: ExchangeErrorKind | null = null;
@@ -477,7 +478,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         const obj = json as Record<string, unknown>;
         x.requestJson = obj;
         if (typeof obj.model === 'string') x.model = obj.model;
-        if (obj.stream === true) x.stream = true;
         if (typeof obj.user === 'string') x.user = obj.user;
       }
     } else if (boundary) {

@@ -2,8 +2,9 @@ import { readFileSync } from 'node:fs';
 import { type IncomingHttpHeaders, request } from 'node:http';
 import OpenAI from 'openai';
 import { describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
+import { createTestIo, proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
 
 const UPSTREAM_KEY = 'sk-upstream-secret-ZZZZ-1234567890';
 const setup = proxyWithUpstreamPerTest();
@@ -132,6 +133,44 @@ describe('transport failures become OpenAI-shaped proxy errors', () => {
     expect(row).toMatchObject({ status: 200, stream: 1, error: 'upstream_timeout' });
     expect(JSON.parse(row.assembled!)).toMatchObject({ content: 'partial', complete: false });
   });
+});
+
+describe('a stream request answered with a JSON error', () => {
+  test.each(['upstream 429', 'upstream down'])(
+    '%s: recorded as not streamed (stream column, --stream filter, log line)',
+    async (kind) => {
+      const dead = await createFakeUpstream();
+      await dead.close();
+      const { upstream, proxy } = await setup(
+        kind === 'upstream down' ? { OPENAI_BASE_URL: dead.baseUrl } : {},
+      );
+      upstream.on('/v1/chat/completions', (_req, res) => {
+        res.writeHead(429, { 'content-type': 'application/json' });
+        res.end('{"error":{"message":"slow down","type":"requests","param":null,"code":null}}');
+      });
+      const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"model":"gpt-4o","stream":true,"messages":[]}',
+      });
+      expect([res.status, res.headers.get('content-type')]).toEqual([
+        kind === 'upstream 429' ? 429 : 502,
+        'application/json',
+      ]);
+      await res.text();
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ stream: 0, assembled: null });
+      const logs = async (flag: string) => {
+        const io = createTestIo({}, proxy.dir);
+        expect(await main(['logs', flag, '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
+        return (JSON.parse(io.out()) as { id: string }[]).map((r) => r.id);
+      };
+      expect(await logs('--stream')).toEqual([]);
+      expect(await logs('--no-stream')).toEqual([row.id]);
+      const lines = await proxy.waitForLogLines((ls) => ls.some((l) => l.path));
+      expect(lines.find((l) => l.path)).toMatchObject({ stream: false });
+    },
+  );
 });
 
 describe('client aborts', () => {
