@@ -21,6 +21,7 @@ import {
 } from './capture.js';
 import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
 import { newExchangeId } from './ids.js';
+import { replaceJsonModel } from './json-model.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
 import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
 
@@ -540,7 +541,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     x.upstreamModel = decision.model;
     x.modelUnknown = decision.unknown;
     if (decision.model !== x.model && x.requestJson && decision.model !== null) {
-      body = Buffer.from(JSON.stringify({ ...x.requestJson, model: decision.model }));
+      // Only the model changes: the rest goes byte for byte (a re-serialised body would round integers
+      // beyond 2^53 and rewrite 1.0, 1e2 and \u escapes). A body naming no model gets one added.
+      body =
+        (x.requestBody && replaceJsonModel(x.requestBody, decision.model)) ??
+        Buffer.from(JSON.stringify({ ...x.requestJson, model: decision.model }));
       contentLength = body.length;
     }
     if (multipart && decision.model !== null && decision.model !== x.model) {

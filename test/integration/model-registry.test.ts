@@ -68,6 +68,25 @@ describe('validation and aliases', () => {
     expect(JSON.parse(rows[1].request_body!).model).toBe('cheap');
   });
 
+  test('an alias rewrite changes only the model: big integers, number forms, escapes, spacing reach the upstream as sent', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}' });
+    const body = (model: string) =>
+      `{\n  "seed": 9007199254740993,\n  "temperature": 1.0, "top_p": 1e0, "n": 1E0,\n  "model" : "${model}",\n  "messages": [{"role": "user", "content": "caf\\u00e9 \\u2713", "model": "fast"}]\n}`;
+    const res = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: body('fast'),
+    });
+    expect(res.status).toBe(200);
+    expect((await res.json()).model).toBe('gpt-4o-mini');
+    const sent = up.requests.at(-1)!;
+    expect(sent.body.toString()).toBe(body('gpt-4o-mini'));
+    expect(Number(sent.headers['content-length'])).toBe(Buffer.byteLength(body('gpt-4o-mini')));
+    const [row] = await p.waitForRows(1);
+    expect([row.model, row.upstream_model, row.request_body]).toEqual(['fast', 'gpt-4o-mini', body('fast')]);
+  });
+
   test('VALIDATE_MODELS=true: unknown models get 404 model_not_found from the proxy; known and aliases pass', async () => {
     const up = await upstream();
     const p = await proxyWith({
