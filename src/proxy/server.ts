@@ -101,6 +101,9 @@ const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const RECORD_DELAY_MS = 2;
 const RECORD_BATCH_MAX = 64;
 
+/** How long shutdown() waits for the responses it cut to report their 'close' (normally a tick or two). */
+const CUT_CLOSE_WAIT_MS = 2000;
+
 /**
  * The exchange a response belongs to, for the parser's error handler. A property rather than a WeakMap:
  * a WeakMap entry per request is an ephemeron every garbage collection has to trace.
@@ -333,7 +336,21 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   let requestsTotal = 0;
   let inflight = 0;
   let closing = false;
+  /** Set by shutdown() when the grace period ran out: the in-flight exchanges are being cut by the proxy. */
+  let cutMessage: string | null = null;
   let drained: (() => void) | null = null;
+  /** An exchange whose response closed unfinished: cut by the proxy's shutdown, or by the client. */
+  const noteCut = (x: ExchangeContext, upstreamAborted: boolean) => {
+    if (cutMessage) {
+      x.error = 'proxy_shutdown';
+      x.errorMessage = cutMessage;
+    } else {
+      x.error = 'client_aborted';
+      x.errorMessage = upstreamAborted
+        ? 'The client disconnected before the response was complete; the upstream request was aborted'
+        : 'The client disconnected before the response was complete';
+    }
+  };
   const secretsOption = options.secrets ?? [];
   const currentSecrets = typeof secretsOption === 'function' ? secretsOption : () => secretsOption;
   const cors = limits.corsOrigins;
@@ -655,9 +672,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           }
           const code = (err as { code?: string }).code;
           if (code === 'CLIENT_ABORTED' || (res.destroyed && !res.writableEnded)) {
-            x.error = 'client_aborted';
-            x.errorMessage =
-              'The client disconnected before the response was complete; the upstream request was aborted';
+            noteCut(x, true);
           } else {
             const { kind, status } = classifyUpstreamError(err);
             const message = upstreamErrorMessage(kind, origin, err);
@@ -748,10 +763,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     (res as ResponseWithExchange)[kExchange] = x;
     res.once('close', () => {
       x.durationMs = x.elapsed();
-      if (!res.writableEnded && !x.error) {
-        x.error = 'client_aborted';
-        x.errorMessage = 'The client disconnected before the response was complete';
-      }
+      if (!res.writableEnded && !x.error) noteCut(x, false);
       recordLater(x);
       inflight--;
       if (inflight === 0 && drained) drained();
@@ -914,17 +926,25 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       closing = true;
       const closed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      const untilDrained = (ms: number) =>
+        inflight === 0
+          ? Promise.resolve()
+          : new Promise<void>((r) => {
+              const t = setTimeout(r, ms);
+              drained = () => {
+                clearTimeout(t);
+                r();
+              };
+            });
+      await untilDrained(graceMs);
       if (inflight > 0) {
-        await new Promise<void>((r) => {
-          const t = setTimeout(r, graceMs);
-          drained = () => {
-            clearTimeout(t);
-            r();
-          };
-        });
+        cutMessage = `The proxy cut this exchange at shutdown: SHUTDOWN_GRACE_MS (${graceMs} ms) ran out before the response was complete`;
       }
       for (const s of sockets) s.destroy();
       await closed;
+      // The cut responses' 'close' handlers (which queue their exchanges) may run after the server's own
+      // close callback: wait for them, briefly, so their rows are recorded before the writer closes.
+      await untilDrained(CUT_CLOSE_WAIT_MS);
       recordFinished();
     },
   };

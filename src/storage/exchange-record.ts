@@ -23,6 +23,8 @@ export type ExchangeErrorKind =
   | 'upstream_timeout'
   | 'upstream_reset'
   | 'client_aborted'
+  /** Still in flight when SHUTDOWN_GRACE_MS ran out at shutdown: the proxy cut it. */
+  | 'proxy_shutdown'
   | 'body_too_large'
   | 'invalid_request'
   | 'model_not_found'

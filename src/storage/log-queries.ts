@@ -38,7 +38,7 @@ export interface LogFilter {
 export type StatusFilter =
   | { kind: 'exact'; status: number }
   | { kind: 'range'; min: number; max: number }
-  /** No complete upstream answer: unreachable, timeout, reset, aborted. */
+  /** No complete upstream answer: unreachable, timeout, reset, aborted, cut at shutdown. */
   | { kind: 'error' };
 
 /** Error kinds that mean the upstream gave no complete answer. */
@@ -47,6 +47,7 @@ export const NO_ANSWER_ERRORS = [
   'upstream_timeout',
   'upstream_reset',
   'client_aborted',
+  'proxy_shutdown',
 ];
 
 /** The columns listings show (no bodies, no headers). */

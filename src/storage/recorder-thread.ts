@@ -110,6 +110,8 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
   let lastError: string | null = null;
   let fallback: RecorderThread | null = null;
   let lostRows = 0;
+  /** Rows recorded after close() began: the thread no longer takes any; they went to `onSpill`. */
+  let lateRows = 0;
   let handedOver = 0;
   let pending: WireExchange[] = [];
 
@@ -191,6 +193,11 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
   return {
     record(exchange) {
       if (fallback) return fallback.record(exchange);
+      if (closing) {
+        lateRows++;
+        options.onSpill?.([exchange]);
+        return;
+      }
       pending.push(toWire(exchange));
       // While the database fails, rows go over at once, so the thread's LOG_QUEUE_MAX bounds them all.
       if (published[2]) send();
@@ -213,7 +220,11 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
     health() {
       if (fallback) {
         const h = fallback.health();
-        return { ...h, written: h.written + published[0], spilled: h.spilled + published[1] + lostRows };
+        return {
+          ...h,
+          written: h.written + published[0],
+          spilled: h.spilled + published[1] + lostRows + lateRows,
+        };
       }
       // Here, on their way, or in the thread's queue. The thread keeps at most queueMax of them: it spills
       // the oldest as soon as more arrive, so rows beyond that already count as spilled.
@@ -223,7 +234,7 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
         database: published[2] ? 'error' : 'ok',
         queued: waiting - over,
         written: published[0],
-        spilled: published[1] + over,
+        spilled: published[1] + over + lateRows,
         lastError: published[2] ? lastError : null,
       };
     },

@@ -203,3 +203,73 @@ test('SIGTERM with several streams in flight: all finish within the grace period
     expect(JSON.parse(r.assembled).complete).toBe(true);
   }
 });
+
+test('SIGTERM with streams outlasting the grace period: every cut exchange recorded as proxy_shutdown, counted, exit 0', {
+  timeout: 30_000,
+}, async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  upstream.streamIntervalMs = 200;
+  upstream.streamWords = 100;
+  // One request the upstream never answers: cut while the proxy waits for its headers.
+  upstream.on('/v1/embeddings', () => new Promise<void>(() => undefined));
+  const dbPath = join(tmp.path, 'p.db');
+  const logPath = join(tmp.path, 'p.log');
+  const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
+    HOME: tmp.path,
+    SHUTDOWN_GRACE_MS: '300',
+  });
+  const base = await p.url;
+  const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+  const streams = await Promise.all(
+    Array.from({ length: 5 }, (_, i) =>
+      client.chat.completions.create({
+        model: 'gpt-4o',
+        stream: true,
+        messages: [{ role: 'user', content: `m-cut-${i}` }],
+      }),
+    ),
+  );
+  const cut = streams.map(async (s) => {
+    try {
+      for await (const _ of s);
+      return 'complete';
+    } catch {
+      return 'cut';
+    }
+  });
+  const unanswered = client.embeddings.create({ model: 'e', input: 'm-unanswered' }).then(
+    () => 'answered',
+    () => 'cut',
+  );
+  await sleep(300);
+  p.child.kill('SIGTERM');
+  expect(await Promise.all(cut)).toEqual(Array(5).fill('cut'));
+  expect(await unanswered).toBe('cut');
+  expect(await p.exited).toBe(0);
+  const db = new Database(dbPath, { readonly: true });
+  const rows = db.prepare('select path, status, error, error_message from exchanges').all() as {
+    path: string;
+    status: number | null;
+    error: string | null;
+    error_message: string | null;
+  }[];
+  db.close();
+  expect(rows.map((r) => r.path).sort()).toEqual([
+    ...Array(5).fill('/v1/chat/completions'),
+    '/v1/embeddings',
+  ]);
+  for (const r of rows) {
+    expect(r.error).toBe('proxy_shutdown');
+    expect(r.error_message).toContain('SHUTDOWN_GRACE_MS');
+  }
+  expect(rows.find((r) => r.path === '/v1/embeddings')?.status).toBeNull();
+  expect(
+    markers(dbPath)
+      .filter((m) => m.startsWith('m-cut-'))
+      .sort(),
+  ).toEqual(Array.from({ length: 5 }, (_, i) => `m-cut-${i}`));
+  expect(p.stderr()).toContain('stopped; 6 exchanges recorded this run');
+});

@@ -264,6 +264,14 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         expect(await ids(...argv)).toEqual(expected);
       });
 
+      test('--status error takes every exchange without a complete answer, one cut at shutdown too', async () => {
+        await seed([
+          rec('e1', { startedAt: NOW - 2 * MIN, status: null, error: 'proxy_shutdown', errorMessage: 'cut' }),
+          rec('e2', { startedAt: NOW - 3 * MIN, error: 'client_aborted', errorMessage: 'gone' }),
+        ]);
+        expect(await ids('--status', 'error')).toEqual(['e1', 'e2', 'b2']);
+      });
+
       test('--json fields are the documented stable set', async () => {
         const r = await logs('--json', '--stream');
         const [row] = JSON.parse(r.out);

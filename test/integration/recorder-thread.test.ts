@@ -144,6 +144,20 @@ describe('the recorder thread (serve on an SQLite file)', () => {
     expect(count('select count(*) from exchanges')).toBe(50);
   });
 
+  test('a row recorded once close() has begun spills back to this thread, counted, not left behind', async () => {
+    const spilled: ExchangeRecord[] = [];
+    const thread = await start({ flushIntervalMs: 60_000, onSpill: (rows) => spilled.push(...rows) });
+    const early = makeRecord();
+    const late = makeRecord();
+    thread.record(early);
+    const closing = thread.close();
+    thread.record(late);
+    await closing;
+    expect(count('select count(*) from exchanges')).toBe(1);
+    expect(spilled.map((r) => r.id)).toEqual([late.id]);
+    expect(thread.health()).toMatchObject({ queued: 0, written: 1, spilled: 1 });
+  });
+
   test('when the thread dies, recording goes on on this thread and /health counts the rows lost', async () => {
     const errors: string[] = [];
     const db = await openDatabase(path);
