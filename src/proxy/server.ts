@@ -614,6 +614,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           if (res.destroyed) onClientClose();
         },
         onResponseStart(c, statusCode, upstreamHeaders) {
+          // undici reports informational responses (103 Early Hints, 100 Continue) here too, then the
+          // final one: only the final one is the answer.
+          if (statusCode < 200) return;
           if (res.headersSent) {
             // The proxy already answered (a malformed body refused mid-read): drop the upstream answer.
             abortUpstream(c);

@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { describe, expect, test } from 'vitest';
-import { type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { CHAT_ANSWER, chatCompletionBody, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
 import { openUpstreamRequests } from './raw-http.js';
 
@@ -47,6 +47,26 @@ describe('upstream faults', () => {
       error: 'upstream_reset',
       response_body: '{"id":"chatcmpl-cut","choices":[',
     });
+    await stillServing(proxy, upstream);
+  });
+
+  test('103 Early Hints before the answer: the SDK gets the final 200, recorded as 200', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      await sleep(20);
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(chatCompletionBody('gpt-4o')));
+    });
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0, timeout: 5000 });
+    const answer = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 200, error: null });
+    expect(JSON.parse(row.response_body as string).choices[0].message.content).toBe(CHAT_ANSWER);
     await stillServing(proxy, upstream);
   });
 
