@@ -501,13 +501,23 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     } else if (boundary) {
       // Read only as far as the `model` field; the rest streams through after routing.
       const capture = x.requestCapture;
-      multipart = await scanMultipartModel(req[Symbol.asyncIterator](), boundary, {
-        maxBytes: limits.maxRequestBodyBytes,
-        onChunk: (chunk) => {
-          capture.bytes += chunk.length;
-          onStreamedBody?.(chunk.length);
-        },
-      });
+      try {
+        multipart = await scanMultipartModel(req[Symbol.asyncIterator](), boundary, {
+          maxBytes: limits.maxRequestBodyBytes,
+          onChunk: (chunk) => {
+            capture.bytes += chunk.length;
+            onStreamedBody?.(chunk.length);
+          },
+        });
+      } catch (err) {
+        // The body was cut off: the client left ('aborted'), or the parser refused it and the request
+        // was answered 400 and ended (premature close). Not the proxy's error: the exchange is recorded
+        // as it stands when the response closes (client_aborted, or the 400).
+        const code = (err as NodeJS.ErrnoException).code;
+        if (req.complete || (code !== 'ECONNRESET' && code !== 'ERR_STREAM_PREMATURE_CLOSE')) throw err;
+        if (!x.res.headersSent) x.res.destroy();
+        return;
+      }
       const scan = multipart;
       x.res.once('close', () => void scan.dispose());
       x.model = scan.model;

@@ -137,6 +137,21 @@ describe('request smuggling shapes and broken framing are refused by the parser,
     // afterEach: no upstream request left waiting for the rest of the body
   });
 
+  test("a malformed chunk before a multipart body's model field → 400, recorded invalid_request, no error logged", async () => {
+    const reply = await rawHttp(
+      proxy.url,
+      'POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n--B\r\n\r\nzz\r\n',
+    );
+    expect(reply.statuses).toEqual([400]);
+    expect(firstBody(reply).error).toMatchObject({ type: 'invalid_request_error', code: 'bad_request' });
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 400, error: 'invalid_request', path: '/v1/audio/transcriptions' });
+    expect(upstream.requests).toHaveLength(0);
+    // The refused body is the client's error, answered and recorded: no proxy error line beside it.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(proxy.logLines().filter((l) => l.level >= 50)).toEqual([]);
+  });
+
   test('a bare LF line ending inside a header cannot inject a header upstream', async () => {
     const reply = await rawHttp(
       proxy.url,

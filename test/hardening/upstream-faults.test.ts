@@ -227,6 +227,26 @@ describe('client faults', () => {
     await stillServing(proxy, upstream);
   });
 
+  test('client aborts a multipart upload before its model field: recorded client_aborted, not a proxy error', async () => {
+    const { upstream, proxy } = await setup();
+    const { port } = new URL(proxy.url);
+    const s = connect(Number(port), '127.0.0.1');
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    s.write(
+      'POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XB\r\nContent-Length: 100000\r\n\r\n' +
+        '--XB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n' +
+        'A'.repeat(1000),
+    );
+    await sleep(100);
+    s.destroy();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: 'client_aborted', status: null, path: '/v1/audio/transcriptions' });
+    expect(upstream.requests).toHaveLength(0);
+    // A client going away is not the proxy's error: no error line beside the exchange's own.
+    expect(proxy.logLines().filter((l) => l.level >= 50)).toEqual([]);
+    await stillServing(proxy, upstream);
+  });
+
   test('client aborts mid-body upload (streamed binary): the upstream request is aborted too', async () => {
     const { upstream, proxy } = await setup();
     const { port } = new URL(proxy.url);
