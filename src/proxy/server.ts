@@ -688,7 +688,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             noteCut(x, true);
           } else {
             const { kind, status } = classifyUpstreamError(err);
-            const message = upstreamErrorMessage(kind, origin, err);
+            const message = upstreamErrorMessage(kind, x.upstreamName ?? 'default', origin, err);
             if (!res.headersSent) {
               x.respondError(
                 status,
@@ -973,14 +973,21 @@ function isAdminPath(pathname: string): boolean {
   return pathname === '/admin' || pathname.startsWith('/admin/');
 }
 
-function upstreamErrorMessage(kind: string, origin: string, err: unknown): string {
+/** The message of a 502/504: which upstream failed (by name for the config file's), and where it is set. */
+function upstreamErrorMessage(kind: string, name: string, origin: string, err: unknown): string {
   const code = (err as { code?: string }).code;
+  const which = name === 'default' ? origin : `"${name}" (${origin})`;
   switch (kind) {
     case 'upstream_timeout':
-      return `The upstream ${origin} did not answer in time (${code ?? 'timeout'}); see UPSTREAM_*_TIMEOUT_MS`;
+      return `The upstream ${which} did not answer in time (${code ?? 'timeout'}); see UPSTREAM_*_TIMEOUT_MS`;
     case 'upstream_reset':
-      return `The connection to the upstream ${origin} was reset (${code ?? 'reset'})`;
-    default:
-      return `The upstream ${origin} could not be reached (${code ?? (err as Error).message}); check OPENAI_BASE_URL`;
+      return `The connection to the upstream ${which} was reset (${code ?? 'reset'})`;
+    default: {
+      const setting =
+        name === 'default'
+          ? 'OPENAI_BASE_URL, --upstream, or openaiBaseUrl in the config file'
+          : `upstreams.${name}.baseUrl in the config file`;
+      return `The upstream ${which} could not be reached (${code ?? (err as Error).message}); check its base URL (${setting})`;
+    }
   }
 }

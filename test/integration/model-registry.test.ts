@@ -1,7 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import OpenAI, { NotFoundError, toFile } from 'openai';
+import OpenAI, { APIError, NotFoundError, toFile } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { CHAT_ANSWER, createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
@@ -311,6 +311,25 @@ describe('named upstreams', () => {
     expect(got.url).toBe(`${path}?api-version=2024-10-21`);
     expect(got.headers['api-key']).toBe(AZURE_KEY);
     expect(got.headers.authorization).toBeUndefined();
+  });
+
+  test('a named upstream that is down: the 502 names it and its setting in the config file', async () => {
+    const a = await upstream();
+    const dead = await createFakeUpstream();
+    const deadUrl = dead.baseUrl;
+    await dead.close();
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: a.baseUrl },
+      { upstreams: { local: { baseUrl: deadUrl } }, models: [{ name: 'llama3', upstream: 'local' }] },
+    );
+    const err = await chat(client(p), 'llama3').catch((e) => e);
+    expect(err).toBeInstanceOf(APIError);
+    expect(err.status).toBe(502);
+    const message = `The upstream "local" (${new URL(deadUrl).origin}) could not be reached (ECONNREFUSED); check its base URL (upstreams.local.baseUrl in the config file)`;
+    expect(err.error).toMatchObject({ message, code: 'upstream_unreachable' });
+    expect(err.error.message).not.toContain('OPENAI_BASE_URL');
+    const [row] = await p.waitForRows(1);
+    expect(row).toMatchObject({ status: 502, upstream: 'local', error_message: message });
   });
 
   test('a model whose upstream is not configured is answered 502 by the proxy', async () => {

@@ -79,7 +79,9 @@ describe('transport failures become OpenAI-shaped proxy errors', () => {
     const body = await res.json();
     expect(body).toEqual({
       error: {
-        message: expect.stringContaining('could not be reached'),
+        message: expect.stringMatching(
+          /could not be reached .*check its base URL \(OPENAI_BASE_URL, --upstream, or openaiBaseUrl in the config file\)$/,
+        ),
         type: 'proxy_error',
         param: null,
         code: 'upstream_unreachable',
