@@ -371,6 +371,14 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
   const adminKeyOption = options.adminKey;
   const currentAdminKey = typeof adminKeyOption === 'function' ? adminKeyOption : () => adminKeyOption;
+  /** A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS), bare or as a Bearer token. */
+  const isProxyKey = (value: string | string[], adminKey: string | undefined): boolean => {
+    for (const v of Array.isArray(value) ? value : [value]) {
+      const isKey = (key: string) => v.includes(key) && (v.trim() === key || bearerToken(v) === key);
+      if ((adminKey && isKey(adminKey)) || clientKeys.some(isKey)) return true;
+    }
+    return false;
+  };
   const presentsAdminKey = (req: IncomingMessage): boolean => {
     const adminKey = currentAdminKey();
     return adminKey !== undefined && presentedKeys(req).some((k) => keyMatches(k, adminKey));
@@ -587,6 +595,16 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       clientHeaders = { ...req.headers };
       delete clientHeaders.authorization;
       delete clientHeaders['api-key'];
+    }
+    // Nor in any other header (`x-api-key`, a custom one): the proxy's keys never reach the upstream.
+    const adminKey = currentAdminKey();
+    if (adminKey || clientKeys.length > 0) {
+      for (const name in req.headers) {
+        const v = req.headers[name];
+        if (v === undefined || !isProxyKey(v, adminKey)) continue;
+        if (clientHeaders === req.headers) clientHeaders = { ...req.headers };
+        delete clientHeaders[name];
+      }
     }
     // Answered already (a malformed body refused mid-read) or the client is gone: nothing to forward.
     if (x.res.headersSent || x.res.destroyed) return;

@@ -67,6 +67,24 @@ describe('PROXY_API_KEYS', () => {
     expect(upstream.requests[0].headers.authorization).toBeUndefined();
   });
 
+  test('a client key repeated in another header (x-api-key) is not forwarded either', async () => {
+    const { upstream, proxy } = await setup({ OPENAI_API_KEY: UPSTREAM_KEY });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        authorization: `Bearer ${CLIENT_KEYS[0]}`,
+        'x-api-key': CLIENT_KEYS[0],
+      },
+      body: '{"model":"gpt-4o","messages":[]}',
+    });
+    expect(res.status).toBe(200);
+    const sent = upstream.requests[0].headers;
+    expect(sent['x-api-key']).toBeUndefined();
+    expect(sent.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
+    for (const key of CLIENT_KEYS) expect(JSON.stringify(sent)).not.toContain(key);
+  });
+
   test('/health stays open; /admin keeps its own key', async () => {
     const { proxy } = await setup({ ADMIN_API_KEY: 'adm-hardening-key-9999' });
     expect((await fetch(`${proxy.url}/health`)).status).toBe(200);

@@ -178,6 +178,32 @@ describe('admin API editing the registry', () => {
     expect(up.requests[2].headers.authorization).toBe('Bearer sk-someone-else-1234567');
   });
 
+  test('the admin key in any other header (x-api-key, a custom one) is not forwarded upstream, nor recorded', async () => {
+    const { p, up } = await setup({ ADMIN_API_KEY: ADMIN_KEY });
+    const res = await fetch(`${p.url}/v1/files`, {
+      headers: {
+        authorization: 'Bearer sk-client-own-key-1234567',
+        'x-api-key': ADMIN_KEY,
+        'x-custom-token': `Bearer ${ADMIN_KEY}`,
+        'x-trace': 'kept',
+      },
+    });
+    expect(res.status).toBe(404); // the fake upstream's answer
+    expect(up.requests).toHaveLength(1);
+    const sent = up.requests[0].headers;
+    expect(JSON.stringify(sent)).not.toContain(ADMIN_KEY);
+    expect(sent['x-api-key']).toBeUndefined();
+    expect(sent['x-custom-token']).toBeUndefined();
+    // The client's own key and its other headers still pass through.
+    expect(sent.authorization).toBe('Bearer sk-client-own-key-1234567');
+    expect(sent['x-trace']).toBe('kept');
+    const [row] = await p.waitForRows(1);
+    expect(JSON.parse(row.request_headers)).toMatchObject({ 'x-api-key': '[redacted]', 'x-trace': 'kept' });
+    expect(JSON.stringify(row)).not.toContain(ADMIN_KEY);
+    p.logLines();
+    expect(readFileSync(p.logPath, 'utf8')).not.toContain(ADMIN_KEY);
+  });
+
   test('POST /admin/reload-config applies a changed config file; an invalid one keeps the old registry', async () => {
     const { admin, client, configFile, up } = await setup(
       { ADMIN_API_KEY: ADMIN_KEY, VALIDATE_MODELS: 'true' },
