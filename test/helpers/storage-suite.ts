@@ -153,6 +153,29 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
       await writer.close();
     });
 
+    test('a row recorded once close() has begun, or after it, is written or spilled, and counted', async () => {
+      const spilled: string[] = [];
+      const writer = storage.createWriter({
+        flushIntervalMs: 60_000,
+        queueMax: 100,
+        onSpill: (rows) => spilled.push(...rows.map((r) => r.id)),
+      });
+      const [early, during, after] = [makeRecord(), makeRecord(), makeRecord()];
+      writer.record(early);
+      const closing = writer.close();
+      writer.record(during);
+      await closing;
+      writer.record(after);
+      const written = (await storage.db.selectFrom('exchanges').select('id').execute()).map((r) => r.id);
+      expect(written).toContain(early.id);
+      expect(spilled).toContain(after.id);
+      // Each row exactly once: in the database or spilled (to the log file), never neither.
+      for (const r of [early, during, after])
+        expect([written.includes(r.id), spilled.includes(r.id)]).toContain(true);
+      expect(written.length + spilled.length).toBe(3);
+      expect(writer.health()).toMatchObject({ written: written.length, spilled: spilled.length });
+    });
+
     test('a body with NUL bytes (binary upload decoded as text) is still recorded', async () => {
       const writer = storage.createWriter({ flushIntervalMs: 60_000, queueMax: 100 });
       const r = makeRecord({ requestBody: 'RIFF\u0000\u0000WAVE', path: '/v1/audio/transcriptions' });
