@@ -1,4 +1,5 @@
-import { createWriteStream } from 'node:fs';
+import { once } from 'node:events';
+import { createWriteStream, openSync } from 'node:fs';
 import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import { type ResolvedConfig, resolveConfig } from '../config/load.js';
@@ -302,23 +303,9 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'asc');
   return withDatabase(opts, io, true, async (handle) => {
     const total = opts.out && io.stderr.isTTY ? await countExchanges(handle, filter) : 0;
-    const out = opts.out ? createWriteStream(opts.out) : null;
-    const fileError = new Promise<never>((_, reject) =>
-      out?.once('error', (err: NodeJS.ErrnoException) =>
-        reject(
-          new OaiProxyError('internal', `Cannot write --out ${opts.out}: ${err.code ?? err.message}`, {
-            cause: err,
-          }),
-        ),
-      ),
-    );
-    fileError.catch(() => undefined);
+    const out = opts.out ? openOutFile(opts.out) : null;
     const write = async (s: string) => {
-      if (out) {
-        if (!out.write(s))
-          await Promise.race([new Promise<void>((r) => out.once('drain', () => r())), fileError]);
-        return;
-      }
+      if (out) return out.write(s);
       const stdout = io.stdout as CliIo['stdout'] & { once?: (e: string, f: () => void) => void };
       if (stdout.write(s) === false && stdout.once) await new Promise<void>((r) => stdout.once!('drain', r));
     };
@@ -338,12 +325,58 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
       if (total > 0) progress();
     }
     if (out) {
-      await Promise.race([new Promise<void>((r) => out.end(r)), fileError]);
+      await out.close();
       if (total > 0) io.stderr.write('\n');
       io.stderr.write(`exported ${n} exchanges to ${opts.out}\n`);
     }
     return 0;
   });
+}
+
+/**
+ * The `logs export --out` file, created 0600 (it holds prompts; an existing file keeps its mode). Opened at
+ * once so a bad path fails before any row is read; any write error (disk full, EPIPE on a FIFO) rejects the
+ * next write or `close()` with one message naming --out.
+ */
+function openOutFile(path: string): { write(s: string): Promise<void>; close(): Promise<void> } {
+  const failed = (err: NodeJS.ErrnoException) =>
+    new OaiProxyError('internal', `Cannot write --out ${path}: ${err.code ?? err.message}`, { cause: err });
+  let fd: number;
+  try {
+    fd = openSync(path, 'w', 0o600);
+  } catch (err) {
+    throw failed(err as NodeJS.ErrnoException);
+  }
+  const stream = createWriteStream(path, { fd });
+  let error: OaiProxyError | undefined;
+  const errored = new Promise<never>((_, reject) =>
+    stream.once('error', (err: NodeJS.ErrnoException) => {
+      error = failed(err);
+      reject(error);
+    }),
+  );
+  errored.catch(() => undefined);
+  return {
+    async write(s) {
+      if (error) throw error;
+      if (!stream.write(s))
+        await Promise.race([once(stream, 'drain'), errored]).catch((err) => {
+          throw error ?? failed(err);
+        });
+    },
+    async close() {
+      if (error) throw error;
+      // end()'s callback also runs (with the error) when the last writes fail: it must not mean success.
+      await Promise.race([
+        new Promise<void>((resolve, reject) =>
+          stream.end((err?: Error | null) => (err ? reject(err) : resolve())),
+        ),
+        errored,
+      ]).catch((err) => {
+        throw error ?? failed(err);
+      });
+    },
+  };
 }
 
 /** `oai-proxy logs prune`: delete exchanges older than a duration. */

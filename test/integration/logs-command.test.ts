@@ -1,4 +1,4 @@
-import { existsSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'kysely';
 import pg from 'pg';
@@ -203,6 +203,61 @@ describe('database problems: SQLite', () => {
     const r = await logs('--json');
     expect(r.code, r.err).toBe(0);
     expect(JSON.parse(r.out).map((x: { id: string }) => x.id.slice(0, 2))).toEqual(['a1']);
+  });
+});
+
+describe('logs export --out: SQLite', () => {
+  let tmp: { path: string; cleanup(): void };
+  let dbPath: string;
+  beforeEach(async () => {
+    tmp = createTempDir();
+    dbPath = join(tmp.path, 'proxy.db');
+    await seedSqlite(dbPath, [rec('a1'), rec('a2'), rec('a3')]);
+  });
+  afterEach(() => tmp.cleanup());
+
+  async function logs(...argv: string[]) {
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    const code = await main(['logs', ...argv, '--db', dbPath], io);
+    return { code, out: io.out(), err: io.err() };
+  }
+
+  test.each(['jsonl', 'csv'])(
+    '--format %s into a missing directory: exit 1 naming --out and the path, no success line',
+    async (format) => {
+      const out = join(tmp.path, 'nodir', 'x.out');
+      const r = await logs('export', '--format', format, '--out', out);
+      expect(r.code).toBe(1);
+      expect(r.err).toBe(`oai-proxy: Cannot write --out ${out}: ENOENT\n`);
+      expect(r.out).toBe('');
+      expect(existsSync(join(tmp.path, 'nodir'))).toBe(false);
+    },
+  );
+
+  test.skipIf(!existsSync('/dev/full')).each(['jsonl', 'csv'])(
+    '--format %s onto a full disk (/dev/full): exit 1 with ENOSPC, no success line',
+    async (format) => {
+      const r = await logs('export', '--format', format, '--out', '/dev/full');
+      expect(r.code).toBe(1);
+      expect(r.err).toBe('oai-proxy: Cannot write --out /dev/full: ENOSPC\n');
+    },
+  );
+
+  test('a new --out file is created 0600 (it holds prompts); an existing file keeps its mode', async () => {
+    const out = join(tmp.path, 'x.jsonl');
+    let r = await logs('export', '--out', out);
+    expect(r.code, r.err).toBe(0);
+    expect(r.err).toBe(`exported 3 exchanges to ${out}\n`);
+    expect(readFileSync(out, 'utf8').trim().split('\n')).toHaveLength(3);
+    expect(statSync(out).mode & 0o777).toBe(0o600);
+
+    const mine = join(tmp.path, 'mine.csv');
+    writeFileSync(mine, 'old content that is longer than nothing', { mode: 0o640 });
+    chmodSync(mine, 0o640);
+    r = await logs('export', '--format', 'csv', '--out', mine);
+    expect(r.code, r.err).toBe(0);
+    expect(statSync(mine).mode & 0o777).toBe(0o640);
+    expect(readFileSync(mine, 'utf8')).toMatch(/^id,time,/);
   });
 });
 
