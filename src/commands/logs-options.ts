@@ -29,21 +29,48 @@ export function parseDuration(text: string): number | undefined {
   return m ? Number(m[1]) * UNITS[m[2].toLowerCase()] : undefined;
 }
 
+const ISO_TIME =
+  /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(?:Z|[+-](\d{2}):?(\d{2}))?)?$/i;
+
 /**
  * A point in time from a flag: a duration ago (`1h` = one hour before `now`) or an ISO-8601 time
- * (`2024-05-01`, `2024-05-01T12:00:00Z`; without a zone it is local time). Throws usage errors naming the flag.
+ * (`2024-05-01`, `2024-05-01T12:00:00Z`; without a zone it is local time). An impossible date or time
+ * (Feb 30, hour 25) is rejected, not rolled over. Throws usage errors naming the flag.
  */
 export function parseTimeBound(text: string, flag: string, now: number): number {
   const ms = parseDuration(text);
   if (ms !== undefined) return now - ms;
-  if (/^\d{4}-\d{2}-\d{2}([T ][\d:.]+(Z|[+-]\d{2}:?\d{2})?)?$/i.test(text.trim())) {
-    const t = Date.parse(text.trim());
+  const m = ISO_TIME.exec(text.trim());
+  if (m) {
+    const [year, month, day, hour, minute, second, zoneHours, zoneMinutes] = m
+      .slice(1)
+      .map((x) => (x === undefined ? 0 : Number(x)));
+    const exists =
+      month >= 1 &&
+      month <= 12 &&
+      day >= 1 &&
+      day <= daysInMonth(year, month) &&
+      hour <= 23 &&
+      minute <= 59 &&
+      second <= 59 &&
+      zoneHours <= 23 &&
+      zoneMinutes <= 59;
+    const t = exists ? Date.parse(text.trim()) : Number.NaN;
     if (!Number.isNaN(t)) return t;
+    throw new OaiProxyError(
+      'usage',
+      `${flag} "${text}" is not a date or time that exists (month 01-12, a day of that month, hours 00-23, minutes and seconds 00-59); use a duration (30s, 15m, 1h, 7d) or an ISO-8601 time (2024-05-01, 2024-05-01T12:00:00Z, 2024-05-01 12:00 local, 2024-05-01T12:00:00+02:00)`,
+    );
   }
   throw new OaiProxyError(
     'usage',
     `${flag} "${text}" is neither a duration (30s, 15m, 1h, 7d) nor an ISO-8601 time (2024-05-01T12:00:00Z)`,
   );
+}
+
+function daysInMonth(year: number, month: number): number {
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0);
+  return month === 2 ? (leap ? 29 : 28) : [31, 0, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1];
 }
 
 /** `--status 200`, `4xx`, `5xx`, `error`, or several joined by commas. */

@@ -261,6 +261,39 @@ describe('logs export --out: SQLite', () => {
   });
 });
 
+describe('flag values: SQLite', () => {
+  let tmp: { path: string; cleanup(): void };
+  let dbPath: string;
+  beforeEach(async () => {
+    tmp = createTempDir();
+    dbPath = join(tmp.path, 'proxy.db');
+    await seedSqlite(dbPath, [rec('a1', { startedAt: Date.UTC(2026, 1, 1) })]);
+  });
+  afterEach(() => tmp.cleanup());
+
+  async function logs(...argv: string[]) {
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    const code = await main(['logs', ...argv, '--db', dbPath], io);
+    return { code, out: io.out(), err: io.err() };
+  }
+
+  test('an impossible date (Feb 30, hour 25) exits 2 naming the flag; prune deletes nothing', async () => {
+    for (const [sub, flag, value, ...rest] of [
+      ['prune', '--older-than', '2026-02-30'],
+      ['prune', '--older-than', '2026-02-31T10:00:00Z', '--dry-run'],
+      ['tail', '--since', '2026-02-29'],
+      ['export', '--until', '2026-01-01T25:00'],
+      ['stats', '--since', '2026-04-31'],
+    ]) {
+      const r = await logs(sub, flag, value, ...rest);
+      expect(r.code, `${sub} ${flag} ${value}`).toBe(2);
+      expect(r.err).toContain(`oai-proxy: ${flag} "${value}" is not a date or time that exists`);
+      expect(r.out).toBe('');
+    }
+    expect((await logs('--json')).out).toContain('a1');
+  });
+});
+
 describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
   let tmp: { path: string; cleanup(): void };
   beforeEach(() => {

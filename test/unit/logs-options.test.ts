@@ -1,0 +1,68 @@
+import { describe, expect, test } from 'vitest';
+import { parseTimeBound } from '../../src/commands/logs-options.js';
+import { isOaiProxyError } from '../../src/errors.js';
+
+const NOW = Date.UTC(2026, 5, 15, 12, 0, 0);
+
+function usageMessage(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    if (isOaiProxyError(err, 'usage')) return err.message;
+    throw err;
+  }
+  throw new Error('no error thrown');
+}
+
+describe('parseTimeBound', () => {
+  test.each([
+    ['1h', NOW - 3_600_000],
+    ['7d', NOW - 7 * 86_400_000],
+    ['2026-02-28', Date.parse('2026-02-28')],
+    ['2024-02-29', Date.parse('2024-02-29')],
+    ['2000-02-29T00:00:00Z', Date.UTC(2000, 1, 29)],
+    ['2026-04-30T23:59:59Z', Date.UTC(2026, 3, 30, 23, 59, 59)],
+    ['2026-02-01T10:00:00.250Z', Date.UTC(2026, 1, 1, 10, 0, 0, 250)],
+    ['2026-02-01t10:00z', Date.UTC(2026, 1, 1, 10, 0)],
+    ['2026-02-01T10:00:00+02:00', Date.UTC(2026, 1, 1, 8, 0)],
+    ['2026-02-01T10:00:00-0130', Date.UTC(2026, 1, 1, 11, 30)],
+    ['2026-02-01 10:00:00Z', Date.UTC(2026, 1, 1, 10, 0)],
+    // No zone: local time.
+    ['2026-02-01T10:00', new Date(2026, 1, 1, 10, 0).getTime()],
+    ['2026-02-01 10:00:30', new Date(2026, 1, 1, 10, 0, 30).getTime()],
+  ])('%s is accepted', (text, expected) => {
+    expect(parseTimeBound(text, '--since', NOW)).toBe(expected);
+  });
+
+  test.each([
+    '2026-02-30',
+    '2026-02-31T10:00:00Z',
+    '2026-02-29',
+    '1900-02-29',
+    '2026-04-31',
+    '2026-06-31T00:00',
+    '2026-00-10',
+    '2026-13-01',
+    '2026-01-00',
+    '2026-01-32',
+    '2026-02-01T25:00:00Z',
+    '2026-02-01T24:00:00Z',
+    '2026-02-01T10:61Z',
+    '2026-02-01T10:00:60Z',
+    '2026-02-01T10:00:00+25:00',
+    '2026-02-01T10:00:00+02:75',
+  ])('%s does not exist: a usage error naming the flag and the accepted forms', (text) => {
+    const message = usageMessage(() => parseTimeBound(text, '--older-than', NOW));
+    expect(message).toContain(`--older-than "${text}" is not a date or time that exists`);
+    expect(message).toContain('2024-05-01T12:00:00Z');
+  });
+
+  test.each(['yesterday', '2026-02-01T10', '2026-2-1', '2026-02-01T10:00:00+02'])(
+    '%s is not a form it accepts',
+    (text) => {
+      expect(usageMessage(() => parseTimeBound(text, '--until', NOW))).toContain(
+        `--until "${text}" is neither a duration`,
+      );
+    },
+  );
+});
