@@ -39,7 +39,15 @@ const ISO_TIME =
  */
 export function parseTimeBound(text: string, flag: string, now: number): number {
   const ms = parseDuration(text);
-  if (ms !== undefined) return now - ms;
+  if (ms !== undefined) {
+    // Whole milliseconds, as recorded; and a time a Date can hold (±8.64e15 ms), or prune could not say it.
+    const t = now - Math.round(ms);
+    if (t >= -8.64e15) return t;
+    throw new OaiProxyError(
+      'usage',
+      `${flag} "${text}" reaches back before any time a date can hold; give a shorter duration or an ISO-8601 time (2024-05-01)`,
+    );
+  }
   const m = ISO_TIME.exec(text.trim());
   if (m) {
     const [year, month, day, hour, minute, second, zoneHours, zoneMinutes] = m
@@ -90,12 +98,24 @@ export function parseStatus(text: string): StatusFilter[] {
   });
 }
 
-/** A non-negative integer flag (`--limit`, `--interval`). */
-export function parseCount(text: string | undefined, flag: string, dflt: number): number {
+/**
+ * A whole-number flag from 0 to `max` (`--limit`, `--interval`); `zero` says what 0 means, for the message.
+ * Larger values (a 64-bit LIMIT the database rejects, a timer Node cannot set) are usage errors.
+ */
+export function parseCount(
+  text: string | undefined,
+  flag: string,
+  dflt: number,
+  { max = Number.MAX_SAFE_INTEGER, zero }: { max?: number; zero?: string } = {},
+): number {
   if (text === undefined) return dflt;
-  if (!/^\d+$/.test(text.trim()))
-    throw new OaiProxyError('usage', `${flag} "${text}" must be a whole number (0 or more)`);
-  return Number(text);
+  const n = Number(text.trim());
+  if (!/^\d+$/.test(text.trim()) || n > max)
+    throw new OaiProxyError(
+      'usage',
+      `${flag} "${text}" must be a whole number from 0 to ${max}${zero ? ` (0 = ${zero})` : ''}`,
+    );
+  return n;
 }
 
 /** Check a flag against its allowed values. */

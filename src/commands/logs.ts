@@ -160,7 +160,7 @@ export async function runLogsList(opts: LogsListOptions, io: CliIo): Promise<num
   if (opts.follow) return runLogsFollow(opts, io);
   const format = outputFormat(opts);
   const filter = resolveLogFilter(opts, Date.now());
-  const limit = parseCount(opts.limit, '--limit', 50);
+  const limit = parseCount(opts.limit, '--limit', 50, { zero: 'all' });
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'desc');
   return withDatabase(opts, io, true, async (handle) => {
     const rows = (await listExchanges(handle, filter, { limit, order })).map(toExchangeJson);
@@ -187,8 +187,8 @@ function warnSearchLag(handle: Storage, filter: LogFilter, io: CliIo): void {
 export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<number> {
   const format = outputFormat(opts);
   const filter = resolveLogFilter(opts, Date.now());
-  const backlog = parseCount(opts.limit, '--limit', 10);
-  const intervalMs = Math.max(20, parseCount(opts.interval, '--interval', 250));
+  const backlog = parseCount(opts.limit, '--limit', 10, { zero: 'no backlog' });
+  const intervalMs = Math.max(20, parseCount(opts.interval, '--interval', 250, { max: 3_600_000 }));
   const print = (rows: ReturnType<typeof toExchangeJson>[]) => {
     for (const r of rows)
       io.stdout.write(format === 'table' ? formatExchangeLine(r) : `${JSON.stringify(r)}\n`);

@@ -292,6 +292,41 @@ describe('flag values: SQLite', () => {
     }
     expect((await logs('--json')).out).toContain('a1');
   });
+
+  test('--limit beyond 2^53 (a 64-bit value the database rejects) exits 2 naming the flag', async () => {
+    for (const argv of [
+      ['--limit', '9223372036854775807'],
+      ['tail', '--limit', '18446744073709551616'],
+      ['--follow', '--limit', '9007199254740992'],
+    ]) {
+      const r = await logs(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err).toMatch(
+        new RegExp(`^oai-proxy: --limit "${argv.at(-1)}" must be a whole number from 0 to 9007199254740991`),
+      );
+      expect(r.err).not.toContain('datatype mismatch');
+    }
+    const r = await logs('--limit', '9007199254740991', '--json');
+    expect(r.code, r.err).toBe(0);
+    expect(JSON.parse(r.out)).toHaveLength(1);
+    expect((await logs('--limit', '-1')).code).toBe(2);
+  });
+
+  test('a duration further back than a date can hold exits 2 (prune printed "Invalid time value", exit 1)', async () => {
+    for (const argv of [
+      ['prune', '--older-than', '999999999999d', '--dry-run'],
+      ['--since', '999999999999d'],
+    ]) {
+      const r = await logs(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err).toContain(
+        `oai-proxy: ${argv[argv.indexOf('999999999999d') - 1]} "999999999999d" reaches back`,
+      );
+    }
+    const r = await logs('prune', '--older-than', '100000w', '--dry-run');
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/^would delete 0 exchanges started before 0110-/);
+  });
 });
 
 describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { parseTimeBound } from '../../src/commands/logs-options.js';
+import { parseCount, parseTimeBound } from '../../src/commands/logs-options.js';
 import { isOaiProxyError } from '../../src/errors.js';
 
 const NOW = Date.UTC(2026, 5, 15, 12, 0, 0);
@@ -65,4 +65,31 @@ describe('parseTimeBound', () => {
       );
     },
   );
+});
+
+describe('parseCount', () => {
+  test.each([
+    [undefined, 50],
+    ['0', 0],
+    [' 7 ', 7],
+    ['9007199254740991', Number.MAX_SAFE_INTEGER],
+  ])('%s gives %s', (text, expected) => {
+    expect(parseCount(text, '--limit', 50)).toBe(expected);
+  });
+
+  test.each(['-1', '1.5', '1e3', 'ten', '', '9007199254740992', '9223372036854775807'])(
+    '%s is a usage error naming the flag and the range',
+    (text) => {
+      expect(usageMessage(() => parseCount(text, '--limit', 50, { zero: 'all' }))).toBe(
+        `--limit "${text}" must be a whole number from 0 to 9007199254740991 (0 = all)`,
+      );
+    },
+  );
+
+  test('a smaller maximum', () => {
+    expect(parseCount('3600000', '--interval', 250, { max: 3_600_000 })).toBe(3_600_000);
+    expect(usageMessage(() => parseCount('3600001', '--interval', 250, { max: 3_600_000 }))).toBe(
+      '--interval "3600001" must be a whole number from 0 to 3600000',
+    );
+  });
 });
