@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import Table from 'cli-table3';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
@@ -121,11 +122,15 @@ Examples:
     .action((alias: string, _opts, cmd: Command) => run(() => runModelsUnmap(alias, common(cmd), io)));
 }
 
-/** Open the registry on the database `serve` would use; seeds it when nothing was ever written. */
+/**
+ * Open the registry on the database `serve` would use; seeds it when nothing was ever written. Only a
+ * command that edits the registry may create a missing SQLite file (`create`).
+ */
 async function withRegistry<T>(
   opts: ModelsCommonOptions,
   io: CliIo,
   fn: (store: RegistryStore, resolved: ResolvedConfig) => Promise<T>,
+  { create = true }: { create?: boolean } = {},
 ): Promise<T> {
   const resolved = resolveConfig({
     configPath: opts.config,
@@ -135,6 +140,11 @@ async function withRegistry<T>(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
+  if (!create && location.kind === 'sqlite' && location.path !== ':memory:' && !existsSync(location.path))
+    throw new OaiProxyError(
+      'database_not_found',
+      `No database at ${location.path}; start \`oai-proxy serve\` (or \`oai-proxy models add\`) first, or point --db / DATABASE_URL at an existing file`,
+    );
   const storage = await openStorage(location);
   try {
     // On PostgreSQL every write also NOTIFYs the running `serve` instances, which reload at once.
@@ -148,12 +158,21 @@ async function withRegistry<T>(
   }
 }
 
+/** withRegistry for `list` and `show`: a mistyped --db is an error, not a new database showing the defaults. */
+function readRegistry<T>(
+  opts: ModelsCommonOptions,
+  io: CliIo,
+  fn: (store: RegistryStore, resolved: ResolvedConfig) => Promise<T>,
+): Promise<T> {
+  return withRegistry(opts, io, fn, { create: false });
+}
+
 /** `models list [--json]`. */
 export async function runModelsList(
   opts: ModelsCommonOptions & { json?: boolean },
   io: CliIo,
 ): Promise<number> {
-  return withRegistry(opts, io, async (store, resolved) => {
+  return readRegistry(opts, io, async (store, resolved) => {
     const registry = await store.load();
     if (opts.json) {
       io.stdout.write(`${JSON.stringify(registry.view(upstreamNames(resolved.config)), null, 2)}\n`);
@@ -185,7 +204,7 @@ export async function runModelsShow(
   opts: ModelsCommonOptions & { json?: boolean },
   io: CliIo,
 ): Promise<number> {
-  return withRegistry(opts, io, async (store, resolved) => {
+  return readRegistry(opts, io, async (store, resolved) => {
     const registry = await store.load();
     const view = registry.view(upstreamNames(resolved.config));
     const r = registry.resolve(name);

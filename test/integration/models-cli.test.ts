@@ -1,7 +1,8 @@
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import { openDatabase } from '../../src/storage/database.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
 
@@ -22,6 +23,7 @@ async function cli(args: string[], env: Record<string, string> = {}) {
 
 describe('oai-proxy models', () => {
   test('list on a fresh database shows the default models in a table; --json is the admin shape', async () => {
+    await (await openDatabase(db)).close(); // as `serve` leaves it before the registry is seeded
     const r = await cli(['models', 'list', '--db', db]);
     expect(r.code).toBe(0);
     const lines = r.out.split('\n');
@@ -104,6 +106,30 @@ describe('oai-proxy models', () => {
     // A removed default model stays removed (the next seeding does not bring it back).
     expect((await cli(['models', 'remove', 'gpt-4'], env)).code).toBe(0);
     expect((await cli(['models', 'show', 'gpt-4'], env)).code).toBe(1);
+  });
+
+  test('list and show never create a database: a missing file exits 1 naming it; add creates it', async () => {
+    const typo = join(dir.path, 'typo', 'x.db');
+    for (const args of [
+      ['models', 'list'],
+      ['models', 'show', 'gpt-4o', '--json'],
+      ['models', 'list', '--json'],
+    ]) {
+      const r = await cli([...args, '--db', typo]);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.err).toBe(
+        `oai-proxy: No database at ${typo}; start \`oai-proxy serve\` (or \`oai-proxy models add\`) first, or point --db / DATABASE_URL at an existing file\n`,
+      );
+      expect(r.out).toBe('');
+    }
+    expect(existsSync(join(dir.path, 'typo'))).toBe(false);
+    // The same exit code as `logs` on a missing database.
+    expect((await cli(['logs', '--db', typo])).code).toBe(1);
+
+    const add = await cli(['models', 'add', 'llama3', '--db', db]);
+    expect(add.code, add.err).toBe(0);
+    expect(existsSync(db)).toBe(true);
+    expect((await cli(['models', 'show', 'llama3', '--db', db])).out).toMatch(/Source\s+cli/);
   });
 
   test('bad usage exits 2 with a one-line message', async () => {
