@@ -185,6 +185,11 @@ function warnSearchLag(handle: Storage, filter: LogFilter, io: CliIo): void {
 
 /** `oai-proxy logs --follow` / `logs tail`: print new exchanges as they are recorded, until stopped. */
 export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<number> {
+  if (opts.order !== undefined)
+    throw new OaiProxyError(
+      'usage',
+      '--order does not apply when following: new exchanges print as they are recorded (the backlog oldest first)',
+    );
   const format = outputFormat(opts);
   const filter = resolveLogFilter(opts, Date.now());
   const backlog = parseCount(opts.limit, '--limit', 10, { zero: 'no backlog' });
@@ -457,7 +462,8 @@ function addFilterOptions(cmd: Command): Command {
     .option('--until <when>', 'before this time: a duration ago or ISO-8601')
     .option(
       '--status <status>',
-      '200, 4xx, 5xx or error (no complete upstream answer); comma-separated for several',
+      '200, 4xx, 5xx or error (no complete upstream answer); comma-separated or repeated for several',
+      (value: string, previous?: string) => (previous === undefined ? value : `${previous},${value}`),
     )
     .option('--path <prefix>', 'request path starting with this, e.g. /v1/chat')
     .option('--user <id>', 'the request body\'s "user" field')
@@ -477,9 +483,18 @@ function addListOutputOptions(cmd: Command): Command {
       'at most this many rows, 0 for all (default 50; 10 backlog rows when following)',
     )
     .option('--order <asc|desc>', 'by start time (default desc: newest first)')
-    .option('--json', 'one JSON array (fields: see README "Logs")')
+    .option('--json', 'one JSON array (fields: see README "Logs"); with --follow, one object per line')
     .option('--jsonl', 'one JSON object per line')
     .addOption(new Option('--interval <ms>', 'poll interval when following').hideHelp());
+}
+
+/** What `logs tail` takes (a follow never ends, so no array and no order: rows print as recorded). */
+function addFollowOutputOptions(cmd: Command): Command {
+  return cmd
+    .option('-n, --limit <n>', 'first print the last N matching exchanges (default 10; 0 for none)')
+    .option('--json', 'one JSON object per line (same as --jsonl)')
+    .option('--jsonl', 'one JSON object per line')
+    .addOption(new Option('--interval <ms>', 'poll interval').hideHelp());
 }
 
 /**
@@ -541,7 +556,7 @@ Examples:
   const tail = logs
     .command('tail')
     .description('Follow new exchanges as they are recorded (same as logs --follow)');
-  addDatabaseOptions(addListOutputOptions(addFilterOptions(tail)))
+  addDatabaseOptions(addFollowOutputOptions(addFilterOptions(tail)))
     .addHelpText(
       'after',
       `

@@ -327,6 +327,42 @@ describe('flag values: SQLite', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/^would delete 0 exchanges started before 0110-/);
   });
+
+  test('--status given twice means either (as 4xx,5xx), for listing, stats and export', async () => {
+    await seedSqlite(dbPath, [rec('b1', { status: 404 }), rec('c1', { status: 503 })]);
+    const ids = (out: string) => (JSON.parse(out) as { id: string }[]).map((x) => x.id.slice(0, 2)).sort();
+    let r = await logs('--status', '4xx', '--status', '5xx', '--json');
+    expect(r.code, r.err).toBe(0);
+    expect(ids(r.out)).toEqual(['b1', 'c1']);
+    r = await logs('stats', '--status', '200', '--status', '503', '--by', 'status', '--json');
+    expect((JSON.parse(r.out) as { key: string }[]).map((g) => String(g.key)).sort()).toEqual(['200', '503']);
+    r = await logs('export', '--status', '5xx', '--status', '200');
+    expect(r.out.trim().split('\n')).toHaveLength(2);
+  });
+
+  test('following takes no --order (rows print as recorded) and tail --help says what it prints', async () => {
+    for (const argv of [
+      ['--order', 'asc', 'tail'],
+      ['--follow', '--order', 'desc'],
+    ]) {
+      const r = await logs(...argv);
+      expect(r.code, argv.join(' ')).toBe(2);
+      expect(r.err).toMatch(/^oai-proxy: --order does not apply when following/);
+    }
+    const r = await logs('tail', '--order', 'asc');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe("error: unknown option '--order'\n");
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['logs', 'tail', '--help'], io)).toBe(0);
+    const help = io.out();
+    expect(help).not.toContain('--order');
+    expect(help).not.toContain('JSON array');
+    expect(help).toMatch(/--json\s+one JSON object per line/);
+    expect(help).toMatch(
+      /--limit <n>\s+first print the last N matching exchanges \(default 10; 0\s+for none\)/,
+    );
+    expect(help).toMatch(/comma-separated or\s+repeated for several/);
+  });
 });
 
 describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
