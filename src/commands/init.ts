@@ -88,7 +88,10 @@ export function registerInitCommand(program: Command, io: CliIo, run: CommandRun
       'file to write (OAI_PROXY_CONFIG; default $XDG_CONFIG_HOME/oai-proxy/config.json)',
     )
     .option('-y, --yes', 'ask nothing: write defaults plus the flags below (API key from OPENAI_API_KEY)')
-    .option('-f, --force', 'overwrite an existing file without asking (required with --yes)')
+    .option(
+      '-f, --force',
+      'overwrite an existing file without asking (with --yes: needed only when the file exists)',
+    )
     .option('--kind <kind>', 'upstream kind: openai, azure, or compatible (vLLM, Ollama, llama.cpp…)')
     .option('-u, --upstream <url>', 'upstream base URL (default depends on --kind)')
     .option('--api-version <version>', `Azure api-version (default ${DEFAULT_AZURE_API_VERSION})`)

@@ -309,6 +309,9 @@ describe('oai-proxy init --yes', () => {
       'Examples:',
     ])
       expect(io.out()).toContain(s);
+    // --force is needed with --yes only when the file already exists.
+    expect(io.out()).not.toContain('required with --yes');
+    expect(io.out()).toMatch(/with\s+--yes: needed only when the\s+file exists/);
   });
 });
 
