@@ -63,7 +63,8 @@ export function parseTimeBound(text: string, flag: string, now: number): number 
       second <= 59 &&
       zoneHours <= 23 &&
       zoneMinutes <= 59;
-    const t = exists ? Date.parse(text.trim()) : Number.NaN;
+    // A date alone is local midnight, as a time without a zone is (Date.parse would take it as UTC).
+    const t = !exists ? Number.NaN : Date.parse(m[4] === undefined ? `${text.trim()}T00:00` : text.trim());
     if (!Number.isNaN(t)) return t;
     throw new OaiProxyError(
       'usage',

@@ -18,8 +18,8 @@ describe('parseTimeBound', () => {
   test.each([
     ['1h', NOW - 3_600_000],
     ['7d', NOW - 7 * 86_400_000],
-    ['2026-02-28', Date.parse('2026-02-28')],
-    ['2024-02-29', Date.parse('2024-02-29')],
+    ['2026-02-28', new Date(2026, 1, 28).getTime()],
+    ['2024-02-29', new Date(2024, 1, 29).getTime()],
     ['2000-02-29T00:00:00Z', Date.UTC(2000, 1, 29)],
     ['2026-04-30T23:59:59Z', Date.UTC(2026, 3, 30, 23, 59, 59)],
     ['2026-02-01T10:00:00.250Z', Date.UTC(2026, 1, 1, 10, 0, 0, 250)],
@@ -32,6 +32,19 @@ describe('parseTimeBound', () => {
     ['2026-02-01 10:00:30', new Date(2026, 1, 1, 10, 0, 30).getTime()],
   ])('%s is accepted', (text, expected) => {
     expect(parseTimeBound(text, '--since', NOW)).toBe(expected);
+  });
+
+  test('a date alone is local midnight, like a time without a zone (README: no zone = local time)', () => {
+    const tz = process.env.TZ;
+    process.env.TZ = 'America/New_York';
+    try {
+      expect(parseTimeBound('2024-05-01', '--since', NOW)).toBe(Date.UTC(2024, 4, 1, 4, 0));
+      expect(parseTimeBound('2024-12-01', '--since', NOW)).toBe(Date.UTC(2024, 11, 1, 5, 0));
+      expect(parseTimeBound('2024-05-01T00:00', '--since', NOW)).toBe(Date.UTC(2024, 4, 1, 4, 0));
+    } finally {
+      if (tz === undefined) delete process.env.TZ;
+      else process.env.TZ = tz;
+    }
   });
 
   test.each([
