@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseEnv } from 'node:util';
 import { OaiProxyError } from '../errors.js';
-import { defaultConfigPath } from './paths.js';
+import { defaultConfigPath, redactUrl } from './paths.js';
 import {
   type Config,
   type ConfigKey,
@@ -152,7 +152,8 @@ export function readConfigFile(path: string): Record<string, unknown> {
   } catch (err) {
     throw new OaiProxyError(
       'config_invalid',
-      `Config file ${path} is not valid JSON: ${(err as Error).message}`,
+      // V8 quotes the text around the error, which may be a key: keep only what and where.
+      `Config file ${path} is not valid JSON: ${(err as Error).message.replace(/,\s*\S.* is not valid JSON$/s, '')}`,
     );
   }
   if (!isPlainObject(parsed))
@@ -170,18 +171,47 @@ function readDotenv(cwd: string): Env {
   }
 }
 
-function invalid(where: string, def: SettingDef, expected: string, shown?: string): never {
+const NO_VALUE = Symbol('no value');
+
+/**
+ * Throw config_invalid naming the setting, where it came from and what was expected. The offending
+ * value is echoed only for settings that cannot hold a secret; otherwise `detail` (or the value's
+ * type) says what is wrong, since the message reaches the console, the admin API and the database.
+ */
+function invalid(
+  where: string,
+  def: SettingDef,
+  expected: string,
+  v: unknown = NO_VALUE,
+  detail?: string,
+): never {
   const name = where.startsWith('config file') ? `"${def.key}" in ${where}` : where;
+  const secret = holdsSecret(def);
+  const shown = v === NO_VALUE || secret ? '' : ` = ${show(v)}`;
+  const why = detail ?? (v !== NO_VALUE && secret ? `got ${kindOf(v)}` : undefined);
   throw new OaiProxyError(
     'config_invalid',
-    `Invalid ${name}${shown !== undefined ? ` = ${shown}` : ''}: expected ${expected}`,
+    `Invalid ${name}${shown}: expected ${expected}${why ? `; ${why}` : ''}`,
   );
 }
 
-function show(def: SettingDef, v: unknown): string {
-  if (def.type === 'secret') return '(hidden)';
-  const s = typeof v === 'string' ? v : JSON.stringify(v);
+/** Keys, the admin key, client keys, and upstream entries (apiKey, header values). */
+function holdsSecret(def: SettingDef): boolean {
+  return def.type === 'secret' || def.type === 'upstreams' || def.secret === true;
+}
+
+function show(v: unknown): string {
+  const s = typeof v === 'string' ? redactUrl(v) : JSON.stringify(v);
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+/** `a number`, `an array`…: what a value is, without saying what it holds. */
+function kindOf(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  if (typeof v === 'boolean') return 'true/false';
+  return `a ${typeof v}`;
 }
 
 /** Parse an environment / .env / flag string into the setting's type. */
@@ -193,18 +223,18 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
     case 'url':
       return checkUrl(def, v, where);
     case 'int': {
-      if (!/^-?\d+$/.test(v.trim())) invalid(where, def, intExpectation(def), show(def, v));
+      if (!/^-?\d+$/.test(v.trim())) invalid(where, def, intExpectation(def), v);
       return checkInt(def, Number(v), where);
     }
     case 'bool': {
       const t = v.trim().toLowerCase();
       if (['1', 'true', 'yes', 'on'].includes(t)) return true;
       if (['0', 'false', 'no', 'off'].includes(t)) return false;
-      return invalid(where, def, 'true or false', show(def, v));
+      return invalid(where, def, 'true or false', v);
     }
     case 'enum': {
       const t = v.trim().toLowerCase();
-      if (!def.values!.includes(t)) invalid(where, def, `one of ${def.values!.join(', ')}`, show(def, v));
+      if (!def.values!.includes(t)) invalid(where, def, `one of ${def.values!.join(', ')}`, v);
       return t;
     }
     case 'list':
@@ -218,7 +248,7 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
       try {
         parsed = JSON.parse(v);
       } catch {
-        return invalid(where, def, 'a JSON object such as {"alias":"model"}', show(def, v));
+        return invalid(where, def, 'a JSON object such as {"alias":"model"}', v);
       }
       return checkStringMap(def, parsed, where);
     }
@@ -232,21 +262,20 @@ function fromFile(def: SettingDef, v: unknown, where: string): unknown {
   switch (def.type) {
     case 'string':
     case 'secret':
-      if (typeof v !== 'string') invalid(where, def, 'a string', show(def, v));
+      if (typeof v !== 'string') invalid(where, def, 'a string', v);
       return v;
     case 'url':
-      if (typeof v !== 'string') invalid(where, def, 'a URL string', show(def, v));
+      if (typeof v !== 'string') invalid(where, def, 'a URL string', v);
       return checkUrl(def, v, where);
     case 'int':
-      if (typeof v !== 'number' || !Number.isInteger(v))
-        invalid(where, def, intExpectation(def), show(def, v));
+      if (typeof v !== 'number' || !Number.isInteger(v)) invalid(where, def, intExpectation(def), v);
       return checkInt(def, v, where);
     case 'bool':
-      if (typeof v !== 'boolean') invalid(where, def, 'true or false', show(def, v));
+      if (typeof v !== 'boolean') invalid(where, def, 'true or false', v);
       return v;
     case 'enum':
       if (typeof v !== 'string' || !def.values!.includes(v))
-        invalid(where, def, `one of ${def.values!.join(', ')}`, show(def, v));
+        invalid(where, def, `one of ${def.values!.join(', ')}`, v);
       return v;
     case 'list':
       if (typeof v === 'string')
@@ -254,25 +283,21 @@ function fromFile(def: SettingDef, v: unknown, where: string): unknown {
           .split(',')
           .map((s) => s.trim())
           .filter(Boolean);
-      if (!Array.isArray(v) || v.some((x) => typeof x !== 'string'))
-        invalid(where, def, 'an array of strings', show(def, v));
+      if (!Array.isArray(v)) invalid(where, def, 'an array of strings', v);
+      for (const [i, x] of v.entries())
+        if (typeof x !== 'string')
+          invalid(where, def, 'an array of strings', v, `element [${i}] is ${kindOf(x)}`);
       return v;
     case 'object':
       return checkStringMap(def, v, where);
     case 'models':
-      if (!Array.isArray(v))
-        invalid(where, def, 'an array of model names or {name, …} objects', show(def, v));
+      if (!Array.isArray(v)) invalid(where, def, 'an array of model names or {name, …} objects', v);
       return v.map((item, i) =>
         typeof item === 'string' ? item : checkModelEntry(def, item, `${where}, ${def.key}[${i}]`),
       );
     case 'modelEntries':
       if (!Array.isArray(v))
-        invalid(
-          where,
-          def,
-          'an array of {name, upstream?, deployment?, displayName?, description?}',
-          show(def, v),
-        );
+        invalid(where, def, 'an array of {name, upstream?, deployment?, displayName?, description?}', v);
       return v.map((item, i) => checkModelEntry(def, item, `${where}, ${def.key}[${i}]`));
     case 'upstreams':
       return checkUpstreams(def, v, where);
@@ -301,53 +326,52 @@ function checkUrl(def: SettingDef, v: string, where: string): string {
   try {
     u = new URL(v);
   } catch {
-    return invalid(where, def, 'an absolute http(s) URL such as https://api.openai.com/v1', show(def, v));
+    return invalid(where, def, 'an absolute http(s) URL such as https://api.openai.com/v1', v);
   }
-  if (u.protocol !== 'http:' && u.protocol !== 'https:')
-    invalid(where, def, 'an http:// or https:// URL', show(def, v));
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') invalid(where, def, 'an http:// or https:// URL', v);
   return v.replace(/\/+$/, '');
 }
 
-function checkStringMap(def: SettingDef, v: unknown, where: string): Record<string, string> {
-  if (!isPlainObject(v) || Object.values(v).some((x) => typeof x !== 'string')) {
-    invalid(where, def, 'a JSON object of strings such as {"alias":"model"}', show(def, v));
-  }
+function checkStringMap(
+  def: SettingDef,
+  v: unknown,
+  where: string,
+  example = '{"alias":"model"}',
+): Record<string, string> {
+  const expected = `a JSON object of strings such as ${example}`;
+  if (!isPlainObject(v)) invalid(where, def, expected, v);
+  for (const [k, x] of Object.entries(v))
+    if (typeof x !== 'string') invalid(where, def, expected, v, `${JSON.stringify(k)} is ${kindOf(x)}`);
   return v as Record<string, string>;
 }
 
 function checkModelEntry(def: SettingDef, v: unknown, where: string): ModelEntry {
   if (!isPlainObject(v) || typeof v.name !== 'string' || v.name === '') {
-    invalid(where, def, 'a model name or an object with a string "name"', show(def, v));
+    invalid(where, def, 'a model name or an object with a string "name"', v);
   }
   for (const k of ['upstream', 'deployment', 'displayName', 'description']) {
-    if (v[k] !== undefined && typeof v[k] !== 'string')
-      invalid(`${where}.${k}`, def, 'a string', show(def, v[k]));
+    if (v[k] !== undefined && typeof v[k] !== 'string') invalid(`${where}.${k}`, def, 'a string', v[k]);
   }
   return v as unknown as ModelEntry;
 }
 
 function checkUpstreams(def: SettingDef, v: unknown, where: string): Record<string, UpstreamEntry> {
   if (!isPlainObject(v))
-    invalid(
-      where,
-      def,
-      'an object name → {baseUrl, apiKey | apiKeyEnv, type, apiVersion?, headers?}',
-      show(def, v),
-    );
+    invalid(where, def, 'an object name → {baseUrl, apiKey | apiKeyEnv, type, apiVersion?, headers?}', v);
   const out: Record<string, UpstreamEntry> = {};
   for (const [name, raw] of Object.entries(v)) {
     const at = `${where}, upstreams.${name}`;
-    if (!isPlainObject(raw))
-      invalid(at, def, 'an object {baseUrl, apiKey | apiKeyEnv, type, …}', show(def, raw));
-    if (typeof raw.baseUrl !== 'string') invalid(`${at}.baseUrl`, def, 'a URL string');
-    const baseUrl = checkUrl(def, raw.baseUrl as string, `${at}.baseUrl`);
+    if (!isPlainObject(raw)) invalid(at, def, 'an object {baseUrl, apiKey | apiKeyEnv, type, …}', raw);
+    // An upstream's URL (redacted when shown) and type hold no secret, so they may be echoed.
+    const plain: SettingDef = { ...def, type: 'string' };
+    if (typeof raw.baseUrl !== 'string') invalid(`${at}.baseUrl`, plain, 'a URL string', raw.baseUrl);
+    const baseUrl = checkUrl(plain, raw.baseUrl as string, `${at}.baseUrl`);
     const type = raw.type ?? 'openai';
-    if (type !== 'openai' && type !== 'azure')
-      invalid(`${at}.type`, def, '"openai" or "azure"', show(def, type));
+    if (type !== 'openai' && type !== 'azure') invalid(`${at}.type`, plain, '"openai" or "azure"', type);
     for (const k of ['apiKey', 'apiKeyEnv', 'apiVersion']) {
-      if (raw[k] !== undefined && typeof raw[k] !== 'string') invalid(`${at}.${k}`, def, 'a string');
+      if (raw[k] !== undefined && typeof raw[k] !== 'string') invalid(`${at}.${k}`, def, 'a string', raw[k]);
     }
-    if (raw.headers !== undefined) checkStringMap(def, raw.headers, `${at}.headers`);
+    if (raw.headers !== undefined) checkStringMap(def, raw.headers, `${at}.headers`, '{"x-header":"value"}');
     out[name] = { ...(raw as unknown as UpstreamEntry), baseUrl, type };
   }
   return out;

@@ -81,6 +81,8 @@ export interface SettingDef {
   min?: number;
   max?: number;
   default?: unknown;
+  /** Values are secrets (beyond the `secret` type): never echoed, e.g. in a validation message. */
+  secret?: boolean;
   description: string;
 }
 
@@ -312,6 +314,7 @@ export const SETTINGS: readonly SettingDef[] = [
     key: 'proxyApiKeys',
     env: 'PROXY_API_KEYS',
     type: 'list',
+    secret: true,
     default: [],
     description: 'Comma-separated keys clients must present; empty: no client auth',
   },

@@ -242,6 +242,41 @@ describe('admin API editing the registry', () => {
     expect((await admin('GET', '/admin/models')).body.mappings).toEqual({ quick: 'llama3' });
   });
 
+  test('reload-config of a file with a bad client key list or header map: the 400, the row and the log never hold the keys', async () => {
+    const CLIENT_KEY = 'brand-new-client-key-QQQQ1111';
+    const HEADER_SECRET = 'sk-upstream-SECRET-9999';
+    const { admin, configFile, p } = await setup({}, { adminApiKey: ADMIN_KEY });
+    for (const [file, says] of [
+      [
+        { adminApiKey: ADMIN_KEY, proxyApiKeys: [CLIENT_KEY, 7] },
+        `"proxyApiKeys" in config file ${configFile}: expected an array of strings; element [1] is a number`,
+      ],
+      [
+        {
+          adminApiKey: ADMIN_KEY,
+          upstreams: {
+            u: {
+              baseUrl: 'http://127.0.0.1:9',
+              headers: { Authorization: `Bearer ${HEADER_SECRET}`, 'x-retries': 3 },
+            },
+          },
+        },
+        'upstreams.u.headers: expected a JSON object of strings such as {"x-header":"value"}; "x-retries" is a number',
+      ],
+    ] as const) {
+      writeFileSync(configFile, JSON.stringify(file));
+      const refused = await admin('POST', '/admin/reload-config');
+      expect(refused.status).toBe(400);
+      expect(refused.body.error.message).toContain(says);
+    }
+    const rows = (await p.waitForRows(2)).filter((r) => r.path === '/admin/reload-config');
+    expect(rows.map((r) => r.status)).toEqual([400, 400]);
+    expect(rows[0].error_message).toContain('element [1] is a number');
+    const seen = JSON.stringify([rows, p.logLines(), p.stderr()]);
+    expect(seen).not.toContain(CLIENT_KEY);
+    expect(seen).not.toContain(HEADER_SECRET);
+  });
+
   test('after reload-config, the keys it brings are scrubbed from records and the new admin key is never forwarded', async () => {
     const OLD_ADMIN = 'admin-key-old-0123456789abcdef';
     const NEW_ADMIN = 'admin-key-new-0123456789abcdef';

@@ -125,9 +125,70 @@ describe('invalid values name the setting and where it came from', () => {
     expect(() => resolve()).toThrow(/is not valid JSON/);
   });
 
-  test('secrets are never echoed in messages', () => {
-    write('oai-proxy.config.json', { openaiApiKey: 12345678901234 });
-    expect(() => resolve()).toThrow(/openaiApiKey.*\(hidden\)/);
+  const SECRET = 'sk-SECRET-9999';
+  const message = (file: Record<string, unknown>) => {
+    const p = write('oai-proxy.config.json', file);
+    try {
+      resolve();
+    } catch (err) {
+      return { p, message: (err as Error).message };
+    }
+    throw new Error('expected the config to be rejected');
+  };
+
+  // Each message names the key, the file and what was expected, and never holds the secret.
+  test.each([
+    [{ openaiApiKey: 12345678901234 }, '"openaiApiKey" in config file {p}: expected a string; got a number'],
+    [{ adminApiKey: [SECRET] }, '"adminApiKey" in config file {p}: expected a string; got an array'],
+    [{ qdrantApiKey: { k: SECRET } }, '"qdrantApiKey" in config file {p}: expected a string; got an object'],
+    [
+      { proxyApiKeys: [SECRET, 7] },
+      '"proxyApiKeys" in config file {p}: expected an array of strings; element [1] is a number',
+    ],
+    [
+      { proxyApiKeys: { a: SECRET } },
+      '"proxyApiKeys" in config file {p}: expected an array of strings; got an object',
+    ],
+    [
+      {
+        upstreams: {
+          u: { baseUrl: 'http://u', headers: { Authorization: `Bearer ${SECRET}`, 'x-retries': 3 } },
+        },
+      },
+      '"upstreams" in config file {p}, upstreams.u.headers: expected a JSON object of strings such as {"x-header":"value"}; "x-retries" is a number',
+    ],
+    [
+      { upstreams: { u: { baseUrl: 'http://u', headers: `Bearer ${SECRET}` } } },
+      'upstreams.u.headers: expected a JSON object of strings such as {"x-header":"value"}; got a string',
+    ],
+    [
+      { upstreams: { u: { baseUrl: 'http://u', apiKey: [SECRET] } } },
+      'upstreams.u.apiKey: expected a string; got an array',
+    ],
+    [
+      { upstreams: { u: SECRET } },
+      'upstreams.u: expected an object {baseUrl, apiKey | apiKeyEnv, type, …}; got a string',
+    ],
+    [{ upstreams: SECRET }, '"upstreams" in config file {p}: expected an object name'],
+  ])('secrets are never echoed: %j', (file, expected) => {
+    const { p, message: m } = message(file);
+    expect(m).toContain(expected.replace('{p}', p));
+    expect(m).not.toContain('SECRET');
+  });
+
+  test('an upstream URL and type are shown, its password redacted', () => {
+    expect(message({ upstreams: { u: { baseUrl: 'ftp://me:pw-SECRET@h/v1' } } }).message).toMatch(
+      /upstreams\.u\.baseUrl = ftp:\/\/me:\*\*\*@h\/v1: expected an http/,
+    );
+    expect(message({ upstreams: { u: { baseUrl: 'http://h', type: 'azzure' } } }).message).toMatch(
+      /upstreams\.u\.type = azzure: expected "openai" or "azure"/,
+    );
+  });
+
+  test('a config file that is not JSON: the error does not quote the text', () => {
+    write('oai-proxy.config.json', `{"openaiApiKey": ${SECRET}}`);
+    expect(() => resolve()).toThrow(/is not valid JSON: Unexpected token/);
+    expect(() => resolve()).not.toThrow(/SECRET/);
   });
 });
 
