@@ -79,9 +79,39 @@ export function resolveLogFilePath(
   return join(dataDir(env), 'oai-proxy.log');
 }
 
-/** Hide the password part of a URL before it is printed. */
+/**
+ * Hide a URL's password (all of it, whatever it holds) and `password=`/key query parameters before
+ * the URL is printed. The rest of the URL is shown as written.
+ */
 export function redactUrl(url: string): string {
-  return url.replace(/\/\/([^:/@]+):([^@/]+)@/, '//$1:***@');
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(url);
+  if (!m) return redactQuery(url);
+  const [, scheme, rest] = m;
+  // As WHATWG URL (so pg and undici) reads it: the authority ends at the first / ? or #, and its
+  // last @ ends the userinfo, so a password may hold @ and :. A password holding / ? or # makes the
+  // URL unparseable; then the userinfo runs to the last @ of all, which hides too much, never too little.
+  const end = rest.search(/[/?#]/);
+  const at = isParseable(url)
+    ? (end === -1 ? rest : rest.slice(0, end)).lastIndexOf('@')
+    : rest.lastIndexOf('@');
+  if (at === -1) return scheme + redactQuery(rest);
+  const userinfo = rest.slice(0, at);
+  const colon = userinfo.indexOf(':');
+  const shown = colon === -1 ? (isParseable(url) ? userinfo : '***') : `${userinfo.slice(0, colon)}:***`;
+  return `${scheme}${shown}@${redactQuery(rest.slice(at + 1))}`;
+}
+
+function isParseable(url: string): boolean {
+  try {
+    new URL(url);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function redactQuery(s: string): string {
+  return s.replace(/([?&](?:password|passwd|pwd|api[_-]?key|token|secret)=)[^&#]*/gi, '$1***');
 }
 
 function expandHome(path: string, env: Env): string {

@@ -1,8 +1,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { parse as parsePgUrl } from 'pg-connection-string';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closestKey, maskSecret, resolveConfig } from '../../src/config/load.js';
-import { resolveDatabaseLocation, resolveLogFilePath } from '../../src/config/paths.js';
+import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../../src/config/paths.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 
 let dir: { path: string; cleanup(): void };
@@ -230,6 +231,44 @@ describe('DATABASE_URL forms', () => {
     expect(() => resolveDatabaseLocation('mysql://u:pw@h/db', env, '/')).toThrow(
       /mysql:\/\/u:\*\*\*@h.*unsupported scheme/,
     );
+  });
+});
+
+describe('redactUrl hides the whole password, as pg reads it', () => {
+  test.each([
+    ['postgres://user:pw@dbhost/db', 'postgres://user:***@dbhost/db'],
+    ['postgres://user:p@ssSECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    [
+      'postgres://user:p@ss@SECRET@dbhost:5432/db?sslmode=require',
+      'postgres://user:***@dbhost:5432/db?sslmode=require',
+    ],
+    ['postgres://user:pa:SECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    ['postgres://user:pa/SECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    ['postgres://user:pa#SECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    ['postgres://user:pa?SECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    ['postgres://user:pa SECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    ['postgres://user:pa%40SECRET@dbhost/db', 'postgres://user:***@dbhost/db'],
+    [
+      'postgres://dbhost/db?user=u&password=SECRET&sslmode=require',
+      'postgres://dbhost/db?user=u&password=***&sslmode=require',
+    ],
+    ['postgres://user@dbhost/db', 'postgres://user@dbhost/db'],
+    ['http://host:8080/a@b', 'http://host:8080/a@b'],
+    ['https://api.openai.com/v1', 'https://api.openai.com/v1'],
+    ['not a url', 'not a url'],
+  ])('%s → %s', (url, shown) => {
+    expect(redactUrl(url)).toBe(shown);
+    expect(redactUrl(url)).not.toContain('SECRET');
+  });
+
+  test.each([
+    'postgres://user:p@ssSECRET@dbhost/db',
+    'postgres://user:pa:SECRET@dbhost/db',
+    'postgres://user:pa SECRET@dbhost/db',
+  ])('pg reads a password from %s that the redacted form does not show', (url) => {
+    const { password } = parsePgUrl(url);
+    expect(password).toContain('SECRET');
+    expect(redactUrl(url)).not.toContain(password!.slice(-6));
   });
 });
 
