@@ -150,12 +150,27 @@ export async function startProxy(
   // Plain console lines (stderr not a terminal: CI, containers, journald) are batched per event-loop turn.
   const batchedConsole = io.stderr.isTTY ? null : new BatchedWriter(io.stderr);
   const consoleStream = batchedConsole ?? (await prettyStream(io.stderr));
-  const logFile = new RotatingFile({
-    path: logPath,
-    maxBytes: config.logMaxBytes,
-    maxFiles: config.logMaxFiles,
-    daily: config.logRotateDaily,
-  });
+  // The database first: the default log file lives beside it, and a bad --db is the error to report.
+  // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
+  const pgDatabase: PostgresDatabase | null =
+    location.kind === 'postgres' ? await openPostgres(location.url) : null;
+  let database = (location.kind === 'sqlite' ? await openDatabase(location.path) : null) as OpenDatabase;
+  const closeDatabase = async () => {
+    await database?.close();
+    await pgDatabase?.close();
+  };
+  let logFile: RotatingFile;
+  try {
+    logFile = new RotatingFile({
+      path: logPath,
+      maxBytes: config.logMaxBytes,
+      maxFiles: config.logMaxFiles,
+      daily: config.logRotateDaily,
+    });
+  } catch (err) {
+    await closeDatabase();
+    throw err;
+  }
   await logFile.ready();
   // Lines reach the file every 20 ms in one write (sonic-boom would start a write per line when idle).
   const fileLines = new BatchedWriter(logFile, 20);
@@ -187,14 +202,6 @@ export async function startProxy(
     await logFile.end();
   };
 
-  // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
-  const pgDatabase: PostgresDatabase | null =
-    location.kind === 'postgres' ? await openPostgres(location.url) : null;
-  let database = (location.kind === 'sqlite' ? await openDatabase(location.path) : null) as OpenDatabase;
-  const closeDatabase = async () => {
-    await database?.close();
-    await pgDatabase?.close();
-  };
   // What start-up has opened so far, undone newest first when a later step fails.
   const undo: (() => unknown)[] = [closeLogs, closeDatabase, () => checkpoints.stop()];
   const abandon = async (err: unknown): Promise<never> => {

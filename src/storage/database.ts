@@ -1,9 +1,10 @@
 import { closeSync, existsSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
 import { OaiProxyError } from '../errors.js';
 import { migrations } from './migrations/index.js';
+import { isDirectory, pathProblem } from './path-problem.js';
 import type { DatabaseSchema } from './tables.js';
 
 export type SqliteHandle = BetterSqlite3.Database;
@@ -126,19 +127,30 @@ function fileIdentity(path: string): string | null {
 }
 
 function ensureFile(path: string): void {
+  checkNotDirectory(path);
   try {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
   } catch (err) {
     throw new OaiProxyError(
       'database_error',
-      `Cannot create database ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; choose another location with --db or DATABASE_URL`,
+      `Cannot create database ${path}: ${pathProblem(path, err)}; choose another location with --db or DATABASE_URL`,
       { cause: err },
     );
   }
 }
 
+function checkNotDirectory(path: string): void {
+  if (isDirectory(path)) {
+    throw new OaiProxyError(
+      'database_error',
+      `Database ${path} is a directory, not a database file; point --db / DATABASE_URL at a file (e.g. ${join(path, 'oai-proxy.db')})`,
+    );
+  }
+}
+
 function checkReadable(path: string): void {
+  checkNotDirectory(path);
   if (!existsSync(path)) {
     throw new OaiProxyError(
       'database_not_found',

@@ -1,5 +1,8 @@
-import { existsSync, renameSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import pino from 'pino';
+import { OaiProxyError } from '../errors.js';
+import { pathProblem } from './path-problem.js';
 
 type Boom = ReturnType<typeof pino.destination>;
 
@@ -26,7 +29,20 @@ export class RotatingFile {
   private open = false;
   private opened: Promise<void>;
 
+  /** Throws OaiProxyError('config_invalid') naming the path when the file cannot be created or opened. */
   constructor(private readonly options: RotatingFileOptions) {
+    // Open it once here, synchronously: pino's asynchronous open would fail unseen, and the first
+    // write (or the flush at exit) would then throw from a descriptor of -1.
+    try {
+      mkdirSync(dirname(options.path), { recursive: true });
+      closeSync(openSync(options.path, 'a', 0o600));
+    } catch (err) {
+      throw new OaiProxyError(
+        'config_invalid',
+        `Cannot write the log file ${options.path}: ${pathProblem(options.path, err)}; choose a writable path with --log-file or LOG_FILE_PATH`,
+        { cause: err },
+      );
+    }
     this.boom = pino.destination({ dest: options.path, sync: false, mkdir: true, mode: 0o600 } as any);
     this.size = existsSync(options.path) ? statSync(options.path).size : 0;
     this.dayEndsAt = nextUtcMidnight();

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -194,6 +194,70 @@ describe('the built bin', () => {
     cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
     return { child, url, stderr: () => err };
   }
+
+  function runBin(
+    args: string[],
+    env: Record<string, string>,
+  ): Promise<{ code: number | null; stderr: string }> {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { PATH: process.env.PATH ?? '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
+    let stderr = '';
+    child.stderr!.on('data', (d) => {
+      stderr += d;
+    });
+    return new Promise((resolve) => child.once('close', (code) => resolve({ code, stderr })));
+  }
+
+  // The path that cannot be used, named with what is wrong with it and what to do; no stack trace,
+  // no "sonic boom is not ready yet" from the log file's flush at exit.
+  test.each([
+    [
+      'a log file under a regular file',
+      (t: string) => ['serve', '--port', '0', '--db', `${t}/p.db`, '--log-file', `${t}/afile/p.log`],
+      2,
+      (t: string) =>
+        `oai-proxy: Cannot write the log file ${t}/afile/p.log: ${t}/afile is a file, not a directory; choose a writable path with --log-file or LOG_FILE_PATH\n`,
+    ],
+    [
+      'a log file where no file can be created',
+      (t: string) => ['serve', '--port', '0', '--db', `${t}/p.db`, '--log-file', '/proc/oai-proxy-test.log'],
+      2,
+      () =>
+        'oai-proxy: Cannot write the log file /proc/oai-proxy-test.log: /proc does not take new files (ENOENT); choose a writable path with --log-file or LOG_FILE_PATH\n',
+    ],
+    [
+      'a log file that is a directory',
+      (t: string) => ['serve', '--port', '0', '--db', `${t}/p.db`, '--log-file', `${t}/adir`],
+      2,
+      (t: string) =>
+        `oai-proxy: Cannot write the log file ${t}/adir: ${t}/adir is a directory; choose a writable path with --log-file or LOG_FILE_PATH\n`,
+    ],
+    [
+      'a database under a regular file',
+      (t: string) => ['serve', '--port', '0', '--db', `${t}/afile/x.db`],
+      1,
+      (t: string) =>
+        `oai-proxy: Cannot create database ${t}/afile/x.db: ${t}/afile is a file, not a directory; choose another location with --db or DATABASE_URL\n`,
+    ],
+    [
+      'logs reading a directory',
+      (t: string) => ['logs', '--db', `${t}/adir`],
+      1,
+      (t: string) =>
+        `oai-proxy: Database ${t}/adir is a directory, not a database file; point --db / DATABASE_URL at a file (e.g. ${t}/adir/oai-proxy.db)\n`,
+    ],
+  ])('%s: refuses to start, one line on stderr', async (_, args, code, message) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    writeFileSync(join(tmp.path, 'afile'), '');
+    mkdirSync(join(tmp.path, 'adir'));
+    const run = await runBin(args(tmp.path), { HOME: tmp.path });
+    expect(run.stderr).toBe(message(tmp.path));
+    expect(run.code).toBe(code);
+  });
 
   test('SIGUSR2 reopens the log file at its path (for an external logrotate)', async () => {
     const tmp = createTempDir();
