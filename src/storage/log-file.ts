@@ -73,7 +73,8 @@ export class RotatingFile {
 
   write(chunk: string): boolean {
     const ok = this.boom.write(chunk);
-    this.size += chunk.length;
+    // Bytes, not UTF-16 units: CJK text is 3 bytes a character. Called per 20 ms batch, not per line.
+    this.size += Buffer.byteLength(chunk);
     if (
       this.open &&
       ((this.options.maxBytes > 0 && this.size >= this.options.maxBytes) ||
@@ -121,7 +122,7 @@ export class RotatingFile {
     if (fd < 0) return; // never opened: nothing to append to
     try {
       writeSync(fd, chunk);
-      this.size += chunk.length;
+      this.size += Buffer.byteLength(chunk);
     } catch {
       // the file is gone or the disk full: at exit there is nowhere else to put it
     }

@@ -34,6 +34,28 @@ test('rotates by size, keeping maxFiles old files, newest as .1', async () => {
   expect(statSync(`${path}.1`).mode & 0o777).toBe(0o600);
 });
 
+test('maxBytes counts bytes: multi-byte text rotates as soon as ASCII would', async () => {
+  const path = join(dir.path, 'p.log');
+  const f = new RotatingFile({ path, maxBytes: 10_000, maxFiles: 5, daily: false });
+  await f.ready();
+  // 100 characters, 301 bytes a line (CJK is 3 bytes a character in UTF-8).
+  const line = `${'日本語のテキスト'.repeat(12)}日本語の\n`;
+  expect(Buffer.byteLength(line)).toBe(301);
+  for (let i = 0; i < 80; i++) {
+    f.write(line);
+    await f.ready();
+  }
+  f.flushSync();
+  await f.end();
+  // 24,080 bytes written: counted as characters (8,000) it would never have rotated.
+  // Rotated twice (lines in flight during a rotation land in the next file, as above).
+  expect(existsSync(`${path}.2`)).toBe(true);
+  for (const p of [path, `${path}.1`, `${path}.2`])
+    expect(statSync(p).size).toBeLessThanOrEqual(2 * 10_000 + 301);
+  const all = [`${path}.2`, `${path}.1`, path].flatMap((p) => lines(p));
+  expect(all).toHaveLength(80);
+});
+
 test('maxBytes 0 never rotates by size', async () => {
   const path = join(dir.path, 'p.log');
   const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false });
