@@ -503,7 +503,7 @@ export function banner(running: RunningProxy, resolved: ResolvedConfig): string 
   const c = resolved.config;
   const key = c.openaiApiKey ? `key ${maskSecret(c.openaiApiKey)}` : "clients' own keys forwarded";
   const lines = [
-    `oai-proxy ${VERSION} listening on ${running.url}  (client base URL: ${running.url}/v1)`,
+    `oai-proxy ${VERSION} listening on ${running.url}${isAnyAddress(running.url) ? ' (all interfaces)' : ''}  (client base URL: ${clientBaseUrl(running.url)})`,
     `  upstream   ${redactUrl(c.openaiBaseUrl)}  (${key})`,
     ...Object.entries(c.upstreams).map(
       ([name, u]) =>
@@ -521,6 +521,20 @@ function registrySummary(running: RunningProxy, c: ResolvedConfig['config']): st
   const reg = running.registry.current();
   const validation = c.validateModels ? (c.allowUnknownModels ? 'on, unknown allowed' : 'on') : 'off';
   return `${reg.models.size} registered, ${reg.mappings.size} aliases; validation ${validation}; admin API ${c.adminApiKey ? 'on' : 'off'}`;
+}
+
+/** True when the proxy listens on every interface (0.0.0.0 or ::), an address no client can dial. */
+function isAnyAddress(url: string): boolean {
+  const host = new URL(url).hostname;
+  return host === '0.0.0.0' || host === '[::]';
+}
+
+/** The `/v1` base URL a client can use, as the banner says it: loopback in place of 0.0.0.0 / ::. */
+function clientBaseUrl(url: string): string {
+  if (!isAnyAddress(url)) return `${url}/v1`;
+  const u = new URL(url);
+  u.hostname = u.hostname === '0.0.0.0' ? '127.0.0.1' : '[::1]';
+  return `${u.origin}/v1 here, this machine's address elsewhere`;
 }
 
 /** True for addresses only this machine can reach (127.0.0.0/8, ::1, their IPv4-mapped forms). */

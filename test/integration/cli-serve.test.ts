@@ -136,6 +136,37 @@ describe('CLI basics', () => {
     expect(process.listeners('exit')).not.toContain(flushAtExit);
   });
 
+  test.each([
+    ['0.0.0.0', 'http://0.0.0.0', 'http://127.0.0.1'],
+    ['::', 'http://[::]', 'http://[::1]'],
+  ])(
+    '--host %s: the banner says all interfaces and gives a base URL a client can use',
+    async (host, listening, client) => {
+      const tmp = createTempDir();
+      cleanups.push(tmp.cleanup);
+      const upstream = await createFakeUpstream();
+      cleanups.push(() => upstream.close());
+      const ac = new AbortController();
+      const io = { ...createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path), signal: ac.signal };
+      const done = main(
+        ['serve', '--host', host, '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl],
+        io,
+      );
+      await until('the banner', () => io.err().includes('client base URL'));
+      const first = io.err().split('\n')[0];
+      const port = /:(\d+) /.exec(first)![1];
+      expect(first).toContain(
+        ` listening on ${listening}:${port} (all interfaces)  (client base URL: ${client}:${port}/v1 here, this machine's address elsewhere)`,
+      );
+      const baseURL = /client base URL: (\S+)/.exec(first)![1];
+      expect(baseURL).toBe(`${client}:${port}/v1`);
+      const sdk = new OpenAI({ apiKey: 'sk-client-0000000000', baseURL, maxRetries: 0 });
+      expect((await sdk.models.list()).data.map((m) => m.id)).toContain('gpt-4o');
+      ac.abort();
+      expect(await done).toBe(0);
+    },
+  );
+
   test('serve in-process: banner with the real port and masked key; stops on signal with exit 0', async () => {
     const tmp = createTempDir();
     cleanups.push(tmp.cleanup);
