@@ -589,7 +589,10 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
     `oai-proxy: ${why} received, finishing in-flight requests (up to ${resolved.config.shutdownGraceMs} ms)…\n`,
   );
   await running.close();
-  io.stderr.write(`oai-proxy: stopped; ${running.writer.health().written} exchanges recorded this run\n`);
+  const { written, spilled } = running.writer.health();
+  const elsewhere =
+    spilled > 0 ? `, ${spilled} spilled to the log file ${running.logFile} (see spilled_exchange)` : '';
+  io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}\n`);
   return 0;
 }
 

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { openDatabase } from '../../src/storage/database.js';
 import { fillDisk } from '../helpers/disk-full.js';
-import { sleep } from '../helpers/fake-upstream.js';
+import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
@@ -146,6 +146,29 @@ describe('database trouble while running', () => {
     expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
     expect(spilled[0].spilled_exchange.request_body).toContain('"messages"');
     expect(countRows(proxy.dbPath)).toBe(0);
+  });
+
+  test('disk full at shutdown of `oai-proxy serve`: the stop line counts the rows spilled to the log file', async () => {
+    const upstream = await createFakeUpstream();
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup, () => void upstream.close());
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path, LOG_LEVEL: 'warn' }, tmp.path), signal: ac.signal };
+    const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+    const url = await until(
+      'the banner',
+      () => /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1],
+    );
+    expect((await chat(url)).status).toBe(200);
+    await until('the first row', () => countRows(join(tmp.path, 'p.db')) === 1);
+    const full = fillDisk(join(tmp.path, 'p.db'));
+    for (let i = 0; i < 2; i++) expect((await chat(url)).status).toBe(200);
+    ac.abort();
+    expect(await done).toBe(0);
+    full.free();
+    expect(io.err()).toContain(
+      `stopped; 1 exchanges recorded this run, 2 spilled to the log file ${join(tmp.path, 'oai-proxy.log')} (see spilled_exchange)`,
+    );
   });
 
   test('file made read-only (chmod 0444) while running: the open handle keeps recording', async () => {
