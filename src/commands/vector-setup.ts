@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { ResolvedConfig } from '../config/load.js';
 import { OaiProxyError } from '../errors.js';
-import { redactedHeadersJson, scrubSecrets } from '../proxy/capture.js';
+import { headerSecrets, redactedHeadersJson, scrubSecrets } from '../proxy/capture.js';
 import { createUpstreamTarget, shapeUpstreamRequest } from '../proxy/forward.js';
 import { newExchangeId } from '../proxy/ids.js';
 import type { SqliteHandle } from '../storage/database.js';
@@ -31,7 +31,7 @@ export function requireQdrant(resolved: ResolvedConfig, what: string): string {
   return url;
 }
 
-/** Every configured secret, to be scrubbed from recorded bodies and messages. */
+/** Every configured secret (keys, secret upstream header values), to be scrubbed from recorded bodies and messages. */
 export function configSecrets(resolved: ResolvedConfig): string[] {
   const c = resolved.config;
   return [
@@ -39,9 +39,10 @@ export function configSecrets(resolved: ResolvedConfig): string[] {
     c.adminApiKey,
     c.qdrantApiKey,
     ...c.proxyApiKeys,
-    ...Object.values(c.upstreams).map(
-      (u) => u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
-    ),
+    ...Object.values(c.upstreams).flatMap((u) => [
+      u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+      ...headerSecrets(u.headers),
+    ]),
   ].filter((s): s is string => !!s);
 }
 

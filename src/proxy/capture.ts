@@ -13,6 +13,28 @@ export const SECRET_HEADERS: ReadonlySet<string> = new Set([
 
 export const REDACTED = '[redacted]';
 
+/** A name in SECRET_HEADERS or one naming a key, token, secret, password, signature or auth (any case). */
+export function isSecretHeaderName(name: string): boolean {
+  const n = name.toLowerCase();
+  return SECRET_HEADERS.has(n) || /key|token|secret|auth|password|signature/.test(n);
+}
+
+/**
+ * The secrets among configured header values (`upstreams.*.headers`), to scrub like keys: the values of
+ * secret-named headers, and for `Bearer X` / `Basic X` also X. Other values (`application/json`, a team
+ * name) are not secrets and stay readable wherever they appear.
+ */
+export function headerSecrets(headers: Record<string, string> | undefined): string[] {
+  const out: string[] = [];
+  for (const [name, value] of Object.entries(headers ?? {})) {
+    if (typeof value !== 'string' || !isSecretHeaderName(name)) continue;
+    out.push(value);
+    const credential = /^\s*(?:Bearer|Basic)\s+(\S.*?)\s*$/i.exec(value)?.[1];
+    if (credential) out.push(credential);
+  }
+  return out;
+}
+
 /** The token of an `Authorization: Bearer <token>` header value, if it is one. */
 export function bearerToken(authorization: unknown): string | undefined {
   if (typeof authorization !== 'string') return undefined;

@@ -376,3 +376,99 @@ test('a key given as the model name is recorded redacted: model column and log l
   expect(lines.find((l) => l.path)).toMatchObject({ model: '[redacted]', upstream_model: '[redacted]' });
   expect(readFileSync(proxy.logPath, 'utf8')).not.toContain(key);
 });
+
+test("keys in a named upstream's headers are scrubbed like apiKey, also those a reload brings; other header values stay", async () => {
+  const HEADER_KEY = 'sk-header-secret-9999';
+  const BASIC = Buffer.from('user:pass-SECRET-reloaded').toString('base64');
+  const TOKEN = 'tok-reloaded-SECRET-4321';
+  const ADMIN = 'adm-SECRETadminKEY0007';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // Rejects quoting the credential it got, as OpenAI does; otherwise echoes the headers.
+  upstream.on('/v1/chat/completions', (req, res, body) => {
+    if (body.includes('please-401')) {
+      res.writeHead(401, { 'content-type': 'application/json' });
+      const got = req.headers['x-api-token'] ?? req.headers.authorization;
+      res.end(
+        JSON.stringify({ error: { message: `Incorrect API key provided: ${got}`, code: 'invalid_api_key' } }),
+      );
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ echoed_headers: req.headers }));
+  });
+  const cfgDir = createTempDir();
+  cleanups.push(cfgDir.cleanup);
+  const configPath = join(cfgDir.path, 'config.json');
+  const writeConfig = (upstreams: Record<string, unknown>) =>
+    writeFileSync(
+      configPath,
+      JSON.stringify({
+        adminApiKey: ADMIN,
+        upstreams,
+        models: Object.keys(upstreams).map((u) => ({ name: `${u}-model`, upstream: u })),
+      }),
+    );
+  writeConfig({
+    h: {
+      baseUrl: upstream.baseUrl,
+      headers: { Authorization: `Bearer ${HEADER_KEY}`, 'x-team': 'platform-eu', 'x-retries': '3' },
+    },
+  });
+  const proxy = await startTestProxy({
+    OAI_PROXY_CONFIG: configPath,
+    OPENAI_BASE_URL: upstream.baseUrl,
+    LOG_LEVEL: 'debug',
+  });
+  let closed = false;
+  cleanups.push(() => !closed && proxy.close());
+  const chat = async (model: string, extra: Record<string, unknown> = {}) => {
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [], ...extra }),
+    });
+    return { status: res.status, text: await res.text() };
+  };
+
+  const rejected = await chat('h-model', { x: 'please-401' });
+  expect(rejected.status).toBe(401);
+  expect(rejected.text).toContain(HEADER_KEY); // the client gets the upstream's answer untouched
+  expect((await chat('h-model')).status).toBe(200);
+
+  // The reload replaces h's credential and adds an upstream keyed by a custom header.
+  writeConfig({
+    h: { baseUrl: upstream.baseUrl, headers: { authorization: `Basic ${BASIC}`, 'x-team': 'platform-eu' } },
+    t: { baseUrl: upstream.baseUrl, headers: { 'X-Api-Token': TOKEN } },
+  });
+  const reload = await fetch(`${proxy.url}/admin/reload-config`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN}` },
+  });
+  expect(reload.status).toBe(200);
+  expect((await chat('h-model', { x: 'please-401' })).text).toContain(BASIC);
+  expect((await chat('t-model', { x: 'please-401' })).text).toContain(TOKEN);
+  expect((await chat('gpt-4o', { note: `old key ${HEADER_KEY}` })).status).toBe(200);
+
+  const rows = (await proxy.waitForRows(6)).filter((r) => r.path === '/v1/chat/completions');
+  expect(rows.map((r) => r.status)).toEqual([401, 200, 401, 401, 200]);
+  expect(JSON.parse(rows[0].response_body ?? '{}').error.message).toBe(
+    'Incorrect API key provided: [redacted]',
+  );
+  const echoed = JSON.parse(rows[1].response_body ?? '{}').echoed_headers;
+  expect(echoed).toMatchObject({ authorization: '[redacted]', 'x-team': 'platform-eu', 'x-retries': '3' });
+  expect(JSON.parse(rows[2].response_body ?? '{}').error.message).toBe(
+    'Incorrect API key provided: [redacted]',
+  );
+  expect(JSON.parse(rows[3].response_body ?? '{}').error.message).toBe(
+    'Incorrect API key provided: [redacted]',
+  );
+  expect(rows[4].request_body).toContain('old key [redacted]');
+  await proxy.waitForLogLines((ls) => ls.filter((l) => l.path === '/v1/chat/completions').length >= 5);
+  const texts = { ...readProxyFiles(proxy.dir), console: proxy.stderr() };
+  expect(Object.keys(texts).some((k) => k.endsWith('proxy.log'))).toBe(true);
+  expect(findLeaks([HEADER_KEY, BASIC, TOKEN], texts)).toEqual([]);
+  expect(texts.console).toContain('/v1/chat/completions'); // the console did show the exchanges
+  closed = true;
+  await proxy.close();
+});

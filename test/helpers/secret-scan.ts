@@ -7,14 +7,21 @@ type Env = Record<string, string | undefined>;
 /** Shortest value treated as a secret (shorter test keys like `sk-x` would match everywhere). */
 const MIN_SECRET = 8;
 
-/** Every secret a configuration holds: upstream, admin, client and Qdrant keys, named upstreams' keys. */
+/** Every secret a configuration holds: upstream, admin, client and Qdrant keys, named upstreams' keys and secret headers. */
 export function configSecrets(config: Config, env: Env): string[] {
   return [
     config.openaiApiKey,
     config.adminApiKey,
     config.qdrantApiKey,
     ...config.proxyApiKeys,
-    ...Object.values(config.upstreams).flatMap((u) => [u.apiKey, u.apiKeyEnv ? env[u.apiKeyEnv] : undefined]),
+    ...Object.values(config.upstreams).flatMap((u) => [
+      u.apiKey,
+      u.apiKeyEnv ? env[u.apiKeyEnv] : undefined,
+      // header values that carry a credential (Authorization, x-api-key, x-*-token, …)
+      ...Object.entries(u.headers ?? {})
+        .filter(([name]) => /auth|key|token|secret|cookie|password|signature/i.test(name))
+        .map(([, value]) => value),
+    ]),
   ].filter((s): s is string => typeof s === 'string' && s.length >= MIN_SECRET);
 }
 

@@ -1,5 +1,11 @@
 import { describe, expect, test } from 'vitest';
-import { BodyCapture, bearerToken, redactedHeadersJson, redactHeaders } from '../../src/proxy/capture.js';
+import {
+  BodyCapture,
+  bearerToken,
+  headerSecrets,
+  redactedHeadersJson,
+  redactHeaders,
+} from '../../src/proxy/capture.js';
 
 test.each([
   ['Bearer sk-abc', 'sk-abc'],
@@ -10,6 +16,24 @@ test.each([
   [['Bearer a', 'Bearer b'], undefined],
 ])('bearerToken(%j) → %j', (header, token) => {
   expect(bearerToken(header)).toBe(token);
+});
+
+test.each([
+  [{ Authorization: 'Bearer sk-h-123456' }, ['Bearer sk-h-123456', 'sk-h-123456']],
+  [{ 'proxy-authorization': 'Basic dXNlcjpwYXNz' }, ['Basic dXNlcjpwYXNz', 'dXNlcjpwYXNz']],
+  [{ 'api-key': 'az-123456' }, ['az-123456']],
+  [{ 'X-Api-Token': 'tok-123456', 'X-Client-Secret': 's3cr3t!!' }, ['tok-123456', 's3cr3t!!']],
+  [
+    { Cookie: 'session=abcdef', 'x-signature': 'sig-999', 'x-db-password': 'pw-123456' },
+    ['session=abcdef', 'sig-999', 'pw-123456'],
+  ],
+  [
+    { 'x-team': 'platform-eu', 'content-type': 'application/json', 'x-retries': '3', accept: 'text/plain' },
+    [],
+  ],
+  [undefined, []],
+])('headerSecrets(%j) → %j', (headers, secrets) => {
+  expect(headerSecrets(headers)).toEqual(secrets);
 });
 
 test('redactHeaders: secret headers replaced, configured keys scrubbed from any other header', () => {
