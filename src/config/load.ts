@@ -139,7 +139,7 @@ export function findConfigFile(explicit: string | undefined, env: Env, cwd: stri
 export function readConfigFile(path: string): Record<string, unknown> {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readTextFile(path);
   } catch (err) {
     throw new OaiProxyError(
       'config_invalid',
@@ -161,11 +161,17 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return parsed;
 }
 
+/** A UTF-8 file's text without the byte-order mark some Windows editors write (it would join the first key). */
+function readTextFile(path: string): string {
+  const text = readFileSync(path, 'utf8');
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+}
+
 function readDotenv(cwd: string): Env {
   const p = resolve(cwd, '.env');
   if (!existsSync(p)) return {};
   try {
-    return parseEnv(readFileSync(p, 'utf8')) as Env;
+    return parseEnv(readTextFile(p)) as Env;
   } catch (err) {
     throw new OaiProxyError('config_invalid', `Cannot read ${p}: ${(err as Error).message}`);
   }

@@ -56,6 +56,20 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
     expect(sources.port).toBeDefined();
   });
 
+  test('a .env and a config file saved with a UTF-8 byte-order mark (Windows editors) are read whole', () => {
+    write(
+      '.env',
+      '\uFEFFOPENAI_BASE_URL=http://127.0.0.1:18101/bom/v1\r\nOPENAI_API_KEY=sk-bom-test-9876\r\n',
+    );
+    write('oai-proxy.config.json', `\uFEFF${JSON.stringify({ port: 1234 })}`);
+    const { config, sources, warnings } = resolve();
+    expect(config.openaiBaseUrl).toBe('http://127.0.0.1:18101/bom/v1');
+    expect(sources.openaiBaseUrl).toBe(`.env in ${dir.path}`);
+    expect(config.openaiApiKey).toBe('sk-bom-test-9876');
+    expect(config.port).toBe(1234);
+    expect(warnings).toEqual([]);
+  });
+
   test('config file lookup: --config > OAI_PROXY_CONFIG > ./oai-proxy.config.json > XDG', () => {
     write('.config/oai-proxy/config.json', { port: 1 });
     expect(resolve().config.port).toBe(1);
