@@ -66,17 +66,19 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
   if (configFile) {
     const raw = readConfigFile(configFile);
     const where = `config file ${configFile}`;
+    // Names only: a value may be a key.
+    const unknownKey: UnknownKey = (path, near) =>
+      warnings.push(
+        `Unknown key "${path}" in ${configFile}${near ? ` (did you mean "${near}"?)` : ''}; it is ignored`,
+      );
     for (const [k, v] of Object.entries(raw)) {
       const def = SETTINGS.find((s) => s.key === k);
       if (!def) {
-        const near = closestKey(k);
-        warnings.push(
-          `Unknown key "${k}" in ${configFile}${near ? ` (did you mean "${near}"?)` : ''}; it is ignored`,
-        );
+        unknownKey(k, closestKey(k));
         continue;
       }
       if (v === null || v === undefined) continue;
-      values[def.key] = fromFile(def, v, where);
+      values[def.key] = fromFile(def, v, where, unknownKey);
       sources[def.key] = where;
     }
   }
@@ -177,6 +179,12 @@ function readDotenv(cwd: string): Env {
   }
 }
 
+/** Report a key the file holds but no setting reads: its path (`upstreams.loc.apikey`), the closest known key. */
+type UnknownKey = (path: string, near: string | undefined) => void;
+
+const UPSTREAM_KEYS = ['baseUrl', 'apiKey', 'apiKeyEnv', 'type', 'apiVersion', 'headers'] as const;
+const MODEL_ENTRY_KEYS = ['name', 'upstream', 'deployment', 'displayName', 'description'] as const;
+
 const NO_VALUE = Symbol('no value');
 
 /**
@@ -263,8 +271,8 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
   }
 }
 
-/** Check a config-file JSON value against the setting's type. */
-function fromFile(def: SettingDef, v: unknown, where: string): unknown {
+/** Check a config-file JSON value against the setting's type; keys unknown inside its entries go to `unknownKey`. */
+function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: UnknownKey): unknown {
   switch (def.type) {
     case 'string':
     case 'secret':
@@ -299,14 +307,14 @@ function fromFile(def: SettingDef, v: unknown, where: string): unknown {
     case 'models':
       if (!Array.isArray(v)) invalid(where, def, 'an array of model names or {name, …} objects', v);
       return v.map((item, i) =>
-        typeof item === 'string' ? item : checkModelEntry(def, item, `${where}, ${def.key}[${i}]`),
+        typeof item === 'string' ? item : checkModelEntry(def, item, where, `${def.key}[${i}]`, unknownKey),
       );
     case 'modelEntries':
       if (!Array.isArray(v))
         invalid(where, def, 'an array of {name, upstream?, deployment?, displayName?, description?}', v);
-      return v.map((item, i) => checkModelEntry(def, item, `${where}, ${def.key}[${i}]`));
+      return v.map((item, i) => checkModelEntry(def, item, where, `${def.key}[${i}]`, unknownKey));
     case 'upstreams':
-      return checkUpstreams(def, v, where);
+      return checkUpstreams(def, v, where, unknownKey);
   }
 }
 
@@ -351,17 +359,30 @@ function checkStringMap(
   return v as Record<string, string>;
 }
 
-function checkModelEntry(def: SettingDef, v: unknown, where: string): ModelEntry {
+function checkModelEntry(
+  def: SettingDef,
+  v: unknown,
+  file: string,
+  path: string,
+  unknownKey: UnknownKey,
+): ModelEntry {
+  const where = `${file}, ${path}`;
   if (!isPlainObject(v) || typeof v.name !== 'string' || v.name === '') {
     invalid(where, def, 'a model name or an object with a string "name"', v);
   }
   for (const k of ['upstream', 'deployment', 'displayName', 'description']) {
     if (v[k] !== undefined && typeof v[k] !== 'string') invalid(`${where}.${k}`, def, 'a string', v[k]);
   }
+  warnUnknownKeys(v, MODEL_ENTRY_KEYS, path, unknownKey);
   return v as unknown as ModelEntry;
 }
 
-function checkUpstreams(def: SettingDef, v: unknown, where: string): Record<string, UpstreamEntry> {
+function checkUpstreams(
+  def: SettingDef,
+  v: unknown,
+  where: string,
+  unknownKey: UnknownKey,
+): Record<string, UpstreamEntry> {
   if (!isPlainObject(v))
     invalid(where, def, 'an object name → {baseUrl, apiKey | apiKeyEnv, type, apiVersion?, headers?}', v);
   const out: Record<string, UpstreamEntry> = {};
@@ -378,9 +399,19 @@ function checkUpstreams(def: SettingDef, v: unknown, where: string): Record<stri
       if (raw[k] !== undefined && typeof raw[k] !== 'string') invalid(`${at}.${k}`, def, 'a string', raw[k]);
     }
     if (raw.headers !== undefined) checkStringMap(def, raw.headers, `${at}.headers`, '{"x-header":"value"}');
+    warnUnknownKeys(raw, UPSTREAM_KEYS, `upstreams.${name}`, unknownKey);
     out[name] = { ...(raw as unknown as UpstreamEntry), baseUrl, type };
   }
   return out;
+}
+
+function warnUnknownKeys(
+  entry: Record<string, unknown>,
+  known: readonly string[],
+  path: string,
+  unknownKey: UnknownKey,
+): void {
+  for (const k of Object.keys(entry)) if (!known.includes(k)) unknownKey(`${path}.${k}`, closestOf(k, known));
 }
 
 function validateCrossFields(config: Config, sources: Partial<Record<ConfigKey, string>>): void {
@@ -400,18 +431,32 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 
 /** The known config key closest to `key` (Levenshtein ≤ 3, or same letters ignoring case/underscores). */
 export function closestKey(key: string): string | undefined {
-  const norm = (s: string) => s.toLowerCase().replace(/[_-]/g, '');
+  const byEnv = SETTINGS.find((s) => s.env && normKey(s.env) === normKey(key));
+  return byEnv
+    ? byEnv.key
+    : closestOf(
+        key,
+        SETTINGS.map((s) => s.key),
+      );
+}
+
+/** The name in `known` closest to `key`, by the same rule as closestKey. */
+function closestOf(key: string, known: readonly string[]): string | undefined {
   let best: string | undefined;
   let bestD = Number.POSITIVE_INFINITY;
-  for (const s of SETTINGS) {
-    if (norm(s.key) === norm(key) || (s.env && norm(s.env) === norm(key))) return s.key;
-    const d = levenshtein(norm(key), norm(s.key));
+  for (const k of known) {
+    if (normKey(k) === normKey(key)) return k;
+    const d = levenshtein(normKey(key), normKey(k));
     if (d < bestD) {
       bestD = d;
-      best = s.key;
+      best = k;
     }
   }
   return bestD <= 3 ? best : undefined;
+}
+
+function normKey(s: string): string {
+  return s.toLowerCase().replace(/[_-]/g, '');
 }
 
 function levenshtein(a: string, b: string): number {

@@ -218,6 +218,36 @@ test('an unknown key in the file is a warning naming the closest known key', () 
   expect(closestKey('zzzzzzzzzzzz')).toBeUndefined();
 });
 
+test('an unknown key inside an upstreams or models entry is a warning naming its path and the closest known key', () => {
+  const key = 'sk-typo-SECRET-5555';
+  write('oai-proxy.config.json', {
+    upstreams: {
+      loc: {
+        baseUrl: 'http://127.0.0.1:9/v1',
+        apikey: key,
+        header: { authorization: `Bearer ${key}` },
+        typ: 'azure',
+        zzzzzzzz: 1,
+      },
+    },
+    models: [{ name: 'm1', upstream: 'loc', display_name: 'M One', deployement: 'd' }],
+    availableModels: ['gpt-4o', { name: 'm2', descripton: 'two' }],
+  });
+  const { warnings, config } = resolve();
+  expect(config.upstreams.loc.type).toBe('openai');
+  const file = join(dir.path, 'oai-proxy.config.json');
+  expect(warnings).toEqual([
+    `Unknown key "upstreams.loc.apikey" in ${file} (did you mean "apiKey"?); it is ignored`,
+    `Unknown key "upstreams.loc.header" in ${file} (did you mean "headers"?); it is ignored`,
+    `Unknown key "upstreams.loc.typ" in ${file} (did you mean "type"?); it is ignored`,
+    `Unknown key "upstreams.loc.zzzzzzzz" in ${file}; it is ignored`,
+    `Unknown key "models[0].display_name" in ${file} (did you mean "displayName"?); it is ignored`,
+    `Unknown key "models[0].deployement" in ${file} (did you mean "deployment"?); it is ignored`,
+    `Unknown key "availableModels[1].descripton" in ${file} (did you mean "description"?); it is ignored`,
+  ]);
+  expect(warnings.join('\n')).not.toContain('SECRET');
+});
+
 describe('DATABASE_URL forms', () => {
   const env = { HOME: '/home/u' };
   test.each([
