@@ -21,7 +21,9 @@ export interface RegistryControl {
   reload(): Promise<RegistryView>;
 }
 
+/** Fixed: admin bodies are small JSON objects, whatever MAX_REQUEST_BODY_BYTES allows for proxied ones. */
 const MAX_ADMIN_BODY = 64 * 1024;
+const MAX_ADMIN_BODY_NAME = `the admin API's limit of ${MAX_ADMIN_BODY} bytes (64 KB, fixed)`;
 
 /** Constant-time comparison of a presented key with the configured one. */
 export function keyMatches(presented: string, expected: string): boolean {
@@ -163,13 +165,15 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
 }
 
 async function readJson(x: ExchangeContext, allowed: string[]): Promise<Record<string, unknown> | null> {
-  const buf = await x.readBody(MAX_ADMIN_BODY);
+  const buf = await x.readBody(MAX_ADMIN_BODY, MAX_ADMIN_BODY_NAME);
   if (!buf) return null;
   let parsed: unknown;
   try {
     parsed = JSON.parse(buf.toString('utf8') || 'null');
   } catch (err) {
-    throw badField(null, `The request body is not valid JSON: ${(err as Error).message}`);
+    // V8 quotes the text around the error, which may hold a key: keep only what and where.
+    const why = (err as Error).message.replace(/,\s*\S.* is not valid JSON$/s, '');
+    throw badField(null, `The request body is not valid JSON: ${why}`);
   }
   if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
     throw badField(null, `The request body must be a JSON object with ${allowed.join(', ')}`);

@@ -203,13 +203,16 @@ export class ExchangeContext {
     });
   }
 
-  /** Read the whole request body up to `limit` bytes; null when over (after answering 413) or cut off. */
-  readBody(limit: number): Promise<Buffer | null> {
+  /**
+   * Read the whole request body up to `limit` bytes; null when over (after answering 413 naming
+   * `limitName`, default MAX_REQUEST_BODY_BYTES's) or cut off.
+   */
+  readBody(limit: number, limitName?: string): Promise<Buffer | null> {
     if (this.requestBody) return Promise.resolve(this.requestBody);
     const length = this.req.headers['content-length'];
     const declared = length === undefined ? -1 : Number(length);
     if (declared > limit) {
-      this.tooLarge(limit, declared);
+      this.tooLarge(limit, declared, limitName);
       return Promise.resolve(null);
     }
     // Plain 'data'/'end' listeners: an async iterator costs a promise per chunk on every request.
@@ -227,7 +230,7 @@ export class ExchangeContext {
         size += chunk.length;
         if (size > limit) {
           done();
-          this.tooLarge(limit, size);
+          this.tooLarge(limit, size, limitName);
           req.destroy();
           resolve(null);
           return;
@@ -269,13 +272,17 @@ export class ExchangeContext {
     });
   }
 
-  private tooLarge(limit: number, size: number): void {
+  private tooLarge(
+    limit: number,
+    size: number,
+    limitName = `the proxy's limit of ${limit} bytes (MAX_REQUEST_BODY_BYTES)`,
+  ): void {
     this.requestCapture.bytes = Math.max(this.requestCapture.bytes, size);
     this.res.shouldKeepAlive = false;
     this.respondError(
       413,
       'body_too_large',
-      `Request body of ${size} bytes exceeds the proxy's limit of ${limit} bytes (MAX_REQUEST_BODY_BYTES)`,
+      `Request body of ${size} bytes exceeds ${limitName}`,
       'invalid_request_error',
       'body_too_large',
     );

@@ -1,4 +1,5 @@
 import { readFileSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import OpenAI, { NotFoundError } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -161,6 +162,42 @@ describe('admin API editing the registry', () => {
     p.logLines();
     expect(readFileSync(p.logPath, 'utf8')).not.toContain(ADMIN_KEY);
     expect(up.requests.some((r) => JSON.stringify(r.headers).includes(ADMIN_KEY))).toBe(false);
+  });
+
+  test('an admin body over 64 KB → 413 naming the admin limit (not MAX_REQUEST_BODY_BYTES); bad JSON → 400 not quoting it', async () => {
+    const { admin, p } = await setup({ ADMIN_API_KEY: ADMIN_KEY, MAX_REQUEST_BODY_BYTES: '10000000' });
+    const bigBody = JSON.stringify({ name: 'big', description: 'x'.repeat(200_000) });
+    const big = await admin('POST', '/admin/models', bigBody);
+    expect(big.status).toBe(413);
+    expect(big.body.error).toMatchObject({ code: 'body_too_large', type: 'invalid_request_error' });
+    expect(big.body.error.message).toBe(
+      `Request body of ${bigBody.length} bytes exceeds the admin API's limit of 65536 bytes (64 KB, fixed)`,
+    );
+    // A body streamed without a length is stopped at the same limit, with the same message.
+    const streamed = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = request(`${p.url}/admin/models`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+      });
+      req.on('response', (res) => {
+        let text = '';
+        res.on('data', (d) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on('error', reject);
+      req.write(`{"name":"big","description":"${'y'.repeat(100_000)}`);
+    });
+    expect(streamed.status).toBe(413);
+    expect(JSON.parse(streamed.text).error.message).toMatch(
+      /^Request body of \d+ bytes exceeds the admin API's limit of 65536 bytes \(64 KB, fixed\)$/,
+    );
+
+    const key = 'sk-pasted-SECRET-0042';
+    const bad = await admin('POST', '/admin/models', `{"name": ${key}}`);
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.message).toBe("The request body is not valid JSON: Unexpected token 's'");
+    const [row] = (await p.waitForRows(3)).filter((r) => r.status === 400);
+    expect(row.error_message).toBe(bad.body.error.message);
   });
 
   test('the admin key is never forwarded upstream, even when a client sends it as its API key', async () => {
