@@ -144,6 +144,8 @@ export class ExchangeContext {
   responseEncoding: string | undefined;
   internal = false;
   recorded = false;
+  /** CORS_ORIGINS headers for this request's Origin, added to every answer; null when it gets none. */
+  cors: Record<string, string> | null = null;
   /** Read now: by the time the exchange is recorded the socket may be detached (req.socket null). */
   readonly clientAddr: string | null;
 
@@ -177,6 +179,7 @@ export class ExchangeContext {
     const h: Record<string, string> = {};
     for (const name in headers) h[name.toLowerCase()] = headers[name];
     h['content-length'] = String(buf.length);
+    if (this.cors) Object.assign(h, this.cors);
     this.status = status;
     this.responseHeaders = h;
     this.responseContentType = h['content-type'];
@@ -674,8 +677,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             x.assembler = createStreamAssembler({ maxChars: limits.captureBodyBytes });
           }
           if (res.destroyed) return;
-          const corsH = corsHeaders(x.req);
-          if (corsH) Object.assign(out, corsH);
+          if (x.cors) Object.assign(out, x.cors);
           res.writeHead(statusCode, out);
           if (x.assembler) res.flushHeaders();
         },
@@ -747,6 +749,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       requestsTotal++;
       const raw = (req.url ?? '').split('?')[0].slice(0, 1024);
       const x = new ExchangeContext(req, res, { path: raw, rest: '', query: '' }, limits.captureBodyBytes);
+      if (cors.length > 0) x.cors = corsHeaders(req);
       res.shouldKeepAlive = false;
       x.respondError(
         400,
@@ -767,7 +770,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         requests_total: requestsTotal,
         ...options.health(),
       });
-      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      const h = cors.length > 0 ? corsHeaders(req) : null;
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store', ...h });
       res.end(req.method === 'HEAD' ? undefined : body);
       return;
     }
@@ -798,6 +802,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes as they are.
     const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
+    if (cors.length > 0) x.cors = corsHeaders(req);
     (res as ResponseWithExchange)[kExchange] = x;
     res.once('close', () => {
       x.durationMs = x.elapsed();

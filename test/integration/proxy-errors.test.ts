@@ -303,6 +303,68 @@ describe('the proxy itself', () => {
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
   });
 
+  test("CORS: the proxy's own answers carry the headers too (models, 401, 404, 400, health)", async () => {
+    const { proxy } = await setup({
+      CORS_ORIGINS: 'http://a.example',
+      PROXY_API_KEYS: 'k1-aaaaaaaa',
+      VALIDATE_MODELS: 'true',
+    });
+    // node:http rather than fetch: fetch would resolve the encoded dot-segment of the 400 case.
+    const get = (path: string, key: string | null, origin = 'http://a.example', method = 'GET') =>
+      new Promise<{ url: string; status: number; headers: IncomingHttpHeaders; body: string }>(
+        (resolve, reject) => {
+          const req = request(
+            `${proxy.url}${path}`,
+            {
+              method,
+              headers: {
+                origin,
+                ...(key ? { authorization: `Bearer ${key}` } : {}),
+                ...(method === 'POST' ? { 'content-type': 'application/json' } : {}),
+              },
+            },
+            (res) => {
+              let body = '';
+              res.on('data', (d) => {
+                body += d;
+              });
+              res.on('end', () =>
+                resolve({ url: path, status: res.statusCode!, headers: res.headers, body }),
+              );
+            },
+          );
+          req.on('error', reject);
+          req.end(method === 'POST' ? '{"model":"no-such-model","messages":[]}' : undefined);
+        },
+      );
+    const answers = [
+      [await get('/v1/models', 'k1-aaaaaaaa'), 200],
+      [await get('/v1/models/gpt-4o', 'k1-aaaaaaaa'), 200],
+      [await get('/v1/models/no-such-model', 'k1-aaaaaaaa'), 404],
+      [await get('/v1/chat/completions', 'k1-aaaaaaaa', 'http://a.example', 'POST'), 404],
+      [await get('/v1/models', 'wrong-key'), 401],
+      [await get('/v1/models', null), 401],
+      [await get('/v1/%2e%2e%2fadmin', 'k1-aaaaaaaa'), 400],
+      [await get('/health', null), 200],
+    ] as const;
+    for (const [res, status] of answers) {
+      expect([res.url, res.status]).toEqual([res.url, status]);
+      expect([res.url, res.headers['access-control-allow-origin']]).toEqual([res.url, 'http://a.example']);
+      expect(res.headers.vary).toBe('Origin');
+    }
+    // The SDK a browser app would use sees the real error, not a CORS failure.
+    const denied = await get('/v1/models', 'wrong-key');
+    expect(JSON.parse(denied.body).error.code).toBe('invalid_api_key');
+    // Another origin gets none.
+    const other = await get('/v1/models', 'k1-aaaaaaaa', 'http://evil.example');
+    expect(other.status).toBe(200);
+    expect(other.headers['access-control-allow-origin']).toBeUndefined();
+    const rows = await proxy.waitForRows(8);
+    expect(JSON.parse(rows.find((r) => r.status === 401)!.response_headers!)).toMatchObject({
+      'access-control-allow-origin': 'http://a.example',
+    });
+  });
+
   test('without an upstream key the client key is forwarded', async () => {
     const { upstream, proxy } = await setup();
     await fetch(`${proxy.url}/v1/files`, { headers: { authorization: 'Bearer sk-client-own-key-123456' } });
