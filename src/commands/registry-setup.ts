@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { ResolvedConfig } from '../config/load.js';
+import { restartRequired } from '../config/reloadable.js';
 import { OaiProxyError } from '../errors.js';
 import { createAdminRoute, type RegistryControl } from '../proxy/admin-api.js';
 import { createUpstreamTarget, type UpstreamTarget } from '../proxy/forward.js';
@@ -20,8 +21,11 @@ export interface RegistryRuntime {
   current(): ModelRegistry;
   /** Fields for `GET /health`. */
   health(): Record<string, unknown>;
-  /** Re-read configuration (file + environment) and re-seed; throws and keeps the old state when invalid. */
-  reload(): Promise<RegistryView>;
+  /**
+   * Re-read configuration (file + environment) and re-seed; throws and keeps the old state when invalid.
+   * `restart_required` names the changed settings a reload cannot apply (see RELOADABLE_SETTINGS).
+   */
+  reload(): Promise<ReloadOutcome>;
   /** Re-read the registry from the store (its database file was reopened). */
   refresh(): Promise<void>;
   close(): void;
@@ -41,6 +45,9 @@ export interface RegistryRuntimeOptions {
   /** Called with each configuration that takes effect: the first, then each successful reload. */
   onConfig?(resolved: ResolvedConfig): void;
 }
+
+/** What `POST /admin/reload-config` answers: the registry now, and what still needs a restart. */
+export type ReloadOutcome = RegistryView & { restart_required: string[] };
 
 interface Settings {
   resolved: ResolvedConfig;
@@ -168,12 +175,18 @@ export async function startRegistry(
     },
   };
 
-  const reload = async (): Promise<RegistryView> => {
+  const reload = async (): Promise<ReloadOutcome> => {
     const next = options.reloadConfig();
     settings = await apply(next);
     await refresh();
+    // Compared with the start-up configuration: that is what the proxy still runs with for these.
+    const pending = restartRequired(resolved.config, next.config);
     logger?.info(`configuration reloaded: ${registry.models.size} models, ${registry.mappings.size} aliases`);
-    return registry.view(names());
+    if (pending.length > 0)
+      logger?.warn(
+        `configuration reloaded, but these changed settings need a restart: ${pending.join(', ')}`,
+      );
+    return { ...registry.view(names()), restart_required: pending };
   };
 
   const control: RegistryControl = {

@@ -3,11 +3,18 @@ import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
+import type { Config } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { createBodyMemoryReleaser } from '../proxy/body-memory.js';
 import { needsJsonEscape } from '../proxy/capture.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
-import { createProxyServer, type ModelRouter, type OwnRoute, type ProxyServer } from '../proxy/server.js';
+import {
+  createProxyServer,
+  type ModelRouter,
+  type OwnRoute,
+  type ProxyLimits,
+  type ProxyServer,
+} from '../proxy/server.js';
 import { ModelStore, type RegistryRows } from '../registry/model-store.js';
 import {
   createPgRegistryStore,
@@ -350,9 +357,12 @@ export async function startProxy(
   // still be echoed in answers to requests made before it); the admin key is the current one.
   let secrets: string[] = [];
   let adminKey = config.adminApiKey;
+  // Client keys, CORS origins and body limits reach the proxy server once it exists.
+  let reconfigureProxy: ((c: Config) => void) | null = null;
   const onConfig = (next: ResolvedConfig) => {
     secrets = [...new Set([...secrets, ...configSecrets(next)])];
     adminKey = next.config.adminApiKey;
+    reconfigureProxy?.(next.config);
   };
   let registry: RegistryRuntime;
   try {
@@ -383,11 +393,7 @@ export async function startProxy(
   if (vector) undo.push(() => vector.close());
 
   const proxy = createProxyServer({
-    limits: {
-      maxRequestBodyBytes: config.maxRequestBodyBytes,
-      captureBodyBytes: config.captureBodyBytes,
-      corsOrigins: config.corsOrigins,
-    },
+    limits: proxyLimits(config),
     dispatcher,
     defaultUpstream,
     router: ext.router ?? registry.router,
@@ -432,6 +438,8 @@ export async function startProxy(
     onError: (err, context) =>
       logger.error({ err: { message: err.message, stack: err.stack } }, `error while ${context}`),
   });
+
+  reconfigureProxy = (c) => proxy.reconfigure({ limits: proxyLimits(c), clientKeys: c.proxyApiKeys });
 
   await new Promise<void>((resolve, reject) => {
     proxy.server.once('error', (err: NodeJS.ErrnoException) => {
@@ -495,6 +503,15 @@ export async function startProxy(
       })();
       return closing;
     },
+  };
+}
+
+/** The proxy server's limits from a configuration (at start-up and on each reload). */
+function proxyLimits(c: Config): ProxyLimits {
+  return {
+    maxRequestBodyBytes: c.maxRequestBodyBytes,
+    captureBodyBytes: c.captureBodyBytes,
+    corsOrigins: c.corsOrigins,
   };
 }
 

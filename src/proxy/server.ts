@@ -89,6 +89,11 @@ export interface ProxyServer {
   recordFinished(): void;
   /** Stop accepting; wait for in-flight exchanges up to `graceMs`, then cut the rest; record them all. */
   shutdown(graceMs: number): Promise<void>;
+  /**
+   * Apply new limits, CORS origins and client keys (`POST /admin/reload-config`) to the requests that
+   * arrive from now on.
+   */
+  reconfigure(settings: { limits: ProxyLimits; clientKeys: string[] }): void;
 }
 
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
@@ -341,7 +346,9 @@ export function parseTarget(rawUrl: string): { pathname: string; query: string }
 
 /** Create the node:http proxy server. Call `server.listen()` yourself. */
 export function createProxyServer(options: ProxyServerOptions): ProxyServer {
-  const { limits, dispatcher, sink, onStreamedBody } = options;
+  const { dispatcher, sink, onStreamedBody } = options;
+  // Replaced by reconfigure(): read per request, never captured by a request in flight.
+  let limits = options.limits;
   const startTime = Date.now();
   let requestsTotal = 0;
   let inflight = 0;
@@ -363,9 +370,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
   const secretsOption = options.secrets ?? [];
   const currentSecrets = typeof secretsOption === 'function' ? secretsOption : () => secretsOption;
-  const cors = limits.corsOrigins;
+  let cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
-  const clientKeys = (options.clientKeys ?? []).filter(Boolean);
+  let clientKeys = (options.clientKeys ?? []).filter(Boolean);
   // The keys a request presents: its Bearer token first, then an Azure-style `api-key` header.
   const presentedKeys = (req: IncomingMessage): string[] => {
     const keys: string[] = [];
@@ -965,6 +972,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     inflight: () => inflight,
     requestsTotal: () => requestsTotal,
     recordFinished,
+    reconfigure(settings) {
+      limits = settings.limits;
+      cors = limits.corsOrigins;
+      clientKeys = settings.clientKeys.filter(Boolean);
+    },
     async shutdown(graceMs) {
       closing = true;
       const closed = new Promise<void>((r) => server.close(() => r()));

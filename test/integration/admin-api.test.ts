@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import OpenAI, { NotFoundError } from 'openai';
+import OpenAI, { AuthenticationError, NotFoundError } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
@@ -312,6 +312,71 @@ describe('admin API editing the registry', () => {
     const seen = JSON.stringify([rows, p.logLines(), p.stderr()]);
     expect(seen).not.toContain(CLIENT_KEY);
     expect(seen).not.toContain(HEADER_SECRET);
+  });
+
+  test('reload-config applies client keys, CORS origins and the body limit at once; restart-only changes are listed', async () => {
+    const K1 = 'k1-aaaaaaaa-old-client-key';
+    const K9 = 'k9-zzzzzzzz-new-client-key';
+    const { admin, configFile, up, p } = await setup(
+      {},
+      { adminApiKey: ADMIN_KEY, proxyApiKeys: [K1], corsOrigins: ['http://a.example'] },
+    );
+    const sdk = (apiKey: string) => new OpenAI({ apiKey, baseURL: `${p.url}/v1`, maxRetries: 0 });
+    const chat = (apiKey: string, content = 'hi') =>
+      sdk(apiKey).chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content }] });
+    const models = (origin: string) =>
+      fetch(`${p.url}/v1/models`, { headers: { authorization: `Bearer ${K9}`, origin } });
+    await chat(K1);
+    await expect(chat(K9)).rejects.toBeInstanceOf(AuthenticationError);
+
+    writeFileSync(
+      configFile,
+      JSON.stringify({
+        adminApiKey: ADMIN_KEY,
+        proxyApiKeys: [K9],
+        corsOrigins: ['http://b.example'],
+        maxRequestBodyBytes: 2000,
+        upstreamHeadersTimeoutMs: 1234,
+        logMaxFiles: 3,
+      }),
+    );
+    const reloaded = await admin('POST', '/admin/reload-config');
+    expect(reloaded.status).toBe(200);
+    expect(reloaded.body.status).toBe('reloaded');
+    expect(reloaded.body.restart_required).toEqual(['logMaxFiles', 'upstreamHeadersTimeoutMs']);
+
+    // The revoked key is refused right away; the new one works.
+    const revoked = chat(K1);
+    await expect(revoked).rejects.toBeInstanceOf(AuthenticationError);
+    await expect(revoked).rejects.toMatchObject({ status: 401, code: 'invalid_api_key' });
+    const before = up.requests.length;
+    // A prompt quoting the replaced key: it is still scrubbed from the record.
+    expect((await chat(K9, `old key ${K1}`)).choices.length).toBeGreaterThan(0);
+    expect(up.requests.length).toBe(before + 1);
+    expect(up.requests.at(-1)!.headers.authorization).toBeUndefined();
+
+    const allowed = await models('http://b.example');
+    expect(allowed.status).toBe(200);
+    expect(allowed.headers.get('access-control-allow-origin')).toBe('http://b.example');
+    expect((await models('http://a.example')).headers.get('access-control-allow-origin')).toBeNull();
+
+    const big = await sdk(K9)
+      .chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'x'.repeat(3000) }] })
+      .catch((err) => err);
+    expect(big.status).toBe(413);
+    expect(big.error.message).toMatch(/exceeds the proxy's limit of 2000 bytes \(MAX_REQUEST_BODY_BYTES\)/);
+
+    // Put back: nothing left to restart for.
+    writeFileSync(
+      configFile,
+      JSON.stringify({ adminApiKey: ADMIN_KEY, proxyApiKeys: [K9], corsOrigins: ['http://b.example'] }),
+    );
+    expect((await admin('POST', '/admin/reload-config')).body.restart_required).toEqual([]);
+    const rows = await p.waitForRows(8);
+    expect(rows.filter((r) => r.path === '/v1/chat/completions').map((r) => r.status)).toEqual([
+      200, 401, 401, 200, 413,
+    ]);
+    expect(JSON.stringify([rows, p.logLines()])).not.toContain(K1);
   });
 
   test('after reload-config, the keys it brings are scrubbed from records and the new admin key is never forwarded', async () => {
