@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
@@ -78,8 +79,11 @@ export interface ServeExtensions {
   routes?: OwnRoute[];
   health?: () => Record<string, unknown>;
   onRecord?: (r: ExchangeRecord) => void;
-  /** Resolves the configuration again for `POST /admin/reload-config` (default: same file, same env). */
-  reloadConfig?: () => ResolvedConfig;
+  /**
+   * Resolves the configuration again for `POST /admin/reload-config` from `configPath`, the config file in
+   * use (undefined when none is: look for one as at start-up). Default: that file, the same environment.
+   */
+  reloadConfig?: (configPath: string | undefined) => ResolvedConfig;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -359,20 +363,31 @@ export async function startProxy(
   let adminKey = config.adminApiKey;
   // Client keys, CORS origins and body limits reach the proxy server once it exists.
   let reconfigureProxy: ((c: Config) => void) | null = null;
+  // The file a reload reads again: the one in use, never a different one found by a new look-up.
+  let configInUse = resolved.configFile;
   const onConfig = (next: ResolvedConfig) => {
     secrets = [...new Set([...secrets, ...configSecrets(next)])];
     adminKey = next.config.adminApiKey;
+    configInUse = next.configFile;
     reconfigureProxy?.(next.config);
   };
+  const resolveAgain =
+    ext.reloadConfig ??
+    ((configPath: string | undefined) => resolveConfig({ configPath, env: io.env, cwd: io.cwd }));
   let registry: RegistryRuntime;
   try {
     registry = await startRegistry(resolved, {
       onConfig,
       store: registryStore,
       logger,
-      reloadConfig:
-        ext.reloadConfig ??
-        (() => resolveConfig({ configPath: resolved.configFile, env: io.env, cwd: io.cwd })),
+      reloadConfig: () => {
+        if (configInUse && !existsSync(configInUse))
+          throw new OaiProxyError(
+            'config_not_found',
+            `The config file ${configInUse} in use is gone (moved or deleted); put it back there, or restart with --config naming its new path`,
+          );
+        return resolveAgain(configInUse);
+      },
     });
   } catch (err) {
     return abandon(err);
@@ -581,9 +596,9 @@ ${bar}
 
 /** `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM, shut down cleanly. */
 export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
-  const resolve = () =>
+  const resolve = (configPath = options.config) =>
     resolveConfig({
-      configPath: options.config,
+      configPath,
       flags: {
         port: options.port,
         host: options.host,
@@ -596,7 +611,7 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
     });
   const resolved = resolve();
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  const running = await startProxy(resolved, io, { reloadConfig: resolve });
+  const running = await startProxy(resolved, io, { reloadConfig: (configPath) => resolve(configPath) });
   io.stderr.write(banner(running, resolved));
   const exposed = exposureWarning(running, resolved);
   if (exposed) io.stderr.write(exposed);

@@ -204,6 +204,91 @@ describe('CLI basics', () => {
   });
 });
 
+describe('serve: POST /admin/reload-config', () => {
+  const ADMIN = 'admin-key-reload-0123456789abcdef';
+
+  async function serveIn(dir: string, env: Record<string, string> = {}) {
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: dir, LOG_LEVEL: 'silent', ...env }, dir), signal: ac.signal };
+    const done = main(['serve', '--port', '0', '--db', 'p.db'], io);
+    cleanups.push(async () => {
+      ac.abort();
+      await done;
+    });
+    let url = '';
+    await until('the banner', () => {
+      url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1] ?? '';
+      return url !== '';
+    });
+    const reload = async () => {
+      const res = await fetch(`${url}/admin/reload-config`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
+      return { status: res.status, body: await res.json() };
+    };
+    return { url, reload };
+  }
+
+  test('the config file found at start-up moved away: 400 naming it, the old config stays (no fall-back to defaults)', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const file = join(tmp.path, 'oai-proxy.config.json');
+    writeFileSync(file, JSON.stringify({ openaiBaseUrl: upstream.baseUrl, adminApiKey: ADMIN }));
+    const { url, reload } = await serveIn(tmp.path);
+    expect((await reload()).status).toBe(200);
+
+    renameSync(file, join(tmp.path, 'moved.json'));
+    const refused = await reload();
+    expect(refused.status).toBe(400);
+    expect(refused.body.error.code).toBe('config_invalid');
+    expect(refused.body.error.message).toBe(
+      `Configuration not reloaded (the previous one stays in force): The config file ${file} in use is gone (moved or deleted); put it back there, or restart with --config naming its new path`,
+    );
+    // Still the old configuration: the admin key works, chat goes to the configured upstream.
+    const admin = await fetch(`${url}/admin/models`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    expect(admin.status).toBe(200);
+    const client = new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${url}/v1`, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/chat/completions']);
+
+    // Put back (edited): read again from there.
+    writeFileSync(
+      file,
+      JSON.stringify({
+        openaiBaseUrl: upstream.baseUrl,
+        adminApiKey: ADMIN,
+        modelMappings: { fast: 'gpt-4o' },
+      }),
+    );
+    const back = await reload();
+    expect(back.status).toBe(200);
+    expect(back.body.mappings).toEqual({ fast: 'gpt-4o' });
+  });
+
+  test('no config file at start-up: a reload finds one created since, and from then on keeps to it', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const { reload } = await serveIn(tmp.path, { ADMIN_API_KEY: ADMIN });
+    const file = join(tmp.path, 'oai-proxy.config.json');
+    writeFileSync(
+      file,
+      JSON.stringify({ openaiBaseUrl: upstream.baseUrl, modelMappings: { fast: 'gpt-4o' } }),
+    );
+    const found = await reload();
+    expect(found.status).toBe(200);
+    expect(found.body.mappings).toEqual({ fast: 'gpt-4o' });
+    renameSync(file, join(tmp.path, 'moved.json'));
+    const refused = await reload();
+    expect(refused.status).toBe(400);
+    expect(refused.body.error.message).toContain(`The config file ${file} in use is gone`);
+  });
+});
+
 describe('the built bin', () => {
   function startBin(
     args: string[],
