@@ -19,6 +19,8 @@ export interface RegistryRuntime {
   routes: OwnRoute[];
   store: RegistryStore;
   current(): ModelRegistry;
+  /** The upstream of requests naming no registered model (OPENAI_BASE_URL), as last (re)loaded. */
+  defaultUpstream(): UpstreamTarget;
   /** Fields for `GET /health`. */
   health(): Record<string, unknown>;
   /**
@@ -221,6 +223,7 @@ export async function startRegistry(
     routes: [createModelsRoute(() => registry), createAdminRoute(control)],
     store,
     current: () => registry,
+    defaultUpstream: () => settings.defaultUpstream,
     health: () => ({
       models: registry.models.size,
       model_aliases: registry.mappings.size,

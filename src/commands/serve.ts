@@ -436,8 +436,10 @@ export async function startProxy(
       // What finished is counted as queued or written, not left out.
       proxy.recordFinished();
       const h = writer.health();
+      // The registry's: a reload may have changed OPENAI_BASE_URL.
+      const upstream = registry.defaultUpstream();
       return {
-        upstream: defaultUpstream.origin + defaultUpstream.basePath,
+        upstream: upstream.origin + upstream.basePath,
         database: h.database,
         database_error: h.lastError,
         queued_log_rows: h.queued,

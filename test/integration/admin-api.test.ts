@@ -379,6 +379,20 @@ describe('admin API editing the registry', () => {
     expect(JSON.stringify([rows, p.logLines()])).not.toContain(K1);
   });
 
+  test('GET /health names the upstream a reload switched to, where requests now go', async () => {
+    const { admin, client, configFile, up, p } = await setup(
+      { OPENAI_BASE_URL: '' },
+      { adminApiKey: ADMIN_KEY, openaiBaseUrl: 'http://127.0.0.1:9/v1' },
+    );
+    const health = async () => (await (await fetch(`${p.url}/health`)).json()).upstream;
+    expect(await health()).toBe('http://127.0.0.1:9/v1');
+    writeFileSync(configFile, JSON.stringify({ adminApiKey: ADMIN_KEY, openaiBaseUrl: up.baseUrl }));
+    expect((await admin('POST', '/admin/reload-config')).status).toBe(200);
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    expect(up.requests).toHaveLength(1);
+    expect(await health()).toBe(up.baseUrl);
+  });
+
   test('after reload-config, the keys it brings are scrubbed from records and the new admin key is never forwarded', async () => {
     const OLD_ADMIN = 'admin-key-old-0123456789abcdef';
     const NEW_ADMIN = 'admin-key-new-0123456789abcdef';
