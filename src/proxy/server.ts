@@ -373,6 +373,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   let cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
   let clientKeys = (options.clientKeys ?? []).filter(Boolean);
+  // Client keys a reload removed: no longer accepted, still never forwarded (a client may keep sending one).
+  let retiredKeys: string[] = [];
   // The keys a request presents: its Bearer token first, then an Azure-style `api-key` header.
   const presentedKeys = (req: IncomingMessage): string[] => {
     const keys: string[] = [];
@@ -388,11 +390,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
   const adminKeyOption = options.adminKey;
   const currentAdminKey = typeof adminKeyOption === 'function' ? adminKeyOption : () => adminKeyOption;
-  /** A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS), bare or as a Bearer token. */
+  /** A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS, retired ones), bare or as a Bearer token. */
   const isProxyKey = (value: string | string[], adminKey: string | undefined): boolean => {
     for (const v of Array.isArray(value) ? value : [value]) {
       const isKey = (key: string) => v.includes(key) && (v.trim() === key || bearerToken(v) === key);
-      if ((adminKey && isKey(adminKey)) || clientKeys.some(isKey)) return true;
+      if ((adminKey && isKey(adminKey)) || clientKeys.some(isKey) || retiredKeys.some(isKey)) return true;
     }
     return false;
   };
@@ -615,7 +617,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     }
     // Nor in any other header (`x-api-key`, a custom one): the proxy's keys never reach the upstream.
     const adminKey = currentAdminKey();
-    if (adminKey || clientKeys.length > 0) {
+    if (adminKey || clientKeys.length > 0 || retiredKeys.length > 0) {
       for (const name in req.headers) {
         const v = req.headers[name];
         if (v === undefined || !isProxyKey(v, adminKey)) continue;
@@ -975,7 +977,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     reconfigure(settings) {
       limits = settings.limits;
       cors = limits.corsOrigins;
-      clientKeys = settings.clientKeys.filter(Boolean);
+      const next = settings.clientKeys.filter(Boolean);
+      retiredKeys = [...new Set([...retiredKeys, ...clientKeys])].filter((k) => !next.includes(k));
+      clientKeys = next;
     },
     async shutdown(graceMs) {
       closing = true;

@@ -379,6 +379,27 @@ describe('admin API editing the registry', () => {
     expect(JSON.stringify([rows, p.logLines()])).not.toContain(K1);
   });
 
+  test('client keys a reload removed are never forwarded upstream, even once PROXY_API_KEYS is empty', async () => {
+    const K1 = 'k1-aaaaaaaa-retired-client-key';
+    const { admin, configFile, up, p } = await setup({}, { adminApiKey: ADMIN_KEY, proxyApiKeys: [K1] });
+    writeFileSync(configFile, JSON.stringify({ adminApiKey: ADMIN_KEY }));
+    expect((await admin('POST', '/admin/reload-config')).status).toBe(200);
+    // No client keys now: a client's own key is forwarded, but not the proxy key it still sends.
+    const stale = new OpenAI({
+      apiKey: K1,
+      baseURL: `${p.url}/v1`,
+      maxRetries: 0,
+      defaultHeaders: { 'x-api-key': K1 },
+    });
+    await stale.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    const own = new OpenAI({ apiKey: 'sk-client-own-1234567890', baseURL: `${p.url}/v1`, maxRetries: 0 });
+    await own.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    expect(up.requests.map((r) => [r.headers.authorization, r.headers['x-api-key']])).toEqual([
+      [undefined, undefined],
+      ['Bearer sk-client-own-1234567890', undefined],
+    ]);
+  });
+
   test('GET /health names the upstream a reload switched to, where requests now go', async () => {
     const { admin, client, configFile, up, p } = await setup(
       { OPENAI_BASE_URL: '' },
