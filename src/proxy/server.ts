@@ -347,7 +347,7 @@ export function parseTarget(rawUrl: string): { pathname: string; query: string }
 /** Create the node:http proxy server. Call `server.listen()` yourself. */
 export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const { dispatcher, sink, onStreamedBody } = options;
-  // Replaced by reconfigure(): read per request, never captured by a request in flight.
+  // Replaced by reconfigure() (a config reload): read where used, so the next requests get the new values.
   let limits = options.limits;
   const startTime = Date.now();
   let requestsTotal = 0;
