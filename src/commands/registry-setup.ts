@@ -49,7 +49,7 @@ export interface RegistryRuntimeOptions {
 }
 
 /** What `POST /admin/reload-config` answers: the registry now, and what still needs a restart. */
-export type ReloadOutcome = RegistryView & { restart_required: string[] };
+export type ReloadOutcome = RegistryView & { restart_required: string[]; warnings: string[] };
 
 interface Settings {
   resolved: ResolvedConfig;
@@ -188,7 +188,8 @@ export async function startRegistry(
       logger?.warn(
         `configuration reloaded, but these changed settings need a restart: ${pending.join(', ')}`,
       );
-    return { ...registry.view(names()), restart_required: pending };
+    for (const w of next.warnings) logger?.warn(w);
+    return { ...registry.view(names()), restart_required: pending, warnings: next.warnings };
   };
 
   const control: RegistryControl = {

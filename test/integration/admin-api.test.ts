@@ -366,12 +366,23 @@ describe('admin API editing the registry', () => {
     expect(big.status).toBe(413);
     expect(big.error.message).toMatch(/exceeds the proxy's limit of 2000 bytes \(MAX_REQUEST_BODY_BYTES\)/);
 
-    // Put back: nothing left to restart for.
+    expect(reloaded.body.warnings).toEqual([]);
+
+    // Put back: nothing left to restart for. A typo in the file is a warning in the answer.
     writeFileSync(
       configFile,
-      JSON.stringify({ adminApiKey: ADMIN_KEY, proxyApiKeys: [K9], corsOrigins: ['http://b.example'] }),
+      JSON.stringify({
+        adminApiKey: ADMIN_KEY,
+        proxyApiKeys: [K9],
+        corsOrigins: ['http://b.example'],
+        validatModels: true,
+      }),
     );
-    expect((await admin('POST', '/admin/reload-config')).body.restart_required).toEqual([]);
+    const putBack = await admin('POST', '/admin/reload-config');
+    expect(putBack.body.restart_required).toEqual([]);
+    expect(putBack.body.warnings).toEqual([
+      expect.stringMatching(/"validatModels".*did you mean "validateModels"/),
+    ]);
     const rows = await p.waitForRows(8);
     expect(rows.filter((r) => r.path === '/v1/chat/completions').map((r) => r.status)).toEqual([
       200, 401, 401, 200, 413,
