@@ -123,8 +123,12 @@ export function filterExpression(
 
 /**
  * The PostgreSQL tsquery for `--grep TEXT`, with FTS5's semantics: the words as one phrase
- * (`phraseto_tsquery`), a trailing `*` making the last word a prefix (`'word':*`). The `simple`
+ * (`phraseto_tsquery`), a trailing `*` making the last word a prefix. The `simple`
  * configuration matches the index: lower-cased words, no stemming, no stop words.
+ *
+ * The prefix is the last word as typed (lower-cased), or as the parser cuts it: the parser reads
+ * `gpt-4` as `gpt` and the signed number `-4`, `bob@ex` as `bob` and `ex`, which miss the indexed
+ * words `gpt-4o` and `bob@example.com`; the word as typed, cast to a tsquery (no parser), matches them.
  */
 export function pgTsQuery(text: string) {
   const trimmed = text.trim();
@@ -134,7 +138,10 @@ export function pgTsQuery(text: string) {
   const head = cut > 0 ? body.slice(0, cut).trim() : '';
   const last = cut >= 0 ? body.slice(cut) : '';
   if (last === '') return sql`phraseto_tsquery('simple', ${head})`;
-  const prefix = sql`to_tsquery('simple', ${`'${last.replace(/\\/g, '\\\\').replace(/'/g, "''")}':*`})`;
+  const quoted = `'${last.replace(/\\/g, '\\\\').replace(/'/g, "''")}':*`;
+  const parsed = sql`to_tsquery('simple', ${quoted})`;
+  // A tsquery word is at most 2,046 bytes; the index holds no longer word anyway.
+  const prefix = Buffer.byteLength(quoted) > 2000 ? parsed : sql`(lower(${quoted})::tsquery || ${parsed})`;
   return head === '' ? prefix : sql`(phraseto_tsquery('simple', ${head}) <-> ${prefix})`;
 }
 

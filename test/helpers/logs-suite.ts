@@ -204,6 +204,36 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       expect(JSON.parse(r.out)).toHaveLength(inWindow);
     });
 
+    test('--grep prefix with punctuation in the last word finds the same rows on both engines', async () => {
+      const says = (content: string) => JSON.stringify({ model: 'x', messages: [{ role: 'user', content }] });
+      const contents = [
+        'try gpt-4o today',
+        'pinned gpt-4-0613 here',
+        'write to bob@example.com soon',
+        'we hit the rate limit again',
+        'gpt 5 and rates with limits, bob at example',
+        'the gpt-4o-mini model',
+      ];
+      await seed(
+        contents.map((content, i) =>
+          rec(`p${i + 1}`, {
+            startedAt: NOW - (i + 1) * MIN,
+            requestBody: says(content),
+            responseBody: JSON.stringify({ choices: [{ message: { content: 'ok' } }] }),
+          }),
+        ),
+      );
+      expect(await ids('--grep', 'gpt-4*')).toEqual(['p1', 'p2', 'p6']);
+      expect(await ids('--grep', 'gpt-4o*')).toEqual(['p1', 'p6']);
+      expect(await ids('--grep', 'GPT-4O*')).toEqual(['p1', 'p6']);
+      expect(await ids('--grep', 'try gpt-4*')).toEqual(['p1']);
+      expect(await ids('--grep', 'the gpt-4o-m*')).toEqual(['p6']);
+      expect(await ids('--grep', 'bob@ex*')).toEqual(['p3']);
+      expect(await ids('--grep', 'rate lim*')).toEqual(['p4']);
+      expect(await ids('--grep', "it's a \\ quote'*")).toEqual([]);
+      expect(await ids('--grep', `${'x'.repeat(3000)}*`)).toEqual([]);
+    });
+
     describe('logs listing', () => {
       beforeEach(() => seed(standardRows()));
 
