@@ -314,7 +314,8 @@ async function runInteractive(
     ctx,
   );
   const baseUrl = trimSlash(
-    await p.input(
+    await inputUrl(
+      p,
       {
         message: kind === 'azure' ? 'Azure endpoint base URL' : 'Upstream base URL',
         default: kind === initial.kind ? initial.baseUrl : KIND_BASE_URL[kind],
@@ -366,7 +367,8 @@ async function runInteractive(
     await p.input({ message: 'Listen port', default: String(initial.port), validate: validatePort }, ctx),
   );
   const databaseUrl = normaliseDatabase(
-    await p.input(
+    await inputUrl(
+      p,
       {
         message: 'SQLite database file or postgres:// URL',
         default: initial.databaseUrl,
@@ -392,7 +394,8 @@ async function runInteractive(
   );
   const qdrantUrl =
     trimSlash(
-      await p.input(
+      await inputUrl(
+        p,
         {
           message: 'Qdrant URL for semantic log search (empty: off)',
           default: initial.qdrantUrl ?? '',
@@ -455,6 +458,37 @@ async function runInteractive(
     return 0;
   }
   return writeAndReport(path, values, answers, io);
+}
+
+/**
+ * A URL prompt whose default may hold a password (a postgres:// URL, credentials in a base URL): the
+ * default is offered masked (`redactUrl`), Enter keeps the stored value, and the answered line shows
+ * the answer masked too.
+ */
+async function inputUrl(
+  p: Prompts,
+  config: { message: string; default: string; validate: (v: string) => string | boolean },
+  ctx: Parameters<Prompts['input']>[1],
+): Promise<string> {
+  const stored = config.default;
+  const shown = redactUrl(stored);
+  const masked = shown !== stored;
+  const keeps = (v: string) => masked && v.trim() === shown;
+  const answer = await p.input(
+    {
+      message: config.message,
+      default: shown,
+      validate: (v) =>
+        keeps(v)
+          ? true
+          : masked && v.includes('***')
+            ? 'type the whole URL with its password, or leave it empty to keep the stored one'
+            : config.validate(v),
+      transformer: (v, { isFinal }) => (isFinal ? redactUrl(v) : v),
+    },
+    ctx,
+  );
+  return keeps(answer) ? stored : answer;
 }
 
 async function reportCheck(a: InitAnswers, io: CliIo): Promise<void> {

@@ -279,6 +279,47 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     expect(s2.output()).not.toContain('admin-key-kept-0123456789');
   });
 
+  test('re-running with a stored postgres:// URL offers it masked, keeps it on Enter, never prints its password', async () => {
+    const h = tempHome();
+    mkdirSync(h.configDir, { recursive: true });
+    const dbUrl = 'postgres://oai:SuperSecretPw1@db.internal:5432/oai_proxy';
+    const masked = 'postgres://oai:***@db.internal:5432/oai_proxy';
+    writeFileSync(
+      h.configPath,
+      JSON.stringify({ openaiBaseUrl: 'http://127.0.0.1:11434/v1', databaseUrl: dbUrl, port: 7000 }),
+    );
+
+    const s = startInit(h, ['--no-check']);
+    await answer(s, 'Upstream kind', KEY.enter);
+    await answer(s, 'Upstream base URL', KEY.enter);
+    await answer(s, 'API key', KEY.enter);
+    await answer(s, 'Listen host', KEY.enter);
+    await answer(s, 'Listen port (7000)', KEY.enter);
+    await answer(s, `SQLite database file or postgres:// URL (${masked})`, KEY.enter);
+    // The answered line shows the masked URL too.
+    await s.expect(`SQLite database file or postgres:// URL ${masked}`);
+    for (const p of ['Log file', 'Model validation', 'Qdrant URL', 'Admin API key'])
+      await answer(s, p, KEY.enter);
+    const summary = await s.expect(`Overwrite ${h.configPath}?`);
+    expect(summary).toContain(`database        ${masked}`);
+    s.send(`y${KEY.enter}`);
+    expect(await s.exit()).toBe(0);
+    expect(JSON.parse(readFileSync(h.configPath, 'utf8')).databaseUrl).toBe(dbUrl);
+    expect(s.output()).not.toContain('SuperSecretPw1');
+
+    // Editing the masked default (Tab fills it in) without typing the password is refused, not stored as ***.
+    const s2 = startInit(h, ['--no-check']);
+    for (const p of ['Upstream kind', 'Upstream base URL', 'API key', 'Listen host', 'Listen port'])
+      await answer(s2, p, KEY.enter);
+    await answer(s2, 'SQLite database file', `\t${'\x7f'.repeat('oai_proxy'.length)}other${KEY.enter}`);
+    await s2.expect('type the whole URL with its password, or leave it empty to keep the stored one');
+    // A new URL typed in full is taken, and its answered line is masked.
+    s2.send(`${'\x7f'.repeat(60)}postgres://oai:NewSecretPw2@db2.internal/oai_proxy${KEY.enter}`);
+    await s2.expect('SQLite database file or postgres:// URL postgres://oai:***@db2.internal/oai_proxy');
+    s2.kill();
+    expect(s2.output()).not.toContain('SuperSecretPw1');
+  });
+
   test('the built bin without a terminal and without --yes fails at once with exit 2', () => {
     const h = tempHome();
     const r = spawnSync(process.execPath, [BIN, 'init'], {
