@@ -5,6 +5,7 @@ export type ErrorCode =
   | 'usage'
   | 'database_error'
   | 'database_not_found'
+  | 'database_unavailable'
   | 'not_found'
   | 'conflict'
   | 'upstream_unreachable'

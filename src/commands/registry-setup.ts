@@ -9,6 +9,8 @@ import type { ModelRouter, OwnRoute, RouteDecision } from '../proxy/server.js';
 import type { ModelRegistry, RegistryView } from '../registry/registry.js';
 import type { RegistryStore } from '../registry/registry-store.js';
 import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
+import { redactMessage } from '../storage/postgres.js';
+import { isDatabaseUnavailable } from '../storage/storage.js';
 
 /** api-version sent to Azure upstreams that name none (OPENAI_API_VERSION / `apiVersion`). */
 export const DEFAULT_AZURE_API_VERSION = '2024-10-21';
@@ -192,27 +194,43 @@ export async function startRegistry(
     return { ...registry.view(names()), restart_required: pending, warnings: next.warnings };
   };
 
+  // An admin write the database cannot take now is a 503 that says so, not an internal error.
+  const write = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isDatabaseUnavailable(err)) throw err;
+      const reason = redactMessage((err as Error).message ?? String(err));
+      logger?.warn(`admin API: ${what} not made, the database is unavailable: ${reason}`);
+      throw new OaiProxyError(
+        'database_unavailable',
+        `The database is unavailable (${reason}); the registry was not changed. Retry once it is back: GET /health reports "database": "ok"`,
+        { status: 503, cause: err },
+      );
+    }
+  };
+
   const control: RegistryControl = {
     adminKey: () => settings.resolved.config.adminApiKey,
     upstreamNames: names,
     view: () => registry.view(names()),
     async addModel(m) {
-      const info = await store.addModel(m, 'admin');
+      const info = await write(`adding model "${m.name}"`, () => store.addModel(m, 'admin'));
       await refresh();
       return info;
     },
     async removeModel(name) {
-      const done = await store.removeModel(name);
+      const done = await write(`removing model "${name}"`, () => store.removeModel(name));
       await refresh();
       return done;
     },
     async setMapping(alias, actual) {
-      const outcome = await store.setMapping(alias, actual, 'admin');
+      const outcome = await write(`mapping alias "${alias}"`, () => store.setMapping(alias, actual, 'admin'));
       await refresh();
       return outcome;
     },
     async removeMapping(alias) {
-      const done = await store.removeMapping(alias);
+      const done = await write(`removing alias "${alias}"`, () => store.removeMapping(alias));
       await refresh();
       return done;
     },

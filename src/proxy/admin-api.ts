@@ -73,7 +73,8 @@ async function answerAdmin(control: RegistryControl, x: ExchangeContext): Promis
     if (!isOaiProxyError(err)) throw err;
     const status = err.status === 500 ? 400 : err.status;
     const param = err instanceof BadField ? err.param : null;
-    x.respondError(status, null, err.message, 'invalid_request_error', err.code, param);
+    const type = status >= 500 ? 'server_error' : 'invalid_request_error';
+    x.respondError(status, null, err.message, type, err.code, param);
   }
   return true;
 }

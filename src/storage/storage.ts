@@ -4,7 +4,7 @@ import { type OpenDatabase, openDatabase, type SqliteHandle } from './database.j
 import type { ExchangeSink, RecordingWriterOptions } from './exchange-record.js';
 import { createExchangeWriter, type ExchangeWriterHealth } from './log-store.js';
 import { createPgExchangeWriter } from './pg-log-store.js';
-import { openPostgres, type PostgresDatabase } from './postgres.js';
+import { isConnectionLoss, openPostgres, type PostgresDatabase } from './postgres.js';
 import type { DatabaseSchema } from './tables.js';
 
 /** The batched recorder, whichever database it writes: `record()` only enqueues. */
@@ -76,4 +76,19 @@ export function postgresStorage(database: PostgresDatabase): Storage {
     createWriter: (options) => createPgExchangeWriter({ db: database.db, ...options }),
     close: () => database.close(),
   };
+}
+
+const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|READONLY|CANTOPEN|IOERR|FULL)/;
+const NETWORK_UNAVAILABLE = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/**
+ * True when a write failed because the database cannot take it now (PostgreSQL unreachable or
+ * restarting; an SQLite file busy, locked, read-only or out of space), not because of what was written.
+ */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (!e) return false;
+  if (typeof e.code === 'string' && (SQLITE_UNAVAILABLE.test(e.code) || NETWORK_UNAVAILABLE.has(e.code)))
+    return true;
+  return isConnectionLoss(err) || /timeout exceeded when trying to connect/i.test(String(e.message ?? ''));
 }

@@ -388,4 +388,27 @@ describe('live registry', () => {
     await sleep(1100);
     expect(await chat(c, 'tm').catch((e) => e)).toBeInstanceOf(NotFoundError);
   });
+
+  test('an admin write while another process holds the SQLite write lock: 503 database_unavailable, nothing changed', async () => {
+    const up = await upstream();
+    const adminKey = 'admin-key-0123456789abcdefghijklmnop';
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, ADMIN_API_KEY: adminKey });
+    const other = new BetterSqlite3(p.dbPath);
+    cleanups.push(() => void other.close());
+    other.exec('begin immediate');
+    // The proxy waits out its busy timeout (5 s), then answers.
+    const res = await fetch(`${p.url}/admin/model-mappings`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ alias: 'tm', actual_model: 'gpt-4o-mini' }),
+    });
+    other.exec('rollback');
+    expect(res.status).toBe(503);
+    const body = (await res.json()) as { error: Record<string, unknown> };
+    expect(body.error).toMatchObject({ type: 'server_error', code: 'database_unavailable' });
+    expect(body.error.message).toMatch(
+      /^The database is unavailable \(database is locked\); the registry was not changed/,
+    );
+    expect(p.running.registry.current().resolve('tm').alias).toBe(false);
+  }, 20_000);
 });

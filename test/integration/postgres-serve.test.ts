@@ -2,7 +2,14 @@ import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
-import { createTestPgDatabase, pgQuery, pgUrl, startPrivateCluster, warnIfNoPg } from '../helpers/pg.js';
+import {
+  createTestPgDatabase,
+  pgQuery,
+  pgUrl,
+  startPrivateCluster,
+  startRelay,
+  warnIfNoPg,
+} from '../helpers/pg.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 
@@ -127,6 +134,59 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     expect(Date.now() - t1).toBeLessThan(1500);
     await chat(b, 'team-fast');
     expect(lastModel()).toBe('gpt-4o');
+  });
+
+  test('an admin write while PostgreSQL is unreachable: 503 database_unavailable, a warning, no stack', async () => {
+    const url = new URL(await database());
+    const relay = await startRelay(Number(url.port));
+    cleanups.push(() => relay.down());
+    url.port = String(relay.port);
+    const up = await upstream();
+    const p = await serve(url.toString(), up, { LOG_LEVEL: 'warn' });
+
+    await relay.down();
+    const admin = (path: string, init: RequestInit = {}) =>
+      fetch(`${p.url}${path}`, {
+        ...init,
+        headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+      });
+    const answers = [
+      await admin('/admin/model-mappings', {
+        method: 'POST',
+        body: JSON.stringify({ alias: 'team-fast', actual_model: 'gpt-4o-mini' }),
+      }),
+      await admin('/admin/models', { method: 'POST', body: JSON.stringify({ name: 'my-model' }) }),
+      await admin('/admin/models/gpt-4o', { method: 'DELETE' }),
+      await admin('/admin/model-mappings/team-fast', { method: 'DELETE' }),
+    ];
+    for (const res of answers) {
+      expect(res.status).toBe(503);
+      const body = (await res.json()) as { error: Record<string, unknown> };
+      expect(body.error).toMatchObject({ type: 'server_error', code: 'database_unavailable' });
+      expect(body.error.message).toMatch(
+        /^The database is unavailable \(.+\); the registry was not changed\. Retry once it is back/,
+      );
+    }
+    // The registry in memory is unchanged, and requests are still served.
+    expect(p.running.registry.current().resolve('team-fast').alias).toBe(false);
+    expect((await chat(p)).choices[0].message.content).toBe('Hello from the fake upstream!');
+
+    // One warning per refused write on the console; no error line for the admin requests, no stack.
+    const lines = p
+      .stderr()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { level: number; msg: string; err?: { stack?: string } });
+    const warnings = lines.filter((l) => l.msg.startsWith('admin API:'));
+    expect(warnings.map((l) => [l.level, l.msg.replace(/: connect .*/, '')])).toEqual([
+      [40, 'admin API: mapping alias "team-fast" not made, the database is unavailable'],
+      [40, 'admin API: adding model "my-model" not made, the database is unavailable'],
+      [40, 'admin API: removing model "gpt-4o" not made, the database is unavailable'],
+      [40, 'admin API: removing alias "team-fast" not made, the database is unavailable'],
+    ]);
+    expect(lines.filter((l) => /admin/.test(l.msg) && l.level >= 50)).toEqual([]);
+    expect(lines.filter((l) => l.err?.stack)).toEqual([]);
+    expect(p.stderr()).not.toContain(url.password);
   });
 
   test('PostgreSQL stopped while serving: requests are unaffected, rows queue and are written after the restart', async () => {
