@@ -42,6 +42,19 @@ async function chat(base: string, marker: string, stream: boolean): Promise<void
   await res.text();
 }
 
+/** `n` chat streams opened at once, the i-th asking `${marker}-${i}`. */
+function openStreams(client: OpenAI, n: number, marker: string) {
+  return Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      client.chat.completions.create({
+        model: 'gpt-4o',
+        stream: true,
+        messages: [{ role: 'user', content: `${marker}-${i}` }],
+      }),
+    ),
+  );
+}
+
 function markers(dbPath: string): string[] {
   const db = new Database(dbPath, { readonly: true });
   try {
@@ -172,15 +185,7 @@ test('SIGTERM with several streams in flight: all finish within the grace period
   });
   const base = await p.url;
   const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
-  const streams = await Promise.all(
-    Array.from({ length: 8 }, (_, i) =>
-      client.chat.completions.create({
-        model: 'gpt-4o',
-        stream: true,
-        messages: [{ role: 'user', content: `m-stream-${i}` }],
-      }),
-    ),
-  );
+  const streams = await openStreams(client, 8, 'm-stream');
   const texts = streams.map(async (s) => {
     let t = '';
     for await (const c of s) t += c.choices[0]?.delta?.content ?? '';
@@ -223,15 +228,7 @@ test('SIGTERM with streams outlasting the grace period: every cut exchange recor
   });
   const base = await p.url;
   const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
-  const streams = await Promise.all(
-    Array.from({ length: 5 }, (_, i) =>
-      client.chat.completions.create({
-        model: 'gpt-4o',
-        stream: true,
-        messages: [{ role: 'user', content: `m-cut-${i}` }],
-      }),
-    ),
-  );
+  const streams = await openStreams(client, 5, 'm-cut');
   const cut = streams.map(async (s) => {
     try {
       for await (const _ of s);
