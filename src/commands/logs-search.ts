@@ -160,6 +160,19 @@ export async function runLogsReindex(options: LogsReindexOptions, io: CliIo): Pr
   try {
     const { services } = session;
     const { state } = services;
+    // A collection that does not exist (new name, new or emptied Qdrant) holds nothing: index everything.
+    let exists: boolean;
+    try {
+      exists = await services.store.exists();
+    } catch (err) {
+      throw new OaiProxyError(
+        'vector_error',
+        `${(err as Error).message}\nNothing was indexed; fix the cause and run \`oai-proxy logs reindex\` again.`,
+        { cause: err },
+      );
+    }
+    if (exists) state.claimUnclaimed();
+    else state.reset();
     const total = state.countPending({ eligibleSql: INDEXABLE_SQL, sinceMs });
     const collection = services.store.collection;
     if (total === 0) {

@@ -11,7 +11,7 @@ import { createIndexStateStore, type IndexStateStore } from '../storage/index-st
 import { createEmbeddingClient, type Embedder, type EmbeddingEndpoint } from '../vector/embedding-client.js';
 import { fromRecord } from '../vector/exchange-text.js';
 import { createVectorIndexer, type VectorIndexer } from '../vector/indexer.js';
-import { createQdrantStore, type VectorStore } from '../vector/qdrant-store.js';
+import { createQdrantStore, type VectorStore, vectorTarget } from '../vector/qdrant-store.js';
 
 /** What the vector features need, built once per command from the configuration. */
 export interface VectorServices {
@@ -97,11 +97,20 @@ export async function createVectorServices(
   const c = resolved.config;
   const url = requireQdrant(resolved, 'Vector indexing');
   const endpoint = resolveEmbeddingEndpoint(resolved);
+  // The indexing state is kept per target, so another collection or Qdrant starts from the first exchange.
+  const state = createIndexStateStore(deps.sqlite, vectorTarget(url, c.qdrantCollection));
   const store = await createQdrantStore({
     url,
     apiKey: c.qdrantApiKey,
     collection: c.qdrantCollection,
     timeoutMs: deps.qdrantTimeoutMs,
+    onCollectionReady(created) {
+      if (!created) {
+        state.claimUnclaimed();
+        return;
+      }
+      state.reset();
+    },
   });
   const secrets = configSecrets(resolved);
   const embedder = createEmbeddingClient({
@@ -116,7 +125,7 @@ export async function createVectorServices(
     newId: () => newExchangeId(),
     onExchange: deps.record,
   });
-  return { store, embedder, state: createIndexStateStore(deps.sqlite) };
+  return { store, embedder, state };
 }
 
 /** The serve-time indexing: what `startProxy` plugs into its sink and `/health`. */

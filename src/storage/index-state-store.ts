@@ -14,13 +14,19 @@ export interface IndexCursor {
   id: string;
 }
 
-/** Persistence of per-exchange Qdrant indexing state (table `exchange_index`, migration 0004). */
+/**
+ * Persistence of per-exchange Qdrant indexing state (table `exchange_index`, migrations 0004 and 0009) for
+ * one target (Qdrant URL without credentials + collection): an exchange counts as indexed only if it was
+ * indexed into this target. `skipped` (no text to embed) holds for every target.
+ */
 export interface IndexStateStore {
-  /** Record outcomes in one transaction. Never throws (returns false when the database failed). */
+  /** The target this store reads and writes the state of. */
+  readonly target: string;
+  /** Record outcomes (for this target) in one transaction. Never throws (returns false when the database failed). */
   mark(outcomes: IndexStateOutcome[]): boolean;
   /**
-   * Exchanges matching `eligibleSql` (a condition on `exchanges`) that have no state row or failed,
-   * oldest first, after `cursor`.
+   * Exchanges matching `eligibleSql` (a condition on `exchanges`) that are not indexed into this target
+   * (no state row, failed, or indexed elsewhere), oldest first, after `cursor`.
    */
   pending(options: {
     eligibleSql: string;
@@ -30,19 +36,42 @@ export interface IndexStateStore {
   }): ExchangesTable[];
   countPending(options: { eligibleSql: string; sinceMs?: number }): number;
   status(id: string): IndexStateOutcome | null;
+  /** The target's collection was (re)created empty: nothing is indexed into it any more. Never throws. */
+  reset(): boolean;
+  /**
+   * The target's collection exists: state rows from before targets were recorded (migration 0009) are
+   * taken to be in it, as they were then. Never throws.
+   */
+  claimUnclaimed(): boolean;
 }
 
-/** Create the store on an open (migrated) database handle, or a getter for the current one. */
-export function createIndexStateStore(handle: SqliteHandle | (() => SqliteHandle)): IndexStateStore {
+/**
+ * Create the store for `target` (no credentials in it: it is stored) on an open (migrated) database
+ * handle, or a getter for the current one.
+ */
+export function createIndexStateStore(
+  handle: SqliteHandle | (() => SqliteHandle),
+  target: string,
+): IndexStateStore {
   const db = typeof handle === 'function' ? handle : () => handle;
-  const upsertSql = `insert into exchange_index (exchange_id, status, error, attempts, updated_at)
-    values (@id, @status, @error, 1, @now)
+  const upsertSql = `insert into exchange_index (exchange_id, status, error, attempts, updated_at, target)
+    values (@id, @status, @error, 1, @now, @target)
     on conflict (exchange_id) do update set status = excluded.status, error = excluded.error,
-      attempts = exchange_index.attempts + 1, updated_at = excluded.updated_at`;
-  const notDone = `(exchange_index.exchange_id is null or exchange_index.status = 'failed')`;
+      attempts = exchange_index.attempts + 1, updated_at = excluded.updated_at, target = excluded.target`;
+  const notDone = `(exchange_index.exchange_id is null or exchange_index.status = 'failed'
+    or (exchange_index.status = 'indexed' and exchange_index.target <> @target))`;
+  const run = (sqlText: string): boolean => {
+    try {
+      db().prepare(sqlText).run({ target });
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const from = 'exchanges left join exchange_index on exchange_index.exchange_id = exchanges.id';
 
   return {
+    target,
     mark(outcomes) {
       if (outcomes.length === 0) return true;
       try {
@@ -51,7 +80,7 @@ export function createIndexStateStore(handle: SqliteHandle | (() => SqliteHandle
         const now = Date.now();
         sqlite.transaction(() => {
           for (const o of outcomes)
-            stmt.run({ id: o.id, status: o.status, error: o.error?.slice(0, 1000) ?? null, now });
+            stmt.run({ id: o.id, status: o.status, error: o.error?.slice(0, 1000) ?? null, now, target });
         })();
         return true;
       } catch {
@@ -60,7 +89,7 @@ export function createIndexStateStore(handle: SqliteHandle | (() => SqliteHandle
     },
     pending({ eligibleSql, sinceMs, after, limit }) {
       const where = [eligibleSql, notDone];
-      const params: Record<string, unknown> = { limit };
+      const params: Record<string, unknown> = { limit, target };
       if (sinceMs !== undefined) {
         where.push('exchanges.started_at >= @since');
         params.since = sinceMs;
@@ -83,7 +112,7 @@ export function createIndexStateStore(handle: SqliteHandle | (() => SqliteHandle
       if (sinceMs !== undefined) where.push('exchanges.started_at >= @since');
       const row = db()
         .prepare(`select count(*) as n from ${from} where ${where.join(' and ')}`)
-        .get(sinceMs !== undefined ? { since: sinceMs } : {}) as { n: number };
+        .get(sinceMs !== undefined ? { since: sinceMs, target } : { target }) as { n: number };
       return row.n;
     },
     status(id) {
@@ -92,5 +121,7 @@ export function createIndexStateStore(handle: SqliteHandle | (() => SqliteHandle
         .get(id) as IndexStateOutcome | undefined;
       return row ?? null;
     },
+    reset: () => run("delete from exchange_index where target = @target and status <> 'skipped'"),
+    claimUnclaimed: () => run("update exchange_index set target = @target where target = ''"),
   };
 }

@@ -65,6 +65,8 @@ export interface ExchangeIndexTable {
   error: string | null;
   attempts: number;
   updated_at: number;
+  /** The Qdrant URL (no credentials) and collection the status refers to (migration 0009); '' before it. */
+  target: string;
 }
 
 /** The contentless FTS5 index over exchange bodies (migration 0002); rowid = exchanges.rowid. */

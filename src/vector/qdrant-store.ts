@@ -26,6 +26,10 @@ export interface VectorSearchOptions {
 /** Where exchange vectors live. */
 export interface VectorStore {
   readonly collection: string;
+  /** Where the points go, without credentials (URL + collection): the key of the indexing state. */
+  readonly target: string;
+  /** Whether the collection exists now. */
+  exists(): Promise<boolean>;
   /** Insert or replace points; creates the collection (cosine, payload indexes) on first use. */
   upsert(points: VectorPoint[]): Promise<void>;
   /** Nearest exchanges to `vector`, best first, filters applied in the store. */
@@ -40,6 +44,13 @@ export interface QdrantStoreOptions {
   collection: string;
   /** Per-request time limit. */
   timeoutMs?: number;
+  /** The collection was found (`created` false) or created empty (`created` true) before first use. */
+  onCollectionReady?(created: boolean): void;
+}
+
+/** The indexing-state key of a collection: its REST URL without credentials, query or API key. */
+export function vectorTarget(url: string, collection: string): string {
+  return `${safeUrl(url)}/collections/${collection}`;
 }
 
 const CROCKFORD = '0123456789abcdefghjkmnpqrstvwxyz';
@@ -111,6 +122,7 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
           `Qdrant collection ${collection} holds ${vectors.size}-dimensional vectors but EMBEDDING_MODEL gives ${size}; set QDRANT_COLLECTION to a new name (then run \`oai-proxy logs reindex\`)`,
         );
       }
+      options.onCollectionReady?.(!exists);
     })();
     ready.catch(() => {
       ready = null;
@@ -120,18 +132,27 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
 
   return {
     collection,
+    target: vectorTarget(options.url, collection),
+    async exists() {
+      try {
+        return (await client.collectionExists(collection)).exists;
+      } catch (err) {
+        throw fail('checking the collection', err);
+      }
+    },
     async upsert(points) {
       if (points.length === 0) return;
+      const body = {
+        wait: true,
+        points: points.map((p) => ({
+          id: pointIdFor(p.payload.exchange_id),
+          vector: p.vector,
+          payload: { ...p.payload },
+        })),
+      };
       try {
         await ensureCollection(points[0].vector.length);
-        await client.upsert(collection, {
-          wait: true,
-          points: points.map((p) => ({
-            id: pointIdFor(p.payload.exchange_id),
-            vector: p.vector,
-            payload: { ...p.payload },
-          })),
-        });
+        await client.upsert(collection, body);
       } catch (err) {
         throw err instanceof OaiProxyError ? err : fail(`upserting ${points.length} points`, err);
       }
@@ -176,6 +197,7 @@ function safeUrl(url: string): string {
     u.username = '';
     u.password = '';
     u.search = '';
+    u.hash = '';
     return u.toString().replace(/\/$/, '');
   } catch {
     return 'QDRANT_URL';

@@ -366,8 +366,10 @@ export interface QdrantUnderTest {
   /** A fresh collection name for this test. */
   collection: string;
   fake: FakeQdrant | null;
-  /** Points of the collection (via REST scroll), payloads included; [] when it does not exist. */
-  points(): Promise<{ id: PointId; payload: Record<string, any> }[]>;
+  /** Points of the collection, or of `name` (via REST scroll), payloads included; [] when it does not exist. */
+  points(name?: string): Promise<{ id: PointId; payload: Record<string, any> }[]>;
+  /** Delete the collection (as a Qdrant restarted without storage would have lost it). */
+  drop(): Promise<void>;
   /** The collection's info (GET /collections/{name}), or null when it does not exist. */
   info(): Promise<any>;
   close(): Promise<void>;
@@ -392,11 +394,11 @@ export async function createQdrantUnderTest(options: { apiKey?: string } = {}): 
     apiKey,
     collection,
     fake,
-    async points() {
+    async points(name = collection) {
       const out: { id: PointId; payload: Record<string, any> }[] = [];
       let offset: PointId | null = null;
       do {
-        const r = await call('POST', `/collections/${collection}/points/scroll`, {
+        const r = await call('POST', `/collections/${name}/points/scroll`, {
           limit: 100,
           offset,
           with_payload: true,
@@ -406,6 +408,10 @@ export async function createQdrantUnderTest(options: { apiKey?: string } = {}): 
         offset = r.json.result.next_page_offset;
       } while (offset !== null && offset !== undefined);
       return out;
+    },
+    async drop() {
+      const r = await call('DELETE', `/collections/${collection}`);
+      if (r.status !== 200) throw new Error(`deleting collection ${collection}: HTTP ${r.status}`);
     },
     async info() {
       const r = await call('GET', `/collections/${collection}`);

@@ -99,7 +99,12 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
         .orderBy('name' as any)
         .execute();
       expect(migrations.map((m: any) => m.name)).toEqual(
-        expect.arrayContaining(['0001-exchanges', '0003-model-registry', '0004-vector-index']),
+        expect.arrayContaining([
+          '0001-exchanges',
+          '0003-model-registry',
+          '0004-vector-index',
+          '0009-vector-index-target',
+        ]),
       );
       const count = await second.db
         .selectFrom('exchanges')

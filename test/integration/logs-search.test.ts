@@ -180,6 +180,61 @@ describe('oai-proxy logs reindex', () => {
     expect(JSON.parse(found.out).id).not.toBe(ids[1]);
   });
 
+  test('another QDRANT_COLLECTION starts from the first exchange: reindex indexes them all into it', async () => {
+    const env = vectorEnv();
+    proxy = await startTestProxy(env);
+    await seed();
+    const ids = proxy
+      .rows()
+      .filter((x) => x.internal === 0)
+      .map((x) => x.id)
+      .sort();
+    expect((await qdrant.points()).map((p) => p.payload.exchange_id).sort()).toEqual(ids);
+
+    const other = `${qdrant.collection}_other`;
+    const r = await cli(['logs', 'reindex'], vectorEnv({ QDRANT_COLLECTION: other }));
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`Indexed 3 exchanges into Qdrant collection ${other}.`);
+    expect((await qdrant.points(other)).map((p) => p.payload.exchange_id).sort()).toEqual(ids);
+
+    const again = await cli(['logs', 'reindex'], vectorEnv({ QDRANT_COLLECTION: other }));
+    expect(again.out).toBe(
+      `Nothing to index: every recorded exchange is already in Qdrant collection ${other}.\n`,
+    );
+  });
+
+  test('a collection that disappeared (deleted, or Qdrant restarted empty): reindex indexes everything again', async () => {
+    const env = vectorEnv();
+    proxy = await startTestProxy(env);
+    await seed();
+    expect(await qdrant.points()).toHaveLength(3);
+    await qdrant.drop();
+
+    const r = await cli(['logs', 'reindex'], env);
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`Indexed 3 exchanges into Qdrant collection ${qdrant.collection}.`);
+    expect(await qdrant.points()).toHaveLength(3);
+    const zzz = proxy
+      .rows()
+      .filter((x) => x.internal === 0)
+      .map((x) => x.id)
+      .sort()[1];
+    const found = await cli(['logs', 'search', 'refund', '--json', '--limit', '1'], env);
+    expect(found.code).toBe(0);
+    expect(JSON.parse(found.out).id).not.toBe(zzz);
+  });
+
+  test('state recorded before targets were (migration 0009) counts for the collection that exists', async () => {
+    const env = vectorEnv();
+    proxy = await startTestProxy(env);
+    await seed();
+    proxy.running.database.sqlite.prepare("update exchange_index set target = ''").run();
+    const r = await cli(['logs', 'reindex'], env);
+    expect(r.out).toMatch(/^Nothing to index/);
+    const other = await cli(['logs', 'reindex'], vectorEnv({ QDRANT_COLLECTION: `${qdrant.collection}_b` }));
+    expect(other.out).toContain('Indexed 3 exchanges');
+  });
+
   test('embedding upstream down during reindex: exit 1 with how to resume; a later run resumes', async () => {
     const env = vectorEnv();
     proxy = await startTestProxy({ ...env, QDRANT_URL: await deadUrl() });

@@ -7,6 +7,7 @@ import * as m0005 from './0005-search-function-planning.js';
 import * as m0006 from './0006-stats-rollup.js';
 import * as m0007 from './0007-search-index-automerge.js';
 import * as m0008 from './0008-search-text-unescaped.js';
+import * as m0009 from './0009-vector-index-target.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -21,4 +22,5 @@ export const migrations: Record<string, Migration> = {
   '0006-stats-rollup': m0006,
   '0007-search-index-automerge': m0007,
   '0008-search-text-unescaped': m0008,
+  '0009-vector-index-target': m0009,
 };
