@@ -92,6 +92,10 @@ export async function createVectorServices(
     /** Receives the embedding calls as internal exchanges. */
     record: (r: ExchangeRecord) => void;
     qdrantTimeoutMs?: number;
+    /** Told when the collection had to be created (again): what was indexed before is not in it. */
+    onCollectionCreated?(collection: string): void;
+    /** Told when the collection disappeared under a running store (it is then created again). */
+    onCollectionLost?(collection: string): void;
   },
 ): Promise<VectorServices> {
   const c = resolved.config;
@@ -110,7 +114,9 @@ export async function createVectorServices(
         return;
       }
       state.reset();
+      deps.onCollectionCreated?.(c.qdrantCollection);
     },
+    onCollectionLost: () => deps.onCollectionLost?.(c.qdrantCollection),
   });
   const secrets = configSecrets(resolved);
   const embedder = createEmbeddingClient({
@@ -147,8 +153,18 @@ export async function startVectorIndexing(
     logger: Logger;
   },
 ): Promise<VectorIndexing> {
-  const services = await createVectorServices(resolved, deps);
   const { logger } = deps;
+  const services = await createVectorServices(resolved, {
+    ...deps,
+    onCollectionLost: (collection) =>
+      logger.warn(
+        `Qdrant collection ${collection} is gone (Qdrant restarted without storage, or it was deleted); creating it again`,
+      ),
+    onCollectionCreated: (collection) =>
+      logger.info(
+        `Qdrant collection ${collection} did not exist and was created; exchanges recorded before are not in it until \`oai-proxy logs reindex\``,
+      ),
+  });
   const indexer = createVectorIndexer({
     embedder: services.embedder,
     store: services.store,

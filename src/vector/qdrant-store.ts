@@ -30,7 +30,10 @@ export interface VectorStore {
   readonly target: string;
   /** Whether the collection exists now. */
   exists(): Promise<boolean>;
-  /** Insert or replace points; creates the collection (cosine, payload indexes) on first use. */
+  /**
+   * Insert or replace points; creates the collection (cosine, payload indexes) on first use, and again
+   * (once per call) if it has disappeared since (Qdrant restarted without storage, or it was deleted).
+   */
   upsert(points: VectorPoint[]): Promise<void>;
   /** Nearest exchanges to `vector`, best first, filters applied in the store. */
   search(vector: number[], options: VectorSearchOptions): Promise<VectorHit[]>;
@@ -46,6 +49,8 @@ export interface QdrantStoreOptions {
   timeoutMs?: number;
   /** The collection was found (`created` false) or created empty (`created` true) before first use. */
   onCollectionReady?(created: boolean): void;
+  /** The collection disappeared under a running store (a 404 from Qdrant); it is created again. */
+  onCollectionLost?(): void;
 }
 
 /** The indexing-state key of a collection: its REST URL without credentials, query or API key. */
@@ -130,6 +135,13 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
     return ready;
   };
 
+  // The collection is gone (Qdrant restarted without storage, or it was deleted): forget it was ready.
+  const lost = (err: unknown): boolean => {
+    if ((err as { status?: number })?.status !== 404) return false;
+    ready = null;
+    return true;
+  };
+
   return {
     collection,
     target: vectorTarget(options.url, collection),
@@ -152,8 +164,16 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
       };
       try {
         await ensureCollection(points[0].vector.length);
-        await client.upsert(collection, body);
+        try {
+          await client.upsert(collection, body);
+        } catch (err) {
+          if (!lost(err)) throw err;
+          options.onCollectionLost?.();
+          await ensureCollection(points[0].vector.length);
+          await client.upsert(collection, body);
+        }
       } catch (err) {
+        lost(err);
         throw err instanceof OaiProxyError ? err : fail(`upserting ${points.length} points`, err);
       }
     },
@@ -175,6 +195,7 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
           return { exchangeId: String(payload.exchange_id ?? p.id), score: p.score, payload };
         });
       } catch (err) {
+        if (lost(err)) return [];
         throw fail('search', err);
       }
     },
@@ -185,6 +206,7 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
         if (!exists) return;
         await client.delete(collection, { wait: true, points: ids.map(pointIdFor) });
       } catch (err) {
+        if (lost(err)) return;
         throw fail(`deleting ${ids.length} points`, err);
       }
     },

@@ -1,5 +1,6 @@
 import OpenAI from 'openai';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
 import { pointIdFor } from '../../src/vector/qdrant-store.js';
 import {
   createVectorFixture,
@@ -8,7 +9,7 @@ import {
   type VectorFixture,
 } from '../helpers/fake-qdrant.js';
 import { embed, type FakeUpstream } from '../helpers/fake-upstream.js';
-import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
 const UPSTREAM_KEY = 'sk-upstream-secret-key-vector-1234567';
 const QDRANT_KEY = 'qdrant-secret-key-abcdef123456';
@@ -224,6 +225,45 @@ describe('indexing exchanges into Qdrant while serving', () => {
     }
     expect(logged).toBeDefined();
     expect(JSON.stringify(proxy.logLines())).not.toContain(QDRANT_KEY);
+  });
+
+  test('the collection disappears while serving: it is created again, the exchange indexed, /health ok', async () => {
+    const env = vectorEnv();
+    proxy = await startTestProxy(env);
+    const client = clientFor(proxy);
+    await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'before' }],
+    });
+    await proxy.drainIndexer();
+    expect(await qdrant.points()).toHaveLength(1);
+
+    await qdrant.drop(); // as a Qdrant restarted without a storage volume would have lost it
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'after' }] });
+    await proxy.drainIndexer();
+
+    const rows = (await proxy.waitForRows(4)).filter((r) => r.path === '/v1/chat/completions');
+    const points = await qdrant.points();
+    expect(points.map((p) => p.payload.exchange_id)).toEqual([rows[1].id]);
+    const h = await health(proxy);
+    expect(h).toMatchObject({ qdrant: 'ok', qdrant_error: null, qdrant_indexed: 2, qdrant_failed: 0 });
+
+    let lines: Record<string, any>[] = [];
+    for (let i = 0; i < 100 && !lines.some((l) => /did not exist and was created/.test(l.msg)); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      lines = proxy.logLines();
+    }
+    expect(lines.find((l) => /is gone/.test(l.msg))?.level).toBe(40);
+    expect(lines.some((l) => /did not exist and was created.*logs reindex/.test(l.msg))).toBe(true);
+
+    // What the lost collection held is indexed again by `logs reindex`.
+    proxy.flush();
+    const io = createTestIo({ HOME: proxy.dir, DATABASE_URL: proxy.dbPath, ...env }, proxy.dir);
+    expect(await main(['logs', 'reindex'], io)).toBe(0);
+    expect(io.out()).toContain(`Indexed 1 exchange into Qdrant collection ${qdrant.collection}.`);
+    expect((await qdrant.points()).map((p) => p.payload.exchange_id).sort()).toEqual(
+      rows.map((r) => r.id).sort(),
+    );
   });
 
   test('embedding upstream down: proxying is unaffected and the exchange is marked failed', async () => {
