@@ -16,8 +16,7 @@ export interface IndexCursor {
 
 /**
  * Persistence of per-exchange Qdrant indexing state (table `exchange_index`, migrations 0004 and 0009) for
- * one target (Qdrant URL without credentials + collection): an exchange counts as indexed only if it was
- * indexed into this target. `skipped` (no text to embed) holds for every target.
+ * one target (Qdrant URL without credentials + collection): each target has its own progress.
  */
 export interface IndexStateStore {
   /** The target this store reads and writes the state of. */
@@ -25,8 +24,8 @@ export interface IndexStateStore {
   /** Record outcomes (for this target) in one transaction. Never throws (returns false when the database failed). */
   mark(outcomes: IndexStateOutcome[]): boolean;
   /**
-   * Exchanges matching `eligibleSql` (a condition on `exchanges`) that are not indexed into this target
-   * (no state row, failed, or indexed elsewhere), oldest first, after `cursor`.
+   * Exchanges matching `eligibleSql` (a condition on `exchanges`) that have no state row for this target
+   * or failed, oldest first, after `cursor`.
    */
   pending(options: {
     eligibleSql: string;
@@ -56,19 +55,23 @@ export function createIndexStateStore(
   const db = typeof handle === 'function' ? handle : () => handle;
   const upsertSql = `insert into exchange_index (exchange_id, status, error, attempts, updated_at, target)
     values (@id, @status, @error, 1, @now, @target)
-    on conflict (exchange_id) do update set status = excluded.status, error = excluded.error,
-      attempts = exchange_index.attempts + 1, updated_at = excluded.updated_at, target = excluded.target`;
-  const notDone = `(exchange_index.exchange_id is null or exchange_index.status = 'failed'
-    or (exchange_index.status = 'indexed' and exchange_index.target <> @target))`;
-  const run = (sqlText: string): boolean => {
+    on conflict (exchange_id, target) do update set status = excluded.status, error = excluded.error,
+      attempts = exchange_index.attempts + 1, updated_at = excluded.updated_at`;
+  const notDone = `(exchange_index.exchange_id is null or exchange_index.status = 'failed')`;
+  const from = `exchanges left join exchange_index
+    on exchange_index.exchange_id = exchanges.id and exchange_index.target = @target`;
+  const run = (...statements: string[]): boolean => {
     try {
-      db().prepare(sqlText).run({ target });
+      const sqlite = db();
+      const stmts = statements.map((s) => sqlite.prepare(s));
+      sqlite.transaction(() => {
+        for (const stmt of stmts) stmt.run({ target });
+      })();
       return true;
     } catch {
       return false;
     }
   };
-  const from = 'exchanges left join exchange_index on exchange_index.exchange_id = exchanges.id';
 
   return {
     target,
@@ -117,11 +120,18 @@ export function createIndexStateStore(
     },
     status(id) {
       const row = db()
-        .prepare('select exchange_id as id, status, error from exchange_index where exchange_id = ?')
-        .get(id) as IndexStateOutcome | undefined;
+        .prepare(
+          'select exchange_id as id, status, error from exchange_index where exchange_id = ? and target = ?',
+        )
+        .get(id, target) as IndexStateOutcome | undefined;
       return row ?? null;
     },
     reset: () => run("delete from exchange_index where target = @target and status <> 'skipped'"),
-    claimUnclaimed: () => run("update exchange_index set target = @target where target = ''"),
+    // An unclaimed row whose exchange already has a row for this target is older news: dropped.
+    claimUnclaimed: () =>
+      run(
+        "update or ignore exchange_index set target = @target where target = ''",
+        "delete from exchange_index where target = ''",
+      ),
   };
 }

@@ -58,7 +58,7 @@ export interface ModelMappingsTable {
   removed: number;
 }
 
-/** Qdrant indexing state per exchange (migration 0004); no row = not yet indexed. */
+/** Qdrant indexing state per exchange and target (migrations 0004, 0009); no row = not yet indexed there. */
 export interface ExchangeIndexTable {
   exchange_id: string;
   status: 'indexed' | 'failed' | 'skipped';

@@ -201,6 +201,11 @@ describe('oai-proxy logs reindex', () => {
     expect(again.out).toBe(
       `Nothing to index: every recorded exchange is already in Qdrant collection ${other}.\n`,
     );
+    // Each collection keeps its own progress: the first one is still complete.
+    const back = await cli(['logs', 'reindex'], env);
+    expect(back.out).toBe(
+      `Nothing to index: every recorded exchange is already in Qdrant collection ${qdrant.collection}.\n`,
+    );
   });
 
   test('a collection that disappeared (deleted, or Qdrant restarted empty): reindex indexes everything again', async () => {
