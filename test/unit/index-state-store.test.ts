@@ -3,6 +3,7 @@ import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely'
 import { expect, test } from 'vitest';
 import { createIndexStateStore } from '../../src/storage/index-state-store.js';
 import { migrations } from '../../src/storage/migrations/index.js';
+import { vectorTarget } from '../../src/vector/qdrant-store.js';
 
 const A = 'http://127.0.0.1:6333/collections/a';
 const B = 'http://127.0.0.1:6333/collections/b';
@@ -66,4 +67,15 @@ test('0009 keeps old state unclaimed; each target has its own progress; reset an
     n: 0,
   });
   await db.destroy();
+});
+
+test.each([
+  ['http://127.0.0.1:6333', 'http://127.0.0.1:6333/collections/c'],
+  ['http://127.0.0.1:6333/', 'http://127.0.0.1:6333/collections/c'],
+  [
+    'https://user:secret-pass@q.example:6333/?api-key=secret-key#frag',
+    'https://q.example:6333/collections/c',
+  ],
+])('the stored target of %s holds no credentials', (url, target) => {
+  expect(vectorTarget(url, 'c')).toBe(target);
 });
