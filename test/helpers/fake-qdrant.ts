@@ -370,6 +370,8 @@ export interface QdrantUnderTest {
   points(name?: string): Promise<{ id: PointId; payload: Record<string, any> }[]>;
   /** Delete the collection (as a Qdrant restarted without storage would have lost it). */
   drop(): Promise<void>;
+  /** Another fresh collection name for this test (deleted with the test's own). */
+  another(suffix: string): string;
   /** The collection's info (GET /collections/{name}), or null when it does not exist. */
   info(): Promise<any>;
   close(): Promise<void>;
@@ -381,6 +383,7 @@ export async function createQdrantUnderTest(options: { apiKey?: string } = {}): 
   const url = (realUrl ?? fake!.url).replace(/\/$/, '');
   const apiKey = realUrl ? process.env.QDRANT_TEST_API_KEY : options.apiKey;
   const collection = `oai_proxy_test_${randomBytes(6).toString('hex')}`;
+  const others: string[] = [];
   const call = async (method: string, path: string, body?: unknown) => {
     const res = await fetch(`${url}${path}`, {
       method,
@@ -409,6 +412,10 @@ export async function createQdrantUnderTest(options: { apiKey?: string } = {}): 
       } while (offset !== null && offset !== undefined);
       return out;
     },
+    another(suffix) {
+      others.push(`${collection}_${suffix}`);
+      return others[others.length - 1];
+    },
     async drop() {
       const r = await call('DELETE', `/collections/${collection}`);
       if (r.status !== 200) throw new Error(`deleting collection ${collection}: HTTP ${r.status}`);
@@ -418,7 +425,9 @@ export async function createQdrantUnderTest(options: { apiKey?: string } = {}): 
       return r.status === 200 ? r.json.result : null;
     },
     async close() {
-      if (realUrl) await call('DELETE', `/collections/${collection}`).catch(() => undefined);
+      if (realUrl)
+        for (const name of [collection, ...others])
+          await call('DELETE', `/collections/${name}`).catch(() => undefined);
       await fake?.close();
     },
   };

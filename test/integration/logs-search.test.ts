@@ -191,7 +191,7 @@ describe('oai-proxy logs reindex', () => {
       .sort();
     expect((await qdrant.points()).map((p) => p.payload.exchange_id).sort()).toEqual(ids);
 
-    const other = `${qdrant.collection}_other`;
+    const other = qdrant.another('other');
     const r = await cli(['logs', 'reindex'], vectorEnv({ QDRANT_COLLECTION: other }));
     expect(r.code).toBe(0);
     expect(r.out).toContain(`Indexed 3 exchanges into Qdrant collection ${other}.`);
@@ -236,7 +236,7 @@ describe('oai-proxy logs reindex', () => {
     proxy.running.database.sqlite.prepare("update exchange_index set target = ''").run();
     const r = await cli(['logs', 'reindex'], env);
     expect(r.out).toMatch(/^Nothing to index/);
-    const other = await cli(['logs', 'reindex'], vectorEnv({ QDRANT_COLLECTION: `${qdrant.collection}_b` }));
+    const other = await cli(['logs', 'reindex'], vectorEnv({ QDRANT_COLLECTION: qdrant.another('b') }));
     expect(other.out).toContain('Indexed 3 exchanges');
   });
 
