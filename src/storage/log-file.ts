@@ -14,6 +14,8 @@ export interface RotatingFileOptions {
   maxFiles: number;
   /** Also rotate when the UTC day changes. */
   daily: boolean;
+  /** The clock (tests). */
+  now?: () => number;
 }
 
 /**
@@ -28,9 +30,11 @@ export class RotatingFile {
   /** False while the file is being (re)opened: rotating then would rename a file nobody writes to yet. */
   private open = false;
   private opened: Promise<void>;
+  private readonly now: () => number;
 
   /** Throws OaiProxyError('config_invalid') naming the path when the file cannot be created or opened. */
   constructor(private readonly options: RotatingFileOptions) {
+    this.now = options.now ?? Date.now;
     // Open it once here, synchronously: pino's asynchronous open would fail unseen, and the first
     // write (or the flush at exit) would then throw from a descriptor of -1.
     try {
@@ -43,9 +47,16 @@ export class RotatingFile {
         { cause: err },
       );
     }
+    // A file last written on an earlier UTC day (the proxy was not running at midnight) is rotated
+    // before the first line of today, as it would have been at midnight.
+    const { size, mtimeMs } = statSync(options.path);
+    this.size = size;
+    this.dayEndsAt = nextUtcMidnight(size > 0 ? mtimeMs : this.now());
+    if (options.daily && this.size > 0 && this.now() >= this.dayEndsAt && this.shiftFiles()) {
+      this.size = 0;
+      this.dayEndsAt = nextUtcMidnight(this.now());
+    }
     this.boom = pino.destination({ dest: options.path, sync: false, mkdir: true, mode: 0o600 } as any);
-    this.size = existsSync(options.path) ? statSync(options.path).size : 0;
-    this.dayEndsAt = nextUtcMidnight();
     this.opened = this.whenOpen();
   }
 
@@ -72,36 +83,42 @@ export class RotatingFile {
   }
 
   write(chunk: string): boolean {
+    // The day is checked before writing, so the first batch of a new day starts the new file (an empty
+    // file is kept: rotating it would only push a day of history out).
+    if (this.options.daily && this.open && this.now() >= this.dayEndsAt) {
+      if (this.size > 0) this.rotate();
+      else this.dayEndsAt = nextUtcMidnight(this.now());
+    }
     const ok = this.boom.write(chunk);
     // Bytes, not UTF-16 units: CJK text is 3 bytes a character. Called per 20 ms batch, not per line.
     this.size += Buffer.byteLength(chunk);
-    if (
-      this.open &&
-      ((this.options.maxBytes > 0 && this.size >= this.options.maxBytes) ||
-        (this.options.daily && Date.now() >= this.dayEndsAt))
-    ) {
-      this.rotate();
-    }
+    if (this.open && this.options.maxBytes > 0 && this.size >= this.options.maxBytes) this.rotate();
     return ok;
   }
 
   /** Shift `path` → `path.1` → … → `path.N` (dropping the oldest) and continue in a fresh file. */
   rotate(): void {
+    if (!this.shiftFiles()) return;
+    this.size = 0;
+    this.dayEndsAt = nextUtcMidnight(this.now());
+    // Lines already handed to the old descriptor land in the renamed file; buffered ones in the new file.
+    this.boom.reopen();
+    this.opened = this.whenOpen();
+  }
+
+  /** The renames of a rotation; false (nothing more to do: keep writing to the current file) if one failed. */
+  private shiftFiles(): boolean {
     const { path, maxFiles } = this.options;
     try {
       for (let i = maxFiles - 1; i >= 1; i--) {
         if (existsSync(`${path}.${i}`)) renameSync(`${path}.${i}`, `${path}.${i + 1}`);
       }
       if (existsSync(path)) renameSync(path, `${path}.1`);
+      return true;
     } catch {
-      // Rotation is best effort: keep writing to the current file.
-      return;
+      // Rotation is best effort.
+      return false;
     }
-    this.size = 0;
-    this.dayEndsAt = nextUtcMidnight();
-    // Lines already handed to the old descriptor land in the renamed file; buffered ones in the new file.
-    this.boom.reopen();
-    this.opened = this.whenOpen();
   }
 
   /** Reopen the file at its path (after an external tool moved it). */
@@ -145,7 +162,8 @@ export class RotatingFile {
   }
 }
 
-function nextUtcMidnight(): number {
+/** The end (ms) of the UTC day `at` falls in. */
+function nextUtcMidnight(at: number): number {
   const DAY_MS = 86_400_000;
-  return Math.floor(Date.now() / DAY_MS) * DAY_MS + DAY_MS;
+  return Math.floor(at / DAY_MS) * DAY_MS + DAY_MS;
 }

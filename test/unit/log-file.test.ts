@@ -1,6 +1,6 @@
-import { existsSync, readFileSync, renameSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, expect, test } from 'vitest';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { RotatingFile } from '../../src/storage/log-file.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 
@@ -79,4 +79,55 @@ test('reopen() continues at the path after an external tool moved the file (SIGU
   await f.end();
   expect(lines(`${path}.moved`)).toEqual(['before']);
   expect(lines(path)).toEqual(['after']);
+});
+
+describe('daily rotation (LOG_ROTATE_DAILY)', () => {
+  const DAY_2_NOON = Date.UTC(2026, 0, 2, 12);
+  /** A log file holding `text`, last written at `mtime` (ms). */
+  function existing(path: string, text: string, mtime: number) {
+    writeFileSync(path, text, { mode: 0o600 });
+    utimesSync(path, mtime / 1000, mtime / 1000);
+  }
+  async function writeThenEnd(f: RotatingFile, line: string) {
+    await f.ready();
+    f.write(line);
+    await f.ready();
+    f.flushSync();
+    await f.end();
+  }
+
+  test('a file last written on an earlier UTC day is rotated before the first line (no process ran at midnight)', async () => {
+    const path = join(dir.path, 'p.log');
+    existing(path, 'yesterday\n', Date.UTC(2026, 0, 1, 23, 59));
+    const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 3, daily: true, now: () => DAY_2_NOON });
+    await writeThenEnd(f, 'today\n');
+    expect(lines(`${path}.1`)).toEqual(['yesterday']);
+    expect(lines(path)).toEqual(['today']);
+  });
+
+  test.each([
+    ['written earlier today', 'earlier\n', Date.UTC(2026, 0, 2, 0, 0, 1), true],
+    ['empty, from yesterday', '', Date.UTC(2026, 0, 1, 8), true],
+    ['from yesterday, daily off', 'yesterday\n', Date.UTC(2026, 0, 1, 8), false],
+  ])('a file %s is continued', async (_what, text, mtime, daily) => {
+    const path = join(dir.path, 'p.log');
+    existing(path, text, mtime);
+    const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 3, daily, now: () => DAY_2_NOON });
+    await writeThenEnd(f, 'today\n');
+    expect(lines(path)).toEqual(text === '' ? ['today'] : [text.trim(), 'today']);
+    expect(existsSync(`${path}.1`)).toBe(false);
+  });
+
+  test('at UTC midnight the first batch of the new day starts the new file', async () => {
+    const path = join(dir.path, 'p.log');
+    let now = Date.UTC(2026, 0, 1, 23, 59, 59, 900);
+    const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 3, daily: true, now: () => now });
+    await f.ready();
+    f.write('late\n');
+    await f.ready();
+    now = Date.UTC(2026, 0, 2, 0, 0, 0, 100);
+    await writeThenEnd(f, 'early\n');
+    expect(lines(`${path}.1`)).toEqual(['late']);
+    expect(lines(path)).toEqual(['early']);
+  });
 });
