@@ -140,6 +140,7 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
 
   const exists = existsSync(path);
   let existing: Record<string, unknown> = {};
+  let unreadable = false;
   if (exists) {
     try {
       existing = readConfigFile(path);
@@ -150,7 +151,11 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
           `${(err as Error).message}; fix it, or rerun with --force to replace it`,
         );
       }
-      existing = {};
+      // --force replaces it; say so, since whatever the file held is lost (its reason names no value).
+      io.stderr.write(
+        `warning: ${(err as Error).message}; its contents could not be read and are not kept: --force replaces the file\n`,
+      );
+      unreadable = true;
     }
     if (!interactive && !options.force) {
       throw new OaiProxyError(
@@ -162,7 +167,7 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
 
   const initial = initialAnswers(existing, options, io, interactive);
   if (interactive) {
-    if (exists)
+    if (exists && !unreadable)
       io.stdout.write(
         `Updating ${path}: its current values are offered as defaults; settings init does not ask about are kept.\n`,
       );

@@ -180,6 +180,23 @@ describe('oai-proxy init --yes', () => {
     expect(readJson(h.configPath).port).toBe(8000);
   });
 
+  test('--force over a file that is not JSON warns that its contents are lost, naming the file, no value', async () => {
+    const h = tempHome();
+    const path = join(h.dir, 'bad.json');
+    writeFileSync(path, '{"apiKey": "sk-lost-in-bad-file-4242", "port": 9123,');
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--force', '-c', 'bad.json', '--no-check'], io)).toBe(0);
+    expect(readJson(path).port).toBe(8000);
+    const err = io.err();
+    expect(err.split('\n')).toHaveLength(2); // one line
+    expect(err).toMatch(/^warning: /);
+    expect(err).toContain(`Config file ${path} is not valid JSON: `);
+    expect(err).toMatch(/; its contents could not be read and are not kept: --force replaces the file\n$/);
+    expect(err).not.toContain('sk-lost');
+    expect(err).not.toContain('9123');
+    expect(io.out()).not.toContain('sk-lost');
+  });
+
   test('--config PATH writes there and the next command names it', async () => {
     const h = tempHome();
     const io = createTestIo(h.env, h.dir);
