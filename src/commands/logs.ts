@@ -480,7 +480,7 @@ function addListOutputOptions(cmd: Command): Command {
   return cmd
     .option(
       '-n, --limit <n>',
-      'at most this many rows, 0 for all (default 50; 10 backlog rows when following)',
+      'at most this many rows, 0 for all (default 50); when following, the backlog printed first: default 10, 0 for none',
     )
     .option('--order <asc|desc>', 'by start time (default desc: newest first)')
     .option('--json', 'one JSON array (fields: see README "Logs"); with --follow, one object per line')

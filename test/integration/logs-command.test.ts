@@ -14,6 +14,7 @@ import { pgRow } from '../../src/storage/pg-log-store.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { createStatsRollup } from '../../src/storage/stats-rollup.js';
 import { openStorage } from '../../src/storage/storage.js';
+import { sleep } from '../helpers/fake-upstream.js';
 import { logsSuite, NOW, rec, runNode, standardRows } from '../helpers/logs-suite.js';
 import { createTestPgDatabase, pgQuery, pgUrl, startRelay, warnIfNoPg } from '../helpers/pg.js';
 import { createTempDir } from '../helpers/temp-dir.js';
@@ -367,6 +368,33 @@ describe('flag values: SQLite', () => {
       /--limit <n>\s+first print the last N matching exchanges \(default 10; 0\s+for none\)/,
     );
     expect(help).toMatch(/comma-separated or\s+repeated for several/);
+  });
+
+  test('logs --help says what --limit 0 means when following (no backlog), as logs --follow does it', async () => {
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['logs', '--help'], io)).toBe(0);
+    expect(io.out().replace(/\s+/g, ' ')).toContain(
+      '-n, --limit <n> at most this many rows, 0 for all (default 50); when following, the backlog printed first: default 10, 0 for none',
+    );
+    const ac = new AbortController();
+    const follow = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+    const done = main(['logs', '--follow', '-n', '0', '--jsonl', '--interval', '30', '--db', dbPath], follow);
+    // Rows recorded while it starts would count as backlog: record until one is printed.
+    for (let i = 0; !follow.out().includes('"id":"f'); i++) {
+      expect(i).toBeLessThan(100);
+      await seedSqlite(dbPath, [rec(`f${String(i).padStart(2, '0')}`, { startedAt: Date.now() })]);
+      await sleep(50);
+    }
+    ac.abort();
+    expect(await done).toBe(0);
+    // The row recorded before following (a1) is not printed, only rows recorded since.
+    const printed = follow
+      .out()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).id as string);
+    expect(printed.length).toBeGreaterThan(0);
+    expect(printed.filter((id) => !id.startsWith('f'))).toEqual([]);
   });
 });
 
