@@ -37,7 +37,14 @@ export interface ExchangeDetailJson extends ExchangeJson {
   response_body: unknown;
   response_bytes: number;
   response_truncated: boolean;
-  assembled: { content: string; tool_calls: unknown[]; finish_reason: string | null; usage: unknown } | null;
+  assembled: {
+    content: string;
+    tool_calls: unknown[];
+    finish_reason: string | null;
+    usage: unknown;
+    /** False when the stream ended before its final event (cut off, or an error event instead). */
+    complete: boolean;
+  } | null;
 }
 
 type SummaryLike = Omit<ExchangeSummaryRow, 'rowid'>;
@@ -88,6 +95,7 @@ export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
             tool_calls: assembled.tool_calls ?? [],
             finish_reason: assembled.finish_reason ?? null,
             usage: assembled.usage ?? null,
+            complete: assembled.complete !== false,
           }
         : null,
   };
@@ -269,7 +277,10 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
   lines.push(bodyText(d.request_body));
   lines.push('', '── response headers', ...headerLines(d.response_headers));
   if (d.assembled) {
-    lines.push('', '── reassembled message');
+    lines.push(
+      '',
+      `── reassembled message${d.assembled.complete ? '' : ' (incomplete: the stream ended before its final event)'}`,
+    );
     lines.push(d.assembled.content);
     for (const t of d.assembled.tool_calls as { name?: string; arguments?: string }[])
       lines.push(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);

@@ -423,6 +423,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     x.recorded = true;
     try {
       let assembled: AssembledMessage | null = x.assembler ? x.assembler.result() : null;
+      // An error event mid-stream: the status said 200, but the upstream gave no complete answer.
+      const streamError = x.assembler?.streamError() ?? null;
+      if (streamError !== null && x.error === null) {
+        x.error = 'upstream_stream_error';
+        x.errorMessage = streamError;
+      }
       let usage = assembled?.usage ?? null;
       let responseBody = x.responseCapture.stored(x.responseContentType, x.responseEncoding);
       if (!usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))

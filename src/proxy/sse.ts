@@ -5,6 +5,8 @@ export interface StreamAssembler {
   push(chunk: Buffer | string): void;
   /** The message so far; `complete` is true only if the stream's final event was seen. */
   result(): AssembledMessage;
+  /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
+  streamError(): string | null;
 }
 
 export interface StreamAssemblerOptions {
@@ -31,6 +33,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   let finishReason: string | null = null;
   let usage: Usage | null = null;
   let complete = false;
+  let streamError: string | null = null;
   let events = 0;
   const decoder = new TextDecoder();
   // The last push ended in a CR: a LF opening the next one completes that CRLF, it is no line of its own.
@@ -70,6 +73,11 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     }
     if (ev.object === 'chat.completion.chunk') kind = 'chat.completion';
     else if (ev.object === 'text_completion') kind = 'text_completion';
+    else if (type === 'error' || ev.error) {
+      // Chat: `event: error` + `{"error":{"message"…}}`; Responses: `{"type":"error","message"…}`.
+      noteError(ev.error?.message ?? ev.error ?? ev.message);
+      return;
+    }
     if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
     const choice = Array.isArray(ev.choices) ? ev.choices.find((c: any) => (c?.index ?? 0) === 0) : undefined;
     if (!choice) return;
@@ -125,9 +133,17 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         const r = ev.response ?? {};
         finishReason = r.incomplete_details?.reason ?? r.status ?? type.slice('response.'.length);
         if (r.usage) usage = normaliseUsage(r.usage);
+        if (type === 'response.failed') noteError(r.error?.message ?? 'The response failed');
         break;
       }
     }
+  };
+
+  const noteError = (message: unknown) => {
+    streamError =
+      typeof message === 'string' && message !== ''
+        ? message.slice(0, MAX_ERROR_CHARS)
+        : 'The upstream sent an error event';
   };
 
   const parseBlock = (block: string) => {
@@ -177,8 +193,12 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         events,
       };
     },
+    streamError: () => streamError,
   };
 }
+
+/** Cap on an error event's message. */
+const MAX_ERROR_CHARS = 4000;
 
 /** Map chat/completions (`prompt_tokens`…) and Responses (`input_tokens`…) usage to one shape. */
 export function normaliseUsage(u: any): Usage | null {

@@ -22,6 +22,8 @@ export type ExchangeErrorKind =
   | 'upstream_unreachable'
   | 'upstream_timeout'
   | 'upstream_reset'
+  /** The stream (HTTP 200) carried an error event: `event: error`, `{"type":"error"}`, `response.failed`. */
+  | 'upstream_stream_error'
   | 'client_aborted'
   /** Still in flight when SHUTDOWN_GRACE_MS ran out at shutdown: the proxy cut it. */
   | 'proxy_shutdown'

@@ -46,6 +46,7 @@ export const NO_ANSWER_ERRORS = [
   'upstream_unreachable',
   'upstream_timeout',
   'upstream_reset',
+  'upstream_stream_error',
   'client_aborted',
   'proxy_shutdown',
 ];

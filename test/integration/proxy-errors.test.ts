@@ -137,6 +137,100 @@ describe('transport failures become OpenAI-shaped proxy errors', () => {
   });
 });
 
+describe('an error event inside a 200 stream', () => {
+  const chunkEvent = (content: string) =>
+    `data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o', choices: [{ index: 0, delta: { content }, finish_reason: null }] })}\n\n`;
+
+  const logs = async (proxy: { dir: string; dbPath: string }, ...argv: string[]) => {
+    const io = createTestIo({}, proxy.dir);
+    const code = await main(['logs', ...argv, '--db', proxy.dbPath], io);
+    expect(code, io.err()).toBe(0);
+    return io.out();
+  };
+
+  test.each([
+    [
+      'chat: event: error',
+      '/v1/chat/completions',
+      `${chunkEvent('partial')}event: error\ndata: ${JSON.stringify({ error: { message: 'The server had an error while processing your request', type: 'server_error', code: null } })}\n\n`,
+      'The server had an error while processing your request',
+    ],
+    [
+      'Responses: type error',
+      '/v1/responses',
+      `event: response.output_text.delta\ndata: ${JSON.stringify({ type: 'response.output_text.delta', sequence_number: 1, item_id: 'm', output_index: 0, content_index: 0, delta: 'partial' })}\n\nevent: error\ndata: ${JSON.stringify({ type: 'error', sequence_number: 2, code: 'server_error', message: 'Something went wrong', param: null })}\n\n`,
+      'Something went wrong',
+    ],
+  ])(
+    '%s: the client sees the error; recorded as upstream_stream_error, listed by --status error, shown incomplete',
+    async (_name, path, body, message) => {
+      const { upstream, proxy } = await setup();
+      upstream.on(path, (_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.end(body);
+      });
+      const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+      const stream =
+        path === '/v1/responses'
+          ? await client.responses.create({ model: 'gpt-4.1', input: 'hi', stream: true })
+          : await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+      const seen: string[] = [];
+      const consume = (async () => {
+        for await (const ev of stream as AsyncIterable<{ type?: string }>) seen.push(ev.type ?? 'chunk');
+      })();
+      // openai 6 throws on a chat error event; a Responses `error` event is handed over as an event.
+      if (path === '/v1/responses') {
+        await consume;
+        expect(seen).toEqual(['response.output_text.delta', 'error']);
+      } else await expect(consume).rejects.toThrow(message);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({
+        status: 200,
+        stream: 1,
+        error: 'upstream_stream_error',
+        error_message: message,
+      });
+      expect(JSON.parse(row.assembled!)).toMatchObject({ content: 'partial', complete: false });
+
+      expect(
+        (JSON.parse(await logs(proxy, '--status', 'error', '--json')) as { id: string }[]).map((r) => r.id),
+      ).toEqual([row.id]);
+      expect(JSON.parse(await logs(proxy, 'stats', '--json'))).toMatchObject([{ requests: 1, errors: 1 }]);
+      const shown = await logs(proxy, 'show', row.id);
+      expect(shown).toContain(`error: upstream_stream_error (${message})`);
+      expect(shown).toContain('── reassembled message (incomplete: the stream ended before its final event)');
+      expect(JSON.parse(await logs(proxy, 'show', row.id, '--json'))).toMatchObject({
+        error: 'upstream_stream_error',
+        error_message: message,
+        assembled: { content: 'partial', complete: false },
+      });
+    },
+  );
+
+  test('a complete stream is shown without "incomplete"', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(`${chunkEvent('whole')}data: [DONE]\n\n`);
+    });
+    await (
+      await fetch(`${proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        body: '{"model":"gpt-4o","stream":true}',
+      })
+    ).text();
+    await new Promise((r) => setTimeout(r, 500));
+    console.log('STDERR', proxy.stderr(), proxy.rows(), JSON.stringify(proxy.logLines()));
+    const [row] = await proxy.waitForRows(1);
+    expect(row.error).toBeNull();
+    const shown = await logs(proxy, 'show', row.id);
+    expect(shown).toContain('── reassembled message\nwhole\n');
+    expect(JSON.parse(await logs(proxy, 'show', row.id, '--json'))).toMatchObject({
+      assembled: { complete: true },
+    });
+  });
+});
+
 describe('a stream request answered with a JSON error', () => {
   test.each(['upstream 429', 'upstream down'])(
     '%s: recorded as not streamed (stream column, --stream filter, log line)',

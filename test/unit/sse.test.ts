@@ -139,6 +139,43 @@ describe('stream reassembly', () => {
     a.push(sse([chunk({ content: 'abcdefgh' }), chunk({ content: 'ijk' })]));
     expect(a.result().content).toBe('abcde');
   });
+
+  const named = (type: string, ev: object) => `event: ${type}\ndata: ${JSON.stringify({ type, ...ev })}\n\n`;
+
+  test.each([
+    [
+      'chat: event: error',
+      `${sse([chunk({ content: 'partial' })])}event: error\ndata: ${JSON.stringify({ error: { message: 'The server had an error', type: 'server_error' } })}\n\n`,
+      'The server had an error',
+      false,
+    ],
+    [
+      'Responses: type error',
+      `${named('response.output_text.delta', { delta: 'partial' })}${named('error', { code: 'server_error', message: 'Something went wrong', param: null })}`,
+      'Something went wrong',
+      false,
+    ],
+    [
+      'Responses: response.failed',
+      `${named('response.output_text.delta', { delta: 'partial' })}${named('response.failed', { response: { status: 'failed', error: { code: 'server_error', message: 'Model crashed' }, usage: null } })}`,
+      'Model crashed',
+      true,
+    ],
+  ])('an error event in the stream is noted (%s)', (_name, text, message, complete) => {
+    for (const split of [0, 7]) {
+      const a = createStreamAssembler();
+      if (split) for (let i = 0; i < text.length; i += split) a.push(text.slice(i, i + split));
+      else a.push(text);
+      expect(a.streamError()).toBe(message);
+      expect(a.result()).toMatchObject({ content: 'partial', complete });
+    }
+  });
+
+  test('a stream without an error event has no stream error', () => {
+    const a = createStreamAssembler();
+    a.push(chat);
+    expect(a.streamError()).toBeNull();
+  });
 });
 
 describe('usage extraction', () => {
