@@ -35,6 +35,8 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   let complete = false;
   let streamError: string | null = null;
   let events = 0;
+  // The event beyond maxEventChars being skipped: its start, kept to learn its type (null: none).
+  let oversizedHead: string | null = null;
   const decoder = new TextDecoder();
   // The last push ended in a CR: a LF opening the next one completes that CRLF, it is no line of its own.
   let pendingCr = false;
@@ -146,6 +148,38 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         : 'The upstream sent an error event';
   };
 
+  /**
+   * An event too large to hold (a `response.completed` carrying a generated image): only its head
+   * (event name, type, status) and its tail (where `usage` is) were kept. A final event still ends the
+   * stream and gives its usage and status.
+   */
+  const onOversized = (head: string, tail: string) => {
+    events++;
+    const eventName = /^event:[ \t]*(.*)$/m.exec(head)?.[1]?.trim();
+    const dataAt = head.search(/^data:/m);
+    if (dataAt === -1) return;
+    const type = /"type"\s*:\s*"([^"\\]*)"/.exec(head.slice(dataAt))?.[1] ?? eventName;
+    if (type === 'response.completed' || type === 'response.incomplete' || type === 'response.failed') {
+      kind = 'response';
+      complete = true;
+      const inResponse = head.slice(Math.max(dataAt, head.indexOf('"response"')));
+      finishReason =
+        /"incomplete_details"\s*:\s*\{\s*"reason"\s*:\s*"([^"\\]*)"/.exec(inResponse)?.[1] ??
+        /"status"\s*:\s*"([^"\\]*)"/.exec(inResponse)?.[1] ??
+        type.slice('response.'.length);
+      if (type === 'response.failed') {
+        const m = /"error"\s*:\s*\{[^{}]*?"message"\s*:\s*("(?:[^"\\]|\\.)*")/.exec(inResponse);
+        let message: unknown;
+        try {
+          message = m ? JSON.parse(m[1] as string) : undefined;
+        } catch {}
+        noteError(message ?? 'The response failed');
+      }
+    }
+    const u = extractUsage(tail);
+    if (u) usage = u;
+  };
+
   const parseBlock = (block: string) => {
     let eventName: string | null = null;
     let data: string | null = null;
@@ -175,12 +209,22 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       }
       let end = buffer.indexOf('\n\n', from);
       while (end !== -1) {
-        parseBlock(buffer.slice(0, end));
+        if (oversizedHead === null) parseBlock(buffer.slice(0, end));
+        else {
+          onOversized(oversizedHead, buffer.slice(0, end));
+          oversizedHead = null;
+        }
         buffer = buffer.slice(end + 2);
         end = buffer.indexOf('\n\n');
       }
-      // One event beyond any sane size (no blank line in sight): drop it instead of buffering without bound.
-      if (buffer.length > maxEventChars) buffer = buffer.slice(-1);
+      // One event beyond any sane size (no blank line in sight): keep only its head and its tail until it
+      // ends, instead of buffering without bound.
+      if (oversizedHead === null) {
+        if (buffer.length > maxEventChars) {
+          oversizedHead = buffer.slice(0, OVERSIZED_KEEP_CHARS);
+          buffer = buffer.slice(-OVERSIZED_KEEP_CHARS);
+        }
+      } else if (buffer.length > OVERSIZED_KEEP_CHARS) buffer = buffer.slice(-OVERSIZED_KEEP_CHARS);
     },
     result() {
       return {
@@ -197,6 +241,8 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   };
 }
 
+/** What is kept of an event beyond the size limit: this much of its start, and of its end. */
+const OVERSIZED_KEEP_CHARS = 64 * 1024;
 /** Cap on an error event's message. */
 const MAX_ERROR_CHARS = 4000;
 

@@ -378,6 +378,41 @@ describe('the proxy itself', () => {
     expect(row.response_body).toHaveLength(100);
   });
 
+  // The image_generation tool puts the whole base64 image in `response.completed`, past any event limit.
+  test('a Responses stream whose final event is larger than 1 MiB keeps its usage and completion', async () => {
+    const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '1000' });
+    const response = {
+      id: 'resp_1',
+      object: 'response',
+      status: 'completed',
+      model: 'gpt-4.1',
+      output: [
+        { type: 'image_generation_call', id: 'ig_1', status: 'completed', result: 'A'.repeat(3_000_000) },
+        { type: 'message', id: 'm', role: 'assistant', content: [{ type: 'output_text', text: 'Here' }] },
+      ],
+      usage: { input_tokens: 50, output_tokens: 60, total_tokens: 110 },
+    };
+    const event = (ev: { type: string; [k: string]: unknown }) =>
+      `event: ${ev.type}\ndata: ${JSON.stringify(ev)}\n\n`;
+    upstream.on('/v1/responses', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(event({ type: 'response.output_text.delta', delta: 'Here' }));
+      res.end(event({ type: 'response.completed', response }));
+    });
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+    const stream = await client.responses.create({ model: 'gpt-4.1', input: 'draw', stream: true });
+    let usage: unknown = null;
+    for await (const ev of stream) if (ev.type === 'response.completed') usage = ev.response.usage;
+    expect(usage).toEqual(response.usage);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: null, prompt_tokens: 50, completion_tokens: 60, total_tokens: 110 });
+    expect(JSON.parse(row.assembled!)).toMatchObject({
+      content: 'Here',
+      finish_reason: 'completed',
+      complete: true,
+    });
+  });
+
   test('CORS: preflight answered by the proxy, headers added to proxied responses', async () => {
     const { proxy } = await setup({ CORS_ORIGINS: 'http://app.example' });
     const pre = await fetch(`${proxy.url}/v1/chat/completions`, {

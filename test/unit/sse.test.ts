@@ -176,6 +176,48 @@ describe('stream reassembly', () => {
     a.push(chat);
     expect(a.streamError()).toBeNull();
   });
+
+  // `response.completed` repeats the whole output: with the image_generation tool, the base64 image.
+  test.each([
+    ['response.completed', { status: 'completed', incomplete_details: null }, 'completed', null],
+    [
+      'response.incomplete',
+      { status: 'incomplete', incomplete_details: { reason: 'max_output_tokens' } },
+      'max_output_tokens',
+      null,
+    ],
+    [
+      'response.failed',
+      { status: 'failed', error: { code: 'server_error', message: 'Model "x" crashed' } },
+      'failed',
+      'Model "x" crashed',
+    ],
+  ])(
+    'a final event larger than the event limit still ends the stream with its usage (%s)',
+    (type, head, finish, error) => {
+      const a = createStreamAssembler({ maxChars: 1000 });
+      const response = {
+        id: 'resp_1',
+        object: 'response',
+        ...head,
+        output: [{ type: 'image_generation_call', id: 'ig_1', result: 'A'.repeat(1_500_000) }],
+        usage: { input_tokens: 50, output_tokens: 60, total_tokens: 110 },
+        user: null,
+      };
+      const text = `${named('response.output_text.delta', { delta: 'Here' })}${named(type, { sequence_number: 2, response })}`;
+      for (let i = 0; i < text.length; i += 64 * 1024) a.push(text.slice(i, i + 64 * 1024));
+      expect(a.result()).toEqual({
+        kind: 'response',
+        content: 'Here',
+        tool_calls: [],
+        finish_reason: finish,
+        usage: { prompt_tokens: 50, completion_tokens: 60, total_tokens: 110 },
+        complete: true,
+        events: 2,
+      });
+      expect(a.streamError()).toBe(error);
+    },
+  );
 });
 
 describe('usage extraction', () => {
