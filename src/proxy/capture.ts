@@ -156,23 +156,54 @@ export class BodyCapture {
   private captured = 0;
   /** The captured bytes already decoded by whoever read the whole body (see `decoded`). */
   private decodedText: string | null = null;
+  /** The bytes past `limit`, the last `tailLimit` of them at least (filled only once over the limit). */
+  private tail: Buffer[] | null = null;
+  private tailBytes = 0;
   /** Total bytes seen. */
   bytes = 0;
   truncated = false;
 
-  constructor(private readonly limit: number) {}
+  /** `tailLimit`: past `limit`, also keep the body's last bytes (where a JSON answer has its usage). */
+  constructor(
+    private readonly limit: number,
+    private readonly tailLimit = 0,
+  ) {}
 
   push(chunk: Buffer): void {
     this.bytes += chunk.length;
     if (this.captured >= this.limit) {
-      if (chunk.length > 0) this.truncated = true;
+      if (chunk.length > 0) {
+        this.truncated = true;
+        if (this.tailLimit > 0) this.keepTail(chunk);
+      }
       return;
     }
     const room = this.limit - this.captured;
     const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
-    if (part.length < chunk.length) this.truncated = true;
     this.chunks.push(part);
     this.captured += part.length;
+    if (part.length < chunk.length) {
+      this.truncated = true;
+      if (this.tailLimit > 0) this.keepTail(chunk.subarray(room));
+    }
+  }
+
+  private keepTail(chunk: Buffer): void {
+    this.tail ??= [];
+    const tail = this.tail;
+    tail.push(chunk);
+    this.tailBytes += chunk.length;
+    while (this.tailBytes - tail[0].length >= this.tailLimit) this.tailBytes -= tail.shift()!.length;
+  }
+
+  /**
+   * The last `tailLimit` bytes of a truncated body as text (its first character may be a cut one); null
+   * when the body was not truncated or no tail is kept.
+   */
+  tailText(): string | null {
+    if (!this.tail) return null;
+    const all = this.tail.length === 1 ? this.tail[0] : Buffer.concat(this.tail, this.tailBytes);
+    return all.subarray(Math.max(0, all.length - this.tailLimit)).toString('utf8');
   }
 
   /** The stored form: text when textual (and not compressed), else a placeholder naming type and size. */

@@ -99,6 +99,12 @@ export interface ProxyServer {
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /**
+ * The last bytes of a response over CAPTURE_BODY_BYTES kept besides its stored head: a JSON answer ends
+ * with its `usage` (an image generation, a long Responses output).
+ */
+const USAGE_TAIL_BYTES = 8192;
+
+/**
  * A finished exchange is recorded (its row built, its log line written) this many milliseconds after its
  * response closed, with the others that finished meanwhile, so that requests arriving in that moment are
  * forwarded first; RECORD_BATCH_MAX finished exchanges are recorded at once.
@@ -166,7 +172,7 @@ export class ExchangeContext {
     this.rest = target.rest;
     this.query = target.query;
     this.requestCapture = new BodyCapture(capture);
-    this.responseCapture = new BodyCapture(capture);
+    this.responseCapture = new BodyCapture(capture, USAGE_TAIL_BYTES);
   }
 
   /** Send a JSON answer from the proxy itself (recorded like any exchange). */
@@ -432,7 +438,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       let usage = assembled?.usage ?? null;
       let responseBody = x.responseCapture.stored(x.responseContentType, x.responseEncoding);
       if (!usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
-        usage = extractUsage(responseBody);
+        usage = responseUsage(x.responseCapture, responseBody);
       let requestBody =
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
@@ -1013,6 +1019,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       recordFinished();
     },
   };
+}
+
+/** The usage in a JSON response body: in the kept tail of one cut at CAPTURE_BODY_BYTES, else in `stored`. */
+function responseUsage(capture: BodyCapture, stored: string) {
+  if (!capture.truncated) return extractUsage(stored);
+  const tail = capture.tailText();
+  return (tail === null ? null : extractUsage(tail)) ?? extractUsage(stored);
 }
 
 /** Paths the proxy itself owns (never forwarded). */

@@ -123,6 +123,34 @@ describe('BodyCapture', () => {
     expect(c.bytes).toBe(body.length);
   });
 
+  test.each([
+    ['in one chunk', [100]],
+    ['in small chunks', [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 9]],
+    ['head and tail split inside a chunk', [5, 90, 5]],
+  ])('past its limit it keeps the last tailLimit bytes too (%s)', (_name, sizes) => {
+    const all = Buffer.from(
+      Array.from({ length: 100 }, (_, i) => String.fromCharCode(65 + (i % 26))).join(''),
+    );
+    const c = new BodyCapture(10, 16);
+    let at = 0;
+    for (const n of sizes) {
+      c.push(all.subarray(at, at + n));
+      at += n;
+    }
+    expect(c.stored('application/json')).toBe(all.subarray(0, 10).toString());
+    expect(c.tailText()).toBe(all.subarray(84).toString());
+    expect(c.bytes).toBe(100);
+  });
+
+  test('no tail unless the limit was passed or one was asked for', () => {
+    const fits = new BodyCapture(1024, 16);
+    fits.push(body);
+    expect(fits.tailText()).toBeNull();
+    const noTail = new BodyCapture(4);
+    noTail.push(body);
+    expect(noTail.tailText()).toBeNull();
+  });
+
   test('a compressed body is stored as a placeholder even when decoded text is given', () => {
     const c = new BodyCapture(1024);
     c.push(body);
