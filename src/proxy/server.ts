@@ -105,6 +105,20 @@ const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const USAGE_TAIL_BYTES = 8192;
 
 /**
+ * POSTs on stored objects rather than generating: updating a stored chat completion, cancelling a
+ * response, batches. The usage they return was counted when the object was generated.
+ */
+const STORED_OBJECT_POST = /^\/(?:chat\/completions\/[^/]+|responses\/[^/]+\/cancel|batches(?:\/.*)?)$/;
+
+/**
+ * True when the exchange's usage is tokens it spent: a POST that generates. Reads (GET of a stored
+ * completion or response, listings) return usage counted when the object was made.
+ */
+function spendsTokens(method: string | undefined, rest: string): boolean {
+  return method === 'POST' && (rest === '/chat/completions' || !STORED_OBJECT_POST.test(rest));
+}
+
+/**
  * A finished exchange is recorded (its row built, its log line written) this many milliseconds after its
  * response closed, with the others that finished meanwhile, so that requests arriving in that moment are
  * forwarded first; RECORD_BATCH_MAX finished exchanges are recorded at once.
@@ -435,9 +449,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.error = 'upstream_stream_error';
         x.errorMessage = streamError;
       }
-      let usage = assembled?.usage ?? null;
+      const spends = spendsTokens(x.req.method, x.rest);
+      let usage = spends ? (assembled?.usage ?? null) : null;
       let responseBody = x.responseCapture.stored(x.responseContentType, x.responseEncoding);
-      if (!usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
+      if (spends && !usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
         usage = responseUsage(x.responseCapture, responseBody);
       let requestBody =
         x.requestCapture.bytes > 0

@@ -1,11 +1,19 @@
 import OpenAI from 'openai';
 import { describe, expect, test } from 'vitest';
-import { proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
+import { main } from '../../src/cli.js';
+import { createTestIo, proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
 
 const setup = proxyWithUpstreamPerTest();
 
 const client = (proxy: TestProxy) =>
   new OpenAI({ apiKey: 'sk-client-key-000000000000', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+
+/** `logs stats --by path --json`, as the user reads it. */
+async function statsByPath(proxy: TestProxy): Promise<Record<string, any>[]> {
+  const io = createTestIo({}, proxy.dir);
+  expect(await main(['logs', 'stats', '--by', 'path', '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
+  return JSON.parse(io.out());
+}
 
 describe('token usage of responses larger than CAPTURE_BODY_BYTES', () => {
   test('an image generation answer over the cap: the SDK gets its usage, the row records it, body cut as before', async () => {
@@ -73,5 +81,61 @@ describe('token usage of responses larger than CAPTURE_BODY_BYTES', () => {
       response_truncated: 1,
     });
     expect(row.response_body).toBe(body.slice(0, 300));
+  });
+});
+
+describe('only requests that generate count tokens', () => {
+  const stored = (i: number) => ({
+    id: `chatcmpl-${i}`,
+    object: 'chat.completion',
+    model: 'gpt-4o',
+    choices: [{ index: 0, message: { role: 'assistant', content: 'x' }, finish_reason: 'stop' }],
+    usage: { prompt_tokens: 1000 * i, completion_tokens: 500, total_tokens: 1000 * i + 500 },
+  });
+
+  test('listing and retrieving stored completions and responses record no tokens; generating does', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      if (req.method === 'GET')
+        res.end(JSON.stringify({ object: 'list', data: [stored(1), stored(2), stored(3)], has_more: false }));
+      else res.end(JSON.stringify(stored(7)));
+    });
+    const response = {
+      id: 'resp_1',
+      object: 'response',
+      status: 'completed',
+      model: 'o4-mini',
+      output: [],
+      usage: { input_tokens: 11, output_tokens: 22, total_tokens: 33 },
+    };
+    upstream.on('/v1/responses/resp_1', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(response));
+    });
+    upstream.on('/v1/chat/completions/chatcmpl-2', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(stored(2)));
+    });
+    const c = client(proxy);
+    const created = await c.chat.completions.create({ model: 'gpt-4o', messages: [] });
+    expect(created.usage?.total_tokens).toBe(7500);
+    const list = await c.chat.completions.list({ limit: 3 });
+    expect(list.data.map((d) => d.usage?.total_tokens)).toEqual([1500, 2500, 3500]);
+    expect((await c.responses.retrieve('resp_1')).usage?.total_tokens).toBe(33);
+    // Updating a stored completion's metadata is a POST, but spends nothing either.
+    expect((await c.chat.completions.update('chatcmpl-2', { metadata: { a: 'b' } })).id).toBe('chatcmpl-2');
+
+    const rows = await proxy.waitForRows(4);
+    expect(rows.map((r) => [r.method, r.path, r.prompt_tokens, r.completion_tokens, r.total_tokens])).toEqual(
+      [
+        ['POST', '/v1/chat/completions', 7000, 500, 7500],
+        ['GET', '/v1/chat/completions', null, null, null],
+        ['GET', '/v1/responses/resp_1', null, null, null],
+        ['POST', '/v1/chat/completions/chatcmpl-2', null, null, null],
+      ],
+    );
+    const chat = (await statsByPath(proxy)).find((g) => g.key === '/v1/chat/completions');
+    expect(chat).toMatchObject({ requests: 2, prompt_tokens: 7000, completion_tokens: 500 });
   });
 });
