@@ -165,7 +165,7 @@ export class BodyCapture {
 
   /** `tailLimit`: past `limit`, also keep the body's last bytes (where a JSON answer has its usage). */
   constructor(
-    private readonly limit: number,
+    readonly limit: number,
     private readonly tailLimit = 0,
   ) {}
 

@@ -23,6 +23,7 @@ import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamT
 import { newExchangeId } from './ids.js';
 import { replaceJsonModel } from './json-model.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
+import { isDecodable, RecordDecoder } from './record-decoder.js';
 import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
 
 /** Where a model's requests go, as decided by the model registry. */
@@ -167,6 +168,8 @@ export class ExchangeContext {
   assembler: StreamAssembler | null = null;
   responseContentType: string | undefined;
   responseEncoding: string | undefined;
+  /** Set for a compressed textual response (rare: the proxy asks for identity): decodes it for the record. */
+  decoder: RecordDecoder | null = null;
   internal = false;
   recorded = false;
   /** CORS_ORIGINS headers for this request's Origin, added to every answer; null when it gets none. */
@@ -451,9 +454,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       }
       const spends = spendsTokens(x.req.method, x.rest);
       let usage = spends ? (assembled?.usage ?? null) : null;
-      let responseBody = x.responseCapture.stored(x.responseContentType, x.responseEncoding);
+      const { decoder } = x;
+      let responseBody =
+        decoder === null
+          ? x.responseCapture.stored(x.responseContentType, x.responseEncoding)
+          : decoder.stored(x.responseContentType, x.responseEncoding ?? '', x.responseCapture.bytes);
       if (spends && !usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
-        usage = responseUsage(x.responseCapture, responseBody);
+        usage = responseUsage(decoder?.capture ?? x.responseCapture, responseBody);
       let requestBody =
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
@@ -481,7 +488,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         requestTruncated: x.requestCapture.truncated,
         responseBody,
         responseBytes: x.responseCapture.bytes,
-        responseTruncated: x.responseCapture.truncated,
+        responseTruncated: decoder === null ? x.responseCapture.truncated : decoder.truncated,
         model: scrubNullable(x.model, secrets),
         upstreamModel: scrubNullable(x.upstreamModel, secrets),
         upstream: x.upstreamName,
@@ -515,6 +522,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     finished.push(x);
     if (finished.length >= RECORD_BATCH_MAX) recordFinished();
     else finishedTimer ??= setTimeout(recordFinished, RECORD_DELAY_MS);
+  };
+
+  /** A compressed response's record waits for its decoding; so does shutdown (it stays in flight). */
+  const recordDecoded = (x: ExchangeContext, decoder: RecordDecoder) => {
+    void decoder.finish().then(() => {
+      recordLater(x);
+      inflight--;
+      if (inflight === 0 && drained) drained();
+    });
   };
 
   const forward = async (x: ExchangeContext) => {
@@ -712,10 +728,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             x.stream = true;
             x.assembler = createStreamAssembler({ maxChars: limits.captureBodyBytes });
           }
+          if (x.responseEncoding !== undefined && x.responseEncoding !== 'identity') decodeForRecord(x);
           if (res.destroyed) return;
           if (x.cors) Object.assign(out, x.cors);
           res.writeHead(statusCode, out);
-          if (x.assembler) res.flushHeaders();
+          if (x.stream) res.flushHeaders();
         },
         onResponseData(c, chunk) {
           if (res.writableEnded || res.destroyed) {
@@ -726,8 +743,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           if (x.ttfb === null) x.ttfb = x.elapsed();
           // The client gets the bytes before the proxy reads them for the record (an SSE event is parsed).
           const flowing = res.write(chunk);
-          x.responseCapture.push(chunk);
-          x.assembler?.push(chunk);
+          if (x.decoder === null) {
+            x.responseCapture.push(chunk);
+            x.assembler?.push(chunk);
+          } else {
+            x.responseCapture.bytes += chunk.length;
+            x.decoder.write(chunk);
+          }
           if (!flowing) {
             c.pause();
             res.once('drain', () => c.resume());
@@ -843,6 +865,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     res.once('close', () => {
       x.durationMs = x.elapsed();
       if (!res.writableEnded && !x.error) noteCut(x, false);
+      if (x.decoder !== null) {
+        recordDecoded(x, x.decoder);
+        return;
+      }
       recordLater(x);
       inflight--;
       if (inflight === 0 && drained) drained();
@@ -1034,6 +1060,25 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       recordFinished();
     },
   };
+}
+
+/**
+ * A response compressed despite the proxy's `accept-encoding: identity`: a textual one is decoded for its
+ * record (and its stream reassembled from the decoded events). One in a coding the proxy cannot decode
+ * is stored as a placeholder naming the coding, with no reassembled message (its events are unreadable).
+ */
+function decodeForRecord(x: ExchangeContext): void {
+  const encoding = x.responseEncoding ?? '';
+  if (isDecodable(encoding) && isTextual(x.responseContentType)) {
+    const { assembler } = x;
+    x.decoder = new RecordDecoder(
+      encoding,
+      x.responseCapture.limit,
+      assembler ? (d) => assembler.push(d) : undefined,
+    );
+  } else {
+    x.assembler = null;
+  }
 }
 
 /** The usage in a JSON response body: in the kept tail of one cut at CAPTURE_BODY_BYTES, else in `stored`. */

@@ -1,4 +1,6 @@
+import { type IncomingHttpHeaders, request } from 'node:http';
 import { connect } from 'node:net';
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import OpenAI from 'openai';
 import { describe, expect, test } from 'vitest';
 import { CHAT_ANSWER, chatCompletionBody, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
@@ -300,5 +302,104 @@ describe('client faults', () => {
     expect(rssWhilePaused).toBeLessThan(2 * 1024 * 1024 * 1024);
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ status: 200, response_bytes: TOTAL, response_truncated: 1, error: null });
+  });
+});
+
+describe('an upstream that compresses despite accept-encoding: identity', () => {
+  /** POST through the proxy with node:http, which leaves the body as sent (fetch would decode it). */
+  const rawPost = (p: TestProxy, body: string) =>
+    new Promise<{ headers: IncomingHttpHeaders; body: Buffer }>((resolve, reject) => {
+      const req = request(
+        `${p.url}/v1/chat/completions`,
+        { method: 'POST', headers: { 'content-type': 'application/json' } },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }));
+          res.on('error', reject);
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  const encoders = { gzip: gzipSync, deflate: deflateSync, br: brotliCompressSync };
+
+  test.each(['gzip', 'deflate', 'br'] as const)(
+    'a %s JSON answer: the client gets the bytes as sent, the row the decoded body and its tokens',
+    async (encoding) => {
+      const { upstream, proxy } = await setup();
+      const json = JSON.stringify(chatCompletionBody('gpt-4o'));
+      const sent = encoders[encoding](json);
+      upstream.on('/v1/chat/completions', (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': encoding });
+        res.end(sent);
+      });
+      const raw = await rawPost(proxy, '{"model":"gpt-4o","messages":[]}');
+      expect(raw.headers['content-encoding']).toBe(encoding);
+      expect(raw.body.equals(sent)).toBe(true);
+      const sdk = new OpenAI({ apiKey: 'sk-x', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+      const answer = await sdk.chat.completions.create({ model: 'gpt-4o', messages: [] });
+      expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+      const rows = await proxy.waitForRows(2);
+      for (const row of rows) {
+        expect(row).toMatchObject({
+          response_body: json,
+          response_bytes: sent.length,
+          response_truncated: 0,
+          prompt_tokens: 12,
+          completion_tokens: 7,
+          total_tokens: 19,
+        });
+      }
+    },
+  );
+
+  test('a gzipped stream is reassembled from the decoded events, with its usage', async () => {
+    const { upstream, proxy } = await setup();
+    const usage = `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [], usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } })}\n\n`;
+    const events = `${chunk('zip')}${chunk('ped')}${usage}data: [DONE]\n\n`;
+    const sent = gzipSync(events);
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'content-encoding': 'gzip' });
+      // In two pieces, the second a moment later, as a stream arrives.
+      res.write(sent.subarray(0, 20));
+      setTimeout(() => res.end(sent.subarray(20)), 20);
+    });
+    const raw = await rawPost(proxy, '{"model":"gpt-4o","stream":true}');
+    expect(raw.body.equals(sent)).toBe(true);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ stream: 1, response_body: events, prompt_tokens: 1, total_tokens: 3 });
+    expect(JSON.parse(row.assembled!)).toMatchObject({ content: 'zipped', complete: true });
+  });
+
+  test('the decoded body kept is bounded by CAPTURE_BODY_BYTES', async () => {
+    const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '300' });
+    const json = JSON.stringify({ data: 'z'.repeat(2_000_000) });
+    const sent = gzipSync(json);
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' });
+      res.end(sent);
+    });
+    const raw = await rawPost(proxy, '{"model":"gpt-4o"}');
+    expect(raw.body.equals(sent)).toBe(true);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ response_truncated: 1, response_bytes: sent.length });
+    expect(row.response_body).toBe(json.slice(0, 300));
+  });
+
+  test('a coding the proxy cannot decode: a placeholder naming it, no reassembled stream', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'content-encoding': 'zstd' });
+      res.end(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3]));
+    });
+    const raw = await rawPost(proxy, '{"model":"gpt-4o","stream":true}');
+    expect(raw.body).toHaveLength(7);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      stream: 1,
+      response_body: '[binary body: text/event-stream, zstd, 7 bytes]',
+      assembled: null,
+    });
   });
 });

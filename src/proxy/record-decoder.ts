@@ -1,0 +1,88 @@
+import type { Transform } from 'node:stream';
+import { constants, createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { BodyCapture } from './capture.js';
+
+/** The content-codings a response can be decoded from for its record: gzip, deflate, br. */
+export function isDecodable(encoding: string): boolean {
+  const e = encoding.trim().toLowerCase();
+  return e === 'gzip' || e === 'x-gzip' || e === 'deflate' || e === 'br';
+}
+
+/**
+ * Decodes a compressed response body for the record only (the client gets the bytes the upstream
+ * sent): keeps at most `limit` decoded bytes, then stops decoding, and hands each decoded piece to
+ * `onData` (the stream assembler) too.
+ */
+export class RecordDecoder {
+  /** The decoded body, cut at `limit`. */
+  readonly capture: BodyCapture;
+  /** Why the body could not be decoded (corrupt data), if it could not. */
+  failure: string | null = null;
+  private readonly zlib: Transform;
+  private stopped = false;
+  private readonly done: Promise<void>;
+
+  constructor(
+    encoding: string,
+    limit: number,
+    private readonly onData?: (decoded: Buffer) => void,
+  ) {
+    this.capture = new BodyCapture(limit);
+    const e = encoding.trim().toLowerCase();
+    // A body cut short (client gone, upstream reset) still yields what arrived, without an error.
+    this.zlib =
+      e === 'br'
+        ? createBrotliDecompress({ finishFlush: constants.BROTLI_OPERATION_FLUSH })
+        : e === 'deflate'
+          ? createInflate({ finishFlush: constants.Z_SYNC_FLUSH })
+          : createGunzip({ finishFlush: constants.Z_SYNC_FLUSH });
+    this.done = new Promise<void>((resolve) => {
+      this.zlib.on('data', (d: Buffer) => {
+        if (this.stopped) return;
+        this.capture.push(d);
+        this.onData?.(d);
+        if (this.capture.truncated) this.stop();
+      });
+      this.zlib.on('error', (err: Error) => {
+        this.failure = err.message;
+        this.stop();
+        resolve();
+      });
+      this.zlib.on('end', resolve);
+      this.zlib.on('close', resolve);
+    });
+  }
+
+  /** Decode one chunk of the body as it came from the upstream. */
+  write(chunk: Buffer): void {
+    if (!this.stopped) this.zlib.write(chunk);
+  }
+
+  /** The body has ended (or was cut): resolves once what arrived is decoded. */
+  finish(): Promise<void> {
+    if (!this.stopped) this.zlib.end();
+    return this.done;
+  }
+
+  /**
+   * The stored form: the decoded text; a placeholder naming the coding when nothing could be decoded.
+   * `bytes` is the body's size as sent.
+   */
+  stored(contentType: string | undefined, encoding: string, bytes: number): string | null {
+    if (bytes === 0) return null;
+    if (this.failure !== null && this.capture.bytes === 0)
+      return `[binary body: ${contentType ?? 'unknown type'}, ${encoding}, ${bytes} bytes]`;
+    return this.capture.stored(contentType);
+  }
+
+  /** True when the stored text is not the whole decoded body (cut at the limit, or corrupt data). */
+  get truncated(): boolean {
+    return this.capture.truncated || this.failure !== null;
+  }
+
+  private stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.zlib.destroy();
+  }
+}

@@ -1,0 +1,61 @@
+import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
+import { describe, expect, test } from 'vitest';
+import { isDecodable, RecordDecoder } from '../../src/proxy/record-decoder.js';
+
+const text = JSON.stringify({ words: Array.from({ length: 2000 }, (_, i) => `w${i}`) });
+
+async function decode(encoding: string, body: Buffer, limit = 1 << 20, pieces = 7) {
+  const seen: Buffer[] = [];
+  const d = new RecordDecoder(encoding, limit, (b) => seen.push(b));
+  const step = Math.ceil(body.length / pieces);
+  for (let at = 0; at < body.length; at += step) d.write(body.subarray(at, at + step));
+  await d.finish();
+  return { d, handed: Buffer.concat(seen).toString() };
+}
+
+describe('RecordDecoder', () => {
+  test.each([
+    ['gzip', gzipSync],
+    ['x-gzip', gzipSync],
+    ['deflate', deflateSync],
+    ['br', brotliCompressSync],
+  ] as const)('%s in pieces: the whole text, stored and handed on', async (encoding, encode) => {
+    const body = encode(text);
+    const { d, handed } = await decode(encoding, body);
+    expect(d.stored('application/json', encoding, body.length)).toBe(text);
+    expect(handed).toBe(text);
+    expect(d.truncated).toBe(false);
+  });
+
+  test('stops at its limit: the first bytes kept, marked truncated', async () => {
+    const body = gzipSync('a'.repeat(5_000_000));
+    const { d } = await decode('gzip', body, 100);
+    expect(d.stored('application/json', 'gzip', body.length)).toBe('a'.repeat(100));
+    expect(d.truncated).toBe(true);
+  });
+
+  test('a body cut short gives what arrived, without failing', async () => {
+    const body = gzipSync(text);
+    const { d } = await decode('gzip', body.subarray(0, Math.floor(body.length / 2)));
+    const stored = d.stored('application/json', 'gzip', body.length)!;
+    expect(stored.length).toBeGreaterThan(0);
+    expect(text.startsWith(stored)).toBe(true);
+  });
+
+  test('data that is not gzip: the placeholder naming the coding', async () => {
+    const { d } = await decode('gzip', Buffer.from('not gzip at all'));
+    expect(d.failure).not.toBeNull();
+    expect(d.stored('application/json', 'gzip', 15)).toBe('[binary body: application/json, gzip, 15 bytes]');
+  });
+
+  test.each([
+    ['gzip', true],
+    [' BR ', true],
+    ['deflate', true],
+    ['zstd', false],
+    ['gzip, br', false],
+    ['identity', false],
+  ])('isDecodable(%j) is %s', (encoding, expected) => {
+    expect(isDecodable(encoding)).toBe(expected);
+  });
+});
