@@ -138,4 +138,27 @@ describe('only requests that generate count tokens', () => {
     const chat = (await statsByPath(proxy)).find((g) => g.key === '/v1/chat/completions');
     expect(chat).toMatchObject({ requests: 2, prompt_tokens: 7000, completion_tokens: 500 });
   });
+
+  test('replaying a stored response as a stream (GET …?stream=true) records no tokens', async () => {
+    const { upstream, proxy } = await setup();
+    const completed = {
+      type: 'response.completed',
+      sequence_number: 1,
+      response: {
+        id: 'resp_1',
+        object: 'response',
+        status: 'completed',
+        output: [],
+        usage: { input_tokens: 11, output_tokens: 22, total_tokens: 33 },
+      },
+    };
+    upstream.on('/v1/responses/resp_1', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(`event: response.completed\ndata: ${JSON.stringify(completed)}\n\n`);
+    });
+    const res = await fetch(`${proxy.url}/v1/responses/resp_1?stream=true`);
+    expect(await res.text()).toContain('"total_tokens":33');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ method: 'GET', stream: 1, prompt_tokens: null, total_tokens: null });
+  });
 });
