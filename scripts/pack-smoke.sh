@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
 trap 'kill "${pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 tarball="$(npm pack --silent --pack-destination "$work" | tail -1)"
+# Only what a user needs: no local scripts beside bin/oai-proxy.js, no tests, bench or scratch files.
+listing="$(tar tzf "$work/$tarball")"
+unexpected="$(grep -vE '^package/(bin/oai-proxy\.js|dist/.+|README\.md|CHANGELOG\.md|LICENSE|\.env\.example|package\.json)$' <<<"$listing" || true)"
+[ -z "$unexpected" ] || { echo "pack-smoke: unexpected files in the package:"; echo "$unexpected"; exit 1; }
+grep -qx 'package/LICENSE' <<<"$listing" || { echo "pack-smoke: no LICENSE in the package"; exit 1; }
 npm i -g --prefix "$work/prefix" --allow-scripts=better-sqlite3 --prefer-offline --no-audit --no-fund "$work/$tarball" >/dev/null
 bin="$work/prefix/bin/oai-proxy"
 version="$("$bin" --version)"
