@@ -1,6 +1,7 @@
 import Table from 'cli-table3';
 import type { ExchangeSummaryRow, StatsGroup } from '../storage/log-queries.js';
 import type { ExchangesTable } from '../storage/tables.js';
+import { terminalSafe } from './terminal-text.js';
 
 /** The stable JSON shape of one exchange in `logs --json/--jsonl`, `logs tail` and search hits. */
 export interface ExchangeJson {
@@ -152,11 +153,11 @@ export function renderExchangeTable<T extends ExchangeJson>(
     head: [...LIST_HEADERS, ...extra.map((c) => c.header)],
     style: options.color ? { head: ['cyan'] } : { head: [], border: [] },
   });
-  for (const r of rows) table.push([...listCells(r), ...extra.map((c) => c.value(r))]);
+  for (const r of rows) table.push([...listCells(r), ...extra.map((c) => terminalSafe(c.value(r)))]);
   return `${table.toString()}\n`;
 }
 
-/** One exchange as a single line (follow mode on a terminal). */
+/** One exchange as a single line (follow mode on a terminal); recorded text is escaped (terminalSafe). */
 export function formatExchangeLine(r: ExchangeJson): string {
   const [time, id, method, path, model, status, duration, tokens, stream, error] = listCells(r);
   return (
@@ -177,20 +178,21 @@ export function formatExchangeLine(r: ExchangeJson): string {
   );
 }
 
+/** The cells of a listing row, recorded text escaped for the terminal (one line each). */
 function listCells(r: ExchangeJson): string[] {
   return [
     formatLocalTime(r.time),
     r.id.slice(0, SHORT_ID_LENGTH),
-    r.method,
-    r.path,
-    modelCell(r.model, r.upstream_model),
+    terminalSafe(r.method),
+    terminalSafe(r.path),
+    terminalSafe(modelCell(r.model, r.upstream_model)),
     r.status === null ? '-' : String(r.status),
     formatMs(r.duration_ms),
     r.prompt_tokens === null && r.completion_tokens === null
       ? ''
       : `${r.prompt_tokens ?? '-'}/${r.completion_tokens ?? '-'}`,
     r.stream ? 'stream' : '',
-    r.error ?? '',
+    terminalSafe(r.error ?? ''),
   ];
 }
 
@@ -235,7 +237,7 @@ export function renderStatsTable(groups: StatsGroup[], by: string, color = false
   });
   for (const g of groups)
     table.push([
-      g.key,
+      terminalSafe(g.key),
       String(g.requests),
       String(g.errors),
       `${(g.error_rate * 100).toFixed(1)}%`,
@@ -250,52 +252,58 @@ export function renderStatsTable(groups: StatsGroup[], by: string, color = false
   return `${table.toString()}\n`;
 }
 
-/** `logs show` for people: summary, headers, pretty bodies; streams show the reassembled message first. */
+/**
+ * `logs show` for people: summary, headers, pretty bodies; streams show the reassembled message first.
+ * Recorded text is escaped for the terminal (terminalSafe): summary and header lines stay one line each;
+ * bodies and the message keep their newlines.
+ */
 export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): string {
   const lines: string[] = [];
-  lines.push(`exchange   ${d.id}`);
-  lines.push(`time       ${d.time} (${formatLocalTime(d.time)} local)`);
-  lines.push(`request    ${d.method} ${d.path}${d.query ? `?${d.query}` : ''}`);
-  lines.push(
+  const line = (s: string) => lines.push(terminalSafe(s));
+  const block = (s: string) => lines.push(terminalSafe(s, 'block'));
+  line(`exchange   ${d.id}`);
+  line(`time       ${d.time} (${formatLocalTime(d.time)} local)`);
+  line(`request    ${d.method} ${d.path}${d.query ? `?${d.query}` : ''}`);
+  line(
     `status     ${d.status ?? '-'}${d.error ? `  error: ${d.error}${d.error_message ? ` (${d.error_message})` : ''}` : ''}`,
   );
   if (d.model || d.upstream_model)
-    lines.push(
-      `model      ${modelCell(d.model, d.upstream_model)}${d.upstream ? `  via ${d.upstream}` : ''}`,
-    );
-  lines.push(
+    line(`model      ${modelCell(d.model, d.upstream_model)}${d.upstream ? `  via ${d.upstream}` : ''}`);
+  line(
     `timing     ${formatMs(d.duration_ms)} total${d.ttfb_ms !== null ? `, first byte after ${formatMs(d.ttfb_ms)}` : ''}${d.stream ? ' (stream)' : ''}`,
   );
   if (d.total_tokens !== null || d.prompt_tokens !== null)
-    lines.push(
+    line(
       `tokens     ${d.prompt_tokens ?? '-'} in, ${d.completion_tokens ?? '-'} out, ${d.total_tokens ?? '-'} total`,
     );
-  if (d.user) lines.push(`user       ${d.user}`);
-  if (d.internal) lines.push('internal   yes (made by the proxy itself)');
-  lines.push('', '── request headers', ...headerLines(d.request_headers));
+  if (d.user) line(`user       ${d.user}`);
+  if (d.internal) line('internal   yes (made by the proxy itself)');
+  lines.push('', '── request headers');
+  headerLines(d.request_headers).forEach(line);
   lines.push('', `── request body (${d.request_bytes} bytes${d.request_truncated ? ', truncated' : ''})`);
-  lines.push(bodyText(d.request_body));
-  lines.push('', '── response headers', ...headerLines(d.response_headers));
+  block(bodyText(d.request_body));
+  lines.push('', '── response headers');
+  headerLines(d.response_headers).forEach(line);
   if (d.assembled) {
     lines.push(
       '',
       `── reassembled message${d.assembled.complete ? '' : ' (incomplete: the stream ended before its final event)'}`,
     );
-    lines.push(d.assembled.content);
+    block(d.assembled.content);
     for (const t of d.assembled.tool_calls as { name?: string; arguments?: string }[])
-      lines.push(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);
-    lines.push(`finish_reason: ${d.assembled.finish_reason ?? '-'}`);
-    if (d.assembled.usage) lines.push(`usage: ${JSON.stringify(d.assembled.usage)}`);
+      line(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);
+    line(`finish_reason: ${d.assembled.finish_reason ?? '-'}`);
+    if (d.assembled.usage) line(`usage: ${JSON.stringify(d.assembled.usage)}`);
     if (raw) {
       lines.push('', `── raw events (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`);
-      lines.push(bodyText(d.response_body));
+      block(bodyText(d.response_body));
     } else lines.push('', '(raw events: add --raw)');
   } else {
     lines.push(
       '',
       `── response body (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`,
     );
-    lines.push(bodyText(d.response_body));
+    block(bodyText(d.response_body));
   }
   return `${lines.join('\n')}\n`;
 }
@@ -305,6 +313,7 @@ function headerLines(h: Record<string, unknown> | null): string[] {
   return Object.entries(h).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : String(v)}`);
 }
 
+/** A body as text; JSON pretty-printed (which escapes controls, but not bidi overrides or U+2028). */
 function bodyText(b: unknown): string {
   if (b === null || b === undefined || b === '') return '(empty)';
   return typeof b === 'string' ? b : JSON.stringify(b, null, 2);

@@ -41,6 +41,7 @@ import {
   parseTimeBound,
   resolveLogFilter,
 } from './logs-options.js';
+import { terminalSafe } from './terminal-text.js';
 
 /** `--db` / `--config`, on every logs subcommand. */
 export interface DatabaseFlags {
@@ -271,7 +272,9 @@ export async function runLogsShow(id: string, opts: LogsShowOptions, io: CliIo):
       );
       for (const r of found) {
         const j = toExchangeJson(r);
-        io.stderr.write(`  ${j.id}  ${j.time}  ${j.method} ${j.path}  ${j.status ?? '-'}\n`);
+        io.stderr.write(
+          terminalSafe(`  ${j.id}  ${j.time}  ${j.method} ${j.path}  ${j.status ?? '-'}`) + '\n',
+        );
       }
       return 1;
     }

@@ -42,6 +42,7 @@ import {
 import { VERSION } from '../version.js';
 import { BatchedWriter, type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
+import { terminalSafe } from './terminal-text.js';
 import { configSecrets, startVectorIndexing, type VectorIndexing } from './vector-setup.js';
 
 export interface ServeOptions extends ConfigFlags {
@@ -422,8 +423,9 @@ export async function startProxy(
         writer.record(r);
         const line = exchangeLogText(
           r,
+          // The pretty console prints msg as it is: the client's model escaped (terminalSafe).
           consoleOn
-            ? `${r.method} ${r.path} ${r.status ?? '-'} ${Math.round(r.durationMs)}ms${r.model ? ` ${r.model}` : ''}${r.error ? ` ${r.error}` : ''}`
+            ? `${r.method} ${terminalSafe(r.path)} ${r.status ?? '-'} ${Math.round(r.durationMs)}ms${r.model ? ` ${terminalSafe(r.model)}` : ''}${r.error ? ` ${r.error}` : ''}`
             : 'exchange',
         );
         fileLines.write(line);

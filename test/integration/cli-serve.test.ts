@@ -439,6 +439,37 @@ describe('the built bin', () => {
     expect(io.err()).not.toMatch(/^\s+duration_ms:/m);
   });
 
+  test.each([{ env: {}, colour: true }])(
+    "on a terminal with $env the console is coloured: $colour; a client's model never reaches it raw",
+    async ({ env, colour }) => {
+      const tmp = createTempDir();
+      cleanups.push(tmp.cleanup);
+      const upstream = await createFakeUpstream();
+      cleanups.push(() => upstream.close());
+      const ac = new AbortController();
+      const io = { ...createTestIo({ HOME: tmp.path, ...env }, tmp.path), signal: ac.signal };
+      io.stderr.isTTY = true;
+      const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+      await until('listening', () => /listening on http:\/\/127\.0\.0\.1:\d+/.test(io.err()));
+      const base = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())![1];
+      const model = 'evil\u001b]0;TITLE\u0007\u009b2J\u202e\nfake';
+      const res = await fetch(`${base}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model, messages: [] }),
+      });
+      await res.arrayBuffer();
+      await until('the exchange line', () => io.err().includes('POST /v1/chat/completions'));
+      ac.abort();
+      expect(await done).toBe(0);
+      expect(io.err().includes('\u001b['), io.err()).toBe(colour);
+      // Only the console's own colours remain: no OSC, BEL, C1, bidi override or injected newline.
+      const text = io.err().replace(/\u001b\[[0-9;]*m/g, '');
+      expect(text).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e]/);
+      expect(text).toContain('evil\\x1b]0;TITLE\\x07\\x9b2J\\u202e\\nfake');
+    },
+  );
+
   test('SIGTERM with a stream in flight: the stream finishes, its row is written, exit 0', async () => {
     const tmp = createTempDir();
     cleanups.push(tmp.cleanup);
