@@ -16,6 +16,7 @@ import type { CliIo } from './io.js';
 import type { LogsExtensions } from './logs.js';
 import { renderExchangeTable, toExchangeJson } from './logs-format.js';
 import { parseTimeBound } from './logs-options.js';
+import { useColor } from './terminal-text.js';
 import { createVectorServices, requireQdrant, type VectorServices } from './vector-setup.js';
 
 export interface LogsVectorCommonOptions {
@@ -137,7 +138,7 @@ export async function runLogsSearch(text: string, options: LogsSearchOptions, io
     } else {
       io.stdout.write(
         renderExchangeTable(results, {
-          color: !!io.stdout.isTTY,
+          color: useColor(io.env, io.stdout),
           extraColumns: [{ header: 'score', value: (r) => r.score.toFixed(3) }],
         }),
       );

@@ -41,7 +41,7 @@ import {
   parseTimeBound,
   resolveLogFilter,
 } from './logs-options.js';
-import { terminalSafe } from './terminal-text.js';
+import { terminalSafe, useColor } from './terminal-text.js';
 
 /** `--db` / `--config`, on every logs subcommand. */
 export interface DatabaseFlags {
@@ -169,7 +169,7 @@ export async function runLogsList(opts: LogsListOptions, io: CliIo): Promise<num
     if (format === 'json') io.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
     else if (format === 'jsonl') for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
     else if (rows.length === 0) io.stderr.write('No exchanges match.\n');
-    else io.stdout.write(renderExchangeTable(rows, { color: io.stdout.isTTY === true }));
+    else io.stdout.write(renderExchangeTable(rows, { color: useColor(io.env, io.stdout) }));
     return 0;
   });
 }
@@ -299,7 +299,7 @@ export async function runLogsStats(opts: LogsStatsOptions, io: CliIo): Promise<n
     const groups = await exchangeStats(handle, filter, by);
     if (opts.json) io.stdout.write(`${JSON.stringify(groups, null, 2)}\n`);
     else if (groups.length === 0) io.stderr.write('No exchanges match.\n');
-    else io.stdout.write(renderStatsTable(groups, by, io.stdout.isTTY === true));
+    else io.stdout.write(renderStatsTable(groups, by, useColor(io.env, io.stdout)));
     return 0;
   });
 }

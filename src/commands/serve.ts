@@ -42,7 +42,7 @@ import {
 import { VERSION } from '../version.js';
 import { BatchedWriter, type CliIo, waitForStop } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
-import { terminalSafe } from './terminal-text.js';
+import { terminalSafe, useColor } from './terminal-text.js';
 import { configSecrets, startVectorIndexing, type VectorIndexing } from './vector-setup.js';
 
 export interface ServeOptions extends ConfigFlags {
@@ -161,7 +161,7 @@ export async function startProxy(
 
   // Plain console lines (stderr not a terminal: CI, containers, journald) are batched per event-loop turn.
   const batchedConsole = io.stderr.isTTY ? null : new BatchedWriter(io.stderr);
-  const consoleStream = batchedConsole ?? (await prettyStream(io.stderr));
+  const consoleStream = batchedConsole ?? (await prettyStream(io.stderr, useColor(io.env, io.stderr)));
   // The database first: the default log file lives beside it, and a bad --db is the error to report.
   // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
   const pgDatabase: PostgresDatabase | null =
@@ -637,7 +637,7 @@ const CONSOLE_HIDDEN_FIELDS = Object.keys(
   exchangeLogLine({ durationMs: 0, ttfbMs: null } as ExchangeRecord),
 ).join(',');
 
-async function prettyStream(dest: CliIo['stderr']): Promise<NodeJS.WritableStream> {
+async function prettyStream(dest: CliIo['stderr'], colorize: boolean): Promise<NodeJS.WritableStream> {
   const { default: pretty } = await import('pino-pretty');
   // pino-pretty writes to a stream; CliIo only promises write().
   const destination =
@@ -650,7 +650,7 @@ async function prettyStream(dest: CliIo['stderr']): Promise<NodeJS.WritableStrea
           },
         });
   return pretty({
-    colorize: true,
+    colorize,
     destination: destination as any,
     ignore: `pid,hostname,${CONSOLE_HIDDEN_FIELDS}`,
     translateTime: 'HH:MM:ss.l',

@@ -1,3 +1,5 @@
+import type { CliIo } from './io.js';
+
 // C0 controls, DEL, C1 controls, the Unicode line/paragraph separators and the bidi overrides/isolates:
 // anything a terminal acts on (colour, title, clipboard via OSC 52, cursor moves) or that reorders text.
 const UNSAFE_ONE_LINE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
@@ -22,4 +24,14 @@ function escapeChar(c: string): string {
 export function terminalSafe(text: string, mode: 'line' | 'block' = 'line'): string {
   if (mode === 'line') return text.replace(UNSAFE_ONE_LINE, escapeChar);
   return text.replace(/\r\n/g, '\n').replace(UNSAFE_BLOCK, escapeChar);
+}
+
+/**
+ * Whether to colour output written to `stream`: never when NO_COLOR is set (non-empty), always when
+ * FORCE_COLOR is set and not `0`, else only on a terminal (https://no-color.org).
+ */
+export function useColor(env: CliIo['env'], stream: { isTTY?: boolean }): boolean {
+  if (env.NO_COLOR) return false;
+  if (env.FORCE_COLOR && env.FORCE_COLOR !== '0') return true;
+  return stream.isTTY === true;
 }

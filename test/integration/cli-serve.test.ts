@@ -439,7 +439,10 @@ describe('the built bin', () => {
     expect(io.err()).not.toMatch(/^\s+duration_ms:/m);
   });
 
-  test.each([{ env: {}, colour: true }])(
+  test.each([
+    { env: {}, colour: true },
+    { env: { NO_COLOR: '1' }, colour: false },
+  ])(
     "on a terminal with $env the console is coloured: $colour; a client's model never reaches it raw",
     async ({ env, colour }) => {
       const tmp = createTempDir();

@@ -108,6 +108,41 @@ describe('recorded text is escaped in human output, exact in JSON', () => {
   });
 });
 
+describe('colour: NO_COLOR and FORCE_COLOR (no-color.org)', () => {
+  let tmp: ReturnType<typeof createTempDir>;
+  let db: string;
+
+  beforeEach(async () => {
+    tmp = createTempDir();
+    db = join(tmp.path, 'proxy.db');
+    const database = await openDatabase(db);
+    database.sqlite.prepare(INSERT_EXCHANGE_SQL).run(toRow(rec('c1')));
+    await database.close();
+  });
+  afterEach(() => tmp.cleanup());
+
+  test.each([
+    { tty: true, env: {}, color: true },
+    { tty: false, env: {}, color: false },
+    { tty: true, env: { NO_COLOR: '1' }, color: false },
+    { tty: true, env: { NO_COLOR: '' }, color: true },
+    { tty: false, env: { FORCE_COLOR: '1' }, color: true },
+    { tty: false, env: { FORCE_COLOR: '0' }, color: false },
+    { tty: true, env: { NO_COLOR: '1', FORCE_COLOR: '1' }, color: false },
+  ])(
+    'stdout a terminal: $tty, env $env → coloured: $color (list and stats tables)',
+    async ({ tty, env, color }) => {
+      for (const argv of [['logs'], ['logs', 'stats']]) {
+        const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
+        io.stdout.isTTY = tty;
+        expect(await main([...argv, '--db', db], io), io.err()).toBe(0);
+        expect(io.out()).toContain('gpt-4o');
+        expect(io.out().includes('\u001b['), io.out()).toBe(color);
+      }
+    },
+  );
+});
+
 describe('through a real serve: a hostile client and a hostile upstream', () => {
   const setup = proxyWithUpstreamPerTest();
 

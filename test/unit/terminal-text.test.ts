@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { terminalSafe } from '../../src/commands/terminal-text.js';
+import { terminalSafe, useColor } from '../../src/commands/terminal-text.js';
 
 describe('terminalSafe', () => {
   test.each([
@@ -17,5 +17,21 @@ describe('terminalSafe', () => {
     ],
   ] as const)('%j (%s) → %j', (input, mode, expected) => {
     expect(terminalSafe(input, mode)).toBe(expected);
+  });
+});
+
+describe('useColor (no-color.org)', () => {
+  test.each([
+    [{}, true, true],
+    [{}, false, false],
+    [{ NO_COLOR: '1' }, true, false],
+    [{ NO_COLOR: '' }, true, true],
+    [{ FORCE_COLOR: '1' }, false, true],
+    [{ FORCE_COLOR: 'true' }, false, true],
+    [{ FORCE_COLOR: '0' }, false, false],
+    [{ FORCE_COLOR: '' }, false, false],
+    [{ NO_COLOR: 'x', FORCE_COLOR: '1' }, true, false],
+  ])('env %j, a terminal: %s → %s', (env, isTTY, expected) => {
+    expect(useColor(env, { isTTY })).toBe(expected);
   });
 });
