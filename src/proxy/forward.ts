@@ -141,6 +141,15 @@ export function createDispatcher(t: DispatcherTimeouts): Agent {
   });
 }
 
+/**
+ * Codes of an upstream answer that arrived but broke HTTP: llhttp's parse errors and undici's own
+ * response checks (a body longer or shorter than its content-length, a body on a 204/304, headers over
+ * its limit, a bad 1xx). The upstream was reached; its response was malformed.
+ */
+export function isMalformedResponseCode(code: string): boolean {
+  return code.startsWith('HPE_') || code.startsWith('UND_ERR_RES_') || code === 'UND_ERR_HEADERS_OVERFLOW';
+}
+
 /** Classify a transport error from undici into the record's error kind and the client's status. */
 export function classifyUpstreamError(err: unknown): {
   kind: 'upstream_unreachable' | 'upstream_timeout' | 'upstream_reset';
@@ -160,8 +169,8 @@ export function classifyUpstreamError(err: unknown): {
     code === 'EPIPE' ||
     code === 'UND_ERR_SOCKET' ||
     code === 'UND_ERR_CLOSED' ||
-    code === 'HPE_INVALID_CHUNK_SIZE' ||
-    code.startsWith('HPE_')
+    code === 'UND_ERR_INFO' ||
+    isMalformedResponseCode(code)
   ) {
     return { kind: 'upstream_reset', status: 502 };
   }

@@ -19,7 +19,13 @@ import {
   scrubNullable,
   scrubSecrets,
 } from './capture.js';
-import { classifyUpstreamError, isHopByHop, shapeUpstreamRequest, type UpstreamTarget } from './forward.js';
+import {
+  classifyUpstreamError,
+  isHopByHop,
+  isMalformedResponseCode,
+  shapeUpstreamRequest,
+  type UpstreamTarget,
+} from './forward.js';
 import { newExchangeId } from './ids.js';
 import { replaceJsonModel } from './json-model.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
@@ -1106,6 +1112,8 @@ function upstreamErrorMessage(kind: string, name: string, origin: string, err: u
     case 'upstream_timeout':
       return `The upstream ${which} did not answer in time (${code ?? 'timeout'}); see UPSTREAM_*_TIMEOUT_MS`;
     case 'upstream_reset':
+      if (code && isMalformedResponseCode(code))
+        return `The upstream ${which} sent a malformed response (${code})`;
       return `The connection to the upstream ${which} was reset (${code ?? 'reset'})`;
     default: {
       const setting =

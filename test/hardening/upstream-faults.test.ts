@@ -89,6 +89,41 @@ describe('upstream faults', () => {
     await stillServing(proxy, upstream);
   });
 
+  test('a malformed answer (content-length and chunked) → 502 saying so, not "could not be reached"', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (req) => {
+      req.socket.end(
+        'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n',
+      );
+    });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+    });
+    expect(res.status).toBe(502);
+    const { error } = await res.json();
+    expect(error.message).toMatch(
+      /^The upstream http:\/\/127\.0\.0\.1:\d+ sent a malformed response \((UND_ERR_RES|HPE)_\w+\)$/,
+    );
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 502, error: 'upstream_reset', error_message: error.message });
+    await stillServing(proxy, upstream);
+  });
+
+  test('a 204 with a body: recorded as a malformed answer, not an unreachable upstream', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/files/f1', (req) => {
+      req.socket.end('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello');
+    });
+    const res = await fetch(`${proxy.url}/v1/files/f1`, { method: 'DELETE' }).catch((e) => e);
+    if (!(res instanceof Error)) await res.text().catch(() => {});
+    const [row] = await proxy.waitForRows(1);
+    expect(row.error).toBe('upstream_reset');
+    expect(row.error_message).toMatch(/sent a malformed response \(UND_ERR_RES_CONTENT_LENGTH_MISMATCH\)$/);
+    await stillServing(proxy, upstream);
+  });
+
   test('resets mid-stream: the SDK sees the stream fail after the delivered text, which is stored reassembled', async () => {
     const { upstream, proxy } = await setup();
     upstream.on('/v1/chat/completions', async (_req, res) => {
