@@ -103,6 +103,8 @@ export interface ProxyServer {
   reconfigure(settings: { limits: ProxyLimits; clientKeys: string[] }): void;
 }
 
+/** The methods the proxy forwards: the `allow` of its 405 to CONNECT. */
+const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /**
@@ -807,22 +809,31 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       }
     });
 
+  /** A 400 for a request refused before routing, recorded, and the connection closed after it. */
+  const refuse = (req: IncomingMessage, res: ServerResponse, message: string, code: string) => {
+    requestsTotal++;
+    const raw = (req.url ?? '').split('?')[0].slice(0, 1024);
+    const x = new ExchangeContext(req, res, { path: raw, rest: '', query: '' }, limits.captureBodyBytes);
+    if (cors.length > 0) x.cors = corsHeaders(req);
+    res.shouldKeepAlive = false;
+    x.respondError(400, 'invalid_request', message, 'invalid_request_error', code);
+    record(x);
+  };
+
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const target = normaliseTarget(req.url);
     if (!target) {
-      requestsTotal++;
-      const raw = (req.url ?? '').split('?')[0].slice(0, 1024);
-      const x = new ExchangeContext(req, res, { path: raw, rest: '', query: '' }, limits.captureBodyBytes);
-      if (cors.length > 0) x.cors = corsHeaders(req);
-      res.shouldKeepAlive = false;
-      x.respondError(
-        400,
-        'invalid_request',
+      refuse(
+        req,
+        res,
         'Invalid request path: it must be an absolute path without encoded dot-segments',
-        'invalid_request_error',
         'invalid_path',
       );
-      record(x);
+      return;
+    }
+    // Node's own check (requireHostHeader) would answer an unrecorded empty 400: refused here instead.
+    if (req.headers.host === undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) {
+      refuse(req, res, 'Missing Host header: a request must name the host it is for', 'bad_request');
       return;
     }
     const { pathname, query } = target;
@@ -922,7 +933,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
 
   const server = createServer(
-    { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 60_000 },
+    { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 60_000, requireHostHeader: false },
     (req, res) => {
       if (closing) res.setHeader('connection', 'close');
       void handle(req, res);
@@ -984,12 +995,34 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     );
   });
 
+  // CONNECT asks for a tunnel, which this proxy never opens (without this listener Node closes the
+  // socket without a word): a recorded 405, then close.
+  server.on('connect', (req: IncomingMessage, socket: Socket) => {
+    const message = 'CONNECT is not supported: this proxy forwards OpenAI API requests and opens no tunnels';
+    const body = openAiErrorBody(message, 'invalid_request_error', 'method_not_allowed');
+    recordRejected(null, 405, message, socket, {
+      method: 'CONNECT',
+      path: (req.url ?? '').slice(0, 1024),
+    });
+    socket.end(
+      `HTTP/1.1 405 Method Not Allowed\r\nallow: ${ALLOWED_METHODS}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+  });
+
   // Requests Node's parser refused never reach the handler; they are still recorded (what little is known).
-  const recordRejected = (err: NodeJS.ErrnoException, status: number, message: string, socket: Socket) => {
+  const recordRejected = (
+    err: NodeJS.ErrnoException | null,
+    status: number,
+    message: string,
+    socket: Socket,
+    parsed?: { method: string; path: string },
+  ) => {
     requestsTotal++;
     try {
-      const raw = (err as { rawPacket?: Buffer }).rawPacket;
-      const method = raw ? /^([A-Z]{1,16}) /.exec(raw.subarray(0, 20).toString('latin1'))?.[1] : undefined;
+      const raw = (err as { rawPacket?: Buffer } | null)?.rawPacket;
+      const method =
+        parsed?.method ??
+        (raw ? /^([A-Z]{1,16}) /.exec(raw.subarray(0, 20).toString('latin1'))?.[1] : undefined);
       const now = Date.now();
       sink.record({
         id: newExchangeId(now),
@@ -997,7 +1030,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         durationMs: 0,
         ttfbMs: null,
         method: method ?? '-',
-        path: '(unparsed)',
+        path: parsed?.path ?? '(unparsed)',
         query: null,
         clientAddr: socket.remoteAddress ?? null,
         status,

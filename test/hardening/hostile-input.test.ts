@@ -114,6 +114,23 @@ describe('request smuggling shapes and broken framing are refused by the parser,
     expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
   });
 
+  test('an HTTP/1.1 request without a Host header → 400 bad_request naming it, recorded, closed', async () => {
+    const reply = await rawHttp(proxy.url, 'GET /v1/files HTTP/1.1\r\n\r\n');
+    expect(reply.statuses).toEqual([400]);
+    expect(reply.closed).toBe(true);
+    expect(firstBody(reply).error).toMatchObject({
+      type: 'invalid_request_error',
+      code: 'bad_request',
+      message: 'Missing Host header: a request must name the host it is for',
+    });
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 400, error: 'invalid_request', method: 'GET', path: '/v1/files' });
+    // HTTP/1.0 needs no Host: forwarded as before
+    const old = await rawHttp(proxy.url, 'GET /v1/files HTTP/1.0\r\n\r\n');
+    expect(old.statuses).toEqual([404]); // the fake upstream's answer for an unknown route
+  });
+
   test('a malformed chunk after the body began streaming upstream → 400, closed, the upstream request ended', async () => {
     const { port } = new URL(proxy.url);
     const socket = connect(Number(port), '127.0.0.1');
@@ -198,8 +215,22 @@ describe('request targets only ever reach the configured upstream', () => {
       proxy.url,
       'CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n',
     );
-    expect(reply.statuses).not.toContain(200);
+    expect(reply.statuses).toEqual([405]);
+    expect(reply.closed).toBe(true);
+    expect(reply.text).toMatch(/\r\nallow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n/i);
+    expect(firstBody(reply).error).toMatchObject({
+      type: 'invalid_request_error',
+      code: 'method_not_allowed',
+      message: expect.stringContaining('CONNECT is not supported'),
+    });
     expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      status: 405,
+      method: 'CONNECT',
+      path: 'evil.example:443',
+      error: 'invalid_request',
+    });
     expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
   });
 
