@@ -945,6 +945,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (closing) res.setHeader('connection', 'close');
     void handle(req, res);
   });
+  // Expect: 100-continue: invite the body, unless it is a JSON body declared over MAX_REQUEST_BODY_BYTES,
+  // which the handler refuses at once with its 413 (Node would send 100 Continue first).
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    if (!declaredOverLimit(req, limits.maxRequestBodyBytes)) res.writeContinue();
+    if (closing) res.setHeader('connection', 'close');
+    void handle(req, res);
+  });
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
@@ -1125,6 +1132,15 @@ function responseUsage(capture: BodyCapture, stored: string) {
   if (!capture.truncated) return extractUsage(stored);
   const tail = capture.tailText();
   return (tail === null ? null : extractUsage(tail)) ?? extractUsage(stored);
+}
+
+/** A JSON body (the kind read whole, under MAX_REQUEST_BODY_BYTES) whose content-length is over `limit`. */
+function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
+  return (
+    BODY_METHODS.has(req.method ?? '') &&
+    String(req.headers['content-type'] ?? '').includes('json') &&
+    Number(req.headers['content-length']) > limit
+  );
 }
 
 /** Paths the proxy itself owns (never forwarded). */

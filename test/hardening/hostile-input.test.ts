@@ -80,6 +80,45 @@ describe('malformed bodies are forwarded byte for byte (the upstream judges them
   });
 });
 
+describe('Expect: 100-continue', () => {
+  const head = (length: number) =>
+    `POST ${CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${length}\r\nExpect: 100-continue\r\n\r\n`;
+
+  test('a JSON body declared over the limit → 413 at once, with no 100 Continue and no body sent', async () => {
+    // Only the headers are sent: the answer must come without waiting for (or inviting) the body.
+    const reply = await rawHttp(proxy.url, head(20_000));
+    expect(reply.statuses).toEqual([413]);
+    expect(reply.text).not.toMatch(/100 Continue/i);
+    expect(reply.closed).toBe(true);
+    expect(firstBody(reply).error).toMatchObject({ code: 'body_too_large', type: 'invalid_request_error' });
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 413, error: 'body_too_large', request_bytes: 20_000 });
+  });
+
+  test('a body under the limit gets 100 Continue, then its answer', async () => {
+    const body = '{"model":"gpt-4o","messages":[]}';
+    const { port } = new URL(proxy.url);
+    const socket = connect(Number(port), '127.0.0.1');
+    let text = '';
+    socket.on('data', (d) => {
+      text += d.toString('latin1');
+    });
+    socket.write(head(body.length));
+    const deadline = Date.now() + 2000;
+    while (!text.includes('\r\n\r\n') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    expect(text).toMatch(/^HTTP\/1\.1 100 Continue\r\n\r\n$/);
+    socket.write(body);
+    while (!/HTTP\/1\.1 200 /.test(text) && Date.now() < deadline + 2000)
+      await new Promise((r) => setTimeout(r, 10));
+    socket.destroy();
+    expect(text).toMatch(/HTTP\/1\.1 200 /);
+    expect(upstream.requests[0].body.toString()).toBe(body);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 200, error: null, model: 'gpt-4o' });
+  });
+});
+
 describe('request smuggling shapes and broken framing are refused by the parser, never forwarded', () => {
   const smuggled = 'GET /v1/files HTTP/1.1\r\nHost: x\r\n\r\n';
   test.each([
