@@ -706,6 +706,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         if (!res.writableEnded && controller) abortUpstream(controller);
       };
       res.once('close', onClientClose);
+      // A non-streamed answer's head, held until its first body byte (or its end): an upstream that fails
+      // before then still gets the client a 502, not an empty reply.
+      let head: Record<string, string | string[]> | null = null;
       const handler: Dispatcher.DispatchHandler = {
         onRequestStart(c) {
           controller = c;
@@ -739,8 +742,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           if (x.responseEncoding !== undefined && x.responseEncoding !== 'identity') decodeForRecord(x);
           if (res.destroyed) return;
           if (x.cors) Object.assign(out, x.cors);
+          if (!x.stream) {
+            head = out;
+            return;
+          }
           res.writeHead(statusCode, out);
-          if (x.stream) res.flushHeaders();
+          res.flushHeaders();
         },
         onResponseData(c, chunk) {
           if (res.writableEnded || res.destroyed) {
@@ -749,6 +756,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             return;
           }
           if (x.ttfb === null) x.ttfb = x.elapsed();
+          if (head !== null) {
+            res.writeHead(x.status as number, head);
+            head = null;
+          }
           // The client gets the bytes before the proxy reads them for the record (an SSE event is parsed).
           const flowing = res.write(chunk);
           if (x.decoder === null) {
@@ -766,6 +777,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         onResponseEnd() {
           res.removeListener('close', onClientClose);
           if (x.ttfb === null) x.ttfb = x.elapsed();
+          if (head !== null && !res.headersSent) res.writeHead(x.status as number, head);
           res.end();
           resolve();
         },
@@ -783,6 +795,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             const { kind, status } = classifyUpstreamError(err);
             const message = upstreamErrorMessage(kind, x.upstreamName ?? 'default', origin, err);
             if (!res.headersSent) {
+              // The upstream's head (if it came) was never sent: the record holds the 502 instead.
+              x.decoder = null;
+              x.assembler = null;
+              x.responseEncoding = undefined;
               x.respondError(
                 status,
                 kind,

@@ -89,6 +89,24 @@ describe('upstream faults', () => {
     await stillServing(proxy, upstream);
   });
 
+  test('closes right after its headers, before any body byte → 502 upstream_reset, recorded as 502', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (req) => {
+      req.socket.end('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n');
+    });
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+    });
+    expect(res.status).toBe(502);
+    const { error } = await res.json();
+    expect(error).toMatchObject({ type: 'proxy_error', code: 'upstream_unreachable' });
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 502, error: 'upstream_reset', error_message: error.message });
+    await stillServing(proxy, upstream);
+  });
+
   test('a malformed answer (content-length and chunked) → 502 saying so, not "could not be reached"', async () => {
     const { upstream, proxy } = await setup();
     upstream.on('/v1/chat/completions', (req) => {
