@@ -143,6 +143,16 @@ const LIST_HEADERS = [
   'error',
 ];
 
+/**
+ * cli-table3 colours through @colors/colors, which decides for itself from the environment (off with
+ * `CI` set, or without a colour TERM) whatever `useColor` said; so tables are drawn plain and the
+ * header cells coloured here (cyan), their escape codes not counted in the column widths.
+ */
+const PLAIN_TABLE = { head: [] as string[], border: [] as string[] };
+function tableHeads(heads: string[], color: boolean | undefined): string[] {
+  return color ? heads.map((h) => `\u001b[36m${h}\u001b[39m`) : heads;
+}
+
 /** The listing table: time, short id, method, path, model (alias → actual), status, duration, tokens, stream, error. */
 export function renderExchangeTable<T extends ExchangeJson>(
   rows: T[],
@@ -150,8 +160,8 @@ export function renderExchangeTable<T extends ExchangeJson>(
 ): string {
   const extra = options.extraColumns ?? [];
   const table = new Table({
-    head: [...LIST_HEADERS, ...extra.map((c) => c.header)],
-    style: options.color ? { head: ['cyan'] } : { head: [], border: [] },
+    head: tableHeads([...LIST_HEADERS, ...extra.map((c) => c.header)], options.color),
+    style: PLAIN_TABLE,
   });
   for (const r of rows) table.push([...listCells(r), ...extra.map((c) => terminalSafe(c.value(r)))]);
   return `${table.toString()}\n`;
@@ -220,20 +230,23 @@ export function formatMs(ms: number | null): string {
 /** The stats table. */
 export function renderStatsTable(groups: StatsGroup[], by: string, color = false): string {
   const table = new Table({
-    head: [
-      by,
-      'requests',
-      'errors',
-      'error %',
-      'tokens in',
-      'tokens out',
-      'p50',
-      'p95',
-      'p99',
-      'ttfb p50',
-      'ttfb p95',
-    ],
-    style: color ? { head: ['cyan'] } : { head: [], border: [] },
+    head: tableHeads(
+      [
+        by,
+        'requests',
+        'errors',
+        'error %',
+        'tokens in',
+        'tokens out',
+        'p50',
+        'p95',
+        'p99',
+        'ttfb p50',
+        'ttfb p95',
+      ],
+      color,
+    ),
+    style: PLAIN_TABLE,
   });
   for (const g of groups)
     table.push([
