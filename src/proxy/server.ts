@@ -429,10 +429,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     }
     return false;
   };
-  const presentsAdminKey = (req: IncomingMessage): boolean => {
-    const adminKey = currentAdminKey();
-    return adminKey !== undefined && presentedKeys(req).some((k) => keyMatches(k, adminKey));
-  };
 
   const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
     if (cors.length === 0) return null;
@@ -530,15 +526,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     finished.push(x);
     if (finished.length >= RECORD_BATCH_MAX) recordFinished();
     else finishedTimer ??= setTimeout(recordFinished, RECORD_DELAY_MS);
-  };
-
-  /** A compressed response's record waits for its decoding; so does shutdown (it stays in flight). */
-  const recordDecoded = (x: ExchangeContext, decoder: RecordDecoder) => {
-    void decoder.finish().then(() => {
-      recordLater(x);
-      inflight--;
-      if (inflight === 0 && drained) drained();
-    });
   };
 
   const forward = async (x: ExchangeContext) => {
@@ -660,13 +647,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     }
 
     // A client key belongs to this proxy: never forward it (the upstream key, if any, replaces it).
+    // The proxy's own keys (admin, client, retired client keys) never reach the upstream, whatever
+    // header carries them: Authorization, api-key, x-api-key or a custom one.
     let clientHeaders = req.headers;
-    if (clientKeys.length > 0 || presentsAdminKey(req)) {
-      clientHeaders = { ...req.headers };
-      delete clientHeaders.authorization;
-      delete clientHeaders['api-key'];
-    }
-    // Nor in any other header (`x-api-key`, a custom one): the proxy's keys never reach the upstream.
     const adminKey = currentAdminKey();
     if (adminKey || clientKeys.length > 0 || retiredKeys.length > 0) {
       for (const name in req.headers) {
@@ -898,13 +881,14 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     res.once('close', () => {
       x.durationMs = x.elapsed();
       if (!res.writableEnded && !x.error) noteCut(x, false);
-      if (x.decoder !== null) {
-        recordDecoded(x, x.decoder);
-        return;
-      }
-      recordLater(x);
-      inflight--;
-      if (inflight === 0 && drained) drained();
+      const finished = () => {
+        recordLater(x);
+        inflight--;
+        if (inflight === 0 && drained) drained();
+      };
+      // A compressed response's record waits for its decoding; so does shutdown (it stays in flight).
+      if (x.decoder === null) finished();
+      else void x.decoder.finish().then(finished);
     });
     try {
       if (clientKeys.length > 0 && !isAdminPath(pathname) && !clientKeyValid(req)) {
