@@ -36,22 +36,25 @@ const hostile = (id: string, o: Partial<ExchangeRecord> = {}) =>
     ...o,
   });
 
-describe('recorded text is escaped in human output, exact in JSON', () => {
-  let tmp: ReturnType<typeof createTempDir>;
-  let db: string;
-
+/** A temp database holding one exchange, made afresh before each test of the block that calls this. */
+function databaseWith(record: () => ExchangeRecord) {
+  let dir: ReturnType<typeof createTempDir>;
   beforeEach(async () => {
-    tmp = createTempDir();
-    db = join(tmp.path, 'proxy.db');
-    const database = await openDatabase(db);
-    database.sqlite.prepare(INSERT_EXCHANGE_SQL).run(toRow(hostile('h1')));
+    dir = createTempDir();
+    const database = await openDatabase(join(dir.path, 'proxy.db'));
+    database.sqlite.prepare(INSERT_EXCHANGE_SQL).run(toRow(record()));
     await database.close();
   });
-  afterEach(() => tmp.cleanup());
+  afterEach(() => dir.cleanup());
+  return { tmp: () => dir.path, db: () => join(dir.path, 'proxy.db') };
+}
+
+describe('recorded text is escaped in human output, exact in JSON', () => {
+  const { tmp, db } = databaseWith(() => hostile('h1'));
 
   const run = async (argv: string[], env: Record<string, string> = {}) => {
-    const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
-    const code = await main([...argv, '--db', db], io);
+    const io = createTestIo({ HOME: tmp(), ...env }, tmp());
+    const code = await main([...argv, '--db', db()], io);
     expect(code, io.err()).toBe(0);
     return io.out();
   };
@@ -73,8 +76,8 @@ describe('recorded text is escaped in human output, exact in JSON', () => {
 
   test('logs tail: the follow line is one line with the escapes', async () => {
     const ac = new AbortController();
-    const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
-    const done = main(['logs', 'tail', '--interval', '30', '--db', db], io);
+    const io = { ...createTestIo({ HOME: tmp() }, tmp()), signal: ac.signal };
+    const done = main(['logs', 'tail', '--interval', '30', '--db', db()], io);
     await until('the backlog row on stdout', () => io.out().includes('h1000000000'));
     ac.abort();
     expect(await done, io.err()).toBe(0);
@@ -109,17 +112,7 @@ describe('recorded text is escaped in human output, exact in JSON', () => {
 });
 
 describe('colour: NO_COLOR and FORCE_COLOR (no-color.org)', () => {
-  let tmp: ReturnType<typeof createTempDir>;
-  let db: string;
-
-  beforeEach(async () => {
-    tmp = createTempDir();
-    db = join(tmp.path, 'proxy.db');
-    const database = await openDatabase(db);
-    database.sqlite.prepare(INSERT_EXCHANGE_SQL).run(toRow(rec('c1')));
-    await database.close();
-  });
-  afterEach(() => tmp.cleanup());
+  const { tmp, db } = databaseWith(() => rec('c1'));
 
   test.each([
     { tty: true, env: {}, color: true },
@@ -133,9 +126,9 @@ describe('colour: NO_COLOR and FORCE_COLOR (no-color.org)', () => {
     'stdout a terminal: $tty, env $env → coloured: $color (list and stats tables)',
     async ({ tty, env, color }) => {
       for (const argv of [['logs'], ['logs', 'stats']]) {
-        const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
+        const io = createTestIo({ HOME: tmp(), ...env }, tmp());
         io.stdout.isTTY = tty;
-        expect(await main([...argv, '--db', db], io), io.err()).toBe(0);
+        expect(await main([...argv, '--db', db()], io), io.err()).toBe(0);
         expect(io.out()).toContain('gpt-4o');
         expect(io.out().includes('\u001b['), io.out()).toBe(color);
       }
