@@ -45,6 +45,8 @@ export interface ExchangeDetailJson extends ExchangeJson {
     usage: unknown;
     /** False when the stream ended before its final event (cut off, or an error event instead). */
     complete: boolean;
+    /** Every choice of an `n` > 1 stream, the first included; absent for one choice. */
+    choices?: { index: number; content: string; tool_calls: unknown[]; finish_reason: string | null }[];
   } | null;
 }
 
@@ -97,6 +99,7 @@ export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
             finish_reason: assembled.finish_reason ?? null,
             usage: assembled.usage ?? null,
             complete: assembled.complete !== false,
+            ...(Array.isArray(assembled.choices) ? { choices: assembled.choices } : {}),
           }
         : null,
   };
@@ -302,10 +305,14 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
       '',
       `── reassembled message${d.assembled.complete ? '' : ' (incomplete: the stream ended before its final event)'}`,
     );
-    block(d.assembled.content);
-    for (const t of d.assembled.tool_calls as { name?: string; arguments?: string }[])
-      line(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);
-    line(`finish_reason: ${d.assembled.finish_reason ?? '-'}`);
+    const choices = d.assembled.choices ?? [d.assembled];
+    for (const c of choices) {
+      if ('index' in c) line(`── choice ${c.index}`);
+      block(c.content);
+      for (const t of c.tool_calls as { name?: string; arguments?: string }[])
+        line(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);
+      line(`finish_reason: ${c.finish_reason ?? '-'}`);
+    }
     if (d.assembled.usage) line(`usage: ${JSON.stringify(d.assembled.usage)}`);
     if (raw) {
       lines.push('', `── raw events (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`);

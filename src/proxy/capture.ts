@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import type { AssembledMessage } from '../storage/exchange-record.js';
+import type { AssembledChoice, AssembledMessage } from '../storage/exchange-record.js';
 
 /** Headers whose values are secrets: stored as `[redacted]`, never persisted or logged. */
 export const SECRET_HEADERS: ReadonlySet<string> = new Set([
@@ -112,7 +112,8 @@ export function scrubNullable(text: string | null, secrets: readonly (string | u
 }
 
 /**
- * A reassembled stream with every secret scrubbed from its text: content, tool calls, finish reason.
+ * A reassembled stream with every secret scrubbed from its text: content, tool calls, finish reason, of
+ * every choice.
  * Scrubbed as a whole, after reassembly: a key split across two deltas is whole only here.
  */
 export function scrubAssembled(
@@ -121,18 +122,21 @@ export function scrubAssembled(
 ): AssembledMessage {
   if (secrets.length === 0) return a;
   const str = (s: string | undefined) => (s === undefined ? undefined : scrubSecrets(s, secrets));
-  return {
-    ...a,
-    content: scrubSecrets(a.content, secrets),
-    tool_calls: a.tool_calls.map((t) => ({
+  const scrubChoice = <C extends Omit<AssembledChoice, 'index'>>(c: C): C => ({
+    ...c,
+    content: scrubSecrets(c.content, secrets),
+    tool_calls: c.tool_calls.map((t) => ({
       ...t,
       id: str(t.id),
       type: str(t.type),
       name: str(t.name),
       arguments: scrubSecrets(t.arguments, secrets),
     })),
-    finish_reason: scrubNullable(a.finish_reason, secrets),
-  };
+    finish_reason: scrubNullable(c.finish_reason, secrets),
+  });
+  const out = scrubChoice(a);
+  if (a.choices) out.choices = a.choices.map(scrubChoice);
+  return out;
 }
 
 /** True for content types stored as text; everything else is stored as a placeholder. */

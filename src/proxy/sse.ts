@@ -27,10 +27,9 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   let buffer = '';
   const maxEventChars = Math.max(maxChars, 1024 * 1024);
   let kind: AssembledMessage['kind'] = 'unknown';
-  let content = '';
-  const toolCalls: ToolCallAcc[] = [];
-  const toolIndex = new Map<string | number, ToolCallAcc>();
-  let finishReason: string | null = null;
+  // The first choice (and a Responses stream's output), and the others of an `n` > 1 stream by index.
+  const first = newChoice(0);
+  const others = new Map<number, ChoiceAcc>();
   let usage: Usage | null = null;
   let complete = false;
   let streamError: string | null = null;
@@ -44,14 +43,50 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   const appendCapped = (base: string, add: string) =>
     base.length >= maxChars ? base : (base + add).slice(0, maxChars);
 
-  const toolFor = (key: string | number): ToolCallAcc => {
-    let t = toolIndex.get(key);
+  const toolFor = (c: ChoiceAcc, key: string | number): ToolCallAcc => {
+    let t = c.toolIndex.get(key);
     if (!t) {
       t = { arguments: '' };
-      toolIndex.set(key, t);
-      toolCalls.push(t);
+      c.toolIndex.set(key, t);
+      c.toolCalls.push(t);
     }
     return t;
+  };
+
+  /** The accumulator of choice `index`; undefined past MAX_CHOICES (a hostile upstream's indices). */
+  const choiceFor = (index: unknown): ChoiceAcc | undefined => {
+    const i = typeof index === 'number' && Number.isInteger(index) && index >= 0 ? index : 0;
+    if (i === 0) return first;
+    let c = others.get(i);
+    if (!c && others.size < MAX_CHOICES - 1) {
+      c = newChoice(i);
+      others.set(i, c);
+    }
+    return c;
+  };
+
+  const onChoice = (choice: any) => {
+    const c = choiceFor(choice.index);
+    if (!c) return;
+    if (choice.finish_reason) c.finishReason = choice.finish_reason;
+    if (typeof choice.text === 'string') {
+      kind = 'text_completion';
+      c.content = appendCapped(c.content, choice.text);
+    }
+    const delta = choice.delta;
+    if (delta && typeof delta === 'object') {
+      if (typeof delta.content === 'string') c.content = appendCapped(c.content, delta.content);
+      if (Array.isArray(delta.tool_calls)) {
+        for (const tc of delta.tool_calls) {
+          const t = toolFor(c, tc.index ?? c.toolCalls.length);
+          if (tc.id) t.id = tc.id;
+          if (tc.type) t.type = tc.type;
+          if (tc.function?.name) t.name = (t.name ?? '') + tc.function.name;
+          if (typeof tc.function?.arguments === 'string')
+            t.arguments = appendCapped(t.arguments, tc.function.arguments);
+        }
+      }
+    }
   };
 
   const onData = (eventName: string | null, data: string) => {
@@ -81,37 +116,18 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       return;
     }
     if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
-    const choice = Array.isArray(ev.choices) ? ev.choices.find((c: any) => (c?.index ?? 0) === 0) : undefined;
-    if (!choice) return;
-    if (choice.finish_reason) finishReason = choice.finish_reason;
-    if (typeof choice.text === 'string') {
-      kind = 'text_completion';
-      content = appendCapped(content, choice.text);
-    }
-    const delta = choice.delta;
-    if (delta && typeof delta === 'object') {
-      if (typeof delta.content === 'string') content = appendCapped(content, delta.content);
-      if (Array.isArray(delta.tool_calls)) {
-        for (const tc of delta.tool_calls) {
-          const t = toolFor(tc.index ?? toolCalls.length);
-          if (tc.id) t.id = tc.id;
-          if (tc.type) t.type = tc.type;
-          if (tc.function?.name) t.name = (t.name ?? '') + tc.function.name;
-          if (typeof tc.function?.arguments === 'string')
-            t.arguments = appendCapped(t.arguments, tc.function.arguments);
-        }
-      }
-    }
+    if (!Array.isArray(ev.choices)) return;
+    for (const choice of ev.choices) if (choice && typeof choice === 'object') onChoice(choice);
   };
 
   const onResponsesEvent = (type: string, ev: any) => {
     switch (type) {
       case 'response.output_text.delta':
-        if (typeof ev.delta === 'string') content = appendCapped(content, ev.delta);
+        if (typeof ev.delta === 'string') first.content = appendCapped(first.content, ev.delta);
         break;
       case 'response.output_item.added':
         if (ev.item?.type === 'function_call') {
-          const t = toolFor(ev.item.id ?? ev.output_index);
+          const t = toolFor(first, ev.item.id ?? ev.output_index);
           t.id = ev.item.call_id ?? ev.item.id;
           t.type = 'function';
           t.name = ev.item.name;
@@ -119,12 +135,12 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         }
         break;
       case 'response.function_call_arguments.delta': {
-        const t = toolFor(ev.item_id ?? ev.output_index);
+        const t = toolFor(first, ev.item_id ?? ev.output_index);
         if (typeof ev.delta === 'string') t.arguments = appendCapped(t.arguments, ev.delta);
         break;
       }
       case 'response.function_call_arguments.done': {
-        const t = toolFor(ev.item_id ?? ev.output_index);
+        const t = toolFor(first, ev.item_id ?? ev.output_index);
         if (typeof ev.arguments === 'string') t.arguments = ev.arguments.slice(0, maxChars);
         break;
       }
@@ -133,7 +149,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       case 'response.failed': {
         complete = true;
         const r = ev.response ?? {};
-        finishReason = r.incomplete_details?.reason ?? r.status ?? type.slice('response.'.length);
+        first.finishReason = r.incomplete_details?.reason ?? r.status ?? type.slice('response.'.length);
         if (r.usage) usage = normaliseUsage(r.usage);
         if (type === 'response.failed') noteError(r.error?.message ?? 'The response failed');
         break;
@@ -163,7 +179,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       kind = 'response';
       complete = true;
       const inResponse = head.slice(Math.max(dataAt, head.indexOf('"response"')));
-      finishReason =
+      first.finishReason =
         /"incomplete_details"\s*:\s*\{\s*"reason"\s*:\s*"([^"\\]*)"/.exec(inResponse)?.[1] ??
         /"status"\s*:\s*"([^"\\]*)"/.exec(inResponse)?.[1] ??
         type.slice('response.'.length);
@@ -227,20 +243,42 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       } else if (buffer.length > OVERSIZED_KEEP_CHARS) buffer = buffer.slice(-OVERSIZED_KEEP_CHARS);
     },
     result() {
-      return {
+      const message: AssembledMessage = {
         kind,
-        content,
-        tool_calls: toolCalls.map((t) => ({ ...t })),
-        finish_reason: finishReason,
+        content: first.content,
+        tool_calls: first.toolCalls.map((t) => ({ ...t })),
+        finish_reason: first.finishReason,
         usage,
         complete,
         events,
       };
+      if (others.size > 0)
+        message.choices = [first, ...[...others.values()].sort((a, b) => a.index - b.index)].map((c) => ({
+          index: c.index,
+          content: c.content,
+          tool_calls: c.toolCalls.map((t) => ({ ...t })),
+          finish_reason: c.finishReason,
+        }));
+      return message;
     },
     streamError: () => streamError,
   };
 }
 
+interface ChoiceAcc {
+  index: number;
+  content: string;
+  toolCalls: ToolCallAcc[];
+  toolIndex: Map<string | number, ToolCallAcc>;
+  finishReason: string | null;
+}
+
+function newChoice(index: number): ChoiceAcc {
+  return { index, content: '', toolCalls: [], toolIndex: new Map(), finishReason: null };
+}
+
+/** Choices reassembled per stream: the API's own limit on `n`. */
+const MAX_CHOICES = 128;
 /** What is kept of an event beyond the size limit: this much of its start, and of its end. */
 const OVERSIZED_KEEP_CHARS = 64 * 1024;
 /** Cap on an error event's message. */

@@ -15,6 +15,19 @@ export interface AssembledMessage {
   /** False when the stream ended before its final event (cut off, aborted, reset). */
   complete: boolean;
   events: number;
+  /**
+   * Every choice of an `n` > 1 stream in index order, the first included (the fields above are the
+   * first's); absent when the stream had one choice.
+   */
+  choices?: AssembledChoice[];
+}
+
+/** One choice of an `n` > 1 stream, reassembled. */
+export interface AssembledChoice {
+  index: number;
+  content: string;
+  tool_calls: AssembledMessage['tool_calls'];
+  finish_reason: string | null;
 }
 
 /** Why an exchange did not complete normally. */

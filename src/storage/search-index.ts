@@ -64,11 +64,12 @@ function registerSearchText(sqlite: SqliteHandle): void {
 }
 
 /**
- * The text indexed as "response": a stream's reassembled content (json_extract decodes it) and tool
- * calls, else the body; escapes decoded as `searchText` does.
+ * The text indexed as "response": a stream's reassembled content (json_extract decodes it), tool calls
+ * and, for an `n` > 1 stream, every choice; else the body; escapes decoded as `searchText` does.
  */
 const RESPONSE_TEXT = `case when json_valid(assembled)
   then coalesce(json_extract(assembled, '$.content'), '') || ' ' || coalesce(${withSearchText("json_extract(assembled, '$.tool_calls')")}, '')
+    || coalesce(' ' || ${withSearchText("json_extract(assembled, '$.choices')")}, '')
   else ${withSearchText('response_body')} end`;
 const REQUEST_TEXT = withSearchText('request_body');
 

@@ -280,10 +280,12 @@ test('a streamed answer echoing keys is recorded with them redacted: assembled t
   upstream.on('/v1/chat/completions', (_req, res, body) => {
     const prompt = JSON.parse(body.toString()).messages[0].content as string;
     res.writeHead(200, { 'content-type': 'text/event-stream' });
+    // Two choices (`n: 2`): the second is reassembled too, so it is scrubbed too.
     for (const p of pieces(prompt))
-      res.write(
-        `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: p }, finish_reason: null }] })}\n\n`,
-      );
+      for (const index of [0, 1])
+        res.write(
+          `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index, delta: { content: p }, finish_reason: null }] })}\n\n`,
+        );
     res.write(
       `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: 'call_1', type: 'function', function: { name: 'lookup', arguments: JSON.stringify({ q: prompt }) } }] }, finish_reason: 'tool_calls' }] })}\n\n`,
     );
@@ -319,7 +321,8 @@ test('a streamed answer echoing keys is recorded with them redacted: assembled t
     user: `user ${upstreamKey}`,
     messages: [{ role: 'user', content: prompt }],
   });
-  for await (const c of chat) answer += c.choices[0]?.delta?.content ?? '';
+  for await (const c of chat)
+    for (const ch of c.choices) if (ch.index === 0) answer += ch.delta?.content ?? '';
   expect(answer).toBe(prompt); // the client gets the stream untouched
   const responses = await client.responses.create({ model: 'gpt-4o', stream: true, input: prompt });
   for await (const _ of responses) {
@@ -330,6 +333,7 @@ test('a streamed answer echoing keys is recorded with them redacted: assembled t
   const expected = 'x [redacted] y [redacted]';
   const assembled = rows.map((r) => JSON.parse(r.assembled ?? 'null'));
   expect(assembled.map((a) => a.content)).toEqual([expected, expected]);
+  expect(assembled[0].choices.map((c: { content: string }) => c.content)).toEqual([expected, expected]);
   expect(assembled.map((a) => a.tool_calls[0].arguments)).toEqual([
     JSON.stringify({ q: expected }),
     JSON.stringify({ q: expected }),

@@ -153,7 +153,10 @@ export async function createFakeUpstream(): Promise<FakeUpstream> {
       res.end(text);
     };
     if (path === '/v1/chat/completions' && req.method === 'POST') {
-      if (json?.stream) return streamChat(res, model, Boolean((json.stream_options as any)?.include_usage));
+      if (json?.stream) {
+        const n = typeof json.n === 'number' && json.n > 1 ? json.n : 1;
+        return streamChat(res, model, Boolean((json.stream_options as any)?.include_usage), n);
+      }
       return send(200, chatCompletionBody(model));
     }
     if (path === '/v1/completions' && req.method === 'POST') {
@@ -210,25 +213,29 @@ export async function createFakeUpstream(): Promise<FakeUpstream> {
     });
   };
 
-  const streamChat = async (res: ServerResponse, model: string, includeUsage: boolean) => {
+  /** `n` choices interleave, one per event as OpenAI sends them; choice i's words are `c<i>w<j>`. */
+  const streamChat = async (res: ServerResponse, model: string, includeUsage: boolean, n = 1) => {
     res.writeHead(200, {
       'content-type': 'text/event-stream',
       'cache-control': 'no-cache',
       'x-request-id': 'req_fake_stream',
     });
     const words = Array.from({ length: fake.streamWords }, (_, i) => `w${i} `);
-    const chunk = (delta: Record<string, unknown>, finish: string | null) =>
-      `data: ${JSON.stringify({ id: 'chatcmpl-s1', object: 'chat.completion.chunk', created: 1700000000, model, choices: [{ index: 0, delta, finish_reason: finish }] })}\n\n`;
-    res.write(chunk({ role: 'assistant', content: '' }, null));
+    const chunk = (delta: Record<string, unknown>, finish: string | null, index = 0) =>
+      `data: ${JSON.stringify({ id: 'chatcmpl-s1', object: 'chat.completion.chunk', created: 1700000000, model, choices: [{ index, delta, finish_reason: finish }] })}\n\n`;
+    const choices = Array.from({ length: n }, (_, i) => i);
+    const word = (i: number, w: string) => (n === 1 ? w : `c${i}${w}`);
+    for (const i of choices) res.write(chunk({ role: 'assistant', content: '' }, null, i));
     for (const w of words) {
       if (fake.streamIntervalMs > 0) await sleep(fake.streamIntervalMs);
       if (res.destroyed) return;
-      res.write(chunk({ content: w }, null));
+      for (const i of choices) res.write(chunk({ content: word(i, w) }, null, i));
     }
-    res.write(chunk({}, 'stop'));
+    for (const i of choices) res.write(chunk({}, 'stop', i));
     if (includeUsage) {
+      const completion = words.length * n;
       res.write(
-        `data: ${JSON.stringify({ id: 'chatcmpl-s1', object: 'chat.completion.chunk', created: 1700000000, model, choices: [], usage: { prompt_tokens: 9, completion_tokens: words.length, total_tokens: 9 + words.length } })}\n\n`,
+        `data: ${JSON.stringify({ id: 'chatcmpl-s1', object: 'chat.completion.chunk', created: 1700000000, model, choices: [], usage: { prompt_tokens: 9, completion_tokens: completion, total_tokens: 9 + completion } })}\n\n`,
       );
     }
     res.end('data: [DONE]\n\n');

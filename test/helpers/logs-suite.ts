@@ -234,6 +234,43 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       expect(await ids('--grep', `${'x'.repeat(3000)}*`)).toEqual([]);
     });
 
+    test('an n > 1 stream: --grep finds the text of any choice, show lists every choice', async () => {
+      const choices = [
+        { index: 0, content: 'first platypus', tool_calls: [], finish_reason: 'stop' },
+        {
+          index: 1,
+          content: 'second wombat',
+          tool_calls: [{ id: 'call_9', type: 'function', name: 'lookup', arguments: '{"q":"quokka"}' }],
+          finish_reason: 'tool_calls',
+        },
+      ];
+      await seed([
+        rec('n1', {
+          stream: true,
+          responseBody: 'data: [DONE]\n\n',
+          assembled: {
+            ...STREAM_ASSEMBLED,
+            content: 'first platypus',
+            tool_calls: [],
+            finish_reason: 'stop',
+            choices,
+          },
+        }),
+        rec('n2', { stream: true, responseBody: 'data: [DONE]\n\n', assembled: STREAM_ASSEMBLED }),
+      ]);
+      expect(await ids('--grep', 'platypus')).toEqual(['n1']);
+      expect(await ids('--grep', 'wombat')).toEqual(['n1']);
+      expect(await ids('--grep', 'quokka')).toEqual(['n1']);
+      const json = JSON.parse((await logs('show', 'n1', '--json')).out);
+      expect(json.assembled.choices).toEqual(choices);
+      const human = (await logs('show', 'n1')).out;
+      expect(human).toMatch(/── choice 0\nfirst platypus\nfinish_reason: stop\n── choice 1\nsecond wombat\n/);
+      expect(human).toContain('tool call: lookup({"q":"quokka"})');
+      // One choice: as before, no `choices` and no choice headings.
+      expect(JSON.parse((await logs('show', 'n2', '--json')).out).assembled).not.toHaveProperty('choices');
+      expect((await logs('show', 'n2')).out).not.toContain('── choice');
+    });
+
     describe('logs listing', () => {
       beforeEach(() => seed(standardRows()));
 

@@ -120,6 +120,29 @@ describe('transparent proxying with the openai SDK', () => {
     expect(row.response_body).toContain('data: [DONE]');
   });
 
+  test('a streamed chat completion with n: 2 is stored with both choices reassembled', async () => {
+    upstream.streamWords = 3;
+    const stream = await client.chat.completions.create({
+      model: 'gpt-4o-mini',
+      messages: [{ role: 'user', content: 'two ways' }],
+      stream: true,
+      n: 2,
+      stream_options: { include_usage: true },
+    });
+    const seen = ['', ''];
+    for await (const chunk of stream) for (const c of chunk.choices) seen[c.index] += c.delta?.content ?? '';
+    expect(seen).toEqual(['c0w0 c0w1 c0w2 ', 'c1w0 c1w1 c1w2 ']);
+
+    const [row] = await proxy.waitForRows(1);
+    expect(row.completion_tokens).toBe(6);
+    const assembled = JSON.parse(row.assembled!);
+    expect(assembled).toMatchObject({ content: 'c0w0 c0w1 c0w2 ', finish_reason: 'stop', complete: true });
+    expect(assembled.choices).toEqual([
+      { index: 0, content: 'c0w0 c0w1 c0w2 ', tool_calls: [], finish_reason: 'stop' },
+      { index: 1, content: 'c1w0 c1w1 c1w2 ', tool_calls: [], finish_reason: 'stop' },
+    ]);
+  });
+
   test('embeddings, image generation and model list pass through', async () => {
     const emb = await client.embeddings.create({ model: 'text-embedding-3-small', input: 'hello' });
     expect(emb.data[0].embedding).toHaveLength(8);

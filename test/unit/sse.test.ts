@@ -49,6 +49,71 @@ describe('stream reassembly', () => {
     });
   });
 
+  test('an n > 1 stream reassembles every choice; the top-level fields are the first choice', () => {
+    const c = (index: number, delta: unknown, finish: string | null = null) => ({
+      object: 'chat.completion.chunk',
+      choices: [{ index, delta, finish_reason: finish }],
+    });
+    const text = sse([
+      // As OpenAI interleaves them: one choice per event, in any order.
+      c(0, { role: 'assistant', content: '' }),
+      c(1, { role: 'assistant', content: '' }),
+      c(1, { content: 'Bonjour' }),
+      c(0, { content: 'Hello' }),
+      c(1, {
+        tool_calls: [
+          { index: 0, id: 'call_b', type: 'function', function: { name: 'f', arguments: '{"a"' } },
+        ],
+      }),
+      c(1, { tool_calls: [{ index: 0, function: { arguments: ':1}' } }] }),
+      c(0, { content: ' world' }),
+      c(0, {}, 'stop'),
+      c(1, {}, 'tool_calls'),
+      // Both in one event, as some servers send them.
+      {
+        object: 'chat.completion.chunk',
+        choices: [
+          { index: 1, delta: { content: '!' } },
+          { index: 0, delta: {} },
+        ],
+      },
+      'data: [DONE]\n\n',
+    ]);
+    for (const split of [0, 5]) {
+      const r = assemble(text, split);
+      expect(r).toMatchObject({
+        content: 'Hello world',
+        tool_calls: [],
+        finish_reason: 'stop',
+        complete: true,
+      });
+      expect(r.choices).toEqual([
+        { index: 0, content: 'Hello world', tool_calls: [], finish_reason: 'stop' },
+        {
+          index: 1,
+          content: 'Bonjour!',
+          tool_calls: [{ id: 'call_b', type: 'function', name: 'f', arguments: '{"a":1}' }],
+          finish_reason: 'tool_calls',
+        },
+      ]);
+    }
+    expect(assemble(chat)).not.toHaveProperty('choices');
+  });
+
+  test('an n > 1 text completion stream, and no more choices than the API allows', () => {
+    const t = (index: number, text: string) => ({ object: 'text_completion', choices: [{ index, text }] });
+    const r = assemble(sse([t(2, 'c'), t(0, 'a'), t(1, 'b'), t(2, 'C')]));
+    expect(r.kind).toBe('text_completion');
+    expect(r.choices?.map((c) => [c.index, c.content])).toEqual([
+      [0, 'a'],
+      [1, 'b'],
+      [2, 'cC'],
+    ]);
+    const many = assemble(sse(Array.from({ length: 1000 }, (_, i) => t(i, `x${i}`))));
+    expect(many.choices).toHaveLength(128);
+    expect(many.choices?.at(-1)).toMatchObject({ index: 127, content: 'x127' });
+  });
+
   test('CRLF line endings and multi-line data', () => {
     const r = assemble(chat.replace(/\n/g, '\r\n'));
     expect(r.content).toBe('Hello ✓');

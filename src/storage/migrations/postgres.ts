@@ -1,4 +1,4 @@
-import { type Kysely, sql } from 'kysely';
+import { type Kysely, type RawBuilder, sql } from 'kysely';
 
 /**
  * The PostgreSQL side of migrations whose SQL cannot be shared with SQLite.
@@ -86,7 +86,17 @@ export async function up0008(db: Kysely<any>): Promise<void> {
         return to_tsvector('simple', left(t, 100000));
       end;
     end $$`.execute(db);
-  await sql`create or replace function oai_proxy_search_vector(req text, resp text, asm text)
+  await sql`create or replace function oai_proxy_search_vector ${searchVector(sql``)}`.execute(db);
+  // The index holds vectors of the old definition: build it again with the new one.
+  await sql`reindex index exchanges_search`.execute(db);
+}
+
+/**
+ * 0008's `oai_proxy_search_vector`; `more` is added to a reassembled stream's answer (0011: the other
+ * choices of an `n` > 1 stream).
+ */
+function searchVector(more: RawBuilder<unknown>) {
+  return sql`(req text, resp text, asm text)
     returns tsvector language plpgsql immutable parallel unsafe cost 5000 as $$
     declare
       answer tsvector;
@@ -94,7 +104,7 @@ export async function up0008(db: Kysely<any>): Promise<void> {
       if asm is not null then
         begin
           answer := to_tsvector('simple', coalesce(asm::jsonb ->> 'content', ''))
-            || oai_proxy_search_text_vector((asm::jsonb -> 'tool_calls')::text);
+            || oai_proxy_search_text_vector((asm::jsonb -> 'tool_calls')::text)${more};
         exception when others then
           answer := oai_proxy_search_text_vector(resp);
         end;
@@ -104,9 +114,22 @@ export async function up0008(db: Kysely<any>): Promise<void> {
       return oai_proxy_search_text_vector(req) || answer;
     exception when others then
       return to_tsvector('simple', left(coalesce(req, '') || ' ' || coalesce(resp, ''), 100000));
-    end $$`.execute(db);
-  // The index holds vectors of the old definition: build it again with the new one.
-  await sql`reindex index exchanges_search`.execute(db);
+    end $$`;
+}
+
+/**
+ * 0011: an `n` > 1 stream's reassembled message lists every choice under `choices`; their text is
+ * searched too. Rows recorded before have no `choices`, so their vectors do not change: no reindex.
+ */
+export async function up0011(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_vector ${searchVector(
+    sql`
+            || oai_proxy_search_text_vector((asm::jsonb -> 'choices')::text)`,
+  )}`.execute(db);
+}
+
+export async function down0011(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_vector ${searchVector(sql``)}`.execute(db);
 }
 
 export async function down0008(db: Kysely<any>): Promise<void> {
