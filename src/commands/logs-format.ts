@@ -333,10 +333,24 @@ function headerLines(h: Record<string, unknown> | null): string[] {
   return Object.entries(h).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(', ') : String(v)}`);
 }
 
-/** A body as text; JSON pretty-printed (which escapes controls, but not bidi overrides or U+2028). */
+/**
+ * A body as text; JSON pretty-printed (which escapes controls, but not bidi overrides or U+2028), with
+ * long base64 values (generated images, audio, base64 embeddings, data: URLs of images sent) elided:
+ * megabytes of them are no use on a terminal, and `--json` keeps them.
+ */
 function bodyText(b: unknown): string {
   if (b === null || b === undefined || b === '') return '(empty)';
-  return typeof b === 'string' ? b : JSON.stringify(b, null, 2);
+  return typeof b === 'string' ? b : JSON.stringify(b, elideBase64, 2);
+}
+
+/** Base64 values longer than this are elided by `logs show`. */
+const BASE64_SHOWN_CHARS = 256;
+const BASE64_VALUE = /^(data:[\w.+-]+\/[\w.+-]+;base64,)?[A-Za-z0-9+/_-]+={0,2}$/;
+
+function elideBase64(_key: string, v: unknown): unknown {
+  if (typeof v !== 'string' || v.length <= BASE64_SHOWN_CHARS || !BASE64_VALUE.test(v)) return v;
+  const prefix = v.startsWith('data:') ? v.slice(0, v.indexOf(',') + 1) : '';
+  return `${prefix}[base64, ${(v.length - prefix.length).toLocaleString('en-US')} characters: see --json]`;
 }
 
 /** Columns of `logs export --format csv`: the list fields, then the raw bodies and reassembled text. */

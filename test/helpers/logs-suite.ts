@@ -271,6 +271,29 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       expect((await logs('show', 'n2')).out).not.toContain('── choice');
     });
 
+    test('show elides long base64 values (images, audio, data: URLs); --json keeps them', async () => {
+      const image = 'iVBORw0KGgo'.repeat(1000);
+      const sent = `data:image/png;base64,${'QUJD'.repeat(100)}`;
+      await seed([
+        rec('i1', {
+          path: '/v1/images/generations',
+          requestBody: JSON.stringify({
+            model: 'gpt-4o',
+            messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: sent } }] }],
+          }),
+          responseBody: JSON.stringify({ data: [{ b64_json: image, revised_prompt: 'a cat' }] }),
+        }),
+      ]);
+      const human = (await logs('show', 'i1')).out;
+      expect(human).toContain('"b64_json": "[base64, 11,000 characters: see --json]"');
+      expect(human).toContain('"url": "data:image/png;base64,[base64, 400 characters: see --json]"');
+      expect(human).toContain('"revised_prompt": "a cat"');
+      expect(human).not.toContain('iVBORw0KGgoiVBORw0KGgo');
+      const json = JSON.parse((await logs('show', 'i1', '--json')).out);
+      expect(json.response_body.data[0].b64_json).toBe(image);
+      expect(json.request_body.messages[0].content[0].image_url.url).toBe(sent);
+    });
+
     describe('logs listing', () => {
       beforeEach(() => seed(standardRows()));
 
