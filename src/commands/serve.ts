@@ -531,6 +531,7 @@ function proxyLimits(c: Config): ProxyLimits {
     maxRequestBodyBytes: c.maxRequestBodyBytes,
     captureBodyBytes: c.captureBodyBytes,
     corsOrigins: c.corsOrigins,
+    clientBodyTimeoutMs: c.clientBodyTimeoutMs,
   };
 }
 

@@ -2,8 +2,9 @@ import { type Config, type ConfigKey, SETTINGS } from './schema.js';
 
 /**
  * Settings `POST /admin/reload-config` applies to a running proxy: upstreams and their keys, the model
- * registry and validation, the admin and client keys, CORS origins and the body limits. Any other setting
- * (listen address, database, log file and rotation, upstream timeouts, Qdrant, …) is read at start-up only.
+ * registry and validation, the admin and client keys, CORS origins, the body limits and the client body
+ * timeout. Any other setting (listen address, database, log file and rotation, upstream timeouts, Qdrant,
+ * …) is read at start-up only.
  */
 export const RELOADABLE_SETTINGS: ReadonlySet<ConfigKey> = new Set<ConfigKey>([
   'openaiApiKey',
@@ -21,6 +22,7 @@ export const RELOADABLE_SETTINGS: ReadonlySet<ConfigKey> = new Set<ConfigKey>([
   'corsOrigins',
   'maxRequestBodyBytes',
   'captureBodyBytes',
+  'clientBodyTimeoutMs',
 ]);
 
 /**

@@ -37,6 +37,7 @@ export interface Config {
   upstreamConnectTimeoutMs: number;
   upstreamHeadersTimeoutMs: number;
   upstreamIdleTimeoutMs: number;
+  clientBodyTimeoutMs: number;
   maxRequestBodyBytes: number;
   captureBodyBytes: number;
   shutdownGraceMs: number;
@@ -232,6 +233,17 @@ export const SETTINGS: readonly SettingDef[] = [
     min: 1,
     default: 300_000,
     description: 'Longest silence between body chunks or stream events',
+  },
+  {
+    key: 'clientBodyTimeoutMs',
+    env: 'CLIENT_BODY_TIMEOUT_MS',
+    type: 'int',
+    min: 0,
+    // Node's timers take at most 2^31-1 ms (a larger delay fires at once).
+    max: 2_147_483_647,
+    default: 60_000,
+    description:
+      "Longest silence while a client's request body is arriving: beyond it the proxy answers 408 and aborts the upstream request (0 = no limit)",
   },
   {
     key: 'maxRequestBodyBytes',

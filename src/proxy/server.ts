@@ -58,6 +58,11 @@ export interface ProxyLimits {
   maxRequestBodyBytes: number;
   captureBodyBytes: number;
   corsOrigins: string[];
+  /**
+   * CLIENT_BODY_TIMEOUT_MS: longest silence while a request body is arriving before the proxy gives up on
+   * it (408, upstream request aborted); 0: no limit. Not a total time: a slow upload that keeps sending runs.
+   */
+  clientBodyTimeoutMs: number;
 }
 
 export interface ProxyServerOptions {
@@ -144,6 +149,10 @@ const CUT_CLOSE_WAIT_MS = 2000;
  */
 const kExchange = Symbol('oai-proxy exchange');
 type ResponseWithExchange = ServerResponse & { [kExchange]?: ExchangeContext };
+
+/** The exchange whose request body a connection's timer (socket.setTimeout) is watching, if any. */
+const kBodyWatch = Symbol('oai-proxy body watch');
+type WatchedSocket = Socket & { [kBodyWatch]?: ExchangeContext };
 
 /** Per-exchange state handed to own routes. */
 export class ExchangeContext {
@@ -766,8 +775,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         },
         onResponseError(_c, err) {
           res.removeListener('close', onClientClose);
-          if (x.error === 'invalid_request') {
-            // the request body was refused by the parser and already answered
+          if (x.error === 'invalid_request' || x.error === 'client_body_timeout') {
+            // The proxy gave up on the request body (refused by the parser, or it stopped arriving) and
+            // already answered or cut the response; the upstream request failed because of that.
             resolve();
             return;
           }
@@ -807,6 +817,24 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         handler.onResponseError!(null as any, err as Error);
       }
     });
+
+  /**
+   * The request body stopped arriving for `ms`: answer 408 (or cut a response already started), close the
+   * connection, and end the request, which fails (aborts) the upstream request its body feeds.
+   */
+  const bodyTimedOut = (x: ExchangeContext, ms: number) => {
+    const { req, res } = x;
+    const message = `No request body bytes arrived for ${ms} ms (CLIENT_BODY_TIMEOUT_MS): the proxy stopped waiting for the rest of the body`;
+    if (res.headersSent) {
+      x.error = 'client_body_timeout';
+      x.errorMessage = message;
+      res.destroy();
+      return;
+    }
+    res.shouldKeepAlive = false;
+    x.respondError(408, 'client_body_timeout', message, 'invalid_request_error', 'client_body_timeout');
+    res.once('close', () => req.destroy());
+  };
 
   /** A 400 for a request refused before routing, recorded, and the connection closed after it. */
   const refuse = (req: IncomingMessage, res: ServerResponse, message: string, code: string) => {
@@ -878,6 +906,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
     if (cors.length > 0) x.cors = corsHeaders(req);
     (res as ResponseWithExchange)[kExchange] = x;
+    const bodyTimeout = limits.clientBodyTimeoutMs;
+    // Checked once the parser has read what already came: a body that arrived with its headers needs no timer.
+    if (bodyTimeout > 0 && declaresBody(req)) process.nextTick(watchBody, x, bodyTimeout);
     res.once('close', () => {
       x.durationMs = x.elapsed();
       if (!res.writableEnded && !x.error) noteCut(x, false);
@@ -955,6 +986,36 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   server.on('connection', (s: Socket) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
+  });
+  // A connection's timer ran out. Without this listener Node closes the connection; with it, that stays
+  // the answer to every timer but the one watchBody() armed (the keep-alive timeout, after a response).
+  server.on('timeout', (socket: WatchedSocket) => {
+    const x = socket[kBodyWatch];
+    socket[kBodyWatch] = undefined;
+    if (x === undefined || x.res.writableFinished) {
+      socket.destroy();
+      return;
+    }
+    // The timers run before the poll for reads: bytes that came while the event loop was busy are read
+    // after this. Judge the silence once they are (setImmediate), by the connection's bytes received.
+    const ms = socket.timeout || limits.clientBodyTimeoutMs;
+    const bytesRead = socket.bytesRead;
+    setImmediate(() => {
+      if (socket.destroyed || x.res.writableFinished) return;
+      // The whole body came: the wait now is the upstream's (it may think for minutes), not the client's.
+      if (x.req.complete) {
+        socket.setTimeout(0);
+        return;
+      }
+      // Bytes arrived after all, or received ones are not consumed yet: the proxy (an upstream reading
+      // slowly) is behind, not the client. Watch on.
+      if (socket.bytesRead !== bytesRead || x.req.readableLength > 0) {
+        socket[kBodyWatch] = x;
+        socket.setTimeout(ms);
+        return;
+      }
+      bodyTimedOut(x, ms);
+    });
   });
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
     // The client went away (mid-request): nobody to answer; the exchange is recorded as client_aborted.
@@ -1132,6 +1193,24 @@ function responseUsage(capture: BodyCapture, stored: string) {
   if (!capture.truncated) return extractUsage(stored);
   const tail = capture.tailText();
   return (tail === null ? null : extractUsage(tail)) ?? extractUsage(stored);
+}
+
+/** True when the request says a body follows its headers. */
+function declaresBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return length !== undefined ? length !== '0' : req.headers['transfer-encoding'] !== undefined;
+}
+
+/**
+ * Arm the connection's timer for a request body still arriving: it runs out after `ms` without a byte
+ * received (the server's 'timeout' listener then gives up on the body). One timer per connection, reset
+ * by Node on every read, and only for bodies that did not come with their headers.
+ */
+function watchBody(x: ExchangeContext, ms: number): void {
+  const socket = x.req.socket as WatchedSocket | null;
+  if (x.req.complete || x.res.writableEnded || !socket || socket.destroyed) return;
+  socket[kBodyWatch] = x;
+  socket.setTimeout(ms);
 }
 
 /** A JSON body (the kind read whole, under MAX_REQUEST_BODY_BYTES) whose content-length is over `limit`. */

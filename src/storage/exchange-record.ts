@@ -38,6 +38,8 @@ export type ExchangeErrorKind =
   /** The stream (HTTP 200) carried an error event: `event: error`, `{"type":"error"}`, `response.failed`. */
   | 'upstream_stream_error'
   | 'client_aborted'
+  /** The request body stopped arriving for CLIENT_BODY_TIMEOUT_MS: the proxy answered 408 (or cut the answer). */
+  | 'client_body_timeout'
   /** Still in flight when SHUTDOWN_GRACE_MS ran out at shutdown: the proxy cut it. */
   | 'proxy_shutdown'
   | 'body_too_large'

@@ -3,6 +3,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import OpenAI, { AuthenticationError, NotFoundError } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
+import { firstBody, rawHttp } from '../hardening/raw-http.js';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
@@ -336,6 +337,7 @@ describe('admin API editing the registry', () => {
         proxyApiKeys: [K9],
         corsOrigins: ['http://b.example'],
         maxRequestBodyBytes: 2000,
+        clientBodyTimeoutMs: 250,
         upstreamHeadersTimeoutMs: 1234,
         logMaxFiles: 3,
       }),
@@ -365,6 +367,14 @@ describe('admin API editing the registry', () => {
       .catch((err) => err);
     expect(big.status).toBe(413);
     expect(big.error.message).toMatch(/exceeds the proxy's limit of 2000 bytes \(MAX_REQUEST_BODY_BYTES\)/);
+    // The new client body timeout applies from the next request: a body that stalls gets its 408.
+    const stalled = await rawHttp(
+      p.url,
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${K9}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"model":`,
+      5000,
+    );
+    expect(stalled.statuses).toEqual([408]);
+    expect(firstBody(stalled).error.message).toContain('for 250 ms (CLIENT_BODY_TIMEOUT_MS)');
 
     expect(reloaded.body.warnings).toEqual([]);
 
@@ -383,9 +393,9 @@ describe('admin API editing the registry', () => {
     expect(putBack.body.warnings).toEqual([
       expect.stringMatching(/"validatModels".*did you mean "validateModels"/),
     ]);
-    const rows = await p.waitForRows(8);
+    const rows = await p.waitForRows(9);
     expect(rows.filter((r) => r.path === '/v1/chat/completions').map((r) => r.status)).toEqual([
-      200, 401, 401, 200, 413,
+      200, 401, 401, 200, 413, 408,
     ]);
     expect(JSON.stringify([rows, p.logLines()])).not.toContain(K1);
   });

@@ -36,7 +36,12 @@ describe('onStreamedBody', () => {
       );
     });
     proxy = createProxyServer({
-      limits: { maxRequestBodyBytes: 64 * 1024 * 1024, captureBodyBytes: 1024, corsOrigins: [] },
+      limits: {
+        maxRequestBodyBytes: 64 * 1024 * 1024,
+        captureBodyBytes: 1024,
+        corsOrigins: [],
+        clientBodyTimeoutMs: 0,
+      },
       dispatcher,
       defaultUpstream: { name: 'default', origin: upstream.origin, basePath: '/v1', type: 'openai' },
       sink: { record: (r) => records.push(r) },

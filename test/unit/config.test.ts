@@ -36,6 +36,7 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
       upstreamConnectTimeoutMs: 10_000,
       upstreamHeadersTimeoutMs: 600_000,
       upstreamIdleTimeoutMs: 300_000,
+      clientBodyTimeoutMs: 60_000,
       shutdownGraceMs: 10_000,
     });
   });
@@ -109,6 +110,12 @@ describe('invalid values name the setting and where it came from', () => {
     [{ VALIDATE_MODELS: 'maybe' }, /VALIDATE_MODELS \(environment\) = maybe: expected true or false/],
     [{ OPENAI_BASE_URL: 'not a url' }, /OPENAI_BASE_URL.*absolute http/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL.*one of trace, debug/],
+    [
+      { CLIENT_BODY_TIMEOUT_MS: '-1' },
+      /Invalid CLIENT_BODY_TIMEOUT_MS \(environment\) = -1: expected an integer from 0 to 2147483647/,
+    ],
+    [{ CLIENT_BODY_TIMEOUT_MS: '60s' }, /Invalid CLIENT_BODY_TIMEOUT_MS \(environment\) = 60s/],
+    [{ CLIENT_BODY_TIMEOUT_MS: '2147483648' }, /CLIENT_BODY_TIMEOUT_MS.*0 to 2147483647/],
   ])('%j', (env, message) => {
     expect(() => resolve(env)).toThrow(message);
     try {
@@ -122,6 +129,15 @@ describe('invalid values name the setting and where it came from', () => {
     const p = write('oai-proxy.config.json', { port: '8000' });
     expect(() => resolve()).toThrow(
       `Invalid "port" in config file ${p} = 8000: expected an integer from 0 to 65535`,
+    );
+  });
+
+  test('the client body timeout in the config file: 0 turns it off, a fraction is refused', () => {
+    write('oai-proxy.config.json', { clientBodyTimeoutMs: 0 });
+    expect(resolve().config.clientBodyTimeoutMs).toBe(0);
+    const p = write('oai-proxy.config.json', { clientBodyTimeoutMs: 2.5 });
+    expect(() => resolve()).toThrow(
+      `Invalid "clientBodyTimeoutMs" in config file ${p} = 2.5: expected an integer from 0 to 2147483647`,
     );
   });
 
