@@ -48,6 +48,7 @@ export const NO_ANSWER_ERRORS = [
   'upstream_reset',
   'upstream_stream_error',
   'client_aborted',
+  'client_body_timeout',
   'proxy_shutdown',
 ];
 

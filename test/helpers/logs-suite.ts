@@ -358,8 +358,15 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         await seed([
           rec('e1', { startedAt: NOW - 2 * MIN, status: null, error: 'proxy_shutdown', errorMessage: 'cut' }),
           rec('e2', { startedAt: NOW - 3 * MIN, error: 'client_aborted', errorMessage: 'gone' }),
+          // The client's body stopped arriving: answered 408 by the proxy, never by the upstream.
+          rec('e3', {
+            startedAt: NOW - 4 * MIN,
+            status: 408,
+            error: 'client_body_timeout',
+            errorMessage: 'stalled',
+          }),
         ]);
-        expect(await ids('--status', 'error')).toEqual(['e1', 'e2', 'b2']);
+        expect(await ids('--status', 'error')).toEqual(['e1', 'e2', 'e3', 'b2']);
       });
 
       test('--json fields are the documented stable set', async () => {
