@@ -128,6 +128,45 @@ describe('a request body that stops arriving', () => {
     expect(upstream.requests).toHaveLength(0);
   });
 
+  test('stalled after the upstream already started answering: the answer is cut, the upstream request aborted', async () => {
+    // An upstream that answers at once, without waiting for the body, and keeps its answer open.
+    let upstreamClosed: () => void = () => {};
+    const closed = new Promise<void>((r) => {
+      upstreamClosed = r;
+    });
+    const early = createServer((req, res) => {
+      res.on('close', () => upstreamClosed());
+      req.resume();
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write('{"early":');
+    });
+    await new Promise<void>((r) => early.listen(0, '127.0.0.1', () => r()));
+    let proxy: TestProxy | null = null;
+    try {
+      proxy = await startTestProxy({
+        OPENAI_BASE_URL: `http://127.0.0.1:${(early.address() as AddressInfo).port}/v1`,
+        CLIENT_BODY_TIMEOUT_MS: String(LIMIT_MS),
+      });
+      const reply = await rawHttp(
+        proxy.url,
+        head('/v1/files', 'application/octet-stream', 1_000_000) + 'A'.repeat(1000),
+        5000,
+      );
+      // The client got the upstream's head and first bytes, then the cut: no 408 after a 200.
+      expect(reply.statuses).toEqual([200]);
+      expect(reply.text).toContain('{"early":');
+      expect(reply.closed).toBe(true);
+      await closed;
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ path: '/v1/files', status: 200, error: 'client_body_timeout' });
+      expect(row.error_message).toContain(`${LIMIT_MS} ms (CLIENT_BODY_TIMEOUT_MS)`);
+    } finally {
+      await proxy?.close();
+      early.closeAllConnections();
+      await new Promise<void>((r) => early.close(() => r()));
+    }
+  });
+
   test('with CLIENT_BODY_TIMEOUT_MS=0 there is no limit: the proxy keeps waiting', async () => {
     const { proxy } = await setup({ CLIENT_BODY_TIMEOUT_MS: '0' });
     const reply = await rawHttp(
