@@ -1,7 +1,10 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { AssembledChoice, AssembledMessage } from '../storage/exchange-record.js';
 
-/** Headers whose values are secrets: stored as `[redacted]`, never persisted or logged. */
+/**
+ * Headers whose values are secrets whatever their name says (`cookie`); with those `isSecretHeaderName`
+ * matches, stored as `[redacted]`, never persisted or logged.
+ */
 export const SECRET_HEADERS: ReadonlySet<string> = new Set([
   'authorization',
   'api-key',
@@ -13,10 +16,41 @@ export const SECRET_HEADERS: ReadonlySet<string> = new Set([
 
 export const REDACTED = '[redacted]';
 
-/** A name in SECRET_HEADERS or one naming a key, token, secret, password, signature or auth (any case). */
+/**
+ * A name in SECRET_HEADERS or one naming a key, token, secret, password, signature or auth (any case),
+ * except rate-limit headers: `x-ratelimit-remaining-tokens`, on every OpenAI answer, holds a count.
+ */
 export function isSecretHeaderName(name: string): boolean {
   const n = name.toLowerCase();
-  return SECRET_HEADERS.has(n) || /key|token|secret|auth|password|signature/.test(n);
+  if (SECRET_HEADERS.has(n)) return true;
+  return /key|token|secret|auth|password|signature/.test(n) && !/rate-?limit/.test(n);
+}
+
+/** Names `isSecretHeaderNameCached` remembers at most: a client inventing names cannot grow it further. */
+export const SECRET_NAME_CACHE_MAX = 4096;
+/** Longer names are classified on every call, not remembered: 4,096 names of 16 KB would hold 64 MB. */
+const CACHED_NAME_MAX_LENGTH = 128;
+const secretNames = new Map<string, boolean>();
+
+/**
+ * `isSecretHeaderName`, remembered per name: every recorded exchange asks it of each of its headers, and a
+ * Map lookup costs a fraction of lower-casing the name and running the regex. Full, the map starts over,
+ * so a flood of invented names only costs the usual names one more regex each.
+ */
+export function isSecretHeaderNameCached(name: string): boolean {
+  const known = secretNames.get(name);
+  if (known !== undefined) return known;
+  const secret = isSecretHeaderName(name);
+  if (name.length <= CACHED_NAME_MAX_LENGTH) {
+    if (secretNames.size >= SECRET_NAME_CACHE_MAX) secretNames.clear();
+    secretNames.set(name, secret);
+  }
+  return secret;
+}
+
+/** How many names `isSecretHeaderNameCached` remembers now (tests). */
+export function secretNameCacheSize(): number {
+  return secretNames.size;
 }
 
 /**
@@ -42,8 +76,8 @@ export function bearerToken(authorization: unknown): string | undefined {
 }
 
 /**
- * Copy of `headers` ready to persist: secret headers' values replaced, and any of `secrets` (configured
- * keys) echoed in another header scrubbed from its value.
+ * Copy of `headers` ready to persist: the values of secret headers (`isSecretHeaderName`) replaced, and
+ * any of `secrets` (configured keys) echoed in another header scrubbed from its value.
  */
 export function redactHeaders(
   headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
@@ -54,15 +88,12 @@ export function redactHeaders(
     const v = headers[k];
     if (v === undefined) continue;
     const name = k.toLowerCase();
-    if (SECRET_HEADERS.has(name)) out[name] = REDACTED;
+    if (isSecretHeaderNameCached(name)) out[name] = REDACTED;
     else if (secrets.length === 0) out[name] = v;
     else out[name] = Array.isArray(v) ? v.map((s) => scrubSecrets(s, secrets)) : scrubSecrets(v, secrets);
   }
   return out;
 }
-
-/** The names in SECRET_HEADERS, for a loop that reads each of them. */
-const SECRET_HEADER_NAMES = [...SECRET_HEADERS];
 
 /** Anything but printable ASCII other than `"` and `\` (non-ASCII counts too, to be safe). */
 const NEEDS_JSON_ESCAPE = /[^\x20\x21\x23-\x5b\x5d-\x7e]/;
@@ -84,8 +115,8 @@ export function redactedHeadersJson(
   secrets: readonly string[] = [],
 ): string {
   let copy = headers;
-  for (const name of SECRET_HEADER_NAMES) {
-    if (headers[name] === undefined) continue;
+  for (const name in headers) {
+    if (!isSecretHeaderNameCached(name) || headers[name] === undefined) continue;
     if (copy === headers) copy = { ...headers };
     copy[name] = REDACTED;
   }

@@ -7,7 +7,8 @@ import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { fillDisk } from '../helpers/disk-full.js';
-import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { chatCompletionBody, createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { createTestPgDatabase, pgQuery, pgUrl, warnIfNoPg } from '../helpers/pg.js';
 import { findLeaks, readProxyFiles } from '../helpers/secret-scan.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
@@ -476,3 +477,110 @@ test("keys in a named upstream's headers are scrubbed like apiKey, also those a 
   closed = true;
   await proxy.close();
 });
+
+// Secrets no setting names: the proxy knows them only by their headers' names.
+const CLIENT_SECRET_HEADERS = {
+  'x-api-token': 'sk-SECRETapiTOKEN0010',
+  'x-goog-api-key': 'AIzaSECRETgoogKEY0011',
+  'x-portkey-api-key': 'pk-SECRETportkeyKEY0012',
+  'openai-api-key': 'sk-SECRETopenaiHEADER0013',
+  'x-auth-token': 'SECRETauthTOKEN0014',
+  'proxy-authorization': 'Basic SECRETproxyAUTH0015',
+  cookie: 'session=SECRETcookie0016',
+};
+const UPSTREAM_SECRET_HEADERS = {
+  'set-cookie': ['session=SECRETsetCOOKIE0017; HttpOnly', 'csrf=SECRETsetCOOKIE0018'],
+  'x-session-token': 'SECRETsessionTOKEN0019',
+};
+const HEADER_SECRETS = [
+  ...Object.values(CLIENT_SECRET_HEADERS),
+  ...UPSTREAM_SECRET_HEADERS['set-cookie'],
+  UPSTREAM_SECRET_HEADERS['x-session-token'],
+];
+
+/**
+ * A client sends secret-named headers and the upstream answers with cookies and a token: the upstream and
+ * the client get every header as sent, the stored row shows each one's name with `[redacted]`, and no value
+ * reaches the database or the log file. `readRow` returns the exchange's row and its stored text.
+ */
+async function secretHeadersRecordedRedacted(
+  env: Record<string, string>,
+  readRow: (proxy: Awaited<ReturnType<typeof startTestProxy>>) => Promise<{ row: any; stored: string }>,
+) {
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  upstream.on('/v1/chat/completions', (_req, res) => {
+    res.writeHead(200, {
+      'content-type': 'application/json',
+      'x-request-id': 'req_secret_headers',
+      'x-ratelimit-remaining-tokens': '149984',
+      ...UPSTREAM_SECRET_HEADERS,
+    });
+    res.end(JSON.stringify(chatCompletionBody('gpt-4o')));
+  });
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, ...env });
+  cleanups.push(() => proxy.close());
+  const client = new OpenAI({
+    apiKey: 'sk-client-unconfigured-0020',
+    baseURL: `${proxy.url}/v1`,
+    maxRetries: 0,
+    defaultHeaders: { ...CLIENT_SECRET_HEADERS, 'x-team': 'platform-eu' },
+  });
+  const { data, response } = await client.chat.completions
+    .create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] })
+    .withResponse();
+  expect(data.choices[0].message.content).toBe('Hello from the fake upstream!');
+  // The client gets the upstream's headers, and the upstream got the client's, untouched.
+  expect(response.headers.get('set-cookie')).toContain('SECRETsetCOOKIE0017');
+  expect(response.headers.get('x-session-token')).toBe('SECRETsessionTOKEN0019');
+  expect(upstream.requests).toHaveLength(1);
+  // Proxy-Authorization is hop-by-hop: meant for the proxy, never forwarded.
+  const { 'proxy-authorization': _forTheProxy, ...endToEnd } = CLIENT_SECRET_HEADERS;
+  expect(upstream.requests[0].headers).toMatchObject(endToEnd);
+  expect(upstream.requests[0].headers['proxy-authorization']).toBeUndefined();
+
+  const { row, stored } = await readRow(proxy);
+  const redacted = (names: string[]) => Object.fromEntries(names.map((n) => [n, '[redacted]']));
+  expect(JSON.parse(row.request_headers)).toMatchObject({
+    ...redacted(Object.keys(CLIENT_SECRET_HEADERS)),
+    authorization: '[redacted]',
+    'x-team': 'platform-eu',
+    'content-type': 'application/json',
+  });
+  expect(JSON.parse(row.response_headers)).toMatchObject({
+    ...redacted(Object.keys(UPSTREAM_SECRET_HEADERS)),
+    'x-request-id': 'req_secret_headers',
+    'x-ratelimit-remaining-tokens': '149984', // a count, not a secret
+    'content-type': 'application/json',
+  });
+  const lines = await proxy.waitForLogLines((ls) => ls.some((l) => l.path === '/v1/chat/completions'));
+  expect(lines.find((l) => l.path === '/v1/chat/completions')).toMatchObject({
+    status: 200,
+    model: 'gpt-4o',
+  });
+  const texts = { ...readProxyFiles(proxy.dir), 'stored row': stored, console: proxy.stderr() };
+  expect(Object.keys(texts).some((k) => k.endsWith('proxy.log'))).toBe(true);
+  expect(findLeaks(HEADER_SECRETS, texts)).toEqual([]);
+}
+
+test('secret-named custom headers, cookies and set-cookie are stored as [redacted] and still forwarded (SQLite)', async () => {
+  await secretHeadersRecordedRedacted({ LOG_LEVEL: 'debug' }, async (proxy) => {
+    const [row] = await proxy.waitForRows(1);
+    return { row, stored: JSON.stringify(row) };
+  });
+});
+
+warnIfNoPg();
+test.skipIf(!pgUrl)(
+  'secret-named custom headers, cookies and set-cookie are stored as [redacted] and still forwarded (PostgreSQL)',
+  async () => {
+    const db = await createTestPgDatabase();
+    cleanups.push(() => db.drop());
+    await secretHeadersRecordedRedacted({ DATABASE_URL: db.url, LOG_LEVEL: 'debug' }, async (proxy) => {
+      await proxy.flush();
+      const rows = await pgQuery(db.url, "select * from exchanges where path = '/v1/chat/completions'");
+      expect(rows).toHaveLength(1);
+      return { row: rows[0], stored: JSON.stringify(rows) };
+    });
+  },
+);

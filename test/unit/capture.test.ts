@@ -3,8 +3,12 @@ import {
   BodyCapture,
   bearerToken,
   headerSecrets,
+  isSecretHeaderName,
+  isSecretHeaderNameCached,
   redactedHeadersJson,
   redactHeaders,
+  SECRET_NAME_CACHE_MAX,
+  secretNameCacheSize,
 } from '../../src/proxy/capture.js';
 
 test.each([
@@ -97,6 +101,53 @@ describe('redactedHeadersJson: the stored text, JSON.stringify(redactHeaders(…
     const h = { 'content-type': 'application/json', 'x-request-id': 'req_1' };
     expect(redactedHeadersJson(h, [key])).toBe('{"content-type":"application/json","x-request-id":"req_1"}');
   });
+});
+
+test.each([
+  ['x-api-token', true],
+  ['x-goog-api-key', true],
+  ['x-portkey-api-key', true],
+  ['openai-api-key', true],
+  ['X-Auth-Token', true],
+  ['proxy-authorization', true],
+  ['cookie', true],
+  ['set-cookie', true],
+  ['x-hub-signature-256', true],
+  ['x-db-password', true],
+  ['x-client-secret', true],
+  ['x-ratelimit-remaining-tokens', false],
+  ['anthropic-ratelimit-tokens-limit', false],
+  ['x-team', false],
+  ['x-request-id', false],
+  ['openai-organization', false],
+  ['content-type', false],
+])('redactedHeadersJson stores a %s header as [redacted]: %s (and keeps its name)', (name, secret) => {
+  const headers = { 'content-type': 'application/json', [name]: 'value-123456', 'x-after': 'kept' };
+  const stored = JSON.parse(redactedHeadersJson(headers));
+  expect(Object.keys(stored)).toEqual(Object.keys(headers));
+  expect(stored[name]).toBe(secret ? '[redacted]' : 'value-123456');
+  expect(stored['x-after']).toBe('kept');
+  expect(redactHeaders(headers)[name.toLowerCase()]).toBe(secret ? '[redacted]' : 'value-123456');
+  expect(headers[name]).toBe('value-123456'); // what is forwarded stays as it was
+});
+
+test('the per-name cache of secret header names stays bounded, and its answers stay right', () => {
+  // A client inventing a new header name on every request cannot grow the cache past its cap.
+  for (let i = 0; i < SECRET_NAME_CACHE_MAX * 3; i++) {
+    const name = i % 2 ? `x-junk-${i}` : `x-junk-token-${i}`;
+    expect(isSecretHeaderNameCached(name)).toBe(i % 2 === 0);
+    expect(secretNameCacheSize()).toBeLessThanOrEqual(SECRET_NAME_CACHE_MAX);
+  }
+  expect(secretNameCacheSize()).toBeGreaterThan(0);
+  // Names that were remembered, forgotten, then asked again: the same answers as the uncached check.
+  for (const name of ['authorization', 'x-api-token', 'content-type', 'x-junk-token-0', 'x-junk-1'])
+    for (let i = 0; i < 2; i++) expect(isSecretHeaderNameCached(name)).toBe(isSecretHeaderName(name));
+  // A very long name is classified but not remembered (it would hold its length in memory).
+  const before = secretNameCacheSize();
+  const long = `x-${'a'.repeat(10_000)}-token`;
+  expect(isSecretHeaderNameCached(long)).toBe(true);
+  expect(isSecretHeaderNameCached(`x-${'a'.repeat(10_000)}`)).toBe(false);
+  expect(secretNameCacheSize()).toBe(before);
 });
 
 describe('BodyCapture', () => {
