@@ -3,7 +3,7 @@ import type { ResolvedConfig } from '../config/load.js';
 import { restartRequired } from '../config/reloadable.js';
 import { OaiProxyError } from '../errors.js';
 import { createAdminRoute, type RegistryControl } from '../proxy/admin-api.js';
-import { createUpstreamTarget, type UpstreamTarget } from '../proxy/forward.js';
+import { createUpstreamTarget, isAzureV1Base, type UpstreamTarget } from '../proxy/forward.js';
 import { createModelsRoute } from '../proxy/models-routes.js';
 import type { ModelRouter, OwnRoute, RouteDecision } from '../proxy/server.js';
 import type { ModelRegistry, RegistryView } from '../registry/registry.js';
@@ -12,7 +12,7 @@ import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
 import { redactMessage } from '../storage/postgres.js';
 import { isDatabaseUnavailable } from '../storage/storage.js';
 
-/** api-version sent to Azure upstreams that name none (OPENAI_API_VERSION / `apiVersion`). */
+/** api-version sent to classic Azure upstreams that name none (OPENAI_API_VERSION / `apiVersion`). */
 export const DEFAULT_AZURE_API_VERSION = '2024-10-21';
 
 /** The model registry as `serve` runs it: routing, `/models`, the admin API, live reload. */
@@ -65,8 +65,11 @@ interface Settings {
  */
 export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaultUpstream' | 'upstreams'> {
   const { config, env } = resolved;
+  // Azure's `…/openai/v1` API needs no api-version: it gets one only when configured.
   const withVersion = (t: UpstreamTarget): UpstreamTarget =>
-    t.type === 'azure' && !t.apiVersion ? { ...t, apiVersion: DEFAULT_AZURE_API_VERSION } : t;
+    t.type === 'azure' && !t.apiVersion && !isAzureV1Base(t.basePath)
+      ? { ...t, apiVersion: DEFAULT_AZURE_API_VERSION }
+      : t;
   const defaultUpstream = withVersion(
     createUpstreamTarget('default', config.openaiBaseUrl, {
       type: config.openaiApiType,

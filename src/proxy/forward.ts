@@ -71,9 +71,73 @@ function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined
   );
 }
 
+/** Operations Azure serves per deployment, at `{resource}/openai/deployments/{deployment}{op}`. */
+const AZURE_DEPLOYMENT_OPS =
+  /^\/(?:chat\/completions|completions|embeddings|audio\/(?:transcriptions|translations|speech)|images\/(?:generations|edits|variations)|extensions\/chat\/completions)$/;
+
+/** A client path in Azure's own form: `/openai/deployments/{deployment}/…`. */
+const AZURE_DEPLOYMENT_PATH = /^\/openai\/deployments\/([^/]+)(\/.*)?$/;
+
+/** True for Azure's `…/openai/v1` base URL: OpenAI-style paths, the model (deployment) in the body. */
+export function isAzureV1Base(basePath: string): boolean {
+  return /\/openai\/v1$/.test(basePath);
+}
+
+/** The deployment a client path in Azure's form names (`/openai/deployments/{name}/…`), decoded; else null. */
+export function azurePathDeployment(rest: string): string | null {
+  const m = AZURE_DEPLOYMENT_PATH.exec(rest);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return m[1];
+  }
+}
+
+/**
+ * True when the request's model goes to `target` as a deployment in the path (an OpenAI-style request for
+ * a deployment-scoped operation on a classic Azure base); otherwise an Azure upstream takes it in the body.
+ */
+export function isDeploymentInPath(target: UpstreamTarget, rest: string): boolean {
+  return (
+    target.type === 'azure' &&
+    !isAzureV1Base(target.basePath) &&
+    !rest.startsWith('/openai/') &&
+    AZURE_DEPLOYMENT_OPS.test(rest)
+  );
+}
+
+/**
+ * The upstream path (no query) for `rest`:
+ * - OpenAI-style upstreams: base + rest.
+ * - Azure, a client path already in Azure's form (`/openai/…`): under the resource root as sent, its
+ *   deployment replaced by the routed one.
+ * - Azure `…/openai/v1` base: base + rest.
+ * - Azure classic: deployment-scoped operations at `{root}/openai/deployments/{deployment}{rest}` (or
+ *   under a base that names a deployment), everything else at `{root}/openai{rest}`.
+ */
+function upstreamPath(target: UpstreamTarget, rest: string, deployment: string | undefined): string {
+  const base = target.basePath;
+  if (target.type !== 'azure') return base + rest;
+  // The resource root: the base without `/openai/v1`, `/openai/deployments/{name}` or `/openai`.
+  const root = base.replace(/\/openai(?:\/v1|\/deployments\/[^/]+)?$/, '');
+  if (rest === '/openai' || rest.startsWith('/openai/')) {
+    const m = AZURE_DEPLOYMENT_PATH.exec(rest);
+    if (m && deployment) return `${root}/openai/deployments/${encodeURIComponent(deployment)}${m[2] ?? ''}`;
+    return root + rest;
+  }
+  if (isAzureV1Base(base)) return base + rest;
+  if (AZURE_DEPLOYMENT_OPS.test(rest)) {
+    if (/\/openai\/deployments\/[^/]+$/.test(base)) return base + rest;
+    if (deployment) return `${root}/openai/deployments/${encodeURIComponent(deployment)}${rest}`;
+  }
+  return `${root}/openai${rest}`;
+}
+
 /**
  * The upstream path and headers for a client request: `rest` is the path after `/v1` (starting with `/`),
- * hop-by-hop headers dropped, the upstream key put in place of the client's when configured.
+ * or the client's path when it is in Azure's form (`/openai/…`); hop-by-hop
+ * headers dropped, the upstream key put in place of the client's when configured (see upstreamPath).
  */
 export function shapeUpstreamRequest(
   target: UpstreamTarget,
@@ -94,7 +158,7 @@ export function shapeUpstreamRequest(
   if (options.contentLength !== undefined) headers['content-length'] = String(options.contentLength);
   if (target.headers) for (const [k, v] of Object.entries(target.headers)) headers[k.toLowerCase()] = v;
 
-  let path = target.basePath + rest;
+  const path = upstreamPath(target, rest, options.deployment);
   let q = query;
   if (target.type === 'azure') {
     if (target.apiKey) {
@@ -104,14 +168,6 @@ export function shapeUpstreamRequest(
       const token = bearerToken(headers.authorization);
       if (token) headers['api-key'] = token;
       delete headers.authorization;
-    }
-    // {base}/openai/deployments/{deployment}/chat/completions, unless the base already names a deployment.
-    if (options.deployment && !/\/openai\/deployments\/[^/]+$/.test(target.basePath)) {
-      const base = target.basePath.replace(/\/openai$/, '');
-      path = `${base}/openai/deployments/${encodeURIComponent(options.deployment)}${rest}`;
-    } else if (!/\/openai(\/|$)/.test(target.basePath)) {
-      // Requests naming no model (files, batches, …) live under {base}/openai/ on Azure.
-      path = `${target.basePath}/openai${rest}`;
     }
     if (target.apiVersion && !/(^|&)api-version=/.test(q))
       q = q

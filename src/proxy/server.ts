@@ -20,7 +20,9 @@ import {
   scrubSecrets,
 } from './capture.js';
 import {
+  azurePathDeployment,
   classifyUpstreamError,
+  isDeploymentInPath,
   isHopByHop,
   isMalformedResponseCode,
   shapeUpstreamRequest,
@@ -122,7 +124,8 @@ const USAGE_TAIL_BYTES = 8192;
  * POSTs on stored objects rather than generating: updating a stored chat completion, cancelling a
  * response, batches. The usage they return was counted when the object was generated.
  */
-const STORED_OBJECT_POST = /^\/(?:chat\/completions\/[^/]+|responses\/[^/]+\/cancel|batches(?:\/.*)?)$/;
+const STORED_OBJECT_POST =
+  /^(?:\/openai(?:\/v1)?)?\/(?:chat\/completions\/[^/]+|responses\/[^/]+\/cancel|batches(?:\/.*)?)$/;
 
 /**
  * True when the exchange's usage is tokens it spent: a POST that generates. Reads (GET of a stored
@@ -551,7 +554,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     let multipart: MultipartModelScan | null = null;
     // File uploads name no model: they stream through unscanned.
     const boundary =
-      hasBody && !/^\/(files|uploads)(\/|$)/.test(x.rest) ? multipartBoundary(contentType) : null;
+      hasBody && !/^(?:\/openai(?:\/v1)?)?\/(files|uploads)(\/|$)/.test(x.rest)
+        ? multipartBoundary(contentType)
+        : null;
 
     if (hasBody && contentType.includes('json')) {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
@@ -611,6 +616,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       })();
     }
 
+    // An Azure-form path names the model as its deployment (Azure ignores a body's model there).
+    const pathDeployment = azurePathDeployment(x.rest);
+    if (pathDeployment !== null) x.model = pathDeployment;
+
     let decision: RouteDecision | null = {
       upstream: options.defaultUpstream,
       model: x.model,
@@ -641,18 +650,26 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     x.upstreamName = decision.upstream.name;
     x.upstreamModel = decision.model;
     x.modelUnknown = decision.unknown;
-    if (decision.model !== x.model && x.requestJson && decision.model !== null) {
+    const deployment = decision.deployment ?? decision.model ?? undefined;
+    // A model routed by the path stays there; Azure takes a body's model as the deployment's name.
+    const bodyModel =
+      pathDeployment !== null
+        ? x.model
+        : decision.upstream.type === 'azure' && !isDeploymentInPath(decision.upstream, x.rest)
+          ? (deployment ?? null)
+          : decision.model;
+    if (bodyModel !== x.model && x.requestJson && bodyModel !== null) {
       // Only the model changes: the rest goes byte for byte (a re-serialised body would round integers
       // beyond 2^53 and rewrite 1.0, 1e2 and \u escapes). A body naming no model gets one added.
       body =
-        (x.requestBody && replaceJsonModel(x.requestBody, decision.model)) ??
-        Buffer.from(JSON.stringify({ ...x.requestJson, model: decision.model }));
+        (x.requestBody && replaceJsonModel(x.requestBody, bodyModel)) ??
+        Buffer.from(JSON.stringify({ ...x.requestJson, model: bodyModel }));
       contentLength = body.length;
     }
-    if (multipart && decision.model !== null && decision.model !== x.model) {
-      body = multipart.body(decision.model);
+    if (multipart && bodyModel !== null && bodyModel !== x.model) {
+      body = multipart.body(bodyModel);
       const declared = req.headers['content-length'];
-      if (declared !== undefined) contentLength = Number(declared) + multipart.lengthDelta(decision.model);
+      if (declared !== undefined) contentLength = Number(declared) + multipart.lengthDelta(bodyModel);
     }
 
     // A client key belongs to this proxy: never forward it (the upstream key, if any, replaces it).
@@ -672,7 +689,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (x.res.headersSent || x.res.destroyed) return;
     const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, clientHeaders, {
       contentLength,
-      deployment: decision.deployment ?? decision.model ?? undefined,
+      deployment,
     });
     await dispatchUpstream(x, decision.upstream.origin, method, shape.path, shape.headers, body);
   };
@@ -901,8 +918,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     inflight++;
     const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
     const rest = versioned ? pathname.slice(3) || '/' : pathname;
-    // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes as they are.
-    const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
+    // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes and
+    // Azure's own (/openai/...) paths as they are.
+    const path = versioned || isOwnPath(pathname) || isNativePath(pathname) ? pathname : `/v1${pathname}`;
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
     if (cors.length > 0) x.cors = corsHeaders(req);
     (res as ResponseWithExchange)[kExchange] = x;
@@ -1220,6 +1238,11 @@ function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
     String(req.headers['content-type'] ?? '').includes('json') &&
     Number(req.headers['content-length']) > limit
   );
+}
+
+/** Paths in an API's own form rather than OpenAI's: Azure's `/openai/…`. */
+function isNativePath(pathname: string): boolean {
+  return pathname.startsWith('/openai/');
 }
 
 /** Paths the proxy itself owns (never forwarded). */

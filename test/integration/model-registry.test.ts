@@ -1,10 +1,17 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import OpenAI, { APIError, NotFoundError, toFile } from 'openai';
+import OpenAI, { APIError, AzureOpenAI, NotFoundError, toFile } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
-import { CHAT_ANSWER, createFakeUpstream, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import {
+  CHAT_ANSWER,
+  chatCompletionBody,
+  createFakeUpstream,
+  type FakeHandler,
+  type FakeUpstream,
+  sleep,
+} from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
@@ -354,6 +361,172 @@ describe('named upstreams', () => {
     expect(res.status).toBe(502);
     expect((await res.json()).error.message).toMatch(/upstream "gone", which is not configured/);
     expect(up.requests).toHaveLength(0);
+  });
+});
+
+describe('Azure clients and paths', () => {
+  const API_VERSION = '2025-04-01-preview';
+  const CLIENT_AZURE_KEY = 'client-azure-key-0123456789abcdef';
+
+  const azureClient = (p: TestProxy, deployment?: string) =>
+    new AzureOpenAI({
+      endpoint: p.url,
+      apiKey: CLIENT_AZURE_KEY,
+      apiVersion: API_VERSION,
+      deployment,
+      maxRetries: 0,
+    });
+
+  const json =
+    (body: (url: string, sent: Record<string, unknown>) => unknown): FakeHandler =>
+    (req, res, raw) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body(req.url ?? '', raw.length ? JSON.parse(raw.toString()) : {})));
+    };
+
+  test('the AzureOpenAI SDK pointed at the proxy: its paths reach Azure as sent, deployment as the model', async () => {
+    const az = await upstream();
+    az.on(
+      '/openai/files',
+      json(() => ({ object: 'list', data: [], has_more: false })),
+    );
+    az.on(
+      '/openai/models',
+      json(() => ({ object: 'list', data: [{ id: 'gpt-4o', object: 'model' }] })),
+    );
+    const p = await proxyWith({ OPENAI_BASE_URL: az.origin, OPENAI_API_TYPE: 'azure' });
+    const c = azureClient(p, 'mydep');
+
+    const answer = await c.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+    expect((await c.files.list()).data).toEqual([]);
+    expect((await c.models.list()).data.map((m) => m.id)).toEqual(['gpt-4o']);
+
+    expect(az.requests.map((r) => r.url)).toEqual([
+      `/openai/deployments/mydep/chat/completions?api-version=${API_VERSION}`,
+      `/openai/files?api-version=${API_VERSION}`,
+      `/openai/models?api-version=${API_VERSION}`,
+    ]);
+    expect(az.requests[0].headers['api-key']).toBe(CLIENT_AZURE_KEY);
+    // The body's model goes as the client sent it: Azure reads the deployment from the path.
+    expect(JSON.parse(az.requests[0].body.toString()).model).toBe('gpt-4o');
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.path, r.query, r.model, r.upstream_model, r.status])).toEqual([
+      ['/openai/deployments/mydep/chat/completions', `api-version=${API_VERSION}`, 'mydep', 'mydep', 200],
+      ['/openai/files', `api-version=${API_VERSION}`, null, null, 200],
+      ['/openai/models', `api-version=${API_VERSION}`, null, null, 200],
+    ]);
+  });
+
+  test('a path deployment is validated and aliased like a body model (VALIDATE_MODELS=true)', async () => {
+    const az = await upstream();
+    const p = await proxyWith(
+      {
+        OPENAI_BASE_URL: `${az.origin}/openai`,
+        OPENAI_API_TYPE: 'azure',
+        OPENAI_API_KEY: AZURE_KEY,
+        VALIDATE_MODELS: 'true',
+      },
+      {
+        models: [{ name: 'gpt-4o-eu', deployment: 'gpt4o-prod' }],
+        modelMappings: { eu: 'gpt-4o-eu' },
+      },
+    );
+    await azureClient(p, 'gpt-4o-eu').chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    await azureClient(p, 'eu').chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    const err = await azureClient(p, 'nope')
+      .chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] })
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(NotFoundError);
+    expect(err.error).toMatchObject({ code: 'model_not_found', param: 'model' });
+    expect(err.error.message).toContain('`nope`');
+
+    // The unknown deployment never reached the upstream; the known ones went to the model's deployment.
+    expect(az.requests.map((r) => r.url)).toEqual([
+      `/openai/deployments/gpt4o-prod/chat/completions?api-version=${API_VERSION}`,
+      `/openai/deployments/gpt4o-prod/chat/completions?api-version=${API_VERSION}`,
+    ]);
+    expect(az.requests[0].headers['api-key']).toBe(AZURE_KEY);
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.model, r.upstream_model, r.status])).toEqual([
+      ['gpt-4o-eu', 'gpt-4o-eu', 200],
+      ['eu', 'gpt-4o-eu', 200],
+      ['nope', null, 404],
+    ]);
+  });
+
+  test('OpenAI-style requests: only deployment-scoped operations get a deployment; the rest carry it in the body', async () => {
+    const az = await upstream();
+    az.on(
+      '/openai/responses',
+      json((_url, sent) => ({
+        id: 'resp_1',
+        object: 'response',
+        status: 'completed',
+        model: sent.model,
+        output: [],
+      })),
+    );
+    az.on(
+      '/openai/fine_tuning/jobs',
+      json((_url, sent) => ({
+        id: 'ftjob-1',
+        object: 'fine_tuning.job',
+        model: sent.model,
+        status: 'queued',
+      })),
+    );
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: az.origin, OPENAI_API_TYPE: 'azure', OPENAI_API_KEY: AZURE_KEY },
+      { models: [{ name: 'gpt-4o-eu', deployment: 'gpt4o-prod' }], modelMappings: { eu: 'gpt-4o-eu' } },
+    );
+    const c = client(p);
+    await chat(c, 'eu');
+    const response = await c.responses.create({ model: 'eu', input: 'hi' });
+    expect(response.model).toBe('gpt4o-prod');
+    await c.fineTuning.jobs.create({ model: 'gpt-4o-eu', training_file: 'file-1' });
+
+    expect(az.requests.map((r) => [r.url, JSON.parse(r.body.toString()).model])).toEqual([
+      ['/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21', 'gpt-4o-eu'],
+      ['/openai/responses?api-version=2024-10-21', 'gpt4o-prod'],
+      ['/openai/fine_tuning/jobs?api-version=2024-10-21', 'gpt4o-prod'],
+    ]);
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.path, r.model])).toEqual([
+      ['/v1/chat/completions', 'eu'],
+      ['/v1/responses', 'eu'],
+      ['/v1/fine_tuning/jobs', 'gpt-4o-eu'],
+    ]);
+  });
+
+  test('an …/openai/v1 base: OpenAI-style paths, no deployment, api-version only when configured, api-key', async () => {
+    const az = await upstream();
+    az.on(
+      '/openai/v1/chat/completions',
+      json((_url, sent) => chatCompletionBody(String(sent.model))),
+    );
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: `${az.origin}/openai/v1`, OPENAI_API_TYPE: 'azure', OPENAI_API_KEY: AZURE_KEY },
+      { models: [{ name: 'gpt-4o-eu', deployment: 'gpt4o-prod' }] },
+    );
+    const answer = await chat(client(p), 'gpt-4o-eu');
+    expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+    const [got] = az.requests;
+    expect(got.url).toBe('/openai/v1/chat/completions');
+    expect(got.headers['api-key']).toBe(AZURE_KEY);
+    expect(got.headers.authorization).toBeUndefined();
+    expect(JSON.parse(got.body.toString()).model).toBe('gpt4o-prod');
+    const [row] = await p.waitForRows(1);
+    expect(row).toMatchObject({ path: '/v1/chat/completions', model: 'gpt-4o-eu', status: 200 });
   });
 });
 

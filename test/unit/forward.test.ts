@@ -1,0 +1,107 @@
+import { describe, expect, test } from 'vitest';
+import { createUpstreamTarget, isDeploymentInPath, shapeUpstreamRequest } from '../../src/proxy/forward.js';
+
+const azure = (baseUrl: string, extra: { apiKey?: string; apiVersion?: string } = {}) =>
+  createUpstreamTarget('az', baseUrl, { type: 'azure', ...extra });
+
+describe('upstream path', () => {
+  test.each([
+    // OpenAI-style requests on a classic Azure base: deployment-scoped operations per deployment.
+    ['https://r.openai.azure.com', '/chat/completions', 'dep', '/openai/deployments/dep/chat/completions'],
+    ['https://r.openai.azure.com/openai', '/embeddings', 'dep', '/openai/deployments/dep/embeddings'],
+    ['https://r.openai.azure.com', '/audio/speech', 'dep', '/openai/deployments/dep/audio/speech'],
+    ['https://r.openai.azure.com', '/images/variations', 'd', '/openai/deployments/d/images/variations'],
+    [
+      'https://r.openai.azure.com',
+      '/extensions/chat/completions',
+      'd',
+      '/openai/deployments/d/extensions/chat/completions',
+    ],
+    ['https://gw.example/aoai', '/completions', 'a b', '/aoai/openai/deployments/a%20b/completions'],
+    // The rest lives under {root}/openai with its model in the body.
+    ['https://r.openai.azure.com', '/responses', 'dep', '/openai/responses'],
+    ['https://r.openai.azure.com', '/fine_tuning/jobs', 'dep', '/openai/fine_tuning/jobs'],
+    ['https://r.openai.azure.com', '/assistants', 'dep', '/openai/assistants'],
+    ['https://r.openai.azure.com', '/threads/t1/runs', 'dep', '/openai/threads/t1/runs'],
+    ['https://r.openai.azure.com', '/vector_stores', 'dep', '/openai/vector_stores'],
+    ['https://r.openai.azure.com', '/batches', 'dep', '/openai/batches'],
+    ['https://r.openai.azure.com/openai', '/files', undefined, '/openai/files'],
+    ['https://r.openai.azure.com', '/models', undefined, '/openai/models'],
+    // A base naming a deployment: its deployment-scoped operations appended, the rest under the root.
+    [
+      'http://h/openai/deployments/legacy',
+      '/chat/completions',
+      'x',
+      '/openai/deployments/legacy/chat/completions',
+    ],
+    ['http://h/openai/deployments/legacy', '/files', undefined, '/openai/files'],
+    // A client already speaking Azure: under the root as sent, the deployment the routed one.
+    [
+      'https://r.openai.azure.com',
+      '/openai/deployments/gpt4o-prod/chat/completions',
+      'gpt4o-prod',
+      '/openai/deployments/gpt4o-prod/chat/completions',
+    ],
+    [
+      'https://r.openai.azure.com/openai',
+      '/openai/deployments/eu/chat/completions',
+      'gpt4o-prod',
+      '/openai/deployments/gpt4o-prod/chat/completions',
+    ],
+    ['https://r.openai.azure.com/openai', '/openai/files', undefined, '/openai/files'],
+    ['https://gw.example/aoai/openai', '/openai/responses', 'dep', '/aoai/openai/responses'],
+    ['https://r.openai.azure.com/openai/v1', '/openai/v1/responses', 'dep', '/openai/v1/responses'],
+    // Azure's /openai/v1 base: OpenAI-style, no deployment in the path.
+    ['https://r.openai.azure.com/openai/v1', '/chat/completions', 'dep', '/openai/v1/chat/completions'],
+    ['https://r.openai.azure.com/openai/v1/', '/files', undefined, '/openai/v1/files'],
+  ])('azure %s + %s (deployment %s) → %s', (base, rest, deployment, expected) => {
+    const shape = shapeUpstreamRequest(azure(base), rest, '', {}, { deployment });
+    expect(shape.path).toBe(expected);
+  });
+
+  test.each([
+    ['https://api.openai.com/v1', '/chat/completions', '/v1/chat/completions'],
+    ['http://127.0.0.1:8080', '/chat/completions', '/chat/completions'],
+  ])('openai %s + %s → %s', (base, rest, expected) => {
+    const shape = shapeUpstreamRequest(createUpstreamTarget('o', base), rest, '', {}, { deployment: 'm' });
+    expect(shape.path).toBe(expected);
+  });
+
+  test.each([
+    ['https://r.openai.azure.com', '/chat/completions', true],
+    ['https://r.openai.azure.com', '/responses', false],
+    ['https://r.openai.azure.com', '/openai/deployments/d/chat/completions', false],
+    ['https://r.openai.azure.com/openai/v1', '/chat/completions', false],
+  ])('isDeploymentInPath(%s, %s) = %s', (base, rest, expected) => {
+    expect(isDeploymentInPath(azure(base), rest)).toBe(expected);
+  });
+});
+
+describe('api-version', () => {
+  test.each([
+    ['configured, client sent none', '2024-10-21', '', 'api-version=2024-10-21'],
+    [
+      'the client’s own kept',
+      '2024-10-21',
+      'api-version=2025-04-01-preview',
+      'api-version=2025-04-01-preview',
+    ],
+    ['none configured (an /openai/v1 base), none sent', undefined, '', ''],
+    ['none configured, the client’s kept', undefined, 'api-version=preview', 'api-version=preview'],
+  ])('%s', (_label, apiVersion, query, expected) => {
+    const shape = shapeUpstreamRequest(
+      azure('https://r.openai.azure.com', { apiVersion }),
+      '/files',
+      query,
+      {},
+    );
+    expect(shape.path).toBe(expected ? `/openai/files?${expected}` : '/openai/files');
+  });
+});
+
+test('an /openai/v1 base still gets the key as api-key', () => {
+  const t = azure('https://r.openai.azure.com/openai/v1', { apiKey: 'upstream-key' });
+  const h = shapeUpstreamRequest(t, '/chat/completions', '', { authorization: 'Bearer x' }).headers;
+  expect(h['api-key']).toBe('upstream-key');
+  expect(h.authorization).toBeUndefined();
+});
