@@ -78,6 +78,9 @@ const AZURE_DEPLOYMENT_OPS =
 /** A client path in Azure's own form: `/openai/deployments/{deployment}/…`. */
 const AZURE_DEPLOYMENT_PATH = /^\/openai\/deployments\/([^/]+)(\/.*)?$/;
 
+/** An Entra ID access token (a JWT: three base64url segments, the first a JSON header). */
+const ENTRA_TOKEN = /^eyJ[\w-]*\.[\w-]+\.[\w-]*$/;
+
 /** True for Azure's `…/openai/v1` base URL: OpenAI-style paths, the model (deployment) in the body. */
 export function isAzureV1Base(basePath: string): boolean {
   return /\/openai\/v1$/.test(basePath);
@@ -165,9 +168,12 @@ export function shapeUpstreamRequest(
       delete headers.authorization;
       headers['api-key'] = target.apiKey;
     } else if (!headers['api-key'] && typeof headers.authorization === 'string') {
+      // A plain key sent the OpenAI way becomes Azure's api-key; an Entra ID token stays a Bearer token.
       const token = bearerToken(headers.authorization);
-      if (token) headers['api-key'] = token;
-      delete headers.authorization;
+      if (!token || !ENTRA_TOKEN.test(token)) {
+        if (token) headers['api-key'] = token;
+        delete headers.authorization;
+      }
     }
     if (target.apiVersion && !/(^|&)api-version=/.test(q))
       q = q

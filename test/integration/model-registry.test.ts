@@ -367,6 +367,8 @@ describe('named upstreams', () => {
 describe('Azure clients and paths', () => {
   const API_VERSION = '2025-04-01-preview';
   const CLIENT_AZURE_KEY = 'client-azure-key-0123456789abcdef';
+  const JWT =
+    'eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZXNlcnZpY2VzLmF6dXJlLmNvbSJ9.c2lnbmF0dXJlLXRlc3Q';
 
   const azureClient = (p: TestProxy, deployment?: string) =>
     new AzureOpenAI({
@@ -506,6 +508,29 @@ describe('Azure clients and paths', () => {
       ['/v1/responses', 'eu'],
       ['/v1/fine_tuning/jobs', 'gpt-4o-eu'],
     ]);
+  });
+
+  test('an Entra ID token (azureADTokenProvider) is forwarded as Authorization: Bearer, a plain key as api-key', async () => {
+    const az = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: az.origin, OPENAI_API_TYPE: 'azure' });
+    const entra = new AzureOpenAI({
+      endpoint: p.url,
+      azureADTokenProvider: async () => JWT,
+      apiVersion: API_VERSION,
+      deployment: 'mydep',
+      maxRetries: 0,
+    });
+    await entra.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    await chat(new OpenAI({ apiKey: CLIENT_AZURE_KEY, baseURL: `${p.url}/v1`, maxRetries: 0 }), 'gpt-4o');
+
+    const [viaEntra, viaKey] = az.requests;
+    expect(viaEntra.headers.authorization).toBe(`Bearer ${JWT}`);
+    expect(viaEntra.headers['api-key']).toBeUndefined();
+    expect(viaKey.headers['api-key']).toBe(CLIENT_AZURE_KEY);
+    expect(viaKey.headers.authorization).toBeUndefined();
+    const rows = await p.waitForRows(2);
+    expect(JSON.parse(rows[0].request_headers).authorization).toBe('[redacted]');
+    expect(JSON.stringify(rows)).not.toContain(JWT);
   });
 
   test('an …/openai/v1 base: OpenAI-style paths, no deployment, api-version only when configured, api-key', async () => {

@@ -105,3 +105,39 @@ test('an /openai/v1 base still gets the key as api-key', () => {
   expect(h['api-key']).toBe('upstream-key');
   expect(h.authorization).toBeUndefined();
 });
+
+describe('Azure credentials', () => {
+  const JWT =
+    'eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL2NvZ25pdGl2ZXNlcnZpY2VzLmF6dXJlLmNvbSJ9.c2lnbmF0dXJl';
+  const shapeHeaders = (headers: Record<string, string>, apiKey?: string) =>
+    shapeUpstreamRequest(azure('https://r.openai.azure.com', { apiKey }), '/chat/completions', '', headers, {
+      deployment: 'd',
+    }).headers;
+
+  test('a plain key sent as Bearer becomes api-key', () => {
+    const h = shapeHeaders({ authorization: 'Bearer client-azure-key-9999' });
+    expect(h['api-key']).toBe('client-azure-key-9999');
+    expect(h.authorization).toBeUndefined();
+  });
+
+  test('an Entra ID token (JWT) stays Authorization: Bearer', () => {
+    const h = shapeHeaders({ authorization: `Bearer ${JWT}` });
+    expect(h.authorization).toBe(`Bearer ${JWT}`);
+    expect(h['api-key']).toBeUndefined();
+  });
+
+  test.each([
+    ['eyJ but not three segments', 'eyJabc.def'],
+    ['three segments, no JSON header', 'abc.def.ghi'],
+  ])('%s: treated as a key', (_label, token) => {
+    const h = shapeHeaders({ authorization: `Bearer ${token}` });
+    expect(h['api-key']).toBe(token);
+    expect(h.authorization).toBeUndefined();
+  });
+
+  test('a configured key replaces even an Entra ID token', () => {
+    const h = shapeHeaders({ authorization: `Bearer ${JWT}` }, 'upstream-key');
+    expect(h['api-key']).toBe('upstream-key');
+    expect(h.authorization).toBeUndefined();
+  });
+});
