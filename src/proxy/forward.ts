@@ -112,7 +112,7 @@ export function isDeploymentInPath(target: UpstreamTarget, rest: string): boolea
 
 /**
  * The upstream path (no query) for `rest`:
- * - OpenAI-style upstreams: base + rest.
+ * - OpenAI-style upstreams: base + rest; Ollama's native `/api/…` relative to the base without its `/v1`.
  * - Azure, a client path already in Azure's form (`/openai/…`): under the resource root as sent, its
  *   deployment replaced by the routed one.
  * - Azure `…/openai/v1` base: base + rest.
@@ -121,7 +121,9 @@ export function isDeploymentInPath(target: UpstreamTarget, rest: string): boolea
  */
 function upstreamPath(target: UpstreamTarget, rest: string, deployment: string | undefined): string {
   const base = target.basePath;
-  if (target.type !== 'azure') return base + rest;
+  if (target.type !== 'azure') {
+    return rest.startsWith('/api/') ? base.replace(/\/v1$/, '') + rest : base + rest;
+  }
   // The resource root: the base without `/openai/v1`, `/openai/deployments/{name}` or `/openai`.
   const root = base.replace(/\/openai(?:\/v1|\/deployments\/[^/]+)?$/, '');
   if (rest === '/openai' || rest.startsWith('/openai/')) {
@@ -139,7 +141,7 @@ function upstreamPath(target: UpstreamTarget, rest: string, deployment: string |
 
 /**
  * The upstream path and headers for a client request: `rest` is the path after `/v1` (starting with `/`),
- * or the client's path when it is in Azure's form (`/openai/…`); hop-by-hop
+ * or the client's path when it is in Azure's (`/openai/…`) or Ollama's (`/api/…`) form; hop-by-hop
  * headers dropped, the upstream key put in place of the client's when configured (see upstreamPath).
  */
 export function shapeUpstreamRequest(

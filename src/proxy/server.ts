@@ -919,7 +919,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
     const rest = versioned ? pathname.slice(3) || '/' : pathname;
     // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes and
-    // Azure's own (/openai/...) paths as they are.
+    // Azure's (/openai/...) and Ollama's (/api/...) own paths as they are.
     const path = versioned || isOwnPath(pathname) || isNativePath(pathname) ? pathname : `/v1${pathname}`;
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
     if (cors.length > 0) x.cors = corsHeaders(req);
@@ -1240,9 +1240,9 @@ function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
   );
 }
 
-/** Paths in an API's own form rather than OpenAI's: Azure's `/openai/…`. */
+/** Paths in an API's own form rather than OpenAI's: Azure's `/openai/…`, Ollama's `/api/…`. */
 function isNativePath(pathname: string): boolean {
-  return pathname.startsWith('/openai/');
+  return pathname.startsWith('/openai/') || pathname.startsWith('/api/');
 }
 
 /** Paths the proxy itself owns (never forwarded). */

@@ -555,6 +555,35 @@ describe('Azure clients and paths', () => {
   });
 });
 
+describe("Ollama's native API", () => {
+  test('/api/chat through a …/v1 base goes to the base without /v1, recorded as sent, its model routed', async () => {
+    const up = await upstream();
+    up.on('/api/chat', (_req, res, raw) => {
+      const sent = JSON.parse(raw.toString());
+      res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
+      res.end(
+        JSON.stringify({ model: sent.model, message: { role: 'assistant', content: 'hi' }, done: true }),
+      );
+    });
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MODEL_MAPPINGS: '{"local":"llama3:8b"}' });
+    const res = await fetch(`${p.url}/api/chat`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'local', messages: [{ role: 'user', content: 'hi' }], stream: false }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toMatchObject({ model: 'llama3:8b', message: { content: 'hi' } });
+    expect(up.requests.map((r) => r.url)).toEqual(['/api/chat']);
+    const [row] = await p.waitForRows(1);
+    expect(row).toMatchObject({
+      path: '/api/chat',
+      model: 'local',
+      upstream_model: 'llama3:8b',
+      status: 200,
+    });
+  });
+});
+
 describe('live registry', () => {
   test('a running server picks up `oai-proxy models` edits within about a second', async () => {
     const up = await upstream();

@@ -62,6 +62,12 @@ describe('upstream path', () => {
   test.each([
     ['https://api.openai.com/v1', '/chat/completions', '/v1/chat/completions'],
     ['http://127.0.0.1:8080', '/chat/completions', '/chat/completions'],
+    // Ollama's native API sits beside its OpenAI-compatible /v1.
+    ['http://h:11434/v1', '/api/chat', '/api/chat'],
+    ['http://h:11434/v1/', '/api/tags', '/api/tags'],
+    ['https://gw/x/v1', '/api/generate', '/x/api/generate'],
+    ['http://h:11434', '/api/chat', '/api/chat'],
+    ['https://gw/x', '/api/chat', '/x/api/chat'],
   ])('openai %s + %s → %s', (base, rest, expected) => {
     const shape = shapeUpstreamRequest(createUpstreamTarget('o', base), rest, '', {}, { deployment: 'm' });
     expect(shape.path).toBe(expected);
