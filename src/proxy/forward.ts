@@ -75,8 +75,11 @@ function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined
 const AZURE_DEPLOYMENT_OPS =
   /^\/(?:chat\/completions|completions|embeddings|audio\/(?:transcriptions|translations|speech)|images\/(?:generations|edits|variations)|extensions\/chat\/completions)$/;
 
-/** A client path in Azure's own form: `/openai/deployments/{deployment}/…`. */
-const AZURE_DEPLOYMENT_PATH = /^\/openai\/deployments\/([^/]+)(\/.*)?$/;
+/**
+ * A client path in Azure's own form: `/openai/deployments/{deployment}/…`, or `/deployments/{deployment}/…`
+ * after the proxy's `/v1` (an AzureOpenAI SDK client given the proxy's …/v1 as its baseURL).
+ */
+const AZURE_DEPLOYMENT_PATH = /^(?:\/openai)?\/deployments\/([^/]+)(\/.*)?$/;
 
 /** An Entra ID access token (a JWT: three base64url segments, the first a JSON header). */
 const ENTRA_TOKEN = /^eyJ[\w-]*\.[\w-]+\.[\w-]*$/;
@@ -86,7 +89,7 @@ export function isAzureV1Base(basePath: string): boolean {
   return /\/openai\/v1$/.test(basePath);
 }
 
-/** The deployment a client path in Azure's form names (`/openai/deployments/{name}/…`), decoded; else null. */
+/** The deployment a client path in Azure's form names (`[/openai]/deployments/{name}/…`), decoded; else null. */
 export function azurePathDeployment(rest: string): string | null {
   const m = AZURE_DEPLOYMENT_PATH.exec(rest);
   if (!m) return null;
@@ -113,8 +116,8 @@ export function isDeploymentInPath(target: UpstreamTarget, rest: string): boolea
 /**
  * The upstream path (no query) for `rest`:
  * - OpenAI-style upstreams: base + rest; Ollama's native `/api/…` relative to the base without its `/v1`.
- * - Azure, a client path already in Azure's form (`/openai/…`): under the resource root as sent, its
- *   deployment replaced by the routed one.
+ * - Azure, a client path already in Azure's form (`/openai/…`, `/deployments/…`): under the resource
+ *   root as sent, its deployment replaced by the routed one.
  * - Azure `…/openai/v1` base: base + rest.
  * - Azure classic: deployment-scoped operations at `{root}/openai/deployments/{deployment}{rest}` (or
  *   under a base that names a deployment), everything else at `{root}/openai{rest}`.
@@ -126,10 +129,10 @@ function upstreamPath(target: UpstreamTarget, rest: string, deployment: string |
   }
   // The resource root: the base without `/openai/v1`, `/openai/deployments/{name}` or `/openai`.
   const root = base.replace(/\/openai(?:\/v1|\/deployments\/[^/]+)?$/, '');
-  if (rest === '/openai' || rest.startsWith('/openai/')) {
+  if (rest === '/openai' || rest.startsWith('/openai/') || rest.startsWith('/deployments/')) {
     const m = AZURE_DEPLOYMENT_PATH.exec(rest);
     if (m && deployment) return `${root}/openai/deployments/${encodeURIComponent(deployment)}${m[2] ?? ''}`;
-    return root + rest;
+    return rest.startsWith('/openai') ? root + rest : `${root}/openai${rest}`;
   }
   if (isAzureV1Base(base)) return base + rest;
   if (AZURE_DEPLOYMENT_OPS.test(rest)) {

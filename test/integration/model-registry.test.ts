@@ -466,6 +466,36 @@ describe('Azure clients and paths', () => {
     ]);
   });
 
+  test('an AzureOpenAI SDK given the proxy …/v1 as baseURL: /v1/deployments/{name}/… is routed the same way', async () => {
+    const az = await upstream();
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: az.origin, OPENAI_API_TYPE: 'azure', OPENAI_API_KEY: AZURE_KEY },
+      { models: [{ name: 'gpt-4o-eu', deployment: 'gpt4o-prod' }], modelMappings: { eu: 'gpt-4o-eu' } },
+    );
+    const c = new AzureOpenAI({
+      baseURL: `${p.url}/v1`,
+      apiKey: CLIENT_AZURE_KEY,
+      apiVersion: API_VERSION,
+      deployment: 'eu',
+      maxRetries: 0,
+    });
+    const answer = await c.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+    expect(az.requests.map((r) => r.url)).toEqual([
+      `/openai/deployments/gpt4o-prod/chat/completions?api-version=${API_VERSION}`,
+    ]);
+    const [row] = await p.waitForRows(1);
+    expect(row).toMatchObject({
+      path: '/v1/deployments/eu/chat/completions',
+      model: 'eu',
+      upstream_model: 'gpt-4o-eu',
+      status: 200,
+    });
+  });
+
   test('OpenAI-style requests: only deployment-scoped operations get a deployment; the rest carry it in the body', async () => {
     const az = await upstream();
     az.on(

@@ -49,6 +49,12 @@ describe('upstream path', () => {
       '/openai/deployments/gpt4o-prod/chat/completions',
     ],
     ['https://r.openai.azure.com/openai', '/openai/files', undefined, '/openai/files'],
+    [
+      'https://r.openai.azure.com/openai',
+      '/deployments/eu/embeddings',
+      'gpt4o-prod',
+      '/openai/deployments/gpt4o-prod/embeddings',
+    ],
     ['https://gw.example/aoai/openai', '/openai/responses', 'dep', '/aoai/openai/responses'],
     ['https://r.openai.azure.com/openai/v1', '/openai/v1/responses', 'dep', '/openai/v1/responses'],
     // Azure's /openai/v1 base: OpenAI-style, no deployment in the path.
