@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { serveEchoWebSocket } from './websocket.js';
 
 /** A request as the fake upstream received it. */
 export interface ReceivedRequest {
@@ -23,6 +24,10 @@ export interface FakeUpstream {
   streamIntervalMs: number;
   /** Words in a streamed answer (default 5). */
   streamWords: number;
+  /** When set, WebSocket upgrades are refused with this status (an OpenAI error body) instead of echoed. */
+  websocketRefusal: number | null;
+  /** The upstream side of every WebSocket session it echoed. */
+  websockets: Socket[];
   /** Replace the handler for one path (exact match on the path without query). */
   on(path: string, handler: FakeHandler): void;
   /** Resolves when a request to `path` has been aborted by the client side. */
@@ -68,6 +73,8 @@ export async function createFakeUpstream(): Promise<FakeUpstream> {
     requests,
     streamIntervalMs: 0,
     streamWords: 5,
+    websocketRefusal: null,
+    websockets: [],
     on(path, handler) {
       handlers.set(path, handler);
     },
@@ -135,6 +142,31 @@ export async function createFakeUpstream(): Promise<FakeUpstream> {
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));
+  });
+  // WebSocket upgrades (the Realtime API): recorded like requests, then an echo server or a refusal.
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    requests.push({
+      method: req.method ?? '',
+      url: req.url ?? '',
+      headers: req.headers,
+      body: Buffer.alloc(0),
+      aborted: false,
+    });
+    if (fake.websocketRefusal === null) {
+      if (serveEchoWebSocket(req, socket, head)) fake.websockets.push(socket);
+      return;
+    }
+    const body = JSON.stringify({
+      error: {
+        message: 'WebSocket refused by the fake upstream',
+        type: 'invalid_request_error',
+        param: null,
+        code: null,
+      },
+    });
+    socket.end(
+      `HTTP/1.1 ${fake.websocketRefusal} Refused\r\ncontent-type: application/json\r\nx-request-id: req_fake_ws_refused\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
   });
 
   const defaultHandler: FakeHandler = async (req, res, body) => {
