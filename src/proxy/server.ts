@@ -1,6 +1,13 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  ServerResponse,
+} from 'node:http';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { isOaiProxyError, openAiErrorBody } from '../errors.js';
 import type {
@@ -33,6 +40,16 @@ import { replaceJsonModel } from './json-model.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
 import { isDecodable, RecordDecoder } from './record-decoder.js';
 import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
+import {
+  headWithoutUpgrade,
+  isWebSocketUpgrade,
+  queryModel,
+  type RelayEnd,
+  relaySockets,
+  replaceQueryModel,
+  switchingProtocolsHead,
+  withoutSubprotocolKey,
+} from './websocket.js';
 
 /** Where a model's requests go, as decided by the model registry. */
 export interface RouteDecision {
@@ -109,6 +126,9 @@ export interface ProxyServer {
    */
   reconfigure(settings: { limits: ProxyLimits; clientKeys: string[] }): void;
 }
+
+const INVALID_PATH_MESSAGE = 'Invalid request path: it must be an absolute path without encoded dot-segments';
+const MISSING_HOST_MESSAGE = 'Missing Host header: a request must name the host it is for';
 
 /** The methods the proxy forwards: the `allow` of its 405 to CONNECT. */
 const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
@@ -192,6 +212,11 @@ export class ExchangeContext {
   decoder: RecordDecoder | null = null;
   internal = false;
   recorded = false;
+  /**
+   * A WebSocket handshake: after a 101 its bodies are frames, counted (request/response bytes) but not
+   * recorded; a key offered as a subprotocol is redacted.
+   */
+  websocket = false;
   /** CORS_ORIGINS headers for this request's Origin, added to every answer; null when it gets none. */
   cors: Record<string, string> | null = null;
   /** Read now: by the time the exchange is recorded the socket may be detached (req.socket null). */
@@ -442,6 +467,37 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     return false;
   };
 
+  /**
+   * The client's headers without the proxy's own keys. A client key belongs to this proxy: never forward it
+   * (the upstream key, if any, replaces it). The proxy's keys (admin, client, retired client keys) never
+   * reach the upstream, whatever header carries them: Authorization, api-key, x-api-key or a custom one.
+   */
+  const forwardableHeaders = (req: IncomingMessage): IncomingHttpHeaders => {
+    let clientHeaders = req.headers;
+    const adminKey = currentAdminKey();
+    if (adminKey || clientKeys.length > 0 || retiredKeys.length > 0) {
+      for (const name in req.headers) {
+        const v = req.headers[name];
+        if (v === undefined || !isProxyKey(v, adminKey)) continue;
+        if (clientHeaders === req.headers) clientHeaders = { ...req.headers };
+        delete clientHeaders[name];
+      }
+    }
+    return clientHeaders;
+  };
+
+  /** The 401 to a request without a valid PROXY_API_KEYS key. */
+  const refuseClientKey = (x: ExchangeContext) =>
+    x.respondError(
+      401,
+      'unauthorized',
+      x.req.headers.authorization || x.req.headers['api-key']
+        ? 'Incorrect API key provided; send Authorization: Bearer <one of PROXY_API_KEYS>'
+        : 'Missing API key; this proxy requires Authorization: Bearer <one of PROXY_API_KEYS>',
+      'invalid_request_error',
+      'invalid_api_key',
+    );
+
   const corsHeaders = (req: IncomingMessage): Record<string, string> | null => {
     if (cors.length === 0) return null;
     const origin = req.headers.origin;
@@ -481,6 +537,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
           : null;
+      if (x.websocket && x.status === 101) {
+        requestBody = framesPlaceholder(x.requestCapture.bytes);
+        responseBody = framesPlaceholder(x.responseCapture.bytes);
+      }
       const secrets = currentSecrets();
       if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
       if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
@@ -497,7 +557,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         query: x.query ? scrubSecrets(x.query, secrets) : null,
         clientAddr: x.clientAddr,
         status: x.status,
-        requestHeadersJson: redactedHeadersJson(x.req.headers, secrets),
+        requestHeadersJson: redactedHeadersJson(
+          x.websocket ? withoutSubprotocolKey(x.req.headers) : x.req.headers,
+          secrets,
+        ),
         responseHeadersJson: x.responseHeaders ? redactedHeadersJson(x.responseHeaders, secrets) : null,
         requestBody,
         requestBytes: x.requestCapture.bytes,
@@ -538,6 +601,41 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     finished.push(x);
     if (finished.length >= RECORD_BATCH_MAX) recordFinished();
     else finishedTimer ??= setTimeout(recordFinished, RECORD_DELAY_MS);
+  };
+
+  /**
+   * The registry's decision for `x.model`, or null after answering the refusal itself: 404 model_not_found,
+   * or the router's error (a model naming a missing upstream), which also closes the connection, as a 404
+   * does when `closeOnRefusal` (a body left unread).
+   */
+  const routeModel = (x: ExchangeContext, closeOnRefusal: boolean): RouteDecision | null => {
+    let decision: RouteDecision | null = {
+      upstream: options.defaultUpstream,
+      model: x.model,
+      unknown: false,
+    };
+    if (options.router) {
+      try {
+        decision = options.router.route(x.model);
+      } catch (err) {
+        if (!isOaiProxyError(err)) throw err;
+        x.res.shouldKeepAlive = false;
+        x.respondError(err.status, 'proxy_error', err.message, 'proxy_error', err.code);
+        return null;
+      }
+    }
+    if (!decision) {
+      if (closeOnRefusal) x.res.shouldKeepAlive = false;
+      x.respondError(
+        404,
+        'model_not_found',
+        `The model \`${x.model}\` does not exist or is not available on this proxy`,
+        'invalid_request_error',
+        'model_not_found',
+        'model',
+      );
+    }
+    return decision;
   };
 
   const forward = async (x: ExchangeContext) => {
@@ -620,33 +718,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const pathDeployment = azurePathDeployment(x.rest);
     if (pathDeployment !== null) x.model = pathDeployment;
 
-    let decision: RouteDecision | null = {
-      upstream: options.defaultUpstream,
-      model: x.model,
-      unknown: false,
-    };
-    if (options.router) {
-      try {
-        decision = options.router.route(x.model);
-      } catch (err) {
-        if (!isOaiProxyError(err)) throw err;
-        x.res.shouldKeepAlive = false;
-        x.respondError(err.status, 'proxy_error', err.message, 'proxy_error', err.code);
-        return;
-      }
-    }
-    if (!decision) {
-      if (multipart) x.res.shouldKeepAlive = false;
-      x.respondError(
-        404,
-        'model_not_found',
-        `The model \`${x.model}\` does not exist or is not available on this proxy`,
-        'invalid_request_error',
-        'model_not_found',
-        'model',
-      );
-      return;
-    }
+    const decision = routeModel(x, multipart !== null);
+    if (!decision) return;
     x.upstreamName = decision.upstream.name;
     x.upstreamModel = decision.model;
     x.modelUnknown = decision.unknown;
@@ -672,19 +745,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       if (declared !== undefined) contentLength = Number(declared) + multipart.lengthDelta(bodyModel);
     }
 
-    // A client key belongs to this proxy: never forward it (the upstream key, if any, replaces it).
-    // The proxy's own keys (admin, client, retired client keys) never reach the upstream, whatever
-    // header carries them: Authorization, api-key, x-api-key or a custom one.
-    let clientHeaders = req.headers;
-    const adminKey = currentAdminKey();
-    if (adminKey || clientKeys.length > 0 || retiredKeys.length > 0) {
-      for (const name in req.headers) {
-        const v = req.headers[name];
-        if (v === undefined || !isProxyKey(v, adminKey)) continue;
-        if (clientHeaders === req.headers) clientHeaders = { ...req.headers };
-        delete clientHeaders[name];
-      }
-    }
+    const clientHeaders = forwardableHeaders(req);
     // Answered already (a malformed body refused mid-read) or the client is gone: nothing to forward.
     if (x.res.headersSent || x.res.destroyed) return;
     const shape = shapeUpstreamRequest(decision.upstream, x.rest, x.query, clientHeaders, {
@@ -701,6 +762,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     path: string,
     headers: Record<string, string | string[]>,
     body: Buffer | AsyncIterable<Buffer> | null,
+    /** For a WebSocket handshake: takes the upstream's 101 and its socket (any other answer is relayed). */
+    onUpgrade?: (headers: Record<string, string | string[] | undefined>, socket: Duplex) => void,
   ) =>
     new Promise<void>((resolve) => {
       const { res } = x;
@@ -825,9 +888,18 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           resolve();
         },
       };
+      if (onUpgrade) {
+        handler.onRequestUpgrade = (_c, _status, upstreamHeaders, socket) => {
+          res.removeListener('close', onClientClose);
+          onUpgrade(upstreamHeaders, socket);
+          resolve();
+        };
+      }
       try {
         dispatcher.dispatch(
-          { origin, path, method: method as Dispatcher.HttpMethod, headers, body: body as any },
+          onUpgrade
+            ? { origin, path, method: method as Dispatcher.HttpMethod, headers, upgrade: 'websocket' }
+            : { origin, path, method: method as Dispatcher.HttpMethod, headers, body: body as any },
           handler,
         );
       } catch (err) {
@@ -867,17 +939,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const target = normaliseTarget(req.url);
     if (!target) {
-      refuse(
-        req,
-        res,
-        'Invalid request path: it must be an absolute path without encoded dot-segments',
-        'invalid_path',
-      );
+      refuse(req, res, INVALID_PATH_MESSAGE, 'invalid_path');
       return;
     }
     // Node's own check (requireHostHeader) would answer an unrecorded empty 400: refused here instead.
     if (req.headers.host === undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) {
-      refuse(req, res, 'Missing Host header: a request must name the host it is for', 'bad_request');
+      refuse(req, res, MISSING_HOST_MESSAGE, 'bad_request');
       return;
     }
     const { pathname, query } = target;
@@ -941,15 +1008,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     });
     try {
       if (clientKeys.length > 0 && !isAdminPath(pathname) && !clientKeyValid(req)) {
-        x.respondError(
-          401,
-          'unauthorized',
-          req.headers.authorization || req.headers['api-key']
-            ? 'Incorrect API key provided; send Authorization: Bearer <one of PROXY_API_KEYS>'
-            : 'Missing API key; this proxy requires Authorization: Bearer <one of PROXY_API_KEYS>',
-          'invalid_request_error',
-          'invalid_api_key',
-        );
+        refuseClientKey(x);
         return;
       }
       for (const route of options.routes ?? []) {
@@ -981,6 +1040,160 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     }
   };
 
+  /**
+   * An `Upgrade` request. A WebSocket handshake (the Realtime API) is routed as `handle` routes a request
+   * (client keys, own routes, the registry with the `model` query parameter) and sent to the upstream;
+   * after its 101 the bytes are relayed both ways unchanged until either side closes. The session is one
+   * exchange, recorded when both connections have closed, and in flight until then (shutdown waits for it
+   * within SHUTDOWN_GRACE_MS, then cuts it). Any other upgrade is declined: served as a plain request.
+   */
+  const handleUpgrade = async (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    // Node's server has stopped listening on this socket: an error without a listener would crash the process.
+    if (socket.listenerCount('error') === 0) socket.on('error', ignoreError);
+    const answering = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (answering) {
+      // Pipelined behind an answer still being written: handled once that answer is out (Node's own
+      // 'finish' listener has detached it from the socket by then), or never, if it is cut.
+      answering.once('finish', () => void handleUpgradeSafely(req, socket, head));
+      answering.once('close', () => {
+        if (!answering.writableFinished) socket.destroy();
+      });
+      return;
+    }
+    if (!isWebSocketUpgrade(req)) {
+      // curl --http2 offers h2c on every plain-HTTP request: hand the request, without the offer, back to
+      // the HTTP parser on the same connection, as if no 'upgrade' listener existed.
+      socket.unshift(Buffer.concat([headWithoutUpgrade(req), head]));
+      server.emit('connection', socket);
+      return;
+    }
+    // Until a 101, answers (the proxy's own, or the upstream's refusal) go out as HTTP; then the connection closes.
+    const res = new ServerResponse(req);
+    res.assignSocket(socket);
+    res.shouldKeepAlive = false;
+    res.once('finish', () => socket.end());
+    const target = normaliseTarget(req.url);
+    if (!target) {
+      refuse(req, res, INVALID_PATH_MESSAGE, 'invalid_path');
+      return;
+    }
+    if (req.headers.host === undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) {
+      refuse(req, res, MISSING_HOST_MESSAGE, 'bad_request');
+      return;
+    }
+    const { pathname, query } = target;
+    requestsTotal++;
+    inflight++;
+    const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
+    const rest = versioned ? pathname.slice(3) || '/' : pathname;
+    const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
+    const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
+    x.websocket = true;
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      x.durationMs = x.elapsed();
+      recordLater(x);
+      inflight--;
+      if (inflight === 0 && drained) drained();
+    };
+    // Before a 101 the client's connection closing ends the exchange (after an answer, or cut short).
+    res.once('close', () => {
+      if (!res.writableEnded && !x.error) noteCut(x, false);
+      end();
+    });
+    const relay = (upstreamHeaders: Record<string, string | string[] | undefined>, upstream: Duplex) => {
+      // The client left as the 101 came: its response's 'close' ends the exchange.
+      if (socket.destroyed) {
+        upstream.destroy();
+        return;
+      }
+      // From here on the socket carries frames: no HTTP answer, and no 'close' on the response.
+      res.detachSocket(socket);
+      x.status = 101;
+      x.ttfb = x.elapsed();
+      const h: Record<string, string | string[]> = {};
+      for (const k in upstreamHeaders) if (upstreamHeaders[k] !== undefined) h[k] = upstreamHeaders[k];
+      x.responseHeaders = h;
+      socket.write(switchingProtocolsHead(h), 'latin1');
+      // Frames the client sent early, behind its handshake.
+      if (head.length > 0) socket.unshift(head);
+      relaySockets(socket, upstream, (ending) => {
+        x.requestCapture.bytes = ending.clientBytes;
+        x.responseCapture.bytes = ending.upstreamBytes;
+        noteRelayEnd(x, ending, upstreamOrigin);
+        end();
+      });
+    };
+    let upstreamOrigin = '';
+    try {
+      if (clientKeys.length > 0 && !isAdminPath(pathname) && !clientKeyValid(req)) {
+        refuseClientKey(x);
+        return;
+      }
+      for (const route of options.routes ?? []) {
+        const answered = route(x);
+        if (answered === true || (answered !== false && (await answered))) return;
+      }
+      if (isOwnPath(pathname)) {
+        x.respondError(
+          404,
+          null,
+          `No proxy route ${req.method} ${pathname}`,
+          'invalid_request_error',
+          'not_found',
+        );
+        return;
+      }
+      // The Realtime API names its model in the query: validated and alias-resolved like a body's.
+      x.model = queryModel(query);
+      const decision = routeModel(x, true);
+      if (!decision) return;
+      x.upstreamName = decision.upstream.name;
+      x.upstreamModel = decision.model;
+      x.modelUnknown = decision.unknown;
+      const upstreamQuery =
+        x.model !== null && decision.model !== null && decision.model !== x.model
+          ? replaceQueryModel(query, decision.model)
+          : query;
+      if (res.destroyed) return;
+      upstreamOrigin = decision.upstream.origin;
+      const shape = shapeUpstreamRequest(decision.upstream, rest, upstreamQuery, forwardableHeaders(req));
+      await dispatchUpstream(x, upstreamOrigin, 'GET', shape.path, shape.headers, null, relay);
+    } catch (err) {
+      options.onError?.(err as Error, `handling a WebSocket handshake to ${x.path}`);
+      if (!res.headersSent && x.status !== 101)
+        x.respondError(500, 'proxy_error', 'Internal proxy error', 'proxy_error', 'internal_error');
+      else socket.destroy();
+    }
+  };
+
+  const handleUpgradeSafely = (req: IncomingMessage, socket: Socket, head: Buffer) =>
+    handleUpgrade(req, socket, head).catch((err) => {
+      options.onError?.(err as Error, 'handling an upgrade request');
+      socket.destroy();
+    });
+
+  /** How a relayed WebSocket session ended, in its record: cut by shutdown, or a socket error on one side. */
+  const noteRelayEnd = (x: ExchangeContext, ending: RelayEnd, origin: string) => {
+    if (cutMessage) {
+      x.error = 'proxy_shutdown';
+      x.errorMessage = cutMessage;
+    } else if (ending.error?.side === 'upstream') {
+      x.error = 'upstream_reset';
+      x.errorMessage = upstreamErrorMessage(
+        'upstream_reset',
+        x.upstreamName ?? 'default',
+        origin,
+        ending.error.err,
+      );
+    } else if (ending.error) {
+      x.error = 'client_aborted';
+      x.errorMessage = `The client's connection failed during the WebSocket session (${ending.error.err.code ?? ending.error.err.message})`;
+    }
+  };
+
   const server = createServer(
     { keepAliveTimeout: 65_000, requestTimeout: 0, headersTimeout: 60_000, requireHostHeader: false },
     (req, res) => {
@@ -1000,6 +1213,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (!declaredOverLimit(req, limits.maxRequestBodyBytes)) res.writeContinue();
     if (closing) res.setHeader('connection', 'close');
     void handle(req, res);
+  });
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    void handleUpgradeSafely(req, socket, head);
   });
   server.on('connection', (s: Socket) => {
     sockets.add(s);
@@ -1205,6 +1421,13 @@ function decodeForRecord(x: ExchangeContext): void {
     x.assembler = null;
   }
 }
+
+/** A WebSocket session's body in its record: frames are relayed, not parsed or stored. */
+function framesPlaceholder(bytes: number): string | null {
+  return bytes === 0 ? null : `[websocket frames, ${bytes} bytes]`;
+}
+
+function ignoreError(): void {}
 
 /** The usage in a JSON response body: in the kept tail of one cut at CAPTURE_BODY_BYTES, else in `stored`. */
 function responseUsage(capture: BodyCapture, stored: string) {

@@ -1,0 +1,127 @@
+import type { IncomingHttpHeaders, IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { REDACTED } from './capture.js';
+
+/**
+ * WebSocket pass-through (the Realtime API): the handshake is an HTTP request the proxy routes like any
+ * other; after the upstream's 101 the bytes are relayed both ways unchanged. Frames are never parsed.
+ */
+
+/** True for a WebSocket handshake (`Upgrade: websocket`); other upgrades (h2c) are plain requests to the proxy. */
+export function isWebSocketUpgrade(req: IncomingMessage): boolean {
+  const upgrade = req.headers.upgrade;
+  return req.method === 'GET' && typeof upgrade === 'string' && /^\s*websocket\s*$/i.test(upgrade);
+}
+
+/**
+ * The request head of an upgrade request the proxy does not tunnel, without its upgrade offer (the
+ * `Upgrade` header and the `upgrade` token of `Connection`): fed back to the HTTP parser, it is the plain
+ * HTTP/1.1 request a server that declines the upgrade answers (RFC 9110 §7.8).
+ */
+export function headWithoutUpgrade(req: IncomingMessage): Buffer {
+  let head = `${req.method} ${req.url} HTTP/${req.httpVersion}\r\n`;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toLowerCase();
+    let value = raw[i + 1];
+    if (name === 'upgrade') continue;
+    if (name === 'connection') {
+      value = value
+        .split(',')
+        .map((t) => t.trim())
+        .filter((t) => t !== '' && t.toLowerCase() !== 'upgrade')
+        .join(', ');
+      if (value === '') continue;
+    }
+    head += `${raw[i]}: ${value}\r\n`;
+  }
+  return Buffer.from(`${head}\r\n`, 'latin1');
+}
+
+/** The `model` query parameter (the Realtime API names its model there); null when absent or empty. */
+export function queryModel(query: string): string | null {
+  if (!query.includes('model=')) return null;
+  return new URLSearchParams(query).get('model') || null;
+}
+
+/** `query` with every `model` parameter's value replaced by `model`; every other byte as it was. */
+export function replaceQueryModel(query: string, model: string): string {
+  return query
+    .split('&')
+    .map((pair) =>
+      pair === 'model' || pair.startsWith('model=') ? `model=${encodeURIComponent(model)}` : pair,
+    )
+    .join('&');
+}
+
+/** A key offered as a subprotocol (`Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.<key>`). */
+const SUBPROTOCOL_KEY = /(openai-insecure-api-key\.)[^,\s]+/gi;
+
+/**
+ * The handshake's headers as recorded: browsers cannot set Authorization on a WebSocket, so OpenAI takes
+ * their key as a subprotocol, which is redacted like an Authorization header (and forwarded as it is).
+ */
+export function withoutSubprotocolKey(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const protocols = headers['sec-websocket-protocol'];
+  if (typeof protocols !== 'string' || !/openai-insecure-api-key\./i.test(protocols)) return headers;
+  return { ...headers, 'sec-websocket-protocol': protocols.replace(SUBPROTOCOL_KEY, `$1${REDACTED}`) };
+}
+
+/** The upstream's 101 as the client gets it: status line and every header as the upstream sent it. */
+export function switchingProtocolsHead(headers: Record<string, string | string[] | undefined>): string {
+  let head = 'HTTP/1.1 101 Switching Protocols\r\n';
+  for (const name in headers) {
+    const v = headers[name];
+    if (v === undefined) continue;
+    for (const one of Array.isArray(v) ? v : [v]) head += `${name}: ${one}\r\n`;
+  }
+  return `${head}\r\n`;
+}
+
+/** How a relayed session ended: which side failed first, if one did. */
+export interface RelayEnd {
+  /** Bytes from the client to the upstream, and back. */
+  clientBytes: number;
+  upstreamBytes: number;
+  /** The first socket error, and on which side; null when both sides closed without one. */
+  error: { side: 'client' | 'upstream'; err: NodeJS.ErrnoException } | null;
+}
+
+/**
+ * Pipe `client` and `upstream` into each other, with backpressure, until both have closed; an end on one
+ * side ends the other, an error or a cut on one destroys both.
+ * `onEnd` is called once, after both sockets closed.
+ */
+export function relaySockets(client: Duplex, upstream: Duplex, onEnd: (end: RelayEnd) => void): void {
+  const end: RelayEnd = { clientBytes: 0, upstreamBytes: 0, error: null };
+  let open = 2;
+  const closed = () => {
+    if (--open === 0) onEnd(end);
+  };
+  const fail = (side: 'client' | 'upstream') => (err: NodeJS.ErrnoException) => {
+    end.error ??= { side, err };
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', fail('client'));
+  upstream.on('error', fail('upstream'));
+  // A side that closed after its end (FIN) has had that end passed on by pipe(), and the other side closes
+  // in its own time, once what it still has to send is sent. One cut off without an end (destroyed at
+  // shutdown, reset) takes the other with it.
+  client.once('close', () => {
+    if (!client.readableEnded) upstream.destroy();
+    closed();
+  });
+  upstream.once('close', () => {
+    if (!upstream.readableEnded) client.destroy();
+    closed();
+  });
+  client.on('data', (chunk: Buffer) => {
+    end.clientBytes += chunk.length;
+  });
+  upstream.on('data', (chunk: Buffer) => {
+    end.upstreamBytes += chunk.length;
+  });
+  client.pipe(upstream);
+  upstream.pipe(client);
+}

@@ -1,0 +1,259 @@
+import { connect, type Socket } from 'node:net';
+import { describe, expect, test } from 'vitest';
+import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { proxyWithUpstreamPerTest, startTestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
+import { encodeFrame, OPCODE, openWebSocket } from '../helpers/websocket.js';
+
+const UPSTREAM_KEY = 'sk-upstream-realtime-key-4242';
+const CLIENT_KEY = 'pk-client-realtime-key-5151';
+const REALTIME = '/v1/realtime?model=gpt-4o-realtime-preview';
+const BETA = { 'openai-beta': 'realtime=v1' };
+
+const setup = proxyWithUpstreamPerTest();
+
+describe('WebSocket pass-through (Realtime API)', () => {
+  test('frames go both ways unchanged; the upstream gets its key, never the client key; one row per session', async () => {
+    const { upstream, proxy } = await setup({ OPENAI_API_KEY: UPSTREAM_KEY, PROXY_API_KEYS: CLIENT_KEY });
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, {
+      authorization: `Bearer ${CLIENT_KEY}`,
+      ...BETA,
+    });
+    expect(answer.status).toBe(101);
+    const { ws } = answer;
+    if (!ws) throw new Error('no WebSocket');
+    expect(ws.headers['x-request-id']).toBe('req_fake_ws');
+    const event = JSON.stringify({ type: 'session.update', session: { instructions: 'be brief' } });
+    ws.send(event);
+    expect(await ws.next()).toEqual({ opcode: OPCODE.text, payload: Buffer.from(event) });
+    const big = 'x'.repeat(70_000); // a 64-bit length frame, over several TCP reads
+    ws.send(big);
+    expect((await ws.next()).payload.toString()).toBe(big);
+    await ws.close();
+
+    expect(upstream.requests).toHaveLength(1);
+    const sent = upstream.requests[0];
+    expect(sent.url).toBe('/v1/realtime?model=gpt-4o-realtime-preview');
+    expect(sent.headers.upgrade).toBe('websocket');
+    expect(sent.headers['openai-beta']).toBe('realtime=v1');
+    expect(sent.headers.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
+    expect(JSON.stringify(sent.headers)).not.toContain(CLIENT_KEY);
+
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      method: 'GET',
+      path: '/v1/realtime',
+      query: 'model=gpt-4o-realtime-preview',
+      status: 101,
+      model: 'gpt-4o-realtime-preview',
+      upstream_model: 'gpt-4o-realtime-preview',
+      upstream: 'default',
+      error: null,
+    });
+    expect(JSON.parse(row.request_headers as string)).toMatchObject({
+      authorization: '[redacted]',
+      upgrade: 'websocket',
+    });
+    // Bytes on the wire each way, frame headers and masks included.
+    expect(row.request_bytes).toBeGreaterThan(event.length + big.length);
+    expect(row.response_bytes).toBeGreaterThan(event.length + big.length);
+    expect(row.request_body).toMatch(/^\[websocket frames, \d+ bytes\]$/);
+  });
+
+  test('a key offered as a subprotocol (browser clients) goes upstream as it was, and is not recorded', async () => {
+    const { upstream, proxy } = await setup();
+    const protocols = 'realtime, openai-insecure-api-key.sk-browser-own-key-8080, openai-beta.realtime-v1';
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, { 'sec-websocket-protocol': protocols });
+    expect(answer.status).toBe(101);
+    await answer.ws?.close();
+    expect(upstream.requests[0].headers['sec-websocket-protocol']).toBe(protocols);
+    const [row] = await proxy.waitForRows(1);
+    expect(JSON.parse(row.request_headers as string)['sec-websocket-protocol']).toBe(
+      'realtime, openai-insecure-api-key.[redacted], openai-beta.realtime-v1',
+    );
+  });
+
+  test('PROXY_API_KEYS: a wrong key gets 401, recorded, and nothing reaches the upstream', async () => {
+    const { upstream, proxy } = await setup({ PROXY_API_KEYS: CLIENT_KEY });
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, {
+      authorization: 'Bearer pk-wrong',
+      ...BETA,
+    });
+    expect(answer.status).toBe(401);
+    expect(answer.ws).toBeNull();
+    if (answer.ws === null) expect(JSON.parse(answer.body).error.code).toBe('invalid_api_key');
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 401, error: 'unauthorized', path: '/v1/realtime' });
+  });
+
+  test('upstream down → 502 upstream_unreachable, recorded', async () => {
+    const dead = await createFakeUpstream();
+    await dead.close();
+    const { proxy } = await setup({ OPENAI_BASE_URL: dead.baseUrl });
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+    expect(answer.status).toBe(502);
+    if (answer.ws === null) expect(JSON.parse(answer.body).error.code).toBe('upstream_unreachable');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      status: 502,
+      error: 'upstream_unreachable',
+      path: '/v1/realtime',
+      model: 'gpt-4o-realtime-preview',
+    });
+  });
+});
+
+describe('WebSocket handshakes are routed like requests', () => {
+  test('an alias in the model query parameter goes upstream as the actual model; both are recorded', async () => {
+    const { upstream, proxy } = await setup({ MODEL_MAPPINGS: '{"voice":"gpt-4o-realtime-preview"}' });
+    const answer = await openWebSocket(`${proxy.url}/v1/realtime?model=voice&x=1`, BETA);
+    expect(answer.status).toBe(101);
+    await answer.ws?.close();
+    expect(upstream.requests[0].url).toBe('/v1/realtime?model=gpt-4o-realtime-preview&x=1');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, model: 'voice', upstream_model: 'gpt-4o-realtime-preview' });
+  });
+
+  test('VALIDATE_MODELS=true: an unknown model is refused with 404 model_not_found, nothing forwarded', async () => {
+    const { upstream, proxy } = await setup({ VALIDATE_MODELS: 'true' });
+    const answer = await openWebSocket(`${proxy.url}/v1/realtime?model=no-such-model`, BETA);
+    expect(answer.status).toBe(404);
+    if (answer.ws === null) expect(JSON.parse(answer.body).error.code).toBe('model_not_found');
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 404, error: 'model_not_found', model: 'no-such-model' });
+  });
+
+  test("the upstream's refusal (no 101) reaches the client as it was sent, and is recorded", async () => {
+    const { upstream, proxy } = await setup();
+    upstream.websocketRefusal = 403;
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+    expect(answer.status).toBe(403);
+    if (answer.ws !== null) throw new Error('unexpected 101');
+    expect(answer.headers['x-request-id']).toBe('req_fake_ws_refused');
+    expect(JSON.parse(answer.body).error.message).toBe('WebSocket refused by the fake upstream');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 403, error: null, path: '/v1/realtime' });
+    expect(row.response_body).toContain('WebSocket refused by the fake upstream');
+  });
+
+  test('an upgrade to anything else (curl --http2 offering h2c) is still proxied as a plain HTTP/1.1 request', async () => {
+    const { upstream, proxy } = await setup();
+    const { port } = new URL(proxy.url);
+    const body = '{"model":"gpt-4o","messages":[]}';
+    const request = (extra: string) =>
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n${extra}\r\n${body}`;
+    const socket = connect(Number(port), '127.0.0.1');
+    let text = '';
+    socket.on('data', (c) => {
+      text += c.toString();
+    });
+    socket.write(
+      request(
+        'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n',
+      ),
+    );
+    await until('the first answer', () => text.includes('chatcmpl-fake123'));
+    // the connection stays usable for the next request
+    socket.write(request(''));
+    await until('the second answer', () => text.split('chatcmpl-fake123').length === 3);
+    socket.destroy();
+    expect(text.startsWith('HTTP/1.1 200 OK\r\n')).toBe(true);
+    expect(text).not.toContain('101');
+    expect(upstream.requests.map((r) => r.headers.upgrade)).toEqual([undefined, undefined]);
+    expect(JSON.parse(upstream.requests[0].body.toString())).toEqual(JSON.parse(body));
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.method, r.path, r.status])).toEqual([
+      ['POST', '/v1/chat/completions', 200],
+      ['POST', '/v1/chat/completions', 200],
+    ]);
+  });
+});
+
+describe('WebSocket handshakes on a busy connection', () => {
+  test('a handshake pipelined behind a slow answer waits for it, then opens', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/slow', async (_req, res) => {
+      await sleep(300);
+      res.end('slow done');
+    });
+    const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+    let text = '';
+    socket.on('data', (c: Buffer) => {
+      text += c.toString('latin1');
+    });
+    socket.write(
+      'GET /v1/slow HTTP/1.1\r\nHost: x\r\n\r\n' +
+        `GET ${REALTIME} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+        'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+    );
+    await until('the 101', () => /HTTP\/1\.1 101 [\s\S]*\r\n\r\n/.test(text));
+    expect(text.indexOf('slow done')).toBeGreaterThan(-1);
+    expect(text.indexOf('slow done')).toBeLessThan(text.indexOf('HTTP/1.1 101'));
+    socket.write(encodeFrame(OPCODE.text, 'after the slow one', true));
+    await until('the echo', () => text.includes('after the slow one'));
+    socket.destroy();
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.path, r.status])).toEqual([
+      ['/v1/slow', 200],
+      ['/v1/realtime', 101],
+    ]);
+  });
+});
+
+describe('WebSocket sessions ending badly', () => {
+  test('a client that resets its connection: the upstream connection is closed, the session recorded', async () => {
+    const { upstream, proxy } = await setup();
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+    if (answer.ws === null) throw new Error(`no 101: ${answer.status}`);
+    answer.ws.send('hello');
+    await answer.ws.next();
+    (answer.ws.socket as Socket).resetAndDestroy();
+    await until('the upstream side closed', () => upstream.websockets[0]?.destroyed);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, path: '/v1/realtime' });
+    expect(row).toMatchObject({
+      error: 'client_aborted',
+      error_message: expect.stringContaining('WebSocket session'),
+    });
+    expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
+  });
+
+  test('the upstream going away closes the client connection', async () => {
+    const { upstream, proxy } = await setup();
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+    if (answer.ws === null) throw new Error(`no 101: ${answer.status}`);
+    const closed = new Promise<void>((r) => answer.ws?.socket.once('close', () => r()));
+    upstream.websockets[0].destroy();
+    await closed;
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, path: '/v1/realtime', error: null });
+  });
+
+  test('shutdown: a session still open when SHUTDOWN_GRACE_MS runs out is cut and recorded as proxy_shutdown', async () => {
+    const upstream = await createFakeUpstream();
+    const records: ExchangeRecord[] = [];
+    const proxy = await startTestProxy(
+      { OPENAI_BASE_URL: upstream.baseUrl, SHUTDOWN_GRACE_MS: '300' },
+      { onRecord: (r) => records.push(r) },
+    );
+    try {
+      const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+      if (answer.ws === null) throw new Error(`no 101: ${answer.status}`);
+      const closed = new Promise<void>((r) => answer.ws?.socket.once('close', () => r()));
+      const t0 = Date.now();
+      await proxy.close();
+      expect(Date.now() - t0).toBeLessThan(2000);
+      await closed;
+      expect(upstream.websockets[0].destroyed).toBe(true);
+      expect(records).toHaveLength(1);
+      expect(records[0]).toMatchObject({ status: 101, path: '/v1/realtime', error: 'proxy_shutdown' });
+      expect(records[0].durationMs).toBeGreaterThanOrEqual(250);
+    } finally {
+      await proxy.close();
+      await upstream.close();
+    }
+  });
+});
