@@ -41,12 +41,14 @@ import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from '
 import { isDecodable, RecordDecoder } from './record-decoder.js';
 import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
 import {
+  dropSubprotocolKey,
   headWithoutUpgrade,
   isWebSocketUpgrade,
   queryModel,
   type RelayEnd,
   relaySockets,
   replaceQueryModel,
+  subprotocolKey,
   switchingProtocolsHead,
   withoutSubprotocolKey,
 } from './websocket.js';
@@ -456,6 +458,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const [presented] = presentedKeys(req);
     return presented !== undefined && clientKeys.some((k) => keyMatches(presented, k));
   };
+  /**
+   * clientKeyValid for a WebSocket handshake: without an Authorization or api-key header, the key offered as
+   * a subprotocol (`openai-insecure-api-key.<key>`) is the one presented.
+   */
+  const webSocketKeyValid = (req: IncomingMessage): boolean => {
+    if (presentedKeys(req).length > 0) return clientKeyValid(req);
+    const offered = subprotocolKey(req.headers);
+    return offered !== null && clientKeys.some((k) => keyMatches(offered, k));
+  };
   const adminKeyOption = options.adminKey;
   const currentAdminKey = typeof adminKeyOption === 'function' ? adminKeyOption : () => adminKeyOption;
   /** A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS, retired ones), bare or as a Bearer token. */
@@ -491,7 +502,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     x.respondError(
       401,
       'unauthorized',
-      x.req.headers.authorization || x.req.headers['api-key']
+      x.req.headers.authorization ||
+        x.req.headers['api-key'] ||
+        (x.websocket && subprotocolKey(x.req.headers) !== null)
         ? 'Incorrect API key provided; send Authorization: Bearer <one of PROXY_API_KEYS>'
         : 'Missing API key; this proxy requires Authorization: Bearer <one of PROXY_API_KEYS>',
       'invalid_request_error',
@@ -1128,7 +1141,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     };
     let upstreamOrigin = '';
     try {
-      if (clientKeys.length > 0 && !isAdminPath(pathname) && !clientKeyValid(req)) {
+      if (clientKeys.length > 0 && !isAdminPath(pathname) && !webSocketKeyValid(req)) {
         refuseClientKey(x);
         return;
       }
@@ -1159,7 +1172,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           : query;
       if (res.destroyed) return;
       upstreamOrigin = decision.upstream.origin;
-      const shape = shapeUpstreamRequest(decision.upstream, rest, upstreamQuery, forwardableHeaders(req));
+      let headers = forwardableHeaders(req);
+      // A key offered as a subprotocol is an Authorization header by other means: the upstream's own key
+      // replaces it, and one of the proxy's keys is never forwarded.
+      const offered = subprotocolKey(headers);
+      if (offered !== null && (decision.upstream.apiKey || isProxyKey(offered, currentAdminKey())))
+        headers = dropSubprotocolKey(headers);
+      const shape = shapeUpstreamRequest(decision.upstream, rest, upstreamQuery, headers);
       await dispatchUpstream(x, upstreamOrigin, 'GET', shape.path, shape.headers, null, relay);
     } catch (err) {
       options.onError?.(err as Error, `handling a WebSocket handshake to ${x.path}`);

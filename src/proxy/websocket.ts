@@ -67,6 +67,31 @@ export function withoutSubprotocolKey(headers: IncomingHttpHeaders): IncomingHtt
   return { ...headers, 'sec-websocket-protocol': protocols.replace(SUBPROTOCOL_KEY, `$1${REDACTED}`) };
 }
 
+/**
+ * The key a client offers as a subprotocol (what the openai SDK's OpenAIRealtimeWebSocket sends, having no
+ * way to set Authorization on a WebSocket); null when none.
+ */
+export function subprotocolKey(headers: IncomingHttpHeaders): string | null {
+  const protocols = headers['sec-websocket-protocol'];
+  if (typeof protocols !== 'string') return null;
+  return /(?:^|,)\s*openai-insecure-api-key\.([^,\s]+)/i.exec(protocols)?.[1] ?? null;
+}
+
+/** `headers` without the subprotocol key (and without the header, when that was its only protocol). */
+export function dropSubprotocolKey(headers: IncomingHttpHeaders): IncomingHttpHeaders {
+  const protocols = headers['sec-websocket-protocol'];
+  if (typeof protocols !== 'string') return headers;
+  const kept = protocols
+    .split(',')
+    .map((t) => t.trim())
+    .filter((t) => t !== '' && !/^openai-insecure-api-key\./i.test(t))
+    .join(', ');
+  const out = { ...headers };
+  if (kept === '') delete out['sec-websocket-protocol'];
+  else out['sec-websocket-protocol'] = kept;
+  return out;
+}
+
 /** The upstream's 101 as the client gets it: status line and every header as the upstream sent it. */
 export function switchingProtocolsHead(headers: Record<string, string | string[] | undefined>): string {
   let head = 'HTTP/1.1 101 Switching Protocols\r\n';

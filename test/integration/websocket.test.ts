@@ -74,6 +74,43 @@ describe('WebSocket pass-through (Realtime API)', () => {
     );
   });
 
+  test("PROXY_API_KEYS: a client key offered as a subprotocol (the openai SDK's way) is accepted and never forwarded", async () => {
+    const { upstream, proxy } = await setup({ OPENAI_API_KEY: UPSTREAM_KEY, PROXY_API_KEYS: CLIENT_KEY });
+    const offer = (key: string) => ({
+      'sec-websocket-protocol': `realtime, openai-insecure-api-key.${key}, openai-beta.realtime-v1`,
+    });
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, offer(CLIENT_KEY));
+    expect(answer.status).toBe(101);
+    await answer.ws?.close();
+    const sent = upstream.requests[0].headers;
+    expect(sent.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
+    expect(sent['sec-websocket-protocol']).toBe('realtime, openai-beta.realtime-v1');
+    expect(JSON.stringify(sent)).not.toContain(CLIENT_KEY);
+    // a wrong one is refused like a wrong Bearer key
+    const wrong = await openWebSocket(`${proxy.url}${REALTIME}`, offer('pk-wrong-key-0000'));
+    expect(wrong.status).toBe(401);
+    if (wrong.ws === null) expect(JSON.parse(wrong.body).error.message).toContain('Incorrect API key');
+    expect(upstream.requests).toHaveLength(1);
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.status, r.error])).toEqual([
+      [101, null],
+      [401, 'unauthorized'],
+    ]);
+  });
+
+  test('without an upstream key, a client key repeated as a subprotocol is still not forwarded', async () => {
+    const { upstream, proxy } = await setup({ PROXY_API_KEYS: CLIENT_KEY });
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, {
+      authorization: `Bearer ${CLIENT_KEY}`,
+      'sec-websocket-protocol': `realtime, openai-insecure-api-key.${CLIENT_KEY}`,
+    });
+    expect(answer.status).toBe(101);
+    await answer.ws?.close();
+    const sent = upstream.requests[0].headers;
+    expect(sent.authorization).toBeUndefined();
+    expect(sent['sec-websocket-protocol']).toBe('realtime');
+  });
+
   test('PROXY_API_KEYS: a wrong key gets 401, recorded, and nothing reaches the upstream', async () => {
     const { upstream, proxy } = await setup({ PROXY_API_KEYS: CLIENT_KEY });
     const answer = await openWebSocket(`${proxy.url}${REALTIME}`, {
