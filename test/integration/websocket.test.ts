@@ -1,7 +1,10 @@
+import { writeFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
+import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 import { proxyWithUpstreamPerTest, startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 import { encodeFrame, OPCODE, openWebSocket } from '../helpers/websocket.js';
@@ -151,6 +154,45 @@ describe('WebSocket handshakes are routed like requests', () => {
     expect(upstream.requests[0].url).toBe('/v1/realtime?model=gpt-4o-realtime-preview&x=1');
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ status: 101, model: 'voice', upstream_model: 'gpt-4o-realtime-preview' });
+  });
+
+  test('a model on a named upstream: its base path, key and headers, as for HTTP', async () => {
+    const dir = createTempDir();
+    try {
+      const other = await createFakeUpstream();
+      const config = join(dir.path, 'oai-proxy.config.json');
+      writeFileSync(
+        config,
+        JSON.stringify({
+          upstreams: {
+            local: {
+              baseUrl: `${other.origin}/prefix/v1`,
+              apiKey: 'sk-local-upstream-key-6161',
+              headers: { 'X-Team': 'research' },
+            },
+          },
+          models: [{ name: 'rt-local', upstream: 'local' }],
+        }),
+      );
+      const { upstream, proxy } = await setup({ OAI_PROXY_CONFIG: config, OPENAI_API_KEY: UPSTREAM_KEY });
+      try {
+        const answer = await openWebSocket(`${proxy.url}/v1/realtime?model=rt-local`, BETA);
+        expect(answer.status).toBe(101);
+        await answer.ws?.close();
+        expect(upstream.requests).toHaveLength(0);
+        expect(other.requests[0].url).toBe('/prefix/v1/realtime?model=rt-local');
+        expect(other.requests[0].headers).toMatchObject({
+          authorization: 'Bearer sk-local-upstream-key-6161',
+          'x-team': 'research',
+        });
+        const [row] = await proxy.waitForRows(1);
+        expect(row).toMatchObject({ status: 101, upstream: 'local', model: 'rt-local' });
+      } finally {
+        await other.close();
+      }
+    } finally {
+      dir.cleanup();
+    }
   });
 
   test('VALIDATE_MODELS=true: an unknown model is refused with 404 model_not_found, nothing forwarded', async () => {

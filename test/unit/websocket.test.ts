@@ -1,0 +1,103 @@
+import type { IncomingMessage } from 'node:http';
+import { expect, test } from 'vitest';
+import {
+  dropSubprotocolKey,
+  headWithoutUpgrade,
+  isWebSocketUpgrade,
+  queryModel,
+  replaceQueryModel,
+  subprotocolKey,
+  switchingProtocolsHead,
+  withoutSubprotocolKey,
+} from '../../src/proxy/websocket.js';
+
+test.each([
+  ['model=gpt-4o-realtime-preview', 'gpt-4o-realtime-preview'],
+  ['a=1&model=voice&b=2', 'voice'],
+  ['model=my%20model', 'my model'],
+  ['model=', null],
+  ['models=x', null],
+  ['', null],
+  ['x=1', null],
+])('queryModel(%j) → %j', (query, expected) => {
+  expect(queryModel(query)).toBe(expected);
+});
+
+test.each([
+  ['model=voice', 'gpt-4o-realtime-preview', 'model=gpt-4o-realtime-preview'],
+  ['a=%ff&model=voice&b=x+y', 'gpt-4o', 'a=%ff&model=gpt-4o&b=x+y'],
+  ['model=a&model=b', 'c', 'model=c&model=c'],
+  ['xmodel=a&model', 'm/1', 'xmodel=a&model=m%2F1'],
+])('replaceQueryModel(%j, %j) → %j: only the model parameter changes', (query, model, expected) => {
+  expect(replaceQueryModel(query, model)).toBe(expected);
+});
+
+const req = (method: string, rawHeaders: string[]) =>
+  ({
+    method,
+    url: '/v1/chat/completions?x=1',
+    httpVersion: '1.1',
+    rawHeaders,
+    headers: Object.fromEntries(
+      Array.from({ length: rawHeaders.length / 2 }, (_, i) => [
+        rawHeaders[2 * i].toLowerCase(),
+        rawHeaders[2 * i + 1],
+      ]),
+    ),
+  }) as unknown as IncomingMessage;
+
+test.each([
+  ['GET', 'websocket', true],
+  ['GET', 'WebSocket', true],
+  ['GET', 'h2c', false],
+  ['POST', 'websocket', false],
+])('isWebSocketUpgrade(%s, Upgrade: %s) → %s', (method, upgrade, expected) => {
+  expect(isWebSocketUpgrade(req(method, ['Upgrade', upgrade]))).toBe(expected);
+});
+
+test('headWithoutUpgrade drops the Upgrade header and the upgrade token, keeps the rest as sent', () => {
+  const head = headWithoutUpgrade(
+    req('POST', [
+      'Host',
+      'x',
+      'Connection',
+      'Upgrade, HTTP2-Settings',
+      'Upgrade',
+      'h2c',
+      'HTTP2-Settings',
+      'AAMA',
+      'Content-Length',
+      '2',
+    ]),
+  );
+  expect(head.toString('latin1')).toBe(
+    'POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: x\r\nConnection: HTTP2-Settings\r\nHTTP2-Settings: AAMA\r\nContent-Length: 2\r\n\r\n',
+  );
+  expect(headWithoutUpgrade(req('GET', ['Connection', 'upgrade', 'Upgrade', 'h2c'])).toString()).toBe(
+    'GET /v1/chat/completions?x=1 HTTP/1.1\r\n\r\n',
+  );
+});
+
+test.each([
+  [
+    'realtime, openai-insecure-api-key.sk-abc, openai-beta.realtime-v1',
+    'sk-abc',
+    'realtime, openai-beta.realtime-v1',
+  ],
+  ['openai-insecure-api-key.sk-abc', 'sk-abc', undefined],
+  ['realtime', null, 'realtime'],
+  [undefined, null, undefined],
+])('subprotocol key in %j: %j; dropped: %j', (protocols, key, kept) => {
+  const headers = protocols === undefined ? {} : { 'sec-websocket-protocol': protocols };
+  expect(subprotocolKey(headers)).toBe(key);
+  expect(dropSubprotocolKey(headers)['sec-websocket-protocol']).toBe(kept);
+  if (key) expect(JSON.stringify(withoutSubprotocolKey(headers))).not.toContain(key);
+});
+
+test('switchingProtocolsHead writes every header, repeated ones on their own lines', () => {
+  expect(
+    switchingProtocolsHead({ upgrade: 'websocket', 'set-cookie': ['a=1', 'b=2'], skipped: undefined }),
+  ).toBe(
+    'HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\n',
+  );
+});
