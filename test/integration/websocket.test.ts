@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
@@ -309,6 +309,37 @@ describe('WebSocket sessions ending badly', () => {
     await closed;
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ status: 101, path: '/v1/realtime', error: null });
+  });
+
+  test('the upstream resetting its connection: the client connection closes, the row says upstream_reset', async () => {
+    const { upstream, proxy } = await setup();
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+    if (answer.ws === null) throw new Error(`no 101: ${answer.status}`);
+    const closed = new Promise<void>((r) => answer.ws?.socket.once('close', () => r()));
+    upstream.websockets[0].resetAndDestroy();
+    await closed;
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, error: 'upstream_reset' });
+    expect(row.error_message).toMatch(/^The connection to the upstream http:\/\/127\.0\.0\.1:\d+ was reset/);
+  });
+
+  test('an upstream silent after the handshake request: 504 upstream_timeout, recorded', async () => {
+    const silent = createNetServer((s) => s.on('error', () => undefined));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const { port } = silent.address() as AddressInfo;
+    try {
+      const { proxy } = await setup({
+        OPENAI_BASE_URL: `http://127.0.0.1:${port}/v1`,
+        UPSTREAM_HEADERS_TIMEOUT_MS: '200',
+      });
+      const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
+      expect(answer.status).toBe(504);
+      if (answer.ws === null) expect(JSON.parse(answer.body).error.code).toBe('upstream_timeout');
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ status: 504, error: 'upstream_timeout', path: '/v1/realtime' });
+    } finally {
+      silent.close();
+    }
   });
 
   test('shutdown: a session still open when SHUTDOWN_GRACE_MS runs out is cut and recorded as proxy_shutdown', async () => {
