@@ -293,15 +293,6 @@ async function* pagedExchanges(
   }
 }
 
-/** Highest rowid in exchanges (0 when empty): where `logs --follow` starts. */
-export async function maxRowid(handle: Storage): Promise<number> {
-  const row = await handle.db
-    .selectFrom('exchanges')
-    .select(sql<number | null>`max(rowid)`.as('m'))
-    .executeTakeFirst();
-  return Number(row?.m ?? 0);
-}
-
 /** Matching exchanges recorded after `rowid` (insertion order), up to rowid `upTo`, at most `limit`. */
 export async function exchangesAfter(
   handle: Storage,
@@ -334,28 +325,70 @@ export async function createExchangeFollower(handle: Storage, filter: LogFilter)
   return handle.kind === 'postgres' ? pgFollower(handle, filter) : sqliteFollower(handle, filter);
 }
 
+/** How many ids of rows it has returned or passed the SQLite follower remembers (see sqliteFollower). */
+const SQLITE_FOLLOW_SEEN = 2000;
+const SQLITE_FOLLOW_PAGE = 1000;
+
 /**
- * SQLite has one writer at a time, so rowids become visible in increasing order: remember the last one.
+ * SQLite has one writer at a time, so rowids become visible in increasing order: the follower remembers
+ * the highest rowid it has passed and the id of the row there (the mark). But exchanges has no
+ * AUTOINCREMENT, so a new row gets max(rowid) + 1: once `logs prune` deleted the rows with the highest
+ * rowids (a long stream is recorded last and started first), new rows take rowids at or below the mark,
+ * and counting from the mark would skip them, or counting from 0 print the kept rows again. So each poll
+ * checks that the mark's row is still there (when it is also the newest row, that is the whole poll).
+ * When it is not, kept rows are told from new ones by id: a new row's rowid is above that of every row
+ * kept from before, so the new rows are those above the highest row whose id the follower remembers
+ * (the last SQLITE_FOLLOW_SEEN rows it returned or passed), and none of those is returned twice. When
+ * none of them is left (every row was pruned), every row is new. VACUUM renumbering rowids is the same.
  * With --grep only rows already in the search index can be judged, so it waits for the indexer.
  */
 async function sqliteFollower(handle: Storage, filter: LogFilter): Promise<ExchangeFollower> {
   const sqlite = sqliteOf(handle);
-  const ceiling = () => (filter.grep !== undefined ? searchIndexLag(sqlite).indexedRowid : undefined);
-  let last = ceiling() ?? (await maxRowid(handle));
-  const start = last;
+  type Mark = { rowid: number; id: string };
+  const newest = sqlite.prepare(
+    'select rowid, id from exchanges where rowid <= ? order by rowid desc limit 1',
+  );
+  const idAt = sqlite.prepare('select id from exchanges where rowid = ?').pluck();
+  const highestOf = sqlite
+    .prepare('select coalesce(max(rowid), 0) from exchanges where id in (select value from json_each(?))')
+    .pluck();
+  // Rows above the search index's mark cannot be judged by --grep yet.
+  const ceiling = () =>
+    filter.grep !== undefined ? searchIndexLag(sqlite).indexedRowid : Number.MAX_SAFE_INTEGER;
+  const seen = new Set<string>();
+  const remember = (id: string) => {
+    seen.delete(id);
+    seen.add(id);
+    if (seen.size > SQLITE_FOLLOW_SEEN) seen.delete(seen.values().next().value as string);
+  };
+  let mark = (newest.get(ceiling()) as Mark | undefined) ?? null;
+  if (mark) remember(mark.id);
+  const start = mark?.rowid ?? 0;
   return {
     isBacklog: (row) => row.rowid <= start,
     async next() {
-      const top = await maxRowid(handle);
-      if (top < last) last = 0; // every row was pruned: rowids start again from 1
-      const rows = await exchangesAfter(handle, filter, last, { upTo: ceiling() });
-      if (rows.length > 0) {
-        last = rows[rows.length - 1].rowid;
-        return rows;
+      const top = newest.get(ceiling()) as Mark | undefined;
+      if (top === undefined) {
+        mark = null;
+        return [];
       }
-      const upTo = ceiling() ?? top;
-      if (upTo > last && filter.grep === undefined) last = upTo;
-      return [];
+      if (mark && top.rowid === mark.rowid && top.id === mark.id) return [];
+      const from =
+        mark === null
+          ? 0
+          : idAt.get(mark.rowid) === mark.id
+            ? mark.rowid
+            : (highestOf.get(JSON.stringify([...seen])) as number);
+      const page = await exchangesAfter(handle, filter, from, { upTo: top.rowid, limit: SQLITE_FOLLOW_PAGE });
+      const last = page[page.length - 1];
+      mark =
+        page.length === SQLITE_FOLLOW_PAGE
+          ? { rowid: last.rowid, id: last.id }
+          : { rowid: top.rowid, id: top.id };
+      const rows = page.filter((r) => !seen.has(r.id));
+      for (const r of rows) remember(r.id);
+      remember(mark.id);
+      return rows;
     },
   };
 }

@@ -4,8 +4,9 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
-import { registerLogsCommand } from '../../src/commands/logs.js';
+import { openLogsDatabase, registerLogsCommand } from '../../src/commands/logs.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+import { createExchangeFollower } from '../../src/storage/log-queries.js';
 import { createTempDir } from './temp-dir.js';
 import { createTestIo } from './test-proxy.js';
 import { until } from './until.js';
@@ -704,6 +705,42 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
           ['f1', 'gpt-4o'],
           ['f2', 'gpt-4o-mini'],
         ]);
+      });
+
+      test('a prune that deletes the newest row (a long stream recorded last): each row since comes once', async () => {
+        await seed([rec('k0', { startedAt: Date.now() - 10 * MIN })]);
+        const { handle } = await openLogsDatabase({ db: database.db }, createTestIo({}, tmp.path), {
+          readonly: true,
+        });
+        const short = (rows: { id: string }[]) => rows.map((r) => r.id.replace(/0+$/, ''));
+        const prune = async () => {
+          const r = await logs('prune', '--older-than', '1h', '--json');
+          expect(r.code, r.err).toBe(0);
+          return JSON.parse(r.out).deleted as number;
+        };
+        try {
+          const follower = await createExchangeFollower(handle, {});
+          // Five quick requests that started after the cut, then a long stream that started before it and
+          // ended last: it has the highest rowid, and the prune deletes just that row.
+          const quick = (id: string) => rec(id, { startedAt: Date.now() - 30 * MIN });
+          const long = (id: string) => rec(id, { startedAt: Date.now() - 2 * HOUR, durationMs: 90 * MIN });
+          await seed([quick('q1'), quick('q2'), quick('q3'), quick('q4'), quick('q5'), long('s1')]);
+          expect(short(await follower.next())).toEqual(['q1', 'q2', 'q3', 'q4', 'q5', 's1']);
+          expect(await prune()).toBe(1);
+          // A request recorded before the next poll (on SQLite it takes the pruned row's rowid).
+          await seed([quick('n1')]);
+          expect(short(await follower.next())).toEqual(['n1']);
+          // The same, with a poll between the prune and the next request: the kept rows are not new.
+          await seed([quick('q6'), long('s2')]);
+          expect(short(await follower.next())).toEqual(['q6', 's2']);
+          expect(await prune()).toBe(1);
+          expect(await follower.next()).toEqual([]);
+          await seed([quick('n2')]);
+          expect(short(await follower.next())).toEqual(['n2']);
+          expect(await follower.next()).toEqual([]);
+        } finally {
+          await handle.close();
+        }
       });
 
       test('logs tail applies filters and prints lines', async () => {
