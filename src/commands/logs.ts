@@ -199,14 +199,16 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
     for (const r of rows)
       io.stdout.write(format === 'table' ? formatExchangeLine(r) : `${JSON.stringify(r)}\n`);
   };
-  return withDatabase(opts, io, true, async (handle) => {
+  // Not withDatabase: the handle changes when the SQLite file is replaced.
+  let { handle } = await openLogsDatabase(opts, io, { readonly: true });
+  try {
     let stopped = false;
     let wake: () => void = () => {};
     const stop = waitForStop(io).then(() => {
       stopped = true;
       wake();
     });
-    const follower = await createExchangeFollower(handle, filter);
+    let follower = await createExchangeFollower(handle, filter);
     if (backlog > 0) {
       const recent = await listExchanges(handle, filter, { limit: backlog, order: 'desc' });
       print(recent.filter(follower.isBacklog).reverse().map(toExchangeJson));
@@ -223,7 +225,30 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
     // leaving running. Anything else still ends the command.
     let lostSince: number | null = null;
     let retryMs = intervalMs;
+    let waitingForFile = false;
     while (!stopped) {
+      // `serve` recreates a deleted or replaced file: print what the old one got last, then follow the new.
+      if (handle.moved()) {
+        for (let rows = await follower.next(); rows.length > 0; rows = await follower.next())
+          print(rows.map(toExchangeJson));
+        const path = handle.label;
+        const replacement = await openDatabase(path, { readonly: true }).catch(() => null);
+        if (replacement === null) {
+          if (!waitingForFile)
+            io.stderr.write(
+              `oai-proxy: the database file ${path} was deleted or replaced; waiting for a new one there (Ctrl-C to stop)\n`,
+            );
+          waitingForFile = true;
+          await pause(intervalMs);
+          continue;
+        }
+        const next = sqliteStorage(replacement);
+        follower = await createExchangeFollower(next, filter, { resume: follower.position() });
+        await handle.close();
+        handle = next;
+        waitingForFile = false;
+        io.stderr.write(`oai-proxy: the database file ${path} was replaced; following the new one\n`);
+      }
       let rows: Awaited<ReturnType<typeof follower.next>>;
       try {
         rows = await follower.next();
@@ -254,7 +279,11 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
     }
     await stop;
     return 0;
-  });
+  } catch (err) {
+    throw asDatabaseError(err, handle);
+  } finally {
+    await handle.close();
+  }
 }
 
 /** `oai-proxy logs show ID`: one exchange in full. */

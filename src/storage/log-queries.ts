@@ -293,18 +293,26 @@ async function* pagedExchanges(
   }
 }
 
-/** Matching exchanges recorded after `rowid` (insertion order), up to rowid `upTo`, at most `limit`. */
+/**
+ * Matching exchanges recorded after `rowid` (insertion order), up to rowid `upTo`, at most `limit`; with
+ * `skipEndedBefore`, none up to its rowid that ended before its time.
+ */
 export async function exchangesAfter(
   handle: Storage,
   filter: LogFilter,
   rowid: number,
-  options: { upTo?: number; limit?: number } = {},
+  options: { upTo?: number; limit?: number; skipEndedBefore?: { upTo: number; endedAt: number } } = {},
 ): Promise<ExchangeSummaryRow[]> {
   let q = handle.db
     .selectFrom('exchanges')
     .select([...SUMMARY_COLUMNS, sql<number>`exchanges.rowid`.as('rowid')])
     .where(sql<SqlBool>`exchanges.rowid > ${rowid}`);
   if (options.upTo !== undefined) q = q.where(sql<SqlBool>`exchanges.rowid <= ${options.upTo}`);
+  const skip = options.skipEndedBefore;
+  if (skip)
+    q = q.where(
+      sql<SqlBool>`(exchanges.rowid > ${skip.upTo} or exchanges.started_at + exchanges.duration_ms >= ${skip.endedAt})`,
+    );
   return q
     .where(filterExpression(filter, handle.kind))
     .orderBy(sql`exchanges.rowid`)
@@ -318,11 +326,32 @@ export interface ExchangeFollower {
   isBacklog(row: ExchangeSummaryRow): boolean;
   /** Matching rows that became visible since the last call, oldest first; [] when there are none yet. */
   next(): Promise<ExchangeSummaryRow[]>;
+  /** Where it is, to go on following in the file that replaced this one (SQLite; see `resume`). */
+  position(): FollowPosition;
+}
+
+/** What a follower has seen: the latest end time among the rows it passed, and the ids it returned last. */
+export interface FollowPosition {
+  endedAt: number;
+  ids: string[];
+}
+
+export interface FollowOptions {
+  /**
+   * Follow a database file that replaced the one `position` comes from (SQLite): the rows already in it
+   * count as new when they ended at or after `position.endedAt` (a new file `serve` created), not when
+   * they ended before (a backup put in place), and ids already returned are not returned again.
+   */
+  resume?: FollowPosition;
 }
 
 /** Start following the matching exchanges recorded from now on. */
-export async function createExchangeFollower(handle: Storage, filter: LogFilter): Promise<ExchangeFollower> {
-  return handle.kind === 'postgres' ? pgFollower(handle, filter) : sqliteFollower(handle, filter);
+export async function createExchangeFollower(
+  handle: Storage,
+  filter: LogFilter,
+  options: FollowOptions = {},
+): Promise<ExchangeFollower> {
+  return handle.kind === 'postgres' ? pgFollower(handle, filter) : sqliteFollower(handle, filter, options);
 }
 
 /** How many ids of rows it has returned or passed the SQLite follower remembers (see sqliteFollower). */
@@ -342,11 +371,15 @@ const SQLITE_FOLLOW_PAGE = 1000;
  * none of them is left (every row was pruned), every row is new. VACUUM renumbering rowids is the same.
  * With --grep only rows already in the search index can be judged, so it waits for the indexer.
  */
-async function sqliteFollower(handle: Storage, filter: LogFilter): Promise<ExchangeFollower> {
+async function sqliteFollower(
+  handle: Storage,
+  filter: LogFilter,
+  options: FollowOptions,
+): Promise<ExchangeFollower> {
   const sqlite = sqliteOf(handle);
-  type Mark = { rowid: number; id: string };
+  type Mark = { rowid: number; id: string; ended: number };
   const newest = sqlite.prepare(
-    'select rowid, id from exchanges where rowid <= ? order by rowid desc limit 1',
+    'select rowid, id, started_at + duration_ms as ended from exchanges where rowid <= ? order by rowid desc limit 1',
   );
   const idAt = sqlite.prepare('select id from exchanges where rowid = ?').pluck();
   const highestOf = sqlite
@@ -362,16 +395,27 @@ async function sqliteFollower(handle: Storage, filter: LogFilter): Promise<Excha
     if (seen.size > SQLITE_FOLLOW_SEEN) seen.delete(seen.values().next().value as string);
   };
   let mark = (newest.get(ceiling()) as Mark | undefined) ?? null;
-  if (mark) remember(mark.id);
+  let endedAt = mark?.ended ?? 0;
   const start = mark?.rowid ?? 0;
+  // Resuming in a replacing file: its rows up to `catchUp.upTo` are judged by end time.
+  let catchUp: { upTo: number; endedAt: number } | null = null;
+  if (options.resume) {
+    for (const id of options.resume.ids) remember(id);
+    endedAt = Math.max(endedAt, options.resume.endedAt);
+    if (mark) catchUp = { upTo: mark.rowid, endedAt: options.resume.endedAt };
+    mark = null;
+  }
+  if (mark) remember(mark.id);
   return {
     isBacklog: (row) => row.rowid <= start,
+    position: () => ({ endedAt, ids: [...seen] }),
     async next() {
       const top = newest.get(ceiling()) as Mark | undefined;
       if (top === undefined) {
         mark = null;
         return [];
       }
+      endedAt = Math.max(endedAt, top.ended);
       if (mark && top.rowid === mark.rowid && top.id === mark.id) return [];
       const from =
         mark === null
@@ -379,12 +423,17 @@ async function sqliteFollower(handle: Storage, filter: LogFilter): Promise<Excha
           : idAt.get(mark.rowid) === mark.id
             ? mark.rowid
             : (highestOf.get(JSON.stringify([...seen])) as number);
-      const page = await exchangesAfter(handle, filter, from, { upTo: top.rowid, limit: SQLITE_FOLLOW_PAGE });
+      const page = await exchangesAfter(handle, filter, from, {
+        upTo: top.rowid,
+        limit: SQLITE_FOLLOW_PAGE,
+        skipEndedBefore: catchUp ?? undefined,
+      });
       const last = page[page.length - 1];
       mark =
         page.length === SQLITE_FOLLOW_PAGE
-          ? { rowid: last.rowid, id: last.id }
-          : { rowid: top.rowid, id: top.id };
+          ? { rowid: last.rowid, id: last.id, ended: last.started_at + last.duration_ms }
+          : top;
+      if (catchUp && mark.rowid >= catchUp.upTo) catchUp = null;
       const rows = page.filter((r) => !seen.has(r.id));
       for (const r of rows) remember(r.id);
       remember(mark.id);
@@ -450,6 +499,8 @@ async function pgFollower(handle: Storage, filter: LogFilter): Promise<ExchangeF
 
   return {
     isBacklog: (row) => row.rowid <= start && !pending.has(row.rowid),
+    // Identity values are never reused and a server is not replaced under a connection: never resumed.
+    position: () => ({ endedAt: 0, ids: [] }),
     async next() {
       const out: ExchangeSummaryRow[] = [];
       for (;;) {

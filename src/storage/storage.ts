@@ -32,6 +32,8 @@ export interface Storage {
   sqlite: SqliteHandle | null;
   /** The PostgreSQL handle (pool, URL); null on SQLite. */
   postgres: PostgresDatabase | null;
+  /** True when the SQLite file at the path is no longer the one open (deleted or replaced); PostgreSQL: false. */
+  moved(): boolean;
   createWriter(options: RecordingWriterOptions): RecordingWriter;
   close(): Promise<void>;
 }
@@ -59,6 +61,7 @@ export function sqliteStorage(database: OpenDatabase): Storage {
     readonly: database.readonly,
     sqlite: database.sqlite,
     postgres: null,
+    moved: () => database.moved(),
     createWriter: (options) => createExchangeWriter({ sqlite: database.sqlite, ...options }),
     close: () => database.close(),
   };
@@ -73,6 +76,7 @@ export function postgresStorage(database: PostgresDatabase): Storage {
     readonly: database.readonly,
     sqlite: null,
     postgres: database,
+    moved: () => false,
     createWriter: (options) => createPgExchangeWriter({ db: database.db, ...options }),
     close: () => database.close(),
   };

@@ -1,4 +1,4 @@
-import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'kysely';
 import pg from 'pg';
@@ -203,6 +203,46 @@ describe('database problems: SQLite', () => {
     expect(r.code).toBe(1);
     expect(r.err.trim().split('\n')).toHaveLength(1);
     expect(r.err).toContain(dbPath);
+  });
+
+  test('--follow goes on in the file that replaced the one it reads (deleted and recreated, a backup moved in)', async () => {
+    await seedSqlite(dbPath, [rec('a1', { startedAt: Date.now() - 60_000 })]);
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+    const done = main(['logs', '--follow', '--jsonl', '--interval', '30', '--db', dbPath], io);
+    await until("'a1' on stdout", () => io.out().includes('a1'));
+    await seedSqlite(dbPath, [rec('a2', { startedAt: Date.now() })]);
+    await until("'a2' on stdout", () => io.out().includes('a2'));
+    // The follower still has the old file (and its -wal and -shm) open: moved aside, it is gone from the path.
+    const moveAside = (suffixes: string[], to: string) => {
+      for (const f of suffixes) if (existsSync(dbPath + f)) renameSync(dbPath + f, `${dbPath}.${to}${f}`);
+    };
+    moveAside(['', '-wal', '-shm'], 'deleted');
+    await until('the waiting notice', () => io.err().includes('waiting for a new one'));
+    // `serve` creates a new file on its next write.
+    await seedSqlite(dbPath, [rec('b1', { startedAt: Date.now() })]);
+    await until("'b1' on stdout", () => io.out().includes('b1'));
+    // A backup moved in place: its rows are history; the rows `serve` adds to it are new.
+    const backup = join(tmp.path, 'backup.db');
+    await seedSqlite(backup, [rec('c0', { startedAt: Date.now() - 3_600_000 })]);
+    moveAside(['-wal', '-shm'], 'replaced');
+    renameSync(backup, dbPath);
+    await seedSqlite(dbPath, [rec('c1', { startedAt: Date.now() })]);
+    await until("'c1' on stdout", () => io.out().includes('c1'));
+    await sleep(150); // a few more polls: nothing is printed twice
+    ac.abort();
+    expect(await done).toBe(0);
+    const printed = io
+      .out()
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).id.slice(0, 2));
+    expect(printed).toEqual(['a1', 'a2', 'b1', 'c1']);
+    expect(io.err().trim().split('\n')).toEqual([
+      `oai-proxy: the database file ${dbPath} was deleted or replaced; waiting for a new one there (Ctrl-C to stop)`,
+      `oai-proxy: the database file ${dbPath} was replaced; following the new one`,
+      `oai-proxy: the database file ${dbPath} was replaced; following the new one`,
+    ]);
   });
 
   test('reads a database that is not being written (no -wal/-shm present)', async () => {
