@@ -229,8 +229,9 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
     while (!stopped) {
       // `serve` recreates a deleted or replaced file: print what the old one got last, then follow the new.
       if (handle.moved()) {
-        for (let rows = await follower.next(); rows.length > 0; rows = await follower.next())
-          print(rows.map(toExchangeJson));
+        // The old file is still open, unless reading it fails now: then there is nothing more to get from it.
+        const last = () => follower.next().catch(() => []);
+        for (let rows = await last(); rows.length > 0; rows = await last()) print(rows.map(toExchangeJson));
         const path = handle.label;
         const replacement = await openDatabase(path, { readonly: true }).catch(() => null);
         if (replacement === null) {

@@ -707,41 +707,47 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
         ]);
       });
 
-      test('a prune that deletes the newest row (a long stream recorded last): each row since comes once', async () => {
-        await seed([rec('k0', { startedAt: Date.now() - 10 * MIN })]);
-        const { handle } = await openLogsDatabase({ db: database.db }, createTestIo({}, tmp.path), {
-          readonly: true,
-        });
-        const short = (rows: { id: string }[]) => rows.map((r) => r.id.replace(/0+$/, ''));
-        const prune = async () => {
-          const r = await logs('prune', '--older-than', '1h', '--json');
-          expect(r.code, r.err).toBe(0);
-          return JSON.parse(r.out).deleted as number;
-        };
-        try {
-          const follower = await createExchangeFollower(handle, {});
-          // Five quick requests that started after the cut, then a long stream that started before it and
-          // ended last: it has the highest rowid, and the prune deletes just that row.
-          const quick = (id: string) => rec(id, { startedAt: Date.now() - 30 * MIN });
-          const long = (id: string) => rec(id, { startedAt: Date.now() - 2 * HOUR, durationMs: 90 * MIN });
-          await seed([quick('q1'), quick('q2'), quick('q3'), quick('q4'), quick('q5'), long('s1')]);
-          expect(short(await follower.next())).toEqual(['q1', 'q2', 'q3', 'q4', 'q5', 's1']);
-          expect(await prune()).toBe(1);
-          // A request recorded before the next poll (on SQLite it takes the pruned row's rowid).
-          await seed([quick('n1')]);
-          expect(short(await follower.next())).toEqual(['n1']);
-          // The same, with a poll between the prune and the next request: the kept rows are not new.
-          await seed([quick('q6'), long('s2')]);
-          expect(short(await follower.next())).toEqual(['q6', 's2']);
-          expect(await prune()).toBe(1);
-          expect(await follower.next()).toEqual([]);
-          await seed([quick('n2')]);
-          expect(short(await follower.next())).toEqual(['n2']);
-          expect(await follower.next()).toEqual([]);
-        } finally {
-          await handle.close();
-        }
-      });
+      test.each([
+        ['no filter', {}],
+        ['--grep (SQLite: rows wait for the search index)', { grep: 'hello there' }],
+      ])(
+        'a prune that deletes the newest row (a long stream recorded last): each row since comes once, %s',
+        async (_name, filter) => {
+          await seed([rec('k0', { startedAt: Date.now() - 10 * MIN })]);
+          const { handle } = await openLogsDatabase({ db: database.db }, createTestIo({}, tmp.path), {
+            readonly: true,
+          });
+          const short = (rows: { id: string }[]) => rows.map((r) => r.id.replace(/0+$/, ''));
+          const prune = async () => {
+            const r = await logs('prune', '--older-than', '1h', '--json');
+            expect(r.code, r.err).toBe(0);
+            return JSON.parse(r.out).deleted as number;
+          };
+          try {
+            const follower = await createExchangeFollower(handle, filter);
+            // Five quick requests that started after the cut, then a long stream that started before it and
+            // ended last: it has the highest rowid, and the prune deletes just that row.
+            const quick = (id: string) => rec(id, { startedAt: Date.now() - 30 * MIN });
+            const long = (id: string) => rec(id, { startedAt: Date.now() - 2 * HOUR, durationMs: 90 * MIN });
+            await seed([quick('q1'), quick('q2'), quick('q3'), quick('q4'), quick('q5'), long('s1')]);
+            expect(short(await follower.next())).toEqual(['q1', 'q2', 'q3', 'q4', 'q5', 's1']);
+            expect(await prune()).toBe(1);
+            // A request recorded before the next poll (on SQLite it takes the pruned row's rowid).
+            await seed([quick('n1')]);
+            expect(short(await follower.next())).toEqual(['n1']);
+            // The same, with a poll between the prune and the next request: the kept rows are not new.
+            await seed([quick('q6'), long('s2')]);
+            expect(short(await follower.next())).toEqual(['q6', 's2']);
+            expect(await prune()).toBe(1);
+            expect(await follower.next()).toEqual([]);
+            await seed([quick('n2')]);
+            expect(short(await follower.next())).toEqual(['n2']);
+            expect(await follower.next()).toEqual([]);
+          } finally {
+            await handle.close();
+          }
+        },
+      );
 
       test('logs tail applies filters and prints lines', async () => {
         await seed([rec('g1', { model: 'gpt-4' }), rec('g2', { model: 'gpt-4o' })]);
