@@ -9,6 +9,7 @@ import type { ModelRouter, OwnRoute, RouteDecision } from '../proxy/server.js';
 import type { ModelRegistry, RegistryView } from '../registry/registry.js';
 import type { RegistryStore } from '../registry/registry-store.js';
 import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
+import { isSqliteBusy } from '../storage/busy-wait.js';
 import { redactMessage } from '../storage/postgres.js';
 import { isDatabaseUnavailable } from '../storage/storage.js';
 
@@ -198,16 +199,29 @@ export async function startRegistry(
   };
 
   // An admin write the database cannot take now is a 503 that says so, not an internal error.
-  const write = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+  const write = async <T>(
+    what: string,
+    fn: () => Promise<T>,
+    unchanged = 'the registry was not changed',
+  ): Promise<T> => {
     try {
       return await fn();
     } catch (err) {
       if (!isDatabaseUnavailable(err)) throw err;
+      if (isSqliteBusy(err)) {
+        // The store waited for the lock (on timers) as long as SQLite's busy timeout would have.
+        logger?.warn(`admin API: ${what} not made, the database stayed locked by another process`);
+        throw new OaiProxyError(
+          'database_unavailable',
+          `The database is locked by another process (an \`oai-proxy models\` or \`oai-proxy logs prune\` command, or an sqlite3 shell in a write transaction) and stayed locked for 5 s; ${unchanged}. Try again in a moment`,
+          { status: 503, cause: err },
+        );
+      }
       const reason = redactMessage((err as Error).message ?? String(err));
       logger?.warn(`admin API: ${what} not made, the database is unavailable: ${reason}`);
       throw new OaiProxyError(
         'database_unavailable',
-        `The database is unavailable (${reason}); the registry was not changed. Retry once it is back: GET /health reports "database": "ok"`,
+        `The database is unavailable (${reason}); ${unchanged}. Retry once it is back: GET /health reports "database": "ok"`,
         { status: 503, cause: err },
       );
     }
@@ -237,7 +251,12 @@ export async function startRegistry(
       await refresh();
       return done;
     },
-    reload,
+    reload: () =>
+      write(
+        'reloading the configuration',
+        reload,
+        'the configuration was not reloaded (the previous one stays in force)',
+      ),
   };
 
   return {

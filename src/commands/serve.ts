@@ -22,6 +22,7 @@ import {
   createSqliteRegistryStore,
   type RegistryStore,
 } from '../registry/registry-store.js';
+import { withoutBusyWait } from '../storage/busy-wait.js';
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
@@ -257,7 +258,12 @@ export async function startProxy(
     if (threaded) next.sqlite.pragma('wal_autocheckpoint = 0');
     if (checkpointing) checkpoints = checkpointsHere();
     try {
-      if (registryRows) new ModelStore(next.sqlite).adopt(registryRows);
+      const rows = registryRows;
+      if (rows)
+        await withoutBusyWait(
+          () => next.sqlite,
+          () => new ModelStore(next.sqlite).adopt(rows),
+        );
     } catch (err) {
       logger.warn(
         `database ${where}: the model registry could not be copied to the new file: ${(err as Error).message}`,
@@ -345,7 +351,12 @@ export async function startProxy(
     ? createPgRegistryStore(pgDatabase.db, (channel, onNotify, onState) =>
         subscribeNotify(pgDatabase.url, channel, onNotify, onState),
       )
-    : createSqliteRegistryStore(() => database.sqlite);
+    : // Admin writes and reloads run on the event loop: a file another process holds locked is waited
+      // for on timers, never in SQLite's busy timeout (5 s during which no request would move).
+      createSqliteRegistryStore(
+        () => database.sqlite,
+        (call) => withoutBusyWait(() => database.sqlite, call),
+      );
 
   const defaultUpstream = createUpstreamTarget('default', config.openaiBaseUrl, {
     type: config.openaiApiType,

@@ -11,13 +11,19 @@ export interface RegistryControl {
   adminKey(): string | undefined;
   upstreamNames(): string[];
   view(): RegistryView;
-  /** Throws OaiProxyError('conflict', 409) when the name is taken. */
+  /**
+   * Throws OaiProxyError('conflict', 409) when the name is taken. Every write throws
+   * OaiProxyError('database_unavailable', 503) when the database cannot take it now.
+   */
   addModel(m: NewModel): Promise<ModelInfo>;
   removeModel(name: string): Promise<boolean>;
   /** Throws OaiProxyError('conflict', 400) for a loop or a clash with a model name. */
   setMapping(alias: string, actual: string): Promise<'created' | 'replaced'>;
   removeMapping(alias: string): Promise<boolean>;
-  /** Re-read the config file and environment; throws OaiProxyError('config_invalid') and keeps the old state. */
+  /**
+   * Re-read the config file and environment; throws OaiProxyError('config_invalid'), or
+   * OaiProxyError('database_unavailable', 503) when the registry cannot be re-seeded now, and keeps the old state.
+   */
   reload(): Promise<RegistryView>;
 }
 
@@ -74,7 +80,9 @@ async function answerAdmin(control: RegistryControl, x: ExchangeContext): Promis
     const status = err.status === 500 ? 400 : err.status;
     const param = err instanceof BadField ? err.param : null;
     const type = status >= 500 ? 'server_error' : 'invalid_request_error';
-    x.respondError(status, null, err.message, type, err.code, param);
+    // Locked by another process, or unreachable: worth trying again shortly.
+    const headers: Record<string, string> = err.code === 'database_unavailable' ? { 'retry-after': '1' } : {};
+    x.respondError(status, null, err.message, type, err.code, param, headers);
   }
   return true;
 }
@@ -147,7 +155,7 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
       const view = await control.reload();
       return x.respondJson(200, { status: 'reloaded', ...view });
     } catch (err) {
-      if (isOaiProxyError(err)) {
+      if (isOaiProxyError(err) && err.code !== 'database_unavailable') {
         return x.respondError(
           400,
           null,

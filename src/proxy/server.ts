@@ -272,12 +272,14 @@ export class ExchangeContext {
     type: string,
     code: string | null,
     param: string | null = null,
+    headers: Record<string, string> = {},
   ): void {
     if (this.res.headersSent) return;
     if (kind) this.error = kind;
     this.errorMessage = message;
     this.respondRaw(status, openAiErrorBody(message, type, code, param), {
       'content-type': 'application/json',
+      ...headers,
     });
   }
 

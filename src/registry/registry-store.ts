@@ -30,12 +30,17 @@ export type NotifySubscriber = (
   onState: (listening: boolean) => void,
 ) => () => void;
 
+/** Runs one synchronous store call; `serve` passes one that waits for a locked file on timers. */
+export type SqliteAttempt = <T>(call: () => T) => Promise<T>;
+
 /**
  * The registry store on an SQLite handle, or on whichever handle a getter returns now (`serve` reopens a
- * database file that was deleted or replaced while it ran).
+ * database file that was deleted or replaced while it ran). Each call runs through `attempt` (default:
+ * at once, waiting out a lock in SQLite's busy timeout, which is fine in a CLI process).
  */
 export function createSqliteRegistryStore(
   sqlite: RegistryDatabase | (() => RegistryDatabase),
+  attempt: SqliteAttempt = async (call) => call(),
 ): RegistryStore {
   const handle = typeof sqlite === 'function' ? sqlite : () => sqlite;
   let current: { db: RegistryDatabase; store: ModelStore } | null = null;
@@ -45,13 +50,13 @@ export function createSqliteRegistryStore(
     return current.store;
   };
   return {
-    load: async () => at().load(),
-    isSeeded: async () => at().isSeeded(),
-    seed: async (plan) => at().seed(plan),
-    addModel: async (m, source) => at().addModel(m, source),
-    removeModel: async (name) => at().removeModel(name),
-    setMapping: async (alias, actual, source) => at().setMapping(alias, actual, source),
-    removeMapping: async (alias) => at().removeMapping(alias),
+    load: () => attempt(() => at().load()),
+    isSeeded: () => attempt(() => at().isSeeded()),
+    seed: (plan) => attempt(() => at().seed(plan)),
+    addModel: (m, source) => attempt(() => at().addModel(m, source)),
+    removeModel: (name) => attempt(() => at().removeModel(name)),
+    setMapping: (alias, actual, source) => attempt(() => at().setMapping(alias, actual, source)),
+    removeMapping: (alias) => attempt(() => at().removeMapping(alias)),
     watch(onChange, intervalMs) {
       // Another handle (a reopened file) has its own data_version: the change is noticed too.
       let version = safe(() => at().dataVersion(), -1);

@@ -646,25 +646,91 @@ describe('live registry', () => {
     expect(await chat(c, 'tm').catch((e) => e)).toBeInstanceOf(NotFoundError);
   });
 
-  test('an admin write while another process holds the SQLite write lock: 503 database_unavailable, nothing changed', async () => {
+  // Another process holding the write lock: `oai-proxy models add` mid-transaction, `logs prune`, an sqlite3
+  // shell in BEGIN IMMEDIATE. The admin write waits for it on timers, never in SQLite's busy wait.
+  async function lockedProxy() {
     const up = await upstream();
     const adminKey = 'admin-key-0123456789abcdefghijklmnop';
     const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, ADMIN_API_KEY: adminKey });
     const other = new BetterSqlite3(p.dbPath);
     cleanups.push(() => void other.close());
-    other.exec('begin immediate');
-    // The proxy waits out its busy timeout (5 s), then answers.
-    const res = await fetch(`${p.url}/admin/model-mappings`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ alias: 'tm', actual_model: 'gpt-4o-mini' }),
+    const admin = async (method: string, path: string, body?: unknown) => {
+      const res = await fetch(`${p.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await res.text();
+      return { status: res.status, headers: res.headers, body: text ? JSON.parse(text) : null };
+    };
+    return { up, p, other, admin };
+  }
+
+  test('admin writes while another process holds the SQLite write lock: a stream mid-flight and new requests finish first, then the writes land', async () => {
+    const { up, p, other, admin } = await lockedProxy();
+    up.streamIntervalMs = 20;
+    up.streamWords = 10;
+    const c = client(p);
+    const order: string[] = [];
+    const stream = await c.chat.completions.create({
+      model: 'gpt-4o-mini',
+      stream: true,
+      messages: [{ role: 'user', content: 'hi' }],
     });
+    const events = stream[Symbol.asyncIterator]();
+    expect((await events.next()).done).toBe(false);
+
+    other.exec('begin immediate');
+    const add = admin('POST', '/admin/models', { name: 'late-model' }).then((r) => {
+      order.push('add model');
+      return r;
+    });
+    const reload = admin('POST', '/admin/reload-config').then((r) => {
+      order.push('reload-config');
+      return r;
+    });
+    // Both requests reach their write (were the wait SQLite's, the event loop would now be held).
+    await sleep(200);
+    let text = '';
+    for (let e = await events.next(); !e.done; e = await events.next())
+      text += e.value.choices[0]?.delta?.content ?? '';
+    expect(text).toContain('w9');
+    order.push('stream');
+    expect((await chat(c, 'gpt-4o-mini')).choices[0].message.content).toBe(CHAT_ANSWER);
+    order.push('chat');
+    expect(order).toEqual(['stream', 'chat']);
+
+    other.exec('rollback');
+    const [added, reloaded] = await Promise.all([add, reload]);
+    expect(added.status).toBe(201);
+    expect(added.body).toMatchObject({ name: 'late-model', source: 'admin' });
+    expect(reloaded.status).toBe(200);
+    expect(reloaded.body.status).toBe('reloaded');
+    expect(p.running.registry.current().models.has('late-model')).toBe(true);
+  }, 20_000);
+
+  test('an admin write while the lock is held past the wait: 503 database_unavailable naming the lock, Retry-After, nothing changed', async () => {
+    const { p, other, admin } = await lockedProxy();
+    const c = client(p);
+    other.exec('begin immediate');
+    let answered = false;
+    // The proxy keeps trying for about 5 s, then answers.
+    const write = admin('POST', '/admin/model-mappings', { alias: 'tm', actual_model: 'gpt-4o-mini' }).then(
+      (r) => {
+        answered = true;
+        return r;
+      },
+    );
+    await sleep(200);
+    expect((await chat(c, 'gpt-4o-mini')).choices[0].message.content).toBe(CHAT_ANSWER);
+    expect(answered).toBe(false);
+    const res = await write;
     other.exec('rollback');
     expect(res.status).toBe(503);
-    const body = (await res.json()) as { error: Record<string, unknown> };
-    expect(body.error).toMatchObject({ type: 'server_error', code: 'database_unavailable' });
-    expect(body.error.message).toMatch(
-      /^The database is unavailable \(database is locked\); the registry was not changed/,
+    expect(res.headers.get('retry-after')).toBe('1');
+    expect(res.body.error).toMatchObject({ type: 'server_error', code: 'database_unavailable' });
+    expect(res.body.error.message).toMatch(
+      /^The database is locked by another process .*; the registry was not changed\. Try again/,
     );
     expect(p.running.registry.current().resolve('tm').alias).toBe(false);
   }, 20_000);
