@@ -5,6 +5,7 @@ import type { CommandRunner } from '../cli.js';
 import { type ResolvedConfig, resolveConfig } from '../config/load.js';
 import { resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
+import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
 import { openDatabase } from '../storage/database.js';
 import {
   countExchanges,
@@ -140,6 +141,15 @@ function asDatabaseError(err: unknown, handle: Storage): unknown {
   const e = err as { code?: string; message?: string };
   // A PostgreSQL error has a SQLSTATE (or a socket code): say which database, password hidden.
   if (handle.kind === 'postgres' && typeof e.code === 'string') return postgresError(handle.label, err);
+  // Only prune writes; it deletes in transactions of 2,000 rows, and what one committed stays deleted.
+  if (isSqliteBusy(err))
+    return lockedDatabaseError(
+      handle.label,
+      handle.readonly
+        ? 'nothing was changed'
+        : 'exchanges deleted before that stay deleted, the rest are kept',
+      err,
+    );
   if (typeof e.code === 'string' && e.code.startsWith('SQLITE_'))
     return new OaiProxyError(
       'database_error',

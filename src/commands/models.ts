@@ -12,6 +12,7 @@ import {
   type RegistryStore,
 } from '../registry/registry-store.js';
 import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
+import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
 import { openStorage } from '../storage/storage.js';
 import type { CliIo } from './io.js';
 
@@ -153,6 +154,10 @@ async function withRegistry<T>(
       : createPgRegistryStore(storage.db);
     if (!(await store.isSeeded())) await store.seed(buildSeedPlan(resolved.config));
     return await fn(store, resolved);
+  } catch (err) {
+    // Each write is one transaction: it did all or nothing.
+    if (isSqliteBusy(err)) throw lockedDatabaseError(storage.label, 'nothing was changed', err);
+    throw err;
   } finally {
     await storage.close();
   }

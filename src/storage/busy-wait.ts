@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { OaiProxyError } from '../errors.js';
 
 /** The part of better-sqlite3 a busy wait needs. */
 export interface BusyTimeoutSetting {
@@ -16,6 +17,19 @@ export interface BusyWaitOptions {
 export function isSqliteBusy(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && /^SQLITE_(BUSY|LOCKED)/.test(code);
+}
+
+/**
+ * What a CLI command says when `path` stayed locked by another process through its busy timeout:
+ * who may hold it and what to do, instead of SQLite's bare "database is locked". `outcome` says what
+ * became of the command's own changes.
+ */
+export function lockedDatabaseError(path: string, outcome: string, cause: unknown): OaiProxyError {
+  return new OaiProxyError(
+    'database_unavailable',
+    `Database ${path} is locked by another process (another \`oai-proxy models\` or \`oai-proxy logs prune\`, or an sqlite3 shell in a write transaction) and stayed locked for 5 s; ${outcome}. Try again once it has finished`,
+    { cause },
+  );
 }
 
 /**

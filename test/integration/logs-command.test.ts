@@ -1,5 +1,6 @@
 import { chmodSync, existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -244,6 +245,23 @@ describe('database problems: SQLite', () => {
       `oai-proxy: the database file ${dbPath} was replaced; following the new one`,
     ]);
   });
+
+  test('prune while another process holds the write lock: after the 5 s busy wait, one line saying so and what to do, exit 1', async () => {
+    await seedSqlite(dbPath, [rec('a1', { startedAt: NOW - 10 * 86_400_000 })]);
+    const other = new Database(dbPath);
+    try {
+      other.exec('begin immediate');
+      const r = await logs('prune', '--older-than', '1d');
+      other.exec('rollback');
+      expect(r.code).toBe(1);
+      expect(r.err).toBe(
+        `oai-proxy: Database ${dbPath} is locked by another process (another \`oai-proxy models\` or \`oai-proxy logs prune\`, or an sqlite3 shell in a write transaction) and stayed locked for 5 s; exchanges deleted before that stay deleted, the rest are kept. Try again once it has finished\n`,
+      );
+    } finally {
+      other.close();
+    }
+    expect(JSON.parse((await logs('--json')).out)).toHaveLength(1);
+  }, 20_000);
 
   test('reads a database that is not being written (no -wal/-shm present)', async () => {
     await seedSqlite(dbPath, [rec('a1')]);

@@ -1,5 +1,6 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { openDatabase } from '../../src/storage/database.js';
@@ -131,6 +132,26 @@ describe('oai-proxy models', () => {
     expect(existsSync(db)).toBe(true);
     expect((await cli(['models', 'show', 'llama3', '--db', db])).out).toMatch(/Source\s+cli/);
   });
+
+  test('a write while another process holds the write lock: after the 5 s busy wait, one line naming the file and what to do, exit 1, nothing changed', async () => {
+    expect((await cli(['models', 'add', 'llama3', '--db', db])).code).toBe(0);
+    const other = new BetterSqlite3(db);
+    try {
+      other.exec('begin immediate');
+      // Every write goes through the same withRegistry: one is enough to pay the 5 s for.
+      const r = await cli(['models', 'add', 'mistral', '--db', db]);
+      expect(r.code).toBe(1);
+      expect(r.err).toBe(
+        `oai-proxy: Database ${db} is locked by another process (another \`oai-proxy models\` or \`oai-proxy logs prune\`, or an sqlite3 shell in a write transaction) and stayed locked for 5 s; nothing was changed. Try again once it has finished\n`,
+      );
+      expect(r.out).toBe('');
+      other.exec('rollback');
+    } finally {
+      other.close();
+    }
+    const list = await cli(['models', 'list', '--json', '--db', db]);
+    expect(JSON.parse(list.out).models.map((m: { name: string }) => m.name)).not.toContain('mistral');
+  }, 20_000);
 
   test('bad usage exits 2 with a one-line message', async () => {
     for (const args of [
