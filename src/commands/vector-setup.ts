@@ -5,9 +5,14 @@ import { OaiProxyError } from '../errors.js';
 import { headerSecrets, redactedHeadersJson, scrubSecrets } from '../proxy/capture.js';
 import { createUpstreamTarget, shapeUpstreamRequest } from '../proxy/forward.js';
 import { newExchangeId } from '../proxy/ids.js';
+import { withoutBusyWait } from '../storage/busy-wait.js';
 import type { SqliteHandle } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
-import { createIndexStateStore, type IndexStateStore } from '../storage/index-state-store.js';
+import {
+  createIndexStateStore,
+  type IndexStateStore,
+  type IndexStateStoreOptions,
+} from '../storage/index-state-store.js';
 import { createEmbeddingClient, type Embedder, type EmbeddingEndpoint } from '../vector/embedding-client.js';
 import { fromRecord } from '../vector/exchange-text.js';
 import { createVectorIndexer, type VectorIndexer } from '../vector/indexer.js';
@@ -96,13 +101,17 @@ export async function createVectorServices(
     onCollectionCreated?(collection: string): void;
     /** Told when the collection disappeared under a running store (it is then created again). */
     onCollectionLost?(collection: string): void;
+    /** Runs the index state's writes, queued (see IndexStateStoreOptions.attempt). */
+    attempt?: IndexStateStoreOptions['attempt'];
   },
 ): Promise<VectorServices> {
   const c = resolved.config;
   const url = requireQdrant(resolved, 'Vector indexing');
   const endpoint = resolveEmbeddingEndpoint(resolved);
   // The indexing state is kept per target, so another collection or Qdrant starts from the first exchange.
-  const state = createIndexStateStore(deps.sqlite, vectorTarget(url, c.qdrantCollection));
+  const state = createIndexStateStore(deps.sqlite, vectorTarget(url, c.qdrantCollection), {
+    attempt: deps.attempt,
+  });
   const store = await createQdrantStore({
     url,
     apiKey: c.qdrantApiKey,
@@ -154,8 +163,12 @@ export async function startVectorIndexing(
   },
 ): Promise<VectorIndexing> {
   const { logger } = deps;
+  const sqlite = deps.sqlite;
+  const handle = typeof sqlite === 'function' ? sqlite : () => sqlite;
   const services = await createVectorServices(resolved, {
     ...deps,
+    // Marks are written on this thread: a file another process holds locked is waited for on timers.
+    attempt: (call) => withoutBusyWait(handle, call),
     onCollectionLost: (collection) =>
       logger.warn(
         `Qdrant collection ${collection} is gone (Qdrant restarted without storage, or it was deleted); creating it again`,

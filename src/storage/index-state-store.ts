@@ -21,7 +21,10 @@ export interface IndexCursor {
 export interface IndexStateStore {
   /** The target this store reads and writes the state of. */
   readonly target: string;
-  /** Record outcomes (for this target) in one transaction. Never throws (returns false when the database failed). */
+  /**
+   * Record outcomes (for this target) in one transaction. Never throws (returns false when the database
+   * failed; true once queued, with `attempt`).
+   */
   mark(outcomes: IndexStateOutcome[]): boolean;
   /**
    * Exchanges matching `eligibleSql` (a condition on `exchanges`) that have no state row for this target
@@ -44,6 +47,15 @@ export interface IndexStateStore {
   claimUnclaimed(): boolean;
 }
 
+export interface IndexStateStoreOptions {
+  /**
+   * Runs each write (`mark`, `reset`, `claimUnclaimed`) later, one after the other in the order asked;
+   * they then answer true at once (queued). `serve` passes one that waits for a file another process
+   * holds locked on timers: SQLite's busy timeout would hold its event loop.
+   */
+  attempt?: <T>(call: () => T) => Promise<T>;
+}
+
 /**
  * Create the store for `target` (no credentials in it: it is stored) on an open (migrated) database
  * handle, or a getter for the current one.
@@ -51,8 +63,25 @@ export interface IndexStateStore {
 export function createIndexStateStore(
   handle: SqliteHandle | (() => SqliteHandle),
   target: string,
+  options: IndexStateStoreOptions = {},
 ): IndexStateStore {
   const db = typeof handle === 'function' ? handle : () => handle;
+  const { attempt } = options;
+  let queued: Promise<unknown> = Promise.resolve();
+  /** Run `fn` now (false when it failed), or queue it behind the writes before it. */
+  const write = (fn: () => void): boolean => {
+    if (attempt) {
+      // A write that still fails after the wait is dropped, as a failed one always was.
+      queued = queued.then(() => attempt(fn)).catch(() => undefined);
+      return true;
+    }
+    try {
+      fn();
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const upsertSql = `insert into exchange_index (exchange_id, status, error, attempts, updated_at, target)
     values (@id, @status, @error, 1, @now, @target)
     on conflict (exchange_id, target) do update set status = excluded.status, error = excluded.error,
@@ -60,35 +89,28 @@ export function createIndexStateStore(
   const notDone = `(exchange_index.exchange_id is null or exchange_index.status = 'failed')`;
   const from = `exchanges left join exchange_index
     on exchange_index.exchange_id = exchanges.id and exchange_index.target = @target`;
-  const run = (...statements: string[]): boolean => {
-    try {
+  const run = (...statements: string[]): boolean =>
+    write(() => {
       const sqlite = db();
       const stmts = statements.map((s) => sqlite.prepare(s));
       sqlite.transaction(() => {
         for (const stmt of stmts) stmt.run({ target });
       })();
-      return true;
-    } catch {
-      return false;
-    }
-  };
+    });
 
   return {
     target,
     mark(outcomes) {
       if (outcomes.length === 0) return true;
-      try {
+      const now = Date.now();
+      return write(() => {
         const sqlite = db();
         const stmt = sqlite.prepare(upsertSql);
-        const now = Date.now();
         sqlite.transaction(() => {
           for (const o of outcomes)
             stmt.run({ id: o.id, status: o.status, error: o.error?.slice(0, 1000) ?? null, now, target });
         })();
-        return true;
-      } catch {
-        return false;
-      }
+      });
     },
     pending({ eligibleSql, sinceMs, after, limit }) {
       const where = [eligibleSql, notDone];

@@ -1,3 +1,4 @@
+import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -10,6 +11,7 @@ import {
 } from '../helpers/fake-qdrant.js';
 import { embed, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 
 const UPSTREAM_KEY = 'sk-upstream-secret-key-vector-1234567';
 const QDRANT_KEY = 'qdrant-secret-key-abcdef123456';
@@ -226,6 +228,39 @@ describe('indexing exchanges into Qdrant while serving', () => {
     expect(logged).toBeDefined();
     expect(JSON.stringify(proxy.logLines())).not.toContain(QDRANT_KEY);
   });
+
+  test('another process holds the write lock: proxying goes on, and the indexing outcomes are written once it lets go', async () => {
+    proxy = await startTestProxy(vectorEnv());
+    const client = clientFor(proxy);
+    const indexed = () => {
+      const db = new Database(proxy!.dbPath, { readonly: true });
+      try {
+        return db.prepare("select exchange_id from exchange_index where status = 'indexed'").all();
+      } finally {
+        db.close();
+      }
+    };
+    const ask = async (content: string) =>
+      (await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content }] }))
+        .choices[0].message.content;
+    const other = new Database(proxy.dbPath);
+    try {
+      other.exec('begin immediate');
+      expect(await ask('first')).toBe('Hello from the fake upstream!');
+      // Embedded and upserted; its outcome now waits for the lock (on timers, not on the event loop).
+      await proxy.drainIndexer();
+      expect(await qdrant.points()).toHaveLength(1);
+      expect(await ask('second')).toBe('Hello from the fake upstream!');
+      await proxy.drainIndexer();
+      expect(indexed()).toEqual([]);
+      other.exec('rollback');
+    } finally {
+      other.close();
+    }
+    // Before, the first mark held the event loop for SQLite's 5 s busy wait, failed, and was lost.
+    await until('both outcomes to be written', () => indexed().length === 2);
+    expect(await qdrant.points()).toHaveLength(2);
+  }, 30_000);
 
   test('the collection disappears while serving: it is created again, the exchange indexed, /health ok', async () => {
     const env = vectorEnv();
