@@ -22,7 +22,7 @@ import {
   createSqliteRegistryStore,
   type RegistryStore,
 } from '../registry/registry-store.js';
-import { withoutBusyWait } from '../storage/busy-wait.js';
+import { withoutBusyWait, withShortBusyWait } from '../storage/busy-wait.js';
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
@@ -86,6 +86,8 @@ export interface ServeExtensions {
    * use (undefined when none is: look for one as at start-up). Default: that file, the same environment.
    */
   reloadConfig?: (configPath: string | undefined) => ResolvedConfig;
+  /** The recorder thread's script (tests: one that dies, to run the main-thread fallback). */
+  recorderWorkerFile?: string;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -303,10 +305,14 @@ export async function startProxy(
   // or after the recorder thread died. PostgreSQL indexes rows as they are inserted (GIN, migration 0002)
   // and aggregates stats on the server.
   const jobs: { close(): void }[] = [];
+  // A slice that meets a file another process holds locked fails at once and is retried on the next
+  // tick: SQLite's busy timeout (5 s) would hold the event loop.
+  const around = <T>(slice: () => T): T => withShortBusyWait(database.sqlite, slice);
   const startJobsHere = () => {
     if (config.searchIndex)
       jobs.push(
         createSearchIndexer({
+          around,
           sqlite: () => database.sqlite,
           onError: (err) =>
             logger.warn({ err: { message: err.message } }, 'full-text indexing failed; will retry'),
@@ -314,6 +320,7 @@ export async function startProxy(
       );
     jobs.push(
       createStatsRollup({
+        around,
         sqlite: () => database.sqlite,
         onError: (err) => logger.warn({ err: { message: err.message } }, 'stats rollup failed; will retry'),
       }),
@@ -333,6 +340,7 @@ export async function startProxy(
       : await startRecorderThread({
           path: database.path,
           searchIndex: config.searchIndex,
+          workerFile: ext.recorderWorkerFile,
           ...recording,
           onMoved: async () => {
             await reopenHere();

@@ -16,6 +16,8 @@ export interface BackgroundSliceOptions {
   /** Time budget of one slice: the event loop is never held longer than about this (default 5 ms). */
   sliceMs?: number;
   onError?(err: Error): void;
+  /** Runs each slice (`serve` on its event loop: with a short SQLite busy wait, see withShortBusyWait). */
+  around?<T>(slice: () => T): T;
 }
 
 /**
@@ -32,7 +34,7 @@ export function runInSlices(options: BackgroundSliceOptions): BackgroundSlices {
 
   const slice = (): number => {
     const t = performance.now();
-    const n = options.work(budget);
+    const n = options.around ? options.around(() => options.work(budget)) : options.work(budget);
     const took = performance.now() - t;
     if (n >= budget) {
       // Aim the next slice at the time budget.

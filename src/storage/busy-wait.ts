@@ -48,7 +48,7 @@ export async function withoutBusyWait<T>(
   const deadline = performance.now() + budgetMs;
   for (let pause = 10; ; pause = Math.min(pause * 2, 250)) {
     try {
-      return await once(sqlite(), attempt, attemptWaitMs);
+      return await withShortBusyWait(sqlite(), attempt, attemptWaitMs);
     } catch (err) {
       const left = deadline - performance.now();
       if (!isSqliteBusy(err) || left <= 0) throw err;
@@ -57,13 +57,13 @@ export async function withoutBusyWait<T>(
   }
 }
 
-function once<T>(
-  handle: BusyTimeoutSetting,
-  attempt: () => T | Promise<T>,
-  attemptWaitMs: number,
-): T | Promise<T> {
+/**
+ * Run `attempt` with `handle`'s busy timeout cut to `waitMs`: a lock held by another connection fails it
+ * after that instead of after the full busy timeout. For work that is retried anyway (a timer's next tick).
+ */
+export function withShortBusyWait<T>(handle: BusyTimeoutSetting, attempt: () => T, waitMs = 20): T {
   const previous = Number(handle.pragma('busy_timeout', { simple: true }));
-  handle.pragma(`busy_timeout = ${attemptWaitMs}`, { simple: true });
+  handle.pragma(`busy_timeout = ${waitMs}`, { simple: true });
   try {
     return attempt();
   } finally {

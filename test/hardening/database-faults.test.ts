@@ -4,10 +4,17 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { openDatabase } from '../../src/storage/database.js';
+import { INSERT_EXCHANGE_SQL, toRow } from '../../src/storage/log-store.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { rec } from '../helpers/logs-suite.js';
 import { createTempDir } from '../helpers/temp-dir.js';
-import { createTestIo, proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
+import {
+  createTestIo,
+  proxyWithUpstreamPerTest,
+  startTestProxy,
+  type TestProxy,
+} from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 
 const setup = proxyWithUpstreamPerTest();
@@ -87,6 +94,48 @@ describe('database trouble while running', () => {
     await until('the queue to drain', async () => (await health(proxy.url)).queued_log_rows === 0);
     expect(await health(proxy.url)).toMatchObject({ database: 'ok', database_error: null });
     expect(countRows(proxy.dbPath)).toBe(15);
+  });
+
+  test('the recorder thread died, then another process holds the write lock: the rollups, now on this thread, never hold up requests', async () => {
+    const upstream = await createFakeUpstream();
+    const proxy = await startTestProxy(
+      { OPENAI_BASE_URL: upstream.baseUrl },
+      { recorderWorkerFile: join(import.meta.dirname, '..', 'helpers', 'crashing-recorder.mjs') },
+    );
+    const other = new Database(proxy.dbPath);
+    try {
+      expect((await chat(proxy.url)).status).toBe(200); // the thread dies on its row
+      await proxy.waitForLogLines((lines) => lines.some((l) => /recorder thread .* stopped/.test(l.msg)));
+      // The rollups (on this thread now) have sealed the past hours…
+      const sealed = other.prepare('select sealed_until from exchange_stats_state where id = 1').pluck();
+      await until('the rollups to seal the past hours', () => (sealed.get() as number) > 0);
+      // …then rows in one of them, for the rollups to compute again, and the lock: nothing in this thread
+      // runs in between.
+      const insert = other.prepare(INSERT_EXCHANGE_SQL);
+      const hoursAgo = Date.now() - 3 * 3_600_000;
+      for (let i = 0; i < 20; i++)
+        insert.run(toRow(rec(`lock${String.fromCharCode(97 + i)}`, { startedAt: hoursAgo })));
+      other.exec('begin immediate');
+      const slowest: number[] = [];
+      for (let i = 0; i < 12; i++) {
+        const r = await chat(proxy.url);
+        expect(r.status).toBe(200);
+        slowest.push(r.ms);
+        await sleep(60);
+      }
+      // A job's slice meeting the lock used to sleep in SQLite's busy wait (5 s) on the event loop.
+      expect(Math.max(...slowest)).toBeLessThan(2000);
+      other.exec('rollback');
+      const hour = hoursAgo - (hoursAgo % 3_600_000);
+      const requests = other.prepare(
+        "select requests from exchange_stats where hour = ? and dim = 'model' and key = 'gpt-4o'",
+      );
+      await until('the rollup of that hour', () => requests.pluck().get(hour) === 20);
+    } finally {
+      other.close();
+      await proxy.close();
+      await upstream.close();
+    }
   });
 
   test('disk full: proxying continues, the queue stays bounded and spills oldest-first to the log file, rows resume after', async () => {
