@@ -22,7 +22,12 @@ import {
   createSqliteRegistryStore,
   type RegistryStore,
 } from '../registry/registry-store.js';
-import { withoutBusyWait, withShortBusyWait } from '../storage/busy-wait.js';
+import {
+  isSqliteBusy,
+  lockedDatabaseError,
+  withoutBusyWait,
+  withShortBusyWait,
+} from '../storage/busy-wait.js';
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord } from '../storage/exchange-record.js';
@@ -410,7 +415,7 @@ export async function startProxy(
       },
     });
   } catch (err) {
-    return abandon(err);
+    return abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err);
   }
   undo.push(() => registry.close());
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.

@@ -81,6 +81,23 @@ describe('CLI basics', () => {
     expect(existsSync(join(tmp.path, 'x.db-wal'))).toBe(false);
   });
 
+  test('another process holds the database locked through start-up → one line naming the file and what to do, exit 1', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const io0 = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['models', 'add', 'llama3', '--db', 'x.db'], io0)).toBe(0);
+    const other = new Database(join(tmp.path, 'x.db'));
+    cleanups.push(() => other.close());
+    other.exec('begin immediate');
+    const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path);
+    // Start-up brings the registry in line with the configuration: it waits for the lock up to 5 s.
+    expect(await main(['serve', '--port', '0', '--db', 'x.db'], io)).toBe(1);
+    other.exec('rollback');
+    expect(io.err()).toBe(
+      `oai-proxy: Database ${join(tmp.path, 'x.db')} is locked by another process (another \`oai-proxy models\` or \`oai-proxy logs prune\`, or an sqlite3 shell in a write transaction) and stayed locked for 5 s; the proxy did not start. Try again once it has finished\n`,
+    );
+  }, 20_000);
+
   test.each([
     ['info', true],
     ['warn', false],
