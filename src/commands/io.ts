@@ -28,6 +28,57 @@ export function waitForStop(io: CliIo): Promise<string> {
   });
 }
 
+/** How `serve` is asked to stop: by signals (see watchStopSignals) or `io.signal`. */
+export interface StopSignals {
+  /** Resolves with the first stop signal's name ('abort' for `io.signal`): stop gracefully. */
+  readonly requested: Promise<string>;
+  /** Resolves with the second signal's name: stop now (the grace period ends). */
+  readonly hurried: Promise<string>;
+  /** Remove the handlers: Node's default handling is back. */
+  dispose(): void;
+}
+
+/** SIGHUP too: the terminal or ssh session `serve` runs in was closed. */
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * Watches SIGINT, SIGTERM and SIGHUP until disposed: the first one (or `io.signal` aborting) resolves
+ * `requested`, the second `hurried`; a third kills the process with that signal at once (Node's default
+ * handling: nothing more is written), the way out when stopping hangs.
+ */
+export function watchStopSignals(io: CliIo): StopSignals {
+  let request!: (why: string) => void;
+  let hurry!: (why: string) => void;
+  const requested = new Promise<string>((r) => {
+    request = r;
+  });
+  const hurried = new Promise<string>((r) => {
+    hurry = r;
+  });
+  let received = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    received++;
+    if (received === 1) request(signal);
+    else if (received === 2) hurry(signal);
+    else {
+      dispose();
+      process.kill(process.pid, signal);
+    }
+  };
+  const onAbort = () => {
+    received++;
+    request('abort');
+  };
+  const dispose = () => {
+    for (const s of STOP_SIGNALS) process.off(s, onSignal);
+    io.signal?.removeEventListener('abort', onAbort);
+  };
+  for (const s of STOP_SIGNALS) process.on(s, onSignal);
+  if (io.signal?.aborted) onAbort();
+  else io.signal?.addEventListener('abort', onAbort, { once: true });
+  return { requested, hurried, dispose };
+}
+
 /**
  * Lines for `dest` written together: once per event-loop turn, or every `delayMs` when given (and at once
  * past 64 KB). A busy proxy then makes one write() for many exchange lines instead of one each.

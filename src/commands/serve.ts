@@ -46,7 +46,7 @@ import {
   sqliteStorage,
 } from '../storage/storage.js';
 import { VERSION } from '../version.js';
-import { BatchedWriter, type CliIo, waitForStop } from './io.js';
+import { BatchedWriter, type CliIo, watchStopSignals } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
 import { terminalSafe, useColor } from './terminal-text.js';
 import { configSecrets, startVectorIndexing, type VectorIndexing } from './vector-setup.js';
@@ -623,7 +623,10 @@ ${bar}
 `;
 }
 
-/** `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM, shut down cleanly. */
+/**
+ * `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM/SIGHUP, shut down cleanly (a second
+ * signal cuts what is still in flight at once; every row is still written).
+ */
 export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
   const resolve = (configPath = options.config) =>
     resolveConfig({
@@ -644,17 +647,38 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
   io.stderr.write(banner(running, resolved));
   const exposed = exposureWarning(running, resolved);
   if (exposed) io.stderr.write(exposed);
-  const why = await waitForStop(io);
-  running.flushLogs();
-  io.stderr.write(
-    `oai-proxy: ${why} received, finishing in-flight requests (up to ${resolved.config.shutdownGraceMs} ms)…\n`,
-  );
-  await running.close();
-  const { written, spilled } = running.writer.health();
-  const elsewhere =
-    spilled > 0 ? `, ${spilled} spilled to the log file ${running.logFile} (see spilled_exchange)` : '';
-  io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}\n`);
-  return 0;
+  const stop = watchStopSignals(io);
+  try {
+    const why = await stop.requested;
+    // After SIGHUP the terminal may be gone: a console write failing (EIO, EPIPE) must not stop the
+    // shutdown that writes the rows. The log file and the database keep everything the console said.
+    ignoreWriteErrors(io.stderr);
+    running.flushLogs();
+    const graceMs = resolved.config.shutdownGraceMs;
+    io.stderr.write(
+      `oai-proxy: ${why} received, finishing in-flight requests (up to ${graceMs} ms; a second signal stops now)…\n`,
+    );
+    void stop.hurried.then((again) => {
+      io.stderr.write(`oai-proxy: ${again} received again, cutting in-flight requests now…\n`);
+      running.proxy.cutNow(
+        `${again} received a second time before SHUTDOWN_GRACE_MS (${graceMs} ms) ran out`,
+      );
+    });
+    await running.close();
+    const { written, spilled } = running.writer.health();
+    const elsewhere =
+      spilled > 0 ? `, ${spilled} spilled to the log file ${running.logFile} (see spilled_exchange)` : '';
+    io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}\n`);
+    return 0;
+  } finally {
+    stop.dispose();
+  }
+}
+
+/** Errors of `stream` (the console: a closed terminal, a gone reader) are dropped from now on. */
+function ignoreWriteErrors(stream: CliIo['stderr']): void {
+  const emitter = stream as Partial<NodeJS.WritableStream>;
+  if (typeof emitter.on === 'function') emitter.on('error', () => undefined);
 }
 
 /** Exchange fields the console's one-line message already says (the log file keeps them all). */

@@ -123,6 +123,11 @@ export interface ProxyServer {
   /** Stop accepting; wait for in-flight exchanges up to `graceMs`, then cut the rest; record them all. */
   shutdown(graceMs: number): Promise<void>;
   /**
+   * End shutdown's grace period now (a second stop signal): the exchanges still in flight are cut and
+   * recorded as `proxy_shutdown`, `reason` in their error message. Before shutdown(): it waits no grace.
+   */
+  cutNow(reason: string): void;
+  /**
    * Apply new limits, CORS origins and client keys (`POST /admin/reload-config`) to the requests that
    * arrive from now on.
    */
@@ -428,6 +433,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   /** Set by shutdown() when the grace period ran out: the in-flight exchanges are being cut by the proxy. */
   let cutMessage: string | null = null;
   let drained: (() => void) | null = null;
+  /** Set by cutNow(): why the grace period ended early. */
+  let cutEarly: string | null = null;
+  /** Ends the grace period's wait (while shutdown() waits it). */
+  let endGrace: (() => void) | null = null;
   /** An exchange whose response closed unfinished: cut by the proxy's shutdown, or by the client. */
   const noteCut = (x: ExchangeContext, upstreamAborted: boolean) => {
     if (cutMessage) {
@@ -1400,19 +1409,26 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       closing = true;
       const closed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
-      const untilDrained = (ms: number) =>
+      const untilDrained = (ms: number, interruptible = false) =>
         inflight === 0
           ? Promise.resolve()
           : new Promise<void>((r) => {
-              const t = setTimeout(r, ms);
-              drained = () => {
+              const done = () => {
                 clearTimeout(t);
+                drained = null;
+                endGrace = null;
                 r();
               };
+              const t = setTimeout(done, ms);
+              drained = done;
+              if (interruptible) endGrace = done;
             });
-      await untilDrained(graceMs);
+      if (cutEarly === null) await untilDrained(graceMs, true);
       if (inflight > 0) {
-        cutMessage = `The proxy cut this exchange at shutdown: SHUTDOWN_GRACE_MS (${graceMs} ms) ran out before the response was complete`;
+        cutMessage =
+          cutEarly === null
+            ? `The proxy cut this exchange at shutdown: SHUTDOWN_GRACE_MS (${graceMs} ms) ran out before the response was complete`
+            : `The proxy cut this exchange at shutdown: ${cutEarly}`;
       }
       for (const s of sockets) s.destroy();
       await closed;
@@ -1420,6 +1436,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       // close callback: wait for them, briefly, so their rows are recorded before the writer closes.
       await untilDrained(CUT_CLOSE_WAIT_MS);
       recordFinished();
+    },
+    cutNow(reason) {
+      cutEarly ??= reason;
+      endGrace?.();
     },
   };
 }

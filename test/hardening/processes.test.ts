@@ -1,11 +1,12 @@
 import { spawn } from 'node:child_process';
-import { statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
+import { until } from '../helpers/until.js';
 
 const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
 const cleanups: (() => unknown)[] = [];
@@ -269,4 +270,117 @@ test('SIGTERM with streams outlasting the grace period: every cut exchange recor
       .sort(),
   ).toEqual(Array.from({ length: 5 }, (_, i) => `m-cut-${i}`));
   expect(p.stderr()).toContain('stopped; 6 exchanges recorded this run');
+});
+
+/** The log file's exchange lines (parsed). */
+function logLines(logPath: string): Record<string, unknown>[] {
+  if (!existsSync(logPath)) return [];
+  return readFileSync(logPath, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l))
+    .filter((l) => l.path !== undefined);
+}
+
+test.each(['SIGINT', 'SIGTERM'] as const)(
+  '%s twice: the second cuts the streams at once, each recorded as proxy_shutdown (database and log file), stop line, exit 0',
+  {
+    timeout: 30_000,
+  },
+  async (signal) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    // 20 s streams and a 20 s grace: only the second signal can end them within the test.
+    upstream.streamIntervalMs = 200;
+    upstream.streamWords = 100;
+    const dbPath = join(tmp.path, 'p.db');
+    const logPath = join(tmp.path, 'p.log');
+    const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
+      HOME: tmp.path,
+      SHUTDOWN_GRACE_MS: '20000',
+    });
+    const base = await p.url;
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+    const streams = await openStreams(client, 4, 'm-twice');
+    const outcomes = streams.map(async (s) => {
+      try {
+        for await (const _ of s);
+        return 'complete';
+      } catch {
+        return 'cut';
+      }
+    });
+    await sleep(300);
+    p.child.kill(signal);
+    await until('the first signal taken', () => p.stderr().includes('finishing in-flight requests'));
+    await sleep(300);
+    const second = Date.now();
+    p.child.kill(signal);
+    expect(await p.exited).toBe(0);
+    expect(Date.now() - second).toBeLessThan(10_000);
+    expect(await Promise.all(outcomes)).toEqual(Array(4).fill('cut'));
+    expect(p.child.signalCode).toBeNull();
+    expect(p.stderr()).toContain(`${signal} received again, cutting in-flight requests now`);
+    expect(p.stderr()).toContain('stopped; 4 exchanges recorded this run');
+
+    const db = new Database(dbPath, { readonly: true });
+    const rows = db.prepare('select error, error_message from exchanges').all() as {
+      error: string | null;
+      error_message: string | null;
+    }[];
+    db.close();
+    expect(rows).toHaveLength(4);
+    for (const r of rows) {
+      expect(r.error).toBe('proxy_shutdown');
+      expect(r.error_message).toContain(`${signal} received a second time`);
+    }
+    expect(markers(dbPath).sort()).toEqual(Array.from({ length: 4 }, (_, i) => `m-twice-${i}`));
+    const lines = logLines(logPath);
+    expect(lines).toHaveLength(4);
+    expect(lines.every((l) => l.error === 'proxy_shutdown')).toBe(true);
+  },
+);
+
+test('SIGHUP (the terminal closed, stderr gone): in-flight streams finish, every row and log line written, exit 0', {
+  timeout: 30_000,
+}, async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  upstream.streamIntervalMs = 100;
+  upstream.streamWords = 10;
+  const dbPath = join(tmp.path, 'p.db');
+  const logPath = join(tmp.path, 'p.log');
+  const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
+    HOME: tmp.path,
+    SHUTDOWN_GRACE_MS: '8000',
+  });
+  const base = await p.url;
+  await chat(base, 'm-before', false);
+  const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+  const streams = await openStreams(client, 3, 'm-hup');
+  const texts = streams.map(async (s) => {
+    let t = '';
+    for await (const c of s) t += c.choices[0]?.delta?.content ?? '';
+    return t;
+  });
+  await sleep(200);
+  // What a closed terminal does to serve's console: every write to stderr now fails (EPIPE here).
+  p.child.stderr!.destroy();
+  p.child.kill('SIGHUP');
+  const done = await Promise.all(texts);
+  expect(done.every((t) => t.split(' ').filter(Boolean).length === 10)).toBe(true);
+  expect(await p.exited).toBe(0);
+  expect(p.child.signalCode).toBeNull();
+  expect(markers(dbPath).sort()).toEqual(['m-before', 'm-hup-0', 'm-hup-1', 'm-hup-2']);
+  const db = new Database(dbPath, { readonly: true });
+  const errors = db.prepare('select error from exchanges').all() as { error: string | null }[];
+  db.close();
+  expect(errors.every((r) => r.error === null)).toBe(true);
+  const lines = logLines(logPath);
+  expect(lines).toHaveLength(4);
+  expect(lines.every((l) => l.status === 200 && l.error === null)).toBe(true);
 });
