@@ -8,7 +8,7 @@ import { createModelsRoute } from '../proxy/models-routes.js';
 import type { ModelRouter, OwnRoute, RouteDecision } from '../proxy/server.js';
 import type { ModelRegistry, RegistryView } from '../registry/registry.js';
 import type { RegistryStore } from '../registry/registry-store.js';
-import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
+import { buildSeedPlan, type SeedPlan, upstreamNames } from '../registry/seed.js';
 import { isSqliteBusy } from '../storage/busy-wait.js';
 import { redactMessage } from '../storage/postgres.js';
 import { isDatabaseUnavailable } from '../storage/storage.js';
@@ -31,6 +31,12 @@ export interface RegistryRuntime {
    * `restart_required` names the changed settings a reload cannot apply (see RELOADABLE_SETTINGS).
    */
   reload(): Promise<ReloadOutcome>;
+  /**
+   * Seed the store from the start-up configuration and route by the result. Until then the runtime routes
+   * by the registry as the store held it: `serve` seeds only once it listens, so that a start that fails
+   * changes nothing another instance on the same database reads.
+   */
+  seed(): Promise<void>;
   /** Re-read the registry from the store (its database file was reopened). */
   refresh(): Promise<void>;
   close(): void;
@@ -111,7 +117,10 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
   return { defaultUpstream, upstreams };
 }
 
-/** Seed the registry from `resolved` and build everything `serve` needs from it. */
+/**
+ * Check the registry configuration in `resolved`, read the registry and build everything `serve` needs
+ * from it. Writes nothing: `seed()` does (throws OaiProxyError('config_invalid') here for a bad one).
+ */
 export async function startRegistry(
   resolved: ResolvedConfig,
   options: RegistryRuntimeOptions,
@@ -119,16 +128,18 @@ export async function startRegistry(
   const { store } = options;
   const logger = options.logger;
 
-  const apply = async (next: ResolvedConfig): Promise<Settings> => {
-    const plan = buildSeedPlan(next.config);
-    const targets = buildUpstreams(next);
+  const prepare = (next: ResolvedConfig) => ({
+    plan: buildSeedPlan(next.config),
+    settings: { resolved: next, ...buildUpstreams(next) } satisfies Settings,
+  });
+  const seedStore = async (plan: SeedPlan) => {
     const result = await store.seed(plan);
     for (const w of result.warnings) logger?.warn(w);
-    options.onConfig?.(next);
-    return { resolved: next, ...targets };
   };
 
-  let settings = await apply(resolved);
+  const start = prepare(resolved);
+  let settings = start.settings;
+  options.onConfig?.(resolved);
   let registry = await store.load();
 
   // Reloads never overlap, and a reload asked for while one runs is done again after it.
@@ -185,7 +196,10 @@ export async function startRegistry(
 
   const reload = async (): Promise<ReloadOutcome> => {
     const next = options.reloadConfig();
-    settings = await apply(next);
+    const prepared = prepare(next);
+    await seedStore(prepared.plan);
+    options.onConfig?.(next);
+    settings = prepared.settings;
     await refresh();
     // Compared with the start-up configuration: that is what the proxy still runs with for these.
     const pending = restartRequired(resolved.config, next.config);
@@ -272,6 +286,12 @@ export async function startRegistry(
       admin_api: settings.resolved.config.adminApiKey ? 'enabled' : 'disabled',
     }),
     reload,
+    async seed() {
+      await seedStore(start.plan);
+      // A refresh begun before the seeding must not land after this load.
+      await loading;
+      registry = await store.load();
+    },
     refresh,
     close: stopWatching,
   };

@@ -500,6 +500,13 @@ export async function startProxy(
     });
     proxy.server.listen(config.port, config.host, () => resolve());
   }).catch(abandon);
+  undo.push(() => {
+    const closed = new Promise<void>((r) => proxy.server.close(() => r()));
+    proxy.server.closeAllConnections();
+    return closed;
+  });
+  // The registry is shared with every process on this database: seeded only once nothing else can fail.
+  await registry.seed().catch(abandon);
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;

@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
@@ -383,4 +383,55 @@ test('SIGHUP (the terminal closed, stderr gone): in-flight streams finish, every
   const lines = logLines(logPath);
   expect(lines).toHaveLength(4);
   expect(lines.every((l) => l.status === 200 && l.error === null)).toBe(true);
+});
+
+/** `oai-proxy models list --json` on `dbPath`: the registry every instance on that database reads. */
+function modelsList(dbPath: string, home: string): { models: { name: string }[]; mappings: unknown } {
+  const out = execFileSync(process.execPath, [BIN, 'models', 'list', '--json', '--db', dbPath], {
+    env: { PATH: process.env.PATH ?? '', HOME: home },
+    encoding: 'utf8',
+  });
+  return JSON.parse(out);
+}
+
+test('a serve that cannot listen (port in use) leaves the shared registry alone: the running instance keeps its models and aliases', {
+  timeout: 30_000,
+}, async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  const dbPath = join(tmp.path, 'i.db');
+  const configPath = join(tmp.path, 'icfg.json');
+  writeFileSync(
+    configPath,
+    JSON.stringify({ validateModels: true, availableModels: ['m1'], modelMappings: { fast: 'm1' } }),
+  );
+  const a = startBin(['--config', configPath, '--db', dbPath, '--upstream', upstream.baseUrl], {
+    HOME: tmp.path,
+  });
+  const base = await a.url;
+  const port = new URL(base).port;
+  const before = modelsList(dbPath, tmp.path);
+  expect(before.models.map((m) => m.name)).toEqual(['m1']);
+  expect(before.mappings).toEqual({ fast: 'm1' });
+
+  // The same database, no config (the default model list), A's port.
+  const b = startBin(['--port', port, '--db', dbPath, '--upstream', upstream.baseUrl], { HOME: tmp.path });
+  b.url.catch(() => undefined);
+  // startBin passes --port 0 first; the later --port wins.
+  expect(await b.exited).toBe(1);
+  expect(b.stderr()).toContain(`port ${port} is in use`);
+
+  expect(modelsList(dbPath, tmp.path)).toEqual(before);
+  // A polls the registry's data_version every 500 ms: past that, it still routes its own models.
+  await sleep(1200);
+  const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+  expect((await client.models.list()).data.map((m) => m.id)).toEqual(['m1', 'fast']);
+  const answer = await client.chat.completions.create({
+    model: 'fast',
+    messages: [{ role: 'user', content: 'hi' }],
+  });
+  expect(answer.choices[0]?.message.content).toBeTruthy();
+  expect(JSON.parse(upstream.requests.at(-1)!.body.toString()).model).toBe('m1');
 });
