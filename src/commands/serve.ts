@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from '../config/load.js';
@@ -166,6 +166,13 @@ export async function startProxy(
   }
   const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;
   const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
+  // A start that cannot listen (the port taken by another instance) creates no database or log file.
+  // Held only for a moment: the proxy listens once built, and the registry is seeded after that.
+  if (config.port !== 0) {
+    const probe = createNetServer();
+    await listenOn(probe, config);
+    await new Promise<void>((r) => probe.close(() => r()));
+  }
 
   // Plain console lines (stderr not a terminal: CI, containers, journald) are batched per event-loop turn.
   const batchedConsole = io.stderr.isTTY ? null : new BatchedWriter(io.stderr);
@@ -484,22 +491,7 @@ export async function startProxy(
 
   reconfigureProxy = (c) => proxy.reconfigure({ limits: proxyLimits(c), clientKeys: c.proxyApiKeys });
 
-  await new Promise<void>((resolve, reject) => {
-    proxy.server.once('error', (err: NodeJS.ErrnoException) => {
-      const hint =
-        err.code === 'EADDRINUSE'
-          ? `port ${config.port} is in use; choose another with --port or PORT`
-          : err.code === 'EACCES'
-            ? `no permission to listen on ${config.host}:${config.port}; use a port above 1023`
-            : err.message;
-      reject(
-        new OaiProxyError('internal', `Cannot listen on ${config.host}:${config.port}: ${hint}`, {
-          cause: err,
-        }),
-      );
-    });
-    proxy.server.listen(config.port, config.host, () => resolve());
-  }).catch(abandon);
+  await listenOn(proxy.server, config).catch(abandon);
   undo.push(() => {
     const closed = new Promise<void>((r) => proxy.server.close(() => r()));
     proxy.server.closeAllConnections();
@@ -554,6 +546,26 @@ export async function startProxy(
       return closing;
     },
   };
+}
+
+/** Listen on the configured host and port; an OaiProxyError naming them (and what to do) when it cannot. */
+function listenOn(server: NetServer, config: Config): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      const hint =
+        err.code === 'EADDRINUSE'
+          ? `port ${config.port} is in use; choose another with --port or PORT`
+          : err.code === 'EACCES'
+            ? `no permission to listen on ${config.host}:${config.port}; use a port above 1023`
+            : err.message;
+      reject(
+        new OaiProxyError('internal', `Cannot listen on ${config.host}:${config.port}: ${hint}`, {
+          cause: err,
+        }),
+      );
+    });
+    server.listen(config.port, config.host, () => resolve());
+  });
 }
 
 /** The proxy server's limits from a configuration (at start-up and on each reload). */

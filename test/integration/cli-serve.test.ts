@@ -75,10 +75,9 @@ describe('CLI basics', () => {
     const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path);
     expect(await main(['serve', '--port', String(port), '--db', 'x.db'], io)).toBe(1);
     expect(io.err()).toMatch(new RegExp(`port ${port} is in use; choose another with --port or PORT`));
-    // Everything start-up opened was closed again: the recorder thread and this thread's connection
-    // (the last connection to close removes the WAL file).
-    expect(existsSync(join(tmp.path, 'x.db'))).toBe(true);
-    expect(existsSync(join(tmp.path, 'x.db-wal'))).toBe(false);
+    // Found before start-up creates anything: no database, no log file beside it.
+    expect(existsSync(join(tmp.path, 'x.db'))).toBe(false);
+    expect(existsSync(join(tmp.path, 'oai-proxy.log'))).toBe(false);
   });
 
   test('another process holds the database locked through start-up → one line naming the file and what to do, exit 1', async () => {
