@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
@@ -669,6 +669,7 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
   const stop = watchStopSignals(io);
   try {
     const why = await stop.requested;
+    let hungUp = why === 'SIGHUP';
     // After SIGHUP the terminal may be gone: a console write failing (EIO, EPIPE) must not stop the
     // shutdown that writes the rows. The log file and the database keep everything the console said.
     ignoreWriteErrors(io.stderr);
@@ -678,6 +679,7 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
       `oai-proxy: ${why} received, finishing in-flight requests (up to ${graceMs} ms; a second signal stops now)…\n`,
     );
     void stop.hurried.then((again) => {
+      if (again === 'SIGHUP') hungUp = true;
       io.stderr.write(`oai-proxy: ${again} received again, cutting in-flight requests now…\n`);
       running.proxy.cutNow(
         `${again} received a second time before SHUTDOWN_GRACE_MS (${graceMs} ms) ran out`,
@@ -688,9 +690,29 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
     const elsewhere =
       spilled > 0 ? `, ${spilled} spilled to the log file ${running.logFile} (see spilled_exchange)` : '';
     io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}\n`);
+    if (hungUp) releaseHungUpTerminal();
     return 0;
   } finally {
     stop.dispose();
+  }
+}
+
+/**
+ * Points the standard descriptors that are terminals at /dev/null. Called last, after a SIGHUP: Node 20
+ * restores the terminal's settings at exit and aborts (SIGABRT, exit 134, after every row was written)
+ * when the terminal was hung up (nodejs/node#51519); it skips descriptors that no longer name the file
+ * they named at start-up.
+ */
+function releaseHungUpTerminal(): void {
+  if (process.platform === 'win32') return;
+  for (const fd of [0, 1, 2]) {
+    try {
+      if (!fstatSync(fd).isCharacterDevice()) continue;
+      closeSync(fd);
+      openSync('/dev/null', 'r+'); // the lowest free descriptor: fd again
+    } catch {
+      // Closed already, or /dev/null missing: nothing to restore at exit, or nothing more to do.
+    }
   }
 }
 

@@ -435,3 +435,71 @@ test('a serve that cannot listen (port in use) leaves the shared registry alone:
   expect(answer.choices[0]?.message.content).toBeTruthy();
   expect(JSON.parse(upstream.requests.at(-1)!.body.toString()).model).toBe('m1');
 });
+
+test('the terminal serve runs in is closed (SIGHUP, then EIO on every console write): streams finish, every row and log line written, exit 0', {
+  timeout: 30_000,
+}, async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  upstream.streamIntervalMs = 100;
+  upstream.streamWords = 10;
+  const dbPath = join(tmp.path, 'p.db');
+  const logPath = join(tmp.path, 'p.log');
+  const helper = join(import.meta.dirname, '../helpers/pty-hangup.py');
+  const term = spawn(
+    'python3',
+    [
+      helper,
+      process.execPath,
+      BIN,
+      'serve',
+      '--port',
+      '0',
+      '--db',
+      dbPath,
+      '--log-file',
+      logPath,
+      '--upstream',
+      upstream.baseUrl,
+    ],
+    {
+      // LOG_LEVEL info: the pretty console prints each exchange, after the hang-up too.
+      env: {
+        PATH: process.env.PATH ?? '',
+        TERM: 'xterm-256color',
+        HOME: tmp.path,
+        SHUTDOWN_GRACE_MS: '8000',
+      },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
+  cleanups.push(() => term.exitCode === null && term.kill('SIGKILL'));
+  const exited = new Promise<number | null>((r) => term.once('exit', (code) => r(code)));
+  let out = '';
+  term.stdout!.on('data', (d) => {
+    out += d;
+  });
+  const base = await until(
+    'the banner on the terminal',
+    () => /listening on (http:\/\/[^\s]+)/.exec(out)?.[1],
+  );
+  await chat(base, 'm-before', false);
+  const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+  const streams = await openStreams(client, 3, 'm-hup');
+  const texts = streams.map(async (s) => {
+    let t = '';
+    for await (const c of s) t += c.choices[0]?.delta?.content ?? '';
+    return t;
+  });
+  await sleep(200);
+  term.stdin!.write('hang up\n');
+  const done = await Promise.all(texts);
+  expect(done.every((t) => t.split(' ').filter(Boolean).length === 10)).toBe(true);
+  expect(await exited).toBe(0);
+  expect(markers(dbPath).sort()).toEqual(['m-before', 'm-hup-0', 'm-hup-1', 'm-hup-2']);
+  const lines = logLines(logPath);
+  expect(lines).toHaveLength(4);
+  expect(lines.every((l) => l.status === 200 && l.error === null)).toBe(true);
+});
