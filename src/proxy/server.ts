@@ -39,7 +39,7 @@ import { newExchangeId } from './ids.js';
 import { replaceJsonModel } from './json-model.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
 import { isDecodable, RecordDecoder } from './record-decoder.js';
-import { createStreamAssembler, extractUsage, type StreamAssembler } from './sse.js';
+import { createStreamAssembler, extractUsage, type StreamAssembler, streamFraming } from './sse.js';
 import {
   dropSubprotocolKey,
   headWithoutUpgrade,
@@ -831,9 +831,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           x.responseContentType = Array.isArray(ct) ? ct[0] : ct;
           const ce = upstreamHeaders['content-encoding'];
           x.responseEncoding = Array.isArray(ce) ? ce[0] : ce;
-          if (x.responseContentType?.includes('text/event-stream')) {
+          const framing = streamFraming(x.responseContentType);
+          if (framing !== null) {
             x.stream = true;
-            x.assembler = createStreamAssembler({ maxChars: limits.captureBodyBytes });
+            x.assembler = createStreamAssembler({ maxChars: limits.captureBodyBytes, framing });
           }
           if (x.responseEncoding !== undefined && x.responseEncoding !== 'identity') decodeForRecord(x);
           if (res.destroyed) return;

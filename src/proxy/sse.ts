@@ -12,6 +12,18 @@ export interface StreamAssembler {
 export interface StreamAssemblerOptions {
   /** Cap on the assembled text (content and each tool call's arguments). */
   maxChars?: number;
+  /** How events are framed: server-sent events (the only one so far). */
+  framing?: StreamFraming;
+}
+
+export type StreamFraming = 'sse';
+
+/** The framing of a streamed response by its content type (any case), or null when it is no stream. */
+export function streamFraming(contentType: string | undefined): StreamFraming | null {
+  if (contentType === undefined) return null;
+  const ct = contentType.toLowerCase();
+  if (ct.includes('text/event-stream')) return 'sse';
+  return null;
 }
 
 interface ToolCallAcc {

@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { createStreamAssembler, extractUsage, normaliseUsage } from '../../src/proxy/sse.js';
+import { createStreamAssembler, extractUsage, normaliseUsage, streamFraming } from '../../src/proxy/sse.js';
 
 const sse = (events: unknown[]) =>
   events.map((e) => (typeof e === 'string' ? e : `data: ${JSON.stringify(e)}\n\n`)).join('');
@@ -283,6 +283,19 @@ describe('stream reassembly', () => {
       expect(a.streamError()).toBe(error);
     },
   );
+});
+
+describe('stream framing', () => {
+  test.each([
+    ['text/event-stream', 'sse'],
+    ['Text/Event-Stream; charset=utf-8', 'sse'],
+    ['TEXT/EVENT-STREAM', 'sse'],
+    ['application/json', null],
+    ['text/plain', null],
+    [undefined, null],
+  ])('the framing of content type %s is %s', (contentType, framing) => {
+    expect(streamFraming(contentType)).toBe(framing);
+  });
 });
 
 describe('usage extraction', () => {
