@@ -1,6 +1,9 @@
 import type { AssembledMessage, Usage } from '../storage/exchange-record.js';
 
-/** Incrementally reassembles an OpenAI server-sent-event stream (chat, completions, Responses API). */
+/**
+ * Incrementally reassembles a server-sent-event stream: OpenAI's (chat, completions, Responses API, audio
+ * transcription and speech) and llama.cpp's native `/completion`.
+ */
 export interface StreamAssembler {
   push(chunk: Buffer | string): void;
   /** The message so far; `complete` is true only if the stream's final event was seen. */
@@ -115,10 +118,16 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     }
     if (!ev || typeof ev !== 'object') return;
     const type: string | undefined = typeof ev.type === 'string' ? ev.type : (eventName ?? undefined);
-    if (type?.startsWith('response.')) {
-      kind = 'response';
-      onResponsesEvent(type, ev);
-      return;
+    if (type !== undefined) {
+      if (type.startsWith('response.')) {
+        kind = 'response';
+        onResponsesEvent(type, ev);
+        return;
+      }
+      if (type.startsWith('transcript.') || type.startsWith('speech.')) {
+        onAudioEvent(type, ev);
+        return;
+      }
     }
     if (ev.object === 'chat.completion.chunk') kind = 'chat.completion';
     else if (ev.object === 'text_completion') kind = 'text_completion';
@@ -128,8 +137,46 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       return;
     }
     if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
-    if (!Array.isArray(ev.choices)) return;
+    if (!Array.isArray(ev.choices)) {
+      if (typeof ev.stop === 'boolean') onLlamaCppEvent(ev);
+      return;
+    }
     for (const choice of ev.choices) if (choice && typeof choice === 'object') onChoice(choice);
+  };
+
+  /** `audio.transcriptions` with `stream: true`, `audio.speech` with `stream_format: "sse"`. */
+  const onAudioEvent = (type: string, ev: any) => {
+    if (type.startsWith('transcript.')) {
+      kind = 'transcription';
+      if (type === 'transcript.text.delta') {
+        if (typeof ev.delta === 'string') first.content = appendCapped(first.content, ev.delta);
+      } else if (type === 'transcript.text.done') {
+        complete = true;
+        // The whole transcript, as the deltas spelt it (or as a diarized stream's segments did not).
+        if (typeof ev.text === 'string') first.content = ev.text.slice(0, maxChars);
+        if (ev.usage) usage = normaliseUsage(ev.usage);
+      }
+    } else {
+      // The audio itself (base64 in `speech.audio.delta`) is no text to keep: the raw events hold it.
+      kind = 'speech';
+      if (type === 'speech.audio.done') {
+        complete = true;
+        if (ev.usage) usage = normaliseUsage(ev.usage);
+      }
+    }
+  };
+
+  /** llama.cpp's native `/completion`: `{"content","stop":false}`… then `{"stop":true,"tokens_predicted"…}`. */
+  const onLlamaCppEvent = (ev: any) => {
+    kind = 'llama.cpp';
+    const c = choiceFor(ev.index);
+    if (!c) return;
+    if (typeof ev.content === 'string') c.content = appendCapped(c.content, ev.content);
+    if (ev.stop !== true) return;
+    complete = true;
+    c.finishReason = ev.stop_type === 'limit' || ev.stopped_limit === true ? 'length' : 'stop';
+    const u = normaliseUsage({ prompt_tokens: ev.tokens_evaluated, completion_tokens: ev.tokens_predicted });
+    if (u) usage = u;
   };
 
   const onResponsesEvent = (type: string, ev: any) => {

@@ -7,7 +7,15 @@ export interface Usage {
 
 /** A streamed answer reassembled from its events. */
 export interface AssembledMessage {
-  kind: 'chat.completion' | 'text_completion' | 'response' | 'unknown';
+  /** The stream's format: OpenAI's (chat, completions, Responses, audio) or llama.cpp's; 'unknown' when none. */
+  kind:
+    | 'chat.completion'
+    | 'text_completion'
+    | 'response'
+    | 'transcription'
+    | 'speech'
+    | 'llama.cpp'
+    | 'unknown';
   content: string;
   tool_calls: { id?: string; type?: string; name?: string; arguments: string }[];
   finish_reason: string | null;

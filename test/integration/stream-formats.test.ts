@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http';
-import OpenAI from 'openai';
+import OpenAI, { toFile } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
@@ -87,5 +87,131 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     expect(shown).toContain('tokens     1 in, 1 out, 2 total');
     expect(shown).toContain('── reassembled message\nHi\n');
     expect(shown).not.toContain(INCOMPLETE);
+  });
+
+  test('audio transcription with stream: true (openai SDK): the transcript and its usage', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/audio/transcriptions', (_req, res) =>
+      drip(
+        res,
+        'text/event-stream',
+        sse([
+          { type: 'transcript.text.delta', delta: 'Hello' },
+          { type: 'transcript.text.delta', delta: ' world' },
+          {
+            type: 'transcript.text.done',
+            text: 'Hello world',
+            usage: {
+              type: 'tokens',
+              input_tokens: 14,
+              input_token_details: { text_tokens: 0, audio_tokens: 14 },
+              output_tokens: 3,
+              total_tokens: 17,
+            },
+          },
+        ]),
+      ),
+    );
+    const stream = await client(proxy).audio.transcriptions.create({
+      model: 'gpt-4o-transcribe',
+      file: await toFile(Buffer.alloc(3000, 1), 'a.mp3', { type: 'audio/mpeg' }),
+      stream: true,
+    });
+    const seen: string[] = [];
+    for await (const e of stream) seen.push(e.type);
+    expect(seen).toEqual(['transcript.text.delta', 'transcript.text.delta', 'transcript.text.done']);
+
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      stream: 1,
+      prompt_tokens: 14,
+      completion_tokens: 3,
+      total_tokens: 17,
+      error: null,
+    });
+    expect(JSON.parse(row.assembled!)).toMatchObject({
+      kind: 'transcription',
+      content: 'Hello world',
+      complete: true,
+    });
+    const shown = await show(proxy, row.id);
+    expect(shown).toContain('── reassembled message\nHello world\n');
+    expect(shown).not.toContain(INCOMPLETE);
+    expect(shown).toContain('tokens     14 in, 3 out, 17 total');
+  });
+
+  test('speech with stream_format "sse" (openai SDK): usage and completion, not the base64 audio', async () => {
+    const { upstream, proxy } = await setup();
+    const audio = Buffer.alloc(3000, 9).toString('base64');
+    upstream.on('/v1/audio/speech', (_req, res) =>
+      drip(
+        res,
+        'text/event-stream',
+        sse([
+          { type: 'speech.audio.delta', audio },
+          { type: 'speech.audio.delta', audio },
+          { type: 'speech.audio.done', usage: { input_tokens: 5, output_tokens: 40, total_tokens: 45 } },
+        ]),
+      ),
+    );
+    const res = await client(proxy).audio.speech.create({
+      model: 'gpt-4o-mini-tts',
+      voice: 'alloy',
+      input: 'hi',
+      stream_format: 'sse',
+    });
+    const body = await res.text();
+    expect(body).toContain('speech.audio.done');
+
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ stream: 1, prompt_tokens: 5, completion_tokens: 40, total_tokens: 45 });
+    expect(row.response_body).toBe(body);
+    expect(JSON.parse(row.assembled!)).toMatchObject({ kind: 'speech', content: '', complete: true });
+    const shown = await show(proxy, row.id);
+    expect(shown).toContain('── reassembled message\n');
+    expect(shown).not.toContain(INCOMPLETE);
+    expect(shown).not.toContain(audio.slice(0, 100));
+  });
+
+  test("llama.cpp's native /completion stream", async () => {
+    const { upstream, proxy } = await setup('root');
+    upstream.on('/completion', (_req, res) =>
+      drip(
+        res,
+        'text/event-stream',
+        sse([
+          { content: 'Once', stop: false, id_slot: 0, index: 0 },
+          { content: ' upon', stop: false, id_slot: 0, index: 0 },
+          {
+            content: '',
+            stop: true,
+            id_slot: 0,
+            tokens_predicted: 2,
+            tokens_evaluated: 4,
+            stop_type: 'eos',
+            timings: { prompt_n: 4, predicted_n: 2 },
+            index: 0,
+          },
+        ]),
+      ),
+    );
+    const res = await fetch(`${proxy.url}/completion`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'Tell me a story', n_predict: 2, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    expect(await res.text()).toContain('"stop":true');
+
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ stream: 1, prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 });
+    expect(JSON.parse(row.assembled!)).toMatchObject({
+      kind: 'llama.cpp',
+      content: 'Once upon',
+      finish_reason: 'stop',
+      complete: true,
+    });
+    const shown = await show(proxy, row.id);
+    expect(shown).toContain('── reassembled message\nOnce upon\nfinish_reason: stop\n');
   });
 });

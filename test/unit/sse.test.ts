@@ -285,11 +285,114 @@ describe('stream reassembly', () => {
   );
 });
 
+describe('streams of other formats', () => {
+  const transcription = sse([
+    { type: 'transcript.text.delta', delta: 'Hello' },
+    { type: 'transcript.text.delta', delta: ' world', logprobs: [] },
+    {
+      type: 'transcript.text.done',
+      text: 'Hello world',
+      usage: {
+        type: 'tokens',
+        input_tokens: 14,
+        input_token_details: { text_tokens: 0, audio_tokens: 14 },
+        output_tokens: 3,
+        total_tokens: 17,
+      },
+    },
+  ]);
+  const audio = Buffer.alloc(3000, 9).toString('base64');
+  const speech = sse([
+    { type: 'speech.audio.delta', audio },
+    { type: 'speech.audio.delta', audio },
+    { type: 'speech.audio.done', usage: { input_tokens: 5, output_tokens: 40, total_tokens: 45 } },
+  ]);
+  const timings = { prompt_n: 4, prompt_ms: 1.2, predicted_n: 3, predicted_ms: 30.1 };
+  const llamaCpp = sse([
+    { content: 'Once', stop: false, id_slot: 0, index: 0, tokens: [7454] },
+    { content: ' upon', stop: false, id_slot: 0, index: 0, tokens: [5304] },
+    {
+      content: '',
+      stop: true,
+      id_slot: 0,
+      model: 'gguf',
+      tokens_predicted: 2,
+      tokens_evaluated: 4,
+      stop_type: 'limit',
+      stopping_word: '',
+      truncated: false,
+      timings,
+      index: 0,
+    },
+  ]);
+  function assembleAs(framing: 'sse', text: string, split = 0) {
+    const a = createStreamAssembler({ framing });
+    if (split > 0) for (let i = 0; i < text.length; i += split) a.push(Buffer.from(text.slice(i, i + split)));
+    else a.push(text);
+    return a.result();
+  }
+
+  test.each([0, 1, 7])('audio transcription (stream: true), split every %i bytes', (split) => {
+    expect(assembleAs('sse', transcription, split)).toEqual({
+      kind: 'transcription',
+      content: 'Hello world',
+      tool_calls: [],
+      finish_reason: null,
+      usage: { prompt_tokens: 14, completion_tokens: 3, total_tokens: 17 },
+      complete: true,
+      events: 3,
+    });
+    expect(
+      assembleAs('sse', transcription.slice(0, transcription.indexOf('transcript.text.done'))),
+    ).toMatchObject({
+      kind: 'transcription',
+      content: 'Hello world',
+      complete: false,
+    });
+  });
+
+  test('speech (stream_format: "sse"): usage and completion, not the base64 audio', () => {
+    expect(assembleAs('sse', speech, 1000)).toEqual({
+      kind: 'speech',
+      content: '',
+      tool_calls: [],
+      finish_reason: null,
+      usage: { prompt_tokens: 5, completion_tokens: 40, total_tokens: 45 },
+      complete: true,
+      events: 3,
+    });
+    expect(assembleAs('sse', speech.slice(0, speech.indexOf('speech.audio.done')))).toMatchObject({
+      kind: 'speech',
+      usage: null,
+      complete: false,
+    });
+  });
+
+  test.each([0, 1, 9])("llama.cpp's native /completion stream, split every %i bytes", (split) => {
+    expect(assembleAs('sse', llamaCpp, split)).toEqual({
+      kind: 'llama.cpp',
+      content: 'Once upon',
+      tool_calls: [],
+      finish_reason: 'length',
+      usage: { prompt_tokens: 4, completion_tokens: 2, total_tokens: 6 },
+      complete: true,
+      events: 3,
+    });
+    const cut = llamaCpp.slice(0, llamaCpp.indexOf('"stop":true'));
+    expect(assembleAs('sse', cut, split)).toMatchObject({
+      content: 'Once upon',
+      complete: false,
+      usage: null,
+    });
+  });
+});
+
 describe('stream framing', () => {
   test.each([
     ['text/event-stream', 'sse'],
     ['Text/Event-Stream; charset=utf-8', 'sse'],
     ['TEXT/EVENT-STREAM', 'sse'],
+    ['application/x-ndjson', null],
     ['application/json', null],
     ['text/plain', null],
     [undefined, null],
