@@ -541,7 +541,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (x.recorded) return;
     x.recorded = true;
     try {
-      let assembled: AssembledMessage | null = x.assembler ? x.assembler.result() : null;
+      // No error: the upstream ended the response (one cut, aborted or reset has its error by now).
+      let assembled: AssembledMessage | null = x.assembler ? x.assembler.result(x.error === null) : null;
       // An error event mid-stream: the status said 200, but the upstream gave no complete answer.
       const streamError = x.assembler?.streamError() ?? null;
       if (streamError !== null && x.error === null) {

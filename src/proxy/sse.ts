@@ -6,8 +6,12 @@ import type { AssembledMessage, Usage } from '../storage/exchange-record.js';
  */
 export interface StreamAssembler {
   push(chunk: Buffer | string): void;
-  /** The message so far; `complete` is true only if the stream's final event was seen. */
-  result(): AssembledMessage;
+  /**
+   * The message so far; `complete` is true only if the stream's final event was seen. A stream of a
+   * format the assembler does not know has no final event to see: it is complete when `endedCleanly`
+   * (the upstream ended the response; it was not cut, aborted or reset) without an error event.
+   */
+  result(endedCleanly?: boolean): AssembledMessage;
   /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
   streamError(): string | null;
 }
@@ -301,14 +305,14 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         }
       } else if (buffer.length > OVERSIZED_KEEP_CHARS) buffer = buffer.slice(-OVERSIZED_KEEP_CHARS);
     },
-    result() {
+    result(endedCleanly = false) {
       const message: AssembledMessage = {
         kind,
         content: first.content,
         tool_calls: first.toolCalls.map((t) => ({ ...t })),
         finish_reason: first.finishReason,
         usage,
-        complete,
+        complete: complete || (endedCleanly && kind === 'unknown' && streamError === null),
         events,
       };
       if (others.size > 0)

@@ -20,7 +20,10 @@ export interface AssembledMessage {
   tool_calls: { id?: string; type?: string; name?: string; arguments: string }[];
   finish_reason: string | null;
   usage: Usage | null;
-  /** False when the stream ended before its final event (cut off, aborted, reset). */
+  /**
+   * False when the stream ended before its final event (cut off, aborted, reset). A stream of a format
+   * without a known final event (kind 'unknown') is complete when the upstream ended it normally.
+   */
   complete: boolean;
   events: number;
   /**

@@ -214,4 +214,31 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     const shown = await show(proxy, row.id);
     expect(shown).toContain('── reassembled message\nOnce upon\nfinish_reason: stop\n');
   });
+
+  test('a stream of a format the proxy does not know: complete when the upstream ended it, incomplete when cut', async () => {
+    const { upstream, proxy } = await setup('root');
+    const events = ['event: progress\ndata: {"pct":50}\n\n', 'event: progress\ndata: {"pct":100}\n\n'];
+    upstream.on('/jobs/1/events', (_req, res) => drip(res, 'text/event-stream', events));
+    upstream.on('/jobs/2/events', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(events[0]);
+      setTimeout(() => res.destroy(), 20);
+    });
+    const ended = await fetch(`${proxy.url}/jobs/1/events`);
+    expect(await ended.text()).toBe(events.join(''));
+    const cut = await fetch(`${proxy.url}/jobs/2/events`);
+    await expect(cut.text()).rejects.toThrow();
+
+    const rows = await proxy.waitForRows(2);
+    const byPath = Object.fromEntries(rows.map((r) => [r.path, r]));
+    const whole = byPath['/v1/jobs/1/events'];
+    expect(whole).toMatchObject({ stream: 1, error: null });
+    expect(JSON.parse(whole.assembled!)).toMatchObject({ kind: 'unknown', complete: true, events: 2 });
+    expect(await show(proxy, whole.id)).not.toContain(INCOMPLETE);
+
+    const partial = byPath['/v1/jobs/2/events'];
+    expect(partial).toMatchObject({ stream: 1, error: 'upstream_reset' });
+    expect(JSON.parse(partial.assembled!)).toMatchObject({ kind: 'unknown', complete: false });
+    expect(await show(proxy, partial.id)).toContain(INCOMPLETE);
+  });
 });

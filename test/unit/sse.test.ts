@@ -325,11 +325,11 @@ describe('streams of other formats', () => {
       index: 0,
     },
   ]);
-  function assembleAs(framing: 'sse', text: string, split = 0) {
+  function assembleAs(framing: 'sse', text: string, split = 0, endedCleanly?: boolean) {
     const a = createStreamAssembler({ framing });
     if (split > 0) for (let i = 0; i < text.length; i += split) a.push(Buffer.from(text.slice(i, i + split)));
     else a.push(text);
-    return a.result();
+    return a.result(endedCleanly);
   }
 
   test.each([0, 1, 7])('audio transcription (stream: true), split every %i bytes', (split) => {
@@ -385,6 +385,27 @@ describe('streams of other formats', () => {
       usage: null,
     });
   });
+
+  // A stream the assembler cannot read has no final event to wait for: how it ended decides.
+  test.each([
+    ['SSE', 'sse' as const, 'event: progress\ndata: {"pct":50}\n\nevent: progress\ndata: {"pct":100}\n\n'],
+  ])(
+    'an unknown %s stream is complete when the upstream ended it, not when it was cut',
+    (_n, framing, text) => {
+      expect(assembleAs(framing, text, 0, true)).toMatchObject({
+        kind: 'unknown',
+        complete: true,
+        events: 2,
+      });
+      expect(assembleAs(framing, text, 0, false)).toMatchObject({ kind: 'unknown', complete: false });
+      // A known format still needs its final event.
+      expect(assembleAs('sse', sse([chunk({ content: 'Hi' })]), 0, true)).toMatchObject({ complete: false });
+      // So does an unknown one that carried an error event.
+      expect(assembleAs('sse', `${text}event: error\ndata: {"message":"boom"}\n\n`, 0, true)).toMatchObject({
+        complete: false,
+      });
+    },
+  );
 });
 
 describe('stream framing', () => {
