@@ -1,8 +1,8 @@
 import type { AssembledMessage, Usage } from '../storage/exchange-record.js';
 
 /**
- * Incrementally reassembles a server-sent-event stream: OpenAI's (chat, completions, Responses API, audio
- * transcription and speech) and llama.cpp's native `/completion`.
+ * Incrementally reassembles a streamed answer: OpenAI's server-sent events (chat, completions, Responses
+ * API, audio transcription and speech), llama.cpp's native `/completion` events, and Ollama's NDJSON.
  */
 export interface StreamAssembler {
   push(chunk: Buffer | string): void;
@@ -19,17 +19,18 @@ export interface StreamAssembler {
 export interface StreamAssemblerOptions {
   /** Cap on the assembled text (content and each tool call's arguments). */
   maxChars?: number;
-  /** How events are framed: server-sent events (the only one so far). */
+  /** How events are framed: server-sent events (the default) or one JSON object a line (NDJSON). */
   framing?: StreamFraming;
 }
 
-export type StreamFraming = 'sse';
+export type StreamFraming = 'sse' | 'ndjson';
 
 /** The framing of a streamed response by its content type (any case), or null when it is no stream. */
 export function streamFraming(contentType: string | undefined): StreamFraming | null {
   if (contentType === undefined) return null;
   const ct = contentType.toLowerCase();
   if (ct.includes('text/event-stream')) return 'sse';
+  if (ct.includes('application/x-ndjson') || ct.includes('application/ndjson')) return 'ndjson';
   return null;
 }
 
@@ -136,13 +137,15 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     if (ev.object === 'chat.completion.chunk') kind = 'chat.completion';
     else if (ev.object === 'text_completion') kind = 'text_completion';
     else if (type === 'error' || ev.error) {
-      // Chat: `event: error` + `{"error":{"message"…}}`; Responses: `{"type":"error","message"…}`.
+      // Chat: `event: error` + `{"error":{"message"…}}`; Responses: `{"type":"error","message"…}`;
+      // Ollama: `{"error":"…"}`.
       noteError(ev.error?.message ?? ev.error ?? ev.message);
       return;
     }
     if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
     if (!Array.isArray(ev.choices)) {
-      if (typeof ev.stop === 'boolean') onLlamaCppEvent(ev);
+      if (typeof ev.done === 'boolean') onOllamaEvent(ev);
+      else if (typeof ev.stop === 'boolean') onLlamaCppEvent(ev);
       return;
     }
     for (const choice of ev.choices) if (choice && typeof choice === 'object') onChoice(choice);
@@ -180,6 +183,34 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     complete = true;
     c.finishReason = ev.stop_type === 'limit' || ev.stopped_limit === true ? 'length' : 'stop';
     const u = normaliseUsage({ prompt_tokens: ev.tokens_evaluated, completion_tokens: ev.tokens_predicted });
+    if (u) usage = u;
+  };
+
+  /** Ollama's `/api/chat` (`message`) and `/api/generate` (`response`) lines; the last has `done: true`. */
+  const onOllamaEvent = (ev: any) => {
+    const message = ev.message;
+    if (message && typeof message === 'object') {
+      kind = 'ollama';
+      if (typeof message.content === 'string') first.content = appendCapped(first.content, message.content);
+      if (Array.isArray(message.tool_calls))
+        for (const tc of message.tool_calls) {
+          if (!tc || typeof tc !== 'object') continue;
+          const t = toolFor(first, first.toolCalls.length);
+          if (typeof tc.id === 'string') t.id = tc.id;
+          t.type = 'function';
+          if (typeof tc.function?.name === 'string') t.name = tc.function.name;
+          const args = tc.function?.arguments;
+          if (args !== undefined)
+            t.arguments = (typeof args === 'string' ? args : JSON.stringify(args)).slice(0, maxChars);
+        }
+    } else if (typeof ev.response === 'string') {
+      kind = 'ollama';
+      first.content = appendCapped(first.content, ev.response);
+    }
+    if (ev.done !== true) return;
+    complete = true;
+    if (typeof ev.done_reason === 'string') first.finishReason = ev.done_reason;
+    const u = normaliseUsage({ prompt_tokens: ev.prompt_eval_count, completion_tokens: ev.eval_count });
     if (u) usage = u;
   };
 
@@ -273,8 +304,40 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     if (data !== null) onData(eventName, data);
   };
 
+  const ndjson = options.framing === 'ndjson';
+  // NDJSON: a line beyond maxEventChars is being skipped (its start was dropped; its end is not yet seen).
+  let skippingLine = false;
+  /** One JSON object a line (Ollama): each line is an event's data. */
+  const pushLines = (chunk: Buffer | string) => {
+    const text = typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
+    let start = 0;
+    let nl = text.indexOf('\n');
+    while (nl !== -1) {
+      if (skippingLine) skippingLine = false;
+      else {
+        const line = buffer === '' ? text.slice(start, nl) : buffer + text.slice(start, nl);
+        buffer = '';
+        // JSON.parse ignores a CRLF's CR; a blank line is no event.
+        if (line.trim() !== '') onData(null, line);
+      }
+      start = nl + 1;
+      nl = text.indexOf('\n', start);
+    }
+    if (skippingLine || start === text.length) return;
+    buffer += text.slice(start);
+    if (buffer.length > maxEventChars) {
+      events++;
+      buffer = '';
+      skippingLine = true;
+    }
+  };
+
   return {
     push(chunk) {
+      if (ndjson) {
+        pushLines(chunk);
+        return;
+      }
       let text = typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
       if (text.length === 0) return;
       if (pendingCr && text.charCodeAt(0) === 10) text = text.slice(1);
@@ -306,6 +369,11 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       } else if (buffer.length > OVERSIZED_KEEP_CHARS) buffer = buffer.slice(-OVERSIZED_KEEP_CHARS);
     },
     result(endedCleanly = false) {
+      // A last NDJSON line without its newline is whole once the stream ended.
+      if (endedCleanly && ndjson && buffer.trim() !== '' && !skippingLine) {
+        onData(null, buffer);
+        buffer = '';
+      }
       const message: AssembledMessage = {
         kind,
         content: first.content,

@@ -7,7 +7,7 @@ export interface Usage {
 
 /** A streamed answer reassembled from its events. */
 export interface AssembledMessage {
-  /** The stream's format: OpenAI's (chat, completions, Responses, audio) or llama.cpp's; 'unknown' when none. */
+  /** The stream's format: OpenAI's (chat, completions, Responses, audio), llama.cpp's or Ollama's; 'unknown' when none. */
   kind:
     | 'chat.completion'
     | 'text_completion'
@@ -15,6 +15,7 @@ export interface AssembledMessage {
     | 'transcription'
     | 'speech'
     | 'llama.cpp'
+    | 'ollama'
     | 'unknown';
   content: string;
   tool_calls: { id?: string; type?: string; name?: string; arguments: string }[];

@@ -47,6 +47,7 @@ async function drip(res: ServerResponse, contentType: string, frames: string[]):
 }
 
 const sse = (events: unknown[]) => events.map((e) => `data: ${JSON.stringify(e)}\n\n`);
+const ndjson = (lines: unknown[]) => lines.map((l) => `${JSON.stringify(l)}\n`);
 
 describe('streams in other formats are recorded as streams, reassembled', () => {
   test('a stream whose content type is not in lower case (Text/Event-Stream)', async () => {
@@ -214,6 +215,73 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     const shown = await show(proxy, row.id);
     expect(shown).toContain('── reassembled message\nOnce upon\nfinish_reason: stop\n');
   });
+
+  const ollamaEnd = {
+    done: true,
+    done_reason: 'stop',
+    prompt_eval_count: 26,
+    eval_count: 3,
+    eval_duration: 9,
+  };
+  test.each([
+    [
+      '/api/chat',
+      ndjson([
+        { model: 'llama3', message: { role: 'assistant', content: 'The' }, done: false },
+        { model: 'llama3', message: { role: 'assistant', content: ' sky' }, done: false },
+        { model: 'llama3', message: { role: 'assistant', content: '' }, ...ollamaEnd },
+      ]),
+    ],
+    [
+      '/api/generate',
+      ndjson([
+        { model: 'llama3', response: 'The', done: false },
+        { model: 'llama3', response: ' sky', done: false },
+        { model: 'llama3', response: '', ...ollamaEnd },
+      ]),
+    ],
+  ])(
+    "Ollama's native %s NDJSON stream: forwarded line by line, recorded as a stream",
+    async (path, lines) => {
+      const { upstream, proxy } = await setup('root');
+      upstream.on(path, async (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+        for (const l of lines) {
+          res.write(l);
+          await new Promise((r) => setTimeout(r, 40));
+        }
+        res.end();
+      });
+      const res = await fetch(`${proxy.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          model: 'llama3',
+          prompt: 'sky?',
+          messages: [{ role: 'user', content: 'sky?' }],
+        }),
+      });
+      // Unbuffered: each line arrives on its own, as the upstream paces them.
+      const reader = res.body!.getReader();
+      const arrivals: string[] = [];
+      for (let r = await reader.read(); !r.done; r = await reader.read())
+        arrivals.push(Buffer.from(r.value).toString());
+      expect(arrivals).toEqual(lines);
+
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ stream: 1, prompt_tokens: 26, completion_tokens: 3, total_tokens: 29 });
+      expect(row.response_body).toBe(lines.join(''));
+      expect(JSON.parse(row.assembled!)).toMatchObject({
+        kind: 'ollama',
+        content: 'The sky',
+        finish_reason: 'stop',
+        complete: true,
+      });
+      const shown = await show(proxy, row.id);
+      expect(shown).toContain('(stream)');
+      expect(shown).toContain('── reassembled message\nThe sky\nfinish_reason: stop\n');
+    },
+  );
 
   test('a stream of a format the proxy does not know: complete when the upstream ended it, incomplete when cut', async () => {
     const { upstream, proxy } = await setup('root');

@@ -325,7 +325,27 @@ describe('streams of other formats', () => {
       index: 0,
     },
   ]);
-  function assembleAs(framing: 'sse', text: string, split = 0, endedCleanly?: boolean) {
+  const ndjson = (lines: unknown[]) => lines.map((l) => `${JSON.stringify(l)}\n`).join('');
+  const ollamaEnd = {
+    done: true,
+    done_reason: 'stop',
+    total_duration: 1000,
+    prompt_eval_count: 26,
+    eval_count: 3,
+    eval_duration: 500,
+  };
+  const ollamaChat = ndjson([
+    { model: 'llama3', message: { role: 'assistant', content: 'The' }, done: false },
+    { model: 'llama3', message: { role: 'assistant', content: ' sky' }, done: false },
+    { model: 'llama3', message: { role: 'assistant', content: '' }, ...ollamaEnd },
+  ]);
+  const ollamaGenerate = ndjson([
+    { model: 'llama3', response: 'The', done: false },
+    { model: 'llama3', response: ' sky', done: false },
+    { model: 'llama3', response: '', context: [1, 2, 3], ...ollamaEnd, done_reason: 'length' },
+  ]);
+
+  function assembleAs(framing: 'sse' | 'ndjson', text: string, split = 0, endedCleanly?: boolean) {
     const a = createStreamAssembler({ framing });
     if (split > 0) for (let i = 0; i < text.length; i += split) a.push(Buffer.from(text.slice(i, i + split)));
     else a.push(text);
@@ -386,9 +406,72 @@ describe('streams of other formats', () => {
     });
   });
 
+  test.each([
+    ['/api/chat', ollamaChat, 'stop'],
+    ['/api/generate', ollamaGenerate, 'length'],
+  ])('Ollama %s NDJSON stream', (_path, text, finish) => {
+    const whole = assembleAs('ndjson', text);
+    expect(whole).toEqual({
+      kind: 'ollama',
+      content: 'The sky',
+      tool_calls: [],
+      finish_reason: finish,
+      usage: { prompt_tokens: 26, completion_tokens: 3, total_tokens: 29 },
+      complete: true,
+      events: 3,
+    });
+    for (const split of [1, 5, 64]) expect(assembleAs('ndjson', text, split)).toEqual(whole);
+    expect(assembleAs('ndjson', text.replace(/\n/g, '\r\n'), 3)).toEqual(whole);
+    // The last line without its newline: whole once the upstream ended the response.
+    expect(assembleAs('ndjson', text.slice(0, -1), 0, true)).toEqual(whole);
+    const cut = text.slice(0, text.indexOf('"done":true'));
+    expect(assembleAs('ndjson', cut, 0, false)).toMatchObject({
+      content: 'The sky',
+      complete: false,
+      usage: null,
+    });
+  });
+
+  test('Ollama tool calls and a mid-stream error line', () => {
+    const a = createStreamAssembler({ framing: 'ndjson' });
+    a.push(
+      ndjson([
+        {
+          message: {
+            role: 'assistant',
+            content: '',
+            tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }],
+          },
+          done: false,
+        },
+        { error: 'model runner has unexpectedly stopped' },
+      ]),
+    );
+    expect(a.streamError()).toBe('model runner has unexpectedly stopped');
+    expect(a.result(true)).toMatchObject({
+      kind: 'ollama',
+      tool_calls: [{ type: 'function', name: 'get_weather', arguments: '{"city":"Paris"}' }],
+      complete: false,
+    });
+  });
+
+  test('an NDJSON line beyond the event limit is skipped, not buffered; later lines still count', () => {
+    const a = createStreamAssembler({ framing: 'ndjson', maxChars: 10 });
+    a.push(ndjson([{ response: 'a', done: false }]));
+    a.push('{"response":"');
+    for (let i = 0; i < 40; i++) a.push('x'.repeat(64 * 1024));
+    a.push(`"}\n${ndjson([{ response: 'b', ...ollamaEnd }])}`);
+    expect(a.result()).toMatchObject({ content: 'ab', complete: true, events: 3 });
+  });
+
   // A stream the assembler cannot read has no final event to wait for: how it ended decides.
   test.each([
     ['SSE', 'sse' as const, 'event: progress\ndata: {"pct":50}\n\nevent: progress\ndata: {"pct":100}\n\n'],
+    [
+      'NDJSON (ollama pull)',
+      'ndjson' as const,
+      ndjson([{ status: 'pulling manifest' }, { status: 'success' }]),
+    ],
   ])(
     'an unknown %s stream is complete when the upstream ended it, not when it was cut',
     (_n, framing, text) => {
@@ -401,9 +484,8 @@ describe('streams of other formats', () => {
       // A known format still needs its final event.
       expect(assembleAs('sse', sse([chunk({ content: 'Hi' })]), 0, true)).toMatchObject({ complete: false });
       // So does an unknown one that carried an error event.
-      expect(assembleAs('sse', `${text}event: error\ndata: {"message":"boom"}\n\n`, 0, true)).toMatchObject({
-        complete: false,
-      });
+      const error = framing === 'sse' ? 'event: error\ndata: {"message":"boom"}\n\n' : '{"error":"boom"}\n';
+      expect(assembleAs(framing, `${text}${error}`, 0, true)).toMatchObject({ complete: false });
     },
   );
 });
@@ -413,7 +495,9 @@ describe('stream framing', () => {
     ['text/event-stream', 'sse'],
     ['Text/Event-Stream; charset=utf-8', 'sse'],
     ['TEXT/EVENT-STREAM', 'sse'],
-    ['application/x-ndjson', null],
+    ['application/x-ndjson', 'ndjson'],
+    ['Application/X-NDJSON; charset=utf-8', 'ndjson'],
+    ['application/ndjson', 'ndjson'],
     ['application/json', null],
     ['text/plain', null],
     [undefined, null],
