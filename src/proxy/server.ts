@@ -556,7 +556,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         decoder === null
           ? x.responseCapture.stored(x.responseContentType, x.responseEncoding)
           : decoder.stored(x.responseContentType, x.responseEncoding ?? '', x.responseCapture.bytes);
-      if (spends && !usage && responseBody && !x.assembler && x.responseContentType?.includes('json'))
+      // Media types are case-insensitive: `Application/JSON` is JSON.
+      if (spends && !usage && responseBody && !x.assembler && /json/i.test(x.responseContentType ?? ''))
         usage = responseUsage(decoder?.capture ?? x.responseCapture, responseBody);
       let requestBody =
         x.requestCapture.bytes > 0

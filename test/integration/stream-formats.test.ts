@@ -2,7 +2,7 @@ import type { ServerResponse } from 'node:http';
 import OpenAI, { toFile } from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
-import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { chatCompletionBody, createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 
 const open: (FakeUpstream | TestProxy)[] = [];
@@ -308,5 +308,25 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     expect(partial).toMatchObject({ stream: 1, error: 'upstream_reset' });
     expect(JSON.parse(partial.assembled!)).toMatchObject({ kind: 'unknown', complete: false });
     expect(await show(proxy, partial.id)).toContain(INCOMPLETE);
+  });
+});
+
+describe('non-streamed answers', () => {
+  test('a JSON answer whose content type is not in lower case (Application/JSON) has its usage recorded', async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'Application/JSON; charset=UTF-8' });
+      res.end(JSON.stringify(chatCompletionBody('gpt-4o-mini')));
+    });
+    // fetch: the openai SDK itself reads only a lower-case application/json as JSON.
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect((await res.json()).usage.total_tokens).toBe(19);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ stream: 0, prompt_tokens: 12, completion_tokens: 7, total_tokens: 19 });
+    expect(await show(proxy, row.id)).toContain('tokens     12 in, 7 out, 19 total');
   });
 });
