@@ -244,11 +244,18 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     "Ollama's native %s NDJSON stream: forwarded line by line, recorded as a stream",
     async (path, lines) => {
       const { upstream, proxy } = await setup('root');
+      // The upstream sends the rest only once the client has the first line: buffering would hang here.
+      let firstArrived = () => {};
+      const arrived = new Promise<void>((r) => {
+        firstArrived = r;
+      });
       upstream.on(path, async (_req, res) => {
         res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-        for (const l of lines) {
+        res.write(lines[0]);
+        await arrived;
+        for (const l of lines.slice(1)) {
           res.write(l);
-          await new Promise((r) => setTimeout(r, 40));
+          await new Promise((r) => setTimeout(r, 5));
         }
         res.end();
       });
@@ -261,12 +268,14 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
           messages: [{ role: 'user', content: 'sky?' }],
         }),
       });
-      // Unbuffered: each line arrives on its own, as the upstream paces them.
       const reader = res.body!.getReader();
-      const arrivals: string[] = [];
+      const first = await reader.read();
+      expect(Buffer.from(first.value!).toString()).toBe(lines[0]);
+      firstArrived();
+      let rest = '';
       for (let r = await reader.read(); !r.done; r = await reader.read())
-        arrivals.push(Buffer.from(r.value).toString());
-      expect(arrivals).toEqual(lines);
+        rest += Buffer.from(r.value).toString();
+      expect(rest).toBe(lines.slice(1).join(''));
 
       const [row] = await proxy.waitForRows(1);
       expect(row).toMatchObject({ stream: 1, prompt_tokens: 26, completion_tokens: 3, total_tokens: 29 });
