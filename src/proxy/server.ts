@@ -682,7 +682,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         ? multipartBoundary(contentType)
         : null;
 
-    if (hasBody && contentType.includes('json')) {
+    if (hasBody && isJsonType(contentType)) {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
       if (!buf) return;
       body = buf;
@@ -1502,9 +1502,14 @@ function watchBody(x: ExchangeContext, ms: number): void {
 function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
   return (
     BODY_METHODS.has(req.method ?? '') &&
-    String(req.headers['content-type'] ?? '').includes('json') &&
+    isJsonType(String(req.headers['content-type'] ?? '')) &&
     Number(req.headers['content-length']) > limit
   );
+}
+
+/** A JSON media type, in any letter case (`Application/JSON`); the usual lower case without a regex. */
+function isJsonType(contentType: string): boolean {
+  return contentType.includes('json') || /json/i.test(contentType);
 }
 
 /** Paths in an API's own form rather than OpenAI's: Azure's `/openai/…`, Ollama's `/api/…`. */

@@ -338,4 +338,23 @@ describe('non-streamed answers', () => {
     expect(row).toMatchObject({ stream: 0, prompt_tokens: 12, completion_tokens: 7, total_tokens: 19 });
     expect(await show(proxy, row.id)).toContain('tokens     12 in, 7 out, 19 total');
   });
+
+  test('a request sent as Application/JSON is read for its model: recorded, and an alias rewritten', async () => {
+    const upstream = await createFakeUpstream();
+    open.push(upstream);
+    const proxy = await startTestProxy({
+      OPENAI_BASE_URL: upstream.baseUrl,
+      MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}',
+    });
+    open.push(proxy);
+    const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'Application/JSON; charset=UTF-8' },
+      body: JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] }),
+    });
+    expect(res.status).toBe(200);
+    expect(JSON.parse(upstream.requests.at(-1)!.body.toString()).model).toBe('gpt-4o-mini');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ model: 'fast', upstream_model: 'gpt-4o-mini' });
+  });
 });
