@@ -498,7 +498,11 @@ export async function startProxy(
     return closed;
   });
   // The registry is shared with every process on this database: seeded only once nothing else can fail.
-  await registry.seed().catch(abandon);
+  await registry
+    .seed()
+    .catch((err) =>
+      abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err),
+    );
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
