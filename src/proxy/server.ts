@@ -509,6 +509,46 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
 
   /** The 401 to a request without a valid PROXY_API_KEYS key. */
+  /**
+   * What the proxy answers itself, before anything is forwarded: a missing or wrong client key (401),
+   * its own routes (admin API, /models, /health), an unknown path of its own (404). True once answered;
+   * a promise only when a route answers asynchronously (routes decline most requests synchronously).
+   */
+  const answerLocally = (
+    x: ExchangeContext,
+    pathname: string,
+    keyValid: (req: IncomingMessage) => boolean,
+  ): boolean | Promise<boolean> => {
+    if (clientKeys.length > 0 && !isAdminPath(pathname) && !keyValid(x.req)) {
+      refuseClientKey(x);
+      return true;
+    }
+    const routes = options.routes ?? [];
+    for (let i = 0; i < routes.length; i++) {
+      const answered = (routes[i] as OwnRoute)(x);
+      if (answered === true) return true;
+      if (answered !== false) return answered.then((a) => a || answerFrom(x, pathname, i + 1));
+    }
+    return notFoundOwnPath(x, pathname);
+  };
+  /** answerLocally's routes from `from` on, once one of them answered asynchronously. */
+  const answerFrom = async (x: ExchangeContext, pathname: string, from: number): Promise<boolean> => {
+    const routes = options.routes ?? [];
+    for (let i = from; i < routes.length; i++) if (await (routes[i] as OwnRoute)(x)) return true;
+    return notFoundOwnPath(x, pathname);
+  };
+  const notFoundOwnPath = (x: ExchangeContext, pathname: string): boolean => {
+    if (!isOwnPath(pathname)) return false;
+    x.respondError(
+      404,
+      null,
+      `No proxy route ${x.req.method} ${pathname}`,
+      'invalid_request_error',
+      'not_found',
+    );
+    return true;
+  };
+
   const refuseClientKey = (x: ExchangeContext) =>
     x.respondError(
       401,
@@ -1034,25 +1074,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       else void x.decoder.finish().then(finished);
     });
     try {
-      if (clientKeys.length > 0 && !isAdminPath(pathname) && !clientKeyValid(req)) {
-        refuseClientKey(x);
-        return;
-      }
-      for (const route of options.routes ?? []) {
-        // Routes decline most requests synchronously: await only an answer that is a promise.
-        const answered = route(x);
-        if (answered === true || (answered !== false && (await answered))) return;
-      }
-      if (isOwnPath(pathname)) {
-        x.respondError(
-          404,
-          null,
-          `No proxy route ${req.method} ${pathname}`,
-          'invalid_request_error',
-          'not_found',
-        );
-        return;
-      }
+      const local = answerLocally(x, pathname, clientKeyValid);
+      // Most requests are not answered by the proxy itself, and learn so synchronously: no await then.
+      if (local === true || (local !== false && (await local))) return;
       await forward(x);
     } catch (err) {
       options.onError?.(err as Error, `handling ${req.method} ${x.path}`);
@@ -1155,24 +1179,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     };
     let upstreamOrigin = '';
     try {
-      if (clientKeys.length > 0 && !isAdminPath(pathname) && !webSocketKeyValid(req)) {
-        refuseClientKey(x);
-        return;
-      }
-      for (const route of options.routes ?? []) {
-        const answered = route(x);
-        if (answered === true || (answered !== false && (await answered))) return;
-      }
-      if (isOwnPath(pathname)) {
-        x.respondError(
-          404,
-          null,
-          `No proxy route ${req.method} ${pathname}`,
-          'invalid_request_error',
-          'not_found',
-        );
-        return;
-      }
+      if (await answerLocally(x, pathname, webSocketKeyValid)) return;
       // The Realtime API names its model in the query: validated and alias-resolved like a body's.
       x.model = queryModel(query);
       const decision = routeModel(x, true);
