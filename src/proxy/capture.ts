@@ -48,6 +48,31 @@ export function isSecretHeaderNameCached(name: string): boolean {
   return secret;
 }
 
+/**
+ * A query string as recorded: the values of parameters whose names mark them as secret (`api-key`, `key`,
+ * `access_token`, `sig`nature…, as `isSecretHeaderName` judges header names) replaced by `[redacted]`.
+ * Azure's Realtime API takes a browser's key as `?api-key=`; configured keys are scrubbed anyway.
+ */
+export function redactQuerySecrets(query: string): string {
+  const parts = query.split('&');
+  let changed = false;
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i] as string;
+    const eq = part.indexOf('=');
+    if (eq <= 0) continue;
+    let name = part.slice(0, eq);
+    try {
+      name = decodeURIComponent(name.replace(/\+/g, ' '));
+    } catch {
+      // not percent-encoded after all: judge it as it is
+    }
+    if (!isSecretHeaderNameCached(name.toLowerCase())) continue;
+    parts[i] = `${part.slice(0, eq + 1)}${REDACTED}`;
+    changed = true;
+  }
+  return changed ? parts.join('&') : query;
+}
+
 /** How many names `isSecretHeaderNameCached` remembers now (tests). */
 export function secretNameCacheSize(): number {
   return secretNames.size;

@@ -91,6 +91,8 @@ export function isAzureV1Base(basePath: string): boolean {
 
 /** The deployment a client path in Azure's form names (`[/openai]/deployments/{name}/…`), decoded; else null. */
 export function azurePathDeployment(rest: string): string | null {
+  // Nearly every request is not one: `/deployments/…` or `/openai/…` only.
+  if (rest.charCodeAt(1) !== 100 && !rest.startsWith('/openai/')) return null;
   const m = AZURE_DEPLOYMENT_PATH.exec(rest);
   if (!m) return null;
   try {

@@ -22,6 +22,7 @@ import {
   bearerToken,
   isTextual,
   redactedHeadersJson,
+  redactQuerySecrets,
   scrubAssembled,
   scrubNullable,
   scrubSecrets,
@@ -620,11 +621,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         method: x.req.method ?? 'GET',
         // A key in the URL (`?api-key=…`, a mistaken path) is as secret as one in a header.
         path: scrubSecrets(x.path, secrets),
-        query: x.query ? scrubSecrets(x.query, secrets) : null,
+        query: x.query ? scrubSecrets(redactQuerySecrets(x.query), secrets) : null,
         clientAddr: x.clientAddr,
         status: x.status,
         requestHeadersJson: redactedHeadersJson(
-          x.websocket ? withoutSubprotocolKey(x.req.headers) : x.req.headers,
+          // A subprotocol key rides on any request that claims to be a handshake, upgraded or not.
+          withoutSubprotocolKey(x.req.headers),
           secrets,
         ),
         responseHeadersJson: x.responseHeaders ? redactedHeadersJson(x.responseHeaders, secrets) : null,
@@ -1050,11 +1052,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
 
     requestsTotal++;
     inflight++;
-    const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
-    const rest = versioned ? pathname.slice(3) || '/' : pathname;
-    // Recorded in the /v1/... form whichever base URL the client used; the proxy's own routes and
-    // Azure's (/openai/...) and Ollama's (/api/...) own paths as they are.
-    const path = versioned || isOwnPath(pathname) || isNativePath(pathname) ? pathname : `/v1${pathname}`;
+    const { path, rest } = recordedPath(pathname);
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
     if (cors.length > 0) x.cors = corsHeaders(req);
     (res as ResponseWithExchange)[kExchange] = x;
@@ -1135,9 +1133,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const { pathname, query } = target;
     requestsTotal++;
     inflight++;
-    const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
-    const rest = versioned ? pathname.slice(3) || '/' : pathname;
-    const path = versioned || isOwnPath(pathname) ? pathname : `/v1${pathname}`;
+    const { path, rest } = recordedPath(pathname);
     const x = new ExchangeContext(req, res, { path, rest, query }, limits.captureBodyBytes);
     x.websocket = true;
     let ended = false;
@@ -1503,6 +1499,16 @@ function watchBody(x: ExchangeContext, ms: number): void {
   if (x.req.complete || x.res.writableEnded || !socket || socket.destroyed) return;
   socket[kBodyWatch] = x;
   socket.setTimeout(ms);
+  // The connection outlives the exchange (keep-alive): it must not hold the exchange, its body and its
+  // captures until its next timer. The timer itself is Node's again once the response is done.
+  x.res.once('close', () => {
+    if (socket[kBodyWatch] === x) socket[kBodyWatch] = undefined;
+  });
+}
+
+/** The exchange whose request body the connection's timer watches (tests). */
+export function bodyWatchOf(socket: Socket): ExchangeContext | undefined {
+  return (socket as WatchedSocket)[kBodyWatch];
 }
 
 /** A JSON body (the kind read whole, under MAX_REQUEST_BODY_BYTES) whose content-length is over `limit`. */
@@ -1517,6 +1523,18 @@ function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
 /** A JSON media type, in any letter case (`Application/JSON`); the usual lower case without a regex. */
 function isJsonType(contentType: string): boolean {
   return contentType.includes('json') || /json/i.test(contentType);
+}
+
+/**
+ * The path recorded for a request and the part after `/v1` forwarded under the upstream's base: the
+ * `/v1/...` form whichever base URL the client used; the proxy's own routes and Azure's (`/openai/...`)
+ * and Ollama's (`/api/...`) own paths as they are.
+ */
+function recordedPath(pathname: string): { path: string; rest: string } {
+  const versioned = pathname === '/v1' || pathname.startsWith('/v1/');
+  const rest = versioned ? pathname.slice(3) || '/' : pathname;
+  const path = versioned || isOwnPath(pathname) || isNativePath(pathname) ? pathname : `/v1${pathname}`;
+  return { path, rest };
 }
 
 /** Paths in an API's own form rather than OpenAI's: Azure's `/openai/…`, Ollama's `/api/…`. */

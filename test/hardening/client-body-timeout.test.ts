@@ -1,7 +1,8 @@
 import { createServer, request } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
+import { bodyWatchOf } from '../../src/proxy/server.js';
 import { CHAT_ANSWER, chatCompletionBody, sleep } from '../helpers/fake-upstream.js';
 import { proxyWithUpstreamPerTest, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 import { firstBody, openUpstreamRequests, rawHttp } from './raw-http.js';
@@ -198,6 +199,23 @@ describe('what the limit does not cut', () => {
     expect(res).toEqual({ status: 200, text: '{"received":true}' });
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ path, status: 200, error: null, request_bytes: body.length });
+  });
+
+  test('a kept-alive connection does not hold the exchange it watched once the response is done', async () => {
+    const { upstream, proxy } = await setup();
+    const sockets: Socket[] = [];
+    proxy.running.proxy.server.on('connection', (s: Socket) => sockets.push(s));
+    upstream.on('/v1/files', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+    const chunks = [Buffer.from('a'.repeat(1000)), Buffer.from('b'.repeat(1000))];
+    const res = await slowUpload(proxy.url, '/v1/files', 'application/octet-stream', chunks, 50);
+    expect(res.status).toBe(200);
+    await proxy.waitForRows(1);
+    // The client keeps the connection (keep-alive); the watch armed for the slow body let go of it.
+    expect(sockets.filter((s) => !s.destroyed).length).toBeGreaterThan(0);
+    expect(sockets.map((s) => bodyWatchOf(s))).toEqual(sockets.map(() => undefined));
   });
 
   test('an upstream that answers after longer than the limit (the body was complete)', async () => {

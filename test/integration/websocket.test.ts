@@ -1,4 +1,5 @@
 import { writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
@@ -74,6 +75,46 @@ describe('WebSocket pass-through (Realtime API)', () => {
     const [row] = await proxy.waitForRows(1);
     expect(JSON.parse(row.request_headers as string)['sec-websocket-protocol']).toBe(
       'realtime, openai-insecure-api-key.[redacted], openai-beta.realtime-v1',
+    );
+  });
+
+  test('an Azure-form handshake (/openai/realtime?api-key=…) is recorded as sent, its query key redacted', async () => {
+    const { upstream, proxy } = await setup();
+    const answer = await openWebSocket(
+      `${proxy.url}/openai/realtime?api-version=2024-10-01-preview&deployment=rt&api-key=az-browser-key-7070`,
+      {},
+    );
+    expect(answer.status).toBe(101);
+    await answer.ws?.close();
+    expect(upstream.requests[0].url).toContain('api-key=az-browser-key-7070');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      path: '/openai/realtime',
+      query: 'api-version=2024-10-01-preview&deployment=rt&api-key=[redacted]',
+      status: 101,
+    });
+    expect(JSON.stringify(row)).not.toContain('az-browser-key-7070');
+  });
+
+  test('a subprotocol key on a request that is not upgraded (no Connection: upgrade) is not recorded either', async () => {
+    const { upstream, proxy } = await setup();
+    const protocols = 'realtime, openai-insecure-api-key.sk-not-upgraded-9191';
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request(`${proxy.url}${REALTIME}`, {
+        headers: { upgrade: 'websocket', 'sec-websocket-protocol': protocols },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(404); // the fake upstream's answer to a plain GET there
+    expect(upstream.requests[0].headers['sec-websocket-protocol']).toBe(protocols);
+    const [row] = await proxy.waitForRows(1);
+    expect(JSON.parse(row.request_headers as string)['sec-websocket-protocol']).toBe(
+      'realtime, openai-insecure-api-key.[redacted]',
     );
   });
 

@@ -7,6 +7,7 @@ import {
   isSecretHeaderNameCached,
   redactedHeadersJson,
   redactHeaders,
+  redactQuerySecrets,
   SECRET_NAME_CACHE_MAX,
   secretNameCacheSize,
 } from '../../src/proxy/capture.js';
@@ -209,5 +210,22 @@ describe('BodyCapture', () => {
     expect(c.stored('application/json', 'gzip')).toBe(
       `[binary body: application/json, gzip, ${body.length} bytes]`,
     );
+  });
+});
+
+describe('redactQuerySecrets: the recorded query string', () => {
+  test.each([
+    ['api-version=2024-10-21', 'api-version=2024-10-21'],
+    ['model=gpt-4o&api-key=abc123', 'model=gpt-4o&api-key=[redacted]'],
+    [
+      'key=abc&limit=20&access_token=t0k&X-Amz-Signature=s1g',
+      'key=[redacted]&limit=20&access_token=[redacted]&X-Amz-Signature=[redacted]',
+    ],
+    ['api%2Dkey=abc', 'api%2Dkey=[redacted]'],
+    ['%E0%A4%A=x&token', '%E0%A4%A=x&token'],
+    ['after=file-1&order=desc&limit=', 'after=file-1&order=desc&limit='],
+    ['', ''],
+  ])('%s', (query, recorded) => {
+    expect(redactQuerySecrets(query)).toBe(recorded);
   });
 });
