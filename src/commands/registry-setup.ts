@@ -33,8 +33,9 @@ export interface RegistryRuntime {
   reload(): Promise<ReloadOutcome>;
   /**
    * Seed the store from the start-up configuration and route by the result. Until then the runtime routes
-   * by the registry as the store held it: `serve` seeds only once it listens, so that a start that fails
-   * changes nothing another instance on the same database reads.
+   * by the registry as the store held it: `serve` seeds as the last step before it listens, so that a start
+   * that fails changes nothing another instance on the same database reads, and no request is routed
+   * before the seeding.
    */
   seed(): Promise<void>;
   /** Re-read the registry from the store (its database file was reopened). */

@@ -166,8 +166,8 @@ export async function startProxy(
   }
   const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;
   const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
-  // A start that cannot listen (the port taken by another instance) creates no database or log file.
-  // Held only for a moment: the proxy listens once built, and the registry is seeded after that.
+  // A start that cannot listen (the port taken by another instance) creates no database or log file and
+  // leaves the shared model registry alone. Held only for a moment: the proxy listens once built.
   if (config.port !== 0) {
     const probe = createNetServer();
     await listenOn(probe, config);
@@ -491,18 +491,21 @@ export async function startProxy(
 
   reconfigureProxy = (c) => proxy.reconfigure({ limits: proxyLimits(c), clientKeys: c.proxyApiKeys });
 
+  // The registry is shared with every process on this database: seeded once nothing but the listen below
+  // can fail, and before it, so that no request is routed by the registry as it was before this start (an
+  // alias not applied yet, a model refused). The port was checked before anything was opened; a port
+  // taken between that check and this listen still fails the start with the registry already seeded.
+  await registry
+    .seed()
+    .catch((err) =>
+      abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err),
+    );
   await listenOn(proxy.server, config).catch(abandon);
   undo.push(() => {
     const closed = new Promise<void>((r) => proxy.server.close(() => r()));
     proxy.server.closeAllConnections();
     return closed;
   });
-  // The registry is shared with every process on this database: seeded only once nothing else can fail.
-  await registry
-    .seed()
-    .catch((err) =>
-      abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err),
-    );
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;

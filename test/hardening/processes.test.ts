@@ -1,5 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
@@ -502,4 +503,64 @@ test('the terminal serve runs in is closed (SIGHUP, then EIO on every console wr
   const lines = logLines(logPath);
   expect(lines).toHaveLength(4);
   expect(lines.every((l) => l.status === 200 && l.error === null)).toBe(true);
+});
+
+/** A port nothing listens on now (bound on 127.0.0.1 for a moment and released). */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const { port } = s.address() as { port: number };
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** A database `serve` can open with no write (migrated, a model registered), locked by a write transaction here. */
+function lockedDatabase(dbPath: string, home: string): Database.Database {
+  execFileSync(process.execPath, [BIN, 'models', 'add', 'llama3', '--db', dbPath], {
+    env: { PATH: process.env.PATH ?? '', HOME: home },
+  });
+  const other = new Database(dbPath);
+  cleanups.push(() => other.close());
+  other.exec('begin immediate');
+  return other;
+}
+
+test('a request sent while start-up waits for a locked database is routed by the configured registry (MODEL_MAPPINGS applied), not the one the file held', {
+  timeout: 30_000,
+}, async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  const dbPath = join(tmp.path, 'l.db');
+  const other = lockedDatabase(dbPath, tmp.path);
+  const port = await freePort();
+  const p = startBin(['--port', String(port), '--db', dbPath, '--upstream', upstream.baseUrl], {
+    HOME: tmp.path,
+    MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}',
+  });
+  const unlock = setTimeout(() => other.exec('rollback'), 2000);
+  cleanups.push(() => clearTimeout(unlock));
+  // Sent as soon as the port takes connections: the first request a client could make.
+  const res = await until(
+    'the proxy to take a connection',
+    () =>
+      fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'fast', messages: [{ role: 'user', content: 'hi' }] }),
+      }).catch(() => null),
+    10_000,
+    10,
+  );
+  expect(res.status).toBe(200);
+  await res.text();
+  expect(upstream.requests.map((r) => JSON.parse(r.body.toString()).model)).toEqual(['gpt-4o-mini']);
+  await p.url;
+  p.child.kill('SIGTERM');
+  expect(await p.exited).toBe(0);
+  const db = new Database(dbPath, { readonly: true });
+  const rows = db.prepare('select model, upstream_model from exchanges').all();
+  db.close();
+  expect(rows).toEqual([{ model: 'fast', upstream_model: 'gpt-4o-mini' }]);
 });
