@@ -17,6 +17,8 @@ export type ErrorCode =
   | 'unauthorized'
   | 'vector_disabled'
   | 'vector_error'
+  /** A stop signal arrived during start-up: what was opened is closed again (exit 0). */
+  | 'start_stopped'
   | 'internal';
 
 /** Exit codes the CLI maps errors to: 2 for bad input/usage, 1 for runtime failures. */

@@ -5,7 +5,7 @@ import pino, { type Logger } from 'pino';
 import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import type { Config } from '../config/schema.js';
-import { OaiProxyError } from '../errors.js';
+import { isOaiProxyError, OaiProxyError } from '../errors.js';
 import { createBodyMemoryReleaser } from '../proxy/body-memory.js';
 import { needsJsonEscape } from '../proxy/capture.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
@@ -93,6 +93,12 @@ export interface ServeExtensions {
   reloadConfig?: (configPath: string | undefined) => ResolvedConfig;
   /** The recorder thread's script (tests: one that dies, to run the main-thread fallback). */
   recorderWorkerFile?: string;
+  /**
+   * Aborted by a stop signal during start-up (its reason: the signal's name): start-up stops before it
+   * seeds the registry or, when already seeding, before it listens; what it opened is closed and
+   * flushed, and startProxy throws OaiProxyError('start_stopped').
+   */
+  stopStart?: AbortSignal;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -234,6 +240,15 @@ export async function startProxy(
   const abandon = async (err: unknown): Promise<never> => {
     for (const step of undo.reverse()) await step();
     throw err;
+  };
+  const stopIfAsked = async (): Promise<void> => {
+    if (!ext.stopStart?.aborted) return;
+    await abandon(
+      new OaiProxyError(
+        'start_stopped',
+        `${String(ext.stopStart.reason)} received during start-up: stopped before listening, nothing was recorded`,
+      ),
+    );
   };
   // A file database is written from the recorder thread, which also runs the WAL checkpoints; this
   // thread's connection must never checkpoint (a commit here would copy the whole WAL on the event loop).
@@ -491,6 +506,8 @@ export async function startProxy(
 
   reconfigureProxy = (c) => proxy.reconfigure({ limits: proxyLimits(c), clientKeys: c.proxyApiKeys });
 
+  // A stop signal so far ends the start here: nothing seeded, nothing served.
+  await stopIfAsked();
   // The registry is shared with every process on this database: seeded once nothing but the listen below
   // can fail, and before it, so that no request is routed by the registry as it was before this start (an
   // alias not applied yet, a model refused). The port was checked before anything was opened; a port
@@ -500,6 +517,8 @@ export async function startProxy(
     .catch((err) =>
       abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err),
     );
+  // Seeding may have waited up to 5 s for a lock another process held.
+  await stopIfAsked();
   await listenOn(proxy.server, config).catch(abandon);
   undo.push(() => {
     const closed = new Promise<void>((r) => proxy.server.close(() => r()));
@@ -651,7 +670,8 @@ ${bar}
 
 /**
  * `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM/SIGHUP, shut down cleanly (a second
- * signal cuts what is still in flight at once; every row is still written).
+ * signal cuts what is still in flight at once; every row is still written). A signal during start-up ends
+ * it before the proxy listens: what was opened is closed, exit 0.
  */
 export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
   const resolve = (configPath = options.config) =>
@@ -669,12 +689,29 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
     });
   const resolved = resolve();
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  const running = await startProxy(resolved, io, { reloadConfig: (configPath) => resolve(configPath) });
-  io.stderr.write(banner(running, resolved));
-  const exposed = exposureWarning(running, resolved);
-  if (exposed) io.stderr.write(exposed);
+  // Watched from the start: a signal during start-up (the database locked by another process, Qdrant
+  // slow to answer) stops it cleanly instead of killing the process with what it had opened.
   const stop = watchStopSignals(io);
   try {
+    const stopStart = new AbortController();
+    void stop.requested.then((why) => stopStart.abort(why));
+    let running: RunningProxy;
+    try {
+      running = await startProxy(resolved, io, {
+        reloadConfig: (configPath) => resolve(configPath),
+        stopStart: stopStart.signal,
+      });
+    } catch (err) {
+      if (!isOaiProxyError(err, 'start_stopped')) throw err;
+      ignoreWriteErrors(io.stderr);
+      io.stderr.write(`oai-proxy: ${err.message}\n`);
+      if (stopStart.signal.reason === 'SIGHUP') releaseHungUpTerminal();
+      return 0;
+    }
+    io.stderr.write(banner(running, resolved));
+    const exposed = exposureWarning(running, resolved);
+    if (exposed) io.stderr.write(exposed);
+    // A signal that came after the last check of start-up (while it listened) stops the proxy now.
     const why = await stop.requested;
     let hungUp = why === 'SIGHUP';
     // After SIGHUP the terminal may be gone: a console write failing (EIO, EPIPE) must not stop the

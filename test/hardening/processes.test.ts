@@ -564,3 +564,36 @@ test('a request sent while start-up waits for a locked database is routed by the
   db.close();
   expect(rows).toEqual([{ model: 'fast', upstream_model: 'gpt-4o-mini' }]);
 });
+
+test.each(['SIGTERM', 'SIGINT', 'SIGHUP'] as const)(
+  '%s while start-up waits for a locked database: start-up stops before listening, what it opened is closed, exit 0',
+  { timeout: 30_000 },
+  async (signal) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const dbPath = join(tmp.path, 's.db');
+    const logPath = join(tmp.path, 's.log');
+    const other = lockedDatabase(dbPath, tmp.path);
+    const p = startBin(['--db', dbPath, '--log-file', logPath], {
+      HOME: tmp.path,
+      MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}',
+    });
+    p.url.catch(() => undefined);
+    // The log file is opened in start-up before the registry is seeded (which waits for the lock).
+    await until('start-up to open the log file', () => existsSync(logPath));
+    await sleep(300);
+    p.child.kill(signal);
+    // Seen before seeding (start-up stops at once) or while seeding waits (it stops once the lock is gone).
+    await sleep(500);
+    other.exec('rollback');
+    expect(await p.exited).toBe(0);
+    // Before it, only warnings of background jobs that met the lock.
+    expect(p.stderr()).not.toContain('listening on');
+    expect(p.stderr().trimEnd().split('\n').at(-1)).toBe(
+      `oai-proxy: ${signal} received during start-up: stopped before listening, nothing was recorded`,
+    );
+    // Closed cleanly: another process can write the database at once.
+    other.exec('begin immediate');
+    other.exec('rollback');
+  },
+);
