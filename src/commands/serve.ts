@@ -520,11 +520,8 @@ export async function startProxy(
   // Seeding may have waited up to 5 s for a lock another process held.
   await stopIfAsked();
   await listenOn(proxy.server, config).catch(abandon);
-  undo.push(() => {
-    const closed = new Promise<void>((r) => proxy.server.close(() => r()));
-    proxy.server.closeAllConnections();
-    return closed;
-  });
+  // Should a later step fail: exchanges accepted by then are finished or cut, and recorded.
+  undo.push(() => proxy.shutdown(0));
   const addr = proxy.server.address() as AddressInfo;
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
