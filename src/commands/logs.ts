@@ -10,7 +10,9 @@ import { openDatabase } from '../storage/database.js';
 import {
   countExchanges,
   createExchangeFollower,
+  type ExchangeFollower,
   exchangeStats,
+  type FollowPosition,
   findExchanges,
   type LogFilter,
   listExchanges,
@@ -243,8 +245,8 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
         const last = () => follower.next().catch(() => []);
         for (let rows = await last(); rows.length > 0; rows = await last()) print(rows.map(toExchangeJson));
         const path = handle.label;
-        const replacement = await openDatabase(path, { readonly: true }).catch(() => null);
-        if (replacement === null) {
+        const switched = await followReplacement(path, filter, follower.position());
+        if (switched === null) {
           if (!waitingForFile)
             io.stderr.write(
               `oai-proxy: the database file ${path} was deleted or replaced; waiting for a new one there (Ctrl-C to stop)\n`,
@@ -253,8 +255,8 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
           await pause(intervalMs);
           continue;
         }
-        const next = sqliteStorage(replacement);
-        follower = await createExchangeFollower(next, filter, { resume: follower.position() });
+        const next = switched.handle;
+        follower = switched.follower;
         await handle.close();
         handle = next;
         waitingForFile = false;
@@ -294,6 +296,27 @@ export async function runLogsFollow(opts: LogsListOptions, io: CliIo): Promise<n
     throw asDatabaseError(err, handle);
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Open the SQLite file that replaced the followed one and start following it where `resume` left off,
+ * or null while it is not ready: missing, or one `serve` is still creating. Its migrations run one by one
+ * without a transaction, so a file with the exchanges table can still lack the search index's tables.
+ */
+async function followReplacement(
+  path: string,
+  filter: LogFilter,
+  resume: FollowPosition,
+): Promise<{ handle: Storage; follower: ExchangeFollower } | null> {
+  const replacement = await openDatabase(path, { readonly: true }).catch(() => null);
+  if (replacement === null) return null;
+  const handle = sqliteStorage(replacement);
+  try {
+    return { handle, follower: await createExchangeFollower(handle, filter, { resume }) };
+  } catch {
+    await handle.close();
+    return null;
   }
 }
 

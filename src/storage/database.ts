@@ -72,6 +72,8 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
     },
     async close() {
       await db.destroy();
+      // Kysely closes the handle only if it ever ran a query; the raw handle may have done all the work.
+      if (sqlite.open) sqlite.close();
     },
   };
   if (!readonly) {

@@ -1,7 +1,15 @@
-import { chmodSync, existsSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { sql } from 'kysely';
+import { Kysely, Migrator, SqliteDialect, sql } from 'kysely';
 import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -11,6 +19,7 @@ import { filterExpression } from '../../src/storage/log-queries.js';
 import { INSERT_EXCHANGE_SQL, toRow } from '../../src/storage/log-store.js';
 import { down as down0009 } from '../../src/storage/migrations/0009-vector-index-target.js';
 import { down as down0011 } from '../../src/storage/migrations/0011-search-stream-choices.js';
+import { migrations } from '../../src/storage/migrations/index.js';
 import { down0008 } from '../../src/storage/migrations/postgres.js';
 import { pgRow } from '../../src/storage/pg-log-store.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
@@ -242,6 +251,47 @@ describe('database problems: SQLite', () => {
     expect(io.err().trim().split('\n')).toEqual([
       `oai-proxy: the database file ${dbPath} was deleted or replaced; waiting for a new one there (Ctrl-C to stop)`,
       `oai-proxy: the database file ${dbPath} was replaced; following the new one`,
+      `oai-proxy: the database file ${dbPath} was replaced; following the new one`,
+    ]);
+  });
+
+  test('--follow --grep waits while `serve` is still migrating the file that replaced the one it reads, then follows it', async () => {
+    await seedSqlite(dbPath, [rec('a1', { startedAt: Date.now() - 60_000 })]);
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+    const done = main(
+      ['logs', '--follow', '--grep', 'kenobi', '--jsonl', '--interval', '20', '--db', dbPath],
+      io,
+    );
+    await until("'a1' on stdout", () => io.out().includes('a1'));
+    for (const f of ['', '-wal', '-shm'])
+      if (existsSync(dbPath + f)) renameSync(dbPath + f, `${dbPath}.deleted${f}`);
+    // `serve` has created the new file and run 0001 (the exchanges table), not yet 0002 (the search index).
+    const partial = new Kysely<unknown>({ dialect: new SqliteDialect({ database: new Database(dbPath) }) });
+    const migrator = new Migrator({ db: partial, provider: { getMigrations: async () => migrations } });
+    expect((await migrator.migrateTo('0001-exchanges')).error).toBeUndefined();
+    await until('the waiting notice', () => io.err().includes('waiting for a new one'));
+    // Every poll opens the half-made file and gives it up again: no descriptor is left open.
+    const fds = () => readdirSync('/proc/self/fd').length;
+    await sleep(100);
+    const before = fds();
+    await sleep(200);
+    expect(fds()).toBeLessThanOrEqual(before + 1);
+    expect((await migrator.migrateToLatest()).error).toBeUndefined();
+    await partial.destroy();
+    await seedSqlite(dbPath, [rec('b1', { startedAt: Date.now() })]);
+    await until("'b1' on stdout", () => io.out().includes('b1'));
+    ac.abort();
+    expect(await done).toBe(0);
+    expect(
+      io
+        .out()
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l).id.slice(0, 2)),
+    ).toEqual(['a1', 'b1']);
+    expect(io.err().trim().split('\n')).toEqual([
+      `oai-proxy: the database file ${dbPath} was deleted or replaced; waiting for a new one there (Ctrl-C to stop)`,
       `oai-proxy: the database file ${dbPath} was replaced; following the new one`,
     ]);
   });
