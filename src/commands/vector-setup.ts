@@ -205,6 +205,10 @@ export async function startVectorIndexing(
         qdrant_failed: h.failed,
       };
     },
-    close: () => indexer.close(),
+    async close() {
+      await indexer.close();
+      // The last outcomes may still be waiting out a lock: the database is closed next.
+      await services.state.flush();
+    },
   };
 }

@@ -45,13 +45,19 @@ export interface IndexStateStore {
    * taken to be in it, as they were then. Never throws.
    */
   claimUnclaimed(): boolean;
+  /**
+   * Wait until the writes queued so far (with `attempt`) are written, or given up after `attempt`'s wait;
+   * await it before closing the database. Never throws.
+   */
+  flush(): Promise<void>;
 }
 
 export interface IndexStateStoreOptions {
   /**
    * Runs each write (`mark`, `reset`, `claimUnclaimed`) later, one after the other in the order asked;
    * they then answer true at once (queued). `serve` passes one that waits for a file another process
-   * holds locked on timers: SQLite's busy timeout would hold its event loop.
+   * holds locked on timers: SQLite's busy timeout would hold its event loop. The writes queued while one
+   * waits go together in one transaction, one `attempt`.
    */
   attempt?: <T>(call: () => T) => Promise<T>;
 }
@@ -67,12 +73,31 @@ export function createIndexStateStore(
 ): IndexStateStore {
   const db = typeof handle === 'function' ? handle : () => handle;
   const { attempt } = options;
-  let queued: Promise<unknown> = Promise.resolve();
+  let queue: (() => void)[] = [];
+  let draining: Promise<void> | null = null;
+  // While a lock lasts, every indexing batch queues a mark: they wait (and are written) together.
+  const drain = async (run: NonNullable<typeof attempt>) => {
+    await null; // later, not inside the caller's `mark`
+    while (queue.length > 0) {
+      const writes = queue;
+      queue = [];
+      try {
+        await run(() => {
+          db().transaction(() => {
+            for (const fn of writes) fn();
+          })();
+        });
+      } catch {
+        // Writes that still fail after the wait are dropped, as a failed one always was.
+      }
+    }
+    draining = null;
+  };
   /** Run `fn` now (false when it failed), or queue it behind the writes before it. */
   const write = (fn: () => void): boolean => {
     if (attempt) {
-      // A write that still fails after the wait is dropped, as a failed one always was.
-      queued = queued.then(() => attempt(fn)).catch(() => undefined);
+      queue.push(fn);
+      draining ??= drain(attempt);
       return true;
     }
     try {
@@ -147,6 +172,9 @@ export function createIndexStateStore(
         )
         .get(id, target) as IndexStateOutcome | undefined;
       return row ?? null;
+    },
+    async flush() {
+      await draining;
     },
     reset: () => run("delete from exchange_index where target = @target and status <> 'skipped'"),
     // An unclaimed row whose exchange already has a row for this target is older news: dropped.

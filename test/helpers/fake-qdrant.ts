@@ -16,6 +16,8 @@ export interface FakeQdrant {
   requests: { method: string; path: string; body: any; headers: Record<string, unknown> }[];
   /** When set, every request must carry this `api-key` header (else 401). */
   apiKey?: string;
+  /** While set, point upserts are recorded at once but answered only once it resolves (held in flight). */
+  holdUpserts: Promise<void> | null;
   close(): Promise<void>;
 }
 
@@ -43,6 +45,7 @@ export async function createFakeQdrant(options: { apiKey?: string } = {}): Promi
     url: '',
     requests: [],
     apiKey: options.apiKey,
+    holdUpserts: null,
     async close() {
       for (const s of sockets) s.destroy();
       server.closeAllConnections();
@@ -65,6 +68,7 @@ export async function createFakeQdrant(options: { apiKey?: string } = {}): Promi
     }
     const path = (req.url ?? '/').split('?')[0];
     fake.requests.push({ method: req.method ?? '', path, body, headers: req.headers });
+    if (fake.holdUpserts && req.method === 'PUT' && path.endsWith('/points')) await fake.holdUpserts;
     if (fake.apiKey && req.headers['api-key'] !== fake.apiKey) {
       res.writeHead(401, { 'content-type': 'text/plain' });
       res.end('Must provide an API key or an Authorization bearer token');

@@ -262,6 +262,49 @@ describe('indexing exchanges into Qdrant while serving', () => {
     expect(await qdrant.points()).toHaveLength(2);
   }, 30_000);
 
+  test('stopped while another process holds the write lock: the last indexing outcomes are written before the database closes', async ({
+    skip,
+  }) => {
+    if (!qdrant.fake) skip(); // holding an upsert in flight needs the fake
+    const fake = qdrant.fake!;
+    proxy = await startTestProxy(vectorEnv());
+    const client = clientFor(proxy);
+    let release!: () => void;
+    fake.holdUpserts = new Promise<void>((r) => {
+      release = r;
+    });
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'last' }] });
+    await proxy.waitForRows(1); // and handed to the indexer
+    await until('the upsert to reach Qdrant', () =>
+      fake.requests.some((r) => r.method === 'PUT' && r.path.endsWith('/points')),
+    );
+    // The exchange and its embedding call are recorded: only the indexing outcome is left to write.
+    const rows = await proxy.waitForRows(2);
+    const chat = rows.find((r) => r.internal === 0)!;
+    const other = new Database(proxy.dbPath);
+    try {
+      other.exec('begin immediate');
+      fake.holdUpserts = null;
+      release();
+      await proxy.drainIndexer();
+      expect(await qdrant.points()).toHaveLength(1);
+      // The lock outlasts the start of the shutdown, not the busy budget.
+      setTimeout(() => other.exec('rollback'), 1000);
+      await proxy.running.close();
+    } finally {
+      other.close();
+    }
+    const db = new Database(proxy.dbPath, { readonly: true });
+    try {
+      // Before, the outcome was dropped with the closed handle: the exchange looked unindexed.
+      expect(db.prepare('select exchange_id, status from exchange_index').all()).toEqual([
+        { exchange_id: chat.id, status: 'indexed' },
+      ]);
+    } finally {
+      db.close();
+    }
+  }, 30_000);
+
   test('the collection disappears while serving: it is created again, the exchange indexed, /health ok', async () => {
     const env = vectorEnv();
     proxy = await startTestProxy(env);

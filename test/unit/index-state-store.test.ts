@@ -1,9 +1,13 @@
+import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
 import { expect, test } from 'vitest';
+import { withoutBusyWait } from '../../src/storage/busy-wait.js';
+import { openDatabase } from '../../src/storage/database.js';
 import { createIndexStateStore } from '../../src/storage/index-state-store.js';
 import { migrations } from '../../src/storage/migrations/index.js';
 import { vectorTarget } from '../../src/vector/qdrant-store.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 
 const A = 'http://127.0.0.1:6333/collections/a';
 const B = 'http://127.0.0.1:6333/collections/b';
@@ -67,6 +71,46 @@ test('0009 keeps old state unclaimed; each target has its own progress; reset an
     n: 0,
   });
   await db.destroy();
+});
+
+test('writes queued while another process holds the lock go in one attempt, in order, and flush() waits for them', async () => {
+  const tmp = createTempDir();
+  const database = await openDatabase(join(tmp.path, 'proxy.db'));
+  const other = new BetterSqlite3(database.path);
+  try {
+    const insert = database.sqlite.prepare(
+      `insert into exchanges (id, started_at, duration_ms, method, path, request_headers)
+       values (?, 1700000000000, 1, 'POST', '/v1/chat/completions', '{}')`,
+    );
+    for (const id of ['x1', 'x2', 'x3']) insert.run(id);
+    let attempts = 0;
+    const store = createIndexStateStore(database.sqlite, A, {
+      attempt: (call) => {
+        attempts++;
+        return withoutBusyWait(() => database.sqlite, call, { budgetMs: 3000 });
+      },
+    });
+    await store.flush(); // nothing queued
+    other.exec('begin immediate');
+    // One mark per indexing batch while the lock lasts; a reset between them drops the ones before.
+    expect(store.mark([{ id: 'x1', status: 'indexed', error: null }])).toBe(true);
+    expect(store.reset()).toBe(true);
+    expect(store.mark([{ id: 'x2', status: 'indexed', error: null }])).toBe(true);
+    expect(store.mark([{ id: 'x3', status: 'failed', error: 'boom' }])).toBe(true);
+    setTimeout(() => other.exec('rollback'), 200);
+    await store.flush();
+    expect(attempts).toBe(1);
+    expect(
+      database.sqlite.prepare('select exchange_id, status from exchange_index order by exchange_id').all(),
+    ).toEqual([
+      { exchange_id: 'x2', status: 'indexed' },
+      { exchange_id: 'x3', status: 'failed' },
+    ]);
+  } finally {
+    other.close();
+    await database.close();
+    tmp.cleanup();
+  }
 });
 
 test.each([
