@@ -1,3 +1,4 @@
+import { withShortBusyWait } from './busy-wait.js';
 import type { SqliteHandle } from './database.js';
 import type { ExchangeRecord, ExchangeSink, RecordingWriterOptions } from './exchange-record.js';
 import { toWire } from './exchange-wire.js';
@@ -199,19 +200,13 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   };
 
   const flush = (shortWait = false, maxRows = Number.POSITIVE_INFINITY): number => {
-    let total = 0;
-    let previousTimeout: unknown;
-    if (shortWait && queue.length > 0) {
-      previousTimeout = sqlite.pragma('busy_timeout', { simple: true });
-      sqlite.pragma(`busy_timeout = ${busyTimeoutMs}`);
-    }
     try {
-      total = flushBatches(maxRows);
+      return shortWait && queue.length > 0
+        ? withShortBusyWait(sqlite, () => flushBatches(maxRows), busyTimeoutMs)
+        : flushBatches(maxRows);
     } finally {
-      if (previousTimeout !== undefined) sqlite.pragma(`busy_timeout = ${Number(previousTimeout)}`);
       options.onState?.();
     }
-    return total;
   };
 
   const flushBatches = (maxRows: number): number => {
