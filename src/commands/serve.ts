@@ -30,7 +30,7 @@ import {
 } from '../storage/busy-wait.js';
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
-import type { ExchangeRecord } from '../storage/exchange-record.js';
+import type { ExchangeRecord, SpillReason } from '../storage/exchange-record.js';
 import { RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
@@ -120,6 +120,14 @@ export function exchangeLogLine(r: ExchangeRecord): Record<string, unknown> {
     error: r.error,
   };
 }
+
+/** The log line of an exchange that went to the log file instead of the database, by why. */
+const SPILL_MESSAGES: Record<SpillReason, string> = {
+  queue_full: 'database queue full: exchange spilled to the log file',
+  refused_at_close: 'the database still refused this exchange at shutdown: spilled to the log file',
+  after_close: 'exchange finished after the database was closed: spilled to the log file',
+  rejected: 'the database rejected this exchange: spilled to the log file',
+};
 
 /**
  * The log line pino would write for an exchange (`exchangeLogLine` plus level, time and msg), built by
@@ -308,7 +316,7 @@ export async function startProxy(
   const recording: RecordingWriterOptions = {
     flushIntervalMs: config.logFlushIntervalMs,
     queueMax: config.logQueueMax,
-    onSpill: (rows) => {
+    onSpill: (rows, reason) => {
       for (const r of rows)
         logger.warn(
           {
@@ -317,8 +325,9 @@ export async function startProxy(
               request_body: r.requestBody,
               response_body: r.responseBody,
             },
+            reason,
           },
-          'database queue full: exchange spilled to the log file',
+          SPILL_MESSAGES[reason],
         );
     },
     onError: (err) =>

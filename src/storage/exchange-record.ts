@@ -101,6 +101,13 @@ export interface ExchangeSink {
   record(exchange: ExchangeRecord): void;
 }
 
+/**
+ * Why rows went to the log file instead of the database: the queue overflowed while the database
+ * failed, the database still refused them when the writer closed (shutdown), they arrived after it
+ * closed, or the database rejected them as data (PostgreSQL).
+ */
+export type SpillReason = 'queue_full' | 'refused_at_close' | 'after_close' | 'rejected';
+
 /** What every batched exchange writer takes, whatever the database. */
 export interface RecordingWriterOptions {
   flushIntervalMs: number;
@@ -108,7 +115,7 @@ export interface RecordingWriterOptions {
   queueMax: number;
   /** Rows per write (a transaction on SQLite, one multi-row INSERT on PostgreSQL). */
   batchSize?: number;
-  onSpill?(rows: ExchangeRecord[]): void;
+  onSpill?(rows: ExchangeRecord[], reason: SpillReason): void;
   onError?(err: Error): void;
   onRecover?(): void;
 }

@@ -1,6 +1,6 @@
 import { withShortBusyWait } from './busy-wait.js';
 import type { SqliteHandle } from './database.js';
-import type { ExchangeRecord, ExchangeSink, RecordingWriterOptions } from './exchange-record.js';
+import type { ExchangeRecord, ExchangeSink, RecordingWriterOptions, SpillReason } from './exchange-record.js';
 import { toWire } from './exchange-wire.js';
 import { createFailureStreak } from './failure-streak.js';
 import type { ExchangesTable } from './tables.js';
@@ -258,17 +258,17 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
   timer.unref();
 
   /** Rows that will not be written: to `onSpill` (the log file), counted. */
-  const spill = (rows: ExchangeRecord[]) => {
+  const spill = (rows: ExchangeRecord[], reason: SpillReason) => {
     spilled += rows.length;
-    options.onSpill?.(rows);
+    options.onSpill?.(rows, reason);
     options.onState?.();
   };
 
   return {
     record(exchange) {
-      if (closed) return spill([exchange]);
+      if (closed) return spill([exchange], 'after_close');
       queue.push(exchange);
-      if (queue.length > queueMax) spill(queue.splice(0, queue.length - queueMax));
+      if (queue.length > queueMax) spill(queue.splice(0, queue.length - queueMax), 'queue_full');
     },
     flush: () => flush(),
     kick() {
@@ -292,7 +292,7 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
       if (queue.length > 0) {
         const rest = queue;
         queue = [];
-        spill(rest);
+        spill(rest, 'refused_at_close');
       }
     },
   };

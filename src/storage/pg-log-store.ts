@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely';
-import type { ExchangeRecord, RecordingWriterOptions } from './exchange-record.js';
+import type { ExchangeRecord, RecordingWriterOptions, SpillReason } from './exchange-record.js';
 import { createFailureStreak } from './failure-streak.js';
 import { type ExchangeWriterHealth, toRow } from './log-store.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
@@ -45,14 +45,14 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
   let inflight = 0;
   let closed = false;
 
-  const spill = (rows: ExchangeRecord[]) => {
+  const spill = (rows: ExchangeRecord[], reason: SpillReason) => {
     spilled += rows.length;
-    options.onSpill?.(rows);
+    options.onSpill?.(rows, reason);
   };
 
   const bound = () => {
     const over = queue.length + inflight - queueMax;
-    if (over > 0) spill(queue.splice(0, Math.min(over, queue.length)));
+    if (over > 0) spill(queue.splice(0, Math.min(over, queue.length)), 'queue_full');
   };
 
   const insert = (rows: ExchangeRecord[]) =>
@@ -90,7 +90,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
           const bad = await writeOneByOne(batch);
           if (bad.length > 0) {
             streak.lastError = `${bad.length} exchange(s) rejected by PostgreSQL: ${(err as Error).message}`;
-            spill(bad);
+            spill(bad, 'rejected');
           }
           written -= bad.length;
           total -= bad.length;
@@ -126,7 +126,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
 
   return {
     record(exchange) {
-      if (closed) return spill([exchange]);
+      if (closed) return spill([exchange], 'after_close');
       queue.push(exchange);
       bound();
     },
@@ -159,7 +159,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
       if (queue.length > 0) {
         const rest = queue;
         queue = [];
-        spill(rest);
+        spill(rest, 'refused_at_close');
       }
     },
   };

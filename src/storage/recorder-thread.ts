@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { OaiProxyError } from '../errors.js';
-import type { ExchangeRecord, RecordingWriterOptions } from './exchange-record.js';
+import type { ExchangeRecord, RecordingWriterOptions, SpillReason } from './exchange-record.js';
 import { fromWire, toWire, type WireExchange } from './exchange-wire.js';
 import type { ExchangeWriterHealth } from './log-store.js';
 
@@ -35,7 +35,7 @@ export type ToRecorder =
 export type FromRecorder =
   | { type: 'ready' }
   | { type: 'failed'; message: string }
-  | { type: 'spill'; rows: ExchangeRecord[] }
+  | { type: 'spill'; rows: ExchangeRecord[]; reason: SpillReason }
   | { type: 'error'; message: string; code?: string }
   | { type: 'recover' }
   /** The database file was deleted or replaced; the thread closed its handle on it and waits for `reopen`. */
@@ -140,7 +140,7 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
   worker.on('message', (m: FromRecorder) => {
     switch (m.type) {
       case 'spill':
-        options.onSpill?.(m.rows);
+        options.onSpill?.(m.rows, m.reason);
         break;
       case 'error': {
         lastError = m.message;
@@ -195,7 +195,7 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
       if (fallback) return fallback.record(exchange);
       if (closing) {
         lateRows++;
-        options.onSpill?.([exchange]);
+        options.onSpill?.([exchange], 'after_close');
         return;
       }
       pending.push(toWire(exchange));

@@ -158,6 +158,10 @@ describe('database trouble while running', () => {
       )
     ).filter((l) => l.spilled_exchange);
     expect(spilled).toHaveLength(h.spilled_log_rows);
+    expect(spilled[0]).toMatchObject({
+      reason: 'queue_full',
+      msg: 'database queue full: exchange spilled to the log file',
+    });
     expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
     expect(spilled[0].spilled_exchange.request_body).toContain('xxx');
     full.free();
@@ -192,6 +196,13 @@ describe('database trouble while running', () => {
       .map((l) => JSON.parse(l))
       .filter((l) => l.spilled_exchange);
     expect(spilled).toHaveLength(3);
+    // Said as it is: the queue held 3 rows; the database refused them when the proxy stopped.
+    expect(spilled.map((l) => [l.reason, l.msg])).toEqual(
+      spilled.map(() => [
+        'refused_at_close',
+        'the database still refused this exchange at shutdown: spilled to the log file',
+      ]),
+    );
     expect(spilled[0].spilled_exchange).toMatchObject({ path: '/v1/chat/completions', status: 200 });
     expect(spilled[0].spilled_exchange.request_body).toContain('"messages"');
     expect(countRows(proxy.dbPath)).toBe(0);
