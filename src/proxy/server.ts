@@ -422,6 +422,9 @@ export function parseTarget(rawUrl: string): { pathname: string; query: string }
   return { pathname, query: u.search.slice(1) };
 }
 
+/** What a WebSocket client may send before the 101 that the proxy keeps for the relay (it should send none). */
+const HANDSHAKE_EARLY_BYTES_MAX = 64 * 1024;
+
 /** Create the node:http proxy server. Call `server.listen()` yourself. */
 export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const { dispatcher, sink, onStreamedBody } = options;
@@ -1121,6 +1124,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     res.assignSocket(socket);
     res.shouldKeepAlive = false;
     res.once('finish', () => socket.end());
+    const handshake = watchHandshake(socket);
     const target = normaliseTarget(req.url);
     if (!target) {
       refuse(req, res, INVALID_PATH_MESSAGE, 'invalid_path');
@@ -1157,6 +1161,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         return;
       }
       // From here on the socket carries frames: no HTTP answer, and no 'close' on the response.
+      const early = handshake.stop();
       res.detachSocket(socket);
       x.status = 101;
       x.ttfb = x.elapsed();
@@ -1164,8 +1169,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       for (const k in upstreamHeaders) if (upstreamHeaders[k] !== undefined) h[k] = upstreamHeaders[k];
       x.responseHeaders = h;
       socket.write(switchingProtocolsHead(h), 'latin1');
-      // Frames the client sent early, behind its handshake.
-      if (head.length > 0) socket.unshift(head);
+      // Frames the client sent early, behind its handshake or while it waited.
+      if (head.length > 0 || early.length > 0) socket.unshift(Buffer.concat([head, early]));
       relaySockets(socket, upstream, (ending) => {
         x.requestCapture.bytes = ending.clientBytes;
         x.responseCapture.bytes = ending.upstreamBytes;
@@ -1203,6 +1208,38 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.respondError(500, 'proxy_error', 'Internal proxy error', 'proxy_error', 'internal_error');
       else socket.destroy();
     }
+  };
+
+  /**
+   * Notice a client leaving a WebSocket handshake before the 101: Node hands over an upgraded socket
+   * unread, and half-open after the client's FIN, so a client that gave up would hold the upstream request
+   * (and both connections) until the upstream answered or timed out. The socket is read until `stop()`:
+   * its end or an error destroys it, which closes the response, which aborts the upstream request (and the
+   * exchange is recorded client_aborted). Bytes that arrive meanwhile (a client is not to send any before
+   * the 101) are kept for the relay, up to HANDSHAKE_EARLY_BYTES_MAX, then the socket is left unread.
+   */
+  const watchHandshake = (socket: Socket) => {
+    const early: Buffer[] = [];
+    let bytes = 0;
+    const onData = (chunk: Buffer) => {
+      early.push(chunk);
+      bytes += chunk.length;
+      if (bytes > HANDSHAKE_EARLY_BYTES_MAX) socket.pause();
+    };
+    const gone = () => socket.destroy();
+    socket.on('data', onData);
+    socket.once('end', gone);
+    socket.on('error', gone);
+    return {
+      /** Stop reading; the bytes read so far. */
+      stop(): Buffer {
+        socket.removeListener('data', onData);
+        socket.removeListener('end', gone);
+        socket.removeListener('error', gone);
+        socket.pause();
+        return Buffer.concat(early);
+      },
+    };
   };
 
   const handleUpgradeSafely = (req: IncomingMessage, socket: Socket, head: Buffer) =>

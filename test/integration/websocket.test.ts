@@ -1,5 +1,5 @@
 import { writeFileSync } from 'node:fs';
-import { request } from 'node:http';
+import { createServer, request } from 'node:http';
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, test } from 'vitest';
@@ -8,7 +8,7 @@ import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { proxyWithUpstreamPerTest, startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
-import { encodeFrame, OPCODE, openWebSocket } from '../helpers/websocket.js';
+import { encodeFrame, OPCODE, openWebSocket, serveEchoWebSocket } from '../helpers/websocket.js';
 
 const UPSTREAM_KEY = 'sk-upstream-realtime-key-4242';
 const CLIENT_KEY = 'pk-client-realtime-key-5151';
@@ -321,6 +321,37 @@ describe('WebSocket handshakes on a busy connection', () => {
       ['/v1/realtime', 101],
     ]);
   });
+  test('a frame the client sends while the upstream is still answering the handshake is relayed after the 101', async () => {
+    // An upstream slow to answer the handshake, then an echo server.
+    const slow = createServer();
+    slow.on('upgrade', (req, socket, head) => {
+      setTimeout(() => serveEchoWebSocket(req, socket, head), 300);
+    });
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
+    const { port } = slow.address() as AddressInfo;
+    try {
+      const { proxy } = await setup({ OPENAI_BASE_URL: `http://127.0.0.1:${port}/v1` });
+      const socket = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+      let text = '';
+      socket.on('data', (c: Buffer) => {
+        text += c.toString('latin1');
+      });
+      socket.write(
+        `GET ${REALTIME} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+          'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n',
+      );
+      await sleep(100);
+      socket.write(encodeFrame(OPCODE.text, 'sent before the 101', true));
+      await until('the echo', () => text.includes('sent before the 101'));
+      expect(text.indexOf('HTTP/1.1 101')).toBe(0);
+      socket.destroy();
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ status: 101, path: '/v1/realtime' });
+    } finally {
+      slow.closeAllConnections();
+      slow.close();
+    }
+  });
 });
 
 describe('WebSocket sessions ending badly', () => {
@@ -382,6 +413,46 @@ describe('WebSocket sessions ending badly', () => {
       silent.close();
     }
   });
+
+  test.each([
+    ['closes its connection', (s: Socket) => s.destroy()],
+    ['resets its connection', (s: Socket) => s.resetAndDestroy()],
+  ])(
+    'a client that %s before the 101: the upstream request is aborted at once, recorded client_aborted',
+    async (_, leave) => {
+      // An upstream that takes the handshake request and never answers.
+      const held: Socket[] = [];
+      const silent = createNetServer((s) => {
+        s.on('error', () => undefined);
+        s.once('data', () => held.push(s));
+      });
+      await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+      const { port } = silent.address() as AddressInfo;
+      try {
+        const { proxy } = await setup({ OPENAI_BASE_URL: `http://127.0.0.1:${port}/v1` });
+        const client = connect(Number(new URL(proxy.url).port), '127.0.0.1');
+        client.on('error', () => undefined);
+        client.write(
+          `GET ${REALTIME} HTTP/1.1\r\nhost: proxy\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`,
+        );
+        await until('the handshake request upstream', () => held.length === 1);
+        const t0 = Date.now();
+        leave(client);
+        await until('the upstream connection closed', () => held[0].destroyed);
+        const [row] = await proxy.waitForRows(1);
+        expect(Date.now() - t0).toBeLessThan(2000);
+        expect(row).toMatchObject({
+          status: null,
+          path: '/v1/realtime',
+          error: 'client_aborted',
+          error_message: expect.stringContaining('upstream request was aborted'),
+        });
+        expect(proxy.running.proxy.inflight()).toBe(0);
+      } finally {
+        silent.close();
+      }
+    },
+  );
 
   test('shutdown: a session still open when SHUTDOWN_GRACE_MS runs out is cut and recorded as proxy_shutdown', async () => {
     const upstream = await createFakeUpstream();
