@@ -45,7 +45,7 @@ import {
   dropSubprotocolKey,
   headWithoutUpgrade,
   isWebSocketUpgrade,
-  queryModel,
+  queryModels,
   type RelayEnd,
   relaySockets,
   replaceQueryModel,
@@ -1182,7 +1182,21 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     try {
       if (await answerLocally(x, pathname, webSocketKeyValid)) return;
       // The Realtime API names its model in the query: validated and alias-resolved like a body's.
-      x.model = queryModel(query);
+      const models = queryModels(query);
+      if (models.length > 1) {
+        // Which one counts differs (URLSearchParams.get takes the first, vLLM's Starlette the last): the
+        // proxy would check or route one model and the upstream serve another.
+        x.respondError(
+          400,
+          'invalid_request',
+          `The \`model\` query parameter is given ${models.length} times; send it once`,
+          'invalid_request_error',
+          'ambiguous_model',
+          'model',
+        );
+        return;
+      }
+      x.model = models[0] || null;
       const decision = routeModel(x, true);
       if (!decision) return;
       x.upstreamName = decision.upstream.name;

@@ -38,20 +38,36 @@ export function headWithoutUpgrade(req: IncomingMessage): Buffer {
   return Buffer.from(`${head}\r\n`, 'latin1');
 }
 
-/** The `model` query parameter (the Realtime API names its model there); null when absent or empty. */
-export function queryModel(query: string): string | null {
-  if (!query.includes('model=')) return null;
-  return new URLSearchParams(query).get('model') || null;
+/**
+ * Every `model` query parameter's value (the Realtime API names its model there), read as the upstream
+ * reads them (URLSearchParams, Starlette's parse_qsl): names and values percent-decoded, `+` a space, so
+ * `mod%65l=x` is a model too. Empty values count: `model=&model=x` names two.
+ */
+export function queryModels(query: string): string[] {
+  return new URLSearchParams(query).getAll('model');
 }
 
-/** `query` with every `model` parameter's value replaced by `model`; every other byte as it was. */
+/** The one `model` query parameter; null when absent or empty (see queryModels for several). */
+export function queryModel(query: string): string | null {
+  return queryModels(query)[0] || null;
+}
+
+/**
+ * `query` with every `model` parameter (by its decoded name: `mod%65l` too) replaced by `model=<model>`,
+ * encoded; every other byte as it was.
+ */
 export function replaceQueryModel(query: string, model: string): string {
   return query
     .split('&')
-    .map((pair) =>
-      pair === 'model' || pair.startsWith('model=') ? `model=${encodeURIComponent(model)}` : pair,
-    )
+    .map((pair) => (isModelPair(pair) ? `model=${encodeURIComponent(model)}` : pair))
     .join('&');
+}
+
+function isModelPair(pair: string): boolean {
+  const eq = pair.indexOf('=');
+  const name = eq === -1 ? pair : pair.slice(0, eq);
+  // One name, decoded as URLSearchParams decodes it (`+` a space, a bad escape left as it is).
+  return new URLSearchParams(`${name}=`).has('model');
 }
 
 /** A key offered as a subprotocol (`Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.<key>`). */

@@ -246,6 +246,52 @@ describe('WebSocket handshakes are routed like requests', () => {
     expect(row).toMatchObject({ status: 404, error: 'model_not_found', model: 'no-such-model' });
   });
 
+  test.each([
+    ['a percent-encoded name', '/v1/realtime?mod%65l=no-such-model'],
+    ['an encoded name after another parameter', '/v1/realtime?x=1&%6dodel=no-such-model'],
+    ['an encoded value', '/v1/realtime?model=no%2Dsuch%2Dmodel'],
+  ])('VALIDATE_MODELS=true: a model under %s is validated too: 404, nothing forwarded', async (_, target) => {
+    const { upstream, proxy } = await setup({ VALIDATE_MODELS: 'true' });
+    const answer = await openWebSocket(`${proxy.url}${target}`, BETA);
+    expect(answer.status).toBe(404);
+    if (answer.ws === null) expect(JSON.parse(answer.body).error.code).toBe('model_not_found');
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 404, error: 'model_not_found', model: 'no-such-model' });
+  });
+
+  test.each([
+    ['model=gpt-4o-realtime-preview&model=no-such-model'],
+    ['model=gpt-4o-realtime-preview&mod%65l=no-such-model'],
+  ])(
+    'a model given twice (%s) is refused with 400 ambiguous_model, recorded, nothing forwarded',
+    async (query) => {
+      const { upstream, proxy } = await setup({ VALIDATE_MODELS: 'true' });
+      const answer = await openWebSocket(`${proxy.url}/v1/realtime?${query}`, BETA);
+      expect(answer.status).toBe(400);
+      if (answer.ws === null)
+        expect(JSON.parse(answer.body).error).toMatchObject({
+          type: 'invalid_request_error',
+          code: 'ambiguous_model',
+          param: 'model',
+        });
+      expect(upstream.requests).toHaveLength(0);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ status: 400, error: 'invalid_request', path: '/v1/realtime' });
+      expect(row.error_message).toContain('`model` query parameter is given 2 times');
+    },
+  );
+
+  test('an alias under an encoded name goes upstream as the actual model; the rest of the query as sent', async () => {
+    const { upstream, proxy } = await setup({ MODEL_MAPPINGS: '{"voice":"gpt-4o-realtime-preview"}' });
+    const answer = await openWebSocket(`${proxy.url}/v1/realtime?x=a%20b+c&mod%65l=voice&y=%7e`, BETA);
+    expect(answer.status).toBe(101);
+    await answer.ws?.close();
+    expect(upstream.requests[0].url).toBe('/v1/realtime?x=a%20b+c&model=gpt-4o-realtime-preview&y=%7e');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, model: 'voice', upstream_model: 'gpt-4o-realtime-preview' });
+  });
+
   test("the upstream's refusal (no 101) reaches the client as it was sent, and is recorded", async () => {
     const { upstream, proxy } = await setup();
     upstream.websocketRefusal = 403;

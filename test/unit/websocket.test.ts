@@ -5,6 +5,7 @@ import {
   headWithoutUpgrade,
   isWebSocketUpgrade,
   queryModel,
+  queryModels,
   replaceQueryModel,
   subprotocolKey,
   switchingProtocolsHead,
@@ -19,12 +20,29 @@ test.each([
   ['models=x', null],
   ['', null],
   ['x=1', null],
+  ['mod%65l=voice', 'voice'],
 ])('queryModel(%j) → %j', (query, expected) => {
   expect(queryModel(query)).toBe(expected);
 });
 
 test.each([
+  ['model=a', ['a']],
+  ['mod%65l=a', ['a']],
+  ['x=1&%6dodel=a', ['a']],
+  ['%6D%6F%64%65%6C=a+b', ['a b']],
+  ['model=a&model=b', ['a', 'b']],
+  ['model=a&mod%65l=b', ['a', 'b']],
+  ['model=&model=b', ['', 'b']],
+  ['mo+del=a&model%20=b', []],
+])('queryModels(%j) → %j: names decoded as the upstream decodes them', (query, expected) => {
+  expect(queryModels(query)).toEqual(expected);
+});
+
+test.each([
   ['model=voice', 'gpt-4o-realtime-preview', 'model=gpt-4o-realtime-preview'],
+  ['x=1&mod%65l=voice&y=a+b%20c', 'gpt-4o', 'x=1&model=gpt-4o&y=a+b%20c'],
+  ['%6dodel=voice', 'm/1', 'model=m%2F1'],
+  ['mo+del=voice&model=voice', 'gpt-4o', 'mo+del=voice&model=gpt-4o'],
   ['a=%ff&model=voice&b=x+y', 'gpt-4o', 'a=%ff&model=gpt-4o&b=x+y'],
   ['model=a&model=b', 'c', 'model=c&model=c'],
   ['xmodel=a&model', 'm/1', 'xmodel=a&model=m%2F1'],
