@@ -722,12 +722,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     let contentLength: number | undefined;
     let multipart: MultipartModelScan | null = null;
     // File uploads name no model: they stream through unscanned.
-    const boundary =
-      hasBody && !/^(?:\/openai(?:\/v1)?)?\/(files|uploads)(\/|$)/.test(x.rest)
-        ? multipartBoundary(contentType)
-        : null;
+    const boundary = hasBody && !isUploadPath(x.rest) ? multipartBoundary(contentType) : null;
 
-    if (hasBody && isJsonType(contentType)) {
+    // A JSON body under another type (curl -d's form type, text/plain, none) is read as JSON too, as
+    // Ollama, llama.cpp and vLLM do; the JSON type is tested first, so its hot path does no more work.
+    if (hasBody && (isJsonType(contentType) || (isJsonCandidateType(contentType) && !isUploadPath(x.rest)))) {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
       if (!buf) return;
       body = buf;
@@ -1562,13 +1561,32 @@ export function bodyWatchOf(socket: Socket): ExchangeContext | undefined {
   return (socket as WatchedSocket)[kBodyWatch];
 }
 
-/** A JSON body (the kind read whole, under MAX_REQUEST_BODY_BYTES) whose content-length is over `limit`. */
+/**
+ * A body read whole, under MAX_REQUEST_BODY_BYTES (JSON, or a JSON candidate off the upload paths), whose
+ * content-length is over `limit`.
+ */
 function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
-  return (
-    BODY_METHODS.has(req.method ?? '') &&
-    isJsonType(String(req.headers['content-type'] ?? '')) &&
-    Number(req.headers['content-length']) > limit
-  );
+  if (!BODY_METHODS.has(req.method ?? '') || !(Number(req.headers['content-length']) > limit)) return false;
+  const contentType = String(req.headers['content-type'] ?? '');
+  if (isJsonType(contentType)) return true;
+  if (!isJsonCandidateType(contentType)) return false;
+  const target = normaliseTarget(req.url);
+  return target !== null && !isUploadPath(recordedPath(target.pathname).rest);
+}
+
+/**
+ * A content type a JSON body is often sent under without meaning otherwise: none, `text/plain`, or
+ * `application/x-www-form-urlencoded` (what `curl -d` sends), in any case, with any parameters.
+ */
+function isJsonCandidateType(contentType: string): boolean {
+  const semi = contentType.indexOf(';');
+  const media = (semi === -1 ? contentType : contentType.slice(0, semi)).trim().toLowerCase();
+  return media === '' || media === 'text/plain' || media === 'application/x-www-form-urlencoded';
+}
+
+/** Paths whose bodies name no model (OpenAI's file uploads, Ollama's blobs): they stream through unread. */
+function isUploadPath(rest: string): boolean {
+  return /^(?:\/openai(?:\/v1)?)?\/(?:files|uploads)(?:\/|$)/.test(rest) || rest.startsWith('/api/blobs/');
 }
 
 /** A JSON media type, in any letter case (`Application/JSON`); the usual lower case without a regex. */

@@ -1,4 +1,5 @@
 import { writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import OpenAI, { APIError, AzureOpenAI, NotFoundError, toFile } from 'openai';
@@ -194,6 +195,149 @@ describe('validation and aliases', () => {
     expect(res.status).toBe(200);
     expect((await res.json()).text).toMatch(/ with whisper-1$/);
     expect(up.requests.at(-1)!.body.length).toBeGreaterThan(6_000_000);
+  });
+});
+
+// `curl -d` sends a JSON body as a form; other clients send text/plain or no type. Ollama, llama.cpp and
+// vLLM read it as JSON anyway, and so must the proxy, or the model is routed, aliased and checked by nobody.
+describe('a JSON body under another content type', () => {
+  const post = (
+    url: string,
+    body: string | Buffer,
+    contentType: string | null,
+    extra: Record<string, string> = {},
+  ) =>
+    fetch(url, {
+      method: 'POST',
+      // A Buffer body gets no content type from fetch: `null` sends none at all.
+      headers: { ...(contentType === null ? {} : { 'content-type': contentType }), ...extra },
+      body: Buffer.from(body),
+    });
+
+  test.each([['application/x-www-form-urlencoded'], ['Text/Plain; charset=UTF-8'], [null]])(
+    "content type %s: aliased byte for byte, routed to the model's upstream, recorded",
+    async (contentType) => {
+      const a = await upstream();
+      const b = await upstream();
+      const p = await proxyWith(
+        {
+          OPENAI_BASE_URL: a.baseUrl,
+          OPENAI_API_KEY: KEY_A,
+          LOCAL_KEY: KEY_B,
+          MODEL_MAPPINGS: '{"fast":"llama3"}',
+        },
+        {
+          upstreams: { local: { baseUrl: b.baseUrl, apiKeyEnv: 'LOCAL_KEY' } },
+          models: [{ name: 'llama3', upstream: 'local' }],
+        },
+      );
+      const body = (model: string) =>
+        `{"model" : "${model}", "seed": 9007199254740993, "user": "ann", "messages": [{"role": "user", "content": "hi"}]}`;
+      const res = await post(`${p.url}/v1/chat/completions`, body('fast'), contentType);
+      expect(res.status).toBe(200);
+      expect((await res.json()).model).toBe('llama3');
+      expect(a.requests).toHaveLength(0);
+      expect(b.requests).toHaveLength(1);
+      const sent = b.requests[0];
+      expect(sent.body.toString()).toBe(body('llama3'));
+      expect(sent.headers['content-type']).toBe(contentType ?? undefined);
+      expect(sent.headers.authorization).toBe(`Bearer ${KEY_B}`);
+      const [row] = await p.waitForRows(1);
+      expect([row.model, row.upstream_model, row.upstream, row.user, row.request_body]).toEqual([
+        'fast',
+        'llama3',
+        'local',
+        'ann',
+        body('fast'),
+      ]);
+    },
+  );
+
+  test("VALIDATE_MODELS=true: an unknown model in a form-typed JSON body gets the proxy's 404", async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, VALIDATE_MODELS: 'true' });
+    for (const contentType of ['application/x-www-form-urlencoded', 'text/plain', null]) {
+      const res = await post(`${p.url}/api/chat`, '{"model":"forbidden","messages":[]}', contentType);
+      expect(res.status).toBe(404);
+      expect((await res.json()).error).toMatchObject({ code: 'model_not_found', param: 'model' });
+    }
+    expect(up.requests).toHaveLength(0);
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.status, r.model])).toEqual([
+      [404, 'forbidden'],
+      [404, 'forbidden'],
+      [404, 'forbidden'],
+    ]);
+  });
+
+  test('a real form body (not JSON) goes through byte for byte, recorded with no model', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MODEL_MAPPINGS: '{"fast":"llama3"}' });
+    const res = await post(`${p.url}/v1/form`, 'a=1&b=2&model=fast', 'application/x-www-form-urlencoded');
+    expect(res.status).toBe(404); // the fake upstream's answer for an unknown path
+    expect(up.requests).toHaveLength(1);
+    expect(up.requests[0].body.toString()).toBe('a=1&b=2&model=fast');
+    expect(up.requests[0].headers['content-type']).toBe('application/x-www-form-urlencoded');
+    const [row] = await p.waitForRows(1);
+    expect([row.model, row.upstream_model, row.request_body]).toEqual([null, null, 'a=1&b=2&model=fast']);
+  });
+
+  test('over MAX_REQUEST_BODY_BYTES: 413 whether declared, chunked or announced with Expect: 100-continue', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MAX_REQUEST_BODY_BYTES: '1000' });
+    const big = JSON.stringify({ model: 'gpt-4o', pad: 'x'.repeat(5000) });
+    const declared = await post(`${p.url}/v1/chat/completions`, big, 'text/plain');
+    expect(declared.status).toBe(413);
+    expect((await declared.json()).error).toMatchObject({ code: 'body_too_large' });
+    const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = request(`${p.url}/v1/chat/completions`, { method: 'POST' }, (res) => {
+        let text = '';
+        res.on('data', (c) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body: text }));
+      });
+      req.on('error', reject);
+      req.write(big.slice(0, 3000));
+      setTimeout(() => req.end(big.slice(3000)), 20);
+    });
+    expect(chunked.status).toBe(413);
+    const early = await new Promise<{ status: number; continued: boolean }>((resolve, reject) => {
+      let continued = false;
+      const req = request(`${p.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/x-www-form-urlencoded',
+          'content-length': String(big.length),
+          expect: '100-continue',
+        },
+      });
+      req.on('continue', () => {
+        continued = true;
+        req.end(big);
+      });
+      req.on('response', (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode!, continued }));
+      });
+      req.on('error', reject);
+      req.flushHeaders();
+    });
+    expect(early).toEqual({ status: 413, continued: false });
+    expect(up.requests).toHaveLength(0);
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.status, r.error])).toEqual([
+      [413, 'body_too_large'],
+      [413, 'body_too_large'],
+      [413, 'body_too_large'],
+    ]);
+  });
+
+  test('an upload path is not read: an Ollama blob with no content type streams through past the limit', async () => {
+    const up = await upstream();
+    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MAX_REQUEST_BODY_BYTES: '1000' });
+    const blob = Buffer.alloc(5000, 7);
+    const res = await post(`${p.url}/api/blobs/sha256:abc`, blob, null);
+    expect(res.status).toBe(404); // the fake upstream's answer for an unknown path
+    expect(up.requests[0].body.equals(blob)).toBe(true);
   });
 });
 
