@@ -457,6 +457,33 @@ export function extractUsage(body: string): Usage | null {
     }
     at = at === 0 ? -1 : body.lastIndexOf('"usage"', at - 1);
   }
+  return nativeUsage(body);
+}
+
+/**
+ * The counts of servers that write no `usage` object: Ollama's `/api/chat` and `/api/generate`
+ * (`prompt_eval_count`, `eval_count`) and llama.cpp's `/completion` (`tokens_evaluated`,
+ * `tokens_predicted`), as their final stream events carry them too. The last of each (a body's own, not
+ * one quoted inside a string: those have escaped quotes).
+ */
+function nativeUsage(body: string): Usage | null {
+  const last = (re: RegExp): number | undefined => {
+    let found: string | undefined;
+    for (const m of body.matchAll(re)) found = m[1];
+    return found === undefined ? undefined : Number(found);
+  };
+  if (body.includes('"eval_count"')) {
+    const u = normaliseUsage({
+      prompt_tokens: last(/"prompt_eval_count"\s*:\s*(\d{1,15})/g),
+      completion_tokens: last(/[{,]\s*"eval_count"\s*:\s*(\d{1,15})/g),
+    });
+    if (u) return u;
+  }
+  if (body.includes('"tokens_predicted"'))
+    return normaliseUsage({
+      prompt_tokens: last(/"tokens_evaluated"\s*:\s*(\d{1,15})/g),
+      completion_tokens: last(/"tokens_predicted"\s*:\s*(\d{1,15})/g),
+    });
   return null;
 }
 

@@ -321,6 +321,48 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
 });
 
 describe('non-streamed answers', () => {
+  test.each([
+    [
+      '/api/chat',
+      {
+        model: 'llama3',
+        message: { role: 'assistant', content: 'Blue.' },
+        done: true,
+        prompt_eval_count: 26,
+        eval_count: 3,
+      },
+      [26, 3],
+    ],
+    ['/completion', { content: 'Blue.', stop: true, tokens_evaluated: 5, tokens_predicted: 2 }, [5, 2]],
+  ])(
+    "%s answered whole (Ollama's, llama.cpp's counts, no usage object): its tokens are recorded",
+    async (path, answer, [prompt, completion]) => {
+      const { upstream, proxy } = await setup('root');
+      upstream.on(path, (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
+        res.end(JSON.stringify(answer));
+      });
+      const res = await fetch(`${proxy.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({
+          model: 'llama3',
+          stream: false,
+          messages: [{ role: 'user', content: 'sky?' }],
+        }),
+      });
+      expect(await res.json()).toEqual(answer);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({
+        path: path === '/api/chat' ? path : `/v1${path}`,
+        stream: 0,
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+      });
+    },
+  );
+
   test('a JSON answer whose content type is not in lower case (Application/JSON) has its usage recorded', async () => {
     const { upstream, proxy } = await setup();
     upstream.on('/v1/chat/completions', (_req, res) => {

@@ -509,6 +509,23 @@ describe('stream framing', () => {
 describe('usage extraction', () => {
   test.each([
     [
+      'Ollama /api/chat, not streamed (no usage object)',
+      JSON.stringify({
+        model: 'llama3',
+        message: { role: 'assistant', content: 'says "eval_count": 99 in its text' },
+        done: true,
+        prompt_eval_count: 26,
+        eval_count: 298,
+      }),
+      { prompt_tokens: 26, completion_tokens: 298, total_tokens: 324 },
+    ],
+    [
+      'llama.cpp /completion, not streamed',
+      JSON.stringify({ content: 'hi', stop: true, tokens_evaluated: 5, tokens_predicted: 2, timings: {} }),
+      { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
+    ],
+    ['a body with neither', JSON.stringify({ data: [] }), null],
+    [
       'chat body',
       JSON.stringify({
         id: 'x',
