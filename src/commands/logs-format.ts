@@ -39,6 +39,8 @@ export interface ExchangeDetailJson extends ExchangeJson {
   response_bytes: number;
   response_truncated: boolean;
   assembled: {
+    /** The stream's format: chat.completion, text_completion, response, transcription, speech, llama.cpp, ollama or unknown. */
+    kind: string;
     content: string;
     tool_calls: unknown[];
     finish_reason: string | null;
@@ -94,6 +96,7 @@ export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
     assembled:
       assembled && typeof assembled === 'object'
         ? {
+            kind: typeof assembled.kind === 'string' ? assembled.kind : 'unknown',
             content: assembled.content ?? '',
             tool_calls: assembled.tool_calls ?? [],
             finish_reason: assembled.finish_reason ?? null,
@@ -308,7 +311,9 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
     const choices = d.assembled.choices ?? [d.assembled];
     for (const c of choices) {
       if ('index' in c) line(`── choice ${c.index}`);
-      block(c.content);
+      // A speech stream's content is its audio: base64 in the raw events, nothing to read here.
+      if (d.assembled.kind === 'speech') line('(audio: in the raw events, add --raw)');
+      else block(c.content);
       for (const t of c.tool_calls as { name?: string; arguments?: string }[])
         line(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);
       line(`finish_reason: ${c.finish_reason ?? '-'}`);

@@ -169,9 +169,10 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     expect(row.response_body).toBe(body);
     expect(JSON.parse(row.assembled!)).toMatchObject({ kind: 'speech', content: '', complete: true });
     const shown = await show(proxy, row.id);
-    expect(shown).toContain('── reassembled message\n');
+    expect(shown).toContain('── reassembled message\n(audio: in the raw events, add --raw)\nfinish_reason:');
     expect(shown).not.toContain(INCOMPLETE);
     expect(shown).not.toContain(audio.slice(0, 100));
+    expect(JSON.parse(await show(proxy, row.id, '--json')).assembled.kind).toBe('speech');
   });
 
   test("llama.cpp's native /completion stream", async () => {
