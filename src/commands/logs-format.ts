@@ -350,10 +350,13 @@ function bodyText(b: unknown): string {
 
 /** Base64 values longer than this are elided by `logs show`. */
 const BASE64_SHOWN_CHARS = 256;
+/** Hex (a digest, an id) is shown: base64 of any length is never only hex digits in practice. */
+const HEX_VALUE = /^[0-9a-fA-F]+$/;
 const BASE64_VALUE = /^(data:[\w.+-]+\/[\w.+-]+;base64,)?[A-Za-z0-9+/_-]+={0,2}$/;
 
 function elideBase64(_key: string, v: unknown): unknown {
-  if (typeof v !== 'string' || v.length <= BASE64_SHOWN_CHARS || !BASE64_VALUE.test(v)) return v;
+  if (typeof v !== 'string' || v.length <= BASE64_SHOWN_CHARS || !BASE64_VALUE.test(v) || HEX_VALUE.test(v))
+    return v;
   const prefix = v.startsWith('data:') ? v.slice(0, v.indexOf(',') + 1) : '';
   return `${prefix}[base64, ${(v.length - prefix.length).toLocaleString('en-US')} characters: see --json]`;
 }

@@ -282,13 +282,17 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
             model: 'gpt-4o',
             messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: sent } }] }],
           }),
-          responseBody: JSON.stringify({ data: [{ b64_json: image, revised_prompt: 'a cat' }] }),
+          responseBody: JSON.stringify({
+            data: [{ b64_json: image, revised_prompt: 'a cat' }],
+            digest: 'ab12'.repeat(80),
+          }),
         }),
       ]);
       const human = (await logs('show', 'i1')).out;
       expect(human).toContain('"b64_json": "[base64, 11,000 characters: see --json]"');
       expect(human).toContain('"url": "data:image/png;base64,[base64, 400 characters: see --json]"');
       expect(human).toContain('"revised_prompt": "a cat"');
+      expect(human).toContain(`"digest": "${'ab12'.repeat(80)}"`); // hex is not base64
       expect(human).not.toContain('iVBORw0KGgoiVBORw0KGgo');
       const json = JSON.parse((await logs('show', 'i1', '--json')).out);
       expect(json.response_body.data[0].b64_json).toBe(image);
