@@ -312,7 +312,7 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
     for (const c of choices) {
       if ('index' in c) line(`── choice ${c.index}`);
       // A speech stream's content is its audio: base64 in the raw events, nothing to read here.
-      if (d.assembled.kind === 'speech') line('(audio: in the raw events, add --raw)');
+      if (d.assembled.kind === 'speech') line(`(audio: in the raw events${raw ? ' below' : ', add --raw'})`);
       else block(c.content);
       for (const t of c.tool_calls as { name?: string; arguments?: string }[])
         line(`tool call: ${t.name ?? '?'}(${t.arguments ?? ''})`);

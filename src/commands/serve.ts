@@ -180,9 +180,11 @@ export async function startProxy(
   }
   const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;
   const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
-  // A start that cannot listen (the port taken by another instance) creates no database or log file and
-  // leaves the shared model registry alone. Held only for a moment: the proxy listens once built.
-  if (config.port !== 0) {
+  // A start that cannot listen (the port taken by another instance, a host this machine does not have)
+  // creates no database or log file and leaves the shared model registry alone. Port 0 is probed too: it
+  // checks the host. Held only for a moment: the proxy listens once built (a port another process takes
+  // in between still fails the start after seeding).
+  {
     const probe = createNetServer();
     await listenOn(probe, config);
     await new Promise<void>((r) => probe.close(() => r()));

@@ -722,11 +722,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     let contentLength: number | undefined;
     let multipart: MultipartModelScan | null = null;
     // File uploads name no model: they stream through unscanned.
-    const boundary = hasBody && !isUploadPath(x.rest) ? multipartBoundary(contentType) : null;
+    // Uploads (files, Ollama's blobs, whatever their content type says) are never read whole.
+    const upload = hasBody && isUploadPath(x.rest);
+    const boundary = hasBody && !upload ? multipartBoundary(contentType) : null;
 
     // A JSON body under another type (curl -d's form type, text/plain, none) is read as JSON too, as
     // Ollama, llama.cpp and vLLM do; the JSON type is tested first, so its hot path does no more work.
-    if (hasBody && (isJsonType(contentType) || (isJsonCandidateType(contentType) && !isUploadPath(x.rest)))) {
+    if (hasBody && !upload && (isJsonType(contentType) || isJsonCandidateType(contentType))) {
       const buf = await x.readBody(limits.maxRequestBodyBytes);
       if (!buf) return;
       body = buf;
@@ -1568,8 +1570,7 @@ export function bodyWatchOf(socket: Socket): ExchangeContext | undefined {
 function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
   if (!BODY_METHODS.has(req.method ?? '') || !(Number(req.headers['content-length']) > limit)) return false;
   const contentType = String(req.headers['content-type'] ?? '');
-  if (isJsonType(contentType)) return true;
-  if (!isJsonCandidateType(contentType)) return false;
+  if (!isJsonType(contentType) && !isJsonCandidateType(contentType)) return false;
   const target = normaliseTarget(req.url);
   return target !== null && !isUploadPath(recordedPath(target.pathname).rest);
 }

@@ -210,7 +210,11 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     if (ev.done !== true) return;
     complete = true;
     if (typeof ev.done_reason === 'string') first.finishReason = ev.done_reason;
-    const u = normaliseUsage({ prompt_tokens: ev.prompt_eval_count, completion_tokens: ev.eval_count });
+    // Ollama leaves prompt_eval_count out when the whole prompt came from its cache: 0 evaluated.
+    const u = normaliseUsage({
+      prompt_tokens: typeof ev.eval_count === 'number' ? (ev.prompt_eval_count ?? 0) : ev.prompt_eval_count,
+      completion_tokens: ev.eval_count,
+    });
     if (u) usage = u;
   };
 
@@ -473,9 +477,12 @@ function nativeUsage(body: string): Usage | null {
     return found === undefined ? undefined : Number(found);
   };
   if (body.includes('"eval_count"')) {
+    const completion = last(/[{,]\s*"eval_count"\s*:\s*(\d{1,15})/g);
     const u = normaliseUsage({
-      prompt_tokens: last(/"prompt_eval_count"\s*:\s*(\d{1,15})/g),
-      completion_tokens: last(/[{,]\s*"eval_count"\s*:\s*(\d{1,15})/g),
+      // Left out when the whole prompt came from Ollama's cache: none evaluated.
+      prompt_tokens:
+        last(/"prompt_eval_count"\s*:\s*(\d{1,15})/g) ?? (completion === undefined ? undefined : 0),
+      completion_tokens: completion,
     });
     if (u) return u;
   }

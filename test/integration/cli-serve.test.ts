@@ -80,6 +80,19 @@ describe('CLI basics', () => {
     expect(existsSync(join(tmp.path, 'oai-proxy.log'))).toBe(false);
   });
 
+  test('--port 0 on a host this machine does not have → exit 1, nothing created, no registry seeded', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    writeFileSync(join(tmp.path, 'cfg.json'), JSON.stringify({ modelMappings: { myalias: 'gpt-4o' } }));
+    const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path);
+    // 203.0.113.0/24 is TEST-NET-3: never an address of this machine.
+    const argv = ['serve', '--port', '0', '--host', '203.0.113.7', '--db', 'x.db', '--config', 'cfg.json'];
+    expect(await main(argv, io)).toBe(1);
+    expect(io.err()).toMatch(/Cannot listen on 203\.0\.113\.7:0/);
+    expect(existsSync(join(tmp.path, 'x.db'))).toBe(false);
+    expect(existsSync(join(tmp.path, 'oai-proxy.log'))).toBe(false);
+  });
+
   test('another process holds the database locked through start-up → one line naming the file and what to do, exit 1', async () => {
     const tmp = createTempDir();
     cleanups.push(tmp.cleanup);

@@ -331,14 +331,21 @@ describe('a JSON body under another content type', () => {
     ]);
   });
 
-  test('an upload path is not read: an Ollama blob with no content type streams through past the limit', async () => {
-    const up = await upstream();
-    const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MAX_REQUEST_BODY_BYTES: '1000' });
-    const blob = Buffer.alloc(5000, 7);
-    const res = await post(`${p.url}/api/blobs/sha256:abc`, blob, null);
-    expect(res.status).toBe(404); // the fake upstream's answer for an unknown path
-    expect(up.requests[0].body.equals(blob)).toBe(true);
-  });
+  test.each([
+    ['no content type', null],
+    // Ollama's own client (`ollama create`) sends its blobs as application/json.
+    ['application/json', 'application/json'],
+  ])(
+    'an upload path is not read: an Ollama blob with %s streams through past the limit',
+    async (_name, type) => {
+      const up = await upstream();
+      const p = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, MAX_REQUEST_BODY_BYTES: '1000' });
+      const blob = Buffer.alloc(5000, 7);
+      const res = await post(`${p.url}/api/blobs/sha256:abc`, blob, type);
+      expect(res.status).toBe(404); // the fake upstream's answer for an unknown path
+      expect(up.requests[0].body.equals(blob)).toBe(true);
+    },
+  );
 });
 
 describe('/models answered from the registry', () => {

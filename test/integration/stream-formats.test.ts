@@ -173,6 +173,7 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     expect(shown).not.toContain(INCOMPLETE);
     expect(shown).not.toContain(audio.slice(0, 100));
     expect(JSON.parse(await show(proxy, row.id, '--json')).assembled.kind).toBe('speech');
+    expect(await show(proxy, row.id, '--raw')).toContain('(audio: in the raw events below)\n');
   });
 
   test("llama.cpp's native /completion stream", async () => {

@@ -371,6 +371,18 @@ describe('streams of other formats', () => {
     });
   });
 
+  test('an Ollama stream whose prompt came whole from its cache (no prompt_eval_count): 0 prompt tokens', () => {
+    const cached = ndjson([
+      { model: 'llama3', response: 'Hi', done: false },
+      { model: 'llama3', response: '', done: true, done_reason: 'stop', eval_count: 4 },
+    ]);
+    expect(assembleAs('ndjson', cached).usage).toEqual({
+      prompt_tokens: 0,
+      completion_tokens: 4,
+      total_tokens: 4,
+    });
+  });
+
   test('speech (stream_format: "sse"): usage and completion, not the base64 audio', () => {
     expect(assembleAs('sse', speech, 1000)).toEqual({
       kind: 'speech',
@@ -523,6 +535,11 @@ describe('usage extraction', () => {
       'llama.cpp /completion, not streamed',
       JSON.stringify({ content: 'hi', stop: true, tokens_evaluated: 5, tokens_predicted: 2, timings: {} }),
       { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 },
+    ],
+    [
+      'Ollama with the whole prompt from its cache (no prompt_eval_count)',
+      JSON.stringify({ model: 'llama3', response: 'hi', done: true, eval_count: 12 }),
+      { prompt_tokens: 0, completion_tokens: 12, total_tokens: 12 },
     ],
     ['a body with neither', JSON.stringify({ data: [] }), null],
     [
