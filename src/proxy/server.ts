@@ -1009,17 +1009,24 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     record(x);
   };
 
-  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+  /** The request's target, or null once a request without a usable one is refused (400, recorded). */
+  const acceptTarget = (req: IncomingMessage, res: ServerResponse) => {
     const target = normaliseTarget(req.url);
     if (!target) {
       refuse(req, res, INVALID_PATH_MESSAGE, 'invalid_path');
-      return;
+      return null;
     }
     // Node's own check (requireHostHeader) would answer an unrecorded empty 400: refused here instead.
     if (req.headers.host === undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) {
       refuse(req, res, MISSING_HOST_MESSAGE, 'bad_request');
-      return;
+      return null;
     }
+    return target;
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const target = acceptTarget(req, res);
+    if (!target) return;
     const { pathname, query } = target;
     if (pathname === '/health' && (req.method === 'GET' || req.method === 'HEAD')) {
       const body = JSON.stringify({
@@ -1126,15 +1133,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     res.shouldKeepAlive = false;
     res.once('finish', () => socket.end());
     const handshake = watchHandshake(socket);
-    const target = normaliseTarget(req.url);
-    if (!target) {
-      refuse(req, res, INVALID_PATH_MESSAGE, 'invalid_path');
-      return;
-    }
-    if (req.headers.host === undefined && req.httpVersionMinor === 1 && req.httpVersionMajor === 1) {
-      refuse(req, res, MISSING_HOST_MESSAGE, 'bad_request');
-      return;
-    }
+    const target = acceptTarget(req, res);
+    if (!target) return;
     const { pathname, query } = target;
     requestsTotal++;
     inflight++;
