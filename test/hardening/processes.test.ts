@@ -211,34 +211,45 @@ test('SIGTERM with several streams in flight: all finish within the grace period
   }
 });
 
-test('SIGTERM with streams outlasting the grace period: every cut exchange recorded as proxy_shutdown, counted, exit 0', {
-  timeout: 30_000,
-}, async () => {
+/**
+ * `serve` (database and log file in a temp dir) in front of a fake upstream whose streams last 20 s
+ * (100 words, 200 ms apart), with SHUTDOWN_GRACE_MS `graceMs`, and an SDK client for it.
+ */
+async function serveWithSlowStreams(graceMs: string) {
   const tmp = createTempDir();
   cleanups.push(tmp.cleanup);
   const upstream = await createFakeUpstream();
   cleanups.push(() => upstream.close());
   upstream.streamIntervalMs = 200;
   upstream.streamWords = 100;
-  // One request the upstream never answers: cut while the proxy waits for its headers.
-  upstream.on('/v1/embeddings', () => new Promise<void>(() => undefined));
   const dbPath = join(tmp.path, 'p.db');
   const logPath = join(tmp.path, 'p.log');
   const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
     HOME: tmp.path,
-    SHUTDOWN_GRACE_MS: '300',
+    SHUTDOWN_GRACE_MS: graceMs,
   });
-  const base = await p.url;
-  const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+  const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${await p.url}/v1`, maxRetries: 0 });
+  return { upstream, dbPath, logPath, p, client };
+}
+
+/** How a stream the client reads to its end ended: whole, or cut by the proxy. */
+async function streamOutcome(stream: AsyncIterable<unknown>): Promise<'complete' | 'cut'> {
+  try {
+    for await (const _ of stream);
+    return 'complete';
+  } catch {
+    return 'cut';
+  }
+}
+
+test('SIGTERM with streams outlasting the grace period: every cut exchange recorded as proxy_shutdown, counted, exit 0', {
+  timeout: 30_000,
+}, async () => {
+  const { upstream, dbPath, p, client } = await serveWithSlowStreams('300');
+  // One request the upstream never answers: cut while the proxy waits for its headers.
+  upstream.on('/v1/embeddings', () => new Promise<void>(() => undefined));
   const streams = await openStreams(client, 5, 'm-cut');
-  const cut = streams.map(async (s) => {
-    try {
-      for await (const _ of s);
-      return 'complete';
-    } catch {
-      return 'cut';
-    }
-  });
+  const cut = streams.map(streamOutcome);
   const unanswered = client.embeddings.create({ model: 'e', input: 'm-unanswered' }).then(
     () => 'answered',
     () => 'cut',
@@ -289,30 +300,10 @@ test.each(['SIGINT', 'SIGTERM'] as const)(
     timeout: 30_000,
   },
   async (signal) => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
     // 20 s streams and a 20 s grace: only the second signal can end them within the test.
-    upstream.streamIntervalMs = 200;
-    upstream.streamWords = 100;
-    const dbPath = join(tmp.path, 'p.db');
-    const logPath = join(tmp.path, 'p.log');
-    const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
-      HOME: tmp.path,
-      SHUTDOWN_GRACE_MS: '20000',
-    });
-    const base = await p.url;
-    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+    const { dbPath, logPath, p, client } = await serveWithSlowStreams('20000');
     const streams = await openStreams(client, 4, 'm-twice');
-    const outcomes = streams.map(async (s) => {
-      try {
-        for await (const _ of s);
-        return 'complete';
-      } catch {
-        return 'cut';
-      }
-    });
+    const outcomes = streams.map(streamOutcome);
     await sleep(300);
     p.child.kill(signal);
     await until('the first signal taken', () => p.stderr().includes('finishing in-flight requests'));
