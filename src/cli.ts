@@ -52,6 +52,10 @@ Docs: settings come from defaults < config file < .env < environment < flags (se
       `
 API keys are read from OPENAI_API_KEY (environment, .env or config file), never from flags.
 
+Stopping: SIGINT (Ctrl-C), SIGTERM or SIGHUP lets in-flight requests finish within
+SHUTDOWN_GRACE_MS and writes every row; a second signal cuts them now (recorded as
+proxy_shutdown); a third kills the process at once.
+
 Examples:
   $ oai-proxy serve
   $ oai-proxy serve --port 0 --db ./proxy.db --log-file ./proxy.log

@@ -28,6 +28,7 @@ describe('CLI basics', () => {
     for (const flag of ['--port', '--host', '--upstream', '--db', '--log-file', '--config', 'Examples:'])
       expect(io2.out()).toContain(flag);
     expect(io2.out()).not.toMatch(/api-key/i);
+    expect(io2.out()).toMatch(/SIGHUP[\s\S]*a second signal cuts them now[\s\S]*a third kills/);
   });
 
   test('--version prints the package version', async () => {
