@@ -358,8 +358,3 @@ export const SETTINGS: readonly SettingDef[] = [
     description: 'Named upstream for embeddings (default: the default upstream)',
   },
 ];
-
-/** The setting for a config-file key, if known. */
-export function findSetting(key: string): SettingDef | undefined {
-  return SETTINGS.find((s) => s.key === key);
-}
