@@ -17,6 +17,7 @@ import type {
   ExchangeSink,
 } from '../storage/exchange-record.js';
 import { keyMatches } from './admin-api.js';
+import { BackgroundResponses } from './background-responses.js';
 import {
   BodyCapture,
   bearerToken,
@@ -581,6 +582,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     };
   };
 
+  const background = new BackgroundResponses();
   const record = (x: ExchangeContext) => {
     if (x.recorded) return;
     x.recorded = true;
@@ -601,8 +603,27 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           ? x.responseCapture.stored(x.responseContentType, x.responseEncoding)
           : decoder.stored(x.responseContentType, x.responseEncoding ?? '', x.responseCapture.bytes);
       // Media types are case-insensitive: `Application/JSON` is JSON.
-      if (spends && !usage && responseBody && !x.assembler && /json/i.test(x.responseContentType ?? ''))
-        usage = responseUsage(decoder?.capture ?? x.responseCapture, responseBody);
+      const jsonBody =
+        responseBody && !x.assembler && /json/i.test(x.responseContentType ?? '') ? responseBody : null;
+      const capture = decoder?.capture ?? x.responseCapture;
+      if (spends && !usage && jsonBody !== null) usage = responseUsage(capture, jsonBody);
+      if (x.status !== null && x.status >= 200 && x.status < 300) {
+        if (spends && !usage)
+          background.created(x.rest, x.requestJson, responseBody, {
+            model: x.model,
+            upstreamModel: x.upstreamModel,
+          });
+        // The first read of a background response that carries its usage counts the tokens.
+        const pendingId = spends ? null : background.pendingId(x.rest);
+        if (pendingId !== null) {
+          usage = assembled?.usage ?? (jsonBody !== null ? responseUsage(capture, jsonBody) : null);
+          if (usage) {
+            const created = background.settle(pendingId);
+            x.model ??= created?.model ?? null;
+            x.upstreamModel ??= created?.upstreamModel ?? null;
+          }
+        }
+      }
       let requestBody =
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])

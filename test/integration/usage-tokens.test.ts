@@ -8,12 +8,13 @@ const setup = proxyWithUpstreamPerTest();
 const client = (proxy: TestProxy) =>
   new OpenAI({ apiKey: 'sk-client-key-000000000000', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
 
-/** `logs stats --by path --json`, as the user reads it. */
-async function statsByPath(proxy: TestProxy): Promise<Record<string, any>[]> {
+/** `logs stats --by <by> --json`, as the user reads it. */
+async function statsBy(proxy: TestProxy, by: 'path' | 'model'): Promise<Record<string, any>[]> {
   const io = createTestIo({}, proxy.dir);
-  expect(await main(['logs', 'stats', '--by', 'path', '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
+  expect(await main(['logs', 'stats', '--by', by, '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
   return JSON.parse(io.out());
 }
+const statsByPath = (proxy: TestProxy) => statsBy(proxy, 'path');
 
 describe('token usage of responses larger than CAPTURE_BODY_BYTES', () => {
   test('an image generation answer over the cap: the SDK gets its usage, the row records it, body cut as before', async () => {
@@ -160,5 +161,93 @@ describe('only requests that generate count tokens', () => {
     expect(await res.text()).toContain('"total_tokens":33');
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ method: 'GET', stream: 1, prompt_tokens: null, total_tokens: null });
+  });
+});
+
+describe('background Responses count their tokens once, when a read carries them', () => {
+  const usage = { input_tokens: 110, output_tokens: 220, total_tokens: 330 };
+  const responseObject = (status: string, withUsage: boolean) => ({
+    id: 'resp_bg1',
+    object: 'response',
+    status,
+    background: true,
+    model: 'o3-pro-2025-06-10',
+    output: [],
+    usage: withUsage ? usage : null,
+  });
+  const json = (res: import('node:http').ServerResponse, body: unknown) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+
+  test("create (queued, no usage), polls until completed: the completed read counts them, with the create's model", async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/responses', (_req, res) => json(res, responseObject('queued', false)));
+    let polls = 0;
+    upstream.on('/v1/responses/resp_bg1', (_req, res) =>
+      json(res, ++polls === 1 ? responseObject('in_progress', false) : responseObject('completed', true)),
+    );
+    const c = client(proxy);
+    const created = await c.responses.create({ model: 'o3-pro', input: 'a long task', background: true });
+    expect(created.status).toBe('queued');
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await c.responses.retrieve('resp_bg1')).status);
+    expect(statuses).toEqual(['in_progress', 'completed', 'completed']);
+
+    const rows = await proxy.waitForRows(4);
+    expect(
+      rows.map((r) => [r.method, r.path, r.model, r.prompt_tokens, r.completion_tokens, r.total_tokens]),
+    ).toEqual([
+      ['POST', '/v1/responses', 'o3-pro', null, null, null],
+      ['GET', '/v1/responses/resp_bg1', null, null, null, null],
+      // The read that brought the usage counts it, once, under the model the create asked for.
+      ['GET', '/v1/responses/resp_bg1', 'o3-pro', 110, 220, 330],
+      ['GET', '/v1/responses/resp_bg1', null, null, null, null],
+    ]);
+    const model = (await statsBy(proxy, 'model')).find((g) => g.key === 'o3-pro');
+    expect(model).toMatchObject({ prompt_tokens: 110, completion_tokens: 220 });
+  });
+
+  test('a streamed read (GET …?stream=true) or a cancel that carries the usage counts it; other responses still count nothing', async () => {
+    const { upstream, proxy } = await setup();
+    let next = 1;
+    upstream.on('/v1/responses', (_req, res) =>
+      json(res, { ...responseObject('queued', false), id: `resp_bg${next++}` }),
+    );
+    const completed = {
+      type: 'response.completed',
+      sequence_number: 9,
+      response: { ...responseObject('completed', true), id: 'resp_bg1' },
+    };
+    upstream.on('/v1/responses/resp_bg1', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.end(`event: response.completed\ndata: ${JSON.stringify(completed)}\n\n`);
+    });
+    upstream.on('/v1/responses/resp_bg2/cancel', (_req, res) =>
+      json(res, {
+        ...responseObject('cancelled', true),
+        id: 'resp_bg2',
+        usage: { input_tokens: 5, output_tokens: 6, total_tokens: 11 },
+      }),
+    );
+    upstream.on('/v1/responses/resp_other', (_req, res) =>
+      json(res, { ...responseObject('completed', true), id: 'resp_other' }),
+    );
+    const c = client(proxy);
+    await c.responses.create({ model: 'o3-pro', input: 'one', background: true });
+    await c.responses.create({ model: 'o3-pro', input: 'two', background: true });
+    const replay = await fetch(`${proxy.url}/v1/responses/resp_bg1?stream=true`);
+    expect(await replay.text()).toContain('"total_tokens":330');
+    expect((await c.responses.cancel('resp_bg2')).status).toBe('cancelled');
+    expect((await c.responses.retrieve('resp_other')).usage?.total_tokens).toBe(330);
+
+    const rows = await proxy.waitForRows(5);
+    expect(rows.map((r) => [r.method, r.path, r.stream, r.total_tokens])).toEqual([
+      ['POST', '/v1/responses', 0, null],
+      ['POST', '/v1/responses', 0, null],
+      ['GET', '/v1/responses/resp_bg1', 1, 330],
+      ['POST', '/v1/responses/resp_bg2/cancel', 0, 11],
+      ['GET', '/v1/responses/resp_other', 0, null],
+    ]);
   });
 });
