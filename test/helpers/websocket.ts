@@ -1,10 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { type IncomingHttpHeaders, type IncomingMessage, request } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, request } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { constants, createDeflateRaw, type DeflateRaw } from 'node:zlib';
 
 /**
  * Just enough RFC 6455 for tests, on node:http and node:net alone (Node 20 has no stable global
- * WebSocket): the handshake, single-frame messages, masking. No fragmentation, no extensions.
+ * WebSocket): the handshake, masking, messages in one frame or fragmented, permessage-deflate (RFC 7692)
+ * compression on the sending side.
  */
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -189,4 +192,126 @@ export function openWebSocket(url: string, headers: Record<string, string> = {})
     });
     req.end();
   });
+}
+
+export interface MessageOptions {
+  /** Masked, as a client must send (§5.3). */
+  masked: boolean;
+  /** Split the payload into this many frames (a first frame, then continuation frames). */
+  fragments?: number;
+  /** Set RSV1 on the first frame: the payload is compressed (permessage-deflate). */
+  compressed?: boolean;
+  /** A control frame (ping) to put between the first and second fragments. */
+  interleave?: Buffer;
+}
+
+/** One message as frames, in one buffer: fragmented, compressed (RSV1) and with a ping in between as asked. */
+export function encodeMessage(opcode: number, payload: Buffer | string, o: MessageOptions): Buffer {
+  const data = Buffer.from(payload);
+  const n = Math.max(1, o.fragments ?? 1);
+  const size = Math.ceil(data.length / n);
+  const frames: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const part = data.subarray(i * size, Math.min(data.length, (i + 1) * size));
+    const frame = encodeFrame(i === 0 ? opcode : 0, part, o.masked);
+    if (i < n - 1) frame[0] &= 0x7f; // not FIN
+    if (i === 0 && o.compressed) frame[0] |= 0x40; // RSV1
+    frames.push(frame);
+    if (i === 0 && o.interleave) frames.push(o.interleave);
+  }
+  return Buffer.concat(frames);
+}
+
+/**
+ * A permessage-deflate sender (RFC 7692 §7.2.1): each message compressed and flushed, the trailing
+ * 00 00 ff ff removed. With `contextTakeover` one compressor (its window) serves every message; without,
+ * each message gets a fresh one.
+ */
+export class MessageDeflater {
+  private deflate: DeflateRaw | null = null;
+
+  constructor(private readonly contextTakeover: boolean) {}
+
+  compress(text: string | Buffer): Promise<Buffer> {
+    if (!this.contextTakeover || this.deflate === null) this.deflate = createDeflateRaw();
+    const deflate = this.deflate;
+    const out: Buffer[] = [];
+    const onData = (c: Buffer) => out.push(c);
+    deflate.on('data', onData);
+    return new Promise((resolve, reject) => {
+      deflate.write(text, (err) => {
+        if (err) return reject(err);
+        deflate.flush(constants.Z_SYNC_FLUSH, () => {
+          deflate.off('data', onData);
+          const all = Buffer.concat(out);
+          if (!all.subarray(-4).equals(Buffer.from([0, 0, 0xff, 0xff])))
+            return reject(new Error('a sync flush that does not end in 00 00 ff ff'));
+          resolve(all.subarray(0, all.length - 4));
+        });
+      });
+    });
+  }
+}
+
+/** A scripted Realtime upstream: answers every handshake with a 101 and leaves the session to the test. */
+export interface ScriptedWebSocketUpstream {
+  baseUrl: string;
+  /** The upstream side of each session, in order: write server frames to it. */
+  sessions: Socket[];
+  /** Every byte each session received from the proxy. */
+  received: Buffer[][];
+  close(): Promise<void>;
+}
+
+/**
+ * Start a scripted upstream on 127.0.0.1, port 0. `extensions` is sent as the 101's
+ * Sec-WebSocket-Extensions (e.g. `permessage-deflate`). A close frame from the client is answered with a
+ * close frame, then the connection is ended.
+ */
+export async function startScriptedWebSocketUpstream(
+  extensions?: string,
+): Promise<ScriptedWebSocketUpstream> {
+  const sessions: Socket[] = [];
+  const received: Buffer[][] = [];
+  const server = createServer((_req, res) => {
+    res.statusCode = 404;
+    res.end();
+  });
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const key = String(req.headers['sec-websocket-key']);
+    socket.on('error', () => undefined);
+    socket.on('end', () => socket.end());
+    socket.write(
+      `HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ${acceptKey(key)}\r\n${extensions ? `sec-websocket-extensions: ${extensions}\r\n` : ''}\r\n`,
+    );
+    const bytes: Buffer[] = [];
+    received.push(bytes);
+    sessions.push(socket);
+    if (head.length > 0) socket.unshift(head);
+    socket.on('data', (c: Buffer) => bytes.push(c));
+    readFrames(socket, ({ opcode, payload }) => {
+      if (opcode === OPCODE.close && socket.writable) socket.end(encodeFrame(OPCODE.close, payload, false));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const { port } = server.address() as AddressInfo;
+  return {
+    baseUrl: `http://127.0.0.1:${port}/v1`,
+    sessions,
+    received,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        for (const s of sessions) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+/** Write `data` one byte at a time, each in its own write (and TCP segment, with Nagle off), then resolve. */
+export async function writeByteByByte(socket: Duplex, data: Buffer): Promise<void> {
+  (socket as Socket).setNoDelay?.(true);
+  for (let i = 0; i < data.length; i++) {
+    await new Promise<void>((r) => socket.write(data.subarray(i, i + 1), () => r()));
+  }
 }
