@@ -7,13 +7,17 @@ export interface Usage {
 
 /** A streamed answer reassembled from its events. */
 export interface AssembledMessage {
-  /** The stream's format: OpenAI's (chat, completions, Responses, audio), llama.cpp's or Ollama's; 'unknown' when none. */
+  /**
+   * The stream's format: OpenAI's (chat, completions, Responses, audio, a Realtime WebSocket session),
+   * llama.cpp's or Ollama's; 'unknown' when none.
+   */
   kind:
     | 'chat.completion'
     | 'text_completion'
     | 'response'
     | 'transcription'
     | 'speech'
+    | 'realtime'
     | 'llama.cpp'
     | 'ollama'
     | 'unknown';
