@@ -39,7 +39,7 @@ export interface ExchangeDetailJson extends ExchangeJson {
   response_bytes: number;
   response_truncated: boolean;
   assembled: {
-    /** The stream's format: chat.completion, text_completion, response, transcription, speech, llama.cpp, ollama or unknown. */
+    /** The stream's format: chat.completion, text_completion, response, transcription, speech, realtime (a WebSocket session), llama.cpp, ollama or unknown. */
     kind: string;
     content: string;
     tool_calls: unknown[];
@@ -49,6 +49,10 @@ export interface ExchangeDetailJson extends ExchangeJson {
     complete: boolean;
     /** Every choice of an `n` > 1 stream, the first included; absent for one choice. */
     choices?: { index: number; content: string; tool_calls: unknown[]; finish_reason: string | null }[];
+    /** A realtime session's server events. */
+    events?: number;
+    /** A realtime session's input audio transcription usage (its own model): tokens or seconds. */
+    input_transcription_usage?: unknown;
   } | null;
 }
 
@@ -103,6 +107,12 @@ export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
             usage: assembled.usage ?? null,
             complete: assembled.complete !== false,
             ...(Array.isArray(assembled.choices) ? { choices: assembled.choices } : {}),
+            ...(assembled.kind === 'realtime' && typeof assembled.events === 'number'
+              ? { events: assembled.events }
+              : {}),
+            ...(assembled.input_transcription_usage
+              ? { input_transcription_usage: assembled.input_transcription_usage }
+              : {}),
           }
         : null,
   };
@@ -299,14 +309,22 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
   if (d.internal) line('internal   yes (made by the proxy itself)');
   lines.push('', '── request headers');
   headerLines(d.request_headers).forEach(line);
-  lines.push('', `── request body (${d.request_bytes} bytes${d.request_truncated ? ', truncated' : ''})`);
-  block(bodyText(d.request_body));
+  // A realtime session's bodies are its messages, one JSON event a line: shown a line each.
+  const realtime = d.assembled?.kind === 'realtime';
+  const body = realtime ? eventLines : bodyText;
+  lines.push(
+    '',
+    `── ${realtime ? 'client messages' : 'request body'} (${d.request_bytes} bytes${d.request_truncated ? ', truncated' : ''})`,
+  );
+  block(body(d.request_body));
   lines.push('', '── response headers');
   headerLines(d.response_headers).forEach(line);
   if (d.assembled) {
     lines.push(
       '',
-      `── reassembled message${d.assembled.complete ? '' : ' (incomplete: the stream ended before its final event)'}`,
+      realtime
+        ? `── realtime session: the model's text and transcripts (${d.assembled.events ?? 0} server events${d.assembled.complete ? '' : '; incomplete: it ended without a normal close'})`
+        : `── reassembled message${d.assembled.complete ? '' : ' (incomplete: the stream ended before its final event)'}`,
     );
     const choices = d.assembled.choices ?? [d.assembled];
     for (const c of choices) {
@@ -319,9 +337,11 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
       line(`finish_reason: ${c.finish_reason ?? '-'}`);
     }
     if (d.assembled.usage) line(`usage: ${JSON.stringify(d.assembled.usage)}`);
+    if (d.assembled.input_transcription_usage)
+      line(`input transcription usage: ${JSON.stringify(d.assembled.input_transcription_usage)}`);
     if (raw) {
       lines.push('', `── raw events (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`);
-      block(bodyText(d.response_body));
+      block(body(d.response_body));
     } else lines.push('', '(raw events: add --raw)');
   } else {
     lines.push(
@@ -346,6 +366,25 @@ function headerLines(h: Record<string, unknown> | null): string[] {
 function bodyText(b: unknown): string {
   if (b === null || b === undefined || b === '') return '(empty)';
   return typeof b === 'string' ? b : JSON.stringify(b, elideBase64, 2);
+}
+
+/** NDJSON (a realtime session's messages) a line each, compact, long base64 (audio) elided. */
+function eventLines(b: unknown): string {
+  if (b === null || b === undefined || b === '') return '(empty)';
+  // One line of JSON came back parsed by toExchangeDetailJson.
+  if (typeof b !== 'string') return JSON.stringify(b, elideBase64);
+  return b
+    .split('\n')
+    .map((l) => {
+      if (!l.startsWith('{')) return l;
+      try {
+        return JSON.stringify(JSON.parse(l), elideBase64);
+      } catch {
+        return l;
+      }
+    })
+    .join('\n')
+    .trimEnd();
 }
 
 /** Base64 values longer than this are elided by `logs show`. */

@@ -40,6 +40,11 @@ import {
 import { newExchangeId } from './ids.js';
 import { replaceJsonModel } from './json-model.js';
 import { type MultipartModelScan, multipartBoundary, scanMultipartModel } from './multipart-model.js';
+import {
+  createRealtimeSession,
+  REALTIME_MESSAGE_MAX_BYTES,
+  type RealtimeSession,
+} from './realtime-session.js';
 import { isDecodable, RecordDecoder } from './record-decoder.js';
 import { createStreamAssembler, extractUsage, type StreamAssembler, streamFraming } from './sse.js';
 import {
@@ -54,6 +59,7 @@ import {
   switchingProtocolsHead,
   withoutSubprotocolKey,
 } from './websocket.js';
+import { negotiatedDeflate } from './websocket-frames.js';
 
 /** Where a model's requests go, as decided by the model registry. */
 export interface RouteDecision {
@@ -222,10 +228,12 @@ export class ExchangeContext {
   internal = false;
   recorded = false;
   /**
-   * A WebSocket handshake: after a 101 its bodies are frames, counted (request/response bytes) but not
-   * recorded; a key offered as a subprotocol is redacted.
+   * A WebSocket handshake: after a 101 its bodies are frames, counted (request/response bytes) and read
+   * by `realtime`; a key offered as a subprotocol is redacted.
    */
   websocket = false;
+  /** After a 101: the reader of the session's messages, events and usage. */
+  realtime: RealtimeSession | null = null;
   /** CORS_ORIGINS headers for this request's Origin, added to every answer; null when it gets none. */
   cors: Record<string, string> | null = null;
   /** Read now: by the time the exchange is recorded the socket may be detached (req.socket null). */
@@ -628,9 +636,17 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.requestCapture.bytes > 0
           ? x.requestCapture.stored(x.req.headers['content-type'], x.req.headers['content-encoding'])
           : null;
+      let requestTruncated = x.requestCapture.truncated;
+      let responseTruncated = decoder === null ? x.responseCapture.truncated : decoder.truncated;
       if (x.websocket && x.status === 101) {
-        requestBody = framesPlaceholder(x.requestCapture.bytes);
-        responseBody = framesPlaceholder(x.responseCapture.bytes);
+        // The messages each way (only ping, pong or close frames: a placeholder), events and usage.
+        const session = x.realtime?.result(x.error === null) ?? null;
+        requestBody = session?.requestBody ?? framesPlaceholder(x.requestCapture.bytes);
+        responseBody = session?.responseBody ?? framesPlaceholder(x.responseCapture.bytes);
+        requestTruncated = session?.requestTruncated ?? false;
+        responseTruncated = session?.responseTruncated ?? false;
+        usage = session?.usage ?? null;
+        assembled = session?.assembled ?? null;
       }
       const secrets = currentSecrets();
       if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
@@ -656,10 +672,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         responseHeadersJson: x.responseHeaders ? redactedHeadersJson(x.responseHeaders, secrets) : null,
         requestBody,
         requestBytes: x.requestCapture.bytes,
-        requestTruncated: x.requestCapture.truncated,
+        requestTruncated,
         responseBody,
         responseBytes: x.responseCapture.bytes,
-        responseTruncated: decoder === null ? x.responseCapture.truncated : decoder.truncated,
+        responseTruncated,
         model: scrubNullable(x.model, secrets),
         upstreamModel: scrubNullable(x.upstreamModel, secrets),
         upstream: x.upstreamName,
@@ -1193,12 +1209,24 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       socket.write(switchingProtocolsHead(h), 'latin1');
       // Frames the client sent early, behind its handshake or while it waited.
       if (head.length > 0 || early.length > 0) socket.unshift(Buffer.concat([head, early]));
-      relaySockets(socket, upstream, (ending) => {
-        x.requestCapture.bytes = ending.clientBytes;
-        x.responseCapture.bytes = ending.upstreamBytes;
-        noteRelayEnd(x, ending, upstreamOrigin);
-        end();
+      const session = createRealtimeSession({
+        deflate: negotiatedDeflate(h['sec-websocket-extensions']),
+        captureBytes: limits.captureBodyBytes,
+        maxChars: limits.captureBodyBytes,
+        maxMessageBytes: REALTIME_MESSAGE_MAX_BYTES,
       });
+      x.realtime = session;
+      relaySockets(
+        socket,
+        upstream,
+        (ending) => {
+          x.requestCapture.bytes = ending.clientBytes;
+          x.responseCapture.bytes = ending.upstreamBytes;
+          noteRelayEnd(x, ending, upstreamOrigin);
+          end();
+        },
+        session,
+      );
     };
     let upstreamOrigin = '';
     try {
@@ -1542,7 +1570,7 @@ function decodeForRecord(x: ExchangeContext): void {
   }
 }
 
-/** A WebSocket session's body in its record: frames are relayed, not parsed or stored. */
+/** A WebSocket session's body when it had no message to record (only control frames, or none). */
 function framesPlaceholder(bytes: number): string | null {
   return bytes === 0 ? null : `[websocket frames, ${bytes} bytes]`;
 }

@@ -4,7 +4,8 @@ import { REDACTED } from './capture.js';
 
 /**
  * WebSocket pass-through (the Realtime API): the handshake is an HTTP request the proxy routes like any
- * other; after the upstream's 101 the bytes are relayed both ways unchanged. Frames are never parsed.
+ * other; after the upstream's 101 the bytes are relayed both ways unchanged (a copy is read for the
+ * record: realtime-session.ts).
  */
 
 /** True for a WebSocket handshake (`Upgrade: websocket`); other upgrades (h2c) are plain requests to the proxy. */
@@ -128,12 +129,24 @@ export interface RelayEnd {
   error: { side: 'client' | 'upstream'; err: NodeJS.ErrnoException } | null;
 }
 
+/** Readers of a copy of each direction's bytes, called after the bytes were passed on. */
+export interface RelayTap {
+  client(chunk: Buffer): void;
+  upstream(chunk: Buffer): void;
+}
+
 /**
  * Pipe `client` and `upstream` into each other, with backpressure, until both have closed; an end on one
  * side ends the other, an error or a cut on one destroys both.
- * `onEnd` is called once, after both sockets closed.
+ * `onEnd` is called once, after both sockets closed. `tap` sees every chunk once it is written on; what
+ * it throws is ignored.
  */
-export function relaySockets(client: Duplex, upstream: Duplex, onEnd: (end: RelayEnd) => void): void {
+export function relaySockets(
+  client: Duplex,
+  upstream: Duplex,
+  onEnd: (end: RelayEnd) => void,
+  tap?: RelayTap,
+): void {
   const end: RelayEnd = { clientBytes: 0, upstreamBytes: 0, error: null };
   let open = 2;
   const closed = () => {
@@ -165,4 +178,21 @@ export function relaySockets(client: Duplex, upstream: Duplex, onEnd: (end: Rela
   });
   client.pipe(upstream);
   upstream.pipe(client);
+  // After pipe()'s own listeners: a chunk is on its way to the other side before it is read here.
+  if (tap) {
+    client.on('data', (chunk: Buffer) => {
+      try {
+        tap.client(chunk);
+      } catch {
+        // reading the copy never affects the relay
+      }
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      try {
+        tap.upstream(chunk);
+      } catch {
+        // reading the copy never affects the relay
+      }
+    });
+  }
 }

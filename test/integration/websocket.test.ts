@@ -2,13 +2,30 @@ import { writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { describe, expect, test } from 'vitest';
+import { afterEach, describe, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
-import { proxyWithUpstreamPerTest, startTestProxy } from '../helpers/test-proxy.js';
+import {
+  createTestIo,
+  proxyWithUpstreamPerTest,
+  startTestProxy,
+  type TestProxy,
+} from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
-import { encodeFrame, OPCODE, openWebSocket, serveEchoWebSocket } from '../helpers/websocket.js';
+import {
+  encodeFrame,
+  encodeMessage,
+  MessageDeflater,
+  OPCODE,
+  openWebSocket,
+  type ScriptedWebSocketUpstream,
+  serveEchoWebSocket,
+  startScriptedWebSocketUpstream,
+  type TestWebSocket,
+  writeByteByByte,
+} from '../helpers/websocket.js';
 
 const UPSTREAM_KEY = 'sk-upstream-realtime-key-4242';
 const CLIENT_KEY = 'pk-client-realtime-key-5151';
@@ -62,7 +79,9 @@ describe('WebSocket pass-through (Realtime API)', () => {
     // Bytes on the wire each way, frame headers and masks included.
     expect(row.request_bytes).toBeGreaterThan(event.length + big.length);
     expect(row.response_bytes).toBeGreaterThan(event.length + big.length);
-    expect(row.request_body).toMatch(/^\[websocket frames, \d+ bytes\]$/);
+    // Each direction's messages, one a line (the echo server sends them back).
+    expect(row.request_body).toBe(`${event}\n${big}\n`);
+    expect(row.response_body).toBe(`${event}\n${big}\n`);
   });
 
   test('a key offered as a subprotocol (browser clients) goes upstream as it was, and is not recorded', async () => {
@@ -523,5 +542,350 @@ describe('WebSocket sessions ending badly', () => {
       await proxy.close();
       await upstream.close();
     }
+  });
+});
+
+describe('Realtime sessions are recorded: messages, text, tokens', () => {
+  const scripted: ScriptedWebSocketUpstream[] = [];
+  afterEach(async () => {
+    for (const u of scripted.splice(0)) await u.close();
+  });
+
+  /** A proxy in front of a scripted upstream, and an open session through it (the client's raw bytes kept). */
+  async function session(
+    env: Record<string, string> = {},
+    extensions?: string,
+    offer?: string,
+    headers: Record<string, string> = {},
+  ) {
+    const up = await startScriptedWebSocketUpstream(extensions);
+    scripted.push(up);
+    const { proxy } = await setup({ OPENAI_BASE_URL: up.baseUrl, ...env });
+    const answer = await openWebSocket(`${proxy.url}${REALTIME}`, {
+      ...BETA,
+      ...(offer ? { 'sec-websocket-extensions': offer } : {}),
+      ...headers,
+    });
+    if (answer.ws === null) throw new Error(`no 101: ${answer.status}`);
+    const ws: TestWebSocket = answer.ws;
+    const got: Buffer[] = [];
+    ws.socket.on('data', (c: Buffer) => got.push(c));
+    const server = up.sessions[0] as Socket;
+    return {
+      up,
+      proxy,
+      ws,
+      server,
+      /** Every byte the client got after the 101. */
+      clientGot: () => Buffer.concat(got),
+      /** Every byte the upstream got after the handshake. */
+      upstreamGot: () => Buffer.concat(up.received[0] ?? []),
+    };
+  }
+
+  const serverFrame = (ev: unknown) => encodeFrame(OPCODE.text, JSON.stringify(ev), false);
+  const done = (id: string, input: number, output: number) => ({
+    type: 'response.done',
+    event_id: `ev_done_${id}`,
+    response: {
+      id,
+      status: 'completed',
+      output: [],
+      usage: { total_tokens: input + output, input_tokens: input, output_tokens: output },
+    },
+  });
+
+  async function show(proxy: TestProxy, id: string, ...flags: string[]): Promise<string> {
+    const io = createTestIo({ HOME: proxy.dir }, proxy.dir);
+    expect(await main(['logs', 'show', id, ...flags, '--db', proxy.dbPath], io), io.err()).toBe(0);
+    return io.out();
+  }
+
+  test('two responses: tokens summed, text and transcript reassembled and shown by logs show, bodies as NDJSON', async () => {
+    const { proxy, ws, server } = await session();
+    const clientEvents = [
+      { type: 'session.update', session: { modalities: ['text', 'audio'], instructions: 'be brief' } },
+      { type: 'response.create' },
+    ];
+    for (const e of clientEvents) ws.send(JSON.stringify(e));
+    const audio = 'UklGRiQAAABXQVZF'.repeat(64); // base64 audio, elided by logs show
+    const part = { output_index: 0, content_index: 0 };
+    const events = [
+      { type: 'session.created', event_id: 'ev_1', session: { id: 'sess_1' } },
+      { type: 'response.text.delta', response_id: 'r1', item_id: 'i1', ...part, delta: 'Hello' },
+      { type: 'response.text.delta', response_id: 'r1', item_id: 'i1', ...part, delta: ' there' },
+      { type: 'response.text.done', response_id: 'r1', item_id: 'i1', ...part, text: 'Hello there' },
+      done('r1', 10, 5),
+      { type: 'response.audio.delta', response_id: 'r2', item_id: 'i2', ...part, delta: audio },
+      { type: 'response.audio_transcript.delta', response_id: 'r2', item_id: 'i2', ...part, delta: 'Hi' },
+      { type: 'response.audio_transcript.delta', response_id: 'r2', item_id: 'i2', ...part, delta: '!' },
+      {
+        type: 'conversation.item.input_audio_transcription.completed',
+        item_id: 'u1',
+        content_index: 0,
+        transcript: 'hello?',
+        usage: { type: 'tokens', input_tokens: 7, output_tokens: 3, total_tokens: 10 },
+      },
+      done('r2', 20, 30),
+    ];
+    for (const e of events) server.write(serverFrame(e));
+    for (const e of events) expect((await ws.next()).payload.toString()).toBe(JSON.stringify(e));
+    await ws.close();
+
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      status: 101,
+      error: null,
+      prompt_tokens: 30,
+      completion_tokens: 35,
+      total_tokens: 65,
+      request_truncated: 0,
+      response_truncated: 0,
+    });
+    expect(row.request_body).toBe(`${clientEvents.map((e) => JSON.stringify(e)).join('\n')}\n`);
+    expect(row.response_body).toBe(`${events.map((e) => JSON.stringify(e)).join('\n')}\n`);
+    // bytes are still the frames' bytes on the wire
+    expect(row.response_bytes).toBeGreaterThan((row.response_body as string).length);
+    expect(JSON.parse(row.assembled as string)).toEqual({
+      kind: 'realtime',
+      content: 'Hello there\nHi!',
+      tool_calls: [],
+      finish_reason: 'completed',
+      usage: { prompt_tokens: 30, completion_tokens: 35, total_tokens: 65 },
+      complete: true,
+      events: events.length,
+      input_transcription_usage: { prompt_tokens: 7, completion_tokens: 3, total_tokens: 10, seconds: null },
+    });
+
+    const out = await show(proxy, row.id);
+    expect(out).toContain('tokens     30 in, 35 out, 65 total');
+    expect(out).toContain(
+      `realtime session: the model's text and transcripts (${events.length} server events)`,
+    );
+    expect(out).toContain('Hello there\nHi!\n');
+    expect(out).toContain('usage: {"prompt_tokens":30,"completion_tokens":35,"total_tokens":65}');
+    expect(out).toContain('input transcription usage: {"prompt_tokens":7');
+    expect(out).toContain(
+      '{"type":"session.update","session":{"modalities":["text","audio"],"instructions":"be brief"}}\n{"type":"response.create"}',
+    );
+    const raw = await show(proxy, row.id, '--raw');
+    expect(raw).toContain(
+      `"delta":"[base64, ${audio.length.toLocaleString('en-US')} characters: see --json]"`,
+    );
+    expect(raw).not.toContain(audio);
+
+    // --grep finds the model's words (once the recorder thread has indexed the row)
+    const grep = async (text: string) => {
+      const io = createTestIo({ HOME: proxy.dir }, proxy.dir);
+      expect(await main(['logs', '--grep', text, '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
+      return (JSON.parse(io.out()) as { id: string }[]).map((r) => r.id);
+    };
+    expect(
+      await until('the row in the search index', async () => (await grep('hello there')).length > 0),
+    ).toBe(true);
+    expect(await grep('hello there')).toEqual([row.id]);
+  });
+
+  test('bodies beyond CAPTURE_BODY_BYTES are cut and marked truncated; tokens are still counted', async () => {
+    const { proxy, ws, server } = await session({ CAPTURE_BODY_BYTES: '100' });
+    const append = JSON.stringify({ type: 'input_audio_buffer.append', audio: 'QUJD'.repeat(500) });
+    ws.send(append);
+    const padding = { type: 'rate_limits.updated', rate_limits: [{ name: 'tokens', remaining: 1 }] };
+    for (const e of [padding, padding, done('r1', 4, 6)]) server.write(serverFrame(e));
+    for (let i = 0; i < 3; i++) await ws.next();
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      request_truncated: 1,
+      response_truncated: 1,
+      total_tokens: 10,
+      prompt_tokens: 4,
+    });
+    expect(row.request_body).toBe(append.slice(0, 100));
+    expect(row.response_body).toBe(`${JSON.stringify(padding)}\n${JSON.stringify(padding)}`.slice(0, 100));
+    expect(row.request_bytes).toBeGreaterThan(append.length);
+  });
+
+  test('messages fragmented over frames, a ping between, written a byte at a time: relayed unchanged, recorded whole', async () => {
+    const { proxy, ws, server, clientGot, upstreamGot } = await session();
+    const update = JSON.stringify({
+      type: 'session.update',
+      session: { instructions: 'fragmented '.repeat(20) },
+    });
+    const sent = encodeMessage(OPCODE.text, update, {
+      masked: true,
+      fragments: 3,
+      interleave: encodeFrame(OPCODE.ping, 'p', true),
+    });
+    await writeByteByByte(ws.socket, sent);
+    const text = {
+      type: 'response.text.delta',
+      response_id: 'r1',
+      item_id: 'i1',
+      delta: 'pieces '.repeat(30),
+    };
+    const fromServer = Buffer.concat([
+      encodeMessage(OPCODE.text, JSON.stringify(text), {
+        masked: false,
+        fragments: 4,
+        interleave: encodeFrame(OPCODE.ping, 'q', false),
+      }),
+      encodeMessage(OPCODE.text, JSON.stringify(done('r1', 3, 4)), { masked: false, fragments: 2 }),
+    ]);
+    await writeByteByByte(server, fromServer);
+    await until('the client got every byte', () => clientGot().length >= fromServer.length);
+    await until('the upstream got every byte', () => upstreamGot().length >= sent.length);
+    expect(clientGot().equals(fromServer)).toBe(true);
+    expect(upstreamGot().equals(sent)).toBe(true);
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    expect(row.request_body).toBe(`${update}\n`);
+    expect(row.response_body).toBe(`${JSON.stringify(text)}\n${JSON.stringify(done('r1', 3, 4))}\n`);
+    expect(row).toMatchObject({ prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 });
+    expect(JSON.parse(row.assembled as string)).toMatchObject({ content: 'pieces '.repeat(30), events: 2 });
+  });
+
+  test.each([
+    ['with context takeover', 'permessage-deflate; client_max_window_bits=15', true, true],
+    [
+      'without context takeover',
+      'permessage-deflate; server_no_context_takeover; client_no_context_takeover',
+      false,
+      false,
+    ],
+    ['with it for the server only', 'permessage-deflate; client_no_context_takeover', true, false],
+  ])(
+    'permessage-deflate %s: relayed unchanged, messages inflated for the record',
+    async (_, ext, serverKeeps, clientKeeps) => {
+      const { proxy, ws, server, clientGot, upstreamGot } = await session(
+        {},
+        ext,
+        'permessage-deflate; client_max_window_bits',
+      );
+      expect(ws.headers['sec-websocket-extensions']).toBe(ext);
+      const clientDeflate = new MessageDeflater(clientKeeps);
+      const serverDeflate = new MessageDeflater(serverKeeps);
+      const clientEvents = [
+        { type: 'session.update', session: { instructions: 'answer in one short sentence, please' } },
+        { type: 'session.update', session: { instructions: 'answer in one short sentence, please!' } },
+        { type: 'response.create' },
+      ];
+      const sent: Buffer[] = [];
+      for (const [i, e] of clientEvents.entries()) {
+        const payload = await clientDeflate.compress(JSON.stringify(e));
+        sent.push(encodeMessage(OPCODE.text, payload, { masked: true, compressed: true, fragments: i + 1 }));
+      }
+      const events = [
+        {
+          type: 'response.output_text.delta',
+          response_id: 'r1',
+          item_id: 'i1',
+          delta: 'The answer is short. ',
+        },
+        {
+          type: 'response.output_text.delta',
+          response_id: 'r1',
+          item_id: 'i1',
+          delta: 'The answer is short.',
+        },
+        done('r1', 11, 22),
+        done('r2', 1, 2),
+      ];
+      const fromServer: Buffer[] = [];
+      for (const [i, e] of events.entries()) {
+        const payload = await serverDeflate.compress(JSON.stringify(e));
+        fromServer.push(
+          encodeMessage(OPCODE.text, payload, { masked: false, compressed: true, fragments: (i % 2) + 1 }),
+        );
+      }
+      for (const b of sent) ws.socket.write(b);
+      for (const b of fromServer) server.write(b);
+      const up = Buffer.concat(sent);
+      const down = Buffer.concat(fromServer);
+      await until('the client got every byte', () => clientGot().length >= down.length);
+      await until('the upstream got every byte', () => upstreamGot().length >= up.length);
+      expect(clientGot().equals(down)).toBe(true);
+      expect(upstreamGot().equals(up)).toBe(true);
+      await ws.close();
+      const [row] = await proxy.waitForRows(1);
+      expect(row.request_body).toBe(`${clientEvents.map((e) => JSON.stringify(e)).join('\n')}\n`);
+      expect(row.response_body).toBe(`${events.map((e) => JSON.stringify(e)).join('\n')}\n`);
+      expect(row).toMatchObject({ prompt_tokens: 12, completion_tokens: 24, total_tokens: 36, error: null });
+      expect(JSON.parse(row.assembled as string)).toMatchObject({
+        content: 'The answer is short. The answer is short.',
+        complete: true,
+      });
+    },
+  );
+
+  test('garbage after the handshake is relayed unchanged; the row keeps what was read before it', async () => {
+    const { proxy, ws, server, clientGot } = await session();
+    const garbage = Buffer.from('this is no WebSocket frame \x00\xff\xfe at all', 'latin1');
+    const bytes = Buffer.concat([serverFrame(done('r1', 5, 6)), garbage, serverFrame(done('r2', 500, 600))]);
+    server.write(bytes);
+    await until('the client got every byte', () => clientGot().length >= bytes.length);
+    expect(clientGot().equals(bytes)).toBe(true);
+    ws.socket.destroy();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, prompt_tokens: 5, completion_tokens: 6, total_tokens: 11 });
+    const lines = (row.response_body as string).split('\n');
+    expect(lines[0]).toBe(JSON.stringify(done('r1', 5, 6)));
+    expect(lines[1]).toMatch(/^\[frames not read from here on: /);
+    expect(lines).toHaveLength(3);
+    expect(JSON.parse(row.assembled as string)).toMatchObject({ events: 1, complete: false });
+  });
+
+  test('a configured key quoted in a message or in the model text is scrubbed from bodies and assembled', async () => {
+    const { proxy, ws, server } = await session(
+      { OPENAI_API_KEY: UPSTREAM_KEY, PROXY_API_KEYS: CLIENT_KEY },
+      undefined,
+      undefined,
+      { authorization: `Bearer ${CLIENT_KEY}` },
+    );
+    ws.send(JSON.stringify({ type: 'session.update', session: { instructions: `my key is ${CLIENT_KEY}` } }));
+    const delta = {
+      type: 'response.text.delta',
+      response_id: 'r1',
+      item_id: 'i1',
+      delta: `it is ${UPSTREAM_KEY}`,
+    };
+    server.write(serverFrame(delta));
+    server.write(serverFrame(done('r1', 1, 1)));
+    await ws.next();
+    await ws.next();
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    const stored = JSON.stringify(row);
+    expect(stored).not.toContain(UPSTREAM_KEY);
+    expect(stored).not.toContain(CLIENT_KEY);
+    expect(row.request_body).toContain('my key is [redacted]');
+    expect(JSON.parse(row.assembled as string).content).toBe('it is [redacted]');
+  });
+
+  test('a client that resets mid-session: client_aborted, with the tokens of the responses done so far', async () => {
+    const { proxy, ws, server } = await session();
+    ws.send(JSON.stringify({ type: 'response.create' }));
+    server.write(
+      serverFrame({ type: 'response.text.delta', response_id: 'r1', item_id: 'i1', delta: 'partial' }),
+    );
+    server.write(serverFrame(done('r1', 8, 9)));
+    server.write(
+      serverFrame({ type: 'response.text.delta', response_id: 'r2', item_id: 'i2', delta: ' and more' }),
+    );
+    for (let i = 0; i < 3; i++) await ws.next();
+    (ws.socket as Socket).resetAndDestroy();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      status: 101,
+      error: 'client_aborted',
+      prompt_tokens: 8,
+      completion_tokens: 9,
+      total_tokens: 17,
+    });
+    expect(JSON.parse(row.assembled as string)).toMatchObject({
+      content: 'partial\n and more',
+      complete: false,
+      events: 3,
+    });
   });
 });
