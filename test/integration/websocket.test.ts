@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { WebSocket as UndiciWebSocket } from 'undici';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
@@ -817,6 +818,64 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
       });
     },
   );
+
+  test("a real client (undici's WebSocket, Node's global one) with permessage-deflate from the upstream", async () => {
+    const up = await startScriptedWebSocketUpstream('permessage-deflate');
+    scripted.push(up);
+    const { proxy } = await setup({ OPENAI_BASE_URL: up.baseUrl });
+    const ws = new UndiciWebSocket(`${proxy.url.replace('http', 'ws')}${REALTIME}`);
+    const received: string[] = [];
+    ws.addEventListener('message', (e) => received.push(String(e.data)));
+    await new Promise<void>((resolve, reject) => {
+      ws.addEventListener('open', () => resolve());
+      ws.addEventListener('error', () => reject(new Error('the WebSocket failed')));
+    });
+    expect(ws.extensions).toBe('permessage-deflate');
+    ws.send(JSON.stringify({ type: 'response.create' }));
+    const deflater = new MessageDeflater(true);
+    const events = [
+      {
+        type: 'response.output_audio_transcript.delta',
+        response_id: 'r1',
+        item_id: 'i1',
+        delta: 'Compressed ',
+      },
+      {
+        type: 'response.output_audio_transcript.delta',
+        response_id: 'r1',
+        item_id: 'i1',
+        delta: 'and compressed',
+      },
+      done('r1', 40, 2),
+    ];
+    const server = up.sessions[0] as Socket;
+    for (const e of events)
+      server.write(
+        encodeMessage(OPCODE.text, await deflater.compress(JSON.stringify(e)), {
+          masked: false,
+          compressed: true,
+        }),
+      );
+    await until('every event at the client', () => received.length === events.length);
+    expect(received).toEqual(events.map((e) => JSON.stringify(e)));
+    const closed = new Promise<void>((r) => ws.addEventListener('close', () => r()));
+    ws.close(1000);
+    await closed;
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      status: 101,
+      error: null,
+      prompt_tokens: 40,
+      completion_tokens: 2,
+      total_tokens: 42,
+    });
+    expect(row.request_body).toBe('{"type":"response.create"}\n');
+    expect(JSON.parse(row.assembled as string)).toMatchObject({
+      content: 'Compressed and compressed',
+      complete: true,
+      events: 3,
+    });
+  });
 
   test('garbage after the handshake is relayed unchanged; the row keeps what was read before it', async () => {
     const { proxy, ws, server, clientGot } = await session();
