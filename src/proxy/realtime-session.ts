@@ -171,7 +171,8 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
       return null;
     }
     const text = m.data.toString('utf8');
-    lines.add(ndjsonLine(text));
+    // Once the body is cut, a long message (audio) is not scanned again for its line.
+    if (!lines.truncated) lines.add(ndjsonLine(text));
     return text;
   };
 
