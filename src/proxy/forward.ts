@@ -116,6 +116,17 @@ export function isDeploymentInPath(target: UpstreamTarget, rest: string): boolea
 }
 
 /**
+ * The query parameter an upstream reads a WebSocket handshake's model from, when it is Azure: `deployment`
+ * on the classic `/openai/realtime` (an OpenAI-style `/realtime` goes there on a classic base), `model` on
+ * the v1 API's `/openai/v1/realtime`. Null for other upstreams: the client's parameter names stand.
+ */
+export function azureRealtimeModelParam(target: UpstreamTarget, rest: string): 'model' | 'deployment' | null {
+  if (target.type !== 'azure') return null;
+  const v1 = rest.startsWith('/openai/') ? rest.startsWith('/openai/v1/') : isAzureV1Base(target.basePath);
+  return v1 ? 'model' : 'deployment';
+}
+
+/**
  * The upstream path (no query) for `rest`:
  * - OpenAI-style upstreams: base + rest; Ollama's native `/api/…` relative to the base without its `/v1`.
  * - Azure, a client path already in Azure's form (`/openai/…`, `/deployments/…`): under the resource

@@ -30,6 +30,7 @@ import {
 } from './capture.js';
 import {
   azurePathDeployment,
+  azureRealtimeModelParam,
   classifyUpstreamError,
   isDeploymentInPath,
   isHopByHop,
@@ -51,6 +52,7 @@ import {
   dropSubprotocolKey,
   headWithoutUpgrade,
   isWebSocketUpgrade,
+  queryDeployments,
   queryModels,
   type RelayEnd,
   relaySockets,
@@ -1139,8 +1141,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
 
   /**
    * An `Upgrade` request. A WebSocket handshake (the Realtime API) is routed as `handle` routes a request
-   * (client keys, own routes, the registry with the `model` query parameter) and sent to the upstream;
-   * after its 101 the bytes are relayed both ways unchanged until either side closes. The session is one
+   * (client keys, own routes, the registry with the `model` query parameter, or Azure's `deployment`) and
+   * sent to the upstream, an Azure one getting the deployment where its path reads it; after its 101 the bytes are relayed both ways unchanged until either side closes. The session is one
    * exchange, recorded when both connections have closed, and in flight until then (shutdown waits for it
    * within SHUTDOWN_GRACE_MS, then cuts it). Any other upgrade is declined: served as a plain request.
    */
@@ -1231,31 +1233,23 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     let upstreamOrigin = '';
     try {
       if (await answerLocally(x, pathname, webSocketKeyValid)) return;
-      // The Realtime API names its model in the query: validated and alias-resolved like a body's.
-      const models = queryModels(query);
-      if (models.length > 1) {
-        // Which one counts differs (URLSearchParams.get takes the first, vLLM's Starlette the last): the
-        // proxy would check or route one model and the upstream serve another.
-        x.respondError(
-          400,
-          'invalid_request',
-          `The \`model\` query parameter is given ${models.length} times; send it once`,
-          'invalid_request_error',
-          'ambiguous_model',
-          'model',
-        );
-        return;
-      }
-      x.model = models[0] || null;
+      // The Realtime API names its model in the query (Azure's, its deployment in `deployment`): validated
+      // and alias-resolved like a body's.
+      const model = handshakeModel(x, query);
+      if (model === undefined) return;
+      x.model = model;
       const decision = routeModel(x, true);
       if (!decision) return;
       x.upstreamName = decision.upstream.name;
       x.upstreamModel = decision.model;
       x.modelUnknown = decision.unknown;
-      const upstreamQuery =
-        x.model !== null && decision.model !== null && decision.model !== x.model
-          ? replaceQueryModel(query, decision.model)
-          : query;
+      let upstreamQuery = query;
+      if (x.model !== null && decision.model !== null) {
+        // An Azure upstream reads the deployment, in the parameter its path reads; others the routed model.
+        const as = azureRealtimeModelParam(decision.upstream, rest);
+        if (as !== null) upstreamQuery = replaceQueryModel(query, decision.deployment ?? decision.model, as);
+        else if (decision.model !== x.model) upstreamQuery = replaceQueryModel(query, decision.model);
+      }
       if (res.destroyed) return;
       upstreamOrigin = decision.upstream.origin;
       let headers = forwardableHeaders(req);
@@ -1272,6 +1266,34 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         x.respondError(500, 'proxy_error', 'Internal proxy error', 'proxy_error', 'internal_error');
       else socket.destroy();
     }
+  };
+
+  /**
+   * The model a WebSocket handshake names in its query (`model`, or Azure's `deployment`; null for none),
+   * or undefined after answering 400 ambiguous_model: a parameter given twice, or the two disagreeing.
+   * Which one counts would differ (URLSearchParams.get takes the first, vLLM's Starlette the last; OpenAI
+   * reads `model`, Azure `deployment`): the proxy would check or route one model and the upstream serve another.
+   */
+  const handshakeModel = (x: ExchangeContext, query: string): string | null | undefined => {
+    const models = queryModels(query);
+    const deployments = queryDeployments(query);
+    const refuse = (message: string, param: string) => {
+      x.respondError(400, 'invalid_request', message, 'invalid_request_error', 'ambiguous_model', param);
+      return undefined;
+    };
+    if (models.length > 1)
+      return refuse(`The \`model\` query parameter is given ${models.length} times; send it once`, 'model');
+    if (deployments.length > 1)
+      return refuse(
+        `The \`deployment\` query parameter is given ${deployments.length} times; send it once`,
+        'deployment',
+      );
+    if (models.length === 1 && deployments.length === 1 && models[0] !== deployments[0])
+      return refuse(
+        'The `model` and `deployment` query parameters name different models; send one of them',
+        'model',
+      );
+    return models[0] || deployments[0] || null;
   };
 
   /**

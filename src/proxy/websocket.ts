@@ -54,21 +54,41 @@ export function queryModel(query: string): string | null {
 }
 
 /**
- * `query` with every `model` parameter (by its decoded name: `mod%65l` too) replaced by `model=<model>`,
- * encoded; every other byte as it was.
+ * Every `deployment` query parameter's value, read as queryModels reads `model`: Azure's Realtime API
+ * (`/openai/realtime?api-version=…&deployment=…`) names its model, the deployment, there.
  */
-export function replaceQueryModel(query: string, model: string): string {
-  return query
-    .split('&')
-    .map((pair) => (isModelPair(pair) ? `model=${encodeURIComponent(model)}` : pair))
-    .join('&');
+export function queryDeployments(query: string): string[] {
+  return new URLSearchParams(query).getAll('deployment');
 }
 
-function isModelPair(pair: string): boolean {
+/**
+ * `query` with every parameter naming the model (`model` or `deployment`, by its decoded name: `mod%65l`
+ * too) set to `model`, encoded, under its decoded name; every other byte as it was. With `as`, the first
+ * of them becomes `as=<model>` and the others are dropped (the one an Azure upstream reads).
+ */
+export function replaceQueryModel(query: string, model: string, as?: 'model' | 'deployment'): string {
+  const value = encodeURIComponent(model);
+  let named = false;
+  const out: string[] = [];
+  for (const pair of query.split('&')) {
+    const name = modelParamName(pair);
+    if (name === null) out.push(pair);
+    else if (as === undefined) out.push(`${name}=${value}`);
+    else if (!named) {
+      named = true;
+      out.push(`${as}=${value}`);
+    }
+  }
+  return out.join('&');
+}
+
+/** `model` or `deployment` when `pair` is that parameter, by its name decoded as URLSearchParams decodes it. */
+function modelParamName(pair: string): 'model' | 'deployment' | null {
   const eq = pair.indexOf('=');
   const name = eq === -1 ? pair : pair.slice(0, eq);
   // One name, decoded as URLSearchParams decodes it (`+` a space, a bad escape left as it is).
-  return new URLSearchParams(`${name}=`).has('model');
+  const params = new URLSearchParams(`${name}=`);
+  return params.has('model') ? 'model' : params.has('deployment') ? 'deployment' : null;
 }
 
 /** A key offered as a subprotocol (`Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.<key>`). */

@@ -2,6 +2,8 @@ import { writeFileSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { type AddressInfo, connect, createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { AzureOpenAI } from 'openai';
+import { buildRealtimeURL, getAzureRealtimeConnection } from 'openai/realtime/internal-base';
 import { WebSocket as UndiciWebSocket } from 'undici';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -354,6 +356,260 @@ describe('WebSocket handshakes are routed like requests', () => {
     expect(rows.map((r) => [r.method, r.path, r.status])).toEqual([
       ['POST', '/v1/chat/completions', 200],
       ['POST', '/v1/chat/completions', 200],
+    ]);
+  });
+});
+
+describe("Azure's Realtime API (`/openai/realtime?api-version=…&deployment=…`)", () => {
+  const AZURE_KEY = 'azure-upstream-key-0123456789abcdef';
+  const CLIENT_AZURE_KEY = 'client-azure-key-0123456789abcdef';
+  const CLIENT_VERSION = '2024-10-01-preview';
+  const open: { close(): Promise<void> | void }[] = [];
+  afterEach(async () => {
+    for (const x of open.splice(0).reverse()) await x.close();
+  });
+
+  /**
+   * A proxy in front of two fake upstreams: the default one (OpenAI-type unless `env` says otherwise) and
+   * `az`, a named upstream whose base URL `config.upstreams.az` gets the fake's origin prepended; the
+   * registry: `gpt-rt-eu` (deployment `rt-prod`) on `az` when `onAz`, else on the default upstream, and
+   * the alias `voice` for it; VALIDATE_MODELS on.
+   */
+  async function azureSetup(o: {
+    env?: (origin: string) => Record<string, string>;
+    az?: { basePath: string; apiVersion?: string };
+  }) {
+    const upstream = await createFakeUpstream();
+    open.push(upstream);
+    const az = await createFakeUpstream();
+    open.push(az);
+    const dir = createTempDir();
+    open.push({ close: () => dir.cleanup() });
+    const config = join(dir.path, 'oai-proxy.config.json');
+    writeFileSync(
+      config,
+      JSON.stringify({
+        upstreams: o.az
+          ? {
+              az: {
+                type: 'azure',
+                baseUrl: `${az.origin}${o.az.basePath}`,
+                apiKey: AZURE_KEY,
+                ...(o.az.apiVersion ? { apiVersion: o.az.apiVersion } : {}),
+              },
+            }
+          : {},
+        models: [
+          { name: 'gpt-rt-eu', deployment: 'rt-prod', ...(o.az ? { upstream: 'az' } : {}) },
+          { name: 'rt-plain' },
+        ],
+        modelMappings: { voice: 'gpt-rt-eu' },
+      }),
+    );
+    const proxy = await startTestProxy({
+      OPENAI_BASE_URL: upstream.baseUrl,
+      OAI_PROXY_CONFIG: config,
+      VALIDATE_MODELS: 'true',
+      ...o.env?.(upstream.origin),
+    });
+    open.push(proxy);
+    return { upstream, az, proxy };
+  }
+
+  /**
+   * The URL the openai SDK's `OpenAIRealtimeWS.azure(new AzureOpenAI({endpoint, deployment}))` opens, with
+   * the proxy's plain http:// for its wss:// (openWebSocket takes the http form of a ws:// URL).
+   */
+  function sdkAzureUrl(proxy: TestProxy, deployment: string): string {
+    const client = new AzureOpenAI({
+      endpoint: proxy.url,
+      apiKey: CLIENT_AZURE_KEY,
+      apiVersion: CLIENT_VERSION,
+      deployment,
+    });
+    const url = buildRealtimeURL(client, getAzureRealtimeConnection(client, {}));
+    url.protocol = 'http:';
+    return url.toString();
+  }
+  /** The headers OpenAIRealtimeWS.azure sends with an API key. */
+  const SDK_AZURE_HEADERS = { 'api-key': CLIENT_AZURE_KEY };
+
+  /** Open, exchange one message with the echo upstream, close; what the client got back. */
+  async function echoOnce(url: string, headers: Record<string, string>): Promise<string> {
+    const answer = await openWebSocket(url, headers);
+    if (answer.ws === null) throw new Error(`no 101: ${answer.status} ${answer.body}`);
+    const event = JSON.stringify({ type: 'session.update', session: { voice: 'alloy' } });
+    answer.ws.send(event);
+    const back = (await answer.ws.next()).payload.toString();
+    await answer.ws.close();
+    return back;
+  }
+
+  test("the SDK's Azure form against a classic Azure upstream: `deployment` is the model, aliased to the model's deployment", async () => {
+    const { upstream, proxy } = await azureSetup({
+      env: (origin) => ({ OPENAI_BASE_URL: origin, OPENAI_API_TYPE: 'azure', OPENAI_API_KEY: AZURE_KEY }),
+    });
+    const url = sdkAzureUrl(proxy, 'voice');
+    expect(url).toBe(`${proxy.url}/openai/realtime?api-version=${CLIENT_VERSION}&deployment=voice`);
+    expect(await echoOnce(url, SDK_AZURE_HEADERS)).toContain('"session.update"');
+    expect(await echoOnce(sdkAzureUrl(proxy, 'rt-plain'), SDK_AZURE_HEADERS)).toContain('"session.update"');
+
+    expect(upstream.requests.map((r) => r.url)).toEqual([
+      `/openai/realtime?api-version=${CLIENT_VERSION}&deployment=rt-prod`,
+      `/openai/realtime?api-version=${CLIENT_VERSION}&deployment=rt-plain`,
+    ]);
+    expect(upstream.requests[0].headers['api-key']).toBe(AZURE_KEY);
+    expect(upstream.requests[0].headers.authorization).toBeUndefined();
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.path, r.query, r.status, r.model, r.upstream_model, r.upstream])).toEqual([
+      [
+        '/openai/realtime',
+        `api-version=${CLIENT_VERSION}&deployment=voice`,
+        101,
+        'voice',
+        'gpt-rt-eu',
+        'default',
+      ],
+      [
+        '/openai/realtime',
+        `api-version=${CLIENT_VERSION}&deployment=rt-plain`,
+        101,
+        'rt-plain',
+        'rt-plain',
+        'default',
+      ],
+    ]);
+    expect(JSON.stringify(rows)).not.toContain(CLIENT_AZURE_KEY);
+  });
+
+  test('VALIDATE_MODELS=true: an unknown deployment is refused with 404 model_not_found, nothing forwarded', async () => {
+    const { upstream, proxy } = await azureSetup({
+      env: (origin) => ({ OPENAI_BASE_URL: origin, OPENAI_API_TYPE: 'azure' }),
+    });
+    const answer = await openWebSocket(sdkAzureUrl(proxy, 'no-such-deployment'), SDK_AZURE_HEADERS);
+    expect(answer.status).toBe(404);
+    if (answer.ws === null)
+      expect(JSON.parse(answer.body).error).toMatchObject({ code: 'model_not_found', param: 'model' });
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 404, error: 'model_not_found', model: 'no-such-deployment' });
+  });
+
+  test.each([
+    [
+      'deployment=rt-plain&deployment=gpt-rt-eu',
+      'deployment',
+      '`deployment` query parameter is given 2 times',
+    ],
+    [
+      'deployment=rt-plain&deploym%65nt=gpt-rt-eu',
+      'deployment',
+      '`deployment` query parameter is given 2 times',
+    ],
+    [
+      'model=rt-plain&deployment=gpt-rt-eu',
+      'model',
+      '`model` and `deployment` query parameters name different models',
+    ],
+  ])('%s is refused with 400 ambiguous_model, recorded, nothing forwarded', async (query, param, message) => {
+    const { upstream, proxy } = await azureSetup({
+      env: (origin) => ({ OPENAI_BASE_URL: origin, OPENAI_API_TYPE: 'azure' }),
+    });
+    const answer = await openWebSocket(
+      `${proxy.url}/openai/realtime?api-version=${CLIENT_VERSION}&${query}`,
+      SDK_AZURE_HEADERS,
+    );
+    expect(answer.status).toBe(400);
+    if (answer.ws === null)
+      expect(JSON.parse(answer.body).error).toMatchObject({
+        type: 'invalid_request_error',
+        code: 'ambiguous_model',
+        param,
+      });
+    expect(upstream.requests).toHaveLength(0);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 400, error: 'invalid_request', path: '/openai/realtime' });
+    expect(row.error_message).toContain(message);
+  });
+
+  test('`model` and `deployment` naming the same model: one model, routed', async () => {
+    const { upstream, proxy } = await azureSetup({
+      env: (origin) => ({ OPENAI_BASE_URL: origin, OPENAI_API_TYPE: 'azure' }),
+    });
+    await echoOnce(
+      `${proxy.url}/openai/realtime?model=voice&api-version=${CLIENT_VERSION}&deployment=voice`,
+      {},
+    );
+    // Azure reads the deployment: one parameter naming it.
+    expect(upstream.requests[0].url).toBe(
+      `/openai/realtime?deployment=rt-prod&api-version=${CLIENT_VERSION}`,
+    );
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, model: 'voice', upstream_model: 'gpt-rt-eu' });
+  });
+
+  test("an OpenAI-style client whose model is on a classic Azure upstream: Azure's path, deployment and api-version, its key", async () => {
+    const { upstream, az, proxy } = await azureSetup({
+      az: { basePath: '', apiVersion: '2025-04-01-preview' },
+    });
+    const back = await echoOnce(`${proxy.url}/v1/realtime?model=voice`, {
+      authorization: 'Bearer sk-client-own-key-3131',
+      ...BETA,
+    });
+    expect(back).toContain('"session.update"');
+    // The Azure form against the proxy goes to the model's upstream too, with the client's api-version.
+    await echoOnce(sdkAzureUrl(proxy, 'gpt-rt-eu'), SDK_AZURE_HEADERS);
+
+    expect(upstream.requests).toHaveLength(0);
+    expect(az.requests.map((r) => r.url)).toEqual([
+      '/openai/realtime?deployment=rt-prod&api-version=2025-04-01-preview',
+      `/openai/realtime?api-version=${CLIENT_VERSION}&deployment=rt-prod`,
+    ]);
+    for (const sent of az.requests) {
+      expect(sent.headers['api-key']).toBe(AZURE_KEY);
+      expect(sent.headers.authorization).toBeUndefined();
+    }
+    expect(az.requests[0].headers['openai-beta']).toBe('realtime=v1');
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.path, r.status, r.model, r.upstream_model, r.upstream])).toEqual([
+      ['/v1/realtime', 101, 'voice', 'gpt-rt-eu', 'az'],
+      ['/openai/realtime', 101, 'gpt-rt-eu', 'gpt-rt-eu', 'az'],
+    ]);
+  });
+
+  test('an Azure …/openai/v1 base: /openai/v1/realtime?model=<deployment>, no api-version unless configured', async () => {
+    const { az, proxy } = await azureSetup({ az: { basePath: '/openai/v1' } });
+    await echoOnce(`${proxy.url}/v1/realtime?model=voice`, BETA);
+    // Azure's GA form against the proxy (the OpenAI SDK given …/openai/v1 as its baseURL)
+    await echoOnce(`${proxy.url}/openai/v1/realtime?model=voice`, SDK_AZURE_HEADERS);
+    expect(az.requests.map((r) => r.url)).toEqual([
+      '/openai/v1/realtime?model=rt-prod',
+      '/openai/v1/realtime?model=rt-prod',
+    ]);
+    expect(az.requests[0].headers['api-key']).toBe(AZURE_KEY);
+    const rows = await proxy.waitForRows(2);
+    expect(rows.map((r) => [r.path, r.query, r.model, r.upstream_model, r.upstream])).toEqual([
+      ['/v1/realtime', 'model=voice', 'voice', 'gpt-rt-eu', 'az'],
+      ['/openai/v1/realtime', 'model=voice', 'voice', 'gpt-rt-eu', 'az'],
+    ]);
+  });
+
+  test('an OpenAI-type upstream: the query as sent but for the alias, in the parameter the client used', async () => {
+    const { upstream, proxy } = await azureSetup({});
+    await echoOnce(`${proxy.url}/v1/realtime?model=voice`, BETA);
+    await echoOnce(`${proxy.url}/v1/realtime?model=rt-plain`, BETA);
+    await echoOnce(sdkAzureUrl(proxy, 'voice'), SDK_AZURE_HEADERS);
+    expect(upstream.requests.map((r) => r.url)).toEqual([
+      '/v1/realtime?model=gpt-rt-eu',
+      '/v1/realtime?model=rt-plain',
+      `/v1/openai/realtime?api-version=${CLIENT_VERSION}&deployment=gpt-rt-eu`,
+    ]);
+    expect(upstream.requests[2].headers['api-key']).toBe(CLIENT_AZURE_KEY);
+    const rows = await proxy.waitForRows(3);
+    expect(rows.map((r) => [r.model, r.upstream_model])).toEqual([
+      ['voice', 'gpt-rt-eu'],
+      ['rt-plain', 'rt-plain'],
+      ['voice', 'gpt-rt-eu'],
     ]);
   });
 });

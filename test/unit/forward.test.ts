@@ -1,5 +1,10 @@
 import { describe, expect, test } from 'vitest';
-import { createUpstreamTarget, isDeploymentInPath, shapeUpstreamRequest } from '../../src/proxy/forward.js';
+import {
+  azureRealtimeModelParam,
+  createUpstreamTarget,
+  isDeploymentInPath,
+  shapeUpstreamRequest,
+} from '../../src/proxy/forward.js';
 
 const azure = (baseUrl: string, extra: { apiKey?: string; apiVersion?: string } = {}) =>
   createUpstreamTarget('az', baseUrl, { type: 'azure', ...extra });
@@ -86,6 +91,26 @@ describe('upstream path', () => {
     ['https://r.openai.azure.com/openai/v1', '/chat/completions', false],
   ])('isDeploymentInPath(%s, %s) = %s', (base, rest, expected) => {
     expect(isDeploymentInPath(azure(base), rest)).toBe(expected);
+  });
+
+  test.each([
+    // The Realtime handshake: classic Azure reads `deployment` at /openai/realtime, the v1 API `model`.
+    ['https://r.openai.azure.com', '/realtime', 'deployment', '/openai/realtime'],
+    ['https://r.openai.azure.com/openai', '/realtime', 'deployment', '/openai/realtime'],
+    ['https://r.openai.azure.com/openai/deployments/d', '/realtime', 'deployment', '/openai/realtime'],
+    ['https://r.openai.azure.com/openai/v1', '/realtime', 'model', '/openai/v1/realtime'],
+    // Azure's own paths as sent, whichever the base.
+    ['https://r.openai.azure.com/openai/v1', '/openai/realtime', 'deployment', '/openai/realtime'],
+    ['https://r.openai.azure.com', '/openai/v1/realtime', 'model', '/openai/v1/realtime'],
+  ])('azure %s + %s: the model in `%s`, at %s', (base, rest, param, path) => {
+    expect(azureRealtimeModelParam(azure(base), rest)).toBe(param);
+    expect(shapeUpstreamRequest(azure(base), rest, '', {}).path).toBe(path);
+  });
+
+  test('an OpenAI-type upstream takes the query as the client named it', () => {
+    expect(
+      azureRealtimeModelParam(createUpstreamTarget('o', 'https://api.openai.com/v1'), '/realtime'),
+    ).toBeNull();
   });
 });
 

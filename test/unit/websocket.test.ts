@@ -4,6 +4,7 @@ import {
   dropSubprotocolKey,
   headWithoutUpgrade,
   isWebSocketUpgrade,
+  queryDeployments,
   queryModel,
   queryModels,
   replaceQueryModel,
@@ -46,8 +47,33 @@ test.each([
   ['a=%ff&model=voice&b=x+y', 'gpt-4o', 'a=%ff&model=gpt-4o&b=x+y'],
   ['model=a&model=b', 'c', 'model=c&model=c'],
   ['xmodel=a&model', 'm/1', 'xmodel=a&model=m%2F1'],
+  // Azure's `deployment` names the model too.
+  ['api-version=v&deployment=voice', 'gpt-4o', 'api-version=v&deployment=gpt-4o'],
+  ['deploym%65nt=voice&model=voice', 'gpt-4o', 'deployment=gpt-4o&model=gpt-4o'],
 ])('replaceQueryModel(%j, %j) → %j: only the model parameter changes', (query, model, expected) => {
   expect(replaceQueryModel(query, model)).toBe(expected);
+});
+
+test.each([
+  ['model=voice&x=1', 'deployment', 'dep', 'deployment=dep&x=1'],
+  ['api-version=v&deployment=voice', 'deployment', 'd/1', 'api-version=v&deployment=d%2F1'],
+  ['model=voice&api-version=v&deployment=voice', 'deployment', 'dep', 'deployment=dep&api-version=v'],
+  ['deployment=voice&model=voice', 'model', 'dep', 'model=dep'],
+  ['x=1&mod%65l=voice', 'model', 'dep', 'x=1&model=dep'],
+  ['x=1', 'deployment', 'dep', 'x=1'],
+])(
+  'replaceQueryModel(%j, %j as %j) → %j: one parameter, the one Azure reads',
+  (query, as, model, expected) => {
+    expect(replaceQueryModel(query, model, as as 'model' | 'deployment')).toBe(expected);
+  },
+);
+
+test.each([
+  ['api-version=2024-10-01-preview&deployment=rt', ['rt']],
+  ['deploym%65nt=a&deployment=b', ['a', 'b']],
+  ['model=a', []],
+])('queryDeployments(%j) → %j', (query, expected) => {
+  expect(queryDeployments(query)).toEqual(expected);
 });
 
 const req = (method: string, rawHeaders: string[]) =>
