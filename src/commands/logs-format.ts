@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import Table from 'cli-table3';
 import type { ExchangeSummaryRow, StatsGroup } from '../storage/log-queries.js';
 import type { ExchangesTable } from '../storage/tables.js';
@@ -31,11 +32,12 @@ export interface ExchangeDetailJson extends ExchangeJson {
   query: string | null;
   client_addr: string | null;
   request_headers: Record<string, unknown> | null;
-  request_body: unknown;
+  /** A JSON body as recorded (emitted token for token), other text as a string. */
+  request_body: RecordedJson | string | null;
   request_bytes: number;
   request_truncated: boolean;
   response_headers: Record<string, unknown> | null;
-  response_body: unknown;
+  response_body: RecordedJson | string | null;
   response_bytes: number;
   response_truncated: boolean;
   assembled: {
@@ -82,7 +84,123 @@ export function toExchangeJson(row: SummaryLike): ExchangeJson {
   };
 }
 
-/** Map a full stored row to the detail JSON (JSON bodies parsed, others as text). */
+/**
+ * A recorded JSON text (a body), kept as text: JSON.parse would round numbers past 2^53 and decimals like
+ * `1.0`, and keep only the last of duplicate keys, so the output would not be what was sent.
+ */
+export class RecordedJson {
+  constructor(readonly text: string) {}
+}
+
+/** A body as the detail JSON holds it: a valid JSON object or array as RecordedJson, anything else as text. */
+export function recordedBody(text: string | null): RecordedJson | string | null {
+  if (text === null) return null;
+  const t = text.trimStart();
+  if (t[0] !== '{' && t[0] !== '[') return text;
+  try {
+    JSON.parse(text);
+  } catch {
+    return text;
+  }
+  // Valid JSON: what surrounds the value can only be JSON whitespace.
+  return new RecordedJson(text.trim());
+}
+
+/**
+ * The detail JSON as text: `pretty` (`logs show --json`) is indented by 2, a body re-indented token by
+ * token; `line` (`logs export` JSON lines) is one line, a body spliced in as recorded. Both keep every
+ * number's digits and every duplicate key of a body. Headers and `assembled` are the proxy's own
+ * JSON.stringify output, so parsing them loses nothing.
+ */
+export function formatExchangeDetailJson(d: ExchangeDetailJson, style: 'pretty' | 'line'): string {
+  const bodies: RecordedJson[] = [];
+  const mark = randomUUID();
+  const text = JSON.stringify(
+    d,
+    (_k, v) => {
+      if (!(v instanceof RecordedJson)) return v;
+      bodies.push(v);
+      return `${mark}:${bodies.length - 1}`;
+    },
+    style === 'pretty' ? 2 : undefined,
+  );
+  const spliced = text.replace(new RegExp(`"${mark}:(\\d+)"`, 'g'), (_m, i: string) => {
+    const body = bodies[Number(i)].text;
+    // In valid JSON, CR and LF are only whitespace between tokens (inside a string they are escaped).
+    return style === 'pretty' ? reindentJson(body, '  ', 1) : body.replace(/[\r\n]/g, ' ');
+  });
+  // U+2028/U+2029 can stand unescaped only inside a string, where the escape means the same; escaped,
+  // a reader that splits lines on them (Python's splitlines, editors) still sees one record a line.
+  return style === 'line'
+    ? spliced.replace(/[\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16)}`)
+    : spliced;
+}
+
+/**
+ * Re-indent valid JSON text token by token, as JSON.stringify(value, null, indent) lays it out (`indent`
+ * '' is compact), without parsing the whole: numbers keep their recorded digits, duplicate keys stay.
+ * `str` may rewrite a string token (`isKey` for an object's key); by default tokens are kept as recorded.
+ */
+export function reindentJson(
+  text: string,
+  indent: string,
+  depth = 0,
+  str: (token: string, isKey: boolean) => string = (t) => t,
+): string {
+  const out: string[] = [];
+  const nl = (d: number) => (indent ? `\n${indent.repeat(d)}` : '');
+  const isSpace = (c: string) => c === ' ' || c === '\t' || c === '\n' || c === '\r';
+  const nextToken = (from: number) => {
+    while (from < text.length && isSpace(text[from])) from++;
+    return from;
+  };
+  for (let i = nextToken(0); i < text.length; i = nextToken(i)) {
+    const c = text[i];
+    if (c === '{' || c === '[') {
+      const next = nextToken(i + 1);
+      if (text[next] === (c === '{' ? '}' : ']')) {
+        out.push(c === '{' ? '{}' : '[]');
+        i = next + 1;
+      } else {
+        depth++;
+        out.push(c, nl(depth));
+        i++;
+      }
+    } else if (c === '}' || c === ']') {
+      depth--;
+      out.push(nl(depth), c);
+      i++;
+    } else if (c === ',') {
+      out.push(',', nl(depth));
+      i++;
+    } else if (c === ':') {
+      out.push(indent ? ': ' : ':');
+      i++;
+    } else if (c === '"') {
+      // The closing quote is the first one after an even number of backslashes.
+      let end = i + 1;
+      for (;;) {
+        const q = text.indexOf('"', end);
+        if (q < 0) throw new Error('reindentJson: unterminated string (not valid JSON)');
+        let b = q - 1;
+        while (text[b] === '\\') b--;
+        end = q + 1;
+        if ((q - 1 - b) % 2 === 0) break;
+      }
+      out.push(str(text.slice(i, end), text[nextToken(end)] === ':'));
+      i = end;
+    } else {
+      // A number, true, false or null: as recorded.
+      let end = i + 1;
+      while (end < text.length && !isSpace(text[end]) && !',:]}'.includes(text[end])) end++;
+      out.push(text.slice(i, end));
+      i = end;
+    }
+  }
+  return out.join('');
+}
+
+/** Map a full stored row to the detail JSON (bodies that are JSON kept as recorded, headers parsed). */
 export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
   const assembled = parseMaybeJson(row.assembled) as Record<string, any> | null;
   return {
@@ -90,11 +208,11 @@ export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
     query: row.query,
     client_addr: row.client_addr,
     request_headers: parseMaybeJson(row.request_headers) as Record<string, unknown> | null,
-    request_body: parseMaybeJson(row.request_body),
+    request_body: recordedBody(row.request_body),
     request_bytes: row.request_bytes,
     request_truncated: row.request_truncated === 1,
     response_headers: parseMaybeJson(row.response_headers) as Record<string, unknown> | null,
-    response_body: parseMaybeJson(row.response_body),
+    response_body: recordedBody(row.response_body),
     response_bytes: row.response_bytes,
     response_truncated: row.response_truncated === 1,
     assembled:
@@ -359,32 +477,37 @@ function headerLines(h: Record<string, unknown> | null): string[] {
 }
 
 /**
- * A body as text; JSON pretty-printed (which escapes controls, but not bidi overrides or U+2028), with
- * long base64 values (generated images, audio, base64 embeddings, data: URLs of images sent) elided:
- * megabytes of them are no use on a terminal, and `--json` keeps them.
+ * A body as text; JSON re-indented by 2 with the numbers and keys as recorded, strings shown as
+ * JSON.stringify writes them (which escapes controls, but not bidi overrides or U+2028) and long base64
+ * values (generated images, audio, base64 embeddings, data: URLs of images sent) elided: megabytes of
+ * them are no use on a terminal, and `--json` keeps them.
  */
-function bodyText(b: unknown): string {
-  if (b === null || b === undefined || b === '') return '(empty)';
-  return typeof b === 'string' ? b : JSON.stringify(b, elideBase64, 2);
+function bodyText(b: RecordedJson | string | null): string {
+  if (b === null || b === '') return '(empty)';
+  return typeof b === 'string' ? b : reindentJson(b.text, '  ', 0, shownString);
 }
 
 /** NDJSON (a realtime session's messages) a line each, compact, long base64 (audio) elided. */
-function eventLines(b: unknown): string {
-  if (b === null || b === undefined || b === '') return '(empty)';
-  // One line of JSON came back parsed by toExchangeDetailJson.
-  if (typeof b !== 'string') return JSON.stringify(b, elideBase64);
+function eventLines(b: RecordedJson | string | null): string {
+  if (b === null || b === '') return '(empty)';
+  // One line of JSON came back as RecordedJson from toExchangeDetailJson.
+  if (typeof b !== 'string') return reindentJson(b.text, '', 0, shownString);
   return b
     .split('\n')
     .map((l) => {
-      if (!l.startsWith('{')) return l;
-      try {
-        return JSON.stringify(JSON.parse(l), elideBase64);
-      } catch {
-        return l;
-      }
+      const json = l.startsWith('{') ? recordedBody(l) : l;
+      return json instanceof RecordedJson ? reindentJson(json.text, '', 0, shownString) : l;
     })
     .join('\n')
     .trimEnd();
+}
+
+/** A string token of a body as `logs show` displays it: normalised escapes, long base64 values elided. */
+function shownString(token: string, isKey: boolean): string {
+  // Without a backslash the token already reads as JSON.stringify writes it; a short one is no base64 to elide.
+  if (!token.includes('\\') && (isKey || token.length <= BASE64_SHOWN_CHARS + 2)) return token;
+  const v = JSON.parse(token) as string;
+  return JSON.stringify(isKey ? v : elideBase64('', v));
 }
 
 /** Base64 values longer than this are elided by `logs show`. */

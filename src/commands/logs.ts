@@ -27,6 +27,7 @@ import { postgresStorage, type Storage, sqliteStorage } from '../storage/storage
 import { type CliIo, waitForStop } from './io.js';
 import {
   CSV_COLUMNS,
+  formatExchangeDetailJson,
   formatExchangeLine,
   renderExchangeDetail,
   renderExchangeTable,
@@ -343,7 +344,9 @@ export async function runLogsShow(id: string, opts: LogsShowOptions, io: CliIo):
     }
     const detail = toExchangeDetailJson(found[0]);
     io.stdout.write(
-      opts.json ? `${JSON.stringify(detail, null, 2)}\n` : renderExchangeDetail(detail, opts.raw === true),
+      opts.json
+        ? `${formatExchangeDetailJson(detail, 'pretty')}\n`
+        : renderExchangeDetail(detail, opts.raw === true),
     );
     return 0;
   });
@@ -391,7 +394,11 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
     };
     if (format === 'csv') await write(`${CSV_COLUMNS.join(',')}\r\n`);
     for await (const row of streamExchanges(handle, filter, order)) {
-      await write(format === 'csv' ? toCsvLine(row) : `${JSON.stringify(toExchangeDetailJson(row))}\n`);
+      await write(
+        format === 'csv'
+          ? toCsvLine(row)
+          : `${formatExchangeDetailJson(toExchangeDetailJson(row), 'line')}\n`,
+      );
       n++;
       if (total > 0) progress();
     }
