@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import Table from 'cli-table3';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
@@ -141,11 +141,19 @@ async function withRegistry<T>(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
-  if (!create && location.kind === 'sqlite' && location.path !== ':memory:' && !existsSync(location.path))
-    throw new OaiProxyError(
-      'database_not_found',
-      `No database at ${location.path}; start \`oai-proxy serve\` (or \`oai-proxy models add\`) first, or point --db / DATABASE_URL at an existing file`,
-    );
+  if (!create && location.kind === 'sqlite' && location.path !== ':memory:') {
+    if (!existsSync(location.path))
+      throw new OaiProxyError(
+        'database_not_found',
+        `No database at ${location.path}; start \`oai-proxy serve\` (or \`oai-proxy models add\`) first, or point --db / DATABASE_URL at an existing file`,
+      );
+    // A 0-byte file is no database either (SQLite would make one in it): read-only commands leave it be.
+    if (statSync(location.path).size === 0)
+      throw new OaiProxyError(
+        'database_not_found',
+        `Database ${location.path} is empty; start \`oai-proxy serve\` (or \`oai-proxy models add\`) to create it, or point --db / DATABASE_URL at the right file`,
+      );
+  }
   const storage = await openStorage(location);
   try {
     // On PostgreSQL every write also NOTIFYs the running `serve` instances, which reload at once.

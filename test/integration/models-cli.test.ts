@@ -1,4 +1,4 @@
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -109,7 +109,7 @@ describe('oai-proxy models', () => {
     expect((await cli(['models', 'show', 'gpt-4'], env)).code).toBe(1);
   });
 
-  test('list and show never create a database: a missing file exits 1 naming it; add creates it', async () => {
+  test('list and show never create a database: a missing or 0-byte file exits 1 naming it; add creates it', async () => {
     const typo = join(dir.path, 'typo', 'x.db');
     for (const args of [
       ['models', 'list'],
@@ -126,6 +126,23 @@ describe('oai-proxy models', () => {
     expect(existsSync(join(dir.path, 'typo'))).toBe(false);
     // The same exit code as `logs` on a missing database.
     expect((await cli(['logs', '--db', typo])).code).toBe(1);
+
+    // A 0-byte file (touched, or left by a failed copy) is no database either: nothing written to it.
+    writeFileSync(db, '');
+    for (const args of [
+      ['models', 'list'],
+      ['models', 'show', 'gpt-4o', '--json'],
+      ['models', 'list', '--json'],
+    ]) {
+      const r = await cli([...args, '--db', db]);
+      expect(r.code, args.join(' ')).toBe(1);
+      expect(r.err).toBe(
+        `oai-proxy: Database ${db} is empty; start \`oai-proxy serve\` (or \`oai-proxy models add\`) to create it, or point --db / DATABASE_URL at the right file\n`,
+      );
+      expect(r.out).toBe('');
+      expect(statSync(db).size).toBe(0);
+    }
+    expect((await cli(['logs', '--db', db])).code).toBe(1);
 
     const add = await cli(['models', 'add', 'llama3', '--db', db]);
     expect(add.code, add.err).toBe(0);
