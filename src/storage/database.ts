@@ -3,7 +3,7 @@ import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
 import { OaiProxyError } from '../errors.js';
-import { migrations } from './migrations/index.js';
+import { checkMigrationsKnown, migrations } from './migrations/index.js';
 import { isDirectory, pathProblem } from './path-problem.js';
 import type { DatabaseSchema } from './tables.js';
 
@@ -76,6 +76,12 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
       if (sqlite.open) sqlite.close();
     },
   };
+  try {
+    await checkMigrationsKnown(db, path);
+  } catch (err) {
+    await handle.close();
+    throw err;
+  }
   if (!readonly) {
     await migrate(db, path);
   } else {

@@ -3,7 +3,7 @@ import type * as Pg from 'pg';
 import { redactUrl } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { pg as loadPg } from '../lazy-modules.js';
-import { migrations } from './migrations/index.js';
+import { checkMigrationsKnown, migrations } from './migrations/index.js';
 import type { DatabaseSchema } from './tables.js';
 
 /** An open PostgreSQL database: a connection pool and Kysely over it. */
@@ -81,6 +81,7 @@ export async function openPostgres(
     },
   };
   try {
+    await checkMigrationsKnown(db, label);
     if (handle.readonly) {
       const { rows } = await pool.query("select to_regclass('exchanges') is not null as has");
       if (!rows[0].has) {

@@ -1,3 +1,4 @@
+import { sql } from 'kysely';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import {
   createPgRegistryStore,
@@ -113,6 +114,23 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
       expect(Number(count.n)).toBe(0);
       for (const table of ['models', 'model_mappings', 'exchange_index'] as const)
         await expect(second.db.selectFrom(table).selectAll().execute()).resolves.toEqual([]);
+    });
+
+    test('a database a newer oai-proxy migrated is refused by name (config_invalid, exit 2), not called corrupted', async () => {
+      await sql`insert into kysely_migration (name, timestamp) values ('0012-future-thing', '2030-01-01T00:00:00.000Z')`.execute(
+        storage.db,
+      );
+      const refused = await factory.open().then(
+        (s) => {
+          extra.push(s);
+          return null;
+        },
+        (err: unknown) => err,
+      );
+      expect(refused).toMatchObject({ code: 'config_invalid', exitCode: 2 });
+      expect((refused as Error).message).toMatch(
+        /was written by a newer oai-proxy \(it has migration 0012-future-thing, which oai-proxy \S+ does not know\); upgrade oai-proxy, or point --db \/ DATABASE_URL at another database$/,
+      );
     });
 
     test('records every exchange once, in batches, with its columns as written', async () => {

@@ -1,4 +1,6 @@
-import type { Migration } from 'kysely';
+import { type Kysely, type Migration, sql } from 'kysely';
+import { OaiProxyError } from '../../errors.js';
+import { VERSION } from '../../version.js';
 import * as m0001 from './0001-exchanges.js';
 import * as m0002 from './0002-logs.js';
 import * as m0003 from './0003-model-registry.js';
@@ -28,3 +30,27 @@ export const migrations: Record<string, Migration> = {
   '0010-search-index-mark-follows-deletes': m0010,
   '0011-search-stream-choices': m0011,
 };
+
+/**
+ * Refuse a database that a newer oai-proxy migrated: it records migrations this version does not know
+ * (Kysely's migrator would call it "corrupted"). A database no migration ran on yet passes. Throws
+ * OaiProxyError('config_invalid') naming `label`, the newest unknown migration and what to do.
+ */
+export async function checkMigrationsKnown(db: Kysely<any>, label: string): Promise<void> {
+  let names: string[];
+  try {
+    const { rows } = await sql<{ name: string }>`select name from kysely_migration`.execute(db);
+    names = rows.map((r) => r.name);
+  } catch {
+    // No migration table yet (a new database), or an error the migrator itself will report.
+    return;
+  }
+  const unknown = names.filter((name) => !Object.hasOwn(migrations, name)).sort();
+  if (unknown.length === 0) return;
+  const newest = unknown.at(-1);
+  const more = unknown.length > 1 ? ` and ${unknown.length - 1} more` : '';
+  throw new OaiProxyError(
+    'config_invalid',
+    `Database ${label} was written by a newer oai-proxy (it has migration ${newest}${more}, which oai-proxy ${VERSION} does not know); upgrade oai-proxy, or point --db / DATABASE_URL at another database`,
+  );
+}
