@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type { SqliteHandle } from './database.js';
+import { MAX_BACKOFF_MS } from './failure-streak.js';
 
 /** WAL checkpoints run off the main thread. */
 export interface BackgroundCheckpoints {
@@ -11,32 +12,51 @@ export interface BackgroundCheckpoints {
 }
 
 export interface BackgroundCheckpointOptions {
-  /** How often the worker runs a PASSIVE checkpoint. */
+  /** How often the worker runs a PASSIVE checkpoint; after a failure the wait doubles, up to 5 s. */
   intervalMs?: number;
   /** WAL size (pages) beyond which the writer's connection checkpoints too, until the WAL is reset. */
   limitFrames?: number;
+  /**
+   * A failure: the first of a failing streak at once, then at most once per `reportEveryMs` (default
+   * 10 min) while the streak lasts, with the number of failed attempts.
+   */
   onError?(err: Error): void;
+  reportEveryMs?: number;
 }
 
 const DEFAULT_AUTOCHECKPOINT = 1000;
 
 // CommonJS, evaluated in the worker: its own connection runs PASSIVE checkpoints, which never block the
 // writer (they copy what no reader still needs and return). It reports the WAL's size in frames when it
-// crosses `limitFrames` either way, so the writer can checkpoint itself while a flood outruns the worker.
+// crosses `limitFrames` either way, so the writer can checkpoint itself while a flood outruns the worker;
+// each failure as its message (a string); and `true` when a checkpoint succeeds again. While they fail
+// (read-only file, full disk), the wait between attempts doubles up to maxBackoffMs, as the recorder's.
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.modulePath);
 const db = new Database(workerData.path, { fileMustExist: true });
 let big = false;
-const timer = setInterval(() => {
+let wait = workerData.intervalMs;
+let failing = false;
+let timer;
+const tick = () => {
   try {
     const r = db.pragma('wal_checkpoint(PASSIVE)')[0];
+    if (failing) { failing = false; wait = workerData.intervalMs; parentPort.postMessage(true); }
     const over = r.log >= workerData.limitFrames;
     if (over !== big) { big = over; parentPort.postMessage(r.log); }
-  } catch (e) { parentPort.postMessage(String(e && e.message)); }
-}, workerData.intervalMs);
-parentPort.on('message', () => { clearInterval(timer); db.close(); parentPort.close(); });
+  } catch (e) {
+    failing = true;
+    wait = Math.min(wait * 2, workerData.maxBackoffMs);
+    parentPort.postMessage(String(e && e.message));
+  }
+  timer = setTimeout(tick, failing ? wait : workerData.intervalMs);
+};
+timer = setTimeout(tick, workerData.intervalMs);
+parentPort.on('message', () => { clearTimeout(timer); db.close(); parentPort.close(); });
 `;
+
+const REPORT_EVERY_MS = 10 * 60_000;
 
 /**
  * Move WAL checkpoints off the event loop: turn SQLite's auto-checkpoint off on `sqlite` (the writer's
@@ -60,6 +80,26 @@ export function startBackgroundCheckpoints(
     }
   };
   if (sqlite.memory || sqlite.readonly) return { active: () => false, stop() {} };
+  // The current failing streak: attempts failed, when it began, when it was last reported.
+  let failures = 0;
+  let since = 0;
+  let reported = 0;
+  const failed = (message: string) => {
+    const now = Date.now();
+    if (failures++ === 0) {
+      since = now;
+      reported = now;
+      options.onError?.(new Error(`WAL checkpoint failed: ${message}`));
+    } else if (now - reported >= (options.reportEveryMs ?? REPORT_EVERY_MS)) {
+      reported = now;
+      const every = Math.round(MAX_BACKOFF_MS / 1000);
+      options.onError?.(
+        new Error(
+          `WAL checkpoint failed: ${message} (still failing: ${failures} attempts since ${new Date(since).toISOString()}; retrying every ${every} s)`,
+        ),
+      );
+    }
+  };
   try {
     worker = new Worker(WORKER_SOURCE, {
       eval: true,
@@ -68,14 +108,19 @@ export function startBackgroundCheckpoints(
         path: sqlite.name,
         intervalMs: options.intervalMs ?? 250,
         limitFrames: options.limitFrames ?? 8192,
+        maxBackoffMs: MAX_BACKOFF_MS,
       },
     });
     worker.unref();
     const w0 = worker;
     exited = new Promise<void>((resolve) => w0.once('exit', () => resolve()));
-    worker.on('message', (m: string | number) => {
+    worker.on('message', (m: string | number | true) => {
+      if (m === true) {
+        failures = 0;
+        return;
+      }
       if (typeof m === 'string') {
-        options.onError?.(new Error(`WAL checkpoint failed: ${m}`));
+        failed(m);
         return;
       }
       // Writes outrun the worker: a checkpoint in the writer's own transaction lets the WAL restart.

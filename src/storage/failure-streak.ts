@@ -18,7 +18,8 @@ export interface FailureStreak {
   retryNow(): void;
 }
 
-const MAX_BACKOFF_MS = 5000;
+/** The longest wait between retries of a failing write. */
+export const MAX_BACKOFF_MS = 5000;
 
 export function createFailureStreak(options: {
   /** The first back-off; each failure doubles it up to 5 s. */
