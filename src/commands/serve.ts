@@ -197,7 +197,9 @@ export async function startProxy(
   // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
   const pgDatabase: PostgresDatabase | null =
     location.kind === 'postgres' ? await openPostgres(location.url) : null;
-  let database = (location.kind === 'sqlite' ? await openDatabase(location.path) : null) as OpenDatabase;
+  let database = (
+    location.kind === 'sqlite' ? await openDatabase(location.path, { requireWritable: true }) : null
+  ) as OpenDatabase;
   const closeDatabase = async () => {
     await database?.close();
     await pgDatabase?.close();

@@ -1,4 +1,4 @@
-import { closeSync, existsSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
@@ -30,6 +30,11 @@ export interface OpenDatabase {
 export interface OpenDatabaseOptions {
   /** Open for reading only: never creates the file, never migrates. */
   readonly?: boolean;
+  /**
+   * Refuse (config_invalid, exit 2) a file this process cannot write, naming it: `serve` would start and
+   * record nothing (SQLite opens such a file read-only without a word, and fails each write).
+   */
+  requireWritable?: boolean;
 }
 
 /**
@@ -41,6 +46,7 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
   const memory = path === ':memory:';
   if (readonly && !memory) checkReadable(path);
   if (!readonly && !memory) ensureFile(path);
+  if (!readonly && !memory && options.requireWritable) checkWritable(path);
 
   let sqlite: SqliteHandle;
   try {
@@ -154,6 +160,32 @@ function checkNotDirectory(path: string): void {
       'database_error',
       `Database ${path} is a directory, not a database file; point --db / DATABASE_URL at a file (e.g. ${join(path, 'oai-proxy.db')})`,
     );
+  }
+}
+
+/**
+ * Throw when this process cannot write `path`, or the -wal and -shm SQLite keeps beside it (or, while
+ * they do not exist, the directory it creates them in). access() answers as the kernel would for a write:
+ * file modes (root passes), an immutable file, a read-only mount.
+ */
+function checkWritable(path: string): void {
+  const companions = [`${path}-wal`, `${path}-shm`];
+  const needed = [path, ...companions.filter((f) => existsSync(f))];
+  if (needed.length < 3) needed.push(dirname(path));
+  for (const f of needed) {
+    try {
+      accessSync(f, constants.W_OK);
+    } catch (err) {
+      const what = f === path ? '' : f === dirname(path) ? ` (its directory ${f})` : ` (${f})`;
+      const code = (err as NodeJS.ErrnoException).code;
+      const problem =
+        code === 'EROFS' ? 'the file system is read-only (EROFS)' : `permission denied (${code})`;
+      throw new OaiProxyError(
+        'config_invalid',
+        `Cannot write the database ${path}${what}: ${problem}; make it writable for this user, or choose another location with --db or DATABASE_URL`,
+        { cause: err },
+      );
+    }
   }
 }
 

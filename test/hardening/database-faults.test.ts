@@ -8,6 +8,7 @@ import { INSERT_EXCHANGE_SQL, toRow } from '../../src/storage/log-store.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { rec } from '../helpers/logs-suite.js';
+import { makeReadOnly, readOnlyUnsupported } from '../helpers/read-only-file.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import {
   createTestIo,
@@ -324,6 +325,29 @@ describe('database trouble while running', () => {
     await until('the next row', () => countRows(proxy.dbPath) === 8);
   });
 });
+
+test.skipIf(readOnlyUnsupported)(
+  'database file read-only at start-up: serve stops with exit 2 naming it (it would record nothing); logs still reads it',
+  async () => {
+    const tmp = createTempDir();
+    const path = join(tmp.path, 'r.db');
+    await (await openDatabase(path)).close();
+    // chmod 0400 for a user; as root (who ignores modes) an immutable file, refused the same way.
+    cleanups.push(makeReadOnly(path), tmp.cleanup);
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['serve', '--port', '0', '--db', path, '--upstream', 'http://127.0.0.1:9'], io)).toBe(
+      2,
+    );
+    expect(io.err()).toMatch(
+      /^oai-proxy: Cannot write the database \S+\/r\.db: permission denied \((EACCES|EPERM)\); make it writable for this user, or choose another location with --db or DATABASE_URL\n$/,
+    );
+    expect(io.err()).toContain(path);
+    expect(existsSync(join(tmp.path, 'oai-proxy.log'))).toBe(false);
+    // A reader needs no write access.
+    const reader = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['logs', '--db', path], reader)).toBe(0);
+  },
+);
 
 test.each([
   ['the old file’s -wal and -shm are removed', false],
