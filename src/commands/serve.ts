@@ -31,7 +31,7 @@ import {
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord, SpillReason } from '../storage/exchange-record.js';
-import { RotatingFile } from '../storage/log-file.js';
+import { type LogFileSystem, RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
 import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
@@ -66,6 +66,8 @@ export interface RunningProxy {
   /** The SQLite database; throws when the proxy records to PostgreSQL (use `storage`). */
   database: OpenDatabase;
   logFile: string;
+  /** Whether the log file takes writes (`error`: the last failure, null when ok) and the lines it dropped. */
+  logFileHealth(): { error: string | null; droppedLines: number };
   logger: Logger;
   /**
    * Record the exchanges that finished and write what the log file has buffered, now (tests and
@@ -99,6 +101,12 @@ export interface ServeExtensions {
    * flushed, and startProxy throws OaiProxyError('start_stopped').
    */
   stopStart?: AbortSignal;
+  /** The log file's file operations (tests: writes that fail as on a full disk). */
+  logFileSystem?: LogFileSystem;
+  /** While the log file fails, how often writes are tried again (ms; default 1000). */
+  logFileRetryMs?: number;
+  /** While the log file fails, bytes of lines kept for later (default 1 MiB); beyond, lines are dropped. */
+  logFileKeptBytes?: number;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -204,6 +212,12 @@ export async function startProxy(
     await database?.close();
     await pgDatabase?.close();
   };
+  // A log file that stops taking writes (a full disk, EIO) is said once on the console (it cannot say
+  // it in itself), in /health, and in both once it takes writes again; nothing else waits for it.
+  const consoleOnly = pino(
+    { level: config.logLevel, timestamp: pino.stdTimeFunctions.isoTime, base: undefined },
+    consoleStream as any,
+  );
   let logFile: RotatingFile;
   try {
     logFile = new RotatingFile({
@@ -211,6 +225,18 @@ export async function startProxy(
       maxBytes: config.logMaxBytes,
       maxFiles: config.logMaxFiles,
       daily: config.logRotateDaily,
+      fs: ext.logFileSystem,
+      retryMs: ext.logFileRetryMs,
+      keptBytes: ext.logFileKeptBytes,
+      onError: (err) =>
+        consoleOnly.error(
+          { err: { message: err.message, code: err.code } },
+          `log file ${logPath} cannot be written; proxying and the database go on, log lines are kept in memory (up to 1 MiB, then dropped and counted in /health) and written once it takes writes again`,
+        ),
+      onRecover: (dropped) =>
+        logger.warn(
+          `log file ${logPath} is writable again; ${dropped} lines could not be written and were dropped`,
+        ),
     });
   } catch (err) {
     await closeDatabase();
@@ -497,6 +523,7 @@ export async function startProxy(
       // What finished is counted as queued or written, not left out.
       proxy.recordFinished();
       const h = writer.health();
+      const logHealth = logFile.health();
       // The registry's: a reload may have changed OPENAI_BASE_URL.
       const upstream = registry.defaultUpstream();
       return {
@@ -505,6 +532,9 @@ export async function startProxy(
         database_error: h.lastError,
         queued_log_rows: h.queued,
         spilled_log_rows: h.spilled,
+        log_file: logHealth.error === null ? 'ok' : 'error',
+        log_file_error: logHealth.error,
+        dropped_log_lines: logHealth.droppedLines,
         inflight: proxy.inflight(),
         ...(vector ? vector.health() : { qdrant: 'disabled' }),
         ...registry.health(),
@@ -558,6 +588,7 @@ export async function startProxy(
       return database;
     },
     logFile: logPath,
+    logFileHealth: () => logFile.health(),
     logger,
     vector,
     registry,
@@ -743,7 +774,10 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
     const { written, spilled } = running.writer.health();
     const elsewhere =
       spilled > 0 ? `, ${spilled} spilled to the log file ${running.logFile} (see spilled_exchange)` : '';
-    io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}\n`);
+    const { droppedLines } = running.logFileHealth();
+    const dropped =
+      droppedLines > 0 ? `; ${droppedLines} log lines could not be written to ${running.logFile}` : '';
+    io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}${dropped}\n`);
     if (hungUp) releaseHungUpTerminal();
     return 0;
   } finally {

@@ -1,10 +1,40 @@
-import { closeSync, existsSync, mkdirSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
+import {
+  close,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  statSync,
+  write,
+  writeSync,
+} from 'node:fs';
 import { dirname } from 'node:path';
-import pino from 'pino';
 import { OaiProxyError } from '../errors.js';
 import { pathProblem } from './path-problem.js';
 
-type Boom = ReturnType<typeof pino.destination>;
+/**
+ * The file operations the log file uses: node:fs by default; tests wrap them to fail the way a full
+ * disk, a quota or a dying device does (ENOSPC, EDQUOT, EIO) on the descriptor already open.
+ */
+export interface LogFileSystem {
+  /** Open `path` for appending (mode 0600), creating its folder: throws when it cannot. */
+  openSync(path: string): number;
+  write(fd: number, data: Buffer, done: (err: NodeJS.ErrnoException | null, written: number) => void): void;
+  /** Throws on failure; may write fewer bytes than given. */
+  writeSync(fd: number, data: Buffer): number;
+  close(fd: number): void;
+}
+
+export const nodeLogFileSystem: LogFileSystem = {
+  openSync(path) {
+    mkdirSync(dirname(path), { recursive: true });
+    return openSync(path, 'a', 0o600);
+  },
+  write: (fd, data, done) => write(fd, data, 0, data.length, null, done),
+  writeSync: (fd, data) => writeSync(fd, data),
+  close: (fd) => close(fd, () => undefined),
+};
 
 export interface RotatingFileOptions {
   path: string;
@@ -16,36 +46,76 @@ export interface RotatingFileOptions {
   daily: boolean;
   /** The clock (tests). */
   now?: () => number;
+  /** File operations (tests inject failures). */
+  fs?: LogFileSystem;
+  /** While writes fail, how often (ms) they are tried again. Default 1000. */
+  retryMs?: number;
+  /** While writes fail, bytes of lines kept to write later; lines beyond are dropped and counted. Default 1 MiB. */
+  keptBytes?: number;
+  /** The file stopped taking writes (a full disk, EIO, a folder gone at a rotation): once per outage. */
+  onError?: (err: NodeJS.ErrnoException) => void;
+  /** A write succeeded again after onError; `dropped`: lines dropped during the outage. */
+  onRecover?: (dropped: number) => void;
 }
 
+/** Whether the log file takes writes, and how many lines it could not keep. */
+export interface LogFileHealth {
+  /** The last write or open error while failing (`ENOSPC: no space left on device, write`), null when ok. */
+  error: string | null;
+  /** Lines dropped since start: beyond `keptBytes` while failing, or pending when it was closed failing. */
+  droppedLines: number;
+}
+
+/** The most bytes handed to one write(2). */
+const MAX_WRITE = 1024 * 1024;
+
 /**
- * An append-only log file (pino's SonicBoom, mode 0600) that rotates by size and/or day, keeping
- * `maxFiles` old files, and can be reopened in place for an external logrotate (SIGUSR2).
+ * An append-only log file (mode 0600) that rotates by size and/or day, keeping `maxFiles` old files,
+ * and can be reopened in place for an external logrotate (SIGUSR2).
+ *
+ * Writes are asynchronous, one at a time. A write that fails (a full disk, EIO, EDQUOT) is never
+ * thrown or emitted: the file reports it once (onError, health()), keeps the lines that failed and up
+ * to `keptBytes` of later ones, drops and counts the rest, and tries again every `retryMs` until a
+ * write succeeds. Nothing in here ever waits or retries synchronously: closing or exiting with a
+ * failing file returns at once (what it could not write is counted as dropped).
  */
 export class RotatingFile {
-  private boom: Boom;
+  private fd = -1;
   private size: number;
   /** When the current UTC day ends (ms): daily rotation compares a number, not a formatted date, per line. */
   private dayEndsAt: number;
-  /** False while the file is being (re)opened: rotating then would rename a file nobody writes to yet. */
-  private open = false;
-  private opened: Promise<void>;
+  /** Lines waiting, oldest first, and their bytes. */
+  private pending: (string | Buffer)[] = [];
+  private pendingBytes = 0;
+  /** The bytes of the write in flight, or of the one that failed (written first when retried). */
+  private head: Buffer | null = null;
+  private writing = false;
+  /** The descriptor the write in flight uses (closed once it is done when the file was switched meanwhile). */
+  private writingFd = -1;
+  private failure: NodeJS.ErrnoException | null = null;
+  private dropped = 0;
+  /** Lines dropped since the outage began (reported on recovery). */
+  private droppedInOutage = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private ending: (() => void) | null = null;
+  private ended = false;
   private readonly now: () => number;
+  private readonly fs: LogFileSystem;
 
   /** Throws OaiProxyError('config_invalid') naming the path when the file cannot be created or opened. */
   constructor(private readonly options: RotatingFileOptions) {
     this.now = options.now ?? Date.now;
-    // Open it once here, synchronously: pino's asynchronous open would fail unseen, and the first
-    // write (or the flush at exit) would then throw from a descriptor of -1.
-    try {
-      mkdirSync(dirname(options.path), { recursive: true });
-      closeSync(openSync(options.path, 'a', 0o600));
-    } catch (err) {
-      throw new OaiProxyError(
+    this.fs = options.fs ?? nodeLogFileSystem;
+    const cannotWrite = (err: unknown) =>
+      new OaiProxyError(
         'config_invalid',
         `Cannot write the log file ${options.path}: ${pathProblem(options.path, err)}; choose a writable path with --log-file or LOG_FILE_PATH`,
         { cause: err },
       );
+    try {
+      closeSync(this.fs.openSync(options.path));
+    } catch (err) {
+      throw cannotWrite(err);
     }
     // A file last written on an earlier UTC day (the proxy was not running at midnight) is rotated
     // before the first line of today, as it would have been at midnight.
@@ -56,54 +126,288 @@ export class RotatingFile {
       this.size = 0;
       this.dayEndsAt = nextUtcMidnight(this.now());
     }
-    this.boom = pino.destination({ dest: options.path, sync: false, mkdir: true, mode: 0o600 } as any);
-    this.opened = this.whenOpen();
+    try {
+      this.fd = this.fs.openSync(options.path);
+    } catch (err) {
+      throw cannotWrite(err);
+    }
   }
 
-  /** Resolves once the file is open (or failed to open: writes are then dropped by pino's destination). */
+  /** Resolves at once: the file is opened synchronously (kept for callers that await it). */
   ready(): Promise<void> {
-    return this.opened;
+    return Promise.resolve();
   }
 
-  private whenOpen(): Promise<void> {
-    this.open = false;
-    return new Promise((resolve) => {
-      const done = () => {
-        this.boom.off('ready', onReady);
-        this.boom.off('error', done);
-        resolve();
-      };
-      const onReady = () => {
-        this.open = true;
-        done();
-      };
-      this.boom.once('ready', onReady);
-      this.boom.once('error', done);
-    });
+  /** Whether writes succeed, and the lines dropped so far. */
+  health(): LogFileHealth {
+    return {
+      error: this.failure ? (this.failure.message ?? String(this.failure)) : null,
+      droppedLines: this.dropped,
+    };
   }
 
+  /** Queue `chunk` (whole lines) for writing. False when it was dropped (closed, or failing and over the bound). */
   write(chunk: string): boolean {
+    if (chunk === '') return true;
+    if (this.ended) {
+      this.drop(chunk);
+      return false;
+    }
     // The day is checked before writing, so the first batch of a new day starts the new file (an empty
     // file is kept: rotating it would only push a day of history out).
-    if (this.options.daily && this.open && this.now() >= this.dayEndsAt) {
+    if (this.options.daily && this.failure === null && this.now() >= this.dayEndsAt) {
       if (this.size > 0) this.rotate();
       else this.dayEndsAt = nextUtcMidnight(this.now());
     }
-    const ok = this.boom.write(chunk);
-    // Bytes, not UTF-16 units: CJK text is 3 bytes a character. Called per 20 ms batch, not per line.
-    this.size += Buffer.byteLength(chunk);
-    if (this.open && this.options.maxBytes > 0 && this.size >= this.options.maxBytes) this.rotate();
-    return ok;
+    // Called per 20 ms batch, not per line.
+    const bytes = Buffer.byteLength(chunk);
+    if (this.failure !== null && this.pendingBytes + bytes > this.keptBytes()) {
+      this.drop(chunk);
+      return false;
+    }
+    this.pending.push(chunk);
+    this.pendingBytes += bytes;
+    if (this.failure === null) this.pump();
+    return true;
   }
 
   /** Shift `path` → `path.1` → … → `path.N` (dropping the oldest) and continue in a fresh file. */
   rotate(): void {
     if (!this.shiftFiles()) return;
-    this.size = 0;
+    // A write in flight lands in the renamed file; what is queued (a failed write included) in the new one.
+    this.size = this.head && !this.writing ? this.head.length : 0;
     this.dayEndsAt = nextUtcMidnight(this.now());
-    // Lines already handed to the old descriptor land in the renamed file; buffered ones in the new file.
-    this.boom.reopen();
-    this.opened = this.whenOpen();
+    this.switchFile();
+  }
+
+  /** Reopen the file at its path (after an external tool moved it). */
+  reopen(): void {
+    this.switchFile();
+    try {
+      this.size = statSync(this.options.path).size;
+    } catch {
+      this.size = 0;
+    }
+  }
+
+  /**
+   * Append what is queued now, synchronously, after the write in flight (which may land after it): for
+   * tests and at exit. Each byte is tried once; a failing file is left alone (`force`: tried once anyway).
+   */
+  flushSync(force = false): void {
+    if (this.fd < 0 || (this.failure !== null && !force)) return;
+    if (!this.writing && this.head) {
+      this.head = this.writeNow(this.head);
+      if (this.head) return;
+    }
+    while (this.pending.length > 0) {
+      if (this.options.maxBytes > 0 && this.size >= this.options.maxBytes) {
+        this.rotate();
+        if (this.fd < 0) return;
+      }
+      const item = this.pending.shift() as string | Buffer;
+      const buf = typeof item === 'string' ? Buffer.from(item) : item;
+      this.pendingBytes -= buf.length;
+      const rest = this.writeNow(buf);
+      this.size += buf.length - (rest?.length ?? 0);
+      if (rest) {
+        // Kept first in line: written by the next retry, unless this is the exit.
+        this.pending.unshift(rest);
+        this.pendingBytes += rest.length;
+        return;
+      }
+    }
+  }
+
+  /**
+   * Append `chunk` now, synchronously, after whatever the file has queued: for process exit, when a
+   * write started now would never complete. Tried once: a file that fails drops it (counted).
+   */
+  writeSync(chunk: string): void {
+    this.flushSync(true);
+    if (chunk === '') return;
+    if (this.fd < 0 || this.failure !== null || this.pending.length > 0) {
+      this.drop(chunk);
+      return;
+    }
+    const buf = Buffer.from(chunk);
+    const rest = this.writeNow(buf);
+    this.size += buf.length - (rest?.length ?? 0);
+    if (rest) this.drop(rest);
+  }
+
+  /** Write what is queued and close the file. Resolves at once when the file fails (the rest is dropped). */
+  end(): Promise<void> {
+    if (this.ended) return Promise.resolve();
+    this.ended = true;
+    // Space may have come back since the last retry: one more try before what is left is dropped.
+    if (this.failure !== null && !this.writing) this.flushSync(true);
+    return new Promise((resolve) => {
+      this.ending = resolve;
+      this.pump();
+    });
+  }
+
+  private keptBytes(): number {
+    return this.options.keptBytes ?? MAX_WRITE;
+  }
+
+  /** Write `buf` with write(2) now: null when all of it was written, else the rest (the failure recorded). */
+  private writeNow(buf: Buffer): Buffer | null {
+    let at = 0;
+    try {
+      while (at < buf.length) {
+        const n = this.fs.writeSync(this.fd, at === 0 ? buf : buf.subarray(at));
+        if (n <= 0) throw Object.assign(new Error('EIO: the log file took no bytes, write'), { code: 'EIO' });
+        at += n;
+      }
+      this.recovered();
+      return null;
+    } catch (err) {
+      this.failed(err as NodeJS.ErrnoException);
+      if (!this.writing) this.scheduleRetry();
+      return buf.subarray(at);
+    }
+  }
+
+  /** Start the next write when none is in flight; finish end() when all is written (or failing). */
+  private pump(): void {
+    if (this.writing) return;
+    if (this.failure !== null && this.ended) {
+      // Closing with a file that takes nothing: drop what is left rather than wait.
+      if (this.head) this.drop(this.head);
+      this.head = null;
+      for (const item of this.pending.splice(0)) this.drop(item);
+      this.pendingBytes = 0;
+      this.finish();
+      return;
+    }
+    if (this.fd < 0) {
+      try {
+        this.fd = this.fs.openSync(this.options.path);
+      } catch (err) {
+        this.failed(err as NodeJS.ErrnoException);
+        this.scheduleRetry();
+        return;
+      }
+    }
+    if (!this.head) {
+      if (this.pending.length === 0) {
+        this.finish();
+        return;
+      }
+      // Rotated between writes, so that a file ends at most one batch past maxBytes.
+      const { maxBytes } = this.options;
+      if (maxBytes > 0 && this.size >= maxBytes) {
+        this.rotate();
+        if (this.fd < 0) return; // the new file could not be opened: retried
+      }
+      this.head = this.takePending(maxBytes > 0 ? maxBytes - this.size : MAX_WRITE);
+      // Bytes, not UTF-16 units: CJK text is 3 bytes a character.
+      this.size += this.head.length;
+    }
+    const fd = this.fd;
+    const buf = this.head;
+    this.writing = true;
+    this.writingFd = fd;
+    this.fs.write(fd, buf, (err, written) => {
+      this.writing = false;
+      this.writingFd = -1;
+      // The file was switched (rotation, SIGUSR2) while this write was in flight.
+      if (fd !== this.fd) this.fs.close(fd);
+      if (err) {
+        this.failed(err);
+        if (this.ended) {
+          this.pump();
+          return;
+        }
+        this.scheduleRetry();
+        return;
+      }
+      this.head = written < buf.length ? buf.subarray(written) : null;
+      if (fd === this.fd) this.recovered();
+      this.pump();
+    });
+  }
+
+  /** Queued chunks (at least one) up to `upTo` bytes (at most MAX_WRITE), joined. */
+  private takePending(upTo: number): Buffer {
+    const items: (string | Buffer)[] = [];
+    let bytes = 0;
+    const limit = Math.min(upTo, MAX_WRITE);
+    while (this.pending.length > 0 && (items.length === 0 || bytes < limit)) {
+      const next = this.pending.shift() as string | Buffer;
+      items.push(next);
+      bytes += Buffer.byteLength(next);
+    }
+    this.pendingBytes = Math.max(0, this.pendingBytes - bytes);
+    if (items.every((i) => typeof i === 'string')) return Buffer.from(items.join(''));
+    return Buffer.concat(items.map((i) => (typeof i === 'string' ? Buffer.from(i) : i)));
+  }
+
+  private finish(): void {
+    if (!this.ending) return;
+    const resolve = this.ending;
+    this.ending = null;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    if (this.fd >= 0) this.fs.close(this.fd);
+    this.fd = -1;
+    resolve();
+  }
+
+  private failed(err: NodeJS.ErrnoException): void {
+    const first = this.failure === null;
+    this.failure = err;
+    if (first) {
+      this.droppedInOutage = 0;
+      // Beyond the bound: the newest lines go first, the oldest stay to be written in order.
+      while (this.pendingBytes > this.keptBytes() && this.pending.length > 0) {
+        const item = this.pending.pop() as string | Buffer;
+        this.pendingBytes -= Buffer.byteLength(item);
+        this.drop(item);
+      }
+      this.options.onError?.(err);
+    }
+  }
+
+  private recovered(): void {
+    if (this.failure === null) return;
+    this.failure = null;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const dropped = this.droppedInOutage;
+    this.droppedInOutage = 0;
+    this.options.onRecover?.(dropped);
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer || this.ended) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.pump();
+    }, this.options.retryMs ?? 1000);
+    this.retryTimer.unref();
+  }
+
+  private drop(lines: string | Buffer): void {
+    const n = countLines(lines);
+    this.dropped += n;
+    this.droppedInOutage += n;
+  }
+
+  /** Continue in the file now at the path; the old descriptor is closed once its write in flight is done. */
+  private switchFile(): void {
+    const old = this.fd;
+    this.fd = -1;
+    if (old >= 0 && old !== this.writingFd) this.fs.close(old);
+    try {
+      this.fd = this.fs.openSync(this.options.path);
+    } catch (err) {
+      // Tried again with the next write (scheduled).
+      this.failed(err as NodeJS.ErrnoException);
+      this.scheduleRetry();
+    }
   }
 
   /** The renames of a rotation; false (nothing more to do: keep writing to the current file) if one failed. */
@@ -120,46 +424,18 @@ export class RotatingFile {
       return false;
     }
   }
+}
 
-  /** Reopen the file at its path (after an external tool moved it). */
-  reopen(): void {
-    this.boom.reopen();
-    this.opened = this.whenOpen();
-    this.size = existsSync(this.options.path) ? statSync(this.options.path).size : 0;
+/** Lines in `text` (a last one without its newline counts too). */
+function countLines(text: string | Buffer): number {
+  let n = 0;
+  const at = (from: number) => (typeof text === 'string' ? text.indexOf('\n', from) : text.indexOf(10, from));
+  let last = -1;
+  for (let i = at(0); i !== -1; i = at(i + 1)) {
+    n++;
+    last = i;
   }
-
-  /**
-   * Append `chunk` now, synchronously, after whatever the file has buffered: for process exit, when a
-   * write started now would never complete. (A write already in flight may still land after it.)
-   */
-  writeSync(chunk: string): void {
-    if (chunk === '') return;
-    this.flushSync();
-    const fd = (this.boom as unknown as { fd: number }).fd;
-    if (fd < 0) return; // never opened: nothing to append to
-    try {
-      writeSync(fd, chunk);
-      this.size += Buffer.byteLength(chunk);
-    } catch {
-      // the file is gone or the disk full: at exit there is nowhere else to put it
-    }
-  }
-
-  flushSync(): void {
-    try {
-      this.boom.flushSync();
-    } catch {
-      // not open yet, or nothing to flush
-    }
-  }
-
-  end(): Promise<void> {
-    return new Promise((resolve) => {
-      this.boom.once('close', () => resolve());
-      this.boom.once('error', () => resolve());
-      this.boom.end();
-    });
-  }
+  return last === text.length - 1 ? n : n + 1;
 }
 
 /** The end (ms) of the UTC day `at` falls in. */

@@ -2,7 +2,9 @@ import { existsSync, readFileSync, renameSync, statSync, utimesSync, writeFileSy
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { RotatingFile } from '../../src/storage/log-file.js';
+import { failingLogFile } from '../helpers/log-file-full.js';
 import { createTempDir } from '../helpers/temp-dir.js';
+import { until } from '../helpers/until.js';
 
 let dir: { path: string; cleanup(): void };
 beforeEach(() => {
@@ -21,7 +23,7 @@ test('rotates by size, keeping maxFiles old files, newest as .1', async () => {
     await f.ready();
   }
   // end(), not flushSync(): flushSync writes the buffered lines at once, ahead of a write still in
-  // flight (sonic-boom's documented caveat; serve uses it only at exit), which reordered 1 run in ~8.
+  // flight (serve uses it only at exit and for tests), which reordered 1 run in ~8.
   await f.end();
   // ~47-byte lines, rotation once a file reaches 100 bytes; only the current file and two old ones survive.
   const kept = [`${path}.2`, `${path}.1`, path].flatMap((p) => lines(p).map((l) => JSON.parse(l).n));
@@ -130,5 +132,37 @@ describe('daily rotation (LOG_ROTATE_DAILY)', () => {
     await writeThenEnd(f, 'early\n');
     expect(lines(`${path}.1`)).toEqual(['late']);
     expect(lines(path)).toEqual(['early']);
+  });
+});
+
+describe('a file that stops taking writes (full disk, EIO)', () => {
+  test('nothing waits on it: flushSync, the exit write and end() return at once; what was left is counted as dropped', async () => {
+    const path = join(dir.path, 'p.log');
+    const disk = failingLogFile();
+    const errors: string[] = [];
+    const f = new RotatingFile({
+      path,
+      maxBytes: 0,
+      maxFiles: 2,
+      daily: false,
+      fs: disk.fs,
+      retryMs: 60_000,
+      onError: (err) => errors.push(err.code ?? ''),
+    });
+    f.write('ok\n');
+    await until('the first line', () => lines(path).length === 1);
+    disk.fail('ENOSPC');
+    f.write('a\nb\n');
+    await until('the failure', () => f.health().error !== null);
+    expect(f.health().error).toContain('ENOSPC');
+    f.write('c\n');
+    const t0 = Date.now();
+    f.flushSync();
+    f.writeSync('d\n');
+    await f.end();
+    expect(Date.now() - t0).toBeLessThan(100);
+    expect(errors).toEqual(['ENOSPC']);
+    expect(f.health().droppedLines).toBe(4);
+    expect(lines(path)).toEqual(['ok']);
   });
 });

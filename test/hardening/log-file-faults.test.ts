@@ -1,0 +1,178 @@
+import { spawn } from 'node:child_process';
+import { readFileSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, test } from 'vitest';
+import { createFakeUpstream } from '../helpers/fake-upstream.js';
+import { failingLogFile } from '../helpers/log-file-full.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { startTestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
+
+const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** One chat call, given up after 5 s (a hung proxy fails the test instead of its timeout). */
+async function chat(url: string, content = 'hi'): Promise<number> {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'gpt-4o', messages: [{ role: 'user', content }] }),
+    signal: AbortSignal.timeout(5000),
+  });
+  await res.arrayBuffer();
+  return res.status;
+}
+
+async function health(url: string): Promise<Record<string, any>> {
+  return (await fetch(`${url}/health`, { signal: AbortSignal.timeout(5000) })).json();
+}
+
+function countRows(path: string): number {
+  const db = new Database(path, { readonly: true });
+  try {
+    return (db.prepare('select count(*) as n from exchanges').get() as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+describe('a log file that cannot be written', () => {
+  test.each(['ENOSPC', 'EIO', 'EDQUOT'])(
+    '%s: requests are answered, rows recorded, /health reports it once, writing resumes when it clears',
+    async (code) => {
+      const upstream = await createFakeUpstream();
+      cleanups.push(() => upstream.close());
+      const disk = failingLogFile();
+      const proxy = await startTestProxy(
+        { OPENAI_BASE_URL: upstream.baseUrl, LOG_LEVEL: 'warn' },
+        { logFileSystem: disk.fs, logFileRetryMs: 50 },
+      );
+      cleanups.push(() => proxy.close());
+      expect(await chat(proxy.url, 'before')).toBe(200);
+      await proxy.waitForLogLines((lines) => lines.some((l) => l.status === 200));
+
+      disk.fail(code);
+      for (let i = 0; i < 5; i++) expect(await chat(proxy.url, `during-${i}`)).toBe(200);
+      await until(
+        '/health to report the log file',
+        async () => (await health(proxy.url)).log_file === 'error',
+      );
+      const h = await health(proxy.url);
+      expect(h).toMatchObject({ log_file: 'error', database: 'ok' });
+      expect(h.log_file_error).toContain(code);
+      // Kept in memory (bounded) while the file fails: nothing dropped yet.
+      expect(h.dropped_log_lines).toBe(0);
+      expect((await proxy.waitForRows(6)).length).toBe(6);
+      // Said once on the console, whatever the number of failed writes.
+      await until('the console line', () => proxy.stderr().includes('cannot be written'));
+      expect(proxy.stderr().match(/cannot be written/g)).toHaveLength(1);
+      expect(proxy.stderr()).toContain(proxy.logPath);
+
+      disk.heal();
+      await until(
+        '/health to report the log file ok',
+        async () => (await health(proxy.url)).log_file === 'ok',
+      );
+      expect(await health(proxy.url)).toMatchObject({
+        log_file: 'ok',
+        log_file_error: null,
+        dropped_log_lines: 0,
+      });
+      expect(await chat(proxy.url, 'after')).toBe(200);
+      const lines = await proxy.waitForLogLines(
+        (ls) =>
+          ls.filter((l) => l.status === 200).length === 7 && ls.some((l) => /writable again/.test(l.msg)),
+      );
+      // The lines of the outage were kept and written once the file took writes again, in order.
+      expect(lines.filter((l) => l.status === 200)).toHaveLength(7);
+      expect(lines.some((l) => /writable again/.test(l.msg))).toBe(true);
+      expect((await proxy.waitForRows(7)).length).toBe(7);
+    },
+  );
+
+  test('beyond the bound kept in memory, lines are dropped and counted; the rows are all recorded', async () => {
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const disk = failingLogFile();
+    const proxy = await startTestProxy(
+      { OPENAI_BASE_URL: upstream.baseUrl },
+      { logFileSystem: disk.fs, logFileRetryMs: 50, logFileKeptBytes: 2000 },
+    );
+    cleanups.push(() => proxy.close());
+    disk.fail('ENOSPC');
+    for (let i = 0; i < 20; i++) expect(await chat(proxy.url, `m-${i}`)).toBe(200);
+    await proxy.waitForRows(20);
+    // Every exchange's line handed to the log file now (it drops what is over the bound at once).
+    proxy.running.flushLogs();
+    const { dropped_log_lines: dropped } = await health(proxy.url);
+    // ~330-byte exchange lines: 2000 bytes keep a handful, the rest are dropped.
+    expect(dropped).toBeGreaterThan(5);
+    expect(dropped).toBeLessThan(20);
+    disk.heal();
+    await until('the log file ok', async () => (await health(proxy.url)).log_file === 'ok');
+    const lines = await proxy.waitForLogLines(
+      (ls) =>
+        ls.some((l) => /writable again/.test(l.msg)) &&
+        ls.filter((l) => l.status === 200).length === 20 - dropped,
+    );
+    const back = lines.find((l) => /writable again/.test(l.msg))!;
+    expect(back.msg).toContain(`${dropped} lines`);
+    expect(lines.filter((l) => l.status === 200).length).toBe(20 - dropped);
+  });
+
+  test('`oai-proxy serve` with its log file on a full disk (/dev/full): requests answered, /health says so, SIGTERM exits 0 at once with every row', {
+    timeout: 30_000,
+  }, async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const dbPath = join(tmp.path, 'p.db');
+    // Every write to /dev/full fails with ENOSPC, as on a full disk; the symlink, not the device, is
+    // what a rotation would rename.
+    const logPath = join(tmp.path, 'p.log');
+    symlinkSync('/dev/full', logPath);
+    const child = spawn(
+      process.execPath,
+      [BIN, 'serve', '--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      {
+        env: { PATH: process.env.PATH ?? '', HOME: tmp.path, LOG_LEVEL: 'warn' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let err = '';
+    const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (d) => {
+        err += d;
+        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (c) => reject(new Error(`exited ${c}: ${err}`)));
+    });
+    cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
+
+    for (let i = 0; i < 8; i++) {
+      expect(await chat(url, `m-${i}`)).toBe(200);
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    const h = await health(url);
+    expect(h).toMatchObject({ log_file: 'error', database: 'ok' });
+    expect(h.log_file_error).toMatch(/ENOSPC/);
+    await until('the rows', () => countRows(dbPath) === 8);
+
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(countRows(dbPath)).toBe(8);
+    expect(err.match(/cannot be written/g)).toHaveLength(1);
+    expect(err).toMatch(/stopped; 8 exchanges recorded this run/);
+    expect(err).not.toMatch(/Emitted 'error' event|Unhandled/);
+    expect(readFileSync(dbPath).length).toBeGreaterThan(0);
+  });
+});
