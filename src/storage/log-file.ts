@@ -4,12 +4,14 @@ import {
   existsSync,
   mkdirSync,
   openSync,
+  readdirSync,
   renameSync,
   statSync,
+  unlinkSync,
   write,
   writeSync,
 } from 'node:fs';
-import { dirname } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { OaiProxyError } from '../errors.js';
 import { pathProblem } from './path-problem.js';
 
@@ -126,6 +128,8 @@ export class RotatingFile {
       this.size = 0;
       this.dayEndsAt = nextUtcMidnight(this.now());
     }
+    // Rotated files beyond maxFiles, left by a run with a larger LOG_MAX_FILES.
+    this.pruneOldFiles();
     try {
       this.fd = this.fs.openSync(options.path);
     } catch (err) {
@@ -422,6 +426,21 @@ export class RotatingFile {
     } catch {
       // Rotation is best effort.
       return false;
+    }
+  }
+
+  /** Delete `path.N` for every N above maxFiles (best effort). */
+  private pruneOldFiles(): void {
+    const { path, maxFiles } = this.options;
+    const prefix = `${basename(path)}.`;
+    try {
+      for (const name of readdirSync(dirname(path))) {
+        if (!name.startsWith(prefix)) continue;
+        const n = name.slice(prefix.length);
+        if (/^[1-9]\d*$/.test(n) && Number(n) > maxFiles) unlinkSync(join(dirname(path), name));
+      }
+    } catch {
+      // An old file left behind is no reason not to log.
     }
   }
 }

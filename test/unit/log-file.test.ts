@@ -68,6 +68,31 @@ test('maxBytes 0 never rotates by size', async () => {
   expect(existsSync(`${path}.1`)).toBe(false);
 });
 
+test('a lower maxFiles (LOG_MAX_FILES lowered between runs) deletes the rotated files beyond it', async () => {
+  const path = join(dir.path, 'k.log');
+  const first = new RotatingFile({ path, maxBytes: 100, maxFiles: 5, daily: false });
+  for (let i = 0; i < 12; i++) {
+    first.write(`${JSON.stringify({ n: i, pad: 'x'.repeat(60) })}\n`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await first.end();
+  expect(existsSync(`${path}.4`)).toBe(true);
+  // Another log beside it whose name only starts the same is not touched.
+  writeFileSync(join(dir.path, 'k.log.4.bak'), 'keep\n');
+  const second = new RotatingFile({ path, maxBytes: 100, maxFiles: 2, daily: false });
+  await second.end();
+  expect([1, 2, 3, 4, 5].map((i) => existsSync(`${path}.${i}`))).toEqual([true, true, false, false, false]);
+  expect(existsSync(join(dir.path, 'k.log.4.bak'))).toBe(true);
+  // Rotation then keeps two.
+  const third = new RotatingFile({ path, maxBytes: 100, maxFiles: 2, daily: false });
+  for (let i = 0; i < 6; i++) {
+    third.write(`${JSON.stringify({ n: i, pad: 'y'.repeat(60) })}\n`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await third.end();
+  expect(existsSync(`${path}.3`)).toBe(false);
+});
+
 test('reopen() continues at the path after an external tool moved the file (SIGUSR2)', async () => {
   const path = join(dir.path, 'p.log');
   const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false });
