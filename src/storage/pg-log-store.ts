@@ -165,20 +165,17 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
   };
 }
 
-/** A row as PostgreSQL accepts it: text cannot hold NUL, which a binary body decoded as UTF-8 may contain. */
+/**
+ * A row as PostgreSQL accepts it: text cannot hold NUL, which a client can put in any value it sends (a
+ * body decoded as UTF-8, a `model` or `user` field of JSON written `\u0000`), so every text column has
+ * its NULs replaced by U+FFFD here, in one place, for columns added later too.
+ */
 export function pgRow(r: ExchangeRecord): ExchangesTable {
-  const row = toRow(r);
-  for (const k of [
-    'request_body',
-    'response_body',
-    'request_headers',
-    'response_headers',
-    'assembled',
-  ] as const) {
-    const v = row[k];
-    if (v?.includes('\u0000')) (row as unknown as Record<string, string>)[k] = v.replace(/\u0000/g, '\uFFFD');
+  const row = toRow(r) as unknown as Record<string, unknown>;
+  for (const [k, v] of Object.entries(row)) {
+    if (typeof v === 'string' && v.includes('\u0000')) row[k] = v.replace(/\u0000/g, '\uFFFD');
   }
-  return row;
+  return row as unknown as ExchangesTable;
 }
 
 /** SQLSTATE classes 22 (data exception) and 23 (integrity): retrying the same rows would fail again. */

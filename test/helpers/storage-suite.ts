@@ -214,6 +214,43 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
       await writer.close();
     });
 
+    test('a NUL in any text value (model, user, path, query, headers, error, assembled…) is still recorded', async () => {
+      const writer = storage.createWriter({ flushIntervalMs: 60_000, queueMax: 100 });
+      const nul = (s: string) => `${s}\u0000x`;
+      const r = makeRecord({
+        method: nul('POST'),
+        path: nul('/v1/chat/completions'),
+        query: nul('a=1'),
+        clientAddr: nul('127.0.0.1'),
+        requestHeadersJson: nul('{"x-a":"b"}'),
+        responseHeadersJson: nul('{}'),
+        requestBody: nul('{}'),
+        responseBody: nul('{}'),
+        model: nul('gpt'),
+        upstreamModel: nul('gpt-up'),
+        upstream: nul('default'),
+        user: nul('alice'),
+        error: nul('upstream_error'),
+        errorMessage: nul('boom'),
+        assembled: { role: 'assistant', content: nul('hi') } as ExchangeRecord['assembled'],
+      });
+      writer.record(r);
+      await writer.flush();
+      expect(writer.health()).toMatchObject({ database: 'ok', spilled: 0, lastError: null });
+      const row = await storage.db
+        .selectFrom('exchanges')
+        .selectAll()
+        .where('id', '=', r.id)
+        .executeTakeFirst();
+      // SQLite keeps the NUL; PostgreSQL text cannot hold it and gets U+FFFD instead.
+      expect(row).toMatchObject({ model: expect.stringMatching(/^gpt[\u0000\uFFFD]x$/) });
+      for (const [k, v] of Object.entries(row!)) {
+        if (typeof v === 'string' && k !== 'id' && k !== 'assembled')
+          expect([k, v.replace('\uFFFD', '\u0000').endsWith('\u0000x')]).toEqual([k, true]);
+      }
+      await writer.close();
+    });
+
     test('a failing database never throws at record(): rows queue up to queueMax, the oldest spill, health says error', async () => {
       const spilledIds: string[] = [];
       const errors: string[] = [];

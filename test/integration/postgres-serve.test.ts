@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -134,6 +135,44 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     expect(Date.now() - t1).toBeLessThan(1500);
     await chat(b, 'team-fast');
     expect(lastModel()).toBe('gpt-4o');
+  });
+
+  test('a NUL in the model or user a client sends: answered and recorded all the same, found by `logs`', async () => {
+    const url = await database();
+    const up = await upstream();
+    const p = await serve(url, up);
+    // JSON `\u0000` escapes decode to a real NUL, which PostgreSQL text refuses.
+    const body =
+      '{"model":"gpt\\u0000x","user":"x\\u0000y","messages":[{"role":"user","content":"onlymodel"}]}';
+    const res = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer sk-client-0000000000' },
+      body,
+    });
+    expect(res.status).toBe(200);
+    // Node's parser refuses a raw NUL in a header value or the path: a 400, recorded too.
+    const raw = await new Promise<string>((resolve) => {
+      const s = connect(Number(new URL(p.url).port), '127.0.0.1', () =>
+        s.end('GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Tag: a\u0000b\r\n\r\n'),
+      );
+      let out = '';
+      s.on('data', (d) => (out += d));
+      s.on('close', () => resolve(out));
+    });
+    expect(raw).toMatch(/^HTTP\/1\.1 400 /);
+    await p.flush();
+
+    const h = await health(p);
+    expect(h).toMatchObject({ database: 'ok', database_error: null, spilled_log_rows: 0 });
+    const io = createTestIo({ DATABASE_URL: url, HOME: '/nonexistent' });
+    expect(await main(['logs', '--json'], io), io.err()).toBe(0);
+    const rows = JSON.parse(io.out()) as Record<string, any>[];
+    const chatRow = rows.find((r) => r.path === '/v1/chat/completions');
+    expect(chatRow).toMatchObject({ status: 200, model: 'gpt\uFFFDx', user: 'x\uFFFDy' });
+    const found = createTestIo({ DATABASE_URL: url, HOME: '/nonexistent' });
+    expect(await main(['logs', '--grep', 'onlymodel', '--json'], found), found.err()).toBe(0);
+    expect((JSON.parse(found.out()) as { id: string }[]).map((r) => r.id)).toEqual([chatRow!.id]);
+    expect(rows.find((r) => r.status === 400)).toBeTruthy();
   });
 
   test('an admin write while PostgreSQL is unreachable: 503 database_unavailable, a warning, no stack', async () => {
