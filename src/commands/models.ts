@@ -5,7 +5,7 @@ import type { CommandRunner } from '../cli.js';
 import { type ResolvedConfig, resolveConfig } from '../config/load.js';
 import { resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
-import { checkModelName, type ModelRegistry } from '../registry/registry.js';
+import { checkModelName, checkModelText, type ModelRegistry } from '../registry/registry.js';
 import {
   createPgRegistryStore,
   createSqliteRegistryStore,
@@ -264,6 +264,8 @@ export async function runModelsShow(
 export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: CliIo): Promise<number> {
   checkModelName(name, 'NAME');
   if (opts.deployment !== undefined) checkModelName(opts.deployment, '--deployment');
+  checkModelText(opts.displayName, '--display-name');
+  checkModelText(opts.description, '--description');
   return withRegistry(opts, io, async (store, resolved) => {
     const known = upstreamNames(resolved.config);
     if (opts.upstream !== undefined && !known.includes(opts.upstream)) {

@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { isOaiProxyError, OaiProxyError, openAiErrorBody } from '../errors.js';
 import type { NewModel } from '../registry/model-store.js';
-import { checkModelName, type ModelInfo, type RegistryView } from '../registry/registry.js';
+import { checkModelName, checkModelText, type ModelInfo, type RegistryView } from '../registry/registry.js';
 import { bearerToken } from './capture.js';
 import type { ExchangeContext, OwnRoute } from './server.js';
 
@@ -102,6 +102,7 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
         const v = body[k];
         if (v === undefined || v === null) return null;
         if (typeof v !== 'string') throw badField(k, `${k} must be a string`);
+        field(() => checkModelText(v, k), k);
         return v;
       };
       const upstream = opt('upstream');

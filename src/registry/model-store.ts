@@ -1,6 +1,13 @@
 import { OaiProxyError } from '../errors.js';
 import type { ModelMappingsTable, ModelsTable } from '../storage/tables.js';
-import { type MappingInfo, type ModelInfo, ModelRegistry, type RegistrySource } from './registry.js';
+import {
+  checkModelName,
+  checkModelText,
+  type MappingInfo,
+  type ModelInfo,
+  ModelRegistry,
+  type RegistrySource,
+} from './registry.js';
 import type { SeedPlan } from './seed.js';
 
 /** The subset of better-sqlite3 the store needs (like kysely's `SqliteDatabase`). */
@@ -27,6 +34,18 @@ export interface NewModel {
   description?: string | null;
   upstream?: string | null;
   deployment?: string | null;
+}
+
+/**
+ * Check a model to register, the same on every store (SQLite and PostgreSQL refuse alike): a valid name
+ * and deployment, no NUL in any text. Throws OaiProxyError('usage', 400) naming the admin API's field;
+ * the admin API and `models add` check each field first, to name it their way.
+ */
+export function checkNewModel(m: NewModel): void {
+  checkModelName(m.name, 'name');
+  checkModelText(m.displayName, 'display_name');
+  checkModelText(m.description, 'description');
+  if (m.deployment != null) checkModelName(m.deployment, 'deployment');
 }
 
 /** What one seeding changed, and what it skipped because a user's entry stands in the way. */
@@ -189,6 +208,7 @@ export class ModelStore {
 
   /** Register a model. Throws OaiProxyError('conflict', 409) when the name is taken by a model or an alias. */
   addModel(m: NewModel, source: 'cli' | 'admin', now = Date.now()): ModelInfo {
+    checkNewModel(m);
     return this.sqlite
       .transaction(() => {
         const current = this.load();

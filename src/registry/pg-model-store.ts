@@ -1,7 +1,7 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { OaiProxyError } from '../errors.js';
 import type { DatabaseSchema, ModelMappingsTable, ModelsTable } from '../storage/tables.js';
-import { differs, type NewModel, type SeedResult, toMapping, toModel } from './model-store.js';
+import { checkNewModel, differs, type NewModel, type SeedResult, toMapping, toModel } from './model-store.js';
 import { type ModelInfo, ModelRegistry, type RegistrySource } from './registry.js';
 import type { SeedPlan } from './seed.js';
 
@@ -158,6 +158,7 @@ export class PgModelStore {
 
   /** Register a model. Throws OaiProxyError('conflict', 409) when the name is taken by a model or an alias. */
   async addModel(m: NewModel, source: 'cli' | 'admin', now = Date.now()): Promise<ModelInfo> {
+    checkNewModel(m);
     return this.write(async (trx) => {
       const current = await loadFrom(trx);
       if (current.models.has(m.name)) {

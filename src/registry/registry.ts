@@ -152,6 +152,16 @@ export function checkModelName(value: unknown, field: string): string {
   return value;
 }
 
+/**
+ * Check a free-text registry field (display name, description): any text but NUL, which PostgreSQL text
+ * cannot hold (both stores refuse it alike). Throws OaiProxyError('usage', 400) naming `field`.
+ */
+export function checkModelText(value: string | null | undefined, field: string): void {
+  if (value?.includes('\u0000')) {
+    throw new OaiProxyError('usage', `${field} must not contain a NUL character (\\u0000)`, { status: 400 });
+  }
+}
+
 function cmp(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -230,9 +230,9 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
         upstreamModel: nul('gpt-up'),
         upstream: nul('default'),
         user: nul('alice'),
-        error: nul('upstream_error'),
+        error: nul('upstream_error') as ExchangeRecord['error'],
         errorMessage: nul('boom'),
-        assembled: { role: 'assistant', content: nul('hi') } as ExchangeRecord['assembled'],
+        assembled: { role: 'assistant', content: nul('hi') } as unknown as ExchangeRecord['assembled'],
       });
       writer.record(r);
       await writer.flush();
@@ -353,6 +353,19 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
       } as any);
       expect(again.added).toBe(0);
       expect((await b.load()).models.has('gpt-4o')).toBe(false);
+    });
+
+    test("registry: a NUL in a model's display name or description is refused alike (400, naming the field)", async () => {
+      const store = registryStoreOf(storage);
+      for (const [m, field] of [
+        [{ name: 'm1', description: 'd\u0000esc' }, 'description'],
+        [{ name: 'm1', displayName: 'D\u0000' }, 'display_name'],
+      ] as const) {
+        const err = await store.addModel(m, 'admin').catch((e) => e);
+        expect(err).toMatchObject({ code: 'usage', status: 400 });
+        expect(err.message).toBe(`${field} must not contain a NUL character (\\u0000)`);
+      }
+      expect((await store.load()).models.has('m1')).toBe(false);
     });
 
     test('registry: a change made through another connection is reported within a second', async () => {

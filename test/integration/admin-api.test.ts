@@ -165,6 +165,27 @@ describe('admin API editing the registry', () => {
     expect(up.requests.some((r) => JSON.stringify(r.headers).includes(ADMIN_KEY))).toBe(false);
   });
 
+  test('a NUL in any string field (display_name, description, upstream, name) → 400 naming it; nothing added', async () => {
+    const { admin } = await setup({ ADMIN_API_KEY: ADMIN_KEY });
+    for (const [body, param] of [
+      [{ name: 'okname', description: 'd\u0000esc' }, 'description'],
+      [{ name: 'okname', display_name: 'Ok\u0000' }, 'display_name'],
+      [{ name: 'okname', upstream: 'default\u0000' }, 'upstream'],
+      [{ name: 'ok\u0000name' }, 'name'],
+    ] as const) {
+      const res = await admin('POST', '/admin/models', body);
+      expect([res.status, res.body.error.param, res.body.error.type]).toEqual([
+        400,
+        param,
+        'invalid_request_error',
+      ]);
+      expect(res.body.error.message).toMatch(new RegExp(`^${param} `));
+    }
+    expect(
+      (await admin('GET', '/admin/models')).body.models.map((m: { name: string }) => m.name),
+    ).not.toContain('okname');
+  });
+
   test('an admin body over 64 KB → 413 naming the admin limit (not MAX_REQUEST_BODY_BYTES); bad JSON → 400 not quoting it', async () => {
     const { admin, p } = await setup({ ADMIN_API_KEY: ADMIN_KEY, MAX_REQUEST_BODY_BYTES: '10000000' });
     const bigBody = JSON.stringify({ name: 'big', description: 'x'.repeat(200_000) });

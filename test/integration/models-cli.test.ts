@@ -187,6 +187,17 @@ describe('oai-proxy models', () => {
     );
   });
 
+  test('a NUL in --display-name or --description exits 2 naming the option; nothing added', async () => {
+    for (const [flag, value] of [
+      ['--description', 'd\u0000esc'],
+      ['--display-name', 'D\u0000'],
+    ]) {
+      const r = await cli(['models', 'add', 'okname', flag, value, '--db', db]);
+      expect([r.code, r.err.trim()]).toEqual([2, expect.stringContaining(`${flag} must not contain a NUL`)]);
+    }
+    expect((await cli(['models', 'show', 'okname', '--db', db])).code).not.toBe(0);
+  });
+
   test('database from DATABASE_URL, as serve resolves it; --help has examples', async () => {
     const viaEnv = await cli(['models', 'add', 'm1'], { DATABASE_URL: `sqlite:///${db}` });
     expect(viaEnv.code).toBe(0);

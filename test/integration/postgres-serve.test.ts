@@ -175,6 +175,28 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     expect(rows.find((r) => r.status === 400)).toBeTruthy();
   });
 
+  test('admin API: a NUL in a description or display name → 400 naming the field, as on SQLite (not a 500)', async () => {
+    const url = await database();
+    const p = await serve(url, await upstream());
+    for (const [body, param] of [
+      [{ name: 'okname', description: 'd\u0000esc' }, 'description'],
+      [{ name: 'okname', display_name: 'Ok\u0000' }, 'display_name'],
+    ] as const) {
+      const res = await fetch(`${p.url}/admin/models`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN_KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: Record<string, unknown> }).error).toMatchObject({
+        type: 'invalid_request_error',
+        param,
+      });
+    }
+    expect(await pgQuery(url, "select name from models where name = 'okname'")).toEqual([]);
+    expect(p.stderr()).not.toMatch(/internal_error|"level":50/);
+  });
+
   test('an admin write while PostgreSQL is unreachable: 503 database_unavailable, a warning, no stack', async () => {
     const url = new URL(await database());
     const relay = await startRelay(Number(url.port));
