@@ -10,6 +10,7 @@ import type { ModelRegistry, RegistryView } from '../registry/registry.js';
 import type { RegistryStore } from '../registry/registry-store.js';
 import { buildSeedPlan, type SeedPlan, upstreamNames } from '../registry/seed.js';
 import { isSqliteBusy } from '../storage/busy-wait.js';
+import { createFailureStreak } from '../storage/failure-streak.js';
 import { redactMessage } from '../storage/postgres.js';
 import { isDatabaseUnavailable } from '../storage/storage.js';
 
@@ -26,6 +27,11 @@ export interface RegistryRuntime {
   defaultUpstream(): UpstreamTarget;
   /** Fields for `GET /health`. */
   health(): Record<string, unknown>;
+  /**
+   * Why the registry's poll of the database fails now (password hidden), or null while it succeeds:
+   * an instance that receives no requests still learns its database is gone (PostgreSQL).
+   */
+  databaseError(): string | null;
   /**
    * Re-read configuration (file + environment) and re-seed; throws and keeps the old state when invalid.
    * `restart_required` names the changed settings a reload cannot apply (see RELOADABLE_SETTINGS).
@@ -48,7 +54,9 @@ export interface RegistryRuntimeOptions {
   store: RegistryStore;
   /** Resolves the configuration again (for `POST /admin/reload-config`). */
   reloadConfig: () => ResolvedConfig;
-  logger?: Pick<Logger, 'warn' | 'info'>;
+  logger?: Pick<Logger, 'error' | 'warn' | 'info'>;
+  /** The database as messages name it (password hidden). */
+  databaseLabel?: string;
   /**
    * How often to look for registry changes made by other processes (default 500 ms). On PostgreSQL,
    * LISTEN/NOTIFY reports them at once and this polling is the fallback.
@@ -165,7 +173,22 @@ export async function startRegistry(
     });
     return loading;
   };
-  const stopWatching = store.watch(() => void refresh(), options.watchIntervalMs ?? 500);
+  // A failing poll is logged once per failure streak and reported by /health until a poll succeeds.
+  const where = options.databaseLabel ?? 'the database';
+  const poll = createFailureStreak({
+    baseMs: options.watchIntervalMs ?? 500,
+    onError: (err) =>
+      logger?.error(
+        { err: { message: redactMessage(err.message), code: (err as { code?: unknown }).code } },
+        `database ${where}: reading the model registry failed; /health reports "database": "error" until it succeeds`,
+      ),
+    onRecover: () => logger?.info(`database ${where}: the model registry is readable again`),
+  });
+  const stopWatching = store.watch(
+    () => void refresh(),
+    options.watchIntervalMs ?? 500,
+    (err) => (err ? poll.fail(err) : poll.succeeded()),
+  );
 
   const names = () => upstreamNames(settings.resolved.config);
 
@@ -286,6 +309,10 @@ export async function startRegistry(
       validate_models: settings.resolved.config.validateModels,
       admin_api: settings.resolved.config.adminApiKey ? 'enabled' : 'disabled',
     }),
+    databaseError: () =>
+      poll.failing && poll.lastError !== null
+        ? `reading the model registry failed: ${redactMessage(poll.lastError)}`
+        : null,
     reload,
     async seed() {
       await seedStore(start.plan);

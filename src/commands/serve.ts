@@ -466,6 +466,7 @@ export async function startProxy(
       onConfig,
       store: registryStore,
       logger,
+      databaseLabel: where,
       reloadConfig: () => {
         if (configInUse && !existsSync(configInUse))
           throw new OaiProxyError(
@@ -526,10 +527,12 @@ export async function startProxy(
       const logHealth = logFile.health();
       // The registry's: a reload may have changed OPENAI_BASE_URL.
       const upstream = registry.defaultUpstream();
+      // An idle instance writes nothing: its registry poll is what notices the database gone.
+      const pollError = registry.databaseError();
       return {
         upstream: upstream.origin + upstream.basePath,
-        database: h.database,
-        database_error: h.lastError,
+        database: pollError ? 'error' : h.database,
+        database_error: h.lastError ?? pollError,
         queued_log_rows: h.queued,
         spilled_log_rows: h.spilled,
         log_file: logHealth.error === null ? 'ok' : 'error',

@@ -19,8 +19,9 @@ export interface RegistryStore {
   /**
    * Call `onChange` soon after any process changed the registry (SQLite: `data_version` polled every
    * `intervalMs`; PostgreSQL: LISTEN/NOTIFY, with polling every `intervalMs` as the fallback). Returns stop.
+   * `onPoll` (PostgreSQL) hears each poll's outcome: null when it read the database, else the error.
    */
-  watch(onChange: () => void, intervalMs: number): () => void;
+  watch(onChange: () => void, intervalMs: number, onPoll?: (err: Error | null) => void): () => void;
 }
 
 /** Subscribe to a PostgreSQL NOTIFY channel; `onState(true)` once listening, `onState(false)` when the connection is lost. */
@@ -87,7 +88,7 @@ export function createPgRegistryStore(
     removeModel: (name) => store.removeModel(name),
     setMapping: (alias, actual, source) => store.setMapping(alias, actual, source),
     removeMapping: (alias) => store.removeMapping(alias),
-    watch(onChange, intervalMs) {
+    watch(onChange, intervalMs, onPoll) {
       let version: string | null = null;
       let polling = false;
       const poll = async () => {
@@ -97,8 +98,10 @@ export function createPgRegistryStore(
           const v = await store.version();
           if (version !== null && v !== version) onChange();
           version = v;
-        } catch {
-          // The database is failing; the recorder reports it. Keep routing with what we have.
+          onPoll?.(null);
+        } catch (err) {
+          // The database is failing: keep routing with what we have, and say so (the caller's /health).
+          onPoll?.(err as Error);
         } finally {
           polling = false;
         }

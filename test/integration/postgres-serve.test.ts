@@ -250,6 +250,58 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     expect(p.stderr()).not.toContain(url.password);
   });
 
+  test('PostgreSQL gone while no request comes: /health says error (from the registry poll), logged once, ok again after', async () => {
+    const url = new URL(await database());
+    const relay = await startRelay(Number(url.port));
+    cleanups.push(() => relay.down());
+    url.port = String(relay.port);
+    const p = await serve(url.toString(), await upstream(), { LOG_LEVEL: 'info' });
+    expect(await health(p)).toMatchObject({ database: 'ok', database_error: null });
+
+    await relay.down();
+    const down = await until(
+      '/health to report the database error',
+      async () => {
+        const h = await health(p);
+        return h.database === 'error' ? h : undefined;
+      },
+      5000,
+    );
+    expect(down.database_error).toMatch(/^reading the model registry failed: .*ECONNREFUSED/);
+    expect(down.queued_log_rows).toBe(0);
+    // Polls keep failing every 500 ms: still one line for the streak.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await health(p)).database).toBe('error');
+    const logged = () =>
+      p
+        .stderr()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { level: number; msg: string })
+        .filter((l) => /model registry/.test(l.msg))
+        .map((l) => [l.level, l.msg]);
+    const label = `postgres://oai:***@127.0.0.1:${relay.port}${url.pathname}`;
+    expect(logged()).toEqual([
+      [
+        50,
+        `database ${label}: reading the model registry failed; /health reports "database": "error" until it succeeds`,
+      ],
+    ]);
+
+    await relay.up();
+    await until(
+      '/health to report the database back',
+      async () => {
+        const h = await health(p);
+        return h.database === 'ok' && h.database_error === null;
+      },
+      5000,
+    );
+    expect(logged().at(-1)).toEqual([30, `database ${label}: the model registry is readable again`]);
+    expect(p.stderr()).not.toContain(url.password);
+    expect(JSON.stringify(down)).not.toContain(url.password);
+  });
+
   test('PostgreSQL stopped while serving: requests are unaffected, rows queue and are written after the restart', async () => {
     const cluster = await startPrivateCluster();
     cleanups.push(() => cluster.stop());
