@@ -28,6 +28,31 @@ export function waitForStop(io: CliIo): Promise<string> {
   });
 }
 
+/**
+ * `stream` as a long-running command's console: the first write error, thrown (a full disk: ENOSPC) or
+ * emitted (a reader gone: EPIPE; a hung-up terminal: EIO), silences it for good and the command goes on.
+ */
+export function createQuietConsole(stream: CliIo['stderr']): CliIo['stderr'] {
+  let gone = false;
+  const emitter = stream as Partial<NodeJS.WritableStream>;
+  if (typeof emitter.on === 'function')
+    emitter.on('error', () => {
+      gone = true;
+    });
+  return {
+    isTTY: stream.isTTY,
+    write(s: string) {
+      if (gone) return true;
+      try {
+        return stream.write(s);
+      } catch {
+        gone = true;
+        return true;
+      }
+    },
+  };
+}
+
 /** How `serve` is asked to stop: by signals (see watchStopSignals) or `io.signal`. */
 export interface StopSignals {
   /** Resolves with the first stop signal's name ('abort' for `io.signal`): stop gracefully. */

@@ -46,7 +46,7 @@ import {
   sqliteStorage,
 } from '../storage/storage.js';
 import { VERSION } from '../version.js';
-import { BatchedWriter, type CliIo, watchStopSignals } from './io.js';
+import { BatchedWriter, type CliIo, createQuietConsole, watchStopSignals } from './io.js';
 import { type RegistryRuntime, startRegistry } from './registry-setup.js';
 import { terminalSafe, useColor } from './terminal-text.js';
 import { configSecrets, startVectorIndexing, type VectorIndexing } from './vector-setup.js';
@@ -717,7 +717,10 @@ ${bar}
  * signal cuts what is still in flight at once; every row is still written). A signal during start-up ends
  * it before the proxy listens: what was opened is closed, exit 0.
  */
-export async function runServe(options: ServeOptions, io: CliIo): Promise<number> {
+export async function runServe(options: ServeOptions, cliIo: CliIo): Promise<number> {
+  // A console that goes away (a log shipper restarting, `| head`, a closed terminal, a full disk) must not
+  // stop the proxy: the log file and the database keep everything the console would have said.
+  const io: CliIo = { ...cliIo, stderr: createQuietConsole(cliIo.stderr) };
   const resolve = (configPath = options.config) =>
     resolveConfig({
       configPath,
@@ -747,7 +750,6 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
       });
     } catch (err) {
       if (!isOaiProxyError(err, 'start_stopped')) throw err;
-      ignoreWriteErrors(io.stderr);
       io.stderr.write(`oai-proxy: ${err.message}\n`);
       if (stopStart.signal.reason === 'SIGHUP') releaseHungUpTerminal();
       return 0;
@@ -758,9 +760,6 @@ export async function runServe(options: ServeOptions, io: CliIo): Promise<number
     // A signal that came after the last check of start-up (while it listened) stops the proxy now.
     const why = await stop.requested;
     let hungUp = why === 'SIGHUP';
-    // After SIGHUP the terminal may be gone: a console write failing (EIO, EPIPE) must not stop the
-    // shutdown that writes the rows. The log file and the database keep everything the console said.
-    ignoreWriteErrors(io.stderr);
     running.flushLogs();
     const graceMs = resolved.config.shutdownGraceMs;
     io.stderr.write(
@@ -805,12 +804,6 @@ function releaseHungUpTerminal(): void {
       // Closed already, or /dev/null missing: nothing to restore at exit, or nothing more to do.
     }
   }
-}
-
-/** Errors of `stream` (the console: a closed terminal, a gone reader) are dropped from now on. */
-function ignoreWriteErrors(stream: CliIo['stderr']): void {
-  const emitter = stream as Partial<NodeJS.WritableStream>;
-  if (typeof emitter.on === 'function') emitter.on('error', () => undefined);
 }
 
 /** Exchange fields the console's one-line message already says (the log file keeps them all). */

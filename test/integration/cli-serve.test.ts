@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -502,6 +502,77 @@ describe('the built bin', () => {
       expect(text).toContain('evil\\x1b]0;TITLE\\x07\\x9b2J\\u202e\\nfake');
     },
   );
+
+  // A log shipper or supervisor restarting, `serve 2>&1 | head`: the console's reader goes away.
+  test('the console reader goes away: serve keeps answering and recording, exit 0 on SIGTERM', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const dbPath = join(tmp.path, 'p.db');
+    const logPath = join(tmp.path, 'p.log');
+    const { child, url } = startBin(
+      ['serve', '--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      { HOME: tmp.path },
+    );
+    const base = await url;
+    child.stderr!.destroy();
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+    for (const content of ['one', 'two', 'three']) {
+      const answer = await client.chat.completions.create({
+        model: 'gpt-4o',
+        messages: [{ role: 'user', content }],
+      });
+      expect(answer.choices[0].message.content).toBe('Hello from the fake upstream!');
+      await new Promise((r) => setTimeout(r, 50)); // the console line of each is written (and fails)
+    }
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const db = new Database(dbPath, { readonly: true });
+    const rows = db.prepare('select status from exchanges').all();
+    db.close();
+    expect(rows).toEqual([{ status: 200 }, { status: 200 }, { status: 200 }]);
+    expect(readFileSync(logPath, 'utf8').split('\n').filter(Boolean)).toHaveLength(3);
+  });
+
+  test('a console that cannot be written (2>/dev/full): serve starts, answers and records', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const dbPath = join(tmp.path, 'p.db');
+    // No banner to read the port from: take a free one (released just before serve binds it).
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    const full = openSync('/dev/full', 'w');
+    const child = spawn(
+      process.execPath,
+      [BIN, 'serve', '--port', String(port), '--db', dbPath, '--upstream', upstream.baseUrl],
+      { env: { PATH: process.env.PATH ?? '', HOME: tmp.path }, stdio: ['ignore', 'ignore', full] },
+    );
+    closeSync(full);
+    cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const base = `http://127.0.0.1:${port}`;
+    await until(
+      'serve listening',
+      async () => (await fetch(`${base}/health`).catch(() => null))?.ok === true,
+    );
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+    for (const content of ['one', 'two']) {
+      await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content }] });
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(child.exitCode).toBe(null);
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const db = new Database(dbPath, { readonly: true });
+    expect(db.prepare('select count(*) as n from exchanges').get()).toEqual({ n: 2 });
+    db.close();
+  });
 
   test('SIGTERM with a stream in flight: the stream finishes, its row is written, exit 0', async () => {
     const tmp = createTempDir();
