@@ -112,10 +112,16 @@ export async function main(argv: string[], io: CliIo = defaultIo()): Promise<num
 }
 
 function defaultIo(): CliIo {
-  // `oai-proxy logs | head`: a reader that goes away ends the output quietly, as with any Unix tool.
+  // `oai-proxy logs | head`: a reader that goes away ends the output quietly, as with any Unix tool. Any
+  // other write error (a full disk, a device error) is one line on stderr and exit 1, not a stack trace.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(0);
-    throw err;
+    try {
+      process.stderr.write(`oai-proxy: Cannot write standard output: ${err.code ?? err.message}\n`);
+    } catch {
+      // stderr is gone too: the exit code says it.
+    }
+    process.exit(1);
   });
   return {
     stdout: process.stdout,

@@ -1,6 +1,9 @@
+import { spawn } from 'node:child_process';
 import {
   chmodSync,
+  closeSync,
   existsSync,
+  openSync,
   readdirSync,
   readFileSync,
   renameSync,
@@ -374,6 +377,54 @@ describe('logs export --out: SQLite', () => {
     expect(r.code, r.err).toBe(0);
     expect(statSync(mine).mode & 0o777).toBe(0o640);
     expect(readFileSync(mine, 'utf8')).toMatch(/^id,time,/);
+  });
+});
+
+describe('standard output that cannot be written (the built bin)', () => {
+  const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
+  let tmp: { path: string; cleanup(): void };
+  let dbPath: string;
+  beforeEach(async () => {
+    tmp = createTempDir();
+    dbPath = join(tmp.path, 'proxy.db');
+    await seedSqlite(dbPath, [rec('a1'), rec('a2'), rec('a3')]);
+  });
+  afterEach(() => tmp.cleanup());
+
+  /** Run the bin with stdout on `stdout` (a descriptor, or 'pipe' closed at once by the reader). */
+  function runBin(argv: string[], stdout: number | 'closed-pipe') {
+    const child = spawn(process.execPath, [BIN, ...argv], {
+      env: { PATH: process.env.PATH ?? '', HOME: tmp.path },
+      stdio: ['ignore', stdout === 'closed-pipe' ? 'pipe' : stdout, 'pipe'],
+    });
+    if (stdout === 'closed-pipe') child.stdout!.destroy();
+    let err = '';
+    child.stderr!.on('data', (d) => {
+      err += d;
+    });
+    return new Promise<{ code: number | null; err: string }>((r) =>
+      child.once('close', (code) => r({ code, err })),
+    );
+  }
+
+  const commands = ['logs export', 'logs --json', 'logs', 'logs stats --json', 'models list --json'];
+
+  test.skipIf(!existsSync('/dev/full')).each(commands)(
+    '%s > /dev/full: one line naming standard output and ENOSPC, exit 1, no stack trace',
+    async (command) => {
+      const full = openSync('/dev/full', 'w');
+      const run = runBin([...command.split(' '), '--db', dbPath], full);
+      closeSync(full);
+      const r = await run;
+      expect(r.err).toBe('oai-proxy: Cannot write standard output: ENOSPC\n');
+      expect(r.code).toBe(1);
+    },
+  );
+
+  test.each(commands)('%s | (a reader gone at once): quiet, exit 0', async (command) => {
+    const r = await runBin([...command.split(' '), '--db', dbPath], 'closed-pipe');
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
   });
 });
 
