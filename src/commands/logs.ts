@@ -1,9 +1,10 @@
 import { once } from 'node:events';
-import { createWriteStream, openSync } from 'node:fs';
+import { createWriteStream, openSync, statSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import { type ResolvedConfig, resolveConfig } from '../config/load.js';
-import { resolveDatabaseLocation } from '../config/paths.js';
+import { resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
 import { openDatabase } from '../storage/database.js';
@@ -375,7 +376,8 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
   const filter = resolveLogFilter(opts, Date.now());
   const format = parseChoice(opts.format, '--format', ['jsonl', 'csv'] as const, 'jsonl');
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'asc');
-  return withDatabase(opts, io, true, async (handle) => {
+  return withDatabase(opts, io, true, async (handle, resolved) => {
+    if (opts.out) refuseOwnFiles(opts.out, resolved, io.cwd);
     const total = opts.out && io.stderr.isTTY ? await countExchanges(handle, filter) : 0;
     const out = opts.out ? openOutFile(opts.out) : null;
     const write = async (s: string) => {
@@ -409,6 +411,32 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
     }
     return 0;
   });
+}
+
+/**
+ * Refuses an `--out` that is the database being read (or its -wal, -shm or -journal file) or the log file
+ * `serve` writes: opening it for writing would truncate it. The same file by device and inode when both
+ * exist, else the same resolved path.
+ */
+function refuseOwnFiles(out: string, resolved: ResolvedConfig, cwd: string): void {
+  const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, cwd);
+  const owned: [string, string][] = [];
+  if (location.kind === 'sqlite')
+    for (const suffix of ['', '-wal', '-shm', '-journal'])
+      owned.push([location.path + suffix, suffix ? `the ${suffix} file of the database` : 'the database']);
+  const logPath = resolveLogFilePath(resolved.config.logFilePath, location, resolved.env, cwd);
+  owned.push([logPath, 'the log file `oai-proxy serve` writes']);
+  const target = resolvePath(cwd, out);
+  const targetStat = statSync(target, { throwIfNoEntry: false });
+  for (const [path, what] of owned) {
+    const stat = targetStat && statSync(path, { throwIfNoEntry: false });
+    const same = stat ? stat.dev === targetStat.dev && stat.ino === targetStat.ino : path === target;
+    if (same)
+      throw new OaiProxyError(
+        'usage',
+        `--out ${out} is ${what} (${path}): writing the export there would destroy it; choose another file`,
+      );
+  }
 }
 
 /**

@@ -3,6 +3,7 @@ import {
   chmodSync,
   closeSync,
   existsSync,
+  linkSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -361,6 +362,58 @@ describe('logs export --out: SQLite', () => {
       expect(r.err).toBe('oai-proxy: Cannot write --out /dev/full: ENOSPC\n');
     },
   );
+
+  test.each([
+    ['the database itself', (db: string) => db, 'the database', (db: string) => db],
+    [
+      'its -wal file',
+      (db: string) => `${db}-wal`,
+      'the -wal file of the database',
+      (db: string) => `${db}-wal`,
+    ],
+    [
+      'its -shm file',
+      (db: string) => `${db}-shm`,
+      'the -shm file of the database',
+      (db: string) => `${db}-shm`,
+    ],
+    [
+      'its -journal file',
+      (db: string) => `${db}-journal`,
+      'the -journal file of the database',
+      (db: string) => `${db}-journal`,
+    ],
+    ['a hard link to the database', (db: string) => `${db}.link`, 'the database', (db: string) => db],
+    [
+      'the log file serve writes beside it',
+      (db: string) => join(db, '..', 'oai-proxy.log'),
+      'the log file `oai-proxy serve` writes',
+      (db: string) => join(db, '..', 'oai-proxy.log'),
+    ],
+  ])('--out naming %s: exit 2 naming --out and the file, nothing overwritten', async (_, out, what, path) => {
+    linkSync(dbPath, `${dbPath}.link`);
+    writeFileSync(join(tmp.path, 'oai-proxy.log'), '{"line":1}\n');
+    const before = readFileSync(dbPath);
+    const r = await logs('export', '--out', out(dbPath));
+    expect(r.err).toBe(
+      `oai-proxy: --out ${out(dbPath)} is ${what} (${path(dbPath)}): writing the export there would destroy it; choose another file\n`,
+    );
+    expect(r.code).toBe(2);
+    expect(readFileSync(dbPath).equals(before)).toBe(true);
+    expect(readFileSync(join(tmp.path, 'oai-proxy.log'), 'utf8')).toBe('{"line":1}\n');
+    expect((await logs('--json')).out).toContain('a3');
+  });
+
+  test('--out naming the LOG_FILE_PATH file, relative to the working directory: refused, file kept', async () => {
+    writeFileSync(join(tmp.path, 'custom.log'), 'kept\n');
+    const io = createTestIo({ HOME: tmp.path, LOG_FILE_PATH: join(tmp.path, 'custom.log') }, tmp.path);
+    const code = await main(['logs', 'export', '--db', dbPath, '--out', 'custom.log'], io);
+    expect(io.err()).toBe(
+      `oai-proxy: --out custom.log is the log file \`oai-proxy serve\` writes (${join(tmp.path, 'custom.log')}): writing the export there would destroy it; choose another file\n`,
+    );
+    expect(code).toBe(2);
+    expect(readFileSync(join(tmp.path, 'custom.log'), 'utf8')).toBe('kept\n');
+  });
 
   test('a new --out file is created 0600 (it holds prompts); an existing file keeps its mode', async () => {
     const out = join(tmp.path, 'x.jsonl');
