@@ -306,7 +306,7 @@ export async function runModelsRemove(name: string, opts: ModelsCommonOptions, i
     await store.removeModel(name);
     io.stdout.write(`Removed model ${name}\n`);
     if (aliases.length) {
-      io.stdout.write(
+      io.stderr.write(
         `Aliases still pointing to it: ${aliases.join(', ')} (remove them with \`oai-proxy models unmap\`)\n`,
       );
     }
@@ -327,13 +327,10 @@ export async function runModelsMap(
     const before = (await store.load()).mappings.get(alias)?.actual;
     const outcome = await store.setMapping(alias, actual, 'cli');
     const registry = await store.load();
-    io.stdout.write(
-      `Mapped ${alias} → ${actual}${outcome === 'replaced' ? ` (was ${before})` : ''}${
-        registry.models.has(registry.resolve(alias).actual)
-          ? ''
-          : `\nnote: ${registry.resolve(alias).actual} is not a registered model`
-      }\n`,
-    );
+    io.stdout.write(`Mapped ${alias} → ${actual}${outcome === 'replaced' ? ` (was ${before})` : ''}\n`);
+    // Notes go to stderr: stdout is what a script reads.
+    const target = registry.resolve(alias).actual;
+    if (!registry.models.has(target)) io.stderr.write(`note: ${target} is not a registered model\n`);
     return 0;
   });
 }

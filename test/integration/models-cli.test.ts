@@ -70,6 +70,13 @@ describe('oai-proxy models', () => {
     const map = await cli(['models', 'map', 'l3', 'llama3'], env);
     expect(map).toMatchObject({ code: 0, out: 'Mapped l3 → llama3\n' });
     expect((await cli(['models', 'map', 'l3b', 'l3'], env)).code).toBe(0);
+    // A note is not data: stdout says what was done, stderr what to look at.
+    const unregistered = await cli(['models', 'map', 'a', 'b'], env);
+    expect(unregistered).toMatchObject({
+      code: 0,
+      out: 'Mapped a → b\n',
+      err: 'note: b is not a registered model\n',
+    });
     const loop = await cli(['models', 'map', 'l3', 'l3b'], env);
     expect(loop.code).toBe(1);
     expect(loop.err).toMatch(/would create a loop \(l3 → l3b → l3\)/);
@@ -99,7 +106,8 @@ describe('oai-proxy models', () => {
     expect(unmapAgain.err).toMatch(/No alias "l3b"/);
     const rm = await cli(['models', 'remove', 'llama3'], env);
     expect(rm.code).toBe(0);
-    expect(rm.out).toMatch(/Removed model llama3\nAliases still pointing to it: l3/);
+    expect(rm.out).toBe('Removed model llama3\n');
+    expect(rm.err).toMatch(/^Aliases still pointing to it: l3/);
     const notFound = await cli(['models', 'show', 'llama3'], env);
     expect(notFound.code).toBe(1);
     expect(notFound.err).toMatch(/No model or alias "llama3"/);
