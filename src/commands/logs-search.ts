@@ -1,8 +1,8 @@
 import { existsSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { type ResolvedConfig, resolveConfig } from '../config/load.js';
-import { resolveDatabaseLocation } from '../config/paths.js';
+import { type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
+import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher } from '../proxy/forward.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
@@ -57,9 +57,17 @@ async function openVectorSession(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   requireQdrant(resolved, what);
-  const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
+  const location = resolveDatabaseLocation(
+    resolved.config.databaseUrl,
+    resolved.env,
+    io.cwd,
+    settingSource(resolved, 'databaseUrl'),
+  );
   if (location.kind !== 'sqlite')
-    throw new OaiProxyError('config_invalid', 'DATABASE_URL: only SQLite databases are supported');
+    throw new OaiProxyError(
+      'config_invalid',
+      `${settingSource(resolved, 'databaseUrl')} ${redactUrl(location.url)} is PostgreSQL: semantic search works with an SQLite database only in this version; point --db at the SQLite file serve records to`,
+    );
   if (location.path !== ':memory:' && (!existsSync(location.path) || statSync(location.path).size === 0)) {
     throw new OaiProxyError(
       'database_not_found',

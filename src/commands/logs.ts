@@ -3,7 +3,7 @@ import { createWriteStream, openSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { type ResolvedConfig, resolveConfig } from '../config/load.js';
+import { type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
 import { resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
@@ -105,7 +105,12 @@ export async function openLogsDatabase(
     cwd: io.cwd,
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
+  const location = resolveDatabaseLocation(
+    resolved.config.databaseUrl,
+    resolved.env,
+    io.cwd,
+    settingSource(resolved, 'databaseUrl'),
+  );
   if (location.kind === 'postgres') {
     // Never migrated from here: a reader (and prune) only checks that `serve` created the tables. The
     // pool itself can write, which is all prune needs.

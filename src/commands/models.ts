@@ -2,7 +2,7 @@ import { existsSync, statSync } from 'node:fs';
 import Table from 'cli-table3';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { type ResolvedConfig, resolveConfig } from '../config/load.js';
+import { type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
 import { resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { checkModelName, checkModelText, type ModelRegistry } from '../registry/registry.js';
@@ -140,7 +140,12 @@ async function withRegistry<T>(
     cwd: io.cwd,
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, io.cwd);
+  const location = resolveDatabaseLocation(
+    resolved.config.databaseUrl,
+    resolved.env,
+    io.cwd,
+    settingSource(resolved, 'databaseUrl'),
+  );
   if (!create && location.kind === 'sqlite' && location.path !== ':memory:') {
     if (!existsSync(location.path))
       throw new OaiProxyError(

@@ -2,7 +2,13 @@ import { closeSync, existsSync, fstatSync, openSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
-import { type ConfigFlags, maskSecret, type ResolvedConfig, resolveConfig } from '../config/load.js';
+import {
+  type ConfigFlags,
+  maskSecret,
+  type ResolvedConfig,
+  resolveConfig,
+  settingSource,
+} from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import type { Config } from '../config/schema.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
@@ -179,7 +185,12 @@ export async function startProxy(
   ext: ServeExtensions = {},
 ): Promise<RunningProxy> {
   const { config } = resolved;
-  const location = resolveDatabaseLocation(config.databaseUrl, resolved.env, io.cwd);
+  const location = resolveDatabaseLocation(
+    config.databaseUrl,
+    resolved.env,
+    io.cwd,
+    settingSource(resolved, 'databaseUrl'),
+  );
   if (location.kind === 'postgres' && config.qdrantUrl) {
     throw new OaiProxyError(
       'config_invalid',

@@ -41,6 +41,19 @@ export interface ResolvedConfig {
   env: Env;
 }
 
+/**
+ * How a message names the setting `key`'s value came from: its flag (`--db`), `"databaseUrl" in config file
+ * PATH`, or its variable (`DATABASE_URL`, with `(.env in DIR)` when read from there).
+ */
+export function settingSource(resolved: Pick<ResolvedConfig, 'sources'>, key: ConfigKey): string {
+  const name = SETTINGS.find((s) => s.key === key)?.env ?? key;
+  const source = resolved.sources[key];
+  if (!source || source === 'environment') return name;
+  if (source.startsWith('-')) return source;
+  if (source.startsWith('config file ')) return `"${key}" in ${source}`;
+  return `${name} (${source})`;
+}
+
 const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string }> = {
   port: { key: 'port', flag: '--port' },
   host: { key: 'host', flag: '--host' },

@@ -30,12 +30,14 @@ export type DatabaseLocation = { kind: 'sqlite'; path: string } | { kind: 'postg
 
 /**
  * Resolve DATABASE_URL / --db into a location. Accepts a plain path, `sqlite:///relative.db`,
- * `sqlite:////absolute.db`, `file:` URLs and `postgres://` URLs.
+ * `sqlite:////absolute.db`, `file:` URLs and `postgres://` URLs. `setting` names where the value came from
+ * in errors (see settingSource).
  */
 export function resolveDatabaseLocation(
   databaseUrl: string | undefined,
   env: Env,
   cwd: string,
+  setting = 'DATABASE_URL',
 ): DatabaseLocation {
   if (!databaseUrl) return { kind: 'sqlite', path: join(dataDir(env), 'oai-proxy.db') };
   if (/^postgres(ql)?:\/\//i.test(databaseUrl)) return { kind: 'postgres', url: databaseUrl };
@@ -46,7 +48,7 @@ export function resolveDatabaseLocation(
     if (!rest.startsWith('/')) {
       throw new OaiProxyError(
         'config_invalid',
-        `DATABASE_URL "${databaseUrl}" is not a valid sqlite URL: use sqlite:///relative.db or sqlite:////absolute/path.db`,
+        `${setting} "${databaseUrl}" is not a valid sqlite URL: use sqlite:///relative.db or sqlite:////absolute/path.db`,
       );
     }
     path = rest.slice(1).split('?')[0];
@@ -57,12 +59,12 @@ export function resolveDatabaseLocation(
   } else if (/^[a-z][a-z0-9+.-]*:\/\//i.test(databaseUrl)) {
     throw new OaiProxyError(
       'config_invalid',
-      `DATABASE_URL "${redactUrl(databaseUrl)}" has an unsupported scheme: use a file path, sqlite:///path.db, file:path.db or postgres://…`,
+      `${setting} "${redactUrl(databaseUrl)}" has an unsupported scheme: use a file path, sqlite:///path.db, file:path.db or postgres://…`,
     );
   } else {
     path = databaseUrl;
   }
-  if (path === '') throw new OaiProxyError('config_invalid', `DATABASE_URL "${databaseUrl}" names no file`);
+  if (path === '') throw new OaiProxyError('config_invalid', `${setting} "${databaseUrl}" names no file`);
   if (path === ':memory:') return { kind: 'sqlite', path };
   return { kind: 'sqlite', path: resolve(cwd, expandHome(path, env)) };
 }

@@ -481,6 +481,56 @@ describe('standard output that cannot be written (the built bin)', () => {
   });
 });
 
+describe('a database value that cannot be used: the message names where it came from', () => {
+  let tmp: { path: string; cleanup(): void };
+  beforeEach(() => {
+    tmp = createTempDir();
+  });
+  afterEach(() => tmp.cleanup());
+
+  test.each([
+    [
+      'logs --db mysql://',
+      ['logs', '--db', 'mysql://u:pw@h/x'],
+      {},
+      'oai-proxy: --db "mysql://u:***@h/x" has an unsupported scheme: use a file path, sqlite:///path.db, file:path.db or postgres://…\n',
+    ],
+    [
+      'models list --db sqlite://x',
+      ['models', 'list', '--db', 'sqlite://x'],
+      {},
+      'oai-proxy: --db "sqlite://x" is not a valid sqlite URL: use sqlite:///relative.db or sqlite:////absolute/path.db\n',
+    ],
+    [
+      'logs with DATABASE_URL=mysql://',
+      ['logs'],
+      { DATABASE_URL: 'mysql://u:pw@h/x' },
+      'oai-proxy: DATABASE_URL "mysql://u:***@h/x" has an unsupported scheme: use a file path, sqlite:///path.db, file:path.db or postgres://…\n',
+    ],
+    [
+      'logs search --db postgres://',
+      ['logs', 'search', 'hello', '--db', 'postgres://u:pw@127.0.0.1:9/x'],
+      { QDRANT_URL: 'http://127.0.0.1:9' },
+      'oai-proxy: --db postgres://u:***@127.0.0.1:9/x is PostgreSQL: semantic search works with an SQLite database only in this version; point --db at the SQLite file serve records to\n',
+    ],
+  ] as const)('%s: exit 2', async (_, argv, env, message) => {
+    const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
+    const code = await main([...argv], io);
+    expect(io.err()).toBe(message);
+    expect(code).toBe(2);
+  });
+
+  test('a value from the config file is named as its key in that file', async () => {
+    const config = join(tmp.path, 'oai-proxy.config.json');
+    writeFileSync(config, JSON.stringify({ databaseUrl: 'mysql://h/x' }));
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['logs'], io)).toBe(2);
+    expect(io.err()).toMatch(
+      new RegExp(`^oai-proxy: "databaseUrl" in config file ${config} "mysql://h/x" has`),
+    );
+  });
+});
+
 describe('flag values: SQLite', () => {
   let tmp: { path: string; cleanup(): void };
   let dbPath: string;
