@@ -17,7 +17,12 @@ import type { LogsExtensions } from './logs.js';
 import { renderExchangeTable, toExchangeJson } from './logs-format.js';
 import { parseTimeBound } from './logs-options.js';
 import { useColor } from './terminal-text.js';
-import { createVectorServices, requireQdrant, type VectorServices } from './vector-setup.js';
+import {
+  createVectorServices,
+  REINDEX_ENABLE_HINT,
+  requireQdrant,
+  type VectorServices,
+} from './vector-setup.js';
 
 export interface LogsVectorCommonOptions {
   config?: string;
@@ -48,6 +53,7 @@ async function openVectorSession(
   options: LogsVectorCommonOptions,
   io: CliIo,
   what: string,
+  enableHint?: string,
 ): Promise<VectorSession> {
   const resolved = resolveConfig({
     configPath: options.config,
@@ -56,7 +62,7 @@ async function openVectorSession(
     cwd: io.cwd,
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  requireQdrant(resolved, what);
+  requireQdrant(resolved, what, enableHint);
   const location = resolveDatabaseLocation(
     resolved.config.databaseUrl,
     resolved.env,
@@ -165,7 +171,7 @@ export async function runLogsSearch(text: string, options: LogsSearchOptions, io
 export async function runLogsReindex(options: LogsReindexOptions, io: CliIo): Promise<number> {
   const sinceMs = options.since ? parseTimeBound(options.since, '--since', Date.now()) : undefined;
   const batchSize = positiveInt(options.batchSize, '--batch-size', 64, 2048);
-  const session = await openVectorSession(options, io, '`oai-proxy logs reindex`');
+  const session = await openVectorSession(options, io, '`oai-proxy logs reindex`', REINDEX_ENABLE_HINT);
   try {
     const { services } = session;
     const { state } = services;

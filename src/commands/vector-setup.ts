@@ -25,14 +25,19 @@ export interface VectorServices {
   state: IndexStateStore;
 }
 
-/** How to turn the feature on; used by every message about it being off. */
-export const ENABLE_HINT =
-  'set QDRANT_URL (e.g. QDRANT_URL=http://127.0.0.1:6333 in the environment, .env or the config file as "qdrantUrl"), then run `oai-proxy logs reindex` to index what is already recorded';
+const SET_QDRANT_URL =
+  'set QDRANT_URL (e.g. QDRANT_URL=http://127.0.0.1:6333 in the environment, .env or the config file as "qdrantUrl")';
 
-/** Throw `vector_disabled` (exit 2) unless QDRANT_URL is set. */
-export function requireQdrant(resolved: ResolvedConfig, what: string): string {
+/** How to turn the feature on; used by every message about it being off. */
+export const ENABLE_HINT = `${SET_QDRANT_URL}, then run \`oai-proxy logs reindex\` to index what is already recorded`;
+
+/** The same for `logs reindex` itself, which must not send the user back to itself. */
+export const REINDEX_ENABLE_HINT = `${SET_QDRANT_URL}, and QDRANT_API_KEY if your Qdrant needs a key; with it set, \`oai-proxy serve\` indexes each new exchange and this command indexes those recorded before`;
+
+/** Throw `vector_disabled` (exit 2) unless QDRANT_URL is set; `hint` says how to turn it on. */
+export function requireQdrant(resolved: ResolvedConfig, what: string, hint = ENABLE_HINT): string {
   const url = resolved.config.qdrantUrl;
-  if (!url) throw new OaiProxyError('vector_disabled', `${what} needs Qdrant, which is off: ${ENABLE_HINT}`);
+  if (!url) throw new OaiProxyError('vector_disabled', `${what} needs Qdrant, which is off: ${hint}`);
   return url;
 }
 

@@ -140,7 +140,10 @@ describe('oai-proxy logs search', () => {
     expect(r.err).toMatch(/logs reindex/);
     const re = await cli(['logs', 'reindex'], { OPENAI_BASE_URL: upstream.baseUrl });
     expect(re.code).toBe(2);
-    expect(re.err).toMatch(/QDRANT_URL/);
+    // What to configure, not "then run `oai-proxy logs reindex`" (the command just run).
+    expect(re.err).toBe(
+      'oai-proxy: `oai-proxy logs reindex` needs Qdrant, which is off: set QDRANT_URL (e.g. QDRANT_URL=http://127.0.0.1:6333 in the environment, .env or the config file as "qdrantUrl"), and QDRANT_API_KEY if your Qdrant needs a key; with it set, `oai-proxy serve` indexes each new exchange and this command indexes those recorded before\n',
+    );
   });
 
   test('bad --limit is a usage error', async () => {
