@@ -133,6 +133,9 @@ export function parseChoice<T extends string>(
   return t;
 }
 
+/** A character the search index keeps in its words: a letter, a digit or a private-use character. */
+const SEARCHABLE_CHARACTER = /[\p{L}\p{N}\p{Co}]/u;
+
 /** Turn the filter flags into a LogFilter. `now` anchors relative times. */
 export function resolveLogFilter(flags: LogFilterFlags, now: number): LogFilter {
   const filter: LogFilter = {};
@@ -149,7 +152,9 @@ export function resolveLogFilter(flags: LogFilterFlags, now: number): LogFilter 
   if (flags.user !== undefined) filter.user = flags.user;
   if (flags.stream !== undefined) filter.stream = flags.stream;
   if (flags.grep !== undefined) {
-    if (flags.grep.replace(/[*"\s]/g, '') === '')
+    // The index's words are runs of letters and digits (FTS5's unicode61): a query without one (only
+    // quotes, punctuation or emoji) would match nothing, silently.
+    if (!SEARCHABLE_CHARACTER.test(flags.grep))
       throw new OaiProxyError('usage', '--grep needs some text to search for, e.g. --grep "rate limit"');
     filter.grep = flags.grep;
   }

@@ -235,6 +235,25 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       expect(await ids('--grep', `${'x'.repeat(3000)}*`)).toEqual([]);
     });
 
+    test('--grep with no letter or digit exits 2 saying it needs text; emoji beside words still match', async () => {
+      const says = (content: string) => JSON.stringify({ model: 'x', messages: [{ role: 'user', content }] });
+      await seed([
+        rec('e1', { requestBody: says("party 😀 time (it's late)") }),
+        rec('e2', { startedAt: NOW - MIN, requestBody: says('quiet evening') }),
+      ]);
+      for (const query of ['😀', "'", '(', '"', '" * "', '—…']) {
+        const r = await logs('--grep', query);
+        expect(r.err, query).toBe(
+          'oai-proxy: --grep needs some text to search for, e.g. --grep "rate limit"\n',
+        );
+        expect(r.code).toBe(2);
+        expect((await logs('export', '--grep', query)).code).toBe(2);
+      }
+      expect(await ids('--grep', 'party 😀 time')).toEqual(['e1']);
+      expect(await ids('--grep', '😀 party')).toEqual(['e1']);
+      expect(await ids('--grep', "(it's")).toEqual(['e1']);
+    });
+
     test('an n > 1 stream: --grep finds the text of any choice, show lists every choice', async () => {
       const choices = [
         { index: 0, content: 'first platypus', tool_calls: [], finish_reason: 'stop' },
