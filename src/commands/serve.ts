@@ -194,7 +194,7 @@ export async function startProxy(
   if (location.kind === 'postgres' && config.qdrantUrl) {
     throw new OaiProxyError(
       'config_invalid',
-      `QDRANT_URL is set but DATABASE_URL ${redactUrl(location.url)} is PostgreSQL: semantic search indexing works with an SQLite database only in this version; unset QDRANT_URL or use an SQLite path`,
+      `${settingSource(resolved, 'qdrantUrl')} is set but ${settingSource(resolved, 'databaseUrl')} ${redactUrl(location.url)} is PostgreSQL: semantic search indexing works with an SQLite database only in this version; unset QDRANT_URL or use an SQLite path`,
     );
   }
   const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;

@@ -520,6 +520,15 @@ describe('a database value that cannot be used: the message names where it came 
     expect(code).toBe(2);
   });
 
+  test('serve --db postgres:// with QDRANT_URL set: names --db, password hidden, exit 2', async () => {
+    const io = createTestIo({ HOME: tmp.path, QDRANT_URL: 'http://127.0.0.1:9' }, tmp.path);
+    const code = await main(['serve', '--port', '0', '--db', 'postgres://u:pw@127.0.0.1:9/x'], io);
+    expect(io.err()).toBe(
+      'oai-proxy: QDRANT_URL is set but --db postgres://u:***@127.0.0.1:9/x is PostgreSQL: semantic search indexing works with an SQLite database only in this version; unset QDRANT_URL or use an SQLite path\n',
+    );
+    expect(code).toBe(2);
+  });
+
   test('a value from the config file is named as its key in that file', async () => {
     const config = join(tmp.path, 'oai-proxy.config.json');
     writeFileSync(config, JSON.stringify({ databaseUrl: 'mysql://h/x' }));
