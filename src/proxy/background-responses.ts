@@ -13,6 +13,8 @@
 export interface PendingResponse {
   model: string | null;
   upstreamModel: string | null;
+  /** The create's `user` field: `logs stats --by user` puts the tokens where the create was. */
+  user: string | null;
 }
 
 /** `/responses` itself: a create (Azure's `/openai/responses` and `/openai/v1/responses` too). */

@@ -622,6 +622,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           background.created(x.rest, x.requestJson, responseBody, {
             model: x.model,
             upstreamModel: x.upstreamModel,
+            user: x.user,
           });
         // The first read of a background response that carries its usage counts the tokens.
         const pendingId = spends ? null : background.pendingId(x.rest);
@@ -631,6 +632,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
             const created = background.settle(pendingId);
             x.model ??= created?.model ?? null;
             x.upstreamModel ??= created?.upstreamModel ?? null;
+            x.user ??= created?.user ?? null;
           }
         }
       }

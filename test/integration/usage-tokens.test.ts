@@ -9,7 +9,7 @@ const client = (proxy: TestProxy) =>
   new OpenAI({ apiKey: 'sk-client-key-000000000000', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
 
 /** `logs stats --by <by> --json`, as the user reads it. */
-async function statsBy(proxy: TestProxy, by: 'path' | 'model'): Promise<Record<string, any>[]> {
+async function statsBy(proxy: TestProxy, by: 'path' | 'model' | 'user'): Promise<Record<string, any>[]> {
   const io = createTestIo({}, proxy.dir);
   expect(await main(['logs', 'stats', '--by', by, '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
   return JSON.parse(io.out());
@@ -188,7 +188,12 @@ describe('background Responses count their tokens once, when a read carries them
       json(res, ++polls === 1 ? responseObject('in_progress', false) : responseObject('completed', true)),
     );
     const c = client(proxy);
-    const created = await c.responses.create({ model: 'o3-pro', input: 'a long task', background: true });
+    const created = await c.responses.create({
+      model: 'o3-pro',
+      input: 'a long task',
+      background: true,
+      user: 'team-a',
+    });
     expect(created.status).toBe('queued');
     const statuses = [];
     for (let i = 0; i < 3; i++) statuses.push((await c.responses.retrieve('resp_bg1')).status);
@@ -196,16 +201,26 @@ describe('background Responses count their tokens once, when a read carries them
 
     const rows = await proxy.waitForRows(4);
     expect(
-      rows.map((r) => [r.method, r.path, r.model, r.prompt_tokens, r.completion_tokens, r.total_tokens]),
+      rows.map((r) => [
+        r.method,
+        r.path,
+        r.model,
+        r.user,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.total_tokens,
+      ]),
     ).toEqual([
-      ['POST', '/v1/responses', 'o3-pro', null, null, null],
-      ['GET', '/v1/responses/resp_bg1', null, null, null, null],
-      // The read that brought the usage counts it, once, under the model the create asked for.
-      ['GET', '/v1/responses/resp_bg1', 'o3-pro', 110, 220, 330],
-      ['GET', '/v1/responses/resp_bg1', null, null, null, null],
+      ['POST', '/v1/responses', 'o3-pro', 'team-a', null, null, null],
+      ['GET', '/v1/responses/resp_bg1', null, null, null, null, null],
+      // The read that brought the usage counts it, once, under the model and user the create named.
+      ['GET', '/v1/responses/resp_bg1', 'o3-pro', 'team-a', 110, 220, 330],
+      ['GET', '/v1/responses/resp_bg1', null, null, null, null, null],
     ]);
     const model = (await statsBy(proxy, 'model')).find((g) => g.key === 'o3-pro');
     expect(model).toMatchObject({ prompt_tokens: 110, completion_tokens: 220 });
+    const user = (await statsBy(proxy, 'user')).find((g) => g.key === 'team-a');
+    expect(user).toMatchObject({ prompt_tokens: 110, completion_tokens: 220 });
   });
 
   test('a streamed read (GET …?stream=true) or a cancel that carries the usage counts it; other responses still count nothing', async () => {

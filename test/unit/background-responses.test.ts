@@ -1,7 +1,7 @@
 import { describe, expect, test } from 'vitest';
 import { BackgroundResponses } from '../../src/proxy/background-responses.js';
 
-const entry = { model: 'o3-pro', upstreamModel: 'o3-pro' };
+const entry = { model: 'o3-pro', upstreamModel: 'o3-pro', user: 'u-1' };
 const queued = (id: string) => JSON.stringify({ id, object: 'response', status: 'queued', usage: null });
 
 describe('BackgroundResponses', () => {
