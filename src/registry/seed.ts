@@ -1,7 +1,7 @@
 import type { Config, ModelEntry } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { DEFAULT_MODELS } from './defaults.js';
-import { checkModelName, ModelRegistry } from './registry.js';
+import { checkModelName, checkModelText, ModelRegistry } from './registry.js';
 
 /** A model the configuration asks for. */
 export interface SeedModel {
@@ -38,6 +38,12 @@ export function buildSeedPlan(
   const add = (entry: string | ModelEntry, source: 'default' | 'config', where: string) => {
     const e: ModelEntry = typeof entry === 'string' ? { name: entry } : entry;
     const name = asConfig(() => checkModelName(e.name, `${where} name`));
+    // What the admin API and `models add` refuse, refused here too (PostgreSQL cannot store a NUL).
+    asConfig(() => {
+      checkModelText(e.displayName, `${where} (model "${name}") displayName`);
+      checkModelText(e.description, `${where} (model "${name}") description`);
+      if (e.deployment != null) checkModelName(e.deployment, `${where} (model "${name}") deployment`);
+    });
     if (e.upstream !== undefined && !known.has(e.upstream)) {
       throw new OaiProxyError(
         'config_invalid',

@@ -141,6 +141,12 @@ describe('seed plan from configuration', () => {
     [{ modelMappings: { 'gpt-4o': 'gpt-4' } }, /registered model/],
     [{ modelMappings: { a: 'b', b: 'a' } }, /loop/],
     [{ availableModels: ['has space'] }, /spaces/],
+    [{ models: [{ name: 'm', description: 'a\u0000b' }] }, /model "m"\) description must not contain a NUL/],
+    [
+      { availableModels: [{ name: 'm', displayName: 'x\u0000' }] },
+      /model "m"\) displayName must not contain a NUL/,
+    ],
+    [{ models: [{ name: 'm', deployment: 'dep loy' }] }, /model "m"\) deployment/],
   ])('invalid configuration %j is refused', (over, message) => {
     let err: unknown;
     try {
