@@ -93,7 +93,7 @@ export class RecordedJson {
 }
 
 /** A body as the detail JSON holds it: a valid JSON object or array as RecordedJson, anything else as text. */
-export function recordedBody(text: string | null): RecordedJson | string | null {
+export function recordedJsonBody(text: string | null): RecordedJson | string | null {
   if (text === null) return null;
   const t = text.trimStart();
   if (t[0] !== '{' && t[0] !== '[') return text;
@@ -136,6 +136,9 @@ export function formatExchangeDetailJson(d: ExchangeDetailJson, style: 'pretty' 
     : spliced;
 }
 
+/** How many levels `reindentJson` indents; deeper levels are laid out compact. */
+export const MAX_INDENT_DEPTH = 32;
+
 /**
  * Re-indent valid JSON text token by token, as JSON.stringify(value, null, indent) lays it out (`indent`
  * '' is compact), without parsing the whole: numbers keep their recorded digits, duplicate keys stay.
@@ -148,7 +151,9 @@ export function reindentJson(
   str: (token: string, isKey: boolean) => string = (t) => t,
 ): string {
   const out: string[] = [];
-  const nl = (d: number) => (indent ? `\n${indent.repeat(d)}` : '');
+  // Deeper than MAX_INDENT_DEPTH the rest is compact: indenting every level of a body nested 200,000
+  // deep (400 KB, within any request limit) would print gigabytes.
+  const nl = (d: number) => (indent && d <= MAX_INDENT_DEPTH ? `\n${indent.repeat(d)}` : '');
   const isSpace = (c: string) => c === ' ' || c === '\t' || c === '\n' || c === '\r';
   const nextToken = (from: number) => {
     while (from < text.length && isSpace(text[from])) from++;
@@ -203,6 +208,8 @@ export function reindentJson(
 /** Map a full stored row to the detail JSON (bodies that are JSON kept as recorded, headers parsed). */
 export function toExchangeDetailJson(row: ExchangesTable): ExchangeDetailJson {
   const assembled = parseMaybeJson(row.assembled) as Record<string, any> | null;
+  // A WebSocket session's bodies are NDJSON, one message a line: text, also when it held one message.
+  const recordedBody = row.status === 101 ? (text: string | null) => text : recordedJsonBody;
   return {
     ...toExchangeJson(row),
     query: row.query,
@@ -490,12 +497,11 @@ function bodyText(b: RecordedJson | string | null): string {
 /** NDJSON (a realtime session's messages) a line each, compact, long base64 (audio) elided. */
 function eventLines(b: RecordedJson | string | null): string {
   if (b === null || b === '') return '(empty)';
-  // One line of JSON came back as RecordedJson from toExchangeDetailJson.
   if (typeof b !== 'string') return reindentJson(b.text, '', 0, shownString);
   return b
     .split('\n')
     .map((l) => {
-      const json = l.startsWith('{') ? recordedBody(l) : l;
+      const json = l.startsWith('{') ? recordedJsonBody(l) : l;
       return json instanceof RecordedJson ? reindentJson(json.text, '', 0, shownString) : l;
     })
     .join('\n')

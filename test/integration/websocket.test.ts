@@ -943,6 +943,24 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     expect(await grep('hello there')).toEqual([row.id]);
   });
 
+  test('a session of one message each way: show --json and export keep the bodies as NDJSON text', async () => {
+    const { proxy, ws, server } = await session();
+    ws.send('{"type":"response.create"}');
+    server.write(serverFrame(done('r1', 1, 2)));
+    await ws.next();
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    const io = createTestIo({ HOME: proxy.dir }, proxy.dir);
+    expect(await main(['logs', 'show', row.id, '--json', '--db', proxy.dbPath], io), io.err()).toBe(0);
+    const shown = JSON.parse(io.out());
+    // A one-line body is still the session's text, as a two-line one is: scripts split it on newlines.
+    expect(shown.request_body).toBe('{"type":"response.create"}\n');
+    expect(shown.response_body).toBe(`${JSON.stringify(done('r1', 1, 2))}\n`);
+    const exp = createTestIo({ HOME: proxy.dir }, proxy.dir);
+    expect(await main(['logs', 'export', '--format', 'jsonl', '--db', proxy.dbPath], exp), exp.err()).toBe(0);
+    expect(JSON.parse(exp.out().trim()).request_body).toBe('{"type":"response.create"}\n');
+  });
+
   test('bodies beyond CAPTURE_BODY_BYTES are cut and marked truncated; tokens are still counted', async () => {
     const { proxy, ws, server } = await session({ CAPTURE_BODY_BYTES: '100' });
     const append = JSON.stringify({ type: 'input_audio_buffer.append', audio: 'QUJD'.repeat(500) });
