@@ -431,6 +431,8 @@ function refuseOwnFiles(out: string, resolved: ResolvedConfig, cwd: string): voi
       owned.push([location.path + suffix, suffix ? `the ${suffix} file of the database` : 'the database']);
   const logPath = resolveLogFilePath(resolved.config.logFilePath, location, resolved.env, cwd);
   owned.push([logPath, 'the log file `oai-proxy serve` writes']);
+  for (let n = 1; n <= resolved.config.logMaxFiles; n++)
+    owned.push([`${logPath}.${n}`, 'a rotated log file']);
   const target = resolvePath(cwd, out);
   const targetStat = statSync(target, { throwIfNoEntry: false });
   for (const [path, what] of owned) {

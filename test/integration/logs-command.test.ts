@@ -390,6 +390,12 @@ describe('logs export --out: SQLite', () => {
       'the log file `oai-proxy serve` writes',
       (db: string) => join(db, '..', 'oai-proxy.log'),
     ],
+    [
+      'a rotated log file (.3, not yet there)',
+      (db: string) => join(db, '..', 'oai-proxy.log.3'),
+      'a rotated log file',
+      (db: string) => join(db, '..', 'oai-proxy.log.3'),
+    ],
   ])('--out naming %s: exit 2 naming --out and the file, nothing overwritten', async (_, out, what, path) => {
     linkSync(dbPath, `${dbPath}.link`);
     writeFileSync(join(tmp.path, 'oai-proxy.log'), '{"line":1}\n');
