@@ -128,8 +128,6 @@ export class RotatingFile {
       this.size = 0;
       this.dayEndsAt = nextUtcMidnight(this.now());
     }
-    // Rotated files beyond maxFiles, left by a run with a larger LOG_MAX_FILES.
-    this.pruneOldFiles();
     try {
       this.fd = this.fs.openSync(options.path);
     } catch (err) {
@@ -422,14 +420,21 @@ export class RotatingFile {
         if (existsSync(`${path}.${i}`)) renameSync(`${path}.${i}`, `${path}.${i + 1}`);
       }
       if (existsSync(path)) renameSync(path, `${path}.1`);
-      return true;
     } catch {
       // Rotation is best effort.
       return false;
     }
+    // Rotated files beyond maxFiles, left by a run with a larger LOG_MAX_FILES: deleted only when the
+    // proxy rotates by itself, never at start-up, so that an external logrotate's files (`rotate 14`,
+    // `dateformat .%Y%m%d`) survive a restart.
+    this.pruneOldFiles();
+    return true;
   }
 
-  /** Delete `path.N` for every N above maxFiles (best effort). */
+  /**
+   * Delete `path.N` for N above maxFiles up to 1000 (the largest LOG_MAX_FILES): a date suffix
+   * (`path.20261201`) is not one of ours (best effort).
+   */
   private pruneOldFiles(): void {
     const { path, maxFiles } = this.options;
     const prefix = `${basename(path)}.`;
@@ -437,7 +442,8 @@ export class RotatingFile {
       for (const name of readdirSync(dirname(path))) {
         if (!name.startsWith(prefix)) continue;
         const n = name.slice(prefix.length);
-        if (/^[1-9]\d*$/.test(n) && Number(n) > maxFiles) unlinkSync(join(dirname(path), name));
+        if (/^[1-9]\d{0,3}$/.test(n) && Number(n) > maxFiles && Number(n) <= 1000)
+          unlinkSync(join(dirname(path), name));
       }
     } catch {
       // An old file left behind is no reason not to log.

@@ -68,7 +68,7 @@ test('maxBytes 0 never rotates by size', async () => {
   expect(existsSync(`${path}.1`)).toBe(false);
 });
 
-test('a lower maxFiles (LOG_MAX_FILES lowered between runs) deletes the rotated files beyond it', async () => {
+test('a lower maxFiles (LOG_MAX_FILES lowered between runs): the rotated files beyond it go at the next rotation, not at start', async () => {
   const path = join(dir.path, 'k.log');
   const first = new RotatingFile({ path, maxBytes: 100, maxFiles: 5, daily: false });
   for (let i = 0; i < 12; i++) {
@@ -81,16 +81,35 @@ test('a lower maxFiles (LOG_MAX_FILES lowered between runs) deletes the rotated 
   writeFileSync(join(dir.path, 'k.log.4.bak'), 'keep\n');
   const second = new RotatingFile({ path, maxBytes: 100, maxFiles: 2, daily: false });
   await second.end();
-  expect([1, 2, 3, 4, 5].map((i) => existsSync(`${path}.${i}`))).toEqual([true, true, false, false, false]);
-  expect(existsSync(join(dir.path, 'k.log.4.bak'))).toBe(true);
-  // Rotation then keeps two.
+  expect([1, 2, 3, 4, 5].map((i) => existsSync(`${path}.${i}`))).toEqual([true, true, true, true, true]);
+  // The proxy's own rotation then keeps two.
   const third = new RotatingFile({ path, maxBytes: 100, maxFiles: 2, daily: false });
   for (let i = 0; i < 6; i++) {
     third.write(`${JSON.stringify({ n: i, pad: 'y'.repeat(60) })}\n`);
     await new Promise((r) => setTimeout(r, 5));
   }
   await third.end();
-  expect(existsSync(`${path}.3`)).toBe(false);
+  expect([1, 2, 3, 4, 5].map((i) => existsSync(`${path}.${i}`))).toEqual([true, true, false, false, false]);
+  expect(existsSync(join(dir.path, 'k.log.4.bak'))).toBe(true);
+});
+
+test("start-up leaves an external logrotate's files alone (rotate 14, dateformat .%Y%m%d); a rotation keeps date suffixes", async () => {
+  const path = join(dir.path, 'p.log');
+  const theirs = [...Array.from({ length: 14 }, (_, i) => `${path}.${i + 1}`), `${path}.20261201`];
+  for (const p of theirs) writeFileSync(p, 'theirs\n');
+  const f = new RotatingFile({ path, maxBytes: 100, maxFiles: 5, daily: false });
+  f.write('started\n');
+  await f.end();
+  expect(theirs.filter((p) => !existsSync(p))).toEqual([]);
+  // A size rotation by the proxy itself trims its numbered files to maxFiles; the dated one is not its own.
+  const g = new RotatingFile({ path, maxBytes: 10, maxFiles: 5, daily: false });
+  g.write(`${'z'.repeat(20)}\n`);
+  await new Promise((r) => setTimeout(r, 20));
+  g.write('next\n');
+  await g.end();
+  expect(existsSync(`${path}.5`)).toBe(true);
+  expect(existsSync(`${path}.6`)).toBe(false);
+  expect(existsSync(`${path}.20261201`)).toBe(true);
 });
 
 test('reopen() continues at the path after an external tool moved the file (SIGUSR2)', async () => {
