@@ -31,14 +31,16 @@ export function waitForStop(io: CliIo): Promise<string> {
 /**
  * `stream` as a long-running command's console: the first write error, thrown (a full disk: ENOSPC) or
  * emitted (a reader gone: EPIPE; a hung-up terminal: EIO), silences it for good and the command goes on.
+ * `dispose()` removes the 'error' listener it put on `stream` (process.stderr outlives the command).
  */
-export function createQuietConsole(stream: CliIo['stderr']): CliIo['stderr'] {
+export function createQuietConsole(stream: CliIo['stderr']): CliIo['stderr'] & { dispose(): void } {
   let gone = false;
   const emitter = stream as Partial<NodeJS.WritableStream>;
-  if (typeof emitter.on === 'function')
-    emitter.on('error', () => {
-      gone = true;
-    });
+  const onError = () => {
+    gone = true;
+  };
+  const listens = typeof emitter.on === 'function' && typeof emitter.off === 'function';
+  if (listens) emitter.on?.('error', onError);
   return {
     isTTY: stream.isTTY,
     write(s: string) {
@@ -49,6 +51,9 @@ export function createQuietConsole(stream: CliIo['stderr']): CliIo['stderr'] {
         gone = true;
         return true;
       }
+    },
+    dispose() {
+      if (listens) emitter.off?.('error', onError);
     },
   };
 }

@@ -731,7 +731,15 @@ ${bar}
 export async function runServe(options: ServeOptions, cliIo: CliIo): Promise<number> {
   // A console that goes away (a log shipper restarting, `| head`, a closed terminal, a full disk) must not
   // stop the proxy: the log file and the database keep everything the console would have said.
-  const io: CliIo = { ...cliIo, stderr: createQuietConsole(cliIo.stderr) };
+  const quietConsole = createQuietConsole(cliIo.stderr);
+  try {
+    return await serveWith({ ...cliIo, stderr: quietConsole }, options);
+  } finally {
+    quietConsole.dispose();
+  }
+}
+
+async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
   const resolve = (configPath = options.config) =>
     resolveConfig({
       configPath,

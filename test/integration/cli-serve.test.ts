@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -231,6 +232,36 @@ describe('CLI basics', () => {
       { path: '/v1/models', status: 200 },
     ]);
     db.close();
+  });
+});
+
+describe('serve: the console stream', () => {
+  test('each run removes the error listener it put on the console (11 runs in one process warned MaxListenersExceeded)', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    // A real stream, as process.stderr is: it outlives every run of serve in this process.
+    const stderr = new PassThrough();
+    let printed = '';
+    stderr.on('data', (d) => {
+      printed += d;
+    });
+    const before = stderr.listenerCount('error');
+    for (let run = 0; run < 2; run++) {
+      const ac = new AbortController();
+      const io = {
+        ...createTestIo({ HOME: tmp.path, LOG_LEVEL: 'warn' }, tmp.path),
+        stderr: Object.assign(stderr, { isTTY: false }),
+        signal: ac.signal,
+      };
+      const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+      await until('listening', () => printed.split('listening on').length === run + 2);
+      ac.abort();
+      expect(await done).toBe(0);
+      expect(stderr.listenerCount('error')).toBe(before);
+    }
+    expect(printed.match(/oai-proxy: stopped;/g)).toHaveLength(2);
   });
 });
 
