@@ -193,11 +193,13 @@ export class RotatingFile {
   }
 
   /**
-   * Append what is queued now, synchronously, after the write in flight (which may land after it): for
-   * tests and at exit. Each byte is tried once; a failing file is left alone (`force`: tried once anyway).
+   * Append what is queued now, synchronously: for tests, at a stop signal and at exit. Each byte is tried
+   * once. A failing file is left alone, and so is a file with a write in flight: what is queued would land
+   * before it (end() writes it in order). `force` (the process exits: an asynchronous write would never
+   * complete) tries both anyway.
    */
   flushSync(force = false): void {
-    if (this.fd < 0 || (this.failure !== null && !force)) return;
+    if (this.fd < 0 || (!force && (this.failure !== null || this.writing))) return;
     if (!this.writing && this.head) {
       this.head = this.writeNow(this.head);
       if (this.head) return;

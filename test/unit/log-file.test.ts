@@ -1,7 +1,7 @@
 import { existsSync, readFileSync, renameSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { RotatingFile } from '../../src/storage/log-file.js';
+import { type LogFileSystem, nodeLogFileSystem, RotatingFile } from '../../src/storage/log-file.js';
 import { failingLogFile } from '../helpers/log-file-full.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { until } from '../helpers/until.js';
@@ -126,6 +126,22 @@ test('reopen() continues at the path after an external tool moved the file (SIGU
   await f.end();
   expect(lines(`${path}.moved`)).toEqual(['before']);
   expect(lines(path)).toEqual(['after']);
+});
+
+test('flushSync() with a write still in flight leaves the queued lines to it: the file keeps their order', async () => {
+  const path = join(dir.path, 'p.log');
+  // A slow disk: each write reaches the file 50 ms after it was started.
+  const fs: LogFileSystem = {
+    ...nodeLogFileSystem,
+    write: (fd, data, done) => setTimeout(() => nodeLogFileSystem.write(fd, data, done), 50),
+  };
+  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false, fs });
+  f.write('line1\n');
+  f.write('line2\n');
+  // What serve does at SIGTERM (flushLogs) before close() awaits end().
+  f.flushSync();
+  await f.end();
+  expect(lines(path)).toEqual(['line1', 'line2']);
 });
 
 describe('daily rotation (LOG_ROTATE_DAILY)', () => {
