@@ -73,7 +73,7 @@ export interface RunningProxy {
   database: OpenDatabase;
   logFile: string;
   /** Whether the log file takes writes (`error`: the last failure, null when ok) and the lines it dropped. */
-  logFileHealth(): { error: string | null; droppedLines: number };
+  logFileHealth(): { error: string | null; droppedLines: number; lostRows: number };
   logger: Logger;
   /**
    * Record the exchanges that finished and write what the log file has buffered, now (tests and
@@ -229,6 +229,8 @@ export async function startProxy(
     { level: config.logLevel, timestamp: pino.stdTimeFunctions.isoTime, base: undefined },
     consoleStream as any,
   );
+  // Rows spilled to the log file (the database refused them) that the log file dropped in turn: lost.
+  let lostRows = 0;
   let logFile: RotatingFile;
   try {
     logFile = new RotatingFile({
@@ -244,6 +246,15 @@ export async function startProxy(
           { err: { message: err.message, code: err.code } },
           `log file ${logPath} cannot be written; proxying and the database go on, log lines are kept in memory (up to 1 MiB, then dropped and counted in /health) and written once it takes writes again`,
         ),
+      onDrop: (lines) => {
+        const lost = countOccurrences(lines, SPILL_MARKER);
+        if (lost === 0) return;
+        if (lostRows === 0)
+          consoleOnly.error(
+            `exchanges the database could not take were spilled to the log file ${logPath}, which cannot keep them either: they are lost (counted in /health lost_log_rows and in the stop line)`,
+          );
+        lostRows += lost;
+      },
       onRecover: (dropped) =>
         logger.warn(
           `log file ${logPath} is writable again; ${dropped} lines could not be written and were dropped`,
@@ -546,6 +557,7 @@ export async function startProxy(
         database_error: h.lastError ?? pollError,
         queued_log_rows: h.queued,
         spilled_log_rows: h.spilled,
+        lost_log_rows: lostRows,
         log_file: logHealth.error === null ? 'ok' : 'error',
         log_file_error: logHealth.error,
         dropped_log_lines: logHealth.droppedLines,
@@ -602,7 +614,7 @@ export async function startProxy(
       return database;
     },
     logFile: logPath,
-    logFileHealth: () => logFile.health(),
+    logFileHealth: () => ({ ...logFile.health(), lostRows }),
     logger,
     vector,
     registry,
@@ -627,6 +639,19 @@ export async function startProxy(
       return closing;
     },
   };
+}
+
+/**
+ * How a spilled exchange's line starts its field (pino writes it right after `time`): inside a body, a
+ * string value, the quotes are escaped, so it cannot be taken for one.
+ */
+const SPILL_MARKER = ',"spilled_exchange":{';
+
+/** How many times `marker` occurs in `text`. */
+function countOccurrences(text: string | Buffer, marker: string): number {
+  let n = 0;
+  for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) n++;
+  return n;
 }
 
 /** Listen on the configured host and port; an OaiProxyError naming them (and what to do) when it cannot. */
@@ -793,9 +818,13 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
     });
     await running.close();
     const { written, spilled } = running.writer.health();
+    const { droppedLines, lostRows } = running.logFileHealth();
+    const kept = spilled - lostRows;
     const elsewhere =
-      spilled > 0 ? `, ${spilled} spilled to the log file ${running.logFile} (see spilled_exchange)` : '';
-    const { droppedLines } = running.logFileHealth();
+      (kept > 0 ? `, ${kept} spilled to the log file ${running.logFile} (see spilled_exchange)` : '') +
+      (lostRows > 0
+        ? `, ${lostRows} lost (the database refused them and the log file could not keep them either)`
+        : '');
     const dropped =
       droppedLines > 0 ? `; ${droppedLines} log lines could not be written to ${running.logFile}` : '';
     io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}${dropped}\n`);

@@ -58,6 +58,8 @@ export interface RotatingFileOptions {
   onError?: (err: NodeJS.ErrnoException) => void;
   /** A write succeeded again after onError; `dropped`: lines dropped during the outage. */
   onRecover?: (dropped: number) => void;
+  /** Lines the file dropped (whole lines, except the rest of a line partly written): what they were. */
+  onDrop?: (lines: string | Buffer) => void;
 }
 
 /** Whether the log file takes writes, and how many lines it could not keep. */
@@ -398,6 +400,7 @@ export class RotatingFile {
     const n = countLines(lines);
     this.dropped += n;
     this.droppedInOutage += n;
+    this.options.onDrop?.(lines);
   }
 
   /** Continue in the file now at the path; the old descriptor is closed once its write in flight is done. */

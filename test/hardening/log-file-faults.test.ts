@@ -3,6 +3,7 @@ import { readFileSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
+import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { failingLogFile } from '../helpers/log-file-full.js';
 import { createTempDir } from '../helpers/temp-dir.js';
@@ -122,6 +123,39 @@ describe('a log file that cannot be written', () => {
     const back = lines.find((l) => /writable again/.test(l.msg))!;
     expect(back.msg).toContain(`${dropped} lines`);
     expect(lines.filter((l) => l.status === 200).length).toBe(20 - dropped);
+  });
+
+  test('the database and the log file full together: spilled rows the log file cannot keep are counted as lost, said once', async () => {
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const disk = failingLogFile();
+    const proxy = await startTestProxy(
+      { OPENAI_BASE_URL: upstream.baseUrl, LOG_QUEUE_MAX: '100', LOG_LEVEL: 'warn' },
+      { logFileSystem: disk.fs, logFileRetryMs: 50, logFileKeptBytes: 2000 },
+    );
+    cleanups.push(() => proxy.close());
+    expect(await chat(proxy.url, 'before')).toBe(200);
+    await proxy.waitForRows(1);
+    // The log file sits beside the database: a full disk fails both.
+    disk.fail('ENOSPC');
+    const full = fillDisk(proxy.dbPath);
+    cleanups.push(() => full.free());
+    // Each spilled line carries its 3 kB bodies: over the 2000 bytes kept while the file fails.
+    for (let i = 0; i < 110; i++) expect(await chat(proxy.url, `m-${i}-${'x'.repeat(3000)}`)).toBe(200);
+    await until('rows spilled', async () => (await health(proxy.url)).spilled_log_rows >= 7);
+    proxy.running.flushLogs();
+    const h = await health(proxy.url);
+    expect(h).toMatchObject({ log_file: 'error', database: 'error' });
+    expect(h.spilled_log_rows).toBeGreaterThanOrEqual(7);
+    // None of them could be kept: /health does not let them pass for written.
+    expect(h.lost_log_rows).toBe(h.spilled_log_rows);
+    expect(proxy.running.logFileHealth().lostRows).toBe(h.spilled_log_rows);
+    await until('the console line', () => proxy.stderr().includes('they are lost'));
+    expect(proxy.stderr().match(/they are lost/g)).toHaveLength(1);
+    full.free();
+    cleanups.pop();
+    disk.heal();
+    await until('the database ok', async () => (await health(proxy.url)).database === 'ok');
   });
 
   test('`oai-proxy serve` with its log file on a full disk (/dev/full): requests answered, /health says so, SIGTERM exits 0 at once with every row', {
