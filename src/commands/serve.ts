@@ -37,7 +37,7 @@ import {
 import { startBackgroundCheckpoints } from '../storage/checkpointer.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
 import type { ExchangeRecord, SpillReason } from '../storage/exchange-record.js';
-import { type LogFileSystem, RotatingFile } from '../storage/log-file.js';
+import { type LogFileHealth, type LogFileSystem, RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
 import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
@@ -73,7 +73,7 @@ export interface RunningProxy {
   database: OpenDatabase;
   logFile: string;
   /** Whether the log file takes writes (`error`: the last failure, null when ok) and the lines it dropped. */
-  logFileHealth(): { error: string | null; droppedLines: number; lostRows: number };
+  logFileHealth(): LogFileHealth & { lostRows: number };
   logger: Logger;
   /**
    * Record the exchanges that finished and write what the log file has buffered, now (tests and
@@ -113,6 +113,10 @@ export interface ServeExtensions {
   logFileRetryMs?: number;
   /** While the log file fails, bytes of lines kept for later (default 1 MiB); beyond, lines are dropped. */
   logFileKeptBytes?: number;
+  /** While the log file is slow, bytes of lines waiting (default 16 MiB); beyond, lines are dropped. */
+  logFilePendingMaxBytes?: number;
+  /** A log file write in flight this long (ms) shows as log_file 'stalled' in /health (default 10 s). */
+  logFileStallMs?: number;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -231,6 +235,7 @@ export async function startProxy(
   );
   // Rows spilled to the log file (the database refused them) that the log file dropped in turn: lost.
   let lostRows = 0;
+  let saidBehind = false;
   let logFile: RotatingFile;
   try {
     logFile = new RotatingFile({
@@ -241,12 +246,20 @@ export async function startProxy(
       fs: ext.logFileSystem,
       retryMs: ext.logFileRetryMs,
       keptBytes: ext.logFileKeptBytes,
+      pendingMaxBytes: ext.logFilePendingMaxBytes,
+      stallMs: ext.logFileStallMs,
       onError: (err) =>
         consoleOnly.error(
           { err: { message: err.message, code: err.code } },
           `log file ${logPath} cannot be written; proxying and the database go on, log lines are kept in memory (up to 1 MiB, then dropped and counted in /health) and written once it takes writes again`,
         ),
       onDrop: (lines) => {
+        if (!saidBehind && logFile.health().error === null) {
+          saidBehind = true;
+          consoleOnly.error(
+            `log file ${logPath} is not keeping up (a slow or hung disk): ${Math.round(logFile.health().pendingBytes / 1048576)} MiB of lines are waiting; further lines are dropped and counted in /health dropped_log_lines`,
+          );
+        }
         const lost = countOccurrences(lines, SPILL_MARKER);
         if (lost === 0) return;
         if (lostRows === 0)
@@ -292,7 +305,8 @@ export async function startProxy(
     batchedConsole?.flush();
     fileLines.end();
     process.off('exit', flushAtExit);
-    await logFile.end();
+    // A write that never returns (a hung disk, an NFS hard mount) must not hold the stop forever.
+    await logFile.end(config.shutdownGraceMs);
   };
 
   // What start-up has opened so far, undone newest first when a later step fails.
@@ -558,8 +572,13 @@ export async function startProxy(
         queued_log_rows: h.queued,
         spilled_log_rows: h.spilled,
         lost_log_rows: lostRows,
-        log_file: logHealth.error === null ? 'ok' : 'error',
-        log_file_error: logHealth.error,
+        log_file: logHealth.error !== null ? 'error' : logHealth.stalledMs !== null ? 'stalled' : 'ok',
+        log_file_error:
+          logHealth.error ??
+          (logHealth.stalledMs !== null
+            ? `a write has not returned for ${Math.round(logHealth.stalledMs / 1000)} s (a slow or hung disk)`
+            : null),
+        log_file_pending_bytes: logHealth.pendingBytes,
         dropped_log_lines: logHealth.droppedLines,
         inflight: proxy.inflight(),
         ...(vector ? vector.health() : { qdrant: 'disabled' }),

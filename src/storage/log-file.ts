@@ -54,6 +54,13 @@ export interface RotatingFileOptions {
   retryMs?: number;
   /** While writes fail, bytes of lines kept to write later; lines beyond are dropped and counted. Default 1 MiB. */
   keptBytes?: number;
+  /**
+   * While writes succeed but slowly (a slow or hung disk, an NFS hard mount), bytes of lines waiting;
+   * lines beyond are dropped and counted. Default 16 MiB.
+   */
+  pendingMaxBytes?: number;
+  /** A write in flight this long (ms) is reported as stalled by health(). Default 10 s. */
+  stallMs?: number;
   /** The file stopped taking writes (a full disk, EIO, a folder gone at a rotation): once per outage. */
   onError?: (err: NodeJS.ErrnoException) => void;
   /** A write succeeded again after onError; `dropped`: lines dropped during the outage. */
@@ -66,12 +73,21 @@ export interface RotatingFileOptions {
 export interface LogFileHealth {
   /** The last write or open error while failing (`ENOSPC: no space left on device, write`), null when ok. */
   error: string | null;
-  /** Lines dropped since start: beyond `keptBytes` while failing, or pending when it was closed failing. */
+  /**
+   * Lines dropped since start: beyond `keptBytes` while failing or `pendingMaxBytes` while slow, or
+   * pending when it was closed failing or stalled.
+   */
   droppedLines: number;
+  /** Bytes of lines waiting to be written (the write in flight included). */
+  pendingBytes: number;
+  /** How long (ms) the write in flight has not returned, once past `stallMs`; null otherwise. */
+  stalledMs: number | null;
 }
 
 /** The most bytes handed to one write(2). */
 const MAX_WRITE = 1024 * 1024;
+/** Bytes of lines waiting for a slow file before new lines are dropped. */
+const PENDING_MAX = 16 * 1024 * 1024;
 
 /**
  * An append-only log file (mode 0600) that rotates by size and/or day, keeping `maxFiles` old files,
@@ -94,6 +110,8 @@ export class RotatingFile {
   /** The bytes of the write in flight, or of the one that failed (written first when retried). */
   private head: Buffer | null = null;
   private writing = false;
+  /** When (Date.now()) the write in flight started. */
+  private writeStartedAt = 0;
   /** The descriptor the write in flight uses (closed once it is done when the file was switched meanwhile). */
   private writingFd = -1;
   private failure: NodeJS.ErrnoException | null = null;
@@ -144,13 +162,16 @@ export class RotatingFile {
 
   /** Whether writes succeed, and the lines dropped so far. */
   health(): LogFileHealth {
+    const inFlightMs = this.writing ? Date.now() - this.writeStartedAt : 0;
     return {
       error: this.failure ? (this.failure.message ?? String(this.failure)) : null,
       droppedLines: this.dropped,
+      pendingBytes: this.pendingBytes + (this.head?.length ?? 0),
+      stalledMs: inFlightMs >= (this.options.stallMs ?? 10_000) ? inFlightMs : null,
     };
   }
 
-  /** Queue `chunk` (whole lines) for writing. False when it was dropped (closed, or failing and over the bound). */
+  /** Queue `chunk` (whole lines) for writing. False when it was dropped (closed, or over the bound). */
   write(chunk: string): boolean {
     if (chunk === '') return true;
     if (this.ended) {
@@ -165,7 +186,8 @@ export class RotatingFile {
     }
     // Called per 20 ms batch, not per line.
     const bytes = Buffer.byteLength(chunk);
-    if (this.failure !== null && this.pendingBytes + bytes > this.keptBytes()) {
+    const bound = this.failure !== null ? this.keptBytes() : (this.options.pendingMaxBytes ?? PENDING_MAX);
+    if (this.pendingBytes + bytes > bound) {
       this.drop(chunk);
       return false;
     }
@@ -242,16 +264,41 @@ export class RotatingFile {
     if (rest) this.drop(rest);
   }
 
-  /** Write what is queued and close the file. Resolves at once when the file fails (the rest is dropped). */
-  end(): Promise<void> {
+  /**
+   * Write what is queued and close the file. Resolves at once when the file fails, and after `timeoutMs`
+   * at most when a write does not return (a hung disk): what is left is dropped (counted).
+   */
+  end(timeoutMs?: number): Promise<void> {
     if (this.ended) return Promise.resolve();
     this.ended = true;
     // Space may have come back since the last retry: one more try before what is left is dropped.
     if (this.failure !== null && !this.writing) this.flushSync(true);
     return new Promise((resolve) => {
       this.ending = resolve;
+      if (timeoutMs !== undefined) {
+        const timer = setTimeout(() => this.abandon(), timeoutMs);
+        timer.unref();
+        const done = resolve;
+        this.ending = () => {
+          clearTimeout(timer);
+          done();
+        };
+      }
       this.pump();
     });
+  }
+
+  /** end() ran out of time: drop what is left (the write in flight included) and resolve it. */
+  private abandon(): void {
+    if (!this.ending) return;
+    if (this.head) this.drop(this.head);
+    this.head = null;
+    for (const item of this.pending.splice(0)) this.drop(item);
+    this.pendingBytes = 0;
+    // The descriptor stays open for the write in flight: closing it under the write could hand its
+    // number to another file.
+    if (this.writing) this.fd = -1;
+    this.finish();
   }
 
   private keptBytes(): number {
@@ -278,7 +325,8 @@ export class RotatingFile {
 
   /** Start the next write when none is in flight; finish end() when all is written (or failing). */
   private pump(): void {
-    if (this.writing) return;
+    // After end() gave up on a hung write: the file is not opened again when that write returns.
+    if (this.writing || (this.ended && !this.ending)) return;
     if (this.failure !== null && this.ended) {
       // Closing with a file that takes nothing: drop what is left rather than wait.
       if (this.head) this.drop(this.head);
@@ -315,6 +363,7 @@ export class RotatingFile {
     const fd = this.fd;
     const buf = this.head;
     this.writing = true;
+    this.writeStartedAt = Date.now();
     this.writingFd = fd;
     this.fs.write(fd, buf, (err, written) => {
       this.writing = false;

@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
-import { failingLogFile } from '../helpers/log-file-full.js';
+import { failingLogFile, hangingLogFile } from '../helpers/log-file-full.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
@@ -138,6 +138,8 @@ describe('a log file that cannot be written', () => {
     await proxy.waitForRows(1);
     // The log file sits beside the database: a full disk fails both.
     disk.fail('ENOSPC');
+    expect(await chat(proxy.url, 'first')).toBe(200);
+    await until('the log file failing', async () => (await health(proxy.url)).log_file === 'error');
     const full = fillDisk(proxy.dbPath);
     cleanups.push(() => full.free());
     // Each spilled line carries its 3 kB bodies: over the 2000 bytes kept while the file fails.
@@ -156,6 +158,41 @@ describe('a log file that cannot be written', () => {
     cleanups.pop();
     disk.heal();
     await until('the database ok', async () => (await health(proxy.url)).database === 'ok');
+  });
+
+  test('a write that never returns (a hung disk): /health says stalled with what waits, the waiting lines are bounded, stopping ends within SHUTDOWN_GRACE_MS with every row', async () => {
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const disk = hangingLogFile();
+    const proxy = await startTestProxy(
+      { OPENAI_BASE_URL: upstream.baseUrl, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
+      { logFileSystem: disk.fs, logFileStallMs: 100, logFilePendingMaxBytes: 3000 },
+    );
+    cleanups.push(() => proxy.close());
+    expect(await chat(proxy.url, 'before')).toBe(200);
+    await proxy.waitForLogLines((lines) => lines.some((l) => l.status === 200));
+    disk.hang();
+    for (let i = 0; i < 30; i++) expect(await chat(proxy.url, `m-${i}`)).toBe(200);
+    proxy.running.flushLogs();
+    await until('/health to say stalled', async () => (await health(proxy.url)).log_file === 'stalled');
+    const h = await health(proxy.url);
+    expect(h).toMatchObject({ log_file: 'stalled', database: 'ok' });
+    expect(h.log_file_error).toMatch(/has not returned for \d+ s/);
+    // ~330-byte exchange lines: the write in flight (a 20 ms batch) plus up to 3000 bytes wait, the
+    // rest are dropped.
+    expect(h.log_file_pending_bytes).toBeGreaterThan(0);
+    expect(h.log_file_pending_bytes).toBeLessThan(8000);
+    expect(h.dropped_log_lines).toBeGreaterThan(15);
+    expect(proxy.stderr().match(/is not keeping up/g)).toHaveLength(1);
+    await proxy.waitForRows(31);
+
+    // What a stop signal runs: it used to wait for the write for ever, after the database had closed.
+    const t0 = Date.now();
+    await proxy.running.close();
+    expect(Date.now() - t0).toBeLessThan(500 + 2000);
+    expect(countRows(proxy.dbPath)).toBe(31);
+    // What waited is counted as dropped: 30 exchange lines in all, none of them written.
+    expect(proxy.running.logFileHealth().droppedLines).toBeGreaterThanOrEqual(30);
   });
 
   test('`oai-proxy serve` with its log file on a full disk (/dev/full): requests answered, /health says so, SIGTERM exits 0 at once with every row', {

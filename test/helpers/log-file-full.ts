@@ -31,3 +31,22 @@ export function failingLogFile(): { fs: LogFileSystem; fail(code: string): void;
     },
   };
 }
+
+/**
+ * The log file's file operations over node:fs, where every write started after `hang()` never returns
+ * (a hung disk, an NFS hard mount whose server went away): its callback is never called.
+ */
+export function hangingLogFile(): { fs: LogFileSystem; hang(): void } {
+  let hung = false;
+  return {
+    fs: {
+      ...nodeLogFileSystem,
+      write(fd, data, done) {
+        if (!hung) nodeLogFileSystem.write(fd, data, done);
+      },
+    },
+    hang() {
+      hung = true;
+    },
+  };
+}
