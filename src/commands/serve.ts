@@ -235,6 +235,7 @@ export async function startProxy(
   );
   // Rows spilled to the log file (the database refused them) that the log file dropped in turn: lost.
   let lostRows = 0;
+  // Said once; not at the stop, where end() drops what a hung write left waiting (the stop line says it).
   let saidBehind = false;
   let logFile: RotatingFile;
   try {
@@ -257,7 +258,7 @@ export async function startProxy(
         if (!saidBehind && logFile.health().error === null) {
           saidBehind = true;
           consoleOnly.error(
-            `log file ${logPath} is not keeping up (a slow or hung disk): ${Math.round(logFile.health().pendingBytes / 1048576)} MiB of lines are waiting; further lines are dropped and counted in /health dropped_log_lines`,
+            `log file ${logPath} is not keeping up (a slow or hung disk): ${(logFile.health().pendingBytes / 1048576).toFixed(1)} MiB of lines are waiting; further lines are dropped and counted in /health dropped_log_lines`,
           );
         }
         const lost = countOccurrences(lines, SPILL_MARKER);
@@ -305,6 +306,7 @@ export async function startProxy(
     batchedConsole?.flush();
     fileLines.end();
     process.off('exit', flushAtExit);
+    saidBehind = true;
     // A write that never returns (a hung disk, an NFS hard mount) must not hold the stop forever.
     await logFile.end(config.shutdownGraceMs);
   };
@@ -770,7 +772,8 @@ ${bar}
 /**
  * `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM/SIGHUP, shut down cleanly (a second
  * signal cuts what is still in flight at once; every row is still written). A signal during start-up ends
- * it before the proxy listens: what was opened is closed, exit 0.
+ * it before the proxy listens: what was opened is closed, exit 0. A log file write that never returns (a
+ * hung disk) is given up after SHUTDOWN_GRACE_MS; the process then ends by the signal itself.
  */
 export async function runServe(options: ServeOptions, cliIo: CliIo): Promise<number> {
   // A console that goes away (a log shipper restarting, `| head`, a closed terminal, a full disk) must not
@@ -846,7 +849,18 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
         : '');
     const dropped =
       droppedLines > 0 ? `; ${droppedLines} log lines could not be written to ${running.logFile}` : '';
-    io.stderr.write(`oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}${dropped}\n`);
+    const { writeInFlight } = running.logFileHealth();
+    const hung = writeInFlight
+      ? `; a write to ${running.logFile} had not returned after SHUTDOWN_GRACE_MS (${graceMs} ms): a hung disk?`
+      : '';
+    io.stderr.write(
+      `oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}${dropped}${hung}\n`,
+    );
+    // That write (a hung disk, an NFS hard mount) keeps the process alive after serve returns, and
+    // process.exit() would wait for it too (Node joins its threadpool): once nothing else is left (an
+    // unref'd timer runs only then), the signal is raised again with Node's default handling, as a third
+    // signal would, after every row was written and this line said.
+    if (writeInFlight && why !== 'abort') setTimeout(() => process.kill(process.pid, why), 1000).unref();
     if (hungUp) releaseHungUpTerminal();
     return 0;
   } finally {

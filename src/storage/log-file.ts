@@ -82,6 +82,8 @@ export interface LogFileHealth {
   pendingBytes: number;
   /** How long (ms) the write in flight has not returned, once past `stallMs`; null otherwise. */
   stalledMs: number | null;
+  /** A write has not returned yet (after end() gave up on it: a hung disk). */
+  writeInFlight: boolean;
 }
 
 /** The most bytes handed to one write(2). */
@@ -168,6 +170,7 @@ export class RotatingFile {
       droppedLines: this.dropped,
       pendingBytes: this.pendingBytes + (this.head?.length ?? 0),
       stalledMs: inFlightMs >= (this.options.stallMs ?? 10_000) ? inFlightMs : null,
+      writeInFlight: this.writing,
     };
   }
 

@@ -1,5 +1,5 @@
-import { spawn } from 'node:child_process';
-import { readFileSync, symlinkSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, constants, openSync, readFileSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -245,5 +245,60 @@ describe('a log file that cannot be written', () => {
     expect(err).toMatch(/stopped; 8 exchanges recorded this run/);
     expect(err).not.toMatch(/Emitted 'error' event|Unhandled/);
     expect(readFileSync(dbPath).length).toBeGreaterThan(0);
+  });
+
+  test('`oai-proxy serve` whose log file write never returns (a FIFO nobody reads): SIGTERM ends the process within the grace with every row', {
+    timeout: 30_000,
+  }, async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const dbPath = join(tmp.path, 'p.db');
+    // A write to a full pipe blocks in Node's threadpool for ever, as on an NFS hard mount whose server
+    // went away: a reader is open (so the proxy can open it) but never reads.
+    const logPath = join(tmp.path, 'p.log');
+    execFileSync('mkfifo', [logPath]);
+    const reader = openSync(logPath, constants.O_RDONLY | constants.O_NONBLOCK);
+    cleanups.push(() => closeSync(reader));
+    const child = spawn(
+      process.execPath,
+      [BIN, 'serve', '--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      {
+        env: { PATH: process.env.PATH ?? '', HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let err = '';
+    const exited = new Promise<NodeJS.Signals | number | null>((r) =>
+      child.once('exit', (c, sig) => r(sig ?? c)),
+    );
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (d) => {
+        err += d;
+        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (c) => reject(new Error(`exited ${c}: ${err}`)));
+    });
+    cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
+    // ~450-byte lines: 300 fill the pipe's 64 KiB, and the next write blocks.
+    const pad = 'x'.repeat(200);
+    for (let i = 0; i < 300; i++) {
+      const res = await fetch(`${url}/v1/models?pad=${pad}`, { signal: AbortSignal.timeout(5000) });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    }
+    await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
+    await until('the rows', () => countRows(dbPath) === 300);
+
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    // It used to print its stop line and then never exit (only a third signal ended it).
+    expect(await exited).toBe('SIGTERM');
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(countRows(dbPath)).toBe(300);
+    expect(err).toMatch(/stopped; 300 exchanges recorded this run; \d+ log lines could not be written/);
+    expect(err).toContain(`a write to ${logPath} had not returned after SHUTDOWN_GRACE_MS (500 ms)`);
   });
 });
