@@ -144,6 +144,52 @@ test('flushSync() with a write still in flight leaves the queued lines to it: th
   expect(lines(path)).toEqual(['line1', 'line2']);
 });
 
+test('a write that does not return: health() says stalled, waiting lines are bounded, end(timeoutMs) gives up on it', async () => {
+  const path = join(dir.path, 'p.log');
+  let late: (() => void) | null = null;
+  let opens = 0;
+  const fs: LogFileSystem = {
+    ...nodeLogFileSystem,
+    openSync: (p) => {
+      opens++;
+      return nodeLogFileSystem.openSync(p);
+    },
+    write: (_fd, data, done) => {
+      late = () => done(null, data.length);
+    },
+  };
+  const f = new RotatingFile({
+    path,
+    maxBytes: 0,
+    maxFiles: 2,
+    daily: false,
+    fs,
+    stallMs: 30,
+    pendingMaxBytes: 10,
+  });
+  f.write('in flight\n');
+  f.write('waits\n');
+  f.write('over the bound\n');
+  expect(f.health()).toMatchObject({
+    stalledMs: null,
+    droppedLines: 1,
+    pendingBytes: 16,
+    writeInFlight: true,
+  });
+  await new Promise((r) => setTimeout(r, 40));
+  expect(f.health().stalledMs).toBeGreaterThanOrEqual(30);
+  const t0 = Date.now();
+  await f.end(50);
+  expect(Date.now() - t0).toBeLessThan(1000);
+  // What was left (the write in flight too) is counted as dropped.
+  expect(f.health()).toMatchObject({ droppedLines: 3, pendingBytes: 0 });
+  // The write returning after all does not reopen the closed file.
+  const opened = opens;
+  (late as unknown as () => void)();
+  expect(opens).toBe(opened);
+  expect(f.health().writeInFlight).toBe(false);
+});
+
 describe('daily rotation (LOG_ROTATE_DAILY)', () => {
   const DAY_2_NOON = Date.UTC(2026, 0, 2, 12);
   /** A log file holding `text`, last written at `mtime` (ms). */
