@@ -98,8 +98,10 @@ const PENDING_MAX = 16 * 1024 * 1024;
  * Writes are asynchronous, one at a time. A write that fails (a full disk, EIO, EDQUOT) is never
  * thrown or emitted: the file reports it once (onError, health()), keeps the lines that failed and up
  * to `keptBytes` of later ones, drops and counts the rest, and tries again every `retryMs` until a
- * write succeeds. Nothing in here ever waits or retries synchronously: closing or exiting with a
- * failing file returns at once (what it could not write is counted as dropped).
+ * write succeeds. A slow file (no error, writes taking long) keeps up to `pendingMaxBytes` waiting and
+ * drops and counts the rest too. Nothing in here ever waits or retries synchronously: closing or
+ * exiting with a failing file returns at once, end(timeoutMs) gives up on a write that does not return
+ * (what it could not write is counted as dropped).
  */
 export class RotatingFile {
   private fd = -1;
