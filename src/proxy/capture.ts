@@ -168,31 +168,95 @@ export function scrubNullable(text: string | null, secrets: readonly (string | u
 }
 
 /**
+ * Shortest end of a cut text redacted as the start of a key (`redactCutKey`). Three characters are what
+ * the masked keys the proxy prints show anyway (`sk-…0001`), and a body cut just after `sk-` says nothing.
+ */
+export const MIN_KEY_PREFIX = 4;
+
+/**
+ * `text`, cut at a size limit, with its end replaced by `[redacted]` when that end (MIN_KEY_PREFIX
+ * characters or more) is the start of one of `secrets`: a key straddling the limit is not whole, so
+ * `scrubSecrets` cannot find it.
+ */
+export function redactCutKey(text: string, secrets: readonly (string | undefined)[]): string {
+  let longest = 0;
+  for (const s of secrets) {
+    if (!s || s.length < 6) continue;
+    for (let k = Math.min(s.length - 1, text.length); k >= MIN_KEY_PREFIX && k > longest; k--) {
+      if (text.startsWith(s.slice(0, k), text.length - k)) {
+        longest = k;
+        break;
+      }
+    }
+  }
+  return longest === 0 ? text : `${text.slice(0, text.length - longest)}${REDACTED}`;
+}
+
+/** `scrubSecrets`, then `redactCutKey` when the body was `cut` at its size limit. */
+export function scrubBody(text: string, secrets: readonly (string | undefined)[], cut: boolean): string {
+  const out = scrubSecrets(text, secrets);
+  return cut ? redactCutKey(out, secrets) : out;
+}
+
+/**
+ * A client's key (Bearer token, `api-key`, subprotocol key) is scrubbed from its own exchange from this
+ * length on. Real keys are far longer (32 to 200 characters); local servers take short placeholders
+ * (`ollama`, `lm-studio`) that would otherwise turn every such word in a record into `[redacted]`.
+ */
+export const CLIENT_KEY_MIN = 16;
+
+/**
+ * `secrets` plus `key`, a key this exchange's client presented, to scrub from its record; `secrets`
+ * itself (no copy) when there is no such key, it is shorter than CLIENT_KEY_MIN, or already there.
+ */
+export function withClientKey(secrets: readonly string[], key: unknown): readonly string[] {
+  if (typeof key !== 'string' || key.length < CLIENT_KEY_MIN || secrets.includes(key)) return secrets;
+  return [...secrets, key];
+}
+
+/**
  * A reassembled stream with every secret scrubbed from its text: content, tool calls, finish reason, of
- * every choice.
- * Scrubbed as a whole, after reassembly: a key split across two deltas is whole only here.
+ * every choice. Scrubbed as a whole, after reassembly: a key split across two deltas is whole only here.
+ * A text `maxChars` long or longer was cut there: its end is also redacted if it starts a key.
+ * Returns `a` itself when nothing was redacted, a copy otherwise: a copy means the raw stream held a key
+ * too, split across events where no scrubber finds it (see `withheldStreamBody`).
  */
 export function scrubAssembled(
   a: AssembledMessage,
   secrets: readonly (string | undefined)[],
+  maxChars = Number.POSITIVE_INFINITY,
 ): AssembledMessage {
   if (secrets.length === 0) return a;
-  const str = (s: string | undefined) => (s === undefined ? undefined : scrubSecrets(s, secrets));
+  let changed = false;
+  const text = (s: string) => {
+    const out = scrubBody(s, secrets, s.length >= maxChars);
+    if (out !== s) changed = true;
+    return out;
+  };
+  const str = (s: string | undefined) => (s === undefined ? undefined : text(s));
   const scrubChoice = <C extends Omit<AssembledChoice, 'index'>>(c: C): C => ({
     ...c,
-    content: scrubSecrets(c.content, secrets),
+    content: text(c.content),
     tool_calls: c.tool_calls.map((t) => ({
       ...t,
       id: str(t.id),
       type: str(t.type),
       name: str(t.name),
-      arguments: scrubSecrets(t.arguments, secrets),
+      arguments: text(t.arguments),
     })),
-    finish_reason: scrubNullable(c.finish_reason, secrets),
+    finish_reason: c.finish_reason === null ? null : text(c.finish_reason),
   });
   const out = scrubChoice(a);
   if (a.choices) out.choices = a.choices.map(scrubChoice);
-  return out;
+  return changed ? out : a;
+}
+
+/**
+ * The response body stored for a stream whose reassembled message held a key: the events themselves are
+ * not stored, as the key is split across them (`"sk"`, `"-SEC"`, `"RETU"`…) where no search can find it.
+ */
+export function withheldStreamBody(bytes: number): string {
+  return `[stream events withheld: the reassembled message held a key, redacted there; ${bytes} bytes]`;
 }
 
 /** True for content types stored as text; everything else is stored as a placeholder. */

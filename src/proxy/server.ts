@@ -25,8 +25,11 @@ import {
   redactedHeadersJson,
   redactQuerySecrets,
   scrubAssembled,
+  scrubBody,
   scrubNullable,
   scrubSecrets,
+  withClientKey,
+  withheldStreamBody,
 } from './capture.js';
 import {
   azurePathDeployment,
@@ -652,11 +655,21 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         usage = session?.usage ?? null;
         assembled = session?.assembled ?? null;
       }
-      const secrets = currentSecrets();
-      if (requestBody) requestBody = scrubSecrets(requestBody, secrets);
-      if (responseBody) responseBody = scrubSecrets(responseBody, secrets);
-      // A stream that echoes a key (a prompt quoting it) holds it in its reassembled text too.
-      if (assembled) assembled = scrubAssembled(assembled, secrets);
+      // The configured keys, and the client's own (forwarded upstream when the proxy has no key of its own).
+      const h = x.req.headers;
+      let secrets = withClientKey(currentSecrets(), bearerToken(h.authorization));
+      secrets = withClientKey(secrets, h['api-key']);
+      secrets = withClientKey(secrets, subprotocolKey(h));
+      if (requestBody) requestBody = scrubBody(requestBody, secrets, requestTruncated);
+      if (responseBody) responseBody = scrubBody(responseBody, secrets, responseTruncated);
+      if (assembled) {
+        // A stream that echoes a key (a prompt quoting it) holds it in its reassembled text too, and in
+        // its events split into pieces no scrubber can find: those are not stored then.
+        const scrubbed = scrubAssembled(assembled, secrets, limits.captureBodyBytes);
+        if (scrubbed !== assembled && responseBody)
+          responseBody = withheldStreamBody(x.responseCapture.bytes);
+        assembled = scrubbed;
+      }
       const r: ExchangeRecord = {
         id: x.id,
         startedAt: x.startedAt,

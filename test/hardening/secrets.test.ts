@@ -5,11 +5,12 @@ import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import { bearerToken } from '../../src/proxy/capture.js';
 import { indexPendingExchanges } from '../../src/storage/search-index.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { chatCompletionBody, createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { createTestPgDatabase, pgQuery, pgUrl, warnIfNoPg } from '../helpers/pg.js';
-import { findLeaks, readProxyFiles } from '../helpers/secret-scan.js';
+import { deltaLeaks, findLeaks, readProxyFiles } from '../helpers/secret-scan.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
 
@@ -341,6 +342,15 @@ test('a streamed answer echoing keys is recorded with them redacted: assembled t
   ]);
   expect(rows[0].user).toBe('user [redacted]');
   for (const r of rows) expect(JSON.stringify(r)).not.toMatch(/SECRET1234|KEY-5678/);
+  // The events split the keys ("x sk", "-tes", "t-SE"…): joined, they would give them back whole, so the
+  // stored body is a placeholder, and no pair of neighbouring deltas is left in any field.
+  for (const r of rows) {
+    expect(r.response_body).toBe(
+      `[stream events withheld: the reassembled message held a key, redacted there; ${r.response_bytes} bytes]`,
+    );
+    expect(r.response_bytes).toBeGreaterThan(500);
+    expect(deltaLeaks([upstreamKey, clientKey], r.response_body)).toEqual([]);
+  }
 
   // What `logs` prints: the record, and no match for a key (serve's background job indexes the rows)
   indexPendingExchanges(proxy.running.database.sqlite, 1000);
@@ -361,6 +371,124 @@ test('a streamed answer echoing keys is recorded with them redacted: assembled t
   const lines = await proxy.waitForLogLines((ls) => ls.filter((l) => l.path).length >= 2);
   expect(lines.filter((l) => l.path === '/v1/chat/completions')).toHaveLength(1);
   expect(readFileSync(proxy.logPath, 'utf8')).not.toMatch(/SECRET1234|KEY-5678/);
+});
+
+test('the split-key scanner joins the deltas of a stored stream per field, so it finds a key no event holds', () => {
+  const key = 'sk-SECRETUPSTREAM0123456789';
+  const deltas = `Sure, your key is ${key} as asked.`.match(/.{1,4}/g) ?? [];
+  const chunk = (index: number, content: string) =>
+    `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index, delta: { content } }] })}\n\n`;
+  const sse = deltas.map((d) => chunk(0, d) + chunk(1, 'other')).join('');
+  expect(findLeaks([key], { sse })).toEqual([]);
+  expect(deltaLeaks([key], sse)).toEqual([
+    { where: 'chat.completion.chunk.choices.0.delta.content', secret: 'sk-…6789' },
+  ]);
+  const ndjson = deltas
+    .map((delta) => JSON.stringify({ type: 'response.output_text.delta', delta }))
+    .join('\n');
+  expect(deltaLeaks([key], ndjson)).toHaveLength(1);
+});
+
+test('a body cut at CAPTURE_BODY_BYTES inside a key keeps no start of it: request, response, reassembled text', async () => {
+  const key = 'sk-SECRETUPSTREAM0123456789';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // Answers with the very bytes it got: its body is cut at the same place.
+  upstream.on('/v1/chat/completions', (_req, res, body) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(body);
+  });
+  const text = `${'x'.repeat(90)} ${key}`;
+  upstream.on('/v1/completions', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write(`data: ${JSON.stringify({ object: 'text_completion', choices: [{ index: 0, text }] })}\n\n`);
+    res.end('data: [DONE]\n\n');
+  });
+  const proxy = await startTestProxy({
+    OPENAI_BASE_URL: upstream.baseUrl,
+    OPENAI_API_KEY: key,
+    CAPTURE_BODY_BYTES: '100',
+  });
+  cleanups.push(() => proxy.close());
+  // 30 + 45 characters before the key: the first 100 bytes end with all of it but its last 2 characters.
+  const body = `{"model":"gpt-4o","messages":"${'x'.repeat(44)} ${key}"}`;
+  const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body,
+  });
+  expect(await res.text()).toBe(body);
+  const client = new OpenAI({ apiKey: 'sk-client-unused', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  let answer = '';
+  for await (const c of await client.completions.create({ model: 'gpt-4o', prompt: 'p', stream: true }))
+    answer += c.choices[0]?.text ?? '';
+  expect(answer).toBe(text);
+
+  const [chat, completion] = await proxy.waitForRows(2);
+  const cut = `{"model":"gpt-4o","messages":"${'x'.repeat(44)} [redacted]`;
+  expect([chat.request_body, chat.request_truncated]).toEqual([cut, 1]);
+  expect([chat.response_body, chat.response_truncated]).toEqual([cut, 1]);
+  const assembled = JSON.parse(completion.assembled ?? '{}');
+  expect(assembled.content).toBe(`${'x'.repeat(90)} [redacted]`);
+  // the raw events held the text the reassembled one was cut from: not stored either
+  expect(completion.response_body).toMatch(/^\[stream events withheld: .* bytes\]$/);
+  for (const r of [chat, completion]) expect(JSON.stringify(r)).not.toMatch(/sk-SEC/);
+});
+
+test("without a key of its own the proxy scrubs the client's forwarded key from that exchange: body, headers, stream", async () => {
+  const bearerKey = 'sk-client-OWNkeyFORWARDED0001';
+  const azureKey = 'azure0123456789abcdef0123456789ab';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // Echoes the key it got, wherever an upstream might: a debug header, the body, a streamed answer.
+  upstream.on('/v1/chat/completions', (req, res, body) => {
+    const got = bearerToken(req.headers.authorization) ?? String(req.headers['api-key']);
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'x-debug': `key=${got}` });
+    const message = `you sent ${got} in ${body.length} bytes`;
+    for (const p of message.match(/.{1,4}/g) ?? [])
+      res.write(
+        `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: p } }] })}\n\n`,
+      );
+    res.end('data: [DONE]\n\n');
+  });
+  upstream.on('/v1/embeddings', (req, res) => {
+    res.writeHead(400, { 'content-type': 'application/json', 'x-debug': `key=${req.headers['api-key']}` });
+    res.end(
+      JSON.stringify({
+        error: { message: `bad key ${req.headers['api-key']}`, type: 'invalid_request_error' },
+      }),
+    );
+  });
+  // the default setup: no OPENAI_API_KEY, the client's key goes upstream
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl });
+  cleanups.push(() => proxy.close());
+  const client = new OpenAI({ apiKey: bearerKey, baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  let answer = '';
+  const stream = await client.chat.completions.create({
+    model: 'gpt-4o',
+    stream: true,
+    messages: [{ role: 'user', content: `my key is ${bearerKey}` }],
+  });
+  for await (const c of stream) answer += c.choices[0]?.delta?.content ?? '';
+  expect(answer).toMatch(new RegExp(`^you sent ${bearerKey} in \\d+ bytes$`)); // the client sees it all
+  const res = await fetch(`${proxy.url}/v1/embeddings`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'api-key': azureKey },
+    body: JSON.stringify({ model: 'text-embedding-3-small', input: `key ${azureKey}` }),
+  });
+  expect([res.status, await res.text()]).toEqual([400, expect.stringContaining(azureKey)]);
+
+  const [chat, embeddings] = await proxy.waitForRows(2);
+  expect(JSON.parse(chat.assembled ?? '{}').content).toMatch(/^you sent \[redacted\] in \d+ bytes$/);
+  expect(chat.request_body).toContain('my key is [redacted]');
+  expect(chat.response_body).toMatch(/^\[stream events withheld: /);
+  expect(JSON.parse(chat.response_headers ?? '{}')['x-debug']).toBe('key=[redacted]');
+  expect(embeddings.request_body).toContain('"input":"key [redacted]"');
+  expect(embeddings.response_body).toContain('bad key [redacted]');
+  expect(JSON.parse(embeddings.response_headers ?? '{}')['x-debug']).toBe('key=[redacted]');
+  for (const r of [chat, embeddings]) expect(JSON.stringify(r)).not.toMatch(/OWNkey|azure0123/);
+  const lines = await proxy.waitForLogLines((ls) => ls.filter((l) => l.path).length >= 2);
+  expect(JSON.stringify(lines)).not.toMatch(/OWNkey|azure0123/);
 });
 
 test('a key given as the model name is recorded redacted: model column and log line', async () => {

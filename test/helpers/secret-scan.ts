@@ -54,6 +54,33 @@ export function findLeaks(secrets: readonly string[], texts: Record<string, stri
 }
 
 /**
+ * Keys split across the events of a stored stream (SSE `data:` lines, or the one JSON message a line of a
+ * WebSocket session), which no event holds whole: each string field's values joined in event order, per
+ * field (`chat.completion.chunk.choices.1.delta.content`, `response.output_text.delta.delta`; an array
+ * element with an `index` is placed by it), then searched like `findLeaks`.
+ */
+export function deltaLeaks(secrets: readonly string[], body: string | null): SecretLeak[] {
+  const joined: Record<string, string> = {};
+  const walk = (v: unknown, path: string): void => {
+    if (typeof v === 'string') joined[path] = (joined[path] ?? '') + v;
+    else if (Array.isArray(v))
+      for (const [i, e] of v.entries()) walk(e, `${path}.${(e as { index?: unknown } | null)?.index ?? i}`);
+    else if (v && typeof v === 'object') for (const [k, e] of Object.entries(v)) walk(e, `${path}.${k}`);
+  };
+  for (const line of (body ?? '').split('\n')) {
+    const json = line.startsWith('data:') ? line.slice(5).trim() : line.trim();
+    if (!json.startsWith('{')) continue;
+    try {
+      const event = JSON.parse(json) as Record<string, unknown>;
+      walk(event, String(event.type ?? event.object ?? ''));
+    } catch {
+      // not a JSON event
+    }
+  }
+  return findLeaks(secrets, joined);
+}
+
+/**
  * Every file under `dir` the proxy writes: databases (with -wal/-shm), log files and rotated logs, read as
  * latin1 so binary pages compare byte for byte. Config files are not included (they hold keys by design).
  */

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { deltaLeaks } from '../helpers/secret-scan.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import {
   createTestIo,
@@ -1193,6 +1194,29 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     expect(stored).not.toContain(CLIENT_KEY);
     expect(row.request_body).toContain('my key is [redacted]');
     expect(JSON.parse(row.assembled as string).content).toBe('it is [redacted]');
+  });
+
+  test('a key streamed in pieces over Realtime deltas: the server messages are withheld, the text redacted', async () => {
+    const { proxy, ws, server } = await session({ OPENAI_API_KEY: UPSTREAM_KEY }, undefined, undefined, {
+      authorization: `Bearer ${CLIENT_KEY}`,
+    });
+    ws.send(JSON.stringify({ type: 'response.create' }));
+    const text = `Sure, your key is ${UPSTREAM_KEY} as asked.`;
+    const pieces = text.match(/.{1,4}/g) ?? [];
+    for (const delta of pieces)
+      server.write(
+        serverFrame({ type: 'response.output_text.delta', response_id: 'r1', item_id: 'i1', delta }),
+      );
+    server.write(serverFrame(done('r1', 1, 1)));
+    for (let i = 0; i <= pieces.length; i++) await ws.next();
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    expect(JSON.parse(row.assembled as string).content).toBe('Sure, your key is [redacted] as asked.');
+    expect(row.response_body).toBe(
+      `[stream events withheld: the reassembled message held a key, redacted there; ${row.response_bytes} bytes]`,
+    );
+    expect(deltaLeaks([UPSTREAM_KEY], row.response_body)).toEqual([]);
+    expect(row.request_body).toContain('response.create'); // the client's messages, free of keys, kept
   });
 
   test('a client that resets mid-session: client_aborted, with the tokens of the responses done so far', async () => {

@@ -5,12 +5,17 @@ import {
   headerSecrets,
   isSecretHeaderName,
   isSecretHeaderNameCached,
+  redactCutKey,
   redactedHeadersJson,
   redactHeaders,
   redactQuerySecrets,
   SECRET_NAME_CACHE_MAX,
+  scrubAssembled,
+  scrubBody,
   secretNameCacheSize,
+  withClientKey,
 } from '../../src/proxy/capture.js';
+import type { AssembledMessage } from '../../src/storage/exchange-record.js';
 
 test.each([
   ['Bearer sk-abc', 'sk-abc'],
@@ -227,5 +232,66 @@ describe('redactQuerySecrets: the recorded query string', () => {
     ['', ''],
   ])('%s', (query, recorded) => {
     expect(redactQuerySecrets(query)).toBe(recorded);
+  });
+});
+
+describe('redactCutKey: the end of a cut body that starts a key', () => {
+  const key = 'sk-SECRETUPSTREAM0123456789';
+  test.each([
+    ['all of the key but its last character', `abc ${key.slice(0, -1)}`, 'abc [redacted]'],
+    ['its first 4 characters', 'abc sk-S', 'abc [redacted]'],
+    ['3 characters: what masked keys show anyway', 'abc sk-', 'abc sk-'],
+    ['the whole key (scrubSecrets finds it)', `abc ${key}`, `abc ${key}`],
+    ['a start of another text', 'abc sk-other', 'abc sk-other'],
+    ['the key alone, cut', key.slice(0, 10), '[redacted]'],
+  ])('%s', (_name, text, expected) => {
+    expect(redactCutKey(text, ['short', key])).toBe(expected);
+  });
+
+  test('the longest start of any key wins', () => {
+    expect(redactCutKey('x sk-SECRETUP', ['ETUP-other-key', key])).toBe('x [redacted]');
+    expect(redactCutKey('x sk-SECRETUP', [key, 'ETUP-other-key'])).toBe('x [redacted]');
+  });
+
+  test('scrubBody scrubs whole keys, and the cut end only when cut', () => {
+    const text = `${key} and ${key.slice(0, 8)}`;
+    expect(scrubBody(text, [key], false)).toBe(`[redacted] and ${key.slice(0, 8)}`);
+    expect(scrubBody(text, [key], true)).toBe('[redacted] and [redacted]');
+  });
+});
+
+test('withClientKey adds a real-looking key once, and copies nothing otherwise', () => {
+  const secrets = ['sk-configured-0001'];
+  expect(withClientKey(secrets, undefined)).toBe(secrets);
+  expect(withClientKey(secrets, 'ollama')).toBe(secrets); // a local server's placeholder
+  expect(withClientKey(secrets, 'sk-configured-0001')).toBe(secrets);
+  expect(withClientKey(secrets, 'sk-client-key-00002')).toEqual([...secrets, 'sk-client-key-00002']);
+  expect(secrets).toEqual(['sk-configured-0001']);
+});
+
+describe('scrubAssembled', () => {
+  const message = (content: string, args = '{}'): AssembledMessage => ({
+    kind: 'chat.completion',
+    content,
+    tool_calls: [{ id: 'call_1', name: 'f', arguments: args }],
+    finish_reason: 'stop',
+    usage: null,
+    complete: true,
+    events: 3,
+  });
+
+  test('returns the message itself when it held no key, a scrubbed copy when it did', () => {
+    const clean = message('hello');
+    expect(scrubAssembled(clean, ['sk-SECRET-0001'])).toBe(clean);
+    const leaky = message('hello', '{"k":"sk-SECRET-0001"}');
+    const scrubbed = scrubAssembled(leaky, ['sk-SECRET-0001']);
+    expect(scrubbed).not.toBe(leaky);
+    expect(scrubbed.tool_calls[0].arguments).toBe('{"k":"[redacted]"}');
+  });
+
+  test('a text as long as the cap was cut there: its end is redacted if it starts a key', () => {
+    const cut = message('0123456789 sk-SEC');
+    expect(scrubAssembled(cut, ['sk-SECRET-0001'], 17).content).toBe('0123456789 [redacted]');
+    expect(scrubAssembled(cut, ['sk-SECRET-0001'], 18)).toBe(cut);
   });
 });
