@@ -10,6 +10,17 @@ import {
  * What a Realtime API (WebSocket) session said and spent, read from copies of the relayed bytes: each
  * direction's messages as NDJSON bodies, the model's text and transcripts, and the usage of its
  * `response.done` events. Pure: it is handed bytes, and never touches the sockets.
+ *
+ * Audio (`input_audio_buffer.append`'s `audio`, `response.audio.delta` and `response.output_audio.delta`'s
+ * `delta`) is stored as `[base64 audio, N characters]`, found by scanning bytes, never parsing.
+ *
+ * What a session holds at most, beyond the two bodies (CAPTURE_BODY_BYTES each) and the reassembled text
+ * (`maxChars` characters, as much again for tool call arguments, REALTIME_MAX_TOOL_CALLS calls):
+ * - server to client: the message being read (REALTIME_MESSAGE_MAX_BYTES), messages waiting for the one
+ *   inflating (as much again) and its output (as much again); a 32 KiB window with context takeover;
+ * - client to server: the same, each bounded by the room left in the request body instead, and nothing
+ *   once the body is full;
+ * - a copy of a server event being parsed (REALTIME_PARSE_MAX_BYTES).
  */
 
 /** Input audio transcription usage (a separate model, billed on its own): tokens, or seconds of audio. */
@@ -39,15 +50,26 @@ export interface RealtimeRecord {
 
 /** Largest Realtime message read, compressed and inflated: past it a message is a placeholder line. */
 export const REALTIME_MESSAGE_MAX_BYTES = 16 * 1024 * 1024;
+/** Largest server event JSON-parsed for the text and usage (events carrying audio never are). */
+export const REALTIME_PARSE_MAX_BYTES = 1024 * 1024;
+/** Most function calls kept in the reassembled message of a session. */
+export const REALTIME_MAX_TOOL_CALLS = 256;
+/** Most output parts (response, item, content index) whose text is kept. */
+const MAX_PARTS = 4096;
+/** Most response ids remembered as having streamed their text. */
+const MAX_RESPONSES = 1024;
 
 export interface RealtimeSessionOptions {
   /** permessage-deflate as the upstream's 101 agreed it; null when none. */
   deflate: DeflateAgreement | null;
   /** Stored bytes of each body (CAPTURE_BODY_BYTES); past it the body is cut and marked truncated. */
   captureBytes: number;
-  /** Cap on the reassembled text. */
+  /** Cap on the reassembled text, and on the arguments of its tool calls together. */
   maxChars: number;
-  /** Largest message read (payload, and inflated); a larger one is a placeholder line. */
+  /**
+   * Largest message read (payload, and inflated); a larger one is a placeholder line. A client message
+   * is read only while it fits in the room left in the request body.
+   */
   maxMessageBytes: number;
 }
 
@@ -56,42 +78,56 @@ export interface RealtimeSession {
   client(chunk: Buffer): void;
   /** Bytes the upstream sent (after the 101), as relayed. Never throws. */
   upstream(chunk: Buffer): void;
-  /** The record; `endedCleanly` when neither socket failed (a close frame is needed too for `complete`). */
+  /** Resolves once every message read so far was handled (compressed ones inflate off the loop). */
+  settled(): Promise<void>;
+  /**
+   * The record of what was handled (call it after `settled`); `endedCleanly` when neither socket failed
+   * (a close frame is needed too for `complete`).
+   */
   result(endedCleanly: boolean): RealtimeRecord;
 }
 
+const NEWLINE = Buffer.from('\n');
+
 /** Keeps the first `limit` bytes of a body built line by line. */
 class LineCapture {
-  private parts: string[] = [];
+  private parts: Buffer[] = [];
   private size = 0;
   truncated = false;
 
   constructor(private readonly limit: number) {}
 
-  add(line: string): void {
+  /** Bytes still free. */
+  get room(): number {
+    return this.limit - this.size;
+  }
+
+  /**
+   * Adds a line; a Buffer is kept as is when it fits whole (the caller never changes it). `cut`: the line
+   * is the start of a longer message, so the body ends with it.
+   */
+  add(line: string | Buffer, cut = false): void {
     if (this.truncated) return;
-    const text = `${line}\n`;
-    const n = Buffer.byteLength(text);
-    if (this.size + n <= this.limit) {
-      this.parts.push(text);
-      this.size += n;
+    const room = this.limit - this.size;
+    // Cut before converting: a string is at least as many bytes as it has UTF-16 units.
+    const data =
+      typeof line === 'string' ? Buffer.from(line.length > room ? line.slice(0, room) : line) : line;
+    if (!cut && data.length + 1 <= room) {
+      this.parts.push(data, NEWLINE);
+      this.size += data.length + 1;
       return;
     }
-    const room = this.limit - this.size;
     // A character cut in two at the limit is dropped, not stored as a replacement character.
-    if (room > 0)
-      this.parts.push(
-        Buffer.from(text)
-          .subarray(0, room)
-          .toString('utf8')
-          .replace(/\uFFFD$/, ''),
-      );
+    let end = Math.min(room, data.length);
+    if (end < data.length) while (end > 0 && (data[end] & 0xc0) === 0x80) end--;
+    if (end > 0) this.parts.push(Buffer.from(data.subarray(0, end)));
+    if (!cut && room > data.length) this.parts.push(NEWLINE);
     this.size = this.limit;
     this.truncated = true;
   }
 
   text(): string | null {
-    return this.parts.length === 0 ? null : this.parts.join('');
+    return this.parts.length === 0 ? null : Buffer.concat(this.parts).toString('utf8');
   }
 }
 
@@ -108,19 +144,105 @@ const TEXT_DONES = new Map([
   ['response.audio_transcript.done', 'transcript'],
   ['response.output_audio_transcript.done', 'transcript'],
 ]);
-/** Events that are mostly base64 audio and carry nothing else the record reads: never JSON-parsed. */
-const AUDIO_DELTAS = new Set(['response.audio.delta', 'response.output_audio.delta']);
-/** The type, when it is the event's first key (as the Realtime API writes it). */
+/** The server events the record reads; the others are only stored. */
+const READ_EVENTS = new Set([
+  ...TEXT_DELTAS,
+  ...TEXT_DONES.keys(),
+  'response.done',
+  'conversation.item.input_audio_transcription.completed',
+]);
+/** Events that are mostly base64 audio (beta and GA names), and their audio field: stored as a placeholder. */
+const AUDIO_FIELDS = new Map([
+  ['input_audio_buffer.append', 'audio'],
+  ['response.audio.delta', 'delta'],
+  ['response.output_audio.delta', 'delta'],
+]);
+/** The type, when it is the event's first key (as the Realtime API and its SDKs write it). */
 const LEADING_TYPE = /^\s*\{\s*"type"\s*:\s*"([^"\\]*)"/;
 
+/** The event type read from the head of a message; null when `type` is not its first key. */
+function leadingType(head: Buffer): string | null {
+  return LEADING_TYPE.exec(head.subarray(0, 256).toString('latin1'))?.[1] ?? null;
+}
+
+/** Bytes `from` to `to` of a message read in pieces, copied into one Buffer. */
+function slice(parts: Buffer[], from: number, to: number): Buffer {
+  const out: Buffer[] = [];
+  let at = 0;
+  for (const p of parts) {
+    if (at >= to) break;
+    const end = at + p.length;
+    if (end > from) out.push(p.subarray(Math.max(0, from - at), Math.min(p.length, to - at)));
+    at = end;
+  }
+  return Buffer.concat(out);
+}
+
+/** Where `byte` first occurs at or after `from` in a message read in pieces; -1 when nowhere. */
+function indexOfByte(parts: Buffer[], byte: number, from: number): number {
+  let at = 0;
+  for (const p of parts) {
+    const end = at + p.length;
+    if (end > from) {
+      const i = p.indexOf(byte, Math.max(0, from - at));
+      if (i !== -1) return at + i;
+    }
+    at = end;
+  }
+  return -1;
+}
+
+const isSpace = (b: number | undefined) => b === 0x20 || b === 0x09 || b === 0x0a || b === 0x0d;
+
+/** How much of a message's start is searched for its audio field. */
+const HEAD_BYTES = 4096;
+
+/**
+ * The message's line with the string value of its `field` (found in its first HEAD_BYTES) replaced by
+ * `[base64 audio, N characters]`, found by scanning bytes, never parsing; at most `limit` bytes of what
+ * follows the value are copied. Null when the value is not a plain string there.
+ */
+export function elideAudio(parts: Buffer[], bytes: number, field: string, limit: number): Buffer | null {
+  const head = slice(parts, 0, HEAD_BYTES);
+  const key = Buffer.from(`"${field}"`);
+  for (let at = head.indexOf(key); at !== -1; at = head.indexOf(key, at + 1)) {
+    let i = at + key.length;
+    while (isSpace(head[i])) i++;
+    if (head[i] !== 0x3a) continue; // a value that reads like the key, not the key
+    i++;
+    while (isSpace(head[i])) i++;
+    if (i >= head.length || head[i] !== 0x22) return null;
+    const start = i + 1;
+    const end = indexOfByte(parts, 0x22, start);
+    // Base64 has no backslash: an escape means this is no plain audio string.
+    const backslash = indexOfByte(parts, 0x5c, start);
+    if (end === -1 || (backslash !== -1 && backslash < end)) return null;
+    return Buffer.concat([
+      head.subarray(0, start),
+      Buffer.from(`[base64 audio, ${end - start} characters]`),
+      slice(parts, end, Math.min(bytes, end + limit)),
+    ]);
+  }
+  return null;
+}
+
 /** One message as one NDJSON line: JSON text is compact already unless a client pretty-printed it. */
-function ndjsonLine(text: string): string {
-  if (!/[\r\n]/.test(text)) return text;
+function ndjsonLine(data: Buffer): string | Buffer {
+  if (data.indexOf(0x0a) === -1 && data.indexOf(0x0d) === -1) return data;
+  const text = data.toString('utf8');
   try {
     return JSON.stringify(JSON.parse(text));
   } catch {
     return JSON.stringify(text);
   }
+}
+
+/** The first `limit` bytes of a message too long to parse, line breaks as spaces (JSON's whitespace). */
+function cutLine(parts: Buffer[], limit: number): Buffer {
+  const line = slice(parts, 0, limit);
+  for (let i = line.indexOf(0x0a); i !== -1; i = line.indexOf(0x0a, i + 1)) line[i] = 0x20;
+  for (let i = line.indexOf(0x0d); i !== -1; i = line.indexOf(0x0d, i + 1)) line[i] = 0x20;
+  return line;
 }
 
 function num(v: unknown): number | null {
@@ -142,6 +264,7 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
   let events = 0;
   let closed = false;
   const toolCalls: AssembledMessage['tool_calls'] = [];
+  let toolChars = 0;
   // The text of each output part (response, item, content index) in the order they began.
   const parts = new Map<string, string>();
   let chars = 0;
@@ -150,6 +273,7 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
   const setPart = (key: string, text: string, append: boolean) => {
     const before = parts.get(key) ?? '';
     if (chars >= maxChars && before === '') return;
+    if (!parts.has(key) && parts.size >= MAX_PARTS) return;
     const whole = append ? before + text : text;
     const room = maxChars - (chars - before.length);
     const kept = whole.length > room ? whole.slice(0, Math.max(0, room)) : whole;
@@ -157,7 +281,14 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
     parts.set(key, kept);
   };
 
-  const line = (lines: LineCapture, m: WebSocketMessage): string | null => {
+  const responded = (id: string) => {
+    respondedWithText.add(id);
+    if (respondedWithText.size > MAX_RESPONSES)
+      respondedWithText.delete(respondedWithText.values().next().value as string);
+  };
+
+  /** Stores the message's line; returns its type and data when it is text to read further. */
+  const line = (lines: LineCapture, m: WebSocketMessage): { type: string | null; data: Buffer } | null => {
     if (m.type === 'close') {
       closed = true;
       return null;
@@ -167,35 +298,50 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
       return null;
     }
     if (m.type === 'binary') {
-      lines.add(`[binary message, ${m.data.length} bytes]`);
+      lines.add(`[binary message, ${m.cut ? 'more than ' : ''}${m.bytes} bytes]`, m.cut);
       return null;
     }
-    const text = m.data.toString('utf8');
-    // Once the body is cut, a long message (audio) is not scanned again for its line.
-    if (!lines.truncated) lines.add(ndjsonLine(text));
-    return text;
+    if (m.cut) {
+      // The start of a client message longer than the room left: the request body ends with it.
+      lines.add(cutLine(m.parts, lines.room + 1), true);
+      return null;
+    }
+    // Joined only when short enough to parse: a longer one is only cut for its line.
+    const whole = m.bytes <= REALTIME_PARSE_MAX_BYTES ? Buffer.concat(m.parts, m.bytes) : null;
+    const type = leadingType(whole ?? slice(m.parts, 0, 256));
+    const audioField = type === null ? undefined : AUDIO_FIELDS.get(type);
+    if (audioField !== undefined) {
+      // The audio is neither stored nor parsed: its line says how long it was.
+      if (!lines.truncated)
+        lines.add(
+          elideAudio(m.parts, m.bytes, audioField, lines.room) ??
+            (whole ? ndjsonLine(whole) : cutLine(m.parts, lines.room + 1)),
+        );
+      return null;
+    }
+    if (!lines.truncated) lines.add(whole ? ndjsonLine(whole) : cutLine(m.parts, lines.room + 1));
+    return whole ? { type, data: whole } : null;
   };
 
-  const onServerEvent = (text: string) => {
-    const leading = LEADING_TYPE.exec(text);
-    if (leading && AUDIO_DELTAS.has(leading[1] as string)) return;
+  const onServerEvent = (type: string | null, data: Buffer) => {
+    if (type !== null && !READ_EVENTS.has(type)) return;
     let ev: Record<string, any>;
     try {
-      ev = JSON.parse(text);
+      ev = JSON.parse(data.toString('utf8'));
     } catch {
       return;
     }
     if (ev === null || typeof ev !== 'object') return;
-    const type = ev.type;
+    type = ev.type;
     if (typeof type !== 'string') return;
     const key = `${ev.response_id}\u0000${ev.item_id}\u0000${ev.output_index}\u0000${ev.content_index}`;
     if (TEXT_DELTAS.has(type) && typeof ev.delta === 'string') {
       setPart(key, ev.delta, true);
-      respondedWithText.add(String(ev.response_id));
+      responded(String(ev.response_id));
     } else if (TEXT_DONES.has(type)) {
       const whole = ev[TEXT_DONES.get(type) as string];
       if (typeof whole === 'string') setPart(key, whole, false);
-      respondedWithText.add(String(ev.response_id));
+      responded(String(ev.response_id));
     } else if (type === 'response.done' && ev.response && typeof ev.response === 'object') {
       onResponseDone(ev.response);
     } else if (type === 'conversation.item.input_audio_transcription.completed' && ev.usage) {
@@ -213,13 +359,18 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
     const output = Array.isArray(response.output) ? response.output : [];
     const id = String(response.id);
     output.forEach((item: Record<string, any>, i: number) => {
-      if (item?.type === 'function_call')
+      if (item?.type === 'function_call') {
+        if (toolCalls.length >= REALTIME_MAX_TOOL_CALLS) return;
+        const args = typeof item.arguments === 'string' ? item.arguments : '';
+        const kept = args.slice(0, Math.max(0, maxChars - toolChars));
+        toolChars += kept.length;
         toolCalls.push({
-          id: typeof item.call_id === 'string' ? item.call_id : undefined,
+          id: typeof item.call_id === 'string' ? item.call_id.slice(0, 256) : undefined,
           type: 'function',
-          name: typeof item.name === 'string' ? item.name : undefined,
-          arguments: typeof item.arguments === 'string' ? item.arguments.slice(0, maxChars) : '',
+          name: typeof item.name === 'string' ? item.name.slice(0, 256) : undefined,
+          arguments: kept,
         });
+      }
       // Deltas not seen (a response whose events were skipped): its final output has the text.
       else if (!respondedWithText.has(id) && Array.isArray(item?.content))
         item.content.forEach((c: Record<string, any>, j: number) => {
@@ -244,37 +395,42 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
     masked: boolean,
     contextTakeover: boolean,
     lines: LineCapture,
-    onText: ((text: string) => void) | null,
+    onText: ((type: string | null, data: Buffer) => void) | null,
   ) => {
-    let noted = false;
     const parser: FrameParser = createFrameParser({
       masked,
       deflate: deflate === null ? null : { contextTakeover },
-      maxMessageBytes,
+      // Client messages feed only the request body: of one longer than the room left in it, only what fits
+      // is read (unmasked, inflated), and the body ends with it.
+      maxMessageBytes: onText ? maxMessageBytes : () => Math.min(maxMessageBytes, lines.room + 1),
+      keepPrefix: !onText,
+      maxQueuedBytes: onText ? maxMessageBytes : Math.min(maxMessageBytes, options.captureBytes + 1),
       onMessage: (m) => {
         if (m.type === 'text' || (m.type === 'skipped' && m.opcode === 'text')) {
           if (onText) events++;
         }
         const text = line(lines, m);
-        if (text !== null && onText) onText(text);
+        if (text !== null && onText) onText(text.type, text.data);
       },
+      onFailure: (reason) => lines.add(`[frames not read from here on: ${reason}]`),
     });
-    return (chunk: Buffer) => {
-      if (noted) return;
+    const push = (chunk: Buffer) => {
+      // Once the request body is cut, client messages have nowhere to go: they are not read.
+      if (parser.failure !== null || (!onText && lines.truncated)) return;
       parser.push(chunk);
-      if (parser.failure !== null) {
-        noted = true;
-        lines.add(`[frames not read from here on: ${parser.failure}]`);
-      }
     };
+    return { push, parser };
   };
 
   const client = reader(true, !deflate?.clientNoContextTakeover, requestLines, null);
   const upstream = reader(false, !deflate?.serverNoContextTakeover, responseLines, onServerEvent);
 
   return {
-    client,
-    upstream,
+    client: client.push,
+    upstream: upstream.push,
+    async settled() {
+      await Promise.all([client.parser.idle(), upstream.parser.idle()]);
+    },
     result(endedCleanly) {
       const assembled: RealtimeAssembled | null =
         events === 0

@@ -1199,7 +1199,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const end = () => {
       if (ended) return;
       ended = true;
-      x.durationMs = x.elapsed();
+      x.durationMs ??= x.elapsed();
       recordLater(x);
       inflight--;
       if (inflight === 0 && drained) drained();
@@ -1240,7 +1240,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           x.requestCapture.bytes = ending.clientBytes;
           x.responseCapture.bytes = ending.upstreamBytes;
           noteRelayEnd(x, ending, upstreamOrigin);
-          end();
+          // Messages still inflating (off the event loop) are recorded before the exchange is.
+          x.durationMs = x.elapsed();
+          session.settled().then(end);
         },
         session,
       );

@@ -1,8 +1,10 @@
-import { constants, inflateRawSync } from 'node:zlib';
+import { constants, createInflateRaw } from 'node:zlib';
 
 /**
  * RFC 6455 frames read from a copy of one direction of a relayed WebSocket, reassembled into messages
  * (RFC 7692 permessage-deflate inflated). Pure: it never writes, and a failure only stops it.
+ * Compressed messages are inflated off the event loop (zlib's thread pool), one at a time, so no step run
+ * on the loop handles more than one socket read or one memory copy of a message.
  */
 
 /** What permessage-deflate the upstream's 101 agreed to, per direction; null when none. */
@@ -34,7 +36,11 @@ export function negotiatedDeflate(header: string | string[] | undefined): Deflat
 
 /** One message (or close frame) read from the stream. */
 export type WebSocketMessage =
-  | { type: 'text' | 'binary'; data: Buffer }
+  /**
+   * Its content as read, in pieces of at most a socket read or an inflater chunk: never joined here, so
+   * no step copies a whole large message at once.
+   */
+  | { type: 'text' | 'binary'; parts: Buffer[]; bytes: number; cut?: boolean }
   /** A message whose content was not read: over `maxMessageBytes` (payload or inflated), or not inflatable. */
   | { type: 'skipped'; opcode: 'text' | 'binary'; bytes: number; reason: string }
   | { type: 'close'; code: number | null };
@@ -44,9 +50,23 @@ export interface FrameParserOptions {
   masked: boolean;
   /** permessage-deflate for this direction: `contextTakeover` false when no_context_takeover was agreed. */
   deflate: { contextTakeover: boolean } | null;
-  /** Largest message read, in payload bytes and again once inflated; larger ones are skipped. */
-  maxMessageBytes: number;
+  /**
+   * Largest message read, in payload bytes and again once inflated; larger ones are skipped (not unmasked,
+   * nor kept). A function is asked as each message begins. Messages read but not yet handed out (waiting
+   * for inflation) are held up to this many bytes in all; past it parsing stops.
+   */
+  maxMessageBytes: number | (() => number);
+  /** Bytes of messages held while waiting for inflation, past which parsing stops; default `maxMessageBytes` (a number). */
+  maxQueuedBytes?: number;
+  /**
+   * A message over `maxMessageBytes` keeps its first `maxMessageBytes` bytes (inflated, when compressed)
+   * and comes out `cut`, instead of skipped; the rest of it is neither unmasked nor kept.
+   */
+  keepPrefix?: boolean;
+  /** Messages in order. Called synchronously from `push`, or later when a message before it was compressed. */
   onMessage(message: WebSocketMessage): void;
+  /** Called once, in order after the messages read before it, when parsing stops (see `failure`). */
+  onFailure?(reason: string): void;
 }
 
 export interface FrameParser {
@@ -54,6 +74,8 @@ export interface FrameParser {
   push(chunk: Buffer): void;
   /** Why parsing stopped (garbage, an unknown extension, lost compression context); null while it reads. */
   readonly failure: string | null;
+  /** Resolves once every message read so far was handed out (compressed ones inflated). Never rejects. */
+  idle(): Promise<void>;
 }
 
 const OP_CONTINUATION = 0;
@@ -64,10 +86,61 @@ const DEFLATE_TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 /** The LZ77 window a permessage-deflate sender may refer back into (RFC 7692 §7.1.2: 2^15 at most). */
 const WINDOW_BYTES = 32 * 1024;
 
-/** A parser for one direction. Messages come out in order through `onMessage`, synchronously. */
+/** Output chunks of the inflater: fewer round trips to the thread pool for a large message. */
+const INFLATE_CHUNK_BYTES = 64 * 1024;
+
+/** The last `n` bytes of `parts`, copied. */
+function lastBytes(parts: Buffer[], n: number): Buffer {
+  const tail: Buffer[] = [];
+  let have = 0;
+  for (let i = parts.length - 1; i >= 0 && have < n; i--) {
+    const p = parts[i] as Buffer;
+    const take = Math.min(p.length, n - have);
+    tail.unshift(p.subarray(p.length - take));
+    have += take;
+  }
+  return Buffer.concat(tail, have);
+}
+
+/** A parser for one direction. Messages come out in order through `onMessage`. */
 export function createFrameParser(options: FrameParserOptions): FrameParser {
-  const { deflate, maxMessageBytes, onMessage } = options;
+  const { deflate, onMessage } = options;
+  const keepPrefix = options.keepPrefix === true;
+  const maxFor = (): number =>
+    typeof options.maxMessageBytes === 'function' ? options.maxMessageBytes() : options.maxMessageBytes;
+  const queueLimit =
+    options.maxQueuedBytes ?? (typeof options.maxMessageBytes === 'number' ? options.maxMessageBytes : null);
   let failure: string | null = null;
+
+  // Message handling, in order: a step returns a promise while a compressed message inflates.
+  const queue: Array<() => Promise<void> | undefined> = [];
+  let running = false;
+  let queuedBytes = 0;
+  let idleWaiters: Array<() => void> = [];
+  const drain = () => {
+    running = true;
+    while (queue.length > 0) {
+      const step = queue.shift() as () => Promise<void> | undefined;
+      let pending: Promise<void> | undefined;
+      try {
+        pending = step();
+      } catch {
+        // what `onMessage` throws stops nothing here
+      }
+      if (pending) {
+        pending.then(drain, drain);
+        return;
+      }
+    }
+    running = false;
+    const waiters = idleWaiters;
+    idleWaiters = [];
+    for (const w of waiters) w();
+  };
+  const deliver = (step: () => Promise<void> | undefined) => {
+    queue.push(step);
+    if (!running) drain();
+  };
 
   // The frame header being read: up to 2 + 8 + 4 bytes.
   const head = Buffer.alloc(14);
@@ -83,18 +156,30 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
 
   // The current data message (possibly over several frames), or the current control frame.
   let messageOpcode = -1;
+  let messageMax = 0;
   let compressed = false;
   let chunks: Buffer[] = [];
   let bytes = 0;
+  let kept = 0;
   let oversize = false;
   let control: Buffer[] = [];
   // The last WINDOW_BYTES of inflated output, for a sender that keeps its context between messages.
   let window: Buffer = Buffer.alloc(0);
 
-  const fail = (reason: string) => {
+  /** Stop reading; `now` (a compressed message lost the context): what was read after it is dropped too. */
+  const fail = (reason: string, now = false) => {
+    if (failure !== null) return;
     failure = reason;
     chunks = [];
     control = [];
+    if (now) {
+      queue.length = 0;
+      queuedBytes = 0;
+    }
+    deliver(() => {
+      options.onFailure?.(reason);
+      return undefined;
+    });
   };
 
   const headNeeds = (): number => {
@@ -139,9 +224,11 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
       if (messageOpcode !== -1) return fail('a new message before the previous one ended');
       if (rsv1 && deflate === null) return fail('RSV1 without permessage-deflate (an unknown extension)');
       messageOpcode = opcode;
+      messageMax = maxFor();
       compressed = rsv1;
       chunks = [];
       bytes = 0;
+      kept = 0;
       oversize = false;
       countPayload(length);
     } else return fail(`unknown data opcode ${opcode}`);
@@ -151,28 +238,35 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
 
   const countPayload = (length: number) => {
     bytes += length;
-    if (bytes > maxMessageBytes && !oversize) {
+    if (bytes > messageMax && !oversize) {
       oversize = true;
-      chunks = [];
+      if (!keepPrefix) chunks = [];
     }
   };
 
-  const payload = (part: Buffer) => {
+  const payload = (whole: Buffer) => {
+    let part = whole;
     if (opcode < 8 && oversize) {
-      maskOffset = (maskOffset + part.length) & 3;
-      return;
+      if (!keepPrefix || kept >= messageMax) {
+        maskOffset = (maskOffset + whole.length) & 3;
+        return;
+      }
+      part = whole.subarray(0, messageMax - kept);
     }
     let data: Buffer;
     if (mask !== null) {
       data = Buffer.allocUnsafe(part.length);
       for (let i = 0; i < part.length; i++) data[i] = part[i] ^ mask[(maskOffset + i) & 3];
-      maskOffset = (maskOffset + part.length) & 3;
+      maskOffset = (maskOffset + whole.length) & 3;
     } else {
       // Never keep a view of the relayed chunk: it may be reused once written.
       data = Buffer.from(part);
     }
     if (opcode >= 8) control.push(data);
-    else chunks.push(data);
+    else {
+      chunks.push(data);
+      kept += data.length;
+    }
   };
 
   const endFrame = () => {
@@ -181,7 +275,11 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
     if (opcode >= 8) {
       if (opcode === OP_CLOSE) {
         const body = Buffer.concat(control);
-        onMessage({ type: 'close', code: body.length >= 2 ? body.readUInt16BE(0) : null });
+        const code = body.length >= 2 ? body.readUInt16BE(0) : null;
+        deliver(() => {
+          onMessage({ type: 'close', code });
+          return undefined;
+        });
       }
       control = [];
       return;
@@ -191,42 +289,81 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
 
   const endMessage = () => {
     const kind = messageOpcode === OP_TEXT ? 'text' : 'binary';
-    const all = oversize ? null : Buffer.concat(chunks, bytes);
     const wasCompressed = compressed;
+    const max = messageMax;
+    const size = bytes;
+    const cut = oversize && keepPrefix;
+    const all = oversize && !keepPrefix ? null : chunks;
+    const keptBytes = kept;
     messageOpcode = -1;
     chunks = [];
     const skip = (reason: string) => {
       // A sender that keeps its context refers back into this message: the ones after it are unreadable.
-      if (wasCompressed && deflate?.contextTakeover) fail(`compression context lost: ${reason}`);
-      onMessage({ type: 'skipped', opcode: kind, bytes, reason });
+      if (wasCompressed && deflate?.contextTakeover) fail(`compression context lost: ${reason}`, true);
+      onMessage({ type: 'skipped', opcode: kind, bytes: size, reason });
     };
-    if (all === null) return skip(`over ${maxMessageBytes} bytes`);
-    if (!wasCompressed) return onMessage({ type: kind, data: all });
-    let data: Buffer;
-    try {
-      data = inflateRawSync(Buffer.concat([all, DEFLATE_TAIL]), {
+    if (all === null)
+      return deliver(() => {
+        skip(`over ${max} bytes`);
+        return undefined;
+      });
+    if (queueLimit !== null && queuedBytes + keptBytes > queueLimit && (running || queue.length > 0))
+      return fail('messages arrived faster than they could be inflated');
+    queuedBytes += keptBytes;
+    if (!wasCompressed)
+      return deliver(() => {
+        queuedBytes -= keptBytes;
+        onMessage({ type: kind, parts: all, bytes: keptBytes, ...(cut ? { cut } : {}) });
+        return undefined;
+      });
+    deliver(() => {
+      queuedBytes -= keptBytes;
+      return inflate(all, max).then(
+        (out) => {
+          if (typeof out === 'string') return skip(out);
+          if (deflate?.contextTakeover) window = lastBytes([window, ...out.parts], WINDOW_BYTES);
+          onMessage({ type: kind, ...out, ...(cut || out.cut ? { cut: true } : {}) });
+        },
+        () => skip('not inflatable'),
+      );
+    });
+  };
+
+  /** Inflates one message on zlib's thread pool: its pieces, or why it was not read. */
+  const inflate = (input: Buffer[], max: number) =>
+    new Promise<{ parts: Buffer[]; bytes: number; cut?: boolean } | string>((resolve, reject) => {
+      const inflater = createInflateRaw({
         finishFlush: constants.Z_SYNC_FLUSH,
-        maxOutputLength: maxMessageBytes,
+        chunkSize: INFLATE_CHUNK_BYTES,
         ...(deflate?.contextTakeover && window.length > 0 ? { dictionary: window } : {}),
       });
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      return skip(
-        code === 'ERR_BUFFER_TOO_LARGE' ? `over ${maxMessageBytes} bytes inflated` : 'not inflatable',
-      );
-    }
-    if (deflate?.contextTakeover) {
-      window =
-        data.length >= WINDOW_BYTES
-          ? Buffer.from(data.subarray(data.length - WINDOW_BYTES))
-          : Buffer.concat([window, data]).subarray(-WINDOW_BYTES);
-    }
-    onMessage({ type: kind, data });
-  };
+      const parts: Buffer[] = [];
+      let bytes = 0;
+      inflater.on('data', (chunk: Buffer) => {
+        if (bytes + chunk.length <= max) {
+          parts.push(chunk);
+          bytes += chunk.length;
+          return;
+        }
+        inflater.destroy();
+        if (!keepPrefix) return resolve(`over ${max} bytes inflated`);
+        parts.push(chunk.subarray(0, max - bytes));
+        resolve({ parts, bytes: max, cut: true });
+      });
+      inflater.on('error', reject);
+      inflater.on('end', () => resolve({ parts, bytes }));
+      for (const part of input) inflater.write(part);
+      inflater.end(DEFLATE_TAIL);
+    });
 
   return {
     get failure() {
       return failure;
+    },
+    idle() {
+      return running || queue.length > 0
+        ? new Promise<void>((resolve) => idleWaiters.push(resolve))
+        : Promise.resolve();
     },
     push(chunk: Buffer) {
       let i = 0;

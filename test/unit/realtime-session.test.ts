@@ -1,6 +1,11 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { describe, expect, test } from 'vitest';
-import { createRealtimeSession, type RealtimeSessionOptions } from '../../src/proxy/realtime-session.js';
-import { encodeFrame, OPCODE } from '../helpers/websocket.js';
+import {
+  createRealtimeSession,
+  REALTIME_MAX_TOOL_CALLS,
+  type RealtimeSessionOptions,
+} from '../../src/proxy/realtime-session.js';
+import { encodeFrame, encodeMessage, MessageDeflater, OPCODE } from '../helpers/websocket.js';
 
 const options: RealtimeSessionOptions = {
   deflate: null,
@@ -20,8 +25,8 @@ function responseDone(id: string, usage: Record<string, number> | undefined, out
   };
 }
 
-describe('a Realtime session read from its frames', () => {
-  test('usage summed over response.done events; text and transcripts in order; events counted', () => {
+describe('a Realtime session read from its frames', async () => {
+  test('usage summed over response.done events; text and transcripts in order; events counted', async () => {
     const s = createRealtimeSession(options);
     s.client(client({ type: 'response.create' }));
     s.upstream(
@@ -72,6 +77,7 @@ describe('a Realtime session read from its frames', () => {
     );
     s.client(closeFrame(true));
     s.upstream(closeFrame(false));
+    await s.settled();
     const r = s.result(true);
     expect(r.usage).toEqual({ prompt_tokens: 30, completion_tokens: 35, total_tokens: 65 });
     expect(r.assembled).toEqual({
@@ -88,15 +94,16 @@ describe('a Realtime session read from its frames', () => {
     expect(r.responseBody?.split('\n')).toHaveLength(10); // nine events and the final newline
   });
 
-  test('no response.done: usage null; a session cut without a close frame is incomplete', () => {
+  test('no response.done: usage null; a session cut without a close frame is incomplete', async () => {
     const s = createRealtimeSession(options);
     s.upstream(server({ type: 'session.created' }));
+    await s.settled();
     const r = s.result(true);
     expect(r.usage).toBeNull();
     expect(r.assembled).toMatchObject({ usage: null, complete: false, events: 1, content: '' });
   });
 
-  test('a response whose deltas were not seen takes its text from response.done; function calls are tool calls', () => {
+  test('a response whose deltas were not seen takes its text from response.done; function calls are tool calls', async () => {
     const s = createRealtimeSession(options);
     s.upstream(
       server(
@@ -112,25 +119,25 @@ describe('a Realtime session read from its frames', () => {
     });
   });
 
-  test('bodies: one message a line, binary as a placeholder, pretty JSON made one line, cut at captureBytes', () => {
+  test('bodies: one message a line, binary as a placeholder, pretty JSON made one line, cut at captureBytes', async () => {
     const s = createRealtimeSession({ ...options, captureBytes: 60 });
     s.client(
       Buffer.concat([
         encodeFrame(OPCODE.text, '{\n  "type": "session.update"\n}', true),
         encodeFrame(OPCODE.binary, Buffer.alloc(5), true),
-        client({ type: 'input_audio_buffer.append', audio: 'QUJD'.repeat(50) }),
+        client({ type: 'conversation.item.create', item: { text: 'x'.repeat(50) } }),
       ]),
     );
+    await s.settled();
     const r = s.result(false);
-    expect(r.requestBody?.startsWith('{"type":"session.update"}\n[binary message, 5 bytes]\n{"type"')).toBe(
-      true,
-    );
+    // Of a message longer than the room left, what fits.
+    expect(r.requestBody).toBe('{"type":"session.update"}\n[binary message, 5 bytes]\n{"type":');
     expect(Buffer.byteLength(r.requestBody ?? '')).toBe(60);
     expect(r.requestTruncated).toBe(true);
     expect(r.assembled).toBeNull(); // no server event
   });
 
-  test('garbage from the server: what came before is recorded, then a line saying reading stopped', () => {
+  test('garbage from the server: what came before is recorded, then a line saying reading stopped', async () => {
     const s = createRealtimeSession(options);
     s.upstream(
       Buffer.concat([
@@ -139,8 +146,120 @@ describe('a Realtime session read from its frames', () => {
       ]),
     );
     s.upstream(server(responseDone('r2', { input_tokens: 100, output_tokens: 100, total_tokens: 200 })));
+    await s.settled();
     const r = s.result(true);
     expect(r.usage).toEqual({ prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 });
     expect(r.responseBody?.split('\n')[1]).toMatch(/^\[frames not read from here on: /);
+  });
+});
+
+describe('bounded work and memory', () => {
+  /** Feeds `bytes` in socket-read-sized pieces, each in its own turn of the event loop, as a relay would. */
+  async function feed(push: (chunk: Buffer) => void, bytes: Buffer) {
+    for (let at = 0; at < bytes.length; at += 64 * 1024) {
+      push(bytes.subarray(at, at + 64 * 1024));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  test('a message inflating to 16 MiB and 12 MiB plain messages never stall the event loop', async () => {
+    const d = new MessageDeflater(true);
+    const deflated = await d.compress(
+      `{"type":"conversation.item.created","item":"${'a'.repeat(16 * 1024 * 1024 - 60)}"}`,
+    );
+    const image = `data:image/png;base64,${'QUJD'.repeat(3 * 1024 * 1024)}`;
+    const clientImage = client({
+      type: 'conversation.item.create',
+      item: { content: [{ image_url: image }] },
+    });
+    const bomb = encodeMessage(OPCODE.text, deflated, { masked: false, compressed: true });
+    const serverEcho = Buffer.concat([
+      server({ type: 'conversation.item.created', item: { content: [{ image_url: image }] } }),
+      server(responseDone('r1', { input_tokens: 3, output_tokens: 4, total_tokens: 7 })),
+    ]);
+    const s = createRealtimeSession({
+      deflate: { serverNoContextTakeover: false, clientNoContextTakeover: false },
+      captureBytes: 4 * 1024 * 1024,
+      maxChars: 4 * 1024 * 1024,
+      maxMessageBytes: 16 * 1024 * 1024,
+    });
+    const loop = monitorEventLoopDelay({ resolution: 1 });
+    loop.enable();
+    await feed(s.upstream, bomb);
+    await feed(s.client, clientImage);
+    await feed(s.upstream, serverEcho);
+    await s.settled();
+    loop.disable();
+    const r = s.result(true);
+    // Read, not skipped: the usage after them is counted.
+    expect(r.usage).toEqual({ prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 });
+    expect(r.responseTruncated).toBe(true);
+    expect(loop.max / 1e6).toBeLessThan(50);
+  });
+
+  test('audio (beta and GA events) is stored as a placeholder; text events after it still fit', async () => {
+    const audio = 'QUJD'.repeat(100_000);
+    // Room for every line with the audio elided, not for one with it.
+    const s = createRealtimeSession({ ...options, captureBytes: 600_000 });
+    s.client(
+      Buffer.concat([
+        client({ type: 'input_audio_buffer.append', audio }),
+        // an event_id that reads like the key, and spaces around the colon
+        encodeFrame(
+          OPCODE.text,
+          `{"type": "input_audio_buffer.append", "event_id": "audio", "audio" : "${audio}"}`,
+          true,
+        ),
+      ]),
+    );
+    s.upstream(
+      Buffer.concat([
+        server({ type: 'response.audio.delta', response_id: 'r1', item_id: 'i1', delta: audio }),
+        server({ type: 'response.output_audio.delta', response_id: 'r1', item_id: 'i1', delta: audio }),
+        server({
+          type: 'response.output_audio_transcript.delta',
+          response_id: 'r1',
+          item_id: 'i1',
+          delta: 'Hi',
+        }),
+      ]),
+    );
+    await s.settled();
+    const r = s.result(false);
+    expect(r.requestBody).toBe(
+      '{"type":"input_audio_buffer.append","audio":"[base64 audio, 400000 characters]"}\n' +
+        '{"type": "input_audio_buffer.append", "event_id": "audio", "audio" : "[base64 audio, 400000 characters]"}\n',
+    );
+    expect(r.responseBody?.split('\n')).toEqual([
+      '{"type":"response.audio.delta","response_id":"r1","item_id":"i1","delta":"[base64 audio, 400000 characters]"}',
+      '{"type":"response.output_audio.delta","response_id":"r1","item_id":"i1","delta":"[base64 audio, 400000 characters]"}',
+      '{"type":"response.output_audio_transcript.delta","response_id":"r1","item_id":"i1","delta":"Hi"}',
+      '',
+    ]);
+    expect(r.responseTruncated).toBe(false);
+    expect(r.assembled?.content).toBe('Hi');
+  });
+
+  test('tool calls: at most REALTIME_MAX_TOOL_CALLS, their arguments within maxChars together', async () => {
+    const s = createRealtimeSession({ ...options, maxChars: 1000 });
+    const call = (n: number) => ({
+      type: 'function_call',
+      call_id: `call_${n}`,
+      name: 'f',
+      arguments: 'a'.repeat(100),
+    });
+    s.upstream(
+      server(
+        responseDone(
+          'r1',
+          undefined,
+          Array.from({ length: 300 }, (_, n) => call(n)),
+        ),
+      ),
+    );
+    await s.settled();
+    const calls = s.result(true).assembled?.tool_calls ?? [];
+    expect(calls).toHaveLength(REALTIME_MAX_TOOL_CALLS);
+    expect(calls.reduce((n, c) => n + (c.arguments?.length ?? 0), 0)).toBe(1000);
   });
 });

@@ -8,14 +8,16 @@ import {
 import { encodeFrame, encodeMessage, MessageDeflater, OPCODE } from '../helpers/websocket.js';
 
 /** Parse `bytes` fed in `chunks` pieces of the sizes given (the rest in one piece); messages as readable values. */
-function parse(bytes: Buffer, o: Partial<FrameParserOptions> = {}, cuts: number[] = []) {
+async function parse(bytes: Buffer, o: Partial<FrameParserOptions> = {}, cuts: number[] = []) {
   const out: unknown[] = [];
   const parser = createFrameParser({
     masked: false,
     deflate: null,
     maxMessageBytes: 1024 * 1024,
     onMessage: (m: WebSocketMessage) =>
-      out.push(m.type === 'text' || m.type === 'binary' ? { [m.type]: m.data.toString() } : m),
+      out.push(
+        m.type === 'text' || m.type === 'binary' ? { [m.type]: Buffer.concat(m.parts).toString() } : m,
+      ),
     ...o,
   });
   let at = 0;
@@ -23,6 +25,7 @@ function parse(bytes: Buffer, o: Partial<FrameParserOptions> = {}, cuts: number[
     parser.push(bytes.subarray(at, cut));
     at = cut;
   }
+  await parser.idle();
   return { messages: out, failure: parser.failure };
 }
 
@@ -37,7 +40,7 @@ describe('frames into messages', () => {
   test.each([
     ['server (unmasked)', false],
     ['client (masked)', true],
-  ])('%s: text and binary messages, 7-, 16- and 64-bit lengths, a close frame', (_, masked) => {
+  ])('%s: text and binary messages, 7-, 16- and 64-bit lengths, a close frame', async (_, masked) => {
     const medium = 'm'.repeat(300);
     const long = 'l'.repeat(70_000);
     const bytes = Buffer.concat([
@@ -48,7 +51,7 @@ describe('frames into messages', () => {
       encodeFrame(OPCODE.text, '', masked),
       close1000(masked),
     ]);
-    expect(parse(bytes, { masked })).toEqual({
+    expect(await parse(bytes, { masked })).toEqual({
       messages: [
         { text: '{"type":"a"}' },
         { binary: 'bin' },
@@ -61,25 +64,25 @@ describe('frames into messages', () => {
     });
   });
 
-  test('a message fragmented over three frames with a ping between, fed at every split point', () => {
+  test('a message fragmented over three frames with a ping between, fed at every split point', async () => {
     const text = '{"type":"session.update","session":{"instructions":"fragmented"}}';
     const bytes = Buffer.concat([
       encodeMessage(OPCODE.text, text, { masked: true, fragments: 3, interleave: ping(true) }),
       encodeFrame(OPCODE.text, 'next', true),
     ]);
     for (let cut = 0; cut <= bytes.length; cut++)
-      expect(parse(bytes, { masked: true }, [cut]).messages).toEqual([{ text }, { text: 'next' }]);
+      expect((await parse(bytes, { masked: true }, [cut])).messages).toEqual([{ text }, { text: 'next' }]);
     // and one byte at a time
     const cuts = Array.from({ length: bytes.length }, (_, i) => i);
-    expect(parse(bytes, { masked: true }, cuts).messages).toEqual([{ text }, { text: 'next' }]);
+    expect((await parse(bytes, { masked: true }, cuts)).messages).toEqual([{ text }, { text: 'next' }]);
   });
 
-  test('a message over maxMessageBytes is skipped, with its size; the next one is read', () => {
+  test('a message over maxMessageBytes is skipped, with its size; the next one is read', async () => {
     const bytes = Buffer.concat([
       encodeMessage(OPCODE.text, 'x'.repeat(100), { masked: false, fragments: 2 }),
       encodeFrame(OPCODE.text, 'small', false),
     ]);
-    expect(parse(bytes, { maxMessageBytes: 50 }, [10, 60])).toEqual({
+    expect(await parse(bytes, { maxMessageBytes: 50 }, [10, 60])).toEqual({
       messages: [{ type: 'skipped', opcode: 'text', bytes: 100, reason: 'over 50 bytes' }, { text: 'small' }],
       failure: null,
     });
@@ -105,13 +108,13 @@ describe('frames into messages', () => {
     ],
     ['a continuation frame outside a message', encodeFrame(0, 'x', false), /continuation frame outside/],
     ['a masked server frame', encodeFrame(OPCODE.text, 'x', true), /masked server frame/],
-  ])('%s stops parsing: what came before is kept, nothing after is read', (_, bad, reason) => {
+  ])('%s stops parsing: what came before is kept, nothing after is read', async (_, bad, reason) => {
     const bytes = Buffer.concat([
       encodeFrame(OPCODE.text, 'before', false),
       bad,
       encodeFrame(OPCODE.text, 'after', false),
     ]);
-    const { messages, failure } = parse(bytes);
+    const { messages, failure } = await parse(bytes);
     expect(messages).toEqual([{ text: 'before' }]);
     expect(failure).toMatch(reason);
   });
@@ -159,7 +162,7 @@ describe('permessage-deflate', () => {
       frames.splice(1, 0, encodeFrame(OPCODE.text, 'plain', masked));
       const bytes = Buffer.concat(frames);
       const cuts = Array.from({ length: bytes.length }, (_, i) => i);
-      expect(parse(bytes, { masked, deflate: { contextTakeover: takeover } }, cuts)).toEqual({
+      expect(await parse(bytes, { masked, deflate: { contextTakeover: takeover } }, cuts)).toEqual({
         messages: [{ text: texts[0] }, { text: 'plain' }, { text: texts[1] }, { text: texts[2] }],
         failure: null,
       });
@@ -175,14 +178,16 @@ describe('permessage-deflate', () => {
         encodeMessage(OPCODE.text, await d.compress('{"small":1}'), { masked: false, compressed: true }),
       ]);
     };
-    expect(parse(await make(false), { deflate: { contextTakeover: false }, maxMessageBytes: 1000 })).toEqual({
+    expect(
+      await parse(await make(false), { deflate: { contextTakeover: false }, maxMessageBytes: 1000 }),
+    ).toEqual({
       messages: [
         { type: 'skipped', opcode: 'text', bytes: expect.any(Number), reason: 'over 1000 bytes inflated' },
         { text: '{"small":1}' },
       ],
       failure: null,
     });
-    const kept = parse(await make(true), { deflate: { contextTakeover: true }, maxMessageBytes: 1000 });
+    const kept = await parse(await make(true), { deflate: { contextTakeover: true }, maxMessageBytes: 1000 });
     expect(kept.messages).toEqual([
       { type: 'skipped', opcode: 'text', bytes: expect.any(Number), reason: 'over 1000 bytes inflated' },
     ]);
