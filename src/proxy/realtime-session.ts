@@ -103,7 +103,7 @@ class LineCapture {
   }
 
   /**
-   * Adds a line; a Buffer is kept as is when it fits whole (the caller never changes it). `cut`: the line
+   * Adds a line; a Buffer (made for this line, never changed after) is kept, not copied. `cut`: the line
    * is the start of a longer message, so the body ends with it.
    */
   add(line: string | Buffer, cut = false): void {
@@ -120,7 +120,8 @@ class LineCapture {
     // A character cut in two at the limit is dropped, not stored as a replacement character.
     let end = Math.min(room, data.length);
     if (end < data.length) while (end > 0 && (data[end] & 0xc0) === 0x80) end--;
-    if (end > 0) this.parts.push(Buffer.from(data.subarray(0, end)));
+    // A view, not a copy: every Buffer handed here was made for its line, at most a little longer.
+    if (end > 0) this.parts.push(data.subarray(0, end));
     if (!cut && room > data.length) this.parts.push(NEWLINE);
     this.size = this.limit;
     this.truncated = true;

@@ -46,32 +46,63 @@ export function encodeFrame(opcode: number, payload: Buffer | string, masked: bo
   return Buffer.concat([head, mask, data]);
 }
 
-/** Call `onFrame` for every complete frame arriving on `socket`, unmasked. */
-export function readFrames(socket: Duplex, onFrame: (frame: Frame) => void): void {
-  let buf = Buffer.alloc(0);
+/**
+ * Call `onFrame` for every complete frame arriving on `socket`, unmasked. Read a chunk at a time (never
+ * joining what came so far), so a test relaying big messages does not stall its own event loop;
+ * `keepPayload` false for an opcode hands that frame out with an empty payload.
+ */
+export function readFrames(
+  socket: Duplex,
+  onFrame: (frame: Frame) => void,
+  keepPayload: (opcode: number) => boolean = () => true,
+): void {
+  let head = Buffer.alloc(0);
+  let payload: Buffer[] | null = null;
+  let opcode = 0;
+  let remaining = 0;
+  let mask: Buffer | null = null;
+  let maskAt = 0;
+  let keep = true;
+  const headNeeds = () => {
+    if (head.length < 2) return 2;
+    const len7 = head[1] & 0x7f;
+    return 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + (head[1] & 0x80 ? 4 : 0);
+  };
+  const endFrame = () => {
+    onFrame({ opcode, payload: Buffer.concat(payload ?? []) });
+    payload = null;
+    head = Buffer.alloc(0);
+  };
   socket.on('data', (chunk: Buffer) => {
-    buf = Buffer.concat([buf, chunk]);
-    for (;;) {
-      if (buf.length < 2) return;
-      let len = buf[1] & 0x7f;
-      let off = 2;
-      if (len === 126) {
-        if (buf.length < 4) return;
-        len = buf.readUInt16BE(2);
-        off = 4;
-      } else if (len === 127) {
-        if (buf.length < 10) return;
-        len = Number(buf.readBigUInt64BE(2));
-        off = 10;
+    let i = 0;
+    while (i < chunk.length) {
+      if (payload === null) {
+        const need = headNeeds();
+        const take = Math.min(need - head.length, chunk.length - i);
+        head = Buffer.concat([head, chunk.subarray(i, i + take)]);
+        i += take;
+        if (head.length < need || headNeeds() !== need) continue;
+        const len7 = head[1] & 0x7f;
+        remaining =
+          len7 === 126 ? head.readUInt16BE(2) : len7 === 127 ? Number(head.readBigUInt64BE(2)) : len7;
+        mask = head[1] & 0x80 ? head.subarray(need - 4, need) : null;
+        maskAt = 0;
+        opcode = head[0] & 0x0f;
+        keep = keepPayload(opcode);
+        payload = [];
+        if (remaining === 0) endFrame();
+        continue;
       }
-      const masked = (buf[1] & 0x80) !== 0;
-      if (buf.length < off + (masked ? 4 : 0) + len) return;
-      const mask = masked ? buf.subarray(off, off + 4) : null;
-      if (masked) off += 4;
-      const payload = Buffer.from(buf.subarray(off, off + len));
-      if (mask) for (let i = 0; i < len; i++) payload[i] ^= mask[i & 3];
-      onFrame({ opcode: buf[0] & 0x0f, payload });
-      buf = buf.subarray(off + len);
+      const take = Math.min(remaining, chunk.length - i);
+      if (keep) {
+        const part = Buffer.from(chunk.subarray(i, i + take));
+        if (mask) for (let k = 0; k < part.length; k++) part[k] ^= mask[(maskAt + k) & 3];
+        payload.push(part);
+      }
+      maskAt += take;
+      i += take;
+      remaining -= take;
+      if (remaining === 0) endFrame();
     }
   });
 }
@@ -289,9 +320,13 @@ export async function startScriptedWebSocketUpstream(
     sessions.push(socket);
     if (head.length > 0) socket.unshift(head);
     socket.on('data', (c: Buffer) => bytes.push(c));
-    readFrames(socket, ({ opcode, payload }) => {
-      if (opcode === OPCODE.close && socket.writable) socket.end(encodeFrame(OPCODE.close, payload, false));
-    });
+    readFrames(
+      socket,
+      ({ opcode, payload }) => {
+        if (opcode === OPCODE.close && socket.writable) socket.end(encodeFrame(OPCODE.close, payload, false));
+      },
+      (opcode) => opcode === OPCODE.close,
+    );
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const { port } = server.address() as AddressInfo;

@@ -964,6 +964,40 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     expect(JSON.parse(exp.out().trim()).request_body).toBe('{"type":"response.create"}\n');
   });
 
+  test('a message inflating to 16 MiB, then response.done: the row waits for the inflation and counts the tokens', async () => {
+    const { proxy, ws, server, up: scripted } = await session({}, 'permessage-deflate', 'permessage-deflate');
+    const bomb = encodeMessage(
+      OPCODE.text,
+      await new MessageDeflater(true).compress(
+        `{"type":"conversation.item.created","item":"${'a'.repeat(16 * 1024 * 1024 - 60)}"}`,
+      ),
+      { masked: false, compressed: true },
+    );
+    const down = Buffer.concat([bomb, serverFrame(done('r1', 5, 6))]);
+    const image = `data:image/png;base64,${'QUJD'.repeat(3 * 1024 * 1024)}`;
+    const sent = encodeFrame(
+      OPCODE.text,
+      JSON.stringify({ type: 'conversation.item.create', item: { content: [{ image_url: image }] } }),
+      true,
+    );
+    // Counted, not joined: 28 MiB.
+    let clientBytes = 0;
+    ws.socket.on('data', (c: Buffer) => {
+      clientBytes += c.length;
+    });
+    const upstreamBytes = () => (scripted.received[0] ?? []).reduce((n, c) => n + c.length, 0);
+    server.write(down);
+    ws.socket.write(sent);
+    await until('the client got every byte', () => clientBytes >= down.length);
+    await until('the upstream got every byte', () => upstreamBytes() >= sent.length);
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ total_tokens: 11, request_truncated: 1, response_truncated: 1 });
+    expect(row.request_body).toMatch(
+      /^\{"type":"conversation.item.create","item":\{"content":\[\{"image_url":"data:image\/png;base64,QUJDQUJD/,
+    );
+  });
+
   test('bodies beyond CAPTURE_BODY_BYTES are cut and marked truncated; tokens are still counted', async () => {
     const { proxy, ws, server } = await session({ CAPTURE_BODY_BYTES: '100' });
     const append = JSON.stringify({ type: 'input_audio_buffer.append', audio: 'QUJD'.repeat(500) });
