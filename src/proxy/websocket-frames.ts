@@ -157,6 +157,9 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
   // The current data message (possibly over several frames), or the current control frame.
   let messageOpcode = -1;
   let messageMax = 0;
+  // Payload bytes kept of the message: messageMax, but a compressed one cut to its first messageMax
+  // bytes inflated needs more of its payload than that.
+  let payloadMax = 0;
   let compressed = false;
   let chunks: Buffer[] = [];
   let bytes = 0;
@@ -226,6 +229,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
       messageOpcode = opcode;
       messageMax = maxFor();
       compressed = rsv1;
+      payloadMax = keepPrefix && rsv1 ? Math.max(messageMax, queueLimit ?? 0) : messageMax;
       chunks = [];
       bytes = 0;
       kept = 0;
@@ -238,7 +242,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
 
   const countPayload = (length: number) => {
     bytes += length;
-    if (bytes > messageMax && !oversize) {
+    if (bytes > payloadMax && !oversize) {
       oversize = true;
       if (!keepPrefix) chunks = [];
     }
@@ -247,11 +251,11 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
   const payload = (whole: Buffer) => {
     let part = whole;
     if (opcode < 8 && oversize) {
-      if (!keepPrefix || kept >= messageMax) {
+      if (!keepPrefix || kept >= payloadMax) {
         maskOffset = (maskOffset + whole.length) & 3;
         return;
       }
-      part = whole.subarray(0, messageMax - kept);
+      part = whole.subarray(0, payloadMax - kept);
     }
     let data: Buffer;
     if (mask !== null) {
@@ -318,7 +322,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
       });
     deliver(() => {
       queuedBytes -= keptBytes;
-      return inflate(all, max).then(
+      return inflate(all, max, cut).then(
         (out) => {
           if (typeof out === 'string') return skip(out);
           if (deflate?.contextTakeover) window = lastBytes([window, ...out.parts], WINDOW_BYTES);
@@ -330,7 +334,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
   };
 
   /** Inflates one message on zlib's thread pool: its pieces, or why it was not read. */
-  const inflate = (input: Buffer[], max: number) =>
+  const inflate = (input: Buffer[], max: number, prefixOnly: boolean) =>
     new Promise<{ parts: Buffer[]; bytes: number; cut?: boolean } | string>((resolve, reject) => {
       const inflater = createInflateRaw({
         finishFlush: constants.Z_SYNC_FLUSH,
@@ -353,7 +357,9 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
       inflater.on('error', reject);
       inflater.on('end', () => resolve({ parts, bytes }));
       for (const part of input) inflater.write(part);
-      inflater.end(DEFLATE_TAIL);
+      // The tail would be read as the middle of a block of a message cut short.
+      if (prefixOnly) inflater.end();
+      else inflater.end(DEFLATE_TAIL);
     });
 
   return {

@@ -194,3 +194,32 @@ describe('permessage-deflate', () => {
     expect(kept.failure).toBe('compression context lost: over 1000 bytes inflated');
   });
 });
+
+describe('keepPrefix (the client direction once its body is nearly full)', () => {
+  test.each([
+    ['plain', false],
+    ['compressed', true],
+  ])(
+    '%s: a message over maxMessageBytes comes out cut, with its first maxMessageBytes bytes',
+    async (_, compressed) => {
+      const text = `{"type":"conversation.item.create","item":"${'x'.repeat(5000)}"}`;
+      const payload = compressed ? await new MessageDeflater(false).compress(text) : text;
+      const bytes = encodeMessage(OPCODE.text, payload, { masked: true, compressed, fragments: 2 });
+      const out: WebSocketMessage[] = [];
+      const parser = createFrameParser({
+        masked: true,
+        deflate: compressed ? { contextTakeover: false } : null,
+        maxMessageBytes: 40,
+        maxQueuedBytes: 1024 * 1024,
+        keepPrefix: true,
+        onMessage: (m) => out.push(m),
+      });
+      for (let at = 0; at < bytes.length; at += 7) parser.push(bytes.subarray(at, at + 7));
+      await parser.idle();
+      expect(out).toHaveLength(1);
+      const m = out[0] as Extract<WebSocketMessage, { parts: Buffer[] }>;
+      expect({ type: m.type, cut: m.cut, bytes: m.bytes }).toEqual({ type: 'text', cut: true, bytes: 40 });
+      expect(Buffer.concat(m.parts).toString()).toBe(text.slice(0, 40));
+    },
+  );
+});
