@@ -86,6 +86,9 @@ const DEFLATE_TAIL = Buffer.from([0x00, 0x00, 0xff, 0xff]);
 /** The LZ77 window a permessage-deflate sender may refer back into (RFC 7692 §7.1.2: 2^15 at most). */
 const WINDOW_BYTES = 32 * 1024;
 
+/** Pieces of a message shorter than this are gathered into one Buffer before they are kept. */
+const SMALL_PIECE_BYTES = 1024;
+
 /** Output chunks of the inflater: fewer round trips to the thread pool for a large message. */
 const INFLATE_CHUNK_BYTES = 64 * 1024;
 
@@ -162,6 +165,31 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
   let payloadMax = 0;
   let compressed = false;
   let chunks: Buffer[] = [];
+  // Small pieces (tiny fragments, small reads) gathered before they join `chunks`: a client sending a
+  // message as millions of 1-byte frames would otherwise hold a Buffer object (~160 bytes) per byte.
+  let small: Buffer[] = [];
+  let smallBytes = 0;
+  const keepPiece = (data: Buffer) => {
+    if (data.length >= SMALL_PIECE_BYTES) {
+      flushSmall();
+      chunks.push(data);
+      return;
+    }
+    small.push(data);
+    smallBytes += data.length;
+    if (small.length >= 1024 || smallBytes >= 16 * SMALL_PIECE_BYTES) flushSmall();
+  };
+  const flushSmall = () => {
+    if (small.length > 0)
+      chunks.push(small.length === 1 ? (small[0] as Buffer) : Buffer.concat(small, smallBytes));
+    small = [];
+    smallBytes = 0;
+  };
+  const dropChunks = () => {
+    chunks = [];
+    small = [];
+    smallBytes = 0;
+  };
   let bytes = 0;
   let kept = 0;
   let oversize = false;
@@ -173,7 +201,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
   const fail = (reason: string, now = false) => {
     if (failure !== null) return;
     failure = reason;
-    chunks = [];
+    dropChunks();
     control = [];
     if (now) {
       queue.length = 0;
@@ -230,7 +258,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
       messageMax = maxFor();
       compressed = rsv1;
       payloadMax = keepPrefix && rsv1 ? Math.max(messageMax, queueLimit ?? 0) : messageMax;
-      chunks = [];
+      dropChunks();
       bytes = 0;
       kept = 0;
       oversize = false;
@@ -244,7 +272,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
     bytes += length;
     if (bytes > payloadMax && !oversize) {
       oversize = true;
-      if (!keepPrefix) chunks = [];
+      if (!keepPrefix) dropChunks();
     }
   };
 
@@ -268,7 +296,7 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
     }
     if (opcode >= 8) control.push(data);
     else {
-      chunks.push(data);
+      keepPiece(data);
       kept += data.length;
     }
   };
@@ -297,10 +325,11 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
     const max = messageMax;
     const size = bytes;
     const cut = oversize && keepPrefix;
+    flushSmall();
     const all = oversize && !keepPrefix ? null : chunks;
     const keptBytes = kept;
     messageOpcode = -1;
-    chunks = [];
+    dropChunks();
     const skip = (reason: string) => {
       // A sender that keeps its context refers back into this message: the ones after it are unreadable.
       if (wasCompressed && deflate?.contextTakeover) fail(`compression context lost: ${reason}`, true);

@@ -77,6 +77,24 @@ describe('frames into messages', () => {
     expect((await parse(bytes, { masked: true }, cuts)).messages).toEqual([{ text }, { text: 'next' }]);
   });
 
+  test('a message in 200,000 one-byte fragments is held in a few pieces, not one Buffer per byte', async () => {
+    const text = 'x'.repeat(200_000);
+    const bytes = encodeMessage(OPCODE.text, text, { masked: true, fragments: text.length });
+    let got: { parts: number; text: string } | null = null;
+    const parser = createFrameParser({
+      masked: true,
+      deflate: null,
+      maxMessageBytes: 1024 * 1024,
+      onMessage: (m) => {
+        if (m.type === 'text') got = { parts: m.parts.length, text: Buffer.concat(m.parts).toString() };
+      },
+    });
+    parser.push(bytes);
+    await parser.idle();
+    expect(got).toEqual({ parts: expect.any(Number), text });
+    expect((got as unknown as { parts: number }).parts).toBeLessThanOrEqual(200);
+  });
+
   test('a message over maxMessageBytes is skipped, with its size; the next one is read', async () => {
     const bytes = Buffer.concat([
       encodeMessage(OPCODE.text, 'x'.repeat(100), { masked: false, fragments: 2 }),
