@@ -69,6 +69,41 @@ const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string }> =
 export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfig {
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();
+  const dotenv = options.dotenv === false ? {} : readDotenv(cwd);
+  // Every value that could be a secret, gathered from every layer before any is checked: a key pasted
+  // into the wrong variable (OPENAI_BASE_URL=sk-…) must not be quoted by that variable's message.
+  const secrets = new Set<string>();
+  addLayerSecrets(secrets, dotenv);
+  addLayerSecrets(secrets, env);
+  addUrlPassword(secrets, options.flags?.db);
+  addUrlPassword(secrets, options.flags?.upstream);
+  const lookup = { ...dotenv, ...env };
+  shownSecrets = orderSecrets(secrets);
+  try {
+    const resolved = resolveLayers(options, env, dotenv, cwd, (raw) => {
+      addFileSecrets(secrets, raw, lookup);
+      shownSecrets = orderSecrets(secrets);
+    });
+    const ordered = orderSecrets(secrets);
+    resolved.warnings = resolved.warnings.map((w) => scrubConfigSecrets(w, ordered));
+    return resolved;
+  } catch (err) {
+    if (!(err instanceof OaiProxyError)) throw err;
+    const message = scrubConfigSecrets(err.message, orderSecrets(secrets));
+    if (message === err.message) throw err;
+    throw new OaiProxyError(err.code, message, { status: err.status });
+  } finally {
+    shownSecrets = [];
+  }
+}
+
+function resolveLayers(
+  options: ResolveConfigOptions,
+  env: Env,
+  dotenv: Env,
+  cwd: string,
+  onFile: (raw: Record<string, unknown>) => void,
+): ResolvedConfig {
   const warnings: string[] = [];
   const sources: Partial<Record<ConfigKey, string>> = {};
   const values: Partial<Record<ConfigKey, unknown>> = {};
@@ -78,6 +113,7 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
   const configFile = findConfigFile(options.configPath, env, cwd);
   if (configFile) {
     const raw = readConfigFile(configFile);
+    onFile(raw);
     const where = `config file ${configFile}`;
     // Names only: a value may be a key.
     const unknownKey: UnknownKey = (path, near) =>
@@ -96,7 +132,6 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
     }
   }
 
-  const dotenv = options.dotenv === false ? {} : readDotenv(cwd);
   for (const [layer, where] of [
     [dotenv, `.env in ${cwd}`],
     [env, 'environment'],
@@ -121,6 +156,107 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
   const config = values as unknown as Config;
   validateCrossFields(config, sources);
   return { config, configFile, warnings, sources, env: { ...dotenv, ...env } };
+}
+
+/** What a configuration message shows instead of a secret (as recorded bodies and headers do). */
+export const REDACTED_SECRET = '[redacted]';
+
+/**
+ * The secrets `show` hides while resolveConfig runs (it runs synchronously, so no other call sees them):
+ * a quoted value is cut to 80 characters, and a cut key would escape the scrub of the whole message.
+ */
+let shownSecrets: readonly string[] = [];
+
+/** A setting whose values are secrets: keys, the admin key, client keys, upstream entries (apiKey, headers). */
+function isSecretSetting(def: SettingDef): boolean {
+  return def.type === 'secret' || def.type === 'upstreams' || def.secret === true;
+}
+
+/** The secret values an environment or `.env` layer sets, and the password of any URL it holds. */
+function addLayerSecrets(secrets: Set<string>, layer: Env): void {
+  for (const def of SETTINGS) {
+    const v = def.env ? layer[def.env] : undefined;
+    if (!v) continue;
+    if (isSecretSetting(def)) addSecretValue(secrets, def, v);
+    addUrlPassword(secrets, v);
+  }
+}
+
+/** The same for the raw config file, before any check: its keys, upstream keys and header values. */
+function addFileSecrets(secrets: Set<string>, raw: Record<string, unknown>, env: Env): void {
+  for (const def of SETTINGS) {
+    const v = raw[def.key];
+    if (typeof v === 'string') addUrlPassword(secrets, v);
+    if (!isSecretSetting(def)) continue;
+    if (typeof v === 'string') addSecretValue(secrets, def, v);
+    else if (Array.isArray(v)) for (const x of v) if (typeof x === 'string') addSecretValue(secrets, def, x);
+  }
+  if (!isPlainObject(raw.upstreams)) return;
+  for (const u of Object.values(raw.upstreams)) {
+    if (!isPlainObject(u)) continue;
+    if (typeof u.apiKey === 'string') secrets.add(u.apiKey);
+    if (typeof u.apiKeyEnv === 'string' && env[u.apiKeyEnv]) secrets.add(env[u.apiKeyEnv]!);
+    if (typeof u.baseUrl === 'string') addUrlPassword(secrets, u.baseUrl);
+    // Secret-named headers, as the proxy's isSecretHeaderName judges them (config may not import proxy/):
+    // `"x-provider": "openai"` must not hide the word openai from every message.
+    if (isPlainObject(u.headers))
+      for (const [name, h] of Object.entries(u.headers)) {
+        if (typeof h !== 'string' || !/key|token|secret|auth|password|signature|cookie/i.test(name)) continue;
+        secrets.add(h.trim());
+        const credential = /^\s*(?:Bearer|Basic)\s+(\S.*?)\s*$/i.exec(h)?.[1];
+        if (credential) secrets.add(credential);
+      }
+  }
+}
+
+function addSecretValue(secrets: Set<string>, def: SettingDef, v: string): void {
+  secrets.add(v);
+  secrets.add(v.trim());
+  if (def.type === 'list') for (const k of v.split(',')) secrets.add(k.trim());
+}
+
+/** The password of a URL (`postgres://u:PASSWORD@host`), as written and percent-decoded. */
+function addUrlPassword(secrets: Set<string>, v: string | undefined): void {
+  const rest = v ? /^[a-z][a-z0-9+.-]*:\/\/(.*)$/is.exec(v)?.[1] : undefined;
+  if (!v || !rest) return;
+  // Up to the last @ of all (more than WHATWG URL takes when the path holds an @): too much, never too little.
+  const userinfo = rest.slice(0, Math.max(rest.lastIndexOf('@'), 0));
+  const colon = userinfo.indexOf(':');
+  if (colon !== -1) secrets.add(userinfo.slice(colon + 1));
+  try {
+    const password = new URL(v).password;
+    secrets.add(password);
+    secrets.add(decodeURIComponent(password));
+  } catch {
+    // Unparseable, or a % that is not an escape: the text as written is what was added.
+  }
+}
+
+/** Longest first, so a key that holds a shorter one is replaced whole; empty values dropped. */
+function orderSecrets(secrets: Set<string>): string[] {
+  return [...secrets].filter(Boolean).sort((a, b) => b.length - a.length);
+}
+
+/**
+ * `text` with every secret replaced by [redacted]: a key of 6 characters or more wherever it appears; a
+ * shorter one only as a whole word, and only with `short` (in a quoted value, where ADMIN_API_KEY=an
+ * cannot turn `expected an integer` into `expected [redacted] integer`). Recorded bodies skip short keys
+ * too, which `serve` warns about.
+ */
+function scrubConfigSecrets(text: string, secrets: readonly string[], short = false): string {
+  let out = text;
+  for (const s of secrets) {
+    if (!out.includes(s)) continue;
+    if (s.length >= 6) out = out.split(s).join(REDACTED_SECRET);
+    else if (short) {
+      const escaped = s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      out = out.replace(
+        new RegExp(`(?<![\\p{L}\\p{N}_-])${escaped}(?![\\p{L}\\p{N}_-])`, 'gu'),
+        REDACTED_SECRET,
+      );
+    }
+  }
+  return out;
 }
 
 /** `--config` (must exist) > OAI_PROXY_CONFIG (must exist) > ./oai-proxy.config.json > XDG config.json. */
@@ -213,7 +349,7 @@ function invalid(
   detail?: string,
 ): never {
   const name = where.startsWith('config file') ? `"${def.key}" in ${where}` : where;
-  const secret = holdsSecret(def);
+  const secret = isSecretSetting(def);
   const shown = v === NO_VALUE || secret ? '' : ` = ${show(v)}`;
   const why = detail ?? (v !== NO_VALUE && secret ? `got ${kindOf(v)}` : undefined);
   throw new OaiProxyError(
@@ -222,13 +358,8 @@ function invalid(
   );
 }
 
-/** Keys, the admin key, client keys, and upstream entries (apiKey, header values). */
-function holdsSecret(def: SettingDef): boolean {
-  return def.type === 'secret' || def.type === 'upstreams' || def.secret === true;
-}
-
 function show(v: unknown): string {
-  const s = typeof v === 'string' ? redactUrl(v) : JSON.stringify(v);
+  const s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), shownSecrets, true);
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
@@ -251,7 +382,7 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
       return checkUrl(def, v, where);
     case 'int': {
       if (!/^-?\d+$/.test(v.trim())) invalid(where, def, intExpectation(def), v);
-      return checkInt(def, Number(v), where);
+      return checkInt(def, Number(v), where, v);
     }
     case 'bool': {
       const t = v.trim().toLowerCase();
@@ -337,13 +468,14 @@ function intExpectation(def: SettingDef): string {
   return 'an integer';
 }
 
-function checkInt(def: SettingDef, n: number, where: string): number {
+/** `written`: the value as the user wrote it, quoted instead of `n` (PORT=0099999 is not 99999). */
+function checkInt(def: SettingDef, n: number, where: string, written: unknown = String(n)): number {
   if (
     !Number.isSafeInteger(n) ||
     (def.min !== undefined && n < def.min) ||
     (def.max !== undefined && n > def.max)
   ) {
-    invalid(where, def, intExpectation(def), String(n));
+    invalid(where, def, intExpectation(def), written);
   }
   return n;
 }

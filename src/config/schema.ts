@@ -82,7 +82,10 @@ export interface SettingDef {
   min?: number;
   max?: number;
   default?: unknown;
-  /** Values are secrets (beyond the `secret` type): never echoed, e.g. in a validation message. */
+  /**
+   * Values are secrets (beyond the `secret` type): never echoed, e.g. in a validation message, and
+   * shown as [redacted] where another setting's message quotes one (resolveConfig gathers them first).
+   */
   secret?: boolean;
   description: string;
 }

@@ -59,6 +59,33 @@ describe('CLI basics', () => {
     );
   });
 
+  // The tester's repro: a key pasted into the wrong variable must not be printed by that variable's message.
+  test.each([
+    ['OPENAI_BASE_URL', 'expected an absolute http(s) URL'],
+    ['PORT', 'expected an integer from 0 to 65535'],
+    ['LOG_LEVEL', 'expected one of trace'],
+    ['MODEL_MAPPINGS', 'expected a JSON object'],
+  ])('a key pasted into %s → exit 2 naming the setting, the key [redacted]', async (name, expected) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const key = 'sk-SECRETUPSTREAM0123456789';
+    for (const argv of [['serve'], ['logs'], ['models', 'list'], ['init', '--yes', '--no-check']]) {
+      const io = createTestIo({ HOME: tmp.path, OPENAI_API_KEY: key, [name]: key }, tmp.path);
+      const code = await main(argv, io);
+      const printed = io.err() + io.out();
+      expect(printed).not.toContain('SECRET');
+      const message = `Invalid ${name} (environment) = [redacted]: ${expected}`;
+      if (argv[0] === 'init') {
+        // init writes the file, then warns that serve would refuse to start.
+        expect(code).toBe(0);
+        expect(io.err()).toContain(`warning: serve would currently refuse to start: ${message}`);
+        continue;
+      }
+      expect(code).toBe(2);
+      expect(io.err()).toMatch(new RegExp(`^oai-proxy: ${message.replace(/[()[\]]/g, '\\$&')}[^\n]*\n$`));
+    }
+  });
+
   test('a missing --config file → exit 2 naming the path', async () => {
     const tmp = createTempDir();
     cleanups.push(tmp.cleanup);

@@ -223,6 +223,100 @@ describe('invalid values name the setting and where it came from', () => {
   });
 });
 
+describe('a secret quoted by another setting is [redacted] in its message', () => {
+  const KEY = 'sk-SECRETUPSTREAM0123456789';
+  const rejected = (env: Record<string, string>, extra: Parameters<typeof resolveConfig>[0] = {}) => {
+    try {
+      resolve(env, extra);
+    } catch (err) {
+      return { code: (err as { code: string }).code, message: (err as Error).message };
+    }
+    throw new Error('expected the config to be rejected');
+  };
+
+  // The value is hidden wherever it came from: the key in any secret setting, any layer, pasted anywhere.
+  test.each([
+    [
+      { OPENAI_API_KEY: KEY, OPENAI_BASE_URL: KEY },
+      'Invalid OPENAI_BASE_URL (environment) = [redacted]: expected',
+    ],
+    [{ OPENAI_API_KEY: KEY, PORT: KEY }, 'Invalid PORT (environment) = [redacted]: expected an integer'],
+    [{ ADMIN_API_KEY: KEY, LOG_LEVEL: KEY }, 'Invalid LOG_LEVEL (environment) = [redacted]: expected one of'],
+    [
+      { QDRANT_API_KEY: KEY, MODEL_MAPPINGS: KEY },
+      'Invalid MODEL_MAPPINGS (environment) = [redacted]: expected',
+    ],
+    [
+      { PROXY_API_KEYS: `other-key-1, ${KEY}`, PORT: KEY },
+      'Invalid PORT (environment) = [redacted]: expected',
+    ],
+    // Inside a longer value, and beyond the 80 characters a quoted value is cut to.
+    [{ OPENAI_API_KEY: KEY, OPENAI_BASE_URL: `https ${KEY}` }, '= https [redacted]: expected'],
+    [
+      { OPENAI_API_KEY: `${KEY}${'x'.repeat(90)}`, PORT: `${KEY}${'x'.repeat(90)}` },
+      '= [redacted]: expected',
+    ],
+    // A short key is hidden as a whole word (the scrubber of recorded bodies skips it; `serve` warns).
+    [
+      { PROXY_API_KEYS: 'Zq9x7', LOG_LEVEL: 'Zq9x7' },
+      'Invalid LOG_LEVEL (environment) = [redacted]: expected one of',
+    ],
+    // A DATABASE_URL password, not only where the URL itself is shown.
+    [
+      { DATABASE_URL: `postgres://u:${KEY}@db/x`, PORT: KEY },
+      'Invalid PORT (environment) = [redacted]: expected',
+    ],
+    [
+      { DATABASE_URL: `postgres://u:${KEY}@db/x`, OPENAI_BASE_URL: KEY },
+      'OPENAI_BASE_URL (environment) = [redacted]',
+    ],
+  ])('%j', (env, expected) => {
+    const { code, message } = rejected(env);
+    expect(code).toBe('config_invalid');
+    expect(message).toContain(expected);
+    expect(message).not.toContain('SECRET');
+    expect(message).not.toContain('Zq9x7');
+  });
+
+  test('from .env, a flag, and the config file (its keys, an upstream apiKey, apiKeyEnv and header value)', () => {
+    write('.env', `OPENAI_API_KEY=${KEY}\n`);
+    expect(rejected({}, { flags: { port: KEY } }).message).toBe(
+      'Invalid --port = [redacted]: expected an integer from 0 to 65535',
+    );
+    write('.env', '');
+    for (const upstream of [
+      { baseUrl: 'http://u', apiKey: KEY },
+      { baseUrl: 'http://u', apiKeyEnv: 'MY_KEY' },
+      { baseUrl: 'http://u', headers: { 'api-key': KEY } },
+      { baseUrl: 'http://u', headers: { authorization: `Bearer ${KEY}` } },
+    ]) {
+      const p = write('oai-proxy.config.json', { upstreams: { u: upstream }, logLevel: KEY });
+      expect(rejected({ MY_KEY: KEY }).message).toBe(
+        `Invalid "logLevel" in config file ${p} = [redacted]: expected one of trace, debug, info, warn, error, fatal, silent`,
+      );
+    }
+    // Before the config file is even found; and a key only the file holds, quoted by the environment.
+    expect(rejected({ OPENAI_API_KEY: KEY, OAI_PROXY_CONFIG: KEY }).message).not.toContain('SECRET');
+    // A header value that is no secret stays readable.
+    const p = write('oai-proxy.config.json', {
+      upstreams: { u: { baseUrl: 'http://u', headers: { 'x-provider': 'openai' }, type: 'nope' } },
+    });
+    expect(rejected({}).message).toBe(
+      `Invalid "upstreams" in config file ${p}, upstreams.u.type = nope: expected "openai" or "azure"`,
+    );
+    write('oai-proxy.config.json', { adminApiKey: KEY });
+    expect(rejected({ PORT: KEY }).message).toBe(
+      'Invalid PORT (environment) = [redacted]: expected an integer from 0 to 65535',
+    );
+  });
+
+  test('a short key does not eat the words of the message', () => {
+    expect(rejected({ ADMIN_API_KEY: 'an', PORT: 'x' }).message).toBe(
+      'Invalid PORT (environment) = x: expected an integer from 0 to 65535',
+    );
+  });
+});
+
 test('an unknown key in the file is a warning naming the closest known key', () => {
   write('oai-proxy.config.json', { prot: 9000, openaiBaseURL: 'http://x' });
   const { warnings, config } = resolve();
