@@ -4,6 +4,7 @@ import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import {
   type ConfigFlags,
+  configuredKeys,
   maskSecret,
   type ResolvedConfig,
   resolveConfig,
@@ -769,6 +770,19 @@ ${bar}
 `;
 }
 
+/** scrubSecrets (proxy/capture.ts) leaves shorter keys in recorded bodies: a 5-character key is too common a string. */
+const MIN_SCRUBBED_KEY_LENGTH = 6;
+
+/** One warning per configured key too short to be scrubbed from what is recorded, naming its setting, never the key. */
+export function shortKeyWarnings(resolved: ResolvedConfig): string[] {
+  return configuredKeys(resolved)
+    .filter((k) => k.value.length < MIN_SCRUBBED_KEY_LENGTH)
+    .map(
+      (k) =>
+        `${k.setting} is shorter than ${MIN_SCRUBBED_KEY_LENGTH} characters, so it cannot be scrubbed from recorded bodies (a prompt or answer that quotes it is stored as is); use a longer key`,
+    );
+}
+
 /**
  * `oai-proxy serve`: start, print the banner, run until SIGINT/SIGTERM/SIGHUP, shut down cleanly (a second
  * signal cuts what is still in flight at once; every row is still written). A signal during start-up ends
@@ -801,7 +815,7 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
       cwd: io.cwd,
     });
   const resolved = resolve();
-  for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
+  for (const w of [...resolved.warnings, ...shortKeyWarnings(resolved)]) io.stderr.write(`warning: ${w}\n`);
   // Watched from the start: a signal during start-up (the database locked by another process, Qdrant
   // slow to answer) stops it cleanly instead of killing the process with what it had opened.
   const stop = watchStopSignals(io);

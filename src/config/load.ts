@@ -259,6 +259,35 @@ function scrubConfigSecrets(text: string, secrets: readonly string[], short = fa
   return out;
 }
 
+/**
+ * Every configured key with the setting it came from (`PROXY_API_KEYS (environment), entry 2`,
+ * `upstreams.azure.apiKey in config file PATH`), for messages that must name a key without showing it.
+ */
+export function configuredKeys(resolved: ResolvedConfig): { setting: string; value: string }[] {
+  const c = resolved.config;
+  const out: { setting: string; value: string }[] = [];
+  for (const key of ['openaiApiKey', 'adminApiKey', 'qdrantApiKey'] as const) {
+    const value = c[key];
+    if (value) out.push({ setting: settingSource(resolved, key), value });
+  }
+  const clientKeys = c.proxyApiKeys.filter(Boolean);
+  for (const [i, value] of clientKeys.entries())
+    out.push({
+      setting: `${settingSource(resolved, 'proxyApiKeys')}${clientKeys.length > 1 ? `, entry ${i + 1}` : ''}`,
+      value,
+    });
+  const file = resolved.configFile ? ` in config file ${resolved.configFile}` : '';
+  for (const [name, u] of Object.entries(c.upstreams)) {
+    if (u.apiKey) out.push({ setting: `upstreams.${name}.apiKey${file}`, value: u.apiKey });
+    else if (u.apiKeyEnv && resolved.env[u.apiKeyEnv])
+      out.push({
+        setting: `${u.apiKeyEnv} (upstreams.${name}.apiKeyEnv)`,
+        value: resolved.env[u.apiKeyEnv]!,
+      });
+  }
+  return out;
+}
+
 /** `--config` (must exist) > OAI_PROXY_CONFIG (must exist) > ./oai-proxy.config.json > XDG config.json. */
 export function findConfigFile(explicit: string | undefined, env: Env, cwd: string): string | undefined {
   if (explicit) {

@@ -7,6 +7,7 @@ import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import { scrubSecrets } from '../../src/proxy/capture.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
@@ -84,6 +85,43 @@ describe('CLI basics', () => {
       expect(code).toBe(2);
       expect(io.err()).toMatch(new RegExp(`^oai-proxy: ${message.replace(/[()[\]]/g, '\\$&')}[^\n]*\n$`));
     }
+  });
+
+  test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    writeFileSync(
+      join(tmp.path, 'oai-proxy.config.json'),
+      JSON.stringify({ upstreams: { loc: { baseUrl: upstream.baseUrl, apiKey: 'Ab1' } } }),
+    );
+    const ac = new AbortController();
+    const env = {
+      HOME: tmp.path,
+      PROXY_API_KEYS: 'long-enough-key,Zq9x7',
+      ADMIN_API_KEY: 'Wv3k8',
+      OPENAI_API_KEY: 'Qq7xy1',
+    };
+    const io = { ...createTestIo(env, tmp.path), signal: ac.signal };
+    const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
+    await until('the banner', () => /listening on/.test(io.err()));
+    ac.abort();
+    expect(await done).toBe(0);
+    const warnings = io
+      .err()
+      .split('\n')
+      .filter((l) => l.startsWith('warning: '));
+    const file = join(tmp.path, 'oai-proxy.config.json');
+    const why = 'is shorter than 6 characters, so it cannot be scrubbed from recorded bodies';
+    expect(warnings).toEqual([
+      expect.stringMatching(new RegExp(`^warning: ADMIN_API_KEY ${why}.*use a longer key$`)),
+      expect.stringContaining(`warning: PROXY_API_KEYS, entry 2 ${why}`),
+      expect.stringContaining(`warning: upstreams.loc.apiKey in config file ${file} ${why}`),
+    ]);
+    for (const key of ['Zq9x7', 'Wv3k8', 'Ab1']) expect(io.err()).not.toContain(key);
+    // The 6-character OPENAI_API_KEY gets none: the scrubber takes keys from 6 characters on, and only those.
+    expect(scrubSecrets('Qq7xy1 Zq9x7', ['Qq7xy1', 'Zq9x7'])).toBe('[redacted] Zq9x7');
   });
 
   test('a missing --config file → exit 2 naming the path', async () => {
