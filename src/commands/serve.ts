@@ -9,6 +9,7 @@ import {
   type ResolvedConfig,
   resolveConfig,
   settingSource,
+  withoutConfiguredSecrets,
 } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import type { Config } from '../config/schema.js';
@@ -829,7 +830,8 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
         stopStart: stopStart.signal,
       });
     } catch (err) {
-      if (!isOaiProxyError(err, 'start_stopped')) throw err;
+      // A key pasted into HOST, LOG_FILE_PATH, DATABASE_URL… is quoted by the error it causes.
+      if (!isOaiProxyError(err, 'start_stopped')) throw withoutConfiguredSecrets(err, resolved);
       io.stderr.write(`oai-proxy: ${err.message}\n`);
       if (stopStart.signal.reason === 'SIGHUP') releaseHungUpTerminal();
       return 0;

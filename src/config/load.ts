@@ -39,6 +39,8 @@ export interface ResolvedConfig {
   sources: Partial<Record<ConfigKey, string>>;
   /** The environment as seen after `.env` was merged under it (for apiKeyEnv lookups). */
   env: Env;
+  /** Every configured secret, longest first: what withoutConfiguredSecrets hides. */
+  secrets?: readonly string[];
 }
 
 /**
@@ -84,14 +86,12 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
       addFileSecrets(secrets, raw, lookup);
       shownSecrets = orderSecrets(secrets);
     });
-    const ordered = orderSecrets(secrets);
-    resolved.warnings = resolved.warnings.map((w) => scrubConfigSecrets(w, ordered));
+    resolved.secrets = orderSecrets(secrets);
+    resolved.warnings = resolved.warnings.map((w) => scrubConfigSecrets(w, resolved.secrets!));
     return resolved;
   } catch (err) {
     if (!(err instanceof OaiProxyError)) throw err;
-    const message = scrubConfigSecrets(err.message, orderSecrets(secrets));
-    if (message === err.message) throw err;
-    throw new OaiProxyError(err.code, message, { status: err.status });
+    throw withoutConfiguredSecrets(err, { secrets: orderSecrets(secrets) });
   } finally {
     shownSecrets = [];
   }
@@ -156,6 +156,20 @@ function resolveLayers(
   const config = values as unknown as Config;
   validateCrossFields(config, sources);
   return { config, configFile, warnings, sources, env: { ...dotenv, ...env } };
+}
+
+/**
+ * `err` with every configured secret in its message replaced by [redacted], for an error thrown after the
+ * configuration was resolved that quotes a setting's value (HOST=sk-… fails to listen): the same error
+ * (code, status, cause) when nothing needed hiding.
+ */
+export function withoutConfiguredSecrets(err: unknown, resolved: Pick<ResolvedConfig, 'secrets'>): unknown {
+  if (!(err instanceof Error) || !resolved.secrets?.length) return err;
+  const message = scrubConfigSecrets(err.message, resolved.secrets);
+  if (message === err.message) return err;
+  if (err instanceof OaiProxyError)
+    return new OaiProxyError(err.code, message, { status: err.status, cause: err.cause });
+  return new Error(message);
 }
 
 /** What a configuration message shows instead of a secret (as recorded bodies and headers do). */

@@ -87,6 +87,25 @@ describe('CLI basics', () => {
     }
   });
 
+  // Found after loading: the error serve stops with still quotes the value, never the key.
+  test.each([
+    [{ DATABASE_URL: 'mysql://{key}' }, 'DATABASE_URL "mysql://[redacted]" has an unsupported scheme'],
+    [{ MODEL_MAPPINGS: '{"{key}":"{key}"}' }, 'Mapping [redacted] → [redacted] would create a loop'],
+    [
+      { EMBEDDING_UPSTREAM: '{key}', QDRANT_URL: 'http://127.0.0.1:1' },
+      'EMBEDDING_UPSTREAM names "[redacted]", which is not in',
+    ],
+  ])('serve refusing %j names the setting, the key [redacted]', async (settings, expected) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const key = 'sk-SECRETUPSTREAM0123456789';
+    const env = Object.fromEntries(Object.entries(settings).map(([k, v]) => [k, v.replaceAll('{key}', key)]));
+    const io = createTestIo({ HOME: tmp.path, OPENAI_API_KEY: key, ...env }, tmp.path);
+    expect(await main(['serve', '--port', '0'], io)).toBe(2);
+    expect(io.err()).toContain(expected);
+    expect(io.err()).not.toContain('SECRET');
+  });
+
   test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
     const tmp = createTempDir();
     cleanups.push(tmp.cleanup);
