@@ -3,7 +3,12 @@ import { createWriteStream, openSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
+import {
+  type ResolvedConfig,
+  resolveConfig,
+  settingSource,
+  withoutConfiguredSecrets,
+} from '../config/load.js';
 import { resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
@@ -105,6 +110,19 @@ export async function openLogsDatabase(
     cwd: io.cwd,
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
+  try {
+    return { handle: await openResolved(resolved, io, options), resolved };
+  } catch (err) {
+    // A key pasted into DATABASE_URL is quoted by the errors below: never printed.
+    throw withoutConfiguredSecrets(err, resolved);
+  }
+}
+
+async function openResolved(
+  resolved: ResolvedConfig,
+  io: CliIo,
+  options: { readonly: boolean },
+): Promise<Storage> {
   const location = resolveDatabaseLocation(
     resolved.config.databaseUrl,
     resolved.env,
@@ -115,7 +133,7 @@ export async function openLogsDatabase(
     // Never migrated from here: a reader (and prune) only checks that `serve` created the tables. The
     // pool itself can write, which is all prune needs.
     const database = await openPostgres(location.url, { readonly: true });
-    return { handle: postgresStorage({ ...database, readonly: options.readonly }), resolved };
+    return postgresStorage({ ...database, readonly: options.readonly });
   }
   if (location.path === ':memory:')
     throw new OaiProxyError(
@@ -124,9 +142,9 @@ export async function openLogsDatabase(
     );
   // Even a writer (prune) must not create a database: check it as a reader first.
   const reader = await openDatabase(location.path, { readonly: true });
-  if (options.readonly) return { handle: sqliteStorage(reader), resolved };
+  if (options.readonly) return sqliteStorage(reader);
   await reader.close();
-  return { handle: sqliteStorage(await openDatabase(location.path)), resolved };
+  return sqliteStorage(await openDatabase(location.path));
 }
 
 async function withDatabase<T>(

@@ -2,7 +2,12 @@ import { existsSync, statSync } from 'node:fs';
 import Table from 'cli-table3';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
+import {
+  type ResolvedConfig,
+  resolveConfig,
+  settingSource,
+  withoutConfiguredSecrets,
+} from '../config/load.js';
 import { resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { checkModelName, checkModelText, type ModelRegistry } from '../registry/registry.js';
@@ -140,6 +145,20 @@ async function withRegistry<T>(
     cwd: io.cwd,
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
+  try {
+    return await withResolvedRegistry(resolved, io, fn, create);
+  } catch (err) {
+    // A key pasted into DATABASE_URL or MODEL_MAPPINGS is quoted by the errors below: never printed.
+    throw withoutConfiguredSecrets(err, resolved);
+  }
+}
+
+async function withResolvedRegistry<T>(
+  resolved: ResolvedConfig,
+  io: CliIo,
+  fn: (store: RegistryStore, resolved: ResolvedConfig) => Promise<T>,
+  create: boolean,
+): Promise<T> {
   const location = resolveDatabaseLocation(
     resolved.config.databaseUrl,
     resolved.env,

@@ -106,6 +106,29 @@ describe('CLI basics', () => {
     expect(io.err()).not.toContain('SECRET');
   });
 
+  test.each([
+    [
+      ['logs'],
+      { DATABASE_URL: 'mysql://{key}' },
+      'DATABASE_URL "mysql://[redacted]" has an unsupported scheme',
+    ],
+    [['models', 'list'], { DATABASE_URL: 'mysql://{key}' }, 'DATABASE_URL "mysql://[redacted]"'],
+    [
+      ['models', 'add', 'm1'],
+      { MODEL_MAPPINGS: '{"{key}":"{key}"}' },
+      'Mapping [redacted] → [redacted] would create a loop',
+    ],
+  ])('%j refusing %j after loading: the key [redacted]', async (argv, settings, expected) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const key = 'sk-SECRETUPSTREAM0123456789';
+    const env = Object.fromEntries(Object.entries(settings).map(([k, v]) => [k, v.replaceAll('{key}', key)]));
+    const io = createTestIo({ HOME: tmp.path, OPENAI_API_KEY: key, ...env }, tmp.path);
+    expect(await main(argv, io)).not.toBe(0);
+    expect(io.err()).toContain(expected);
+    expect(io.err() + io.out()).not.toContain('SECRET');
+  });
+
   test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
     const tmp = createTempDir();
     cleanups.push(tmp.cleanup);
