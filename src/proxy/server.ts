@@ -1508,7 +1508,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         durationMs: 0,
         ttfbMs: null,
         method: method ?? '-',
-        path: parsed?.path ?? '(unparsed)',
+        // A key in a CONNECT target is as secret as one in a request path.
+        path: parsed ? scrubSecrets(parsed.path, currentSecrets()) : '(unparsed)',
         query: null,
         clientAddr: socket.remoteAddress ?? null,
         status,

@@ -273,6 +273,19 @@ describe('request targets only ever reach the configured upstream', () => {
     expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
   });
 
+  test('a key in a CONNECT target is recorded [redacted]', async () => {
+    const key = 'sk-SECRETUPSTREAMCONNECT0123';
+    const keyed = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, OPENAI_API_KEY: key });
+    try {
+      const reply = await rawHttp(keyed.url, `CONNECT ${key}.example:443 HTTP/1.1\r\nHost: x\r\n\r\n`);
+      expect(reply.statuses).toEqual([405]);
+      const [row] = await keyed.waitForRows(1);
+      expect(row).toMatchObject({ method: 'CONNECT', path: '[redacted].example:443' });
+    } finally {
+      await keyed.close();
+    }
+  });
+
   test.each([
     ['/v1/../admin/models'],
     ['/v1/%2e%2e/admin/models'],
