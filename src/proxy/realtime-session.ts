@@ -46,6 +46,11 @@ export interface RealtimeRecord {
   usage: Usage | null;
   /** Null when no server event was read. */
   assembled: RealtimeAssembled | null;
+  /**
+   * Whether each side sent a close frame; null when that direction was not being read to its end
+   * (frames it could not read, or client messages past a full request body).
+   */
+  closeFrame: { client: boolean | null; upstream: boolean | null };
 }
 
 /** Largest Realtime message read, compressed and inflated: past it a message is a placeholder line. */
@@ -392,6 +397,7 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
     usage.total_tokens = add(usage.total_tokens, total);
   };
 
+  const closeFrom = { client: false, upstream: false };
   const reader = (
     masked: boolean,
     contextTakeover: boolean,
@@ -410,6 +416,7 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
         if (m.type === 'text' || (m.type === 'skipped' && m.opcode === 'text')) {
           if (onText) events++;
         }
+        if (m.type === 'close') closeFrom[onText ? 'upstream' : 'client'] = true;
         const text = line(lines, m);
         if (text !== null && onText) onText(text.type, text.data);
       },
@@ -453,6 +460,10 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
         responseTruncated: responseLines.truncated,
         usage: usage === null ? null : { ...usage },
         assembled,
+        closeFrame: {
+          client: client.parser.failure === null && !requestLines.truncated ? closeFrom.client : null,
+          upstream: upstream.parser.failure === null ? closeFrom.upstream : null,
+        },
       };
     },
   };

@@ -239,6 +239,8 @@ export class ExchangeContext {
   websocket = false;
   /** After a 101: the reader of the session's messages, events and usage. */
   realtime: RealtimeSession | null = null;
+  /** After a 101: which side's connection ended first (see RelayEnd.firstEnd). */
+  relayFirstEnd: 'client' | 'upstream' | null = null;
   /** CORS_ORIGINS headers for this request's Origin, added to every answer; null when it gets none. */
   cors: Record<string, string> | null = null;
   /** Read now: by the time the exchange is recorded the socket may be detached (req.socket null). */
@@ -654,6 +656,22 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         responseTruncated = session?.responseTruncated ?? false;
         usage = session?.usage ?? null;
         assembled = session?.assembled ?? null;
+        // A side that ended its connection while no close frame had been sent either way cut the session
+        // (the other side got 1006); one that ends after the other's close frame only skipped its echo.
+        const side = x.relayFirstEnd;
+        const other = side === 'client' ? 'upstream' : 'client';
+        if (
+          x.error === null &&
+          side !== null &&
+          session?.closeFrame[side] === false &&
+          session.closeFrame[other] !== true
+        ) {
+          x.error = side === 'upstream' ? 'upstream_reset' : 'client_aborted';
+          x.errorMessage =
+            side === 'upstream'
+              ? `The upstream ${x.upstreamName ?? 'default'} closed the WebSocket connection without a close frame`
+              : 'The client closed the WebSocket connection without a close frame';
+        }
       }
       // The configured keys, and the client's own (forwarded upstream when the proxy has no key of its own).
       const h = x.req.headers;
@@ -1239,6 +1257,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         (ending) => {
           x.requestCapture.bytes = ending.clientBytes;
           x.responseCapture.bytes = ending.upstreamBytes;
+          x.relayFirstEnd = ending.firstEnd;
           noteRelayEnd(x, ending, upstreamOrigin);
           // Messages still inflating (off the event loop) are recorded before the exchange is.
           x.durationMs = x.elapsed();

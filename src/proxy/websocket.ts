@@ -147,6 +147,8 @@ export interface RelayEnd {
   upstreamBytes: number;
   /** The first socket error, and on which side; null when both sides closed without one. */
   error: { side: 'client' | 'upstream'; err: NodeJS.ErrnoException } | null;
+  /** The side whose connection ended (FIN) first; null when neither ended normally. */
+  firstEnd: 'client' | 'upstream' | null;
 }
 
 /** Readers of a copy of each direction's bytes, called after the bytes were passed on. */
@@ -167,7 +169,7 @@ export function relaySockets(
   onEnd: (end: RelayEnd) => void,
   tap?: RelayTap,
 ): void {
-  const end: RelayEnd = { clientBytes: 0, upstreamBytes: 0, error: null };
+  const end: RelayEnd = { clientBytes: 0, upstreamBytes: 0, error: null, firstEnd: null };
   let open = 2;
   const closed = () => {
     if (--open === 0) onEnd(end);
@@ -195,6 +197,12 @@ export function relaySockets(
   });
   upstream.on('data', (chunk: Buffer) => {
     end.upstreamBytes += chunk.length;
+  });
+  client.once('end', () => {
+    end.firstEnd ??= 'client';
+  });
+  upstream.once('end', () => {
+    end.firstEnd ??= 'upstream';
   });
   client.pipe(upstream);
   upstream.pipe(client);

@@ -695,7 +695,7 @@ describe('WebSocket sessions ending badly', () => {
     expect((await fetch(`${proxy.url}/health`)).status).toBe(200);
   });
 
-  test('the upstream going away closes the client connection', async () => {
+  test('the upstream going away closes the client connection; without a close frame that is upstream_reset', async () => {
     const { upstream, proxy } = await setup();
     const answer = await openWebSocket(`${proxy.url}${REALTIME}`, BETA);
     if (answer.ws === null) throw new Error(`no 101: ${answer.status}`);
@@ -703,7 +703,8 @@ describe('WebSocket sessions ending badly', () => {
     upstream.websockets[0].destroy();
     await closed;
     const [row] = await proxy.waitForRows(1);
-    expect(row).toMatchObject({ status: 101, path: '/v1/realtime', error: null });
+    expect(row).toMatchObject({ status: 101, path: '/v1/realtime', error: 'upstream_reset' });
+    expect(row.error_message).toMatch(/closed the WebSocket connection without a close frame/);
   });
 
   test('the upstream resetting its connection: the client connection closes, the row says upstream_reset', async () => {
@@ -997,6 +998,33 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
       /^\{"type":"conversation.item.create","item":\{"content":\[\{"image_url":"data:image\/png;base64,QUJDQUJD/,
     );
   });
+
+  test.each([
+    [
+      'the upstream',
+      'upstream_reset',
+      /The upstream default closed the WebSocket connection without a close frame/,
+    ],
+    ['the client', 'client_aborted', /The client closed the WebSocket connection without a close frame/],
+  ])(
+    '%s ending its connection mid-message, without a close frame: recorded as %s, tokens kept',
+    async (who, error, message) => {
+      const { proxy, ws, server } = await session();
+      server.write(serverFrame(done('r1', 3, 4)));
+      await ws.next();
+      const half = (masked: boolean) =>
+        encodeFrame(OPCODE.text, '{"type":"response.create","pad":"xxxxxxxx"}', masked).subarray(0, 12);
+      if (who === 'the upstream') {
+        server.end(half(false));
+      } else {
+        ws.socket.end(half(true));
+      }
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ status: 101, error, total_tokens: 7 });
+      expect(row.error_message).toMatch(message);
+      expect(JSON.parse(row.assembled as string).complete).toBe(false);
+    },
+  );
 
   test('bodies beyond CAPTURE_BODY_BYTES are cut and marked truncated; tokens are still counted', async () => {
     const { proxy, ws, server } = await session({ CAPTURE_BODY_BYTES: '100' });
