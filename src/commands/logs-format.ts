@@ -439,7 +439,7 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
   const body = realtime ? eventLines : bodyText;
   lines.push(
     '',
-    `── ${realtime ? 'client messages' : 'request body'} (${d.request_bytes} bytes${d.request_truncated ? ', truncated' : ''})`,
+    `── ${realtime ? 'client messages' : 'request body'} (${d.request_bytes} bytes${realtime ? ' of frames' : ''}${d.request_truncated ? ', truncated' : ''})`,
   );
   block(body(d.request_body));
   lines.push('', '── response headers');
@@ -465,7 +465,10 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
     if (d.assembled.input_transcription_usage)
       line(`input transcription usage: ${JSON.stringify(d.assembled.input_transcription_usage)}`);
     if (raw) {
-      lines.push('', `── raw events (${d.response_bytes} bytes${d.response_truncated ? ', truncated' : ''})`);
+      lines.push(
+        '',
+        `── raw events (${d.response_bytes} bytes${realtime ? ' of frames' : ''}${d.response_truncated ? ', truncated' : ''})`,
+      );
       block(body(d.response_body));
     } else lines.push('', '(raw events: add --raw)');
   } else {

@@ -931,7 +931,10 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     expect(out).toContain(
       '{"type":"session.update","session":{"modalities":["text","audio"],"instructions":"be brief"}}\n{"type":"response.create"}',
     );
+    // Sizes are the frames' bytes on the wire (compressed, with headers), not the stored text's.
+    expect(out).toContain(`── client messages (${row.request_bytes} bytes of frames)`);
     const raw = await show(proxy, row.id, '--raw');
+    expect(raw).toContain(`── raw events (${row.response_bytes} bytes of frames)`);
     expect(raw).toContain(`"delta":"[base64 audio, ${audio.length} characters]"`);
     expect(raw).not.toContain(audio);
 
