@@ -233,18 +233,27 @@ function addSecretValue(secrets: Set<string>, def: SettingDef, v: string): void 
 function addUrlPassword(secrets: Set<string>, v: string | undefined): void {
   const rest = v ? /^[a-z][a-z0-9+.-]*:\/\/(.*)$/is.exec(v)?.[1] : undefined;
   if (!v || !rest) return;
+  // In a URL a password is always masked (redactUrl). Hidden anywhere else in a message only from
+  // URL_PASSWORD_MIN characters: `postgres://postgres:postgres@postgres/postgres`, as compose files
+  // write it, must not turn every mention of postgres (the host among them) into [redacted].
+  const add = (p: string) => {
+    if (p.length >= URL_PASSWORD_MIN) secrets.add(p);
+  };
   // Up to the last @ of all (more than WHATWG URL takes when the path holds an @): too much, never too little.
   const userinfo = rest.slice(0, Math.max(rest.lastIndexOf('@'), 0));
   const colon = userinfo.indexOf(':');
-  if (colon !== -1) secrets.add(userinfo.slice(colon + 1));
+  if (colon !== -1) add(userinfo.slice(colon + 1));
   try {
     const password = new URL(v).password;
-    secrets.add(password);
-    secrets.add(decodeURIComponent(password));
+    add(password);
+    add(decodeURIComponent(password));
   } catch {
     // Unparseable, or a % that is not an escape: the text as written is what was added.
   }
 }
+
+/** A URL password shorter than this is masked only inside URLs (see addUrlPassword). */
+const URL_PASSWORD_MIN = 12;
 
 /** Longest first, so a key that holds a shorter one is replaced whole; empty values dropped. */
 function orderSecrets(secrets: Set<string>): string[] {
@@ -401,8 +410,16 @@ function invalid(
   );
 }
 
+/**
+ * A value shaped like an API key (`sk-…`, or one unbroken run of 32+ letters, digits, `-` and `_`): a key
+ * pasted into the wrong setting, while its own setting holds something else, is in no secret setting.
+ */
+const KEY_LIKE = /^(?:sk-[\w-]{8,}|[\w-]{32,})$/;
+
 function show(v: unknown): string {
   const s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), shownSecrets, true);
+  if (typeof v === 'string' && s === v && KEY_LIKE.test(v.trim()))
+    return `${maskSecret(v.trim())} (looks like a key; not shown)`;
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 

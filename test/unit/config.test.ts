@@ -278,6 +278,35 @@ describe('a secret quoted by another setting is [redacted] in its message', () =
     expect(message).not.toContain('Zq9x7');
   });
 
+  test('a key pasted only into the wrong setting (its own holding something else) is masked as a key', () => {
+    const message = rejected({ OPENAI_API_KEY: 'https://api.openai.com/v1', OPENAI_BASE_URL: KEY }).message;
+    expect(message).toContain(
+      'Invalid OPENAI_BASE_URL (environment) = sk-…6789 (looks like a key; not shown)',
+    );
+    expect(message).not.toContain('SECRET');
+    const token = 'a1B2'.repeat(10);
+    expect(rejected({ PORT: token }).message).toContain(
+      `= …${token.slice(-4)} (looks like a key; not shown)`,
+    );
+    // Ordinary wrong values are still quoted.
+    expect(rejected({ PORT: 'eighty' }).message).toContain('Invalid PORT (environment) = eighty');
+  });
+
+  test('a short URL password (postgres:postgres, as compose files write it) is masked in the URL, not as a word', async () => {
+    const { withoutConfiguredSecrets } = await import('../../src/config/load.js');
+    const url = 'postgres://postgres:postgres@postgres:5432/postgres';
+    const resolved = resolve({ DATABASE_URL: url });
+    const err = withoutConfiguredSecrets(
+      new Error(`Cannot connect to PostgreSQL at ${redactUrl(url)}: ECONNREFUSED; is postgres running?`),
+      resolved,
+    ) as Error;
+    expect(err.message).toBe(
+      'Cannot connect to PostgreSQL at postgres://postgres:***@postgres:5432/postgres: ECONNREFUSED; is postgres running?',
+    );
+    // A quoted value still never shows the password itself.
+    expect(rejected({ DATABASE_URL: url, PORT: url }).message).toContain('postgres://postgres:***@postgres');
+  });
+
   test('from .env, a flag, and the config file (its keys, an upstream apiKey, apiKeyEnv and header value)', () => {
     write('.env', `OPENAI_API_KEY=${KEY}\n`);
     expect(rejected({}, { flags: { port: KEY } }).message).toBe(
