@@ -255,8 +255,11 @@ export function scrubAssembled(
  * The response body stored for a stream whose reassembled message held a key: the events themselves are
  * not stored, as the key is split across them (`"sk"`, `"-SEC"`, `"RETU"`…) where no search can find it.
  */
-export function withheldStreamBody(bytes: number): string {
-  return `[stream events withheld: the reassembled message held a key, redacted there; ${bytes} bytes]`;
+export function withheldStreamBody(
+  bytes: number,
+  why = 'the reassembled message held a key, redacted there',
+): string {
+  return `[stream events withheld: ${why}; ${bytes} bytes]`;
 }
 
 /** True for content types stored as text; everything else is stored as a placeholder. */

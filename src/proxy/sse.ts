@@ -14,6 +14,11 @@ export interface StreamAssembler {
   result(endedCleanly?: boolean): AssembledMessage;
   /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
   streamError(): string | null;
+  /**
+   * Streamed text the message does not keep (reasoning, refusals, reasoning summaries), joined per
+   * field and choice (capped like the message): only for finding a key split across its events.
+   */
+  hiddenText(): string;
 }
 
 export interface StreamAssemblerOptions {
@@ -62,6 +67,11 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
 
   const appendCapped = (base: string, add: string) =>
     base.length >= maxChars ? base : (base + add).slice(0, maxChars);
+  // Deltas of fields the message leaves out, per field and choice: scanned for keys, never stored.
+  const hidden = new Map<string, string>();
+  const addHidden = (key: string, add: unknown) => {
+    if (typeof add === 'string' && add !== '') hidden.set(key, appendCapped(hidden.get(key) ?? '', add));
+  };
 
   const toolFor = (c: ChoiceAcc, key: string | number): ToolCallAcc => {
     let t = c.toolIndex.get(key);
@@ -96,6 +106,10 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     const delta = choice.delta;
     if (delta && typeof delta === 'object') {
       if (typeof delta.content === 'string') c.content = appendCapped(c.content, delta.content);
+      // DeepSeek/vLLM reasoning (`reasoning_content`, `reasoning`) and refusals: not in the message.
+      addHidden(`${choice.index}:reasoning_content`, delta.reasoning_content);
+      addHidden(`${choice.index}:reasoning`, delta.reasoning);
+      addHidden(`${choice.index}:refusal`, delta.refusal);
       if (Array.isArray(delta.tool_calls)) {
         for (const tc of delta.tool_calls) {
           const t = toolFor(c, tc.index ?? c.toolCalls.length);
@@ -223,6 +237,11 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       case 'response.output_text.delta':
         if (typeof ev.delta === 'string') first.content = appendCapped(first.content, ev.delta);
         break;
+      case 'response.reasoning_summary_text.delta':
+      case 'response.reasoning_text.delta':
+      case 'response.refusal.delta':
+        addHidden(`${type}:${ev.item_id ?? ''}:${ev.summary_index ?? ev.content_index ?? ''}`, ev.delta);
+        break;
       case 'response.output_item.added':
         if (ev.item?.type === 'function_call') {
           const t = toolFor(first, ev.item.id ?? ev.output_index);
@@ -337,6 +356,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
   };
 
   return {
+    hiddenText: () => [...hidden.values()].join('\n'),
     push(chunk) {
       if (ndjson) {
         pushLines(chunk);

@@ -373,6 +373,52 @@ test('a streamed answer echoing keys is recorded with them redacted: assembled t
   expect(readFileSync(proxy.logPath, 'utf8')).not.toMatch(/SECRET1234|KEY-5678/);
 });
 
+test('a key split across reasoning or refusal deltas (not in the reassembled message) withholds the events too', async () => {
+  const upstreamKey = 'sk-test-SECRETREASON1234';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  const pieces = (text: string) => text.match(/.{1,4}/g) ?? [];
+  const reasoning = `the key is ${upstreamKey}, not to be repeated`;
+  // DeepSeek/vLLM put reasoning in `reasoning_content`; the answer itself holds no key.
+  upstream.on('/v1/chat/completions', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (const p of pieces(reasoning))
+      res.write(`data: ${JSON.stringify({ choices: [{ index: 0, delta: { reasoning_content: p } }] })}\n\n`);
+    res.write(
+      `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: 'fine' }, finish_reason: 'stop' }] })}\n\n`,
+    );
+    res.end('data: [DONE]\n\n');
+  });
+  upstream.on('/v1/responses', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const event = (type: string, data: Record<string, unknown>) =>
+      res.write(`event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`);
+    for (const p of pieces(reasoning))
+      event('response.reasoning_summary_text.delta', { item_id: 'rs_1', summary_index: 0, delta: p });
+    event('response.output_text.delta', { delta: 'fine' });
+    event('response.completed', { response: { status: 'completed' } });
+    res.end();
+  });
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, OPENAI_API_KEY: upstreamKey });
+  cleanups.push(() => proxy.close());
+  const client = new OpenAI({ apiKey: 'client-key', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  const chat = await client.chat.completions.create({ model: 'deepseek-r1', stream: true, messages: [] });
+  for await (const _ of chat) {
+    // drain
+  }
+  const responses = await client.responses.create({ model: 'o4-mini', stream: true, input: 'x' });
+  for await (const _ of responses) {
+    // drain
+  }
+  const rows = await proxy.waitForRows(2);
+  for (const r of rows) {
+    expect(JSON.parse(r.assembled ?? 'null').content).toBe('fine');
+    expect(r.response_body).toBe(
+      `[stream events withheld: its reasoning or refusal text, which the reassembled message does not keep, held a key; ${r.response_bytes} bytes]`,
+    );
+  }
+});
+
 test('the split-key scanner joins the deltas of a stored stream per field, so it finds a key no event holds', () => {
   const key = 'sk-SECRETUPSTREAM0123456789';
   const deltas = `Sure, your key is ${key} as asked.`.match(/.{1,4}/g) ?? [];
