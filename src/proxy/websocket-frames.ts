@@ -351,7 +351,8 @@ export function createFrameParser(options: FrameParserOptions): FrameParser {
       });
     deliver(() => {
       queuedBytes -= keptBytes;
-      return inflate(all, max, cut).then(
+      // Queued behind others (a burst): the room they left is what is inflated, not the room there was.
+      return inflate(all, keepPrefix ? Math.min(max, maxFor()) : max, cut).then(
         (out) => {
           if (typeof out === 'string') return skip(out);
           if (deflate?.contextTakeover) window = lastBytes([window, ...out.parts], WINDOW_BYTES);

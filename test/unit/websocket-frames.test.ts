@@ -240,4 +240,28 @@ describe('keepPrefix (the client direction once its body is nearly full)', () =>
       expect(Buffer.concat(m.parts).toString()).toBe(text.slice(0, 40));
     },
   );
+
+  test('compressed messages queued before the body filled are inflated only as far as the room left then', async () => {
+    const text = `{"type":"input_audio_buffer.append","audio":"${'A'.repeat(100_000)}"}`;
+    const deflater = new MessageDeflater(false);
+    const one = encodeMessage(OPCODE.text, await deflater.compress(text), { masked: true, compressed: true });
+    let room = 1000;
+    const sizes: number[] = [];
+    const parser = createFrameParser({
+      masked: true,
+      deflate: { contextTakeover: false },
+      maxMessageBytes: () => room + 1,
+      maxQueuedBytes: 1024 * 1024,
+      keepPrefix: true,
+      onMessage: (m) => {
+        if (m.type !== 'text') return;
+        sizes.push(m.bytes);
+        room = Math.max(0, room - m.bytes); // what the request body does with it
+      },
+    });
+    // A burst: all three are queued before the first is inflated.
+    parser.push(Buffer.concat([one, one, one]));
+    await parser.idle();
+    expect(sizes).toEqual([1001, 1, 1]);
+  });
 });
