@@ -119,6 +119,8 @@ export interface ServeExtensions {
   logFilePendingMaxBytes?: number;
   /** A log file write in flight this long (ms) shows as log_file 'stalled' in /health (default 10 s). */
   logFileStallMs?: number;
+  /** Tests: how long (ms) a write in flight makes the log file slow (its pending bound applies). */
+  logFileSlowMs?: number;
 }
 
 /** One JSON line per exchange in the log file. */
@@ -251,6 +253,7 @@ export async function startProxy(
       keptBytes: ext.logFileKeptBytes,
       pendingMaxBytes: ext.logFilePendingMaxBytes,
       stallMs: ext.logFileStallMs,
+      slowMs: ext.logFileSlowMs,
       onError: (err) =>
         consoleOnly.error(
           { err: { message: err.message, code: err.code } },
@@ -637,7 +640,11 @@ export async function startProxy(
       return database;
     },
     logFile: logPath,
-    logFileHealth: () => ({ ...logFile.health(), lostRows }),
+    // Spilled rows in a write that end() gave up on are lost only while it has not returned.
+    logFileHealth: () => ({
+      ...logFile.health(),
+      lostRows: lostRows + countOccurrences(logFile.abandonedWrite() ?? '', SPILL_MARKER),
+    }),
     logger,
     vector,
     registry,
@@ -867,7 +874,7 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
       droppedLines > 0 ? `; ${droppedLines} log lines could not be written to ${running.logFile}` : '';
     const { writeInFlight } = running.logFileHealth();
     const hung = writeInFlight
-      ? `; a write to ${running.logFile} had not returned after SHUTDOWN_GRACE_MS (${graceMs} ms): a hung disk?`
+      ? `; a write to ${running.logFile} had not returned after SHUTDOWN_GRACE_MS (${graceMs} ms, at least 1000 ms without progress): a hung disk?`
       : '';
     io.stderr.write(
       `oai-proxy: stopped; ${written} exchanges recorded this run${elsewhere}${dropped}${hung}\n`,

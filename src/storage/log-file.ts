@@ -56,9 +56,15 @@ export interface RotatingFileOptions {
   keptBytes?: number;
   /**
    * While writes succeed but slowly (a slow or hung disk, an NFS hard mount), bytes of lines waiting;
-   * lines beyond are dropped and counted. Default 16 MiB.
+   * lines beyond are dropped and counted. Default 16 MiB. Applies only once the file is slow (see
+   * `slowMs`): a burst on a healthy disk (spilled rows at a stop) is all written.
    */
   pendingMaxBytes?: number;
+  /**
+   * The file is slow once a write has been in flight, or a line has waited, this long (ms); end(timeoutMs)
+   * waits at least this long for a write that makes no progress. Default 1000.
+   */
+  slowMs?: number;
   /** A write in flight this long (ms) is reported as stalled by health(). Default 10 s. */
   stallMs?: number;
   /** The file stopped taking writes (a full disk, EIO, a folder gone at a rotation): once per outage. */
@@ -90,6 +96,8 @@ export interface LogFileHealth {
 const MAX_WRITE = 1024 * 1024;
 /** Bytes of lines waiting for a slow file before new lines are dropped. */
 const PENDING_MAX = 16 * 1024 * 1024;
+/** A write in flight (or a line waiting) this long (ms) makes the file slow. */
+const SLOW_MS = 1000;
 
 /**
  * An append-only log file (mode 0600) that rotates by size and/or day, keeping `maxFiles` old files,
@@ -111,6 +119,8 @@ export class RotatingFile {
   /** Lines waiting, oldest first, and their bytes. */
   private pending: (string | Buffer)[] = [];
   private pendingBytes = 0;
+  /** When (Date.now()) the queue last went from empty to not empty; 0 while empty. */
+  private waitingSince = 0;
   /** The bytes of the write in flight, or of the one that failed (written first when retried). */
   private head: Buffer | null = null;
   private writing = false;
@@ -125,6 +135,14 @@ export class RotatingFile {
   private retryTimer: NodeJS.Timeout | null = null;
   private ending: (() => void) | null = null;
   private ended = false;
+  /** end(timeoutMs)'s no-progress timer, restarted by each write that returns, and its length. */
+  private endTimer: NodeJS.Timeout | null = null;
+  private endTimeoutMs = 0;
+  /**
+   * The write in flight when end() gave up on it: counted as dropped while it has not returned (what
+   * the stop line and /health report), and not at all once it lands.
+   */
+  private abandoned: Buffer | null = null;
   private readonly now: () => number;
   private readonly fs: LogFileSystem;
 
@@ -169,11 +187,16 @@ export class RotatingFile {
     const inFlightMs = this.writing ? Date.now() - this.writeStartedAt : 0;
     return {
       error: this.failure ? (this.failure.message ?? String(this.failure)) : null,
-      droppedLines: this.dropped,
+      droppedLines: this.dropped + (this.abandoned ? countLines(this.abandoned) : 0),
       pendingBytes: this.pendingBytes + (this.head?.length ?? 0),
       stalledMs: inFlightMs >= (this.options.stallMs ?? 10_000) ? inFlightMs : null,
       writeInFlight: this.writing,
     };
+  }
+
+  /** The write end() gave up on, while it has not returned (counted in health().droppedLines); else null. */
+  abandonedWrite(): Buffer | null {
+    return this.abandoned;
   }
 
   /** Queue `chunk` (whole lines) for writing. False when it was dropped (closed, or over the bound). */
@@ -191,15 +214,35 @@ export class RotatingFile {
     }
     // Called per 20 ms batch, not per line.
     const bytes = Buffer.byteLength(chunk);
-    const bound = this.failure !== null ? this.keptBytes() : (this.options.pendingMaxBytes ?? PENDING_MAX);
+    const bound =
+      this.failure !== null
+        ? this.keptBytes()
+        : this.isSlow()
+          ? (this.options.pendingMaxBytes ?? PENDING_MAX)
+          : Number.POSITIVE_INFINITY;
     if (this.pendingBytes + bytes > bound) {
       this.drop(chunk);
       return false;
     }
+    if (this.pending.length === 0) this.waitingSince = Date.now();
     this.pending.push(chunk);
     this.pendingBytes += bytes;
     if (this.failure === null) this.pump();
     return true;
+  }
+
+  /**
+   * A write has been in flight, or a line has waited, `slowMs` or longer: the disk does not keep up.
+   * Until then lines are kept whatever their bytes, so that a burst queued in one go (rows spilled at a
+   * stop) is written on a healthy disk rather than dropped before the disk had a chance.
+   */
+  private isSlow(): boolean {
+    const slowMs = this.options.slowMs ?? SLOW_MS;
+    const now = Date.now();
+    return (
+      (this.writing && now - this.writeStartedAt >= slowMs) ||
+      (this.pending.length > 0 && now - this.waitingSince >= slowMs)
+    );
   }
 
   /** Shift `path` → `path.1` → … → `path.N` (dropping the oldest) and continue in a fresh file. */
@@ -270,8 +313,10 @@ export class RotatingFile {
   }
 
   /**
-   * Write what is queued and close the file. Resolves at once when the file fails, and after `timeoutMs`
-   * at most when a write does not return (a hung disk): what is left is dropped (counted).
+   * Write what is queued and close the file. Resolves at once when the file fails. With `timeoutMs`,
+   * gives up once a write has made no progress for max(timeoutMs, slowMs) (a hung disk; the timer
+   * restarts with each write that returns, so a long queue on a working disk is all written): what is
+   * left is dropped (counted); the write in flight is counted only while it has not returned.
    */
   end(timeoutMs?: number): Promise<void> {
     if (this.ended) return Promise.resolve();
@@ -281,22 +326,28 @@ export class RotatingFile {
     return new Promise((resolve) => {
       this.ending = resolve;
       if (timeoutMs !== undefined) {
-        const timer = setTimeout(() => this.abandon(), timeoutMs);
-        timer.unref();
-        const done = resolve;
-        this.ending = () => {
-          clearTimeout(timer);
-          done();
-        };
+        this.endTimeoutMs = Math.max(timeoutMs, this.options.slowMs ?? SLOW_MS);
+        this.armEndTimer();
       }
       this.pump();
     });
   }
 
-  /** end() ran out of time: drop what is left (the write in flight included) and resolve it. */
+  /** (Re)start end()'s no-progress timer. */
+  private armEndTimer(): void {
+    if (this.endTimer) clearTimeout(this.endTimer);
+    this.endTimer = setTimeout(() => this.abandon(), this.endTimeoutMs);
+    this.endTimer.unref();
+  }
+
+  /**
+   * end() saw no progress for its timeout: drop what is queued and resolve it. The write in flight is
+   * kept aside (counted by health() while it has not returned, dropped if it fails).
+   */
   private abandon(): void {
     if (!this.ending) return;
-    if (this.head) this.drop(this.head);
+    if (this.head && this.writing) this.abandoned = this.head;
+    else if (this.head) this.drop(this.head);
     this.head = null;
     for (const item of this.pending.splice(0)) this.drop(item);
     this.pendingBytes = 0;
@@ -375,6 +426,15 @@ export class RotatingFile {
       this.writingFd = -1;
       // The file was switched (rotation, SIGUSR2) while this write was in flight.
       if (fd !== this.fd) this.fs.close(fd);
+      if (this.abandoned) {
+        // end() gave up on this write and has resolved: it landed after all, or what it did not write
+        // is dropped now.
+        const rest = err ? buf : written < buf.length ? buf.subarray(written) : null;
+        this.abandoned = null;
+        if (rest) this.drop(rest);
+        return;
+      }
+      if (this.ending && this.endTimer) this.armEndTimer();
       if (err) {
         this.failed(err);
         if (this.ended) {
@@ -411,6 +471,8 @@ export class RotatingFile {
     this.ending = null;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    if (this.endTimer) clearTimeout(this.endTimer);
+    this.endTimer = null;
     if (this.fd >= 0) this.fs.close(this.fd);
     this.fd = -1;
     resolve();

@@ -166,16 +166,18 @@ describe('a log file that cannot be written', () => {
     const disk = hangingLogFile();
     const proxy = await startTestProxy(
       { OPENAI_BASE_URL: upstream.baseUrl, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
-      { logFileSystem: disk.fs, logFileStallMs: 100, logFilePendingMaxBytes: 3000 },
+      { logFileSystem: disk.fs, logFileStallMs: 100, logFileSlowMs: 100, logFilePendingMaxBytes: 3000 },
     );
     cleanups.push(() => proxy.close());
     expect(await chat(proxy.url, 'before')).toBe(200);
     await proxy.waitForLogLines((lines) => lines.some((l) => l.status === 200));
     disk.hang();
-    for (let i = 0; i < 30; i++) expect(await chat(proxy.url, `m-${i}`)).toBe(200);
-    // The lines reach the file by the 20 ms batch's asynchronous write, which hangs. (Not flushLogs():
+    // Its line reaches the file by the 20 ms batch's asynchronous write, which hangs. (Not flushLogs():
     // with no write in flight yet, a slow machine would have it write them synchronously.)
+    expect(await chat(proxy.url, 'hangs')).toBe(200);
     await until('/health to say stalled', async () => (await health(proxy.url)).log_file === 'stalled');
+    // Slow now (a write in flight past logFileSlowMs): the waiting lines are bounded.
+    for (let i = 0; i < 30; i++) expect(await chat(proxy.url, `m-${i}`)).toBe(200);
     const h = await health(proxy.url);
     expect(h).toMatchObject({ log_file: 'stalled', database: 'ok' });
     expect(h.log_file_error).toMatch(/has not returned for \d+ s/);
@@ -185,14 +187,14 @@ describe('a log file that cannot be written', () => {
     expect(h.log_file_pending_bytes).toBeLessThan(8000);
     expect(h.dropped_log_lines).toBeGreaterThan(15);
     expect(proxy.stderr().match(/is not keeping up/g)).toHaveLength(1);
-    await proxy.waitForRows(31);
+    await proxy.waitForRows(32);
 
     // What a stop signal runs: it used to wait for the write for ever, after the database had closed.
     const t0 = Date.now();
     await proxy.running.close();
     expect(Date.now() - t0).toBeLessThan(500 + 2000);
-    expect(countRows(proxy.dbPath)).toBe(31);
-    // What waited is counted as dropped: 30 exchange lines in all, none of them written.
+    expect(countRows(proxy.dbPath)).toBe(32);
+    // What waited is counted as dropped: 31 exchange lines in all, none of them written.
     expect(proxy.running.logFileHealth().droppedLines).toBeGreaterThanOrEqual(30);
   });
 
@@ -300,6 +302,8 @@ describe('a log file that cannot be written', () => {
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(countRows(dbPath)).toBe(300);
     expect(err).toMatch(/stopped; 300 exchanges recorded this run; \d+ log lines could not be written/);
-    expect(err).toContain(`a write to ${logPath} had not returned after SHUTDOWN_GRACE_MS (500 ms)`);
+    expect(err).toContain(
+      `a write to ${logPath} had not returned after SHUTDOWN_GRACE_MS (500 ms, at least 1000 ms without progress)`,
+    );
   });
 });

@@ -144,7 +144,7 @@ test('flushSync() with a write still in flight leaves the queued lines to it: th
   expect(lines(path)).toEqual(['line1', 'line2']);
 });
 
-test('a write that does not return: health() says stalled, waiting lines are bounded, end(timeoutMs) gives up on it', async () => {
+test('a write that does not return: health() says stalled, waiting lines are bounded once slow, end(timeoutMs) gives up on it', async () => {
   const path = join(dir.path, 'p.log');
   let late: (() => void) | null = null;
   let opens = 0;
@@ -165,29 +165,69 @@ test('a write that does not return: health() says stalled, waiting lines are bou
     daily: false,
     fs,
     stallMs: 30,
+    slowMs: 30,
     pendingMaxBytes: 10,
   });
   f.write('in flight\n');
   f.write('waits\n');
-  f.write('over the bound\n');
+  // Not slow yet: kept whatever the bound.
+  f.write('kept\n');
   expect(f.health()).toMatchObject({
     stalledMs: null,
-    droppedLines: 1,
-    pendingBytes: 16,
+    droppedLines: 0,
+    pendingBytes: 21,
     writeInFlight: true,
   });
   await new Promise((r) => setTimeout(r, 40));
   expect(f.health().stalledMs).toBeGreaterThanOrEqual(30);
+  // Slow now: beyond the bound is dropped.
+  f.write('over the bound\n');
+  expect(f.health()).toMatchObject({ droppedLines: 1, pendingBytes: 21 });
   const t0 = Date.now();
   await f.end(50);
   expect(Date.now() - t0).toBeLessThan(1000);
-  // What was left (the write in flight too) is counted as dropped.
-  expect(f.health()).toMatchObject({ droppedLines: 3, pendingBytes: 0 });
-  // The write returning after all does not reopen the closed file.
+  // What was left (the write in flight too, while it has not returned) is counted as dropped.
+  expect(f.health()).toMatchObject({ droppedLines: 4, pendingBytes: 0, writeInFlight: true });
+  // The write returning after all does not reopen the closed file, and is no longer counted.
   const opened = opens;
   (late as unknown as () => void)();
   expect(opens).toBe(opened);
-  expect(f.health().writeInFlight).toBe(false);
+  expect(f.health()).toMatchObject({ droppedLines: 3, writeInFlight: false });
+});
+
+test('a burst queued in one go (rows spilled at a stop) on a healthy disk is all written, past the pending bound', async () => {
+  const path = join(dir.path, 'p.log');
+  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false });
+  const body = 'x'.repeat(200 * 1024);
+  for (let i = 0; i < 200; i++) expect(f.write(`${JSON.stringify({ n: i, body })}\n`)).toBe(true);
+  await f.end();
+  expect(f.health().droppedLines).toBe(0);
+  expect(lines(path).map((l) => JSON.parse(l).n)).toEqual([...Array(200).keys()]);
+});
+
+test('end(0) (SHUTDOWN_GRACE_MS=0) on a healthy disk writes everything queued and counts nothing dropped', async () => {
+  const path = join(dir.path, 'p.log');
+  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false });
+  const body = 'x'.repeat(100 * 1024);
+  for (let i = 0; i < 100; i++) f.write(`${JSON.stringify({ n: i, body })}\n`);
+  await f.end(0);
+  expect(f.health()).toMatchObject({ droppedLines: 0, writeInFlight: false });
+  expect(lines(path)).toHaveLength(100);
+});
+
+test('end(timeoutMs) waits for a slow disk that makes progress: the timeout restarts with each write that returns', async () => {
+  const path = join(dir.path, 'p.log');
+  // Each write takes 40 ms: 10 writes take 400 ms, far past the 50 ms timeout, none past it alone.
+  const fs: LogFileSystem = {
+    ...nodeLogFileSystem,
+    write: (fd, data, done) => setTimeout(() => nodeLogFileSystem.write(fd, data, done), 40),
+  };
+  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false, fs, slowMs: 50 });
+  const body = 'x'.repeat(1024 * 1024);
+  for (let i = 0; i < 10; i++) f.write(`${JSON.stringify({ n: i, body })}\n`);
+  await f.end(50);
+  expect(f.health().droppedLines).toBe(0);
+  expect(lines(path)).toHaveLength(10);
 });
 
 describe('daily rotation (LOG_ROTATE_DAILY)', () => {
