@@ -883,7 +883,11 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
     // process.exit() would wait for it too (Node joins its threadpool): once nothing else is left (an
     // unref'd timer runs only then), the signal is raised again with Node's default handling, as a third
     // signal would, after every row was written and this line said.
-    if (writeInFlight && why !== 'abort') setTimeout(() => process.kill(process.pid, why), 1000).unref();
+    // Checked again then: the write may have returned meanwhile, while another handle kept the loop alive.
+    if (writeInFlight && why !== 'abort')
+      setTimeout(() => {
+        if (running.logFileHealth().writeInFlight) process.kill(process.pid, why);
+      }, 1000).unref();
     if (hungUp) releaseHungUpTerminal();
     return 0;
   } finally {

@@ -1,5 +1,5 @@
 import { execFileSync, spawn } from 'node:child_process';
-import { closeSync, constants, openSync, readFileSync, symlinkSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, readSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -305,5 +305,86 @@ describe('a log file that cannot be written', () => {
     expect(err).toContain(
       `a write to ${logPath} had not returned after SHUTDOWN_GRACE_MS (500 ms, at least 1000 ms without progress)`,
     );
+  });
+  test('a hung log file write that returns after the stop line, while something else keeps the process alive: exit 0, not killed by the re-raised signal', {
+    timeout: 30_000,
+  }, async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const upstream = await createFakeUpstream();
+    cleanups.push(() => upstream.close());
+    const dbPath = join(tmp.path, 'p.db');
+    const logPath = join(tmp.path, 'p.log');
+    execFileSync('mkfifo', [logPath]);
+    const reader = openSync(logPath, constants.O_RDONLY | constants.O_NONBLOCK);
+    cleanups.push(() => closeSync(reader));
+    // Another handle (a plugin's socket, a reader on stdin): keeps the loop alive until stdin ends.
+    const preload = join(tmp.path, 'keep-alive.cjs');
+    writeFileSync(
+      preload,
+      "process.stdin.resume();\nprocess.stdin.on('end', () => process.stdin.destroy());\n",
+    );
+    const child = spawn(
+      process.execPath,
+      [
+        '--require',
+        preload,
+        BIN,
+        'serve',
+        '--port',
+        '0',
+        '--db',
+        dbPath,
+        '--log-file',
+        logPath,
+        '--upstream',
+        upstream.baseUrl,
+      ],
+      {
+        env: { PATH: process.env.PATH ?? '', HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let err = '';
+    const exited = new Promise<NodeJS.Signals | number | null>((r) =>
+      child.once('exit', (c, sig) => r(sig ?? c)),
+    );
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stderr.on('data', (d) => {
+        err += d;
+        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
+        if (m) resolve(m[1]);
+      });
+      child.once('exit', (c) => reject(new Error(`exited ${c}: ${err}`)));
+    });
+    cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
+    const pad = 'x'.repeat(200);
+    for (let i = 0; i < 300; i++) {
+      const res = await fetch(`${url}/v1/models?pad=${pad}`, { signal: AbortSignal.timeout(5000) });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    }
+    await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
+    await until('the rows', () => countRows(dbPath) === 300);
+
+    child.kill('SIGTERM');
+    await until('the stop line', () => /stopped; 300 exchanges/.test(err));
+    expect(err).toContain(`a write to ${logPath} had not returned`);
+    // The pipe is read: the hung write returns.
+    const buf = Buffer.alloc(1 << 16);
+    const drainUntil = Date.now() + 500;
+    while (Date.now() < drainUntil) {
+      try {
+        readSync(reader, buf);
+      } catch {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    // Past the re-raise timer (1 s after the stop line), then the other handle goes.
+    await new Promise((r) => setTimeout(r, 1000));
+    child.stdin?.end();
+    // It used to be killed by the re-raised SIGTERM although the write had returned.
+    expect(await exited).toBe(0);
+    expect(countRows(dbPath)).toBe(300);
   });
 });
