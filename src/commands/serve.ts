@@ -15,7 +15,7 @@ import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../confi
 import type { Config } from '../config/schema.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
 import { createBodyMemoryReleaser } from '../proxy/body-memory.js';
-import { needsJsonEscape } from '../proxy/capture.js';
+import { MIN_SECRET_LENGTH, needsJsonEscape } from '../proxy/capture.js';
 import { createDispatcher, createUpstreamTarget } from '../proxy/forward.js';
 import {
   createProxyServer,
@@ -778,16 +778,13 @@ ${bar}
 `;
 }
 
-/** scrubSecrets (proxy/capture.ts) leaves shorter keys in recorded bodies: a 5-character key is too common a string. */
-const MIN_SCRUBBED_KEY_LENGTH = 6;
-
 /** One warning per configured key too short to be scrubbed from what is recorded, naming its setting, never the key. */
 export function shortKeyWarnings(resolved: ResolvedConfig): string[] {
   return configuredKeys(resolved)
-    .filter((k) => k.value.length < MIN_SCRUBBED_KEY_LENGTH)
+    .filter((k) => k.value.length < MIN_SECRET_LENGTH)
     .map(
       (k) =>
-        `${k.setting} is shorter than ${MIN_SCRUBBED_KEY_LENGTH} characters, so it cannot be scrubbed from recorded bodies (a prompt or answer that quotes it is stored as is); use a longer key`,
+        `${k.setting} is shorter than ${MIN_SECRET_LENGTH} characters, so it cannot be scrubbed from recorded bodies (a prompt or answer that quotes it is stored as is); use a longer key`,
     );
 }
 

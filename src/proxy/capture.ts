@@ -2,6 +2,12 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { AssembledChoice, AssembledMessage } from '../storage/exchange-record.js';
 
 /**
+ * Shortest secret scrubbed from recorded text: shorter strings (`abc12`) are too likely to be ordinary
+ * text, so they are left as they are (`serve` warns about configured keys this short).
+ */
+export const MIN_SECRET_LENGTH = 6;
+
+/**
  * Headers whose values are secrets whatever their name says (`cookie`); with those `isSecretHeaderName`
  * matches, stored as `[redacted]`, never persisted or logged.
  */
@@ -147,7 +153,7 @@ export function redactedHeadersJson(
   }
   let text = JSON.stringify(copy);
   for (const s of secrets) {
-    if (!s || s.length < 6) continue;
+    if (!s || s.length < MIN_SECRET_LENGTH) continue;
     if (needsJsonEscape(s)) return JSON.stringify(redactHeaders(headers, secrets));
     // Plain text holds no `"` or `\`, so a match lies inside one name or one value, never across them.
     if (text.includes(s)) text = text.split(s).join(REDACTED);
@@ -158,7 +164,8 @@ export function redactedHeadersJson(
 /** Remove every occurrence of each secret from `text` (for error messages and bodies that echo keys). */
 export function scrubSecrets(text: string, secrets: readonly (string | undefined)[]): string {
   let out = text;
-  for (const s of secrets) if (s && s.length >= 6 && out.includes(s)) out = out.split(s).join(REDACTED);
+  for (const s of secrets)
+    if (s && s.length >= MIN_SECRET_LENGTH && out.includes(s)) out = out.split(s).join(REDACTED);
   return out;
 }
 
@@ -181,7 +188,7 @@ export const MIN_KEY_PREFIX = 4;
 export function redactCutKey(text: string, secrets: readonly (string | undefined)[]): string {
   let longest = 0;
   for (const s of secrets) {
-    if (!s || s.length < 6) continue;
+    if (!s || s.length < MIN_SECRET_LENGTH) continue;
     for (let k = Math.min(s.length - 1, text.length); k >= MIN_KEY_PREFIX && k > longest; k--) {
       if (text.startsWith(s.slice(0, k), text.length - k)) {
         longest = k;
