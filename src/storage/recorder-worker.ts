@@ -15,11 +15,14 @@ import {
 } from './recorder-thread.js';
 import { createSearchIndexer } from './search-index.js';
 import { createStatsRollup } from './stats-rollup.js';
+import { lowerThisThreadPriority } from './thread-priority.js';
 
 const data = workerData as RecorderWorkerData;
 const port = parentPort!;
 const post = (m: FromRecorder) => port.postMessage(m);
 const counters = new Float64Array(data.counters);
+// Before anything else: the checkpoint worker this thread starts inherits its nice value.
+lowerThisThreadPriority();
 
 let database: OpenDatabase;
 try {

@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -67,6 +68,34 @@ describe('the recorder thread (serve on an SQLite file)', () => {
     expect(done()).toBe(true);
     await thread.close();
   });
+
+  /** Nice value of each thread of this process, by thread id (Linux). */
+  const niceByThread = () =>
+    new Map(
+      readdirSync('/proc/self/task').map((tid) => {
+        const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+        return [tid, Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])] as const;
+      }),
+    );
+
+  test.runIf(process.platform === 'linux')(
+    'runs, with its checkpoint worker, at a nice value 5 above the thread that started it (Linux)',
+    async () => {
+      const stat = readFileSync('/proc/thread-self/stat', 'utf8');
+      const mine = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+      const before = niceByThread();
+      const thread = await start();
+      thread.record(makeRecord());
+      thread.flush();
+      const after = niceByThread();
+      const started = [...after].filter(([tid]) => !before.has(tid));
+      // The recorder thread and the checkpoint worker it starts; no thread that was there changed.
+      expect(started.filter(([, nice]) => nice === Math.min(19, mine + 5))).toHaveLength(2);
+      expect([...before].filter(([tid, nice]) => after.has(tid) && after.get(tid) !== nice)).toEqual([]);
+      expect(after.get(readlinkSync('/proc/thread-self').split('/').pop()!)).toBe(mine);
+      await thread.close();
+    },
+  );
 
   test('without flush(), rows of full messages and of a flush interval all land within a few intervals', async () => {
     const thread = await start({ flushIntervalMs: 50 });
