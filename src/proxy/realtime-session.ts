@@ -47,6 +47,11 @@ export interface RealtimeRecord {
   /** Null when no server event was read. */
   assembled: RealtimeAssembled | null;
   /**
+   * The message of the session's first `error` event or failed response (`response.done` with status
+   * `failed`), with how many there were when more than one; null when none.
+   */
+  streamError: string | null;
+  /**
    * Whether each side sent a close frame; null when that direction was not being read to its end
    * (frames it could not read, or client messages past a full request body).
    */
@@ -63,6 +68,8 @@ export const REALTIME_MAX_TOOL_CALLS = 256;
 const MAX_PARTS = 4096;
 /** Most response ids remembered as having streamed their text. */
 const MAX_RESPONSES = 1024;
+/** Cap on an error event's message (as for an HTTP stream's). */
+const MAX_ERROR_CHARS = 4000;
 
 export interface RealtimeSessionOptions {
   /** permessage-deflate as the upstream's 101 agreed it; null when none. */
@@ -156,6 +163,7 @@ const READ_EVENTS = new Set([
   ...TEXT_DONES.keys(),
   'response.done',
   'conversation.item.input_audio_transcription.completed',
+  'error',
 ]);
 /** Events that are mostly base64 audio (beta and GA names), and their audio field: stored as a placeholder. */
 const AUDIO_FIELDS = new Map([
@@ -275,6 +283,16 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
   const parts = new Map<string, string>();
   let chars = 0;
   const respondedWithText = new Set<string>();
+  // The first error is kept, not the last (an HTTP stream's ends it, so there it is the last too): a
+  // session goes on after one, and what follows is often caused by it. The others are counted, and are
+  // in the response body.
+  let firstError: string | null = null;
+  let errors = 0;
+  const noteError = (message: unknown, fallback: string) => {
+    errors++;
+    firstError ??=
+      typeof message === 'string' && message !== '' ? message.slice(0, MAX_ERROR_CHARS) : fallback;
+  };
 
   const setPart = (key: string, text: string, append: boolean) => {
     const before = parts.get(key) ?? '';
@@ -348,6 +366,10 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
       const whole = ev[TEXT_DONES.get(type) as string];
       if (typeof whole === 'string') setPart(key, whole, false);
       responded(String(ev.response_id));
+    } else if (type === 'error') {
+      // `{"type":"error","error":{"type":"invalid_request_error","code":…,"message":…}}`
+      const e = ev.error;
+      noteError(e?.message, typeof e?.code === 'string' ? e.code : 'The upstream sent an error event');
     } else if (type === 'response.done' && ev.response && typeof ev.response === 'object') {
       onResponseDone(ev.response);
     } else if (type === 'conversation.item.input_audio_transcription.completed' && ev.usage) {
@@ -362,6 +384,10 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
 
   const onResponseDone = (response: Record<string, any>) => {
     if (typeof response.status === 'string') finishReason = response.status;
+    if (response.status === 'failed') {
+      const e = response.status_details?.error;
+      noteError(e?.message, typeof e?.code === 'string' ? e.code : 'The response failed');
+    }
     const output = Array.isArray(response.output) ? response.output : [];
     const id = String(response.id);
     output.forEach((item: Record<string, any>, i: number) => {
@@ -460,6 +486,10 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
         responseTruncated: responseLines.truncated,
         usage: usage === null ? null : { ...usage },
         assembled,
+        streamError:
+          firstError === null || errors === 1
+            ? firstError
+            : `${firstError} (the first of ${errors} errors in the session)`,
         closeFrame: {
           client: client.parser.failure === null && !requestLines.truncated ? closeFrom.client : null,
           upstream: upstream.parser.failure === null ? closeFrom.upstream : null,

@@ -672,6 +672,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
               ? `The upstream ${x.upstreamName ?? 'default'} closed the WebSocket connection without a close frame`
               : 'The client closed the WebSocket connection without a close frame';
         }
+        // An `error` event or a failed response, as for an HTTP stream: unless the session also ended
+        // badly (reset, aborted, cut at shutdown), which is how it ended, the error event only in the body.
+        if (x.error === null && session?.streamError) {
+          x.error = 'upstream_stream_error';
+          x.errorMessage = session.streamError;
+        }
       }
       // The configured keys, and the client's own (forwarded upstream when the proxy has no key of its own).
       const h = x.req.headers;

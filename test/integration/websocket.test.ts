@@ -1312,4 +1312,96 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
       events: 3,
     });
   });
+
+  /** `oai-proxy logs …` against the proxy's database: its output. */
+  async function logs(proxy: TestProxy, ...argv: string[]): Promise<string> {
+    const io = createTestIo({ HOME: proxy.dir }, proxy.dir);
+    expect(await main(['logs', ...argv, '--db', proxy.dbPath], io), io.err()).toBe(0);
+    return io.out();
+  }
+
+  const errorEvent = (code: string, message: string) => ({
+    type: 'error',
+    event_id: `ev_err_${code}`,
+    error: { type: 'invalid_request_error', code, message, param: null, event_id: 'ev_client_1' },
+  });
+
+  test("an error event: the row says upstream_stream_error with the first error's message; --status error and stats count it", async () => {
+    const { proxy, ws, server } = await session(
+      { OPENAI_API_KEY: UPSTREAM_KEY, PROXY_API_KEYS: CLIENT_KEY },
+      undefined,
+      undefined,
+      { authorization: `Bearer ${CLIENT_KEY}` },
+    );
+    ws.send(JSON.stringify({ type: 'session.update', session: { voice: 'nope' } }));
+    const events = [
+      errorEvent('invalid_value', `Invalid value: 'nope' (key ${UPSTREAM_KEY})`),
+      done('r1', 4, 6),
+      errorEvent('unknown_parameter', "Unknown parameter: 'session.foo'."),
+    ];
+    for (const e of events) server.write(serverFrame(e));
+    for (const e of events) expect((await ws.next()).payload.toString()).toBe(JSON.stringify(e));
+    await ws.close(); // the session went on after the errors, and ended cleanly
+
+    const [row] = await proxy.waitForRows(1);
+    const message = "Invalid value: 'nope' (key [redacted]) (the first of 2 errors in the session)";
+    expect(row).toMatchObject({
+      status: 101,
+      error: 'upstream_stream_error',
+      error_message: message,
+      total_tokens: 10,
+    });
+    expect(JSON.stringify(row)).not.toContain(UPSTREAM_KEY);
+    // both error events are in the body
+    expect(row.response_body).toContain('"code":"invalid_value"');
+    expect(row.response_body).toContain('"code":"unknown_parameter"');
+    expect(JSON.parse(row.assembled as string)).toMatchObject({ complete: true, events: 3 });
+    const [line] = await proxy.waitForLogLines((ls) => ls.length > 0);
+    expect(line).toMatchObject({ status: 101, error: 'upstream_stream_error' });
+
+    const listed = JSON.parse(await logs(proxy, '--status', 'error', '--json')) as { id: string }[];
+    expect(listed.map((r) => r.id)).toEqual([row.id]);
+    expect(JSON.parse(await logs(proxy, 'stats', '--json'))).toMatchObject([{ requests: 1, errors: 1 }]);
+    expect(await show(proxy, row.id)).toContain(`error: upstream_stream_error (${message})`);
+  });
+
+  test('a failed response (response.done, status failed) is an error too, with its status_details message', async () => {
+    const { proxy, ws, server } = await session();
+    const failed = {
+      type: 'response.done',
+      event_id: 'ev_done_r1',
+      response: {
+        id: 'r1',
+        status: 'failed',
+        status_details: {
+          type: 'failed',
+          error: { type: 'server_error', code: 'server_error', message: 'The server had an error' },
+        },
+        output: [],
+        usage: { total_tokens: 3, input_tokens: 3, output_tokens: 0 },
+      },
+    };
+    server.write(serverFrame(failed));
+    await ws.next();
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      error: 'upstream_stream_error',
+      error_message: 'The server had an error',
+      total_tokens: 3,
+    });
+  });
+
+  test('an error event, then the upstream resetting: upstream_reset wins, as for an HTTP stream', async () => {
+    const { proxy, ws, server } = await session();
+    server.write(serverFrame(errorEvent('invalid_value', 'Invalid value')));
+    await ws.next();
+    const closed = new Promise<void>((r) => ws.socket.once('close', () => r()));
+    server.resetAndDestroy();
+    await closed;
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 101, error: 'upstream_reset' });
+    expect(row.error_message).toMatch(/^The connection to the upstream http:\/\/127\.0\.0\.1:\d+ was reset/);
+    expect(row.response_body).toContain('"code":"invalid_value"');
+  });
 });

@@ -103,6 +103,42 @@ describe('a Realtime session read from its frames', async () => {
     expect(r.assembled).toMatchObject({ usage: null, complete: false, events: 1, content: '' });
   });
 
+  test.each([
+    ['no error event', [{ type: 'session.created' }], null],
+    [
+      'an error event: its message',
+      [{ type: 'error', error: { type: 'invalid_request_error', code: 'invalid_value', message: 'Bad' } }],
+      'Bad',
+    ],
+    ['type not the first key', [{ error: { code: 'c', message: 'Late type' }, type: 'error' }], 'Late type'],
+    [
+      'no message: the code',
+      [{ type: 'error', error: { type: 'server_error', code: 'server_error' } }],
+      'server_error',
+    ],
+    ['neither', [{ type: 'error', error: {} }], 'The upstream sent an error event'],
+    [
+      'several: the first, and how many',
+      [
+        { type: 'error', error: { message: 'First' } },
+        { type: 'response.done', response: { id: 'r', status: 'failed', status_details: { error: {} } } },
+        { type: 'error', error: { message: 'Third' } },
+      ],
+      'First (the first of 3 errors in the session)',
+    ],
+    [
+      'a cancelled response is no error',
+      [{ type: 'response.done', response: { id: 'r', status: 'cancelled' } }],
+      null,
+    ],
+    ['a long message is cut', [{ type: 'error', error: { message: 'x'.repeat(5000) } }], 'x'.repeat(4000)],
+  ])('streamError: %s', async (_name, events, expected) => {
+    const s = createRealtimeSession(options);
+    for (const e of events) s.upstream(server(e));
+    await s.settled();
+    expect(s.result(true).streamError).toBe(expected);
+  });
+
   test('a response whose deltas were not seen takes its text from response.done; function calls are tool calls', async () => {
     const s = createRealtimeSession(options);
     s.upstream(
