@@ -12,7 +12,8 @@ import {
  * `response.done` events. Pure: it is handed bytes, and never touches the sockets.
  *
  * Audio (`input_audio_buffer.append`'s `audio`, `response.audio.delta` and `response.output_audio.delta`'s
- * `delta`) is stored as `[base64 audio, N characters]`, found by scanning bytes, never parsing.
+ * `delta`, the `audio` of a `conversation.item.create`'s audio content parts) is stored as
+ * `[base64 audio, N characters]`, found by scanning bytes, never parsing.
  *
  * What a session holds at most, beyond the two bodies (CAPTURE_BODY_BYTES each) and the reassembled text
  * (`maxChars` characters, as much again for tool call arguments, REALTIME_MAX_TOOL_CALLS calls):
@@ -240,6 +241,56 @@ export function elideAudio(parts: Buffer[], bytes: number, field: string, limit:
   return null;
 }
 
+/** The `type` of a content part whose `audio` is base64 audio (`input_audio`; `audio`, `output_audio` replayed). */
+const AUDIO_PART = /"type"\s*:\s*"(?:input_audio|audio|output_audio)"/;
+/** How far either side of an `audio` key its part's `type` is looked for. */
+const PART_WINDOW = 1024;
+/** Most `audio` keys of one message looked at (each looks at 2 × PART_WINDOW bytes). */
+const MAX_AUDIO_KEYS = 256;
+
+/**
+ * A `conversation.item.create` with the `audio` string of each audio content part replaced by
+ * `[base64 audio, N characters]`, found by scanning bytes; null when it has none. A part is told by the
+ * `type` beside its `audio` key: between the nearest braces either side (a brace in a string, such as a
+ * transcript, only narrows that; then the part is stored as it was), at most PART_WINDOW bytes away.
+ */
+export function elidePartAudio(data: Buffer): Buffer | null {
+  const key = Buffer.from('"audio"');
+  const out: Buffer[] = [];
+  let copied = 0;
+  let backslash = data.indexOf(0x5c);
+  let at = data.indexOf(key);
+  for (let n = 0; at !== -1 && n < MAX_AUDIO_KEYS; n++) {
+    let i = at + key.length;
+    while (isSpace(data[i])) i++;
+    if (data[i] !== 0x3a) {
+      at = data.indexOf(key, at + 1); // a value that reads like the key, not the key
+      continue;
+    }
+    i++;
+    while (isSpace(data[i])) i++;
+    const start = i + 1;
+    const end = data[i] === 0x22 ? data.indexOf(0x22, start) : -1;
+    if (backslash !== -1 && backslash < start) backslash = data.indexOf(0x5c, start);
+    // Base64 has no backslash: an escape means this is no plain audio string.
+    if (end !== -1 && (backslash === -1 || backslash > end)) {
+      const before = data.subarray(Math.max(0, at - PART_WINDOW), at);
+      const after = data.subarray(end + 1, end + 1 + PART_WINDOW);
+      const open = Math.max(before.lastIndexOf(0x7b), before.lastIndexOf(0x7d));
+      const close = [after.indexOf(0x7b), after.indexOf(0x7d)].filter((x) => x !== -1);
+      const beside = `${before.toString('latin1', open + 1)} ${after.toString('latin1', 0, close.length > 0 ? Math.min(...close) : after.length)}`;
+      if (AUDIO_PART.test(beside)) {
+        out.push(data.subarray(copied, start), Buffer.from(`[base64 audio, ${end - start} characters]`));
+        copied = end;
+      }
+    }
+    at = data.indexOf(key, end === -1 ? start : end + 1);
+  }
+  if (out.length === 0) return null;
+  out.push(data.subarray(copied));
+  return Buffer.concat(out);
+}
+
 /** One message as one NDJSON line: JSON text is compact already unless a client pretty-printed it. */
 function ndjsonLine(data: Buffer): string | Buffer {
   if (data.indexOf(0x0a) === -1 && data.indexOf(0x0d) === -1) return data;
@@ -343,7 +394,15 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
         );
       return null;
     }
-    if (!lines.truncated) lines.add(whole ? ndjsonLine(whole) : cutLine(m.parts, lines.room + 1));
+    const elided =
+      type === 'conversation.item.create' && !lines.truncated
+        ? elidePartAudio(whole ?? Buffer.concat(m.parts, m.bytes))
+        : null;
+    if (elided !== null)
+      lines.add(
+        elided.length <= REALTIME_PARSE_MAX_BYTES ? ndjsonLine(elided) : cutLine([elided], lines.room + 1),
+      );
+    else if (!lines.truncated) lines.add(whole ? ndjsonLine(whole) : cutLine(m.parts, lines.room + 1));
     return whole ? { type, data: whole } : null;
   };
 

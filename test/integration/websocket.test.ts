@@ -950,6 +950,34 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     expect(await grep('hello there')).toEqual([row.id]);
   });
 
+  test('audio in a conversation.item.create content part is stored as a placeholder, as an append is', async () => {
+    const { proxy, ws, server } = await session();
+    const audio = 'UklGRiQAAABXQVZF'.repeat(4096); // 64 KiB of base64
+    const item = (a: string) => ({
+      type: 'conversation.item.create',
+      item: {
+        type: 'message',
+        role: 'user',
+        content: [
+          { type: 'input_text', text: 'listen:' },
+          { type: 'input_audio', audio: a },
+        ],
+      },
+    });
+    ws.send(JSON.stringify(item(audio)));
+    ws.send(JSON.stringify({ type: 'input_audio_buffer.append', audio }));
+    server.write(serverFrame(done('r1', 1, 1)));
+    await ws.next();
+    await ws.close();
+    const [row] = await proxy.waitForRows(1);
+    const placeholder = `[base64 audio, ${audio.length} characters]`;
+    expect(row.request_body).toBe(
+      `${JSON.stringify(item(placeholder))}\n${JSON.stringify({ type: 'input_audio_buffer.append', audio: placeholder })}\n`,
+    );
+    expect(row.request_bytes).toBeGreaterThan(2 * audio.length);
+    expect(await show(proxy, row.id)).not.toContain(audio);
+  });
+
   test('a session of one message each way: show --json and export keep the bodies as NDJSON text', async () => {
     const { proxy, ws, server } = await session();
     ws.send('{"type":"response.create"}');

@@ -233,6 +233,66 @@ describe('bounded work and memory', () => {
     expect(loop.max / 1e6).toBeLessThan(50);
   });
 
+  const A = 'UklGRiQAAABXQVZF'.repeat(200); // 3200 characters of base64
+  const P = '[base64 audio, 3200 characters]';
+  const itemCreate = (content: string) =>
+    `{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[${content}]}}`;
+  test.each([
+    [
+      'an input_audio part',
+      itemCreate(`{"type":"input_audio","audio":"${A}"}`),
+      itemCreate(`{"type":"input_audio","audio":"${P}"}`),
+    ],
+    [
+      'two audio parts (GA `audio`, a replayed `output_audio`), text between, type after the audio',
+      itemCreate(
+        `{"type":"audio","audio":"${A}"},{"type":"input_text","text":"and {this}"},{"audio":"${A}","transcript":"hi","type":"output_audio"}`,
+      ),
+      itemCreate(
+        `{"type":"audio","audio":"${P}"},{"type":"input_text","text":"and {this}"},{"audio":"${P}","transcript":"hi","type":"output_audio"}`,
+      ),
+    ],
+    [
+      'pretty-printed: made one line',
+      `{\n  "type": "conversation.item.create",\n  "item": {"content": [{"type" : "input_audio", "audio" : "${A}"}]}\n}`,
+      `{"type":"conversation.item.create","item":{"content":[{"type":"input_audio","audio":"${P}"}]}}`,
+    ],
+    [
+      'an `audio` string in a part that is not audio is kept',
+      itemCreate(`{"type":"input_text","text":"x","audio":"AAAA"}`),
+      itemCreate(`{"type":"input_text","text":"x","audio":"AAAA"}`),
+    ],
+    [
+      'text that quotes an audio part is kept',
+      itemCreate(JSON.stringify({ type: 'input_text', text: '{"type":"input_audio","audio":"AAAA"}' })),
+      itemCreate(JSON.stringify({ type: 'input_text', text: '{"type":"input_audio","audio":"AAAA"}' })),
+    ],
+  ])('conversation.item.create: %s', async (_name, sent, stored) => {
+    const s = createRealtimeSession(options);
+    s.client(encodeFrame(OPCODE.text, sent, true));
+    await s.settled();
+    expect(s.result(false).requestBody).toBe(`${stored}\n`);
+  });
+
+  test('conversation.item.create over REALTIME_PARSE_MAX_BYTES: its audio is a placeholder too', async () => {
+    const audio = 'QUJD'.repeat(500_000); // 2 MB
+    const s = createRealtimeSession({
+      ...options,
+      captureBytes: 4 * 1024 * 1024,
+      maxMessageBytes: 4 * 1024 * 1024,
+    });
+    s.client(
+      client({ type: 'conversation.item.create', item: { content: [{ type: 'input_audio', audio }] } }),
+    );
+    s.client(client({ type: 'response.create' }));
+    await s.settled();
+    const r = s.result(false);
+    expect(r.requestBody).toBe(
+      '{"type":"conversation.item.create","item":{"content":[{"type":"input_audio","audio":"[base64 audio, 2000000 characters]"}]}}\n' +
+        '{"type":"response.create"}\n',
+    );
+  });
+
   test('audio (beta and GA events) is stored as a placeholder; text events after it still fit', async () => {
     const audio = 'QUJD'.repeat(100_000);
     // Room for every line with the audio elided, not for one with it.
