@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { closeSync, constants, openSync, readFileSync, readSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -6,11 +6,11 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { failingLogFile, hangingLogFile } from '../helpers/log-file-full.js';
+import { spawnServe } from '../helpers/spawn-serve.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 
-const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
@@ -213,25 +213,12 @@ describe('a log file that cannot be written', () => {
     // what a rotation would rename.
     const logPath = join(tmp.path, 'p.log');
     symlinkSync('/dev/full', logPath);
-    const child = spawn(
-      process.execPath,
-      [BIN, 'serve', '--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
-      {
-        env: { PATH: process.env.PATH ?? '', HOME: tmp.path, LOG_LEVEL: 'warn' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
+    const serve = spawnServe(
+      ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      { env: { HOME: tmp.path, LOG_LEVEL: 'warn' } },
     );
-    let err = '';
-    const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on('data', (d) => {
-        err += d;
-        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      child.once('exit', (c) => reject(new Error(`exited ${c}: ${err}`)));
-    });
-    cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
+    cleanups.push(serve.kill);
+    const url = await serve.url;
 
     for (let i = 0; i < 8; i++) {
       expect(await chat(url, `m-${i}`)).toBe(200);
@@ -243,13 +230,13 @@ describe('a log file that cannot be written', () => {
     await until('the rows', () => countRows(dbPath) === 8);
 
     const t0 = Date.now();
-    child.kill('SIGTERM');
-    expect(await exited).toBe(0);
+    serve.child.kill('SIGTERM');
+    expect(await serve.exited).toBe(0);
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(countRows(dbPath)).toBe(8);
-    expect(err.match(/cannot be written/g)).toHaveLength(1);
-    expect(err).toMatch(/stopped; 8 exchanges recorded this run/);
-    expect(err).not.toMatch(/Emitted 'error' event|Unhandled/);
+    expect(serve.stderr().match(/cannot be written/g)).toHaveLength(1);
+    expect(serve.stderr()).toMatch(/stopped; 8 exchanges recorded this run/);
+    expect(serve.stderr()).not.toMatch(/Emitted 'error' event|Unhandled/);
     expect(readFileSync(dbPath).length).toBeGreaterThan(0);
   });
 
@@ -267,27 +254,12 @@ describe('a log file that cannot be written', () => {
     execFileSync('mkfifo', [logPath]);
     const reader = openSync(logPath, constants.O_RDONLY | constants.O_NONBLOCK);
     cleanups.push(() => closeSync(reader));
-    const child = spawn(
-      process.execPath,
-      [BIN, 'serve', '--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
-      {
-        env: { PATH: process.env.PATH ?? '', HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
+    const serve = spawnServe(
+      ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      { env: { HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' } },
     );
-    let err = '';
-    const exited = new Promise<NodeJS.Signals | number | null>((r) =>
-      child.once('exit', (c, sig) => r(sig ?? c)),
-    );
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on('data', (d) => {
-        err += d;
-        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      child.once('exit', (c) => reject(new Error(`exited ${c}: ${err}`)));
-    });
-    cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
+    cleanups.push(serve.kill);
+    const url = await serve.url;
     // ~450-byte lines: 300 fill the pipe's 64 KiB, and the next write blocks.
     const pad = 'x'.repeat(200);
     for (let i = 0; i < 300; i++) {
@@ -299,13 +271,15 @@ describe('a log file that cannot be written', () => {
     await until('the rows', () => countRows(dbPath) === 300);
 
     const t0 = Date.now();
-    child.kill('SIGTERM');
+    serve.child.kill('SIGTERM');
     // It used to print its stop line and then never exit (only a third signal ended it).
-    expect(await exited).toBe('SIGTERM');
+    expect(await serve.exited).toBe('SIGTERM');
     expect(Date.now() - t0).toBeLessThan(5000);
     expect(countRows(dbPath)).toBe(300);
-    expect(err).toMatch(/stopped; 300 exchanges recorded this run; \d+ log lines could not be written/);
-    expect(err).toContain(
+    expect(serve.stderr()).toMatch(
+      /stopped; 300 exchanges recorded this run; \d+ log lines could not be written/,
+    );
+    expect(serve.stderr()).toContain(
       `a write to ${logPath} had not returned after SHUTDOWN_GRACE_MS (500 ms, at least 1000 ms without progress)`,
     );
   });
@@ -327,40 +301,16 @@ describe('a log file that cannot be written', () => {
       preload,
       "process.stdin.resume();\nprocess.stdin.on('end', () => process.stdin.destroy());\n",
     );
-    const child = spawn(
-      process.execPath,
-      [
-        '--require',
-        preload,
-        BIN,
-        'serve',
-        '--port',
-        '0',
-        '--db',
-        dbPath,
-        '--log-file',
-        logPath,
-        '--upstream',
-        upstream.baseUrl,
-      ],
+    const serve = spawnServe(
+      ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
       {
-        env: { PATH: process.env.PATH ?? '', HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
-        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
+        nodeArgs: ['--require', preload],
+        stdin: 'pipe',
       },
     );
-    let err = '';
-    const exited = new Promise<NodeJS.Signals | number | null>((r) =>
-      child.once('exit', (c, sig) => r(sig ?? c)),
-    );
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on('data', (d) => {
-        err += d;
-        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      child.once('exit', (c) => reject(new Error(`exited ${c}: ${err}`)));
-    });
-    cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
+    cleanups.push(serve.kill);
+    const url = await serve.url;
     const pad = 'x'.repeat(200);
     for (let i = 0; i < 300; i++) {
       const res = await fetch(`${url}/v1/models?pad=${pad}`, { signal: AbortSignal.timeout(5000) });
@@ -370,9 +320,9 @@ describe('a log file that cannot be written', () => {
     await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
     await until('the rows', () => countRows(dbPath) === 300);
 
-    child.kill('SIGTERM');
-    await until('the stop line', () => /stopped; 300 exchanges/.test(err));
-    expect(err).toContain(`a write to ${logPath} had not returned`);
+    serve.child.kill('SIGTERM');
+    await until('the stop line', () => /stopped; 300 exchanges/.test(serve.stderr()));
+    expect(serve.stderr()).toContain(`a write to ${logPath} had not returned`);
     // The pipe is read: the hung write returns.
     const buf = Buffer.alloc(1 << 16);
     const drainUntil = Date.now() + 500;
@@ -385,9 +335,9 @@ describe('a log file that cannot be written', () => {
     }
     // Past the re-raise timer (1 s after the stop line), then the other handle goes.
     await new Promise((r) => setTimeout(r, 1000));
-    child.stdin?.end();
+    serve.child.stdin?.end();
     // It used to be killed by the re-raised SIGTERM although the write had returned.
-    expect(await exited).toBe(0);
+    expect(await serve.exited).toBe(0);
     expect(countRows(dbPath)).toBe(300);
   });
 });

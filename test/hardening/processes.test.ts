@@ -6,6 +6,7 @@ import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
 import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
+import { type ServeProcess, spawnServe } from '../helpers/spawn-serve.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { until } from '../helpers/until.js';
 
@@ -15,23 +16,11 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function startBin(args: string[], env: Record<string, string>) {
-  const child = spawn(process.execPath, [BIN, 'serve', '--port', '0', ...args], {
-    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let err = '';
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  const url = new Promise<string>((resolve, reject) => {
-    child.stderr!.on('data', (d) => {
-      err += d;
-      const m = /listening on (http:\/\/[^\s]+)/.exec(err);
-      if (m) resolve(m[1]);
-    });
-    child.once('exit', (code) => reject(new Error(`exited ${code}: ${err}`)));
-  });
-  cleanups.push(() => child.exitCode === null && child.signalCode === null && child.kill('SIGKILL'));
-  return { child, url, exited, stderr: () => err };
+/** `serve --port 0 args…` (LOG_LEVEL warn unless `env` says), killed after the test. */
+function startBin(args: string[], env: Record<string, string>): ServeProcess {
+  const serve = spawnServe(['--port', '0', ...args], { env: { LOG_LEVEL: 'warn', ...env } });
+  cleanups.push(serve.kill);
+  return serve;
 }
 
 async function chat(base: string, marker: string, stream: boolean): Promise<void> {

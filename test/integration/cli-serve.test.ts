@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -9,6 +9,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { scrubSecrets } from '../../src/proxy/capture.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
+import { type ServeProcess, spawnServe } from '../helpers/spawn-serve.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
@@ -458,25 +459,11 @@ describe('serve: POST /admin/reload-config', () => {
 });
 
 describe('the built bin', () => {
-  function startBin(
-    args: string[],
-    env: Record<string, string>,
-  ): { child: ChildProcess; url: Promise<string>; stderr: () => string } {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: { PATH: process.env.PATH ?? '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let err = '';
-    const url = new Promise<string>((resolve, reject) => {
-      child.stderr!.on('data', (d) => {
-        err += d;
-        const m = /listening on (http:\/\/[^\s]+)/.exec(err);
-        if (m) resolve(m[1]);
-      });
-      child.once('exit', (code) => reject(new Error(`exited ${code}: ${err}`)));
-    });
-    cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
-    return { child, url, stderr: () => err };
+  /** `serve args…` from the built bin, killed after the test. */
+  function startServe(args: string[], env: Record<string, string>): ServeProcess {
+    const serve = spawnServe(args, { env });
+    cleanups.push(serve.kill);
+    return serve;
   }
 
   function runBin(
@@ -549,18 +536,8 @@ describe('the built bin', () => {
     const upstream = await createFakeUpstream();
     cleanups.push(() => upstream.close());
     const logPath = join(tmp.path, 'p.log');
-    const { child, url } = startBin(
-      [
-        'serve',
-        '--port',
-        '0',
-        '--db',
-        join(tmp.path, 'p.db'),
-        '--log-file',
-        logPath,
-        '--upstream',
-        upstream.baseUrl,
-      ],
+    const { child, url } = startServe(
+      ['--port', '0', '--db', join(tmp.path, 'p.db'), '--log-file', logPath, '--upstream', upstream.baseUrl],
       { HOME: tmp.path, LOG_LEVEL: 'warn' },
     );
     const base = await url;
@@ -649,8 +626,8 @@ describe('the built bin', () => {
     cleanups.push(() => upstream.close());
     const dbPath = join(tmp.path, 'p.db');
     const logPath = join(tmp.path, 'p.log');
-    const { child, url } = startBin(
-      ['serve', '--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+    const { child, url, exited } = startServe(
+      ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
       { HOME: tmp.path },
     );
     const base = await url;
@@ -664,7 +641,6 @@ describe('the built bin', () => {
       expect(answer.choices[0].message.content).toBe('Hello from the fake upstream!');
       await new Promise((r) => setTimeout(r, 50)); // the console line of each is written (and fails)
     }
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
     const db = new Database(dbPath, { readonly: true });
@@ -720,15 +696,18 @@ describe('the built bin', () => {
     upstream.streamIntervalMs = 60;
     upstream.streamWords = 10;
     const dbPath = join(tmp.path, 'p.db');
-    const { child, url } = startBin(
-      ['serve', '--port', '0', '--db', dbPath, '--upstream', upstream.baseUrl],
-      { HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '5000' },
+    const { child, url, exited } = startServe(
+      ['--port', '0', '--db', dbPath, '--upstream', upstream.baseUrl],
+      {
+        HOME: tmp.path,
+        LOG_LEVEL: 'warn',
+        SHUTDOWN_GRACE_MS: '5000',
+      },
     );
     const base = await url;
     const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
     await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'one' }] });
     const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     let text = '';
     let signalled = false;
     for await (const chunk of stream) {
