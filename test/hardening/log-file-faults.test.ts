@@ -6,8 +6,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { fillDisk } from '../helpers/disk-full.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { failingLogFile, hangingLogFile } from '../helpers/log-file-full.js';
-import { spawnServe } from '../helpers/spawn-serve.js';
-import { createTempDir } from '../helpers/temp-dir.js';
+import { createServeFixture, spawnServe } from '../helpers/spawn-serve.js';
 import { startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 
@@ -39,6 +38,33 @@ function countRows(path: string): number {
   } finally {
     db.close();
   }
+}
+
+/**
+ * A FIFO at `path` with a reader open (so serve can open it) that never reads, closed after the test: once
+ * the pipe is full, a write blocks in Node's threadpool for ever, as on an NFS hard mount whose server
+ * went away. Returns the reader's fd.
+ */
+function unreadFifo(path: string): number {
+  execFileSync('mkfifo', [path]);
+  const reader = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  cleanups.push(() => closeSync(reader));
+  return reader;
+}
+
+/**
+ * 300 requests logging ~450-byte lines to an unread FIFO: they fill the pipe's 64 KiB and the next write
+ * blocks. Returns once lines wait behind it and the 300 rows are recorded.
+ */
+async function fillThePipe(url: string, dbPath: string): Promise<void> {
+  const pad = 'x'.repeat(200);
+  for (let i = 0; i < 300; i++) {
+    const res = await fetch(`${url}/v1/models?pad=${pad}`, { signal: AbortSignal.timeout(5000) });
+    expect(res.status).toBe(200);
+    await res.arrayBuffer();
+  }
+  await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
+  await until('the rows', () => countRows(dbPath) === 300);
 }
 
 describe('a log file that cannot be written', () => {
@@ -204,18 +230,14 @@ describe('a log file that cannot be written', () => {
   test('`oai-proxy serve` with its log file on a full disk (/dev/full): requests answered, /health says so, SIGTERM exits 0 at once with every row', {
     timeout: 30_000,
   }, async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const dbPath = join(tmp.path, 'p.db');
+    const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     // Every write to /dev/full fails with ENOSPC, as on a full disk; the symlink, not the device, is
     // what a rotation would rename.
-    const logPath = join(tmp.path, 'p.log');
     symlinkSync('/dev/full', logPath);
     const serve = spawnServe(
       ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
-      { env: { HOME: tmp.path, LOG_LEVEL: 'warn' } },
+      { env: { HOME: home, LOG_LEVEL: 'warn' } },
     );
     cleanups.push(serve.kill);
     const url = await serve.url;
@@ -243,32 +265,16 @@ describe('a log file that cannot be written', () => {
   test('`oai-proxy serve` whose log file write never returns (a FIFO nobody reads): SIGTERM ends the process within the grace with every row', {
     timeout: 30_000,
   }, async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const dbPath = join(tmp.path, 'p.db');
-    // A write to a full pipe blocks in Node's threadpool for ever, as on an NFS hard mount whose server
-    // went away: a reader is open (so the proxy can open it) but never reads.
-    const logPath = join(tmp.path, 'p.log');
-    execFileSync('mkfifo', [logPath]);
-    const reader = openSync(logPath, constants.O_RDONLY | constants.O_NONBLOCK);
-    cleanups.push(() => closeSync(reader));
+    const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
+    unreadFifo(logPath);
     const serve = spawnServe(
       ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
-      { env: { HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' } },
+      { env: { HOME: home, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' } },
     );
     cleanups.push(serve.kill);
     const url = await serve.url;
-    // ~450-byte lines: 300 fill the pipe's 64 KiB, and the next write blocks.
-    const pad = 'x'.repeat(200);
-    for (let i = 0; i < 300; i++) {
-      const res = await fetch(`${url}/v1/models?pad=${pad}`, { signal: AbortSignal.timeout(5000) });
-      expect(res.status).toBe(200);
-      await res.arrayBuffer();
-    }
-    await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
-    await until('the rows', () => countRows(dbPath) === 300);
+    await fillThePipe(url, dbPath);
 
     const t0 = Date.now();
     serve.child.kill('SIGTERM');
@@ -286,17 +292,11 @@ describe('a log file that cannot be written', () => {
   test('a hung log file write that returns after the stop line, while something else keeps the process alive: exit 0, not killed by the re-raised signal', {
     timeout: 30_000,
   }, async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const dbPath = join(tmp.path, 'p.db');
-    const logPath = join(tmp.path, 'p.log');
-    execFileSync('mkfifo', [logPath]);
-    const reader = openSync(logPath, constants.O_RDONLY | constants.O_NONBLOCK);
-    cleanups.push(() => closeSync(reader));
+    const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
+    const reader = unreadFifo(logPath);
     // Another handle (a plugin's socket, a reader on stdin): keeps the loop alive until stdin ends.
-    const preload = join(tmp.path, 'keep-alive.cjs');
+    const preload = join(home, 'keep-alive.cjs');
     writeFileSync(
       preload,
       "process.stdin.resume();\nprocess.stdin.on('end', () => process.stdin.destroy());\n",
@@ -304,21 +304,14 @@ describe('a log file that cannot be written', () => {
     const serve = spawnServe(
       ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
       {
-        env: { HOME: tmp.path, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
+        env: { HOME: home, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '500' },
         nodeArgs: ['--require', preload],
         stdin: 'pipe',
       },
     );
     cleanups.push(serve.kill);
     const url = await serve.url;
-    const pad = 'x'.repeat(200);
-    for (let i = 0; i < 300; i++) {
-      const res = await fetch(`${url}/v1/models?pad=${pad}`, { signal: AbortSignal.timeout(5000) });
-      expect(res.status).toBe(200);
-      await res.arrayBuffer();
-    }
-    await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
-    await until('the rows', () => countRows(dbPath) === 300);
+    await fillThePipe(url, dbPath);
 
     serve.child.kill('SIGTERM');
     await until('the stop line', () => /stopped; 300 exchanges/.test(serve.stderr()));

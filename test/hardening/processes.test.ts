@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
-import { createFakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { type ServeProcess, spawnServe } from '../helpers/spawn-serve.js';
+import { sleep } from '../helpers/fake-upstream.js';
+import { createServeFixture, type ServeProcess, spawnServe } from '../helpers/spawn-serve.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { until } from '../helpers/until.js';
 
@@ -68,13 +68,10 @@ function integrity(dbPath: string): string {
 test('SIGKILL under load: the database reopens cleanly and at most the last batch interval of rows is missing', {
   timeout: 40_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
-  const dbPath = join(tmp.path, 'p.db');
+  const { home, dbPath, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
   const FLUSH_MS = 100;
-  const env = { HOME: tmp.path, LOG_FLUSH_INTERVAL_MS: String(FLUSH_MS) };
+  const env = { HOME: home, LOG_FLUSH_INTERVAL_MS: String(FLUSH_MS) };
   const first = startBin(['--db', dbPath, '--upstream', upstream.baseUrl], env);
   const base = await first.url;
   const answeredAt = new Map<string, number>();
@@ -123,18 +120,16 @@ test('SIGKILL under load: the database reopens cleanly and at most the last batc
 test('two serve processes on one database (started together): both record, neither corrupts the other', {
   timeout: 40_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
-  const dbPath = join(tmp.path, 'shared.db');
-  const env = { HOME: tmp.path, LOG_FLUSH_INTERVAL_MS: '50' };
+  const { home, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
+  const dbPath = join(home, 'shared.db');
+  const env = { HOME: home, LOG_FLUSH_INTERVAL_MS: '50' };
   const a = startBin(
-    ['--db', dbPath, '--upstream', upstream.baseUrl, '--log-file', join(tmp.path, 'a.log')],
+    ['--db', dbPath, '--upstream', upstream.baseUrl, '--log-file', join(home, 'a.log')],
     env,
   );
   const b = startBin(
-    ['--db', dbPath, '--upstream', upstream.baseUrl, '--log-file', join(tmp.path, 'b.log')],
+    ['--db', dbPath, '--upstream', upstream.baseUrl, '--log-file', join(home, 'b.log')],
     env,
   );
   const [urlA, urlB] = await Promise.all([a.url, b.url]);
@@ -163,15 +158,12 @@ test('two serve processes on one database (started together): both record, neith
 test('SIGTERM with several streams in flight: all finish within the grace period, every row written, exit 0', {
   timeout: 30_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
+  const { home, dbPath, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
   upstream.streamIntervalMs = 50;
   upstream.streamWords = 20;
-  const dbPath = join(tmp.path, 'p.db');
   const p = startBin(['--db', dbPath, '--upstream', upstream.baseUrl], {
-    HOME: tmp.path,
+    HOME: home,
     SHUTDOWN_GRACE_MS: '8000',
   });
   const base = await p.url;
@@ -205,16 +197,12 @@ test('SIGTERM with several streams in flight: all finish within the grace period
  * (100 words, 200 ms apart), with SHUTDOWN_GRACE_MS `graceMs`, and an SDK client for it.
  */
 async function serveWithSlowStreams(graceMs: string) {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
+  const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
   upstream.streamIntervalMs = 200;
   upstream.streamWords = 100;
-  const dbPath = join(tmp.path, 'p.db');
-  const logPath = join(tmp.path, 'p.log');
   const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
-    HOME: tmp.path,
+    HOME: home,
     SHUTDOWN_GRACE_MS: graceMs,
   });
   const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${await p.url}/v1`, maxRetries: 0 });
@@ -327,16 +315,12 @@ test.each(['SIGINT', 'SIGTERM'] as const)(
 test('SIGHUP (the terminal closed, stderr gone): in-flight streams finish, every row and log line written, exit 0', {
   timeout: 30_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
+  const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
   upstream.streamIntervalMs = 100;
   upstream.streamWords = 10;
-  const dbPath = join(tmp.path, 'p.db');
-  const logPath = join(tmp.path, 'p.log');
   const p = startBin(['--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl], {
-    HOME: tmp.path,
+    HOME: home,
     SHUTDOWN_GRACE_MS: '8000',
   });
   const base = await p.url;
@@ -378,33 +362,31 @@ function modelsList(dbPath: string, home: string): { models: { name: string }[];
 test('a serve that cannot listen (port in use) leaves the shared registry alone: the running instance keeps its models and aliases', {
   timeout: 30_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
-  const dbPath = join(tmp.path, 'i.db');
-  const configPath = join(tmp.path, 'icfg.json');
+  const { home, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
+  const dbPath = join(home, 'i.db');
+  const configPath = join(home, 'icfg.json');
   writeFileSync(
     configPath,
     JSON.stringify({ validateModels: true, availableModels: ['m1'], modelMappings: { fast: 'm1' } }),
   );
   const a = startBin(['--config', configPath, '--db', dbPath, '--upstream', upstream.baseUrl], {
-    HOME: tmp.path,
+    HOME: home,
   });
   const base = await a.url;
   const port = new URL(base).port;
-  const before = modelsList(dbPath, tmp.path);
+  const before = modelsList(dbPath, home);
   expect(before.models.map((m) => m.name)).toEqual(['m1']);
   expect(before.mappings).toEqual({ fast: 'm1' });
 
   // The same database, no config (the default model list), A's port.
-  const b = startBin(['--port', port, '--db', dbPath, '--upstream', upstream.baseUrl], { HOME: tmp.path });
+  const b = startBin(['--port', port, '--db', dbPath, '--upstream', upstream.baseUrl], { HOME: home });
   b.url.catch(() => undefined);
   // startBin passes --port 0 first; the later --port wins.
   expect(await b.exited).toBe(1);
   expect(b.stderr()).toContain(`port ${port} is in use`);
 
-  expect(modelsList(dbPath, tmp.path)).toEqual(before);
+  expect(modelsList(dbPath, home)).toEqual(before);
   // A polls the registry's data_version every 500 ms: past that, it still routes its own models.
   await sleep(1200);
   const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
@@ -420,14 +402,10 @@ test('a serve that cannot listen (port in use) leaves the shared registry alone:
 test('the terminal serve runs in is closed (SIGHUP, then EIO on every console write): streams finish, every row and log line written, exit 0', {
   timeout: 30_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
+  const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
   upstream.streamIntervalMs = 100;
   upstream.streamWords = 10;
-  const dbPath = join(tmp.path, 'p.db');
-  const logPath = join(tmp.path, 'p.log');
   const helper = join(import.meta.dirname, '../helpers/pty-hangup.py');
   const term = spawn(
     'python3',
@@ -450,7 +428,7 @@ test('the terminal serve runs in is closed (SIGHUP, then EIO on every console wr
       env: {
         PATH: process.env.PATH ?? '',
         TERM: 'xterm-256color',
-        HOME: tmp.path,
+        HOME: home,
         SHUTDOWN_GRACE_MS: '8000',
       },
       stdio: ['pipe', 'pipe', 'inherit'],
@@ -508,15 +486,13 @@ function lockedDatabase(dbPath: string, home: string): Database.Database {
 test('a request sent while start-up waits for a locked database is routed by the configured registry (MODEL_MAPPINGS applied), not the one the file held', {
   timeout: 30_000,
 }, async () => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const upstream = await createFakeUpstream();
-  cleanups.push(() => upstream.close());
-  const dbPath = join(tmp.path, 'l.db');
-  const other = lockedDatabase(dbPath, tmp.path);
+  const { home, upstream, cleanup } = await createServeFixture();
+  cleanups.push(cleanup);
+  const dbPath = join(home, 'l.db');
+  const other = lockedDatabase(dbPath, home);
   const port = await freePort();
   const p = startBin(['--port', String(port), '--db', dbPath, '--upstream', upstream.baseUrl], {
-    HOME: tmp.path,
+    HOME: home,
     MODEL_MAPPINGS: '{"fast":"gpt-4o-mini"}',
   });
   const unlock = setTimeout(() => other.exec('rollback'), 2000);

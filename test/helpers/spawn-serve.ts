@@ -1,5 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { createFakeUpstream, type FakeUpstream } from './fake-upstream.js';
+import { createTempDir } from './temp-dir.js';
 
 const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
 
@@ -71,6 +73,34 @@ export function spawnServe(
     stderr: () => err,
     kill: () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    },
+  };
+}
+
+/** What a serve under test runs against: a temp dir (its HOME, holding p.db and p.log) and a fake upstream. */
+export interface ServeFixture {
+  home: string;
+  /** `home`/p.db */
+  dbPath: string;
+  /** `home`/p.log */
+  logPath: string;
+  upstream: FakeUpstream;
+  /** Closes the upstream, then removes the temp dir. */
+  cleanup(): Promise<void>;
+}
+
+/** A fresh ServeFixture; the caller pushes its `cleanup` on the test's cleanups. */
+export async function createServeFixture(): Promise<ServeFixture> {
+  const tmp = createTempDir();
+  const upstream = await createFakeUpstream();
+  return {
+    home: tmp.path,
+    dbPath: join(tmp.path, 'p.db'),
+    logPath: join(tmp.path, 'p.log'),
+    upstream,
+    cleanup: async () => {
+      await upstream.close();
+      tmp.cleanup();
     },
   };
 }

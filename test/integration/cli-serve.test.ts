@@ -9,7 +9,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { scrubSecrets } from '../../src/proxy/capture.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
-import { type ServeProcess, spawnServe } from '../helpers/spawn-serve.js';
+import { createServeFixture, type ServeProcess, spawnServe } from '../helpers/spawn-serve.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
@@ -131,22 +131,20 @@ describe('CLI basics', () => {
   });
 
   test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     writeFileSync(
-      join(tmp.path, 'oai-proxy.config.json'),
+      join(home, 'oai-proxy.config.json'),
       JSON.stringify({ upstreams: { loc: { baseUrl: upstream.baseUrl, apiKey: 'Ab1' } } }),
     );
     const ac = new AbortController();
     const env = {
-      HOME: tmp.path,
+      HOME: home,
       PROXY_API_KEYS: 'long-enough-key,Zq9x7',
       ADMIN_API_KEY: 'Wv3k8',
       OPENAI_API_KEY: 'Qq7xy1',
     };
-    const io = { ...createTestIo(env, tmp.path), signal: ac.signal };
+    const io = { ...createTestIo(env, home), signal: ac.signal };
     const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
     await until('the banner', () => /listening on/.test(io.err()));
     ac.abort();
@@ -155,7 +153,7 @@ describe('CLI basics', () => {
       .err()
       .split('\n')
       .filter((l) => l.startsWith('warning: '));
-    const file = join(tmp.path, 'oai-proxy.config.json');
+    const file = join(home, 'oai-proxy.config.json');
     const why = 'is shorter than 6 characters, so it cannot be scrubbed from recorded bodies';
     expect(warnings).toEqual([
       expect.stringMatching(new RegExp(`^warning: ADMIN_API_KEY ${why}.*use a longer key$`)),
@@ -224,12 +222,10 @@ describe('CLI basics', () => {
     ['info', true],
     ['warn', false],
   ])('console not a terminal, LOG_LEVEL=%s: the exchange line is printed: %s', async (level, printed) => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     const ac = new AbortController();
-    const io = { ...createTestIo({ HOME: tmp.path, LOG_LEVEL: level }, tmp.path), signal: ac.signal };
+    const io = { ...createTestIo({ HOME: home, LOG_LEVEL: level }, home), signal: ac.signal };
     const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
     let url = '';
     for (let i = 0; i < 100 && !url; i++) {
@@ -253,7 +249,7 @@ describe('CLI basics', () => {
       ]);
     else expect(exchangeLines).toEqual([]);
     // The log file gets the line either way.
-    const file = readFileSync(join(tmp.path, 'oai-proxy.log'), 'utf8');
+    const file = readFileSync(join(home, 'oai-proxy.log'), 'utf8');
     expect(file).toContain('"path":"/v1/models"');
   });
 
@@ -281,12 +277,10 @@ describe('CLI basics', () => {
   ])(
     '--host %s: the banner says all interfaces and gives a base URL a client can use',
     async (host, listening, client) => {
-      const tmp = createTempDir();
-      cleanups.push(tmp.cleanup);
-      const upstream = await createFakeUpstream();
-      cleanups.push(() => upstream.close());
+      const { home, upstream, cleanup } = await createServeFixture();
+      cleanups.push(cleanup);
       const ac = new AbortController();
-      const io = { ...createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path), signal: ac.signal };
+      const io = { ...createTestIo({ HOME: home, LOG_LEVEL: 'silent' }, home), signal: ac.signal };
       const done = main(
         ['serve', '--host', host, '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl],
         io,
@@ -307,15 +301,13 @@ describe('CLI basics', () => {
   );
 
   test('serve in-process: banner with the real port and masked key; stops on signal with exit 0', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     const ac = new AbortController();
     const io = {
       ...createTestIo(
-        { HOME: tmp.path, LOG_LEVEL: 'silent', OPENAI_API_KEY: 'sk-test-banner-key-abcd9876' },
-        tmp.path,
+        { HOME: home, LOG_LEVEL: 'silent', OPENAI_API_KEY: 'sk-test-banner-key-abcd9876' },
+        home,
       ),
       signal: ac.signal,
     };
@@ -329,13 +321,13 @@ describe('CLI basics', () => {
     expect(url).not.toMatch(/:0$/);
     expect(io.err()).toContain('sk-…9876');
     expect(io.err()).not.toContain('sk-test-banner-key-abcd9876');
-    expect(io.err()).toContain(join(tmp.path, 'p.db'));
-    expect(io.err()).toContain(join(tmp.path, 'oai-proxy.log'));
+    expect(io.err()).toContain(join(home, 'p.db'));
+    expect(io.err()).toContain(join(home, 'oai-proxy.log'));
     const res = await fetch(`${url}/v1/models`);
     expect(res.status).toBe(200);
     ac.abort();
     expect(await done).toBe(0);
-    const db = new Database(join(tmp.path, 'p.db'), { readonly: true });
+    const db = new Database(join(home, 'p.db'), { readonly: true });
     expect(db.prepare('select path, status from exchanges').all()).toEqual([
       { path: '/v1/models', status: 200 },
     ]);
@@ -345,10 +337,8 @@ describe('CLI basics', () => {
 
 describe('serve: the console stream', () => {
   test('each run removes the error listener it put on the console (11 runs in one process warned MaxListenersExceeded)', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     // A real stream, as process.stderr is: it outlives every run of serve in this process.
     const stderr = new PassThrough();
     let printed = '';
@@ -359,7 +349,7 @@ describe('serve: the console stream', () => {
     for (let run = 0; run < 2; run++) {
       const ac = new AbortController();
       const io = {
-        ...createTestIo({ HOME: tmp.path, LOG_LEVEL: 'warn' }, tmp.path),
+        ...createTestIo({ HOME: home, LOG_LEVEL: 'warn' }, home),
         stderr: Object.assign(stderr, { isTTY: false }),
         signal: ac.signal,
       };
@@ -400,16 +390,14 @@ describe('serve: POST /admin/reload-config', () => {
   }
 
   test('the config file found at start-up moved away: 400 naming it, the old config stays (no fall-back to defaults)', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const file = join(tmp.path, 'oai-proxy.config.json');
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
+    const file = join(home, 'oai-proxy.config.json');
     writeFileSync(file, JSON.stringify({ openaiBaseUrl: upstream.baseUrl, adminApiKey: ADMIN }));
-    const { url, reload } = await serveIn(tmp.path);
+    const { url, reload } = await serveIn(home);
     expect((await reload()).status).toBe(200);
 
-    renameSync(file, join(tmp.path, 'moved.json'));
+    renameSync(file, join(home, 'moved.json'));
     const refused = await reload();
     expect(refused.status).toBe(400);
     expect(refused.body.error.code).toBe('config_invalid');
@@ -438,12 +426,10 @@ describe('serve: POST /admin/reload-config', () => {
   });
 
   test('no config file at start-up: a reload finds one created since, and from then on keeps to it', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const { reload } = await serveIn(tmp.path, { ADMIN_API_KEY: ADMIN });
-    const file = join(tmp.path, 'oai-proxy.config.json');
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
+    const { reload } = await serveIn(home, { ADMIN_API_KEY: ADMIN });
+    const file = join(home, 'oai-proxy.config.json');
     writeFileSync(
       file,
       JSON.stringify({ openaiBaseUrl: upstream.baseUrl, modelMappings: { fast: 'gpt-4o' } }),
@@ -451,7 +437,7 @@ describe('serve: POST /admin/reload-config', () => {
     const found = await reload();
     expect(found.status).toBe(200);
     expect(found.body.mappings).toEqual({ fast: 'gpt-4o' });
-    renameSync(file, join(tmp.path, 'moved.json'));
+    renameSync(file, join(home, 'moved.json'));
     const refused = await reload();
     expect(refused.status).toBe(400);
     expect(refused.body.error.message).toContain(`The config file ${file} in use is gone`);
@@ -531,14 +517,11 @@ describe('the built bin', () => {
   });
 
   test('SIGUSR2 reopens the log file at its path (for an external logrotate)', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const logPath = join(tmp.path, 'p.log');
+    const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     const { child, url } = startServe(
-      ['--port', '0', '--db', join(tmp.path, 'p.db'), '--log-file', logPath, '--upstream', upstream.baseUrl],
-      { HOME: tmp.path, LOG_LEVEL: 'warn' },
+      ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      { HOME: home, LOG_LEVEL: 'warn' },
     );
     const base = await url;
     const lines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
@@ -555,12 +538,10 @@ describe('the built bin', () => {
   });
 
   test('on a terminal the console is pretty-printed, one line per exchange', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     const ac = new AbortController();
-    const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+    const io = { ...createTestIo({ HOME: home }, home), signal: ac.signal };
     io.stderr.isTTY = true;
     const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
     let base = '';
@@ -590,12 +571,10 @@ describe('the built bin', () => {
   ])(
     "on a terminal with $env the console is coloured: $colour; a client's model never reaches it raw",
     async ({ env, colour }) => {
-      const tmp = createTempDir();
-      cleanups.push(tmp.cleanup);
-      const upstream = await createFakeUpstream();
-      cleanups.push(() => upstream.close());
+      const { home, upstream, cleanup } = await createServeFixture();
+      cleanups.push(cleanup);
       const ac = new AbortController();
-      const io = { ...createTestIo({ HOME: tmp.path, ...env }, tmp.path), signal: ac.signal };
+      const io = { ...createTestIo({ HOME: home, ...env }, home), signal: ac.signal };
       io.stderr.isTTY = true;
       const done = main(['serve', '--port', '0', '--db', 'p.db', '--upstream', upstream.baseUrl], io);
       await until('listening', () => /listening on http:\/\/127\.0\.0\.1:\d+/.test(io.err()));
@@ -620,15 +599,11 @@ describe('the built bin', () => {
 
   // A log shipper or supervisor restarting, `serve 2>&1 | head`: the console's reader goes away.
   test('the console reader goes away: serve keeps answering and recording, exit 0 on SIGTERM', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const dbPath = join(tmp.path, 'p.db');
-    const logPath = join(tmp.path, 'p.log');
+    const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     const { child, url, exited } = startServe(
       ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
-      { HOME: tmp.path },
+      { HOME: home },
     );
     const base = await url;
     child.stderr!.destroy();
@@ -651,11 +626,8 @@ describe('the built bin', () => {
   });
 
   test('a console that cannot be written (2>/dev/full): serve starts, answers and records', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
-    const dbPath = join(tmp.path, 'p.db');
+    const { home, dbPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     // No banner to read the port from: take a free one (released just before serve binds it).
     const probe = createServer();
     await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
@@ -665,7 +637,7 @@ describe('the built bin', () => {
     const child = spawn(
       process.execPath,
       [BIN, 'serve', '--port', String(port), '--db', dbPath, '--upstream', upstream.baseUrl],
-      { env: { PATH: process.env.PATH ?? '', HOME: tmp.path }, stdio: ['ignore', 'ignore', full] },
+      { env: { PATH: process.env.PATH ?? '', HOME: home }, stdio: ['ignore', 'ignore', full] },
     );
     closeSync(full);
     cleanups.push(() => child.exitCode === null && child.kill('SIGKILL'));
@@ -689,17 +661,14 @@ describe('the built bin', () => {
   });
 
   test('SIGTERM with a stream in flight: the stream finishes, its row is written, exit 0', async () => {
-    const tmp = createTempDir();
-    cleanups.push(tmp.cleanup);
-    const upstream = await createFakeUpstream();
-    cleanups.push(() => upstream.close());
+    const { home, dbPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
     upstream.streamIntervalMs = 60;
     upstream.streamWords = 10;
-    const dbPath = join(tmp.path, 'p.db');
     const { child, url, exited } = startServe(
       ['--port', '0', '--db', dbPath, '--upstream', upstream.baseUrl],
       {
-        HOME: tmp.path,
+        HOME: home,
         LOG_LEVEL: 'warn',
         SHUTDOWN_GRACE_MS: '5000',
       },
