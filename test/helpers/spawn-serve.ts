@@ -34,7 +34,7 @@ export function spawnServe(
     timeoutMs?: number;
   },
 ): ServeProcess {
-  const { env, nodeArgs = [], stdin = 'ignore', timeoutMs = 10_000 } = options;
+  const { env, nodeArgs = [], stdin = 'ignore', timeoutMs = 30_000 } = options;
   const child = spawn(process.execPath, [...nodeArgs, BIN, 'serve', ...args], {
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: [stdin, 'pipe', 'pipe'],
