@@ -337,6 +337,7 @@ export async function startProxy(
   const checkpointsHere = () =>
     startBackgroundCheckpoints(database.sqlite, {
       onError: (err) => logger.warn(`database ${where}: ${(err as Error)?.message ?? String(err)}`),
+      onRecover: (message) => logger.info(`database ${where}: ${message}`),
     });
   const noCheckpoints = { stop: () => undefined };
   let checkpoints: { stop(): void | Promise<void> } = noCheckpoints;
@@ -456,6 +457,7 @@ export async function startProxy(
           },
           onJobError: (job, err) =>
             logger.warn({ err: { message: err.message } }, `${job} failed; will retry`),
+          onJobRecover: (_job, message) => logger.info(`database ${where}: ${message}`),
           fallback: () => {
             logger.error(
               `the recorder thread for ${where} stopped; recording on the main thread from now on`,

@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import type { SqliteHandle } from './database.js';
-import { MAX_BACKOFF_MS } from './failure-streak.js';
+import { createFailureStreak, MAX_BACKOFF_MS } from './failure-streak.js';
 
 /** WAL checkpoints run off the main thread. */
 export interface BackgroundCheckpoints {
@@ -22,6 +22,8 @@ export interface BackgroundCheckpointOptions {
    */
   onError?(err: Error): void;
   reportEveryMs?: number;
+  /** The first checkpoint that succeeds after failures: says so, with the failed attempts since when. */
+  onRecover?(message: string): void;
 }
 
 const DEFAULT_AUTOCHECKPOINT = 1000;
@@ -80,26 +82,24 @@ export function startBackgroundCheckpoints(
     }
   };
   if (sqlite.memory || sqlite.readonly) return { active: () => false, stop() {} };
-  // The current failing streak: attempts failed, when it began, when it was last reported.
-  let failures = 0;
-  let since = 0;
-  let reported = 0;
-  const failed = (message: string) => {
-    const now = Date.now();
-    if (failures++ === 0) {
-      since = now;
-      reported = now;
-      options.onError?.(new Error(`WAL checkpoint failed: ${message}`));
-    } else if (now - reported >= (options.reportEveryMs ?? REPORT_EVERY_MS)) {
-      reported = now;
-      const every = Math.round(MAX_BACKOFF_MS / 1000);
+  // The worker backs off by itself; the streak here only says when checkpoints fail and recover.
+  const every = Math.round(MAX_BACKOFF_MS / 1000);
+  const streak = createFailureStreak({
+    baseMs: options.intervalMs ?? 250,
+    reportEveryMs: options.reportEveryMs ?? REPORT_EVERY_MS,
+    onError: (err, { attempts, since }) =>
       options.onError?.(
         new Error(
-          `WAL checkpoint failed: ${message} (still failing: ${failures} attempts since ${new Date(since).toISOString()}; retrying every ${every} s)`,
+          attempts === 1
+            ? `WAL checkpoint failed: ${err.message}`
+            : `WAL checkpoint failed: ${err.message} (still failing: ${attempts} attempts since ${new Date(since).toISOString()}; retrying every ${every} s)`,
         ),
-      );
-    }
-  };
+      ),
+    onRecover: ({ attempts, since }) =>
+      options.onRecover?.(
+        `WAL checkpoint recovered after ${attempts} failed attempt${attempts === 1 ? '' : 's'} since ${new Date(since).toISOString()}`,
+      ),
+  });
   try {
     worker = new Worker(WORKER_SOURCE, {
       eval: true,
@@ -116,11 +116,11 @@ export function startBackgroundCheckpoints(
     exited = new Promise<void>((resolve) => w0.once('exit', () => resolve()));
     worker.on('message', (m: string | number | true) => {
       if (m === true) {
-        failures = 0;
+        streak.succeeded();
         return;
       }
       if (typeof m === 'string') {
-        failed(m);
+        streak.fail(new Error(m));
         return;
       }
       // Writes outrun the worker: a checkpoint in the writer's own transaction lets the WAL restart.

@@ -41,6 +41,8 @@ export type FromRecorder =
   /** The database file was deleted or replaced; the thread closed its handle on it and waits for `reopen`. */
   | { type: 'moved' }
   | { type: 'job-error'; job: string; message: string }
+  /** A background job that failed succeeded again (only the WAL checkpoints say so). */
+  | { type: 'job-recover'; job: string; message: string }
   | { type: 'closed' };
 
 export interface RecorderThreadOptions extends RecordingWriterOptions {
@@ -57,6 +59,8 @@ export interface RecorderThreadOptions extends RecordingWriterOptions {
   onMoved?(): Promise<void>;
   /** A background job (full-text indexing, stats rollup) failed; it retries by itself. */
   onJobError?(job: string, err: Error): void;
+  /** A background job that failed succeeds again: `message` says so, with the failed attempts since when. */
+  onJobRecover?(job: string, message: string): void;
   /**
    * The thread died (a bug, or out of memory): from then on exchanges go to this writer instead. Rows the
    * thread had not written yet are lost, and counted as spilled.
@@ -162,6 +166,9 @@ export async function startRecorderThread(options: RecorderThreadOptions): Promi
       }
       case 'job-error':
         options.onJobError?.(m.job, new Error(m.message));
+        break;
+      case 'job-recover':
+        options.onJobRecover?.(m.job, m.message);
         break;
     }
   });

@@ -34,6 +34,7 @@ try {
 
 const checkpointOptions = {
   onError: (err: Error) => post({ type: 'job-error', job: 'WAL checkpoint', message: err.message }),
+  onRecover: (message: string) => post({ type: 'job-recover', job: 'WAL checkpoint', message }),
 };
 // Checkpoints run in a worker of their own, beside this thread's INSERTs rather than between them.
 let checkpoints = startBackgroundCheckpoints(database.sqlite, checkpointOptions);

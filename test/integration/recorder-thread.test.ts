@@ -1,4 +1,4 @@
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
@@ -8,10 +8,18 @@ import { createExchangeWriter } from '../../src/storage/log-store.js';
 import { type RecorderThreadOptions, startRecorderThread } from '../../src/storage/recorder-thread.js';
 import { fillDisk } from '../helpers/disk-full.js';
 import { sleep } from '../helpers/fake-upstream.js';
+import { makeReadOnly, readOnlyUnsupported } from '../helpers/read-only-file.js';
 import { makeRecord } from '../helpers/storage-suite.js';
 import { createTempDir } from '../helpers/temp-dir.js';
+import { until } from '../helpers/until.js';
 
 const HOUR = 3_600_000;
+
+// Writes through a descriptor already open fail once the file is made immutable (chattr +i, root only);
+// a chmod would not stop them, so checkpoints that fail and then succeed again need root.
+const cannotFailThenRecover =
+  readOnlyUnsupported ??
+  (process.getuid?.() === 0 ? null : 'not root: a chmod does not stop open descriptors');
 
 describe('the recorder thread (serve on an SQLite file)', () => {
   let tmp: { path: string; cleanup(): void };
@@ -208,4 +216,44 @@ describe('the recorder thread (serve on an SQLite file)', () => {
     await thread.close();
     await db.close();
   });
+
+  test.skipIf(cannotFailThenRecover)(
+    'WAL checkpoints that fail are reported, and said once to have recovered when they succeed again',
+    async () => {
+      const jobs: { job: string; message: string }[] = [];
+      const thread = await start({
+        onJobError: (job, err) => jobs.push({ job, message: err.message }),
+        onJobRecover: (job, message) => jobs.push({ job, message }),
+      });
+      const write = () => {
+        for (let i = 0; i < 300; i++) thread.record(makeRecord());
+        thread.flush();
+      };
+      // The checkpoint worker has its connection open (read-write) once it copied pages into the file.
+      const before = statSync(path).size;
+      write();
+      await until('a first checkpoint', () => statSync(path).size > before);
+      const writable = makeReadOnly(path);
+      try {
+        write();
+        await until('a failed checkpoint', () => jobs.length >= 1);
+      } finally {
+        writable();
+      }
+      await until('the recovery', () => jobs.length >= 2);
+      await thread.close();
+      expect(jobs).toEqual([
+        {
+          job: 'WAL checkpoint',
+          message: expect.stringMatching(
+            /^WAL checkpoint failed: (disk I\/O error|attempt to write a readonly database)$/,
+          ),
+        },
+        {
+          job: 'WAL checkpoint',
+          message: expect.stringMatching(/^WAL checkpoint recovered after \d+ failed attempts? since \S+Z$/),
+        },
+      ]);
+    },
+  );
 });

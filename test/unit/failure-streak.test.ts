@@ -58,3 +58,30 @@ test('its methods work passed on as callbacks', async () => {
   succeeded();
   expect(streak.lastError).toBeNull();
 });
+
+test('with reportEveryMs, a long streak is reported again at most that often, counting its attempts since it began', () => {
+  const t0 = Date.now();
+  const events: unknown[] = [];
+  const streak = createFailureStreak({
+    baseMs: 1000,
+    reportEveryMs: 60_000,
+    onError: (e, count) => events.push([e.message, count]),
+    onRecover: (count) => events.push(['recovered', count]),
+  });
+  streak.fail(new Error('disk I/O error'));
+  vi.advanceTimersByTime(59_999);
+  streak.fail(new Error('disk I/O error'));
+  vi.advanceTimersByTime(1);
+  streak.fail(new Error('disk I/O error'));
+  vi.advanceTimersByTime(30_000);
+  streak.fail(new Error('disk I/O error'));
+  streak.succeeded();
+  expect(events).toEqual([
+    ['disk I/O error', { attempts: 1, since: t0 }],
+    ['disk I/O error', { attempts: 3, since: t0 }],
+    ['recovered', { attempts: 4, since: t0 }],
+  ]);
+  // The next streak counts from 1 again, from its own start.
+  streak.fail(new Error('database is locked'));
+  expect(events.at(-1)).toEqual(['database is locked', { attempts: 1, since: t0 + 90_000 }]);
+});
