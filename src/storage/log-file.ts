@@ -13,6 +13,7 @@ import {
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { OaiProxyError } from '../errors.js';
+import { createFailureStreak, type FailureStreak } from './failure-streak.js';
 import { pathProblem } from './path-problem.js';
 
 /**
@@ -128,7 +129,8 @@ export class RotatingFile {
   private writeStartedAt = 0;
   /** The descriptor the write in flight uses (closed once it is done when the file was switched meanwhile). */
   private writingFd = -1;
-  private failure: NodeJS.ErrnoException | null = null;
+  /** Failing from a write or open that failed until one succeeds (retried every `retryMs`, not backed off). */
+  private readonly streak: FailureStreak;
   private dropped = 0;
   /** Lines dropped since the outage began (reported on recovery). */
   private droppedInOutage = 0;
@@ -150,6 +152,11 @@ export class RotatingFile {
   constructor(private readonly options: RotatingFileOptions) {
     this.now = options.now ?? Date.now;
     this.fs = options.fs ?? nodeLogFileSystem;
+    this.streak = createFailureStreak({
+      baseMs: options.retryMs ?? 1000,
+      onError: (err) => this.outageBegins(err as NodeJS.ErrnoException),
+      onRecover: () => this.outageEnds(),
+    });
     const cannotWrite = (err: unknown) =>
       new OaiProxyError(
         'config_invalid',
@@ -186,7 +193,7 @@ export class RotatingFile {
   health(): LogFileHealth {
     const inFlightMs = this.writing ? Date.now() - this.writeStartedAt : 0;
     return {
-      error: this.failure ? (this.failure.message ?? String(this.failure)) : null,
+      error: this.streak.lastError,
       droppedLines: this.dropped + (this.abandoned ? countLines(this.abandoned) : 0),
       pendingBytes: this.pendingBytes + (this.head?.length ?? 0),
       stalledMs: inFlightMs >= (this.options.stallMs ?? 10_000) ? inFlightMs : null,
@@ -208,18 +215,17 @@ export class RotatingFile {
     }
     // The day is checked before writing, so the first batch of a new day starts the new file (an empty
     // file is kept: rotating it would only push a day of history out).
-    if (this.options.daily && this.failure === null && this.now() >= this.dayEndsAt) {
+    if (this.options.daily && !this.streak.failing && this.now() >= this.dayEndsAt) {
       if (this.size > 0) this.rotate();
       else this.dayEndsAt = nextUtcMidnight(this.now());
     }
     // Called per 20 ms batch, not per line.
     const bytes = Buffer.byteLength(chunk);
-    const bound =
-      this.failure !== null
-        ? this.keptBytes()
-        : this.isSlow()
-          ? (this.options.pendingMaxBytes ?? PENDING_MAX)
-          : Number.POSITIVE_INFINITY;
+    const bound = this.streak.failing
+      ? this.keptBytes()
+      : this.isSlow()
+        ? (this.options.pendingMaxBytes ?? PENDING_MAX)
+        : Number.POSITIVE_INFINITY;
     if (this.pendingBytes + bytes > bound) {
       this.drop(chunk);
       return false;
@@ -227,7 +233,7 @@ export class RotatingFile {
     if (this.pending.length === 0) this.waitingSince = Date.now();
     this.pending.push(chunk);
     this.pendingBytes += bytes;
-    if (this.failure === null) this.pump();
+    if (!this.streak.failing) this.pump();
     return true;
   }
 
@@ -271,7 +277,7 @@ export class RotatingFile {
    * complete) tries both anyway.
    */
   flushSync(force = false): void {
-    if (this.fd < 0 || (!force && (this.failure !== null || this.writing))) return;
+    if (this.fd < 0 || (!force && (this.streak.failing || this.writing))) return;
     if (!this.writing && this.head) {
       this.head = this.writeNow(this.head);
       if (this.head) return;
@@ -302,7 +308,7 @@ export class RotatingFile {
   writeSync(chunk: string): void {
     this.flushSync(true);
     if (chunk === '') return;
-    if (this.fd < 0 || this.failure !== null || this.pending.length > 0) {
+    if (this.fd < 0 || this.streak.failing || this.pending.length > 0) {
       this.drop(chunk);
       return;
     }
@@ -322,7 +328,7 @@ export class RotatingFile {
     if (this.ended) return Promise.resolve();
     this.ended = true;
     // Space may have come back since the last retry: one more try before what is left is dropped.
-    if (this.failure !== null && !this.writing) this.flushSync(true);
+    if (this.streak.failing && !this.writing) this.flushSync(true);
     return new Promise((resolve) => {
       this.ending = resolve;
       if (timeoutMs !== undefined) {
@@ -370,10 +376,10 @@ export class RotatingFile {
         if (n <= 0) throw Object.assign(new Error('EIO: the log file took no bytes, write'), { code: 'EIO' });
         at += n;
       }
-      this.recovered();
+      this.streak.succeeded();
       return null;
     } catch (err) {
-      this.failed(err as NodeJS.ErrnoException);
+      this.streak.fail(err as NodeJS.ErrnoException);
       if (!this.writing) this.scheduleRetry();
       return buf.subarray(at);
     }
@@ -383,7 +389,7 @@ export class RotatingFile {
   private pump(): void {
     // After end() gave up on a hung write: the file is not opened again when that write returns.
     if (this.writing || (this.ended && !this.ending)) return;
-    if (this.failure !== null && this.ended) {
+    if (this.streak.failing && this.ended) {
       // Closing with a file that takes nothing: drop what is left rather than wait.
       if (this.head) this.drop(this.head);
       this.head = null;
@@ -396,7 +402,7 @@ export class RotatingFile {
       try {
         this.fd = this.fs.openSync(this.options.path);
       } catch (err) {
-        this.failed(err as NodeJS.ErrnoException);
+        this.streak.fail(err as NodeJS.ErrnoException);
         this.scheduleRetry();
         return;
       }
@@ -436,7 +442,7 @@ export class RotatingFile {
       }
       if (this.ending && this.endTimer) this.armEndTimer();
       if (err) {
-        this.failed(err);
+        this.streak.fail(err);
         if (this.ended) {
           this.pump();
           return;
@@ -445,7 +451,7 @@ export class RotatingFile {
         return;
       }
       this.head = written < buf.length ? buf.subarray(written) : null;
-      if (fd === this.fd) this.recovered();
+      if (fd === this.fd) this.streak.succeeded();
       this.pump();
     });
   }
@@ -478,24 +484,20 @@ export class RotatingFile {
     resolve();
   }
 
-  private failed(err: NodeJS.ErrnoException): void {
-    const first = this.failure === null;
-    this.failure = err;
-    if (first) {
-      this.droppedInOutage = 0;
-      // Beyond the bound: the newest lines go first, the oldest stay to be written in order.
-      while (this.pendingBytes > this.keptBytes() && this.pending.length > 0) {
-        const item = this.pending.pop() as string | Buffer;
-        this.pendingBytes -= Buffer.byteLength(item);
-        this.drop(item);
-      }
-      this.options.onError?.(err);
+  /** The first write or open of an outage failed: keep at most `keptBytes` of lines, and say so once. */
+  private outageBegins(err: NodeJS.ErrnoException): void {
+    this.droppedInOutage = 0;
+    // Beyond the bound: the newest lines go first, the oldest stay to be written in order.
+    while (this.pendingBytes > this.keptBytes() && this.pending.length > 0) {
+      const item = this.pending.pop() as string | Buffer;
+      this.pendingBytes -= Buffer.byteLength(item);
+      this.drop(item);
     }
+    this.options.onError?.(err);
   }
 
-  private recovered(): void {
-    if (this.failure === null) return;
-    this.failure = null;
+  /** A write succeeded after an outage: stop retrying, and say so once with the lines it dropped. */
+  private outageEnds(): void {
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
     const dropped = this.droppedInOutage;
@@ -528,7 +530,7 @@ export class RotatingFile {
       this.fd = this.fs.openSync(this.options.path);
     } catch (err) {
       // Tried again with the next write (scheduled).
-      this.failed(err as NodeJS.ErrnoException);
+      this.streak.fail(err as NodeJS.ErrnoException);
       this.scheduleRetry();
     }
   }

@@ -311,4 +311,43 @@ describe('a file that stops taking writes (full disk, EIO)', () => {
     expect(f.health().droppedLines).toBe(4);
     expect(lines(path)).toEqual(['ok']);
   });
+
+  test('each outage is said once when it begins and once when it ends, with the lines it dropped; health() has the latest error', async () => {
+    const path = join(dir.path, 'p.log');
+    const disk = failingLogFile();
+    const said: string[] = [];
+    const f = new RotatingFile({
+      path,
+      maxBytes: 0,
+      maxFiles: 2,
+      daily: false,
+      fs: disk.fs,
+      retryMs: 10,
+      keptBytes: 4,
+      onError: (err) => said.push(`error ${err.code}`),
+      onRecover: (dropped) => said.push(`recovered, ${dropped} dropped`),
+    });
+    f.write('ok\n');
+    await until('the first line', () => lines(path).length === 1);
+    disk.fail('ENOSPC');
+    f.write('a\n');
+    await until('the failure', () => f.health().error !== null);
+    for (const l of ['b\n', 'c\n', 'd\n']) f.write(l); // 4 bytes kept: the last is dropped
+    disk.fail('EIO');
+    await until('a retry that fails otherwise', () => f.health().error?.startsWith('EIO'));
+    expect(said).toEqual(['error ENOSPC']);
+    disk.heal();
+    await until('the recovery', () => f.health().error === null);
+    expect(said).toEqual(['error ENOSPC', 'recovered, 1 dropped']);
+    // A second outage is said again, and counts its own drops.
+    disk.fail('EDQUOT');
+    f.write('e\n');
+    await until('the second failure', () => f.health().error !== null);
+    disk.heal();
+    await until('the second recovery', () => f.health().error === null);
+    await f.end();
+    expect(said).toEqual(['error ENOSPC', 'recovered, 1 dropped', 'error EDQUOT', 'recovered, 0 dropped']);
+    expect(lines(path)).toEqual(['ok', 'a', 'b', 'c', 'e']);
+    expect(f.health().droppedLines).toBe(1);
+  });
 });
