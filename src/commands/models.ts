@@ -178,6 +178,11 @@ async function withResolvedRegistry<T>(
         `Database ${location.path} is empty; start \`oai-proxy serve\` (or \`oai-proxy models add\`) to create it, or point --db / DATABASE_URL at the right file`,
       );
   }
+  // A database `serve` never wrote (another program's SQLite file, another PostgreSQL database) is refused
+  // as `logs` refuses it, by the same reader check: migrating and seeding it would add oai-proxy's tables.
+  if (!create && (location.kind === 'postgres' || location.path !== ':memory:')) {
+    await (await openStorage(location, { readonly: true })).close();
+  }
   const storage = await openStorage(location);
   try {
     // On PostgreSQL every write also NOTIFYs the running `serve` instances, which reload at once.

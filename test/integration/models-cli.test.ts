@@ -4,6 +4,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { openDatabase } from '../../src/storage/database.js';
+import { createTestPgDatabase, pgQuery, pgUrl, warnIfNoPg } from '../helpers/pg.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
 
@@ -158,6 +159,36 @@ describe('oai-proxy models', () => {
     expect((await cli(['models', 'show', 'llama3', '--db', db])).out).toMatch(/Source\s+cli/);
   });
 
+  test('list and show refuse a database serve never wrote, as logs does: exit 1, its tables unchanged', async () => {
+    const foreign = join(dir.path, 'foreign.db');
+    const other = new BetterSqlite3(foreign);
+    other.exec('create table notes(id int)');
+    other.close();
+    const tables = () => {
+      const h = new BetterSqlite3(foreign, { readonly: true });
+      try {
+        return h.prepare("select name from sqlite_master where type = 'table' order by name").all();
+      } finally {
+        h.close();
+      }
+    };
+    const logs = await cli(['logs', '--db', foreign]);
+    expect(logs.code).toBe(1);
+    expect(logs.err).toBe(
+      `oai-proxy: Database ${foreign} has no oai-proxy tables; point --db / DATABASE_URL at the file \`oai-proxy serve\` writes\n`,
+    );
+    for (const args of [
+      ['models', 'list'],
+      ['models', 'list', '--json'],
+      ['models', 'show', 'gpt-4o'],
+      ['models', 'show', 'gpt-4o', '--json'],
+    ]) {
+      const r = await cli([...args, '--db', foreign]);
+      expect([r.code, r.err, r.out], args.join(' ')).toEqual([logs.code, logs.err, '']);
+    }
+    expect(tables()).toEqual([{ name: 'notes' }]);
+  });
+
   test('a write while another process holds the write lock: after the 5 s busy wait, one line naming the file and what to do, exit 1, nothing changed', async () => {
     expect((await cli(['models', 'add', 'llama3', '--db', db])).code).toBe(0);
     const other = new BetterSqlite3(db);
@@ -213,6 +244,34 @@ describe('oai-proxy models', () => {
     const help = await cli(['models', '--help']);
     expect(help.code).toBe(0);
     expect(help.out).toMatch(/Examples:[\s\S]*oai-proxy models map gpt4 gpt-4o/);
+  });
+});
+
+warnIfNoPg();
+describe.skipIf(!pgUrl)('PostgreSQL (OAI_PROXY_TEST_PG_URL)', () => {
+  test('list and show refuse a database serve never wrote, as logs does: exit 1, no table created', async () => {
+    const database = await createTestPgDatabase();
+    try {
+      await pgQuery(database.url, 'create table notes(id int)');
+      const logs = await cli(['logs', '--db', database.url]);
+      expect(logs.code).toBe(1);
+      expect(logs.err).toMatch(/has no oai-proxy tables; start `oai-proxy serve`/);
+      for (const args of [
+        ['models', 'list'],
+        ['models', 'show', 'gpt-4o', '--json'],
+      ]) {
+        const r = await cli([...args, '--db', database.url]);
+        expect([r.code, r.err, r.out], args.join(' ')).toEqual([logs.code, logs.err, '']);
+      }
+      expect(
+        await pgQuery(
+          database.url,
+          "select table_name from information_schema.tables where table_schema = 'public'",
+        ),
+      ).toEqual([{ table_name: 'notes' }]);
+    } finally {
+      await database.drop();
+    }
   });
 });
 
