@@ -20,6 +20,7 @@ import { buildSeedPlan, upstreamNames } from '../registry/seed.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
 import { openStorage } from '../storage/storage.js';
 import type { CliIo } from './io.js';
+import { terminalSafe as safe } from './terminal-text.js';
 
 /** Options every `models` subcommand takes (database resolution as in `serve`). */
 export interface ModelsCommonOptions {
@@ -226,13 +227,18 @@ export async function runModelsList(
       chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' },
     });
     for (const m of registry.models.values()) {
-      table.push([m.name, registry.aliasesOf(m.name).join(', '), m.upstream ?? 'default', m.source]);
+      table.push([
+        safe(m.name),
+        safe(registry.aliasesOf(m.name).join(', ')),
+        safe(m.upstream ?? 'default'),
+        m.source,
+      ]);
     }
     io.stdout.write(`${table.toString()}\n`);
     const dangling = [...registry.mappings.values()].filter((a) => !registry.resolve(a.alias).model);
     if (dangling.length) {
       io.stdout.write(
-        `Aliases of unregistered models: ${dangling.map((a) => `${a.alias} → ${a.actual}`).join(', ')}\n`,
+        `Aliases of unregistered models: ${dangling.map((a) => `${safe(a.alias)} → ${safe(a.actual)}`).join(', ')}\n`,
       );
     }
     io.stdout.write(`${registry.models.size} models, ${registry.mappings.size} aliases\n`);
@@ -265,23 +271,26 @@ export async function runModelsShow(
       io.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
       return 0;
     }
+    // Registry text comes from the CLI, the admin API and the config file: escaped, one line per field.
     const lines: string[] = [];
     if (r.alias) {
-      lines.push(`${name} is an alias of ${registry.mappings.get(name)!.actual}`);
-      if (r.actual !== registry.mappings.get(name)!.actual) lines.push(`  resolves to ${r.actual}`);
-      if (!entry) lines.push(`  ${r.actual} is not a registered model; requests go to the default upstream`);
+      const actual = registry.mappings.get(name)!.actual;
+      lines.push(`${safe(name)} is an alias of ${safe(actual)}`);
+      if (r.actual !== actual) lines.push(`  resolves to ${safe(r.actual)}`);
+      if (!entry)
+        lines.push(`  ${safe(r.actual)} is not a registered model; requests go to the default upstream`);
     }
     if (entry) {
       if (r.alias) lines.push('');
       lines.push(
-        `Name          ${entry.name}`,
-        `Display name  ${entry.display_name ?? '-'}`,
-        `Description   ${entry.description ?? '-'}`,
-        `Upstream      ${entry.upstream ?? 'default'}`,
-        `Deployment    ${entry.deployment ?? '-'}`,
+        `Name          ${safe(entry.name)}`,
+        `Display name  ${safe(entry.display_name ?? '-')}`,
+        `Description   ${safe(entry.description ?? '-')}`,
+        `Upstream      ${safe(entry.upstream ?? 'default')}`,
+        `Deployment    ${safe(entry.deployment ?? '-')}`,
         `Source        ${entry.source}`,
         `Created       ${new Date(entry.created * 1000).toISOString()}`,
-        `Aliases       ${aliases.join(', ') || '-'}`,
+        `Aliases       ${safe(aliases.join(', ') || '-')}`,
       );
     }
     io.stdout.write(`${lines.join('\n')}\n`);
@@ -313,7 +322,7 @@ export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: Cli
       },
       'cli',
     );
-    io.stdout.write(`Added model ${m.name} (upstream ${m.upstream ?? 'default'})\n`);
+    io.stdout.write(`Added model ${safe(m.name)} (upstream ${safe(m.upstream ?? 'default')})\n`);
     return 0;
   });
 }
@@ -326,17 +335,17 @@ export async function runModelsRemove(name: string, opts: ModelsCommonOptions, i
       if (registry.mappings.has(name)) {
         throw new OaiProxyError(
           'not_found',
-          `"${name}" is an alias, not a model; remove it with \`oai-proxy models unmap ${name}\``,
+          `"${safe(name)}" is an alias, not a model; remove it with \`oai-proxy models unmap ${safe(name)}\``,
         );
       }
       throw notFound(name, registry);
     }
     const aliases = registry.aliasesOf(name);
     await store.removeModel(name);
-    io.stdout.write(`Removed model ${name}\n`);
+    io.stdout.write(`Removed model ${safe(name)}\n`);
     if (aliases.length) {
       io.stderr.write(
-        `Aliases still pointing to it: ${aliases.join(', ')} (remove them with \`oai-proxy models unmap\`)\n`,
+        `Aliases still pointing to it: ${safe(aliases.join(', '))} (remove them with \`oai-proxy models unmap\`)\n`,
       );
     }
     return 0;
@@ -356,10 +365,12 @@ export async function runModelsMap(
     const before = (await store.load()).mappings.get(alias)?.actual;
     const outcome = await store.setMapping(alias, actual, 'cli');
     const registry = await store.load();
-    io.stdout.write(`Mapped ${alias} → ${actual}${outcome === 'replaced' ? ` (was ${before})` : ''}\n`);
+    io.stdout.write(
+      `Mapped ${safe(alias)} → ${safe(actual)}${outcome === 'replaced' ? ` (was ${safe(before ?? '')})` : ''}\n`,
+    );
     // Notes go to stderr: stdout is what a script reads.
     const target = registry.resolve(alias).actual;
-    if (!registry.models.has(target)) io.stderr.write(`note: ${target} is not a registered model\n`);
+    if (!registry.models.has(target)) io.stderr.write(`note: ${safe(target)} is not a registered model\n`);
     return 0;
   });
 }
@@ -372,12 +383,12 @@ export async function runModelsUnmap(alias: string, opts: ModelsCommonOptions, i
       if (registry.models.has(alias)) {
         throw new OaiProxyError(
           'not_found',
-          `"${alias}" is a model, not an alias; remove it with \`oai-proxy models remove ${alias}\``,
+          `"${safe(alias)}" is a model, not an alias; remove it with \`oai-proxy models remove ${safe(alias)}\``,
         );
       }
-      throw new OaiProxyError('not_found', `No alias "${alias}"; see \`oai-proxy models list\``);
+      throw new OaiProxyError('not_found', `No alias "${safe(alias)}"; see \`oai-proxy models list\``);
     }
-    io.stdout.write(`Removed alias ${alias}\n`);
+    io.stdout.write(`Removed alias ${safe(alias)}\n`);
     return 0;
   });
 }
@@ -388,6 +399,6 @@ function notFound(name: string, registry: ModelRegistry): OaiProxyError {
   );
   return new OaiProxyError(
     'not_found',
-    `No model or alias "${name}"${near.length ? ` (similar: ${near.slice(0, 5).join(', ')})` : ''}; see \`oai-proxy models list\``,
+    `No model or alias "${safe(name)}"${near.length ? ` (similar: ${safe(near.slice(0, 5).join(', '))})` : ''}; see \`oai-proxy models list\``,
   );
 }

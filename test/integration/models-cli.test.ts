@@ -189,6 +189,67 @@ describe('oai-proxy models', () => {
     expect(tables()).toEqual([{ name: 'notes' }]);
   });
 
+  test('registry text is escaped in human output (no raw ESC, C1 or bidi override), exact in --json', async () => {
+    const RAW_CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
+    const name = 'evil\u0085x\u202egnp';
+    const description = '\u001b[31mred\u001b]0;TITLE\u0007\u009b2J';
+    const displayName = 'D\u202eisplay\nsecond line';
+    expect(
+      (
+        await cli([
+          'models',
+          'add',
+          name,
+          '--description',
+          description,
+          '--display-name',
+          displayName,
+          '--db',
+          db,
+        ])
+      ).code,
+    ).toBe(0);
+    const alias = 'a\u202eb';
+    const map = await cli(['models', 'map', alias, 'ghost\u0085', '--db', db]);
+    expect(map.code).toBe(0);
+    expect(map.out + map.err).not.toMatch(RAW_CONTROL);
+    expect(map.out).toBe('Mapped a\\u202eb → ghost\\x85\n');
+    expect(map.err).toBe('note: ghost\\x85 is not a registered model\n');
+
+    const list = await cli(['models', 'list', '--db', db]);
+    expect(list.code).toBe(0);
+    expect(list.out).not.toMatch(RAW_CONTROL);
+    expect(list.out).toMatch(/│ evil\\x85x\\u202egnp\s+│/);
+    expect(list.out).toContain('Aliases of unregistered models: a\\u202eb → ghost\\x85\n');
+
+    const show = await cli(['models', 'show', name, '--db', db]);
+    expect(show.code).toBe(0);
+    expect(show.out).not.toMatch(RAW_CONTROL);
+    expect(show.out).toContain('Name          evil\\x85x\\u202egnp\n');
+    expect(show.out).toContain('Display name  D\\u202eisplay\\nsecond line\n');
+    expect(show.out).toContain('Description   \\x1b[31mred\\x1b]0;TITLE\\x07\\x9b2J\n');
+    const showAlias = await cli(['models', 'show', alias, '--db', db]);
+    expect(showAlias.out).not.toMatch(RAW_CONTROL);
+    expect(showAlias.out).toContain('a\\u202eb is an alias of ghost\\x85\n');
+
+    // --json is data for a program: the exact text, JSON-escaped only where JSON says.
+    const json = JSON.parse((await cli(['models', 'show', name, '--json', '--db', db])).out);
+    expect(json).toMatchObject({ name, description, display_name: displayName });
+    const listJson = JSON.parse((await cli(['models', 'list', '--json', '--db', db])).out);
+    expect(listJson.models.map((m: { name: string }) => m.name)).toContain(name);
+
+    const similar = await cli(['models', 'show', 'evil', '--db', db]);
+    expect(similar.code).toBe(1);
+    expect(similar.err).not.toMatch(RAW_CONTROL);
+    expect(similar.err).toContain('(similar: evil\\x85x\\u202egnp)');
+    const remap = await cli(['models', 'map', alias, name, '--db', db]);
+    expect(remap.out).toBe('Mapped a\\u202eb → evil\\x85x\\u202egnp (was ghost\\x85)\n');
+    const removed = await cli(['models', 'remove', name, '--db', db]);
+    expect(removed.code).toBe(0);
+    expect(removed.out + removed.err).not.toMatch(RAW_CONTROL);
+    expect(removed.err).toMatch(/^Aliases still pointing to it: a\\u202eb /);
+  });
+
   test('a write while another process holds the write lock: after the 5 s busy wait, one line naming the file and what to do, exit 1, nothing changed', async () => {
     expect((await cli(['models', 'add', 'llama3', '--db', db])).code).toBe(0);
     const other = new BetterSqlite3(db);
