@@ -25,6 +25,8 @@ export interface ExchangeJson {
   error: string | null;
   error_message: string | null;
   internal: boolean;
+  /** The model was not in the registry and was let through (VALIDATE_MODELS with ALLOW_UNKNOWN_MODELS). */
+  model_unknown: boolean;
 }
 
 /** `logs show --json` and `logs export --format jsonl`: the list fields plus headers, bodies, reassembly. */
@@ -81,6 +83,7 @@ export function toExchangeJson(row: SummaryLike): ExchangeJson {
     error: row.error,
     error_message: row.error_message,
     internal: row.internal === 1,
+    model_unknown: row.model_unknown === 1,
   };
 }
 
@@ -294,7 +297,7 @@ function tableHeads(heads: string[], color: boolean | undefined): string[] {
   return color ? heads.map((h) => `\u001b[36m${h}\u001b[39m`) : heads;
 }
 
-/** The listing table: time, short id, method, path, model (alias → actual), status, duration, tokens, stream, error. */
+/** The listing table: time, short id, method, path, model (alias → actual; `(unknown)` when not registered), status, duration, tokens, stream, error. */
 export function renderExchangeTable<T extends ExchangeJson>(
   rows: T[],
   options: TableOptions<T> = {},
@@ -336,7 +339,7 @@ function listCells(r: ExchangeJson): string[] {
     r.id.slice(0, SHORT_ID_LENGTH),
     terminalSafe(r.method),
     terminalSafe(r.path),
-    terminalSafe(modelCell(r.model, r.upstream_model)),
+    terminalSafe(modelCell(r.model, r.upstream_model) + (r.model_unknown ? ' (unknown)' : '')),
     r.status === null ? '-' : String(r.status),
     formatMs(r.duration_ms),
     r.prompt_tokens === null && r.completion_tokens === null
@@ -422,7 +425,9 @@ export function renderExchangeDetail(d: ExchangeDetailJson, raw: boolean): strin
     `status     ${d.status ?? '-'}${d.error ? `  error: ${d.error}${d.error_message ? ` (${d.error_message})` : ''}` : ''}`,
   );
   if (d.model || d.upstream_model)
-    line(`model      ${modelCell(d.model, d.upstream_model)}${d.upstream ? `  via ${d.upstream}` : ''}`);
+    line(
+      `model      ${modelCell(d.model, d.upstream_model)}${d.upstream ? `  via ${d.upstream}` : ''}${d.model_unknown ? '  (unknown: not in the model registry, let through)' : ''}`,
+    );
   line(
     `timing     ${formatMs(d.duration_ms)} total${d.ttfb_ms !== null ? `, first byte after ${formatMs(d.ttfb_ms)}` : ''}${d.stream ? ' (stream)' : ''}`,
   );
@@ -532,7 +537,10 @@ function elideBase64(_key: string, v: unknown): unknown {
   return `${prefix}[base64, ${(v.length - prefix.length).toLocaleString('en-US')} characters: see --json]`;
 }
 
-/** Columns of `logs export --format csv`: the list fields, then the raw bodies and reassembled text. */
+/**
+ * Columns of `logs export --format csv`: the list fields, then the raw bodies and reassembled text, then
+ * fields added later (appended, so a column keeps its place).
+ */
 export const CSV_COLUMNS = [
   'id',
   'time',
@@ -555,6 +563,7 @@ export const CSV_COLUMNS = [
   'request_body',
   'response_body',
   'assembled_content',
+  'model_unknown',
 ] as const;
 
 /** One CSV record (RFC 4180: fields with comma, quote, CR or LF are quoted, quotes doubled). */

@@ -12,6 +12,7 @@ export interface LogFilterFlags {
   stream?: boolean;
   grep?: string;
   internal?: boolean;
+  unknownModels?: boolean;
 }
 
 const UNITS: Record<string, number> = {
@@ -159,5 +160,6 @@ export function resolveLogFilter(flags: LogFilterFlags, now: number): LogFilter 
     filter.grep = flags.grep;
   }
   if (flags.internal) filter.internal = true;
+  if (flags.unknownModels) filter.modelUnknown = true;
   return filter;
 }

@@ -599,7 +599,11 @@ function addFilterOptions(cmd: Command): Command {
       '-g, --grep <text>',
       'full-text search in request and response bodies (a phrase; end with * for a prefix)',
     )
-    .option('--internal', 'include requests the proxy made itself (hidden by default)');
+    .option('--internal', 'include requests the proxy made itself (hidden by default)')
+    .option(
+      '--unknown-models',
+      'only requests for models not in the registry (let through by ALLOW_UNKNOWN_MODELS)',
+    );
 }
 
 function addListOutputOptions(cmd: Command): Command {

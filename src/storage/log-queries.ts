@@ -33,6 +33,8 @@ export interface LogFilter {
   grep?: string;
   /** Include rows the proxy made for itself (internal = 1); hidden by default. */
   internal?: boolean;
+  /** Only requests for a model the registry does not know, let through (model_unknown = 1). */
+  modelUnknown?: boolean;
 }
 
 export type StatusFilter =
@@ -72,6 +74,7 @@ export const SUMMARY_COLUMNS = [
   'error',
   'error_message',
   'internal',
+  'model_unknown',
 ] as const satisfies readonly (keyof ExchangesTable)[];
 
 /** One exchange as listings see it, plus its rowid (insertion order). */
@@ -108,6 +111,7 @@ export function filterExpression(
       all.push(eb(sql`substr(path, 1, ${filter.pathPrefix.length})`, '=', filter.pathPrefix));
     if (filter.user !== undefined) all.push(eb('user', '=', filter.user));
     if (filter.stream !== undefined) all.push(eb('stream', '=', filter.stream ? 1 : 0));
+    if (filter.modelUnknown) all.push(eb('model_unknown', '=', 1));
     if (filter.grep !== undefined)
       all.push(
         kind === 'postgres'

@@ -318,6 +318,93 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       expect(json.request_body.messages[0].content[0].image_url.url).toBe(sent);
     });
 
+    test('a model let through unknown (ALLOW_UNKNOWN_MODELS) is marked in the table, show, --json and export; --unknown-models selects it', async () => {
+      const unknown = { model: 'my-own-model', upstreamModel: 'my-own-model', modelUnknown: true };
+      await seed([
+        rec('u1', { startedAt: NOW - 2 * MIN, ...unknown }),
+        rec('k1', { startedAt: NOW - 3 * MIN }),
+        // In a closed hour: on SQLite `stats` would read it from the hourly rollups, which know no models.
+        rec('u2', { startedAt: NOW - 3 * HOUR, ...unknown }),
+        rec('k2', { startedAt: NOW - 3 * HOUR - MIN }),
+      ]);
+      expect(await ids()).toEqual(['u1', 'k1', 'u2', 'k2']);
+      expect(await ids('--unknown-models')).toEqual(['u1', 'u2']);
+      expect(await ids('--unknown-models', '--since', '1h')).toEqual(['u1']);
+      expect(await ids('--unknown-models', '--model', 'gpt-4o')).toEqual([]);
+
+      const listed = JSON.parse((await logs('--json')).out);
+      expect(listed.map((r: any) => [r.model, r.model_unknown])).toEqual([
+        ['my-own-model', true],
+        ['gpt-4o', false],
+        ['my-own-model', true],
+        ['gpt-4o', false],
+      ]);
+      const table = (await logs()).out.split('\n');
+      expect(table.find((l) => l.includes('u10000000000'))).toMatch(/│ my-own-model \(unknown\)\s+│ 200/);
+      expect(table.find((l) => l.includes('k10000000000'))).not.toContain('unknown');
+
+      const shown = await logs('show', 'u1');
+      expect(shown.code, shown.err).toBe(0);
+      expect(shown.out).toContain(
+        'model      my-own-model  via default  (unknown: not in the model registry, let through)\n',
+      );
+      expect((await logs('show', 'k1')).out).toContain('model      gpt-4o  via default\n');
+      expect(JSON.parse((await logs('show', 'u1', '--json')).out)).toMatchObject({
+        model: 'my-own-model',
+        model_unknown: true,
+      });
+      expect(JSON.parse((await logs('show', 'k1', '--json')).out).model_unknown).toBe(false);
+
+      const exported = (await logs('export', '--unknown-models')).out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
+      expect(exported.map((l) => [l.id.replace(/0+$/, ''), l.model_unknown])).toEqual([
+        ['u2', true],
+        ['u1', true],
+      ]);
+      const csv = parseCsv((await logs('export', '--format', 'csv')).out);
+      // Appended: the columns before it keep their places.
+      expect(csv[0]).toEqual([
+        'id',
+        'time',
+        'method',
+        'path',
+        'status',
+        'model',
+        'upstream_model',
+        'upstream',
+        'stream',
+        'duration_ms',
+        'ttfb_ms',
+        'prompt_tokens',
+        'completion_tokens',
+        'total_tokens',
+        'user',
+        'error',
+        'error_message',
+        'internal',
+        'request_body',
+        'response_body',
+        'assembled_content',
+        'model_unknown',
+      ]);
+      expect(csv.slice(1).map((r) => [r[0].replace(/0+$/, ''), r[21]])).toEqual([
+        ['k2', 'false'],
+        ['u2', 'true'],
+        ['k1', 'false'],
+        ['u1', 'true'],
+      ]);
+
+      const stats = JSON.parse((await logs('stats', '--unknown-models', '--json')).out);
+      expect(stats.map((g: any) => [g.key, g.requests])).toEqual([['my-own-model', 2]]);
+      const io = createTestIo({ HOME: tmp.path }, tmp.path);
+      expect(await main(['logs', '--help'], io)).toBe(0);
+      expect(io.out().replace(/\s+/g, ' ')).toContain(
+        '--unknown-models only requests for models not in the registry',
+      );
+    });
+
     describe('logs listing', () => {
       beforeEach(() => seed(standardRows()));
 
@@ -415,6 +502,7 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
           'error',
           'error_message',
           'internal',
+          'model_unknown',
         ]);
         expect(row).toMatchObject({
           time: new Date(NOW - 3 * DAY).toISOString(),
@@ -425,6 +513,7 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
           ttfb_ms: 40,
           user: 'bob',
           internal: false,
+          model_unknown: false,
         });
       });
 
