@@ -4,7 +4,15 @@ import { isIP } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { findConfigFile, maskSecret, readConfigFile, resolveConfig } from '../config/load.js';
+import {
+  findConfigFile,
+  knownSecrets,
+  maskSecret,
+  readConfigFile,
+  resolveConfig,
+  shownValue,
+  withoutConfiguredSecrets,
+} from '../config/load.js';
 import {
   dataDir,
   defaultConfigPath,
@@ -165,7 +173,14 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
     }
   }
 
-  const initial = initialAnswers(existing, options, io, interactive);
+  // A key pasted into a flag (`--port "$OPENAI_API_KEY"`) is refused as serve refuses it: never quoted.
+  const secrets = knownSecrets({
+    env: io.env,
+    cwd: io.cwd,
+    file: existing,
+    urls: [options.upstream, options.db, options.qdrantUrl],
+  });
+  const initial = initialAnswers(existing, options, io, interactive, secrets);
   if (interactive) {
     if (exists && !unreadable)
       io.stdout.write(
@@ -200,7 +215,14 @@ function initialAnswers(
   options: InitOptions,
   io: CliIo,
   interactive: boolean,
+  secrets: readonly string[],
 ): InitAnswers {
+  const refuse = (name: string, value: string, why: string): never => {
+    throw withoutConfiguredSecrets(
+      new OaiProxyError('usage', `Invalid ${name} = ${shownValue(value, secrets)}: ${why}`),
+      { secrets },
+    );
+  };
   const flag = <T>(
     name: string,
     value: string | undefined,
@@ -209,7 +231,7 @@ function initialAnswers(
   ) => {
     if (value === undefined) return undefined;
     const ok = check(value);
-    if (ok !== true) throw new OaiProxyError('usage', `Invalid ${name} "${redactUrl(value)}": ${ok}`);
+    if (ok !== true) refuse(name, value, ok);
     return to(value);
   };
   const str = (k: string) =>
@@ -231,7 +253,7 @@ function initialAnswers(
     KIND_BASE_URL[kind];
   if (!interactive) {
     const ok = validateBaseUrl(baseUrl, kind);
-    if (ok !== true) throw new OaiProxyError('usage', `Invalid --upstream "${baseUrl}": ${ok}`);
+    if (ok !== true) refuse('--upstream', baseUrl, ok);
   }
 
   const apiVersion =

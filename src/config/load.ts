@@ -97,6 +97,31 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
   }
 }
 
+/**
+ * The secrets resolveConfig would hide, for a command that checks values of its own (init's flags): those
+ * the environment and `.env` in `cwd` set, those a raw config file holds, and the passwords of `urls`.
+ * Longest first, for shownValue.
+ */
+export function knownSecrets(options: {
+  env: Env;
+  cwd: string;
+  file?: Record<string, unknown>;
+  urls?: readonly (string | undefined)[];
+}): string[] {
+  const secrets = new Set<string>();
+  let dotenv: Env = {};
+  try {
+    dotenv = readDotenv(options.cwd);
+  } catch {
+    // An unreadable .env is reported by resolveConfig; here it only holds no secrets to hide.
+  }
+  addLayerSecrets(secrets, dotenv);
+  addLayerSecrets(secrets, options.env);
+  for (const u of options.urls ?? []) addUrlPassword(secrets, u);
+  if (options.file) addFileSecrets(secrets, options.file, { ...dotenv, ...options.env });
+  return orderSecrets(secrets);
+}
+
 function resolveLayers(
   options: ResolveConfigOptions,
   env: Env,
@@ -417,7 +442,15 @@ function invalid(
 const KEY_LIKE = /^(?:sk-[\w-]{8,}|[\w-]{32,})$/;
 
 function show(v: unknown): string {
-  const s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), shownSecrets, true);
+  return shownValue(v, shownSecrets);
+}
+
+/**
+ * How a message quotes a value it refuses (`Invalid --port = VALUE: …`): a URL's password masked, every
+ * one of `secrets` (knownSecrets) [redacted], a value shaped like a key masked, cut to 80 characters.
+ */
+export function shownValue(v: unknown, secrets: readonly string[]): string {
+  const s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), secrets, true);
   if (typeof v === 'string' && s === v && KEY_LIKE.test(v.trim()))
     return `${maskSecret(v.trim())} (looks like a key; not shown)`;
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;

@@ -241,20 +241,20 @@ describe('oai-proxy init --yes', () => {
   });
 
   test.each([
-    [['--port', '70000'], 'Invalid --port "70000": expected an integer from 0 to 65535'],
-    [['--port', 'abc'], 'Invalid --port "abc"'],
+    [['--port', '70000'], 'Invalid --port = 70000: expected an integer from 0 to 65535'],
+    [['--port', 'abc'], 'Invalid --port = abc:'],
     [
       ['--upstream', 'ftp://example.test/v1'],
-      'Invalid --upstream "ftp://example.test/v1": expected an http:// or https:// URL',
+      'Invalid --upstream = ftp://example.test/v1: expected an http:// or https:// URL',
     ],
     [['--upstream', 'not a url'], 'expected an absolute URL'],
-    [['--host', 'bad host'], 'Invalid --host "bad host"'],
-    [['--kind', 'bedrock'], 'Invalid --kind "bedrock": expected openai, azure or compatible'],
+    [['--host', 'bad host'], 'Invalid --host = bad host:'],
+    [['--kind', 'bedrock'], 'Invalid --kind = bedrock: expected openai, azure or compatible'],
     [['--model-policy', 'maybe'], 'expected off, strict or record'],
-    [['--api-version', 'latest'], 'Invalid --api-version "latest"'],
+    [['--api-version', 'latest'], 'Invalid --api-version = latest:'],
     [
       ['--db', 'postgres://oai:pw-9f3k@db.internal:5432'],
-      'Invalid --db "postgres://oai:***@db.internal:5432": names no database',
+      'Invalid --db = postgres://oai:***@db.internal:5432: names no database',
     ],
     [['--db', 'postgres://oai:pw-9f3k@/oai_proxy'], 'not a valid URL'],
     [['--db', 'postgres:///oai_proxy'], 'names no host'],
@@ -267,6 +267,69 @@ describe('oai-proxy init --yes', () => {
     expect(io.err()).not.toContain('pw-9f3k');
     expect(io.err().trim().split('\n')).toHaveLength(1);
     expect(existsSync(h.configPath)).toBe(false);
+  });
+
+  // The tester's repro: a key pasted into a flag is refused as `serve --port "$OPENAI_API_KEY"` is, never
+  // quoted, whether the key is a known one (the environment's, the file's) or only shaped like a key.
+  const PASTED = 'sk-proj-INITKEY-abcdefghijklmnop';
+  test.each([
+    [
+      { OPENAI_API_KEY: PASTED },
+      ['--upstream', PASTED],
+      'Invalid --upstream = [redacted]: expected an absolute URL',
+    ],
+    [
+      { OPENAI_API_KEY: PASTED },
+      ['--qdrant-url', PASTED],
+      'Invalid --qdrant-url = [redacted]: expected an absolute',
+    ],
+    [
+      { OPENAI_API_KEY: PASTED },
+      ['--port', PASTED],
+      'Invalid --port = [redacted]: expected an integer from 0',
+    ],
+    [
+      { OPENAI_API_KEY: PASTED },
+      ['--upstream', `http://h.test/v1?key=${PASTED}`],
+      'Invalid --upstream = http://h.test/v1?key=[redacted]: leave out ?query and #fragment',
+    ],
+    [
+      { ADMIN_API_KEY: PASTED },
+      ['--port', PASTED],
+      'Invalid --port = [redacted]: expected an integer from 0',
+    ],
+    [
+      { ADMIN_API_KEY: PASTED },
+      ['--host', `${PASTED}!`],
+      'Invalid --host = [redacted]!: expected a host name',
+    ],
+    [{}, ['--port', PASTED], 'Invalid --port = sk-…mnop (looks like a key; not shown): expected an integer'],
+    [
+      {},
+      ['--api-version', PASTED],
+      'Invalid --api-version = sk-…mnop (looks like a key; not shown): expected',
+    ],
+  ])('%j, init --yes %j → exit 2, the key not shown', async (keys, flags, message) => {
+    const h = tempHome();
+    const io = createTestIo({ ...h.env, ...keys }, h.dir);
+    expect(await main(['init', '--yes', '-c', './k.json', ...flags], io)).toBe(2);
+    expect(io.err()).toContain(`oai-proxy: ${message}`);
+    expect(io.err().trim().split('\n')).toHaveLength(1);
+    expect(io.err() + io.out()).not.toContain('INITKEY');
+    expect(existsSync(join(h.dir, 'k.json'))).toBe(false);
+  });
+
+  test('a key the existing file holds, pasted into a flag, is not shown either', async () => {
+    const h = tempHome();
+    const path = join(h.dir, 'k.json');
+    writeFileSync(
+      path,
+      JSON.stringify({ upstreams: { loc: { baseUrl: 'http://127.0.0.1:9/v1', apiKey: 'FILEKEY-0123' } } }),
+    );
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--force', '-c', path, '--port', 'FILEKEY-0123'], io)).toBe(2);
+    expect(io.err()).toContain('Invalid --port = [redacted]: expected an integer');
+    expect(io.err() + io.out()).not.toContain('FILEKEY');
   });
 
   test('a postgres:// --db is written as given; its password never appears in the output', async () => {
