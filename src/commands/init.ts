@@ -20,6 +20,7 @@ import {
   resolveDatabaseLocation,
   resolveLogFilePath,
 } from '../config/paths.js';
+import { isSecretName } from '../config/secret-names.js';
 import { writeConfigFile } from '../config/write.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
 import { createUpstreamTarget } from '../proxy/forward.js';
@@ -621,12 +622,14 @@ async function writeAndReport(
   return 0;
 }
 
-/** A copy of the file's values safe to print: every key-like value masked. */
+/**
+ * A copy of the file's values safe to print: the value of every key-like name masked, an upstream's
+ * secret headers (Cookie, X-Signature…) among them, as the proxy judges header names.
+ */
 export function maskValues(values: Record<string, unknown>): Record<string, unknown> {
-  const secretish = /key|secret|token|password|authorization/i;
   const walk = (v: unknown, key: string): unknown => {
-    if (typeof v === 'string')
-      return secretish.test(key) && !/env$/i.test(key) ? maskSecret(v) : redactUrl(v); // e.g. a DATABASE_URL password
+    // redactUrl: e.g. a DATABASE_URL password.
+    if (typeof v === 'string') return isSecretName(key) && !/env$/i.test(key) ? maskSecret(v) : redactUrl(v);
     if (Array.isArray(v)) return v.map((x) => walk(x, key));
     if (v && typeof v === 'object')
       return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x, k)]));

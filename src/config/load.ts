@@ -11,6 +11,7 @@ import {
   type SettingDef,
   type UpstreamEntry,
 } from './schema.js';
+import { isSecretName } from './secret-names.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -236,11 +237,10 @@ function addFileSecrets(secrets: Set<string>, raw: Record<string, unknown>, env:
     if (typeof u.apiKey === 'string') secrets.add(u.apiKey);
     if (typeof u.apiKeyEnv === 'string' && env[u.apiKeyEnv]) secrets.add(env[u.apiKeyEnv]!);
     if (typeof u.baseUrl === 'string') addUrlPassword(secrets, u.baseUrl);
-    // Secret-named headers, as the proxy's isSecretHeaderName judges them (config may not import proxy/):
-    // `"x-provider": "openai"` must not hide the word openai from every message.
+    // Secret-named headers only: `"x-provider": "openai"` must not hide the word openai from every message.
     if (isPlainObject(u.headers))
       for (const [name, h] of Object.entries(u.headers)) {
-        if (typeof h !== 'string' || !/key|token|secret|auth|password|signature|cookie/i.test(name)) continue;
+        if (typeof h !== 'string' || !isSecretName(name)) continue;
         secrets.add(h.trim());
         const credential = /^\s*(?:Bearer|Basic)\s+(\S.*?)\s*$/i.exec(h)?.[1];
         if (credential) secrets.add(credential);

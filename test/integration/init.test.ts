@@ -167,6 +167,35 @@ describe('oai-proxy init --yes', () => {
     expect(io.out()).not.toContain('sk-kept-from-file-1111');
   });
 
+  // The tester's repro: the printed file showed Cookie and X-Signature in clear, X-Api-Key masked.
+  test('the file printed after writing masks every secret header of an upstream, Cookie and *signature* too', async () => {
+    const h = tempHome();
+    const path = join(h.dir, 'that.json');
+    const headers = {
+      Cookie: 'session=COOKIESECRET12345',
+      'X-Signature': 'sig-SIGNATURESECRET',
+      'X-Api-Key': 'APIKEYSECRET-6789',
+      'Proxy-Authorization': 'Basic PROXYSECRET-4321',
+      'X-Provider': 'openai',
+    };
+    writeFileSync(
+      path,
+      JSON.stringify({ upstreams: { local: { baseUrl: 'http://127.0.0.1:9/v1', headers } } }),
+    );
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--force', '-c', path], io)).toBe(0);
+    expect(readJson(path).upstreams.local.headers).toEqual(headers);
+    const out = io.out();
+    expect(out).not.toMatch(/SECRET/);
+    for (const shown of [
+      '"Cookie": "…2345"',
+      '"X-Signature": "…CRET"',
+      '"X-Api-Key": "…6789"',
+      '"X-Provider": "openai"',
+    ])
+      expect(out).toContain(shown);
+  });
+
   test('an existing file that is not JSON: exit 2 naming it and --force; with --force it is replaced', async () => {
     const h = tempHome();
     mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
