@@ -2,6 +2,7 @@ import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OaiProxyError } from '../errors.js';
+import { isSecretName } from './secret-names.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -82,8 +83,8 @@ export function resolveLogFilePath(
 }
 
 /**
- * Hide a URL's password (all of it, whatever it holds) and `password=`/key query parameters before
- * the URL is printed. The rest of the URL is shown as written.
+ * Hide a URL's password (all of it, whatever it holds) and the values of secret-named query parameters
+ * (`password=`, `key=`, `api-key=`, `access_token=`…) before the URL is printed. The rest of the URL is shown as written.
  */
 export function redactUrl(url: string): string {
   const m = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(url);
@@ -112,8 +113,19 @@ function isParseable(url: string): boolean {
   }
 }
 
+/** Values of query parameters named like secrets (isSecretName: `key`, `api-key`, `sig…`, as headers) masked. */
 function redactQuery(s: string): string {
-  return s.replace(/([?&](?:password|passwd|pwd|api[_-]?key|token|secret)=)[^&#]*/gi, '$1***');
+  return s.replace(/([?&])([^=&#]*)=[^&#]*/g, (param, sep: string, name: string) =>
+    isSecretName(decodeName(name)) || /^(?:passwd|pwd)$/i.test(name) ? `${sep}${name}=***` : param,
+  );
+}
+
+function decodeName(name: string): string {
+  try {
+    return decodeURIComponent(name.replace(/\+/g, ' '));
+  } catch {
+    return name; // not percent-encoded after all: judged as written
+  }
 }
 
 function expandHome(path: string, env: Env): string {

@@ -320,7 +320,12 @@ describe('oai-proxy init --yes', () => {
     [
       { OPENAI_API_KEY: PASTED },
       ['--upstream', `http://h.test/v1?key=${PASTED}`],
-      'Invalid --upstream = http://h.test/v1?key=[redacted]: leave out ?query and #fragment',
+      'Invalid --upstream = http://h.test/v1?key=***: leave out ?query and #fragment',
+    ],
+    [
+      {},
+      ['--upstream', 'http://h.test/v1?api-version=2024-10-21&key=INITKEY-plain'],
+      'Invalid --upstream = http://h.test/v1?api-version=2024-10-21&key=***: leave out ?query',
     ],
     [
       { ADMIN_API_KEY: PASTED },

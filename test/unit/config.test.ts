@@ -435,6 +435,15 @@ describe('redactUrl hides the whole password, as pg reads it', () => {
       'postgres://dbhost/db?user=u&password=SECRET&sslmode=require',
       'postgres://dbhost/db?user=u&password=***&sslmode=require',
     ],
+    // Query parameters named like secrets, as the proxy judges header names (README: `key`, `*signature`).
+    [
+      'http://h/v1?key=SECRET&x-goog-api-key=SECRET&access_token=SECRET&Signature=SECRET&pwd=SECRET',
+      'http://h/v1?key=***&x-goog-api-key=***&access_token=***&Signature=***&pwd=***',
+    ],
+    [
+      'http://h/v1?api%2Dkey=SECRET&api-version=2024-10-21',
+      'http://h/v1?api%2Dkey=***&api-version=2024-10-21',
+    ],
     ['postgres://user@dbhost/db', 'postgres://user@dbhost/db'],
     ['http://host:8080/a@b', 'http://host:8080/a@b'],
     ['https://api.openai.com/v1', 'https://api.openai.com/v1'],
