@@ -581,7 +581,19 @@ function checkUrl(def: SettingDef, v: string, where: string): string {
     return invalid(where, def, 'an absolute http(s) URL such as https://api.openai.com/v1', v);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') invalid(where, def, 'an http:// or https:// URL', v);
+  // Only the origin and path are used (the proxy, Qdrant's client): a query would be dropped unsaid, and
+  // a key in it printed by every banner. Shown as any refused URL is: secret-named values masked.
+  if (u.search || u.hash)
+    invalid(where, def, 'a URL without ?query or #fragment (neither is ever sent)', v, whereInstead(def));
   return v.replace(/\/+$/, '');
+}
+
+/** Where what a URL's query held belongs instead, for the setting `def`. */
+function whereInstead(def: SettingDef): string {
+  if (def.key === 'qdrantUrl') return 'put a Qdrant key in QDRANT_API_KEY';
+  if (def.key === 'upstreams')
+    return "put a key in the upstream's apiKey (or apiKeyEnv) or headers, an Azure api-version in its apiVersion";
+  return 'put a key in OPENAI_API_KEY, an Azure api-version in OPENAI_API_VERSION';
 }
 
 function checkStringMap(

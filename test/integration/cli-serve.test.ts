@@ -130,6 +130,62 @@ describe('CLI basics', () => {
     expect(io.err() + io.out()).not.toContain('SECRET');
   });
 
+  // The tester's repro: `--upstream "http://h/v1?key=$OPENAI_API_KEY"` started, printed the key in the
+  // banner, and never sent the query. A base URL's query is refused, its secret-named values masked.
+  test.each([
+    [
+      {},
+      ['--upstream', 'http://h.test/v1?key={key}'],
+      'Invalid --upstream = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent); put a key in OPENAI_API_KEY, an Azure api-version in OPENAI_API_VERSION',
+    ],
+    [
+      { OPENAI_BASE_URL: 'http://h.test/v1?key=plain-SECRET-777&api-version=2024-10-21' },
+      [],
+      'Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?key=***&api-version=2024-10-21: expected a URL without ?query',
+    ],
+    [
+      { QDRANT_URL: 'http://127.0.0.1:6333/?api-key=SECRET-qdrant-1' },
+      [],
+      'Invalid QDRANT_URL (environment) = http://127.0.0.1:6333/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent); put a Qdrant key in QDRANT_API_KEY',
+    ],
+    [
+      { file: { upstreams: { local: { baseUrl: 'http://h.test/v1?Signature=SECRET-sig-1#top' } } } },
+      [],
+      "upstreams.local.baseUrl = http://h.test/v1?Signature=***#top: expected a URL without ?query or #fragment (neither is ever sent); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+    ],
+  ])(
+    'a base URL with a query (%j, serve %j) → exit 2, the secret masked',
+    async (settings, flags, expected) => {
+      const tmp = createTempDir();
+      cleanups.push(tmp.cleanup);
+      const key = 'sk-SECRETUPSTREAM0123456789';
+      const { file, ...env } = settings as Record<string, unknown>;
+      if (file) writeFileSync(join(tmp.path, 'oai-proxy.config.json'), JSON.stringify(file));
+      const ac = new AbortController();
+      const io = {
+        ...createTestIo(
+          { HOME: tmp.path, OPENAI_API_KEY: key, ...(env as Record<string, string>) },
+          tmp.path,
+        ),
+        signal: ac.signal,
+      };
+      const argv = ['serve', '--port', '0', '--db', 'p.db', ...flags.map((f) => f.replace('{key}', key))];
+      let code: number | undefined;
+      const done = main(argv, io).then((c) => {
+        code = c;
+        return c;
+      });
+      // Before the fix it started: stop it once the banner is out, and see what it printed.
+      await until('exit or banner', () => code !== undefined || io.err().includes('listening on'));
+      ac.abort();
+      await done;
+      expect(io.err()).not.toContain('SECRET');
+      expect(code).toBe(2);
+      expect(io.err()).toContain(expected);
+      expect(io.err().trim().split('\n')).toHaveLength(1);
+    },
+  );
+
   test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
     const { home, upstream, cleanup } = await createServeFixture();
     cleanups.push(cleanup);
