@@ -12,6 +12,7 @@ import {
   resolveConfig,
   shownValue,
   withoutConfiguredSecrets,
+  withoutSecrets,
 } from '../config/load.js';
 import {
   dataDir,
@@ -595,7 +596,10 @@ async function writeAndReport(
   io: CliIo,
 ): Promise<number> {
   writeConfigFile(path, values);
-  io.stdout.write(`Wrote ${path} (mode 0600):\n${JSON.stringify(maskValues(values), null, 2)}\n`);
+  // Keys are masked by name; a key pasted into another setting (--host, --log-file) by value.
+  const secrets = knownSecrets({ env: io.env, cwd: io.cwd, file: values });
+  const say = (text: string) => io.stdout.write(withoutSecrets(text, secrets));
+  say(`Wrote ${path} (mode 0600):\n${JSON.stringify(maskValues(values), null, 2)}\n`);
   if (a.adminKeyGenerated && a.adminApiKey) {
     io.stdout.write(
       `\nGenerated admin API key, shown only this once (it is stored in the file):\n  ${a.adminApiKey}\nUse it as: Authorization: Bearer <key> on /admin/*\n`,
@@ -613,10 +617,9 @@ async function writeAndReport(
     found = undefined;
   }
   const next = found === path ? 'oai-proxy serve' : `oai-proxy serve --config ${quote(path)}`;
-  if (found && found !== path)
-    io.stdout.write(`note: here, serve would read ${found} first unless given --config\n`);
+  if (found && found !== path) say(`note: here, serve would read ${found} first unless given --config\n`);
   const hostForUrl = a.host.includes(':') ? `[${a.host}]` : a.host;
-  io.stdout.write(
+  say(
     `\nNext: ${next}\nthen point OpenAI clients at http://${hostForUrl}:${a.port === 0 ? '<port>' : a.port}/v1\n`,
   );
   return 0;

@@ -198,6 +198,14 @@ export function withoutConfiguredSecrets(err: unknown, resolved: Pick<ResolvedCo
   return new Error(message);
 }
 
+/**
+ * `text` with every one of `secrets` (ResolvedConfig.secrets, knownSecrets) replaced by [redacted], for
+ * console lines that print settings' values as they are (a host, a file path a key was pasted into).
+ */
+export function withoutSecrets(text: string, secrets: readonly string[] | undefined): string {
+  return secrets?.length ? scrubConfigSecrets(text, secrets) : text;
+}
+
 /** What a configuration message shows instead of a secret (as recorded bodies and headers do). */
 export const REDACTED_SECRET = '[redacted]';
 

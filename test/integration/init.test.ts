@@ -353,6 +353,23 @@ describe('oai-proxy init --yes', () => {
     expect(existsSync(join(h.dir, 'k.json'))).toBe(false);
   });
 
+  // A key is a valid host name and file name: written as given, then printed [redacted], never as is.
+  test('a key pasted into --host or --log-file is written, and printed as [redacted]', async () => {
+    const h = tempHome();
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: PASTED }, h.dir);
+    const flags = ['--host', PASTED, '--log-file', `${PASTED}.log`];
+    expect(await main(['init', '--yes', '-c', './k.json', ...flags], io)).toBe(0);
+    expect(readJson(join(h.dir, 'k.json'))).toMatchObject({
+      host: PASTED,
+      logFilePath: join(h.dir, `${PASTED}.log`),
+    });
+    const out = io.out();
+    expect(out).not.toContain('INITKEY');
+    expect(out).toContain('"host": "[redacted]"');
+    expect(out).toContain(`"logFilePath": "${join(h.dir, '[redacted].log')}"`);
+    expect(out).toContain('then point OpenAI clients at http://[redacted]:8000/v1');
+  });
+
   test('a key the existing file holds, pasted into a flag, is not shown either', async () => {
     const h = tempHome();
     const path = join(h.dir, 'k.json');
