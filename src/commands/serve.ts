@@ -10,6 +10,7 @@ import {
   resolveConfig,
   settingSource,
   withoutConfiguredSecrets,
+  withoutSecrets,
 } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import type { Config } from '../config/schema.js';
@@ -716,7 +717,7 @@ function proxyLimits(c: Config): ProxyLimits {
   };
 }
 
-/** The startup banner: where it listens, where it forwards, where it records. Keys masked. */
+/** The startup banner: where it listens, where it forwards, where it records. Keys masked, even pasted elsewhere. */
 export function banner(running: RunningProxy, resolved: ResolvedConfig): string {
   const c = resolved.config;
   const key = c.openaiApiKey ? `key ${maskSecret(c.openaiApiKey)}` : "clients' own keys forwarded";
@@ -732,7 +733,7 @@ export function banner(running: RunningProxy, resolved: ResolvedConfig): string 
     `  log file   ${running.logFile}`,
   ];
   if (resolved.configFile) lines.push(`  config     ${resolved.configFile}`);
-  return `${lines.join('\n')}\n`;
+  return withoutSecrets(`${lines.join('\n')}\n`, resolved.secrets);
 }
 
 function registrySummary(running: RunningProxy, c: ResolvedConfig['config']): string {

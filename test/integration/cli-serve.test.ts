@@ -186,6 +186,22 @@ describe('CLI basics', () => {
     },
   );
 
+  test('a key pasted into --db or --log-file: the banner shows the path with the key [redacted]', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const key = 'sk-SECRETUPSTREAM0123456789';
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path, OPENAI_API_KEY: key }, tmp.path), signal: ac.signal };
+    const done = main(['serve', '--port', '0', '--db', `${key}.db`, '--log-file', `${key}.log`], io);
+    await until('the banner', () => io.err().includes('log file'));
+    ac.abort();
+    expect(await done).toBe(0);
+    expect(io.err()).toContain(`  database   ${join(tmp.path, '[redacted].db')}\n`);
+    expect(io.err()).toContain(`  log file   ${join(tmp.path, '[redacted].log')}\n`);
+    expect(io.err()).not.toContain('SECRET');
+    expect(existsSync(join(tmp.path, `${key}.db`))).toBe(true);
+  });
+
   test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
     const { home, upstream, cleanup } = await createServeFixture();
     cleanups.push(cleanup);
