@@ -1299,8 +1299,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         const as = azureRealtimeModelParam(decision.upstream, rest);
         if (as !== null) upstreamQuery = replaceQueryModel(query, decision.deployment ?? decision.model, as);
         else if (decision.model !== x.model) upstreamQuery = replaceQueryModel(query, decision.model);
-        // Sent as the model (an `/openai/v1` base), the deployment is the upstream model, as in a body.
-        if (as === 'model') x.upstreamModel = decision.deployment ?? decision.model;
       }
       if (res.destroyed) return;
       upstreamOrigin = decision.upstream.origin;

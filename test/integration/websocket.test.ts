@@ -590,9 +590,8 @@ describe("Azure's Realtime API (`/openai/realtime?api-version=…&deployment=…
     expect(az.requests[0].headers['api-key']).toBe(AZURE_KEY);
     const rows = await proxy.waitForRows(2);
     expect(rows.map((r) => [r.path, r.query, r.model, r.upstream_model, r.upstream])).toEqual([
-      // The deployment goes upstream as the model: it is the upstream model, as in a body.
-      ['/v1/realtime', 'model=voice', 'voice', 'rt-prod', 'az'],
-      ['/openai/v1/realtime', 'model=voice', 'voice', 'rt-prod', 'az'],
+      ['/v1/realtime', 'model=voice', 'voice', 'gpt-rt-eu', 'az'],
+      ['/openai/v1/realtime', 'model=voice', 'voice', 'gpt-rt-eu', 'az'],
     ]);
   });
 
