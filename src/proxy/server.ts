@@ -878,6 +878,7 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const decision = routeModel(x, multipart !== null);
     if (!decision) return;
     x.upstreamName = decision.upstream.name;
+    x.upstreamModel = decision.model;
     x.modelUnknown = decision.unknown;
     const deployment = decision.deployment ?? decision.model ?? undefined;
     // A model routed by the path stays there; Azure takes a body's model as the deployment's name.
@@ -887,8 +888,6 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         : decision.upstream.type === 'azure' && !isDeploymentInPath(decision.upstream, x.rest)
           ? (deployment ?? null)
           : decision.model;
-    // The record names the model the upstream was sent: the body's, the deployment where Azure reads it there.
-    x.upstreamModel = pathDeployment !== null ? decision.model : bodyModel;
     if (bodyModel !== x.model && x.requestJson && bodyModel !== null) {
       // Only the model changes: the rest goes byte for byte (a re-serialised body would round integers
       // beyond 2^53 and rewrite 1.0, 1e2 and \u escapes). A body naming no model gets one added.
