@@ -691,6 +691,76 @@ describe('Azure clients and paths', () => {
     ]);
   });
 
+  test('Azure takes the deployment in the body (Responses, an …/openai/v1 base, a multipart form); upstream_model stays the routed registry model, as with a deployment in the path', async () => {
+    // The README's set-up: a model on a named Azure upstream with its own deployment, and an alias for it.
+    const az = await upstream();
+    const v1 = await upstream();
+    const responses = json((_url, sent) => ({
+      id: 'resp_1',
+      object: 'response',
+      status: 'completed',
+      model: sent.model,
+      output: [],
+    }));
+    az.on('/openai/responses', responses);
+    v1.on('/openai/v1/responses', responses);
+    v1.on(
+      '/openai/v1/chat/completions',
+      json((_url, sent) => chatCompletionBody(String(sent.model))),
+    );
+    v1.on('/openai/v1/audio/transcriptions', (_req, res, raw) => {
+      const m = /name="model"\r\n\r\n([^\r]*)/.exec(raw.toString('latin1'));
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ text: `with ${m?.[1]}` }));
+    });
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' },
+      {
+        upstreams: {
+          azure: { type: 'azure', baseUrl: az.origin, apiKey: AZURE_KEY, apiVersion: '2024-10-21' },
+          azv1: { type: 'azure', baseUrl: `${v1.origin}/openai/v1`, apiKey: AZURE_KEY },
+        },
+        models: [
+          { name: 'gpt-4o-eu', upstream: 'azure', deployment: 'gpt4o-prod' },
+          { name: 'gpt-4o-v1', upstream: 'azv1', deployment: 'gpt4o-v1-prod' },
+          { name: 'whisper-v1', upstream: 'azv1', deployment: 'whisper-prod' },
+        ],
+        modelMappings: { eu: 'gpt-4o-eu' },
+      },
+    );
+    const c = client(p);
+    expect((await c.responses.create({ model: 'eu', input: 'hi' })).model).toBe('gpt4o-prod');
+    // The AzureOpenAI SDK sends Responses to /openai/responses, the model in the body.
+    const viaAzure = await azureClient(p).responses.create({ model: 'eu', input: 'hi' });
+    expect(viaAzure.model).toBe('gpt4o-prod');
+    await c.responses.create({ model: 'gpt-4o-v1', input: 'hi' });
+    await chat(c, 'gpt-4o-v1');
+    const heard = await c.audio.transcriptions.create({
+      model: 'whisper-v1',
+      file: await toFile(Buffer.alloc(1000, 9), 'a.mp3', { type: 'audio/mpeg' }),
+    });
+    expect(heard.text).toBe('with whisper-prod');
+
+    expect(az.requests.map((r) => [r.url, JSON.parse(r.body.toString()).model])).toEqual([
+      ['/openai/responses?api-version=2024-10-21', 'gpt4o-prod'],
+      [`/openai/responses?api-version=${API_VERSION}`, 'gpt4o-prod'],
+    ]);
+    expect(v1.requests.slice(0, 2).map((r) => [r.url, JSON.parse(r.body.toString()).model])).toEqual([
+      ['/openai/v1/responses', 'gpt4o-v1-prod'],
+      ['/openai/v1/chat/completions', 'gpt4o-v1-prod'],
+    ]);
+    const rows = await p.waitForRows(5);
+    expect(rows.map((r) => [r.path, r.model, r.upstream_model, r.upstream, r.status])).toEqual([
+      // One name for one registry model, whichever way its deployment travels: `logs --model gpt-4o-eu`
+      // finds its chat rows (deployment in the path) and its Responses rows alike.
+      ['/v1/responses', 'eu', 'gpt-4o-eu', 'azure', 200],
+      ['/openai/responses', 'eu', 'gpt-4o-eu', 'azure', 200],
+      ['/v1/responses', 'gpt-4o-v1', 'gpt-4o-v1', 'azv1', 200],
+      ['/v1/chat/completions', 'gpt-4o-v1', 'gpt-4o-v1', 'azv1', 200],
+      ['/v1/audio/transcriptions', 'whisper-v1', 'whisper-v1', 'azv1', 200],
+    ]);
+  });
+
   test('an Entra ID token (azureADTokenProvider) is forwarded as Authorization: Bearer, a plain key as api-key', async () => {
     const az = await upstream();
     const p = await proxyWith({ OPENAI_BASE_URL: az.origin, OPENAI_API_TYPE: 'azure' });
