@@ -426,9 +426,13 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
       if (typeof whole === 'string') setPart(key, whole, false);
       responded(String(ev.response_id));
     } else if (type === 'error') {
-      // `{"type":"error","error":{"type":"invalid_request_error","code":…,"message":…}}`
+      // `{"type":"error","error":{"type":"server_error","code":…,"message":…}}`. An invalid_request_error
+      // answers a client event the server refused (a cancel with no response active, an empty audio
+      // commit, a bad session.update): the session goes on, as an HTTP 4xx is no failed exchange; it
+      // stays in the body, and does not make the row an error.
       const e = ev.error;
-      noteError(e?.message, typeof e?.code === 'string' ? e.code : 'The upstream sent an error event');
+      if (e?.type !== 'invalid_request_error')
+        noteError(e?.message, typeof e?.code === 'string' ? e.code : 'The upstream sent an error event');
     } else if (type === 'response.done' && ev.response && typeof ev.response === 'object') {
       onResponseDone(ev.response);
     } else if (type === 'conversation.item.input_audio_transcription.completed' && ev.usage) {

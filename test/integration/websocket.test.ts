@@ -1348,10 +1348,10 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     return io.out();
   }
 
-  const errorEvent = (code: string, message: string) => ({
+  const errorEvent = (code: string, message: string, type = 'server_error') => ({
     type: 'error',
     event_id: `ev_err_${code}`,
-    error: { type: 'invalid_request_error', code, message, param: null, event_id: 'ev_client_1' },
+    error: { type, code, message, param: null, event_id: 'ev_client_1' },
   });
 
   test("an error event: the row says upstream_stream_error with the first error's message; --status error and stats count it", async () => {
@@ -1363,16 +1363,22 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     );
     ws.send(JSON.stringify({ type: 'session.update', session: { voice: 'nope' } }));
     const events = [
-      errorEvent('invalid_value', `Invalid value: 'nope' (key ${UPSTREAM_KEY})`),
+      // A client event refused: not an error of the session (it goes on), only in the body.
+      errorEvent(
+        'response_cancel_not_active',
+        'Cancellation failed: no active response found',
+        'invalid_request_error',
+      ),
+      errorEvent('server_error', `The server had an error (key ${UPSTREAM_KEY})`),
       done('r1', 4, 6),
-      errorEvent('unknown_parameter', "Unknown parameter: 'session.foo'."),
+      errorEvent('server_error', 'The server had an error again'),
     ];
     for (const e of events) server.write(serverFrame(e));
     for (const e of events) expect((await ws.next()).payload.toString()).toBe(JSON.stringify(e));
     await ws.close(); // the session went on after the errors, and ended cleanly
 
     const [row] = await proxy.waitForRows(1);
-    const message = "Invalid value: 'nope' (key [redacted]) (the first of 2 errors in the session)";
+    const message = 'The server had an error (key [redacted]) (the first of 2 errors in the session)';
     expect(row).toMatchObject({
       status: 101,
       error: 'upstream_stream_error',
@@ -1381,9 +1387,9 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     });
     expect(JSON.stringify(row)).not.toContain(UPSTREAM_KEY);
     // both error events are in the body
-    expect(row.response_body).toContain('"code":"invalid_value"');
-    expect(row.response_body).toContain('"code":"unknown_parameter"');
-    expect(JSON.parse(row.assembled as string)).toMatchObject({ complete: true, events: 3 });
+    expect(row.response_body).toContain('"code":"response_cancel_not_active"');
+    expect(row.response_body.match(/"code":"server_error"/g)).toHaveLength(2);
+    expect(JSON.parse(row.assembled as string)).toMatchObject({ complete: true, events: 4 });
     const [line] = await proxy.waitForLogLines((ls) => ls.length > 0);
     expect(line).toMatchObject({ status: 101, error: 'upstream_stream_error' });
 

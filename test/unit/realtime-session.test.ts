@@ -107,8 +107,19 @@ describe('a Realtime session read from its frames', async () => {
     ['no error event', [{ type: 'session.created' }], null],
     [
       'an error event: its message',
-      [{ type: 'error', error: { type: 'invalid_request_error', code: 'invalid_value', message: 'Bad' } }],
+      [{ type: 'error', error: { type: 'server_error', code: 'server_error', message: 'Bad' } }],
       'Bad',
+    ],
+    [
+      'a client event refused (invalid_request_error) is no error: the session goes on',
+      [
+        {
+          type: 'error',
+          error: { type: 'invalid_request_error', code: 'response_cancel_not_active', message: 'x' },
+        },
+        { type: 'error', error: { type: 'invalid_request_error', code: 'input_audio_buffer_commit_empty' } },
+      ],
+      null,
     ],
     ['type not the first key', [{ error: { code: 'c', message: 'Late type' }, type: 'error' }], 'Late type'],
     [
