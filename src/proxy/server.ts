@@ -690,14 +690,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         // A stream that echoes a key (a prompt quoting it) holds it in its reassembled text too, and in
         // its events split into pieces no scrubber can find: those are not stored then.
         const scrubbed = scrubAssembled(assembled, secrets, limits.captureBodyBytes);
-        // Reasoning and refusal deltas are not in the message, but a key split across them is as real.
+        // Reasoning, refusal, transcript and tool input deltas are not in the message, but a key split
+        // across them is as real.
         const hidden = x.assembler?.hiddenText() ?? '';
         if (responseBody && scrubbed !== assembled)
           responseBody = withheldStreamBody(x.responseCapture.bytes);
         else if (responseBody && hidden !== '' && scrubSecrets(hidden, secrets) !== hidden)
           responseBody = withheldStreamBody(
             x.responseCapture.bytes,
-            'its reasoning or refusal text, which the reassembled message does not keep, held a key',
+            'its reasoning, refusal, transcript or tool input deltas, which the reassembled message does not keep, held a key',
           );
         assembled = scrubbed;
       }

@@ -15,8 +15,10 @@ export interface StreamAssembler {
   /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
   streamError(): string | null;
   /**
-   * Streamed text the message does not keep (reasoning, refusals, reasoning summaries), joined per
-   * field and choice (capped like the message): only for finding a key split across its events.
+   * Streamed text the message does not keep (reasoning, refusals, audio transcripts, a chat stream's
+   * legacy `function_call` arguments, every other string `delta` of a Responses `*.delta` event but the
+   * base64 audio), joined per field and choice or item and part (maxChars in all): only for
+   * finding a key split across its events.
    */
   hiddenText(): string;
 }
@@ -67,10 +69,17 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
 
   const appendCapped = (base: string, add: string) =>
     base.length >= maxChars ? base : (base + add).slice(0, maxChars);
-  // Deltas of fields the message leaves out, per field and choice: scanned for keys, never stored.
+  // Deltas of fields the message leaves out, per field and choice: scanned for keys, never stored. At
+  // most maxChars in all (however many items a stream names): each char of them is a byte or more of
+  // the raw events, of which no more than that many are stored.
   const hidden = new Map<string, string>();
+  let hiddenChars = 0;
   const addHidden = (key: string, add: unknown) => {
-    if (typeof add === 'string' && add !== '') hidden.set(key, appendCapped(hidden.get(key) ?? '', add));
+    if (typeof add !== 'string' || add === '' || hiddenChars >= maxChars) return;
+    const piece = add.length > maxChars - hiddenChars ? add.slice(0, maxChars - hiddenChars) : add;
+    hiddenChars += piece.length;
+    const had = hidden.get(key);
+    hidden.set(key, had === undefined ? piece : had + piece);
   };
 
   const toolFor = (c: ChoiceAcc, key: string | number): ToolCallAcc => {
@@ -110,6 +119,9 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       addHidden(`${choice.index}:reasoning_content`, delta.reasoning_content);
       addHidden(`${choice.index}:reasoning`, delta.reasoning);
       addHidden(`${choice.index}:refusal`, delta.refusal);
+      // gpt-4o-audio: the spoken answer's text (its `content` is null); the legacy `function_call`.
+      if (delta.audio) addHidden(`${choice.index}:audio.transcript`, delta.audio.transcript);
+      if (delta.function_call) addHidden(`${choice.index}:function_call`, delta.function_call.arguments);
       if (Array.isArray(delta.tool_calls)) {
         for (const tc of delta.tool_calls) {
           const t = toolFor(c, tc.index ?? c.toolCalls.length);
@@ -237,11 +249,6 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       case 'response.output_text.delta':
         if (typeof ev.delta === 'string') first.content = appendCapped(first.content, ev.delta);
         break;
-      case 'response.reasoning_summary_text.delta':
-      case 'response.reasoning_text.delta':
-      case 'response.refusal.delta':
-        addHidden(`${type}:${ev.item_id ?? ''}:${ev.summary_index ?? ev.content_index ?? ''}`, ev.delta);
-        break;
       case 'response.output_item.added':
         if (ev.item?.type === 'function_call') {
           const t = toolFor(first, ev.item.id ?? ev.output_index);
@@ -271,6 +278,14 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         if (type === 'response.failed') noteError(r.error?.message ?? 'The response failed');
         break;
       }
+      default:
+        // Every other text delta (reasoning, refusals, audio transcripts, custom tool input, code
+        // interpreter code, MCP arguments, and those of event types yet to come): per item and part.
+        if (typeof ev.delta === 'string' && type.endsWith('.delta') && !AUDIO_DELTAS.has(type))
+          addHidden(
+            `${type}:${ev.item_id ?? ev.output_index ?? ''}:${ev.summary_index ?? ev.content_index ?? ''}`,
+            ev.delta,
+          );
     }
   };
 
@@ -431,6 +446,9 @@ interface ChoiceAcc {
 function newChoice(index: number): ChoiceAcc {
   return { index, content: '', toolCalls: [], toolIndex: new Map(), finishReason: null };
 }
+
+/** Responses events whose `delta` is base64 audio, not text: not scanned (the raw events hold it). */
+const AUDIO_DELTAS = new Set(['response.audio.delta', 'response.output_audio.delta']);
 
 /** Choices reassembled per stream: the API's own limit on `n`. */
 const MAX_CHOICES = 128;

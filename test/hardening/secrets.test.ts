@@ -414,8 +414,89 @@ test('a key split across reasoning or refusal deltas (not in the reassembled mes
   for (const r of rows) {
     expect(JSON.parse(r.assembled ?? 'null').content).toBe('fine');
     expect(r.response_body).toBe(
-      `[stream events withheld: its reasoning or refusal text, which the reassembled message does not keep, held a key; ${r.response_bytes} bytes]`,
+      `[stream events withheld: its reasoning, refusal, transcript or tool input deltas, which the reassembled message does not keep, held a key; ${r.response_bytes} bytes]`,
     );
+  }
+});
+
+test("a client's key split across any Responses text delta or a chat audio transcript withholds the events", async () => {
+  const clientKey = 'sk-proj-abcdefghijklmnopSPLIT0042';
+  const [head, tail] = [clientKey.slice(0, 15), clientKey.slice(15)];
+  // The deltas the reassembled message does not keep, and where each event says what it belongs to.
+  const types: [string, Record<string, unknown>][] = [
+    ['response.audio.transcript.delta', {}],
+    ['response.custom_tool_call_input.delta', { item_id: 'ctc_1', output_index: 0 }],
+    ['response.code_interpreter_call_code.delta', { item_id: 'ci_1', output_index: 0 }],
+    ['response.mcp_call_arguments.delta', { item_id: 'mcp_1', output_index: 0 }],
+    ['response.reasoning_summary_text.delta', { item_id: 'rs_1', output_index: 0, summary_index: 0 }],
+    ['response.reasoning_text.delta', { item_id: 'rs_1', output_index: 0, content_index: 0 }],
+    ['response.refusal.delta', { item_id: 'msg_1', output_index: 0, content_index: 0 }],
+  ];
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // Each answer quotes the key it got, split in two deltas: `…sk-proj-abcdefg` + `hijklmnop…`.
+  upstream.on('/v1/responses', (req, res, body) => {
+    const key = bearerToken(req.headers.authorization) ?? '';
+    const type = JSON.parse(body.toString()).input as string;
+    const extra = types.find(([t]) => t === type)?.[1];
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const event = (t: string, data: Record<string, unknown>) =>
+      res.write(`event: ${t}\ndata: ${JSON.stringify({ type: t, ...data })}\n\n`);
+    event(type, { ...extra, delta: `your key: ${key.slice(0, 15)}` });
+    event(type, { ...extra, delta: `${key.slice(15)} (quoted)` });
+    event('response.output_text.delta', { item_id: 'msg_2', output_index: 1, content_index: 0, delta: 'ok' });
+    event('response.completed', { response: { status: 'completed' } });
+    res.end();
+  });
+  // gpt-4o-audio: the spoken answer's text comes as `delta.audio.transcript`, its content is null.
+  upstream.on('/v1/chat/completions', (req, res) => {
+    const key = bearerToken(req.headers.authorization) ?? '';
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    const chunk = (delta: Record<string, unknown>) =>
+      res.write(
+        `data: ${JSON.stringify({ object: 'chat.completion.chunk', choices: [{ index: 0, delta, finish_reason: null }] })}\n\n`,
+      );
+    chunk({
+      role: 'assistant',
+      content: null,
+      audio: { id: 'audio_1', transcript: `it is ${key.slice(0, 15)}` },
+    });
+    chunk({ audio: { transcript: key.slice(15), data: 'UklGRg==' } });
+    res.end('data: [DONE]\n\n');
+  });
+  // the default setup: no OPENAI_API_KEY, the client's key goes upstream
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl });
+  cleanups.push(() => proxy.close());
+  const client = new OpenAI({ apiKey: clientKey, baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  for (const [type] of types) {
+    let seen = '';
+    for await (const ev of await client.responses.create({ model: 'gpt-5', stream: true, input: type }))
+      if (ev.type === type) seen += (ev as { delta: string }).delta;
+    expect(seen).toBe(`your key: ${clientKey} (quoted)`); // the client gets the stream untouched
+  }
+  let transcript = '';
+  const chat = await client.chat.completions.create({
+    model: 'gpt-4o-audio-preview',
+    stream: true,
+    modalities: ['text', 'audio'],
+    audio: { voice: 'alloy', format: 'pcm16' },
+    messages: [{ role: 'user', content: 'say my key' }],
+  });
+  for await (const c of chat)
+    transcript +=
+      (c.choices[0]?.delta as { audio?: { transcript?: string } } | undefined)?.audio?.transcript ?? '';
+  expect(transcript).toBe(`it is ${clientKey}`);
+
+  const rows = await proxy.waitForRows(types.length + 1);
+  expect(rows.map((r) => r.path)).toEqual([...types.map(() => '/v1/responses'), '/v1/chat/completions']);
+  for (const r of rows) {
+    expect(r.response_body).toBe(
+      `[stream events withheld: its reasoning, refusal, transcript or tool input deltas, which the reassembled message does not keep, held a key; ${r.response_bytes} bytes]`,
+    );
+    expect(r.response_bytes).toBeGreaterThan(100);
+    expect(deltaLeaks([clientKey], r.response_body)).toEqual([]);
+    expect(JSON.stringify(r)).not.toContain(head);
+    expect(JSON.stringify(r)).not.toContain(tail);
   }
 });
 

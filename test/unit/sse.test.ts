@@ -236,6 +236,53 @@ describe('stream reassembly', () => {
     }
   });
 
+  test('hidden text: every text delta the message does not keep, joined per item and part, not base64 audio', () => {
+    const a = createStreamAssembler();
+    // two items interleaved: each one's pieces join in order, apart from the other's
+    a.push(
+      named('response.mcp_call_arguments.delta', { item_id: 'mcp_1', output_index: 0, delta: '{"k":"AB' }) +
+        named('response.code_interpreter_call_code.delta', {
+          item_id: 'ci_1',
+          output_index: 1,
+          delta: 'x = "CD',
+        }) +
+        named('response.mcp_call_arguments.delta', { item_id: 'mcp_1', output_index: 0, delta: 'CD"}' }) +
+        named('response.code_interpreter_call_code.delta', {
+          item_id: 'ci_1',
+          output_index: 1,
+          delta: 'EF"',
+        }) +
+        named('response.audio.transcript.delta', { delta: 'sa' }) +
+        named('response.audio.delta', { delta: 'UklGRiQAAABXQVZF' }) +
+        named('response.audio.transcript.delta', { delta: 'id' }) +
+        named('response.custom_tool_call_input.delta', { item_id: 'ctc_1', output_index: 2, delta: 'in' }) +
+        named('response.future_thing.delta', { item_id: 'f_1', delta: 'new' }) +
+        named('response.output_text.delta', { delta: 'kept' }) +
+        named('response.function_call_arguments.delta', { item_id: 'fc_1', delta: '{}' }),
+    );
+    expect(a.hiddenText().split('\n')).toEqual(['{"k":"ABCD"}', 'x = "CDEF"', 'said', 'in', 'new']);
+    expect(a.result()).toMatchObject({ content: 'kept', tool_calls: [{ arguments: '{}' }] });
+
+    const chat = createStreamAssembler();
+    chat.push(
+      sse([
+        chunk({ content: null, audio: { id: 'audio_1', transcript: 'hel' } }),
+        chunk({ audio: { transcript: 'lo', data: 'UklGRg==' } }),
+        chunk({ function_call: { name: 'f', arguments: '{"a":' } }),
+        chunk({ function_call: { arguments: '1}' } }),
+      ]),
+    );
+    expect(chat.hiddenText().split('\n')).toEqual(['hello', '{"a":1}']);
+    expect(chat.result().content).toBe('');
+  });
+
+  test('hidden text is capped in all, however many items a stream names', () => {
+    const a = createStreamAssembler({ maxChars: 10 });
+    for (let i = 0; i < 100; i++)
+      a.push(named('response.reasoning_text.delta', { item_id: `rs_${i}`, delta: 'abcd' }));
+    expect(a.hiddenText()).toBe('abcd\nabcd\nab');
+  });
+
   test('a stream without an error event has no stream error', () => {
     const a = createStreamAssembler();
     a.push(chat);
