@@ -15,10 +15,10 @@ export interface StreamAssembler {
   /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
   streamError(): string | null;
   /**
-   * Streamed text the message does not keep (reasoning, refusals, audio transcripts, a chat stream's
-   * legacy `function_call` arguments, every other string `delta` of a Responses `*.delta` event but the
-   * base64 audio), joined per field and choice or item and part (maxChars in all): only for
-   * finding a key split across its events.
+   * Streamed text the message does not keep (reasoning, Ollama's thinking, refusals, audio transcripts,
+   * a chat stream's legacy `function_call` arguments, every other string `delta` of a Responses
+   * `*.delta` event but the base64 audio), joined per field and choice or item and part (maxChars in
+   * all): only for finding a key split across its events.
    */
   hiddenText(): string;
 }
@@ -218,6 +218,8 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     if (message && typeof message === 'object') {
       kind = 'ollama';
       if (typeof message.content === 'string') first.content = appendCapped(first.content, message.content);
+      // think mode: the reasoning before the answer, not in it.
+      addHidden('ollama:thinking', message.thinking);
       if (Array.isArray(message.tool_calls))
         for (const tc of message.tool_calls) {
           if (!tc || typeof tc !== 'object') continue;
@@ -232,6 +234,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     } else if (typeof ev.response === 'string') {
       kind = 'ollama';
       first.content = appendCapped(first.content, ev.response);
+      addHidden('ollama:thinking', ev.thinking);
     }
     if (ev.done !== true) return;
     complete = true;

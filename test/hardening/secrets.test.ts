@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
@@ -497,6 +498,46 @@ test("a client's key split across any Responses text delta or a chat audio trans
     expect(deltaLeaks([clientKey], r.response_body)).toEqual([]);
     expect(JSON.stringify(r)).not.toContain(head);
     expect(JSON.stringify(r)).not.toContain(tail);
+  }
+});
+
+test("a key split across Ollama's thinking (think mode: not in the reassembled text) withholds the events", async () => {
+  const clientKey = 'sk-proj-abcdefghijklmnopTHINK0043';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // `/api/chat` streams `message.thinking`, `/api/generate` `thinking`, before the answer itself.
+  const answer = (path: string) => (req: IncomingMessage, res: ServerResponse) => {
+    const key = bearerToken(req.headers.authorization) ?? '';
+    const line = (thinking: string, content: string, end: object = { done: false }) =>
+      `${JSON.stringify(path === '/api/chat' ? { model: 'qwen3', message: { role: 'assistant', content, thinking }, ...end } : { model: 'qwen3', response: content, thinking, ...end })}\n`;
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.write(line(`they said ${key.slice(0, 15)}`, ''));
+    res.write(line(`${key.slice(15)}, so`, ''));
+    res.end(line('', 'ok', { done: true, done_reason: 'stop', prompt_eval_count: 5, eval_count: 9 }));
+  };
+  upstream.on('/api/chat', answer('/api/chat'));
+  upstream.on('/api/generate', answer('/api/generate'));
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.origin });
+  cleanups.push(() => proxy.close());
+  for (const path of ['/api/chat', '/api/generate']) {
+    const res = await fetch(`${proxy.url}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${clientKey}` },
+      body: JSON.stringify({ model: 'qwen3', think: true, prompt: 'p', messages: [] }),
+    });
+    expect(await res.text()).toContain(clientKey.slice(15)); // the client gets the stream untouched
+  }
+  const rows = await proxy.waitForRows(2);
+  for (const r of rows) {
+    expect(JSON.parse(r.assembled ?? 'null')).toMatchObject({
+      kind: 'ollama',
+      content: 'ok',
+      complete: true,
+    });
+    expect(r.response_body).toBe(
+      `[stream events withheld: its reasoning, refusal, transcript or tool input deltas, which the reassembled message does not keep, held a key; ${r.response_bytes} bytes]`,
+    );
+    expect(JSON.stringify(r)).not.toMatch(/sk-proj-abcdefg|hijklmnopTHINK/);
   }
 });
 
