@@ -1388,7 +1388,7 @@ describe('Realtime sessions are recorded: messages, text, tokens', () => {
     expect(JSON.stringify(row)).not.toContain(UPSTREAM_KEY);
     // both error events are in the body
     expect(row.response_body).toContain('"code":"response_cancel_not_active"');
-    expect(row.response_body.match(/"code":"server_error"/g)).toHaveLength(2);
+    expect(String(row.response_body).match(/"code":"server_error"/g)).toHaveLength(2);
     expect(JSON.parse(row.assembled as string)).toMatchObject({ complete: true, events: 4 });
     const [line] = await proxy.waitForLogLines((ls) => ls.length > 0);
     expect(line).toMatchObject({ status: 101, error: 'upstream_stream_error' });
