@@ -290,7 +290,10 @@ export class BodyCapture {
   private captured = 0;
   /** The captured bytes already decoded by whoever read the whole body (see `decoded`). */
   private decodedText: string | null = null;
-  /** The bytes past `limit`, the last `tailLimit` of them at least (filled only once over the limit). */
+  /**
+   * The bytes past `limit`, the last `tailLimit` of them at least (filled only once over the limit); with
+   * fewer, the body's tail begins in `chunks`, which `tailText` reads instead of keeping a copy.
+   */
   private tail: Buffer[] | null = null;
   private tailBytes = 0;
   /** Total bytes seen. */
@@ -331,12 +334,22 @@ export class BodyCapture {
   }
 
   /**
-   * The last `tailLimit` bytes of a truncated body as text (its first character may be a cut one); null
-   * when the body was not truncated or no tail is kept.
+   * The last `tailLimit` bytes of a truncated body as text, the bytes before `limit` included when fewer
+   * came after it (its first character may be a cut one); null when the body was not truncated or no
+   * tail is kept.
    */
   tailText(): string | null {
     if (!this.tail) return null;
-    const all = this.tail.length === 1 ? this.tail[0] : Buffer.concat(this.tail, this.tailBytes);
+    const parts = this.tail.slice();
+    // Not trimmed yet, the tail starts right at `limit`: the head's end is the body's before it.
+    let need = this.tailLimit - this.tailBytes;
+    for (let i = this.chunks.length - 1; need > 0 && i >= 0; i--) {
+      const chunk = this.chunks[i];
+      const part = chunk.length <= need ? chunk : chunk.subarray(chunk.length - need);
+      parts.unshift(part);
+      need -= part.length;
+    }
+    const all = parts.length === 1 ? parts[0] : Buffer.concat(parts);
     return all.subarray(Math.max(0, all.length - this.tailLimit)).toString('utf8');
   }
 

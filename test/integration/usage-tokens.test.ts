@@ -85,6 +85,60 @@ describe('token usage of responses larger than CAPTURE_BODY_BYTES', () => {
   });
 });
 
+describe('token usage where CAPTURE_BODY_BYTES cuts a JSON answer', () => {
+  // As OpenAI writes it: with its details, ~250 bytes.
+  const usage = {
+    prompt_tokens: 31,
+    completion_tokens: 42,
+    total_tokens: 73,
+    prompt_tokens_details: { cached_tokens: 0, audio_tokens: 0 },
+    completion_tokens_details: {
+      reasoning_tokens: 0,
+      audio_tokens: 0,
+      accepted_prediction_tokens: 0,
+      rejected_prediction_tokens: 0,
+    },
+  };
+  /** A chat completion of exactly `size` bytes, its `usage` last. */
+  const completionOf = (size: number) => {
+    const shape = (content: string) =>
+      JSON.stringify({
+        id: 'chatcmpl-1',
+        object: 'chat.completion',
+        model: 'gpt-4o',
+        choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: 'stop' }],
+        usage,
+      });
+    const body = shape('x'.repeat(size - shape('').length));
+    expect(body.length).toBe(size);
+    return body;
+  };
+
+  test.each([1, 50, 150, 250, 400, 2000])(
+    'a chat completion of 1000 + %i bytes cut at 1000: its tokens are recorded',
+    async (over) => {
+      const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '1000' });
+      // At 1000 + 250 bytes the cut falls inside `"usage":{…}`: neither side of it holds it whole.
+      const body = completionOf(1000 + over);
+      upstream.on('/v1/chat/completions', (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(body);
+      });
+      const answer = await client(proxy).chat.completions.create({ model: 'gpt-4o', messages: [] });
+      expect(answer.usage).toEqual(usage);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({
+        prompt_tokens: 31,
+        completion_tokens: 42,
+        total_tokens: 73,
+        response_truncated: 1,
+        response_bytes: body.length,
+      });
+      expect(row.response_body).toBe(body.slice(0, 1000));
+    },
+  );
+});
+
 describe('only requests that generate count tokens', () => {
   const stored = (i: number) => ({
     id: `chatcmpl-${i}`,

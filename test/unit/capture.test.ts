@@ -15,6 +15,7 @@ import {
   secretNameCacheSize,
   withClientKey,
 } from '../../src/proxy/capture.js';
+import { extractUsage } from '../../src/proxy/sse.js';
 import type { AssembledMessage } from '../../src/storage/exchange-record.js';
 
 test.each([
@@ -198,6 +199,64 @@ describe('BodyCapture', () => {
     expect(c.tailText()).toBe(all.subarray(84).toString());
     expect(c.bytes).toBe(100);
   });
+
+  test.each([
+    ['fewer bytes past the limit than the tail holds', 20, [20]],
+    ['the same, in small chunks', 20, [3, 4, 5, 6, 2]],
+    ['the limit cut inside the chunk', 20, [8, 12]],
+    ['one byte past the limit', 11, [11]],
+    ['a tail longer than the head', 14, [14]],
+  ])(
+    "its tail is the body's last tailLimit bytes, some of them before the limit (%s)",
+    (_name, size, sizes) => {
+      const all = Buffer.from(
+        Array.from({ length: size }, (_, i) => String.fromCharCode(65 + (i % 26))).join(''),
+      );
+      const c = new BodyCapture(10, 16);
+      let at = 0;
+      for (const n of sizes) {
+        c.push(all.subarray(at, at + n));
+        at += n;
+      }
+      expect(c.stored('application/json')).toBe(all.subarray(0, 10).toString());
+      expect(c.tailText()).toBe(all.subarray(Math.max(0, size - 16)).toString());
+    },
+  );
+
+  // A chat completion of 1000 + N bytes, `usage` at its end, cut at 1000: at N = 250 the cut falls
+  // inside `"usage":{…}`, which neither the first 1000 bytes nor the 250 after them held whole.
+  test.each([1, 50, 150, 200, 250, 300, 400, 2000, 20_000])(
+    'the usage of a JSON body cut at its limit is in its tail, wherever the cut falls (1000 + %i bytes)',
+    (over) => {
+      const counts = { prompt_tokens: 123, completion_tokens: 456, total_tokens: 579 };
+      const usage = {
+        ...counts,
+        prompt_tokens_details: { cached_tokens: 0, audio_tokens: 0 },
+        completion_tokens_details: {
+          reasoning_tokens: 0,
+          audio_tokens: 0,
+          accepted_prediction_tokens: 0,
+          rejected_prediction_tokens: 0,
+        },
+      };
+      const shape = (content: string) =>
+        JSON.stringify({
+          id: 'chatcmpl-1',
+          object: 'chat.completion',
+          choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: 'stop' }],
+          usage,
+        });
+      const body = Buffer.from(shape('x'.repeat(1000 + over - shape('').length)));
+      expect(body.length).toBe(1000 + over);
+      for (const step of [body.length, 64, 7]) {
+        const c = new BodyCapture(1000, 8192);
+        for (let at = 0; at < body.length; at += step) c.push(body.subarray(at, at + step));
+        expect(c.truncated).toBe(true);
+        expect(extractUsage(c.tailText() as string)).toEqual(counts);
+        expect(c.tailText()).toBe(body.subarray(Math.max(0, body.length - 8192)).toString());
+      }
+    },
+  );
 
   test('no tail unless the limit was passed or one was asked for', () => {
     const fits = new BodyCapture(1024, 16);
