@@ -303,7 +303,7 @@ export class BodyCapture {
   /** `tailLimit`: past `limit`, also keep the body's last bytes (where a JSON answer has its usage). */
   constructor(
     readonly limit: number,
-    private readonly tailLimit = 0,
+    private tailLimit = 0,
   ) {}
 
   push(chunk: Buffer): void {
@@ -331,6 +331,13 @@ export class BodyCapture {
     tail.push(chunk);
     this.tailBytes += chunk.length;
     while (this.tailBytes - tail[0].length >= this.tailLimit) this.tailBytes -= tail.shift()!.length;
+  }
+
+  /** Drop the tail kept, and keep none from now on: the rest of the body will not be pushed. */
+  forgetTail(): void {
+    this.tail = null;
+    this.tailBytes = 0;
+    this.tailLimit = 0;
   }
 
   /**

@@ -9,9 +9,16 @@ export function isDecodable(encoding: string): boolean {
 }
 
 /**
+ * Decoded bytes past which a body is no longer decoded for its tail: a small compressed answer can
+ * inflate to gigabytes, each of them decoded by the proxy for nothing but its last few KB.
+ */
+export const TAIL_DECODE_MAX_BYTES = 256 * 1024 * 1024;
+
+/**
  * Decodes a compressed response body for the record only (the client gets the bytes the upstream
- * sent): keeps at most `limit` decoded bytes, then stops decoding, and hands each decoded piece to
- * `onData` (the stream assembler) too.
+ * sent): keeps at most `limit` decoded bytes and hands each decoded piece to `onData` (the stream
+ * assembler) too. With a `tailLimit`, it decodes on past the limit (up to `decodeMax` bytes) to keep
+ * the body's last `tailLimit` bytes, where a JSON answer has its usage; without one, it stops there.
  */
 export class RecordDecoder {
   /** The decoded body, cut at `limit`. */
@@ -26,8 +33,10 @@ export class RecordDecoder {
     encoding: string,
     limit: number,
     private readonly onData?: (decoded: Buffer) => void,
+    tailLimit = 0,
+    decodeMax = TAIL_DECODE_MAX_BYTES,
   ) {
-    this.capture = new BodyCapture(limit);
+    this.capture = new BodyCapture(limit, tailLimit);
     const e = encoding.trim().toLowerCase();
     // A body cut short (client gone, upstream reset) still yields what arrived, without an error.
     this.zlib =
@@ -41,7 +50,13 @@ export class RecordDecoder {
         if (this.stopped) return;
         this.capture.push(d);
         this.onData?.(d);
-        if (this.capture.truncated) this.stop();
+        if (!this.capture.truncated) return;
+        if (tailLimit === 0) this.stop();
+        else if (this.capture.bytes > decodeMax) {
+          // What is kept now is not the body's end: no usage is read from its middle.
+          this.capture.forgetTail();
+          this.stop();
+        }
       });
       this.zlib.on('error', (err: Error) => {
         this.failure = err.message;

@@ -1637,6 +1637,7 @@ function decodeForRecord(x: ExchangeContext): void {
       encoding,
       x.responseCapture.limit,
       assembler ? (d) => assembler.push(d) : undefined,
+      USAGE_TAIL_BYTES,
     );
   } else {
     x.assembler = null;

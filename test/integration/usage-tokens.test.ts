@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { brotliCompressSync, constants, deflateSync, gzipSync } from 'node:zlib';
 import OpenAI from 'openai';
 import { describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -137,6 +139,86 @@ describe('token usage where CAPTURE_BODY_BYTES cuts a JSON answer', () => {
       expect(row.response_body).toBe(body.slice(0, 1000));
     },
   );
+
+  test.each([
+    ['gzip', gzipSync],
+    ['deflate', deflateSync],
+    ['br', (b: string) => brotliCompressSync(b, { params: { [constants.BROTLI_PARAM_QUALITY]: 4 } })],
+  ] as const)(
+    'a %s image generation answer over the cap: its tokens are recorded',
+    async (encoding, encode) => {
+      const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '1000' });
+      const imageUsage = {
+        input_tokens: 50,
+        output_tokens: 272,
+        total_tokens: 322,
+        input_tokens_details: { text_tokens: 50, image_tokens: 0 },
+      };
+      // An image's base64 barely compresses: the compressed body is itself far over the cap.
+      const image = randomBytes(150_000).toString('base64');
+      const json = JSON.stringify({ created: 1, data: [{ b64_json: image }], usage: imageUsage });
+      const sent = encode(json);
+      expect(sent.length).toBeGreaterThan(100_000);
+      upstream.on('/v1/images/generations', (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': encoding });
+        for (let at = 0; at < sent.length; at += 1024) res.write(sent.subarray(at, at + 1024));
+        res.end();
+      });
+      const img = await client(proxy).images.generate({ model: 'gpt-image-1', prompt: 'cat' });
+      expect(img.usage).toEqual(imageUsage);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({
+        path: '/v1/images/generations',
+        prompt_tokens: 50,
+        completion_tokens: 272,
+        total_tokens: 322,
+        response_truncated: 1,
+        response_bytes: sent.length,
+      });
+      expect(row.response_body).toBe(json.slice(0, 1000));
+    },
+  );
+});
+
+test('a gzipped chat stream over the cap: reassembled to its end, its usage recorded', async () => {
+  const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '1000' });
+  const event = (o: unknown) => `data: ${JSON.stringify(o)}\n\n`;
+  const words = Array.from({ length: 200 }, (_, i) => `word${i} `);
+  const events = [
+    ...words.map((w) =>
+      event({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: { content: w } }] }),
+    ),
+    event({ object: 'chat.completion.chunk', choices: [{ index: 0, delta: {}, finish_reason: 'stop' }] }),
+    event({
+      object: 'chat.completion.chunk',
+      choices: [],
+      usage: { prompt_tokens: 5, completion_tokens: 200, total_tokens: 205 },
+    }),
+    'data: [DONE]\n\n',
+  ].join('');
+  const sent = gzipSync(events);
+  upstream.on('/v1/chat/completions', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'content-encoding': 'gzip' });
+    for (let at = 0; at < sent.length; at += 512) res.write(sent.subarray(at, at + 512));
+    res.end();
+  });
+  const stream = await client(proxy).chat.completions.create({
+    model: 'gpt-4o',
+    messages: [],
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '';
+  for await (const c of stream) text += c.choices[0]?.delta.content ?? '';
+  expect(text).toBe(words.join(''));
+  const [row] = await proxy.waitForRows(1);
+  expect(row).toMatchObject({ stream: 1, prompt_tokens: 5, completion_tokens: 200, total_tokens: 205 });
+  expect(row.response_body).toBe(events.slice(0, 1000));
+  // Reassembled to its end (its text capped as any stream's is), as the same stream uncompressed.
+  const assembled = JSON.parse(row.assembled!);
+  expect(assembled).toMatchObject({ complete: true, finish_reason: 'stop' });
+  expect(assembled.content.length).toBeGreaterThanOrEqual(1000);
+  expect(words.join('').startsWith(assembled.content)).toBe(true);
 });
 
 describe('only requests that generate count tokens', () => {

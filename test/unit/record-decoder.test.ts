@@ -34,6 +34,33 @@ describe('RecordDecoder', () => {
     expect(d.truncated).toBe(true);
   });
 
+  test("with a tail: decodes on past its limit and keeps the decoded body's last bytes too", async () => {
+    const json = `{"data":"${'a'.repeat(5_000_000)}","usage":{"total_tokens":322}}`;
+    const body = gzipSync(json);
+    const handed: Buffer[] = [];
+    const d = new RecordDecoder('gzip', 100, (b) => handed.push(b), 8192);
+    for (let at = 0; at < body.length; at += 1000) d.write(body.subarray(at, at + 1000));
+    await d.finish();
+    expect(d.stored('application/json', 'gzip', body.length)).toBe(json.slice(0, 100));
+    expect(d.truncated).toBe(true);
+    expect(d.capture.bytes).toBe(json.length);
+    expect(d.capture.tailText()).toBe(json.slice(-8192));
+    expect(Buffer.concat(handed).toString()).toBe(json);
+  });
+
+  test('with a tail: stops past decodeMax decoded bytes, and keeps no tail that is not the end', async () => {
+    const json = `{"data":"${'a'.repeat(5_000_000)}","usage":{"total_tokens":322}}`;
+    const body = gzipSync(json);
+    const d = new RecordDecoder('gzip', 100, undefined, 8192, 1_000_000);
+    d.write(body);
+    await d.finish();
+    expect(d.stored('application/json', 'gzip', body.length)).toBe(json.slice(0, 100));
+    expect(d.truncated).toBe(true);
+    expect(d.capture.bytes).toBeGreaterThan(1_000_000);
+    expect(d.capture.bytes).toBeLessThan(json.length);
+    expect(d.capture.tailText()).toBeNull();
+  });
+
   test('a body cut short gives what arrived, without failing', async () => {
     const body = gzipSync(text);
     const { d } = await decode('gzip', body.subarray(0, Math.floor(body.length / 2)));
