@@ -378,10 +378,22 @@ export class BodyCapture {
     this.decodedText = text;
   }
 
+  /** The kept bytes as UTF-8; cut at the limit, up to the last whole character (no U+FFFD for a cut one). */
   text(): string {
     if (this.decodedText !== null && !this.truncated) return this.decodedText;
-    return this.chunks.length === 1
-      ? this.chunks[0].toString('utf8')
-      : Buffer.concat(this.chunks).toString('utf8');
+    const kept = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    return this.truncated ? kept.toString('utf8', 0, wholeUtf8End(kept)) : kept.toString('utf8');
   }
+}
+
+/** The length of `buf` without a UTF-8 character cut at its end (unchanged if its end is not UTF-8). */
+function wholeUtf8End(buf: Buffer): number {
+  const n = buf.length;
+  for (let i = n - 1; i >= 0 && i >= n - 4; i--) {
+    const b = buf[i] as number;
+    if ((b & 0xc0) === 0x80) continue; // a continuation byte: its lead byte is further back
+    const size = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    return i + size > n ? i : n;
+  }
+  return n;
 }

@@ -140,6 +140,31 @@ describe('token usage where CAPTURE_BODY_BYTES cuts a JSON answer', () => {
     },
   );
 
+  test('an answer cut inside a character is stored up to the last whole one, its tokens recorded', async () => {
+    const { upstream, proxy } = await setup({ CAPTURE_BODY_BYTES: '1000' });
+    const content = 'καλημέρα '.repeat(200); // 2 bytes a Greek letter
+    const body = JSON.stringify({
+      id: 'chatcmpl-1',
+      object: 'chat.completion',
+      model: 'gpt-4o',
+      choices: [{ index: 0, message: { role: 'assistant', content }, finish_reason: 'stop' }],
+      usage,
+    });
+    const bytes = Buffer.from(body);
+    // Byte 1000 is the second of a Greek letter's two: the cut falls inside it.
+    expect(bytes[1000]! & 0xc0).toBe(0x80);
+    upstream.on('/v1/chat/completions', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(body);
+    });
+    const answer = await client(proxy).chat.completions.create({ model: 'gpt-4o', messages: [] });
+    expect(answer.choices[0]?.message.content).toBe(content);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ total_tokens: 73, response_truncated: 1, response_bytes: bytes.length });
+    expect(row.response_body).toBe(bytes.subarray(0, 999).toString());
+    expect(row.response_body).not.toContain('\ufffd');
+  });
+
   test.each([
     ['gzip', gzipSync],
     ['deflate', deflateSync],

@@ -258,6 +258,32 @@ describe('BodyCapture', () => {
     },
   );
 
+  test.each([
+    ['é (2 bytes) cut after 1', 'é', 1],
+    ['€ (3 bytes) cut after 1', '€', 1],
+    ['€ (3 bytes) cut after 2', '€', 2],
+    ['😀 (4 bytes) cut after 1', '😀', 1],
+    ['😀 (4 bytes) cut after 3', '😀', 3],
+    ['😀 (4 bytes) whole at the limit', '😀', 4],
+  ])('a body cut inside a character is stored up to the last whole one: %s', (_name, char, keep) => {
+    const body = Buffer.from(`{"text":"ab${char}${char}"}`);
+    const limit = 11 + keep; // `{"text":"ab` is 11 bytes
+    for (const step of [body.length, 1]) {
+      const c = new BodyCapture(limit);
+      for (let at = 0; at < body.length; at += step) c.push(body.subarray(at, at + step));
+      const stored = c.stored('application/json') as string;
+      expect(stored).toBe(`{"text":"ab${keep === Buffer.byteLength(char) ? char : ''}`);
+      expect(Buffer.byteLength(stored)).toBeLessThanOrEqual(limit);
+      expect(c.truncated).toBe(true);
+    }
+  });
+
+  test('a body that is not UTF-8 is stored as decoded, cut at its limit', () => {
+    const c = new BodyCapture(4);
+    c.push(Buffer.from([0x61, 0x80, 0x80, 0x80, 0x80, 0x62]));
+    expect(c.stored('text/plain')).toBe('a\ufffd\ufffd\ufffd');
+  });
+
   test('no tail unless the limit was passed or one was asked for', () => {
     const fits = new BodyCapture(1024, 16);
     fits.push(body);
