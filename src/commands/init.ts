@@ -5,6 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import {
+  checkBaseUrls,
   findConfigFile,
   knownSecrets,
   maskSecret,
@@ -606,7 +607,7 @@ async function writeAndReport(
     );
   }
   try {
-    resolveConfig({ configPath: path, env: io.env, cwd: io.cwd });
+    checkBaseUrls(resolveConfig({ configPath: path, env: io.env, cwd: io.cwd }));
   } catch (err) {
     io.stderr.write(`warning: serve would currently refuse to start: ${(err as Error).message}\n`);
   }

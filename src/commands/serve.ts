@@ -4,6 +4,7 @@ import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import {
   type ConfigFlags,
+  checkBaseUrls,
   configuredKeys,
   maskSecret,
   type ResolvedConfig,
@@ -193,7 +194,7 @@ export async function startProxy(
   io: CliIo,
   ext: ServeExtensions = {},
 ): Promise<RunningProxy> {
-  const { config } = resolved;
+  const { config } = checkBaseUrls(resolved);
   const location = resolveDatabaseLocation(
     config.databaseUrl,
     resolved.env,
@@ -519,7 +520,7 @@ export async function startProxy(
             'config_not_found',
             `The config file ${configInUse} in use is gone (moved or deleted); put it back there, or restart with --config naming its new path`,
           );
-        return resolveAgain(configInUse);
+        return checkBaseUrls(resolveAgain(configInUse));
       },
     });
   } catch (err) {

@@ -180,6 +180,7 @@ function resolveLayers(
   }
 
   const config = values as unknown as Config;
+  takeApiVersions(config, sources, warnings);
   validateCrossFields(config, sources);
   return { config, configFile, warnings, sources, env: { ...dotenv, ...env } };
 }
@@ -589,19 +590,113 @@ function checkUrl(def: SettingDef, v: string, where: string): string {
     return invalid(where, def, 'an absolute http(s) URL such as https://api.openai.com/v1', v);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') invalid(where, def, 'an http:// or https:// URL', v);
-  // Only the origin and path are used (the proxy, Qdrant's client): a query would be dropped unsaid, and
-  // a key in it printed by every banner. Shown as any refused URL is: secret-named values masked.
-  if (u.search || u.hash)
-    invalid(where, def, 'a URL without ?query or #fragment (neither is ever sent)', v, whereInstead(def));
-  return v.replace(/\/+$/, '');
+  // A ?query or #fragment is kept here (?api-version is taken by takeApiVersions) and refused by
+  // checkBaseUrls where the URL is used: `logs` must not refuse a URL it never uses.
+  return /[?#]/.test(v) ? v : v.replace(/\/+$/, '');
 }
 
-/** Where what a URL's query held belongs instead, for the setting `def`. */
-function whereInstead(def: SettingDef): string {
-  if (def.key === 'qdrantUrl') return 'put a Qdrant key in QDRANT_API_KEY';
-  if (def.key === 'upstreams')
-    return "put a key in the upstream's apiKey (or apiKeyEnv) or headers, an Azure api-version in its apiVersion";
-  return 'put a key in OPENAI_API_KEY, an Azure api-version in OPENAI_API_VERSION';
+/**
+ * An Azure base URL pasted from the portal (`…/deployments/d?api-version=2024-02-01`): its api-version is
+ * the upstream's when none is configured, and leaves the URL. A configured one that differs wins (it is
+ * what was sent before such a query was read at all), with a warning.
+ */
+function takeApiVersions(
+  config: Config,
+  sources: Partial<Record<ConfigKey, string>>,
+  warnings: string[],
+): void {
+  const take = (url: string, configured: string | undefined, urlName: string, versionName: string) => {
+    const found = splitApiVersion(url);
+    if (!found) return undefined;
+    if (configured && configured !== found.version)
+      warnings.push(
+        `${urlName} holds ?api-version=${found.version}, but ${versionName} is ${configured}, which is used; remove one of them`,
+      );
+    return found;
+  };
+  const names = { sources } as Pick<ResolvedConfig, 'sources'>;
+  const found = take(
+    config.openaiBaseUrl,
+    config.openaiApiVersion,
+    settingSource(names, 'openaiBaseUrl'),
+    settingSource(names, 'openaiApiVersion'),
+  );
+  if (found) {
+    config.openaiBaseUrl = found.url;
+    if (!config.openaiApiVersion) {
+      config.openaiApiVersion = found.version;
+      sources.openaiApiVersion = sources.openaiBaseUrl;
+    }
+  }
+  for (const [name, u] of Object.entries(config.upstreams ?? {})) {
+    const f = take(u.baseUrl, u.apiVersion, `upstreams.${name}.baseUrl`, `upstreams.${name}.apiVersion`);
+    if (f) config.upstreams[name] = { ...u, baseUrl: f.url, apiVersion: u.apiVersion || f.version };
+  }
+}
+
+/** `url` without its `api-version` query parameter(s), and the (first) value, or undefined when it has none. */
+function splitApiVersion(url: string): { url: string; version: string } | undefined {
+  const q = url.indexOf('?');
+  if (q === -1) return undefined;
+  const hash = url.indexOf('#', q);
+  const query = url.slice(q + 1, hash === -1 ? undefined : hash);
+  const version = new URLSearchParams(query).get('api-version');
+  if (!version) return undefined;
+  const rest = query.split('&').filter((p) => p !== '' && !/^api-version(=|$)/.test(p));
+  const base = url.slice(0, q).replace(/\/+$/, '');
+  return {
+    url: `${base}${rest.length ? `?${rest.join('&')}` : ''}${hash === -1 ? '' : url.slice(hash)}`,
+    version: version.trim(),
+  };
+}
+
+/**
+ * Refuse a base URL that still holds a ?query or #fragment (other than ?api-version, taken as the
+ * api-version): neither is ever sent (the proxy and Qdrant's client keep the origin and path), and a key
+ * in it would be printed by the banner. For commands that use the URLs (`serve`, its reloads); throws
+ * OaiProxyError('config_invalid') naming the setting, the URL shown with its secrets masked.
+ */
+export function checkBaseUrls(resolved: ResolvedConfig): ResolvedConfig {
+  const { config, sources } = resolved;
+  const secrets = resolved.secrets ?? [];
+  const refuse = (name: string, url: string, instead: string): never => {
+    throw withoutConfiguredSecrets(
+      new OaiProxyError(
+        'config_invalid',
+        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); ${instead}`,
+      ),
+      resolved,
+    );
+  };
+  const named = (key: ConfigKey): string => {
+    const source = sources[key];
+    const env = SETTINGS.find((s) => s.key === key)?.env ?? key;
+    if (!source) return env;
+    if (source.startsWith('-')) return source;
+    if (source.startsWith('config file ')) return `"${key}" in ${source}`;
+    return `${env} (${source})`;
+  };
+  if (hasQuery(config.openaiBaseUrl))
+    refuse(named('openaiBaseUrl'), config.openaiBaseUrl, 'put a key in OPENAI_API_KEY');
+  for (const [name, u] of Object.entries(config.upstreams))
+    if (hasQuery(u.baseUrl))
+      refuse(
+        `upstreams.${name}.baseUrl${resolved.configFile ? ` in config file ${resolved.configFile}` : ''}`,
+        u.baseUrl,
+        "put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+      );
+  if (config.qdrantUrl && hasQuery(config.qdrantUrl))
+    refuse(named('qdrantUrl'), config.qdrantUrl, 'put a Qdrant key in QDRANT_API_KEY');
+  return resolved;
+}
+
+function hasQuery(url: string): boolean {
+  try {
+    const u = new URL(url);
+    return u.search !== '' || u.hash !== '' || /[?#]/.test(url);
+  } catch {
+    return /[?#]/.test(url);
+  }
 }
 
 function checkStringMap(

@@ -136,22 +136,23 @@ describe('CLI basics', () => {
     [
       {},
       ['--upstream', 'http://h.test/v1?key={key}'],
-      'Invalid --upstream = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent); put a key in OPENAI_API_KEY, an Azure api-version in OPENAI_API_VERSION',
+      'Invalid --upstream = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in OPENAI_API_KEY',
     ],
     [
+      // ?api-version is taken (as OPENAI_API_VERSION), the rest refused.
       { OPENAI_BASE_URL: 'http://h.test/v1?key=plain-SECRET-777&api-version=2024-10-21' },
       [],
-      'Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?key=***&api-version=2024-10-21: expected a URL without ?query',
+      'Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?key=***: expected a URL without ?query',
     ],
     [
       { QDRANT_URL: 'http://127.0.0.1:6333/?api-key=SECRET-qdrant-1' },
       [],
-      'Invalid QDRANT_URL (environment) = http://127.0.0.1:6333/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent); put a Qdrant key in QDRANT_API_KEY',
+      'Invalid QDRANT_URL (environment) = http://127.0.0.1:6333/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a Qdrant key in QDRANT_API_KEY',
     ],
     [
       { file: { upstreams: { local: { baseUrl: 'http://h.test/v1?Signature=SECRET-sig-1#top' } } } },
       [],
-      "upstreams.local.baseUrl = http://h.test/v1?Signature=***#top: expected a URL without ?query or #fragment (neither is ever sent); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+      "upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://h.test/v1?Signature=***#top: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
     ],
   ])(
     'a base URL with a query (%j, serve %j) → exit 2, the secret masked',
@@ -181,8 +182,96 @@ describe('CLI basics', () => {
       await done;
       expect(io.err()).not.toContain('SECRET');
       expect(code).toBe(2);
-      expect(io.err()).toContain(expected);
+      expect(io.err()).toContain(expected.replace('{dir}', tmp.path));
       expect(io.err().trim().split('\n')).toHaveLength(1);
+    },
+  );
+
+  // Review: the refusal ran in config load, so `logs` and `models` (which never use a base URL) refused too.
+  test('logs and models do not refuse a base URL or QDRANT_URL with a query: only serve uses them', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    writeFileSync(
+      join(tmp.path, 'cfg.json'),
+      JSON.stringify({ upstreams: { local: { baseUrl: 'http://h.test/v1?x=1' } } }),
+    );
+    const env = {
+      HOME: tmp.path,
+      OPENAI_BASE_URL: 'http://h.test/v1?key=SECRET-in-query-1',
+      QDRANT_URL: 'http://127.0.0.1:6333/?api-key=SECRET-qdrant-1',
+    };
+    for (const argv of [
+      ['models', 'add', 'llama3', '-c', 'cfg.json', '--db', 'a.db'],
+      ['models', 'list', '-c', 'cfg.json', '--db', 'a.db'],
+      ['logs', '-c', 'cfg.json', '--db', 'a.db'],
+    ]) {
+      const io = createTestIo(env, tmp.path);
+      expect(await main(argv, io), `${argv.join(' ')}: ${io.err()}`).toBe(0);
+      expect(io.err()).not.toMatch(/Invalid|warning|SECRET/);
+      expect(io.out()).not.toContain('SECRET');
+    }
+    // serve, which uses them, refuses (the first it finds), naming the setting.
+    const io = createTestIo(env, tmp.path);
+    expect(await main(['serve', '--port', '0', '-c', 'cfg.json', '--db', 'a.db'], io)).toBe(2);
+    expect(io.err()).toMatch(
+      /^oai-proxy: Invalid OPENAI_BASE_URL \(environment\) = http:\/\/h\.test\/v1\?key=\*\*\*: /,
+    );
+  });
+
+  // Review: an old-style Azure base URL pasted from the portal worked before a query was refused (the
+  // query was dropped, the default api-version sent); its api-version is now the one sent.
+  test.each([
+    [{}, '2024-02-01', []],
+    [
+      { OPENAI_API_VERSION: '2024-10-21' },
+      '2024-10-21',
+      [
+        'warning: OPENAI_BASE_URL holds ?api-version=2024-02-01, but OPENAI_API_VERSION is 2024-10-21, which is used; remove one of them',
+      ],
+    ],
+  ])(
+    "an Azure portal base URL's ?api-version (with %j): serve starts and sends api-version=%s",
+    async (env, sent, warnings) => {
+      const { home, upstream, cleanup } = await createServeFixture();
+      cleanups.push(cleanup);
+      const base = `${upstream.origin}/openai/deployments/gpt4o-prod`;
+      const ac = new AbortController();
+      const io = {
+        ...createTestIo(
+          {
+            HOME: home,
+            OPENAI_BASE_URL: `${base}?api-version=2024-02-01`,
+            OPENAI_API_KEY: 'azure-key-0123456789abcdef',
+            ...env,
+          },
+          home,
+        ),
+        signal: ac.signal,
+      };
+      const done = main(['serve', '--port', '0', '--db', 'p.db'], io);
+      let url = '';
+      await until('the banner or an exit', () => {
+        url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1] ?? '';
+        return url !== '' || io.err().startsWith('oai-proxy:');
+      });
+      expect(io.err()).toContain(`  upstream   ${base}  (key `);
+      const client = new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${url}/v1`, maxRetries: 0 });
+      const answer = await client.chat.completions.create({
+        model: 'gpt-4o',
+        messages: [{ role: 'user', content: 'hi' }],
+      });
+      expect(answer.choices[0]?.message.content).toBeTruthy();
+      ac.abort();
+      expect(await done).toBe(0);
+      expect(upstream.requests.map((r) => r.url)).toEqual([
+        `/openai/deployments/gpt4o-prod/chat/completions?api-version=${sent}`,
+      ]);
+      expect(
+        io
+          .err()
+          .split('\n')
+          .filter((l) => l.startsWith('warning: ')),
+      ).toEqual(warnings);
     },
   );
 
@@ -513,6 +602,27 @@ describe('serve: POST /admin/reload-config', () => {
     const refused = await reload();
     expect(refused.status).toBe(400);
     expect(refused.body.error.message).toContain(`The config file ${file} in use is gone`);
+  });
+
+  test('a reload whose base URL holds a query is refused as serve refuses it at start, the old config kept', async () => {
+    const { home, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
+    const file = join(home, 'oai-proxy.config.json');
+    writeFileSync(file, JSON.stringify({ openaiBaseUrl: upstream.baseUrl, adminApiKey: ADMIN }));
+    const { url, reload } = await serveIn(home);
+    writeFileSync(
+      file,
+      JSON.stringify({ openaiBaseUrl: `${upstream.baseUrl}?key=SECRET-reload-1`, adminApiKey: ADMIN }),
+    );
+    const refused = await reload();
+    expect(refused.status).toBe(400);
+    expect(refused.body.error.message).toContain(
+      `Invalid "openaiBaseUrl" in config file ${file} = ${upstream.baseUrl}?key=***: expected a URL without ?query`,
+    );
+    expect(JSON.stringify(refused.body)).not.toContain('SECRET');
+    const client = new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${url}/v1`, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/chat/completions']);
   });
 });
 

@@ -370,6 +370,18 @@ describe('oai-proxy init --yes', () => {
     expect(out).toContain('then point OpenAI clients at http://[redacted]:8000/v1');
   });
 
+  // A query is refused by serve, which uses the URL, no longer by config load: init's check after writing
+  // asks what serve would, so it still says serve would refuse (the key masked).
+  test('an OPENAI_BASE_URL with a ?query: written, and a warning that serve would refuse it, the key masked', async () => {
+    const h = tempHome();
+    const io = createTestIo({ ...h.env, OPENAI_BASE_URL: 'http://h.test/v1?key=SECRET-query-1' }, h.dir);
+    expect(await main(['init', '--yes', '--no-check', '-c', './k.json'], io)).toBe(0);
+    expect(io.err()).toBe(
+      'warning: serve would currently refuse to start: Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in OPENAI_API_KEY\n',
+    );
+    expect(io.out()).not.toContain('SECRET');
+  });
+
   test('a key the existing file holds, pasted into a flag, is not shown either', async () => {
     const h = tempHome();
     const path = join(h.dir, 'k.json');

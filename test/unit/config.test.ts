@@ -417,6 +417,50 @@ describe('DATABASE_URL forms', () => {
   });
 });
 
+describe("a base URL's ?api-version is the upstream's api-version unless one is configured", () => {
+  const portal = 'https://x.openai.azure.com/openai/deployments/d?api-version=2024-02-01';
+  test('taken, and the URL loses it; other query parameters are kept for serve to refuse', () => {
+    const { config, warnings } = resolve({ OPENAI_BASE_URL: portal });
+    expect(config.openaiBaseUrl).toBe('https://x.openai.azure.com/openai/deployments/d');
+    expect(config.openaiApiVersion).toBe('2024-02-01');
+    expect(warnings).toEqual([]);
+    const other = resolve({ OPENAI_BASE_URL: 'http://h/v1/?a=1&api-version=2025-01-01&b=2#f' }).config;
+    expect(other.openaiBaseUrl).toBe('http://h/v1?a=1&b=2#f');
+    expect(other.openaiApiVersion).toBe('2025-01-01');
+  });
+
+  test('a configured api-version that differs wins, with a warning naming both', () => {
+    const { config, warnings } = resolve({ OPENAI_BASE_URL: portal, OPENAI_API_VERSION: '2024-10-21' });
+    expect(config.openaiBaseUrl).toBe('https://x.openai.azure.com/openai/deployments/d');
+    expect(config.openaiApiVersion).toBe('2024-10-21');
+    expect(warnings).toEqual([
+      'OPENAI_BASE_URL holds ?api-version=2024-02-01, but OPENAI_API_VERSION is 2024-10-21, which is used; remove one of them',
+    ]);
+    expect(resolve({ OPENAI_BASE_URL: portal, OPENAI_API_VERSION: '2024-02-01' }).warnings).toEqual([]);
+  });
+
+  test("the same for a file's upstreams.NAME.baseUrl and apiVersion", () => {
+    write('oai-proxy.config.json', {
+      upstreams: {
+        az: { baseUrl: portal, type: 'azure' },
+        pinned: { baseUrl: portal, type: 'azure', apiVersion: '2024-10-21' },
+      },
+    });
+    const { config, warnings } = resolve();
+    expect(config.upstreams.az).toMatchObject({
+      baseUrl: 'https://x.openai.azure.com/openai/deployments/d',
+      apiVersion: '2024-02-01',
+    });
+    expect(config.upstreams.pinned).toMatchObject({
+      baseUrl: 'https://x.openai.azure.com/openai/deployments/d',
+      apiVersion: '2024-10-21',
+    });
+    expect(warnings).toEqual([
+      'upstreams.pinned.baseUrl holds ?api-version=2024-02-01, but upstreams.pinned.apiVersion is 2024-10-21, which is used; remove one of them',
+    ]);
+  });
+});
+
 describe('redactUrl hides the whole password, as pg reads it', () => {
   test.each([
     ['postgres://user:pw@dbhost/db', 'postgres://user:***@dbhost/db'],
