@@ -83,13 +83,19 @@ export function resolveLogFilePath(
 }
 
 /**
- * Hide a URL's password (all of it, whatever it holds) and the values of secret-named query parameters
- * (`password=`, `key=`, `api-key=`, `access_token=`…) before the URL is printed. The rest of the URL is shown as written.
+ * Hide a URL's password (all of it, whatever it holds), the values of secret-named query parameters
+ * (`password=`, `key=`, `api-key=`, `access_token=`, Azure SAS `sig=`…) and its #fragment, whole (an OAuth
+ * `#access_token=`), before the URL is printed. The rest of the URL is shown as written.
  */
 export function redactUrl(url: string): string {
   const m = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(url);
   if (!m) return redactQuery(url);
-  const [, scheme, rest] = m;
+  const [, scheme, whole] = m;
+  // A fragment is never sent and may hold anything: hidden whole. A # in a password makes the URL
+  // unparseable; then the fragment is looked for after the userinfo's last @ (too much, never too little).
+  const from = isParseable(url) ? 0 : whole.lastIndexOf('@') + 1;
+  const hash = whole.indexOf('#', from);
+  const rest = hash === -1 || hash === whole.length - 1 ? whole : `${whole.slice(0, hash)}#***`;
   // As WHATWG URL (so pg and undici) reads it: the authority ends at the first / ? or #, and its
   // last @ ends the userinfo, so a password may hold @ and :. A password holding / ? or # makes the
   // URL unparseable; then the userinfo runs to the last @ of all, which hides too much, never too little.
@@ -113,10 +119,15 @@ function isParseable(url: string): boolean {
   }
 }
 
-/** Values of query parameters named like secrets (isSecretName: `key`, `api-key`, `sig…`, as headers) masked. */
+/**
+ * Values of query parameters named like secrets (isSecretName: `key`, `api-key`, `…signature`, as headers;
+ * and `passwd`, `pwd`, an Azure SAS token's `sig`) masked.
+ */
 function redactQuery(s: string): string {
   return s.replace(/([?&])([^=&#]*)=[^&#]*/g, (param, sep: string, name: string) =>
-    isSecretName(decodeName(name)) || /^(?:passwd|pwd)$/i.test(name) ? `${sep}${name}=***` : param,
+    isSecretName(decodeName(name)) || /^(?:passwd|pwd|sig)$/i.test(decodeName(name))
+      ? `${sep}${name}=***`
+      : param,
   );
 }
 

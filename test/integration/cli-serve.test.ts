@@ -152,7 +152,19 @@ describe('CLI basics', () => {
     [
       { file: { upstreams: { local: { baseUrl: 'http://h.test/v1?Signature=SECRET-sig-1#top' } } } },
       [],
-      "upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://h.test/v1?Signature=***#top: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+      "upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://h.test/v1?Signature=***#***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+    ],
+    // Review: a fragment was printed whole (only ?… and &… parameters were looked at), and an Azure SAS
+    // token's `sig` in full: a fragment is masked whole, `sig` as any secret-named parameter.
+    [
+      { OPENAI_BASE_URL: 'http://h.test/v1#access_token=SECRETfrag123' },
+      [],
+      'Invalid OPENAI_BASE_URL (environment) = http://h.test/v1#***: expected',
+    ],
+    [
+      { OPENAI_BASE_URL: 'https://a.blob.core.windows.net/v1?sv=2022-11-02&se=2026-01-01&sig=SECRETsig123' },
+      [],
+      'Invalid OPENAI_BASE_URL (environment) = https://a.blob.core.windows.net/v1?sv=2022-11-02&se=2026-01-01&sig=***: expected',
     ],
   ])(
     'a base URL with a query (%j, serve %j) → exit 2, the secret masked',

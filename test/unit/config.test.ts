@@ -488,6 +488,16 @@ describe('redactUrl hides the whole password, as pg reads it', () => {
       'http://h/v1?api%2Dkey=SECRET&api-version=2024-10-21',
       'http://h/v1?api%2Dkey=***&api-version=2024-10-21',
     ],
+    // A fragment whole (OAuth's #access_token=…), an Azure SAS token's sig (se, its expiry, shown).
+    ['http://h/v1#access_token=SECRETfrag123', 'http://h/v1#***'],
+    ['http://h/v1?x=1#SECRET', 'http://h/v1?x=1#***'],
+    ['http://h/v1#', 'http://h/v1#'],
+    ['https://u:p#SECRET@h/v1#SECRET', 'https://u:***@h/v1#***'],
+    [
+      'https://a.blob.core.windows.net/c?se=2026-01-01&sig=SECRET',
+      'https://a.blob.core.windows.net/c?se=2026-01-01&sig=***',
+    ],
+    ['/tmp/a#b.db', '/tmp/a#b.db'],
     ['postgres://user@dbhost/db', 'postgres://user@dbhost/db'],
     ['http://host:8080/a@b', 'http://host:8080/a@b'],
     ['https://api.openai.com/v1', 'https://api.openai.com/v1'],
