@@ -200,11 +200,14 @@ export function withoutConfiguredSecrets(err: unknown, resolved: Pick<ResolvedCo
 }
 
 /**
- * `text` with every one of `secrets` (ResolvedConfig.secrets, knownSecrets) replaced by [redacted], for
- * console lines that print settings' values as they are (a host, a file path a key was pasted into).
+ * `text` with every one of `secrets` (ResolvedConfig.secrets, knownSecrets) that is long or shaped like a
+ * key replaced by [redacted], for console lines that print settings' values as they are (a host, a file
+ * path a key was pasted into). A shorter one is left, as a URL password is outside its URL: Ollama's
+ * placeholder key `ollama` must not hide the host and directory of the same name.
  */
 export function withoutSecrets(text: string, secrets: readonly string[] | undefined): string {
-  return secrets?.length ? scrubConfigSecrets(text, secrets) : text;
+  const hidden = secrets?.filter((s) => s.length >= URL_PASSWORD_MIN || KEY_LIKE.test(s.trim()));
+  return hidden?.length ? scrubConfigSecrets(text, hidden) : text;
 }
 
 /** What a configuration message shows instead of a secret (as recorded bodies and headers do). */
@@ -286,7 +289,7 @@ function addUrlPassword(secrets: Set<string>, v: string | undefined): void {
   }
 }
 
-/** A URL password shorter than this is masked only inside URLs (see addUrlPassword). */
+/** A URL password shorter than this is masked only inside URLs (see addUrlPassword); see withoutSecrets too. */
 const URL_PASSWORD_MIN = 12;
 
 /** Longest first, so a key that holds a shorter one is replaced whole; empty values dropped. */

@@ -303,6 +303,24 @@ describe('CLI basics', () => {
     expect(existsSync(join(tmp.path, `${key}.db`))).toBe(true);
   });
 
+  // Review: every configured secret of 6+ characters was scrubbed from the banner, so Ollama's documented
+  // placeholder key hid its compose service name: `upstream http://[redacted]:11434/v1`.
+  test('a short key (OPENAI_API_KEY=ollama) does not hide the host and directory of the same name', async () => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    mkdirSync(join(tmp.path, 'ollama'));
+    const ac = new AbortController();
+    const env = { HOME: tmp.path, OPENAI_API_KEY: 'ollama', OPENAI_BASE_URL: 'http://ollama:11434/v1' };
+    const io = { ...createTestIo(env, tmp.path), signal: ac.signal };
+    const done = main(['serve', '--port', '0', '--db', join(tmp.path, 'ollama', 'n.db')], io);
+    await until('the banner', () => io.err().includes('log file'));
+    ac.abort();
+    expect(await done).toBe(0);
+    expect(io.err()).toContain('  upstream   http://ollama:11434/v1  (key …****)\n');
+    expect(io.err()).toContain(`  database   ${join(tmp.path, 'ollama', 'n.db')}\n`);
+    expect(io.err()).not.toContain('[redacted]');
+  });
+
   test('serve warns about each key too short to scrub, naming its setting, never the key', async () => {
     const { home, upstream, cleanup } = await createServeFixture();
     cleanups.push(cleanup);

@@ -382,6 +382,21 @@ describe('oai-proxy init --yes', () => {
     expect(io.out()).not.toContain('SECRET');
   });
 
+  // Review: every secret of 6+ characters was scrubbed from init's output, so Ollama's placeholder key
+  // turned the URL and path it wrote into http://[redacted]:11434/v1 and …/[redacted]/n.db.
+  test('a short key (OPENAI_API_KEY=ollama) does not hide the host and directory of the same name', async () => {
+    const h = tempHome();
+    mkdirSync(join(h.dir, 'ollama'));
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: 'ollama' }, h.dir);
+    const flags = ['--upstream', 'http://ollama:11434/v1', '--db', 'ollama/n.db', '--no-check'];
+    expect(await main(['init', '--yes', '-c', './k.json', ...flags], io)).toBe(0);
+    const out = io.out();
+    expect(out).toContain('"openaiBaseUrl": "http://ollama:11434/v1"');
+    expect(out).toContain(`"databaseUrl": "${join(h.dir, 'ollama', 'n.db')}"`);
+    expect(out).toContain('"openaiApiKey": "…****"');
+    expect(out).not.toContain('[redacted]');
+  });
+
   test('a key the existing file holds, pasted into a flag, is not shown either', async () => {
     const h = tempHome();
     const path = join(h.dir, 'k.json');
