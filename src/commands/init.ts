@@ -12,6 +12,7 @@ import {
   readConfigFile,
   resolveConfig,
   shownValue,
+  splitApiVersion,
   withoutConfiguredSecrets,
   withoutSecrets,
 } from '../config/load.js';
@@ -241,7 +242,14 @@ function initialAnswers(
     typeof existing[k] === 'string' && existing[k] !== '' ? (existing[k] as string) : undefined;
 
   const kindFlag = flag('--kind', options.kind, validateKind, (v) => v.toLowerCase() as UpstreamKind);
-  const upstreamFlag = flag('--upstream', options.upstream, validateUrl, trimSlash);
+  // An Azure portal URL's ?api-version (…/deployments/d?api-version=2024-02-01) is the api-version, as
+  // serve takes it. With any other query the URL is refused as written.
+  const portal = options.upstream === undefined ? undefined : splitApiVersion(options.upstream.trim());
+  const fromPortal =
+    portal && !/[?#]/.test(portal.url) && (kindFlag ?? inferKind(portal.url, undefined)) === 'azure'
+      ? portal
+      : undefined;
+  const upstreamFlag = flag('--upstream', fromPortal?.url ?? options.upstream, validateUrl, trimSlash);
   // An explicit --upstream decides the kind by itself; otherwise the file's type and URL do.
   const kind =
     kindFlag ??
@@ -259,10 +267,17 @@ function initialAnswers(
     if (ok !== true) refuse('--upstream', baseUrl, ok);
   }
 
+  const versionFlag = flag('--api-version', options.apiVersion, validateApiVersion, (v) => v.trim());
+  if (fromPortal) {
+    const ok = validateApiVersion(fromPortal.version);
+    if (ok !== true) refuse('--upstream', options.upstream!, `its ?api-version: ${ok}`);
+    if (versionFlag && versionFlag !== fromPortal.version)
+      io.stderr.write(
+        `warning: --upstream holds ?api-version=${fromPortal.version}, but --api-version is ${versionFlag}, which is written\n`,
+      );
+  }
   const apiVersion =
-    flag('--api-version', options.apiVersion, validateApiVersion, (v) => v.trim()) ??
-    str('openaiApiVersion') ??
-    DEFAULT_AZURE_API_VERSION;
+    versionFlag ?? fromPortal?.version ?? str('openaiApiVersion') ?? DEFAULT_AZURE_API_VERSION;
   const host = flag('--host', options.host, validateHost, (v) => v.trim()) ?? str('host') ?? '127.0.0.1';
   const port =
     flag('--port', options.port, validatePort, (v) => Number(v)) ??

@@ -638,7 +638,7 @@ function takeApiVersions(
 }
 
 /** `url` without its `api-version` query parameter(s), and the (first) value, or undefined when it has none. */
-function splitApiVersion(url: string): { url: string; version: string } | undefined {
+export function splitApiVersion(url: string): { url: string; version: string } | undefined {
   const q = url.indexOf('?');
   if (q === -1) return undefined;
   const hash = url.indexOf('#', q);

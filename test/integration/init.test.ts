@@ -397,6 +397,42 @@ describe('oai-proxy init --yes', () => {
     expect(out).not.toContain('[redacted]');
   });
 
+  // Serve takes an Azure portal base URL's ?api-version as the api-version; init writes it so.
+  test.each([
+    [[], '2024-02-01', ''],
+    [
+      ['--api-version', '2024-10-21'],
+      '2024-10-21',
+      'warning: --upstream holds ?api-version=2024-02-01, but --api-version is 2024-10-21, which is written\n',
+    ],
+  ])(
+    "--upstream pasted from Azure's portal (%j): the URL without its ?api-version, api-version %s",
+    async (flags, written, err) => {
+      const h = tempHome();
+      const io = createTestIo(h.env, h.dir);
+      const portal = 'https://x.openai.azure.com/openai/deployments/gpt4o?api-version=2024-02-01';
+      const argv = ['init', '--yes', '-c', './k.json', '--no-check', '--upstream', portal, ...flags];
+      expect(await main(argv, io)).toBe(0);
+      expect(io.err()).toBe(err);
+      expect(readJson(join(h.dir, 'k.json'))).toMatchObject({
+        openaiBaseUrl: 'https://x.openai.azure.com/openai/deployments/gpt4o',
+        openaiApiType: 'azure',
+        openaiApiVersion: written,
+      });
+    },
+  );
+
+  test('--upstream from the portal with another query parameter too is still refused, the key masked', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    const url = 'https://x.openai.azure.com/openai/deployments/d?api-version=2024-02-01&sig=SECRET-sig-7';
+    expect(await main(['init', '--yes', '-c', './k.json', '--upstream', url], io)).toBe(2);
+    expect(io.err()).toBe(
+      'oai-proxy: Invalid --upstream = https://x.openai.azure.com/openai/deployments/d?api-version=2024-02-01&sig=***: leave out ?query and #fragment\n',
+    );
+    expect(existsSync(join(h.dir, 'k.json'))).toBe(false);
+  });
+
   test('a key the existing file holds, pasted into a flag, is not shown either', async () => {
     const h = tempHome();
     const path = join(h.dir, 'k.json');
