@@ -48,11 +48,6 @@ export function queryModels(query: string): string[] {
   return new URLSearchParams(query).getAll('model');
 }
 
-/** The one `model` query parameter; null when absent or empty (see queryModels for several). */
-export function queryModel(query: string): string | null {
-  return queryModels(query)[0] || null;
-}
-
 /**
  * Every `deployment` query parameter's value, read as queryModels reads `model`: Azure's Realtime API
  * (`/openai/realtime?api-version=…&deployment=…`) names its model, the deployment, there.
