@@ -132,7 +132,7 @@ async function openResolved(
   if (location.kind === 'postgres') {
     // Never migrated from here: a reader (and prune) only checks that `serve` created the tables. The
     // pool itself can write, which is all prune needs.
-    const database = await openPostgres(location.url, { readonly: true });
+    const database = await openPostgres(location.url, { readonly: true, setting: location.setting });
     return postgresStorage({ ...database, readonly: options.readonly });
   }
   if (location.path === ':memory:')
@@ -167,7 +167,8 @@ function asDatabaseError(err: unknown, handle: Storage): unknown {
   if (err instanceof OaiProxyError) return err;
   const e = err as { code?: string; message?: string };
   // A PostgreSQL error has a SQLSTATE (or a socket code): say which database, password hidden.
-  if (handle.kind === 'postgres' && typeof e.code === 'string') return postgresError(handle.label, err);
+  if (handle.kind === 'postgres' && typeof e.code === 'string')
+    return postgresError(handle.label, err, handle.postgres?.setting);
   // Only prune writes; it deletes in transactions of 2,000 rows, and what one committed stays deleted.
   if (isSqliteBusy(err))
     return lockedDatabaseError(

@@ -225,7 +225,7 @@ export async function startProxy(
   // The database first: the default log file lives beside it, and a bad --db is the error to report.
   // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
   const pgDatabase: PostgresDatabase | null =
-    location.kind === 'postgres' ? await openPostgres(location.url) : null;
+    location.kind === 'postgres' ? await openPostgres(location.url, { setting: location.setting }) : null;
   let database = (
     location.kind === 'sqlite' ? await openDatabase(location.path, { requireWritable: true }) : null
   ) as OpenDatabase;

@@ -27,7 +27,10 @@ export function defaultConfigPath(env: Env): string {
   return join(configDir(env), 'config.json');
 }
 
-export type DatabaseLocation = { kind: 'sqlite'; path: string } | { kind: 'postgres'; url: string };
+/** `setting`: where a postgres:// URL came from, for its connection errors (default `DATABASE_URL`). */
+export type DatabaseLocation =
+  | { kind: 'sqlite'; path: string }
+  | { kind: 'postgres'; url: string; setting?: string };
 
 /**
  * Resolve DATABASE_URL / --db into a location. Accepts a plain path, `sqlite:///relative.db`,
@@ -41,7 +44,7 @@ export function resolveDatabaseLocation(
   setting = 'DATABASE_URL',
 ): DatabaseLocation {
   if (!databaseUrl) return { kind: 'sqlite', path: join(dataDir(env), 'oai-proxy.db') };
-  if (/^postgres(ql)?:\/\//i.test(databaseUrl)) return { kind: 'postgres', url: databaseUrl };
+  if (/^postgres(ql)?:\/\//i.test(databaseUrl)) return { kind: 'postgres', url: databaseUrl, setting };
   let path: string;
   if (/^sqlite(\+\w+)?:\/\//i.test(databaseUrl)) {
     // SQLAlchemy style: sqlite:///rel.db is relative, sqlite:////abs.db is absolute.

@@ -11,6 +11,8 @@ export interface PostgresDatabase {
   kind: 'postgres';
   /** The URL with its password hidden, for banners and messages. */
   label: string;
+  /** Where the URL came from (`--db`, `DATABASE_URL`, `"databaseUrl" in config file PATH`), for messages. */
+  setting: string;
   url: string;
   pool: Pg.Pool;
   db: Kysely<DatabaseSchema>;
@@ -27,6 +29,8 @@ export interface OpenPostgresOptions {
   connectTimeoutMs?: number;
   /** Abort a statement after this long (default 30 s). */
   statementTimeoutMs?: number;
+  /** Where the URL came from, named by errors (default `DATABASE_URL`; see settingSource). */
+  setting?: string;
 }
 
 // Migrations run under this session advisory lock, so instances starting at once migrate one at a time
@@ -67,11 +71,13 @@ export async function openPostgres(
   options: OpenPostgresOptions = {},
 ): Promise<PostgresDatabase> {
   const label = redactUrl(url);
+  const setting = options.setting ?? 'DATABASE_URL';
   const pool = createPool(url, options);
   const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
   const handle: PostgresDatabase = {
     kind: 'postgres',
     label,
+    setting,
     url,
     pool,
     db,
@@ -87,7 +93,7 @@ export async function openPostgres(
       if (!rows[0].has) {
         throw new OaiProxyError(
           'database_not_found',
-          `Database ${label} has no oai-proxy tables; start \`oai-proxy serve\` with this DATABASE_URL first`,
+          `Database ${label} has no oai-proxy tables; start \`oai-proxy serve\` with this database first, or point ${setting} at the one it writes`,
         );
       }
     } else {
@@ -95,7 +101,7 @@ export async function openPostgres(
     }
   } catch (err) {
     await db.destroy().catch(() => undefined);
-    throw postgresError(label, err);
+    throw postgresError(label, err, setting);
   }
   return handle;
 }
@@ -121,29 +127,32 @@ export async function migratePostgres(db: Kysely<any>, label: string): Promise<v
   });
 }
 
-/** A connection or server error as the user should read it: which database, what to check. */
-export function postgresError(label: string, err: unknown): OaiProxyError {
+/**
+ * A connection or server error as the user should read it: which database, what to check, and in which
+ * setting (`--db`, `DATABASE_URL`, `"databaseUrl" in config file PATH`).
+ */
+export function postgresError(label: string, err: unknown, setting = 'DATABASE_URL'): OaiProxyError {
   if (err instanceof OaiProxyError) return err;
   const e = err as { code?: string; message?: string };
   const msg = redactMessage(e.message ?? String(err));
   if (e.code === 'ECONNREFUSED' || e.code === 'ENOTFOUND' || e.code === 'ETIMEDOUT' || /timeout/i.test(msg)) {
     return new OaiProxyError(
       'database_error',
-      `Cannot connect to PostgreSQL at ${label}: ${msg}; check that the server runs and DATABASE_URL names its host and port`,
+      `Cannot connect to PostgreSQL at ${label}: ${msg}; check that the server runs and ${setting} names its host and port`,
       { cause: err },
     );
   }
   if (e.code === '28P01' || e.code === '28000') {
     return new OaiProxyError(
       'database_error',
-      `PostgreSQL at ${label} refused the login: ${msg}; check the user and password in DATABASE_URL`,
+      `PostgreSQL at ${label} refused the login: ${msg}; check the user and password in ${setting}`,
       { cause: err },
     );
   }
   if (e.code === '3D000') {
     return new OaiProxyError(
       'database_error',
-      `PostgreSQL at ${label}: ${msg}; create it (createdb) or name an existing database in DATABASE_URL`,
+      `PostgreSQL at ${label}: ${msg}; create it (createdb) or name an existing database in ${setting}`,
       { cause: err },
     );
   }

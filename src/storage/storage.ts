@@ -48,7 +48,8 @@ export async function openStorage(
   location: DatabaseLocation,
   options: OpenStorageOptions = {},
 ): Promise<Storage> {
-  if (location.kind === 'postgres') return postgresStorage(await openPostgres(location.url, options));
+  if (location.kind === 'postgres')
+    return postgresStorage(await openPostgres(location.url, { ...options, setting: location.setting }));
   return sqliteStorage(await openDatabase(location.path, options));
 }
 

@@ -714,13 +714,65 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
     expect(await pgQuery(pgUrl!, 'select 1 from pg_database where datname = $1', [name])).toEqual([]);
   });
 
+  // The message says where to fix the URL: the flag, the variable or the config file it came from.
+  const wrongPassword = () => {
+    const url = new URL(pgUrl!);
+    url.password = 'not-the-password';
+    return url.toString();
+  };
+  test.each([
+    ['a wrong password', wrongPassword, 'refused the login: .*; check the user and password in SETTING$'],
+    [
+      'a missing database',
+      () => withDatabase(`oai_missing_${process.pid}`),
+      'does not exist; create it \\(createdb\\) or name an existing database in SETTING$',
+    ],
+  ] as const)(
+    '%s: the message names --db, DATABASE_URL or the config file, whichever set it',
+    async (_, url, tail) => {
+      const config = join(tmp.path, 'c.json');
+      writeFileSync(config, JSON.stringify({ databaseUrl: url() }));
+      const sources = [
+        { argv: ['--db', url()], env: {}, setting: '--db' },
+        { argv: [], env: { DATABASE_URL: url() }, setting: 'DATABASE_URL' },
+        { argv: ['--config', config], env: {}, setting: `"databaseUrl" in config file ${config}` },
+      ];
+      for (const { argv, env, setting } of sources) {
+        const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
+        const r = { code: await main(['logs', 'stats', ...argv], io), out: io.out(), err: io.err() };
+        oneRedactedLine(r);
+        expect(r.err.trimEnd()).toMatch(new RegExp(tail.replace('SETTING', escapeRegExp(setting))));
+      }
+    },
+  );
+
+  test('a database serve never wrote, named by --config: says to point the config file at the right one', async () => {
+    const database = await createTestPgDatabase();
+    try {
+      const config = join(tmp.path, 'c.json');
+      writeFileSync(config, JSON.stringify({ databaseUrl: database.url }));
+      const io = createTestIo({ HOME: tmp.path }, tmp.path);
+      const r = { code: await main(['logs', '--config', config], io), out: io.out(), err: io.err() };
+      oneRedactedLine(r);
+      expect(r.err.trimEnd()).toMatch(
+        new RegExp(
+          `has no oai-proxy tables; start \`oai-proxy serve\` with this database first, or point ${escapeRegExp(`"databaseUrl" in config file ${config}`)} at the one it writes$`,
+        ),
+      );
+    } finally {
+      await database.drop();
+    }
+  });
+
   test('a database serve never wrote: one line, exit 1, no table created (not even by prune)', async () => {
     const database = await createTestPgDatabase();
     try {
       for (const argv of [['--grep', 'x'], ['prune', '--older-than', '1d'], ['tail']]) {
         const r = await logs(database.url, ...argv);
         oneRedactedLine(r);
-        expect(r.err).toMatch(/has no oai-proxy tables; start `oai-proxy serve`/);
+        expect(r.err).toMatch(
+          /has no oai-proxy tables; start `oai-proxy serve` .* point --db at the one it writes$/m,
+        );
       }
       expect(
         await pgQuery(
@@ -876,3 +928,7 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
     }
   });
 });
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
