@@ -410,13 +410,19 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
       if (stdout.write(s) === false && stdout.once) await new Promise<void>((r) => stdout.once!('drain', r));
     };
     let n = 0;
-    let shown = -1;
+    let drawn = -1;
+    let step = -1;
+    const columns = (io.stderr as { columns?: number }).columns || 80;
+    const draw = () => {
+      drawn = n;
+      io.stderr.write(`\r${exportProgressLine(n, total, columns)}`);
+    };
+    // Redrawn each percent, and past the count (rows serve recorded since) as often.
     const progress = () => {
-      const pct = total > 0 ? Math.floor((n / total) * 100) : 100;
-      if (pct === shown) return;
-      shown = pct;
-      const bar = '#'.repeat(Math.floor(pct / 4)).padEnd(25, '.');
-      io.stderr.write(`\rexporting [${bar}] ${pct}% ${n}/${total}`);
+      const at = Math.floor((n * 100) / total);
+      if (at === step) return;
+      step = at;
+      draw();
     };
     if (format === 'csv') await write(`${CSV_COLUMNS.join(',')}\r\n`);
     for await (const row of streamExchanges(handle, filter, order)) {
@@ -430,11 +436,28 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
     }
     if (out) {
       await out.close();
+      if (total > 0 && drawn !== n) draw();
       if (total > 0) io.stderr.write('\n');
       io.stderr.write(`exported ${n} exchanges to ${opts.out}\n`);
     }
     return 0;
   });
+}
+
+/**
+ * The `logs export --out` progress line: `n` exchanges written of the `total` counted before, at most
+ * `columns - 1` wide (a full-width line wraps on some terminals). Exchanges recorded after the count grow
+ * the total to `n`, shown `n/n+`: never past 100%.
+ */
+export function exportProgressLine(n: number, total: number, columns = 80): string {
+  const grown = n > total;
+  const pct = grown || total <= 0 ? 100 : Math.floor((n / total) * 100);
+  const tail = ` ${pct}% ${n}/${grown ? `${n}+` : total}`;
+  const room = Math.max(0, columns - 1);
+  const width = Math.min(25, room - 'exporting []'.length - tail.length);
+  if (width < 5) return `exporting${tail}`.slice(0, room);
+  const bar = '#'.repeat(Math.floor((pct * width) / 100)).padEnd(width, '.');
+  return `exporting [${bar}]${tail}`;
 }
 
 /**

@@ -354,6 +354,18 @@ describe('logs export --out: SQLite', () => {
     },
   );
 
+  test('on a 40-column terminal the progress bar fits the line: no redraw wraps', async () => {
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    Object.assign(io.stderr, { isTTY: true, columns: 40 });
+    const out = join(tmp.path, 'x.jsonl');
+    expect(await main(['logs', 'export', '--out', out, '--db', dbPath], io)).toBe(0);
+    const [bar, done] = io.err().split('\n');
+    const redraws = bar.split('\r').slice(1);
+    expect(redraws.at(-1)).toBe(`exporting [${'#'.repeat(18)}] 100% 3/3`);
+    for (const line of redraws) expect(line.length).toBeLessThanOrEqual(39);
+    expect(done).toBe(`exported 3 exchanges to ${out}`);
+  });
+
   test.skipIf(!existsSync('/dev/full')).each(['jsonl', 'csv'])(
     '--format %s onto a full disk (/dev/full): exit 1 with ENOSPC, no success line',
     async (format) => {
