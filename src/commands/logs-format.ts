@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import Table from 'cli-table3';
+import { strlen as displayWidth } from 'cli-table3/src/utils.js';
 import type { ExchangeSummaryRow, StatsGroup } from '../storage/log-queries.js';
 import type { ExchangesTable } from '../storage/tables.js';
 import { terminalSafe } from './terminal-text.js';
@@ -318,19 +319,23 @@ export function formatExchangeLine(r: ExchangeJson): string {
     [
       time,
       id,
-      method.padEnd(6),
-      path.padEnd(24),
-      model.padEnd(22),
-      status.padStart(5),
-      duration.padStart(7),
-      tokens.padStart(11),
-      stream.padEnd(6),
+      padEnd(method, 6),
+      padEnd(path, 24),
+      padEnd(model, 22),
+      padStart(status, 5),
+      padStart(duration, 7),
+      padStart(tokens, 11),
+      padEnd(stream, 6),
       error,
     ]
       .join('  ')
       .trimEnd() + '\n'
   );
 }
+
+// Padded by display width, as the tables are (a CJK character or an emoji takes two columns).
+const padEnd = (text: string, width: number) => text + ' '.repeat(Math.max(0, width - displayWidth(text)));
+const padStart = (text: string, width: number) => ' '.repeat(Math.max(0, width - displayWidth(text))) + text;
 
 /** The cells of a listing row, recorded text escaped for the terminal (one line each). */
 function listCells(r: ExchangeJson): string[] {

@@ -451,6 +451,39 @@ describe('logs export --out: SQLite', () => {
   });
 });
 
+describe('logs tail lines on a terminal: SQLite', () => {
+  let tmp: { path: string; cleanup(): void };
+  beforeEach(() => {
+    tmp = createTempDir();
+  });
+  afterEach(() => tmp.cleanup());
+
+  // Columns as a terminal draws them: CJK ideographs and emoji take two.
+  const columns = (s: string) =>
+    [...s].reduce((w, c) => w + (/[\u4e00-\u9fff\u{1f300}-\u{1faff}]/u.test(c) ? 2 : 1), 0);
+
+  test('a model in CJK and emoji does not shift the columns after it (padded by display width)', async () => {
+    const dbPath = join(tmp.path, 'proxy.db');
+    const wide = '模型测试😀';
+    await seedSqlite(dbPath, [
+      rec('w1', { model: 'gpt-4o', upstreamModel: 'gpt-4o', startedAt: Date.now() - 2000, status: 200 }),
+      rec('w2', { model: wide, upstreamModel: wide, startedAt: Date.now() - 1000, status: 404 }),
+    ]);
+    const ac = new AbortController();
+    const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+    const done = main(['logs', 'tail', '--interval', '30', '--db', dbPath], io);
+    await until('both lines on stdout', () => io.out().includes('w2'));
+    ac.abort();
+    expect(await done).toBe(0);
+    const [ascii, cjk] = io.out().trim().split('\n');
+    expect(cjk).toContain(wide);
+    const statusColumn = (line: string, status: string) =>
+      columns(line.slice(0, line.indexOf(` ${status} `)));
+    expect(statusColumn(cjk, '404')).toBe(statusColumn(ascii, '200'));
+    expect(columns(cjk)).toBe(columns(ascii));
+  });
+});
+
 describe('standard output that cannot be written (the built bin)', () => {
   const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
   let tmp: { path: string; cleanup(): void };
