@@ -386,7 +386,10 @@ export class BodyCapture {
   }
 }
 
-/** The length of `buf` without a UTF-8 character cut at its end (unchanged if its end is not UTF-8). */
+/**
+ * The length of `buf` without a UTF-8 character cut at its end. A last byte that would start a multi-byte
+ * character is taken for a cut one (a Latin-1 body's `é` too: it decodes as U+FFFD anyway).
+ */
 function wholeUtf8End(buf: Buffer): number {
   const n = buf.length;
   for (let i = n - 1; i >= 0 && i >= n - 4; i--) {

@@ -429,9 +429,10 @@ export function createRealtimeSession(options: RealtimeSessionOptions): Realtime
       // `{"type":"error","error":{"type":"server_error","code":…,"message":…}}`. An invalid_request_error
       // answers a client event the server refused (a cancel with no response active, an empty audio
       // commit, a bad session.update): the session goes on, as an HTTP 4xx is no failed exchange; it
-      // stays in the body, and does not make the row an error.
+      // stays in the body, and does not make the row an error. But the server ends a session that ran
+      // out its maximum duration with an invalid_request_error `session_expired`: that one is an error.
       const e = ev.error;
-      if (e?.type !== 'invalid_request_error')
+      if (e?.type !== 'invalid_request_error' || e?.code === 'session_expired')
         noteError(e?.message, typeof e?.code === 'string' ? e.code : 'The upstream sent an error event');
     } else if (type === 'response.done' && ev.response && typeof ev.response === 'object') {
       onResponseDone(ev.response);

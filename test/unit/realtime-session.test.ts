@@ -121,6 +121,20 @@ describe('a Realtime session read from its frames', async () => {
       ],
       null,
     ],
+    [
+      'but a session the server ended at its maximum duration (session_expired) is',
+      [
+        {
+          type: 'error',
+          error: {
+            type: 'invalid_request_error',
+            code: 'session_expired',
+            message: 'Your session hit the maximum duration of 30 minutes.',
+          },
+        },
+      ],
+      'Your session hit the maximum duration of 30 minutes.',
+    ],
     ['type not the first key', [{ error: { code: 'c', message: 'Late type' }, type: 'error' }], 'Late type'],
     [
       'no message: the code',
