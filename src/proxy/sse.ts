@@ -7,9 +7,11 @@ import type { AssembledMessage, Usage } from '../storage/exchange-record.js';
 export interface StreamAssembler {
   push(chunk: Buffer | string): void;
   /**
-   * The message so far; `complete` is true only if the stream's final event was seen. A stream of a
-   * format the assembler does not know has no final event to see: it is complete when `endedCleanly`
-   * (the upstream ended the response; it was not cut, aborted or reset) without an error event.
+   * The message so far; `complete` is true only if the stream's final event was seen, or when
+   * `endedCleanly` (the upstream ended the response; it was not cut, aborted or reset) without an error
+   * event and either every choice of a chat or completions stream had its finish_reason (a server that
+   * sends no `data: [DONE]`) or the stream is of a format the assembler does not know (no final event
+   * to see).
    */
   result(endedCleanly?: boolean): AssembledMessage;
   /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
@@ -373,6 +375,15 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     }
   };
 
+  /**
+   * A chat or completions stream whose every choice gave its finish_reason: when the upstream then ends
+   * the response normally, the answer is whole even without `data: [DONE]` (ik_llama.cpp sends none).
+   */
+  const allFinished = () =>
+    (kind === 'chat.completion' || kind === 'text_completion') &&
+    first.finishReason !== null &&
+    [...others.values()].every((c) => c.finishReason !== null);
+
   return {
     hiddenText: () => [...hidden.values()].join('\n'),
     push(chunk) {
@@ -422,7 +433,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
         tool_calls: first.toolCalls.map((t) => ({ ...t })),
         finish_reason: first.finishReason,
         usage,
-        complete: complete || (endedCleanly && kind === 'unknown' && streamError === null),
+        complete: complete || (endedCleanly && streamError === null && (kind === 'unknown' || allFinished())),
         events,
       };
       if (others.size > 0)

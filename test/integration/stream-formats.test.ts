@@ -90,6 +90,71 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     expect(shown).not.toContain(INCOMPLETE);
   });
 
+  test('a chat stream without data: [DONE] (ik_llama.cpp) is complete when it ended after its finish_reason; cut, it is not', async () => {
+    const { upstream, proxy } = await setup();
+    const chunk = (delta: unknown, finish: string | null = null) => ({
+      object: 'chat.completion.chunk',
+      choices: [{ index: 0, delta, finish_reason: finish }],
+    });
+    const frames = sse([
+      chunk({ content: 'Hello' }),
+      chunk({ content: ' world' }),
+      chunk({}, 'stop'),
+      {
+        object: 'chat.completion.chunk',
+        choices: [],
+        usage: { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 },
+      },
+    ]);
+    upstream.on('/v1/chat/completions', (req, res) => {
+      if (req.headers['x-cut'] === undefined) return drip(res, 'text/event-stream', frames);
+      // Reset after the first words: no finish_reason, no end.
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      res.write(frames[0]);
+      setTimeout(() => res.destroy(), 20);
+    });
+    const ask = (cut: boolean) =>
+      client(proxy).chat.completions.create(
+        { model: 'gpt-4o-mini', messages: [{ role: 'user', content: 'hi' }], stream: true },
+        cut ? { headers: { 'x-cut': '1' } } : undefined,
+      );
+    let text = '';
+    for await (const c of await ask(false)) text += c.choices[0]?.delta?.content ?? '';
+    expect(text).toBe('Hello world');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      stream: 1,
+      error: null,
+      prompt_tokens: 9,
+      completion_tokens: 2,
+      total_tokens: 11,
+    });
+    expect(JSON.parse(row.assembled!)).toMatchObject({
+      kind: 'chat.completion',
+      content: 'Hello world',
+      finish_reason: 'stop',
+      complete: true,
+    });
+    const shown = await show(proxy, row.id);
+    expect(shown).toContain('── reassembled message\nHello world\n');
+    expect(shown).not.toContain(INCOMPLETE);
+
+    await expect(
+      (async () => {
+        for await (const _ of await ask(true));
+      })(),
+    ).rejects.toThrow();
+    const rows = await proxy.waitForRows(2);
+    const cut = rows.find((r) => r.id !== row.id)!;
+    expect(cut).toMatchObject({ stream: 1, error: 'upstream_reset' });
+    expect(JSON.parse(cut.assembled!)).toMatchObject({
+      content: 'Hello',
+      finish_reason: null,
+      complete: false,
+    });
+    expect(await show(proxy, cut.id)).toContain(INCOMPLETE);
+  });
+
   test('audio transcription with stream: true (openai SDK): the transcript and its usage', async () => {
     const { upstream, proxy } = await setup();
     upstream.on('/v1/audio/transcriptions', (_req, res) =>

@@ -193,6 +193,45 @@ describe('stream reassembly', () => {
     expect(r.finish_reason).toBeNull();
   });
 
+  // ik_llama.cpp's /v1/chat/completions sends no `data: [DONE]`: every choice's finish_reason, then the
+  // response's normal end, is the whole answer.
+  test('a chat or completions stream without [DONE] is complete when it ended cleanly after every finish_reason', () => {
+    const ended = (text: string, endedCleanly: boolean) => {
+      const a = createStreamAssembler();
+      a.push(text);
+      return a.result(endedCleanly);
+    };
+    const noDone = chat.slice(0, chat.indexOf('data: [DONE]'));
+    expect(ended(noDone, true)).toMatchObject({ finish_reason: 'tool_calls', complete: true });
+    // Cut (reset, aborted): not complete, finish_reason or not.
+    expect(ended(noDone, false)).toMatchObject({ complete: false });
+    // Ended, but before the finish_reason: cut short by the upstream.
+    expect(ended(chat.slice(0, chat.indexOf('tool_calls') - 40), true)).toMatchObject({ complete: false });
+    // An error event instead of the end.
+    expect(ended(`${noDone}event: error\ndata: {"error":{"message":"boom"}}\n\n`, true)).toMatchObject({
+      complete: false,
+    });
+    // Legacy completions.
+    const text = (t: string, finish: string | null = null) => ({
+      object: 'text_completion',
+      choices: [{ index: 0, text: t, finish_reason: finish }],
+    });
+    expect(ended(sse([text('Hi'), text('!', 'length')]), true)).toMatchObject({
+      kind: 'text_completion',
+      content: 'Hi!',
+      complete: true,
+    });
+    // n > 1: every choice needs its finish_reason.
+    const c = (index: number, finish: string | null) => ({
+      object: 'chat.completion.chunk',
+      choices: [{ index, delta: { content: 'x' }, finish_reason: finish }],
+    });
+    expect(ended(sse([c(0, null), c(1, null), c(0, 'stop')]), true)).toMatchObject({ complete: false });
+    expect(ended(sse([c(0, null), c(1, null), c(0, 'stop'), c(1, 'stop')]), true)).toMatchObject({
+      complete: true,
+    });
+  });
+
   test('malformed events are skipped, not fatal', () => {
     const r = assemble(`data: {not json\n\n${sse([chunk({ content: 'ok' })])}data: [DONE]\n\n`);
     expect(r.content).toBe('ok');
