@@ -518,7 +518,8 @@ export function extractUsage(body: string): Usage | null {
 
 /**
  * The counts of servers that write no `usage` object: Ollama's `/api/chat` and `/api/generate`
- * (`prompt_eval_count`, `eval_count`) and llama.cpp's `/completion` (`tokens_evaluated`,
+ * (`prompt_eval_count`, `eval_count`), its `/api/embed` (`prompt_eval_count` alone: no completion
+ * tokens, null as in an OpenAI embeddings `usage`) and llama.cpp's `/completion` (`tokens_evaluated`,
  * `tokens_predicted`), as their final stream events carry them too. The last of each (a body's own, not
  * one quoted inside a string: those have escaped quotes).
  */
@@ -528,7 +529,9 @@ function nativeUsage(body: string): Usage | null {
     for (const m of body.matchAll(re)) found = m[1];
     return found === undefined ? undefined : Number(found);
   };
-  if (body.includes('"eval_count"')) {
+  // `eval_count"` without its opening quote: `"prompt_eval_count"` too, the only count of an `/api/embed`
+  // answer (one scan, as before).
+  if (body.includes('eval_count"')) {
     const completion = last(/[{,]\s*"eval_count"\s*:\s*(\d{1,15})/g);
     const u = normaliseUsage({
       // Left out when the whole prompt came from Ollama's cache: none evaluated.

@@ -430,6 +430,37 @@ describe('non-streamed answers', () => {
     },
   );
 
+  test("Ollama's /api/embed (prompt_eval_count alone, no usage object): its prompt tokens are recorded", async () => {
+    const { upstream, proxy } = await setup('root');
+    const answer = {
+      model: 'all-minilm',
+      embeddings: [[0.010071029, -0.0017594862, 0.05007221]],
+      total_duration: 14143917,
+      load_duration: 1019500,
+      prompt_eval_count: 7,
+    };
+    upstream.on('/api/embed', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
+      res.end(JSON.stringify(answer));
+    });
+    const res = await fetch(`${proxy.url}/api/embed`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'all-minilm', input: 'Why is the sky blue?' }),
+    });
+    expect(await res.json()).toEqual(answer);
+    const [row] = await proxy.waitForRows(1);
+    // As an OpenAI embeddings `usage` (prompt and total only): no completion tokens.
+    expect(row).toMatchObject({
+      path: '/api/embed',
+      stream: 0,
+      prompt_tokens: 7,
+      completion_tokens: null,
+      total_tokens: 7,
+    });
+    expect(await show(proxy, row.id)).toContain('tokens     7 in, - out, 7 total');
+  });
+
   test('a JSON answer whose content type is not in lower case (Application/JSON) has its usage recorded', async () => {
     const { upstream, proxy } = await setup();
     upstream.on('/v1/chat/completions', (_req, res) => {

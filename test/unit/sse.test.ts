@@ -627,6 +627,17 @@ describe('usage extraction', () => {
       JSON.stringify({ model: 'llama3', response: 'hi', done: true, eval_count: 12 }),
       { prompt_tokens: 0, completion_tokens: 12, total_tokens: 12 },
     ],
+    [
+      'Ollama /api/embed (prompt_eval_count alone)',
+      JSON.stringify({
+        model: 'all-minilm',
+        embeddings: [[0.010071029, -0.0017594862]],
+        total_duration: 1,
+        load_duration: 1,
+        prompt_eval_count: 7,
+      }),
+      { prompt_tokens: 7, completion_tokens: null, total_tokens: 7 },
+    ],
     ['a body with neither', JSON.stringify({ data: [] }), null],
     [
       'chat body',
