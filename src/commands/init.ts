@@ -27,7 +27,8 @@ import { isSecretName } from '../config/secret-names.js';
 import { writeConfigFile } from '../config/write.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
 import { createUpstreamTarget } from '../proxy/forward.js';
-import { checkUpstream, describeUpstreamCheck } from '../proxy/upstream-check.js';
+import { checkUpstream, describeUpstreamCheck, type UpstreamCheckResult } from '../proxy/upstream-check.js';
+import { checkModelName } from '../registry/registry.js';
 import type { CliIo } from './io.js';
 
 /** Flags of `oai-proxy init`, as commander parsed them. */
@@ -66,6 +67,8 @@ export interface InitAnswers {
   adminApiKey?: string;
   /** The admin key was generated in this run: print it once after writing. */
   adminKeyGenerated: boolean;
+  /** What `GET {baseUrl}/models` answered, when init asked (`--check`). */
+  check?: UpstreamCheckResult;
 }
 
 const KINDS: readonly UpstreamKind[] = ['openai', 'azure', 'compatible'];
@@ -126,6 +129,9 @@ API keys never come from flags: interactively the key is asked with a hidden pro
 taken from OPENAI_API_KEY (and the admin key from ADMIN_API_KEY) if set. Leave it empty and the proxy
 forwards each client's own key. The file is written atomically with mode 0600. Re-running init offers
 the current values as defaults and keeps settings it does not ask about.
+For an OpenAI-compatible server with --model-policy strict or record, --check registers the models
+its GET /models lists (as availableModels, in place of the default OpenAI list); without them every
+model would be refused (strict) or recorded as unknown (record).
 
 Examples:
   $ oai-proxy init
@@ -202,7 +208,7 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
     }
   }
 
-  if (options.check) await reportCheck(initial, io);
+  if (options.check) initial.check = await reportCheck(initial, io);
   return writeAndReport(path, applyAnswers(existing, initial), initial, io);
 }
 
@@ -403,7 +409,7 @@ async function runInteractive(
   }
 
   const upstream = { ...initial, kind, baseUrl, apiVersion, apiKey };
-  if (options.check !== false) await reportCheck(upstream, io);
+  const check = options.check !== false ? await reportCheck(upstream, io) : undefined;
 
   const host = (
     await p.input({ message: 'Listen host', default: initial.host, validate: validateHost }, ctx)
@@ -491,6 +497,7 @@ async function runInteractive(
     qdrantUrl,
     adminApiKey,
     adminKeyGenerated: adminChoice === 'generate',
+    check,
   };
   const values = applyAnswers(existing, answers);
   io.stdout.write(`\n${summary(answers, existing)}\n`);
@@ -536,7 +543,7 @@ async function inputUrl(
   return keeps(answer) ? stored : answer;
 }
 
-async function reportCheck(a: InitAnswers, io: CliIo): Promise<void> {
+async function reportCheck(a: InitAnswers, io: CliIo): Promise<UpstreamCheckResult> {
   const target = createUpstreamTarget('default', a.baseUrl, {
     type: a.kind === 'azure' ? 'azure' : 'openai',
     apiKey: a.apiKey,
@@ -545,6 +552,26 @@ async function reportCheck(a: InitAnswers, io: CliIo): Promise<void> {
   const result = await checkUpstream(target);
   const mark = result.outcome === 'reachable' ? '✔' : '✖';
   io.stdout.write(`${mark} ${describeUpstreamCheck(result)}\n`);
+  return result;
+}
+
+/**
+ * The models to register for the answers: what an OpenAI-compatible server (Ollama, vLLM…) listed at
+ * the check, when the policy validates. Their names are nothing like the default OpenAI list, so
+ * without them `strict` would refuse every request. Names the registry would refuse are left out, so
+ * the file stays one `serve` accepts.
+ */
+export function modelsToRegister(a: InitAnswers): string[] {
+  if (a.kind !== 'compatible' || a.policy === 'off' || !a.check?.ids) return [];
+  const names = a.check.ids.filter((id) => {
+    try {
+      checkModelName(id, 'model');
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  return [...new Set(names)];
 }
 
 /** The file's new content: the existing object with init's keys set or removed; other keys kept. */
@@ -566,6 +593,14 @@ export function applyAnswers(existing: Record<string, unknown>, a: InitAnswers):
   set('allowUnknownModels', a.policy === 'record');
   set('qdrantUrl', a.qdrantUrl);
   set('adminApiKey', a.adminApiKey);
+  const listed = modelsToRegister(a);
+  if (listed.length) {
+    // `availableModels` replaces the default OpenAI list (which such a server does not serve); the
+    // file's own entries stay, the listed names are added after them.
+    const own = Array.isArray(existing.availableModels) ? (existing.availableModels as unknown[]) : [];
+    const have = new Set(own.map((m) => (typeof m === 'string' ? m : (m as { name?: unknown })?.name)));
+    out.availableModels = [...own, ...listed.filter((n) => !have.has(n))];
+  }
   return out;
 }
 
@@ -597,6 +632,10 @@ function summary(a: InitAnswers, existing: Record<string, unknown>): string {
     `  database        ${redactUrl(a.databaseUrl)}`,
     `  log file        ${a.logFilePath}`,
     `  models          ${POLICY_LABEL[a.policy]}`,
+  );
+  const listed = modelsToRegister(a);
+  if (listed.length) lines.push(`  registers       ${listedText(listed)}`);
+  lines.push(
     `  Qdrant          ${a.qdrantUrl ? redactUrl(a.qdrantUrl) : '(off)'}`,
     `  admin API key   ${a.adminKeyGenerated ? '(generated; shown once after writing)' : a.adminApiKey ? maskSecret(a.adminApiKey) : '(none)'}`,
   );
@@ -632,13 +671,49 @@ async function writeAndReport(
   } catch {
     found = undefined;
   }
-  const next = found === path ? 'oai-proxy serve' : `oai-proxy serve --config ${quote(path)}`;
+  const configArg = found === path ? '' : ` --config ${quote(path)}`;
+  const next = `oai-proxy serve${configArg}`;
   if (found && found !== path) say(`note: here, serve would read ${found} first unless given --config\n`);
+  const listed = modelsToRegister(a);
+  if (listed.length) {
+    say(
+      `Registered ${listedText(listed)} (as "availableModels", in place of the default OpenAI model list; more with \`oai-proxy models add NAME${configArg}\`)\n`,
+    );
+  } else if (a.kind === 'compatible' && a.policy !== 'off' && !registersModels(values)) {
+    const why = !a.check
+      ? 'init did not ask the server for its models: no --check'
+      : a.check.outcome !== 'reachable' || !a.check.ids
+        ? 'the check could not read its model list'
+        : 'it listed none';
+    const effect =
+      a.policy === 'strict'
+        ? 'serve answers 404 model_not_found for every model not registered'
+        : 'serve records every model not registered as unknown';
+    io.stderr.write(
+      withoutSecrets(
+        `warning: --model-policy ${a.policy}: ${effect}, and none of this server's models is registered (${why}); register each with \`oai-proxy models add NAME${configArg}\` or list them under "availableModels" in ${path}, or rerun init with --check while the server runs\n`,
+        secrets,
+      ),
+    );
+  }
   const hostForUrl = a.host.includes(':') ? `[${a.host}]` : a.host;
   say(
     `\nNext: ${next}\nthen point OpenAI clients at http://${hostForUrl}:${a.port === 0 ? '<port>' : a.port}/v1\n`,
   );
   return 0;
+}
+
+/** "2 models the upstream lists: a, b", at most five names shown. */
+function listedText(names: string[]): string {
+  const shown = names.slice(0, 5).join(', ');
+  const more = names.length > 5 ? `, … (${names.length - 5} more)` : '';
+  return `${names.length} model${names.length === 1 ? '' : 's'} the upstream lists: ${shown}${more}`;
+}
+
+/** The file names models of its own (`availableModels` or `models`), beyond the default list. */
+function registersModels(values: Record<string, unknown>): boolean {
+  const has = (k: string) => Array.isArray(values[k]) && (values[k] as unknown[]).length > 0;
+  return has('availableModels') || has('models');
 }
 
 /**

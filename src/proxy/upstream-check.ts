@@ -10,6 +10,8 @@ export interface UpstreamCheckResult {
   httpStatus?: number;
   /** Models listed in a 2xx answer, when it had an OpenAI-shaped `data` array. */
   models?: number;
+  /** The string `id`s of those models, in the upstream's order. */
+  ids?: string[];
   /** Transport error code, e.g. ECONNREFUSED or UND_ERR_CONNECT_TIMEOUT. */
   errorCode?: string;
 }
@@ -39,13 +41,17 @@ export async function checkUpstream(
     if (status === 401 || status === 403) return { outcome: 'unauthorised', url: shown, httpStatus: status };
     if (status < 200 || status >= 300) return { outcome: 'unexpected', url: shown, httpStatus: status };
     let models: number | undefined;
+    let ids: string[] | undefined;
     try {
       const data = (JSON.parse(text) as { data?: unknown }).data;
-      if (Array.isArray(data)) models = data.length;
+      if (Array.isArray(data)) {
+        models = data.length;
+        ids = data.map((m) => (m as { id?: unknown } | null)?.id).filter((id) => typeof id === 'string');
+      }
     } catch {
       // A 2xx that is not JSON still proves the server is reachable.
     }
-    return { outcome: 'reachable', url: shown, httpStatus: status, models };
+    return { outcome: 'reachable', url: shown, httpStatus: status, models, ids };
   } catch (err) {
     const e = err as { code?: string; cause?: { code?: string } };
     return { outcome: 'unreachable', url: shown, errorCode: e.code ?? e.cause?.code ?? String(err) };

@@ -115,8 +115,11 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     expect(summary).toContain('API key         sk-…6789');
     expect(summary).toContain('listen          127.0.0.1:9191');
     expect(summary).toContain('models          reject unknown models with 404 model_not_found');
+    // strict on a compatible server: the models its GET /models listed are registered.
+    expect(summary).toContain('registers       2 models the upstream lists: gpt-4o, gpt-4o-mini');
     s.send(KEY.enter);
     await s.expect('Next: oai-proxy serve');
+    expect(s.output()).toContain('Registered 2 models the upstream lists: gpt-4o, gpt-4o-mini');
     expect(await s.exit()).toBe(0);
 
     expect(JSON.parse(readFileSync(h.configPath, 'utf8'))).toEqual({
@@ -130,6 +133,7 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
       validateModels: true,
       allowUnknownModels: false,
       qdrantUrl: 'http://127.0.0.1:6333',
+      availableModels: ['gpt-4o', 'gpt-4o-mini'],
     });
     expect(statSync(h.configPath).mode & 0o777).toBe(0o600);
     expect(readdirSync(h.configDir)).toEqual(['config.json']);

@@ -506,6 +506,7 @@ describe('oai-proxy init --yes', () => {
     // --force is needed with --yes only when the file already exists.
     expect(io.out()).not.toContain('required with --yes');
     expect(io.out()).toMatch(/with\s+--yes: needed only when the\s+file exists/);
+    expect(io.out()).toMatch(/--check registers the models\s+its GET \/models lists/);
   });
 });
 
@@ -573,6 +574,122 @@ describe('init --check: one GET {baseUrl}/models, reported, never blocking the w
     expect(fake.requests[0].headers.authorization).toBeUndefined();
     expect(io.out()).toContain('✔ upstream reachable');
     expect(io.out()).toContain('(1 models listed)');
+  });
+});
+
+describe('init for a local OpenAI-compatible server (Ollama, vLLM) with a validating policy', () => {
+  /** A fake Ollama: its GET /v1/models lists two models, none of the default OpenAI list. */
+  async function fakeOllama(): Promise<FakeUpstream> {
+    const fake = await fakeUpstream();
+    fake.on('/v1/models', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(
+        JSON.stringify({
+          object: 'list',
+          data: [
+            { id: 'llama3.1:8b', object: 'model', created: 1700000000, owned_by: 'library' },
+            { id: 'qwen2.5:7b', object: 'model', created: 1700000000, owned_by: 'library' },
+          ],
+        }),
+      );
+    });
+    return fake;
+  }
+
+  function initArgs(fake: FakeUpstream, ...more: string[]): string[] {
+    return [
+      'init',
+      '--yes',
+      '--kind',
+      'compatible',
+      '--upstream',
+      fake.baseUrl,
+      '--model-policy',
+      'strict',
+      '--config',
+      'c.json',
+      '--port',
+      '0',
+      '--db',
+      'i.db',
+      '--log-file',
+      'i.log',
+      ...more,
+    ];
+  }
+
+  test('--check registers the models the server lists, says so, and serve then forwards them under strict', async () => {
+    const h = tempHome();
+    const fake = await fakeOllama();
+    const initIo = createTestIo(h.env, h.dir);
+    expect(await main(initArgs(fake, '--check'), initIo)).toBe(0);
+    expect(initIo.err()).toBe('');
+    const configPath = join(h.dir, 'c.json');
+    expect(readJson(configPath)).toMatchObject({
+      validateModels: true,
+      allowUnknownModels: false,
+      availableModels: ['llama3.1:8b', 'qwen2.5:7b'],
+    });
+    expect(initIo.out()).toContain('(2 models listed)');
+    expect(initIo.out()).toContain(
+      `Registered 2 models the upstream lists: llama3.1:8b, qwen2.5:7b (as "availableModels", in place of the default OpenAI model list; more with \`oai-proxy models add NAME --config ${configPath}\`)`,
+    );
+
+    const ac = new AbortController();
+    const serveIo = { ...createTestIo({ ...h.env, LOG_LEVEL: 'silent' }, h.dir), signal: ac.signal };
+    const done = main(['serve', '--config', 'c.json'], serveIo);
+    cleanups.push(async () => {
+      ac.abort();
+      await done;
+    });
+    let url = '';
+    for (let i = 0; i < 200 && !url; i++) {
+      url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(serveIo.err())?.[1] ?? '';
+      if (!url) await new Promise((r) => setTimeout(r, 20));
+    }
+    const client = new OpenAI({ apiKey: 'sk-client-own-key', baseURL: `${url}/v1`, maxRetries: 0 });
+    const res = await client.chat.completions
+      .create({ model: 'llama3.1:8b', messages: [{ role: 'user', content: 'hi' }] })
+      .withResponse();
+    expect(res.response.status).toBe(200);
+    expect(res.data.choices[0].message.content).toBe(CHAT_ANSWER);
+    expect(JSON.parse(fake.requests.at(-1)!.body.toString()).model).toBe('llama3.1:8b');
+    // The proxy's model list is the server's, not the 33 OpenAI defaults it does not serve.
+    const listedIds = [];
+    for await (const m of client.models.list()) listedIds.push(m.id);
+    expect(listedIds).toEqual(['llama3.1:8b', 'qwen2.5:7b']);
+    // strict still refuses what the server does not list.
+    await expect(
+      client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] }),
+    ).rejects.toMatchObject({ status: 404, code: 'model_not_found' });
+  });
+
+  test('without --check: a warning that strict refuses every model until one is registered, and how', async () => {
+    const h = tempHome();
+    const fake = await fakeOllama();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(initArgs(fake), io)).toBe(0);
+    const configPath = join(h.dir, 'c.json');
+    expect(readJson(configPath)).not.toHaveProperty('availableModels');
+    expect(fake.requests).toHaveLength(0);
+    expect(io.err()).toBe(
+      `warning: --model-policy strict: serve answers 404 model_not_found for every model not registered, and none of this server's models is registered (init did not ask the server for its models: no --check); register each with \`oai-proxy models add NAME --config ${configPath}\` or list them under "availableModels" in ${configPath}, or rerun init with --check while the server runs\n`,
+    );
+  });
+
+  test('record, and a check that cannot read the list: the warning says unknown models are recorded', async () => {
+    const h = tempHome();
+    const fake = await fakeOllama();
+    fake.on('/v1/models', (_req, res) => {
+      res.writeHead(404, { 'content-type': 'application/json' });
+      res.end('{"error":"not found"}');
+    });
+    const io = createTestIo(h.env, h.dir);
+    expect(await main([...initArgs(fake, '--check'), '--model-policy', 'record'], io)).toBe(0);
+    expect(readJson(join(h.dir, 'c.json'))).not.toHaveProperty('availableModels');
+    expect(io.err()).toContain(
+      "warning: --model-policy record: serve records every model not registered as unknown, and none of this server's models is registered (the check could not read its model list)",
+    );
   });
 });
 

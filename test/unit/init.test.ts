@@ -95,6 +95,37 @@ describe('applyAnswers', () => {
       allowUnknownModels: false,
     });
   });
+
+  // What `--check` read from an Ollama-like server's GET /models.
+  const listed = { outcome: 'reachable' as const, url: 'x', httpStatus: 200, models: 4 };
+  const ids = ['llama3.1:8b', 'qwen2.5:7b', 'bad name', 'llama3.1:8b'];
+
+  test.each([
+    ['compatible', 'strict', ['llama3.1:8b', 'qwen2.5:7b']],
+    ['compatible', 'record', ['llama3.1:8b', 'qwen2.5:7b']],
+    ['compatible', 'off', undefined],
+    ['openai', 'strict', undefined],
+    ['azure', 'strict', undefined],
+  ] as const)('%s upstream, policy %s: availableModels = %j', (kind, policy, expected) => {
+    const out = applyAnswers({}, { ...answers, kind, policy, check: { ...listed, ids } });
+    expect(out.availableModels).toEqual(expected);
+  });
+
+  test('the listed models are added after the file’s own availableModels, none twice', () => {
+    const out = applyAnswers(
+      { availableModels: ['mine', { name: 'qwen2.5:7b', displayName: 'Qwen' }] },
+      { ...answers, policy: 'strict', check: { ...listed, ids } },
+    );
+    expect(out.availableModels).toEqual(['mine', { name: 'qwen2.5:7b', displayName: 'Qwen' }, 'llama3.1:8b']);
+  });
+
+  test('no check, or a check without a model list: nothing registered', () => {
+    expect(applyAnswers({}, { ...answers, policy: 'strict' })).not.toHaveProperty('availableModels');
+    const unreachable = { outcome: 'unreachable' as const, url: 'x', errorCode: 'ECONNREFUSED' };
+    expect(applyAnswers({}, { ...answers, policy: 'strict', check: unreachable })).not.toHaveProperty(
+      'availableModels',
+    );
+  });
 });
 
 describe('maskValues', () => {
