@@ -12,13 +12,20 @@ export function isDecodable(encoding: string): boolean {
  * Decoded bytes past which a body is no longer decoded for its tail: a small compressed answer can
  * inflate to gigabytes, each of them decoded by the proxy for nothing but its last few KB.
  */
-export const TAIL_DECODE_MAX_BYTES = 256 * 1024 * 1024;
+export const TAIL_DECODE_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Compressed bytes waiting for the decoder past which, once past the capture limit, the tail is given
+ * up: the upstream is paced by the client alone, and both can outrun the decompression.
+ */
+export const TAIL_PENDING_MAX_BYTES = 8 * 1024 * 1024;
 
 /**
  * Decodes a compressed response body for the record only (the client gets the bytes the upstream
  * sent): keeps at most `limit` decoded bytes and hands each decoded piece to `onData` (the stream
  * assembler) too. With a `tailLimit`, it decodes on past the limit (up to `decodeMax` bytes) to keep
  * the body's last `tailLimit` bytes, where a JSON answer has its usage; without one, it stops there.
+ * Past the limit it also gives the tail up when more than `pendingMax` compressed bytes wait to be decoded.
  */
 export class RecordDecoder {
   /** The decoded body, cut at `limit`. */
@@ -35,6 +42,7 @@ export class RecordDecoder {
     private readonly onData?: (decoded: Buffer) => void,
     tailLimit = 0,
     decodeMax = TAIL_DECODE_MAX_BYTES,
+    private readonly pendingMax = TAIL_PENDING_MAX_BYTES,
   ) {
     this.capture = new BodyCapture(limit, tailLimit);
     const e = encoding.trim().toLowerCase();
@@ -70,7 +78,19 @@ export class RecordDecoder {
 
   /** Decode one chunk of the body as it came from the upstream. */
   write(chunk: Buffer): void {
-    if (!this.stopped) this.zlib.write(chunk);
+    if (this.stopped) return;
+    if (this.capture.truncated && this.zlib.writableLength > this.pendingMax) {
+      // Only the tail is being decoded now, and it falls behind: drop it rather than queue the body.
+      this.capture.forgetTail();
+      this.stop();
+      return;
+    }
+    this.zlib.write(chunk);
+  }
+
+  /** Compressed bytes written but not yet decoded. */
+  get pendingBytes(): number {
+    return this.stopped ? 0 : this.zlib.writableLength;
   }
 
   /** The body has ended (or was cut): resolves once what arrived is decoded. */

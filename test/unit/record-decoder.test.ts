@@ -1,6 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import { describe, expect, test } from 'vitest';
-import { isDecodable, RecordDecoder } from '../../src/proxy/record-decoder.js';
+import { isDecodable, RecordDecoder, TAIL_DECODE_MAX_BYTES } from '../../src/proxy/record-decoder.js';
 
 const text = JSON.stringify({ words: Array.from({ length: 2000 }, (_, i) => `w${i}`) });
 
@@ -48,15 +49,39 @@ describe('RecordDecoder', () => {
     expect(Buffer.concat(handed).toString()).toBe(json);
   });
 
-  test('with a tail: stops past decodeMax decoded bytes, and keeps no tail that is not the end', async () => {
-    const json = `{"data":"${'a'.repeat(5_000_000)}","usage":{"total_tokens":322}}`;
+  test('with a tail: stops past 64 MB decoded, and keeps no tail that is not the end', async () => {
+    // A 70 KB gzip bomb of 70 MB.
+    const json = `{"data":"${'a'.repeat(70 << 20)}","usage":{"total_tokens":322}}`;
     const body = gzipSync(json);
-    const d = new RecordDecoder('gzip', 100, undefined, 8192, 1_000_000);
+    const d = new RecordDecoder('gzip', 100, undefined, 8192);
     d.write(body);
     await d.finish();
     expect(d.stored('application/json', 'gzip', body.length)).toBe(json.slice(0, 100));
     expect(d.truncated).toBe(true);
-    expect(d.capture.bytes).toBeGreaterThan(1_000_000);
+    expect(d.capture.bytes).toBeGreaterThan(64 << 20);
+    expect(d.capture.bytes).toBeLessThan(json.length);
+    expect(d.capture.tailText()).toBeNull();
+  });
+
+  test('with a tail: fed faster than it decodes past its limit, gives the tail up instead of queueing the body', async () => {
+    // Incompressible, so the compressed body is as big as the decoded one: 16 MB in 64 KB chunks,
+    // eight per turn of the event loop once past the limit, never waiting for the decoder.
+    const json = `{"data":"${randomBytes(8 << 20).toString('hex')}","usage":{"total_tokens":322}}`;
+    const body = gzipSync(json, { level: 1 });
+    const d = new RecordDecoder('gzip', 100, undefined, 8192, TAIL_DECODE_MAX_BYTES, 1 << 20);
+    const chunk = 64 * 1024;
+    d.write(body.subarray(0, chunk));
+    while (!d.truncated) await new Promise((r) => setImmediate(r));
+    let pending = 0;
+    for (let at = chunk, n = 0; at < body.length; at += chunk, n++) {
+      d.write(body.subarray(at, at + chunk));
+      pending = Math.max(pending, d.pendingBytes);
+      if (n % 8 === 7) await new Promise((r) => setImmediate(r));
+    }
+    await d.finish();
+    expect(pending).toBeLessThanOrEqual((1 << 20) + 8 * chunk);
+    expect(d.stored('application/json', 'gzip', body.length)).toBe(json.slice(0, 100));
+    expect(d.truncated).toBe(true);
     expect(d.capture.bytes).toBeLessThan(json.length);
     expect(d.capture.tailText()).toBeNull();
   });
