@@ -593,7 +593,7 @@ function checkUrl(def: SettingDef, v: string, where: string): string {
     return invalid(where, def, 'an absolute http(s) URL such as https://api.openai.com/v1', v);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') invalid(where, def, 'an http:// or https:// URL', v);
-  // A ?query or #fragment is kept here (?api-version is taken by takeApiVersions) and refused by
+  // A ?query or #fragment is kept here (an Azure ?api-version is taken by takeApiVersions) and refused by
   // checkBaseUrls where the URL is used: `logs` must not refuse a URL it never uses.
   return /[?#]/.test(v) ? v : v.replace(/\/+$/, '');
 }
@@ -601,7 +601,8 @@ function checkUrl(def: SettingDef, v: string, where: string): string {
 /**
  * An Azure base URL pasted from the portal (`…/deployments/d?api-version=2024-02-01`): its api-version is
  * the upstream's when none is configured, and leaves the URL. A configured one that differs wins (it is
- * what was sent before such a query was read at all), with a warning.
+ * what was sent before such a query was read at all), with a warning. Only an Azure upstream is sent an
+ * api-version: another keeps the query in its URL, for checkBaseUrls to refuse.
  */
 function takeApiVersions(
   config: Config,
@@ -618,12 +619,14 @@ function takeApiVersions(
     return found;
   };
   const names = { sources } as Pick<ResolvedConfig, 'sources'>;
-  const found = take(
-    config.openaiBaseUrl,
-    config.openaiApiVersion,
-    settingSource(names, 'openaiBaseUrl'),
-    settingSource(names, 'openaiApiVersion'),
-  );
+  const found =
+    isAzureBase(config.openaiBaseUrl, config.openaiApiType) &&
+    take(
+      config.openaiBaseUrl,
+      config.openaiApiVersion,
+      settingSource(names, 'openaiBaseUrl'),
+      settingSource(names, 'openaiApiVersion'),
+    );
   if (found) {
     config.openaiBaseUrl = found.url;
     if (!config.openaiApiVersion) {
@@ -632,8 +635,23 @@ function takeApiVersions(
     }
   }
   for (const [name, u] of Object.entries(config.upstreams ?? {})) {
+    if (u.type !== 'azure') continue;
     const f = take(u.baseUrl, u.apiVersion, `upstreams.${name}.baseUrl`, `upstreams.${name}.apiVersion`);
     if (f) config.upstreams[name] = { ...u, baseUrl: f.url, apiVersion: u.apiVersion || f.version };
+  }
+}
+
+/**
+ * Whether a base URL's upstream is Azure, as createUpstreamTarget (proxy/forward.ts) infers it: the
+ * configured type, else a *.openai.azure.com host or a path naming a deployment.
+ */
+function isAzureBase(url: string, type: string | undefined): boolean {
+  if (type) return type === 'azure';
+  try {
+    const u = new URL(url);
+    return u.hostname.endsWith('.openai.azure.com') || /\/openai\/deployments\/[^/]+\/?$/.test(u.pathname);
+  } catch {
+    return false;
   }
 }
 
@@ -654,9 +672,9 @@ export function splitApiVersion(url: string): { url: string; version: string } |
 }
 
 /**
- * Refuse a base URL that still holds a ?query or #fragment (other than ?api-version, taken as the
- * api-version): neither is ever sent (the proxy and Qdrant's client keep the origin and path), and a key
- * in it would be printed by the banner. For commands that use the URLs (`serve`, its reloads); throws
+ * Refuse a base URL that still holds a ?query or #fragment (other than an Azure upstream's ?api-version,
+ * taken as its api-version): neither is ever sent (the proxy and Qdrant's client keep the origin and
+ * path), and a key in it would be printed by the banner. For commands that use the URLs (`serve`, its reloads); throws
  * OaiProxyError('config_invalid') naming the setting, the URL shown with its secrets masked.
  */
 export function checkBaseUrls(resolved: ResolvedConfig): ResolvedConfig {
@@ -679,14 +697,29 @@ export function checkBaseUrls(resolved: ResolvedConfig): ResolvedConfig {
     if (source.startsWith('config file ')) return `"${key}" in ${source}`;
     return `${env} (${source})`;
   };
+  // Left in the URL by takeApiVersions: the upstream is not (taken for) an Azure one.
+  const instead = (url: string, azure: string, key: string): string => {
+    const split = splitApiVersion(url);
+    if (!split) return key;
+    const hint = `?api-version is read only for an Azure upstream: ${azure} if it is one`;
+    return hasQuery(split.url) ? `${hint}; ${key}` : hint;
+  };
   if (hasQuery(config.openaiBaseUrl))
-    refuse(named('openaiBaseUrl'), config.openaiBaseUrl, 'put a key in OPENAI_API_KEY');
+    refuse(
+      named('openaiBaseUrl'),
+      config.openaiBaseUrl,
+      instead(config.openaiBaseUrl, 'set OPENAI_API_TYPE=azure', 'put a key in OPENAI_API_KEY'),
+    );
   for (const [name, u] of Object.entries(config.upstreams))
     if (hasQuery(u.baseUrl))
       refuse(
         `upstreams.${name}.baseUrl${resolved.configFile ? ` in config file ${resolved.configFile}` : ''}`,
         u.baseUrl,
-        "put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+        instead(
+          u.baseUrl,
+          `set its "type": "azure"`,
+          "put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+        ),
       );
   if (config.qdrantUrl && hasQuery(config.qdrantUrl))
     refuse(named('qdrantUrl'), config.qdrantUrl, 'put a Qdrant key in QDRANT_API_KEY');

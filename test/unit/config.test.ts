@@ -424,9 +424,26 @@ describe("a base URL's ?api-version is the upstream's api-version unless one is 
     expect(config.openaiBaseUrl).toBe('https://x.openai.azure.com/openai/deployments/d');
     expect(config.openaiApiVersion).toBe('2024-02-01');
     expect(warnings).toEqual([]);
-    const other = resolve({ OPENAI_BASE_URL: 'http://h/v1/?a=1&api-version=2025-01-01&b=2#f' }).config;
+    const other = resolve({
+      OPENAI_BASE_URL: 'http://h/v1/?a=1&api-version=2025-01-01&b=2#f',
+      OPENAI_API_TYPE: 'azure',
+    }).config;
     expect(other.openaiBaseUrl).toBe('http://h/v1?a=1&b=2#f');
     expect(other.openaiApiVersion).toBe('2025-01-01');
+  });
+
+  // Only an Azure upstream is sent an api-version: another's stays in its URL, for serve to refuse.
+  test('not taken for an upstream that is not Azure (by type, host or deployment path)', () => {
+    for (const env of [
+      { OPENAI_BASE_URL: 'http://h/openai?api-version=2024-02-01' } as Record<string, string>,
+      { OPENAI_BASE_URL: portal, OPENAI_API_TYPE: 'openai' },
+    ]) {
+      const { config } = resolve(env);
+      expect(config.openaiBaseUrl).toBe(env.OPENAI_BASE_URL);
+      expect(config.openaiApiVersion).toBeUndefined();
+    }
+    write('oai-proxy.config.json', { upstreams: { az: { baseUrl: portal } } });
+    expect(resolve().config.upstreams.az).toEqual({ baseUrl: portal, type: 'openai' });
   });
 
   test('a configured api-version that differs wins, with a warning naming both', () => {
