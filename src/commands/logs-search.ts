@@ -1,7 +1,7 @@
 import { existsSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
+import { checkBaseUrls, type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher } from '../proxy/forward.js';
@@ -63,6 +63,8 @@ async function openVectorSession(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   requireQdrant(resolved, what, enableHint);
+  // A ?query in either URL is never sent (a key in it would fail as a puzzling 401): refused as by serve.
+  checkBaseUrls(resolved, { upstreams: [resolved.config.embeddingUpstream || 'default'], qdrant: true });
   const location = resolveDatabaseLocation(
     resolved.config.databaseUrl,
     resolved.env,
@@ -321,6 +323,8 @@ export function createPruneVectorHook(): NonNullable<LogsExtensions['onPruned']>
     const c = resolved.config;
     if (!c.qdrantUrl || gaveUp || ids.length === 0) return;
     try {
+      // A ?query in QDRANT_URL is never sent: the reason, rather than Qdrant's 401.
+      checkBaseUrls(resolved, { upstreams: [], qdrant: true });
       store ??= createQdrantStore({
         url: c.qdrantUrl,
         apiKey: c.qdrantApiKey,

@@ -674,10 +674,15 @@ export function splitApiVersion(url: string): { url: string; version: string } |
 /**
  * Refuse a base URL that still holds a ?query or #fragment (other than an Azure upstream's ?api-version,
  * taken as its api-version): neither is ever sent (the proxy and Qdrant's client keep the origin and
- * path), and a key in it would be printed by the banner. For commands that use the URLs (`serve`, its reloads); throws
+ * path), and a key in it would be printed by the banner. For commands that use the URLs: `serve` and
+ * its reloads check them all; `logs search`/`reindex`/`prune` pass `used`, the upstreams they call
+ * (`default` for OPENAI_BASE_URL) and whether they use QDRANT_URL. Throws
  * OaiProxyError('config_invalid') naming the setting, the URL shown with its secrets masked.
  */
-export function checkBaseUrls(resolved: ResolvedConfig): ResolvedConfig {
+export function checkBaseUrls(
+  resolved: ResolvedConfig,
+  used?: { upstreams: readonly string[]; qdrant: boolean },
+): ResolvedConfig {
   const { config, sources } = resolved;
   const secrets = resolved.secrets ?? [];
   const refuse = (name: string, url: string, instead: string): never => {
@@ -704,14 +709,15 @@ export function checkBaseUrls(resolved: ResolvedConfig): ResolvedConfig {
     const hint = `?api-version is read only for an Azure upstream: ${azure} if it is one`;
     return hasQuery(split.url) ? `${hint}; ${key}` : hint;
   };
-  if (hasQuery(config.openaiBaseUrl))
+  const uses = (upstream: string): boolean => !used || used.upstreams.includes(upstream);
+  if (uses('default') && hasQuery(config.openaiBaseUrl))
     refuse(
       named('openaiBaseUrl'),
       config.openaiBaseUrl,
       instead(config.openaiBaseUrl, 'set OPENAI_API_TYPE=azure', 'put a key in OPENAI_API_KEY'),
     );
   for (const [name, u] of Object.entries(config.upstreams))
-    if (hasQuery(u.baseUrl))
+    if (uses(name) && hasQuery(u.baseUrl))
       refuse(
         `upstreams.${name}.baseUrl${resolved.configFile ? ` in config file ${resolved.configFile}` : ''}`,
         u.baseUrl,
@@ -721,7 +727,7 @@ export function checkBaseUrls(resolved: ResolvedConfig): ResolvedConfig {
           "put a key in the upstream's apiKey (or apiKeyEnv) or headers",
         ),
       );
-  if (config.qdrantUrl && hasQuery(config.qdrantUrl))
+  if ((!used || used.qdrant) && config.qdrantUrl && hasQuery(config.qdrantUrl))
     refuse(named('qdrantUrl'), config.qdrantUrl, 'put a Qdrant key in QDRANT_API_KEY');
   return resolved;
 }

@@ -146,6 +146,33 @@ describe('oai-proxy logs search', () => {
     );
   });
 
+  // Review: a base URL's ?query is refused by serve only, and these commands dropped it: a Qdrant key
+  // in QDRANT_URL (or an upstream key in OPENAI_BASE_URL) was never sent, and the call failed with 401.
+  test('a key in QDRANT_URL or OPENAI_BASE_URL: exit 2 naming the setting, the key masked', async () => {
+    const { QDRANT_API_KEY: _, ...env } = vectorEnv();
+    proxy = await startTestProxy(vectorEnv());
+    const inQdrantUrl = { ...env, QDRANT_URL: `${env.QDRANT_URL}/?api-key=${QDRANT_KEY}` };
+    for (const argv of [
+      ['logs', 'search', 'refund'],
+      ['logs', 'reindex'],
+    ]) {
+      const r = await cli(argv, inQdrantUrl);
+      expect(r.code, r.err).toBe(2);
+      expect(r.err).toBe(
+        `oai-proxy: Invalid QDRANT_URL (environment) = ${env.QDRANT_URL}/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a Qdrant key in QDRANT_API_KEY\n`,
+      );
+    }
+    const { OPENAI_API_KEY: __, ...noKey } = vectorEnv();
+    const r = await cli(['logs', 'search', 'refund'], {
+      ...noKey,
+      OPENAI_BASE_URL: `${upstream.baseUrl}?key=${UPSTREAM_KEY}`,
+    });
+    expect(r.code, r.err).toBe(2);
+    expect(r.err).toMatch(/^oai-proxy: Invalid OPENAI_BASE_URL \(environment\) = http:\/\/\S+\?key=\*\*\*: /);
+    expect(r.out).toBe('');
+    expect(r.err).not.toContain(UPSTREAM_KEY);
+  });
+
   test('bad --limit is a usage error', async () => {
     proxy = await startTestProxy(vectorEnv());
     const r = await cli(['logs', 'search', 'x', '--limit', '0'], vectorEnv());
@@ -337,6 +364,25 @@ describe('oai-proxy logs prune with Qdrant', () => {
     expect(r.out).toMatch(/deleted 1 exchanges/);
     expect(r.err).toMatch(
       /warning: pruned exchanges' points could not be deleted from Qdrant .*ECONNREFUSED/,
+    );
+    expect(r.err).not.toContain(QDRANT_KEY);
+    expect(await qdrant.points()).toHaveLength(3);
+  });
+
+  test('a key in QDRANT_URL: the rows are pruned, with a warning naming QDRANT_URL, the key masked', async () => {
+    const env = vectorEnv();
+    proxy = await startTestProxy(env);
+    await seed();
+    await ageFirstExchange();
+    const { QDRANT_API_KEY: _, ...noKey } = env;
+    const r = await cli(['logs', 'prune', '--older-than', '30d'], {
+      ...noKey,
+      QDRANT_URL: `${env.QDRANT_URL}/?api-key=${QDRANT_KEY}`,
+    });
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/deleted 1 exchanges/);
+    expect(r.err).toContain(
+      `warning: pruned exchanges' points could not be deleted from Qdrant collection ${env.QDRANT_COLLECTION}: Invalid QDRANT_URL (environment) = ${env.QDRANT_URL}/?api-key=***: expected a URL without ?query`,
     );
     expect(r.err).not.toContain(QDRANT_KEY);
     expect(await qdrant.points()).toHaveLength(3);
