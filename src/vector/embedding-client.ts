@@ -78,8 +78,11 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         responseHeaders = res.headers;
         responseText = await res.body.text();
       } catch (err) {
-        const code = (err as { code?: string; name?: string }).code ?? (err as Error).name;
-        const timeout = code === 'TimeoutError' || code === 'AbortError' || code?.includes('TIMEOUT');
+        // A DOMException (the timeout's TimeoutError) has a numeric legacy `code`: only a string one names the cause.
+        const errCode = (err as { code?: unknown }).code;
+        const name = (err as { name?: unknown }).name;
+        const code = typeof errCode === 'string' ? errCode : typeof name === 'string' ? name : undefined;
+        const timeout = code === 'TimeoutError' || code === 'AbortError' || !!code?.includes('TIMEOUT');
         failure = {
           kind: timeout ? 'upstream_timeout' : 'upstream_unreachable',
           message: timeout

@@ -1,7 +1,10 @@
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
+import { Agent } from 'undici';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import type { ExchangeRecord } from '../../src/storage/exchange-record.js';
+import { createEmbeddingClient } from '../../src/vector/embedding-client.js';
 import { pointIdFor } from '../../src/vector/qdrant-store.js';
 import {
   createVectorFixture,
@@ -414,5 +417,38 @@ describe('indexing exchanges into Qdrant while serving', () => {
     expect(upstream.requests.some((r) => r.url === '/v1/embeddings')).toBe(false);
     expect((await health(proxy)).qdrant).toBe('disabled');
     expect(qdrant.fake?.requests ?? []).toEqual([]);
+  });
+});
+
+describe('the embedding client', () => {
+  test('an embedding upstream that never answers: the timeout message is thrown and the call is reported', async () => {
+    upstream.on('/v1/embeddings', () => new Promise<void>(() => undefined)); // never answers
+    const dispatcher = new Agent();
+    const reported: ExchangeRecord[] = [];
+    const client = createEmbeddingClient({
+      endpoint: { name: 'default', origin: upstream.origin, path: '/v1/embeddings', headers: {} },
+      model: 'text-embedding-3-small',
+      dispatcher,
+      timeoutMs: 200,
+      redact: { text: (s) => s, headers: (h) => JSON.stringify(h) },
+      newId: () => 'internal-1',
+      onExchange: (r) => reported.push(r),
+    });
+    try {
+      // Before, the timeout's numeric DOMException code made the catch throw "code?.includes is not a function".
+      await expect(client.embed(['hello'])).rejects.toThrow(
+        `Embedding request to ${upstream.origin}/v1/embeddings did not finish within 200 ms`,
+      );
+      expect(reported).toHaveLength(1);
+      expect(reported[0]).toMatchObject({
+        path: '/v1/embeddings',
+        status: null,
+        error: 'upstream_timeout',
+        internal: true,
+      });
+      expect(reported[0].errorMessage).toContain('did not finish within 200 ms');
+    } finally {
+      await dispatcher.destroy();
+    }
   });
 });
