@@ -662,7 +662,7 @@ export async function startProxy(
         process.off('SIGUSR2', onUsr2);
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
-        await vector?.close();
+        await vector?.close(config.shutdownGraceMs);
         for (const job of jobs) job.close();
         await writer.close();
         await checkpoints.stop();

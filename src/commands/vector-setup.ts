@@ -154,7 +154,8 @@ export interface VectorIndexing {
   services: VectorServices;
   onRecord(r: ExchangeRecord): void;
   health(): Record<string, unknown>;
-  close(): Promise<void>;
+  /** Give queued indexing up to `graceMs` (default 5000), then cut it short; write the last outcomes. */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** Start background indexing of recorded exchanges (only called when QDRANT_URL is set). */
@@ -210,8 +211,8 @@ export async function startVectorIndexing(
         qdrant_failed: h.failed,
       };
     },
-    async close() {
-      await indexer.close();
+    async close(graceMs) {
+      await indexer.close(graceMs);
       // The last outcomes may still be waiting out a lock: the database is closed next.
       await services.state.flush();
     },

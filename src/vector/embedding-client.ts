@@ -20,7 +20,8 @@ export interface EmbeddingEndpoint {
 /** Turns texts into vectors. */
 export interface Embedder {
   readonly model: string;
-  embed(texts: string[]): Promise<number[][]>;
+  /** `signal` cuts the call short (the indexer is closing); it then throws like a failed call. */
+  embed(texts: string[], signal?: AbortSignal): Promise<number[][]>;
 }
 
 export interface EmbeddingClientOptions {
@@ -55,7 +56,7 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
 
   return {
     model,
-    async embed(texts) {
+    async embed(texts, signal) {
       if (texts.length === 0) return [];
       const body = JSON.stringify({ model, input: texts, encoding_format: 'float' });
       const startedAt = Date.now();
@@ -71,7 +72,9 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
           headers: { ...endpoint.headers, 'content-type': 'application/json', 'accept-encoding': 'identity' },
           body,
           dispatcher,
-          signal: AbortSignal.timeout(timeoutMs),
+          signal: signal
+            ? AbortSignal.any([AbortSignal.timeout(timeoutMs), signal])
+            : AbortSignal.timeout(timeoutMs),
         });
         ttfb = performance.now() - t0;
         status = res.statusCode;
@@ -83,12 +86,17 @@ export function createEmbeddingClient(options: EmbeddingClientOptions): Embedder
         const name = (err as { name?: unknown }).name;
         const code = typeof errCode === 'string' ? errCode : typeof name === 'string' ? name : undefined;
         const timeout = code === 'TimeoutError' || code === 'AbortError' || !!code?.includes('TIMEOUT');
-        failure = {
-          kind: timeout ? 'upstream_timeout' : 'upstream_unreachable',
-          message: timeout
-            ? `Embedding request to ${where} did not finish within ${timeoutMs} ms`
-            : `Embedding request to ${where} failed (${code ?? (err as Error).message}); check OPENAI_BASE_URL / EMBEDDING_UPSTREAM`,
-        };
+        failure = signal?.aborted
+          ? {
+              kind: 'proxy_shutdown',
+              message: `Embedding request to ${where} was cut short: the proxy is stopping (\`oai-proxy logs reindex\` indexes what was left)`,
+            }
+          : {
+              kind: timeout ? 'upstream_timeout' : 'upstream_unreachable',
+              message: timeout
+                ? `Embedding request to ${where} did not finish within ${timeoutMs} ms`
+                : `Embedding request to ${where} failed (${code ?? (err as Error).message}); check OPENAI_BASE_URL / EMBEDDING_UPSTREAM`,
+            };
       }
       let vectors: number[][] | null = null;
       if (!failure && status !== null) {

@@ -33,7 +33,10 @@ export interface VectorIndexer {
   /** Process everything queued so far. */
   drain(): Promise<void>;
   health(): VectorIndexerHealth;
-  /** Stop the timer and give queued work up to `graceMs` to finish; the rest is left for `logs reindex`. */
+  /**
+   * Stop the timer and give queued work up to `graceMs` to finish; then the calls in flight are cut short
+   * and nothing more is started: the rest is left for `logs reindex`.
+   */
   close(graceMs?: number): Promise<void>;
 }
 
@@ -62,11 +65,13 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
   let failing = false;
   let lastError: string | null = null;
   let closed = false;
+  // Aborted when close()'s grace runs out: the embedding and Qdrant calls in flight give up.
+  const stop = new AbortController();
 
-  const indexBatch = (xs: IndexableExchange[]) => indexExchanges(xs, options);
+  const indexBatch = (xs: IndexableExchange[]) => indexExchanges(xs, { ...options, signal: stop.signal });
 
   const runOnce = async () => {
-    while (queue.length > 0) {
+    while (queue.length > 0 && !closed) {
       const batch = queue.splice(0, batchSize);
       inBatch = batch.length;
       try {
@@ -87,7 +92,6 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
       } finally {
         inBatch = 0;
       }
-      if (closed) break;
     }
   };
 
@@ -111,7 +115,7 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
     },
     indexBatch,
     async drain() {
-      while (queue.length > 0 || busy) await kick();
+      while (!closed && (queue.length > 0 || busy)) await kick();
     },
     health() {
       return {
@@ -126,14 +130,19 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
     async close(graceMs = 5000) {
       clearInterval(timer);
       let t: NodeJS.Timeout | undefined;
-      await Promise.race([
-        this.drain(),
+      const wait = (ms: number) =>
         new Promise<void>((r) => {
-          t = setTimeout(r, graceMs);
-        }),
-      ]);
+          t = setTimeout(r, ms);
+        });
+      await Promise.race([this.drain(), wait(graceMs)]);
       clearTimeout(t);
       closed = true;
+      if (!busy) return;
+      // Cut the batch in flight short and let it settle (it reports its embedding call and marks its
+      // exchanges failed), so nothing is recorded after the caller goes on to close the writer.
+      stop.abort();
+      await Promise.race([busy, wait(1000)]);
+      clearTimeout(t);
     },
   };
 }
@@ -144,7 +153,7 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
  */
 export async function indexExchanges(
   xs: IndexableExchange[],
-  deps: { embedder: Embedder; store: VectorStore; outcomes: IndexOutcomeSink },
+  deps: { embedder: Embedder; store: VectorStore; outcomes: IndexOutcomeSink; signal?: AbortSignal },
 ): Promise<{ indexed: number; skipped: number }> {
   const work: { x: IndexableExchange; text: string }[] = [];
   const skipped: IndexOutcome[] = [];
@@ -156,8 +165,14 @@ export async function indexExchanges(
   if (skipped.length) deps.outcomes.mark(skipped);
   if (work.length === 0) return { indexed: 0, skipped: skipped.length };
   try {
-    const vectors = await deps.embedder.embed(work.map((w) => w.text));
-    await deps.store.upsert(work.map((w, i) => ({ vector: vectors[i], payload: payloadOf(w.x) })));
+    const vectors = await deps.embedder.embed(
+      work.map((w) => w.text),
+      deps.signal,
+    );
+    await deps.store.upsert(
+      work.map((w, i) => ({ vector: vectors[i], payload: payloadOf(w.x) })),
+      deps.signal,
+    );
   } catch (err) {
     const message = (err as Error).message;
     deps.outcomes.mark(work.map((w) => ({ id: w.x.id, status: 'failed', error: message })));

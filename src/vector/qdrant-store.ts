@@ -33,8 +33,9 @@ export interface VectorStore {
   /**
    * Insert or replace points; creates the collection (cosine, payload indexes) on first use, and again
    * (once per call) if it has disappeared since (Qdrant restarted without storage, or it was deleted).
+   * `signal` cuts the calls short (the indexer is closing).
    */
-  upsert(points: VectorPoint[]): Promise<void>;
+  upsert(points: VectorPoint[], signal?: AbortSignal): Promise<void>;
   /** Nearest exchanges to `vector`, best first, filters applied in the store. */
   search(vector: number[], options: VectorSearchOptions): Promise<VectorHit[]>;
   /** Remove the points of these exchanges (missing ones are fine). */
@@ -84,50 +85,64 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
   const { QdrantClient } = await import('@qdrant/js-client-rest');
   const { collection } = options;
   const where = safeUrl(options.url);
-  const client = new QdrantClient({
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  // The client's own time limit replaces any signal of the call: each call gets its limit here instead,
+  // together with the caller's signal (a closing indexer must not wait for a hung Qdrant).
+  const api = new QdrantClient({
     url: options.url,
     headers: options.apiKey ? { 'api-key': options.apiKey } : undefined,
-    timeout: options.timeoutMs ?? 10_000,
+    timeout: Number.POSITIVE_INFINITY,
     checkCompatibility: false,
+  }).api();
+  const init = (signal?: AbortSignal): { signal: AbortSignal } => ({
+    signal: signal
+      ? AbortSignal.any([AbortSignal.timeout(timeoutMs), signal])
+      : AbortSignal.timeout(timeoutMs),
   });
+  const collection_name = options.collection;
+  const exists = async (signal?: AbortSignal): Promise<boolean> =>
+    !!(await api.collectionExists({ collection_name }, init(signal))).data.result?.exists;
   let ready: Promise<void> | null = null;
   let readySize = 0;
 
   const fail = (what: string, err: unknown): OaiProxyError =>
-    new OaiProxyError('vector_error', `Qdrant at ${where}: ${what} failed: ${describe(err)}`, { cause: err });
+    new OaiProxyError('vector_error', `Qdrant at ${where}: ${what} failed: ${describe(err, timeoutMs)}`, {
+      cause: err,
+    });
 
-  const ensureCollection = (size: number): Promise<void> => {
+  const ensureCollection = (size: number, signal?: AbortSignal): Promise<void> => {
     if (ready && readySize === size) return ready;
     readySize = size;
     ready = (async () => {
-      const { exists } = await client.collectionExists(collection);
-      if (!exists) {
+      const found = await exists(signal);
+      if (!found) {
         try {
-          await client.createCollection(collection, { vectors: { size, distance: 'Cosine' } });
+          await api.createCollection(
+            { collection_name, vectors: { size, distance: 'Cosine' } },
+            init(signal),
+          );
         } catch (err) {
           // Another process may have created it meanwhile.
-          if (!(await client.collectionExists(collection)).exists) throw err;
+          if (!(await exists(signal))) throw err;
         }
-        await client.createPayloadIndex(collection, {
-          field_name: 'model',
-          field_schema: 'keyword',
-          wait: true,
-        });
-        await client.createPayloadIndex(collection, {
-          field_name: 'time',
-          field_schema: 'datetime',
-          wait: true,
-        });
+        await api.createFieldIndex(
+          { collection_name, field_name: 'model', field_schema: 'keyword', wait: true },
+          init(signal),
+        );
+        await api.createFieldIndex(
+          { collection_name, field_name: 'time', field_schema: 'datetime', wait: true },
+          init(signal),
+        );
       }
-      const info = await client.getCollection(collection);
-      const vectors = info.config?.params?.vectors as { size?: number } | undefined;
+      const info = (await api.getCollection({ collection_name }, init(signal))).data.result;
+      const vectors = info?.config?.params?.vectors as { size?: number } | undefined;
       if (vectors && typeof vectors.size === 'number' && vectors.size !== size) {
         throw new OaiProxyError(
           'vector_error',
           `Qdrant collection ${collection} holds ${vectors.size}-dimensional vectors but EMBEDDING_MODEL gives ${size}; set QDRANT_COLLECTION to a new name (then run \`oai-proxy logs reindex\`)`,
         );
       }
-      options.onCollectionReady?.(!exists);
+      options.onCollectionReady?.(!found);
     })();
     ready.catch(() => {
       ready = null;
@@ -147,14 +162,15 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
     target: vectorTarget(options.url, collection),
     async exists() {
       try {
-        return (await client.collectionExists(collection)).exists;
+        return await exists();
       } catch (err) {
         throw fail('checking the collection', err);
       }
     },
-    async upsert(points) {
+    async upsert(points, signal) {
       if (points.length === 0) return;
       const body = {
+        collection_name,
         wait: true,
         points: points.map((p) => ({
           id: pointIdFor(p.payload.exchange_id),
@@ -163,14 +179,14 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
         })),
       };
       try {
-        await ensureCollection(points[0].vector.length);
+        await ensureCollection(points[0].vector.length, signal);
         try {
-          await client.upsert(collection, body);
+          await api.upsertPoints(body, init(signal));
         } catch (err) {
           if (!lost(err)) throw err;
           options.onCollectionLost?.();
-          await ensureCollection(points[0].vector.length);
-          await client.upsert(collection, body);
+          await ensureCollection(points[0].vector.length, signal);
+          await api.upsertPoints(body, init(signal));
         }
       } catch (err) {
         lost(err);
@@ -182,15 +198,18 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
       if (model) must.push({ key: 'model', match: { value: model } });
       if (since) must.push({ key: 'time', range: { gte: since.toISOString() } });
       try {
-        const { exists } = await client.collectionExists(collection);
-        if (!exists) return [];
-        const res = await client.query(collection, {
-          query: vector,
-          filter: must.length ? { must } : undefined,
-          limit,
-          with_payload: true,
-        });
-        return res.points.map((p) => {
+        if (!(await exists())) return [];
+        const res = await api.queryPoints(
+          {
+            collection_name,
+            query: vector,
+            filter: must.length ? { must } : undefined,
+            limit,
+            with_payload: true,
+          },
+          init(),
+        );
+        return (res.data.result?.points ?? []).map((p) => {
           const payload = (p.payload ?? {}) as Partial<ExchangePayload>;
           return { exchangeId: String(payload.exchange_id ?? p.id), score: p.score, payload };
         });
@@ -202,9 +221,8 @@ export async function createQdrantStore(options: QdrantStoreOptions): Promise<Ve
     async deleteExchanges(ids) {
       if (ids.length === 0) return;
       try {
-        const { exists } = await client.collectionExists(collection);
-        if (!exists) return;
-        await client.delete(collection, { wait: true, points: ids.map(pointIdFor) });
+        if (!(await exists())) return;
+        await api.deletePoints({ collection_name, wait: true, points: ids.map(pointIdFor) }, init());
       } catch (err) {
         if (lost(err)) return;
         throw fail(`deleting ${ids.length} points`, err);
@@ -227,7 +245,7 @@ function safeUrl(url: string): string {
 }
 
 /** A short reason for a client error, without headers (which carry the API key). */
-function describe(err: unknown): string {
+function describe(err: unknown, timeoutMs: number): string {
   const e = err as {
     status?: number;
     data?: { status?: { error?: string } };
@@ -241,6 +259,10 @@ function describe(err: unknown): string {
   }
   const code = e?.cause?.code;
   if (code) return `${code}; is Qdrant running? check QDRANT_URL`;
-  if ((err as Error)?.name === 'QdrantClientTimeoutError') return 'timed out';
+  const name = (err as Error)?.name;
+  if (name === 'TimeoutError' || name === 'QdrantClientTimeoutError')
+    return `no answer within ${timeoutMs} ms`;
+  if (name === 'AbortError')
+    return 'cut short: the proxy is stopping (`oai-proxy logs reindex` indexes what was left)';
   return e?.message ?? String(err);
 }

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { Agent } from 'undici';
@@ -418,6 +419,81 @@ describe('indexing exchanges into Qdrant while serving', () => {
     expect((await health(proxy)).qdrant).toBe('disabled');
     expect(qdrant.fake?.requests ?? []).toEqual([]);
   });
+});
+
+describe('stopping while indexing', () => {
+  /** Stop the proxy and how long it took; the database is then read from the file. */
+  async function stopTimed(p: TestProxy): Promise<number> {
+    const t0 = performance.now();
+    await p.running.close();
+    return performance.now() - t0;
+  }
+
+  function readDb<T>(p: TestProxy, read: (db: Database.Database) => T): T {
+    const db = new Database(p.dbPath, { readonly: true });
+    try {
+      return read(db);
+    } finally {
+      db.close();
+    }
+  }
+
+  test('a hung embedding upstream: the shutdown takes SHUTDOWN_GRACE_MS, no batch starts after it, every row is written', async () => {
+    upstream.on('/v1/embeddings', () => new Promise<void>(() => undefined)); // never answers
+    proxy = await startTestProxy(vectorEnv({ SHUTDOWN_GRACE_MS: '1000' }));
+    const client = clientFor(proxy);
+    const ask = (content: string) =>
+      client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content }] });
+    await ask('first');
+    await proxy.waitForRows(1);
+    const embedCalls = () => upstream.requests.filter((r) => r.url === '/v1/embeddings').length;
+    await until('the embedding call to be in flight', () => embedCalls() === 1);
+    await ask('second'); // queued behind the hung batch
+    await proxy.waitForRows(2);
+    proxy.running.proxy.recordFinished();
+
+    // Before, the close waited for the 30 s embedding time limit (a test timeout here).
+    const took = await stopTimed(proxy);
+    expect(took).toBeLessThan(1000 + 1500);
+    await new Promise((r) => setTimeout(r, 300));
+    // Before, drain() went on after close and sent the queued exchange on the closed dispatcher.
+    expect(embedCalls()).toBe(1);
+
+    const rows = readDb(proxy, (db) =>
+      db.prepare('select id, internal, path, error, error_message from exchanges order by started_at').all(),
+    ) as { id: string; internal: number; path: string; error: string | null; error_message: string | null }[];
+    const internal = rows.filter((r) => r.internal === 1);
+    expect(internal).toEqual([expect.objectContaining({ path: '/v1/embeddings', error: 'proxy_shutdown' })]);
+    expect(internal[0].error_message).toContain('cut short: the proxy is stopping');
+    const first = rows.find((r) => r.internal === 0)!;
+    expect(readDb(proxy, (db) => db.prepare('select exchange_id, status from exchange_index').all())).toEqual(
+      [{ exchange_id: first.id, status: 'failed' }],
+    );
+    expect(readFileSync(proxy.logPath, 'utf8')).not.toContain('spilled_exchange');
+  }, 20_000);
+
+  test('a hung Qdrant: the shutdown takes SHUTDOWN_GRACE_MS and the exchange is left for `logs reindex`', async ({
+    skip,
+  }) => {
+    if (!qdrant.fake) skip(); // holding an upsert in flight needs the fake
+    const fake = qdrant.fake!;
+    fake.holdUpserts = new Promise<void>(() => undefined); // never answered
+    proxy = await startTestProxy(vectorEnv({ SHUTDOWN_GRACE_MS: '1000' }));
+    await clientFor(proxy).chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'last' }],
+    });
+    await proxy.waitForRows(1);
+    await until('the upsert to reach Qdrant', () =>
+      fake.requests.some((r) => r.method === 'PUT' && r.path.endsWith('/points')),
+    );
+    // Before, the close waited for the Qdrant client's 10 s time limit.
+    expect(await stopTimed(proxy)).toBeLessThan(1000 + 1500);
+    const state = readDb(proxy, (db) => db.prepare('select status, error from exchange_index').all());
+    expect(state).toEqual([
+      { status: 'failed', error: expect.stringContaining('cut short: the proxy is stopping') },
+    ]);
+  }, 20_000);
 });
 
 describe('the embedding client', () => {
