@@ -111,7 +111,7 @@ export function payloadOf(x: IndexableExchange): ExchangePayload {
  */
 export function exchangeText(x: IndexableExchange): string | null {
   const request = parse(x.requestBody);
-  const question = cap(lastUserText(request));
+  const question = cap(request ? lastUserText(request) : cutUserText(x.requestBody));
   const answer = cap(
     x.assembled ? x.assembled.content || toolCallsText(x.assembled) : answerText(x.responseBody),
   );
@@ -144,6 +144,34 @@ function contentText(content: unknown): string {
     .map((p) => (typeof p === 'string' ? p : typeof p?.text === 'string' ? p.text : ''))
     .filter(Boolean)
     .join('\n');
+}
+
+/**
+ * A request body stored truncated (CAPTURE_BODY_BYTES) no longer parses: the last user message whose
+ * (string) content starts in what was kept, decoded as far as it was kept. A message cut off whole is lost.
+ */
+function cutUserText(body: string | null): string {
+  if (!body) return '';
+  const start = /"role"\s*:\s*"user"\s*,\s*"content"\s*:\s*"/g;
+  let from = -1;
+  for (let m = start.exec(body); m; m = start.exec(body)) from = start.lastIndex;
+  if (from < 0) return '';
+  // To the closing quote or the end, without an escape cut at the end.
+  let end = from;
+  for (; end < body.length; end++) {
+    const c = body[end];
+    if (c === '"') break;
+    if (c === '\\') {
+      const size = body[end + 1] === 'u' ? 6 : 2;
+      if (end + size > body.length) break;
+      end += size - 1;
+    }
+  }
+  try {
+    return JSON.parse(`"${body.slice(from, end)}"`);
+  } catch {
+    return '';
+  }
 }
 
 function lastUserText(req: any): string {

@@ -139,6 +139,35 @@ describe('exchangeText', () => {
     )!;
     expect(text.length).toBe(MAX_PART_CHARS * 2 + 'User: \nAssistant: '.length);
   });
+
+  test('a request body stored truncated (CAPTURE_BODY_BYTES): the last user message in what was kept', () => {
+    const question = `Tell me about zebra migration patterns\n"été" ${'more '.repeat(600)}`;
+    const full = JSON.stringify({
+      model: 'gpt-4o',
+      messages: [
+        { role: 'system', content: 'be brief' },
+        { role: 'user', content: 'an earlier "quoted" question' },
+        { role: 'assistant', content: 'an earlier answer' },
+        { role: 'user', content: question },
+      ],
+    }).replace('été', '\\u00e9t\\u00e9'); // as Python's json.dumps sends it
+    const at = full.lastIndexOf('"role":"user"');
+    const cutAt = (cut: number) =>
+      exchangeText(exchange({ requestBody: full.slice(0, cut), responseBody: chatAnswer('They walk.') }));
+    // Before, the body no longer parsed and the question was left out: only the answer was embedded.
+    const text = cutAt(full.indexOf('more ', at + 400) + 'more '.length)!;
+    expect(text.startsWith('User: Tell me about zebra migration patterns\n"été" more more')).toBe(true);
+    expect(text.endsWith(' more\nAssistant: They walk.')).toBe(true);
+    // Cut inside an escape: up to the character before it.
+    expect(cutAt(full.indexOf('\\u00e9') + 3)).toBe(
+      'User: Tell me about zebra migration patterns\n"\nAssistant: They walk.',
+    );
+    expect(cutAt(full.indexOf('\\n', at) + 1)).toBe(
+      'User: Tell me about zebra migration patterns\nAssistant: They walk.',
+    );
+    // The last user message was cut off whole: the last one kept.
+    expect(cutAt(at)).toBe('User: an earlier "quoted" question\nAssistant: They walk.');
+  });
 });
 
 describe('isIndexable', () => {
