@@ -689,7 +689,7 @@ export function checkBaseUrls(
     throw withoutConfiguredSecrets(
       new OaiProxyError(
         'config_invalid',
-        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); ${instead}`,
+        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); ${instead}`,
       ),
       resolved,
     );

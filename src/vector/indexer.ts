@@ -65,10 +65,19 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
   let failing = false;
   let lastError: string | null = null;
   let closed = false;
-  // Aborted when close()'s grace runs out: the embedding and Qdrant calls in flight give up.
-  const stop = new AbortController();
+  // The batch in flight's, aborted when close()'s grace runs out: its embedding and Qdrant calls give up.
+  // One per batch, not one for the indexer's life: each call joins it with its timeout through
+  // AbortSignal.any, and on Node 20 the source signal keeps every such joined signal for as long as it
+  // lives (nodejs/node#55351): a process-long signal grew by one entry per call.
+  let stop: AbortController | null = null;
 
-  const indexBatch = (xs: IndexableExchange[]) => indexExchanges(xs, { ...options, signal: stop.signal });
+  const indexBatch = (xs: IndexableExchange[]) => {
+    const batch = new AbortController();
+    stop = batch;
+    return indexExchanges(xs, { ...options, signal: batch.signal }).finally(() => {
+      if (stop === batch) stop = null;
+    });
+  };
 
   const runOnce = async () => {
     while (queue.length > 0 && !closed) {
@@ -140,7 +149,7 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
       if (!busy) return;
       // Cut the batch in flight short and let it settle (it reports its embedding call and marks its
       // exchanges failed), so nothing is recorded after the caller goes on to close the writer.
-      stop.abort();
+      stop?.abort();
       await Promise.race([busy, wait(1000)]);
       clearTimeout(t);
     },

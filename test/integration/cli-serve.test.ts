@@ -136,7 +136,7 @@ describe('CLI basics', () => {
     [
       {},
       ['--upstream', 'http://h.test/v1?key={key}'],
-      'Invalid --upstream = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in OPENAI_API_KEY',
+      'Invalid --upstream = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a key in OPENAI_API_KEY',
     ],
     [
       // An Azure upstream's ?api-version is taken (as OPENAI_API_VERSION), the rest refused.
@@ -150,31 +150,31 @@ describe('CLI basics', () => {
     [
       { QDRANT_URL: 'http://127.0.0.1:6333/?api-key=SECRET-qdrant-1' },
       [],
-      'Invalid QDRANT_URL (environment) = http://127.0.0.1:6333/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a Qdrant key in QDRANT_API_KEY',
+      'Invalid QDRANT_URL (environment) = http://127.0.0.1:6333/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a Qdrant key in QDRANT_API_KEY',
     ],
     [
       { file: { upstreams: { local: { baseUrl: 'http://h.test/v1?Signature=SECRET-sig-1#top' } } } },
       [],
-      "upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://h.test/v1?Signature=***#***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+      "upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://h.test/v1?Signature=***#***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a key in the upstream's apiKey (or apiKeyEnv) or headers",
     ],
     // Review: ?api-version was taken whatever the upstream's type, and dropped for an OpenAI one (only
     // Azure is sent an api-version): it is refused there, with the setting that makes the upstream Azure.
     [
       { OPENAI_BASE_URL: 'http://127.0.0.1:1/openai?api-version=2024-02-01' },
       [],
-      'Invalid OPENAI_BASE_URL (environment) = http://127.0.0.1:1/openai?api-version=2024-02-01: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); ?api-version is read only for an Azure upstream: set OPENAI_API_TYPE=azure if it is one',
+      'Invalid OPENAI_BASE_URL (environment) = http://127.0.0.1:1/openai?api-version=2024-02-01: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); ?api-version is read only for an Azure upstream: set OPENAI_API_TYPE=azure if it is one',
     ],
     [
       { OPENAI_BASE_URL: 'http://h.test/v1?api-version=2024-02-01&key=SECRET-k-1' },
       [],
-      'Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?api-version=2024-02-01&key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); ?api-version is read only for an Azure upstream: set OPENAI_API_TYPE=azure if it is one; put a key in OPENAI_API_KEY',
+      'Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?api-version=2024-02-01&key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); ?api-version is read only for an Azure upstream: set OPENAI_API_TYPE=azure if it is one; put a key in OPENAI_API_KEY',
     ],
     [
       {
         file: { upstreams: { az: { baseUrl: 'https://x.openai.azure.com/openai?api-version=2024-02-01' } } },
       },
       [],
-      'upstreams.az.baseUrl in config file {dir}/oai-proxy.config.json = https://x.openai.azure.com/openai?api-version=2024-02-01: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); ?api-version is read only for an Azure upstream: set its "type": "azure" if it is one',
+      'upstreams.az.baseUrl in config file {dir}/oai-proxy.config.json = https://x.openai.azure.com/openai?api-version=2024-02-01: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); ?api-version is read only for an Azure upstream: set its "type": "azure" if it is one',
     ],
     // Review: a fragment was printed whole (only ?… and &… parameters were looked at), and an Azure SAS
     // token's `sig` in full: a fragment is masked whole, `sig` as any secret-named parameter.

@@ -377,7 +377,7 @@ describe('oai-proxy init --yes', () => {
     const io = createTestIo({ ...h.env, OPENAI_BASE_URL: 'http://h.test/v1?key=SECRET-query-1' }, h.dir);
     expect(await main(['init', '--yes', '--no-check', '-c', './k.json'], io)).toBe(0);
     expect(io.err()).toBe(
-      'warning: serve would currently refuse to start: Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a key in OPENAI_API_KEY\n',
+      'warning: serve would currently refuse to start: Invalid OPENAI_BASE_URL (environment) = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a key in OPENAI_API_KEY\n',
     );
     expect(io.out()).not.toContain('SECRET');
   });

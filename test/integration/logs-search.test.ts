@@ -159,7 +159,7 @@ describe('oai-proxy logs search', () => {
       const r = await cli(argv, inQdrantUrl);
       expect(r.code, r.err).toBe(2);
       expect(r.err).toBe(
-        `oai-proxy: Invalid QDRANT_URL (environment) = ${env.QDRANT_URL}/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken as the api-version); put a Qdrant key in QDRANT_API_KEY\n`,
+        `oai-proxy: Invalid QDRANT_URL (environment) = ${env.QDRANT_URL}/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a Qdrant key in QDRANT_API_KEY\n`,
       );
     }
     const { OPENAI_API_KEY: __, ...noKey } = vectorEnv();
