@@ -861,6 +861,8 @@ async function serveWith(io: CliIo, options: ServeOptions): Promise<number> {
       running.proxy.cutNow(
         `${again} received a second time before SHUTDOWN_GRACE_MS (${graceMs} ms) ran out`,
       );
+      // Qdrant indexing gets its own grace after the requests': it ends now too.
+      running.vector?.hurry();
     });
     await running.close();
     const { written, spilled } = running.writer.health();

@@ -156,6 +156,8 @@ export interface VectorIndexing {
   health(): Record<string, unknown>;
   /** Give queued indexing up to `graceMs` (default 5000), then cut it short; write the last outcomes. */
   close(graceMs?: number): Promise<void>;
+  /** A second stop signal: cut the indexing's grace short now. */
+  hurry(): void;
 }
 
 /** Start background indexing of recorded exchanges (only called when QDRANT_URL is set). */
@@ -211,6 +213,7 @@ export async function startVectorIndexing(
         qdrant_failed: h.failed,
       };
     },
+    hurry: () => indexer.hurry(),
     async close(graceMs) {
       await indexer.close(graceMs);
       // The last outcomes may still be waiting out a lock: the database is closed next.

@@ -38,6 +38,8 @@ export interface VectorIndexer {
    * and nothing more is started: the rest is left for `logs reindex`.
    */
   close(graceMs?: number): Promise<void>;
+  /** End close()'s grace now (a second stop signal): the batch in flight is cut short at once. */
+  hurry(): void;
 }
 
 export interface VectorIndexerOptions {
@@ -70,6 +72,9 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
   // AbortSignal.any, and on Node 20 the source signal keeps every such joined signal for as long as it
   // lives (nodejs/node#55351): a process-long signal grew by one entry per call.
   let stop: AbortController | null = null;
+  /** Ends close()'s grace early (hurry()); set while that grace runs. */
+  let endGrace: (() => void) | null = null;
+  let hurried = false;
 
   const indexBatch = (xs: IndexableExchange[]) => {
     const batch = new AbortController();
@@ -123,6 +128,10 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
       if (queue.length > queueMax) dropped += queue.splice(0, queue.length - queueMax).length;
     },
     indexBatch,
+    hurry() {
+      hurried = true;
+      endGrace?.();
+    },
     async drain() {
       while (!closed && (queue.length > 0 || busy)) await kick();
     },
@@ -143,7 +152,15 @@ export function createVectorIndexer(options: VectorIndexerOptions): VectorIndexe
         new Promise<void>((r) => {
           t = setTimeout(r, ms);
         });
-      await Promise.race([this.drain(), wait(graceMs)]);
+      if (!hurried)
+        await Promise.race([
+          this.drain(),
+          wait(graceMs),
+          new Promise<void>((r) => {
+            endGrace = r;
+          }),
+        ]);
+      endGrace = null;
       clearTimeout(t);
       closed = true;
       if (!busy) return;

@@ -472,6 +472,29 @@ describe('stopping while indexing', () => {
     expect(readFileSync(proxy.logPath, 'utf8')).not.toContain('spilled_exchange');
   }, 20_000);
 
+  test('a second stop signal (hurry) ends the indexing grace at once: the hung batch is cut short', async () => {
+    upstream.on('/v1/embeddings', () => new Promise<void>(() => undefined)); // never answers
+    proxy = await startTestProxy(vectorEnv({ SHUTDOWN_GRACE_MS: '10000' }));
+    await clientFor(proxy).chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'only' }],
+    });
+    await proxy.waitForRows(1);
+    await until('the embedding call to be in flight', () =>
+      upstream.requests.some((r) => r.url === '/v1/embeddings'),
+    );
+    const stopping = stopTimed(proxy);
+    await new Promise((r) => setTimeout(r, 200));
+    // What serve's handler of a second SIGINT/SIGTERM does besides cutting the requests in flight.
+    proxy.running.vector!.hurry();
+    // Not the 10 s grace: the ~200 ms before the second signal and up to 1 s for the batch to settle.
+    expect(await stopping).toBeLessThan(200 + 1500);
+    const internal = readDb(proxy, (db) =>
+      db.prepare('select error from exchanges where internal = 1').all(),
+    ) as { error: string | null }[];
+    expect(internal).toEqual([{ error: 'proxy_shutdown' }]);
+  }, 20_000);
+
   test('a hung Qdrant: the shutdown takes SHUTDOWN_GRACE_MS and the exchange is left for `logs reindex`', async ({
     skip,
   }) => {
