@@ -694,14 +694,11 @@ export function checkBaseUrls(
       resolved,
     );
   };
-  const named = (key: ConfigKey): string => {
-    const source = sources[key];
-    const env = SETTINGS.find((s) => s.key === key)?.env ?? key;
-    if (!source) return env;
-    if (source.startsWith('-')) return source;
-    if (source.startsWith('config file ')) return `"${key}" in ${source}`;
-    return `${env} (${source})`;
-  };
+  // As settingSource names it, but saying `(environment)` too: the refusal quotes the value it names.
+  const named = (key: ConfigKey): string =>
+    sources[key] === 'environment'
+      ? `${settingSource(resolved, key)} (environment)`
+      : settingSource(resolved, key);
   // Left in the URL by takeApiVersions: the upstream is not (taken for) an Azure one.
   const instead = (url: string, azure: string, key: string): string => {
     const split = splitApiVersion(url);
