@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
 import { OaiProxyError } from '../errors.js';
+import { withoutBusyWait } from './busy-wait.js';
 import { checkMigrationsKnown, migrations } from './migrations/index.js';
 import { isDirectory, pathProblem } from './path-problem.js';
 import type { DatabaseSchema } from './tables.js';
@@ -51,14 +52,27 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
   let sqlite: SqliteHandle;
   try {
     sqlite = new BetterSqlite3(path, { readonly, fileMustExist: readonly });
+    sqlite.pragma('busy_timeout = 5000');
+  } catch (err) {
+    throw databaseError(path, err);
+  }
+  try {
     if (!readonly) {
-      sqlite.pragma('journal_mode = WAL');
+      // Switching a new file from the rollback journal takes the write lock from inside a read, where
+      // SQLite does not wait (busy_timeout) but answers SQLITE_BUSY at once, as waiting could deadlock:
+      // a second `serve` starting on the same new file while the first switches or migrates it failed
+      // its start with "database is locked". Retried on a timer instead, for up to 5 s.
+      const handle = sqlite;
+      await withoutBusyWait(
+        () => handle,
+        () => handle.pragma('journal_mode = WAL'),
+      );
       sqlite.pragma('synchronous = NORMAL');
     }
-    sqlite.pragma('busy_timeout = 5000');
     // Fails fast on a file that is not a database.
     sqlite.prepare('select count(*) from sqlite_master').get();
   } catch (err) {
+    sqlite.close();
     throw databaseError(path, err);
   }
   const db = new Kysely<DatabaseSchema>({ dialect: new SqliteDialect({ database: sqlite }) });

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -377,4 +378,36 @@ test.each([
   } finally {
     tmp.cleanup();
   }
+});
+
+test('a new database file another process holds locked (two serves starting together): the open waits for it, then switches to WAL and migrates', async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const path = join(tmp.path, 'shared.db');
+  writeFileSync(path, '');
+  // The other process, caught switching the new file to WAL or migrating it: a write lock, held 400 ms.
+  const holder = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const db = new (require('better-sqlite3'))(process.argv[1]);
+       db.exec('begin immediate');
+       process.stdout.write('locked\\n');
+       setTimeout(() => { db.exec('commit'); db.close(); }, 400);`,
+      path,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  const exited = new Promise((r) => holder.once('exit', r));
+  await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()));
+  const db = await openDatabase(path);
+  try {
+    expect(db.sqlite.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(
+      db.sqlite.prepare("select count(*) as n from sqlite_master where name = 'exchanges'").get(),
+    ).toEqual({ n: 1 });
+  } finally {
+    await db.close();
+  }
+  expect(await exited).toBe(0);
 });
