@@ -118,7 +118,7 @@ export class RotatingFile {
   /** When the current UTC day ends (ms): daily rotation compares a number, not a formatted date, per line. */
   private dayEndsAt: number;
   /** Lines waiting, oldest first, and their bytes. */
-  private pending: (string | Buffer)[] = [];
+  private pending: Buffer[] = [];
   private pendingBytes = 0;
   /** When (Date.now()) the queue last went from empty to not empty; 0 while empty. */
   private waitingSince = 0;
@@ -219,19 +219,21 @@ export class RotatingFile {
       if (this.size > 0) this.rotate();
       else this.dayEndsAt = nextUtcMidnight(this.now());
     }
-    // Called per 20 ms batch, not per line.
-    const bytes = Buffer.byteLength(chunk);
+    // Called per 20 ms batch, not per line. Encoded here, once: its length is the bytes, and the write
+    // takes it as it is (Buffer.byteLength, then a join and Buffer.from at write time, read it twice more).
+    const buf = Buffer.from(chunk);
+    const bytes = buf.length;
     const bound = this.streak.failing
       ? this.keptBytes()
       : this.isSlow()
         ? (this.options.pendingMaxBytes ?? PENDING_MAX)
         : Number.POSITIVE_INFINITY;
     if (this.pendingBytes + bytes > bound) {
-      this.drop(chunk);
+      this.drop(buf);
       return false;
     }
     if (this.pending.length === 0) this.waitingSince = Date.now();
-    this.pending.push(chunk);
+    this.pending.push(buf);
     this.pendingBytes += bytes;
     if (!this.streak.failing) this.pump();
     return true;
@@ -287,8 +289,7 @@ export class RotatingFile {
         this.rotate();
         if (this.fd < 0) return;
       }
-      const item = this.pending.shift() as string | Buffer;
-      const buf = typeof item === 'string' ? Buffer.from(item) : item;
+      const buf = this.pending.shift() as Buffer;
       this.pendingBytes -= buf.length;
       const rest = this.writeNow(buf);
       this.size += buf.length - (rest?.length ?? 0);
@@ -458,17 +459,17 @@ export class RotatingFile {
 
   /** Queued chunks (at least one) up to `upTo` bytes (at most MAX_WRITE), joined. */
   private takePending(upTo: number): Buffer {
-    const items: (string | Buffer)[] = [];
+    const items: Buffer[] = [];
     let bytes = 0;
     const limit = Math.min(upTo, MAX_WRITE);
     while (this.pending.length > 0 && (items.length === 0 || bytes < limit)) {
-      const next = this.pending.shift() as string | Buffer;
+      const next = this.pending.shift() as Buffer;
       items.push(next);
-      bytes += Buffer.byteLength(next);
+      bytes += next.length;
     }
     this.pendingBytes = Math.max(0, this.pendingBytes - bytes);
-    if (items.every((i) => typeof i === 'string')) return Buffer.from(items.join(''));
-    return Buffer.concat(items.map((i) => (typeof i === 'string' ? Buffer.from(i) : i)));
+    // One batch waiting (the usual case): written as it is, not copied.
+    return items.length === 1 ? items[0] : Buffer.concat(items, bytes);
   }
 
   private finish(): void {
@@ -489,8 +490,8 @@ export class RotatingFile {
     this.droppedInOutage = 0;
     // Beyond the bound: the newest lines go first, the oldest stay to be written in order.
     while (this.pendingBytes > this.keptBytes() && this.pending.length > 0) {
-      const item = this.pending.pop() as string | Buffer;
-      this.pendingBytes -= Buffer.byteLength(item);
+      const item = this.pending.pop() as Buffer;
+      this.pendingBytes -= item.length;
       this.drop(item);
     }
     this.options.onError?.(err);
