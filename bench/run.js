@@ -941,10 +941,15 @@ async function instructionsThrough(start, name, requests) {
     const main = counts.find((c) => c.thread === 1)?.ir ?? 0;
     const others = counts.filter((c) => c.thread !== 1).sort((a, b) => b.ir - a.ir);
     const ki = (ir) => round(ir / done / 1000, 1);
+    const mainFile = readdirSync(dir).find((f) => /^cg\.\d+\.1-0*1$/.test(f));
+    const split = mainFile ? splitByWork(readFileSync(join(dir, mainFile), 'utf8')) : null;
     return {
       requests: done,
       errors: result.errors + result.non2xx,
       mainKi: ki(main),
+      mainCompilerKi: split ? ki(split.compiler) : null,
+      mainGcKi: split ? ki(split.gc) : null,
+      mainSteadyKi: split ? ki(split.rest) : null,
       busiestKi: ki(others[0]?.ir ?? 0),
       restKi: ki(others.slice(1).reduce((a, c) => a + c.ir, 0)),
       totalKi: ki(main + others.reduce((a, c) => a + c.ir, 0)),
@@ -952,6 +957,47 @@ async function instructionsThrough(start, name, requests) {
   } finally {
     await target.stop();
   }
+}
+
+/** V8's compilers (the optimising one runs on the event loop for part of each job). */
+const COMPILER_FN = /v8::internal::(compiler|maglev|baseline|interpreter|wasm)::|v8::internal::(Compiler|Zone|Parser|Scanner|AstNode|BytecodeGenerator)\b|[Tt]urboshaft|OptimizedCompilationJob/;
+/** V8's garbage collector. */
+const GC_FN = /v8::internal::(Scavenger|Scavenge|Heap|MarkCompact|Sweeper|Evacuat|GCTracer|MemoryAllocator|MarkingVisitor|ConcurrentMarking|IncrementalMarking|MinorMarkCompact|PagedSpace|NewSpace|SemiSpace)|v8::internal::heap::|heap::base::|cppgc::/;
+
+/**
+ * A thread's callgrind self costs (instructions) split into V8's compilers, its garbage collector and
+ * the rest. The total moves by ~10% between runs of the same code (a collection or an optimisation
+ * inside the window); the rest (the JavaScript, Node and undici, the system calls' user side) moves by
+ * ~0.1%: the figure to compare two builds by.
+ */
+function splitByWork(text) {
+  const names = new Map();
+  let current = '';
+  let inCall = false;
+  const out = { compiler: 0, gc: 0, rest: 0 };
+  let kind = 'rest';
+  for (const line of text.split('\n')) {
+    const c = line.charCodeAt(0);
+    if ((c >= 48 && c <= 57) || c === 43 || c === 45 || c === 42) {
+      // A cost line: "position cost"; the one after a calls= line is the call's inclusive cost.
+      if (inCall) {
+        inCall = false;
+        continue;
+      }
+      const space = line.indexOf(' ');
+      if (space !== -1) out[kind] += Number(line.slice(space + 1).split(' ', 1)[0]) || 0;
+    } else if (line.startsWith('fn=')) {
+      const m = /^fn=\((\d+)\)(?: (.*))?$/.exec(line);
+      if (!m) continue;
+      if (m[2] !== undefined) names.set(m[1], m[2]);
+      current = names.get(m[1]) ?? '';
+      kind = COMPILER_FN.test(current) ? 'compiler' : GC_FN.test(current) ? 'gc' : 'rest';
+    } else if (line.startsWith('cfn=')) {
+      const m = /^cfn=\((\d+)\) (.*)$/.exec(line);
+      if (m) names.set(m[1], m[2]);
+    } else if (line.startsWith('calls=')) inCall = true;
+  }
+  return out;
 }
 
 async function instructionsBench(upstream) {
@@ -1138,7 +1184,7 @@ function report(results) {
     for (const [name, x] of Object.entries(results.instructions))
       extra.push([
         `instructions per request, ${name}`,
-        `event loop ${fmt(x.mainKi, 1)}k (${fmt(x.mainKi / b.mainKi)}× the bare pipe's), busiest other thread ${fmt(x.busiestKi, 1)}k, the rest ${fmt(x.restKi, 1)}k; ${x.requests} requests at 16 connections under callgrind${x.errors ? `, ${x.errors} FAILED` : ''}`,
+        `event loop ${fmt(x.mainKi, 1)}k (${fmt(x.mainKi / b.mainKi)}× the bare pipe's; without V8's compilers ${fmt(x.mainCompilerKi, 1)}k and garbage collector ${fmt(x.mainGcKi, 1)}k: ${fmt(x.mainSteadyKi, 1)}k, ${fmt(x.mainSteadyKi / b.mainSteadyKi)}×), busiest other thread ${fmt(x.busiestKi, 1)}k, the rest ${fmt(x.restKi, 1)}k; ${x.requests} requests at 16 connections under callgrind${x.errors ? `, ${x.errors} FAILED` : ''}`,
       ]);
   }
   if (results.logs)
