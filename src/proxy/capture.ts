@@ -55,9 +55,16 @@ export function isSecretHeaderNameCached(name: string): boolean {
 }
 
 /**
+ * Query parameters that hold a secret under a name `isSecretHeaderName` does not flag: an Azure SAS
+ * token's `sig`, and passwords as `pwd`/`passwd` (config's redactUrl hides the same in printed URLs).
+ */
+const SECRET_QUERY_NAMES = /^(?:sig|pwd|passwd)$/i;
+
+/**
  * A query string as recorded: the values of parameters whose names mark them as secret (`api-key`, `key`,
- * `access_token`, `sig`nature…, as `isSecretHeaderName` judges header names) replaced by `[redacted]`.
- * Azure's Realtime API takes a browser's key as `?api-key=`; configured keys are scrubbed anyway.
+ * `access_token`, `X-Amz-Signature`…, as `isSecretHeaderName` judges header names; `sig`, `pwd`,
+ * `passwd`) replaced by `[redacted]`. Azure's Realtime API takes a browser's key as `?api-key=`;
+ * configured keys are scrubbed anyway.
  */
 export function redactQuerySecrets(query: string): string {
   const parts = query.split('&');
@@ -72,7 +79,7 @@ export function redactQuerySecrets(query: string): string {
     } catch {
       // not percent-encoded after all: judge it as it is
     }
-    if (!isSecretHeaderNameCached(name.toLowerCase())) continue;
+    if (!isSecretHeaderNameCached(name.toLowerCase()) && !SECRET_QUERY_NAMES.test(name)) continue;
     parts[i] = `${part.slice(0, eq + 1)}${REDACTED}`;
     changed = true;
   }

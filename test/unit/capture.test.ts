@@ -312,6 +312,12 @@ describe('redactQuerySecrets: the recorded query string', () => {
       'key=[redacted]&limit=20&access_token=[redacted]&X-Amz-Signature=[redacted]',
     ],
     ['api%2Dkey=abc', 'api%2Dkey=[redacted]'],
+    // An Azure SAS token's signature, and passwords by their short names, as printed URLs hide them.
+    [
+      'sv=2024-11-04&se=2026-12-07&sig=Zm9vYmFy%3D&SIG=x&pwd=hunter2&passwd=p',
+      'sv=2024-11-04&se=2026-12-07&sig=[redacted]&SIG=[redacted]&pwd=[redacted]&passwd=[redacted]',
+    ],
+    ['signal=on&design=x', 'signal=on&design=x'],
     ['%E0%A4%A=x&token', '%E0%A4%A=x&token'],
     ['after=file-1&order=desc&limit=', 'after=file-1&order=desc&limit='],
     ['', ''],
