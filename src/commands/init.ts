@@ -26,7 +26,7 @@ import {
 import { isSecretName } from '../config/secret-names.js';
 import { writeConfigFile } from '../config/write.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
-import { createUpstreamTarget } from '../proxy/forward.js';
+import { createUpstreamTarget, isAzureV1Base } from '../proxy/forward.js';
 import { checkUpstream, describeUpstreamCheck, type UpstreamCheckResult } from '../proxy/upstream-check.js';
 import { checkModelName } from '../registry/registry.js';
 import type { CliIo } from './io.js';
@@ -52,16 +52,23 @@ export interface InitOptions {
 export type UpstreamKind = 'openai' | 'azure' | 'compatible';
 export type ModelPolicy = 'off' | 'strict' | 'record';
 
-/** Everything `init` asks; turned into config-file keys by `applyAnswers`. */
+/**
+ * Everything `init` asks; turned into config-file keys by `applyAnswers`. An unset `apiVersion`,
+ * `databaseUrl` or `logFilePath` is left out of the file, so serve derives it where it runs: pinned,
+ * it would override that derivation (`serve --db ./d.db` would log elsewhere than beside d.db).
+ */
 export interface InitAnswers {
   kind: UpstreamKind;
   baseUrl: string;
   apiKey?: string;
+  /** Azure only; unset: serve's default for the base URL. */
   apiVersion?: string;
   host: string;
   port: number;
-  databaseUrl: string;
-  logFilePath: string;
+  /** Unset: serve's default, `$XDG_DATA_HOME/oai-proxy/oai-proxy.db`. */
+  databaseUrl?: string;
+  /** Unset: `oai-proxy.log` beside the database. */
+  logFilePath?: string;
   policy: ModelPolicy;
   qdrantUrl?: string;
   adminApiKey?: string;
@@ -80,6 +87,7 @@ export const KIND_BASE_URL: Record<UpstreamKind, string> = {
   azure: 'https://YOUR-RESOURCE.openai.azure.com/openai',
   compatible: 'http://127.0.0.1:11434/v1',
 };
+/** The api-version serve sends Azure when none is configured (registry-setup.ts has the same). */
 export const DEFAULT_AZURE_API_VERSION = '2024-10-21';
 
 const KIND_LABEL: Record<UpstreamKind, string> = {
@@ -129,6 +137,9 @@ API keys never come from flags: interactively the key is asked with a hidden pro
 taken from OPENAI_API_KEY (and the admin key from ADMIN_API_KEY) if set. Leave it empty and the proxy
 forwards each client's own key. The file is written atomically with mode 0600. Re-running init offers
 the current values as defaults and keeps settings it does not ask about.
+What serve derives by itself is written only when given or different: the database, the log file
+beside it, Azure's api-version, and "openaiApiType" (Azure is told by a *.openai.azure.com host or a
+deployment's path, also when OPENAI_BASE_URL names one later).
 For an OpenAI-compatible server with --model-policy strict or record, --check registers the models
 its GET /models lists (as availableModels, in place of the default OpenAI list); without them every
 model would be refused (strict) or recorded as unknown (record).
@@ -282,8 +293,8 @@ function initialAnswers(
         `warning: --upstream holds ?api-version=${fromPortal.version}, but --api-version is ${versionFlag}, which is written\n`,
       );
   }
-  const apiVersion =
-    versionFlag ?? fromPortal?.version ?? str('openaiApiVersion') ?? DEFAULT_AZURE_API_VERSION;
+  // What the flags or the file set; the rest is left to serve (a default pinned here would override it).
+  const apiVersion = versionFlag ?? fromPortal?.version ?? str('openaiApiVersion');
   const host = flag('--host', options.host, validateHost, (v) => v.trim()) ?? str('host') ?? '127.0.0.1';
   const port =
     flag('--port', options.port, validatePort, (v) => Number(v)) ??
@@ -294,18 +305,14 @@ function initialAnswers(
       options.db,
       (v) => validateDatabase(v, io),
       (v) => normaliseDatabase(v, io),
-    ) ??
-    str('databaseUrl') ??
-    join(dataDir(io.env), 'oai-proxy.db');
+    ) ?? str('databaseUrl');
   const logFilePath =
     flag(
       '--log-file',
       options.logFile,
       (v) => validateLogFile(v, io),
       (v) => normaliseLogFile(v, io),
-    ) ??
-    str('logFilePath') ??
-    defaultLogFile(databaseUrl, io);
+    ) ?? str('logFilePath');
   const policy =
     flag('--model-policy', options.modelPolicy, validatePolicy, (v) => v.toLowerCase() as ModelPolicy) ??
     (existing.validateModels === true ? (existing.allowUnknownModels === true ? 'record' : 'strict') : 'off');
@@ -377,12 +384,21 @@ async function runInteractive(
   );
   let apiVersion: string | undefined;
   if (kind === 'azure') {
-    apiVersion = (
+    // Azure's …/openai/v1 API takes none: there an empty answer leaves it out.
+    const derived = defaultApiVersion(baseUrl);
+    const answer = (
       await p.input(
-        { message: 'Azure api-version', default: initial.apiVersion, validate: validateApiVersion },
+        {
+          message: derived
+            ? 'Azure api-version'
+            : 'Azure api-version (empty: none, as the …/openai/v1 API needs)',
+          default: initial.apiVersion ?? derived ?? '',
+          validate: (v) => (!derived && v.trim() === '') || validateApiVersion(v),
+        },
         ctx,
       )
     ).trim();
+    apiVersion = unlessDerived(answer || undefined, derived, existing.openaiApiVersion);
   }
 
   let apiKey: string | undefined;
@@ -417,23 +433,33 @@ async function runInteractive(
   const port = Number(
     await p.input({ message: 'Listen port', default: String(initial.port), validate: validatePort }, ctx),
   );
-  const databaseUrl = normaliseDatabase(
+  const initialDatabase = initial.databaseUrl ?? defaultDatabaseUrl(io);
+  const database = normaliseDatabase(
     await inputUrl(
       p,
       {
         message: 'SQLite database file or postgres:// URL',
-        default: initial.databaseUrl,
+        default: initialDatabase,
         validate: (v) => validateDatabase(v, io),
       },
       ctx,
     ),
     io,
   );
-  const logDefault =
-    databaseUrl === initial.databaseUrl ? initial.logFilePath : defaultLogFile(databaseUrl, io);
-  const logFilePath = normaliseLogFile(
-    await p.input({ message: 'Log file', default: logDefault, validate: (v) => validateLogFile(v, io) }, ctx),
-    io,
+  // An answer equal to what serve derives is left out of the file (unless the file set it already).
+  const databaseUrl = unlessDerived(database, defaultDatabaseUrl(io), existing.databaseUrl);
+  const derivedLog = defaultLogFile(databaseUrl, io);
+  const logDefault = database === initialDatabase ? (initial.logFilePath ?? derivedLog) : derivedLog;
+  const logFilePath = unlessDerived(
+    normaliseLogFile(
+      await p.input(
+        { message: 'Log file', default: logDefault, validate: (v) => validateLogFile(v, io) },
+        ctx,
+      ),
+      io,
+    ),
+    derivedLog,
+    existing.logFilePath,
   );
   const policy = await p.select<ModelPolicy>(
     {
@@ -500,7 +526,7 @@ async function runInteractive(
     check,
   };
   const values = applyAnswers(existing, answers);
-  io.stdout.write(`\n${summary(answers, existing)}\n`);
+  io.stdout.write(`\n${summary(answers, existing, io)}\n`);
   const ok = await p.confirm(
     { message: overwriting ? `Overwrite ${path}?` : `Write ${path}?`, default: true },
     ctx,
@@ -547,7 +573,7 @@ async function reportCheck(a: InitAnswers, io: CliIo): Promise<UpstreamCheckResu
   const target = createUpstreamTarget('default', a.baseUrl, {
     type: a.kind === 'azure' ? 'azure' : 'openai',
     apiKey: a.apiKey,
-    apiVersion: a.kind === 'azure' ? a.apiVersion : undefined,
+    apiVersion: a.kind === 'azure' ? (a.apiVersion ?? defaultApiVersion(a.baseUrl)) : undefined,
   });
   const result = await checkUpstream(target);
   const mark = result.outcome === 'reachable' ? '✔' : '✖';
@@ -582,7 +608,11 @@ export function applyAnswers(existing: Record<string, unknown>, a: InitAnswers):
     else out[k] = v;
   };
   set('openaiBaseUrl', a.baseUrl);
-  set('openaiApiType', a.kind === 'azure' ? 'azure' : 'openai');
+  // Serve infers Azure from the base URL (and from OPENAI_BASE_URL when that replaces it): a pinned
+  // "openai" would turn that off. Written only when chosen, or needed to contradict the inference.
+  const openaiType =
+    inferredType(a.baseUrl) === 'azure' || existing.openaiApiType === 'openai' ? 'openai' : undefined;
+  set('openaiApiType', a.kind === 'azure' ? 'azure' : openaiType);
   set('openaiApiVersion', a.kind === 'azure' ? a.apiVersion : undefined);
   set('openaiApiKey', a.apiKey);
   set('host', a.host);
@@ -619,18 +649,23 @@ const MANAGED = new Set([
   'adminApiKey',
 ]);
 
-/** What will be written, for the confirmation: secrets masked. */
-function summary(a: InitAnswers, existing: Record<string, unknown>): string {
+/** What will be written, for the confirmation: secrets masked; what serve derives, marked so. */
+function summary(a: InitAnswers, existing: Record<string, unknown>, io: CliIo): string {
   const lines = [
     'Configuration:',
     `  upstream        ${KIND_LABEL[a.kind]}  ${redactUrl(a.baseUrl)}`,
     `  API key         ${a.apiKey ? maskSecret(a.apiKey) : "(none: each client's own key is forwarded)"}`,
   ];
-  if (a.kind === 'azure') lines.push(`  api-version     ${a.apiVersion}`);
+  if (a.kind === 'azure') {
+    const version = a.apiVersion ?? defaultApiVersion(a.baseUrl);
+    lines.push(
+      `  api-version     ${version ?? '(none: the …/openai/v1 API)'}${a.apiVersion ? '' : "  (serve's default)"}`,
+    );
+  }
   lines.push(
     `  listen          ${a.host}:${a.port}`,
-    `  database        ${redactUrl(a.databaseUrl)}`,
-    `  log file        ${a.logFilePath}`,
+    `  database        ${redactUrl(a.databaseUrl ?? defaultDatabaseUrl(io))}${a.databaseUrl ? '' : "  (serve's default)"}`,
+    `  log file        ${a.logFilePath ?? defaultLogFile(a.databaseUrl, io)}${a.logFilePath ? '' : '  (beside the database)'}`,
     `  models          ${POLICY_LABEL[a.policy]}`,
   );
   const listed = modelsToRegister(a);
@@ -736,18 +771,55 @@ function generateAdminKey(): string {
   return `oaip_${randomBytes(32).toString('base64url')}`;
 }
 
-/** The kind of upstream a base URL (and the file's `openaiApiType`) points at. */
+/**
+ * The kind of upstream a base URL (and the file's `openaiApiType`) points at: Azure where serve infers
+ * it (a *.openai.azure.com host, a deployment's path) and for a *.cognitiveservices.azure.com host,
+ * unless the type says "openai".
+ */
 export function inferKind(baseUrl: string | undefined, apiType: string | undefined): UpstreamKind {
   if (apiType === 'azure') return 'azure';
   if (!baseUrl) return 'openai';
+  let host: string;
   try {
-    const host = new URL(baseUrl).hostname;
-    if (host.endsWith('.openai.azure.com') || host.endsWith('.cognitiveservices.azure.com')) return 'azure';
-    if (host === 'api.openai.com') return 'openai';
+    host = new URL(baseUrl).hostname;
   } catch {
     return 'openai';
   }
-  return 'compatible';
+  if (host === 'api.openai.com') return 'openai';
+  const azure = host.endsWith('.cognitiveservices.azure.com') || inferredType(baseUrl) === 'azure';
+  return azure && apiType !== 'openai' ? 'azure' : 'compatible';
+}
+
+/** The type serve gives a base URL with no `openaiApiType` (createUpstreamTarget's inference). */
+function inferredType(baseUrl: string): 'openai' | 'azure' {
+  try {
+    return createUpstreamTarget('default', baseUrl).type;
+  } catch {
+    return 'openai';
+  }
+}
+
+/** The api-version serve sends an Azure base URL given none: the default, or none for the …/openai/v1 API. */
+function defaultApiVersion(baseUrl: string): string | undefined {
+  try {
+    if (isAzureV1Base(createUpstreamTarget('default', baseUrl).basePath)) return undefined;
+  } catch {
+    // An invalid URL is refused elsewhere.
+  }
+  return DEFAULT_AZURE_API_VERSION;
+}
+
+/** The database serve uses when none is configured, as resolved where init runs. */
+function defaultDatabaseUrl(io: CliIo): string {
+  return join(dataDir(io.env), 'oai-proxy.db');
+}
+
+/**
+ * An answer to write, or undefined to leave the key out: when it is what serve derives by itself and the
+ * file did not set it already (a value the file holds stays, even one equal to the default).
+ */
+function unlessDerived<T>(value: T | undefined, derived: T | undefined, inFile: unknown): T | undefined {
+  return value === derived && inFile === undefined ? undefined : value;
 }
 
 function trimSlash(v: string): string {
@@ -849,7 +921,8 @@ function normaliseLogFile(v: string, io: CliIo): string {
   return resolveLogFilePath(v.trim(), { kind: 'sqlite', path: ':memory:' }, io.env, io.cwd);
 }
 
-function defaultLogFile(databaseUrl: string, io: CliIo): string {
+/** The log file serve derives: `oai-proxy.log` beside the database (serve's default one when unset). */
+function defaultLogFile(databaseUrl: string | undefined, io: CliIo): string {
   const loc = resolveDatabaseLocation(databaseUrl, io.env, io.cwd);
   return resolveLogFilePath(undefined, loc, io.env, io.cwd);
 }

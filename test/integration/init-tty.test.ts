@@ -122,14 +122,13 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     expect(s.output()).toContain('Registered 2 models the upstream lists: gpt-4o, gpt-4o-mini');
     expect(await s.exit()).toBe(0);
 
+    // The log file accepted as offered (beside the database) is left to serve, as is the type.
     expect(JSON.parse(readFileSync(h.configPath, 'utf8'))).toEqual({
       openaiBaseUrl: fake.baseUrl,
-      openaiApiType: 'openai',
       openaiApiKey: API_KEY,
       host: '127.0.0.1',
       port: 9191,
       databaseUrl: join(h.dir, 'rec', 'proxy.db'),
-      logFilePath: join(h.dir, 'rec', 'oai-proxy.log'),
       validateModels: true,
       allowUnknownModels: false,
       qdrantUrl: 'http://127.0.0.1:6333',
@@ -171,7 +170,13 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     await answer(s, 'Admin API key', KEY.down + KEY.enter);
     const summary = await s.expect(`Write ${h.configPath}?`);
     expect(summary).toContain('upstream        Azure OpenAI');
-    expect(summary).toContain('api-version     2024-10-21');
+    expect(summary).toContain("api-version     2024-10-21  (serve's default)");
+    expect(summary).toContain(
+      `database        ${join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db')}  (serve's default)`,
+    );
+    expect(summary).toContain(
+      `log file        ${join(h.dir, 'data', 'oai-proxy', 'oai-proxy.log')}  (beside the database)`,
+    );
     expect(summary).toContain('admin API key   (generated; shown once after writing)');
     s.send(KEY.enter);
     await s.expect('Next: oai-proxy serve');
@@ -181,12 +186,12 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     expect(written).toMatchObject({
       openaiBaseUrl: `${fake.origin}/openai`,
       openaiApiType: 'azure',
-      openaiApiVersion: '2024-10-21',
       openaiApiKey: API_KEY,
       port: 8000,
-      databaseUrl: join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db'),
       validateModels: false,
     });
+    // Defaults accepted with Enter stay serve's to derive.
+    for (const k of ['openaiApiVersion', 'databaseUrl', 'logFilePath']) expect(written).not.toHaveProperty(k);
     expect(written.adminApiKey).toMatch(/^oaip_[A-Za-z0-9_-]{43}$/);
     expect(s.output().split(written.adminApiKey)).toHaveLength(2);
     expect(s.output()).not.toContain(API_KEY);
@@ -273,9 +278,7 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
       databaseUrl: join(h.dir, 'old.db'),
       adminApiKey: 'admin-key-kept-0123456789',
       myOwnNote: 'keep me',
-      openaiApiType: 'openai',
       host: '127.0.0.1',
-      logFilePath: join(h.dir, 'oai-proxy.log'),
       validateModels: false,
       allowUnknownModels: false,
     });

@@ -58,14 +58,13 @@ describe('oai-proxy init --yes', () => {
     );
     expect(io.err()).toBe('');
     expect(code).toBe(0);
+    // No openaiApiType, no logFilePath: serve derives them (see "init writes only what…" below).
     expect(readJson(h.configPath)).toEqual({
       openaiBaseUrl: 'https://api.openai.com/v1',
-      openaiApiType: 'openai',
       openaiApiKey: KEY,
       host: '0.0.0.0',
       port: 9123,
       databaseUrl: join(h.dir, 'rec/proxy.db'),
-      logFilePath: join(h.dir, 'rec/oai-proxy.log'),
       validateModels: true,
       allowUnknownModels: true,
     });
@@ -87,7 +86,7 @@ describe('oai-proxy init --yes', () => {
     expect(await main(['init', '--yes'], io)).toBe(0);
     const written = readJson(h.configPath);
     expect(written).not.toHaveProperty('openaiApiKey');
-    expect(written.databaseUrl).toBe(join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db'));
+    expect(written).not.toHaveProperty('databaseUrl');
     expect(written.port).toBe(8000);
   });
 
@@ -154,7 +153,6 @@ describe('oai-proxy init --yes', () => {
     const written = readJson(h.configPath);
     expect(written).toMatchObject({
       openaiBaseUrl: 'http://127.0.0.1:11434/v1',
-      openaiApiType: 'openai',
       openaiApiKey: 'sk-kept-from-file-1111',
       port: 7000,
       logLevel: 'debug',
@@ -457,7 +455,7 @@ describe('oai-proxy init --yes', () => {
     );
     const written = readJson(h.configPath);
     expect(written.databaseUrl).toBe(url);
-    expect(written.logFilePath).toBe(join(h.dir, 'data', 'oai-proxy', 'oai-proxy.log'));
+    expect(written).not.toHaveProperty('logFilePath');
     // serve, models and logs resolve it to the PostgreSQL database.
     const resolved = resolveConfig({ env: h.env, cwd: h.dir });
     expect(resolved.config.databaseUrl).toBe(url);
@@ -507,6 +505,159 @@ describe('oai-proxy init --yes', () => {
     expect(io.out()).not.toContain('required with --yes');
     expect(io.out()).toMatch(/with\s+--yes: needed only when the\s+file exists/);
     expect(io.out()).toMatch(/--check registers the models\s+its GET \/models lists/);
+  });
+});
+
+// The tester's repro: `init --yes` wrote "openaiApiType": "openai" and an absolute logFilePath, which then
+// overrode what serve derives by itself (Azure from the base URL, the log file beside --db).
+describe('init writes only what serve would not derive by itself', () => {
+  /** `serve --port 0 ARGS` with `env`, one chat completion through it with the openai SDK, then stop. */
+  async function serveOnce(env: Record<string, string>, cwd: string, args: string[] = []) {
+    const ac = new AbortController();
+    const io = { ...createTestIo({ ...env, LOG_LEVEL: 'silent' }, cwd), signal: ac.signal };
+    const done = main(['serve', '--port', '0', ...args], io);
+    let url = '';
+    for (let i = 0; i < 250 && !url && !io.err().startsWith('oai-proxy:'); i++) {
+      url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(io.err())?.[1] ?? '';
+      if (!url) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(url, io.err()).not.toBe('');
+    const client = new OpenAI({ apiKey: 'sk-client-own-key', baseURL: `${url}/v1`, maxRetries: 0 });
+    const answer = await client.chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+    ac.abort();
+    expect(await done).toBe(0);
+    return io;
+  }
+
+  test('init --yes: no openaiApiType, openaiApiVersion, databaseUrl or logFilePath in the file', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--no-check'], io)).toBe(0);
+    expect(readJson(h.configPath)).toEqual({
+      openaiBaseUrl: 'https://api.openai.com/v1',
+      host: '127.0.0.1',
+      port: 8000,
+      validateModels: false,
+      allowUnknownModels: false,
+    });
+    // The summary still says where serve will put them.
+    expect(io.out()).toContain('then point OpenAI clients at http://127.0.0.1:8000/v1');
+  });
+
+  test('serve --db ./d.db with that file logs beside d.db, as without it', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    expect(
+      await main(['init', '--yes', '--no-check', '--upstream', fake.baseUrl], createTestIo(h.env, h.dir)),
+    ).toBe(0);
+    await serveOnce(h.env, h.dir, ['--db', './d.db']);
+    expect(existsSync(join(h.dir, 'd.db'))).toBe(true);
+    expect(readFileSync(join(h.dir, 'oai-proxy.log'), 'utf8')).toContain('/v1/chat/completions');
+    expect(existsSync(join(h.dir, 'data', 'oai-proxy', 'oai-proxy.log'))).toBe(false);
+    expect(existsSync(join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db'))).toBe(false);
+  });
+
+  test('OPENAI_BASE_URL naming an Azure deployment, with that file: Azure detected (api-version, api-key header)', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    expect(await main(['init', '--yes', '--no-check'], createTestIo(h.env, h.dir))).toBe(0);
+    const env = { ...h.env, OPENAI_BASE_URL: `${fake.origin}/openai/deployments/gpt4o`, OPENAI_API_KEY: KEY };
+    await serveOnce(env, h.dir, ['--db', 'p.db']);
+    const sent = fake.requests.at(-1)!;
+    expect(sent.url).toBe('/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21');
+    expect(sent.headers['api-key']).toBe(KEY);
+    expect(sent.headers.authorization).toBeUndefined();
+  });
+
+  test('--upstream naming an Azure deployment is Azure: the file says so and serve sends it Azure-style', async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    const io = createTestIo({ ...h.env, OPENAI_API_KEY: KEY }, h.dir);
+    const base = `${fake.origin}/openai/deployments/gpt4o`;
+    expect(await main(['init', '--yes', '--no-check', '--upstream', base], io)).toBe(0);
+    expect(readJson(h.configPath)).toMatchObject({ openaiBaseUrl: base, openaiApiType: 'azure' });
+    expect(readJson(h.configPath)).not.toHaveProperty('openaiApiVersion');
+    await serveOnce(h.env, h.dir, ['--db', 'p.db']);
+    const sent = fake.requests.at(-1)!;
+    expect(sent.url).toBe('/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21');
+    expect(sent.headers['api-key']).toBe(KEY);
+  });
+
+  test("Azure's …/openai/v1 API: no api-version written, so serve sends none", async () => {
+    const h = tempHome();
+    const url = 'https://contoso.openai.azure.com/openai/v1';
+    expect(
+      await main(
+        ['init', '--yes', '--no-check', '--kind', 'azure', '--upstream', url],
+        createTestIo(h.env, h.dir),
+      ),
+    ).toBe(0);
+    const written = readJson(h.configPath);
+    expect(written).toMatchObject({ openaiBaseUrl: url, openaiApiType: 'azure' });
+    expect(written).not.toHaveProperty('openaiApiVersion');
+  });
+
+  test('--kind openai for an Azure-looking URL: "openaiApiType": "openai" is written, since serve would say Azure', async () => {
+    const h = tempHome();
+    const url = 'https://gw.openai.azure.com/openai/deployments/d';
+    expect(
+      await main(
+        ['init', '--yes', '--no-check', '--kind', 'openai', '--upstream', url],
+        createTestIo(h.env, h.dir),
+      ),
+    ).toBe(0);
+    expect(readJson(h.configPath)).toMatchObject({ openaiBaseUrl: url, openaiApiType: 'openai' });
+  });
+
+  test('values given as flags are written even when equal to the default', async () => {
+    const h = tempHome();
+    const db = join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db');
+    const log = join(h.dir, 'data', 'oai-proxy', 'oai-proxy.log');
+    const flags = [
+      '--db',
+      db,
+      '--log-file',
+      log,
+      '--kind',
+      'azure',
+      '--upstream',
+      'https://c.openai.azure.com/openai',
+      '--api-version',
+      '2024-10-21',
+    ];
+    expect(await main(['init', '--yes', '--no-check', ...flags], createTestIo(h.env, h.dir))).toBe(0);
+    expect(readJson(h.configPath)).toMatchObject({
+      databaseUrl: db,
+      logFilePath: log,
+      openaiApiType: 'azure',
+      openaiApiVersion: '2024-10-21',
+    });
+  });
+
+  test('re-running init keeps what the file already set, even values equal to the defaults', async () => {
+    const h = tempHome();
+    const own = {
+      openaiApiType: 'openai',
+      databaseUrl: join(h.dir, 'data', 'oai-proxy', 'oai-proxy.db'),
+      logFilePath: join(h.dir, 'data', 'oai-proxy', 'oai-proxy.log'),
+    };
+    mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+    writeFileSync(h.configPath, JSON.stringify(own));
+    expect(
+      await main(['init', '--yes', '--force', '--no-check', '--port', '9001'], createTestIo(h.env, h.dir)),
+    ).toBe(0);
+    expect(readJson(h.configPath)).toMatchObject({ ...own, port: 9001 });
+    // Azure keeps its api-version too.
+    writeFileSync(
+      h.configPath,
+      JSON.stringify({ openaiBaseUrl: 'https://c.openai.azure.com/openai', openaiApiVersion: '2024-10-21' }),
+    );
+    expect(await main(['init', '--yes', '--force', '--no-check'], createTestIo(h.env, h.dir))).toBe(0);
+    expect(readJson(h.configPath)).toMatchObject({ openaiApiType: 'azure', openaiApiVersion: '2024-10-21' });
   });
 });
 

@@ -52,6 +52,10 @@ describe('init validators', () => {
     ['https://contoso.cognitiveservices.azure.com/openai', undefined, 'azure'],
     ['https://gateway.example/v1', 'azure', 'azure'],
     ['http://127.0.0.1:8001/v1', undefined, 'compatible'],
+    // As serve infers it: a base URL naming a deployment is Azure, on any host.
+    ['http://127.0.0.1:8001/openai/deployments/gpt4o', undefined, 'azure'],
+    // The file's "openai" wins over the URL, as it does in serve.
+    ['https://contoso.openai.azure.com/openai', 'openai', 'compatible'],
     [undefined, undefined, 'openai'],
   ])('inferKind(%j, %j) = %s', (url, type, kind) => {
     expect(inferKind(url, type)).toBe(kind);
@@ -86,7 +90,6 @@ describe('applyAnswers', () => {
       logLevel: 'warn',
       custom: [1, 2],
       openaiBaseUrl: 'http://127.0.0.1:8001/v1',
-      openaiApiType: 'openai',
       host: '127.0.0.1',
       port: 8000,
       databaseUrl: '/data/p.db',
@@ -94,6 +97,36 @@ describe('applyAnswers', () => {
       validateModels: false,
       allowUnknownModels: false,
     });
+  });
+
+  // Serve infers Azure from the base URL: the type is written only when chosen or contradicting that.
+  test.each([
+    ['openai', 'https://api.openai.com/v1', {}, undefined],
+    ['compatible', 'http://127.0.0.1:8001/v1', {}, undefined],
+    ['compatible', 'http://127.0.0.1:8001/v1', { openaiApiType: 'openai' }, 'openai'],
+    ['compatible', 'http://127.0.0.1:8001/v1', { openaiApiType: 'azure' }, undefined],
+    ['openai', 'https://x.openai.azure.com/openai', {}, 'openai'],
+    ['compatible', 'http://127.0.0.1:8001/openai/deployments/d', {}, 'openai'],
+    ['azure', 'https://x.openai.azure.com/openai', {}, 'azure'],
+    ['azure', 'https://gw.example/openai', {}, 'azure'],
+  ] as const)('kind %s, %s, file %j: openaiApiType %j', (kind, baseUrl, existing, type) => {
+    expect(applyAnswers(existing, { ...answers, kind, baseUrl }).openaiApiType).toBe(type);
+  });
+
+  test('an unset api-version, database or log file is left out, or removed from the file', () => {
+    const out = applyAnswers(
+      { openaiApiVersion: '2024-06-01', databaseUrl: '/old.db', logFilePath: '/old.log' },
+      {
+        ...answers,
+        kind: 'azure',
+        baseUrl: 'https://x.openai.azure.com/openai',
+        databaseUrl: undefined,
+        logFilePath: undefined,
+      },
+    );
+    expect(out).not.toHaveProperty('openaiApiVersion');
+    expect(out).not.toHaveProperty('databaseUrl');
+    expect(out).not.toHaveProperty('logFilePath');
   });
 
   // What `--check` read from an Ollama-like server's GET /models.
