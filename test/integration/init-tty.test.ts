@@ -198,6 +198,41 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     expect(statSync(h.configPath).mode & 0o777).toBe(0o600);
   });
 
+  // Azure's …/openai/v1 API takes no api-version: init offered (and wrote) 2024-10-21 for it anyway.
+  test("Azure's …/openai/v1 API: the api-version may be left empty; none is sent or written", async () => {
+    const h = tempHome();
+    const fake = await fakeUpstream();
+    fake.on('/openai/v1/models', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ object: 'list', data: [{ id: 'gpt-4o' }] }));
+    });
+    const s = startInit(h);
+    await answer(s, 'Upstream kind', KEY.down + KEY.enter);
+    await answer(s, 'Azure endpoint base URL', `${fake.origin}/openai/v1${KEY.enter}`);
+    await answer(s, 'Azure api-version (empty: none, as the …/openai/v1 API needs)', KEY.enter);
+    await answer(s, 'API key', `${API_KEY}${KEY.enter}`);
+    await s.expect('✔ upstream reachable');
+    expect(fake.requests[0].url).toBe('/openai/v1/models');
+    for (const p of [
+      'Listen host',
+      'Listen port',
+      'SQLite database file',
+      'Log file',
+      'Model validation',
+      'Qdrant URL',
+      'Admin API key',
+    ])
+      await answer(s, p, KEY.enter);
+    const summary = await s.expect(`Write ${h.configPath}?`);
+    expect(summary).toContain("api-version     (none: the …/openai/v1 API)  (serve's default)");
+    s.send(KEY.enter);
+    await s.expect('Next: oai-proxy serve');
+    expect(await s.exit()).toBe(0);
+    const written = JSON.parse(readFileSync(h.configPath, 'utf8'));
+    expect(written).toMatchObject({ openaiBaseUrl: `${fake.origin}/openai/v1`, openaiApiType: 'azure' });
+    expect(written).not.toHaveProperty('openaiApiVersion');
+  });
+
   test.each([
     ['the first question', 'Upstream kind', false],
     ['the final confirmation', 'Write ', true],
