@@ -72,7 +72,8 @@ const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string }> =
 export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfig {
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();
-  const dotenv = options.dotenv === false ? {} : readDotenv(cwd);
+  const dotenvWarnings: string[] = [];
+  const dotenv = options.dotenv === false ? {} : readDotenv(cwd, dotenvWarnings);
   // Every value that could be a secret, gathered from every layer before any is checked: a key pasted
   // into the wrong variable (OPENAI_BASE_URL=sk-…) must not be quoted by that variable's message.
   const secrets = new Set<string>();
@@ -88,7 +89,9 @@ export function resolveConfig(options: ResolveConfigOptions = {}): ResolvedConfi
       shownSecrets = orderSecrets(secrets);
     });
     resolved.secrets = orderSecrets(secrets);
-    resolved.warnings = resolved.warnings.map((w) => scrubConfigSecrets(w, resolved.secrets!));
+    resolved.warnings = [...dotenvWarnings, ...resolved.warnings].map((w) =>
+      scrubConfigSecrets(w, resolved.secrets!),
+    );
     return resolved;
   } catch (err) {
     if (!(err instanceof OaiProxyError)) throw err;
@@ -381,6 +384,7 @@ export function readConfigFile(path: string): Record<string, unknown> {
   try {
     text = readTextFile(path);
   } catch (err) {
+    if (err instanceof OaiProxyError) throw err;
     throw new OaiProxyError(
       'config_invalid',
       `Cannot read config file ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}; check its permissions`,
@@ -401,20 +405,82 @@ export function readConfigFile(path: string): Record<string, unknown> {
   return parsed;
 }
 
-/** A UTF-8 file's text without the byte-order mark some Windows editors write (it would join the first key). */
+/**
+ * A UTF-8 file's text without the byte-order mark some Windows editors write (it would join the first key).
+ * Throws OaiProxyError('config_invalid') naming the file if it is UTF-16, which reads as no settings at all.
+ */
 function readTextFile(path: string): string {
-  const text = readFileSync(path, 'utf8');
+  const bytes = readFileSync(path);
+  if (
+    bytes.length >= 2 &&
+    ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff))
+  )
+    throw new OaiProxyError(
+      'config_invalid',
+      `Cannot read ${path}: it is saved as UTF-16 (as Windows PowerShell's > and Out-File write it); save it as UTF-8 (e.g. Set-Content -Encoding utf8, or your editor's "Save with encoding")`,
+    );
+  const text = bytes.toString('utf8');
   return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
 
-function readDotenv(cwd: string): Env {
+/** `./.env` in `cwd` as parseEnv reads it, with a warning naming the lines it ignored (see withoutBareLines). */
+function readDotenv(cwd: string, warnings?: string[]): Env {
   const p = resolve(cwd, '.env');
   if (!existsSync(p)) return {};
+  let text: string;
   try {
-    return parseEnv(readTextFile(p)) as Env;
+    text = readTextFile(p);
   } catch (err) {
+    if (err instanceof OaiProxyError) throw err;
     throw new OaiProxyError('config_invalid', `Cannot read ${p}: ${(err as Error).message}`);
   }
+  const { text: kept, ignored } = withoutBareLines(text);
+  // Line numbers only: a line with no `=` may be a key whose `NAME=` is on the line above.
+  if (ignored.length)
+    warnings?.push(
+      `${ignored.length > 1 ? 'Lines' : 'Line'} ${ignored.join(', ')} of ${p} ${ignored.length > 1 ? 'are' : 'is'} not NAME=value and ${ignored.length > 1 ? 'are' : 'is'} ignored; write each setting on one line as NAME=value (a value that goes on over several lines must be in quotes)`,
+    );
+  return parseEnv(kept) as Env;
+}
+
+/**
+ * `.env` text without the lines outside a quoted value that hold no `=` or nothing before it, and their
+ * (1-based) numbers. Node's parseEnv reads such a line and the next as one name (`junk\nPORT=1` sets
+ * `junk\nPORT`, not PORT) or, for `=value`, stops reading the file. Comment lines go too, silently, and
+ * leading blanks before a name: parseEnv keeps a tab in the name. Lines inside a quoted value spanning
+ * lines (an opening quote whose closing one is on a later line, as parseEnv finds it) are kept as they are.
+ */
+function withoutBareLines(text: string): { text: string; ignored: number[] } {
+  const lines = text.split('\n');
+  const ignored: number[] = [];
+  let quote: string | undefined;
+  for (const [i, line] of lines.entries()) {
+    if (quote) {
+      if (line.includes(quote)) quote = undefined;
+      continue;
+    }
+    const t = line.trim();
+    if (t === '' || t.startsWith('#')) {
+      lines[i] = '';
+      continue;
+    }
+    const eq = t.indexOf('=');
+    if (eq <= 0) {
+      ignored.push(i + 1);
+      lines[i] = '';
+      continue;
+    }
+    lines[i] = line.replace(/^\s+/, '');
+    const value = t.slice(eq + 1).replace(/^\s+/, '');
+    const q = value[0];
+    if (
+      (q === '"' || q === "'" || q === '`') &&
+      !value.includes(q, 1) &&
+      lines.slice(i + 1).some((l) => l.includes(q))
+    )
+      quote = q;
+  }
+  return { text: lines.join('\n'), ignored };
 }
 
 /** Report a key the file holds but no setting reads: its path (`upstreams.loc.apikey`), the closest known key. */

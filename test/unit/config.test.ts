@@ -71,6 +71,65 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
     expect(warnings).toEqual([]);
   });
 
+  describe('a .env line that is not NAME=value is ignored, with a warning naming its line, never its text', () => {
+    const KEY = 'sk-proj-abcdefghijklmnop1234';
+    test.each([
+      [
+        'a key wrapped onto the line after its NAME=',
+        `OPENAI_API_KEY=\n${KEY}\nOPENAI_BASE_URL=http://127.0.0.1:2/v1\n`,
+        { openaiBaseUrl: 'http://127.0.0.1:2/v1' },
+        'Line 2',
+      ],
+      ['a word alone', 'garbage\nPORT=8109\n', { port: 8109 }, 'Line 1'],
+      ['a line with no name before =', '=oops\nPORT=8110\n', { port: 8110 }, 'Line 1'],
+      [
+        'several, CRLF, beside comments and a multi-line quoted value that holds a line with no =',
+        `# c\r\nfirst\r\nMODEL_MAPPINGS='{\r\n  "a": "b"\r\n}'\r\n${KEY}\r\n   \r\nPORT=8111\r\n\tHOST=0.0.0.0\r\nlast`,
+        { port: 8111, host: '0.0.0.0', modelMappings: { a: 'b' } },
+        'Lines 2, 6, 10',
+      ],
+    ])('%s', (_name, text, expected, lines) => {
+      const p = write('.env', text);
+      const { config, warnings } = resolve();
+      expect(config).toMatchObject(expected);
+      expect(warnings).toEqual([
+        `${lines} of ${p} ${lines.startsWith('Lines') ? 'are' : 'is'} not NAME=value and ${lines.startsWith('Lines') ? 'are' : 'is'} ignored; write each setting on one line as NAME=value (a value that goes on over several lines must be in quotes)`,
+      ]);
+      expect(warnings.join('\n')).not.toContain('abcdefgh');
+    });
+
+    test('quoted values over several lines are read as before, with no warning', () => {
+      write('.env', `A="x\nno equals here\ny"\nB='p\nq'\nC=\`r\ns\`\nPORT=8112\n`);
+      const { config, env, warnings } = resolve();
+      expect(env).toMatchObject({ A: 'x\nno equals here\ny', B: 'p\nq', C: 'r\ns' });
+      expect(config.port).toBe(8112);
+      expect(warnings).toEqual([]);
+    });
+  });
+
+  test.each([
+    ['FF FE', Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('PORT=8113\r\n', 'utf16le')])],
+    ['FE FF', Buffer.concat([Buffer.from([0xfe, 0xff]), Buffer.from('PORT=8113\r\n', 'utf16le').swap16()])],
+  ])(
+    'a UTF-16 .env or config file (BOM %s, as PowerShell writes it) is refused, saying to save it as UTF-8',
+    (_bom, bytes) => {
+      const p = join(dir.path, '.env');
+      writeFileSync(p, bytes);
+      expect(() => resolve()).toThrow(
+        `Cannot read ${p}: it is saved as UTF-16 (as Windows PowerShell's > and Out-File write it); save it as UTF-8`,
+      );
+      expect(() => resolve({}, { dotenv: false })).not.toThrow();
+      const c = join(dir.path, 'oai-proxy.config.json');
+      writeFileSync(c, bytes);
+      expect(() => resolve({}, { dotenv: false })).toThrow(
+        expect.objectContaining({
+          code: 'config_invalid',
+          message: expect.stringContaining(`Cannot read ${c}: it is saved as UTF-16`),
+        }),
+      );
+    },
+  );
+
   test('config file lookup: --config > OAI_PROXY_CONFIG > ./oai-proxy.config.json > XDG', () => {
     write('.config/oai-proxy/config.json', { port: 1 });
     expect(resolve().config.port).toBe(1);
