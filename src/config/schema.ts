@@ -92,6 +92,9 @@ export interface SettingDef {
 
 const MiB = 1024 * 1024;
 
+/** The longest delay Node's timers take (2^31-1 ms, about 24.8 days): a larger one fires after 1 ms. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 /** Every setting oai-proxy knows. The README's configuration table and `.env.example` follow this list. */
 export const SETTINGS: readonly SettingDef[] = [
   {
@@ -218,6 +221,7 @@ export const SETTINGS: readonly SettingDef[] = [
     env: 'UPSTREAM_CONNECT_TIMEOUT_MS',
     type: 'int',
     min: 1,
+    max: MAX_TIMER_MS,
     default: 10_000,
     description: 'Time allowed to connect to the upstream',
   },
@@ -226,6 +230,7 @@ export const SETTINGS: readonly SettingDef[] = [
     env: 'UPSTREAM_HEADERS_TIMEOUT_MS',
     type: 'int',
     min: 1,
+    max: MAX_TIMER_MS,
     default: 600_000,
     description: "Time allowed until the upstream's response headers",
   },
@@ -234,6 +239,7 @@ export const SETTINGS: readonly SettingDef[] = [
     env: 'UPSTREAM_IDLE_TIMEOUT_MS',
     type: 'int',
     min: 1,
+    max: MAX_TIMER_MS,
     default: 300_000,
     description: 'Longest silence between body chunks or stream events',
   },
@@ -242,8 +248,7 @@ export const SETTINGS: readonly SettingDef[] = [
     env: 'CLIENT_BODY_TIMEOUT_MS',
     type: 'int',
     min: 0,
-    // Node's timers take at most 2^31-1 ms (a larger delay fires at once).
-    max: 2_147_483_647,
+    max: MAX_TIMER_MS,
     default: 60_000,
     description:
       "Longest silence while a client's request body is arriving: beyond it the proxy answers 408 and aborts the upstream request (0 = no limit)",
@@ -269,6 +274,7 @@ export const SETTINGS: readonly SettingDef[] = [
     env: 'SHUTDOWN_GRACE_MS',
     type: 'int',
     min: 0,
+    max: MAX_TIMER_MS,
     default: 10_000,
     description: 'On SIGINT/SIGTERM, time in-flight requests get to finish',
   },

@@ -175,6 +175,14 @@ describe('invalid values name the setting and where it came from', () => {
     ],
     [{ CLIENT_BODY_TIMEOUT_MS: '60s' }, /Invalid CLIENT_BODY_TIMEOUT_MS \(environment\) = 60s/],
     [{ CLIENT_BODY_TIMEOUT_MS: '2147483648' }, /CLIENT_BODY_TIMEOUT_MS.*0 to 2147483647/],
+    // Node's timers fire after 1 ms beyond 2^31-1 ms: every *_MS setting stops there.
+    [
+      { SHUTDOWN_GRACE_MS: '99999999999999' },
+      /^Invalid SHUTDOWN_GRACE_MS \(environment\) = 99999999999999: expected an integer from 0 to 2147483647$/,
+    ],
+    [{ UPSTREAM_CONNECT_TIMEOUT_MS: '2147483648' }, /UPSTREAM_CONNECT_TIMEOUT_MS.*1 to 2147483647$/],
+    [{ UPSTREAM_HEADERS_TIMEOUT_MS: '2147483648' }, /UPSTREAM_HEADERS_TIMEOUT_MS.*1 to 2147483647$/],
+    [{ UPSTREAM_IDLE_TIMEOUT_MS: '2147483648' }, /UPSTREAM_IDLE_TIMEOUT_MS.*1 to 2147483647$/],
   ])('%j', (env, message) => {
     expect(() => resolve(env)).toThrow(message);
     try {
@@ -188,6 +196,21 @@ describe('invalid values name the setting and where it came from', () => {
     const p = write('oai-proxy.config.json', { port: '8000' });
     expect(() => resolve()).toThrow(
       `Invalid "port" in config file ${p} = 8000: expected an integer from 0 to 65535`,
+    );
+  });
+
+  test('every *_MS setting takes up to 2147483647 (2^31-1), in the file as in the environment', () => {
+    const ms = {
+      shutdownGraceMs: 2_147_483_647,
+      upstreamConnectTimeoutMs: 2_147_483_647,
+      upstreamHeadersTimeoutMs: 2_147_483_647,
+      upstreamIdleTimeoutMs: 2_147_483_647,
+    };
+    write('oai-proxy.config.json', ms);
+    expect(resolve().config).toMatchObject(ms);
+    const p = write('oai-proxy.config.json', { shutdownGraceMs: 99999999999999 });
+    expect(() => resolve()).toThrow(
+      `Invalid "shutdownGraceMs" in config file ${p} = 99999999999999: expected an integer from 0 to 2147483647`,
     );
   });
 
