@@ -503,9 +503,11 @@ function invalid(
   v: unknown = NO_VALUE,
   detail?: string,
 ): never {
-  const name = where.startsWith('config file') ? `"${def.key}" in ${where}` : where;
+  const fromFile = where.startsWith('config file');
+  const name = fromFile ? `"${def.key}" in ${where}` : where;
   const secret = isSecretSetting(def);
-  const shown = v === NO_VALUE || secret ? '' : ` = ${show(v)}`;
+  // A file's value as JSON: `"port": "8000"` must not read as `= 8000`, a valid port.
+  const shown = v === NO_VALUE || secret ? '' : ` = ${show(v, fromFile)}`;
   const why = detail ?? (v !== NO_VALUE && secret ? `got ${kindOf(v)}` : undefined);
   throw new OaiProxyError(
     'config_invalid',
@@ -519,18 +521,20 @@ function invalid(
  */
 const KEY_LIKE = /^(?:sk-[\w-]{8,}|[\w-]{32,})$/;
 
-function show(v: unknown): string {
-  return shownValue(v, shownSecrets);
+function show(v: unknown, json = false): string {
+  return shownValue(v, shownSecrets, json);
 }
 
 /**
  * How a message quotes a value it refuses (`Invalid --port = VALUE: …`): a URL's password masked, every
  * one of `secrets` (knownSecrets) [redacted], a value shaped like a key masked, cut to 80 characters.
+ * With `json`, a string is shown in quotes, as a config file holds it.
  */
-export function shownValue(v: unknown, secrets: readonly string[]): string {
-  const s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), secrets, true);
+export function shownValue(v: unknown, secrets: readonly string[], json = false): string {
+  let s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), secrets, true);
   if (typeof v === 'string' && s === v && KEY_LIKE.test(v.trim()))
     return `${maskSecret(v.trim())} (looks like a key; not shown)`;
+  if (json && typeof v === 'string') s = JSON.stringify(s);
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
@@ -597,15 +601,19 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
       if (typeof v !== 'string') invalid(where, def, 'a URL string', v);
       return checkUrl(def, v, where);
     case 'int':
-      if (typeof v !== 'number' || !Number.isInteger(v)) invalid(where, def, intExpectation(def), v);
+      if (typeof v !== 'number' || !Number.isInteger(v))
+        invalid(where, def, intExpectation(def), v, withoutQuotes(def, v));
       return checkInt(def, v, where);
     case 'bool':
-      if (typeof v !== 'boolean') invalid(where, def, 'true or false', v);
+      if (typeof v !== 'boolean') invalid(where, def, 'true or false', v, withoutQuotes(def, v));
       return v;
-    case 'enum':
-      if (typeof v !== 'string' || !def.values!.includes(v))
+    case 'enum': {
+      // As LOG_LEVEL=INFO is read from the environment.
+      const t = typeof v === 'string' ? v.trim().toLowerCase() : undefined;
+      if (t === undefined || !def.values!.includes(t))
         invalid(where, def, `one of ${def.values!.join(', ')}`, v);
-      return v;
+      return t;
+    }
     case 'list':
       if (typeof v === 'string')
         return v
@@ -633,6 +641,19 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
   }
 }
 
+/**
+ * For a config file's string that the environment form would take (`"port": "8000"`, `"validateModels":
+ * "true"`): how to write it in the file. Undefined for any other value.
+ */
+function withoutQuotes(def: SettingDef, v: unknown): string | undefined {
+  if (typeof v !== 'string') return undefined;
+  try {
+    return `write it without quotes: "${def.key}": ${JSON.stringify(fromString(def, v, def.key))}`;
+  } catch {
+    return undefined;
+  }
+}
+
 function intExpectation(def: SettingDef): string {
   if (def.min !== undefined && def.max !== undefined) return `an integer from ${def.min} to ${def.max}`;
   if (def.min !== undefined) return `an integer ≥ ${def.min}`;
@@ -640,7 +661,7 @@ function intExpectation(def: SettingDef): string {
 }
 
 /** `written`: the value as the user wrote it, quoted instead of `n` (PORT=0099999 is not 99999). */
-function checkInt(def: SettingDef, n: number, where: string, written: unknown = String(n)): number {
+function checkInt(def: SettingDef, n: number, where: string, written: unknown = n): number {
   if (
     !Number.isSafeInteger(n) ||
     (def.min !== undefined && n < def.min) ||

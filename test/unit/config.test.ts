@@ -192,11 +192,38 @@ describe('invalid values name the setting and where it came from', () => {
     }
   });
 
-  test('a wrong type in the config file', () => {
-    const p = write('oai-proxy.config.json', { port: '8000' });
-    expect(() => resolve()).toThrow(
-      `Invalid "port" in config file ${p} = 8000: expected an integer from 0 to 65535`,
-    );
+  // The value as the file holds it (in quotes if a string); a string the environment would take says how to write it.
+  test.each([
+    [
+      { port: '8000' },
+      '"port" in {p} = "8000": expected an integer from 0 to 65535; write it without quotes: "port": 8000',
+    ],
+    [{ port: '70000' }, '"port" in {p} = "70000": expected an integer from 0 to 65535'],
+    [{ port: 'abc' }, '"port" in {p} = "abc": expected an integer from 0 to 65535'],
+    [{ port: true }, '"port" in {p} = true: expected an integer from 0 to 65535'],
+    [
+      { validateModels: 'true' },
+      '"validateModels" in {p} = "true": expected true or false; write it without quotes: "validateModels": true',
+    ],
+    [
+      { logRotateDaily: 'no' },
+      '"logRotateDaily" in {p} = "no": expected true or false; write it without quotes: "logRotateDaily": false',
+    ],
+    [{ searchIndex: 1 }, '"searchIndex" in {p} = 1: expected true or false'],
+    [
+      { logLevel: 'loud' },
+      '"logLevel" in {p} = "loud": expected one of trace, debug, info, warn, error, fatal, silent',
+    ],
+  ])('a wrong type in the config file: %j', (file, expected) => {
+    const p = write('oai-proxy.config.json', file);
+    expect(() => resolve()).toThrow(`Invalid ${expected.replace('{p}', `config file ${p}`)}`);
+    expect(() => resolve()).not.toThrow(/; write it.*; write it/);
+  });
+
+  test('an enum in the config file is read as from the environment: trimmed, in any case', () => {
+    write('oai-proxy.config.json', { logLevel: 'INFO', openaiApiType: ' Azure' });
+    expect(resolve().config).toMatchObject({ logLevel: 'info', openaiApiType: 'azure' });
+    expect(resolve({ LOG_LEVEL: 'WARN' }).config.logLevel).toBe('warn');
   });
 
   test('every *_MS setting takes up to 2147483647 (2^31-1), in the file as in the environment', () => {
@@ -291,10 +318,10 @@ describe('invalid values name the setting and where it came from', () => {
 
   test('an upstream URL and type are shown, its password redacted', () => {
     expect(message({ upstreams: { u: { baseUrl: 'ftp://me:pw-SECRET@h/v1' } } }).message).toMatch(
-      /upstreams\.u\.baseUrl = ftp:\/\/me:\*\*\*@h\/v1: expected an http/,
+      /upstreams\.u\.baseUrl = "ftp:\/\/me:\*\*\*@h\/v1": expected an http/,
     );
     expect(message({ upstreams: { u: { baseUrl: 'http://h', type: 'azzure' } } }).message).toMatch(
-      /upstreams\.u\.type = azzure: expected "openai" or "azure"/,
+      /upstreams\.u\.type = "azzure": expected "openai" or "azure"/,
     );
   });
 
@@ -403,7 +430,7 @@ describe('a secret quoted by another setting is [redacted] in its message', () =
     ]) {
       const p = write('oai-proxy.config.json', { upstreams: { u: upstream }, logLevel: KEY });
       expect(rejected({ MY_KEY: KEY }).message).toBe(
-        `Invalid "logLevel" in config file ${p} = [redacted]: expected one of trace, debug, info, warn, error, fatal, silent`,
+        `Invalid "logLevel" in config file ${p} = "[redacted]": expected one of trace, debug, info, warn, error, fatal, silent`,
       );
     }
     // Before the config file is even found; and a key only the file holds, quoted by the environment.
@@ -413,7 +440,7 @@ describe('a secret quoted by another setting is [redacted] in its message', () =
       upstreams: { u: { baseUrl: 'http://u', headers: { 'x-provider': 'openai' }, type: 'nope' } },
     });
     expect(rejected({}).message).toBe(
-      `Invalid "upstreams" in config file ${p}, upstreams.u.type = nope: expected "openai" or "azure"`,
+      `Invalid "upstreams" in config file ${p}, upstreams.u.type = "nope": expected "openai" or "azure"`,
     );
     write('oai-proxy.config.json', { adminApiKey: KEY });
     expect(rejected({ PORT: KEY }).message).toBe(
