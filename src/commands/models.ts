@@ -5,6 +5,7 @@ import type { CommandRunner } from '../cli.js';
 import {
   type ResolvedConfig,
   resolveConfig,
+  settingNames,
   settingSource,
   withoutConfiguredSecrets,
 } from '../config/load.js';
@@ -190,7 +191,7 @@ async function withResolvedRegistry<T>(
     const store = storage.sqlite
       ? createSqliteRegistryStore(storage.sqlite)
       : createPgRegistryStore(storage.db);
-    if (!(await store.isSeeded())) await store.seed(buildSeedPlan(resolved.config));
+    if (!(await store.isSeeded())) await store.seed(buildSeedPlan(resolved.config, settingNames(resolved)));
     return await fn(store, resolved);
   } catch (err) {
     // Each write is one transaction: it did all or nothing.

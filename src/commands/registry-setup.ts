@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { ResolvedConfig } from '../config/load.js';
+import { type ResolvedConfig, settingNames } from '../config/load.js';
 import { restartRequired } from '../config/reloadable.js';
 import { OaiProxyError } from '../errors.js';
 import { createAdminRoute, type RegistryControl } from '../proxy/admin-api.js';
@@ -81,6 +81,7 @@ interface Settings {
  */
 export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaultUpstream' | 'upstreams'> {
   const { config, env } = resolved;
+  const file = resolved.configFile ? ` in config file ${resolved.configFile}` : '';
   // Azure's `…/openai/v1` API needs no api-version: it gets one only when configured.
   const withVersion = (t: UpstreamTarget): UpstreamTarget =>
     t.type === 'azure' && !t.apiVersion && !isAzureV1Base(t.basePath)
@@ -98,7 +99,7 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
     if (name === 'default') {
       throw new OaiProxyError(
         'config_invalid',
-        'The upstream name "default" is reserved for OPENAI_BASE_URL; rename it in the config file\'s "upstreams"',
+        `The upstream name "default" is reserved for OPENAI_BASE_URL; rename upstreams.default${file}`,
       );
     }
     let apiKey = u.apiKey;
@@ -107,7 +108,7 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
       if (!apiKey) {
         throw new OaiProxyError(
           'config_invalid',
-          `upstreams.${name}.apiKeyEnv names ${u.apiKeyEnv}, which is not set; set it in the environment or .env`,
+          `upstreams.${name}.apiKeyEnv${file} names ${u.apiKeyEnv}, which is not set; set it in the environment or .env`,
         );
       }
     }
@@ -138,7 +139,7 @@ export async function startRegistry(
   const logger = options.logger;
 
   const prepare = (next: ResolvedConfig) => ({
-    plan: buildSeedPlan(next.config),
+    plan: buildSeedPlan(next.config, settingNames(next)),
     settings: { resolved: next, ...buildUpstreams(next) } satisfies Settings,
   });
   const seedStore = async (plan: SeedPlan) => {

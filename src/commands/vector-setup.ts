@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
-import type { ResolvedConfig } from '../config/load.js';
+import { type ResolvedConfig, settingSource } from '../config/load.js';
 import { OaiProxyError } from '../errors.js';
 import { headerSecrets, redactedHeadersJson, scrubSecrets } from '../proxy/capture.js';
 import { createUpstreamTarget, shapeUpstreamRequest } from '../proxy/forward.js';
@@ -68,9 +68,15 @@ export function resolveEmbeddingEndpoint(resolved: ResolvedConfig): EmbeddingEnd
     const u = c.upstreams[c.embeddingUpstream];
     if (!u) {
       const known = Object.keys(c.upstreams);
+      const fromFile = resolved.sources.embeddingUpstream?.startsWith('config file ');
+      const upstreams = fromFile
+        ? `that file's "upstreams"`
+        : resolved.configFile
+          ? `"upstreams" in config file ${resolved.configFile}`
+          : '"upstreams" of a config file (none was found)';
       throw new OaiProxyError(
         'config_invalid',
-        `EMBEDDING_UPSTREAM names "${c.embeddingUpstream}", which is not in the config file's "upstreams"${known.length ? ` (known: ${known.join(', ')})` : ''}; fix the name or unset it to use OPENAI_BASE_URL`,
+        `${settingSource(resolved, 'embeddingUpstream')} names "${c.embeddingUpstream}", which is not in ${upstreams}${known.length ? ` (known: ${known.join(', ')})` : ''}; fix the name or ${fromFile ? 'remove it' : 'unset it'} to use OPENAI_BASE_URL`,
       );
     }
     target = createUpstreamTarget(c.embeddingUpstream, u.baseUrl, {

@@ -57,6 +57,24 @@ export function settingSource(resolved: Pick<ResolvedConfig, 'sources'>, key: Co
   return `${name} (${source})`;
 }
 
+/**
+ * settingSource bound to `resolved`, and the same for element `index` of a list setting: by its JSON path
+ * in the config file (`"models" in config file PATH, models[0]`), else by position (`AVAILABLE_MODELS,
+ * entry 2`). For code outside config/ that names settings in its messages (buildSeedPlan).
+ */
+export function settingNames(resolved: Pick<ResolvedConfig, 'sources'>): {
+  setting(key: ConfigKey): string;
+  entry(key: ConfigKey, index: number): string;
+} {
+  return {
+    setting: (key) => settingSource(resolved, key),
+    entry: (key, index) =>
+      resolved.sources[key]?.startsWith('config file ')
+        ? `${settingSource(resolved, key)}, ${key}[${index}]`
+        : `${settingSource(resolved, key)}, entry ${index + 1}`,
+  };
+}
+
 const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string }> = {
   port: { key: 'port', flag: '--port' },
   host: { key: 'host', flag: '--host' },

@@ -1,4 +1,4 @@
-import type { Config, ModelEntry } from '../config/schema.js';
+import type { Config, ConfigKey, ModelEntry } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { DEFAULT_MODELS } from './defaults.js';
 import { checkModelName, checkModelText, ModelRegistry } from './registry.js';
@@ -19,6 +19,18 @@ export interface SeedPlan {
   mappings: Record<string, string>;
 }
 
+/**
+ * How seeding's errors name a setting and an element of a list setting with where they came from
+ * (`"models" in config file PATH, models[0]`): settingNames of the resolved configuration.
+ */
+export interface SeedNames {
+  setting(key: ConfigKey): string;
+  entry(key: ConfigKey, index: number): string;
+}
+
+/** The names alone, for a plan built without a resolved configuration (tests). */
+const BARE_NAMES: SeedNames = { setting: (key) => key, entry: (key, i) => `${key}[${i}]` };
+
 /** Names of the upstreams a model may name: `default` plus the config file's `upstreams`. */
 export function upstreamNames(config: Pick<Config, 'upstreams'>): string[] {
   return ['default', ...Object.keys(config.upstreams).filter((n) => n !== 'default')];
@@ -28,10 +40,11 @@ export function upstreamNames(config: Pick<Config, 'upstreams'>): string[] {
  * The seed plan for a configuration: AVAILABLE_MODELS / `availableModels` (else the default list), then
  * the file's `models` entries merged over them by name, and MODEL_MAPPINGS. Throws
  * OaiProxyError('config_invalid') for a model naming an undeclared upstream, an alias that is also a
- * model, or aliases that loop.
+ * model, or aliases that loop, naming the setting and where it came from by `names`.
  */
 export function buildSeedPlan(
   config: Pick<Config, 'availableModels' | 'models' | 'modelMappings' | 'upstreams'>,
+  names: SeedNames = BARE_NAMES,
 ): SeedPlan {
   const known = new Set(upstreamNames(config));
   const byName = new Map<string, SeedModel>();
@@ -63,11 +76,11 @@ export function buildSeedPlan(
   };
   if (config.availableModels) {
     for (const [i, m] of config.availableModels.entries())
-      add(m, 'config', `availableModels[${i}] / AVAILABLE_MODELS`);
+      add(m, 'config', names.entry('availableModels', i));
   } else {
     for (const m of DEFAULT_MODELS) add(m, 'default', 'default model list');
   }
-  for (const [i, m] of (config.models ?? []).entries()) add(m, 'config', `models[${i}] in the config file`);
+  for (const [i, m] of (config.models ?? []).entries()) add(m, 'config', names.entry('models', i));
 
   const models = [...byName.values()];
   const registry = new ModelRegistry(
@@ -76,13 +89,14 @@ export function buildSeedPlan(
   );
   const mappings: Record<string, string> = {};
   let partial = registry;
+  const mappingsName = names.setting('modelMappings');
   for (const [alias, actual] of Object.entries(config.modelMappings)) {
-    asConfig(() => checkModelName(alias, `MODEL_MAPPINGS alias`));
-    asConfig(() => checkModelName(actual, `MODEL_MAPPINGS model for "${alias}"`));
+    asConfig(() => checkModelName(alias, `${mappingsName}, alias`));
+    asConfig(() => checkModelName(actual, `${mappingsName}, model for "${alias}"`));
     try {
       partial.checkMapping(alias, actual);
     } catch (err) {
-      throw new OaiProxyError('config_invalid', `Invalid MODEL_MAPPINGS: ${(err as Error).message}`);
+      throw new OaiProxyError('config_invalid', `Invalid ${mappingsName}: ${(err as Error).message}`);
     }
     mappings[alias] = actual;
     partial = new ModelRegistry(

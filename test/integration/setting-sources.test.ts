@@ -1,0 +1,69 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, expect, test } from 'vitest';
+import { main } from '../../src/cli.js';
+import { createTempDir } from '../helpers/temp-dir.js';
+import { createTestIo } from '../helpers/test-proxy.js';
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const UPSTREAM_A = { a: { baseUrl: 'http://127.0.0.1:1/v1' } };
+
+// Found after loading, by the registry and the vector setup: the message still names the config file, the
+// .env or the variable the value came from (and says `remove it` for the file, `unset it` for a variable).
+test.each([
+  [
+    'embeddingUpstream in the file',
+    { file: { embeddingUpstream: 'nope', upstreams: UPSTREAM_A }, env: { QDRANT_URL: 'http://127.0.0.1:1' } },
+    `"embeddingUpstream" in config file {file} names "nope", which is not in that file's "upstreams" (known: a); fix the name or remove it to use OPENAI_BASE_URL`,
+  ],
+  [
+    'EMBEDDING_UPSTREAM in .env',
+    {
+      file: { upstreams: UPSTREAM_A },
+      dotenv: 'EMBEDDING_UPSTREAM=nope\nQDRANT_URL=http://127.0.0.1:1\n',
+    },
+    `EMBEDDING_UPSTREAM (.env in {dir}) names "nope", which is not in "upstreams" in config file {file} (known: a); fix the name or unset it to use OPENAI_BASE_URL`,
+  ],
+  [
+    'a model entry naming an undeclared upstream',
+    { file: { models: [{ name: 'x', upstream: 'nope' }] } },
+    `"models" in config file {file}, models[0] (model "x") names upstream "nope", which the config file's "upstreams" does not declare (declared: default)`,
+  ],
+  [
+    'an upstream apiKeyEnv that is not set',
+    { file: { upstreams: { a: { baseUrl: 'http://127.0.0.1:1/v1', apiKeyEnv: 'NOPE_KEY' } } } },
+    'upstreams.a.apiKeyEnv in config file {file} names NOPE_KEY, which is not set; set it in the environment or .env',
+  ],
+  [
+    'an AVAILABLE_MODELS entry in .env',
+    { dotenv: 'AVAILABLE_MODELS=a, b\tc\n' },
+    'AVAILABLE_MODELS (.env in {dir}), entry 2 name "b\tc" must not contain spaces or control characters',
+  ],
+  [
+    'aliases in the file that loop',
+    { file: { modelMappings: { a: 'b', b: 'a' } } },
+    'Invalid "modelMappings" in config file {file}: ',
+  ],
+])('serve refusing %s names where it came from, exit 2', async (_name, layers, expected) => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const file = join(tmp.path, 'oai-proxy.config.json');
+  const {
+    file: content,
+    dotenv,
+    env,
+  } = layers as {
+    file?: object;
+    dotenv?: string;
+    env?: Record<string, string>;
+  };
+  if (content) writeFileSync(file, JSON.stringify(content));
+  if (dotenv) writeFileSync(join(tmp.path, '.env'), dotenv);
+  const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent', ...env }, tmp.path);
+  expect(await main(['serve', '--port', '0', '--db', join(tmp.path, 'a.db')], io)).toBe(2);
+  expect(io.err()).toContain(expected.replace('{file}', file).replace('{dir}', tmp.path));
+});
