@@ -207,6 +207,7 @@ export async function startProxy(
   ext: ServeExtensions = {},
 ): Promise<RunningProxy> {
   const { config } = checkBaseUrls(resolved);
+  checkHost(resolved);
   const location = resolveDatabaseLocation(
     config.databaseUrl,
     resolved.env,
@@ -698,6 +699,18 @@ function countOccurrences(text: string | Buffer, marker: string): number {
   let n = 0;
   for (let at = text.indexOf(marker); at !== -1; at = text.indexOf(marker, at + marker.length)) n++;
   return n;
+}
+
+/**
+ * Refuse an empty host (`--host "$HOST"` with HOST unset, `"host": ""`): node would listen on every
+ * interface. An empty HOST in the environment is unset, as every variable (127.0.0.1).
+ */
+function checkHost(resolved: ResolvedConfig): void {
+  if (resolved.config.host.trim() !== '') return;
+  throw new OaiProxyError(
+    'config_invalid',
+    `${settingSource(resolved, 'host')} is empty: give the address to listen on (leave it unset for 127.0.0.1, this machine only; 0.0.0.0 explicitly to listen on every interface)`,
+  );
 }
 
 /** Listen on the configured host and port; an OaiProxyError naming them (and what to do) when it cannot. */

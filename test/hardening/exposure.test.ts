@@ -1,3 +1,5 @@
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { exposureWarning, isLoopbackAddress } from '../../src/commands/serve.js';
@@ -5,6 +7,7 @@ import { resolveConfig } from '../../src/config/load.js';
 import { createFakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 
 const KEY = 'sk-exposure-upstream-key-4242';
 const cleanups: (() => unknown)[] = [];
@@ -77,4 +80,44 @@ test('serve --host 0.0.0.0 with an upstream key and no client keys starts, and p
   expect(io.err()).toMatch(/WARNING: listening on 0\.0\.0\.0 .*with an upstream API key/);
   expect(io.err()).toContain('ANYONE who can reach port');
   expect(io.err()).not.toContain(KEY);
+});
+
+// The tester's repro: `--host "$HOST"` with HOST unset (or `"host": ""`) listened on every interface ([::]),
+// while an empty HOST in the environment means 127.0.0.1. Refused, naming where it came from.
+test.each([
+  [['--host', ''], undefined, '--host is empty'],
+  [['--host', ' '], undefined, '--host is empty'],
+  [[], { host: '' }, '"host" in config file {dir}/oai-proxy.config.json is empty'],
+])('serve %j (config file %j) → exit 2, nothing listens, nothing created', async (flags, file, expected) => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  if (file) writeFileSync(join(tmp.path, 'oai-proxy.config.json'), JSON.stringify(file));
+  const ac = new AbortController();
+  const io = { ...createTestIo({ HOME: tmp.path, OPENAI_API_KEY: KEY }, tmp.path), signal: ac.signal };
+  let code: number | undefined;
+  const done = main(['serve', '--port', '0', '--db', 'p.db', ...flags], io).then((c) => (code = c));
+  // Before the fix it started: stop it once the banner is out, and see what it printed.
+  await until('exit or banner', () => code !== undefined || io.err().includes('listening on'));
+  ac.abort();
+  await done;
+  expect(io.err()).toBe(
+    `oai-proxy: ${expected.replace('{dir}', tmp.path)}: give the address to listen on (leave it unset for 127.0.0.1, this machine only; 0.0.0.0 explicitly to listen on every interface)\n`,
+  );
+  expect(code).toBe(2);
+  expect(existsSync(join(tmp.path, 'p.db'))).toBe(false);
+});
+
+test('an empty HOST in the environment is unset: serve listens on 127.0.0.1', async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const ac = new AbortController();
+  const io = {
+    ...createTestIo({ HOME: tmp.path, HOST: '', LOG_LEVEL: 'silent' }, tmp.path),
+    signal: ac.signal,
+  };
+  const done = main(['serve', '--port', '0', '--db', 'p.db'], io);
+  await until('the banner', () => io.err().includes('listening on'));
+  ac.abort();
+  expect(await done).toBe(0);
+  expect(io.err()).toMatch(/listening on http:\/\/127\.0\.0\.1:\d+/);
 });
