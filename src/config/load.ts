@@ -11,7 +11,7 @@ import {
   type SettingDef,
   type UpstreamEntry,
 } from './schema.js';
-import { isSecretName } from './secret-names.js';
+import { isKeyShaped, isSecretName } from './secret-names.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -227,7 +227,7 @@ export function withoutConfiguredSecrets(err: unknown, resolved: Pick<ResolvedCo
  * placeholder key `ollama` must not hide the host and directory of the same name.
  */
 export function withoutSecrets(text: string, secrets: readonly string[] | undefined): string {
-  const hidden = secrets?.filter((s) => s.length >= URL_PASSWORD_MIN || KEY_LIKE.test(s.trim()));
+  const hidden = secrets?.filter((s) => s.length >= URL_PASSWORD_MIN || isKeyShaped(s));
   return hidden?.length ? scrubConfigSecrets(text, hidden) : text;
 }
 
@@ -533,12 +533,6 @@ function invalid(
   );
 }
 
-/**
- * A value shaped like an API key (`sk-…`, or one unbroken run of 32+ letters, digits, `-` and `_`): a key
- * pasted into the wrong setting, while its own setting holds something else, is in no secret setting.
- */
-const KEY_LIKE = /^(?:sk-[\w-]{8,}|[\w-]{32,})$/;
-
 function show(v: unknown, json = false): string {
   return shownValue(v, shownSecrets, json);
 }
@@ -550,7 +544,7 @@ function show(v: unknown, json = false): string {
  */
 export function shownValue(v: unknown, secrets: readonly string[], json = false): string {
   let s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), secrets, true);
-  if (typeof v === 'string' && s === v && KEY_LIKE.test(v.trim()))
+  if (typeof v === 'string' && s === v && isKeyShaped(v))
     return `${maskSecret(v.trim())} (looks like a key; not shown)`;
   if (json && typeof v === 'string') s = JSON.stringify(s);
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;

@@ -2,7 +2,7 @@ import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OaiProxyError } from '../errors.js';
-import { isSecretName } from './secret-names.js';
+import { isKeyShaped, isSecretName } from './secret-names.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -87,8 +87,8 @@ export function resolveLogFilePath(
 
 /**
  * Hide a URL's password (all of it, whatever it holds), the values of secret-named query parameters
- * (`password=`, `key=`, `api-key=`, `access_token=`, Azure SAS `sig=`…) and its #fragment, whole (an OAuth
- * `#access_token=`), before the URL is printed. The rest of the URL is shown as written.
+ * (`password=`, `key=`, `api-key=`, `access_token=`, Azure SAS `sig=`…) and of key-shaped ones (`code=sk-…`),
+ * and its #fragment, whole (an OAuth `#access_token=`), before the URL is printed. The rest of the URL is shown as written.
  */
 export function redactUrl(url: string): string {
   const m = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(url);
@@ -124,21 +124,27 @@ function isParseable(url: string): boolean {
 
 /**
  * Values of query parameters named like secrets (isSecretName: `key`, `api-key`, `…signature`, as headers;
- * and `passwd`, `pwd`, an Azure SAS token's `sig`) masked.
+ * and `passwd`, `pwd`, an Azure SAS token's `sig`) masked, and values shaped like a key whatever their
+ * name (`?code=sk-…`); a parameter whose name is shaped like a key (`?sk-…`) masked whole.
  */
 function redactQuery(s: string): string {
-  return s.replace(/([?&])([^=&#]*)=[^&#]*/g, (param, sep: string, name: string) =>
-    isSecretName(decodeName(name)) || /^(?:passwd|pwd|sig)$/i.test(decodeName(name))
+  return s.replace(/([?&])([^=&#]*)(=[^&#]*)?/g, (param, sep: string, name: string, value = '') => {
+    const decoded = decodeQueryPart(name);
+    if (isKeyShaped(decoded)) return `${sep}***`;
+    if (!value) return param;
+    return isSecretName(decoded) ||
+      /^(?:passwd|pwd|sig)$/i.test(decoded) ||
+      isKeyShaped(decodeQueryPart(value.slice(1)))
       ? `${sep}${name}=***`
-      : param,
-  );
+      : param;
+  });
 }
 
-function decodeName(name: string): string {
+function decodeQueryPart(part: string): string {
   try {
-    return decodeURIComponent(name.replace(/\+/g, ' '));
+    return decodeURIComponent(part.replace(/\+/g, ' '));
   } catch {
-    return name; // not percent-encoded after all: judged as written
+    return part; // not percent-encoded after all: judged as written
   }
 }
 

@@ -138,6 +138,22 @@ describe('CLI basics', () => {
       ['--upstream', 'http://h.test/v1?key={key}'],
       'Invalid --upstream = http://h.test/v1?key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a key in OPENAI_API_KEY',
     ],
+    // The tester's repro: a key under a name that is no secret's (not configured anywhere) was printed.
+    [
+      {},
+      ['--upstream', 'http://127.0.0.1:1/v1?code=sk-proj-SECRETabcdefghijklmnop'],
+      'Invalid --upstream = http://127.0.0.1:1/v1?code=***: expected a URL without ?query',
+    ],
+    [
+      { file: { upstreams: { local: { baseUrl: 'http://h.test/v1?code=sk-proj-SECRETabcdefghijklmnop' } } } },
+      [],
+      'upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://h.test/v1?code=***: expected a URL without ?query',
+    ],
+    [
+      { QDRANT_URL: 'http://127.0.0.1:6333/?code=sk-proj-SECRETabcdefghijklmnop' },
+      [],
+      'Invalid QDRANT_URL (environment) = http://127.0.0.1:6333/?code=***: expected a URL without ?query',
+    ],
     [
       // An Azure upstream's ?api-version is taken (as OPENAI_API_VERSION), the rest refused.
       {

@@ -162,6 +162,14 @@ describe('oai-proxy logs search', () => {
         `oai-proxy: Invalid QDRANT_URL (environment) = ${env.QDRANT_URL}/?api-key=***: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); put a Qdrant key in QDRANT_API_KEY\n`,
       );
     }
+    // The tester's repro: a key under a parameter name that says nothing (`?code=`) was printed in full.
+    const unnamed = await cli(['logs', 'search', 'refund'], {
+      ...env,
+      QDRANT_URL: `${env.QDRANT_URL}/?code=sk-proj-SECRETabcdefghijklmnop`,
+    });
+    expect(unnamed.code, unnamed.err).toBe(2);
+    expect(unnamed.err).toContain(`Invalid QDRANT_URL (environment) = ${env.QDRANT_URL}/?code=***: `);
+    expect(unnamed.err).not.toContain('SECRET');
     const { OPENAI_API_KEY: __, ...noKey } = vectorEnv();
     const r = await cli(['logs', 'search', 'refund'], {
       ...noKey,

@@ -623,6 +623,17 @@ describe('redactUrl hides the whole password, as pg reads it', () => {
       'https://a.blob.core.windows.net/c?se=2026-01-01&sig=SECRET',
       'https://a.blob.core.windows.net/c?se=2026-01-01&sig=***',
     ],
+    // The tester's repro: a value shaped like a key is masked whatever its parameter's name (as
+    // shownValue's "looks like a key"), percent-encoded or not; a bare key as a parameter, whole.
+    ['http://127.0.0.1:1/v1?code=sk-proj-abcdefghijklmnopqrSECRET', 'http://127.0.0.1:1/v1?code=***'],
+    ['http://h/v1?a=1&t=sk%2DprojSECRET1234&b=2', 'http://h/v1?a=1&t=***&b=2'],
+    ['http://h/v1?x=SECRET0123456789abcdefghijklmnopqrstuv', 'http://h/v1?x=***'],
+    ['http://h/v1?sk-proj-SECRET12345678&y=1', 'http://h/v1?***&y=1'],
+    ['http://h/v1?sk-proj-SECRET12345678=1', 'http://h/v1?***'],
+    ['postgres://u@h/db?application_name=sk-proj-SECRET12345', 'postgres://u@h/db?application_name=***'],
+    // Not shaped like a key: shown.
+    ['http://h/v1?model=gpt-4o-mini&n=2&q', 'http://h/v1?model=gpt-4o-mini&n=2&q'],
+    ['http://h/v1?sk=short-1', 'http://h/v1?sk=short-1'],
     ['/tmp/a#b.db', '/tmp/a#b.db'],
     ['postgres://user@dbhost/db', 'postgres://user@dbhost/db'],
     ['http://host:8080/a@b', 'http://host:8080/a@b'],
