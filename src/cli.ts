@@ -68,8 +68,26 @@ Examples:
   registerModelsCommand(program, io, run);
   const logs = registerLogsCommand(program, io, run, { onPruned: createPruneVectorHook() });
   registerLogsVectorCommands(logs, io, run);
+  refuseUnknownSubcommands(logs);
 
   return program;
+}
+
+/**
+ * For a command that runs by itself and has subcommands (`logs`): a word that names no subcommand (`logs
+ * stat`) is an unknown command with commander's suggestion, not "too many arguments", and `logs help
+ * stats` shows that subcommand's help. Called once every subcommand exists: commander copies
+ * allowExcessArguments into the subcommands created after it.
+ */
+function refuseUnknownSubcommands(cmd: Command): void {
+  cmd
+    .helpCommand(true)
+    .allowExcessArguments(true)
+    .hook('preAction', (_hooked, action) => {
+      // unknownCommand is commander's own message and suggestion, left out of its typings.
+      if (action === cmd && cmd.args.length > 0)
+        (cmd as Command & { unknownCommand(): never }).unknownCommand();
+    });
 }
 
 /** The CLI entry point: parse argv, run the command, map errors to exit codes (2 usage, 1 runtime). */
@@ -84,7 +102,14 @@ export async function main(argv: string[], io: CliIo = defaultIo()): Promise<num
     cmd.configureOutput({
       writeOut: (s) => io.stdout.write(s),
       writeErr: (s) => io.stderr.write(s),
-      outputError: (s, write) => write(s.split('\n').find((l) => l.trim() !== '') + '\n'),
+      // Every line: the second is commander's "(Did you mean --limit?)".
+      outputError: (s, write) =>
+        write(
+          `${s
+            .split('\n')
+            .filter((l) => l.trim() !== '')
+            .join('\n')}\n`,
+        ),
     });
     for (const sub of cmd.commands) configure(sub);
   };

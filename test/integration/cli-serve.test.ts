@@ -41,7 +41,8 @@ describe('CLI basics', () => {
   });
 
   test.each([
-    [['bogus'], /unknown command 'bogus'/],
+    // Far from every command name: no suggestion line (`bogus` gets "Did you mean logs?").
+    [['frobnicate'], /unknown command 'frobnicate'/],
     [['serve', '--bogus'], /unknown option '--bogus'/],
     [['serve', '--port'], /argument missing/],
   ])('%j → one line on stderr and exit 2', async (argv, message) => {
@@ -49,6 +50,16 @@ describe('CLI basics', () => {
     expect(await main(argv, io)).toBe(2);
     expect(io.err()).toMatch(message);
     expect(io.err().trim().split('\n')).toHaveLength(1);
+  });
+
+  test.each([
+    [['serv'], "error: unknown command 'serv'\n(Did you mean serve?)\n"],
+    [['serve', '--prot', '0'], "error: unknown option '--prot'\n(Did you mean --port?)\n"],
+    [['models', 'ad', 'x'], "error: unknown command 'ad'\n(Did you mean add?)\n"],
+  ])("%j → the error and commander's suggestion, exit 2", async (argv, err) => {
+    const io = createTestIo();
+    expect(await main(argv, io)).toBe(2);
+    expect(io.err()).toBe(err);
   });
 
   test('an invalid setting → message naming it, exit 2', async () => {

@@ -607,6 +607,30 @@ describe('flag values: SQLite', () => {
     return { code, out: io.out(), err: io.err() };
   }
 
+  // The tester's repro: commander's suggestion, on its second line, was cut; `logs stat` (and `logs help
+  // stats`) said "too many arguments for 'logs'", as if logs took arguments.
+  test.each([
+    [['--limt', '5'], "error: unknown option '--limt'\n(Did you mean --limit?)\n"],
+    [['stat'], "error: unknown command 'stat'\n(Did you mean stats?)\n"],
+    [['stat', '--since', '1d'], "error: unknown command 'stat'\n(Did you mean stats?)\n"],
+    [['show', 'a1', 'a2'], "error: too many arguments for 'show'. Expected 1 argument but got 2.\n"],
+  ])('logs %j → exit 2, the error with its suggestion', async (argv, err) => {
+    const r = await logs(...argv);
+    expect(r.err).toBe(err);
+    expect(r.code).toBe(2);
+    expect(r.out).toBe('');
+  });
+
+  test('logs help stats shows the help of logs stats, as --help does', async () => {
+    const r = await logs('help', 'stats');
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^Usage: oai-proxy logs stats \[options\]/);
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    expect(await main(['logs', 'stats', '--help'], io)).toBe(0);
+    expect(r.out).toBe(io.out());
+  });
+
   test('an impossible date (Feb 30, hour 25) exits 2 naming the flag; prune deletes nothing', async () => {
     for (const [sub, flag, value, ...rest] of [
       ['prune', '--older-than', '2026-02-30'],
