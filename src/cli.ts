@@ -114,17 +114,18 @@ export async function main(argv: string[], io: CliIo = defaultIo()): Promise<num
     for (const sub of cmd.commands) configure(sub);
   };
   configure(program);
+  // Help shown because a subcommand is missing (`oai-proxy models`) goes to stderr as an error: exit 2.
+  let helpForMissingCommand = false;
+  program.on('beforeAllHelp', (context: { error: boolean }) => {
+    helpForMissingCommand = context.error;
+  });
   try {
     await program.parseAsync(argv, { from: 'user' });
     return exitCode;
   } catch (err) {
     if (err instanceof CommanderError) {
-      if (
-        err.code === 'commander.helpDisplayed' ||
-        err.code === 'commander.version' ||
-        err.code === 'commander.help'
-      )
-        return 0;
+      if (err.code === 'commander.help') return helpForMissingCommand ? 2 : 0;
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0;
       return 2;
     }
     if (isOaiProxyError(err)) {

@@ -2,7 +2,7 @@ import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, rmSy
 import { dirname, join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, type MigrationProvider, Migrator, SqliteDialect } from 'kysely';
-import { OaiProxyError } from '../errors.js';
+import { type ErrorCode, OaiProxyError } from '../errors.js';
 import { withoutBusyWait } from './busy-wait.js';
 import { checkMigrationsKnown, migrations } from './migrations/index.js';
 import { isDirectory, pathProblem } from './path-problem.js';
@@ -33,7 +33,8 @@ export interface OpenDatabaseOptions {
   readonly?: boolean;
   /**
    * Refuse (config_invalid, exit 2) a file this process cannot write, naming it: `serve` would start and
-   * record nothing (SQLite opens such a file read-only without a word, and fails each write).
+   * record nothing (SQLite opens such a file read-only without a word, and fails each write). A path where
+   * no file can be created (under a regular file, a directory) is refused the same way.
    */
   requireWritable?: boolean;
 }
@@ -46,7 +47,7 @@ export async function openDatabase(path: string, options: OpenDatabaseOptions = 
   const readonly = options.readonly ?? false;
   const memory = path === ':memory:';
   if (readonly && !memory) checkReadable(path);
-  if (!readonly && !memory) ensureFile(path);
+  if (!readonly && !memory) ensureFile(path, options.requireWritable ? 'config_invalid' : 'database_error');
   if (!readonly && !memory && options.requireWritable) checkWritable(path);
 
   let sqlite: SqliteHandle;
@@ -154,24 +155,25 @@ function fileIdentity(path: string): string | null {
   }
 }
 
-function ensureFile(path: string): void {
-  checkNotDirectory(path);
+/** `code`: config_invalid (exit 2) for serve, which must write the path it was given. */
+function ensureFile(path: string, code: ErrorCode): void {
+  checkNotDirectory(path, code);
   try {
     mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
   } catch (err) {
     throw new OaiProxyError(
-      'database_error',
+      code,
       `Cannot create database ${path}: ${pathProblem(path, err)}; choose another location with --db or DATABASE_URL`,
       { cause: err },
     );
   }
 }
 
-function checkNotDirectory(path: string): void {
+function checkNotDirectory(path: string, code: ErrorCode = 'database_error'): void {
   if (isDirectory(path)) {
     throw new OaiProxyError(
-      'database_error',
+      code,
       `Database ${path} is a directory, not a database file; point --db / DATABASE_URL at a file (e.g. ${join(path, 'oai-proxy.db')})`,
     );
   }

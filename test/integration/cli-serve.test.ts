@@ -34,6 +34,24 @@ describe('CLI basics', () => {
     expect(io2.out()).toMatch(/SIGHUP[\s\S]*a second signal cuts them now[\s\S]*a third kills/);
   });
 
+  // The tester's repro: `oai-proxy models $EMPTY` printed help and exited 0, so a script went on.
+  test.each([[[]], [['models']]])('%j (a subcommand missing) → help on stderr, exit 2', async (argv) => {
+    const io = createTestIo();
+    expect(await main(argv, io)).toBe(2);
+    expect(io.err()).toMatch(/^Usage: oai-proxy/);
+    expect(io.out()).toBe('');
+  });
+
+  test.each([[['--help']], [['help']], [['models', '--help']], [['models', 'help']], [['help', 'models']]])(
+    '%j (help asked for) → help on stdout, exit 0',
+    async (argv) => {
+      const io = createTestIo();
+      expect(await main(argv, io)).toBe(0);
+      expect(io.out()).toMatch(/^Usage: oai-proxy/);
+      expect(io.err()).toBe('');
+    },
+  );
+
   test('--version prints the package version', async () => {
     const io = createTestIo();
     expect(await main(['--version'], io)).toBe(0);
@@ -753,12 +771,21 @@ describe('the built bin', () => {
       (t: string) =>
         `oai-proxy: Cannot write the log file ${t}/adir: ${t}/adir is a directory; choose a writable path with --log-file or LOG_FILE_PATH\n`,
     ],
+    // The tester's repro: these exited 1 while the same for --log-file exits 2 (README: a database serve
+    // cannot write stops it with exit 2).
     [
       'a database under a regular file',
       (t: string) => ['serve', '--port', '0', '--db', `${t}/afile/x.db`],
-      1,
+      2,
       (t: string) =>
         `oai-proxy: Cannot create database ${t}/afile/x.db: ${t}/afile is a file, not a directory; choose another location with --db or DATABASE_URL\n`,
+    ],
+    [
+      'a database that is a directory',
+      (t: string) => ['serve', '--port', '0', '--db', `${t}/adir`],
+      2,
+      (t: string) =>
+        `oai-proxy: Database ${t}/adir is a directory, not a database file; point --db / DATABASE_URL at a file (e.g. ${t}/adir/oai-proxy.db)\n`,
     ],
     [
       'logs reading a directory',
