@@ -960,9 +960,11 @@ async function instructionsThrough(start, name, requests) {
 }
 
 /** V8's compilers (the optimising one runs on the event loop for part of each job). */
-const COMPILER_FN = /v8::internal::(compiler|maglev|baseline|interpreter|wasm)::|v8::internal::(Compiler|Zone|Parser|Scanner|AstNode|BytecodeGenerator)\b|[Tt]urboshaft|OptimizedCompilationJob/;
+const COMPILER_FN =
+  /v8::internal::(compiler|maglev|baseline|interpreter|wasm)::|v8::internal::(Compiler|Zone|Parser|Scanner|AstNode|BytecodeGenerator)\b|[Tt]urboshaft|OptimizedCompilationJob/;
 /** V8's garbage collector. */
-const GC_FN = /v8::internal::(Scavenger|Scavenge|Heap|MarkCompact|Sweeper|Evacuat|GCTracer|MemoryAllocator|MarkingVisitor|ConcurrentMarking|IncrementalMarking|MinorMarkCompact|PagedSpace|NewSpace|SemiSpace)|v8::internal::heap::|heap::base::|cppgc::/;
+const GC_FN =
+  /v8::internal::(Scavenger|Scavenge|Heap|MarkCompact|Sweeper|Evacuat|GCTracer|MemoryAllocator|MarkingVisitor|ConcurrentMarking|IncrementalMarking|MinorMarkCompact|PagedSpace|NewSpace|SemiSpace)|v8::internal::heap::|heap::base::|cppgc::/;
 
 /**
  * A thread's callgrind self costs (instructions) split into V8's compilers, its garbage collector and
