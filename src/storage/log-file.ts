@@ -95,6 +95,8 @@ export interface LogFileHealth {
 
 /** The most bytes handed to one write(2). */
 const MAX_WRITE = 1024 * 1024;
+/** A chunk up to this many characters is encoded when queued (see write()); a longer one when written. */
+const ENCODE_AT_ONCE_CHARS = 64 * 1024;
 /** Bytes of lines waiting for a slow file before new lines are dropped. */
 const PENDING_MAX = 16 * 1024 * 1024;
 /** A write in flight (or a line waiting) this long (ms) makes the file slow. */
@@ -118,7 +120,7 @@ export class RotatingFile {
   /** When the current UTC day ends (ms): daily rotation compares a number, not a formatted date, per line. */
   private dayEndsAt: number;
   /** Lines waiting, oldest first, and their bytes. */
-  private pending: Buffer[] = [];
+  private pending: (string | Buffer)[] = [];
   private pendingBytes = 0;
   /** When (Date.now()) the queue last went from empty to not empty; 0 while empty. */
   private waitingSince = 0;
@@ -219,21 +221,23 @@ export class RotatingFile {
       if (this.size > 0) this.rotate();
       else this.dayEndsAt = nextUtcMidnight(this.now());
     }
-    // Called per 20 ms batch, not per line. Encoded here, once: its length is the bytes, and the write
-    // takes it as it is (Buffer.byteLength, then a join and Buffer.from at write time, read it twice more).
-    const buf = Buffer.from(chunk);
-    const bytes = buf.length;
+    // Called per 20 ms batch, not per line. A usual batch (a few KB) is encoded here, once: its length is
+    // then the bytes, and the write takes it as it is (Buffer.byteLength, then a join and Buffer.from at
+    // write time, read it twice more). A big chunk (a burst of rows spilled at a stop) is measured and
+    // kept as text, encoded when written: encoding megabytes here, in one go, held the caller that long.
+    const buf = chunk.length <= ENCODE_AT_ONCE_CHARS ? Buffer.from(chunk) : null;
+    const bytes = buf ? buf.length : Buffer.byteLength(chunk);
     const bound = this.streak.failing
       ? this.keptBytes()
       : this.isSlow()
         ? (this.options.pendingMaxBytes ?? PENDING_MAX)
         : Number.POSITIVE_INFINITY;
     if (this.pendingBytes + bytes > bound) {
-      this.drop(buf);
+      this.drop(buf ?? chunk);
       return false;
     }
     if (this.pending.length === 0) this.waitingSince = Date.now();
-    this.pending.push(buf);
+    this.pending.push(buf ?? chunk);
     this.pendingBytes += bytes;
     if (!this.streak.failing) this.pump();
     return true;
@@ -289,7 +293,8 @@ export class RotatingFile {
         this.rotate();
         if (this.fd < 0) return;
       }
-      const buf = this.pending.shift() as Buffer;
+      const item = this.pending.shift() as string | Buffer;
+      const buf = typeof item === 'string' ? Buffer.from(item) : item;
       this.pendingBytes -= buf.length;
       const rest = this.writeNow(buf);
       this.size += buf.length - (rest?.length ?? 0);
@@ -463,9 +468,10 @@ export class RotatingFile {
     let bytes = 0;
     const limit = Math.min(upTo, MAX_WRITE);
     while (this.pending.length > 0 && (items.length === 0 || bytes < limit)) {
-      const next = this.pending.shift() as Buffer;
-      items.push(next);
-      bytes += next.length;
+      const next = this.pending.shift() as string | Buffer;
+      const buf = typeof next === 'string' ? Buffer.from(next) : next;
+      items.push(buf);
+      bytes += buf.length;
     }
     this.pendingBytes = Math.max(0, this.pendingBytes - bytes);
     // One batch waiting (the usual case): written as it is, not copied.
@@ -490,8 +496,8 @@ export class RotatingFile {
     this.droppedInOutage = 0;
     // Beyond the bound: the newest lines go first, the oldest stay to be written in order.
     while (this.pendingBytes > this.keptBytes() && this.pending.length > 0) {
-      const item = this.pending.pop() as Buffer;
-      this.pendingBytes -= item.length;
+      const item = this.pending.pop() as string | Buffer;
+      this.pendingBytes -= Buffer.byteLength(item);
       this.drop(item);
     }
     this.options.onError?.(err);
