@@ -1165,8 +1165,15 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         if (inflight === 0 && drained) drained();
       };
       // A compressed response's record waits for its decoding; so does shutdown (it stays in flight).
-      if (x.decoder === null) finished();
-      else void x.decoder.finish().then(finished);
+      const settle = () => {
+        if (x.decoder === null) finished();
+        else void x.decoder.finish().then(finished);
+      };
+      // Answered before the whole body came (an upstream refusing an upload at once): its record, with
+      // the bytes received, waits for the rest, read and discarded.
+      if (!req.complete && res.writableFinished && res.shouldKeepAlive && !req.destroyed)
+        drainBody(x, onStreamedBody, settle);
+      else settle();
     });
     try {
       const local = answerLocally(x, pathname, clientKeyValid);
@@ -1679,6 +1686,48 @@ function watchBody(x: ExchangeContext, ms: number): void {
   x.res.once('close', () => {
     if (socket[kBodyWatch] === x) socket[kBodyWatch] = undefined;
   });
+}
+
+/**
+ * The response is complete but the request's body is not (an upstream that answered an upload at once, as
+ * one refusing it with a 401 or 413 does, and stopped reading it): read the rest and discard it, as node:http
+ * does with a body nobody read, so that the client finishes sending, and the connection serves its next
+ * request. Closing the connection instead could lose the answer (a close with unread bytes resets it).
+ * The bytes count in the record; `done` runs once the body ended or the connection closed.
+ */
+function drainBody(
+  x: ExchangeContext,
+  onBytes: ((bytes: number) => void) | undefined,
+  done: () => void,
+): void {
+  const { req } = x;
+  const socket = req.socket;
+  const onData = (chunk: Buffer) => {
+    x.requestCapture.bytes += chunk.length;
+    onBytes?.(chunk.length);
+  };
+  const end = () => {
+    req.off('data', onData);
+    req.off('end', end);
+    req.off('close', end);
+    req.off('error', end);
+    socket?.off('close', end);
+    done();
+  };
+  if (!socket || socket.destroyed) {
+    done();
+    return;
+  }
+  // The body's reader, an iterator the finished upstream request no longer pulls, lets go of it.
+  req.removeAllListeners('readable');
+  req.removeAllListeners('data');
+  req.on('data', onData);
+  req.once('end', end);
+  req.once('close', end);
+  req.once('error', end);
+  // A request whose response is done is no longer the server's: the connection closing does not end it.
+  socket.once('close', end);
+  req.resume();
 }
 
 /** The exchange whose request body the connection's timer watches (tests). */

@@ -1,10 +1,10 @@
-import { type IncomingHttpHeaders, request } from 'node:http';
-import { connect } from 'node:net';
+import { createServer, type IncomingHttpHeaders, request } from 'node:http';
+import { type AddressInfo, connect } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
 import OpenAI from 'openai';
-import { describe, expect, test } from 'vitest';
+import { afterEach, describe, expect, test } from 'vitest';
 import { CHAT_ANSWER, chatCompletionBody, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
-import { proxyWithUpstreamPerTest, type TestProxy } from '../helpers/test-proxy.js';
+import { proxyWithUpstreamPerTest, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 import { openUpstreamRequests } from './raw-http.js';
 
 const setup = proxyWithUpstreamPerTest();
@@ -455,4 +455,99 @@ describe('an upstream that compresses despite accept-encoding: identity', () => 
       assembled: null,
     });
   });
+});
+
+/** An upstream that answers every request at once, without reading its body (as one refusing an upload). */
+async function earlyAnsweringUpstream(status = 200, body = '{"ok":true}') {
+  const server = createServer((_req, res) => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const { port } = server.address() as AddressInfo;
+  return {
+    baseUrl: `http://127.0.0.1:${port}/v1`,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/**
+ * Upload `body` on a raw connection (as curl does: the whole body, however early the answer), then ask the
+ * same connection for /health. Resolves with everything received once the health answer came; rejects after
+ * `timeoutMs` (the upload stuck, or the connection not serving a next request).
+ */
+function uploadThenHealth(proxyUrl: string, head: string, body: Buffer, timeoutMs: number): Promise<string> {
+  const { port } = new URL(proxyUrl);
+  return new Promise((resolve, reject) => {
+    const s = connect(Number(port), '127.0.0.1');
+    const received: Buffer[] = [];
+    const text = () => Buffer.concat(received).toString('latin1');
+    let uploaded = false;
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(
+        new Error(`${uploaded ? 'no /health answer' : 'upload stuck'} after ${timeoutMs} ms: ${text()}`),
+      );
+    }, timeoutMs);
+    s.on('data', (d) => {
+      received.push(d);
+      if (text().includes('"status":"ok"')) {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(text());
+      }
+    });
+    s.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    s.write(`${head}Content-Length: ${body.length}\r\n\r\n`);
+    s.write(body, () => {
+      uploaded = true;
+      s.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+    });
+  });
+}
+
+describe('an upstream that answers before reading the upload', () => {
+  const open: { close(): Promise<void> }[] = [];
+  afterEach(async () => {
+    for (const o of open.splice(0)) await o.close();
+  });
+
+  const file = Buffer.alloc(16 * 1024 * 1024);
+  const multipart = Buffer.concat([
+    Buffer.from(
+      '--XB\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n' +
+        '--XB\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n',
+    ),
+    file,
+    Buffer.from('\r\n--XB--\r\n'),
+  ]);
+  test.each([
+    ['a binary body', '/v1/early200', 'application/octet-stream', file],
+    ['a multipart upload', '/v1/audio/transcriptions', 'multipart/form-data; boundary=XB', multipart],
+  ])(
+    '%s: the rest is read and discarded, the client finishes, the connection serves on, the row counts it',
+    async (_name, path, type, body) => {
+      const upstream = await earlyAnsweringUpstream(413, '{"error":{"message":"too large"}}');
+      const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl });
+      open.push(proxy, upstream);
+      const answers = await uploadThenHealth(
+        proxy.url,
+        `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: ${type}\r\n`,
+        body,
+        4000,
+      );
+      expect(answers).toMatch(
+        /^HTTP\/1\.1 413 [\s\S]*\{"error":\{"message":"too large"\}\}[\s\S]*HTTP\/1\.1 200 /,
+      );
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ path, status: 413, error: null, request_bytes: body.length });
+      expect(openUpstreamRequests()).toEqual([]);
+    },
+  );
 });
