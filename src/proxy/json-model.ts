@@ -1,11 +1,13 @@
 /**
  * `body`, a JSON object already known to parse, with the value of its top-level `model` member replaced
- * by `model` and every other byte as it was (numbers, escapes, spacing, key order). Every top-level
- * `model` member is replaced when the object repeats the key. Null when it has no top-level `model`.
+ * by `model` and every other byte as it was (numbers, escapes, spacing, key order, a leading UTF-8 byte
+ * order mark). Every top-level `model` member is replaced when the object repeats the key. Null when it
+ * has no top-level `model`.
  */
 export function replaceJsonModel(body: Buffer, model: string): Buffer | null {
   const spans: [number, number][] = [];
-  let i = skipSpace(body, 0);
+  const bom = body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf;
+  let i = skipSpace(body, bom ? 3 : 0);
   if (body[i] !== OPEN_BRACE) return null;
   i = skipSpace(body, i + 1);
   if (body[i] === CLOSE_BRACE) return null;

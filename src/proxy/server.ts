@@ -823,7 +823,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       x.requestCapture.decoded(text);
       let json: unknown;
       try {
-        json = JSON.parse(text);
+        // A UTF-8 byte order mark, which JSON.parse refuses, but Python's json.loads (vLLM) and llama.cpp
+        // skip: the upstream would read the model the proxy did not check.
+        json = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
       } catch {
         json = undefined; // not ours to judge: the upstream answers malformed JSON
       }

@@ -134,6 +134,37 @@ describe('validation and aliases', () => {
     ]);
   });
 
+  test('a UTF-8 byte order mark before the JSON does not skip validation, aliases or the record of the model', async () => {
+    const up = await upstream();
+    const p = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      VALIDATE_MODELS: 'true',
+      MODEL_MAPPINGS: '{"cheap":"gpt-4o-mini"}',
+    });
+    const bom = Buffer.from([0xef, 0xbb, 0xbf]);
+    const send = (json: string) =>
+      fetch(`${p.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: Buffer.concat([bom, Buffer.from(json)]),
+      });
+    const refused = await send('{"model":"secret-model","messages":[]}');
+    expect(refused.status).toBe(404);
+    expect((await refused.json()).error).toMatchObject({ code: 'model_not_found', param: 'model' });
+    expect(up.requests).toHaveLength(0);
+    const aliased = await send('{"model":"cheap","messages":[],"seed":9007199254740993}');
+    expect(aliased.status).toBe(200);
+    // Only the model changes: the byte order mark and the rest reach the upstream as sent.
+    expect(up.requests[0].body).toEqual(
+      Buffer.concat([bom, Buffer.from('{"model":"gpt-4o-mini","messages":[],"seed":9007199254740993}')]),
+    );
+    const rows = await p.waitForRows(2);
+    expect(rows.map((r) => [r.model, r.upstream_model, r.status, r.error])).toEqual([
+      ['secret-model', null, 404, 'model_not_found'],
+      ['cheap', 'gpt-4o-mini', 200, null],
+    ]);
+  });
+
   test('ALLOW_UNKNOWN_MODELS=true: unknown models pass and the record marks them unknown', async () => {
     const up = await upstream();
     const p = await proxyWith({

@@ -76,3 +76,9 @@ describe('replaceJsonModel: only the top-level model value changes', () => {
     expect(out.subarray(8).toString()).toBe('","model":"m"}');
   });
 });
+
+test('a leading UTF-8 byte order mark is kept, the model after it replaced', () => {
+  const bom = Buffer.from([0xef, 0xbb, 0xbf]);
+  const out = replaceJsonModel(Buffer.concat([bom, Buffer.from(' {"model":"fast","n":1.0}')]), 'm');
+  expect(out).toEqual(Buffer.concat([bom, Buffer.from(' {"model":"m","n":1.0}')]));
+});
