@@ -1160,7 +1160,12 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     if (bodyTimeout > 0 && declaresBody(req)) process.nextTick(watchBody, x, bodyTimeout);
     res.once('close', () => {
       x.durationMs = x.elapsed();
-      if (!res.writableEnded && !x.error) noteCut(x, false);
+      if (!res.writableEnded) {
+        if (!x.error) noteCut(x, false);
+        // Cut before any status went out (an upstream head held for its first body byte): the client got
+        // none. The upstream's headers stay in the record: its request id names what it may have billed.
+        if (!res.headersSent) x.status = null;
+      }
       const finished = () => {
         recordLater(x);
         inflight--;

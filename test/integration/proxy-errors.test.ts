@@ -307,6 +307,32 @@ describe('client aborts', () => {
     const [row] = await proxy.waitForRows(1);
     expect(row).toMatchObject({ error: 'client_aborted', status: null });
   });
+
+  test("aborting after the upstream's head, before its body: no status was sent, none recorded", async () => {
+    const { upstream, proxy } = await setup();
+    upstream.on('/v1/chat/completions', async (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json', 'x-request-id': 'req_held' });
+      res.flushHeaders();
+      await sleep(1500);
+      if (!res.destroyed) res.end('{}');
+    });
+    const ac = new AbortController();
+    const p = fetch(`${proxy.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"model":"gpt-4o"}',
+      signal: ac.signal,
+    });
+    await sleep(300);
+    ac.abort();
+    // The head is held until the first body byte: the client got nothing.
+    await expect(p).rejects.toThrow();
+    await upstream.waitForAbort('/v1/chat/completions');
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ error: 'client_aborted', status: null, ttfb_ms: null });
+    // The upstream's headers stay: its request id names an exchange it may have billed.
+    expect(JSON.parse(row.response_headers!)).toMatchObject({ 'x-request-id': 'req_held' });
+  });
 });
 
 describe('the proxy itself', () => {
