@@ -500,10 +500,16 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   };
   const adminKeyOption = options.adminKey;
   const currentAdminKey = typeof adminKeyOption === 'function' ? adminKeyOption : () => adminKeyOption;
-  /** A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS, retired ones), bare or as a Bearer token. */
+  /**
+   * A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS, retired ones), bare or as
+   * a Bearer token, or that holds one as an element of a list: Node joins a repeated header's values with
+   * `, ` (two `X-Api-Key: <key>` lines arrive as `<key>, <key>`).
+   */
   const isProxyKey = (value: string | string[], adminKey: string | undefined): boolean => {
+    const isKeyValue = (v: string, key: string) => v.trim() === key || bearerToken(v.trimStart()) === key;
     for (const v of Array.isArray(value) ? value : [value]) {
-      const isKey = (key: string) => v.includes(key) && (v.trim() === key || bearerToken(v) === key);
+      const isKey = (key: string) =>
+        v.includes(key) && (isKeyValue(v, key) || v.split(',').some((part) => isKeyValue(part, key)));
       if ((adminKey && isKey(adminKey)) || clientKeys.some(isKey) || retiredKeys.some(isKey)) return true;
     }
     return false;

@@ -1,6 +1,7 @@
 import OpenAI from 'openai';
 import { describe, expect, test } from 'vitest';
 import { proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
+import { rawHttp } from './raw-http.js';
 
 const UPSTREAM_KEY = 'sk-upstream-hardening-key-7777';
 const CLIENT_KEYS = ['pk-client-one-aaaa1111', 'pk-client-two-bbbb2222'];
@@ -83,6 +84,33 @@ describe('PROXY_API_KEYS', () => {
     expect(sent['x-api-key']).toBeUndefined();
     expect(sent.authorization).toBe(`Bearer ${UPSTREAM_KEY}`);
     for (const key of CLIENT_KEYS) expect(JSON.stringify(sent)).not.toContain(key);
+  });
+
+  test('a proxy key in a repeated header (which Node joins with a comma) is not forwarded either', async () => {
+    const { upstream, proxy } = await setup({ ADMIN_API_KEY: 'adm-hardening-key-9999' });
+    const body = '{"model":"gpt-4o","messages":[]}';
+    const reply = await rawHttp(
+      proxy.url,
+      'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        `Authorization: Bearer ${CLIENT_KEYS[0]}\r\n` +
+        `X-Api-Key: ${CLIENT_KEYS[0]}\r\nX-Api-Key: ${CLIENT_KEYS[0]}\r\n` +
+        'X-Custom: adm-hardening-key-9999\r\nX-Custom: x\r\n' +
+        `X-Other: x\r\nX-Other: Bearer ${CLIENT_KEYS[1]}\r\n` +
+        'X-Plain: a\r\nX-Plain: b\r\n' +
+        `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+    );
+    expect(reply.statuses).toEqual([200]);
+    const sent = upstream.requests[0].headers;
+    expect([sent['x-api-key'], sent['x-custom'], sent['x-other'], sent.authorization]).toEqual([
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+    ]);
+    for (const key of [...CLIENT_KEYS, 'adm-hardening-key-9999'])
+      expect(JSON.stringify(sent)).not.toContain(key);
+    // A repeated header without a key goes as Node joined it.
+    expect(sent['x-plain']).toBe('a, b');
   });
 
   test('/health stays open; /admin keeps its own key', async () => {
