@@ -58,7 +58,13 @@ export function isHopByHop(name: string, connectionTokens?: Set<string>): boolea
   return HOP_BY_HOP.has(name) || (connectionTokens?.has(name) ?? false);
 }
 
-function connectionTokens(headers: IncomingHttpHeaders): Set<string> | undefined {
+/**
+ * The header names a message's `Connection` header lists (RFC 9110 §7.6.1: hop-by-hop, like the
+ * connection header itself), lower case; undefined when it lists none but keep-alive or close.
+ */
+export function connectionTokens(
+  headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
+): Set<string> | undefined {
   const c = headers.connection;
   // `keep-alive` and `close`, nearly every request's value, name only hop-by-hop headers anyway.
   if (!c || c === 'keep-alive' || c === 'close') return undefined;

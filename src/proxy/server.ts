@@ -35,6 +35,7 @@ import {
   azurePathDeployment,
   azureRealtimeModelParam,
   classifyUpstreamError,
+  connectionTokens,
   isDeploymentInPath,
   isHopByHop,
   isMalformedResponseCode,
@@ -963,9 +964,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           }
           x.status = statusCode;
           const out: Record<string, string | string[]> = {};
+          const tokens = connectionTokens(upstreamHeaders);
           for (const k in upstreamHeaders) {
             const v = upstreamHeaders[k];
-            if (v === undefined || isHopByHop(k)) continue;
+            if (v === undefined || isHopByHop(k, tokens)) continue;
             out[k] = v;
           }
           x.responseHeaders = out;

@@ -558,6 +558,38 @@ describe('the proxy itself', () => {
     expect(got.headers['x-custom']).toBe('kept');
     expect(got.headers.host).toBe(new URL(upstream.origin).host);
   });
+
+  test.each([
+    ['a JSON answer', 'application/json'],
+    ['a stream', 'text/event-stream'],
+  ])(
+    "headers the upstream's Connection header names are not relayed to the client (%s)",
+    async (_name, type) => {
+      const { upstream, proxy } = await setup();
+      upstream.on('/v1/chat/completions', (_req, res) => {
+        res.writeHead(200, {
+          'content-type': type,
+          connection: 'keep-alive, X-Internal',
+          'x-internal': 'upstream-only',
+          'x-kept': '1',
+        });
+        res.end(type === 'application/json' ? '{"ok":true}' : 'data: [DONE]\n\n');
+      });
+      const res = await fetch(`${proxy.url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: '{"model":"m"}',
+      });
+      await res.text();
+      expect([res.status, res.headers.get('x-internal'), res.headers.get('x-kept')]).toEqual([
+        200,
+        null,
+        '1',
+      ]);
+      const [row] = await proxy.waitForRows(1);
+      expect(JSON.parse(row.response_headers!)).not.toHaveProperty('x-internal');
+    },
+  );
 });
 
 test('the upstream key appears nowhere in the database or the log file', async () => {
