@@ -34,8 +34,9 @@ export type DatabaseLocation =
 
 /**
  * Resolve DATABASE_URL / --db into a location. Accepts a plain path, `sqlite:///relative.db`,
- * `sqlite:////absolute.db`, `file:` URLs and `postgres://` URLs. `setting` names where the value came from
- * in errors (see settingSource).
+ * `sqlite:////absolute.db`, `file:` URLs and `postgres://` URLs. Refuses (config_invalid) other `scheme://`
+ * URLs, `postgres:` or `sqlite:` without `//` (a mistyped URL, not a file name) and a postgres:// URL pg
+ * cannot parse. `setting` names where the value came from in errors (see settingSource).
  */
 export function resolveDatabaseLocation(
   databaseUrl: string | undefined,
@@ -44,12 +45,24 @@ export function resolveDatabaseLocation(
   setting = 'DATABASE_URL',
 ): DatabaseLocation {
   if (!databaseUrl) return { kind: 'sqlite', path: join(dataDir(env), 'oai-proxy.db') };
-  if (/^postgres(ql)?:\/\//i.test(databaseUrl)) return { kind: 'postgres', url: databaseUrl, setting };
+  if (/^postgres(ql)?:\/\//i.test(databaseUrl)) {
+    checkPostgresUrl(databaseUrl, setting);
+    return { kind: 'postgres', url: databaseUrl, setting };
+  }
+  // A mistyped URL (`postgres:/u:pw@h/db`, `postgres:u:pw@h/db`) is not a file name to create: refused
+  // before anything is opened or printed, its password hidden.
+  const scheme = /^(postgres(?:ql)?):/i.exec(databaseUrl);
+  if (scheme) {
+    throw new OaiProxyError(
+      'config_invalid',
+      `${setting} "${redactLooseUrl(databaseUrl)}" is not a valid PostgreSQL URL: "${scheme[1]}:" must be followed by //; write ${PG_URL_FORM}`,
+    );
+  }
   let path: string;
-  if (/^sqlite(\+\w+)?:\/\//i.test(databaseUrl)) {
+  if (/^sqlite(\+\w+)?:/i.test(databaseUrl)) {
     // SQLAlchemy style: sqlite:///rel.db is relative, sqlite:////abs.db is absolute.
-    const rest = databaseUrl.replace(/^sqlite(\+\w+)?:\/\//i, '');
-    if (!rest.startsWith('/')) {
+    const rest = databaseUrl.replace(/^sqlite(\+\w+)?:(\/\/)?/i, '');
+    if (!/^sqlite(\+\w+)?:\/\//i.test(databaseUrl) || !rest.startsWith('/')) {
       throw new OaiProxyError(
         'config_invalid',
         `${setting} "${databaseUrl}" is not a valid sqlite URL: use sqlite:///relative.db or sqlite:////absolute/path.db`,
@@ -71,6 +84,51 @@ export function resolveDatabaseLocation(
   if (path === '') throw new OaiProxyError('config_invalid', `${setting} "${databaseUrl}" names no file`);
   if (path === ':memory:') return { kind: 'sqlite', path };
   return { kind: 'sqlite', path: resolve(cwd, expandHome(path, env)) };
+}
+
+const PG_URL_FORM = 'postgres://user:password@host:port/database';
+
+/**
+ * Refuse (config_invalid, naming `setting`) a postgres:// URL that pg cannot parse, saying what is wrong:
+ * a port that is not a number or out of range, or characters in the user name or password that must be
+ * percent-encoded. The password is never shown.
+ */
+function checkPostgresUrl(url: string, setting: string): void {
+  if (isPgParseable(url)) return;
+  const [, scheme, rest] = /^([a-z]+:\/\/)(.*)$/is.exec(url) as RegExpExecArray;
+  // The userinfo ends at the last @ (as redactUrl reads an unparseable URL): a # / or ? in it ends the
+  // authority early for WHATWG URL, so pg reads part of the password as the host and port.
+  const at = rest.lastIndexOf('@');
+  const encoded =
+    at === -1
+      ? url
+      : `${scheme}${rest.slice(0, at).replace(/[#/?@]/g, (c) => encodeURIComponent(c))}${rest.slice(at)}`;
+  const why = (() => {
+    if (encoded !== url && isPgParseable(encoded))
+      return 'characters # / ? and @ in the user name or password must be percent-encoded (# as %23, / as %2F, ? as %3F, @ as %40)';
+    const afterAt = at === -1 ? rest : rest.slice(at + 1);
+    const authority = afterAt.slice(0, afterAt.search(/[/?#]|$/));
+    const port = /^(?:\[[^\]]*\]|[^:[\]]*):(.*)$/s.exec(authority)?.[1];
+    if (port !== undefined && port !== '' && !/^\d+$/.test(port)) return `the port "${port}" is not a number`;
+    if (port !== undefined && Number(port) > 65535) return `the port ${port} is out of range (0-65535)`;
+    return 'it cannot be parsed as a URL';
+  })();
+  throw new OaiProxyError(
+    'config_invalid',
+    `${setting} "${redactUrl(url)}" is not a valid PostgreSQL URL: ${why}; write ${PG_URL_FORM}`,
+  );
+}
+
+/** Whether pg (pg-connection-string) can parse `url`: it encodes spaces and stray %, and allows an empty host. */
+function isPgParseable(url: string): boolean {
+  const s = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(url) ? encodeURI(url).replace(/%25(\d\d)/g, '%$1') : url;
+  return URL.canParse(s) || URL.canParse(s.replace('@/', '@___DUMMY___/'));
+}
+
+/** A URL written without `//` after its scheme, its password hidden as redactUrl would hide it with `//`. */
+function redactLooseUrl(value: string): string {
+  const [, scheme, slash, rest] = /^([a-z][a-z0-9+.-]*:)(\/?)(.*)$/is.exec(value) as RegExpExecArray;
+  return `${scheme}${slash}${redactUrl(`${scheme}//${rest}`).slice(scheme.length + 2)}`;
 }
 
 /** The log file: LOG_FILE_PATH, else `oai-proxy.log` beside the SQLite database (or in the data dir). */

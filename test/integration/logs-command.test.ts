@@ -571,6 +571,65 @@ describe('a database value that cannot be used: the message names where it came 
     expect(code).toBe(2);
   });
 
+  // A mistyped PostgreSQL URL used to be taken for a file name: serve created that folder and an SQLite
+  // file, recorded there and printed the path, password and all. A malformed one failed as "Invalid URL"
+  // with exit 1. Both are config errors now, refused before anything is created.
+  const PG_FORM = 'write postgres://user:password@host:port/database';
+  const ENCODE =
+    'characters # / ? and @ in the user name or password must be percent-encoded (# as %23, / as %2F, ? as %3F, @ as %40)';
+  const upstream = ['--upstream', 'http://127.0.0.1:9/v1'];
+  test.each([
+    [
+      'serve --db postgres:/…',
+      ['serve', '--port', '0', ...upstream, '--db', 'postgres:/oai:zzpw@127.0.0.1:9/t1'],
+      {},
+      `--db "postgres:/oai:***@127.0.0.1:9/t1" is not a valid PostgreSQL URL: "postgres:" must be followed by //; ${PG_FORM}`,
+    ],
+    [
+      'serve with DATABASE_URL=postgres:…',
+      ['serve', '--port', '0', ...upstream],
+      { DATABASE_URL: 'postgres:oai:zzpw@127.0.0.1:9/t2' },
+      `DATABASE_URL "postgres:oai:***@127.0.0.1:9/t2" is not a valid PostgreSQL URL: "postgres:" must be followed by //; ${PG_FORM}`,
+    ],
+    [
+      'models add --db POSTGRESQL:/…',
+      ['models', 'add', 'qq', '--db', 'POSTGRESQL:/oai:zzpw@127.0.0.1:9/t1'],
+      {},
+      `--db "POSTGRESQL:/oai:***@127.0.0.1:9/t1" is not a valid PostgreSQL URL: "POSTGRESQL:" must be followed by //; ${PG_FORM}`,
+    ],
+    [
+      'serve --db with # in the password',
+      ['serve', '--port', '0', ...upstream, '--db', 'postgres://oai:hun#zzpw@127.0.0.1:9/t1'],
+      {},
+      `--db "postgres://oai:***@127.0.0.1:9/t1" is not a valid PostgreSQL URL: ${ENCODE}; ${PG_FORM}`,
+    ],
+    [
+      'serve --db with port 99999',
+      ['serve', '--port', '0', ...upstream, '--db', 'postgres://oai:zzpw@127.0.0.1:99999/t1'],
+      {},
+      `--db "postgres://oai:***@127.0.0.1:99999/t1" is not a valid PostgreSQL URL: the port 99999 is out of range (0-65535); ${PG_FORM}`,
+    ],
+    [
+      'logs with DATABASE_URL port abc',
+      ['logs'],
+      { DATABASE_URL: 'postgres://oai:zzpw@127.0.0.1:abc/t1' },
+      `DATABASE_URL "postgres://oai:***@127.0.0.1:abc/t1" is not a valid PostgreSQL URL: the port "abc" is not a number; ${PG_FORM}`,
+    ],
+    [
+      'models list with DATABASE_URL port abc',
+      ['models', 'list'],
+      { DATABASE_URL: 'postgres://oai:zzpw@127.0.0.1:abc/t1' },
+      `DATABASE_URL "postgres://oai:***@127.0.0.1:abc/t1" is not a valid PostgreSQL URL: the port "abc" is not a number; ${PG_FORM}`,
+    ],
+  ] as const)('%s: refused, password hidden, nothing created, exit 2', async (_, argv, env, message) => {
+    const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
+    const code = await main([...argv], io);
+    expect(io.err()).toBe(`oai-proxy: ${message}\n`);
+    expect(io.out()).toBe('');
+    expect(code).toBe(2);
+    expect(readdirSync(tmp.path)).toEqual([]);
+  });
+
   test('serve --db postgres:// with QDRANT_URL set: names --db, password hidden, exit 2', async () => {
     const io = createTestIo({ HOME: tmp.path, QDRANT_URL: 'http://127.0.0.1:9' }, tmp.path);
     const code = await main(['serve', '--port', '0', '--db', 'postgres://u:pw@127.0.0.1:9/x'], io);

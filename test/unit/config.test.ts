@@ -524,6 +524,85 @@ describe('DATABASE_URL forms', () => {
       /mysql:\/\/u:\*\*\*@h.*unsupported scheme/,
     );
   });
+
+  test.each([
+    ['postgres://u:p@h/db'],
+    ['postgresql://u:p@h:5432/db?sslmode=require'],
+    ['postgres://u:p@/db?host=/run/postgresql'],
+    ['postgres://u:p%23w@h/db'],
+    ['postgres://u:p@ss@h/db'],
+    ['postgres://u:pa ss@h/db'],
+  ])('%s is a PostgreSQL URL pg can parse', (url) => {
+    expect(resolveDatabaseLocation(url, env, '/', '--db')).toEqual({
+      kind: 'postgres',
+      url,
+      setting: '--db',
+    });
+  });
+
+  // A mistyped or malformed PostgreSQL URL is a config error naming the setting, its password hidden; it
+  // is never taken for a file name (which serve would create and print, password and all).
+  test.each([
+    [
+      'postgres:/oai:zzpw@127.0.0.1:40133/t1',
+      '--db "postgres:/oai:***@127.0.0.1:40133/t1" is not a valid PostgreSQL URL: "postgres:" must be followed by //; write postgres://user:password@host:port/database',
+    ],
+    [
+      'postgres:oai:zzpw@127.0.0.1:40133/t2',
+      '--db "postgres:oai:***@127.0.0.1:40133/t2" is not a valid PostgreSQL URL: "postgres:" must be followed by //; write postgres://user:password@host:port/database',
+    ],
+    [
+      'PostgreSQL:/oai:zzpw@h/db',
+      '--db "PostgreSQL:/oai:***@h/db" is not a valid PostgreSQL URL: "PostgreSQL:" must be followed by //; write postgres://user:password@host:port/database',
+    ],
+    [
+      'postgres://oai:hun#ter2zzpw@127.0.0.1:5432/t1',
+      '--db "postgres://oai:***@127.0.0.1:5432/t1" is not a valid PostgreSQL URL: characters # / ? and @ in the user name or password must be percent-encoded (# as %23, / as %2F, ? as %3F, @ as %40); write postgres://user:password@host:port/database',
+    ],
+    [
+      'postgres://oai:a/b?czzpw@127.0.0.1:5432/t1',
+      '--db "postgres://oai:***@127.0.0.1:5432/t1" is not a valid PostgreSQL URL: characters # / ? and @ in the user name or password must be percent-encoded (# as %23, / as %2F, ? as %3F, @ as %40); write postgres://user:password@host:port/database',
+    ],
+    [
+      'postgres://oai:zzpw@127.0.0.1:99999/t1',
+      '--db "postgres://oai:***@127.0.0.1:99999/t1" is not a valid PostgreSQL URL: the port 99999 is out of range (0-65535); write postgres://user:password@host:port/database',
+    ],
+    [
+      'postgres://oai:zzpw@127.0.0.1:abc/t1',
+      '--db "postgres://oai:***@127.0.0.1:abc/t1" is not a valid PostgreSQL URL: the port "abc" is not a number; write postgres://user:password@host:port/database',
+    ],
+    [
+      'postgres://oai:zzpw@[::1:5432/t1',
+      '--db "postgres://oai:***@[::1:5432/t1" is not a valid PostgreSQL URL: it cannot be parsed as a URL; write postgres://user:password@host:port/database',
+    ],
+  ])('%s is refused', (url, message) => {
+    let err: unknown;
+    try {
+      resolveDatabaseLocation(url, env, '/srv', '--db');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code: 'config_invalid', message });
+    expect((err as Error).message).not.toContain('zzpw');
+  });
+
+  test.each([['sqlite:x.db'], ['sqlite:/x.db'], ['SQLite+pysqlite:x.db']])(
+    '%s (sqlite: without //) is refused, not taken for a file name',
+    (url) => {
+      expect(() => resolveDatabaseLocation(url, env, '/srv', 'DATABASE_URL')).toThrow(
+        `DATABASE_URL "${url}" is not a valid sqlite URL: use sqlite:///relative.db or sqlite:////absolute/path.db`,
+      );
+    },
+  );
+
+  test.each([
+    ['C:/data/x.db', '/srv/C:/data/x.db'],
+    ['postgres.db', '/srv/postgres.db'],
+    ['data/postgres:x.db', '/srv/data/postgres:x.db'],
+    ['mysql:x.db', '/srv/mysql:x.db'],
+  ])('%s is still a file path', (url, path) => {
+    expect(resolveDatabaseLocation(url, env, '/srv')).toEqual({ kind: 'sqlite', path });
+  });
 });
 
 describe("a base URL's ?api-version is the upstream's api-version unless one is configured", () => {
