@@ -62,9 +62,7 @@ async function openVectorSession(
     cwd: io.cwd,
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
-  requireQdrant(resolved, what, enableHint);
-  // A ?query in either URL is never sent (a key in it would fail as a puzzling 401): refused as by serve.
-  checkBaseUrls(resolved, { upstreams: [resolved.config.embeddingUpstream || 'default'], qdrant: true });
+  // The PostgreSQL limit first: "set QDRANT_URL" would only lead to it.
   const location = resolveDatabaseLocation(
     resolved.config.databaseUrl,
     resolved.env,
@@ -76,6 +74,9 @@ async function openVectorSession(
       'config_invalid',
       `${settingSource(resolved, 'databaseUrl')} ${redactUrl(location.url)} is PostgreSQL: semantic search works with an SQLite database only in this version; point --db at the SQLite file serve records to`,
     );
+  requireQdrant(resolved, what, enableHint);
+  // A ?query in either URL is never sent (a key in it would fail as a puzzling 401): refused as by serve.
+  checkBaseUrls(resolved, { upstreams: [resolved.config.embeddingUpstream || 'default'], qdrant: true });
   if (location.path !== ':memory:' && (!existsSync(location.path) || statSync(location.path).size === 0)) {
     throw new OaiProxyError(
       'database_not_found',

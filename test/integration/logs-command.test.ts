@@ -564,6 +564,20 @@ describe('a database value that cannot be used: the message names where it came 
       { QDRANT_URL: 'http://127.0.0.1:9' },
       'oai-proxy: --db postgres://u:***@127.0.0.1:9/x is PostgreSQL: semantic search works with an SQLite database only in this version; point --db at the SQLite file serve records to\n',
     ],
+    // Without QDRANT_URL too: the PostgreSQL limit is said first, not "set QDRANT_URL", which would only
+    // lead to this refusal.
+    [
+      'logs search on PostgreSQL without QDRANT_URL',
+      ['logs', 'search', 'hello'],
+      { DATABASE_URL: 'postgres://u:pw@127.0.0.1:9/x' },
+      'oai-proxy: DATABASE_URL postgres://u:***@127.0.0.1:9/x is PostgreSQL: semantic search works with an SQLite database only in this version; point --db at the SQLite file serve records to\n',
+    ],
+    [
+      'logs reindex --db postgres:// without QDRANT_URL',
+      ['logs', 'reindex', '--db', 'postgres://u:pw@127.0.0.1:9/x'],
+      {},
+      'oai-proxy: --db postgres://u:***@127.0.0.1:9/x is PostgreSQL: semantic search works with an SQLite database only in this version; point --db at the SQLite file serve records to\n',
+    ],
   ] as const)('%s: exit 2', async (_, argv, env, message) => {
     const io = createTestIo({ HOME: tmp.path, ...env }, tmp.path);
     const code = await main([...argv], io);
