@@ -44,7 +44,7 @@ import type { ExchangeRecord, SpillReason } from '../storage/exchange-record.js'
 import { type LogFileHealth, type LogFileSystem, RotatingFile } from '../storage/log-file.js';
 import { createExchangeWriter, type ExchangeWriter } from '../storage/log-store.js';
 import { createPgExchangeWriter } from '../storage/pg-log-store.js';
-import { openPostgres, type PostgresDatabase, subscribeNotify } from '../storage/postgres.js';
+import { openPostgres, type PostgresDatabase, postgresError, subscribeNotify } from '../storage/postgres.js';
 import { startRecorderThread } from '../storage/recorder-thread.js';
 import { createSearchIndexer } from '../storage/search-index.js';
 import { createStatsRollup } from '../storage/stats-rollup.js';
@@ -200,6 +200,10 @@ export function isoNow(now = Date.now()): string {
   return `${minutePrefix}${sec < 10 ? '0' : ''}${sec}.${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z`;
 }
 
+/** Said when PostgreSQL refuses serve a connection for its connection limit: the pool's 4 and the LISTEN one. */
+const SERVE_PG_CONNECTIONS =
+  'serve uses up to 5 connections (a pool of 4 and one listening for model-registry changes) and needs at least 3 to start';
+
 /** Build and start the proxy from a resolved configuration. */
 export async function startProxy(
   resolved: ResolvedConfig,
@@ -238,7 +242,9 @@ export async function startProxy(
   // The database first: the default log file lives beside it, and a bad --db is the error to report.
   // Exactly one of the two is open: the SQLite file, or the PostgreSQL pool.
   const pgDatabase: PostgresDatabase | null =
-    location.kind === 'postgres' ? await openPostgres(location.url, { setting: location.setting }) : null;
+    location.kind === 'postgres'
+      ? await openPostgres(location.url, { setting: location.setting, needs: SERVE_PG_CONNECTIONS })
+      : null;
   let database = (
     location.kind === 'sqlite' ? await openDatabase(location.path, { requireWritable: true }) : null
   ) as OpenDatabase;
@@ -333,6 +339,13 @@ export async function startProxy(
 
   // What start-up has opened so far, undone newest first when a later step fails.
   const undo: (() => unknown)[] = [closeLogs, closeDatabase, () => checkpoints.stop()];
+  // A database error while reading or seeding the registry, as `logs` and `models` say it.
+  const startFailure = (err: unknown): unknown =>
+    isSqliteBusy(err)
+      ? lockedDatabaseError(where, 'the proxy did not start', err)
+      : pgDatabase
+        ? postgresError(pgDatabase.label, err, pgDatabase.setting, SERVE_PG_CONNECTIONS)
+        : err;
   const abandon = async (err: unknown): Promise<never> => {
     for (const step of undo.reverse()) await step();
     throw err;
@@ -537,7 +550,7 @@ export async function startProxy(
       },
     });
   } catch (err) {
-    return abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err);
+    return abandon(startFailure(err));
   }
   undo.push(() => registry.close());
   // Only with QDRANT_URL: otherwise nothing of the vector feature is built or loaded.
@@ -624,11 +637,7 @@ export async function startProxy(
   // can fail, and before it, so that no request is routed by the registry as it was before this start (an
   // alias not applied yet, a model refused). The port was checked before anything was opened; a port
   // taken between that check and this listen still fails the start with the registry already seeded.
-  await registry
-    .seed()
-    .catch((err) =>
-      abandon(isSqliteBusy(err) ? lockedDatabaseError(where, 'the proxy did not start', err) : err),
-    );
+  await registry.seed().catch((err) => abandon(startFailure(err)));
   // Seeding may have waited up to 5 s for a lock another process held.
   await stopIfAsked();
   await listenOn(proxy.server, config).catch(abandon);

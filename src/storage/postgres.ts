@@ -31,6 +31,8 @@ export interface OpenPostgresOptions {
   statementTimeoutMs?: number;
   /** Where the URL came from, named by errors (default `DATABASE_URL`; see settingSource). */
   setting?: string;
+  /** How many connections the command needs, said when PostgreSQL refuses one (see postgresError). */
+  needs?: string;
 }
 
 // Migrations run under this session advisory lock, so instances starting at once migrate one at a time
@@ -101,7 +103,7 @@ export async function openPostgres(
     }
   } catch (err) {
     await db.destroy().catch(() => undefined);
-    throw postgresError(label, err, setting);
+    throw postgresError(label, err, setting, options.needs);
   }
   return handle;
 }
@@ -129,9 +131,15 @@ export async function migratePostgres(db: Kysely<any>, label: string): Promise<v
 
 /**
  * A connection or server error as the user should read it: which database, what to check, and in which
- * setting (`--db`, `DATABASE_URL`, `"databaseUrl" in config file PATH`).
+ * setting (`--db`, `DATABASE_URL`, `"databaseUrl" in config file PATH`). `needs` (how many connections the
+ * command opens) is said when the server refuses one for its connection limit.
  */
-export function postgresError(label: string, err: unknown, setting = 'DATABASE_URL'): OaiProxyError {
+export function postgresError(
+  label: string,
+  err: unknown,
+  setting = 'DATABASE_URL',
+  needs?: string,
+): OaiProxyError {
   if (err instanceof OaiProxyError) return err;
   const e = err as { code?: string; message?: string };
   const msg = redactMessage(e.message ?? String(err));
@@ -146,6 +154,14 @@ export function postgresError(label: string, err: unknown, setting = 'DATABASE_U
     return new OaiProxyError(
       'database_error',
       `PostgreSQL at ${label} refused the login: ${msg}; check the user and password in ${setting}`,
+      { cause: err },
+    );
+  }
+  if (e.code === '53300') {
+    // too_many_connections: the role's or database's CONNECTION LIMIT, or the server's max_connections.
+    return new OaiProxyError(
+      'database_error',
+      `PostgreSQL at ${label} refused a connection: ${msg}; ${needs ? `${needs}; ` : ''}close other sessions, raise the limit (ALTER ROLE … CONNECTION LIMIT, or the server's max_connections), or name another user in ${setting}`,
       { cause: err },
     );
   }

@@ -4,6 +4,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { createFakeUpstream, type FakeUpstream } from '../helpers/fake-upstream.js';
 import {
+  adminQuery,
   createTestPgDatabase,
   pgQuery,
   pgUrl,
@@ -11,6 +12,7 @@ import {
   startRelay,
   warnIfNoPg,
 } from '../helpers/pg.js';
+import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 
@@ -349,4 +351,62 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     const contents = rows.map((r) => JSON.parse(r.request_body).messages[0].content).sort();
     expect(contents).toEqual(['before', ...Array.from({ length: 10 }, (_, i) => `during ${i}`)].sort());
   }, 60_000);
+});
+
+describe.skipIf(!pgUrl)("PostgreSQL's connection limit", () => {
+  // A role of its own, so the limit touches nothing else on the test cluster.
+  async function limitedRole(limit: number): Promise<string> {
+    const db = await createTestPgDatabase();
+    const role = `${db.name}_r`;
+    await adminQuery(`create role ${role} login password 'limit-pw-SECRET' connection limit ${limit}`);
+    await adminQuery(`alter database ${db.name} owner to ${role}`);
+    cleanups.push(async () => {
+      await db.drop();
+      await adminQuery(`drop role if exists ${role}`);
+    });
+    const url = new URL(db.url);
+    url.username = role;
+    url.password = 'limit-pw-SECRET';
+    return url.toString();
+  }
+  const limitText = (setting: string) =>
+    `close other sessions, raise the limit (ALTER ROLE … CONNECTION LIMIT, or the server's max_connections), or name another user in ${setting}`;
+  const needs =
+    'serve uses up to 5 connections (a pool of 4 and one listening for model-registry changes) and needs at least 3 to start';
+
+  // Serve opened its pool (one connection, migrating), then failed reading the registry for want of a
+  // second one and printed only `too many connections for role "…"`, without the database or setting.
+  test.each([
+    [1, 'seeding the registry'],
+    [0, 'opening the database'],
+  ])(
+    'serve with a limit of %i (fails %s): names the database and --db, says what serve needs, exit 1',
+    async (limit) => {
+      const url = await limitedRole(limit);
+      const up = await upstream();
+      const tmp = createTempDir();
+      cleanups.push(() => tmp.cleanup());
+      const io = createTestIo({ HOME: tmp.path }, tmp.path);
+      const code = await main(['serve', '--port', '0', '--upstream', up.baseUrl, '--db', url], io);
+      const role = new URL(url).username;
+      const label = url.replace('limit-pw-SECRET', '***');
+      expect(io.err()).toBe(
+        `oai-proxy: PostgreSQL at ${label} refused a connection: too many connections for role "${role}"; ${needs}; ${limitText('--db')}\n`,
+      );
+      expect(code).toBe(1);
+    },
+  );
+
+  test('logs and models say the same, without serve’s needs', async () => {
+    const url = await limitedRole(0);
+    const role = new URL(url).username;
+    const label = url.replace('limit-pw-SECRET', '***');
+    for (const argv of [['logs'], ['models', 'list']]) {
+      const io = createTestIo({ DATABASE_URL: url, HOME: '/nonexistent' });
+      expect(await main(argv, io)).toBe(1);
+      expect(io.err()).toBe(
+        `oai-proxy: PostgreSQL at ${label} refused a connection: too many connections for role "${role}"; ${limitText('DATABASE_URL')}\n`,
+      );
+    }
+  });
 });
