@@ -506,11 +506,14 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
    * a Bearer token, or that holds one as an element of a list: Node joins a repeated header's values with
    * `, ` (two `X-Api-Key: <key>` lines arrive as `<key>, <key>`).
    */
+  /**
+   * True when a header value holds one of the proxy's keys anywhere: alone, as a Bearer token, in a list
+   * Node joined from a repeated header, in a cookie (`s=<key>`) or after a scheme (`Token <key>`). A value
+   * that holds a secret leaks it, whatever surrounds it.
+   */
   const isProxyKey = (value: string | string[], adminKey: string | undefined): boolean => {
-    const isKeyValue = (v: string, key: string) => v.trim() === key || bearerToken(v.trimStart()) === key;
     for (const v of Array.isArray(value) ? value : [value]) {
-      const isKey = (key: string) =>
-        v.includes(key) && (isKeyValue(v, key) || v.split(',').some((part) => isKeyValue(part, key)));
+      const isKey = (key: string) => v.includes(key);
       if ((adminKey && isKey(adminKey)) || clientKeys.some(isKey) || retiredKeys.some(isKey)) return true;
     }
     return false;

@@ -86,7 +86,7 @@ describe('PROXY_API_KEYS', () => {
     for (const key of CLIENT_KEYS) expect(JSON.stringify(sent)).not.toContain(key);
   });
 
-  test('a proxy key in a repeated header (which Node joins with a comma) is not forwarded either', async () => {
+  test('a proxy key in a repeated header (which Node joins with a comma), a cookie or after another scheme is not forwarded either', async () => {
     const { upstream, proxy } = await setup({ ADMIN_API_KEY: 'adm-hardening-key-9999' });
     const body = '{"model":"gpt-4o","messages":[]}';
     const reply = await rawHttp(
@@ -97,16 +97,22 @@ describe('PROXY_API_KEYS', () => {
         'X-Custom: adm-hardening-key-9999\r\nX-Custom: x\r\n' +
         `X-Other: x\r\nX-Other: Bearer ${CLIENT_KEYS[1]}\r\n` +
         'X-Plain: a\r\nX-Plain: b\r\n' +
+        // Inside a longer value: a cookie, another scheme, a trailing separator.
+        `Cookie: theme=dark; s=${CLIENT_KEYS[1]}\r\nX-Auth: Token ${CLIENT_KEYS[0]}\r\n` +
+        `X-Key-Semi: ${CLIENT_KEYS[0]};\r\n` +
         `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
     );
     expect(reply.statuses).toEqual([200]);
     const sent = upstream.requests[0].headers;
-    expect([sent['x-api-key'], sent['x-custom'], sent['x-other'], sent.authorization]).toEqual([
-      undefined,
-      undefined,
-      undefined,
-      undefined,
-    ]);
+    expect([
+      sent['x-api-key'],
+      sent['x-custom'],
+      sent['x-other'],
+      sent.authorization,
+      sent.cookie,
+      sent['x-auth'],
+      sent['x-key-semi'],
+    ]).toEqual([undefined, undefined, undefined, undefined, undefined, undefined, undefined]);
     for (const key of [...CLIENT_KEYS, 'adm-hardening-key-9999'])
       expect(JSON.stringify(sent)).not.toContain(key);
     // A repeated header without a key goes as Node joined it.
