@@ -474,6 +474,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const currentSecrets = typeof secretsOption === 'function' ? secretsOption : () => secretsOption;
   let cors = limits.corsOrigins;
   const sockets = new Set<Socket>();
+  /** Connections reading the rest of an upload the upstream answered early (drainBody). */
+  const draining = new Set<Socket>();
   let clientKeys = (options.clientKeys ?? []).filter(Boolean);
   // Client keys a reload removed: no longer accepted, still never forwarded (a client may keep sending one).
   let retiredKeys: string[] = [];
@@ -1190,7 +1192,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       // Answered before the whole body came (an upstream refusing an upload at once): its record, with
       // the bytes received, waits for the rest, read and discarded.
       if (!req.complete && res.writableFinished && res.shouldKeepAlive && !req.destroyed)
-        drainBody(x, onStreamedBody, settle);
+        drainBody(x, onStreamedBody, settle, {
+          silenceMs: limits.clientBodyTimeoutMs,
+          keepAliveMs: server.keepAliveTimeout,
+          draining,
+        });
       else settle();
     });
     try {
@@ -1614,6 +1620,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       closing = true;
       const closed = new Promise<void>((r) => server.close(() => r()));
       server.closeIdleConnections();
+      // A connection still reading an upload answered early has its response: nothing to wait for.
+      for (const s of draining) s.destroy();
       const untilDrained = (ms: number, interruptible = false) =>
         inflight === 0
           ? Promise.resolve()
@@ -1717,6 +1725,14 @@ function drainBody(
   x: ExchangeContext,
   onBytes: ((bytes: number) => void) | undefined,
   done: () => void,
+  bounds: {
+    /** CLIENT_BODY_TIMEOUT_MS: a client silent this long mid-drain is cut (0: never). */
+    silenceMs: number;
+    /** The connection's idle timeout again once the body has ended. */
+    keepAliveMs: number;
+    /** Connections being drained: shutdown() closes them at once (their responses are complete). */
+    draining: Set<Socket>;
+  },
 ): void {
   const { req } = x;
   const socket = req.socket;
@@ -1730,12 +1746,20 @@ function drainBody(
     req.off('close', end);
     req.off('error', end);
     socket?.off('close', end);
+    if (socket) {
+      bounds.draining.delete(socket);
+      if (bounds.silenceMs > 0 && !socket.destroyed) socket.setTimeout(bounds.keepAliveMs);
+    }
     done();
   };
   if (!socket || socket.destroyed) {
     done();
     return;
   }
+  bounds.draining.add(socket);
+  // Silence mid-drain is a stalled client as mid-body is: the server's 'timeout' listener closes a
+  // connection no exchange watches (the response is complete), and `end` records the bytes that came.
+  if (bounds.silenceMs > 0) socket.setTimeout(bounds.silenceMs);
   // The body's reader, an iterator the finished upstream request no longer pulls, lets go of it.
   req.removeAllListeners('readable');
   req.removeAllListeners('data');

@@ -1,10 +1,12 @@
 import { createServer, type IncomingHttpHeaders, request } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
+import Database from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
 import { CHAT_ANSWER, chatCompletionBody, type FakeUpstream, sleep } from '../helpers/fake-upstream.js';
 import { proxyWithUpstreamPerTest, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
+import { until } from '../helpers/until.js';
 import { openUpstreamRequests } from './raw-http.js';
 
 const setup = proxyWithUpstreamPerTest();
@@ -550,4 +552,78 @@ describe('an upstream that answers before reading the upload', () => {
       expect(openUpstreamRequests()).toEqual([]);
     },
   );
+
+  /**
+   * Send the head of a 16 MB upload and its first 2 MB, then nothing more. Resolves with what came back and
+   * when the proxy closed the connection (ms after the 2 MB were written), or null when it did not within
+   * `waitMs`.
+   */
+  function stalledUpload(
+    proxyUrl: string,
+    waitMs: number,
+    onAnswer: () => void = () => undefined,
+  ): Promise<{ answer: string; closedAfterMs: number | null }> {
+    const { port } = new URL(proxyUrl);
+    return new Promise((resolve) => {
+      const s = connect(Number(port), '127.0.0.1');
+      const received: Buffer[] = [];
+      let sentAt = 0;
+      const finish = (closedAfterMs: number | null) => {
+        clearTimeout(timer);
+        s.destroy();
+        resolve({ answer: Buffer.concat(received).toString('latin1'), closedAfterMs });
+      };
+      const timer = setTimeout(() => finish(null), waitMs);
+      s.on('data', (d) => {
+        received.push(d);
+        onAnswer();
+      });
+      s.on('error', () => undefined);
+      s.on('close', () => finish(Date.now() - sentAt));
+      s.write(
+        `POST /v1/early200 HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${16 * 1024 * 1024}\r\n\r\n`,
+      );
+      s.write(Buffer.alloc(2 * 1024 * 1024), () => {
+        sentAt = Date.now();
+      });
+    });
+  }
+
+  test('a client that stalls while the rest is discarded is cut after CLIENT_BODY_TIMEOUT_MS; the row counts what came', async () => {
+    const upstream = await earlyAnsweringUpstream(413, '{"error":{"message":"too large"}}');
+    const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, CLIENT_BODY_TIMEOUT_MS: '500' });
+    open.push(proxy, upstream);
+    const { answer, closedAfterMs } = await stalledUpload(proxy.url, 5000);
+    expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+    // Cut after its silence (not held to the 65 s keep-alive timeout).
+    expect(closedAfterMs).not.toBeNull();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ status: 413, request_bytes: 2 * 1024 * 1024 });
+  });
+
+  test('a stop while the rest is discarded does not wait for it: the response was complete; the row is written', async () => {
+    const upstream = await earlyAnsweringUpstream(413, '{"error":{"message":"too large"}}');
+    const proxy = await startTestProxy({
+      OPENAI_BASE_URL: upstream.baseUrl,
+      CLIENT_BODY_TIMEOUT_MS: '0',
+      SHUTDOWN_GRACE_MS: '5000',
+    });
+    open.push(upstream);
+    let answered = false;
+    const upload = stalledUpload(proxy.url, 10_000, () => {
+      answered = true;
+    });
+    await until('the 413 answered', async () => answered);
+    await sleep(200);
+    const t0 = Date.now();
+    // The stop itself (close() would also remove the files): then read the row it wrote.
+    await proxy.running.close();
+    expect(Date.now() - t0).toBeLessThan(2500);
+    expect((await upload).closedAfterMs).not.toBeNull();
+    const db = new Database(proxy.dbPath, { readonly: true });
+    const rows = db.prepare('select status, request_bytes from exchanges').all();
+    db.close();
+    await proxy.close();
+    expect(rows).toEqual([{ status: 413, request_bytes: 2 * 1024 * 1024 }]);
+  });
 });
