@@ -258,6 +258,7 @@ function initialAnswers(
   const str = (k: string) =>
     typeof existing[k] === 'string' && existing[k] !== '' ? (existing[k] as string) : undefined;
 
+  const fileType = fileApiType(existing);
   const kindFlag = flag('--kind', options.kind, validateKind, (v) => v.toLowerCase() as UpstreamKind);
   // An Azure portal URL's ?api-version (…/deployments/d?api-version=2024-02-01) is the api-version, as
   // serve takes it. With any other query the URL is refused as written.
@@ -270,14 +271,10 @@ function initialAnswers(
   // An explicit --upstream decides the kind by itself; otherwise the file's type and URL do.
   const kind =
     kindFlag ??
-    (upstreamFlag
-      ? inferKind(upstreamFlag, undefined)
-      : inferKind(str('openaiBaseUrl'), str('openaiApiType')));
+    (upstreamFlag ? inferKind(upstreamFlag, undefined) : inferKind(str('openaiBaseUrl'), fileType));
   const baseUrl =
     upstreamFlag ??
-    (kindFlag && kindFlag !== inferKind(str('openaiBaseUrl'), str('openaiApiType'))
-      ? undefined
-      : str('openaiBaseUrl')) ??
+    (kindFlag && kindFlag !== inferKind(str('openaiBaseUrl'), fileType) ? undefined : str('openaiBaseUrl')) ??
     KIND_BASE_URL[kind];
   if (!interactive) {
     const ok = validateBaseUrl(baseUrl, kind);
@@ -611,7 +608,7 @@ export function applyAnswers(existing: Record<string, unknown>, a: InitAnswers):
   // Serve infers Azure from the base URL (and from OPENAI_BASE_URL when that replaces it): a pinned
   // "openai" would turn that off. Written only when chosen, or needed to contradict the inference.
   const openaiType =
-    inferredType(a.baseUrl) === 'azure' || existing.openaiApiType === 'openai' ? 'openai' : undefined;
+    inferredType(a.baseUrl) === 'azure' || fileApiType(existing) === 'openai' ? 'openai' : undefined;
   set('openaiApiType', a.kind === 'azure' ? 'azure' : openaiType);
   set('openaiApiVersion', a.kind === 'azure' ? a.apiVersion : undefined);
   set('openaiApiKey', a.apiKey);
@@ -769,6 +766,12 @@ export function maskValues(values: Record<string, unknown>): Record<string, unkn
 
 function generateAdminKey(): string {
   return `oaip_${randomBytes(32).toString('base64url')}`;
+}
+
+/** The file's `openaiApiType` as serve reads it: trimmed, in any case ("Azure" is azure). */
+function fileApiType(existing: Record<string, unknown>): string | undefined {
+  const v = existing.openaiApiType;
+  return typeof v === 'string' && v.trim() !== '' ? v.trim().toLowerCase() : undefined;
 }
 
 /**

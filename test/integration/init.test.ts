@@ -659,6 +659,46 @@ describe('init writes only what serve would not derive by itself', () => {
     expect(await main(['init', '--yes', '--force', '--no-check'], createTestIo(h.env, h.dir))).toBe(0);
     expect(readJson(h.configPath)).toMatchObject({ openaiApiType: 'azure', openaiApiVersion: '2024-10-21' });
   });
+
+  // serve reads enums in any case and with spaces around; init read only "azure" / "openai" as written,
+  // so a gateway URL typed "Azure" became plain OpenAI on the next run and lost its api-version.
+  test.each([
+    ['Azure', 'azure'],
+    [' AZURE ', 'azure'],
+  ])(
+    're-running init over "openaiApiType": %j at a gateway host keeps it Azure, api-version too',
+    async (type, written) => {
+      const h = tempHome();
+      const base = 'https://gw.example.com/openai';
+      mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+      writeFileSync(
+        h.configPath,
+        JSON.stringify({ openaiBaseUrl: base, openaiApiType: type, openaiApiVersion: '2024-06-01' }),
+      );
+      const io = createTestIo(h.env, h.dir);
+      expect(await main(['init', '--yes', '--force', '--no-check', '--port', '9001'], io)).toBe(0);
+      expect(io.err()).toBe('');
+      expect(readJson(h.configPath)).toMatchObject({
+        openaiBaseUrl: base,
+        openaiApiType: written,
+        openaiApiVersion: '2024-06-01',
+        port: 9001,
+      });
+    },
+  );
+
+  test('re-running init over "openaiApiType": "OpenAI" at an Azure-looking URL keeps it OpenAI', async () => {
+    const h = tempHome();
+    const base = 'https://gw.openai.azure.com/openai/deployments/d';
+    mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+    writeFileSync(h.configPath, JSON.stringify({ openaiBaseUrl: base, openaiApiType: 'OpenAI' }));
+    expect(
+      await main(['init', '--yes', '--force', '--no-check', '--port', '9001'], createTestIo(h.env, h.dir)),
+    ).toBe(0);
+    const file = readJson(h.configPath);
+    expect(file).toMatchObject({ openaiBaseUrl: base, openaiApiType: 'openai' });
+    expect(file).not.toHaveProperty('openaiApiVersion');
+  });
 });
 
 describe('init --check: one GET {baseUrl}/models, reported, never blocking the write', () => {
