@@ -155,7 +155,10 @@ function fileIdentity(path: string): string | null {
   }
 }
 
-/** `code`: config_invalid (exit 2) for serve, which must write the path it was given. */
+/**
+ * `code`: config_invalid (exit 2) for serve, which must write the path it was given, when the path is
+ * what is wrong; a full disk, a quota or an I/O error is a runtime failure (database_error, exit 1).
+ */
 function ensureFile(path: string, code: ErrorCode): void {
   checkNotDirectory(path, code);
   try {
@@ -163,11 +166,28 @@ function ensureFile(path: string, code: ErrorCode): void {
     if (!existsSync(path)) closeSync(openSync(path, 'a', 0o600));
   } catch (err) {
     throw new OaiProxyError(
-      code,
+      isPathError(err) ? code : 'database_error',
       `Cannot create database ${path}: ${pathProblem(path, err)}; choose another location with --db or DATABASE_URL`,
       { cause: err },
     );
   }
+}
+
+/** Errors another path fixes (the user's setting); anything else (ENOSPC, EDQUOT, EIO, unknown) is not. */
+const PATH_ERRORS: ReadonlySet<string> = new Set([
+  'EACCES',
+  'EPERM',
+  'EROFS',
+  'ENOTDIR',
+  'EISDIR',
+  'EEXIST',
+  'ENOENT',
+  'ENAMETOOLONG',
+  'ELOOP',
+]);
+
+function isPathError(err: unknown): boolean {
+  return PATH_ERRORS.has((err as NodeJS.ErrnoException)?.code ?? '');
 }
 
 function checkNotDirectory(path: string, code: ErrorCode = 'database_error'): void {
