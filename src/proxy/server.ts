@@ -534,6 +534,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         const v = req.headers[name];
         if (v === undefined || !isProxyKey(v, adminKey)) continue;
         if (clientHeaders === req.headers) clientHeaders = { ...req.headers };
+        // A key offered as a subprotocol (`openai-insecure-api-key.<key>`, the openai SDK's way in a
+        // browser): that entry goes, the others (`realtime`) stay, unless the key is in one of them too.
+        if (name === 'sec-websocket-protocol') {
+          clientHeaders = dropSubprotocolKey(clientHeaders);
+          const rest = clientHeaders[name];
+          if (rest === undefined || !isProxyKey(rest, adminKey)) continue;
+        }
         delete clientHeaders[name];
       }
     }
