@@ -217,6 +217,10 @@ export async function startRegistry(
         unknown: !known && config.validateModels,
       };
     },
+    refusesUnknown() {
+      const { config } = settings.resolved;
+      return config.validateModels && !config.allowUnknownModels;
+    },
   };
 
   const reload = async (): Promise<ReloadOutcome> => {

@@ -84,6 +84,12 @@ export interface RouteDecision {
  */
 export interface ModelRouter {
   route(model: string | null): RouteDecision | null;
+  /**
+   * True when unknown models are refused (VALIDATE_MODELS=true without ALLOW_UNKNOWN_MODELS): a body
+   * declared JSON that the proxy cannot parse is refused then, as its model cannot be checked (an
+   * upstream with a laxer parser, Python's json.loads with NaN or UTF-16, would still serve it).
+   */
+  refusesUnknown?(): boolean;
 }
 
 /** An exchange the proxy answers itself (admin API, /models). Returns true when it handled the request. */
@@ -845,8 +851,20 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         // A UTF-8 byte order mark, which JSON.parse refuses, but Python's json.loads (vLLM) and llama.cpp
         // skip: the upstream would read the model the proxy did not check.
         json = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
-      } catch {
-        json = undefined; // not ours to judge: the upstream answers malformed JSON
+      } catch (err) {
+        // Not ours to judge (the upstream answers malformed JSON), unless models are checked: a body whose
+        // model cannot be read must not pass a policy that refuses unknown ones.
+        if (isJsonType(contentType) && options.router?.refusesUnknown?.()) {
+          x.respondError(
+            400,
+            'invalid_request',
+            `The request body is not valid JSON (${(err as Error).message.slice(0, 200)}), so its model cannot be checked: this proxy refuses unknown models (VALIDATE_MODELS). Send a UTF-8 JSON body`,
+            'invalid_request_error',
+            'invalid_json',
+          );
+          return;
+        }
+        json = undefined;
       }
       if (json && typeof json === 'object' && !Array.isArray(json)) {
         const obj = json as Record<string, unknown>;

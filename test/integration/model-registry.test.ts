@@ -165,6 +165,47 @@ describe('validation and aliases', () => {
     ]);
   });
 
+  test('a JSON body the proxy cannot parse is refused while unknown models are refused (its model cannot be checked), forwarded otherwise', async () => {
+    const up = await upstream();
+    // Python's json.loads (vLLM, FastAPI) takes NaN, and UTF-16: such an upstream would read the model.
+    const bodies = [
+      '{"model":"secret-model","messages":[],"temperature":NaN}',
+      Buffer.from('{"model":"secret-model","messages":[]}', 'utf16le'),
+    ];
+    const send = (url: string, body: string | Buffer) =>
+      fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: typeof body === 'string' ? body : new Uint8Array(body),
+      });
+    const strict = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, VALIDATE_MODELS: 'true' });
+    for (const body of bodies) {
+      const res = await send(strict.url, body);
+      expect(res.status).toBe(400);
+      expect((await res.json()).error).toMatchObject({
+        type: 'invalid_request_error',
+        code: 'invalid_json',
+        message: expect.stringMatching(
+          /^The request body is not valid JSON \(.+\), so its model cannot be checked/,
+        ),
+      });
+    }
+    expect(up.requests).toHaveLength(0);
+    const rows = await strict.waitForRows(2);
+    expect(rows.map((r) => [r.status, r.error])).toEqual([
+      [400, 'invalid_request'],
+      [400, 'invalid_request'],
+    ]);
+    // Unknown models allowed (recorded as unknown): not the proxy's to judge, the upstream answers it.
+    const lenient = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      VALIDATE_MODELS: 'true',
+      ALLOW_UNKNOWN_MODELS: 'true',
+    });
+    expect((await send(lenient.url, bodies[0])).status).toBe(200);
+    expect(up.requests).toHaveLength(1);
+  });
+
   test('ALLOW_UNKNOWN_MODELS=true: unknown models pass and the record marks them unknown', async () => {
     const up = await upstream();
     const p = await proxyWith({
