@@ -299,6 +299,10 @@ export async function startProxy(
         logger.warn(
           `log file ${logPath} is writable again; ${dropped} lines could not be written and were dropped`,
         ),
+      onRotateError: (err) =>
+        logger.warn(
+          `log file ${logPath} could not be rotated (${err.message}): lines are still appended to it, past LOG_MAX_BYTES, until a rotation works; make ${logPath}.1 to .${config.logMaxFiles} plain files this user can rename, or remove them`,
+        ),
     });
   } catch (err) {
     await closeDatabase();

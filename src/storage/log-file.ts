@@ -72,6 +72,11 @@ export interface RotatingFileOptions {
   onError?: (err: NodeJS.ErrnoException) => void;
   /** A write succeeded again after onError; `dropped`: lines dropped during the outage. */
   onRecover?: (dropped: number) => void;
+  /**
+   * A rotation failed (a rename refused: a directory at `path.N`, permissions): once, until one succeeds.
+   * Lines are still appended to `path`, which meanwhile grows past maxBytes.
+   */
+  onRotateError?: (err: NodeJS.ErrnoException) => void;
   /** Lines the file dropped (whole lines, except the rest of a line partly written): what they were. */
   onDrop?: (lines: string | Buffer) => void;
 }
@@ -134,6 +139,8 @@ export class RotatingFile {
   /** Failing from a write or open that failed until one succeeds (retried every `retryMs`, not backed off). */
   private readonly streak: FailureStreak;
   private dropped = 0;
+  /** The last rotation failed (said once through onRotateError). */
+  private rotateFailing = false;
   /** Lines dropped since the outage began (reported on recovery). */
   private droppedInOutage = 0;
   private retryTimer: NodeJS.Timeout | null = null;
@@ -550,10 +557,15 @@ export class RotatingFile {
         if (existsSync(`${path}.${i}`)) renameSync(`${path}.${i}`, `${path}.${i + 1}`);
       }
       if (existsSync(path)) renameSync(path, `${path}.1`);
-    } catch {
-      // Rotation is best effort.
+    } catch (err) {
+      // Rotation is best effort: the lines still go to `path`. Said once, until a rotation works again.
+      if (!this.rotateFailing) {
+        this.rotateFailing = true;
+        this.options.onRotateError?.(err as NodeJS.ErrnoException);
+      }
       return false;
     }
+    this.rotateFailing = false;
     // Rotated files beyond maxFiles, left by a run with a larger LOG_MAX_FILES: deleted only when the
     // proxy rotates by itself, never at start-up, so that an external logrotate's files (`rotate 14`,
     // `dateformat .%Y%m%d`) survive a restart.

@@ -1,4 +1,13 @@
-import { existsSync, readFileSync, renameSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { type LogFileSystem, nodeLogFileSystem, RotatingFile } from '../../src/storage/log-file.js';
@@ -193,6 +202,33 @@ test('a write that does not return: health() says stalled, waiting lines are bou
   (late as unknown as () => void)();
   expect(opens).toBe(opened);
   expect(f.health()).toMatchObject({ droppedLines: 3, writeInFlight: false });
+});
+
+test('a rotation that fails (a directory at path.1) is reported once, the lines still go to the file, and rotation resumes once the path is free', async () => {
+  const path = join(dir.path, 'r.log');
+  mkdirSync(`${path}.1/sub`, { recursive: true });
+  const errors: string[] = [];
+  const f = new RotatingFile({
+    path,
+    maxBytes: 100,
+    maxFiles: 1,
+    daily: false,
+    onRotateError: (err) => errors.push(err.code ?? err.message),
+  });
+  await f.ready();
+  for (let i = 0; i < 10; i++) {
+    f.write(`${JSON.stringify({ n: i, pad: 'x'.repeat(30) })}\n`);
+    await f.ready();
+  }
+  await until('the lines written', () => lines(path).length === 10);
+  expect(errors).toHaveLength(1);
+  expect(errors[0]).toMatch(/^E/);
+  // The directory goes: rotations work again, and a later failure is reported again.
+  rmSync(`${path}.1`, { recursive: true });
+  f.write(`${JSON.stringify({ n: 10 })}\n`);
+  await until('a rotation', () => existsSync(`${path}.1`) && lines(`${path}.1`).length > 0);
+  expect(errors).toHaveLength(1);
+  await f.end();
 });
 
 test('a burst queued in one go (rows spilled at a stop) on a healthy disk is all written, past the pending bound', async () => {
