@@ -189,7 +189,11 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
         sqlite = next;
         writeBatch = null;
         reopening = false;
-        streak.retryNow();
+        // Nothing to write (an idle proxy noticed it): the file opened again is what ends the failure.
+        if (queue.length === 0) {
+          streak.succeeded();
+          options.onState?.();
+        } else streak.retryNow();
       },
       (err) => {
         reopening = false;
@@ -253,7 +257,12 @@ export function createExchangeWriter(options: ExchangeWriterOptions): ExchangeWr
     if (queue.length > 0 && !streak.failing) draining = setImmediate(drainSlice);
   };
   const timer = setInterval(() => {
-    if (!draining) drainSlice();
+    if (draining) return;
+    // Idle, the file is still watched: a backup moved into place while nothing is written would share
+    // the old file's -wal and -shm with every other opener (`logs`, `models`) until the next row, and
+    // SQLite would read the old file's pages into it (edits lost, "malformed").
+    if (queue.length === 0) checkMoved();
+    else drainSlice();
   }, options.flushIntervalMs);
   timer.unref();
 

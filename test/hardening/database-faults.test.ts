@@ -325,6 +325,38 @@ describe('database trouble while running', () => {
     expect((await chat(proxy.url)).status).toBe(200);
     await until('the next row', () => countRows(proxy.dbPath) === 8);
   });
+
+  test('a backup moved into place while the proxy is idle: noticed without a request, so `models add` on it lasts', async () => {
+    const { proxy } = await setup({ LOG_FLUSH_INTERVAL_MS: '50' });
+    for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(3);
+    const backup = `${proxy.dbPath}.backup`;
+    const live = new Database(proxy.dbPath);
+    live.exec(`vacuum into '${backup}'`);
+    live.close();
+    for (let i = 0; i < 2; i++) expect((await chat(proxy.url)).status).toBe(200);
+    await proxy.waitForRows(5);
+    const oldWal = statSync(`${proxy.dbPath}-wal`).ino;
+    renameSync(backup, proxy.dbPath);
+    // No request from here on: the proxy lets go of the old file's -wal and -shm by itself (removes them;
+    // the file it opens again gets its own).
+    await until('the proxy to let go of the old -wal', () => {
+      try {
+        return statSync(`${proxy.dbPath}-wal`).ino !== oldWal;
+      } catch {
+        return true;
+      }
+    });
+    expect(await models(proxy, 'add', 'zz-after-restore')).toMatchObject({ code: 0 });
+    const shown = await models(proxy, 'show', 'zz-after-restore');
+    expect(shown.code).toBe(0);
+    expect(shown.out).toContain('zz-after-restore');
+    const check = new Database(proxy.dbPath, { readonly: true });
+    expect(check.pragma('integrity_check', { simple: true })).toBe('ok');
+    expect(check.prepare('select count(*) as n from exchanges').get()).toEqual({ n: 3 });
+    check.close();
+    await untilDatabaseOk(proxy.url);
+  });
 });
 
 test.skipIf(readOnlyUnsupported)(
