@@ -510,14 +510,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
   const adminKeyOption = options.adminKey;
   const currentAdminKey = typeof adminKeyOption === 'function' ? adminKeyOption : () => adminKeyOption;
   /**
-   * A header value that is one of this proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS, retired ones), bare or as
-   * a Bearer token, or that holds one as an element of a list: Node joins a repeated header's values with
-   * `, ` (two `X-Api-Key: <key>` lines arrive as `<key>, <key>`).
-   */
-  /**
-   * True when a header value holds one of the proxy's keys anywhere: alone, as a Bearer token, in a list
-   * Node joined from a repeated header, in a cookie (`s=<key>`) or after a scheme (`Token <key>`). A value
-   * that holds a secret leaks it, whatever surrounds it.
+   * True when a header value holds one of the proxy's keys (ADMIN_API_KEY, PROXY_API_KEYS, retired ones)
+   * anywhere: alone, as a Bearer token, in a list Node joined from a repeated header, in a cookie
+   * (`s=<key>`), after a scheme (`Token <key>`), as a subprotocol. A value that holds a secret leaks it.
    */
   const isProxyKey = (value: string | string[], adminKey: string | undefined): boolean => {
     for (const v of Array.isArray(value) ? value : [value]) {
@@ -1360,10 +1355,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       upstreamOrigin = decision.upstream.origin;
       let headers = forwardableHeaders(req);
       // A key offered as a subprotocol is an Authorization header by other means: the upstream's own key
-      // replaces it, and one of the proxy's keys is never forwarded.
-      const offered = subprotocolKey(headers);
-      if (offered !== null && (decision.upstream.apiKey || isProxyKey(offered, currentAdminKey())))
-        headers = dropSubprotocolKey(headers);
+      // replaces it (one of the proxy's keys is gone already: forwardableHeaders).
+      if (decision.upstream.apiKey && subprotocolKey(headers) !== null) headers = dropSubprotocolKey(headers);
       const shape = shapeUpstreamRequest(decision.upstream, rest, upstreamQuery, headers);
       await dispatchUpstream(x, upstreamOrigin, 'GET', shape.path, shape.headers, null, relay);
     } catch (err) {
