@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import {
@@ -17,7 +17,6 @@ import {
   withoutSecrets,
 } from '../config/load.js';
 import {
-  dataDir,
   defaultConfigPath,
   redactUrl,
   resolveDatabaseLocation,
@@ -814,7 +813,8 @@ function defaultApiVersion(baseUrl: string): string | undefined {
 
 /** The database serve uses when none is configured, as resolved where init runs. */
 function defaultDatabaseUrl(io: CliIo): string {
-  return join(dataDir(io.env), 'oai-proxy.db');
+  const loc = resolveDatabaseLocation(undefined, io.env, io.cwd);
+  return loc.kind === 'sqlite' ? loc.path : loc.url;
 }
 
 /**
