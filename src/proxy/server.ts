@@ -159,7 +159,6 @@ const MISSING_HOST_MESSAGE = 'Missing Host header: a request must name the host 
 
 /** The methods the proxy forwards: the `allow` of its 405 to CONNECT. */
 const ALLOWED_METHODS = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
-const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 
 /**
  * The last bytes of a response over CAPTURE_BODY_BYTES kept besides its stored head: a JSON answer ends
@@ -819,11 +818,11 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
     const { req } = x;
     const method = req.method ?? 'GET';
     const contentType = String(req.headers['content-type'] ?? '');
+    // Whatever the method: a GET, HEAD or OPTIONS that carries a body has it forwarded and recorded too.
     const hasBody =
-      BODY_METHODS.has(method) &&
-      (req.headers['content-length'] !== undefined
+      req.headers['content-length'] !== undefined
         ? req.headers['content-length'] !== '0'
-        : req.headers['transfer-encoding'] !== undefined);
+        : req.headers['transfer-encoding'] !== undefined;
     let body: Buffer | AsyncIterable<Buffer> | null = null;
     let contentLength: number | undefined;
     let multipart: MultipartModelScan | null = null;
@@ -1800,7 +1799,7 @@ export function bodyWatchOf(socket: Socket): ExchangeContext | undefined {
  * content-length is over `limit`.
  */
 function declaredOverLimit(req: IncomingMessage, limit: number): boolean {
-  if (!BODY_METHODS.has(req.method ?? '') || !(Number(req.headers['content-length']) > limit)) return false;
+  if (!(Number(req.headers['content-length']) > limit)) return false;
   const contentType = String(req.headers['content-type'] ?? '');
   if (!isJsonType(contentType) && !isJsonCandidateType(contentType)) return false;
   const target = normaliseTarget(req.url);

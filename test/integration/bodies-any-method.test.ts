@@ -1,0 +1,120 @@
+import { type IncomingHttpHeaders, request } from 'node:http';
+import { describe, expect, test } from 'vitest';
+import { proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
+
+const setupProxy = proxyWithUpstreamPerTest();
+
+/** A proxy in front of a fake upstream that answers `/v1/vector_stores` with an empty list. */
+async function setup(env: Record<string, string> = {}) {
+  const both = await setupProxy(env);
+  both.upstream.on('/v1/vector_stores', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end('{"object":"list","data":[]}');
+  });
+  return both;
+}
+
+interface Reply {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+/** A request through node:http, which (unlike fetch) sends a body with any method. */
+function send(
+  url: string,
+  method: string,
+  headers: Record<string, string>,
+  chunks: string[] = [],
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, headers }, (res) => {
+      let body = '';
+      res.on('data', (d) => {
+        body += d;
+      });
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    for (const c of chunks) req.write(c);
+    req.end();
+  });
+}
+
+describe('a body on a method that usually has none is forwarded and recorded like any other', () => {
+  test('GET with a JSON body (content-length): the upstream gets it, the row stores it', async () => {
+    const { upstream, proxy } = await setup();
+    const body = '{"model":"gpt-4o","limit":5}';
+    const res = await send(
+      `${proxy.url}/v1/vector_stores`,
+      'GET',
+      { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+      [body],
+    );
+    expect(res.status).toBe(200);
+    const got = upstream.requests.at(-1)!;
+    expect(got.method).toBe('GET');
+    expect(got.body.toString()).toBe(body);
+    expect(got.headers['content-length']).toBe(String(Buffer.byteLength(body)));
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({
+      method: 'GET',
+      path: '/v1/vector_stores',
+      status: 200,
+      request_bytes: Buffer.byteLength(body),
+      request_body: body,
+      model: 'gpt-4o',
+    });
+  });
+
+  test('GET, HEAD, OPTIONS with a chunked body streamed through (an upload path): forwarded as sent', async () => {
+    const { upstream, proxy } = await setup();
+    for (const method of ['GET', 'HEAD', 'OPTIONS']) {
+      const res = await send(
+        `${proxy.url}/v1/files/file-abc`,
+        method,
+        { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' },
+        ['hello ', 'world'],
+      );
+      expect(res.status).toBeLessThan(500);
+      const got = upstream.requests.at(-1)!;
+      expect(got.method).toBe(method);
+      expect(got.body.toString()).toBe('hello world');
+    }
+    const rows = await proxy.waitForRows(3);
+    expect(rows.map((r) => [r.method, r.request_bytes, r.request_body])).toEqual([
+      ['GET', 11, 'hello world'],
+      ['HEAD', 11, 'hello world'],
+      ['OPTIONS', 11, 'hello world'],
+    ]);
+  });
+
+  test('a GET without a body is sent without one, as before', async () => {
+    const { upstream, proxy } = await setup();
+    const res = await send(`${proxy.url}/v1/vector_stores`, 'GET', {});
+    expect(res.status).toBe(200);
+    const got = upstream.requests.at(-1)!;
+    expect(got.body.length).toBe(0);
+    expect(got.headers['content-length']).toBeUndefined();
+    expect(got.headers['transfer-encoding']).toBeUndefined();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ request_bytes: 0, request_body: null });
+  });
+
+  test('a CORS preflight with a body is still answered by the proxy, not forwarded', async () => {
+    const { upstream, proxy } = await setup({ CORS_ORIGINS: 'http://app.example' });
+    const res = await send(
+      `${proxy.url}/v1/chat/completions`,
+      'OPTIONS',
+      {
+        origin: 'http://app.example',
+        'access-control-request-method': 'POST',
+        'content-length': '5',
+      },
+      ['hello'],
+    );
+    expect(res.status).toBe(204);
+    expect(res.headers['access-control-allow-origin']).toBe('http://app.example');
+    expect(upstream.requests).toHaveLength(0);
+  });
+});
