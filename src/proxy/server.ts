@@ -286,7 +286,8 @@ export class ExchangeContext {
     this.status = status;
     this.responseHeaders = h;
     this.responseContentType = h['content-type'];
-    if (buf.length > 0) this.responseCapture.push(buf);
+    // A HEAD is answered with the head alone (node:http sends no body): nothing to record either.
+    if (buf.length > 0 && this.req.method !== 'HEAD') this.responseCapture.push(buf);
     if (this.res.destroyed) return;
     this.res.writeHead(status, h);
     this.res.end(buf);

@@ -1,5 +1,6 @@
 import { type IncomingHttpHeaders, request } from 'node:http';
 import { describe, expect, test } from 'vitest';
+import { rawHttp } from '../hardening/raw-http.js';
 import { proxyWithUpstreamPerTest } from '../helpers/test-proxy.js';
 
 const setupProxy = proxyWithUpstreamPerTest();
@@ -116,5 +117,38 @@ describe('a body on a method that usually has none is forwarded and recorded lik
     expect(res.status).toBe(204);
     expect(res.headers['access-control-allow-origin']).toBe('http://app.example');
     expect(upstream.requests).toHaveLength(0);
+  });
+});
+
+describe("the proxy's own answers to HEAD record no body", () => {
+  test('HEAD /v1/models: no body sent, none recorded', async () => {
+    const { upstream, proxy } = await setup();
+    const reply = await rawHttp(
+      proxy.url,
+      'HEAD /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    expect(reply.statuses).toEqual([200]);
+    // Nothing after the head.
+    expect(reply.text.endsWith('\r\n\r\n')).toBe(true);
+    const get = await send(`${proxy.url}/v1/models`, 'GET', {});
+    expect(get.status).toBe(200);
+    const [head, got] = await proxy.waitForRows(2);
+    expect(head).toMatchObject({ method: 'HEAD', status: 200, response_bytes: 0, response_body: null });
+    // The head says what a GET would send.
+    expect(JSON.parse(head.response_headers!)['content-length']).toBe(String(Buffer.byteLength(get.body)));
+    expect(got).toMatchObject({ method: 'GET', response_bytes: Buffer.byteLength(get.body) });
+    expect(upstream.requests).toHaveLength(0);
+  });
+
+  test('HEAD /v1/models/{unknown}: a 404 without a body, recorded without one', async () => {
+    const { proxy } = await setup();
+    const reply = await rawHttp(
+      proxy.url,
+      'HEAD /v1/models/no-such-model HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    );
+    expect(reply.statuses).toEqual([404]);
+    expect(reply.text.endsWith('\r\n\r\n')).toBe(true);
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ method: 'HEAD', status: 404, response_bytes: 0, response_body: null });
   });
 });
