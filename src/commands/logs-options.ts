@@ -134,13 +134,23 @@ export function parseChoice<T extends string>(
   return t;
 }
 
+/**
+ * A name or text flag's value, refused when empty or blank (`--model ""`, an unset shell variable):
+ * it would match nothing, silently. `example` is the flag with a value, for the message.
+ */
+export function requireFlagValue(text: string, flag: string, what: string, example: string): string {
+  if (text.trim() === '') throw new OaiProxyError('usage', `${flag} needs a value: ${what}, e.g. ${example}`);
+  return text;
+}
+
 /** A character the search index keeps in its words: a letter, a digit or a private-use character. */
 const SEARCHABLE_CHARACTER = /[\p{L}\p{N}\p{Co}]/u;
 
 /** Turn the filter flags into a LogFilter. `now` anchors relative times. */
 export function resolveLogFilter(flags: LogFilterFlags, now: number): LogFilter {
   const filter: LogFilter = {};
-  if (flags.model !== undefined) filter.model = flags.model;
+  if (flags.model !== undefined)
+    filter.model = requireFlagValue(flags.model, '--model', 'a model name', '--model gpt-4o');
   if (flags.since !== undefined) filter.since = parseTimeBound(flags.since, '--since', now);
   if (flags.until !== undefined) filter.until = parseTimeBound(flags.until, '--until', now);
   if (filter.since !== undefined && filter.until !== undefined && filter.since >= filter.until)
@@ -149,8 +159,10 @@ export function resolveLogFilter(flags: LogFilterFlags, now: number): LogFilter 
       `--since ${flags.since} is not before --until ${flags.until}: nothing can match`,
     );
   if (flags.status !== undefined) filter.status = parseStatus(flags.status);
-  if (flags.path !== undefined) filter.pathPrefix = flags.path;
-  if (flags.user !== undefined) filter.user = flags.user;
+  if (flags.path !== undefined)
+    filter.pathPrefix = requireFlagValue(flags.path, '--path', 'a request path prefix', '--path /v1/chat');
+  if (flags.user !== undefined)
+    filter.user = requireFlagValue(flags.user, '--user', 'the request body\'s "user" field', '--user alice');
   if (flags.stream !== undefined) filter.stream = flags.stream;
   if (flags.grep !== undefined) {
     // The index's words are runs of letters and digits (FTS5's unicode61): a query without one (only

@@ -15,7 +15,7 @@ import { createQdrantStore, type VectorStore } from '../vector/qdrant-store.js';
 import type { CliIo } from './io.js';
 import type { LogsExtensions } from './logs.js';
 import { renderExchangeTable, toExchangeJson } from './logs-format.js';
-import { parseTimeBound } from './logs-options.js';
+import { parseTimeBound, requireFlagValue } from './logs-options.js';
 import { useColor } from './terminal-text.js';
 import {
   createVectorServices,
@@ -129,7 +129,10 @@ function positiveInt(value: string | undefined, flag: string, fallback: number, 
 export async function runLogsSearch(text: string, options: LogsSearchOptions, io: CliIo): Promise<number> {
   if (!text.trim()) throw new OaiProxyError('usage', 'logs search needs a non-empty TEXT to search for');
   const limit = positiveInt(options.limit, '--limit', 10, 1000);
-  const since = options.since ? new Date(parseTimeBound(options.since, '--since', Date.now())) : undefined;
+  const since =
+    options.since !== undefined ? new Date(parseTimeBound(options.since, '--since', Date.now())) : undefined;
+  if (options.model !== undefined)
+    requireFlagValue(options.model, '--model', 'a model name', '--model gpt-4o');
   const session = await openVectorSession(options, io, '`oai-proxy logs search`');
   try {
     const { services, database } = session;
@@ -172,7 +175,8 @@ export async function runLogsSearch(text: string, options: LogsSearchOptions, io
 
 /** `oai-proxy logs reindex`: index every recorded exchange not yet in Qdrant, in batches, resumably. */
 export async function runLogsReindex(options: LogsReindexOptions, io: CliIo): Promise<number> {
-  const sinceMs = options.since ? parseTimeBound(options.since, '--since', Date.now()) : undefined;
+  const sinceMs =
+    options.since !== undefined ? parseTimeBound(options.since, '--since', Date.now()) : undefined;
   const batchSize = positiveInt(options.batchSize, '--batch-size', 64, 2048);
   const session = await openVectorSession(options, io, '`oai-proxy logs reindex`', REINDEX_ENABLE_HINT);
   try {

@@ -49,6 +49,7 @@ import {
   parseCount,
   parseDuration,
   parseTimeBound,
+  requireFlagValue,
   resolveLogFilter,
 } from './logs-options.js';
 import { terminalSafe, useColor } from './terminal-text.js';
@@ -399,6 +400,7 @@ export async function runLogsStats(opts: LogsStatsOptions, io: CliIo): Promise<n
 export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise<number> {
   const filter = resolveLogFilter(opts, Date.now());
   const format = parseChoice(opts.format, '--format', ['jsonl', 'csv'] as const, 'jsonl');
+  if (opts.out !== undefined) requireFlagValue(opts.out, '--out', 'a file to write', '--out week.jsonl');
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'asc');
   return withDatabase(opts, io, true, async (handle, resolved) => {
     if (opts.out) refuseOwnFiles(opts.out, resolved, io.cwd);

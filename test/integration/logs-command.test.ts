@@ -755,6 +755,27 @@ describe('flag values: SQLite', () => {
     expect(r.out).toMatch(/^would delete 0 exchanges started before 0110-/);
   });
 
+  // `logs --model "$MODEL"` with MODEL unset matched nothing and exited 0: "No exchanges match.", or an
+  // empty export.
+  test.each([
+    [['--model', ''], '--model needs a value: a model name, e.g. --model gpt-4o'],
+    [['--model', ' '], '--model needs a value: a model name, e.g. --model gpt-4o'],
+    [['--path', ''], '--path needs a value: a request path prefix, e.g. --path /v1/chat'],
+    [['--user', ''], `--user needs a value: the request body's "user" field, e.g. --user alice`],
+    [['tail', '--model', ''], '--model needs a value'],
+    [['stats', '--path', ''], '--path needs a value'],
+    [['export', '--user', ''], '--user needs a value'],
+    [['export', '--out', ''], '--out needs a value: a file to write, e.g. --out week.jsonl'],
+    [['search', 'text', '--model', ''], '--model needs a value: a model name, e.g. --model gpt-4o'],
+    [['search', 'text', '--since', ''], '--since "" is neither a duration'],
+    [['reindex', '--since', ''], '--since "" is neither a duration'],
+  ])('logs %j: exit 2 saying the flag needs a value', async (argv, message) => {
+    const r = await logs(...argv);
+    expect(r.err.split('\n')[0]).toContain(`oai-proxy: ${message}`);
+    expect(r.code).toBe(2);
+    expect(r.out).toBe('');
+  });
+
   test('--status given twice means either (as 4xx,5xx), for listing, stats and export', async () => {
     await seedSqlite(dbPath, [rec('b1', { status: 404 }), rec('c1', { status: 503 })]);
     const ids = (out: string) => (JSON.parse(out) as { id: string }[]).map((x) => x.id.slice(0, 2)).sort();
