@@ -584,10 +584,14 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
     }
     case 'list':
     case 'models':
-      return v
-        .split(',')
-        .map((s) => s.trim())
-        .filter(Boolean);
+      return checkClientKeys(
+        def,
+        v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean),
+        where,
+      );
     case 'object': {
       let parsed: unknown;
       try {
@@ -600,6 +604,37 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
     default:
       return invalid(where, def, 'a value set in the config file only');
   }
+}
+
+/**
+ * The client keys `keys` as read from `where`, refused when the setting is there but turns client auth
+ * off unawares: it holds no key (`[]`, `PROXY_API_KEYS=,`, `" "`), or the file's array has an empty or
+ * blank entry (`[""]`). `keys` of any other setting are returned as they are. The keys are never shown.
+ */
+function checkClientKeys(def: SettingDef, keys: string[], where: string): string[] {
+  if (def.key !== 'proxyApiKeys') return keys;
+  const fromFile = where.startsWith('config file');
+  const off = fromFile
+    ? `remove "${def.key}" from the file to run without client keys`
+    : `leave ${def.env} empty or unset to run without client keys`;
+  const blank = keys.findIndex((k) => k.trim() === '');
+  if (blank !== -1)
+    invalid(
+      `${where}, ${def.key}[${blank}]`,
+      def,
+      'a client key',
+      NO_VALUE,
+      `it is empty: put a key in it or remove the entry (${off})`,
+    );
+  if (keys.length === 0)
+    invalid(
+      where,
+      def,
+      fromFile ? 'client keys' : 'comma-separated client keys',
+      NO_VALUE,
+      `it holds none: give at least one key, or ${off}`,
+    );
+  return keys;
 }
 
 /** Check a config-file JSON value against the setting's type; keys unknown inside its entries go to `unknownKey`. */
@@ -628,15 +663,19 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
     }
     case 'list':
       if (typeof v === 'string')
-        return v
-          .split(',')
-          .map((s) => s.trim())
-          .filter(Boolean);
+        return checkClientKeys(
+          def,
+          v
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean),
+          where,
+        );
       if (!Array.isArray(v)) invalid(where, def, 'an array of strings', v);
       for (const [i, x] of v.entries())
         if (typeof x !== 'string')
           invalid(where, def, 'an array of strings', v, `element [${i}] is ${kindOf(x)}`);
-      return v;
+      return checkClientKeys(def, v, where);
     case 'object':
       return checkStringMap(def, v, where);
     case 'models':

@@ -310,6 +310,11 @@ describe('admin API editing the registry', () => {
         { adminApiKey: ADMIN_KEY, proxyApiKeys: [CLIENT_KEY, 7] },
         `"proxyApiKeys" in config file ${configFile}: expected an array of strings; element [1] is a number`,
       ],
+      // Client auth would have gone off: refused, the keys in force kept.
+      [
+        { adminApiKey: ADMIN_KEY, proxyApiKeys: [CLIENT_KEY, ''] },
+        `"proxyApiKeys" in config file ${configFile}, proxyApiKeys[1]: expected a client key; it is empty`,
+      ],
       [
         {
           adminApiKey: ADMIN_KEY,
@@ -328,8 +333,8 @@ describe('admin API editing the registry', () => {
       expect(refused.status).toBe(400);
       expect(refused.body.error.message).toContain(says);
     }
-    const rows = (await p.waitForRows(2)).filter((r) => r.path === '/admin/reload-config');
-    expect(rows.map((r) => r.status)).toEqual([400, 400]);
+    const rows = (await p.waitForRows(3)).filter((r) => r.path === '/admin/reload-config');
+    expect(rows.map((r) => r.status)).toEqual([400, 400, 400]);
     expect(rows[0].error_message).toContain('element [1] is a number');
     const seen = JSON.stringify([rows, p.logLines(), p.stderr()]);
     expect(seen).not.toContain(CLIENT_KEY);

@@ -48,6 +48,27 @@ test.each([
     { file: { modelMappings: { a: 'b', b: 'a' } } },
     'Invalid "modelMappings" in config file {file}: ',
   ],
+  // Set, but with no usable client key: serve ran with client auth off, without a word.
+  [
+    'an empty client key in the file',
+    { file: { proxyApiKeys: [''] } },
+    'Invalid "proxyApiKeys" in config file {file}, proxyApiKeys[0]: expected a client key; it is empty: put a key in it or remove the entry (remove "proxyApiKeys" from the file to run without client keys)',
+  ],
+  [
+    'a blank client key beside a real one in the file',
+    { file: { proxyApiKeys: ['pk-team-key-0123456789', ' '] } },
+    'Invalid "proxyApiKeys" in config file {file}, proxyApiKeys[1]: expected a client key; it is empty',
+  ],
+  [
+    'PROXY_API_KEYS of commas only',
+    { env: { PROXY_API_KEYS: ',' } },
+    'Invalid PROXY_API_KEYS (environment): expected comma-separated client keys; it holds none: give at least one key, or leave PROXY_API_KEYS empty or unset to run without client keys',
+  ],
+  [
+    'PROXY_API_KEYS of a space in .env',
+    { dotenv: 'PROXY_API_KEYS=" "\n' },
+    'Invalid PROXY_API_KEYS (.env in {dir}): expected comma-separated client keys; it holds none',
+  ],
 ])('serve refusing %s names where it came from, exit 2', async (_name, layers, expected) => {
   const tmp = createTempDir();
   cleanups.push(tmp.cleanup);
@@ -66,4 +87,5 @@ test.each([
   const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent', ...env }, tmp.path);
   expect(await main(['serve', '--port', '0', '--db', join(tmp.path, 'a.db')], io)).toBe(2);
   expect(io.err()).toContain(expected.replace('{file}', file).replace('{dir}', tmp.path));
+  expect(io.err()).not.toContain('pk-team-key');
 });

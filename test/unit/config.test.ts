@@ -160,6 +160,72 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
   });
 });
 
+describe('client keys: set but holding no key is refused, naming where, never showing a key', () => {
+  const KEY = 'pk-team-key-0123456789';
+  test.each([
+    [
+      'file [""]',
+      { proxyApiKeys: [''] },
+      {},
+      '"proxyApiKeys" in config file {p}, proxyApiKeys[0]: expected a client key; it is empty: put a key in it or remove the entry (remove "proxyApiKeys" from the file to run without client keys)',
+    ],
+    [
+      'file [key, "  "]',
+      { proxyApiKeys: [KEY, '  '] },
+      {},
+      '"proxyApiKeys" in config file {p}, proxyApiKeys[1]: expected a client key; it is empty',
+    ],
+    [
+      'file []',
+      { proxyApiKeys: [] },
+      {},
+      '"proxyApiKeys" in config file {p}: expected client keys; it holds none: give at least one key, or remove "proxyApiKeys" from the file to run without client keys',
+    ],
+    [
+      'file ","',
+      { proxyApiKeys: ',' },
+      {},
+      '"proxyApiKeys" in config file {p}: expected client keys; it holds none',
+    ],
+    [
+      'PROXY_API_KEYS=,',
+      undefined,
+      { PROXY_API_KEYS: ',' },
+      'PROXY_API_KEYS (environment): expected comma-separated client keys; it holds none: give at least one key, or leave PROXY_API_KEYS empty or unset to run without client keys',
+    ],
+    [
+      'PROXY_API_KEYS=" "',
+      undefined,
+      { PROXY_API_KEYS: ' ' },
+      'PROXY_API_KEYS (environment): expected comma-separated client keys; it holds none',
+    ],
+    [
+      'PROXY_API_KEYS=" , "',
+      undefined,
+      { PROXY_API_KEYS: ' , ' },
+      'PROXY_API_KEYS (environment): expected comma-separated client keys; it holds none',
+    ],
+  ])('%s', (_name, file, env, message) => {
+    const p = file ? write('oai-proxy.config.json', file) : '';
+    expect(() => resolve({ OPENAI_API_KEY: KEY.replace('pk', 'sk'), ...env })).toThrow(
+      `Invalid ${message.replace('{p}', p)}`,
+    );
+    try {
+      resolve(env);
+    } catch (err) {
+      expect((err as Error).message).not.toContain(KEY);
+    }
+  });
+
+  test.each([
+    ['PROXY_API_KEYS= (empty: unset, as for every variable)', { PROXY_API_KEYS: '' }, []],
+    ['a trailing comma', { PROXY_API_KEYS: `${KEY},` }, [KEY]],
+    ['two keys', { PROXY_API_KEYS: `${KEY}, k2-0123456789` }, [KEY, 'k2-0123456789']],
+  ])('%s is accepted', (_name, env, keys) => {
+    expect(resolve(env).config.proxyApiKeys).toEqual(keys);
+  });
+});
+
 describe('invalid values name the setting and where it came from', () => {
   test.each([
     [{ PORT: 'abc' }, /Invalid PORT \(environment\) = abc: expected an integer from 0 to 65535/],
