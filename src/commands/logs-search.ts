@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import { checkBaseUrls, type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
+import { SERVE_ONLY_SETTINGS } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher } from '../proxy/forward.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
@@ -55,11 +56,13 @@ async function openVectorSession(
   what: string,
   enableHint?: string,
 ): Promise<VectorSession> {
+  const command = what.replaceAll('`', '');
   const resolved = resolveConfig({
     configPath: options.config,
     flags: { db: options.db },
     env: io.env,
     cwd: io.cwd,
+    unused: { command, settings: SERVE_ONLY_SETTINGS },
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   // The PostgreSQL limit first: "set QDRANT_URL" would only lead to it.

@@ -10,6 +10,7 @@ import {
   withoutConfiguredSecrets,
 } from '../config/load.js';
 import { resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
+import { SERVE_ONLY_SETTINGS, UPSTREAM_CALL_SETTINGS } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
 import { openDatabase } from '../storage/database.js';
@@ -109,6 +110,7 @@ export async function openLogsDatabase(
     flags: { db: flags.db },
     env: io.env,
     cwd: io.cwd,
+    unused: { command: 'oai-proxy logs', settings: [...SERVE_ONLY_SETTINGS, ...UPSTREAM_CALL_SETTINGS] },
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   try {

@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseEnv } from 'node:util';
-import { OaiProxyError } from '../errors.js';
+import { isOaiProxyError, OaiProxyError } from '../errors.js';
 import { defaultConfigPath, redactUrl } from './paths.js';
 import {
   type Config,
@@ -28,6 +28,11 @@ export interface ResolveConfigOptions {
   cwd?: string;
   /** Read `./.env` (default true). */
   dotenv?: boolean;
+  /**
+   * For a command other than `serve` (`oai-proxy logs`): the settings it never reads. An invalid value of
+   * one is a warning and the value is skipped, instead of stopping a command that does not use it.
+   */
+  unused?: { command: string; settings: readonly ConfigKey[] };
 }
 
 export interface ResolvedConfig {
@@ -157,6 +162,23 @@ function resolveLayers(
 
   for (const s of SETTINGS) if (s.default !== undefined) values[s.key] = structuredClone(s.default);
 
+  // An invalid value of a setting the command never reads is a warning naming it, and that layer's value
+  // is skipped (SKIP); any other error stops the command.
+  const SKIP = Symbol('skip');
+  const parse = (key: ConfigKey, fn: () => unknown): unknown => {
+    const unused = options.unused;
+    if (!unused?.settings.includes(key)) return fn();
+    try {
+      return fn();
+    } catch (err) {
+      if (!isOaiProxyError(err, 'config_invalid')) throw err;
+      warnings.push(
+        `${err.message}; ignored: \`${unused.command}\` does not use it (\`oai-proxy serve\` would refuse it)`,
+      );
+      return SKIP;
+    }
+  };
+
   const configFile = findConfigFile(options.configPath, env, cwd);
   if (configFile) {
     const raw = readConfigFile(configFile);
@@ -174,7 +196,9 @@ function resolveLayers(
         continue;
       }
       if (v === null || v === undefined) continue;
-      values[def.key] = fromFile(def, v, where, unknownKey);
+      const parsed = parse(def.key, () => fromFile(def, v, where, unknownKey));
+      if (parsed === SKIP) continue;
+      values[def.key] = parsed;
       sources[def.key] = where;
     }
   }
@@ -187,7 +211,9 @@ function resolveLayers(
       if (!def.env) continue;
       const v = layer[def.env];
       if (v === undefined || v === '') continue;
-      values[def.key] = fromString(def, v, `${def.env} (${where})`);
+      const parsed = parse(def.key, () => fromString(def, v, `${def.env} (${where})`));
+      if (parsed === SKIP) continue;
+      values[def.key] = parsed;
       sources[def.key] = where;
     }
   }
@@ -196,7 +222,9 @@ function resolveLayers(
     const v = options.flags?.[name as keyof ConfigFlags];
     if (v === undefined) continue;
     const def = SETTINGS.find((s) => s.key === key)!;
-    values[key] = fromString(def, v, flag);
+    const parsed = parse(key, () => fromString(def, v, flag));
+    if (parsed === SKIP) continue;
+    values[key] = parsed;
     sources[key] = flag;
   }
 

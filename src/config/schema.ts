@@ -367,3 +367,35 @@ export const SETTINGS: readonly SettingDef[] = [
     description: 'Named upstream for embeddings (default: the default upstream)',
   },
 ];
+
+/**
+ * Settings only `serve` reads (listening, the recorder, limits, CORS, model validation, admin and client
+ * keys): `logs` and `models` warn about an invalid value of one instead of stopping (resolveConfig's
+ * `unused`).
+ */
+export const SERVE_ONLY_SETTINGS: readonly ConfigKey[] = [
+  'host',
+  'port',
+  'logLevel',
+  'logMaxBytes',
+  'logRotateDaily',
+  'logFlushIntervalMs',
+  'logQueueMax',
+  'searchIndex',
+  'clientBodyTimeoutMs',
+  'maxRequestBodyBytes',
+  'shutdownGraceMs',
+  'corsOrigins',
+  'validateModels',
+  'allowUnknownModels',
+  'adminApiKey',
+  'proxyApiKeys',
+];
+
+/** Settings for calls to the upstream: read by `serve`, and by `logs search` / `logs reindex` to embed. */
+export const UPSTREAM_CALL_SETTINGS: readonly ConfigKey[] = [
+  'upstreamConnectTimeoutMs',
+  'upstreamHeadersTimeoutMs',
+  'upstreamIdleTimeoutMs',
+  'captureBodyBytes',
+];

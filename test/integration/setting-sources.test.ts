@@ -2,6 +2,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
+import { openDatabase } from '../../src/storage/database.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 import { createTestIo } from '../helpers/test-proxy.js';
 
@@ -88,4 +89,69 @@ test.each([
   expect(await main(['serve', '--port', '0', '--db', join(tmp.path, 'a.db')], io)).toBe(2);
   expect(io.err()).toContain(expected.replace('{file}', file).replace('{dir}', tmp.path));
   expect(io.err()).not.toContain('pk-team-key');
+});
+
+/** A temp dir holding an empty oai-proxy database `a.db`, as `serve` leaves it. */
+async function dirWithDatabase(): Promise<{ dir: string; db: string }> {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const db = join(tmp.path, 'a.db');
+  await (await openDatabase(db)).close();
+  return { dir: tmp.path, db };
+}
+
+// `PORT=abc oai-proxy logs` stopped on a setting logs never reads.
+test('logs and models warn about a bad value of a setting only serve reads, and run; serve still refuses it', async () => {
+  const { dir, db } = await dirWithDatabase();
+  writeFileSync(join(dir, 'oai-proxy.config.json'), JSON.stringify({ corsOrigins: 5, proxyApiKeys: [''] }));
+  const env = { HOME: dir, LOG_LEVEL: 'silent', PORT: 'abc', UPSTREAM_IDLE_TIMEOUT_MS: '-1' };
+  const ignored = (command: string) =>
+    `; ignored: \`${command}\` does not use it (\`oai-proxy serve\` would refuse it)\n`;
+  for (const [argv, command, out] of [
+    [['logs', '--json'], 'oai-proxy logs', '[]\n'],
+    [['models', 'list', '--json'], 'oai-proxy models', '"gpt-4o"'],
+  ] as const) {
+    const io = createTestIo(env, dir);
+    expect(await main([...argv, '--db', db], io), io.err()).toBe(0);
+    expect(io.out()).toContain(out);
+    const err = io.err();
+    expect(err).toContain(
+      `warning: Invalid PORT (environment) = abc: expected an integer from 0 to 65535${ignored(command)}`,
+    );
+    expect(err).toContain(
+      `warning: Invalid UPSTREAM_IDLE_TIMEOUT_MS (environment) = -1: expected an integer from 1 to 2147483647${ignored(command)}`,
+    );
+    expect(err).toContain(
+      `warning: Invalid "corsOrigins" in config file ${join(dir, 'oai-proxy.config.json')}`,
+    );
+    expect(err).toContain(`proxyApiKeys[0]: expected a client key; it is empty`);
+  }
+  const io = createTestIo(env, dir);
+  expect(await main(['serve', '--port', '0', '--db', db], io)).toBe(2);
+  expect(io.err()).toMatch(/^oai-proxy: Invalid /);
+});
+
+test('a setting the command reads is still checked: the log files logs names, the timeouts logs search uses', async () => {
+  const { dir, db } = await dirWithDatabase();
+  const run = async (argv: string[], env: Record<string, string>) => {
+    const io = createTestIo({ HOME: dir, PORT: 'abc', ...env }, dir);
+    return { code: await main([...argv, '--db', db], io), err: io.err() };
+  };
+  let r = await run(['logs'], { LOG_MAX_FILES: '0' });
+  expect(r.code).toBe(2);
+  expect(r.err).toContain(
+    'oai-proxy: Invalid LOG_MAX_FILES (environment) = 0: expected an integer from 1 to 1000\n',
+  );
+  r = await run(['logs', 'search', 'x'], {
+    UPSTREAM_IDLE_TIMEOUT_MS: '-1',
+    QDRANT_URL: 'http://127.0.0.1:1',
+  });
+  expect(r.code).toBe(2);
+  expect(r.err).toContain(
+    'oai-proxy: Invalid UPSTREAM_IDLE_TIMEOUT_MS (environment) = -1: expected an integer',
+  );
+  r = await run(['logs', 'search', 'x'], {});
+  expect(r.err).toContain(
+    'warning: Invalid PORT (environment) = abc: expected an integer from 0 to 65535; ignored: `oai-proxy logs search` does not use it',
+  );
 });

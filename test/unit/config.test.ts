@@ -226,6 +226,26 @@ describe('client keys: set but holding no key is refused, naming where, never sh
   });
 });
 
+describe('unused: a bad value of a setting the command does not read is a warning', () => {
+  const unused = { command: 'oai-proxy logs', settings: ['port', 'corsOrigins'] as const };
+  test('the value is skipped (the lower layer or default kept), with a warning naming it', () => {
+    write('oai-proxy.config.json', { port: 1234, corsOrigins: 5 });
+    const { config, warnings, sources } = resolve({ PORT: 'abc' }, { unused });
+    expect(config.port).toBe(1234);
+    expect(config.corsOrigins).toEqual([]);
+    expect(sources.corsOrigins).toBeUndefined();
+    expect(warnings).toEqual([
+      `Invalid "corsOrigins" in config file ${join(dir.path, 'oai-proxy.config.json')} = 5: expected an array of strings; ignored: \`oai-proxy logs\` does not use it (\`oai-proxy serve\` would refuse it)`,
+      'Invalid PORT (environment) = abc: expected an integer from 0 to 65535; ignored: `oai-proxy logs` does not use it (`oai-proxy serve` would refuse it)',
+    ]);
+  });
+
+  test('any other setting still stops it, and without `unused` so does a listed one', () => {
+    expect(() => resolve({ LOG_MAX_FILES: '0' }, { unused })).toThrow(/^Invalid LOG_MAX_FILES/);
+    expect(() => resolve({ PORT: 'abc' })).toThrow(/^Invalid PORT/);
+  });
+});
+
 describe('invalid values name the setting and where it came from', () => {
   test.each([
     [{ PORT: 'abc' }, /Invalid PORT \(environment\) = abc: expected an integer from 0 to 65535/],
