@@ -136,12 +136,8 @@ export function knownSecrets(options: {
   urls?: readonly (string | undefined)[];
 }): string[] {
   const secrets = new Set<string>();
-  let dotenv: Env = {};
-  try {
-    dotenv = readDotenv(options.cwd);
-  } catch {
-    // An unreadable .env is reported by resolveConfig; here it only holds no secrets to hide.
-  }
+  // An unreadable .env is reported by resolveConfig; here it only holds no secrets to hide.
+  const dotenv = readDotenvQuietly(options.cwd);
   addLayerSecrets(secrets, dotenv);
   addLayerSecrets(secrets, options.env);
   for (const u of options.urls ?? []) addUrlPassword(secrets, u);
@@ -179,7 +175,7 @@ function resolveLayers(
     }
   };
 
-  const configFile = findConfigFile(options.configPath, env, cwd);
+  const configFile = findConfigFile(options.configPath, env, cwd, dotenv);
   if (configFile) {
     const raw = readConfigFile(configFile);
     onFile(raw);
@@ -397,9 +393,23 @@ export function configuredKeys(resolved: ResolvedConfig): { setting: string; val
   return out;
 }
 
-/** `--config` (must exist) > OAI_PROXY_CONFIG (must exist) > ./oai-proxy.config.json > XDG config.json. */
-export function findConfigFile(explicit: string | undefined, env: Env, cwd: string): string | undefined {
-  if (explicit) {
+/**
+ * `--config` (must exist) > OAI_PROXY_CONFIG (must exist) > ./oai-proxy.config.json > XDG config.json.
+ * OAI_PROXY_CONFIG and XDG_CONFIG_HOME are looked up in `env`, then in `dotenv`, `./.env` in `cwd` (read
+ * here when not given): it is found before the config file and does not depend on it.
+ */
+export function findConfigFile(
+  explicit: string | undefined,
+  env: Env,
+  cwd: string,
+  dotenv: Env = readDotenvQuietly(cwd),
+): string | undefined {
+  if (explicit !== undefined) {
+    if (explicit.trim() === '')
+      throw new OaiProxyError(
+        'usage',
+        '--config needs a value: a config file path, e.g. --config ./oai-proxy.config.json (leave it out to use the one found as usual)',
+      );
     const p = resolve(cwd, explicit);
     if (!existsSync(p))
       throw new OaiProxyError(
@@ -408,18 +418,22 @@ export function findConfigFile(explicit: string | undefined, env: Env, cwd: stri
       );
     return p;
   }
-  if (env.OAI_PROXY_CONFIG) {
-    const p = resolve(cwd, env.OAI_PROXY_CONFIG);
+  const lookup = { ...dotenv, ...env };
+  if (lookup.OAI_PROXY_CONFIG) {
+    const p = resolve(cwd, lookup.OAI_PROXY_CONFIG);
+    const dotenvFile = resolve(cwd, '.env');
     if (!existsSync(p))
       throw new OaiProxyError(
         'config_not_found',
-        `Config file ${p} (from OAI_PROXY_CONFIG) does not exist; unset OAI_PROXY_CONFIG or fix the path`,
+        env.OAI_PROXY_CONFIG
+          ? `Config file ${p} (from OAI_PROXY_CONFIG) does not exist; unset OAI_PROXY_CONFIG or fix the path`
+          : `Config file ${p} (from OAI_PROXY_CONFIG in ${dotenvFile}) does not exist; remove that line from ${dotenvFile} or fix the path`,
       );
     return p;
   }
   const local = resolve(cwd, 'oai-proxy.config.json');
   if (existsSync(local)) return local;
-  const user = defaultConfigPath(env);
+  const user = defaultConfigPath(lookup);
   if (existsSync(user)) return user;
   return undefined;
 }
@@ -467,6 +481,15 @@ function readTextFile(path: string): string {
     );
   const text = bytes.toString('utf8');
   return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+}
+
+/** `./.env` in `cwd`, or nothing when it cannot be read (resolveConfig reports that). */
+function readDotenvQuietly(cwd: string): Env {
+  try {
+    return readDotenv(cwd);
+  } catch {
+    return {};
+  }
 }
 
 /** `./.env` in `cwd` as parseEnv reads it, with a warning naming the lines it ignored (see withoutBareLines). */

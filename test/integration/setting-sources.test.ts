@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -153,5 +153,40 @@ test('a setting the command reads is still checked: the log files logs names, th
   r = await run(['logs', 'search', 'x'], {});
   expect(r.err).toContain(
     'warning: Invalid PORT (environment) = abc: expected an integer from 0 to 65535; ignored: `oai-proxy logs search` does not use it',
+  );
+});
+
+// OAI_PROXY_CONFIG in .env was ignored: the config file was looked for in the environment only.
+test('OAI_PROXY_CONFIG in .env names the config file; the environment beats it; a missing one names the .env', async () => {
+  const { dir, db } = await dirWithDatabase();
+  mkdirSync(join(dir, 'conf'));
+  writeFileSync(join(dir, 'conf', 'proxy.json'), JSON.stringify({ databaseUrl: db }));
+  writeFileSync(join(dir, 'other.json'), JSON.stringify({ databaseUrl: join(dir, 'missing.db') }));
+  writeFileSync(join(dir, '.env'), 'OAI_PROXY_CONFIG=conf/proxy.json\n');
+  const logs = async (env: Record<string, string> = {}) => {
+    const io = createTestIo({ HOME: dir, ...env }, dir);
+    return { code: await main(['logs', '--json'], io), out: io.out(), err: io.err() };
+  };
+  let r = await logs();
+  expect(r.err).toBe('');
+  expect(r.code).toBe(0);
+  expect(r.out).toBe('[]\n');
+  r = await logs({ OAI_PROXY_CONFIG: 'other.json' });
+  expect(r.code).toBe(1);
+  expect(r.err).toContain(`No database at ${join(dir, 'missing.db')}`);
+  writeFileSync(join(dir, '.env'), 'OAI_PROXY_CONFIG=conf/nope.json\n');
+  r = await logs();
+  expect(r.code).toBe(2);
+  expect(r.err).toBe(
+    `oai-proxy: Config file ${join(dir, 'conf', 'nope.json')} (from OAI_PROXY_CONFIG in ${join(dir, '.env')}) does not exist; remove that line from ${join(dir, '.env')} or fix the path\n`,
+  );
+});
+
+test('--config "" exits 2 saying it needs a value (it was ignored, and the usual file read)', async () => {
+  const { dir, db } = await dirWithDatabase();
+  const io = createTestIo({ HOME: dir }, dir);
+  expect(await main(['logs', '--config', '', '--db', db], io)).toBe(2);
+  expect(io.err()).toBe(
+    'oai-proxy: --config needs a value: a config file path, e.g. --config ./oai-proxy.config.json (leave it out to use the one found as usual)\n',
   );
 });

@@ -141,6 +141,22 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
     expect(resolve({ OAI_PROXY_CONFIG: viaEnv }, { configPath: explicit }).config.port).toBe(4);
   });
 
+  test('OAI_PROXY_CONFIG and XDG_CONFIG_HOME are read from .env too (the environment wins); --config "" is refused', () => {
+    write('oai-proxy.config.json', { port: 2 });
+    const viaDotenv = write('conf/dotenv.json', { port: 5 });
+    const viaEnv = write('env.json', { port: 3 });
+    write('.env', 'OAI_PROXY_CONFIG=conf/dotenv.json\n');
+    expect(resolve()).toMatchObject({ configFile: viaDotenv, config: { port: 5 } });
+    expect(resolve({ OAI_PROXY_CONFIG: viaEnv }).config.port).toBe(3);
+    expect(resolve({}, { dotenv: false }).config.port).toBe(2);
+    write('xdg/oai-proxy/config.json', { port: 6 });
+    write('.env', `XDG_CONFIG_HOME=${join(dir.path, 'xdg')}\n`);
+    expect(resolve({}, { cwd: join(dir.path, 'conf') }).config.port).toBe(8000);
+    write('conf/.env', `XDG_CONFIG_HOME=${join(dir.path, 'xdg')}\n`);
+    expect(resolve({}, { cwd: join(dir.path, 'conf') }).config.port).toBe(6);
+    expect(() => resolve({}, { configPath: ' ' })).toThrow(/^--config needs a value: a config file path/);
+  });
+
   test('XDG_CONFIG_HOME is honoured', () => {
     write('xdg/oai-proxy/config.json', { host: '0.0.0.0' });
     expect(resolve({ XDG_CONFIG_HOME: join(dir.path, 'xdg') }).config.host).toBe('0.0.0.0');
