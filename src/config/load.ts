@@ -80,12 +80,21 @@ export function settingNames(resolved: Pick<ResolvedConfig, 'sources'>): {
   };
 }
 
-const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string }> = {
+/** `needs`: what an empty value of the flag is refused with (it would mean the default, silently). */
+const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string; needs?: string }> = {
   port: { key: 'port', flag: '--port' },
   host: { key: 'host', flag: '--host' },
   upstream: { key: 'openaiBaseUrl', flag: '--upstream' },
-  db: { key: 'databaseUrl', flag: '--db' },
-  logFile: { key: 'logFilePath', flag: '--log-file' },
+  db: {
+    key: 'databaseUrl',
+    flag: '--db',
+    needs: 'a database path or URL, e.g. --db ./proxy.db (leave it out for the default database)',
+  },
+  logFile: {
+    key: 'logFilePath',
+    flag: '--log-file',
+    needs: 'a file path, e.g. --log-file ./proxy.log (leave it out for oai-proxy.log beside the database)',
+  },
 };
 
 /**
@@ -214,9 +223,10 @@ function resolveLayers(
     }
   }
 
-  for (const [name, { key, flag }] of Object.entries(FLAG_TO_KEY)) {
+  for (const [name, { key, flag, needs }] of Object.entries(FLAG_TO_KEY)) {
     const v = options.flags?.[name as keyof ConfigFlags];
     if (v === undefined) continue;
+    if (needs && v.trim() === '') throw new OaiProxyError('usage', `${flag} needs a value: ${needs}`);
     const def = SETTINGS.find((s) => s.key === key)!;
     const parsed = parse(key, () => fromString(def, v, flag));
     if (parsed === SKIP) continue;

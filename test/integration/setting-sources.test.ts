@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -189,4 +189,28 @@ test('--config "" exits 2 saying it needs a value (it was ignored, and the usual
   expect(io.err()).toBe(
     'oai-proxy: --config needs a value: a config file path, e.g. --config ./oai-proxy.config.json (leave it out to use the one found as usual)\n',
   );
+});
+
+// `serve --db "$DB"` with DB unset recorded to the default database, without a word.
+test.each([
+  [['serve', '--port', '0', '--db', ''], '--db needs a value: a database path or URL'],
+  [
+    ['serve', '--port', '0', '--db', '{dir}/a.db', '--log-file', ' '],
+    '--log-file needs a value: a file path',
+  ],
+  [['logs', '--db', ''], '--db needs a value'],
+  [['models', 'list', '--db', ''], '--db needs a value'],
+])('%j: exit 2 saying the flag needs a value, nothing created', async (argv, message) => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent' }, tmp.path);
+  expect(
+    await main(
+      argv.map((a) => a.replace('{dir}', tmp.path)),
+      io,
+    ),
+  ).toBe(2);
+  expect(io.err()).toMatch(new RegExp(`^oai-proxy: ${message}`));
+  expect(existsSync(join(tmp.path, '.local'))).toBe(false);
+  expect(existsSync(join(tmp.path, 'a.db'))).toBe(false);
 });
