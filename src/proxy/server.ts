@@ -848,8 +848,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         json = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
       } catch (err) {
         // Not ours to judge (the upstream answers malformed JSON), unless models are checked: a body whose
-        // model cannot be read must not pass a policy that refuses unknown ones.
-        if (isJsonType(contentType) && options.router?.refusesUnknown?.()) {
+        // model cannot be read must not pass a policy that refuses unknown ones. An empty or blank body
+        // names none, as a body without `model` does: forwarded.
+        if (isJsonType(contentType) && options.router?.refusesUnknown?.() && text.trim() !== '') {
           x.respondError(
             400,
             'invalid_request',

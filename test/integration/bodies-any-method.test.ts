@@ -68,6 +68,26 @@ describe('a body on a method that usually has none is forwarded and recorded lik
     });
   });
 
+  test('a JSON body on GET is routed like a POST: an alias rewritten, an unknown model refused while models are checked', async () => {
+    const { upstream, proxy } = await setup({
+      VALIDATE_MODELS: 'true',
+      MODEL_MAPPINGS: '{"cheap":"gpt-4o-mini"}',
+    });
+    const get = (body: string) =>
+      send(
+        `${proxy.url}/v1/vector_stores`,
+        'GET',
+        { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+        [body],
+      );
+    expect((await get('{"model":"cheap"}')).status).toBe(200);
+    expect(upstream.requests.at(-1)!.body.toString()).toBe('{"model":"gpt-4o-mini"}');
+    const refused = await get('{"model":"nope"}');
+    expect(refused.status).toBe(404);
+    expect(JSON.parse(refused.body).error.code).toBe('model_not_found');
+    expect(upstream.requests).toHaveLength(1);
+  });
+
   test('GET, HEAD, OPTIONS with a chunked body streamed through (an upload path): forwarded as sent', async () => {
     const { upstream, proxy } = await setup();
     for (const method of ['GET', 'HEAD', 'OPTIONS']) {

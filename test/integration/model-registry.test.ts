@@ -206,6 +206,31 @@ describe('validation and aliases', () => {
     expect(up.requests).toHaveLength(1);
   });
 
+  test('an empty or blank JSON body names no model: forwarded while unknown models are refused, as a body without "model" is', async () => {
+    const up = await upstream();
+    const strict = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, VALIDATE_MODELS: 'true' });
+    const chunked = (method: string, text: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = request(`${strict.url}/v1/batches`, {
+          method,
+          headers: { 'content-type': 'application/json', 'transfer-encoding': 'chunked' },
+        });
+        req.on('response', (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', reject);
+        req.end(text);
+      });
+    // The fake upstream's 404 for a route it does not serve: the request reached it.
+    expect(await chunked('GET', '')).toBe(404);
+    expect(await chunked('POST', ' \n')).toBe(404);
+    expect(up.requests.map((r) => [r.method, r.body.toString()])).toEqual([
+      ['GET', ''],
+      ['POST', ' \n'],
+    ]);
+  });
+
   test('ALLOW_UNKNOWN_MODELS=true: unknown models pass and the record marks them unknown', async () => {
     const up = await upstream();
     const p = await proxyWith({
