@@ -201,7 +201,10 @@ function resolveLayers(
         continue;
       }
       if (v === null || v === undefined) continue;
-      const parsed = parse(def.key, () => fromFile(def, v, where, unknownKey));
+      const parsed = parse(def.key, () => {
+        refuseBlank(def, v, where);
+        return fromFile(def, v, where, unknownKey);
+      });
       if (parsed === SKIP) continue;
       values[def.key] = parsed;
       sources[def.key] = where;
@@ -216,7 +219,10 @@ function resolveLayers(
       if (!def.env) continue;
       const v = layer[def.env];
       if (v === undefined || v === '') continue;
-      const parsed = parse(def.key, () => fromString(def, v, `${def.env} (${where})`));
+      const parsed = parse(def.key, () => {
+        refuseBlank(def, v, `${def.env} (${where})`);
+        return fromString(def, v, `${def.env} (${where})`);
+      });
       if (parsed === SKIP) continue;
       values[def.key] = parsed;
       sources[def.key] = where;
@@ -618,6 +624,21 @@ function kindOf(v: unknown): string {
   if (typeof v === 'object') return 'an object';
   if (typeof v === 'boolean') return 'true/false';
   return `a ${typeof v}`;
+}
+
+/**
+ * Refuse an empty or blank value, in the config file or a variable (an empty variable is unset and never
+ * gets here), of a setting that would take it as something else without a word: `"databaseUrl": ""` the
+ * default database, DATABASE_URL=" " a file named " ", `"openaiApiKey": ""` no key. `host` is left to
+ * serve's checkHost, which refuses it from any source, flags too, saying what to listen on instead.
+ */
+function refuseBlank(def: SettingDef, v: unknown, where: string): void {
+  if (typeof v !== 'string' || v.trim() !== '' || def.key === 'host') return;
+  if (!['string', 'secret', 'url', 'models'].includes(def.type)) return;
+  const instead = where.startsWith('config file')
+    ? `remove "${def.key}" from the file to use the default`
+    : `unset it (${def.env}= counts as unset) to use the default`;
+  invalid(where, def, 'a value', NO_VALUE, `it is ${v === '' ? 'empty' : 'blank'}: give one, or ${instead}`);
 }
 
 /** Parse an environment / .env / flag string into the setting's type. */

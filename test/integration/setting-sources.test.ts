@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
@@ -213,4 +213,45 @@ test.each([
   expect(io.err()).toMatch(new RegExp(`^oai-proxy: ${message}`));
   expect(existsSync(join(tmp.path, '.local'))).toBe(false);
   expect(existsSync(join(tmp.path, 'a.db'))).toBe(false);
+});
+
+// `"databaseUrl": ""` recorded to the default database and DATABASE_URL=" " to a file named " ", without a word.
+test.each([
+  [
+    '"databaseUrl": "" in the file',
+    { file: { databaseUrl: '' } },
+    'Invalid "databaseUrl" in config file {file}: expected a value; it is empty: give one, or remove "databaseUrl" from the file to use the default',
+  ],
+  [
+    'DATABASE_URL=" " in the environment',
+    { env: { DATABASE_URL: ' ' } },
+    'Invalid DATABASE_URL (environment): expected a value; it is blank: give one, or unset it (DATABASE_URL= counts as unset) to use the default',
+  ],
+  [
+    'LOG_FILE_PATH=" " in .env',
+    { dotenv: 'LOG_FILE_PATH=" "\n' },
+    'Invalid LOG_FILE_PATH (.env in {dir}): expected a value; it is blank: give one, or unset it (LOG_FILE_PATH= counts as unset) to use the default',
+  ],
+])('serve and logs with %s: exit 2 naming it, nothing created', async (_name, layers, expected) => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const file = join(tmp.path, 'oai-proxy.config.json');
+  const {
+    file: content,
+    dotenv,
+    env,
+  } = layers as {
+    file?: object;
+    dotenv?: string;
+    env?: Record<string, string>;
+  };
+  if (content) writeFileSync(file, JSON.stringify(content));
+  if (dotenv) writeFileSync(join(tmp.path, '.env'), dotenv);
+  const before = readdirSync(tmp.path).sort();
+  for (const argv of [['serve', '--port', '0'], ['logs']]) {
+    const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent', ...env }, tmp.path);
+    expect(await main(argv, io)).toBe(2);
+    expect(io.err()).toBe(`oai-proxy: ${expected.replace('{file}', file).replace('{dir}', tmp.path)}\n`);
+  }
+  expect(readdirSync(tmp.path).sort()).toEqual(before);
 });

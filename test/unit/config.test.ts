@@ -242,6 +242,58 @@ describe('client keys: set but holding no key is refused, naming where, never sh
   });
 });
 
+// `"databaseUrl": ""` recorded to the default database, DATABASE_URL=" " to a file named " ", without a word.
+describe('an empty or blank string setting is refused, naming where; an empty variable is unset', () => {
+  const FILE_TAIL =
+    'expected a value; it is {what}: give one, or remove "{key}" from the file to use the default';
+  test.each([
+    ['databaseUrl', '', 'empty'],
+    ['databaseUrl', '  ', 'blank'],
+    ['logFilePath', '', 'empty'],
+    ['openaiBaseUrl', ' ', 'blank'],
+    ['qdrantUrl', '', 'empty'],
+    ['openaiApiKey', '', 'empty'],
+    ['embeddingUpstream', '\t', 'blank'],
+  ])('"%s": %j in the config file', (key, value, what) => {
+    const p = write('oai-proxy.config.json', { [key]: value });
+    expect(() => resolve()).toThrow(
+      `Invalid "${key}" in config file ${p}: ${FILE_TAIL.replace('{what}', what).replace('{key}', key)}`,
+    );
+  });
+
+  test.each([
+    ['DATABASE_URL', 'environment'],
+    ['LOG_FILE_PATH', 'environment'],
+    ['OPENAI_API_KEY', 'environment'],
+    ['QDRANT_URL', '.env'],
+    ['AVAILABLE_MODELS', '.env'],
+  ])('%s=" " in the %s', (name, layer) => {
+    if (layer === '.env') write('.env', `${name}=" "\n`);
+    const where = layer === '.env' ? `.env in ${dir.path}` : 'environment';
+    expect(() => resolve(layer === '.env' ? {} : { [name]: ' ' })).toThrow(
+      `Invalid ${name} (${where}): expected a value; it is blank: give one, or unset it (${name}= counts as unset) to use the default`,
+    );
+  });
+
+  test('an empty variable is unset: the lower layer or the default applies', () => {
+    write('oai-proxy.config.json', { databaseUrl: 'from-file.db' });
+    expect(resolve({ DATABASE_URL: '' }).config.databaseUrl).toBe('from-file.db');
+    write('oai-proxy.config.json', {});
+    const { config } = resolve({ DATABASE_URL: '', LOG_FILE_PATH: '', OPENAI_API_KEY: '' });
+    expect(config.databaseUrl).toBeUndefined();
+    expect(config.logFilePath).toBeUndefined();
+    expect(config.openaiApiKey).toBeUndefined();
+  });
+
+  test('logs is only warned about a blank setting it does not read', () => {
+    write('oai-proxy.config.json', { adminApiKey: ' ' });
+    const { warnings } = resolve({}, { unused: { command: 'oai-proxy logs', settings: ['adminApiKey'] } });
+    expect(warnings).toEqual([
+      expect.stringMatching(/^Invalid "adminApiKey" in config file .*: expected a value; it is blank/),
+    ]);
+  });
+});
+
 describe('unused: a bad value of a setting the command does not read is a warning', () => {
   const unused = { command: 'oai-proxy logs', settings: ['port', 'corsOrigins'] as const };
   test('the value is skipped (the lower layer or default kept), with a warning naming it', () => {
