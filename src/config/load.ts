@@ -757,7 +757,12 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
       for (const [i, x] of v.entries())
         if (typeof x !== 'string')
           invalid(where, def, 'an array of strings', v, `element [${i}] is ${kindOf(x)}`);
-      return checkClientKeys(def, v, where);
+      // Trimmed, as the comma-separated form is: a client presents its key in a header, which HTTP trims.
+      return checkClientKeys(
+        def,
+        v.map((x: string) => x.trim()),
+        where,
+      );
     case 'object':
       return checkStringMap(def, v, where);
     case 'models':

@@ -1,10 +1,12 @@
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import OpenAI from 'openai';
 import { afterEach, expect, test } from 'vitest';
 import { main } from '../../src/cli.js';
 import { openDatabase } from '../../src/storage/database.js';
+import { CHAT_ANSWER, createFakeUpstream } from '../helpers/fake-upstream.js';
 import { createTempDir } from '../helpers/temp-dir.js';
-import { createTestIo } from '../helpers/test-proxy.js';
+import { createTestIo, startTestProxy } from '../helpers/test-proxy.js';
 
 const cleanups: (() => unknown)[] = [];
 afterEach(async () => {
@@ -254,4 +256,24 @@ test.each([
     expect(io.err()).toBe(`oai-proxy: ${expected.replace('{file}', file).replace('{dir}', tmp.path)}\n`);
   }
   expect(readdirSync(tmp.path).sort()).toEqual(before);
+});
+
+// A client key written with a space around it in the file could never match: HTTP trims the header.
+test('a client key in the file with spaces around it is trimmed: the client presenting it gets through', async () => {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  const KEY = 'pk-team-key-0123456789';
+  const file = join(tmp.path, 'keys.json');
+  writeFileSync(file, JSON.stringify({ proxyApiKeys: [` ${KEY}\t`] }));
+  const proxy = await startTestProxy({ OAI_PROXY_CONFIG: file, OPENAI_BASE_URL: upstream.baseUrl });
+  cleanups.push(() => proxy.close());
+  const client = new OpenAI({ apiKey: KEY, baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  const answer = await client.chat.completions.create({ model: 'gpt-4o', messages: [] });
+  expect(answer.choices[0].message.content).toBe(CHAT_ANSWER);
+  const other = new OpenAI({ apiKey: 'pk-someone-else-0000', baseURL: `${proxy.url}/v1`, maxRetries: 0 });
+  await expect(other.chat.completions.create({ model: 'gpt-4o', messages: [] })).rejects.toMatchObject({
+    status: 401,
+  });
 });

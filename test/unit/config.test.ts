@@ -294,6 +294,18 @@ describe('an empty or blank string setting is refused, naming where; an empty va
   });
 });
 
+// A key written with a space around it in the file could never match: HTTP trims the Authorization header.
+test('client keys and CORS origins in the file are trimmed, as the comma-separated forms are', () => {
+  write('oai-proxy.config.json', {
+    proxyApiKeys: [' pk-team-key-0123456789\n', 'pk-two'],
+    corsOrigins: [' https://a.example '],
+  });
+  const { config } = resolve();
+  expect(config.proxyApiKeys).toEqual(['pk-team-key-0123456789', 'pk-two']);
+  expect(config.corsOrigins).toEqual(['https://a.example']);
+  expect(resolve({ PROXY_API_KEYS: ' pk-a , pk-b ' }).config.proxyApiKeys).toEqual(['pk-a', 'pk-b']);
+});
+
 describe('unused: a bad value of a setting the command does not read is a warning', () => {
   const unused = { command: 'oai-proxy logs', settings: ['port', 'corsOrigins'] as const };
   test('the value is skipped (the lower layer or default kept), with a warning naming it', () => {
