@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import {
   checkBaseUrls,
+  configFileTarget,
   findConfigFile,
   knownSecrets,
   maskSecret,
@@ -16,12 +17,7 @@ import {
   withoutConfiguredSecrets,
   withoutSecrets,
 } from '../config/load.js';
-import {
-  defaultConfigPath,
-  redactUrl,
-  resolveDatabaseLocation,
-  resolveLogFilePath,
-} from '../config/paths.js';
+import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
 import { isSecretName } from '../config/secret-names.js';
 import { writeConfigFile } from '../config/write.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
@@ -107,7 +103,7 @@ export function registerInitCommand(program: Command, io: CliIo, run: CommandRun
     .description('Guided setup: answer a few questions, get the config file `serve` reads')
     .option(
       '-c, --config <path>',
-      'file to write (OAI_PROXY_CONFIG; default $XDG_CONFIG_HOME/oai-proxy/config.json)',
+      'file to write (default: OAI_PROXY_CONFIG, else $XDG_CONFIG_HOME/oai-proxy/config.json; both read from the environment, then ./.env, as serve reads them)',
     )
     .option('-y, --yes', 'ask nothing: write defaults plus the flags below (API key from OPENAI_API_KEY)')
     .option(
@@ -162,7 +158,8 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
       'oai-proxy init asks questions but standard input is not a terminal; in scripts use `oai-proxy init --yes [--upstream URL] [--port N] …` (the API key comes from OPENAI_API_KEY)',
     );
   }
-  const path = targetPath(options, io);
+  const target = targetPath(options, io);
+  const { path } = target;
   const pathOk = validateWritableFile(path);
   if (pathOk !== true) throw new OaiProxyError('usage', `Cannot write the config file ${path}: ${pathOk}`);
 
@@ -207,7 +204,7 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
         `Updating ${path}: its current values are offered as defaults; settings init does not ask about are kept.\n`,
       );
     try {
-      return await runInteractive(path, exists && !options.force, existing, initial, options, io);
+      return await runInteractive(target, exists && !options.force, existing, initial, options, io);
     } catch (err) {
       const name = (err as Error)?.name;
       if (name === 'ExitPromptError' || name === 'AbortPromptError') {
@@ -219,14 +216,19 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
   }
 
   if (options.check) initial.check = await reportCheck(initial, io);
-  return writeAndReport(path, applyAnswers(existing, initial), initial, io);
+  return writeAndReport(target, applyAnswers(existing, initial), initial, io);
 }
 
-/** `--config` > OAI_PROXY_CONFIG > the per-user default. */
-function targetPath(options: InitOptions, io: CliIo): string {
-  if (options.config) return resolve(io.cwd, options.config);
-  if (io.env.OAI_PROXY_CONFIG) return resolve(io.cwd, io.env.OAI_PROXY_CONFIG);
-  return defaultConfigPath(io.env);
+/** The file init writes; `from`: the variable that chose it (`OAI_PROXY_CONFIG in /dir/.env`), if one did. */
+type ConfigTarget = { path: string; from?: string };
+
+/**
+ * `--config` > OAI_PROXY_CONFIG > the per-user default, the variables read from the environment and
+ * `./.env` as serve reads them (configFileTarget).
+ */
+function targetPath(options: InitOptions, io: CliIo): ConfigTarget {
+  if (options.config) return { path: resolve(io.cwd, options.config) };
+  return configFileTarget(io.env, io.cwd);
 }
 
 /** Start values: the existing file, overridden by flags (validated here: a bad flag is exit 2). */
@@ -337,13 +339,14 @@ function initialAnswers(
 type Prompts = typeof import('@inquirer/prompts');
 
 async function runInteractive(
-  path: string,
+  target: ConfigTarget,
   overwriting: boolean,
   existing: Record<string, unknown>,
   initial: InitAnswers,
   options: InitOptions,
   io: CliIo,
 ): Promise<number> {
+  const { path } = target;
   // Loaded only here so that `serve` never pays for the prompt library.
   const p: Prompts = await import('@inquirer/prompts');
   const ctx = {
@@ -524,14 +527,17 @@ async function runInteractive(
   const values = applyAnswers(existing, answers);
   io.stdout.write(`\n${summary(answers, existing, io)}\n`);
   const ok = await p.confirm(
-    { message: overwriting ? `Overwrite ${path}?` : `Write ${path}?`, default: true },
+    {
+      message: `${overwriting ? 'Overwrite' : 'Write'} ${path}${target.from ? ` (chosen by ${target.from})` : ''}?`,
+      default: true,
+    },
     ctx,
   );
   if (!ok) {
     io.stdout.write('Nothing written.\n');
     return 0;
   }
-  return writeAndReport(path, values, answers, io);
+  return writeAndReport(target, values, answers, io);
 }
 
 /**
@@ -676,7 +682,7 @@ function summary(a: InitAnswers, existing: Record<string, unknown>, io: CliIo): 
 }
 
 async function writeAndReport(
-  path: string,
+  { path, from }: ConfigTarget,
   values: Record<string, unknown>,
   a: InitAnswers,
   io: CliIo,
@@ -685,7 +691,9 @@ async function writeAndReport(
   // Keys are masked by name; a key pasted into another setting (--host, --log-file) by value.
   const secrets = knownSecrets({ env: io.env, cwd: io.cwd, file: values });
   const say = (text: string) => io.stdout.write(withoutSecrets(text, secrets));
-  say(`Wrote ${path} (mode 0600):\n${JSON.stringify(maskValues(values), null, 2)}\n`);
+  say(
+    `Wrote ${path} (mode 0600)${from ? `, chosen by ${from}` : ''}:\n${JSON.stringify(maskValues(values), null, 2)}\n`,
+  );
   if (a.adminKeyGenerated && a.adminApiKey) {
     io.stdout.write(
       `\nGenerated admin API key, shown only this once (it is stored in the file):\n  ${a.adminApiKey}\nUse it as: Authorization: Bearer <key> on /admin/*\n`,

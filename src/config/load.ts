@@ -454,6 +454,25 @@ export function findConfigFile(
   return undefined;
 }
 
+/**
+ * Where a config file named by no `--config` is written (`oai-proxy init`), so that findConfigFile finds
+ * it: OAI_PROXY_CONFIG, else the per-user file under XDG_CONFIG_HOME, each looked up as findConfigFile
+ * does (the environment, then `./.env` in `cwd`). `from` says which variable chose it (`OAI_PROXY_CONFIG
+ * in /dir/.env`), undefined for the usual per-user file (XDG_CONFIG_HOME from the environment included).
+ */
+export function configFileTarget(env: Env, cwd: string): { path: string; from?: string } {
+  const dotenv = readDotenvQuietly(cwd);
+  const lookup = { ...dotenv, ...env };
+  const inDotenv = `in ${resolve(cwd, '.env')}`;
+  if (lookup.OAI_PROXY_CONFIG)
+    return {
+      path: resolve(cwd, lookup.OAI_PROXY_CONFIG),
+      from: `OAI_PROXY_CONFIG${env.OAI_PROXY_CONFIG ? '' : ` ${inDotenv}`}`,
+    };
+  const path = defaultConfigPath(lookup);
+  return path === defaultConfigPath(env) ? { path } : { path, from: `XDG_CONFIG_HOME ${inDotenv}` };
+}
+
 /** Read a config file as a raw JSON object. Throws OaiProxyError('config_invalid') naming the file. */
 export function readConfigFile(path: string): Record<string, unknown> {
   let text: string;

@@ -478,6 +478,45 @@ describe('oai-proxy init --yes', () => {
     expect(existsSync(h.configPath)).toBe(false);
   });
 
+  // init looked at the environment only, so OAI_PROXY_CONFIG in ./.env (which serve honours) was ignored:
+  // the file went to ~/.config and serve, reading the .env, then stopped on the missing file it names.
+  test('OAI_PROXY_CONFIG or XDG_CONFIG_HOME in ./.env: init writes where serve reads, and says why', async () => {
+    const h = tempHome();
+    const env = { HOME: h.dir };
+    const dotenv = join(h.dir, '.env');
+    const write = async (extra: Record<string, string> = {}) => {
+      const io = createTestIo({ ...env, ...extra }, h.dir);
+      expect(await main(['init', '--yes', '--force'], io)).toBe(0);
+      expect(io.err()).toBe('');
+      return io.out();
+    };
+    const servesFrom = (extra: Record<string, string> = {}) =>
+      resolveConfig({ env: { ...env, ...extra }, cwd: h.dir }).configFile;
+
+    writeFileSync(dotenv, 'OAI_PROXY_CONFIG=conf/proxy.json\n');
+    const named = join(h.dir, 'conf', 'proxy.json');
+    let out = await write();
+    expect(out).toContain(`Wrote ${named} (mode 0600), chosen by OAI_PROXY_CONFIG in ${dotenv}:\n`);
+    expect(out).toContain('Next: oai-proxy serve\n');
+    expect(readJson(named).port).toBe(8000);
+    expect(servesFrom()).toBe(named);
+    expect(existsSync(join(h.dir, '.config'))).toBe(false);
+
+    // The environment wins over .env, for init as for serve.
+    const other = join(h.dir, 'other.json');
+    out = await write({ OAI_PROXY_CONFIG: 'other.json' });
+    expect(out).toContain(`Wrote ${other} (mode 0600), chosen by OAI_PROXY_CONFIG:\n`);
+    expect(servesFrom({ OAI_PROXY_CONFIG: 'other.json' })).toBe(other);
+
+    writeFileSync(dotenv, `XDG_CONFIG_HOME=${join(h.dir, 'xdg')}\n`);
+    const xdg = join(h.dir, 'xdg', 'oai-proxy', 'config.json');
+    out = await write();
+    expect(out).toContain(`Wrote ${xdg} (mode 0600), chosen by XDG_CONFIG_HOME in ${dotenv}:\n`);
+    expect(out).toContain('Next: oai-proxy serve\n');
+    expect(servesFrom()).toBe(xdg);
+    expect(existsSync(join(h.dir, '.config'))).toBe(false);
+  });
+
   test('no terminal and no --yes → exit 2 at once with a clear message, nothing written', async () => {
     const h = tempHome();
     const io = createTestIo(h.env, h.dir);
