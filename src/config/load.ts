@@ -434,7 +434,8 @@ export function findConfigFile(
       );
     return p;
   }
-  const lookup = { ...dotenv, ...env };
+  // An empty variable counts as unset, as for every setting: OAI_PROXY_CONFIG= does not hide `.env`'s.
+  const lookup = { ...dotenv, ...Object.fromEntries(Object.entries(env).filter(([, v]) => v !== '')) };
   if (lookup.OAI_PROXY_CONFIG) {
     const p = resolve(cwd, lookup.OAI_PROXY_CONFIG);
     const dotenvFile = resolve(cwd, '.env');

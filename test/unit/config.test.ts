@@ -157,6 +157,24 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
     expect(() => resolve({}, { configPath: ' ' })).toThrow(/^--config needs a value: a config file path/);
   });
 
+  // OAI_PROXY_CONFIG= in the environment hid the one in .env (and read the usual file instead).
+  test('an empty OAI_PROXY_CONFIG or XDG_CONFIG_HOME in the environment counts as unset: .env still names the file', () => {
+    write('oai-proxy.config.json', { port: 2 });
+    const viaDotenv = write('conf/dotenv.json', { port: 5 });
+    write('.env', 'OAI_PROXY_CONFIG=conf/dotenv.json\n');
+    expect(resolve({ OAI_PROXY_CONFIG: '' })).toMatchObject({ configFile: viaDotenv, config: { port: 5 } });
+    write('.env', 'OAI_PROXY_CONFIG=conf/nope.json\n');
+    expect(() => resolve({ OAI_PROXY_CONFIG: '' })).toThrow(
+      `(from OAI_PROXY_CONFIG in ${join(dir.path, '.env')}) does not exist`,
+    );
+    const viaXdg = write('xdg/oai-proxy/config.json', { port: 6 });
+    write('conf/.env', `XDG_CONFIG_HOME=${join(dir.path, 'xdg')}\n`);
+    expect(resolve({ XDG_CONFIG_HOME: '' }, { cwd: join(dir.path, 'conf') })).toMatchObject({
+      configFile: viaXdg,
+      config: { port: 6 },
+    });
+  });
+
   test('XDG_CONFIG_HOME is honoured', () => {
     write('xdg/oai-proxy/config.json', { host: '0.0.0.0' });
     expect(resolve({ XDG_CONFIG_HOME: join(dir.path, 'xdg') }).config.host).toBe('0.0.0.0');
