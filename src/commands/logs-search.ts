@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import { checkBaseUrls, type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
-import { SERVE_ONLY_SETTINGS } from '../config/schema.js';
+import { unusedSettings } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { createDispatcher } from '../proxy/forward.js';
 import { type OpenDatabase, openDatabase } from '../storage/database.js';
@@ -53,16 +53,16 @@ interface VectorSession {
 async function openVectorSession(
   options: LogsVectorCommonOptions,
   io: CliIo,
-  what: string,
+  command: 'oai-proxy logs search' | 'oai-proxy logs reindex',
   enableHint?: string,
 ): Promise<VectorSession> {
-  const command = what.replaceAll('`', '');
+  const what = `\`${command}\``;
   const resolved = resolveConfig({
     configPath: options.config,
     flags: { db: options.db },
     env: io.env,
     cwd: io.cwd,
-    unused: { command, settings: SERVE_ONLY_SETTINGS },
+    unused: unusedSettings(command),
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   // The PostgreSQL limit first: "set QDRANT_URL" would only lead to it.
@@ -136,7 +136,7 @@ export async function runLogsSearch(text: string, options: LogsSearchOptions, io
     options.since !== undefined ? new Date(parseTimeBound(options.since, '--since', Date.now())) : undefined;
   if (options.model !== undefined)
     requireFlagValue(options.model, '--model', 'a model name', '--model gpt-4o');
-  const session = await openVectorSession(options, io, '`oai-proxy logs search`');
+  const session = await openVectorSession(options, io, 'oai-proxy logs search');
   try {
     const { services, database } = session;
     const [vector] = await services.embedder.embed([text]);
@@ -181,7 +181,7 @@ export async function runLogsReindex(options: LogsReindexOptions, io: CliIo): Pr
   const sinceMs =
     options.since !== undefined ? parseTimeBound(options.since, '--since', Date.now()) : undefined;
   const batchSize = positiveInt(options.batchSize, '--batch-size', 64, 2048);
-  const session = await openVectorSession(options, io, '`oai-proxy logs reindex`', REINDEX_ENABLE_HINT);
+  const session = await openVectorSession(options, io, 'oai-proxy logs reindex', REINDEX_ENABLE_HINT);
   try {
     const { services } = session;
     const { state } = services;

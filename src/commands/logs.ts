@@ -10,7 +10,7 @@ import {
   withoutConfiguredSecrets,
 } from '../config/load.js';
 import { resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
-import { SERVE_ONLY_SETTINGS, UPSTREAM_CALL_SETTINGS } from '../config/schema.js';
+import { unusedSettings } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
 import { openDatabase } from '../storage/database.js';
@@ -99,18 +99,21 @@ export interface LogsExtensions {
   onPruned?: (ids: string[], context: { resolved: ResolvedConfig; io: CliIo }) => void | Promise<void>;
 }
 
-/** Resolve `--db` / `--config` / DATABASE_URL the way `serve` does and open the database. */
+/**
+ * Resolve `--db` / `--config` / DATABASE_URL the way `serve` does and open the database. `command`: the
+ * one whose settings are checked (default `oai-proxy logs`; see SETTINGS_READ_BY).
+ */
 export async function openLogsDatabase(
   flags: DatabaseFlags,
   io: CliIo,
-  options: { readonly: boolean },
+  options: { readonly: boolean; command?: 'oai-proxy logs' | 'oai-proxy logs prune' },
 ): Promise<{ handle: Storage; resolved: ResolvedConfig }> {
   const resolved = resolveConfig({
     configPath: flags.config,
     flags: { db: flags.db },
     env: io.env,
     cwd: io.cwd,
-    unused: { command: 'oai-proxy logs', settings: [...SERVE_ONLY_SETTINGS, ...UPSTREAM_CALL_SETTINGS] },
+    unused: unusedSettings(options.command ?? 'oai-proxy logs'),
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   try {
@@ -153,10 +156,10 @@ async function openResolved(
 async function withDatabase<T>(
   flags: DatabaseFlags,
   io: CliIo,
-  readonly: boolean,
+  options: Parameters<typeof openLogsDatabase>[2],
   fn: (handle: Storage, resolved: ResolvedConfig) => Promise<T>,
 ): Promise<T> {
-  const { handle, resolved } = await openLogsDatabase(flags, io, { readonly });
+  const { handle, resolved } = await openLogsDatabase(flags, io, options);
   try {
     return await fn(handle, resolved);
   } catch (err) {
@@ -204,7 +207,7 @@ export async function runLogsList(opts: LogsListOptions, io: CliIo): Promise<num
   const filter = resolveLogFilter(opts, Date.now());
   const limit = parseCount(opts.limit, '--limit', 50, { zero: 'all' });
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'desc');
-  return withDatabase(opts, io, true, async (handle) => {
+  return withDatabase(opts, io, { readonly: true }, async (handle) => {
     const rows = (await listExchanges(handle, filter, { limit, order })).map(toExchangeJson);
     warnSearchLag(handle, filter, io);
     if (format === 'json') io.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
@@ -351,7 +354,7 @@ async function followReplacement(
 
 /** `oai-proxy logs show ID`: one exchange in full. */
 export async function runLogsShow(id: string, opts: LogsShowOptions, io: CliIo): Promise<number> {
-  return withDatabase(opts, io, true, async (handle) => {
+  return withDatabase(opts, io, { readonly: true }, async (handle) => {
     const found = await findExchanges(handle, id, 10);
     if (found.length === 0)
       throw new OaiProxyError(
@@ -389,7 +392,7 @@ export async function runLogsStats(opts: LogsStatsOptions, io: CliIo): Promise<n
     ['model', 'path', 'status', 'day', 'user'] as const,
     'model',
   ) as StatsKey;
-  return withDatabase(opts, io, true, async (handle) => {
+  return withDatabase(opts, io, { readonly: true }, async (handle) => {
     const groups = await exchangeStats(handle, filter, by);
     if (opts.json) io.stdout.write(`${JSON.stringify(groups, null, 2)}\n`);
     else if (groups.length === 0) io.stderr.write('No exchanges match.\n');
@@ -404,7 +407,7 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
   const format = parseChoice(opts.format, '--format', ['jsonl', 'csv'] as const, 'jsonl');
   if (opts.out !== undefined) requireFlagValue(opts.out, '--out', 'a file to write', '--out week.jsonl');
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'asc');
-  return withDatabase(opts, io, true, async (handle, resolved) => {
+  return withDatabase(opts, io, { readonly: true }, async (handle, resolved) => {
     if (opts.out) refuseOwnFiles(opts.out, resolved, io.cwd);
     const total = opts.out && io.stderr.isTTY ? await countExchanges(handle, filter) : 0;
     const out = opts.out ? openOutFile(opts.out) : null;
@@ -553,7 +556,8 @@ export async function runLogsPrune(
       'usage',
       '--older-than 0 would delete everything; give a positive duration such as 30d',
     );
-  return withDatabase(opts, io, opts.dryRun === true, async (handle, resolved) => {
+  const open = { readonly: opts.dryRun === true, command: 'oai-proxy logs prune' } as const;
+  return withDatabase(opts, io, open, async (handle, resolved) => {
     const result = await pruneExchanges(handle, {
       before,
       dryRun: opts.dryRun,

@@ -10,7 +10,7 @@ import {
   withoutConfiguredSecrets,
 } from '../config/load.js';
 import { resolveDatabaseLocation } from '../config/paths.js';
-import { SERVE_ONLY_SETTINGS, UPSTREAM_CALL_SETTINGS } from '../config/schema.js';
+import { unusedSettings } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { checkModelName, checkModelText, type ModelRegistry } from '../registry/registry.js';
 import {
@@ -146,7 +146,7 @@ async function withRegistry<T>(
     flags: { db: opts.db },
     env: io.env,
     cwd: io.cwd,
-    unused: { command: 'oai-proxy models', settings: [...SERVE_ONLY_SETTINGS, ...UPSTREAM_CALL_SETTINGS] },
+    unused: unusedSettings('oai-proxy models'),
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   try {

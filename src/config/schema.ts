@@ -369,33 +369,54 @@ export const SETTINGS: readonly SettingDef[] = [
 ];
 
 /**
- * Settings only `serve` reads (listening, the recorder, limits, CORS, model validation, admin and client
- * keys): `logs` and `models` warn about an invalid value of one instead of stopping (resolveConfig's
- * `unused`).
+ * What `logs search` and `logs reindex` read: the database, Qdrant, the upstream they embed through (its
+ * URL, kind, api-version and key, a named one from `upstreams`, the timeouts, and the body cap of the
+ * embedding exchanges they record), and every key, which configSecrets scrubs from those exchanges.
  */
-export const SERVE_ONLY_SETTINGS: readonly ConfigKey[] = [
-  'host',
-  'port',
-  'logLevel',
-  'logMaxBytes',
-  'logRotateDaily',
-  'logFlushIntervalMs',
-  'logQueueMax',
-  'searchIndex',
-  'clientBodyTimeoutMs',
-  'maxRequestBodyBytes',
-  'shutdownGraceMs',
-  'corsOrigins',
-  'validateModels',
-  'allowUnknownModels',
-  'adminApiKey',
-  'proxyApiKeys',
-];
-
-/** Settings for calls to the upstream: read by `serve`, and by `logs search` / `logs reindex` to embed. */
-export const UPSTREAM_CALL_SETTINGS: readonly ConfigKey[] = [
+const VECTOR_COMMAND_READS: readonly ConfigKey[] = [
+  'databaseUrl',
+  'openaiApiKey',
+  'openaiBaseUrl',
+  'openaiApiType',
+  'openaiApiVersion',
+  'upstreams',
   'upstreamConnectTimeoutMs',
   'upstreamHeadersTimeoutMs',
   'upstreamIdleTimeoutMs',
   'captureBodyBytes',
+  'qdrantUrl',
+  'qdrantApiKey',
+  'qdrantCollection',
+  'embeddingModel',
+  'embeddingUpstream',
+  'adminApiKey',
+  'proxyApiKeys',
 ];
+
+/**
+ * The settings each command other than `serve` (which reads them all) reads, in any of the subcommands
+ * that resolve the configuration through the same loader; a key read only to scrub it from what the
+ * command records counts. An invalid value of any other setting is a warning naming it, and the value is
+ * skipped, instead of stopping a command that never reads it (unusedSettings, resolveConfig's `unused`).
+ * A skipped key is still hidden from every message: resolveConfig gathers the secrets from the raw values.
+ */
+export const SETTINGS_READ_BY = {
+  // list, show, follow/tail, stats, export: the database, and the log files export must not overwrite.
+  'oai-proxy logs': ['databaseUrl', 'logFilePath', 'logMaxFiles'],
+  // With QDRANT_URL set, the pruned exchanges' points are deleted from Qdrant too.
+  'oai-proxy logs prune': ['databaseUrl', 'qdrantUrl', 'qdrantApiKey', 'qdrantCollection'],
+  'oai-proxy logs search': VECTOR_COMMAND_READS,
+  'oai-proxy logs reindex': VECTOR_COMMAND_READS,
+  // Every subcommand seeds a registry never written (models, aliases, the upstreams they name); `list`
+  // and `show` list the upstreams' names, `add --upstream` checks its name against them.
+  'oai-proxy models': ['databaseUrl', 'availableModels', 'models', 'modelMappings', 'upstreams'],
+} as const satisfies Record<string, readonly ConfigKey[]>;
+
+/** A command SETTINGS_READ_BY lists. */
+export type ReadingCommand = keyof typeof SETTINGS_READ_BY;
+
+/** resolveConfig's `unused` for `command`: every setting it does not read. */
+export function unusedSettings(command: ReadingCommand): { command: string; settings: ConfigKey[] } {
+  const reads: readonly ConfigKey[] = SETTINGS_READ_BY[command];
+  return { command, settings: SETTINGS.map((s) => s.key).filter((key) => !reads.includes(key)) };
+}

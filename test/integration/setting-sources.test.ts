@@ -158,6 +158,147 @@ test('a setting the command reads is still checked: the log files logs names, th
   );
 });
 
+// The lists of settings logs and models skip were short: these stopped `logs` and `models list` (exit 2).
+test('logs and models skip every setting they never read: the upstream, the model settings, Qdrant', async () => {
+  const { dir, db } = await dirWithDatabase();
+  const run = async (argv: string[], env: Record<string, string>) => {
+    const io = createTestIo({ HOME: dir, ...env }, dir);
+    return { code: await main([...argv, '--db', db], io), out: io.out(), err: io.err() };
+  };
+  const ignored = (command: string) =>
+    `; ignored: \`${command}\` does not use it (\`oai-proxy serve\` would refuse it)\n`;
+  const cases: [string[], string, Record<string, string>, string, string][] = [
+    [
+      ['logs', '--json'],
+      'oai-proxy logs',
+      { OPENAI_BASE_URL: 'localhost:8080' },
+      'Invalid OPENAI_BASE_URL (environment) = localhost:8080: expected an http:// or https:// URL',
+      '[]\n',
+    ],
+    [
+      ['logs', '--json'],
+      'oai-proxy logs',
+      { MODEL_MAPPINGS: '{bad' },
+      'Invalid MODEL_MAPPINGS (environment) = {bad: expected a JSON object such as {"alias":"model"}',
+      '[]\n',
+    ],
+    [
+      ['logs', 'stats', '--json'],
+      'oai-proxy logs',
+      { OPENAI_API_TYPE: 'bogus' },
+      'Invalid OPENAI_API_TYPE (environment) = bogus: expected one of openai, azure',
+      '[]\n',
+    ],
+    [
+      ['logs', '--json'],
+      'oai-proxy logs',
+      { QDRANT_URL: 'qdrant:6333' },
+      'Invalid QDRANT_URL (environment) = qdrant:6333: expected an http:// or https:// URL',
+      '[]\n',
+    ],
+    [
+      ['models', 'list', '--json'],
+      'oai-proxy models',
+      { QDRANT_URL: 'qdrant:6333' },
+      'Invalid QDRANT_URL (environment) = qdrant:6333: expected an http:// or https:// URL',
+      '"gpt-4o"',
+    ],
+    [
+      ['models', 'list', '--json'],
+      'oai-proxy models',
+      { OPENAI_BASE_URL: 'localhost:8080', OPENAI_API_TYPE: 'bogus' },
+      'Invalid OPENAI_BASE_URL (environment) = localhost:8080: expected an http:// or https:// URL',
+      '"gpt-4o"',
+    ],
+    [
+      ['logs', 'prune', '--older-than', '1d', '--json'],
+      'oai-proxy logs prune',
+      { MODEL_MAPPINGS: '{bad', LOG_MAX_FILES: '0' },
+      'Invalid MODEL_MAPPINGS (environment) = {bad: expected a JSON object such as {"alias":"model"}',
+      '"deleted":0',
+    ],
+  ];
+  for (const [argv, command, env, warning, out] of cases) {
+    const r = await run(argv, env);
+    expect(r.code, `${argv.join(' ')} ${r.err}`).toBe(0);
+    expect(r.out).toContain(out);
+    expect(r.err).toContain(`warning: ${warning}${ignored(command)}`);
+  }
+});
+
+test('each command still checks what it reads: prune Qdrant, models the model settings, search the upstream', async () => {
+  const { dir, db } = await dirWithDatabase();
+  const run = async (argv: string[], env: Record<string, string>) => {
+    const io = createTestIo({ HOME: dir, ...env }, dir);
+    return { code: await main([...argv, '--db', db], io), err: io.err() };
+  };
+  const cases: [string[], Record<string, string>, string][] = [
+    [
+      ['logs', 'prune', '--older-than', '1d'],
+      { QDRANT_URL: 'qdrant:6333' },
+      'Invalid QDRANT_URL (environment) = qdrant:6333',
+    ],
+    [['models', 'list'], { MODEL_MAPPINGS: '{bad' }, 'Invalid MODEL_MAPPINGS (environment) = {bad'],
+    [['models', 'add', 'x'], { MODEL_MAPPINGS: '["x"]' }, 'Invalid MODEL_MAPPINGS (environment) = ["x"]'],
+    [
+      ['logs', 'search', 'x'],
+      { OPENAI_API_TYPE: 'bogus', QDRANT_URL: 'http://127.0.0.1:1' },
+      'Invalid OPENAI_API_TYPE (environment) = bogus',
+    ],
+    [
+      ['logs', 'reindex'],
+      { OPENAI_BASE_URL: 'localhost:8080', QDRANT_URL: 'http://127.0.0.1:1' },
+      'Invalid OPENAI_BASE_URL (environment) = localhost:8080',
+    ],
+  ];
+  for (const [argv, env, message] of cases) {
+    const r = await run(argv, env);
+    expect(r.code, `${argv.join(' ')} ${r.err}`).toBe(2);
+    expect(r.err).toMatch(new RegExp(`^oai-proxy: ${message.replace(/[()[\]{}]/g, '\\$&')}`));
+  }
+  writeFileSync(join(dir, 'oai-proxy.config.json'), JSON.stringify({ upstreams: { a: { baseUrl: 'x' } } }));
+  const r = await run(['models', 'list'], {});
+  expect(r.code).toBe(2);
+  expect(r.err).toContain(`upstreams.a.baseUrl`);
+});
+
+// `logs search` skipped `"proxyApiKeys": ["team-key", ""]` with a warning, and no longer scrubbed team-key
+// from the embedding exchanges it records (configSecrets). logs and models, which record nothing, skip it
+// and still hide the key in what they print.
+test('the keys logs search and reindex scrub from what they record are checked; logs and models still hide a skipped one', async () => {
+  const { dir, db } = await dirWithDatabase();
+  const key = 'team-key-0123456789';
+  const file = join(dir, 'oai-proxy.config.json');
+  writeFileSync(file, JSON.stringify({ proxyApiKeys: [key, ''], qdrantUrl: 'http://127.0.0.1:1' }));
+  const run = async (argv: string[], env: Record<string, string> = {}) => {
+    const io = createTestIo({ HOME: dir, ...env }, dir);
+    return { code: await main(argv, io), printed: io.err() + io.out(), err: io.err() };
+  };
+  for (const argv of [
+    ['logs', 'search', 'x'],
+    ['logs', 'reindex'],
+  ]) {
+    const r = await run([...argv, '--db', db]);
+    expect(r.code, r.err).toBe(2);
+    expect(r.err).toBe(
+      `oai-proxy: Invalid "proxyApiKeys" in config file ${file}, proxyApiKeys[1]: expected a client key; it is empty: put a key in it or remove the entry (remove "proxyApiKeys" from the file to run without client keys)\n`,
+    );
+  }
+  writeFileSync(file, JSON.stringify({ proxyApiKeys: [key, ''] }));
+  const ignored = (command: string) => `ignored: \`${command}\` does not use it`;
+  for (const [argv, command] of [
+    [['logs', '--db', join(dir, `${key}.db`)], 'oai-proxy logs'],
+    [['models', 'list', '--db', join(dir, `${key}.db`)], 'oai-proxy models'],
+  ] as const) {
+    const r = await run([...argv]);
+    expect(r.code).toBe(1);
+    expect(r.err).toContain(`proxyApiKeys[1]: expected a client key; it is empty`);
+    expect(r.err).toContain(ignored(command));
+    expect(r.err).toContain(`No database at ${join(dir, '[redacted].db')}`);
+    expect(r.printed).not.toContain(key);
+  }
+});
+
 // OAI_PROXY_CONFIG in .env was ignored: the config file was looked for in the environment only.
 test('OAI_PROXY_CONFIG in .env names the config file; the environment beats it; a missing one names the .env', async () => {
   const { dir, db } = await dirWithDatabase();

@@ -4,6 +4,7 @@ import { parse as parsePgUrl } from 'pg-connection-string';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { closestKey, maskSecret, resolveConfig } from '../../src/config/load.js';
 import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../../src/config/paths.js';
+import { type ReadingCommand, SETTINGS, SETTINGS_READ_BY, unusedSettings } from '../../src/config/schema.js';
 import { createTempDir } from '../helpers/temp-dir.js';
 
 let dir: { path: string; cleanup(): void };
@@ -341,6 +342,46 @@ describe('unused: a bad value of a setting the command does not read is a warnin
   test('any other setting still stops it, and without `unused` so does a listed one', () => {
     expect(() => resolve({ LOG_MAX_FILES: '0' }, { unused })).toThrow(/^Invalid LOG_MAX_FILES/);
     expect(() => resolve({ PORT: 'abc' })).toThrow(/^Invalid PORT/);
+  });
+
+  // Each command skips exactly what it never reads (SETTINGS_READ_BY); the keys logs search/reindex scrub
+  // from the exchanges they record are read.
+  test.each([
+    ['oai-proxy logs', { OPENAI_BASE_URL: 'localhost:8080' }, 'skipped'],
+    ['oai-proxy logs', { OPENAI_API_TYPE: 'bogus' }, 'skipped'],
+    ['oai-proxy logs', { MODEL_MAPPINGS: '{bad' }, 'skipped'],
+    ['oai-proxy logs', { QDRANT_URL: 'qdrant:6333' }, 'skipped'],
+    ['oai-proxy logs', { PROXY_API_KEYS: ',' }, 'skipped'],
+    ['oai-proxy logs', { LOG_MAX_FILES: '0' }, 'refused'],
+    ['oai-proxy logs prune', { QDRANT_URL: 'qdrant:6333' }, 'refused'],
+    ['oai-proxy logs prune', { LOG_MAX_FILES: '0' }, 'skipped'],
+    ['oai-proxy logs prune', { OPENAI_BASE_URL: 'localhost:8080' }, 'skipped'],
+    ['oai-proxy models', { QDRANT_URL: 'qdrant:6333' }, 'skipped'],
+    ['oai-proxy models', { OPENAI_BASE_URL: 'localhost:8080' }, 'skipped'],
+    ['oai-proxy models', { MODEL_MAPPINGS: '{bad' }, 'refused'],
+    ['oai-proxy logs search', { OPENAI_BASE_URL: 'localhost:8080' }, 'refused'],
+    ['oai-proxy logs search', { UPSTREAM_IDLE_TIMEOUT_MS: '-1' }, 'refused'],
+    ['oai-proxy logs search', { PROXY_API_KEYS: ',' }, 'refused'],
+    ['oai-proxy logs reindex', { PROXY_API_KEYS: ',' }, 'refused'],
+    ['oai-proxy logs search', { LOG_MAX_FILES: '0' }, 'skipped'],
+    ['oai-proxy logs search', { MODEL_MAPPINGS: '{bad' }, 'skipped'],
+  ] as const)('%s, %j: %s', (command, env, outcome) => {
+    const run = () => resolve(env, { unused: unusedSettings(command) });
+    const name = Object.keys(env)[0];
+    if (outcome === 'refused') expect(run).toThrow(new RegExp(`^Invalid ${name} `));
+    else
+      expect(run().warnings).toEqual([
+        expect.stringMatching(new RegExp(`^Invalid ${name} .*; ignored: \`${command}\` does not use it`)),
+      ]);
+  });
+
+  test('every command reads the database, and only settings that exist', () => {
+    const keys = SETTINGS.map((s) => s.key);
+    for (const [command, reads] of Object.entries(SETTINGS_READ_BY)) {
+      expect(reads, command).toContain('databaseUrl');
+      for (const key of reads) expect(keys, command).toContain(key);
+      expect(unusedSettings(command as ReadingCommand).settings.length).toBe(keys.length - reads.length);
+    }
   });
 });
 
