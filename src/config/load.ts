@@ -434,8 +434,7 @@ export function findConfigFile(
       );
     return p;
   }
-  // An empty variable counts as unset, as for every setting: OAI_PROXY_CONFIG= does not hide `.env`'s.
-  const lookup = { ...dotenv, ...Object.fromEntries(Object.entries(env).filter(([, v]) => v !== '')) };
+  const lookup = configLookup(dotenv, env);
   if (lookup.OAI_PROXY_CONFIG) {
     const p = resolve(cwd, lookup.OAI_PROXY_CONFIG);
     const dotenvFile = resolve(cwd, '.env');
@@ -455,6 +454,12 @@ export function findConfigFile(
   return undefined;
 }
 
+/** `.env` under the environment, for locating the config file: an empty variable counts as unset, as for
+ * every setting (OAI_PROXY_CONFIG= does not hide `.env`'s). findConfigFile and configFileTarget agree. */
+function configLookup(dotenv: Env, env: Env): Env {
+  return { ...dotenv, ...Object.fromEntries(Object.entries(env).filter(([, v]) => v !== '')) };
+}
+
 /**
  * Where a config file named by no `--config` is written (`oai-proxy init`), so that findConfigFile finds
  * it: OAI_PROXY_CONFIG, else the per-user file under XDG_CONFIG_HOME, each looked up as findConfigFile
@@ -462,8 +467,7 @@ export function findConfigFile(
  * in /dir/.env`), undefined for the usual per-user file (XDG_CONFIG_HOME from the environment included).
  */
 export function configFileTarget(env: Env, cwd: string): { path: string; from?: string } {
-  const dotenv = readDotenvQuietly(cwd);
-  const lookup = { ...dotenv, ...env };
+  const lookup = configLookup(readDotenvQuietly(cwd), env);
   const inDotenv = `in ${resolve(cwd, '.env')}`;
   if (lookup.OAI_PROXY_CONFIG)
     return {

@@ -507,6 +507,10 @@ describe('oai-proxy init --yes', () => {
     out = await write({ OAI_PROXY_CONFIG: 'other.json' });
     expect(out).toContain(`Wrote ${other} (mode 0600), chosen by OAI_PROXY_CONFIG:\n`);
     expect(servesFrom({ OAI_PROXY_CONFIG: 'other.json' })).toBe(other);
+    // Unless empty there: an empty variable is unset, as for serve.
+    out = await write({ OAI_PROXY_CONFIG: '' });
+    expect(out).toContain(`Wrote ${named} (mode 0600), chosen by OAI_PROXY_CONFIG in ${dotenv}:\n`);
+    expect(servesFrom({ OAI_PROXY_CONFIG: '' })).toBe(named);
 
     writeFileSync(dotenv, `XDG_CONFIG_HOME=${join(h.dir, 'xdg')}\n`);
     const xdg = join(h.dir, 'xdg', 'oai-proxy', 'config.json');
