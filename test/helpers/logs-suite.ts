@@ -291,6 +291,56 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       expect((await logs('show', 'n2')).out).not.toContain('── choice');
     });
 
+    test('an embeddings answer is searched without its vectors: its input, model and usage are found, a float is not', async () => {
+      const floats = [0.0123456789, -0.0456789123, 0.0789123456];
+      const answer = (embedding: unknown) =>
+        JSON.stringify({
+          object: 'list',
+          data: [{ object: 'embedding', index: 0, embedding }],
+          model: 'text-embedding-3-small',
+          usage: { prompt_tokens: 4, total_tokens: 4 },
+        });
+      await seed([
+        rec('e1', {
+          path: '/v1/embeddings',
+          requestBody: JSON.stringify({ model: 'text-embedding-3-small', input: 'capybara facts' }),
+          responseBody: answer(floats),
+        }),
+        rec('e2', {
+          path: '/v1/embeddings',
+          requestBody: JSON.stringify({ model: 'text-embedding-3-small', input: 'axolotl facts' }),
+          responseBody: answer(Buffer.from(new Float32Array(floats).buffer).toString('base64')),
+        }),
+        // Ollama's /api/embed: the vectors under `embeddings`.
+        rec('e3', {
+          path: '/api/embed',
+          requestBody: JSON.stringify({ model: 'nomic-embed-text', input: 'okapi facts' }),
+          responseBody: JSON.stringify({ model: 'nomic-embed-text', embeddings: [floats] }),
+        }),
+        // A chat answer that talks about embeddings keeps every word, numbers too.
+        rec('c1', {
+          responseBody: JSON.stringify({
+            choices: [{ message: { content: 'an embedding such as 0.0123456789 is a vector' } }],
+          }),
+        }),
+      ]);
+      expect(await ids('--grep', 'capybara')).toEqual(['e1']);
+      expect(await ids('--grep', 'okapi')).toEqual(['e3']);
+      expect((await ids('--grep', 'text-embedding-3-small')).sort()).toEqual(['e1', 'e2']);
+      expect(await ids('--grep', 'nomic-embed-text')).toEqual(['e3']);
+      // The float is in the chat answer's words only.
+      expect(await ids('--grep', '0.0123456789')).toEqual(['c1']);
+      expect(await ids('--grep', '0.0456789123')).toEqual([]);
+      const base64Word = Buffer.from(new Float32Array(floats).buffer)
+        .toString('base64')
+        .split(/[^A-Za-z0-9]/)[0]!;
+      expect(await ids('--grep', base64Word)).toEqual([]);
+      // Stored as sent all the same.
+      expect(JSON.parse((await logs('show', 'e1', '--json')).out).response_body).toEqual(
+        JSON.parse(answer(floats)),
+      );
+    });
+
     test('show elides long base64 values (images, audio, data: URLs); --json keeps them', async () => {
       const image = 'iVBORw0KGgo'.repeat(1000);
       const sent = `data:image/png;base64,${'QUJD'.repeat(100)}`;

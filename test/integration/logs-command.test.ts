@@ -23,6 +23,7 @@ import { filterExpression } from '../../src/storage/log-queries.js';
 import { INSERT_EXCHANGE_SQL, toRow } from '../../src/storage/log-store.js';
 import { down as down0009 } from '../../src/storage/migrations/0009-vector-index-target.js';
 import { down as down0011 } from '../../src/storage/migrations/0011-search-stream-choices.js';
+import { down as down0012 } from '../../src/storage/migrations/0012-search-embeddings-vectors.js';
 import { migrations } from '../../src/storage/migrations/index.js';
 import { down0008 } from '../../src/storage/migrations/postgres.js';
 import { pgRow } from '../../src/storage/pg-log-store.js';
@@ -125,10 +126,11 @@ describe.skipIf(!pgUrl)('PostgreSQL (OAI_PROXY_TEST_PG_URL)', () => {
       // A database as it was before 0008: the old function, the index built with it.
       let storage = await openStorage({ kind: 'postgres', url: database.url });
       // Later migrations first, newest first (0010 does nothing on PostgreSQL).
+      await down0012(storage.db);
       await down0011(storage.db);
       await down0009(storage.db);
       await down0008(storage.db);
-      await sql`delete from kysely_migration where name in ('0008-search-text-unescaped', '0009-vector-index-target', '0010-search-index-mark-follows-deletes', '0011-search-stream-choices')`.execute(
+      await sql`delete from kysely_migration where name in ('0008-search-text-unescaped', '0009-vector-index-target', '0010-search-index-mark-follows-deletes', '0011-search-stream-choices', '0012-search-embeddings-vectors')`.execute(
         storage.db,
       );
       await storage.close();

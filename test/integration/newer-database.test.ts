@@ -20,7 +20,7 @@ async function newerDatabase(): Promise<{ dir: string; path: string }> {
   await (await openDatabase(path)).close();
   const db = new Database(path);
   db.prepare('insert into kysely_migration (name, timestamp) values (?, ?)').run(
-    '0012-future-thing',
+    '0099-future-thing',
     new Date().toISOString(),
   );
   db.close();
@@ -38,13 +38,13 @@ test.each([
   const io = createTestIo({ HOME: dir }, dir);
   expect(await main([...argv, '--db', path], io)).toBe(2);
   expect(io.err()).toBe(
-    `oai-proxy: Database ${path} was written by a newer oai-proxy (it has migration 0012-future-thing, which oai-proxy ${VERSION} does not know); upgrade oai-proxy, or point --db / DATABASE_URL at another database\n`,
+    `oai-proxy: Database ${path} was written by a newer oai-proxy (it has migration 0099-future-thing, which oai-proxy ${VERSION} does not know); upgrade oai-proxy, or point --db / DATABASE_URL at another database\n`,
   );
   expect(io.err()).not.toMatch(/corrupt/);
   const db = new Database(path, { readonly: true });
   const names = db.prepare('select name from kysely_migration order by name').pluck().all();
   const models = db.prepare("select count(*) from models where name = 'my-model'").pluck().get();
   db.close();
-  expect(names.at(-1)).toBe('0012-future-thing');
+  expect(names.at(-1)).toBe('0099-future-thing');
   expect(models).toBe(0);
 });

@@ -69,7 +69,7 @@ test('a database indexed before escapes were decoded is indexed again when it is
     db.sqlite.exec(`insert into exchanges_fts (rowid, request, response)
         select rowid, request_body, '' from exchanges;
       update exchanges_fts_state set indexed_rowid = (select max(rowid) from exchanges) where id = 1;
-      delete from kysely_migration where name in ('0008-search-text-unescaped', '0009-vector-index-target', '0010-search-index-mark-follows-deletes', '0011-search-stream-choices')`);
+      delete from kysely_migration where name in ('0008-search-text-unescaped', '0009-vector-index-target', '0010-search-index-mark-follows-deletes', '0011-search-stream-choices', '0012-search-embeddings-vectors')`);
     await db.close();
     expect(await grep('second')).toEqual([]);
     db = await openDatabase(path);
@@ -99,7 +99,7 @@ test('the full-text index merges 16 segments per level, in new databases and in 
     expect(automerge(db)).toBe(16);
     // A database migrated up to 0006: FTS5's default (no row: 4).
     db.sqlite.exec(`insert into exchanges_fts (exchanges_fts, rank) values ('automerge', 4);
-      delete from kysely_migration where name in ('0007-search-index-automerge', '0008-search-text-unescaped', '0009-vector-index-target', '0010-search-index-mark-follows-deletes', '0011-search-stream-choices')`);
+      delete from kysely_migration where name in ('0007-search-index-automerge', '0008-search-text-unescaped', '0009-vector-index-target', '0010-search-index-mark-follows-deletes', '0011-search-stream-choices', '0012-search-embeddings-vectors')`);
     expect(automerge(db)).toBe(4);
     await db.close();
     db = await openDatabase(path);
@@ -208,7 +208,7 @@ test('a database where new rows already sit below the mark: opening it lowers th
     expect(indexPendingExchanges(db.sqlite, 100)).toBe(5);
     // As a version without migration 0010 left it: every row pruned, then three recorded (rowids 1-3).
     db.sqlite.exec(`drop trigger exchanges_fts_state_after_delete;
-      delete from kysely_migration where name in ('0010-search-index-mark-follows-deletes', '0011-search-stream-choices');
+      delete from kysely_migration where name in ('0010-search-index-mark-follows-deletes', '0011-search-stream-choices', '0012-search-embeddings-vectors');
       delete from exchanges`);
     insert(db, 3, 'hedgehog');
     expect(searchIndexLag(db.sqlite)).toEqual({ indexedRowid: 5, maxRowid: 3 });

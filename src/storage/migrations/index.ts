@@ -12,6 +12,7 @@ import * as m0008 from './0008-search-text-unescaped.js';
 import * as m0009 from './0009-vector-index-target.js';
 import * as m0010 from './0010-search-index-mark-follows-deletes.js';
 import * as m0011 from './0011-search-stream-choices.js';
+import * as m0012 from './0012-search-embeddings-vectors.js';
 
 /**
  * Inline migrations (a bundled CLI has no migrations folder at run time). Names sort in order;
@@ -29,6 +30,7 @@ export const migrations: Record<string, Migration> = {
   '0009-vector-index-target': m0009,
   '0010-search-index-mark-follows-deletes': m0010,
   '0011-search-stream-choices': m0011,
+  '0012-search-embeddings-vectors': m0012,
 };
 
 /**

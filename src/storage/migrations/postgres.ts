@@ -95,7 +95,7 @@ export async function up0008(db: Kysely<any>): Promise<void> {
  * 0008's `oai_proxy_search_vector`; `more` is added to a reassembled stream's answer (0011: the other
  * choices of an `n` > 1 stream).
  */
-function searchVector(more: RawBuilder<unknown>) {
+function searchVector(more: RawBuilder<unknown>, body = sql`oai_proxy_search_text_vector`) {
   return sql`(req text, resp text, asm text)
     returns tsvector language plpgsql immutable parallel unsafe cost 5000 as $$
     declare
@@ -106,10 +106,10 @@ function searchVector(more: RawBuilder<unknown>) {
           answer := to_tsvector('simple', coalesce(asm::jsonb ->> 'content', ''))
             || oai_proxy_search_text_vector((asm::jsonb -> 'tool_calls')::text)${more};
         exception when others then
-          answer := oai_proxy_search_text_vector(resp);
+          answer := ${body}(resp);
         end;
       else
-        answer := oai_proxy_search_text_vector(resp);
+        answer := ${body}(resp);
       end if;
       return oai_proxy_search_text_vector(req) || answer;
     exception when others then
@@ -122,14 +122,53 @@ function searchVector(more: RawBuilder<unknown>) {
  * searched too. Rows recorded before have no `choices`, so their vectors do not change: no reindex.
  */
 export async function up0011(db: Kysely<any>): Promise<void> {
-  await sql`create or replace function oai_proxy_search_vector ${searchVector(
-    sql`
-            || oai_proxy_search_text_vector((asm::jsonb -> 'choices')::text)`,
-  )}`.execute(db);
+  await sql`create or replace function oai_proxy_search_vector ${searchVector(CHOICES_0011)}`.execute(db);
 }
 
 export async function down0011(db: Kysely<any>): Promise<void> {
   await sql`create or replace function oai_proxy_search_vector ${searchVector(sql``)}`.execute(db);
+}
+
+/** 0011's addition to the reassembled answer: every choice of an `n` > 1 stream. */
+const CHOICES_0011 = sql`
+            || oai_proxy_search_text_vector((asm::jsonb -> 'choices')::text)`;
+
+/**
+ * 0012: an embeddings answer is indexed without its vectors (see search-index.ts, EMBEDDINGS_ANSWER).
+ * Told by its content, as the function has no path: a top-level JSON object holding the `"embedding`
+ * text (`position` first, so a chat answer is never parsed for this) whose `data[0].object` is
+ * "embedding" (OpenAI's list) or with an `embeddings` array or an `embedding` (Ollama, llama.cpp).
+ * Rows recorded before keep their vectors' words in the index (no reindex: a rebuild of a large table
+ * at start-up for words nobody searches for); they go with `logs prune`.
+ */
+export async function up0012(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_response_vector(t text) returns tsvector
+    language plpgsql immutable parallel unsafe cost 2500 as $$
+    declare
+      j jsonb;
+    begin
+      if t is not null and position('"embedding' in t) > 0 and t ~ '^\s*\{' then
+        begin
+          j := t::jsonb;
+          if (j -> 'data' -> 0 ->> 'object') = 'embedding' or jsonb_typeof(j -> 'embeddings') = 'array'
+            or jsonb_typeof(j -> 'embedding') in ('array', 'string') then
+            return oai_proxy_search_text_vector((j - 'data' - 'embeddings' - 'embedding')::text);
+          end if;
+        exception when others then
+          null; -- not JSON after all: read it as text
+        end;
+      end if;
+      return oai_proxy_search_text_vector(t);
+    end $$`.execute(db);
+  await sql`create or replace function oai_proxy_search_vector ${searchVector(
+    CHOICES_0011,
+    sql`oai_proxy_search_response_vector`,
+  )}`.execute(db);
+}
+
+export async function down0012(db: Kysely<any>): Promise<void> {
+  await sql`create or replace function oai_proxy_search_vector ${searchVector(CHOICES_0011)}`.execute(db);
+  await sql`drop function if exists oai_proxy_search_response_vector(text)`.execute(db);
 }
 
 export async function down0008(db: Kysely<any>): Promise<void> {
