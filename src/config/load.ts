@@ -665,6 +665,14 @@ function refuseBlank(def: SettingDef, v: unknown, where: string): void {
   invalid(where, def, 'a value', NO_VALUE, `it is ${v === '' ? 'empty' : 'blank'}: give one, or ${instead}`);
 }
 
+/** `a, b,,c` → `['a', 'b', 'c']`: entries trimmed, empty ones dropped. */
+function commaList(v: string): string[] {
+  return v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+}
+
 /** Parse an environment / .env / flag string into the setting's type. */
 function fromString(def: SettingDef, v: string, where: string): unknown {
   switch (def.type) {
@@ -690,14 +698,7 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
     }
     case 'list':
     case 'models':
-      return checkClientKeys(
-        def,
-        v
-          .split(',')
-          .map((s) => s.trim())
-          .filter(Boolean),
-        where,
-      );
+      return checkClientKeys(def, commaList(v), where);
     case 'object': {
       let parsed: unknown;
       try {
@@ -768,15 +769,7 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
       return t;
     }
     case 'list':
-      if (typeof v === 'string')
-        return checkClientKeys(
-          def,
-          v
-            .split(',')
-            .map((s) => s.trim())
-            .filter(Boolean),
-          where,
-        );
+      if (typeof v === 'string') return checkClientKeys(def, commaList(v), where);
       if (!Array.isArray(v)) invalid(where, def, 'an array of strings', v);
       for (const [i, x] of v.entries())
         if (typeof x !== 'string')
