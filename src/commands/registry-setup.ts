@@ -104,7 +104,7 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
     }
     let apiKey = u.apiKey;
     if (!apiKey && u.apiKeyEnv) {
-      apiKey = env[u.apiKeyEnv];
+      apiKey = env[u.apiKeyEnv]?.trim();
       if (!apiKey) {
         throw new OaiProxyError(
           'config_invalid',

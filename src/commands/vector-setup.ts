@@ -50,7 +50,7 @@ export function configSecrets(resolved: ResolvedConfig): string[] {
     c.qdrantApiKey,
     ...c.proxyApiKeys,
     ...Object.values(c.upstreams).flatMap((u) => [
-      u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+      u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv]?.trim() : undefined),
       ...headerSecrets(u.headers),
     ]),
   ].filter((s): s is string => !!s);
@@ -81,7 +81,7 @@ export function resolveEmbeddingEndpoint(resolved: ResolvedConfig): EmbeddingEnd
     }
     target = createUpstreamTarget(c.embeddingUpstream, u.baseUrl, {
       type: u.type,
-      apiKey: u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv] : undefined),
+      apiKey: u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv]?.trim() : undefined),
       apiVersion: u.apiVersion,
       headers: u.headers,
     });

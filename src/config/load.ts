@@ -308,7 +308,10 @@ function addFileSecrets(secrets: Set<string>, raw: Record<string, unknown>, env:
   for (const u of Object.values(raw.upstreams)) {
     if (!isPlainObject(u)) continue;
     if (typeof u.apiKey === 'string') secrets.add(u.apiKey);
-    if (typeof u.apiKeyEnv === 'string' && env[u.apiKeyEnv]) secrets.add(env[u.apiKeyEnv]!);
+    if (typeof u.apiKeyEnv === 'string' && env[u.apiKeyEnv]) {
+      secrets.add(env[u.apiKeyEnv]!);
+      secrets.add(env[u.apiKeyEnv]!.trim());
+    }
     if (typeof u.baseUrl === 'string') addUrlPassword(secrets, u.baseUrl);
     // Secret-named headers only: `"x-provider": "openai"` must not hide the word openai from every message.
     if (isPlainObject(u.headers))
@@ -677,8 +680,10 @@ function commaList(v: string): string[] {
 function fromString(def: SettingDef, v: string, where: string): unknown {
   switch (def.type) {
     case 'string':
-    case 'secret':
       return v;
+    case 'secret':
+      // A key is compared with, or sent as, a trimmed header value: a space around it could never match.
+      return v.trim();
     case 'url':
       return checkUrl(def, v, where);
     case 'int': {
@@ -750,7 +755,7 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
     case 'string':
     case 'secret':
       if (typeof v !== 'string') invalid(where, def, 'a string', v);
-      return v;
+      return def.type === 'secret' ? v.trim() : v;
     case 'url':
       if (typeof v !== 'string') invalid(where, def, 'a URL string', v);
       return checkUrl(def, v, where);
@@ -1035,6 +1040,7 @@ function checkUpstreams(
     if (raw.headers !== undefined) checkStringMap(def, raw.headers, `${at}.headers`, '{"x-header":"value"}');
     warnUnknownKeys(raw, UPSTREAM_KEYS, `upstreams.${name}`, unknownKey);
     out[name] = { ...(raw as unknown as UpstreamEntry), baseUrl, type };
+    if (typeof raw.apiKey === 'string') out[name].apiKey = raw.apiKey.trim();
   }
   return out;
 }

@@ -513,6 +513,23 @@ describe('named upstreams', () => {
     for (const key of [KEY_A, KEY_B]) expect(JSON.stringify(rows)).not.toContain(key);
   });
 
+  test('upstream keys with a space or newline around them (OPENAI_API_KEY, apiKeyEnv) are sent trimmed', async () => {
+    const a = await upstream();
+    const b = await upstream();
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: a.baseUrl, OPENAI_API_KEY: ` ${KEY_A} `, LOCAL_KEY: `${KEY_B}\n` },
+      {
+        upstreams: { local: { baseUrl: b.baseUrl, apiKeyEnv: 'LOCAL_KEY' } },
+        models: [{ name: 'llama3', upstream: 'local' }],
+      },
+    );
+    const c = client(p);
+    await chat(c, 'gpt-4o');
+    await chat(c, 'llama3');
+    expect(a.requests[0].headers.authorization).toBe(`Bearer ${KEY_A}`);
+    expect(b.requests[0].headers.authorization).toBe(`Bearer ${KEY_B}`);
+  });
+
   test('Azure upstream: api-key header, deployment path, api-version query', async () => {
     const az = await upstream();
     const p = await proxyWith(

@@ -325,6 +325,23 @@ test('client keys and CORS origins in the file are trimmed, as the comma-separat
   expect(resolve({ PROXY_API_KEYS: ' pk-a , pk-b ' }).config.proxyApiKeys).toEqual(['pk-a', 'pk-b']);
 });
 
+// The same for the proxy's other keys: an admin key " k" could never match a client's (trimmed) Bearer,
+// and an upstream key with a newline would be sent as part of the Authorization header.
+test('the upstream, admin and Qdrant keys are trimmed, in the file and the environment', () => {
+  write('oai-proxy.config.json', {
+    adminApiKey: ' adm-key-0123456789 ',
+    upstreams: { local: { baseUrl: 'http://127.0.0.1:9/v1', apiKey: 'sk-upstream-0123456789\n' } },
+  });
+  const { config } = resolve({
+    OPENAI_API_KEY: ' sk-env-0123456789 ',
+    QDRANT_API_KEY: 'qd-key-0123456789\t',
+  });
+  expect(config.adminApiKey).toBe('adm-key-0123456789');
+  expect(config.openaiApiKey).toBe('sk-env-0123456789');
+  expect(config.qdrantApiKey).toBe('qd-key-0123456789');
+  expect(config.upstreams.local!.apiKey).toBe('sk-upstream-0123456789');
+});
+
 describe('unused: a bad value of a setting the command does not read is a warning', () => {
   const unused = { command: 'oai-proxy logs', settings: ['port', 'corsOrigins'] as const };
   test('the value is skipped (the lower layer or default kept), with a warning naming it', () => {
