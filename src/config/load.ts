@@ -702,8 +702,19 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
       return t;
     }
     case 'list':
-    case 'models':
       return checkClientKeys(def, commaList(v), where);
+    case 'models': {
+      const names = commaList(v);
+      if (names.length === 0)
+        invalid(
+          where,
+          def,
+          'comma-separated model names',
+          NO_VALUE,
+          'it holds none: give at least one model name, or leave it unset for the default list',
+        );
+      return names;
+    }
     case 'object': {
       let parsed: unknown;
       try {

@@ -193,6 +193,16 @@ describe('precedence: defaults < config file < .env < environment < flags', () =
     expect(config.validateModels).toBe(true);
     expect(resolve({ AVAILABLE_MODELS: 'x, y ,z' }).config.availableModels).toEqual(['x', 'y', 'z']);
   });
+
+  // Commas alone would empty the model list (every model refused while VALIDATE_MODELS is on).
+  test('AVAILABLE_MODELS holding no name (",") is refused, naming it', () => {
+    expect(() => resolve({ AVAILABLE_MODELS: ' , ,' })).toThrow(
+      /^Invalid AVAILABLE_MODELS \(environment\): expected comma-separated model names; it holds none: give at least one model name, or leave it unset for the default list$/,
+    );
+    // The file's empty array is a choice: a registry filled with `oai-proxy models add` only.
+    write('oai-proxy.config.json', { availableModels: [] });
+    expect(resolve().config.availableModels).toEqual([]);
+  });
 });
 
 describe('client keys: set but holding no key is refused, naming where, never showing a key', () => {
