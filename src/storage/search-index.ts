@@ -64,8 +64,9 @@ function registerSearchText(sqlite: SqliteHandle): void {
 }
 
 /**
- * An embeddings answer: OpenAI's list (`data[].object` "embedding"), Ollama's `embeddings` and the
- * single `embedding` of Ollama's older route and llama.cpp's. Its vectors are not text: 1,536 floats
+ * An embeddings answer: OpenAI's list (`data[].object` "embedding"), Ollama's `embeddings`, the single
+ * `embedding` of Ollama's older route and llama.cpp's, and llama.cpp's array of them (nothing else in it
+ * to index). Its vectors are not text: 1,536 floats
  * are ~3,000 words nobody searches for, tokenised at ~1.1 ms a row into ~19 KB of index (scratch
  * measurement, 2026-12-07); base64 vectors ~0.18 ms and ~9 KB. Only rows of an embeddings route
  * (`/v1/embeddings`, Azure's `…/embeddings`, Ollama's `/api/embed`, llama.cpp's `/embedding`) are
@@ -74,7 +75,8 @@ function registerSearchText(sqlite: SqliteHandle): void {
 const EMBEDDINGS_ANSWER = `(path like '%/embeddings' or path like '%/embed' or path like '%/embedding')
   and json_valid(response_body)
   and (response_body ->> '$.data[0].object' = 'embedding' or json_type(response_body, '$.embeddings') = 'array'
-    or json_type(response_body, '$.embedding') in ('array', 'text'))`;
+    or json_type(response_body, '$.embedding') in ('array', 'text')
+    or json_type(response_body, '$[0].embedding') = 'array')`;
 
 /**
  * The text indexed as "response": a stream's reassembled content (json_extract decodes it), tool calls
@@ -84,7 +86,8 @@ const EMBEDDINGS_ANSWER = `(path like '%/embeddings' or path like '%/embed' or p
 const RESPONSE_TEXT = `case when json_valid(assembled)
   then coalesce(json_extract(assembled, '$.content'), '') || ' ' || coalesce(${withSearchText("json_extract(assembled, '$.tool_calls')")}, '')
     || coalesce(' ' || ${withSearchText("json_extract(assembled, '$.choices')")}, '')
-  when ${EMBEDDINGS_ANSWER} then json_remove(response_body, '$.data', '$.embeddings', '$.embedding')
+  when ${EMBEDDINGS_ANSWER} then case json_type(response_body) when 'array' then ''
+    else json_remove(response_body, '$.data', '$.embeddings', '$.embedding') end
   else ${withSearchText('response_body')} end`;
 const REQUEST_TEXT = withSearchText('request_body');
 

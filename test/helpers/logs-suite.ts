@@ -317,6 +317,12 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
           requestBody: JSON.stringify({ model: 'nomic-embed-text', input: 'okapi facts' }),
           responseBody: JSON.stringify({ model: 'nomic-embed-text', embeddings: [floats] }),
         }),
+        // llama.cpp's /embedding: an array of {index, embedding}, written after a newline.
+        rec('e4', {
+          path: '/embedding',
+          requestBody: JSON.stringify({ content: 'quokka facts' }),
+          responseBody: `\n${JSON.stringify([{ index: 0, embedding: [floats] }], null, 2)}`,
+        }),
         // A chat answer that talks about embeddings keeps every word, numbers too.
         rec('c1', {
           responseBody: JSON.stringify({
@@ -326,6 +332,7 @@ export function logsSuite(name: string, create: () => Promise<LogsTestDatabase>)
       ]);
       expect(await ids('--grep', 'capybara')).toEqual(['e1']);
       expect(await ids('--grep', 'okapi')).toEqual(['e3']);
+      expect(await ids('--grep', 'quokka')).toEqual(['e4']);
       expect((await ids('--grep', 'text-embedding-3-small')).sort()).toEqual(['e1', 'e2']);
       expect(await ids('--grep', 'nomic-embed-text')).toEqual(['e3']);
       // The float is in the chat answer's words only.

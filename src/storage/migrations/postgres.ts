@@ -137,7 +137,8 @@ const CHOICES_0011 = sql`
  * 0012: an embeddings answer is indexed without its vectors (see search-index.ts, EMBEDDINGS_ANSWER).
  * Told by its content, as the function has no path: a top-level JSON object holding the `"embedding`
  * text (`position` first, so a chat answer is never parsed for this) whose `data[0].object` is
- * "embedding" (OpenAI's list) or with an `embeddings` array or an `embedding` (Ollama, llama.cpp).
+ * "embedding" (OpenAI's list) or with an `embeddings` array or an `embedding` (Ollama, llama.cpp), or
+ * llama.cpp's array of `{index, embedding}` (nothing left to index).
  * Rows recorded before keep their vectors' words in the index (no reindex: a rebuild of a large table
  * at start-up for words nobody searches for); they go with `logs prune`.
  */
@@ -147,10 +148,14 @@ export async function up0012(db: Kysely<any>): Promise<void> {
     declare
       j jsonb;
     begin
-      if t is not null and position('"embedding' in t) > 0 and t ~ '^\s*\{' then
+      if t is not null and position('"embedding' in t) > 0 and t ~ '^\\s*[\\[{]' then
         begin
           j := t::jsonb;
-          if (j -> 'data' -> 0 ->> 'object') = 'embedding' or jsonb_typeof(j -> 'embeddings') = 'array'
+          if jsonb_typeof(j) = 'array' then
+            if jsonb_typeof(j -> 0 -> 'embedding') = 'array' then
+              return ''::tsvector;
+            end if;
+          elsif (j -> 'data' -> 0 ->> 'object') = 'embedding' or jsonb_typeof(j -> 'embeddings') = 'array'
             or jsonb_typeof(j -> 'embedding') in ('array', 'string') then
             return oai_proxy_search_text_vector((j - 'data' - 'embeddings' - 'embedding')::text);
           end if;
