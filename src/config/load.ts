@@ -242,7 +242,6 @@ function resolveLayers(
 
   const config = values as unknown as Config;
   takeApiVersions(config, sources, warnings);
-  validateCrossFields(config, sources);
   return { config, configFile, warnings, sources, env: { ...dotenv, ...env } };
 }
 
@@ -722,7 +721,7 @@ function fromString(def: SettingDef, v: string, where: string): unknown {
       } catch {
         return invalid(where, def, 'a JSON object such as {"alias":"model"}', v);
       }
-      return checkStringMap(def, parsed, where);
+      return checkMappings(def, checkStringMap(def, parsed, where), where, v);
     }
     default:
       return invalid(where, def, 'a value set in the config file only');
@@ -797,7 +796,7 @@ function fromFile(def: SettingDef, v: unknown, where: string, unknownKey: Unknow
         where,
       );
     case 'object':
-      return checkStringMap(def, v, where);
+      return checkMappings(def, checkStringMap(def, v, where), where, v);
     case 'models':
       if (!Array.isArray(v)) invalid(where, def, 'an array of model names or {name, …} objects', v);
       return v.map((item, i) =>
@@ -1065,15 +1064,26 @@ function warnUnknownKeys(
   for (const k of Object.keys(entry)) if (!known.includes(k)) unknownKey(`${path}.${k}`, closestOf(k, known));
 }
 
-function validateCrossFields(config: Config, sources: Partial<Record<ConfigKey, string>>): void {
-  for (const [alias, target] of Object.entries(config.modelMappings)) {
-    if (alias.trim() === '' || target.trim() === '') {
-      throw new OaiProxyError(
-        'config_invalid',
-        `Invalid MODEL_MAPPINGS (${sources.modelMappings ?? 'default'}): alias and model must be non-empty`,
-      );
-    }
+/**
+ * Aliases (`modelMappings`): no empty alias or model. Checked with the value, so that a command that never
+ * reads the mappings (`logs`) only warns about it, as about any bad value.
+ */
+function checkMappings(
+  def: SettingDef,
+  map: Record<string, string>,
+  where: string,
+  v: unknown,
+): Record<string, string> {
+  for (const [alias, target] of Object.entries(map)) {
+    const why =
+      alias.trim() === ''
+        ? 'an alias is empty'
+        : target.trim() === ''
+          ? `${JSON.stringify(alias)} maps to an empty model`
+          : undefined;
+    if (why) invalid(where, def, 'a JSON object of non-empty alias → model names', v, why);
   }
+  return map;
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {

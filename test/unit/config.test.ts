@@ -377,6 +377,9 @@ describe('unused: a bad value of a setting the command does not read is a warnin
     ['oai-proxy logs', { OPENAI_BASE_URL: 'localhost:8080' }, 'skipped'],
     ['oai-proxy logs', { OPENAI_API_TYPE: 'bogus' }, 'skipped'],
     ['oai-proxy logs', { MODEL_MAPPINGS: '{bad' }, 'skipped'],
+    // Valid JSON whose alias is empty: refused by serve and models, not a reason to stop logs.
+    ['oai-proxy logs', { MODEL_MAPPINGS: '{"":"gpt-4o"}' }, 'skipped'],
+    ['oai-proxy models', { MODEL_MAPPINGS: '{"":"gpt-4o"}' }, 'refused'],
     ['oai-proxy logs', { QDRANT_URL: 'qdrant:6333' }, 'skipped'],
     ['oai-proxy logs', { PROXY_API_KEYS: ',' }, 'skipped'],
     ['oai-proxy logs', { LOG_MAX_FILES: '0' }, 'refused'],
@@ -418,6 +421,10 @@ describe('invalid values name the setting and where it came from', () => {
     [{ PORT: '70000' }, /PORT \(environment\).*0 to 65535/],
     [{ MODEL_MAPPINGS: '{nope' }, /Invalid MODEL_MAPPINGS \(environment\).*JSON object/],
     [{ MODEL_MAPPINGS: '["a"]' }, /MODEL_MAPPINGS.*JSON object/],
+    [
+      { MODEL_MAPPINGS: '{"fast":" "}' },
+      /^Invalid MODEL_MAPPINGS \(environment\) = \{"fast":" "\}: expected a JSON object of non-empty alias → model names; "fast" maps to an empty model$/,
+    ],
     [{ VALIDATE_MODELS: 'maybe' }, /VALIDATE_MODELS \(environment\) = maybe: expected true or false/],
     [{ OPENAI_BASE_URL: 'not a url' }, /OPENAI_BASE_URL.*absolute http/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL.*one of trace, debug/],
