@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import { type ResolvedConfig, settingNames } from '../config/load.js';
+import { type ResolvedConfig, settingNames, upstreamApiKey } from '../config/load.js';
 import { restartRequired } from '../config/reloadable.js';
 import { OaiProxyError } from '../errors.js';
 import { createAdminRoute, type RegistryControl } from '../proxy/admin-api.js';
@@ -102,15 +102,12 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
         `The upstream name "default" is reserved for OPENAI_BASE_URL; rename upstreams.default${file}`,
       );
     }
-    let apiKey = u.apiKey;
+    const apiKey = upstreamApiKey(u, env);
     if (!apiKey && u.apiKeyEnv) {
-      apiKey = env[u.apiKeyEnv]?.trim();
-      if (!apiKey) {
-        throw new OaiProxyError(
-          'config_invalid',
-          `upstreams.${name}.apiKeyEnv${file} names ${u.apiKeyEnv}, which is not set; set it in the environment or .env`,
-        );
-      }
+      throw new OaiProxyError(
+        'config_invalid',
+        `upstreams.${name}.apiKeyEnv${file} names ${u.apiKeyEnv}, which is not set; set it in the environment or .env`,
+      );
     }
     upstreams.set(
       name,

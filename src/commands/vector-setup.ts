@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
-import { type ResolvedConfig, settingSource } from '../config/load.js';
+import { type ResolvedConfig, settingSource, upstreamApiKey } from '../config/load.js';
 import { OaiProxyError } from '../errors.js';
 import { headerSecrets, redactedHeadersJson, scrubSecrets } from '../proxy/capture.js';
 import { createUpstreamTarget, shapeUpstreamRequest } from '../proxy/forward.js';
@@ -50,7 +50,7 @@ export function configSecrets(resolved: ResolvedConfig): string[] {
     c.qdrantApiKey,
     ...c.proxyApiKeys,
     ...Object.values(c.upstreams).flatMap((u) => [
-      u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv]?.trim() : undefined),
+      upstreamApiKey(u, resolved.env),
       ...headerSecrets(u.headers),
     ]),
   ].filter((s): s is string => !!s);
@@ -81,7 +81,7 @@ export function resolveEmbeddingEndpoint(resolved: ResolvedConfig): EmbeddingEnd
     }
     target = createUpstreamTarget(c.embeddingUpstream, u.baseUrl, {
       type: u.type,
-      apiKey: u.apiKey ?? (u.apiKeyEnv ? resolved.env[u.apiKeyEnv]?.trim() : undefined),
+      apiKey: upstreamApiKey(u, resolved.env),
       apiVersion: u.apiVersion,
       headers: u.headers,
     });

@@ -401,14 +401,24 @@ export function configuredKeys(resolved: ResolvedConfig): { setting: string; val
     });
   const file = resolved.configFile ? ` in config file ${resolved.configFile}` : '';
   for (const [name, u] of Object.entries(c.upstreams)) {
-    if (u.apiKey) out.push({ setting: `upstreams.${name}.apiKey${file}`, value: u.apiKey });
-    else if (u.apiKeyEnv && resolved.env[u.apiKeyEnv])
+    const value = upstreamApiKey(u, resolved.env);
+    if (value)
       out.push({
-        setting: `${u.apiKeyEnv} (upstreams.${name}.apiKeyEnv)`,
-        value: resolved.env[u.apiKeyEnv]!,
+        setting: u.apiKey
+          ? `upstreams.${name}.apiKey${file}`
+          : `${u.apiKeyEnv} (upstreams.${name}.apiKeyEnv)`,
+        value,
       });
   }
   return out;
+}
+
+/**
+ * A named upstream's key: its `apiKey`, else the variable its `apiKeyEnv` names (environment or `.env`),
+ * trimmed as every key setting is (a pasted line end could not be sent in a header).
+ */
+export function upstreamApiKey(u: Pick<UpstreamEntry, 'apiKey' | 'apiKeyEnv'>, env: Env): string | undefined {
+  return u.apiKey || (u.apiKeyEnv ? env[u.apiKeyEnv]?.trim() : undefined) || undefined;
 }
 
 /**
