@@ -11,6 +11,7 @@ import {
   knownSecrets,
   maskSecret,
   readConfigFile,
+  requireFlagValue,
   resolveConfig,
   shownValue,
   splitApiVersion,
@@ -227,7 +228,16 @@ type ConfigTarget = { path: string; from?: string };
  * `./.env` as serve reads them (configFileTarget).
  */
 function targetPath(options: InitOptions, io: CliIo): ConfigTarget {
-  if (options.config) return { path: resolve(io.cwd, options.config) };
+  if (options.config !== undefined) {
+    const path = requireFlagValue(
+      options.config,
+      '--config',
+      'a file to write',
+      '--config ./oai-proxy.config.json',
+      'leave it out for the file serve reads by default',
+    );
+    return { path: resolve(io.cwd, path) };
+  }
   return configFileTarget(io.env, io.cwd);
 }
 

@@ -1,3 +1,4 @@
+import { requireFlagValue } from '../config/load.js';
 import { OaiProxyError } from '../errors.js';
 import type { LogFilter, StatusFilter } from '../storage/log-queries.js';
 
@@ -132,15 +133,6 @@ export function parseChoice<T extends string>(
   if (!allowed.includes(t))
     throw new OaiProxyError('usage', `${flag} "${text}" must be one of ${allowed.join(', ')}`);
   return t;
-}
-
-/**
- * A name or text flag's value, refused when empty or blank (`--model ""`, an unset shell variable):
- * it would match nothing, silently. `example` is the flag with a value, for the message.
- */
-export function requireFlagValue(text: string, flag: string, what: string, example: string): string {
-  if (text.trim() === '') throw new OaiProxyError('usage', `${flag} needs a value: ${what}, e.g. ${example}`);
-  return text;
 }
 
 /** A character the search index keeps in its words: a letter, a digit or a private-use character. */

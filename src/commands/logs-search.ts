@@ -1,7 +1,13 @@
 import { existsSync, statSync } from 'node:fs';
 import type { Command } from 'commander';
 import type { CommandRunner } from '../cli.js';
-import { checkBaseUrls, type ResolvedConfig, resolveConfig, settingSource } from '../config/load.js';
+import {
+  checkBaseUrls,
+  type ResolvedConfig,
+  requireFlagValue,
+  resolveConfig,
+  settingSource,
+} from '../config/load.js';
 import { redactUrl, resolveDatabaseLocation } from '../config/paths.js';
 import { unusedSettings } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
@@ -16,7 +22,7 @@ import { createQdrantStore, type VectorStore } from '../vector/qdrant-store.js';
 import type { CliIo } from './io.js';
 import type { LogsExtensions } from './logs.js';
 import { renderExchangeTable, toExchangeJson } from './logs-format.js';
-import { parseTimeBound, requireFlagValue } from './logs-options.js';
+import { parseTimeBound } from './logs-options.js';
 import { useColor } from './terminal-text.js';
 import {
   createVectorServices,

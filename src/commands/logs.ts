@@ -5,6 +5,7 @@ import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
 import {
   type ResolvedConfig,
+  requireFlagValue,
   resolveConfig,
   settingSource,
   withoutConfiguredSecrets,
@@ -50,7 +51,6 @@ import {
   parseCount,
   parseDuration,
   parseTimeBound,
-  requireFlagValue,
   resolveLogFilter,
 } from './logs-options.js';
 import { terminalSafe, useColor } from './terminal-text.js';

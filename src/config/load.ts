@@ -81,21 +81,43 @@ export function settingNames(resolved: Pick<ResolvedConfig, 'sources'>): {
 }
 
 /** `needs`: what an empty value of the flag is refused with (it would mean the default, silently). */
-const FLAG_TO_KEY: Record<keyof ConfigFlags, { key: ConfigKey; flag: string; needs?: string }> = {
+const FLAG_TO_KEY: Record<
+  keyof ConfigFlags,
+  { key: ConfigKey; flag: string; needs?: [what: string, example: string, hint: string] }
+> = {
   port: { key: 'port', flag: '--port' },
   host: { key: 'host', flag: '--host' },
   upstream: { key: 'openaiBaseUrl', flag: '--upstream' },
   db: {
     key: 'databaseUrl',
     flag: '--db',
-    needs: 'a database path or URL, e.g. --db ./proxy.db (leave it out for the default database)',
+    needs: ['a database path or URL', '--db ./proxy.db', 'leave it out for the default database'],
   },
   logFile: {
     key: 'logFilePath',
     flag: '--log-file',
-    needs: 'a file path, e.g. --log-file ./proxy.log (leave it out for oai-proxy.log beside the database)',
+    needs: ['a file path', '--log-file ./proxy.log', 'leave it out for oai-proxy.log beside the database'],
   },
 };
+
+/**
+ * A flag's value, refused when empty or blank (`--model ""`, `--db "$UNSET"`): it would match nothing or
+ * mean the default, silently. `example` is the flag with a value; `hint` what leaving the flag out does.
+ */
+export function requireFlagValue(
+  text: string,
+  flag: string,
+  what: string,
+  example: string,
+  hint?: string,
+): string {
+  if (text.trim() === '')
+    throw new OaiProxyError(
+      'usage',
+      `${flag} needs a value: ${what}, e.g. ${example}${hint ? ` (${hint})` : ''}`,
+    );
+  return text;
+}
 
 /**
  * Resolve the configuration once: defaults < config file < `.env` in the working directory <
@@ -232,7 +254,7 @@ function resolveLayers(
   for (const [name, { key, flag, needs }] of Object.entries(FLAG_TO_KEY)) {
     const v = options.flags?.[name as keyof ConfigFlags];
     if (v === undefined) continue;
-    if (needs && v.trim() === '') throw new OaiProxyError('usage', `${flag} needs a value: ${needs}`);
+    if (needs) requireFlagValue(v, flag, ...needs);
     const def = SETTINGS.find((s) => s.key === key)!;
     const parsed = parse(key, () => fromString(def, v, flag));
     if (parsed === SKIP) continue;
@@ -433,11 +455,13 @@ export function findConfigFile(
   dotenv: Env = readDotenvQuietly(cwd),
 ): string | undefined {
   if (explicit !== undefined) {
-    if (explicit.trim() === '')
-      throw new OaiProxyError(
-        'usage',
-        '--config needs a value: a config file path, e.g. --config ./oai-proxy.config.json (leave it out to use the one found as usual)',
-      );
+    requireFlagValue(
+      explicit,
+      '--config',
+      'a config file path',
+      '--config ./oai-proxy.config.json',
+      'leave it out to use the one found as usual',
+    );
     const p = resolve(cwd, explicit);
     if (!existsSync(p))
       throw new OaiProxyError(

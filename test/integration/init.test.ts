@@ -521,6 +521,17 @@ describe('oai-proxy init --yes', () => {
     expect(existsSync(join(h.dir, '.config'))).toBe(false);
   });
 
+  // As for every command: an empty --config ("$CONFIG" unset) must not mean the per-user file silently.
+  test('--config "" → exit 2 naming the flag, nothing written', async () => {
+    const h = tempHome();
+    const io = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--config', ''], io)).toBe(2);
+    expect(io.err()).toContain(
+      '--config needs a value: a file to write, e.g. --config ./oai-proxy.config.json',
+    );
+    expect(existsSync(h.configPath)).toBe(false);
+  });
+
   test('no terminal and no --yes → exit 2 at once with a clear message, nothing written', async () => {
     const h = tempHome();
     const io = createTestIo(h.env, h.dir);
