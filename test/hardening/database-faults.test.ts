@@ -65,6 +65,22 @@ async function listModels(url: string): Promise<string[]> {
   return body.data.map((m) => m.id);
 }
 
+/**
+ * Three exchanges, a backup of the database (`vacuum into`), then two more the backup does not have (in
+ * the WAL, checkpointed into the file or not). Returns the backup's path.
+ */
+async function backupOfThreeOfFive(proxy: TestProxy): Promise<string> {
+  for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
+  await proxy.waitForRows(3);
+  const backup = `${proxy.dbPath}.backup`;
+  const live = new Database(proxy.dbPath);
+  live.exec(`vacuum into '${backup}'`);
+  live.close();
+  for (let i = 0; i < 2; i++) expect((await chat(proxy.url)).status).toBe(200);
+  await proxy.waitForRows(5);
+  return backup;
+}
+
 function countRows(path: string): number {
   const db = new Database(path, { readonly: true });
   try {
@@ -299,15 +315,7 @@ describe('database trouble while running', () => {
 
   test('database file replaced by a backup while running: the backup keeps its rows and gets the new ones', async () => {
     const { proxy } = await setup();
-    for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
-    await proxy.waitForRows(3);
-    const backup = `${proxy.dbPath}.backup`;
-    const live = new Database(proxy.dbPath);
-    live.exec(`vacuum into '${backup}'`);
-    live.close();
-    // Rows the backup does not have, still in the WAL (not checkpointed into the file yet) or not.
-    for (let i = 0; i < 2; i++) expect((await chat(proxy.url)).status).toBe(200);
-    await proxy.waitForRows(5);
+    const backup = await backupOfThreeOfFive(proxy);
     renameSync(backup, proxy.dbPath);
     for (let i = 0; i < 4; i++) expect((await chat(proxy.url)).status).toBe(200);
     // The old file's WAL was not applied to the backup: it holds its own 3 rows and the 4 new ones.
@@ -328,14 +336,7 @@ describe('database trouble while running', () => {
 
   test('a backup moved into place while the proxy is idle: noticed without a request, so `models add` on it lasts', async () => {
     const { proxy } = await setup({ LOG_FLUSH_INTERVAL_MS: '50' });
-    for (let i = 0; i < 3; i++) expect((await chat(proxy.url)).status).toBe(200);
-    await proxy.waitForRows(3);
-    const backup = `${proxy.dbPath}.backup`;
-    const live = new Database(proxy.dbPath);
-    live.exec(`vacuum into '${backup}'`);
-    live.close();
-    for (let i = 0; i < 2; i++) expect((await chat(proxy.url)).status).toBe(200);
-    await proxy.waitForRows(5);
+    const backup = await backupOfThreeOfFive(proxy);
     const oldWal = statSync(`${proxy.dbPath}-wal`).ino;
     renameSync(backup, proxy.dbPath);
     // No request from here on: the proxy lets go of the old file's -wal and -shm by itself (removes them;

@@ -73,25 +73,22 @@ test.each([
     'Invalid PROXY_API_KEYS (.env in {dir}): expected comma-separated client keys; it holds none',
   ],
 ])('serve refusing %s names where it came from, exit 2', async (_name, layers, expected) => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const file = join(tmp.path, 'oai-proxy.config.json');
-  const {
-    file: content,
-    dotenv,
-    env,
-  } = layers as {
-    file?: object;
-    dotenv?: string;
-    env?: Record<string, string>;
-  };
-  if (content) writeFileSync(file, JSON.stringify(content));
-  if (dotenv) writeFileSync(join(tmp.path, '.env'), dotenv);
+  const { tmp, file, env } = layeredDir(layers);
   const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent', ...env }, tmp.path);
   expect(await main(['serve', '--port', '0', '--db', join(tmp.path, 'a.db')], io)).toBe(2);
   expect(io.err()).toContain(expected.replace('{file}', file).replace('{dir}', tmp.path));
   expect(io.err()).not.toContain('pk-team-key');
 });
+
+/** A temp dir with the layers a test names: a config file `oai-proxy.config.json`, a `.env`, environment. */
+function layeredDir(layers: { file?: object; dotenv?: string; env?: Record<string, string> }) {
+  const tmp = createTempDir();
+  cleanups.push(tmp.cleanup);
+  const file = join(tmp.path, 'oai-proxy.config.json');
+  if (layers.file) writeFileSync(file, JSON.stringify(layers.file));
+  if (layers.dotenv) writeFileSync(join(tmp.path, '.env'), layers.dotenv);
+  return { tmp, file, env: layers.env };
+}
 
 /** A temp dir holding an empty oai-proxy database `a.db`, as `serve` leaves it. */
 async function dirWithDatabase(): Promise<{ dir: string; db: string }> {
@@ -376,20 +373,7 @@ test.each([
     'Invalid LOG_FILE_PATH (.env in {dir}): expected a value; it is blank: give one, or unset it (LOG_FILE_PATH= counts as unset) to use the default',
   ],
 ])('serve and logs with %s: exit 2 naming it, nothing created', async (_name, layers, expected) => {
-  const tmp = createTempDir();
-  cleanups.push(tmp.cleanup);
-  const file = join(tmp.path, 'oai-proxy.config.json');
-  const {
-    file: content,
-    dotenv,
-    env,
-  } = layers as {
-    file?: object;
-    dotenv?: string;
-    env?: Record<string, string>;
-  };
-  if (content) writeFileSync(file, JSON.stringify(content));
-  if (dotenv) writeFileSync(join(tmp.path, '.env'), dotenv);
+  const { tmp, file, env } = layeredDir(layers);
   const before = readdirSync(tmp.path).sort();
   for (const argv of [['serve', '--port', '0'], ['logs']]) {
     const io = createTestIo({ HOME: tmp.path, LOG_LEVEL: 'silent', ...env }, tmp.path);
