@@ -251,6 +251,11 @@ export class ExchangeContext {
   cors: Record<string, string> | null = null;
   /** Read now: by the time the exchange is recorded the socket may be detached (req.socket null). */
   readonly clientAddr: string | null;
+  /**
+   * True while a chunk of a streamed request body is handed upstream and the upstream has not asked for the
+   * next (it reads slowly, or not yet): a client silent then is waiting on the proxy, not stalled.
+   */
+  bodyHeldUpstream = false;
 
   constructor(
     readonly req: IncomingMessage,
@@ -945,7 +950,14 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       contentLength,
       deployment,
     });
-    await dispatchUpstream(x, decision.upstream.origin, method, shape.path, shape.headers, body);
+    await dispatchUpstream(
+      x,
+      decision.upstream.origin,
+      method,
+      shape.path,
+      shape.headers,
+      body === null || Buffer.isBuffer(body) ? body : noteHeldUpstream(x, body),
+    );
   };
 
   const dispatchUpstream = (
@@ -1500,9 +1512,9 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         socket.setTimeout(0);
         return;
       }
-      // Bytes arrived after all, or received ones are not consumed yet: the proxy (an upstream reading
-      // slowly) is behind, not the client. Watch on.
-      if (socket.bytesRead !== bytesRead || x.req.readableLength > 0) {
+      // Bytes arrived after all, received ones are not consumed yet, or the last one read still waits for
+      // the upstream to take it: the proxy (an upstream reading slowly) is behind, not the client. Watch on.
+      if (socket.bytesRead !== bytesRead || x.req.readableLength > 0 || x.bodyHeldUpstream) {
         socket[kBodyWatch] = x;
         socket.setTimeout(ms);
         return;
@@ -1708,6 +1720,25 @@ function responseUsage(capture: BodyCapture, stored: string) {
   if (!capture.truncated) return extractUsage(stored);
   const tail = capture.tailText();
   return (tail === null ? null : extractUsage(tail)) ?? extractUsage(stored);
+}
+
+/**
+ * A streamed request body as the upstream request reads it, noting on the exchange while a chunk is handed
+ * over and the upstream has not asked for the next (the body timeout's "the proxy is behind" signal: the
+ * request's own buffer can be empty then, the chunk in flight being in the upstream request's hands).
+ */
+export async function* noteHeldUpstream(
+  x: Pick<ExchangeContext, 'bodyHeldUpstream'>,
+  body: AsyncIterable<Buffer>,
+): AsyncIterable<Buffer> {
+  for await (const chunk of body) {
+    x.bodyHeldUpstream = true;
+    try {
+      yield chunk;
+    } finally {
+      x.bodyHeldUpstream = false;
+    }
+  }
 }
 
 /** True when the request says a body follows its headers. */

@@ -2,7 +2,7 @@ import { createServer, request } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
-import { bodyWatchOf } from '../../src/proxy/server.js';
+import { bodyWatchOf, noteHeldUpstream } from '../../src/proxy/server.js';
 import { CHAT_ANSWER, chatCompletionBody, sleep } from '../helpers/fake-upstream.js';
 import { proxyWithUpstreamPerTest, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 import { firstBody, openUpstreamRequests, rawHttp } from './raw-http.js';
@@ -290,5 +290,47 @@ describe('what the limit does not cut', () => {
       slow.closeAllConnections();
       await new Promise<void>((r) => slow.close(() => r()));
     }
+  });
+});
+
+describe('the "proxy is behind" signal the body timer asks', () => {
+  test('set while the upstream holds a chunk it has not asked past, clear while the client is awaited', async () => {
+    const x = { bodyHeldUpstream: false };
+    let release: (() => void) | null = null;
+    const client = (async function* () {
+      yield Buffer.from('a');
+      // The client is silent here until released.
+      await new Promise<void>((r) => {
+        release = r;
+      });
+      yield Buffer.from('b');
+    })();
+    const upstream = noteHeldUpstream(x, client)[Symbol.asyncIterator]();
+    expect(x.bodyHeldUpstream).toBe(false);
+    expect((await upstream.next()).value?.toString()).toBe('a');
+    // The upstream took 'a' and has not asked for more: the proxy is behind, not the client.
+    expect(x.bodyHeldUpstream).toBe(true);
+    const pending = upstream.next();
+    await sleep(10);
+    // The upstream asked for more; the client has none yet: waiting on the client.
+    expect(x.bodyHeldUpstream).toBe(false);
+    (release as unknown as () => void)();
+    expect((await pending).value?.toString()).toBe('b');
+    expect(x.bodyHeldUpstream).toBe(true);
+    expect((await upstream.next()).done).toBe(true);
+    expect(x.bodyHeldUpstream).toBe(false);
+  });
+
+  test('cleared when the upstream request stops reading the body (it failed or was answered)', async () => {
+    const x = { bodyHeldUpstream: false };
+    const upstream = noteHeldUpstream(x, [
+      Buffer.from('a'),
+      Buffer.from('b'),
+    ] as unknown as AsyncIterable<Buffer>);
+    const it = upstream[Symbol.asyncIterator]();
+    await it.next();
+    expect(x.bodyHeldUpstream).toBe(true);
+    await it.return?.(undefined);
+    expect(x.bodyHeldUpstream).toBe(false);
   });
 });
