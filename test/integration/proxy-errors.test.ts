@@ -219,8 +219,6 @@ describe('an error event inside a 200 stream', () => {
         body: '{"model":"gpt-4o","stream":true}',
       })
     ).text();
-    await new Promise((r) => setTimeout(r, 500));
-    console.log('STDERR', proxy.stderr(), proxy.rows(), JSON.stringify(proxy.logLines()));
     const [row] = await proxy.waitForRows(1);
     expect(row.error).toBeNull();
     const shown = await logs(proxy, 'show', row.id);
