@@ -14,7 +14,7 @@ export interface StreamAssembler {
    * to see).
    */
   result(endedCleanly?: boolean): AssembledMessage;
-  /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`), else null. */
+  /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`, a chunk's `error`), else null. */
   streamError(): string | null;
   /**
    * Streamed text the message does not keep (reasoning, Ollama's thinking, refusals, audio transcripts,
@@ -170,6 +170,9 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
       noteError(ev.error?.message ?? ev.error ?? ev.message);
       return;
     }
+    // A chunk carrying an `error` beside its choices (OpenRouter's failure mid-generation, finish_reason
+    // "error"): the openai SDK throws on any event whose `error` is set, and so the answer failed.
+    if (ev.error) noteError(ev.error.message ?? ev.error);
     if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
     if (!Array.isArray(ev.choices)) {
       if (typeof ev.done === 'boolean') onOllamaEvent(ev);

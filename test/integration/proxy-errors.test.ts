@@ -156,6 +156,13 @@ describe('an error event inside a 200 stream', () => {
       'The server had an error while processing your request',
     ],
     [
+      // OpenRouter reports a failure mid-generation as a chunk with an `error` and finish_reason "error".
+      'chat: a chunk carrying an error',
+      '/v1/chat/completions',
+      `${chunkEvent('partial')}data: ${JSON.stringify({ id: 'c1', object: 'chat.completion.chunk', created: 1, model: 'gpt-4o', error: { code: 502, message: 'Provider disconnected unexpectedly' }, choices: [{ index: 0, delta: { content: '' }, finish_reason: 'error' }] })}\n\n`,
+      'Provider disconnected unexpectedly',
+    ],
+    [
       'Responses: type error',
       '/v1/responses',
       `event: response.output_text.delta\ndata: ${JSON.stringify({ type: 'response.output_text.delta', sequence_number: 1, item_id: 'm', output_index: 0, content_index: 0, delta: 'partial' })}\n\nevent: error\ndata: ${JSON.stringify({ type: 'error', sequence_number: 2, code: 'server_error', message: 'Something went wrong', param: null })}\n\n`,

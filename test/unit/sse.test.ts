@@ -254,6 +254,26 @@ describe('stream reassembly', () => {
       false,
     ],
     [
+      // OpenRouter's mid-stream failure: a chunk with an `error` beside its choices (the openai SDK throws on it).
+      'chat: a chunk carrying an error',
+      sse([
+        chunk({ content: 'partial' }),
+        { ...chunk({ content: '' }, 'error'), error: { code: 502, message: 'Provider disconnected' } },
+      ]),
+      'Provider disconnected',
+      false,
+    ],
+    [
+      'completions: a chunk carrying an error',
+      sse([
+        { object: 'text_completion', choices: [{ index: 0, text: 'partial', finish_reason: null }] },
+        { object: 'text_completion', choices: [], error: 'Provider disconnected' },
+        'data: [DONE]\n\n',
+      ]),
+      'Provider disconnected',
+      true,
+    ],
+    [
       'Responses: type error',
       `${named('response.output_text.delta', { delta: 'partial' })}${named('error', { code: 'server_error', message: 'Something went wrong', param: null })}`,
       'Something went wrong',
