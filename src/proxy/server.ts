@@ -1020,12 +1020,13 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
           }
           if (x.responseEncoding !== undefined && x.responseEncoding !== 'identity') decodeForRecord(x);
           if (res.destroyed) return;
-          if (x.cors) Object.assign(out, x.cors);
+          // The record keeps the upstream's headers as received; the client gets the CORS ones as well.
+          const sent = x.cors ? { ...out, ...x.cors } : out;
           if (!x.stream) {
-            head = out;
+            head = sent;
             return;
           }
-          res.writeHead(statusCode, out);
+          res.writeHead(statusCode, sent);
           res.flushHeaders();
         },
         onResponseData(c, chunk) {

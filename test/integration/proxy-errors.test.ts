@@ -459,6 +459,9 @@ describe('the proxy itself', () => {
     expect(pre.headers.get('access-control-allow-headers')).toBe('authorization,content-type');
     const res = await fetch(`${proxy.url}/v1/files`, { headers: { origin: 'http://app.example' } });
     expect(res.headers.get('access-control-allow-origin')).toBe('http://app.example');
+    // The record keeps the upstream's response headers as received: the CORS ones are the proxy's.
+    const [row] = await proxy.waitForRows(1);
+    expect(JSON.parse(row.response_headers as string)).not.toHaveProperty('access-control-allow-origin');
     const other = await fetch(`${proxy.url}/v1/files`, { headers: { origin: 'http://evil.example' } });
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
   });
