@@ -175,19 +175,14 @@ export class ModelStore {
             if (row.removed === 0) result.removed++;
           }
         }
-        for (const [alias, actual] of Object.entries(plan.mappings)) {
-          const row = maps.get(alias);
-          if (row && (!SEEDED.has(row.source) || row.removed === 1)) continue;
-          if (row && row.actual_model === actual) continue;
-          try {
-            this.load().checkMapping(alias, actual);
-          } catch (err) {
-            result.warnings.push(
-              `MODEL_MAPPINGS ${alias} → ${actual} was not applied: ${(err as Error).message}`,
-            );
-            continue;
-          }
-          if (row) {
+        const mappings = planSeedMappings(this.load(), maps, plan.mappings);
+        result.warnings.push(...mappings.warnings);
+        for (const alias of mappings.drop) {
+          this.sqlite.prepare('delete from model_mappings where alias = ?').run(alias);
+          result.removed++;
+        }
+        for (const { alias, actual, update } of mappings.write) {
+          if (update) {
             this.sqlite
               .prepare('update model_mappings set actual_model = ?, updated_at = ? where alias = ?')
               .run(actual, now, alias);
@@ -314,6 +309,71 @@ export class ModelStore {
       })
       .immediate();
   }
+}
+
+/** What seeding does to the aliases (see `planSeedMappings`). */
+export interface SeedMappingsPlan {
+  /** Configured aliases to write: `update` an existing seeded row, else insert one. */
+  write: { alias: string; actual: string; update: boolean }[];
+  /** Seeded aliases to delete: their new value was refused and their old one would now close a loop. */
+  drop: string[];
+  warnings: string[];
+}
+
+/**
+ * Which configured aliases seeding writes (both stores). `current` is the registry once the models are
+ * seeded and the aliases the configuration dropped are gone; `rows` every `model_mappings` row by alias.
+ * Each alias is checked against the aliases as they will be, not as they were: a configuration that
+ * reverses a chain (`fast → mini → m` becoming `mini → fast → m`) is valid, though each new alias loops
+ * through an old one. A user's alias (CLI, admin API) or a removed one is left alone; a configured alias
+ * that would loop through a user's is refused with a warning and keeps its old value, unless that too
+ * would now loop (then it is dropped).
+ */
+export function planSeedMappings(
+  current: ModelRegistry,
+  rows: ReadonlyMap<string, ModelMappingsTable>,
+  wanted: Record<string, string>,
+): SeedMappingsPlan {
+  const out: SeedMappingsPlan = { write: [], drop: [], warnings: [] };
+  const todo: { alias: string; actual: string; row: ModelMappingsTable | undefined }[] = [];
+  for (const [alias, actual] of Object.entries(wanted)) {
+    const row = rows.get(alias);
+    if (row && (!SEEDED.has(row.source) || row.removed === 1)) continue;
+    if (row && row.actual_model === actual) continue;
+    todo.push({ alias, actual, row });
+  }
+  // The aliases as they stand once the changing ones are out of the way; each accepted one goes back in.
+  const mappings = new Map(current.mappings);
+  for (const { alias } of todo) mappings.delete(alias);
+  const check = (alias: string, actual: string) =>
+    new ModelRegistry(current.models.values(), mappings.values()).checkMapping(alias, actual);
+  const put = (alias: string, actual: string) =>
+    mappings.set(alias, { alias, actual, source: 'config', created: 0 });
+  const refused: { alias: string; old: string }[] = [];
+  for (const { alias, actual, row } of todo) {
+    try {
+      check(alias, actual);
+    } catch (err) {
+      out.warnings.push(`MODEL_MAPPINGS ${alias} → ${actual} was not applied: ${(err as Error).message}`);
+      if (row) refused.push({ alias, old: row.actual_model });
+      continue;
+    }
+    put(alias, actual);
+    out.write.push({ alias, actual, update: row !== undefined });
+  }
+  // A refused alias keeps its old value, once every accepted one is in place, if that still holds.
+  for (const { alias, old } of refused) {
+    try {
+      check(alias, old);
+      put(alias, old);
+    } catch (err) {
+      out.warnings.push(
+        `MODEL_MAPPINGS ${alias}: its previous target ${old} was removed: ${(err as Error).message}`,
+      );
+      out.drop.push(alias);
+    }
+  }
+  return out;
 }
 
 /** True when a seeded row no longer matches its seed entry (seeding updates only what it owns). */

@@ -1,7 +1,15 @@
 import { type Kysely, sql, type Transaction } from 'kysely';
 import { OaiProxyError } from '../errors.js';
 import type { DatabaseSchema, ModelMappingsTable, ModelsTable } from '../storage/tables.js';
-import { checkNewModel, differs, type NewModel, type SeedResult, toMapping, toModel } from './model-store.js';
+import {
+  checkNewModel,
+  differs,
+  type NewModel,
+  planSeedMappings,
+  type SeedResult,
+  toMapping,
+  toModel,
+} from './model-store.js';
 import { type ModelInfo, ModelRegistry, type RegistrySource } from './registry.js';
 import type { SeedPlan } from './seed.js';
 
@@ -118,19 +126,14 @@ export class PgModelStore {
           if (row.removed === 0) result.removed++;
         }
       }
-      for (const [alias, actual] of Object.entries(plan.mappings)) {
-        const row = maps.get(alias);
-        if (row && (!SEEDED.has(row.source) || row.removed === 1)) continue;
-        if (row && row.actual_model === actual) continue;
-        try {
-          (await loadFrom(trx)).checkMapping(alias, actual);
-        } catch (err) {
-          result.warnings.push(
-            `MODEL_MAPPINGS ${alias} → ${actual} was not applied: ${(err as Error).message}`,
-          );
-          continue;
-        }
-        if (row) {
+      const mappings = planSeedMappings(await loadFrom(trx), maps, plan.mappings);
+      result.warnings.push(...mappings.warnings);
+      for (const alias of mappings.drop) {
+        await trx.deleteFrom('model_mappings').where('alias', '=', alias).execute();
+        result.removed++;
+      }
+      for (const { alias, actual, update } of mappings.write) {
+        if (update) {
           await trx
             .updateTable('model_mappings')
             .set({ actual_model: actual, updated_at: now })

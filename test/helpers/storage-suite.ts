@@ -355,6 +355,39 @@ export function storageSuite(name: string, createFactory: () => Promise<StorageF
       expect((await b.load()).models.has('gpt-4o')).toBe(false);
     });
 
+    test('registry: a configuration that reverses an alias chain is applied in one seeding, checked as a whole', async () => {
+      const store = registryStoreOf(storage);
+      const m = (name: string) => ({
+        name,
+        displayName: null,
+        description: null,
+        upstream: null,
+        deployment: null,
+        source: 'config' as const,
+      });
+      const aliases = async () =>
+        Object.fromEntries([...(await store.load()).mappings.values()].map((a) => [a.alias, a.actual]));
+      await store.seed({ models: [m('llama3')], mappings: { fast: 'mini', mini: 'llama3' } });
+      // Valid as a whole; checked one by one against the old aliases, `mini → fast` looked like a loop.
+      const r = await store.seed({ models: [m('llama3')], mappings: { mini: 'fast', fast: 'llama3' } });
+      expect(r.warnings).toEqual([]);
+      expect(await aliases()).toEqual({ fast: 'llama3', mini: 'fast' });
+
+      // A user's alias still wins: the configured one that would loop through it is refused, and the
+      // configured alias it replaced is dropped too when keeping it would close the loop.
+      await store.setMapping('turbo', 'mini', 'cli');
+      const clash = await store.seed({
+        models: [m('llama3')],
+        mappings: { mini: 'turbo', fast: 'mini' },
+      });
+      expect(clash.warnings.join('\n')).toMatch(/MODEL_MAPPINGS mini → turbo was not applied: .*loop/);
+      expect(clash.warnings.join('\n')).toMatch(/MODEL_MAPPINGS mini: its previous target fast was removed/);
+      const now = await aliases();
+      expect(now).toEqual({ turbo: 'mini', fast: 'mini' });
+      const reg = await store.load();
+      for (const alias of Object.keys(now)) expect(reg.resolve(alias).actual).not.toBe(alias);
+    });
+
     test("registry: a NUL in a model's display name or description is refused alike (400, naming the field)", async () => {
       const store = registryStoreOf(storage);
       for (const [m, field] of [
