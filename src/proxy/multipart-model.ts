@@ -12,8 +12,13 @@ export function multipartBoundary(contentType: string): string | null {
 
 /** A multipart body whose `model` field has been read; the body itself is still to be forwarded. */
 export interface MultipartModelScan {
-  /** Value of the first form field named `model`, or null when the body has none. */
+  /** Value of the first form field named `model`, or null when the body has none (or `unsearched`). */
   model: string | null;
+  /**
+   * True when the scan gave up before it could tell whether the body has a `model` field: past
+   * `maxBytes`, or a part's headers or the field's value too long to hold.
+   */
+  unsearched: boolean;
   /** Bytes the body grows by when the model is replaced by `replacement`. */
   lengthDelta(replacement: string): number;
   /** The whole body as received, with the `model` value replaced when `replacement` is given. */
@@ -70,6 +75,7 @@ export async function scanMultipartModel(
   const model = found ? found.value : null;
   return {
     model,
+    unsearched: !ended && (scanner.state !== 'done' || scanner.gaveUp),
     lengthDelta: (replacement) => (found ? Buffer.byteLength(replacement) - (found.end - found.start) : 0),
     body: (replacement) =>
       (async function* () {
@@ -104,6 +110,8 @@ export async function scanMultipartModel(
 class ModelFieldScanner {
   state: 'seek' | 'afterDelimiter' | 'headers' | 'value' | 'done' = 'seek';
   found: { value: string; start: number; end: number } | null = null;
+  /** Stopped (state 'done') at a part's headers or a field's value too long to hold. */
+  gaveUp = false;
   private readonly delimiter: Buffer;
   private window: Buffer = Buffer.from('\r\n');
   /** Body offset of window[0] (−2 for the virtual leading CRLF). */
@@ -164,7 +172,10 @@ class ModelFieldScanner {
       case 'headers': {
         const i = w.indexOf('\r\n\r\n', this.cursor, 'latin1');
         if (i < 0) {
-          if (w.length - this.cursor > MAX_HEADER_BYTES) this.state = 'done';
+          if (w.length - this.cursor > MAX_HEADER_BYTES) {
+            this.state = 'done';
+            this.gaveUp = true;
+          }
           return false;
         }
         const headers = w.subarray(this.cursor, i).toString('latin1');
@@ -178,7 +189,10 @@ class ModelFieldScanner {
       case 'value': {
         const i = w.indexOf(this.delimiter, this.cursor);
         if (i < 0) {
-          if (w.length - this.cursor > MAX_VALUE_BYTES) this.state = 'done';
+          if (w.length - this.cursor > MAX_VALUE_BYTES) {
+            this.state = 'done';
+            this.gaveUp = true;
+          }
           return false;
         }
         this.found = {

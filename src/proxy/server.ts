@@ -895,6 +895,19 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       }
       const scan = multipart;
       x.res.once('close', () => void scan.dispose());
+      // A model the proxy could not read must not pass a policy that refuses unknown ones.
+      if (scan.unsearched && options.router?.refusesUnknown?.()) {
+        x.res.shouldKeepAlive = false;
+        x.respondError(
+          413,
+          'body_too_large',
+          `The form field \`model\` was not found within the first ${limits.maxRequestBodyBytes} bytes of this multipart body (MAX_REQUEST_BODY_BYTES), so its model cannot be checked: this proxy refuses unknown models (VALIDATE_MODELS). Send the \`model\` field before the file, or raise MAX_REQUEST_BODY_BYTES`,
+          'invalid_request_error',
+          'model_not_checked',
+          'model',
+        );
+        return;
+      }
       x.model = scan.model;
       body = scan.body(null);
     } else if (hasBody) {

@@ -293,6 +293,41 @@ describe('validation and aliases', () => {
     expect((await res.json()).text).toMatch(/ with whisper-1$/);
     expect(up.requests.at(-1)!.body.length).toBeGreaterThan(6_000_000);
   });
+
+  test('VALIDATE_MODELS=true: a model field the proxy could not reach within MAX_REQUEST_BODY_BYTES is refused, not sent unchecked', async () => {
+    const up = await upstream();
+    const p = await proxyWith({
+      OPENAI_BASE_URL: up.baseUrl,
+      VALIDATE_MODELS: 'true',
+      MAX_REQUEST_BODY_BYTES: '100000',
+    });
+    const upload = (model: string, first: 'file' | 'model') => {
+      const form = new FormData();
+      const file = new Blob([Buffer.alloc(300_000, 3)], { type: 'audio/wav' });
+      if (first === 'model') form.append('model', model);
+      form.append('file', file, 'a.wav');
+      if (first === 'file') form.append('model', model);
+      return fetch(`${p.url}/v1/audio/transcriptions`, { method: 'POST', body: form });
+    };
+    const refused = await upload('not-a-model', 'file');
+    expect(refused.status).toBe(413);
+    const body = await refused.json();
+    expect(body.error.code).toBe('model_not_checked');
+    expect(body.error.param).toBe('model');
+    expect(body.error.message).toMatch(/MAX_REQUEST_BODY_BYTES/);
+    expect(body.error.message).toMatch(/before the file/);
+    expect(up.requests).toHaveLength(0);
+    // The field first, as the limit allows: checked and passed (a known model) or refused (unknown).
+    expect((await upload('whisper-1', 'model')).status).toBe(200);
+    expect((await upload('not-a-model', 'model')).status).toBe(404);
+    expect(up.requests).toHaveLength(1);
+    const rows = await p.waitForRows(3);
+    expect(rows.map((r) => [r.model, r.status])).toEqual([
+      [null, 413],
+      ['whisper-1', 200],
+      ['not-a-model', 404],
+    ]);
+  });
 });
 
 // `curl -d` sends a JSON body as a form; other clients send text/plain or no type. Ollama, llama.cpp and

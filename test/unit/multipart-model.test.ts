@@ -95,7 +95,18 @@ describe('multipart model field', () => {
     ]);
     const scan = await scanMultipartModel(chunks(body, 1000), B, { maxBytes: 5000 });
     expect(scan.model).toBeNull();
+    expect(scan.unsearched).toBe(true);
     expect((await collect(scan.body('other'))).equals(body)).toBe(true);
+  });
+
+  test.each([
+    ['the field found', [{ name: 'model', value: 'fast' }], false],
+    ['a whole body without the field', [{ name: 'prompt', value: 'x' }], false],
+    ['a value too long to hold', [{ name: 'model', value: 'm'.repeat(5000) }], true],
+    ['a part header too long to hold', [{ name: `x${'h'.repeat(17_000)}`, value: 'v' }], true],
+  ])('unsearched: %s → %s', async (_, parts, unsearched) => {
+    const scan = await scanMultipartModel(chunks(form(parts), 1000), B);
+    expect(scan.unsearched).toBe(unsearched);
   });
 
   test('only the part up to the model field is read before routing', async () => {
