@@ -139,9 +139,11 @@ export async function startRegistry(
     plan: buildSeedPlan(next.config, settingNames(next)),
     settings: { resolved: next, ...buildUpstreams(next) } satisfies Settings,
   });
-  const seedStore = async (plan: SeedPlan) => {
+  /** Seed; returns (and logs) what seeding skipped because a user's entry stands in the way. */
+  const seedStore = async (plan: SeedPlan): Promise<string[]> => {
     const result = await store.seed(plan);
     for (const w of result.warnings) logger?.warn(w);
+    return result.warnings;
   };
 
   const start = prepare(resolved);
@@ -223,7 +225,7 @@ export async function startRegistry(
   const reload = async (): Promise<ReloadOutcome> => {
     const next = options.reloadConfig();
     const prepared = prepare(next);
-    await seedStore(prepared.plan);
+    const skipped = await seedStore(prepared.plan);
     options.onConfig?.(next);
     settings = prepared.settings;
     await refresh();
@@ -235,7 +237,12 @@ export async function startRegistry(
         `configuration reloaded, but these changed settings need a restart: ${pending.join(', ')}`,
       );
     for (const w of next.warnings) logger?.warn(w);
-    return { ...registry.view(names()), restart_required: pending, warnings: next.warnings };
+    // What the new configuration asked for but did not get is the caller's to know, not only the log's.
+    return {
+      ...registry.view(names()),
+      restart_required: pending,
+      warnings: [...next.warnings, ...skipped],
+    };
   };
 
   // An admin write the database cannot take now is a 503 that says so, not an internal error.

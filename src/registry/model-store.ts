@@ -138,7 +138,7 @@ export class ModelStore {
             .get(m.name);
           if (!row && clash) {
             result.warnings.push(
-              `Model "${m.name}" from the configuration was not added: a user made "${m.name}" an alias`,
+              `Model "${m.name}" from the configuration was not added: a user made "${m.name}" an alias; remove it (\`oai-proxy models unmap ${m.name}\` or DELETE /admin/model-mappings/${m.name}) and reload the configuration or restart`,
             );
           } else if (!row) {
             this.sqlite

@@ -301,6 +301,28 @@ describe('admin API editing the registry', () => {
     expect((await admin('GET', '/admin/models')).body.mappings).toEqual({ quick: 'llama3' });
   });
 
+  test('reload-config names what seeding skipped in `warnings`: a configured model or alias a user entry stands in the way of', async () => {
+    const { admin, configFile } = await setup({ ADMIN_API_KEY: ADMIN_KEY }, { availableModels: ['gpt-4o'] });
+    expect(
+      (await admin('POST', '/admin/model-mappings', { alias: 'llama3', actual_model: 'gpt-4o' })).status,
+    ).toBe(201);
+    expect((await admin('POST', '/admin/models', { name: 'fast' })).status).toBe(201);
+    writeFileSync(
+      configFile,
+      JSON.stringify({ availableModels: ['gpt-4o', 'llama3'], modelMappings: { fast: 'gpt-4o' } }),
+    );
+    const reloaded = await admin('POST', '/admin/reload-config');
+    expect(reloaded.status).toBe(200);
+    expect(reloaded.body.models.map((m: any) => m.name)).toEqual(['fast', 'gpt-4o']);
+    expect(reloaded.body.mappings).toEqual({ llama3: 'gpt-4o' });
+    expect(reloaded.body.warnings).toEqual([
+      expect.stringMatching(
+        /Model "llama3" from the configuration was not added: a user made "llama3" an alias; .*models unmap llama3/,
+      ),
+      expect.stringMatching(/MODEL_MAPPINGS fast → gpt-4o was not applied: "fast" is a registered model/),
+    ]);
+  });
+
   test('reload-config of a file with a bad client key list or header map: the 400, the row and the log never hold the keys', async () => {
     const CLIENT_KEY = 'brand-new-client-key-QQQQ1111';
     const HEADER_SECRET = 'sk-upstream-SECRET-9999';
