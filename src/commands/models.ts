@@ -133,13 +133,14 @@ Examples:
 
 /**
  * Open the registry on the database `serve` would use; seeds it when nothing was ever written. Only a
- * command that edits the registry may create a missing SQLite file (`create`).
+ * command that edits the registry may create a missing SQLite file (`create`). `check` runs on the
+ * configuration before the database is opened: bad usage it throws leaves no database behind.
  */
 async function withRegistry<T>(
   opts: ModelsCommonOptions,
   io: CliIo,
   fn: (store: RegistryStore, resolved: ResolvedConfig) => Promise<T>,
-  { create = true }: { create?: boolean } = {},
+  { create = true, check }: { create?: boolean; check?: (resolved: ResolvedConfig) => void } = {},
 ): Promise<T> {
   const resolved = resolveConfig({
     configPath: opts.config,
@@ -150,6 +151,7 @@ async function withRegistry<T>(
   });
   for (const w of resolved.warnings) io.stderr.write(`warning: ${w}\n`);
   try {
+    check?.(resolved);
     return await withResolvedRegistry(resolved, io, fn, create);
   } catch (err) {
     // A key pasted into DATABASE_URL or MODEL_MAPPINGS is quoted by the errors below: never printed.
@@ -307,7 +309,7 @@ export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: Cli
   if (opts.deployment !== undefined) checkModelName(opts.deployment, '--deployment');
   checkModelText(opts.displayName, '--display-name');
   checkModelText(opts.description, '--description');
-  return withRegistry(opts, io, async (store, resolved) => {
+  const checkUpstream = (resolved: ResolvedConfig) => {
     const known = upstreamNames(resolved.config);
     if (opts.upstream !== undefined && !known.includes(opts.upstream)) {
       throw new OaiProxyError(
@@ -315,19 +317,26 @@ export async function runModelsAdd(name: string, opts: ModelsAddOptions, io: Cli
         `--upstream ${opts.upstream} is not configured; known upstreams: ${known.join(', ')} (declare more under "upstreams" in the config file)`,
       );
     }
-    const m = await store.addModel(
-      {
-        name,
-        displayName: opts.displayName,
-        description: opts.description,
-        upstream: opts.upstream === 'default' ? null : opts.upstream,
-        deployment: opts.deployment,
-      },
-      'cli',
-    );
-    io.stdout.write(`Added model ${safe(m.name)} (upstream ${safe(m.upstream ?? 'default')})\n`);
-    return 0;
-  });
+  };
+  return withRegistry(
+    opts,
+    io,
+    async (store) => {
+      const m = await store.addModel(
+        {
+          name,
+          displayName: opts.displayName,
+          description: opts.description,
+          upstream: opts.upstream === 'default' ? null : opts.upstream,
+          deployment: opts.deployment,
+        },
+        'cli',
+      );
+      io.stdout.write(`Added model ${safe(m.name)} (upstream ${safe(m.upstream ?? 'default')})\n`);
+      return 0;
+    },
+    { check: checkUpstream },
+  );
 }
 
 /** `models remove NAME`. */

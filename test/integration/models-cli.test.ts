@@ -285,6 +285,8 @@ describe('oai-proxy models', () => {
     expect((await cli(['models', 'add', 'x', '--upstream', 'nowhere', '--db', db])).err).toMatch(
       /--upstream nowhere is not configured; known upstreams: default/,
     );
+    // Refused before anything is opened: a mistyped --upstream creates no database (and seeds none).
+    expect(existsSync(db)).toBe(false);
   });
 
   test('a NUL in --display-name or --description exits 2 naming the option; nothing added', async () => {
