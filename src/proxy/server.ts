@@ -871,6 +871,19 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
         const obj = json as Record<string, unknown>;
         x.requestJson = obj;
         if (typeof obj.model === 'string') x.model = obj.model;
+        else if (obj.model !== undefined && obj.model !== null && options.router?.refusesUnknown?.()) {
+          // `{"model": 123}` or `["gpt-4o"]` names no model the proxy can check, but an upstream may read
+          // one from it (a number as a name): refused, as an unparseable body is.
+          x.respondError(
+            400,
+            'invalid_request',
+            `The request body's \`model\` is ${Array.isArray(obj.model) ? 'an array' : typeof obj.model === 'object' ? 'an object' : `a ${typeof obj.model}`}, not a string, so it cannot be checked: this proxy refuses unknown models (VALIDATE_MODELS). Send the model's name as a string`,
+            'invalid_request_error',
+            'invalid_type',
+            'model',
+          );
+          return;
+        }
         if (typeof obj.user === 'string') x.user = obj.user;
       }
     } else if (boundary) {

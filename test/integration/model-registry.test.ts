@@ -206,6 +206,41 @@ describe('validation and aliases', () => {
     expect(up.requests).toHaveLength(1);
   });
 
+  test('a model that is not a string is refused while unknown models are refused, forwarded otherwise', async () => {
+    const up = await upstream();
+    const send = (url: string, body: string) =>
+      fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+      });
+    const strict = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, VALIDATE_MODELS: 'true' });
+    for (const [model, kind] of [
+      ['123', 'a number'],
+      ['["gpt-4o"]', 'an array'],
+      ['{"name":"gpt-4o"}', 'an object'],
+      ['true', 'a boolean'],
+    ]) {
+      const res = await send(strict.url, `{"model":${model},"messages":[]}`);
+      expect(res.status).toBe(400);
+      expect((await res.json()).error).toMatchObject({
+        type: 'invalid_request_error',
+        code: 'invalid_type',
+        param: 'model',
+        message: expect.stringContaining(`\`model\` is ${kind}, not a string`),
+      });
+    }
+    // `"model": null` names none, as a body without it: forwarded.
+    expect((await send(strict.url, '{"model":null,"messages":[]}')).status).toBe(200);
+    expect(up.requests).toHaveLength(1);
+    const rows = await strict.waitForRows(5);
+    expect(rows.map((r) => r.status)).toEqual([400, 400, 400, 400, 200]);
+    // Models not checked: the upstream judges it.
+    const lenient = await proxyWith({ OPENAI_BASE_URL: up.baseUrl });
+    expect((await send(lenient.url, '{"model":123,"messages":[]}')).status).toBe(200);
+    expect(up.requests).toHaveLength(2);
+  });
+
   test('an empty or blank JSON body names no model: forwarded while unknown models are refused, as a body without "model" is', async () => {
     const up = await upstream();
     const strict = await proxyWith({ OPENAI_BASE_URL: up.baseUrl, VALIDATE_MODELS: 'true' });
