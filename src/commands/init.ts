@@ -241,6 +241,31 @@ function targetPath(options: InitOptions, io: CliIo): ConfigTarget {
   return configFileTarget(io.env, io.cwd);
 }
 
+/**
+ * The hosts (origins) when `baseUrl` is not where the existing file's key was going: the file's
+ * `openaiBaseUrl`, or OpenAI's API when it names none (serve's default). Null when it is the same.
+ */
+function keyHostChange(
+  existing: Record<string, unknown>,
+  baseUrl: string,
+): { from: string; to: string } | null {
+  const was =
+    typeof existing.openaiBaseUrl === 'string' && existing.openaiBaseUrl !== ''
+      ? existing.openaiBaseUrl
+      : KIND_BASE_URL.openai;
+  const from = originOf(was);
+  const to = originOf(baseUrl);
+  return from !== null && to !== null && from !== to ? { from, to } : null;
+}
+
+function originOf(url: string): string | null {
+  try {
+    return new URL(url).origin;
+  } catch {
+    return null;
+  }
+}
+
 /** Start values: the existing file, overridden by flags (validated here: a bad flag is exit 2). */
 function initialAnswers(
   existing: Record<string, unknown>,
@@ -330,10 +355,19 @@ function initialAnswers(
   const envKey = interactive ? undefined : io.env.OPENAI_API_KEY || undefined;
   const envAdmin = interactive ? undefined : io.env.ADMIN_API_KEY || undefined;
   const generate = Boolean(options.generateAdminKey);
+  let fileKey = str('openaiApiKey');
+  const moved = keyHostChange(existing, baseUrl);
+  if (!interactive && envKey === undefined && fileKey !== undefined && moved) {
+    // The file's key would be sent to a host it was not written for (an OpenAI key to a local server).
+    io.stderr.write(
+      `warning: the existing file's API key was written for ${moved.from}; it is not kept for ${moved.to}. Set OPENAI_API_KEY to write the key for the new upstream\n`,
+    );
+    fileKey = undefined;
+  }
   return {
     kind,
     baseUrl,
-    apiKey: envKey ?? str('openaiApiKey'),
+    apiKey: envKey ?? fileKey,
     apiVersion,
     host,
     port,
@@ -413,8 +447,14 @@ async function runInteractive(
   let apiKey: string | undefined;
   let keep = false;
   if (initial.apiKey) {
+    const moved = keyHostChange(existing, baseUrl);
     keep = await p.confirm(
-      { message: `Keep the stored API key ${maskSecret(initial.apiKey)}?`, default: true },
+      moved
+        ? {
+            message: `Keep the stored API key ${maskSecret(initial.apiKey)}? It was written for ${moved.from}, and the upstream is now ${moved.to}`,
+            default: false,
+          }
+        : { message: `Keep the stored API key ${maskSecret(initial.apiKey)}?`, default: true },
       ctx,
     );
     if (keep) apiKey = initial.apiKey;

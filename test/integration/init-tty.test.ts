@@ -321,6 +321,38 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     expect(s2.output()).not.toContain('admin-key-kept-0123456789');
   });
 
+  test('a stored key is offered for a new host with No as the default, naming both hosts', async () => {
+    const h = tempHome();
+    mkdirSync(h.configDir, { recursive: true });
+    // No openaiBaseUrl: the key was going to OpenAI's API.
+    writeFileSync(h.configPath, JSON.stringify({ openaiApiKey: API_KEY, port: 7000 }));
+    const s = startInit(h, ['--no-check']);
+    await answer(s, /Upstream kind[^\n]*\n[^\n]*❯ OpenAI/, `${KEY.down}${KEY.down}${KEY.enter}`);
+    await answer(s, 'Upstream base URL', `http://127.0.0.1:11434/v1${KEY.enter}`);
+    await answer(
+      s,
+      'Keep the stored API key sk-…6789? It was written for https://api.openai.com, and the upstream is now http://127.0.0.1:11434 (y/N)',
+      KEY.enter,
+    );
+    await answer(s, 'API key (hidden', KEY.enter);
+    for (const p of [
+      'Listen host',
+      'Listen port',
+      'SQLite database file',
+      'Log file',
+      'Model validation',
+      'Qdrant URL',
+      'Admin API key',
+    ])
+      await answer(s, p, KEY.enter);
+    await answer(s, `Overwrite ${h.configPath}?`, `y${KEY.enter}`);
+    expect(await s.exit()).toBe(0);
+    const written = JSON.parse(readFileSync(h.configPath, 'utf8'));
+    expect(written.openaiBaseUrl).toBe('http://127.0.0.1:11434/v1');
+    expect(written).not.toHaveProperty('openaiApiKey');
+    expect(s.output()).not.toContain(API_KEY);
+  });
+
   test('re-running with a stored postgres:// URL offers it masked, keeps it on Enter, never prints its password', async () => {
     const h = tempHome();
     mkdirSync(h.configDir, { recursive: true });

@@ -165,6 +165,49 @@ describe('oai-proxy init --yes', () => {
     expect(io.out()).not.toContain('sk-kept-from-file-1111');
   });
 
+  test("--force with an upstream on another host does not carry the file's key there (unless OPENAI_API_KEY gives one)", async () => {
+    const h = tempHome();
+    mkdirSync(join(h.dir, 'config', 'oai-proxy'), { recursive: true });
+    // No openaiBaseUrl: the key was going to OpenAI's API (serve's default).
+    writeFileSync(h.configPath, JSON.stringify({ openaiApiKey: KEY, port: 7000 }));
+    const io = createTestIo(h.env, h.dir);
+    const args = [
+      'init',
+      '--yes',
+      '--force',
+      '--kind',
+      'compatible',
+      '--upstream',
+      'http://10.1.2.3:8000/v1',
+    ];
+    expect(await main([...args, '--no-check'], io)).toBe(0);
+    const written = readJson(h.configPath);
+    expect(written).toMatchObject({ openaiBaseUrl: 'http://10.1.2.3:8000/v1', port: 7000 });
+    expect(written).not.toHaveProperty('openaiApiKey');
+    expect(io.err()).toContain(
+      "warning: the existing file's API key was written for https://api.openai.com; it is not kept for http://10.1.2.3:8000. Set OPENAI_API_KEY to write the key for the new upstream\n",
+    );
+    expect(`${io.out()}${io.err()}`).not.toContain(KEY);
+    // The same host on another path keeps it; a key from the environment is written whatever the host.
+    writeFileSync(
+      h.configPath,
+      JSON.stringify({ openaiBaseUrl: 'http://10.1.2.3:8000/v1', openaiApiKey: KEY }),
+    );
+    const same = createTestIo(h.env, h.dir);
+    expect(
+      await main(
+        ['init', '--yes', '--force', '--upstream', 'http://10.1.2.3:8000/api/v1', '--no-check'],
+        same,
+      ),
+    ).toBe(0);
+    expect(readJson(h.configPath).openaiApiKey).toBe(KEY);
+    expect(same.err()).toBe('');
+    const fromEnv = createTestIo({ ...h.env, OPENAI_API_KEY: 'sk-env-key-for-new-host-5555' }, h.dir);
+    expect(await main([...args.slice(0, -1), 'http://10.9.9.9:8000/v1', '--no-check'], fromEnv)).toBe(0);
+    expect(readJson(h.configPath).openaiApiKey).toBe('sk-env-key-for-new-host-5555');
+    expect(fromEnv.err()).toBe('');
+  });
+
   // The tester's repro: the printed file showed Cookie and X-Signature in clear, X-Api-Key masked.
   test('the file printed after writing masks every secret header of an upstream, Cookie and *signature* too', async () => {
     const h = tempHome();
