@@ -183,12 +183,6 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
       );
       unreadable = true;
     }
-    if (!interactive && !options.force) {
-      throw new OaiProxyError(
-        'conflict',
-        `Config file ${path} already exists; add --force to overwrite it (its values and the keys init does not manage are kept unless flags change them)`,
-      );
-    }
   }
 
   // A key pasted into a flag (`--port "$OPENAI_API_KEY"`) is refused as serve refuses it: never quoted.
@@ -198,7 +192,14 @@ export async function runInit(options: InitOptions, io: CliIo): Promise<number> 
     file: existing,
     urls: [options.upstream, options.db, options.qdrantUrl],
   });
+  // Flags are checked first: a bad one is exit 2 whether or not the file exists.
   const initial = initialAnswers(existing, options, io, interactive, secrets);
+  if (exists && !interactive && !options.force) {
+    throw new OaiProxyError(
+      'conflict',
+      `Config file ${path} already exists; add --force to overwrite it (its values and the keys init does not manage are kept unless flags change them)`,
+    );
+  }
   if (interactive) {
     if (exists && !unreadable)
       io.stdout.write(
@@ -357,7 +358,8 @@ function initialAnswers(
   const generate = Boolean(options.generateAdminKey);
   let fileKey = str('openaiApiKey');
   const moved = keyHostChange(existing, baseUrl);
-  if (!interactive && envKey === undefined && fileKey !== undefined && moved) {
+  // (Without --force an existing file is not written at all: nothing to warn about.)
+  if (!interactive && options.force && envKey === undefined && fileKey !== undefined && moved) {
     // The file's key would be sent to a host it was not written for (an OpenAI key to a local server).
     io.stderr.write(
       `warning: the existing file's API key was written for ${moved.from}; it is not kept for ${moved.to}. Set OPENAI_API_KEY to write the key for the new upstream\n`,

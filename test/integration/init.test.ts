@@ -131,6 +131,11 @@ describe('oai-proxy init --yes', () => {
       `oai-proxy: Config file ${h.configPath} already exists; add --force to overwrite it (its values and the keys init does not manage are kept unless flags change them)\n`,
     );
     expect(readFileSync(h.configPath, 'utf8')).toBe('{"port": 7000}\n');
+    // A bad flag is named first (exit 2), whether or not the file exists.
+    const bad = createTestIo(h.env, h.dir);
+    expect(await main(['init', '--yes', '--port', '70000'], bad)).toBe(2);
+    expect(bad.err()).toMatch(/^oai-proxy: Invalid --port = 70000: /);
+    expect(readFileSync(h.configPath, 'utf8')).toBe('{"port": 7000}\n');
   });
 
   test('--force keeps existing values and unknown keys, applies the flags, and tightens the mode to 0600', async () => {
