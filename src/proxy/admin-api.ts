@@ -131,7 +131,15 @@ async function dispatch(x: ExchangeContext, control: RegistryControl): Promise<v
   if (path.startsWith('/admin/models/') && path.length > '/admin/models/'.length) {
     if (method !== 'DELETE') return notAllowed(x, 'DELETE');
     const name = tail('/admin/models/');
-    if (!(await control.removeModel(name))) return notFound(x, `Model "${name}" is not registered`);
+    if (!(await control.removeModel(name))) {
+      const isAlias = Object.hasOwn(control.view().mappings, name);
+      return notFound(
+        x,
+        isAlias
+          ? `"${name}" is an alias, not a model; remove it with DELETE /admin/model-mappings/${encodeURIComponent(name)}`
+          : `Model "${name}" is not registered`,
+      );
+    }
     return x.respondRaw(204, '', {});
   }
   if (path === '/admin/model-mappings') {

@@ -141,6 +141,12 @@ describe('admin API editing the registry', () => {
     expect(JSON.parse(up.requests.at(-1)!.body.toString()).model).toBe('team-llm');
     expect((await admin('GET', '/admin/models')).body.mappings).toEqual({ tl: 'team-llm', tl2: 'tl' });
 
+    // An alias sent to the models route: 404, saying where aliases are removed.
+    const wrongRoute = await admin('DELETE', '/admin/models/tl2');
+    expect(wrongRoute.status).toBe(404);
+    expect(wrongRoute.body.error.message).toBe(
+      '"tl2" is an alias, not a model; remove it with DELETE /admin/model-mappings/tl2',
+    );
     expect((await admin('DELETE', '/admin/model-mappings/tl2')).status).toBe(204);
     expect((await admin('DELETE', '/admin/model-mappings/tl2')).status).toBe(404);
     expect((await admin('DELETE', '/admin/models/team-llm')).status).toBe(204);
