@@ -28,11 +28,15 @@ export interface PgExchangeWriterOptions extends RecordingWriterOptions {
  * Create the writer. Writes never run on the request path: a proxied request only pushes to an array.
  * One INSERT … ON CONFLICT (id) DO NOTHING per batch, so a batch retried after a lost acknowledgement
  * is not recorded twice. While PostgreSQL is down, slow or restarting, rows wait (bounded by `queueMax`,
- * oldest spilled first) and the writer retries with backoff up to 5 s.
+ * oldest spilled first) and the writer retries with backoff up to 5 s. A batch that outlasts
+ * statement_timeout is retried in halves (see `limit`).
  */
 export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExchangeWriter {
   const { db, queueMax } = options;
   const batchSize = Math.max(1, Math.min(options.batchSize ?? 500, queueMax));
+  // Rows per INSERT now: halved when a batch outlasts statement_timeout (large bodies take ~0.3 s a MB
+  // to index), grown back by a quarter after each batch written. Retried as is, it would time out again.
+  let limit = batchSize;
   let queue: ExchangeRecord[] = [];
   let written = 0;
   let spilled = 0;
@@ -80,7 +84,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
   const drain = async (): Promise<number> => {
     let total = 0;
     while (queue.length > 0) {
-      const batch = queue.splice(0, batchSize);
+      const batch = queue.splice(0, limit);
       inflight = batch.length;
       try {
         try {
@@ -96,6 +100,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
           total -= bad.length;
         }
       } catch (err) {
+        if (isStatementTimeout(err)) limit = Math.max(1, Math.floor(batch.length / 2));
         inflight = 0;
         queue = batch.concat(queue);
         bound();
@@ -103,6 +108,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
         return total;
       }
       inflight = 0;
+      limit = Math.min(batchSize, limit + Math.max(1, limit >> 2));
       total += batch.length;
       written += batch.length;
     }
@@ -182,6 +188,11 @@ export function pgRow(r: ExchangeRecord): ExchangesTable {
 function isDataError(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   return typeof code === 'string' && /^2[23]/.test(code);
+}
+
+/** SQLSTATE 57014 (query_canceled): statement_timeout ran out, or the statement was cancelled. */
+function isStatementTimeout(err: unknown): boolean {
+  return (err as { code?: unknown }).code === '57014';
 }
 
 function sleep(ms: number): Promise<void> {
