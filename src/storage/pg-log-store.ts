@@ -47,6 +47,8 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
   });
   let writing: Promise<number> | null = null;
   let inflight = 0;
+  // The batch being written (spilled by close() if the server never answers for it).
+  let sending: ExchangeRecord[] = [];
   let closed = false;
 
   const spill = (rows: ExchangeRecord[], reason: SpillReason) => {
@@ -86,6 +88,7 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
     while (queue.length > 0) {
       const batch = queue.splice(0, limit);
       inflight = batch.length;
+      sending = batch;
       try {
         try {
           await insert(batch);
@@ -100,6 +103,8 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
           total -= bad.length;
         }
       } catch (err) {
+        // close() gave up on this batch and spilled it.
+        if (closed) return total;
         if (isStatementTimeout(err)) limit = Math.max(1, Math.floor(batch.length / 2));
         inflight = 0;
         queue = batch.concat(queue);
@@ -155,18 +160,20 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
       if (closed) return;
       clearInterval(timer);
       const deadline = Date.now() + (options.closeTimeoutMs ?? 5000);
+      // A server that stopped answering (a network cut, no reset) holds a write until pg's query timeout
+      // (35 s): it is waited for only until the deadline, then its batch is spilled with the queue (it may
+      // still reach the database, then the log file holds a copy; lost, it would be worse).
       for (;;) {
-        if (writing) await writing;
+        if (writing && !(await settlesBy(writing, deadline))) break;
         if (queue.length === 0 || Date.now() >= deadline) break;
-        await run();
+        if (!(await settlesBy(run(), deadline))) break;
         if (queue.length > 0) await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
       }
       closed = true;
-      if (queue.length > 0) {
-        const rest = queue;
-        queue = [];
-        spill(rest, 'refused_at_close');
-      }
+      const rest = writing ? sending.concat(queue) : queue;
+      queue = [];
+      inflight = 0;
+      if (rest.length > 0) spill(rest, 'refused_at_close');
     },
   };
 }
@@ -193,6 +200,25 @@ function isDataError(err: unknown): boolean {
 /** SQLSTATE 57014 (query_canceled): statement_timeout ran out, or the statement was cancelled. */
 function isStatementTimeout(err: unknown): boolean {
   return (err as { code?: unknown }).code === '57014';
+}
+
+/** True once `p` settles, false if `deadline` (epoch ms) comes first. */
+async function settlesBy(p: Promise<unknown>, deadline: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), Math.max(0, deadline - Date.now()));
+  });
+  try {
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => true,
+      ),
+      late,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function sleep(ms: number): Promise<void> {

@@ -39,6 +39,9 @@ export interface OpenPostgresOptions {
 // (Kysely's own lock is taken after it creates its bookkeeping tables, which can race).
 const MIGRATION_LOCK = 0x6f61_6970; // "oaip"
 
+/** How long close() lets the pool's connections end by themselves before cutting them. */
+const CLOSE_WAIT_MS = 1000;
+
 /** pg returns int8 (bigint: epoch ms, byte counts, count(*)) as strings; every such value here fits a double. */
 const types = {
   getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
@@ -75,6 +78,12 @@ export async function openPostgres(
   const label = redactUrl(url);
   const setting = options.setting ?? 'DATABASE_URL';
   const pool = createPool(url, options);
+  // Every connection until its socket closes (a pool forgets one as it ends it): see close().
+  const connections = new Set<Pg.Client>();
+  pool.on('connect', (client) => {
+    connections.add(client);
+    client.once('end', () => connections.delete(client));
+  });
   const db = new Kysely<DatabaseSchema>({ dialect: new PostgresDialect({ pool }) });
   const handle: PostgresDatabase = {
     kind: 'postgres',
@@ -85,7 +94,13 @@ export async function openPostgres(
     db,
     readonly: options.readonly ?? false,
     async close() {
-      await db.destroy();
+      // A server that stopped answering (a network cut, no reset) would hold a query until pg's query
+      // timeout (35 s) and a closing connection for ever (its goodbye is never answered), and the
+      // process with them: after a moment they are cut.
+      const ended = db.destroy();
+      if (await settlesWithin(ended, CLOSE_WAIT_MS)) return ended;
+      for (const c of connections) cutConnection(c);
+      await ended;
     },
   };
   try {
@@ -261,6 +276,33 @@ export function subscribeNotify(
     stopped = true;
     const c = client;
     client = null;
-    c?.end().catch(() => undefined);
+    if (!c) return;
+    c.end().catch(() => undefined);
+    // Its goodbye unanswered (a network cut), the connection would keep the process alive.
+    setTimeout(() => cutConnection(c), CLOSE_WAIT_MS).unref();
   };
+}
+
+/** Close a connection's socket now: its query in flight, if any, fails at once. */
+function cutConnection(client: Pg.Client): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+}
+
+/** True once `p` settles, false after `ms` if it has not. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((r) => {
+    timer = setTimeout(() => r(false), ms);
+  });
+  try {
+    return await Promise.race([
+      p.then(
+        () => true,
+        () => true,
+      ),
+      late,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -84,21 +84,35 @@ export async function startPrivateCluster(): Promise<{
   };
 }
 
-/** A TCP relay from a loopback port to `targetPort`: `down()` cuts every connection and stops listening. */
+/**
+ * A TCP relay from a loopback port to `targetPort`: `down()` cuts every connection and stops listening;
+ * `freeze()` makes it a black hole (a network cut: connections stay open, nothing gets through either
+ * way, not even their closing).
+ */
 export async function startRelay(targetPort: number) {
   const sockets = new Set<Socket>();
   let server: Server | null = null;
   let port = 0;
+  let frozen = false;
+  const relay = (from: Socket, to: Socket) => {
+    from.on('data', (d) => {
+      if (!frozen) to.write(d);
+    });
+    from.on('end', () => {
+      if (!frozen) to.end();
+    });
+  };
   const up = () =>
     new Promise<void>((resolve) => {
-      server = createServer((client) => {
-        const upstream = connect(targetPort, '127.0.0.1');
+      server = createServer({ allowHalfOpen: true }, (client) => {
+        const upstream = connect({ port: targetPort, host: '127.0.0.1', allowHalfOpen: true });
         for (const s of [client, upstream]) {
           sockets.add(s);
           s.on('error', () => undefined);
           s.on('close', () => sockets.delete(s));
         }
-        client.pipe(upstream).pipe(client);
+        relay(client, upstream);
+        relay(upstream, client);
       });
       server.listen(port, '127.0.0.1', () => {
         port = (server!.address() as AddressInfo).port;
@@ -114,5 +128,12 @@ export async function startRelay(targetPort: number) {
       s.close(() => resolve());
     });
   await up();
-  return { port, up, down };
+  return {
+    port,
+    up,
+    down,
+    freeze: () => {
+      frozen = true;
+    },
+  };
 }

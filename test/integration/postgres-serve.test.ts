@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import OpenAI from 'openai';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -350,6 +351,41 @@ describe.skipIf(!pgUrl)('several serve instances on one PostgreSQL database', ()
     );
     const contents = rows.map((r) => JSON.parse(r.request_body).messages[0].content).sort();
     expect(contents).toEqual(['before', ...Array.from({ length: 10 }, (_, i) => `during ${i}`)].sort());
+  }, 60_000);
+});
+
+describe.skipIf(!pgUrl)('PostgreSQL that stops answering (a network cut: no refusal, no reset)', () => {
+  test('stopping does not wait for it: within seconds, the queued rows spilled to the log file', async () => {
+    const url = new URL(await database());
+    const relay = await startRelay(Number(url.port));
+    cleanups.push(() => relay.down());
+    url.port = String(relay.port);
+    const up = await upstream();
+    const p = await serve(url.href, up);
+    await chat(p, 'gpt-4o-mini', 'before');
+    await p.flush();
+    relay.freeze();
+    for (let i = 0; i < 5; i++) await chat(p, 'gpt-4o-mini', `during ${i}`);
+    p.running.proxy.recordFinished();
+    // The writer has sent its batch, which will never be answered (pg gives up after 35 s).
+    await until('the batch to be sent', () => p.running.writer.health().queued === 5, 5000);
+    await new Promise((r) => setTimeout(r, 300));
+
+    const t = performance.now();
+    await p.running.close();
+    const took = performance.now() - t;
+    const spilled = readFileSync(p.logPath, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l))
+      .filter((l) => l.spilled_exchange);
+    // The writer gives the database 5 s at shutdown (docker stop waits 10 s before killing).
+    expect(took).toBeLessThan(8000);
+    expect(
+      spilled.map((l) => JSON.parse(l.spilled_exchange.request_body).messages[0].content).sort(),
+    ).toEqual(Array.from({ length: 5 }, (_, i) => `during ${i}`));
+    expect(spilled.every((l) => l.reason === 'refused_at_close')).toBe(true);
+    expect(p.running.writer.health()).toMatchObject({ written: 1, spilled: 5 });
   }, 60_000);
 });
 
