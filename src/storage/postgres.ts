@@ -195,6 +195,11 @@ const CONNECTION_LOSS_CODES = new Set([
   'ECONNRESET',
   'EPIPE',
   'ETIMEDOUT',
+  // A network cut or a failover also fails routes and name resolution for a while.
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
   '57P01', // admin_shutdown: the server is restarting, or the backend was terminated
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now: still starting up
@@ -209,7 +214,10 @@ export function isConnectionLoss(err: unknown): boolean {
   const e = err as { code?: string; message?: string } | null;
   if (!e) return false;
   if (e.code && CONNECTION_LOSS_CODES.has(e.code)) return true;
-  return /connection terminated|connection ended|server closed the connection/i.test(e.message ?? '');
+  // "Query read timeout": pg's query_timeout ran out with no answer at all (a server cut off without a reset).
+  return /connection terminated|connection ended|server closed the connection|query read timeout|timeout exceeded when trying to connect/i.test(
+    e.message ?? '',
+  );
 }
 
 /** Error text from pg may quote the connection string; never let a password through. */

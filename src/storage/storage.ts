@@ -84,7 +84,6 @@ export function postgresStorage(database: PostgresDatabase): Storage {
 }
 
 const SQLITE_UNAVAILABLE = /^SQLITE_(BUSY|LOCKED|READONLY|CANTOPEN|IOERR|FULL)/;
-const NETWORK_UNAVAILABLE = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 /**
  * True when a write failed because the database cannot take it now (PostgreSQL unreachable or
@@ -93,7 +92,6 @@ const NETWORK_UNAVAILABLE = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', '
 export function isDatabaseUnavailable(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown } | null;
   if (!e) return false;
-  if (typeof e.code === 'string' && (SQLITE_UNAVAILABLE.test(e.code) || NETWORK_UNAVAILABLE.has(e.code)))
-    return true;
-  return isConnectionLoss(err) || /timeout exceeded when trying to connect/i.test(String(e.message ?? ''));
+  if (typeof e.code === 'string' && SQLITE_UNAVAILABLE.test(e.code)) return true;
+  return isConnectionLoss(err);
 }

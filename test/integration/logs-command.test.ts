@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import dns from 'node:dns';
 import {
   chmodSync,
   closeSync,
@@ -1041,6 +1042,53 @@ describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
       expect(io.err()).not.toContain(target.password);
     } finally {
       await relay.down();
+      await database.drop();
+    }
+  });
+
+  test('--follow waits out a network cut that also fails name resolution (EAI_AGAIN), as a restart', async () => {
+    const database = await createTestPgDatabase();
+    // The follower reaches PostgreSQL by a host name this test resolves, then fails to resolve for a while.
+    const host = 'pg-failover.test';
+    const viaName = new URL(database.url);
+    viaName.hostname = host;
+    const realLookup = dns.lookup;
+    let resolves = true;
+    const lookup = (name: string, options: any, callback?: any) => {
+      const cb = typeof options === 'function' ? options : callback;
+      if (name !== host) return (realLookup as any)(name, options, callback);
+      if (!resolves)
+        return process.nextTick(
+          cb,
+          Object.assign(new Error(`getaddrinfo EAI_AGAIN ${name}`), { code: 'EAI_AGAIN' }),
+        );
+      if (typeof options === 'object' && options?.all)
+        return process.nextTick(cb, null, [{ address: '127.0.0.1', family: 4 }]);
+      process.nextTick(cb, null, '127.0.0.1', 4);
+    };
+    (dns as any).lookup = lookup;
+    try {
+      await seedPostgres(database.url, [rec('k1', { startedAt: NOW - 60_000 })]);
+      const ac = new AbortController();
+      const io = { ...createTestIo({ HOME: tmp.path }, tmp.path), signal: ac.signal };
+      const done = main(['logs', '--follow', '--jsonl', '--interval', '30', '--db', viaName.href], io);
+      await until("'k1' on stdout", () => io.out().includes('k1'));
+      resolves = false;
+      await pgQuery(
+        database.url,
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = $1 and application_name = 'oai-proxy'",
+        [database.name],
+      );
+      await until("'lost the connection' on stderr", () => io.err().includes('lost the connection'));
+      await new Promise((r) => setTimeout(r, 300));
+      await seedPostgres(database.url, [rec('k2', { startedAt: Date.now() })]);
+      resolves = true;
+      await until("'k2' on stdout", () => io.out().includes('k2'), 15_000);
+      expect(io.err()).toMatch(/reconnected to postgres:/);
+      ac.abort();
+      expect(await done).toBe(0);
+    } finally {
+      (dns as any).lookup = realLookup;
       await database.drop();
     }
   });
