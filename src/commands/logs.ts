@@ -22,6 +22,7 @@ import {
   exchangeStats,
   type FollowPosition,
   findExchanges,
+  iterateExchanges,
   type LogFilter,
   listExchanges,
   pruneExchanges,
@@ -208,14 +209,35 @@ export async function runLogsList(opts: LogsListOptions, io: CliIo): Promise<num
   const limit = parseCount(opts.limit, '--limit', 50, { zero: 'all' });
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'desc');
   return withDatabase(opts, io, { readonly: true }, async (handle) => {
-    const rows = (await listExchanges(handle, filter, { limit, order })).map(toExchangeJson);
+    if (format === 'table') {
+      const rows = (await listExchanges(handle, filter, { limit, order })).map(toExchangeJson);
+      warnSearchLag(handle, filter, io);
+      if (rows.length === 0) io.stderr.write('No exchanges match.\n');
+      else io.stdout.write(renderExchangeTable(rows, { color: useColor(io.env, io.stdout) }));
+      return 0;
+    }
+    // Written as read: `--limit 0` may be millions of rows (the array as JSON.stringify lays it out).
     warnSearchLag(handle, filter, io);
-    if (format === 'json') io.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-    else if (format === 'jsonl') for (const r of rows) io.stdout.write(`${JSON.stringify(r)}\n`);
-    else if (rows.length === 0) io.stderr.write('No exchanges match.\n');
-    else io.stdout.write(renderExchangeTable(rows, { color: useColor(io.env, io.stdout) }));
+    const write = stdoutWriter(io);
+    let n = 0;
+    for await (const row of iterateExchanges(handle, filter, { limit, order })) {
+      const json = JSON.stringify(toExchangeJson(row), null, format === 'json' ? 2 : undefined);
+      await write(
+        format === 'json' ? `${n === 0 ? '[\n' : ',\n'}  ${json.replace(/\n/g, '\n  ')}` : `${json}\n`,
+      );
+      n++;
+    }
+    if (format === 'json') await write(n === 0 ? '[]\n' : '\n]\n');
     return 0;
   });
+}
+
+/** Write to standard output, waiting for it to drain when it is behind (a slow pipe). */
+function stdoutWriter(io: CliIo): (s: string) => Promise<void> {
+  const stdout = io.stdout as CliIo['stdout'] & { once?: (e: string, f: () => void) => void };
+  return async (s) => {
+    if (stdout.write(s) === false && stdout.once) await new Promise<void>((r) => stdout.once!('drain', r));
+  };
 }
 
 /** SQLite indexes bodies after they are written; PostgreSQL's search index is always current. */
@@ -411,11 +433,7 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
     if (opts.out) refuseOwnFiles(opts.out, resolved, io.cwd);
     const total = opts.out && io.stderr.isTTY ? await countExchanges(handle, filter) : 0;
     const out = opts.out ? openOutFile(opts.out) : null;
-    const write = async (s: string) => {
-      if (out) return out.write(s);
-      const stdout = io.stdout as CliIo['stdout'] & { once?: (e: string, f: () => void) => void };
-      if (stdout.write(s) === false && stdout.once) await new Promise<void>((r) => stdout.once!('drain', r));
-    };
+    const write = out ? (s: string) => out.write(s) : stdoutWriter(io);
     let n = 0;
     let drawn = -1;
     let step = -1;

@@ -1,4 +1,4 @@
-import { type Expression, type ExpressionBuilder, type SqlBool, sql } from 'kysely';
+import { type Expression, type ExpressionBuilder, type SelectQueryBuilder, type SqlBool, sql } from 'kysely';
 import { OaiProxyError } from '../errors.js';
 import type { SqliteHandle } from './database.js';
 import { resetSearchIndex, searchIndexLag } from './search-index.js';
@@ -190,6 +190,39 @@ export async function listExchanges(
   return q.execute();
 }
 
+/**
+ * What `listExchanges` returns, one row at a time with bounded memory (`logs --json --limit 0` over a
+ * million rows held every row and then one string of them all: more than a string can hold). SQLite
+ * streams one statement; PostgreSQL reads pages by keyset; `--grep` newest first on SQLite stops after
+ * `limit` matches anyway, so it is read as `listExchanges` reads it.
+ */
+export async function* iterateExchanges(
+  handle: Storage,
+  filter: LogFilter,
+  options: ListOptions,
+): AsyncIterableIterator<ExchangeSummaryRow> {
+  checkSearchable(handle, filter);
+  if (handle.kind === 'postgres') {
+    let left = options.limit > 0 ? options.limit : Number.POSITIVE_INFINITY;
+    const pageSize = Math.min(256, left);
+    for await (const row of pagedRows(handle, filter, options.order, summarySelect, pageSize)) {
+      yield row;
+      if (--left <= 0) return;
+    }
+    return;
+  }
+  if (filter.grep !== undefined && options.order === 'desc' && options.limit > 0) {
+    yield* await listGrepNewest(handle, filter, options.limit);
+    return;
+  }
+  let q = summarySelect(handle.db.selectFrom('exchanges'))
+    .where(filterExpression(filter))
+    .orderBy('started_at', options.order)
+    .orderBy('id', options.order);
+  if (options.limit > 0) q = q.limit(options.limit);
+  yield* q.stream(256);
+}
+
 /** How far out of end-time order rows may be inserted (batches, slow writers), with room to spare. */
 const INSERT_ORDER_SLACK_MS = 60_000;
 
@@ -260,7 +293,7 @@ export function streamExchanges(
   order: 'asc' | 'desc',
 ): AsyncIterableIterator<ExchangesTable> {
   checkSearchable(handle, filter);
-  if (handle.kind === 'postgres') return pagedExchanges(handle, filter, order);
+  if (handle.kind === 'postgres') return pagedRows(handle, filter, order, (q) => q.selectAll());
   return handle.db
     .selectFrom('exchanges')
     .selectAll()
@@ -270,32 +303,38 @@ export function streamExchanges(
     .stream(256);
 }
 
+/** `selectFrom('exchanges')` before any column is picked. */
+// biome-ignore lint/complexity/noBannedTypes: Kysely's own type for "no column selected yet".
+type FromExchanges = SelectQueryBuilder<DatabaseSchema, 'exchanges', {}>;
+
 /**
  * PostgreSQL: Kysely streams only through pg-cursor, so pages of `pageSize` rows are read by keyset
  * (`(started_at, id)` past the last row of the previous page), which keeps memory bounded as well.
+ * `select` picks the columns: every one (export), or a listing's.
  */
-async function* pagedExchanges(
+async function* pagedRows<O extends { started_at: number; id: string }>(
   handle: Storage,
   filter: LogFilter,
   order: 'asc' | 'desc',
+  select: (q: FromExchanges) => SelectQueryBuilder<DatabaseSchema, 'exchanges', O>,
   pageSize = 256,
-): AsyncIterableIterator<ExchangesTable> {
+): AsyncIterableIterator<O> {
   const past = sql.raw(order === 'asc' ? '>' : '<');
   let after: { started_at: number; id: string } | null = null;
   for (;;) {
-    let q = handle.db.selectFrom('exchanges').selectAll().where(filterExpression(filter, handle.kind));
+    let q = select(handle.db.selectFrom('exchanges')).where(filterExpression(filter, handle.kind));
     if (after) q = q.where(sql<SqlBool>`(started_at, id) ${past} (${after.started_at}, ${after.id})`);
-    const page: ExchangesTable[] = await q
-      .orderBy('started_at', order)
-      .orderBy('id', order)
-      .limit(pageSize)
-      .execute();
+    const page = (await q.orderBy('started_at', order).orderBy('id', order).limit(pageSize).execute()) as O[];
     yield* page;
     if (page.length < pageSize) return;
     const last = page[page.length - 1];
     after = { started_at: last.started_at, id: last.id };
   }
 }
+
+/** A listing's columns, with the rowid. */
+const summarySelect = (q: FromExchanges) =>
+  q.select([...SUMMARY_COLUMNS, sql<number>`exchanges.rowid`.as('rowid')]);
 
 /**
  * Matching exchanges recorded after `rowid` (insertion order), up to rowid `upTo`, at most `limit`; with

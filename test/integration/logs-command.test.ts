@@ -883,6 +883,51 @@ describe('large listings: SQLite', () => {
     expect(s.out.trimEnd().split('\n')).toHaveLength(2 + 8000 * 2 + 1);
     expect(s.ms).toBeLessThan(5000);
   }, 60_000);
+
+  test.each(['--json', '--jsonl'])(
+    '%s --limit 0 over 100,000 exchanges is written as it is read: the built bin in a 48 MB heap prints them all (it ran out of memory; a million rows gave "Invalid string length")',
+    async (format) => {
+      await seedSqlite(dbPath, [rec('a1', { requestBody: null, responseBody: null })]);
+      // 99,999 copies of it, ids and start times counted down (as a bench database is made, fast).
+      const sqlite = new Database(dbPath);
+      const columns = (sqlite.prepare('pragma table_info(exchanges)').all() as { name: string }[]).map(
+        (c) => c.name,
+      );
+      const values = columns.map((c) =>
+        c === 'id' ? "printf('x%025d', n)" : c === 'started_at' ? 'started_at - n * 1000' : c,
+      );
+      sqlite.exec(`insert into exchanges (${columns.join(', ')})
+        with recursive k(n) as (select 1 union all select n + 1 from k where n < 99999)
+        select ${values.join(', ')} from k, exchanges`);
+      sqlite.close();
+      const BIN = join(import.meta.dirname, '../../bin/oai-proxy.js');
+      const child = spawn(
+        process.execPath,
+        ['--max-old-space-size=48', BIN, 'logs', format, '--limit', '0', '--db', dbPath],
+        { env: { PATH: process.env.PATH ?? '', HOME: tmp.path }, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      const out: Buffer[] = [];
+      let err = '';
+      child.stdout!.on('data', (d: Buffer) => out.push(d));
+      child.stderr!.on('data', (d) => {
+        err += d;
+      });
+      const code = await new Promise<number | null>((r) => child.once('close', (c) => r(c)));
+      expect(code, err.slice(0, 500)).toBe(0);
+      const text = Buffer.concat(out).toString();
+      const rows: { id: string }[] =
+        format === '--json'
+          ? JSON.parse(text)
+          : text
+              .trimEnd()
+              .split('\n')
+              .map((l) => JSON.parse(l));
+      expect(rows).toHaveLength(100_000);
+      expect(rows[0].id).toBe(rec('a1').id);
+      expect(rows[99_999].id).toBe(`x${String(99_999).padStart(25, '0')}`);
+    },
+    60_000,
+  );
 });
 
 describe.skipIf(!pgUrl)('PostgreSQL specifics (OAI_PROXY_TEST_PG_URL)', () => {
