@@ -67,6 +67,23 @@ export function parseTimeBound(text: string, flag: string, now: number): number 
       zoneMinutes <= 59;
     // A date alone is local midnight, as a time without a zone is (Date.parse would take it as UTC).
     const t = !exists ? Number.NaN : Date.parse(m[4] === undefined ? `${text.trim()}T00:00` : text.trim());
+    // A local time a daylight-saving change skips (02:30 on a spring-forward night) is parsed as an hour
+    // later: refused like Feb 30. A date alone is the day's first instant, whenever it starts.
+    const zoned = /(?:z|[+-]\d{2}:?\d{2})$/i.test(text.trim());
+    if (!Number.isNaN(t) && m[4] !== undefined && !zoned) {
+      const d = new Date(t);
+      if (
+        d.getFullYear() !== year ||
+        d.getMonth() + 1 !== month ||
+        d.getDate() !== day ||
+        d.getHours() !== hour ||
+        d.getMinutes() !== minute
+      )
+        throw new OaiProxyError(
+          'usage',
+          `${flag} "${text}" does not exist in the local time zone (a daylight-saving change skips it); give the time with its UTC offset (2024-03-10T03:30:00-04:00) or in UTC (2024-03-10T07:30:00Z)`,
+        );
+    }
     if (!Number.isNaN(t)) return t;
     throw new OaiProxyError(
       'usage',

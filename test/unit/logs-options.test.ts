@@ -48,6 +48,32 @@ describe('parseTimeBound', () => {
   });
 
   test.each([
+    ['America/New_York', '2024-03-10T02:30'],
+    ['America/New_York', '2024-03-10 02:00:00'],
+    ['Europe/Berlin', '2024-03-31T02:15'],
+  ])(
+    '%s: %s, skipped by the change to summer time, is a usage error saying so (it was taken as an hour later)',
+    (zone, text) => {
+      const tz = process.env.TZ;
+      process.env.TZ = zone;
+      try {
+        expect(usageMessage(() => parseTimeBound(text, '--since', NOW))).toContain(
+          `--since "${text}" does not exist in the local time zone (a daylight-saving change skips it)`,
+        );
+        // The hour around it, the same time with a zone, and a date alone are fine.
+        const before = text.replace(/T| /, 'T').slice(0, 11);
+        expect(parseTimeBound(`${before}01:59`, '--since', NOW)).toBeGreaterThan(0);
+        expect(parseTimeBound(`${before}03:00`, '--since', NOW)).toBeGreaterThan(0);
+        expect(parseTimeBound(`${before}02:30Z`, '--since', NOW)).toBe(Date.parse(`${before}02:30Z`));
+        expect(parseTimeBound(before.slice(0, 10), '--since', NOW)).toBeGreaterThan(0);
+      } finally {
+        if (tz === undefined) delete process.env.TZ;
+        else process.env.TZ = tz;
+      }
+    },
+  );
+
+  test.each([
     '2026-02-30',
     '2026-02-31T10:00:00Z',
     '2026-02-29',
