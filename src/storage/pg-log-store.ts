@@ -2,6 +2,7 @@ import type { Kysely } from 'kysely';
 import type { ExchangeRecord, RecordingWriterOptions, SpillReason } from './exchange-record.js';
 import { createFailureStreak } from './failure-streak.js';
 import { type ExchangeWriterHealth, toRow } from './log-store.js';
+import { settlesWithin } from './settles-within.js';
 import type { DatabaseSchema, ExchangesTable } from './tables.js';
 
 /** The batched exchange writer on PostgreSQL: `record()` enqueues; a timer writes multi-row INSERTs. */
@@ -164,9 +165,9 @@ export function createPgExchangeWriter(options: PgExchangeWriterOptions): PgExch
       // (35 s): it is waited for only until the deadline, then its batch is spilled with the queue (it may
       // still reach the database, then the log file holds a copy; lost, it would be worse).
       for (;;) {
-        if (writing && !(await settlesBy(writing, deadline))) break;
+        if (writing && !(await settlesWithin(writing, deadline - Date.now()))) break;
         if (queue.length === 0 || Date.now() >= deadline) break;
-        if (!(await settlesBy(run(), deadline))) break;
+        if (!(await settlesWithin(run(), deadline - Date.now()))) break;
         if (queue.length > 0) await sleep(Math.min(250, Math.max(0, deadline - Date.now())));
       }
       closed = true;
@@ -200,25 +201,6 @@ function isDataError(err: unknown): boolean {
 /** SQLSTATE 57014 (query_canceled): statement_timeout ran out, or the statement was cancelled. */
 function isStatementTimeout(err: unknown): boolean {
   return (err as { code?: unknown }).code === '57014';
-}
-
-/** True once `p` settles, false if `deadline` (epoch ms) comes first. */
-async function settlesBy(p: Promise<unknown>, deadline: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((r) => {
-    timer = setTimeout(() => r(false), Math.max(0, deadline - Date.now()));
-  });
-  try {
-    return await Promise.race([
-      p.then(
-        () => true,
-        () => true,
-      ),
-      late,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 function sleep(ms: number): Promise<void> {

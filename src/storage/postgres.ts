@@ -4,6 +4,7 @@ import { redactUrl } from '../config/paths.js';
 import { OaiProxyError } from '../errors.js';
 import { pg as loadPg } from '../lazy-modules.js';
 import { checkMigrationsKnown, migrations } from './migrations/index.js';
+import { settlesWithin } from './settles-within.js';
 import type { DatabaseSchema } from './tables.js';
 
 /** An open PostgreSQL database: a connection pool and Kysely over it. */
@@ -294,23 +295,4 @@ export function subscribeNotify(
 /** Close a connection's socket now: its query in flight, if any, fails at once. */
 function cutConnection(client: Pg.Client): void {
   (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
-}
-
-/** True once `p` settles, false after `ms` if it has not. */
-async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((r) => {
-    timer = setTimeout(() => r(false), ms);
-  });
-  try {
-    return await Promise.race([
-      p.then(
-        () => true,
-        () => true,
-      ),
-      late,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
