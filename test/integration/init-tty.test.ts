@@ -76,6 +76,20 @@ async function fakeUpstream(): Promise<FakeUpstream> {
   return fake;
 }
 
+/** Accept the defaults of every question after the upstream's key (listen address to admin key). */
+async function acceptTheRest(s: PtySession): Promise<void> {
+  for (const p of [
+    'Listen host',
+    'Listen port',
+    'SQLite database file',
+    'Log file',
+    'Model validation',
+    'Qdrant URL',
+    'Admin API key',
+  ])
+    await answer(s, p, KEY.enter);
+}
+
 /** Wait for a prompt, then answer it. */
 async function answer(s: PtySession, prompt: string | RegExp, keys: string): Promise<string> {
   const seen = await s.expect(prompt);
@@ -213,16 +227,7 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
     await answer(s, 'API key', `${API_KEY}${KEY.enter}`);
     await s.expect('✔ upstream reachable');
     expect(fake.requests[0].url).toBe('/openai/v1/models');
-    for (const p of [
-      'Listen host',
-      'Listen port',
-      'SQLite database file',
-      'Log file',
-      'Model validation',
-      'Qdrant URL',
-      'Admin API key',
-    ])
-      await answer(s, p, KEY.enter);
+    await acceptTheRest(s);
     const summary = await s.expect(`Write ${h.configPath}?`);
     expect(summary).toContain("api-version     (none: the …/openai/v1 API)  (serve's default)");
     s.send(KEY.enter);
@@ -243,16 +248,7 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
       await answer(s, 'Upstream kind', KEY.enter);
       await answer(s, 'Upstream base URL', KEY.enter);
       await answer(s, 'API key', `${API_KEY}${KEY.enter}`);
-      for (const p of [
-        'Listen host',
-        'Listen port',
-        'SQLite database file',
-        'Log file',
-        'Model validation',
-        'Qdrant URL',
-        'Admin API key',
-      ])
-        await answer(s, p, KEY.enter);
+      await acceptTheRest(s);
     }
     await answer(s, prompt, KEY.ctrlC);
     await s.expect('oai-proxy init: interrupted; nothing was written');
@@ -335,16 +331,7 @@ describe('oai-proxy init in a terminal', { timeout: 60_000 }, () => {
       KEY.enter,
     );
     await answer(s, 'API key (hidden', KEY.enter);
-    for (const p of [
-      'Listen host',
-      'Listen port',
-      'SQLite database file',
-      'Log file',
-      'Model validation',
-      'Qdrant URL',
-      'Admin API key',
-    ])
-      await answer(s, p, KEY.enter);
+    await acceptTheRest(s);
     await answer(s, `Overwrite ${h.configPath}?`, `y${KEY.enter}`);
     expect(await s.exit()).toBe(0);
     const written = JSON.parse(readFileSync(h.configPath, 'utf8'));

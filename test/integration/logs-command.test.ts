@@ -854,15 +854,14 @@ describe('large listings: SQLite', () => {
 
   async function logs(...argv: string[]) {
     const io = createTestIo({ HOME: tmp.path }, tmp.path);
-    const started = Date.now();
     const code = await main(['logs', ...argv, '--db', dbPath], io);
-    return { code, out: io.out(), err: io.err(), ms: Date.now() - started };
+    return { code, out: io.out(), err: io.err() };
   }
 
-  test('--limit 0 prints a table of 8,000 exchanges in seconds (it took 17 s: the layout was quadratic)', async () => {
+  test('--limit 0 prints a table of 20,000 exchanges within the test timeout (8,000 took 17 s: the layout was quadratic)', async () => {
     await seedSqlite(
       dbPath,
-      Array.from({ length: 8000 }, (_, i) =>
+      Array.from({ length: 20000 }, (_, i) =>
         rec(`t${i.toString(36).padStart(4, '0')}`, {
           startedAt: NOW - i * 1000,
           path: `/v1/responses/r${i}`,
@@ -873,15 +872,13 @@ describe('large listings: SQLite', () => {
     expect(r.code, r.err).toBe(0);
     const lines = r.out.trimEnd().split('\n');
     // Top rule, header, then a rule and a line per exchange, bottom rule.
-    expect(lines).toHaveLength(2 + 8000 * 2 + 1);
+    expect(lines).toHaveLength(2 + 20000 * 2 + 1);
     expect(lines[3]).toContain('/v1/responses/r0 ');
     expect(new Set(lines.map((l) => l.length)).size).toBe(1);
-    expect(r.ms).toBeLessThan(5000);
     // The same for a stats table of as many groups.
     const s = await logs('stats', '--by', 'path');
     expect(s.code, s.err).toBe(0);
-    expect(s.out.trimEnd().split('\n')).toHaveLength(2 + 8000 * 2 + 1);
-    expect(s.ms).toBeLessThan(5000);
+    expect(s.out.trimEnd().split('\n')).toHaveLength(2 + 20000 * 2 + 1);
   }, 60_000);
 
   test.each(['--json', '--jsonl'])(
