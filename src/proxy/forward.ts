@@ -87,6 +87,9 @@ const AZURE_DEPLOYMENT_OPS =
  */
 const AZURE_DEPLOYMENT_PATH = /^(?:\/openai)?\/deployments\/([^/]+)(\/.*)?$/;
 
+/** A client path in the form of Azure's v1 API: `/openai/v1` and below. */
+const AZURE_V1_PATH = /^\/openai\/v1(?:\/|$)/;
+
 /** An Entra ID access token (a JWT: three base64url segments, the first a JSON header). */
 const ENTRA_TOKEN = /^eyJ[\w-]*\.[\w-]+\.[\w-]*$/;
 
@@ -199,7 +202,13 @@ export function shapeUpstreamRequest(
         delete headers.authorization;
       }
     }
-    if (target.apiVersion && !/(^|&)api-version=/.test(q))
+    // Azure's v1 API (`/openai/v1/…`) refuses a dated api-version: a client path in that form gets the
+    // upstream's only when the upstream is a v1 base itself (its api-version configured for that API).
+    if (
+      target.apiVersion &&
+      !/(^|&)api-version=/.test(q) &&
+      (!AZURE_V1_PATH.test(rest) || isAzureV1Base(target.basePath))
+    )
       q = q
         ? `${q}&api-version=${encodeURIComponent(target.apiVersion)}`
         : `api-version=${encodeURIComponent(target.apiVersion)}`;

@@ -988,6 +988,61 @@ describe('Azure clients and paths', () => {
     const [row] = await p.waitForRows(1);
     expect(row).toMatchObject({ path: '/v1/chat/completions', model: 'gpt-4o-eu', status: 200 });
   });
+
+  test("a client speaking Azure's v1 API (an OpenAI client at …/openai/v1) on a classic base: no dated api-version added, which that API refuses", async () => {
+    const az = await upstream();
+    az.on(
+      '/openai/v1/chat/completions',
+      json((_url, sent) => chatCompletionBody(String(sent.model))),
+    );
+    az.on(
+      '/openai/v1/responses',
+      json((_url, sent) => ({
+        id: 'resp_1',
+        object: 'response',
+        status: 'completed',
+        model: sent.model,
+        output: [],
+      })),
+    );
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' },
+      {
+        upstreams: {
+          // No apiVersion: the default 2024-10-21 goes with classic paths; and one configured.
+          azure: { type: 'azure', baseUrl: az.origin, apiKey: AZURE_KEY },
+          pinned: {
+            type: 'azure',
+            baseUrl: `${az.origin}/openai`,
+            apiKey: AZURE_KEY,
+            apiVersion: '2024-06-01',
+          },
+        },
+        models: [
+          { name: 'gpt-4o-eu', upstream: 'azure', deployment: 'gpt4o-prod' },
+          { name: 'gpt-4o-pinned', upstream: 'pinned', deployment: 'gpt4o-pinned' },
+        ],
+      },
+    );
+    // What Azure's documentation gives for its v1 API: the plain OpenAI client, base URL …/openai/v1.
+    const v1 = new OpenAI({ apiKey: CLIENT_AZURE_KEY, baseURL: `${p.url}/openai/v1`, maxRetries: 0 });
+    expect((await chat(v1, 'gpt-4o-eu')).choices[0].message.content).toBe(CHAT_ANSWER);
+    await v1.responses.create({ model: 'gpt-4o-pinned', input: 'hi' });
+    // The client's own api-version (`preview`) still goes as sent; classic paths still get the upstream's.
+    await fetch(`${p.url}/openai/v1/chat/completions?api-version=preview`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'gpt-4o-eu', messages: [] }),
+    });
+    await chat(client(p), 'gpt-4o-eu');
+    expect(az.requests.map((r) => [r.url, JSON.parse(r.body.toString()).model])).toEqual([
+      ['/openai/v1/chat/completions', 'gpt4o-prod'],
+      ['/openai/v1/responses', 'gpt4o-pinned'],
+      ['/openai/v1/chat/completions?api-version=preview', 'gpt4o-prod'],
+      ['/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21', 'gpt-4o-eu'],
+    ]);
+    expect(az.requests.map((r) => r.headers['api-key'])).toEqual(Array(4).fill(AZURE_KEY));
+  });
 });
 
 describe("Ollama's native API", () => {

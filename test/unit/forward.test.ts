@@ -134,6 +134,30 @@ describe('api-version', () => {
     );
     expect(shape.path).toBe(expected ? `/openai/files?${expected}` : '/openai/files');
   });
+
+  test.each([
+    // Azure's v1 API refuses a dated api-version: a client path in its form gets none from a classic base.
+    ['https://r.openai.azure.com', '/openai/v1/chat/completions', '', '/openai/v1/chat/completions'],
+    ['https://r.openai.azure.com/openai', '/openai/v1/realtime', 'model=d', '/openai/v1/realtime?model=d'],
+    [
+      'https://r.openai.azure.com',
+      '/openai/v1/responses',
+      'api-version=preview',
+      '/openai/v1/responses?api-version=preview',
+    ],
+    // A v1 base's configured api-version is meant for that API; classic paths keep theirs.
+    [
+      'https://r.openai.azure.com/openai/v1',
+      '/openai/v1/responses',
+      '',
+      '/openai/v1/responses?api-version=2024-10-21',
+    ],
+    ['https://r.openai.azure.com/openai/v1', '/responses', '', '/openai/v1/responses?api-version=2024-10-21'],
+    ['https://r.openai.azure.com', '/openai/responses', '', '/openai/responses?api-version=2024-10-21'],
+  ])('azure %s + %s?%s → %s', (base, rest, query, expected) => {
+    const shape = shapeUpstreamRequest(azure(base, { apiVersion: '2024-10-21' }), rest, query, {});
+    expect(shape.path).toBe(expected);
+  });
 });
 
 test('an /openai/v1 base still gets the key as api-key', () => {
