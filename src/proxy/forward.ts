@@ -165,6 +165,20 @@ function upstreamPath(target: UpstreamTarget, rest: string, deployment: string |
 }
 
 /**
+ * True when `target` has a key of its own: its apiKey, or an `Authorization` or `api-key` among its
+ * configured headers. A client's credentials are then not forwarded to it beside that key.
+ */
+export function hasOwnKey(target: UpstreamTarget): boolean {
+  if (target.apiKey) return true;
+  if (!target.headers) return false;
+  for (const k in target.headers) {
+    const name = k.toLowerCase();
+    if (name === 'authorization' || name === 'api-key') return true;
+  }
+  return false;
+}
+
+/**
  * The upstream path and headers for a client request: `rest` is the path after `/v1` (starting with `/`),
  * or the client's path when it is in Azure's (`/openai/…`) or Ollama's (`/api/…`) form; hop-by-hop
  * headers dropped, the upstream key put in place of the client's when configured (see upstreamPath).
@@ -186,7 +200,16 @@ export function shapeUpstreamRequest(
   // Bodies are recorded as sent: ask for them uncompressed.
   headers['accept-encoding'] = 'identity';
   if (options.contentLength !== undefined) headers['content-length'] = String(options.contentLength);
-  if (target.headers) for (const [k, v] of Object.entries(target.headers)) headers[k.toLowerCase()] = v;
+  // The credentials the upstream's own headers carry (its key given as a header rather than apiKey).
+  let ownApiKey = false;
+  let ownAuthorization = false;
+  if (target.headers)
+    for (const [k, v] of Object.entries(target.headers)) {
+      const name = k.toLowerCase();
+      headers[name] = v;
+      if (name === 'api-key') ownApiKey = true;
+      else if (name === 'authorization') ownAuthorization = true;
+    }
 
   const path = upstreamPath(target, rest, options.deployment);
   let q = query;
@@ -194,6 +217,11 @@ export function shapeUpstreamRequest(
     if (target.apiKey) {
       delete headers.authorization;
       headers['api-key'] = target.apiKey;
+    } else if (ownApiKey || ownAuthorization) {
+      // The upstream's headers hold its key: the client's is not forwarded beside it (Azure refuses a
+      // request with both api-key and Authorization), unless those headers set both.
+      if (!ownAuthorization) delete headers.authorization;
+      if (!ownApiKey) delete headers['api-key'];
     } else if (!headers['api-key'] && typeof headers.authorization === 'string') {
       // A plain key sent the OpenAI way becomes Azure's api-key; an Entra ID token stays a Bearer token.
       const token = bearerToken(headers.authorization);

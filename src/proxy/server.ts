@@ -36,6 +36,7 @@ import {
   azureRealtimeModelParam,
   classifyUpstreamError,
   connectionTokens,
+  hasOwnKey,
   isDeploymentInPath,
   isHopByHop,
   isMalformedResponseCode,
@@ -1396,7 +1397,8 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       let headers = forwardableHeaders(req);
       // A key offered as a subprotocol is an Authorization header by other means: the upstream's own key
       // replaces it (one of the proxy's keys is gone already: forwardableHeaders).
-      if (decision.upstream.apiKey && subprotocolKey(headers) !== null) headers = dropSubprotocolKey(headers);
+      if (hasOwnKey(decision.upstream) && subprotocolKey(headers) !== null)
+        headers = dropSubprotocolKey(headers);
       const shape = shapeUpstreamRequest(decision.upstream, rest, upstreamQuery, headers);
       await dispatchUpstream(x, upstreamOrigin, 'GET', shape.path, shape.headers, null, relay);
     } catch (err) {

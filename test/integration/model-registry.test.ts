@@ -655,6 +655,53 @@ describe('named upstreams', () => {
     expect(got.headers.authorization).toBeUndefined();
   });
 
+  test("an Azure upstream whose key is in its headers (api-key): the client's own key is not sent beside it, which Azure refuses", async () => {
+    const az = await upstream();
+    // Azure answers a request carrying both credentials 400.
+    az.on('/openai/deployments/prod-gpt4o/chat/completions', (req, res, raw) => {
+      if (req.headers['api-key'] && req.headers.authorization) {
+        res.writeHead(400, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify({
+            error: {
+              code: '400',
+              message: 'Either API-KEY or Authorization header must be provided but not both',
+            },
+          }),
+        );
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(chatCompletionBody(JSON.parse(raw.toString()).model)));
+    });
+    const p = await proxyWith(
+      { OPENAI_BASE_URL: 'http://127.0.0.1:9/v1' },
+      {
+        upstreams: {
+          azure: { baseUrl: az.origin, type: 'azure', headers: { 'Api-Key': AZURE_KEY, 'X-Team': 'eu' } },
+        },
+        models: [{ name: 'gpt-4o', upstream: 'azure', deployment: 'prod-gpt4o' }],
+      },
+    );
+    // The openai SDK always sends its key as Authorization: Bearer; AzureOpenAI as api-key.
+    expect((await chat(client(p), 'gpt-4o')).choices[0].message.content).toBe(CHAT_ANSWER);
+    const azureSdk = new AzureOpenAI({
+      endpoint: p.url,
+      apiKey: 'client-azure-key-0123456789abcdef',
+      apiVersion: '2024-10-21',
+      deployment: 'gpt-4o',
+      maxRetries: 0,
+    });
+    await azureSdk.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
+    expect(az.requests).toHaveLength(2);
+    for (const r of az.requests) {
+      expect(r.headers['api-key']).toBe(AZURE_KEY);
+      expect(r.headers.authorization).toBeUndefined();
+      expect(r.headers['x-team']).toBe('eu');
+      expect(JSON.stringify(r.headers)).not.toMatch(/sk-client|client-azure-key/);
+    }
+  });
+
   test('a named upstream that is down: the 502 names it and its setting in the config file', async () => {
     const a = await upstream();
     const dead = await createFakeUpstream();

@@ -259,6 +259,45 @@ describe('WebSocket handshakes are routed like requests', () => {
     }
   });
 
+  test("a model on an upstream whose key is in its headers: a client's key, as a header or a subprotocol, is not sent beside it", async () => {
+    const dir = createTempDir();
+    try {
+      const az = await createFakeUpstream();
+      const config = join(dir.path, 'oai-proxy.config.json');
+      writeFileSync(
+        config,
+        JSON.stringify({
+          upstreams: {
+            az: {
+              type: 'azure',
+              baseUrl: az.origin,
+              headers: { 'api-key': 'azure-header-key-0123456789abcdef' },
+            },
+          },
+          models: [{ name: 'rt-eu', upstream: 'az', deployment: 'rt-prod' }],
+        }),
+      );
+      const { proxy } = await setup({ OAI_PROXY_CONFIG: config });
+      try {
+        const answer = await openWebSocket(`${proxy.url}/v1/realtime?model=rt-eu`, {
+          authorization: `Bearer ${CLIENT_KEY}`,
+          'sec-websocket-protocol': `realtime, openai-insecure-api-key.${CLIENT_KEY}`,
+        });
+        expect(answer.status).toBe(101);
+        await answer.ws?.close();
+        const [got] = az.requests;
+        expect(got.url).toBe('/openai/realtime?deployment=rt-prod&api-version=2024-10-21');
+        expect(got.headers['api-key']).toBe('azure-header-key-0123456789abcdef');
+        expect(got.headers.authorization).toBeUndefined();
+        expect(got.headers['sec-websocket-protocol']).toBe('realtime');
+      } finally {
+        await az.close();
+      }
+    } finally {
+      dir.cleanup();
+    }
+  });
+
   test('VALIDATE_MODELS=true: an unknown model is refused with 404 model_not_found, nothing forwarded', async () => {
     const { upstream, proxy } = await setup({ VALIDATE_MODELS: 'true' });
     const answer = await openWebSocket(`${proxy.url}/v1/realtime?model=no-such-model`, BETA);
