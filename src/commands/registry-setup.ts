@@ -76,18 +76,23 @@ interface Settings {
 }
 
 /**
+ * `t` with DEFAULT_AZURE_API_VERSION when it is a classic Azure upstream that names none. Azure's
+ * `…/openai/v1` API needs no api-version: it gets one only when configured.
+ */
+export function withDefaultApiVersion(t: UpstreamTarget): UpstreamTarget {
+  return t.type === 'azure' && !t.apiVersion && !isAzureV1Base(t.basePath)
+    ? { ...t, apiVersion: DEFAULT_AZURE_API_VERSION }
+    : t;
+}
+
+/**
  * The upstream targets a configuration declares: `default` (OPENAI_BASE_URL + OPENAI_API_KEY) and the
  * config file's named `upstreams`. Throws OaiProxyError('config_invalid') for a key variable that is unset.
  */
 export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaultUpstream' | 'upstreams'> {
   const { config, env } = resolved;
   const file = resolved.configFile ? ` in config file ${resolved.configFile}` : '';
-  // Azure's `…/openai/v1` API needs no api-version: it gets one only when configured.
-  const withVersion = (t: UpstreamTarget): UpstreamTarget =>
-    t.type === 'azure' && !t.apiVersion && !isAzureV1Base(t.basePath)
-      ? { ...t, apiVersion: DEFAULT_AZURE_API_VERSION }
-      : t;
-  const defaultUpstream = withVersion(
+  const defaultUpstream = withDefaultApiVersion(
     createUpstreamTarget('default', config.openaiBaseUrl, {
       type: config.openaiApiType,
       apiKey: config.openaiApiKey,
@@ -111,7 +116,7 @@ export function buildUpstreams(resolved: ResolvedConfig): Pick<Settings, 'defaul
     }
     upstreams.set(
       name,
-      withVersion(
+      withDefaultApiVersion(
         createUpstreamTarget(name, u.baseUrl, {
           type: u.type,
           apiKey,

@@ -17,6 +17,7 @@ import { createEmbeddingClient, type Embedder, type EmbeddingEndpoint } from '..
 import { fromRecord } from '../vector/exchange-text.js';
 import { createVectorIndexer, type VectorIndexer } from '../vector/indexer.js';
 import { createQdrantStore, type VectorStore, vectorTarget } from '../vector/qdrant-store.js';
+import { withDefaultApiVersion } from './registry-setup.js';
 
 /** What the vector features need, built once per command from the configuration. */
 export interface VectorServices {
@@ -86,8 +87,9 @@ export function resolveEmbeddingEndpoint(resolved: ResolvedConfig): EmbeddingEnd
       headers: u.headers,
     });
   }
+  // Sent the api-version `serve` sends the same upstream (Azure refuses a request without one).
   const shape = shapeUpstreamRequest(
-    target,
+    withDefaultApiVersion(target),
     '/embeddings',
     '',
     {},

@@ -13,7 +13,7 @@ import {
   type QdrantUnderTest,
   type VectorFixture,
 } from '../helpers/fake-qdrant.js';
-import { embed, type FakeUpstream } from '../helpers/fake-upstream.js';
+import { embed, type FakeHandler, type FakeUpstream } from '../helpers/fake-upstream.js';
 import { createTestIo, startTestProxy, type TestProxy } from '../helpers/test-proxy.js';
 import { until } from '../helpers/until.js';
 
@@ -152,6 +152,59 @@ describe('indexing exchanges into Qdrant while serving', () => {
       'x-echoed-key': '[redacted]',
     });
     expect(JSON.stringify(internal)).not.toMatch(/embed-cookie|sk-upstream-secret/);
+  });
+
+  test('an Azure upstream with no api-version configured: the embedding call gets the default one, as its chat did, and the exchange is indexed', async () => {
+    // Azure answers a request without an api-version 404.
+    const azure =
+      (answer: (sent: Record<string, any>) => unknown): FakeHandler =>
+      (req, res, body) => {
+        const versioned = new URL(req.url ?? '/', 'http://x').searchParams.get('api-version') !== null;
+        res.writeHead(versioned ? 200 : 404, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify(
+            versioned
+              ? answer(JSON.parse(body.toString()))
+              : { error: { code: '404', message: 'Resource not found' } },
+          ),
+        );
+      };
+    upstream.on(
+      '/openai/deployments/gpt-4o/chat/completions',
+      azure((sent) => ({
+        id: 'chatcmpl-1',
+        object: 'chat.completion',
+        created: 1,
+        model: sent.model,
+        choices: [
+          { index: 0, message: { role: 'assistant', content: 'It is on its way.' }, finish_reason: 'stop' },
+        ],
+      })),
+    );
+    upstream.on(
+      '/openai/deployments/text-embedding-3-small/embeddings',
+      azure((sent) => ({
+        object: 'list',
+        data: (sent.input as string[]).map((input, index) => ({
+          object: 'embedding',
+          index,
+          embedding: embed(input),
+        })),
+        usage: { prompt_tokens: 4, total_tokens: 4 },
+      })),
+    );
+    proxy = await startTestProxy(vectorEnv({ OPENAI_BASE_URL: upstream.origin, OPENAI_API_TYPE: 'azure' }));
+    await clientFor(proxy).chat.completions.create({
+      model: 'gpt-4o',
+      messages: [{ role: 'user', content: 'Where is my parcel?' }],
+    });
+    await proxy.drainIndexer();
+    expect(upstream.requests.map((r) => r.url)).toEqual([
+      '/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21',
+      '/openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21',
+    ]);
+    expect(await qdrant.points()).toHaveLength(1);
+    expect(await health(proxy)).toMatchObject({ qdrant: 'ok', qdrant_indexed: 1, qdrant_failed: 0 });
   });
 
   test('completions and Responses-API exchanges are indexed; embeddings, models and failures are not', async () => {
