@@ -998,6 +998,30 @@ export function checkBaseUrls(
     return hasQuery(split.url) ? `${hint}; ${key}` : hint;
   };
   const uses = (upstream: string): boolean => !used || used.upstreams.includes(upstream);
+  // Only a base URL's origin and path are used: user:password@ would be dropped without a word.
+  const refuseCredentials = (name: string, url: string, instead: string): void => {
+    if (!hasCredentials(url)) return;
+    throw withoutConfiguredSecrets(
+      new OaiProxyError(
+        'config_invalid',
+        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without user:password@ (credentials in it are never sent); ${instead}`,
+      ),
+      resolved,
+    );
+  };
+  if (uses('default'))
+    refuseCredentials(
+      named('openaiBaseUrl'),
+      config.openaiBaseUrl,
+      'put a key in OPENAI_API_KEY, or other credentials in a named upstream\'s "headers" in the config file',
+    );
+  for (const [name, u] of Object.entries(config.upstreams))
+    if (uses(name))
+      refuseCredentials(
+        `upstreams.${name}.baseUrl${resolved.configFile ? ` in config file ${resolved.configFile}` : ''}`,
+        u.baseUrl,
+        'put them in the upstream\'s "headers" (an Authorization: Basic … header for user:password), or a key in its apiKey (or apiKeyEnv)',
+      );
   if (uses('default') && hasQuery(config.openaiBaseUrl))
     refuse(
       named('openaiBaseUrl'),
@@ -1018,6 +1042,15 @@ export function checkBaseUrls(
   if ((!used || used.qdrant) && config.qdrantUrl && hasQuery(config.qdrantUrl))
     refuse(named('qdrantUrl'), config.qdrantUrl, 'put a Qdrant key in QDRANT_API_KEY');
   return resolved;
+}
+
+function hasCredentials(url: string): boolean {
+  try {
+    const u = new URL(url);
+    return u.username !== '' || u.password !== '';
+  } catch {
+    return false;
+  }
 }
 
 function hasQuery(url: string): boolean {

@@ -231,6 +231,17 @@ describe('CLI basics', () => {
       [],
       'upstreams.az.baseUrl in config file {dir}/oai-proxy.config.json = https://x.openai.azure.com/openai?api-version=2024-02-01: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); ?api-version is read only for an Azure upstream: set its "type": "azure" if it is one',
     ],
+    // A base URL's user:password@ was dropped without a word (only its origin and path are used).
+    [
+      { OPENAI_BASE_URL: 'http://vllm:SECRET-pw-42@h.test/v1' },
+      [],
+      'Invalid OPENAI_BASE_URL (environment) = http://vllm:***@h.test/v1: expected a URL without user:password@ (credentials in it are never sent); put a key in OPENAI_API_KEY, or other credentials in a named upstream\'s "headers" in the config file',
+    ],
+    [
+      { file: { upstreams: { local: { baseUrl: 'http://vllm:SECRET-pw-43@h.test/v1' } } } },
+      [],
+      'upstreams.local.baseUrl in config file {dir}/oai-proxy.config.json = http://vllm:***@h.test/v1: expected a URL without user:password@',
+    ],
     // Review: a fragment was printed whole (only ?… and &… parameters were looked at), and an Azure SAS
     // token's `sig` in full: a fragment is masked whole, `sig` as any secret-named parameter.
     [
@@ -244,7 +255,7 @@ describe('CLI basics', () => {
       'Invalid OPENAI_BASE_URL (environment) = https://a.blob.core.windows.net/v1?sv=2022-11-02&se=2026-01-01&sig=***: expected',
     ],
   ])(
-    'a base URL with a query (%j, serve %j) → exit 2, the secret masked',
+    'a base URL with a query or credentials (%j, serve %j) → exit 2, the secret masked',
     async (settings, flags, expected) => {
       const tmp = createTempDir();
       cleanups.push(tmp.cleanup);
