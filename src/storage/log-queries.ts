@@ -192,9 +192,9 @@ export async function listExchanges(
 
 /**
  * What `listExchanges` returns, one row at a time with bounded memory (`logs --json --limit 0` over a
- * million rows held every row and then one string of them all: more than a string can hold). SQLite
- * streams one statement; PostgreSQL reads pages by keyset; `--grep` newest first on SQLite stops after
- * `limit` matches anyway, so it is read as `listExchanges` reads it.
+ * million rows held every row and then one string of them all: more than a string can hold), read in
+ * pages by keyset (`pagedRows`); `--grep` newest first on SQLite stops after `limit` matches anyway, so it
+ * is read as `listExchanges` reads it.
  */
 export async function* iterateExchanges(
   handle: Storage,
@@ -202,25 +202,21 @@ export async function* iterateExchanges(
   options: ListOptions,
 ): AsyncIterableIterator<ExchangeSummaryRow> {
   checkSearchable(handle, filter);
-  if (handle.kind === 'postgres') {
-    let left = options.limit > 0 ? options.limit : Number.POSITIVE_INFINITY;
-    const pageSize = Math.min(256, left);
-    for await (const row of pagedRows(handle, filter, options.order, summarySelect, pageSize)) {
-      yield row;
-      if (--left <= 0) return;
-    }
-    return;
-  }
-  if (filter.grep !== undefined && options.order === 'desc' && options.limit > 0) {
+  if (
+    handle.kind === 'sqlite' &&
+    filter.grep !== undefined &&
+    options.order === 'desc' &&
+    options.limit > 0
+  ) {
     yield* await listGrepNewest(handle, filter, options.limit);
     return;
   }
-  let q = summarySelect(handle.db.selectFrom('exchanges'))
-    .where(filterExpression(filter))
-    .orderBy('started_at', options.order)
-    .orderBy('id', options.order);
-  if (options.limit > 0) q = q.limit(options.limit);
-  yield* q.stream(256);
+  let left = options.limit > 0 ? options.limit : Number.POSITIVE_INFINITY;
+  const pageSize = Math.min(256, left);
+  for await (const row of pagedRows(handle, filter, options.order, summarySelect, pageSize)) {
+    yield row;
+    if (--left <= 0) return;
+  }
 }
 
 /** How far out of end-time order rows may be inserted (batches, slow writers), with room to spare. */
@@ -286,31 +282,34 @@ export async function countExchanges(handle: Storage, filter: LogFilter): Promis
   return Number(row.n);
 }
 
-/** Every matching exchange with all its columns, streamed in start-time order (bounded memory). */
+/** Every matching exchange with all its columns, in start-time order, read in pages (`pagedRows`). */
 export function streamExchanges(
   handle: Storage,
   filter: LogFilter,
   order: 'asc' | 'desc',
 ): AsyncIterableIterator<ExchangesTable> {
   checkSearchable(handle, filter);
-  if (handle.kind === 'postgres') return pagedRows(handle, filter, order, (q) => q.selectAll());
-  return handle.db
-    .selectFrom('exchanges')
-    .selectAll()
-    .where(filterExpression(filter))
-    .orderBy('started_at', order)
-    .orderBy('id', order)
-    .stream(256);
+  return pagedRows(handle, filter, order, (q) => q.selectAll());
 }
 
 /** `selectFrom('exchanges')` before any column is picked. */
 // biome-ignore lint/complexity/noBannedTypes: Kysely's own type for "no column selected yet".
 type FromExchanges = SelectQueryBuilder<DatabaseSchema, 'exchanges', {}>;
 
+/** Names of the temporary tables `pagedRows` gathers `--grep` matches in (one per iteration). */
+let grepTableSeq = 0;
+
 /**
- * PostgreSQL: Kysely streams only through pg-cursor, so pages of `pageSize` rows are read by keyset
- * (`(started_at, id)` past the last row of the previous page), which keeps memory bounded as well.
- * `select` picks the columns: every one (export), or a listing's.
+ * Matching rows in pages of `pageSize` read by keyset (`(started_at, id)` past the last row of the previous
+ * page), each page its own short query, so memory stays bounded and nothing holds the database while the
+ * reader waits: on SQLite one statement streamed to a paused pipe (`logs --json --limit 0 | less`, an
+ * export into a slow upload) kept its read snapshot open, and the WAL grew by everything `serve` wrote
+ * meanwhile, since no checkpoint can pass an open snapshot. PostgreSQL streams only through pg-cursor
+ * anyway. `select` picks the columns: every one (export), or a listing's.
+ *
+ * SQLite `--grep`: the full-text matches are gathered once into a temporary table (rowid and id, so a
+ * rowid reused after a prune is not taken for a match) that each page looks rows up in; the FTS5
+ * subquery itself would be evaluated again for every page (minutes for a word in most of 200,000 rows).
  */
 async function* pagedRows<O extends { started_at: number; id: string }>(
   handle: Storage,
@@ -320,15 +319,50 @@ async function* pagedRows<O extends { started_at: number; id: string }>(
   pageSize = 256,
 ): AsyncIterableIterator<O> {
   const past = sql.raw(order === 'asc' ? '>' : '<');
-  let after: { started_at: number; id: string } | null = null;
-  for (;;) {
-    let q = select(handle.db.selectFrom('exchanges')).where(filterExpression(filter, handle.kind));
-    if (after) q = q.where(sql<SqlBool>`(started_at, id) ${past} (${after.started_at}, ${after.id})`);
-    const page = (await q.orderBy('started_at', order).orderBy('id', order).limit(pageSize).execute()) as O[];
-    yield* page;
-    if (page.length < pageSize) return;
-    const last = page[page.length - 1];
-    after = { started_at: last.started_at, id: last.id };
+  let matches = filterExpression(filter, handle.kind);
+  let grepTable: string | null = null;
+  if (handle.kind === 'sqlite' && filter.grep !== undefined) {
+    const sqlite = sqliteOf(handle);
+    grepTable = `oai_proxy_grep_${++grepTableSeq}`;
+    sqlite.exec(`create temp table ${grepTable} (r integer primary key, id text not null)`);
+    sqlite
+      .prepare(
+        `insert into temp.${grepTable} select exchanges.rowid, exchanges.id from exchanges_fts
+         join exchanges on exchanges.rowid = exchanges_fts.rowid where exchanges_fts match ?`,
+      )
+      .run(ftsPhrase(filter.grep));
+    const rest = filterExpression({ ...filter, grep: undefined });
+    const table = sql.raw(`temp.${grepTable}`);
+    matches = (eb) =>
+      eb.and([
+        rest(eb),
+        sql<SqlBool>`exists (select 1 from ${table} g where g.r = exchanges.rowid and g.id = exchanges.id)`,
+      ]);
+  }
+  try {
+    let after: { started_at: number; id: string } | null = null;
+    for (;;) {
+      let q = select(handle.db.selectFrom('exchanges')).where(matches);
+      if (after)
+        q = q.where(
+          handle.kind === 'postgres'
+            ? sql<SqlBool>`(started_at, id) ${past} (${after.started_at}, ${after.id})`
+            : // Spelled out, SQLite seeks the time index to the page (a row value it would not).
+              sql<SqlBool>`started_at ${past}= ${after.started_at} and (started_at ${past} ${after.started_at} or id ${past} ${after.id})`,
+        );
+      const page = (await q
+        .orderBy('started_at', order)
+        .orderBy('id', order)
+        .limit(pageSize)
+        .execute()) as O[];
+      yield* page;
+      if (page.length < pageSize) return;
+      const last = page[page.length - 1];
+      after = { started_at: last.started_at, id: last.id };
+    }
+  } finally {
+    if (grepTable !== null && handle.sqlite?.open)
+      handle.sqlite.exec(`drop table if exists temp.${grepTable}`);
   }
 }
 
