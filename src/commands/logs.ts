@@ -415,6 +415,7 @@ export async function runLogsStats(opts: LogsStatsOptions, io: CliIo): Promise<n
     'model',
   ) as StatsKey;
   return withDatabase(opts, io, { readonly: true }, async (handle) => {
+    warnSearchLag(handle, filter, io);
     const groups = await exchangeStats(handle, filter, by);
     if (opts.json) io.stdout.write(`${JSON.stringify(groups, null, 2)}\n`);
     else if (groups.length === 0) io.stderr.write('No exchanges match.\n');
@@ -431,6 +432,7 @@ export async function runLogsExport(opts: LogsExportOptions, io: CliIo): Promise
   const order = parseChoice(opts.order, '--order', ['asc', 'desc'] as const, 'asc');
   return withDatabase(opts, io, { readonly: true }, async (handle, resolved) => {
     if (opts.out) refuseOwnFiles(opts.out, resolved, io.cwd);
+    warnSearchLag(handle, filter, io);
     const total = opts.out && io.stderr.isTTY ? await countExchanges(handle, filter) : 0;
     const out = opts.out ? openOutFile(opts.out) : null;
     const write = out ? (s: string) => out.write(s) : stdoutWriter(io);

@@ -87,6 +87,15 @@ test('SEARCH_INDEX=false: nothing is indexed, and --grep says why it finds nothi
   expect(r.code).toBe(0);
   expect(r.rows).toEqual([]);
   expect(r.err).toMatch(/not in the search index yet.*SEARCH_INDEX=false/);
+  // `logs stats` and `logs export` with --grep say so too (they found nothing without a word).
+  for (const argv of [
+    ['stats', '--grep', 'platypus', '--json'],
+    ['export', '--grep', 'platypus'],
+  ]) {
+    const io = createTestIo({ HOME: proxy!.dir }, proxy!.dir);
+    expect(await main(['logs', ...argv, '--db', proxy!.dbPath], io)).toBe(0);
+    expect(io.err(), argv.join(' ')).toMatch(/not in the search index yet.*SEARCH_INDEX=false/);
+  }
 });
 
 test('the full-text index merges 16 segments per level, in new databases and in ones migrated from 0006', async () => {
