@@ -576,6 +576,11 @@ export async function runLogsPrune(
       'usage',
       '--older-than 0 would delete everything; give a positive duration such as 30d',
     );
+  if (before > now)
+    throw new OaiProxyError(
+      'usage',
+      `--older-than "${opts.olderThan}" is in the future: it would delete every exchange, those being recorded now too; give an age such as 30d or a past date`,
+    );
   const open = { readonly: opts.dryRun === true, command: 'oai-proxy logs prune' } as const;
   return withDatabase(opts, io, open, async (handle, resolved) => {
     const result = await pruneExchanges(handle, {

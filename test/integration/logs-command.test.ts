@@ -723,6 +723,21 @@ describe('flag values: SQLite', () => {
     expect((await logs('--json')).out).toContain('a1');
   });
 
+  test('prune --older-than 0, or a time in the future, exits 2: it would delete everything, the newest too', async () => {
+    for (const [value, message] of [
+      ['0d', '--older-than 0 would delete everything; give a positive duration such as 30d'],
+      [
+        '2099-01-01',
+        '--older-than "2099-01-01" is in the future: it would delete every exchange, those being recorded now too; give an age such as 30d or a past date',
+      ],
+    ]) {
+      const r = await logs('prune', '--older-than', value);
+      expect(r.code, value).toBe(2);
+      expect(r.err).toBe(`oai-proxy: ${message}\n`);
+    }
+    expect((await logs('--json')).out).toContain('a1');
+  });
+
   test('--limit beyond 2^53 (a 64-bit value the database rejects) exits 2 naming the flag', async () => {
     for (const argv of [
       ['--limit', '9223372036854775807'],
