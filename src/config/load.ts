@@ -666,11 +666,18 @@ function show(v: unknown, json = false): string {
 
 /**
  * How a message quotes a value it refuses (`Invalid --port = VALUE: …`): a URL's password masked, every
- * one of `secrets` (knownSecrets) [redacted], a value shaped like a key masked, cut to 80 characters.
+ * one of `secrets` (knownSecrets) [redacted], a value shaped like a key masked, cut to 80 characters;
+ * the same for every string inside an array or object (`"databaseUrl": ["postgres://u:PASSWORD@h/db"]`).
  * With `json`, a string is shown in quotes, as a config file holds it.
  */
 export function shownValue(v: unknown, secrets: readonly string[], json = false): string {
-  let s = scrubConfigSecrets(typeof v === 'string' ? redactUrl(v) : JSON.stringify(v), secrets, true);
+  const text =
+    typeof v === 'string'
+      ? redactUrl(v)
+      : JSON.stringify(v, (_name, x: unknown) =>
+          typeof x !== 'string' ? x : isKeyShaped(x) ? maskSecret(x.trim()) : redactUrl(x),
+        );
+  let s = scrubConfigSecrets(text, secrets, true);
   if (typeof v === 'string' && s === v && isKeyShaped(v))
     return `${maskSecret(v.trim())} (looks like a key; not shown)`;
   if (json && typeof v === 'string') s = JSON.stringify(s);

@@ -584,6 +584,30 @@ describe('invalid values name the setting and where it came from', () => {
     );
   });
 
+  // A URL setting given an array or object is quoted as JSON: the passwords and keys in it masked too.
+  test.each([
+    [
+      { databaseUrl: ['postgres://u:pw-SECRET-123456@h/db'] },
+      '"databaseUrl" in config file {p} = ["postgres://u:***@h/db"]',
+    ],
+    [
+      { databaseUrl: { url: 'postgres://u:pw-SECRET-123456@h/db' } },
+      '= {"url":"postgres://u:***@h/db"}: expected a string',
+    ],
+    [
+      { upstreams: { u: { baseUrl: ['http://me:pw-SECRET-123456@h/v1'] } } },
+      'upstreams.u.baseUrl = ["http://me:***@h/v1"]',
+    ],
+    [
+      { upstreams: { u: { baseUrl: ['sk-proj-SECRET0123456789abc'] } } },
+      'upstreams.u.baseUrl = ["sk-…9abc"]',
+    ],
+  ])('a URL inside an array or object is shown with its password masked: %j', (file, expected) => {
+    const { p, message: m } = message(file);
+    expect(m).toContain(expected.replace('{p}', p));
+    expect(m).not.toContain('SECRET');
+  });
+
   test('a config file that is not JSON: the error does not quote the text', () => {
     write('oai-proxy.config.json', `{"openaiApiKey": ${SECRET}}`);
     expect(() => resolve()).toThrow(/is not valid JSON: Unexpected token/);
