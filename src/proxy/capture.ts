@@ -72,18 +72,43 @@ export function redactQuerySecrets(query: string): string {
   for (let i = 0; i < parts.length; i++) {
     const part = parts[i] as string;
     const eq = part.indexOf('=');
-    if (eq <= 0) continue;
-    let name = part.slice(0, eq);
-    try {
-      name = decodeURIComponent(name.replace(/\+/g, ' '));
-    } catch {
-      // not percent-encoded after all: judge it as it is
-    }
-    if (!isSecretHeaderNameCached(name.toLowerCase()) && !SECRET_QUERY_NAMES.test(name)) continue;
+    if (eq <= 0 || !isSecretQueryName(part.slice(0, eq))) continue;
     parts[i] = `${part.slice(0, eq + 1)}${REDACTED}`;
     changed = true;
   }
   return changed ? parts.join('&') : query;
+}
+
+/**
+ * The values (as sent and percent-decoded) of the query parameters `redactQuerySecrets` hides: a key a
+ * client gives in its URL (`?api-key=`, `?key=`), to scrub from its exchange wherever the upstream echoes it.
+ */
+export function querySecretValues(query: string): string[] {
+  const out: string[] = [];
+  for (const part of query.split('&')) {
+    const eq = part.indexOf('=');
+    if (eq <= 0 || !isSecretQueryName(part.slice(0, eq))) continue;
+    const value = part.slice(eq + 1);
+    out.push(value);
+    try {
+      const decoded = decodeURIComponent(value.replace(/\+/g, ' '));
+      if (decoded !== value) out.push(decoded);
+    } catch {
+      // not percent-encoded after all: the value as sent is the key
+    }
+  }
+  return out;
+}
+
+/** A query parameter's name (as sent, percent-decoded here) that marks its value as secret. */
+function isSecretQueryName(raw: string): boolean {
+  let name = raw;
+  try {
+    name = decodeURIComponent(raw.replace(/\+/g, ' '));
+  } catch {
+    // not percent-encoded after all: judge it as it is
+  }
+  return isSecretHeaderNameCached(name.toLowerCase()) || SECRET_QUERY_NAMES.test(name);
 }
 
 /** How many names `isSecretHeaderNameCached` remembers now (tests). */
@@ -213,7 +238,7 @@ export function scrubBody(text: string, secrets: readonly (string | undefined)[]
 }
 
 /**
- * A client's key (Bearer token, `api-key`, subprotocol key) is scrubbed from its own exchange from this
+ * A client's key (Bearer token, `api-key` or `x-api-key` header, subprotocol key, a secret query parameter) is scrubbed from its own exchange from this
  * length on. Real keys are far longer (32 to 200 characters); local servers take short placeholders
  * (`ollama`, `lm-studio`) that would otherwise turn every such word in a record into `[redacted]`.
  */

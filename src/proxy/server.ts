@@ -22,6 +22,7 @@ import {
   BodyCapture,
   bearerToken,
   isTextual,
+  querySecretValues,
   redactedHeadersJson,
   redactQuerySecrets,
   scrubAssembled,
@@ -709,7 +710,10 @@ export function createProxyServer(options: ProxyServerOptions): ProxyServer {
       const h = x.req.headers;
       let secrets = withClientKey(currentSecrets(), bearerToken(h.authorization));
       secrets = withClientKey(secrets, h['api-key']);
+      secrets = withClientKey(secrets, h['x-api-key']);
       secrets = withClientKey(secrets, subprotocolKey(h));
+      // A key in the URL (`?api-key=`, Azure's way for a browser; `?key=`), as sent and decoded.
+      if (x.query) for (const v of querySecretValues(x.query)) secrets = withClientKey(secrets, v);
       if (requestBody) requestBody = scrubBody(requestBody, secrets, requestTruncated);
       if (responseBody) responseBody = scrubBody(responseBody, secrets, responseTruncated);
       if (assembled) {

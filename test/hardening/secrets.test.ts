@@ -659,6 +659,45 @@ test("without a key of its own the proxy scrubs the client's forwarded key from 
   expect(JSON.stringify(lines)).not.toMatch(/OWNkey|azure0123/);
 });
 
+test("a client's key sent as x-api-key or in the query (?api-key=, ?key=) is scrubbed from that exchange", async () => {
+  const headerKey = 'xak-client-OWNkeyHEADER0001';
+  const queryKey = 'qak-client-OWNkeyQUERY0002';
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  // Echoes what it got: its error quotes the x-api-key header and the URL (where ?api-key= was).
+  upstream.on('/v1/chat/completions', (req, res) => {
+    const got = `${req.headers['x-api-key'] ?? ''} ${decodeURIComponent(req.url ?? '')}`;
+    res.writeHead(401, { 'content-type': 'application/json', 'x-debug': got });
+    res.end(JSON.stringify({ error: { message: `bad key: ${got}`, type: 'invalid_request_error' } }));
+  });
+  // the default setup: no OPENAI_API_KEY, the client's key goes upstream as it was sent
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl });
+  cleanups.push(() => proxy.close());
+  const post = (query: string, headers: Record<string, string>) =>
+    fetch(`${proxy.url}/v1/chat/completions${query}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: JSON.stringify({ model: 'gpt-4o' }),
+    }).then(async (r) => [r.status, await r.text()]);
+  expect(await post('', { 'x-api-key': headerKey })).toEqual([401, expect.stringContaining(headerKey)]);
+  expect(await post(`?api-key=${queryKey}`, {})).toEqual([401, expect.stringContaining(queryKey)]);
+  // percent-encoded in the URL, echoed decoded
+  expect(await post(`?key=${encodeURIComponent(queryKey).replace(/-/g, '%2D')}`, {})).toEqual([
+    401,
+    expect.stringContaining(queryKey),
+  ]);
+
+  const rows = await proxy.waitForRows(3);
+  for (const r of rows) {
+    expect(r.response_body).toContain('bad key: ');
+    expect(r.response_body).toContain('[redacted]');
+    expect(JSON.parse(r.response_headers ?? '{}')['x-debug']).toContain('[redacted]');
+  }
+  expect(JSON.stringify(rows)).not.toMatch(/OWNkey/);
+  const lines = await proxy.waitForLogLines((ls) => ls.filter((l) => l.path).length >= 3);
+  expect(JSON.stringify(lines)).not.toMatch(/OWNkey/);
+});
+
 test('a key given as the model name is recorded redacted: model column and log line', async () => {
   const key = 'sk-test-SECRET1234';
   const upstream = await createFakeUpstream();
