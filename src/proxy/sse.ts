@@ -14,7 +14,7 @@ export interface StreamAssembler {
    * to see).
    */
   result(endedCleanly?: boolean): AssembledMessage;
-  /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`, a chunk's `error`), else null. */
+  /** The message of the upstream's error event (`event: error`, `{"type":"error"}`, `response.failed`, a chunk's `error`, llama.cpp's `error:` field), else null. */
   streamError(): string | null;
   /**
    * Streamed text the message does not keep (reasoning, Ollama's thinking, refusals, audio transcripts,
@@ -336,18 +336,35 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     if (u) usage = u;
   };
 
+  /**
+   * llama.cpp's failure after its 200: an `error:` field (not `data:`) holding `{code, message, type}`,
+   * which SSE clients skip as an unknown field.
+   */
+  const onErrorField = (value: string) => {
+    events++;
+    let ev: any;
+    try {
+      ev = JSON.parse(value);
+    } catch {}
+    noteError(ev && typeof ev === 'object' ? (ev.message ?? ev.error?.message ?? ev.error) : value);
+  };
+
   const parseBlock = (block: string) => {
     let eventName: string | null = null;
     let data: string | null = null;
+    let errorField: string | null = null;
     for (const line of block.split('\n')) {
       if (line.startsWith('data:')) {
         const v = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5);
         data = data === null ? v : `${data}\n${v}`;
       } else if (line.startsWith('event:')) {
         eventName = line.slice(6).trim();
+      } else if (line.startsWith('error:')) {
+        errorField = line.charCodeAt(6) === 32 ? line.slice(7) : line.slice(6);
       }
     }
     if (data !== null) onData(eventName, data);
+    else if (errorField !== null) onErrorField(errorField);
   };
 
   const ndjson = options.framing === 'ndjson';

@@ -283,6 +283,42 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     expect(shown).toContain('── reassembled message\nOnce upon\nfinish_reason: stop\n');
   });
 
+  test.each([
+    ['/completion', '/completion', false],
+    ['/v1/chat/completions', '/chat/completions', true],
+  ])(
+    "llama.cpp's error mid-stream (an SSE `error:` field) on %s: recorded upstream_stream_error with its message",
+    async (path, upstreamPath, oaiCompat) => {
+      const { upstream, proxy } = await setup('root');
+      // llama.cpp writes a failure after the 200 as `error: {…}` (server_sent_event(sink, "error", …)),
+      // then `data: [DONE]` on its OpenAI-compatible routes.
+      const message = 'the request exceeds the available context size, try increasing it';
+      upstream.on(upstreamPath, (_req, res) =>
+        drip(res, 'text/event-stream', [
+          `error: ${JSON.stringify({ code: 400, message, type: 'exceed_context_size_error' })}\n\n`,
+          ...(oaiCompat ? ['data: [DONE]\n\n'] : []),
+        ]),
+      );
+      const res = await fetch(`${proxy.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'x', messages: [{ role: 'user', content: 'x' }], stream: true }),
+      });
+      expect(res.status).toBe(200);
+      expect(await res.text()).toContain(`error: {"code":400`);
+
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({
+        status: 200,
+        stream: 1,
+        error: 'upstream_stream_error',
+        error_message: message,
+      });
+      const shown = await show(proxy, row.id);
+      expect(shown).toContain(message);
+    },
+  );
+
   const ollamaEnd = {
     done: true,
     done_reason: 'stop',
