@@ -204,6 +204,8 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     }
   };
 
+  // llama.cpp: each prompt's counts (a `prompt` array is answered per prompt, by `index`).
+  const llamaUsage = new Map<ChoiceAcc, Usage>();
   /** llama.cpp's native `/completion`: `{"content","stop":false}`… then `{"stop":true,"tokens_predicted"…}`. */
   const onLlamaCppEvent = (ev: any) => {
     kind = 'llama.cpp';
@@ -211,10 +213,13 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     if (!c) return;
     if (typeof ev.content === 'string') c.content = appendCapped(c.content, ev.content);
     if (ev.stop !== true) return;
-    complete = true;
     c.finishReason = ev.stop_type === 'limit' || ev.stopped_limit === true ? 'length' : 'stop';
+    // Whole once every prompt begun has stopped.
+    complete = first.finishReason !== null && [...others.values()].every((o) => o.finishReason !== null);
     const u = normaliseUsage({ prompt_tokens: ev.tokens_evaluated, completion_tokens: ev.tokens_predicted });
-    if (u) usage = u;
+    if (!u) return;
+    llamaUsage.set(c, u);
+    usage = llamaUsage.size === 1 ? u : sumUsage([...llamaUsage.values()]);
   };
 
   /** Ollama's `/api/chat` (`message`) and `/api/generate` (`response`) lines; the last has `done: true`. */
@@ -508,6 +513,11 @@ export function normaliseUsage(u: any): Usage | null {
  * `"usage"` object and parses only that. Falls back to a full parse for small bodies.
  */
 export function extractUsage(body: string): Usage | null {
+  // llama.cpp answers a `prompt` array with an array of results, each counting its own prompt.
+  if (body.charCodeAt(0) === 0x5b) {
+    const u = arrayUsage(body);
+    if (u) return u;
+  }
   let at = body.lastIndexOf('"usage"');
   if (at !== -1) {
     // The shape OpenAI and most compatible servers write: the three counts first, in this order. Read
@@ -567,6 +577,48 @@ function nativeUsage(body: string): Usage | null {
       completion_tokens: last(/"tokens_predicted"\s*:\s*(\d{1,15})/g),
     });
   return null;
+}
+
+/**
+ * The usage of a JSON array of results (llama.cpp's answer to a `prompt` array, on `/completion` and
+ * `/v1/completions`): every element's `usage` object, or its `tokens_evaluated`/`tokens_predicted`, summed.
+ */
+function arrayUsage(body: string): Usage | null {
+  const found: Usage[] = [];
+  for (const m of body.matchAll(/"usage"\s*:\s*\{/g)) {
+    const open = (m.index as number) + m[0].length - 1;
+    const close = matchBrace(body, open);
+    if (close === -1) continue;
+    try {
+      const u = normaliseUsage(JSON.parse(body.slice(open, close + 1)));
+      if (u) found.push(u);
+    } catch {
+      // not JSON there
+    }
+  }
+  if (found.length === 0 && body.includes('"tokens_predicted"')) {
+    const sum = (re: RegExp): number | undefined => {
+      let total: number | undefined;
+      for (const m of body.matchAll(re)) total = (total ?? 0) + Number(m[1]);
+      return total;
+    };
+    const u = normaliseUsage({
+      prompt_tokens: sum(/"tokens_evaluated"\s*:\s*(\d{1,15})/g),
+      completion_tokens: sum(/"tokens_predicted"\s*:\s*(\d{1,15})/g),
+    });
+    if (u) found.push(u);
+  }
+  return found.length === 0 ? null : sumUsage(found);
+}
+
+/** Counts added up; a count none of them has stays null. */
+function sumUsage(all: Usage[]): Usage {
+  const add = (a: number | null, b: number | null) => (a === null ? b : b === null ? a : a + b);
+  return all.reduce((a, b) => ({
+    prompt_tokens: add(a.prompt_tokens, b.prompt_tokens),
+    completion_tokens: add(a.completion_tokens, b.completion_tokens),
+    total_tokens: add(a.total_tokens, b.total_tokens),
+  }));
 }
 
 /** `"usage": {"prompt_tokens": N, "completion_tokens": N, "total_tokens": N` then `,` or `}`, at lastIndex. */

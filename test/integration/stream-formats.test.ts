@@ -319,6 +319,84 @@ describe('streams in other formats are recorded as streams, reassembled', () => 
     },
   );
 
+  // llama.cpp answers a `prompt` array with one result per prompt: a JSON array, or each prompt's events
+  // (by `index`) in one stream, each result counting its own prompt's tokens.
+  const llamaResult = (index: number, content: string, evaluated: number, predicted: number) => ({
+    index,
+    content,
+    id_slot: index,
+    stop: true,
+    model: 'qwen',
+    tokens_predicted: predicted,
+    tokens_evaluated: evaluated,
+    stop_type: 'eos',
+    timings: { prompt_n: evaluated, predicted_n: predicted },
+  });
+  const oaiCompletion = (index: number, text: string, prompt: number, completion: number) => ({
+    choices: [{ text, index, logprobs: null, finish_reason: 'stop' }],
+    model: 'qwen',
+    object: 'text_completion',
+    usage: { completion_tokens: completion, prompt_tokens: prompt, total_tokens: prompt + completion },
+    id: `cmpl-${index}`,
+  });
+  test.each([
+    ['/completion', '/completion', [llamaResult(0, 'A', 3, 2), llamaResult(1, 'B', 5, 4)]],
+    ['/v1/completions', '/completions', [oaiCompletion(0, 'A', 3, 2), oaiCompletion(1, 'B', 5, 4)]],
+  ])(
+    "llama.cpp's answer to a prompt array on %s (a JSON array of results): every prompt's tokens are counted",
+    async (path, upstreamPath, results) => {
+      const { upstream, proxy } = await setup('root');
+      upstream.on(upstreamPath, (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json; charset=utf-8' });
+        res.end(JSON.stringify(results));
+      });
+      const res = await fetch(`${proxy.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: ['one', 'two'], n_predict: 4 }),
+      });
+      expect(await res.json()).toEqual(results);
+      const [row] = await proxy.waitForRows(1);
+      expect(row).toMatchObject({ prompt_tokens: 8, completion_tokens: 6, total_tokens: 14 });
+    },
+  );
+
+  test("llama.cpp's /completion stream for a prompt array: every prompt's tokens, complete only when each has stopped", async () => {
+    const { upstream, proxy } = await setup('root');
+    const events = sse([
+      { index: 0, content: 'A', stop: false },
+      { index: 1, content: 'B', stop: false },
+      { ...llamaResult(0, '', 3, 2) },
+      { index: 1, content: 'b', stop: false },
+      { ...llamaResult(1, '', 5, 4) },
+    ]);
+    let cut = false;
+    upstream.on('/completion', async (_req, res) => {
+      if (!cut) return drip(res, 'text/event-stream', events);
+      // The same stream cut after the first prompt's end.
+      res.writeHead(200, { 'content-type': 'text/event-stream' });
+      for (const e of events.slice(0, 4)) res.write(e);
+      await new Promise((r) => setTimeout(r, 20));
+      res.socket?.destroy();
+    });
+    const ask = () =>
+      fetch(`${proxy.url}/completion`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: ['one', 'two'], stream: true }),
+      }).then((r) => r.text().catch(() => ''));
+    await ask();
+    const [row] = await proxy.waitForRows(1);
+    expect(row).toMatchObject({ stream: 1, prompt_tokens: 8, completion_tokens: 6, total_tokens: 14 });
+    expect(JSON.parse(row.assembled!)).toMatchObject({ kind: 'llama.cpp', content: 'A', complete: true });
+
+    cut = true;
+    await ask();
+    const rows = await proxy.waitForRows(2);
+    const second = rows.find((r) => r.id !== row.id)!;
+    expect(JSON.parse(second.assembled!)).toMatchObject({ kind: 'llama.cpp', complete: false });
+  });
+
   const ollamaEnd = {
     done: true,
     done_reason: 'stop',
