@@ -332,6 +332,10 @@ export async function startProxy(
     logFile.writeSync(fileLines.take());
   };
   process.on('exit', flushAtExit);
+  // Handled while the log file is open, start-up and the shutdown's grace included: SIGUSR2's default
+  // action ends the process, and logrotate's postrotate may send it at any moment.
+  const onUsr2 = () => logFile.reopen();
+  process.on('SIGUSR2', onUsr2);
   const closeLogs = async () => {
     batchedConsole?.flush();
     fileLines.end();
@@ -339,6 +343,7 @@ export async function startProxy(
     saidBehind = true;
     // A write that never returns (a hung disk, an NFS hard mount) must not hold the stop forever.
     await logFile.end(config.shutdownGraceMs);
+    process.off('SIGUSR2', onUsr2);
   };
 
   // What start-up has opened so far, undone newest first when a later step fails.
@@ -651,9 +656,6 @@ export async function startProxy(
   const hostForUrl = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `http://${hostForUrl}:${addr.port}`;
 
-  const onUsr2 = () => logFile.reopen();
-  process.on('SIGUSR2', onUsr2);
-
   let closing: Promise<void> | null = null;
   return {
     url,
@@ -685,7 +687,6 @@ export async function startProxy(
     },
     close() {
       closing ??= (async () => {
-        process.off('SIGUSR2', onUsr2);
         await proxy.shutdown(config.shutdownGraceMs);
         registry.close();
         await vector?.close(config.shutdownGraceMs);

@@ -275,6 +275,8 @@ export class RotatingFile {
 
   /** Reopen the file at its path (after an external tool moved it). */
   reopen(): void {
+    // After end() gave up on a hung write: the file is not opened again.
+    if (this.ended && !this.ending) return;
     this.switchFile();
     try {
       this.size = statSync(this.options.path).size;

@@ -846,6 +846,48 @@ describe('the built bin', () => {
     child.kill('SIGTERM');
   });
 
+  // logrotate's postrotate (`kill -USR2`) at the moment a deploy stops the proxy: SIGUSR2's default
+  // action would end the process, cutting the stream and losing its row.
+  test('SIGUSR2 during the shutdown grace reopens the log file; the stream finishes, every row and line is written, exit 0', async () => {
+    const { home, dbPath, logPath, upstream, cleanup } = await createServeFixture();
+    cleanups.push(cleanup);
+    upstream.streamIntervalMs = 100;
+    upstream.streamWords = 10;
+    const { child, url, exited, stderr } = startServe(
+      ['--port', '0', '--db', dbPath, '--log-file', logPath, '--upstream', upstream.baseUrl],
+      { HOME: home, LOG_LEVEL: 'warn', SHUTDOWN_GRACE_MS: '5000' },
+    );
+    const base = await url;
+    const lines = (p: string) => (existsSync(p) ? readFileSync(p, 'utf8').split('\n').filter(Boolean) : []);
+    const client = new OpenAI({ apiKey: 'sk-x', baseURL: `${base}/v1`, maxRetries: 0 });
+    await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'one' }] });
+    await until('the first line in the log file', () => lines(logPath).length === 1);
+    const stream = await client.chat.completions.create({ model: 'gpt-4o', messages: [], stream: true });
+    let text = '';
+    let signalled = false;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+      if (!signalled) {
+        signalled = true;
+        child.kill('SIGTERM');
+        await until('the stop begun', () => /SIGTERM received/.test(stderr()));
+        renameSync(logPath, `${logPath}.1`);
+        child.kill('SIGUSR2');
+      }
+    }
+    expect(text).toBe('w0 w1 w2 w3 w4 w5 w6 w7 w8 w9 ');
+    expect(await exited).toBe(0);
+    const db = new Database(dbPath, { readonly: true });
+    const rows = db.prepare('select stream, status, error from exchanges order by started_at').all();
+    db.close();
+    expect(rows).toEqual([
+      { stream: 0, status: 200, error: null },
+      { stream: 1, status: 200, error: null },
+    ]);
+    expect(lines(`${logPath}.1`).map((l) => JSON.parse(l).stream)).toEqual([false]);
+    expect(lines(logPath).map((l) => JSON.parse(l).stream)).toEqual([true]);
+  });
+
   test('on a terminal the console is pretty-printed, one line per exchange', async () => {
     const { home, upstream, cleanup } = await createServeFixture();
     cleanups.push(cleanup);
