@@ -2,6 +2,7 @@ import {
   close,
   closeSync,
   existsSync,
+  fstatSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -121,6 +122,8 @@ const SLOW_MS = 1000;
  */
 export class RotatingFile {
   private fd = -1;
+  /** The open file's identity, to notice the path naming another file (or none); null when unknown. */
+  private opened: { dev: number; ino: number } | null = null;
   private size: number;
   /** When the current UTC day ends (ms): daily rotation compares a number, not a formatted date, per line. */
   private dayEndsAt: number;
@@ -187,7 +190,7 @@ export class RotatingFile {
       this.dayEndsAt = nextUtcMidnight(this.now());
     }
     try {
-      this.fd = this.fs.openSync(options.path);
+      this.openPath();
     } catch (err) {
       throw cannotWrite(err);
     }
@@ -293,6 +296,7 @@ export class RotatingFile {
    */
   flushSync(force = false): void {
     if (this.fd < 0 || (!force && (this.streak.failing || this.writing))) return;
+    if (this.pending.length > 0 && !this.followPath()) return;
     if (!this.writing && this.head) {
       this.head = this.writeNow(this.head);
       if (this.head) return;
@@ -415,7 +419,7 @@ export class RotatingFile {
     }
     if (this.fd < 0) {
       try {
-        this.fd = this.fs.openSync(this.options.path);
+        this.openPath();
       } catch (err) {
         this.streak.fail(err as NodeJS.ErrnoException);
         this.scheduleRetry();
@@ -427,6 +431,7 @@ export class RotatingFile {
         this.finish();
         return;
       }
+      if (!this.followPath()) return; // the new file could not be opened: retried
       // Rotated between writes, so that a file ends at most one batch past maxBytes.
       const { maxBytes } = this.options;
       if (maxBytes > 0 && this.size >= maxBytes) {
@@ -537,13 +542,43 @@ export class RotatingFile {
     this.options.onDrop?.(lines);
   }
 
+  /** Open the file at the path for appending, noting which file it is. */
+  private openPath(): void {
+    this.fd = this.fs.openSync(this.options.path);
+    try {
+      const { dev, ino } = fstatSync(this.fd);
+      this.opened = { dev, ino };
+    } catch {
+      this.opened = null;
+    }
+  }
+
+  /**
+   * Before a write: when the path no longer names the open file (deleted, its folder removed, moved away
+   * by a tool that sends no SIGUSR2), continue in a new file there, as reopen() does; lines written to the
+   * old one would reach no file anyone can read, and a deleted file's space is freed only once it is
+   * closed. False when the new file could not be opened (retried).
+   */
+  private followPath(): boolean {
+    if (this.opened === null) return true;
+    let now: { dev: number; ino: number } | undefined;
+    try {
+      now = statSync(this.options.path, { throwIfNoEntry: false });
+    } catch {
+      return true; // unreadable now (a folder's permissions): keep the file open
+    }
+    if (now && now.dev === this.opened.dev && now.ino === this.opened.ino) return true;
+    this.reopen();
+    return this.fd >= 0;
+  }
+
   /** Continue in the file now at the path; the old descriptor is closed once its write in flight is done. */
   private switchFile(): void {
     const old = this.fd;
     this.fd = -1;
     if (old >= 0 && old !== this.writingFd) this.fs.close(old);
     try {
-      this.fd = this.fs.openSync(this.options.path);
+      this.openPath();
     } catch (err) {
       // Tried again with the next write (scheduled).
       this.streak.fail(err as NodeJS.ErrnoException);

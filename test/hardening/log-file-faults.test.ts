@@ -1,5 +1,15 @@
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, openSync, readFileSync, readSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  existsSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, test } from 'vitest';
@@ -66,6 +76,28 @@ async function fillThePipe(url: string, dbPath: string): Promise<void> {
   await until('lines waiting', async () => (await health(url)).log_file_pending_bytes > 0);
   await until('the rows', () => countRows(dbPath) === 300);
 }
+
+// `rm oai-proxy.log` to free space, a log folder cleaned up: the open descriptor would keep writing
+// into the deleted file, where no one can read the lines, and /health would say ok.
+test('the log file deleted while serving: the next lines are written to a new file at its path', async () => {
+  const upstream = await createFakeUpstream();
+  cleanups.push(() => upstream.close());
+  const proxy = await startTestProxy({ OPENAI_BASE_URL: upstream.baseUrl, LOG_LEVEL: 'warn' });
+  cleanups.push(() => proxy.close());
+  expect(await chat(proxy.url, 'before')).toBe(200);
+  await proxy.waitForLogLines((lines) => lines.some((l) => l.status === 200));
+  rmSync(proxy.logPath);
+  for (let i = 0; i < 3; i++) expect(await chat(proxy.url, `after-${i}`)).toBe(200);
+  const lines = await proxy.waitForLogLines((ls) => ls.filter((l) => l.status === 200).length === 3);
+  expect(existsSync(proxy.logPath)).toBe(true);
+  expect(lines.filter((l) => l.status === 200).map((l) => l.path)).toEqual([
+    '/v1/chat/completions',
+    '/v1/chat/completions',
+    '/v1/chat/completions',
+  ]);
+  expect(await health(proxy.url)).toMatchObject({ log_file: 'ok', dropped_log_lines: 0 });
+  expect((await proxy.waitForRows(4)).length).toBe(4);
+});
 
 describe('a log file that cannot be written', () => {
   test.each(['ENOSPC', 'EIO', 'EDQUOT'])(

@@ -137,6 +137,32 @@ test('reopen() continues at the path after an external tool moved the file (SIGU
   expect(lines(path)).toEqual(['after']);
 });
 
+test.each([
+  ['the file deleted (rm oai-proxy.log to free space)', (path: string) => rmSync(path)],
+  ['its folder removed', (path: string) => rmSync(join(path, '..'), { recursive: true })],
+  [
+    'moved away without SIGUSR2, a new file put in its place (logrotate create)',
+    (path: string) => {
+      renameSync(path, `${path}.moved`);
+      writeFileSync(path, '', { mode: 0o600 });
+    },
+  ],
+])('%s: the next lines go to a file at the path, not into the old one', async (_, remove) => {
+  const path = join(dir.path, 'logs', 'p.log');
+  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false });
+  f.write('before\n');
+  await until('the first line', () => lines(path).length === 1);
+  remove(path);
+  f.write('after-1\n');
+  await until('a file at the path', () => lines(path).length === 1);
+  f.write('after-2\n');
+  f.flushSync();
+  await f.end();
+  expect(lines(path)).toEqual(['after-1', 'after-2']);
+  expect(statSync(path).mode & 0o777).toBe(0o600);
+  expect(f.health()).toMatchObject({ error: null, droppedLines: 0 });
+});
+
 test('flushSync() with a write still in flight leaves the queued lines to it: the file keeps their order', async () => {
   const path = join(dir.path, 'p.log');
   // A slow disk: each write reaches the file 50 ms after it was started.
