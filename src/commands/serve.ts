@@ -1,5 +1,6 @@
-import { closeSync, existsSync, fstatSync, openSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, statSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { basename, dirname } from 'node:path';
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import {
@@ -13,7 +14,12 @@ import {
   withoutConfiguredSecrets,
   withoutSecrets,
 } from '../config/load.js';
-import { redactUrl, resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
+import {
+  type DatabaseLocation,
+  redactUrl,
+  resolveDatabaseLocation,
+  resolveLogFilePath,
+} from '../config/paths.js';
 import type { Config } from '../config/schema.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
 import { createBodyMemoryReleaser } from '../proxy/body-memory.js';
@@ -226,6 +232,7 @@ export async function startProxy(
   }
   const where = location.kind === 'postgres' ? redactUrl(location.url) : location.path;
   const logPath = resolveLogFilePath(config.logFilePath, location, resolved.env, io.cwd);
+  checkLogFileApart(resolved, location, logPath);
   // A start that cannot listen (the port taken by another instance, a host this machine does not have)
   // creates no database or log file and leaves the shared model registry alone. Port 0 is probed too: it
   // checks the host. Held only for a moment: the proxy listens once built (a port another process takes
@@ -725,6 +732,47 @@ function checkHost(resolved: ResolvedConfig): void {
     'config_invalid',
     `${settingSource(resolved, 'host')} is empty: give the address to listen on (leave it unset for 127.0.0.1, this machine only; 0.0.0.0 explicitly to listen on every interface)`,
   );
+}
+
+/**
+ * Refuse a log file that is the SQLite database or one of its -wal, -shm or -journal files (`--log-file`
+ * given the database's path), or whose rotation would rename or delete one (a database at `LOG.N`): its
+ * lines would be appended to the database and lost at the next checkpoint, and a rotation would move the
+ * database away, leaving an empty one in its place. The same file by device and inode when both exist
+ * (a link), else the same path.
+ */
+function checkLogFileApart(resolved: ResolvedConfig, location: DatabaseLocation, logPath: string): void {
+  if (location.kind !== 'sqlite' || location.path === ':memory:') return;
+  const logStat = statIfAny(logPath);
+  const rotated = new RegExp(`^${escapeRegExp(basename(logPath))}\\.[1-9]\\d{0,3}$`);
+  for (const suffix of ['', '-wal', '-shm', '-journal']) {
+    const file = location.path + suffix;
+    const stat = logStat && statIfAny(file);
+    const same = stat ? stat.dev === logStat.dev && stat.ino === logStat.ino : file === logPath;
+    const rotatedAway = dirname(file) === dirname(logPath) && rotated.test(basename(file));
+    if (!same && !rotatedAway) continue;
+    const what = `${suffix ? `the ${suffix} file of the database` : 'the database'} ${file} (${settingSource(resolved, 'databaseUrl')})`;
+    const harm = same
+      ? `is ${what}: its lines would be appended to the database and lost`
+      : `would rotate ${what} away: rotating the log file renames it, and deletes it past LOG_MAX_FILES`;
+    throw new OaiProxyError(
+      'config_invalid',
+      `The log file ${logPath} (${settingSource(resolved, 'logFilePath')}) ${harm}; give the log file a path of its own with --log-file or LOG_FILE_PATH`,
+    );
+  }
+}
+
+/** The file's stat, or undefined when there is none to read (missing, a path through a file: ENOTDIR…). */
+function statIfAny(path: string): { dev: number; ino: number } | undefined {
+  try {
+    return statSync(path, { throwIfNoEntry: false });
+  } catch {
+    return undefined; // said by the open that follows, naming the setting
+  }
+}
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }
 
 /** Listen on the configured host and port; an OaiProxyError naming them (and what to do) when it cannot. */

@@ -1,5 +1,15 @@
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -741,6 +751,52 @@ describe('serve: POST /admin/reload-config', () => {
     const client = new OpenAI({ apiKey: 'sk-client-0000000000', baseURL: `${url}/v1`, maxRetries: 0 });
     await client.chat.completions.create({ model: 'gpt-4o', messages: [{ role: 'user', content: 'hi' }] });
     expect(upstream.requests.map((r) => r.url)).toEqual(['/v1/chat/completions']);
+  });
+});
+
+// `--log-file` given the database's path (or a database named like a rotated log file): the lines were
+// appended to the database file and lost at its next checkpoint, and a rotation renamed the database away
+// (deleting it past LOG_MAX_FILES), leaving an empty one in its place.
+describe('a log file that is the database, or would rotate it away', () => {
+  test.each([
+    [
+      'the database',
+      ['--db', 'p.db', '--log-file', 'p.db'],
+      'is the database $/p.db (--db): its lines would be appended to the database and lost',
+    ],
+    [
+      'its -wal file',
+      ['--db', 'p.db', '--log-file', 'p.db-wal'],
+      'is the -wal file of the database $/p.db-wal (--db): its lines would be appended to the database and lost',
+    ],
+    [
+      'a link to the database',
+      ['--db', 'p.db', '--log-file', 'link.log'],
+      'is the database $/p.db (--db): its lines would be appended to the database and lost',
+    ],
+    [
+      'named so that a rotation renames the database',
+      ['--db', 'p.log.3', '--log-file', 'p.log'],
+      'would rotate the database $/p.log.3 (--db) away: rotating the log file renames it, and deletes it past LOG_MAX_FILES',
+    ],
+  ])('%s: exit 2 naming both settings, the database untouched', async (_, args, harm) => {
+    const tmp = createTempDir();
+    cleanups.push(tmp.cleanup);
+    const dbPath = join(tmp.path, args[1]);
+    const db = new Database(dbPath);
+    db.exec('create table kept (n integer); insert into kept values (42)');
+    db.close();
+    symlinkSync(dbPath, join(tmp.path, 'link.log'));
+    const before = readFileSync(dbPath);
+    const io = createTestIo({ HOME: tmp.path }, tmp.path);
+    const code = await main(['serve', '--port', '0', ...args], io);
+    const logPath = join(tmp.path, args[3]);
+    expect(io.err()).toBe(
+      `oai-proxy: The log file ${logPath} (--log-file) ${harm.replace('$', tmp.path)}; give the log file a path of its own with --log-file or LOG_FILE_PATH\n`,
+    );
+    expect(code).toBe(2);
+    expect(readFileSync(dbPath).equals(before)).toBe(true);
+    expect(readdirSync(tmp.path).sort()).toEqual([args[1], 'link.log'].sort());
   });
 });
 
