@@ -279,15 +279,16 @@ test('end(0) (SHUTDOWN_GRACE_MS=0) on a healthy disk writes everything queued an
 
 test('end(timeoutMs) waits for a slow disk that makes progress: the timeout restarts with each write that returns', async () => {
   const path = join(dir.path, 'p.log');
-  // Each write takes 40 ms: 10 writes take 400 ms, far past the 50 ms timeout, none past it alone.
+  // Each write takes 40 ms: 10 writes take 400 ms, past the 200 ms timeout, none near it alone (a
+  // 50 ms timeout failed once on a loaded machine: a 40 ms timer can fire late).
   const fs: LogFileSystem = {
     ...nodeLogFileSystem,
     write: (fd, data, done) => setTimeout(() => nodeLogFileSystem.write(fd, data, done), 40),
   };
-  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false, fs, slowMs: 50 });
+  const f = new RotatingFile({ path, maxBytes: 0, maxFiles: 2, daily: false, fs, slowMs: 200 });
   const body = 'x'.repeat(1024 * 1024);
   for (let i = 0; i < 10; i++) f.write(`${JSON.stringify({ n: i, body })}\n`);
-  await f.end(50);
+  await f.end(200);
   expect(f.health().droppedLines).toBe(0);
   expect(lines(path)).toHaveLength(10);
 });
