@@ -165,6 +165,13 @@ export interface ListOptions {
   order: 'asc' | 'desc';
 }
 
+/** `--grep` newest first with a limit on SQLite: read from the full-text index backwards (listGrepNewest). */
+function readsGrepNewest(handle: Storage, filter: LogFilter, options: ListOptions): boolean {
+  return (
+    handle.kind === 'sqlite' && filter.grep !== undefined && options.order === 'desc' && options.limit > 0
+  );
+}
+
 /** Matching exchanges by start time, newest first unless `order` is asc. */
 export async function listExchanges(
   handle: Storage,
@@ -172,12 +179,7 @@ export async function listExchanges(
   options: ListOptions,
 ): Promise<ExchangeSummaryRow[]> {
   checkSearchable(handle, filter);
-  if (
-    handle.kind === 'sqlite' &&
-    filter.grep !== undefined &&
-    options.order === 'desc' &&
-    options.limit > 0
-  ) {
+  if (readsGrepNewest(handle, filter, options)) {
     return listGrepNewest(handle, filter, options.limit);
   }
   let q = handle.db
@@ -202,12 +204,7 @@ export async function* iterateExchanges(
   options: ListOptions,
 ): AsyncIterableIterator<ExchangeSummaryRow> {
   checkSearchable(handle, filter);
-  if (
-    handle.kind === 'sqlite' &&
-    filter.grep !== undefined &&
-    options.order === 'desc' &&
-    options.limit > 0
-  ) {
+  if (readsGrepNewest(handle, filter, options)) {
     yield* await listGrepNewest(handle, filter, options.limit);
     return;
   }
