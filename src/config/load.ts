@@ -983,15 +983,19 @@ export function checkBaseUrls(
 ): ResolvedConfig {
   const { config, sources } = resolved;
   const secrets = resolved.secrets ?? [];
-  const refuse = (name: string, url: string, instead: string): never => {
+  const refuse = (name: string, url: string, without: string, instead: string): never => {
     throw withoutConfiguredSecrets(
       new OaiProxyError(
         'config_invalid',
-        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without ?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version); ${instead}`,
+        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without ${without}; ${instead}`,
       ),
       resolved,
     );
   };
+  const QUERY =
+    '?query or #fragment (neither is ever sent; ?api-version alone is taken, for an Azure upstream, as its api-version)';
+  // Only a base URL's origin and path are used: user:password@ would be dropped without a word.
+  const CREDENTIALS = 'user:password@ (credentials in it are never sent)';
   // As settingSource names it, but saying `(environment)` too: the refusal quotes the value it names.
   const named = (key: ConfigKey): string =>
     sources[key] === 'environment'
@@ -1005,49 +1009,37 @@ export function checkBaseUrls(
     return hasQuery(split.url) ? `${hint}; ${key}` : hint;
   };
   const uses = (upstream: string): boolean => !used || used.upstreams.includes(upstream);
-  // Only a base URL's origin and path are used: user:password@ would be dropped without a word.
-  const refuseCredentials = (name: string, url: string, instead: string): void => {
-    if (!hasCredentials(url)) return;
-    throw withoutConfiguredSecrets(
-      new OaiProxyError(
-        'config_invalid',
-        `Invalid ${name} = ${shownValue(url, secrets)}: expected a URL without user:password@ (credentials in it are never sent); ${instead}`,
-      ),
-      resolved,
-    );
-  };
-  if (uses('default'))
-    refuseCredentials(
-      named('openaiBaseUrl'),
-      config.openaiBaseUrl,
-      'put a key in OPENAI_API_KEY, or other credentials in a named upstream\'s "headers" in the config file',
-    );
-  for (const [name, u] of Object.entries(config.upstreams))
-    if (uses(name))
-      refuseCredentials(
-        `upstreams.${name}.baseUrl${resolved.configFile ? ` in config file ${resolved.configFile}` : ''}`,
-        u.baseUrl,
-        'put them in the upstream\'s "headers" (an Authorization: Basic … header for user:password), or a key in its apiKey (or apiKeyEnv)',
-      );
-  if (uses('default') && hasQuery(config.openaiBaseUrl))
-    refuse(
-      named('openaiBaseUrl'),
-      config.openaiBaseUrl,
-      instead(config.openaiBaseUrl, 'set OPENAI_API_TYPE=azure', 'put a key in OPENAI_API_KEY'),
-    );
-  for (const [name, u] of Object.entries(config.upstreams))
-    if (uses(name) && hasQuery(u.baseUrl))
-      refuse(
-        `upstreams.${name}.baseUrl${resolved.configFile ? ` in config file ${resolved.configFile}` : ''}`,
-        u.baseUrl,
-        instead(
-          u.baseUrl,
-          `set its "type": "azure"`,
-          "put a key in the upstream's apiKey (or apiKeyEnv) or headers",
-        ),
-      );
+  const file = resolved.configFile ? ` in config file ${resolved.configFile}` : '';
+  const upstreams = [
+    ...(uses('default')
+      ? [
+          {
+            name: named('openaiBaseUrl'),
+            url: config.openaiBaseUrl,
+            azure: 'set OPENAI_API_TYPE=azure',
+            key: 'put a key in OPENAI_API_KEY',
+            credentials:
+              'put a key in OPENAI_API_KEY, or other credentials in a named upstream\'s "headers" in the config file',
+          },
+        ]
+      : []),
+    ...Object.entries(config.upstreams)
+      .filter(([name]) => uses(name))
+      .map(([name, u]) => ({
+        name: `upstreams.${name}.baseUrl${file}`,
+        url: u.baseUrl,
+        azure: 'set its "type": "azure"',
+        key: "put a key in the upstream's apiKey (or apiKeyEnv) or headers",
+        credentials:
+          'put them in the upstream\'s "headers" (an Authorization: Basic … header for user:password), or a key in its apiKey (or apiKeyEnv)',
+      })),
+  ];
+  for (const u of upstreams) {
+    if (hasCredentials(u.url)) refuse(u.name, u.url, CREDENTIALS, u.credentials);
+    if (hasQuery(u.url)) refuse(u.name, u.url, QUERY, instead(u.url, u.azure, u.key));
+  }
   if ((!used || used.qdrant) && config.qdrantUrl && hasQuery(config.qdrantUrl))
-    refuse(named('qdrantUrl'), config.qdrantUrl, 'put a Qdrant key in QDRANT_API_KEY');
+    refuse(named('qdrantUrl'), config.qdrantUrl, QUERY, 'put a Qdrant key in QDRANT_API_KEY');
   return resolved;
 }
 
