@@ -170,12 +170,19 @@ function upstreamPath(target: UpstreamTarget, rest: string, deployment: string |
  */
 export function hasOwnKey(target: UpstreamTarget): boolean {
   if (target.apiKey) return true;
-  if (!target.headers) return false;
+  const own = headerCredentials(target);
+  return own.apiKey || own.authorization;
+}
+
+/** Which credentials the upstream's configured headers carry (its key given as a header, not apiKey). */
+function headerCredentials(target: UpstreamTarget): { apiKey: boolean; authorization: boolean } {
+  const own = { apiKey: false, authorization: false };
   for (const k in target.headers) {
     const name = k.toLowerCase();
-    if (name === 'authorization' || name === 'api-key') return true;
+    if (name === 'api-key') own.apiKey = true;
+    else if (name === 'authorization') own.authorization = true;
   }
-  return false;
+  return own;
 }
 
 /**
@@ -200,28 +207,20 @@ export function shapeUpstreamRequest(
   // Bodies are recorded as sent: ask for them uncompressed.
   headers['accept-encoding'] = 'identity';
   if (options.contentLength !== undefined) headers['content-length'] = String(options.contentLength);
-  // The credentials the upstream's own headers carry (its key given as a header rather than apiKey).
-  let ownApiKey = false;
-  let ownAuthorization = false;
-  if (target.headers)
-    for (const [k, v] of Object.entries(target.headers)) {
-      const name = k.toLowerCase();
-      headers[name] = v;
-      if (name === 'api-key') ownApiKey = true;
-      else if (name === 'authorization') ownAuthorization = true;
-    }
+  if (target.headers) for (const [k, v] of Object.entries(target.headers)) headers[k.toLowerCase()] = v;
 
   const path = upstreamPath(target, rest, options.deployment);
   let q = query;
   if (target.type === 'azure') {
+    const own = target.apiKey ? null : headerCredentials(target);
     if (target.apiKey) {
       delete headers.authorization;
       headers['api-key'] = target.apiKey;
-    } else if (ownApiKey || ownAuthorization) {
+    } else if (own && (own.apiKey || own.authorization)) {
       // The upstream's headers hold its key: the client's is not forwarded beside it (Azure refuses a
       // request with both api-key and Authorization), unless those headers set both.
-      if (!ownAuthorization) delete headers.authorization;
-      if (!ownApiKey) delete headers['api-key'];
+      if (!own.authorization) delete headers.authorization;
+      if (!own.apiKey) delete headers['api-key'];
     } else if (!headers['api-key'] && typeof headers.authorization === 'string') {
       // A plain key sent the OpenAI way becomes Azure's api-key; an Entra ID token stays a Bearer token.
       const token = bearerToken(headers.authorization);

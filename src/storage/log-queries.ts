@@ -182,9 +182,7 @@ export async function listExchanges(
   if (readsGrepNewest(handle, filter, options)) {
     return listGrepNewest(handle, filter, options.limit);
   }
-  let q = handle.db
-    .selectFrom('exchanges')
-    .select([...SUMMARY_COLUMNS, sql<number>`exchanges.rowid`.as('rowid')])
+  let q = summarySelect(handle.db.selectFrom('exchanges'))
     .where(filterExpression(filter, handle.kind))
     .orderBy('started_at', options.order)
     .orderBy('id', options.order);
