@@ -137,9 +137,7 @@ export class ModelStore {
             )
             .get(m.name);
           if (!row && clash) {
-            result.warnings.push(
-              `Model "${m.name}" from the configuration was not added: a user made "${m.name}" an alias; remove it (\`oai-proxy models unmap ${m.name}\` or DELETE /admin/model-mappings/${m.name}) and reload the configuration or restart`,
-            );
+            result.warnings.push(aliasInTheWay(m.name));
           } else if (!row) {
             this.sqlite
               .prepare(
@@ -309,6 +307,11 @@ export class ModelStore {
       })
       .immediate();
   }
+}
+
+/** Seeding's warning for a configured model a user has made an alias: not added, and how to clear the way. */
+export function aliasInTheWay(name: string): string {
+  return `Model "${name}" from the configuration was not added: a user made "${name}" an alias; remove it (\`oai-proxy models unmap ${name}\` or DELETE /admin/model-mappings/${name}) and reload the configuration or restart`;
 }
 
 /** What seeding does to the aliases (see `planSeedMappings`). */

@@ -2,6 +2,7 @@ import { type Kysely, sql, type Transaction } from 'kysely';
 import { OaiProxyError } from '../errors.js';
 import type { DatabaseSchema, ModelMappingsTable, ModelsTable } from '../storage/tables.js';
 import {
+  aliasInTheWay,
   checkNewModel,
   differs,
   type NewModel,
@@ -73,9 +74,7 @@ export class PgModelStore {
           .where('source', 'in', ['cli', 'admin'])
           .executeTakeFirst();
         if (!row && clash) {
-          result.warnings.push(
-            `Model "${m.name}" from the configuration was not added: a user made "${m.name}" an alias; remove it (\`oai-proxy models unmap ${m.name}\` or DELETE /admin/model-mappings/${m.name}) and reload the configuration or restart`,
-          );
+          result.warnings.push(aliasInTheWay(m.name));
         } else if (!row) {
           await trx
             .insertInto('models')
