@@ -1,5 +1,5 @@
 import { once } from 'node:events';
-import { createWriteStream, openSync, statSync } from 'node:fs';
+import { createWriteStream, openSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { CommandRunner } from '../cli.js';
@@ -10,7 +10,7 @@ import {
   settingSource,
   withoutConfiguredSecrets,
 } from '../config/load.js';
-import { resolveDatabaseLocation, resolveLogFilePath } from '../config/paths.js';
+import { isSameFile, resolveDatabaseLocation, resolveLogFilePath, sqliteFiles } from '../config/paths.js';
 import { unusedSettings } from '../config/schema.js';
 import { OaiProxyError } from '../errors.js';
 import { isSqliteBusy, lockedDatabaseError } from '../storage/busy-wait.js';
@@ -494,20 +494,14 @@ export function exportProgressLine(n: number, total: number, columns = 80): stri
  */
 function refuseOwnFiles(out: string, resolved: ResolvedConfig, cwd: string): void {
   const location = resolveDatabaseLocation(resolved.config.databaseUrl, resolved.env, cwd);
-  const owned: [string, string][] = [];
-  if (location.kind === 'sqlite')
-    for (const suffix of ['', '-wal', '-shm', '-journal'])
-      owned.push([location.path + suffix, suffix ? `the ${suffix} file of the database` : 'the database']);
+  const owned = location.kind === 'sqlite' ? sqliteFiles(location.path) : [];
   const logPath = resolveLogFilePath(resolved.config.logFilePath, location, resolved.env, cwd);
-  owned.push([logPath, 'the log file `oai-proxy serve` writes']);
+  owned.push({ path: logPath, what: 'the log file `oai-proxy serve` writes' });
   for (let n = 1; n <= resolved.config.logMaxFiles; n++)
-    owned.push([`${logPath}.${n}`, 'a rotated log file']);
+    owned.push({ path: `${logPath}.${n}`, what: 'a rotated log file' });
   const target = resolvePath(cwd, out);
-  const targetStat = statSync(target, { throwIfNoEntry: false });
-  for (const [path, what] of owned) {
-    const stat = targetStat && statSync(path, { throwIfNoEntry: false });
-    const same = stat ? stat.dev === targetStat.dev && stat.ino === targetStat.ino : path === target;
-    if (same)
+  for (const { path, what } of owned) {
+    if (isSameFile(target, path))
       throw new OaiProxyError(
         'usage',
         `--out ${out} is ${what} (${path}): writing the export there would destroy it; choose another file`,

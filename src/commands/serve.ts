@@ -1,4 +1,4 @@
-import { closeSync, existsSync, fstatSync, openSync, statSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync } from 'node:fs';
 import { type AddressInfo, createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { basename, dirname } from 'node:path';
 import { Writable } from 'node:stream';
@@ -16,9 +16,11 @@ import {
 } from '../config/load.js';
 import {
   type DatabaseLocation,
+  isSameFile,
   redactUrl,
   resolveDatabaseLocation,
   resolveLogFilePath,
+  sqliteFiles,
 } from '../config/paths.js';
 import type { Config } from '../config/schema.js';
 import { isOaiProxyError, OaiProxyError } from '../errors.js';
@@ -743,15 +745,12 @@ function checkHost(resolved: ResolvedConfig): void {
  */
 function checkLogFileApart(resolved: ResolvedConfig, location: DatabaseLocation, logPath: string): void {
   if (location.kind !== 'sqlite' || location.path === ':memory:') return;
-  const logStat = statIfAny(logPath);
   const rotated = new RegExp(`^${escapeRegExp(basename(logPath))}\\.[1-9]\\d{0,3}$`);
-  for (const suffix of ['', '-wal', '-shm', '-journal']) {
-    const file = location.path + suffix;
-    const stat = logStat && statIfAny(file);
-    const same = stat ? stat.dev === logStat.dev && stat.ino === logStat.ino : file === logPath;
+  for (const { path: file, what: which } of sqliteFiles(location.path)) {
+    const same = isSameFile(logPath, file);
     const rotatedAway = dirname(file) === dirname(logPath) && rotated.test(basename(file));
     if (!same && !rotatedAway) continue;
-    const what = `${suffix ? `the ${suffix} file of the database` : 'the database'} ${file} (${settingSource(resolved, 'databaseUrl')})`;
+    const what = `${which} ${file} (${settingSource(resolved, 'databaseUrl')})`;
     const harm = same
       ? `is ${what}: its lines would be appended to the database and lost`
       : `would rotate ${what} away: rotating the log file renames it, and deletes it past LOG_MAX_FILES`;
@@ -759,15 +758,6 @@ function checkLogFileApart(resolved: ResolvedConfig, location: DatabaseLocation,
       'config_invalid',
       `The log file ${logPath} (${settingSource(resolved, 'logFilePath')}) ${harm}; give the log file a path of its own with --log-file or LOG_FILE_PATH`,
     );
-  }
-}
-
-/** The file's stat, or undefined when there is none to read (missing, a path through a file: ENOTDIR…). */
-function statIfAny(path: string): { dev: number; ino: number } | undefined {
-  try {
-    return statSync(path, { throwIfNoEntry: false });
-  } catch {
-    return undefined; // said by the open that follows, naming the setting
   }
 }
 

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -129,6 +130,30 @@ function isPgParseable(url: string): boolean {
 function redactLooseUrl(value: string): string {
   const [, scheme, slash, rest] = /^([a-z][a-z0-9+.-]*:)(\/?)(.*)$/is.exec(value) as RegExpExecArray;
   return `${scheme}${slash}${redactUrl(`${scheme}//${rest}`).slice(scheme.length + 2)}`;
+}
+
+/** A SQLite database's own files (the database, its -wal, -shm and -journal files), each with what it is. */
+export function sqliteFiles(path: string): { path: string; what: string }[] {
+  return ['', '-wal', '-shm', '-journal'].map((suffix) => ({
+    path: path + suffix,
+    what: suffix ? `the ${suffix} file of the database` : 'the database',
+  }));
+}
+
+/** True when `a` and `b` name the same file: by device and inode when both exist (a link), else by path. */
+export function isSameFile(a: string, b: string): boolean {
+  const sa = statIfAny(a);
+  const sb = sa && statIfAny(b);
+  return sa && sb ? sa.dev === sb.dev && sa.ino === sb.ino : a === b;
+}
+
+/** The file's stat, or undefined when there is none to read (missing, a path through a file: ENOTDIR…). */
+function statIfAny(path: string): { dev: number; ino: number } | undefined {
+  try {
+    return statSync(path, { throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
 }
 
 /** The log file: LOG_FILE_PATH, else `oai-proxy.log` beside the SQLite database (or in the data dir). */
