@@ -167,12 +167,12 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     else if (type === 'error' || ev.error) {
       // Chat: `event: error` + `{"error":{"message"…}}`; Responses: `{"type":"error","message"…}`;
       // Ollama: `{"error":"…"}`.
-      noteError(ev.error?.message ?? ev.error ?? ev.message);
+      noteError(errorMessageOf(ev));
       return;
     }
     // A chunk carrying an `error` beside its choices (OpenRouter's failure mid-generation, finish_reason
     // "error"): the openai SDK throws on any event whose `error` is set, and so the answer failed.
-    if (ev.error) noteError(ev.error.message ?? ev.error);
+    if (ev.error) noteError(errorMessageOf(ev));
     if (ev.usage && typeof ev.usage === 'object') usage = normaliseUsage(ev.usage);
     if (!Array.isArray(ev.choices)) {
       if (typeof ev.done === 'boolean') onOllamaEvent(ev);
@@ -351,7 +351,7 @@ export function createStreamAssembler(options: StreamAssemblerOptions = {}): Str
     try {
       ev = JSON.parse(value);
     } catch {}
-    noteError(ev && typeof ev === 'object' ? (ev.message ?? ev.error?.message ?? ev.error) : value);
+    noteError(ev && typeof ev === 'object' ? errorMessageOf(ev) : value);
   };
 
   const parseBlock = (block: string) => {
@@ -619,6 +619,11 @@ function sumUsage(all: Usage[]): Usage {
     completion_tokens: add(a.completion_tokens, b.completion_tokens),
     total_tokens: add(a.total_tokens, b.total_tokens),
   }));
+}
+
+/** An error event's message: `{"error":{"message"}}`, Ollama's `{"error":"…"}`, or `{"message"}` (Responses, llama.cpp). */
+function errorMessageOf(ev: any): unknown {
+  return ev.error?.message ?? ev.error ?? ev.message;
 }
 
 /** `"usage": {"prompt_tokens": N, "completion_tokens": N, "total_tokens": N` then `,` or `}`, at lastIndex. */
