@@ -132,7 +132,8 @@ export function registerInitCommand(program: Command, io: CliIo, run: CommandRun
 API keys never come from flags: interactively the key is asked with a hidden prompt; with --yes it is
 taken from OPENAI_API_KEY (and the admin key from ADMIN_API_KEY) if set. Leave it empty and the proxy
 forwards each client's own key. The file is written atomically with mode 0600. Re-running init offers
-the current values as defaults and keeps settings it does not ask about.
+the current values as defaults and keeps settings it does not ask about; a stored key is kept only for
+the host it was written for (an upstream moved to another host does not get it).
 What serve derives by itself is written only when given or different: the database, the log file
 beside it, Azure's api-version, and "openaiApiType" (Azure is told by a *.openai.azure.com host or a
 deployment's path, also when OPENAI_BASE_URL names one later).

@@ -600,6 +600,7 @@ describe('oai-proxy init --yes', () => {
       '--check',
       '--no-check',
       'OPENAI_API_KEY',
+      'a stored key is kept only for\nthe host it was written for',
       'Examples:',
     ])
       expect(io.out()).toContain(s);
